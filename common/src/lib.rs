@@ -1,0 +1,19 @@
+//! weir-common: the parts every Weir component shares.
+//!
+//! - [`spec`]: the logical model of an app, parsed from YAML or JSON and validated with
+//!   every problem reported at once, each with its path.
+//! - [`physical`]: operators x parallelism -> PEs; streams -> PE-to-PE channels.
+//! - [`plan`]: the pure upgrade planner, (old model, new model, placement) -> phases of
+//!   instructions.
+//!
+//! Everything here is pure: no I/O, no clocks, no randomness, so it is unit- and
+//! property-tested without a network.
+
+pub mod fingerprint;
+pub mod keygroup;
+pub mod physical;
+pub mod plan;
+pub mod problem;
+pub mod spec;
+
+pub use problem::{Problem, Problems};

@@ -1,0 +1,11 @@
+//! App specs: the logical model, parsing from YAML/JSON, and validation.
+
+pub mod expr;
+pub mod model;
+mod params;
+mod parse;
+mod reader;
+mod validate;
+
+pub use model::*;
+pub use parse::{parse_app, parse_app_value, SpecFormat, MAX_OPERATORS, MAX_SPEC_BYTES};

@@ -1,0 +1,563 @@
+//! The logical model: an app is a DAG of operators joined by streams.
+//!
+//! These types are what a valid spec becomes. User input never reaches them through
+//! serde directly: [`crate::spec::parse_app`] walks the document and reports every
+//! problem with its path. The serde derives are for trusted, internal round trips
+//! (Raft state, plan JSON) and produce the same shape the parser accepts.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The number of key groups keyed state is split into; also the highest parallelism.
+pub const KEY_GROUPS: u32 = 256;
+
+/// A streaming application, one version of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// Unique app name within the cluster: `[a-z][a-z0-9-]{0,62}`.
+    pub name: String,
+    /// Owning tenant; scheduling shares and quotas are per tenant.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Scheduling priority class.
+    #[serde(default)]
+    pub priority: Priority,
+    /// The nodes of the DAG, in file order.
+    pub operators: Vec<OperatorSpec>,
+    /// The edges of the DAG, in file order.
+    pub streams: Vec<StreamSpec>,
+}
+
+pub(crate) fn default_tenant() -> String {
+    "default".to_string()
+}
+
+impl AppSpec {
+    /// The operator called `name`, if any.
+    pub fn operator(&self, name: &str) -> Option<&OperatorSpec> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+}
+
+/// Scheduling priority class of an app; higher classes are served first.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served after everything else; first to be preempted.
+    Low,
+    /// The default class.
+    #[default]
+    Normal,
+    /// Served first.
+    High,
+}
+
+/// One operator (a node of the DAG).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatorSpec {
+    /// Unique within the app: `[a-z][a-z0-9_-]{0,62}`.
+    pub name: String,
+    /// What the operator does, and its typed parameters.
+    #[serde(flatten)]
+    pub kind: OperatorKind,
+    /// How many PEs run this operator, 1..=[`KEY_GROUPS`].
+    #[serde(default = "one")]
+    pub parallelism: u32,
+    /// What each PE of this operator needs.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The implementation of an operator: a built-in kind, a local program or a container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "params")]
+pub enum OperatorKind {
+    /// Deterministic record generator (ids are `index + k * parallelism`).
+    #[serde(rename = "source.generator")]
+    Generator(GeneratorParams),
+    /// Reads newline-delimited records from TCP clients.
+    #[serde(rename = "source.tcp")]
+    SourceTcp(SourceTcpParams),
+    /// Reads a file of newline-delimited records.
+    #[serde(rename = "source.file")]
+    SourceFile(SourceFileParams),
+    /// Projects, renames and computes fields.
+    #[serde(rename = "map")]
+    Map(MapParams),
+    /// Keeps records whose field compares true against a value.
+    #[serde(rename = "filter")]
+    Filter(FilterParams),
+    /// Sets the record key from a field.
+    #[serde(rename = "key_by")]
+    KeyBy(KeyByParams),
+    /// Keyed tumbling window counting records per key.
+    #[serde(rename = "window.count")]
+    WindowCount(WindowCountParams),
+    /// Keyed tumbling window summing a numeric field per key.
+    #[serde(rename = "window.sum")]
+    WindowSum(WindowSumParams),
+    /// Appends JSON lines to a file, made visible at checkpoints.
+    #[serde(rename = "sink.file")]
+    SinkFile(SinkFileParams),
+    /// Writes JSON lines to a TCP endpoint (at-least-once).
+    #[serde(rename = "sink.tcp")]
+    SinkTcp(SinkTcpParams),
+    /// Discards records (benchmarks).
+    #[serde(rename = "sink.null")]
+    SinkNull,
+    /// Counts records per source and reports gaps and duplicates.
+    #[serde(rename = "sink.verify")]
+    SinkVerify(SinkVerifyParams),
+    /// A local program speaking the PE record protocol on stdin/stdout.
+    #[serde(rename = "exec")]
+    Exec(ExecParams),
+    /// A Docker image speaking the PE record protocol on stdin/stdout.
+    #[serde(rename = "container")]
+    Container(ContainerParams),
+}
+
+/// Where an operator may sit in the DAG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// No inputs, at least one output.
+    Source,
+    /// At least one input and one output.
+    Transform,
+    /// At least one input, no outputs.
+    Sink,
+}
+
+impl OperatorKind {
+    /// The kind name as written in specs, e.g. `window.count`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Generator(_) => "source.generator",
+            Self::SourceTcp(_) => "source.tcp",
+            Self::SourceFile(_) => "source.file",
+            Self::Map(_) => "map",
+            Self::Filter(_) => "filter",
+            Self::KeyBy(_) => "key_by",
+            Self::WindowCount(_) => "window.count",
+            Self::WindowSum(_) => "window.sum",
+            Self::SinkFile(_) => "sink.file",
+            Self::SinkTcp(_) => "sink.tcp",
+            Self::SinkNull => "sink.null",
+            Self::SinkVerify(_) => "sink.verify",
+            Self::Exec(_) => "exec",
+            Self::Container(_) => "container",
+        }
+    }
+
+    /// Where the kind may sit in the DAG.
+    pub fn role(&self) -> Role {
+        match self {
+            Self::Generator(_) | Self::SourceTcp(_) | Self::SourceFile(_) => Role::Source,
+            Self::SinkFile(_) | Self::SinkTcp(_) | Self::SinkNull | Self::SinkVerify(_) => {
+                Role::Sink
+            }
+            _ => Role::Transform,
+        }
+    }
+
+    /// Whether PEs of this kind hold state keyed by record key (split by key group).
+    pub fn keyed_state(&self) -> bool {
+        matches!(self, Self::WindowCount(_) | Self::WindowSum(_))
+    }
+
+    /// Whether PEs of this kind hold state that an upgrade must hand over.
+    pub fn stateful(&self) -> bool {
+        self.keyed_state()
+            || self.role() == Role::Source
+            || matches!(self, Self::SinkVerify(_) | Self::SinkFile(_))
+    }
+
+    /// Whether the kind may ask for GPUs (only programs we do not implement can use them).
+    pub fn may_use_gpus(&self) -> bool {
+        matches!(self, Self::Exec(_) | Self::Container(_))
+    }
+}
+
+/// Every kind name the parser accepts, for error messages.
+pub const KIND_NAMES: &[&str] = &[
+    "source.generator",
+    "source.tcp",
+    "source.file",
+    "map",
+    "filter",
+    "key_by",
+    "window.count",
+    "window.sum",
+    "sink.file",
+    "sink.tcp",
+    "sink.null",
+    "sink.verify",
+    "exec",
+    "container",
+];
+
+/// Parameters of `source.generator`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratorParams {
+    /// Records per second over all PEs; `None` means as fast as the pipeline takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Total records over all PEs; `None` means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Number of distinct keys (`key = "k" + id % keys`).
+    pub keys: u64,
+    /// Size of the opaque payload field in bytes.
+    pub payload_bytes: u32,
+    /// Seed for the payload and value fields.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// How line-oriented sources decode each line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// Each line is a JSON object; its fields become record fields.
+    #[default]
+    Json,
+    /// Each line becomes the `line` field, verbatim.
+    Raw,
+}
+
+/// Parameters of `source.tcp`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceTcpParams {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Line decoding.
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+/// Parameters of `source.file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFileParams {
+    /// File to read, on the worker running the PE.
+    pub path: String,
+    /// Line decoding.
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+/// Parameters of `map`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapParams {
+    /// Fields to keep (after `rename` and `set`); empty keeps all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub project: Vec<String>,
+    /// Old name -> new name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+    /// Field -> expression computing it, e.g. `upper(url)` or `mod(id, 50)`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+}
+
+/// Comparison of a `filter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+    /// Less than.
+    Lt,
+    /// Less than or equal.
+    Le,
+    /// Greater than.
+    Gt,
+    /// Greater than or equal.
+    Ge,
+    /// String field contains the value.
+    Contains,
+}
+
+/// Names accepted for [`CmpOp`].
+pub const CMP_OPS: &[(&str, CmpOp)] = &[
+    ("eq", CmpOp::Eq),
+    ("ne", CmpOp::Ne),
+    ("lt", CmpOp::Lt),
+    ("le", CmpOp::Le),
+    ("gt", CmpOp::Gt),
+    ("ge", CmpOp::Ge),
+    ("contains", CmpOp::Contains),
+];
+
+/// Parameters of `filter`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilterParams {
+    /// Field compared.
+    pub field: String,
+    /// Comparison.
+    pub op: CmpOp,
+    /// A scalar (string, number or bool) compared against.
+    pub value: serde_json::Value,
+}
+
+/// Parameters of `key_by`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyByParams {
+    /// Field whose value becomes the record key.
+    pub field: String,
+}
+
+/// Parameters of `window.count`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCountParams {
+    /// Tumbling window length in milliseconds of event time.
+    pub size_ms: u64,
+}
+
+/// Parameters of `window.sum`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSumParams {
+    /// Tumbling window length in milliseconds of event time.
+    pub size_ms: u64,
+    /// Numeric field summed per key.
+    pub field: String,
+}
+
+/// Parameters of `sink.file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkFileParams {
+    /// File the JSON lines go to, on the worker running the PE (PE index appended when > 1).
+    pub path: String,
+}
+
+/// Parameters of `sink.tcp`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkTcpParams {
+    /// `host:port` to connect to.
+    pub address: String,
+}
+
+/// Parameters of `sink.verify`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkVerifyParams {
+    /// Records expected in total, if known; the report says whether it was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u64>,
+}
+
+/// How an exec or container PE exchanges records on stdin/stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeProtocol {
+    /// Length-prefixed binary record frames (see docs/pe-protocol.md).
+    #[default]
+    Framed,
+    /// One JSON object per line, for scripts.
+    Lines,
+}
+
+/// Parameters of `exec`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecParams {
+    /// Program and arguments; the program is looked up on the worker's PATH.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Record exchange protocol.
+    #[serde(default)]
+    pub protocol: PeProtocol,
+}
+
+/// Parameters of `container`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerParams {
+    /// Image reference, built locally (no registry).
+    pub image: String,
+    /// Command overriding the image's entrypoint arguments; empty keeps the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Record exchange protocol.
+    #[serde(default)]
+    pub protocol: PeProtocol,
+}
+
+/// What one PE of an operator needs from its worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU cores (fractions allowed).
+    pub cpu: f64,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// GPUs, for exec and container operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuRequest>,
+}
+
+/// Default CPU cores per PE.
+pub const DEFAULT_CPU: f64 = 0.25;
+/// Default memory per PE in MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu: DEFAULT_CPU,
+            memory_mb: DEFAULT_MEMORY_MB,
+            gpu: None,
+        }
+    }
+}
+
+/// GPUs one PE needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuRequest {
+    /// Number of GPU slices.
+    pub count: u32,
+    /// Memory per slice in MiB; each slice lands on exactly one device.
+    pub memory_mb: u64,
+    /// Device vendor.
+    #[serde(default)]
+    pub vendor: Vendor,
+    /// Pool scenario the devices must come from.
+    #[serde(default)]
+    pub scenario: Scenario,
+}
+
+/// Accelerator vendor.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Vendor {
+    /// NVIDIA (discovered through NVML).
+    #[default]
+    Nvidia,
+    /// AMD.
+    Amd,
+    /// Huawei Ascend.
+    Ascend,
+    /// Intel.
+    Intel,
+    /// Any vendor will do.
+    Any,
+}
+
+/// Names accepted for [`Vendor`].
+pub const VENDORS: &[(&str, Vendor)] = &[
+    ("nvidia", Vendor::Nvidia),
+    ("amd", Vendor::Amd),
+    ("ascend", Vendor::Ascend),
+    ("intel", Vendor::Intel),
+    ("any", Vendor::Any),
+];
+
+/// Resource pool scenario.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Long-running training jobs.
+    Training,
+    /// Latency-sensitive inference.
+    Inference,
+    /// Anything else.
+    #[default]
+    General,
+}
+
+/// Names accepted for [`Scenario`].
+pub const SCENARIOS: &[(&str, Scenario)] = &[
+    ("training", Scenario::Training),
+    ("inference", Scenario::Inference),
+    ("general", Scenario::General),
+];
+
+/// The largest memory of any accelerator we know of (AMD MI325X, 256 GiB), in MiB.
+/// A request above it can never be placed anywhere.
+pub const MAX_KNOWN_GPU_MEMORY_MB: u64 = 256 * 1024;
+
+/// An edge of the DAG.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    /// Producing operator.
+    pub from: String,
+    /// Consuming operator.
+    pub to: String,
+    /// How records of each producer PE are spread over the consumer PEs.
+    #[serde(default)]
+    pub partitioning: Partitioning,
+}
+
+impl StreamSpec {
+    /// The stream's identity.
+    pub fn key(&self) -> StreamKey {
+        StreamKey {
+            from: self.from.as_str().into(),
+            to: self.to.as_str().into(),
+        }
+    }
+}
+
+/// A stream's identity: at most one stream joins two operators.
+///
+/// Shared strings: a physical model clones a key into every channel and route.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StreamKey {
+    /// Producing operator.
+    pub from: Arc<str>,
+    /// Consuming operator.
+    pub to: Arc<str>,
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.from, self.to)
+    }
+}
+
+/// How a stream spreads records from producer PEs over consumer PEs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Partitioning {
+    /// Producer PE i sends to consumer PE i (equal parallelism required).
+    #[default]
+    Forward,
+    /// Each producer PE cycles over all consumer PEs.
+    RoundRobin,
+    /// By hash of a field (`key` empty: the record key), through key groups.
+    Hash {
+        /// Field hashed; empty means the record key.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        key: String,
+    },
+    /// Every consumer PE gets every record.
+    Broadcast,
+}
+
+impl fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Forward => f.write_str("forward"),
+            Self::RoundRobin => f.write_str("round_robin"),
+            Self::Hash { key } if key.is_empty() => f.write_str("hash(key)"),
+            Self::Hash { key } => write!(f, "hash({key})"),
+            Self::Broadcast => f.write_str("broadcast"),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Typed parameters of every operator kind, read with their paths.
+
+use super::expr::parse_expr;
+use super::model::*;
+use super::reader::{choice, join, Obj};
+use crate::problem::Sink;
+use serde_json::Value;
+use std::net::SocketAddr;
+
+/// Largest generator payload, so one record always fits a frame comfortably.
+pub const MAX_PAYLOAD_BYTES: u64 = 1 << 20;
+
+/// Reads the `params` of an operator of kind `kind`. `params` is `None` when absent.
+/// Returns `None` if anything is wrong (the problems are in `sink`).
+pub(crate) fn parse_kind(
+    sink: &mut Sink,
+    kind: &str,
+    params: Option<&Value>,
+    path: &str,
+) -> Option<OperatorKind> {
+    let empty = Value::Object(Default::default());
+    let v = params.unwrap_or(&empty);
+    let mut o = Obj::new(sink, path.to_string(), v)?;
+    let before = sink.problems.len();
+    let kind = match kind {
+        "source.generator" => generator(sink, &mut o).map(OperatorKind::Generator),
+        "source.tcp" => {
+            let listen = addr(sink, &mut o, "listen");
+            let format = line_format(sink, &mut o);
+            Some(OperatorKind::SourceTcp(SourceTcpParams {
+                listen: listen?,
+                format,
+            }))
+        }
+        "source.file" => {
+            let path = o.req_nonempty(sink, "path");
+            let format = line_format(sink, &mut o);
+            Some(OperatorKind::SourceFile(SourceFileParams {
+                path: path?,
+                format,
+            }))
+        }
+        "map" => map(sink, &mut o).map(OperatorKind::Map),
+        "filter" => filter(sink, &mut o).map(OperatorKind::Filter),
+        "key_by" => {
+            let field = o.req_nonempty(sink, "field");
+            Some(OperatorKind::KeyBy(KeyByParams { field: field? }))
+        }
+        "window.count" => {
+            let size_ms = window_size(sink, &mut o);
+            Some(OperatorKind::WindowCount(WindowCountParams {
+                size_ms: size_ms?,
+            }))
+        }
+        "window.sum" => {
+            let size_ms = window_size(sink, &mut o);
+            let field = o.req_nonempty(sink, "field");
+            Some(OperatorKind::WindowSum(WindowSumParams {
+                size_ms: size_ms?,
+                field: field?,
+            }))
+        }
+        "sink.file" => {
+            let path = o.req_nonempty(sink, "path");
+            Some(OperatorKind::SinkFile(SinkFileParams { path: path? }))
+        }
+        "sink.tcp" => {
+            let address = addr(sink, &mut o, "address");
+            Some(OperatorKind::SinkTcp(SinkTcpParams { address: address? }))
+        }
+        "sink.null" => Some(OperatorKind::SinkNull),
+        "sink.verify" => {
+            let expect = o.opt_u64(sink, "expect");
+            Some(OperatorKind::SinkVerify(SinkVerifyParams { expect }))
+        }
+        "exec" => exec(sink, &mut o).map(OperatorKind::Exec),
+        "container" => container(sink, &mut o).map(OperatorKind::Container),
+        _ => unreachable!("kind names are checked before params"),
+    };
+    o.finish(sink);
+    if sink.problems.len() > before {
+        return None;
+    }
+    kind
+}
+
+fn positive(sink: &mut Sink, o: &mut Obj<'_>, key: &'static str) -> Option<Option<u64>> {
+    match o.opt_u64(sink, key) {
+        Some(0) => {
+            sink.push(o.at(key), "must be > 0");
+            None
+        }
+        other => Some(other),
+    }
+}
+
+fn generator(sink: &mut Sink, o: &mut Obj<'_>) -> Option<GeneratorParams> {
+    let rate = positive(sink, o, "rate");
+    let count = o.opt_u64(sink, "count");
+    let keys = positive(sink, o, "keys");
+    let payload = o.opt_u64(sink, "payload_bytes");
+    let seed = o.opt_u64(sink, "seed").unwrap_or(0);
+    if let Some(p) = payload.filter(|p| *p > MAX_PAYLOAD_BYTES) {
+        sink.push(
+            o.at("payload_bytes"),
+            format!("{p} exceeds the limit of {MAX_PAYLOAD_BYTES}"),
+        );
+        return None;
+    }
+    Some(GeneratorParams {
+        rate: rate?,
+        count,
+        keys: keys?.unwrap_or(1000),
+        payload_bytes: payload.unwrap_or(100) as u32,
+        seed,
+    })
+}
+
+fn line_format(sink: &mut Sink, o: &mut Obj<'_>) -> LineFormat {
+    o.opt_choice(
+        sink,
+        "format",
+        &[("json", LineFormat::Json), ("raw", LineFormat::Raw)],
+    )
+    .unwrap_or_default()
+}
+
+fn addr(sink: &mut Sink, o: &mut Obj<'_>, key: &'static str) -> Option<String> {
+    let s = o.req_nonempty(sink, key)?;
+    if !valid_host_port(&s) {
+        sink.push(o.at(key), format!("{s:?} is not host:port"));
+        return None;
+    }
+    Some(s)
+}
+
+/// `host:port` with a non-empty host of DNS characters (or an IP) and a port number.
+pub(crate) fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && port.parse::<u16>().is_ok()
+}
+
+fn window_size(sink: &mut Sink, o: &mut Obj<'_>) -> Option<u64> {
+    let v = o.required(sink, "size_ms")?;
+    let n = super::reader::as_u64(sink, o.at("size_ms"), v)?;
+    if n == 0 {
+        sink.push(o.at("size_ms"), "must be > 0");
+        return None;
+    }
+    Some(n)
+}
+
+fn map(sink: &mut Sink, o: &mut Obj<'_>) -> Option<MapParams> {
+    let before = sink.problems.len();
+    let project = o.opt_str_list(sink, "project").unwrap_or_default();
+    let rename = o.opt_str_map(sink, "rename").unwrap_or_default();
+    let set = o.opt_str_map(sink, "set").unwrap_or_default();
+    for (field, src) in &set {
+        if let Err(e) = parse_expr(src) {
+            sink.push(join(&o.at("set"), field), e);
+        }
+    }
+    if project.is_empty() && rename.is_empty() && set.is_empty() && sink.problems.len() == before {
+        sink.push(
+            o.path.clone(),
+            "map needs at least one of project, rename, set",
+        );
+    }
+    (sink.problems.len() == before).then_some(MapParams {
+        project,
+        rename,
+        set,
+    })
+}
+
+fn filter(sink: &mut Sink, o: &mut Obj<'_>) -> Option<FilterParams> {
+    let field = o.req_nonempty(sink, "field");
+    let op = o.required(sink, "op").and_then(|v| match v {
+        Value::String(s) => choice(sink, o.at("op"), s, CMP_OPS),
+        _ => {
+            sink.push(o.at("op"), "expected a string");
+            None
+        }
+    });
+    let value = o.required(sink, "value").and_then(|v| match v {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => Some(v.clone()),
+        other => {
+            sink.push(
+                o.at("value"),
+                format!(
+                    "expected a string, number or boolean, found {}",
+                    super::reader::type_name(other)
+                ),
+            );
+            None
+        }
+    });
+    if op == Some(CmpOp::Contains) && !matches!(value, Some(Value::String(_)) | None) {
+        sink.push(o.at("value"), "op contains needs a string value");
+        return None;
+    }
+    Some(FilterParams {
+        field: field?,
+        op: op?,
+        value: value?,
+    })
+}
+
+fn protocol(sink: &mut Sink, o: &mut Obj<'_>) -> PeProtocol {
+    o.opt_choice(
+        sink,
+        "protocol",
+        &[("framed", PeProtocol::Framed), ("lines", PeProtocol::Lines)],
+    )
+    .unwrap_or_default()
+}
+
+fn env(sink: &mut Sink, o: &mut Obj<'_>) -> Option<std::collections::BTreeMap<String, String>> {
+    let env = o.opt_str_map(sink, "env").unwrap_or_default();
+    let mut ok = true;
+    for k in env.keys() {
+        let valid = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            sink.push(
+                join(&o.at("env"), k),
+                "environment names are [A-Za-z_][A-Za-z0-9_]*",
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(env)
+}
+
+fn exec(sink: &mut Sink, o: &mut Obj<'_>) -> Option<ExecParams> {
+    let command = match o.required(sink, "command") {
+        Some(_) => o.opt_str_list(sink, "command"),
+        None => None,
+    };
+    if let Some(c) = &command {
+        if c.is_empty() || c[0].trim().is_empty() {
+            sink.push(o.at("command"), "must name a program");
+        }
+    }
+    let env = env(sink, o);
+    let protocol = protocol(sink, o);
+    Some(ExecParams {
+        command: command.filter(|c| !c.is_empty())?,
+        env: env?,
+        protocol,
+    })
+}
+
+fn container(sink: &mut Sink, o: &mut Obj<'_>) -> Option<ContainerParams> {
+    let image = o.req_nonempty(sink, "image");
+    if let Some(img) = &image {
+        if !valid_image_ref(img) {
+            sink.push(
+                o.at("image"),
+                format!("{img:?} is not an image reference (name[:tag])"),
+            );
+        }
+    }
+    let command = o.opt_str_list(sink, "command").unwrap_or_default();
+    let env = env(sink, o);
+    let protocol = protocol(sink, o);
+    Some(ContainerParams {
+        image: image.filter(|i| valid_image_ref(i))?,
+        command,
+        env: env?,
+        protocol,
+    })
+}
+
+/// Docker's reference grammar, loosely: lowercase path components, optional tag or digest.
+fn valid_image_ref(s: &str) -> bool {
+    let (name, tag) = match s.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => match s.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t)),
+            _ => (s, None),
+        },
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c.chars().all(|ch| {
+                    ch.is_ascii_lowercase()
+                        || ch.is_ascii_digit()
+                        || matches!(ch, '.' | '_' | '-' | ':')
+                })
+        });
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+    });
+    name_ok && tag_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs() {
+        for ok in [
+            "weir/infer:1",
+            "busybox",
+            "localhost:5000/a/b:v2",
+            "x@sha256:abc",
+        ] {
+            assert!(valid_image_ref(ok), "{ok}");
+        }
+        for bad in ["", "Upper/Case", "a//b", "a:", "with space"] {
+            assert!(!valid_image_ref(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        assert!(valid_host_port("127.0.0.1:9000"));
+        assert!(valid_host_port("sink-host:80"));
+        assert!(valid_host_port("[::1]:80"));
+        assert!(!valid_host_port("nohost"));
+        assert!(!valid_host_port(":80"));
+        assert!(!valid_host_port("h:99999"));
+    }
+}
