@@ -1,2 +1,8 @@
-//! The Weir master. The Raft-replicated control plane lands with the master issue;
-//! this crate currently holds only the binary entry point.
+//! The Weir master: the Raft-replicated control plane.
+//!
+//! - [`state`]: the replicated state machine (pure).
+//!
+//! The Raft node, the client API and the worker registry build on it.
+
+pub mod metrics;
+pub mod state;

@@ -1,0 +1,164 @@
+//! The records the state machine keeps.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use weir_common::plan::{Phase, PlanSummary};
+use weir_common::spec::AppSpec;
+
+/// Lifecycle of an app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    /// Accepted; PEs are being placed and started.
+    Submitted,
+    /// Running its current version.
+    Running,
+    /// An upgrade operation is in progress.
+    Upgrading,
+    /// Cancelled by a user; kept for history.
+    Cancelled,
+    /// Failed beyond recovery.
+    Failed,
+}
+
+impl AppState {
+    /// Whether the app still runs (or is about to).
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Submitted | Self::Running | Self::Upgrading)
+    }
+}
+
+/// One app and all its versions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// Unique name.
+    pub name: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Lifecycle state.
+    pub state: AppState,
+    /// Version numbers start at 1; `versions[i].version == i + 1`.
+    pub versions: Vec<AppVersion>,
+    /// The version that runs (or ran).
+    pub current_version: u32,
+    /// When v1 was committed (leader clock, ms since the epoch).
+    pub created_at_ms: u64,
+    /// When the app was cancelled, if it was.
+    pub cancelled_at_ms: Option<u64>,
+    /// Where each PE runs (empty until the scheduler places the app).
+    pub placement: BTreeMap<String, String>,
+}
+
+impl AppRecord {
+    /// The current version.
+    pub fn current(&self) -> &AppVersion {
+        &self.versions[self.current_version as usize - 1]
+    }
+}
+
+/// One version of an app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppVersion {
+    /// 1-based version number.
+    pub version: u32,
+    /// The validated model.
+    pub spec: AppSpec,
+    /// The text the user submitted, verbatim.
+    pub spec_text: String,
+    /// When it was committed.
+    pub submitted_at_ms: u64,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Name.
+    pub name: String,
+    /// Live apps of the tenant.
+    pub apps: u32,
+}
+
+/// A GPU as a worker reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    /// Device UUID.
+    pub uuid: String,
+    /// Vendor name.
+    pub vendor: String,
+    /// Model name.
+    pub model: String,
+    /// Total memory, MiB.
+    pub memory_total_mb: u64,
+    /// True if declared in config rather than discovered.
+    pub declared: bool,
+}
+
+/// Liveness of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Heartbeating.
+    Alive,
+    /// Missed heartbeats past the timeout.
+    Lost,
+}
+
+/// A registered worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Unique id.
+    pub id: String,
+    /// gRPC address of its control service.
+    pub control_address: String,
+    /// TCP address of its data plane.
+    pub data_address: String,
+    /// CPU cores offered.
+    pub cpu_cores: f64,
+    /// Memory offered, MiB.
+    pub memory_mb: u64,
+    /// Accelerators.
+    pub gpus: Vec<GpuRecord>,
+    /// Free-form labels, e.g. pool membership.
+    pub labels: BTreeMap<String, String>,
+    /// Liveness.
+    pub state: WorkerState,
+    /// Increases every time the worker process registers anew.
+    pub incarnation: u64,
+    /// When it (last) registered.
+    pub registered_at_ms: u64,
+    /// When its liveness last changed.
+    pub state_since_ms: u64,
+}
+
+/// An upgrade operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRecord {
+    /// Operation id.
+    pub id: u64,
+    /// App upgraded.
+    pub app: String,
+    /// Version upgraded from.
+    pub from_version: u32,
+    /// Version upgraded to.
+    pub to_version: u32,
+    /// Last phase completed, `None` before prepare completes.
+    pub completed_phase: Option<Phase>,
+    /// How it ended, once it has.
+    pub outcome: Option<UpgradeOutcome>,
+    /// Plan counts.
+    pub summary: PlanSummary,
+    /// When it started.
+    pub started_at_ms: u64,
+    /// When it ended.
+    pub finished_at_ms: Option<u64>,
+}
+
+/// How an upgrade ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "reason")]
+pub enum UpgradeOutcome {
+    /// The app runs the new version.
+    Completed,
+    /// The app runs the old version again; why.
+    RolledBack(String),
+}
