@@ -1,8 +1,13 @@
 //! The Weir master: the Raft-replicated control plane.
 //!
 //! - [`state`]: the replicated state machine (pure).
-//!
-//! The Raft node, the client API and the worker registry build on it.
+//! - [`raft`]: openraft behind one module: redb log, snapshots, gRPC transport.
+//! - [`api`]: the gRPC services (client API, admin, worker registration).
+//! - [`server`]: a master process: every service on one port, metrics, liveness.
+//! - [`metrics`]: Prometheus text rendering.
 
+pub mod api;
 pub mod metrics;
+pub mod raft;
+pub mod server;
 pub mod state;

@@ -1,1 +1,107 @@
-fn main() {}
+//! `weir-master`: one master of a Weir cluster.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use weir_master::server::{Master, MasterConfig};
+
+/// Runs one Weir master. Three (or five) form a Raft cluster; `--dev` runs a single
+/// one-voter master for development.
+#[derive(Parser, Debug)]
+#[command(name = "weir-master", version, about)]
+struct Args {
+    /// This master's id (> 0), unique in the cluster.
+    #[arg(long, env = "WEIR_MASTER_ID", required_unless_present = "dev")]
+    id: Option<u64>,
+    /// gRPC address to serve (clients, workers and other masters).
+    #[arg(long, env = "WEIR_MASTER_LISTEN", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Address other masters and workers use to reach this one, if not `--listen`
+    /// (e.g. a container hostname).
+    #[arg(long, env = "WEIR_MASTER_ADVERTISE")]
+    advertise: Option<String>,
+    /// Founding members, `1=host:port,2=host:port,3=host:port`, this master included.
+    /// The cluster forms once; on later starts the list is ignored. Leave it out to
+    /// start a master that joins an existing cluster through `weirctl cluster add-master`.
+    #[arg(long, env = "WEIR_MASTER_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Where the Raft log and snapshots live.
+    #[arg(long, env = "WEIR_MASTER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Single-voter development master (id 1, data in ./weir-dev-data unless --data-dir).
+    #[arg(long)]
+    dev: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "WEIR_MASTER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// A worker silent this long (ms) is marked lost.
+    #[arg(long, env = "WEIR_WORKER_TIMEOUT_MS", default_value_t = 3000)]
+    worker_timeout_ms: u64,
+    /// Cluster id; masters and workers of other clusters are refused.
+    #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
+    cluster_id: String,
+}
+
+fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for p in peers.iter().filter(|p| !p.is_empty()) {
+        let (id, addr) = p
+            .split_once('=')
+            .with_context(|| format!("--peers: {p:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--peers: {id:?} is not a master id"))?;
+        if id == 0 || out.insert(id, addr.to_string()).is_some() {
+            bail!("--peers: id {id} is zero or listed twice");
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let id = if args.dev {
+        args.id.unwrap_or(1)
+    } else {
+        args.id.context("--id is required")?
+    };
+    if id == 0 {
+        bail!("--id: must be > 0");
+    }
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    let mut peers = parse_peers(&args.peers)?;
+    if args.dev && peers.is_empty() {
+        peers.insert(id, advertise.clone());
+    }
+    if !peers.is_empty() && peers.get(&id) != Some(&advertise) {
+        bail!("--peers must list this master as {id}={advertise}");
+    }
+    let data_dir = match (&args.data_dir, args.dev) {
+        (Some(d), _) => d.clone(),
+        (None, true) => PathBuf::from("weir-dev-data"),
+        (None, false) => bail!("--data-dir is required (or use --dev)"),
+    };
+    let mut cfg = MasterConfig::new(id, data_dir, peers);
+    cfg.node.cluster_id = args.cluster_id;
+    cfg.metrics_listen = args.metrics_listen;
+    cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
+    let master = Master::start(cfg, args.listen).await?;
+    tracing::info!(node = id, addr = %master.addr, metrics = ?master.metrics_addr, "weir-master up");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    master.stop().await;
+    Ok(())
+}

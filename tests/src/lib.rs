@@ -1,1 +1,187 @@
-//! Cross-crate tests live in tests/tests/.
+//! Test harness: real masters (real Raft over real gRPC, real redb on disk) started
+//! in-process on loopback ports, with helpers to kill, restart and partition them.
+//! Every wait is a condition polled against a deadline, never a bare sleep.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use weir_master::server::{Master, MasterConfig};
+use weir_proto::v1 as pb;
+use weir_proto::v1::weir_client::WeirClient;
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cluster of masters in this process.
+pub struct Cluster {
+    /// Data dirs live here.
+    pub dir: tempfile::TempDir,
+    /// Every master's address, running or not.
+    pub addrs: BTreeMap<u64, SocketAddr>,
+    /// Running masters.
+    pub masters: BTreeMap<u64, Master>,
+    /// Adjusts each master's config before start.
+    pub tune: fn(&mut MasterConfig),
+}
+
+fn no_tuning(_: &mut MasterConfig) {}
+
+impl Cluster {
+    /// Starts `n` founding masters.
+    pub async fn start(n: u64) -> Self {
+        Self::start_tuned(n, no_tuning).await
+    }
+
+    /// Starts `n` founding masters, each config adjusted by `tune`.
+    pub async fn start_tuned(n: u64, tune: fn(&mut MasterConfig)) -> Self {
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, l);
+        }
+        let addrs: BTreeMap<u64, SocketAddr> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .collect();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            addrs,
+            masters: BTreeMap::new(),
+            tune,
+        };
+        for (id, l) in listeners {
+            let m = Master::start_on(c.config(id), l).await.unwrap();
+            c.masters.insert(id, m);
+        }
+        c
+    }
+
+    /// The data dir of master `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("m{id}"))
+    }
+
+    fn config(&self, id: u64) -> MasterConfig {
+        let peers = self
+            .addrs
+            .iter()
+            .map(|(i, a)| (*i, a.to_string()))
+            .collect();
+        let mut cfg = MasterConfig::new(id, self.data_dir(id), peers);
+        (self.tune)(&mut cfg);
+        cfg
+    }
+
+    /// Stops master `id` (its server and Raft), as a crash would, keeping its data dir.
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(m) = self.masters.remove(&id) {
+            m.stop().await;
+        }
+    }
+
+    /// Starts master `id` again from its data dir, on its old address.
+    pub async fn restart(&mut self, id: u64) {
+        let addr = self.addrs[&id];
+        let listener = eventually("the old port to be free", || async move {
+            TcpListener::bind(addr).await.ok()
+        })
+        .await;
+        let m = Master::start_on(self.config(id), listener).await.unwrap();
+        self.masters.insert(id, m);
+    }
+
+    /// The leader as every running master agrees on it.
+    pub async fn leader(&self) -> u64 {
+        eventually("a leader all running masters agree on", || async {
+            let mut seen = None;
+            for m in self.masters.values() {
+                let l = m.node.raft.metrics().borrow().current_leader?;
+                if !self.masters.contains_key(&l) || seen.is_some_and(|s| s != l) {
+                    return None;
+                }
+                seen = Some(l);
+            }
+            seen
+        })
+        .await
+    }
+
+    /// A running master other than `not`.
+    pub fn other_than(&self, not: u64) -> u64 {
+        *self
+            .masters
+            .keys()
+            .find(|id| **id != not)
+            .expect("another running master")
+    }
+
+    /// A client of master `id`.
+    pub async fn client(&self, id: u64) -> WeirClient<Channel> {
+        let addr = self.addrs[&id];
+        WeirClient::connect(format!("http://{addr}")).await.unwrap()
+    }
+
+    /// App names in master `id`'s own applied state (no Raft round trip).
+    pub async fn local_apps(&self, id: u64) -> Vec<String> {
+        self.masters[&id]
+            .node
+            .state
+            .read(|d| d.state.apps.keys().cloned().collect())
+            .await
+    }
+
+    /// Master `id`'s last applied log index.
+    pub fn applied(&self, id: u64) -> u64 {
+        self.masters[&id]
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Stops every master.
+    pub async fn stop(mut self) {
+        let ids: Vec<u64> = self.masters.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+}
+
+/// A minimal valid spec for an app called `name`.
+pub fn spec(name: &str) -> String {
+    format!(
+        "name: {name}\noperators:\n  - {{name: gen, kind: source.generator, params: {{count: 10}}}}\n  - {{name: out, kind: sink.verify}}\nstreams:\n  - {{from: gen, to: out}}\n"
+    )
+}
+
+/// A submit request for [`spec`].
+pub fn submit(name: &str) -> pb::SubmitAppRequest {
+    pb::SubmitAppRequest {
+        spec: spec(name),
+        format: pb::SpecFormat::Yaml as i32,
+        request_id: String::new(),
+    }
+}

@@ -1,0 +1,291 @@
+//! From our types to weir.v1 messages. One direction only: the master answers with
+//! these; requests carry specs as text and are parsed by weir-common.
+
+use crate::state::{AppRecord, AppState, WorkerRecord, WorkerState};
+use weir_common::physical::{Channel, Output, PhysicalModel};
+use weir_common::plan::{
+    self, Instruction, OperatorChangeKind, StreamChangeKind, Target, UpgradePlan,
+};
+use weir_common::spec::Partitioning;
+use weir_proto::v1 as pb;
+
+/// An app state as the protocol names it.
+pub fn app_state(s: AppState) -> pb::AppState {
+    match s {
+        AppState::Submitted => pb::AppState::Submitted,
+        AppState::Running => pb::AppState::Running,
+        AppState::Upgrading => pb::AppState::Upgrading,
+        AppState::Cancelled => pb::AppState::Cancelled,
+        AppState::Failed => pb::AppState::Failed,
+    }
+}
+
+/// The one-line view of an app.
+pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
+    pb::AppSummary {
+        name: a.name.clone(),
+        tenant: a.tenant.clone(),
+        state: app_state(a.state) as i32,
+        version: u64::from(a.current_version),
+        pe_count: a
+            .current()
+            .spec
+            .operators
+            .iter()
+            .map(|o| o.parallelism)
+            .sum(),
+        created_at_ms: a.created_at_ms,
+    }
+}
+
+/// The full view of an app: spec, PEs (with placement), streams, versions.
+pub fn app_detail(a: &AppRecord) -> pb::AppDetail {
+    let v = a.current();
+    let m = PhysicalModel::expand(&v.spec);
+    let pes = m
+        .pes
+        .values()
+        .map(|p| pb::PeView {
+            pe: Some(pb::PeRef {
+                id: p.id.to_string(),
+                operator: p.operator.to_string(),
+                revision: p.revision.to_string(),
+                index: p.index,
+            }),
+            worker_id: a.placement.get(p.id.as_str()).cloned().unwrap_or_default(),
+            state: if a.placement.contains_key(p.id.as_str()) {
+                pb::PeState::Running
+            } else {
+                pb::PeState::Pending
+            } as i32,
+            ..Default::default()
+        })
+        .collect();
+    let streams = v
+        .spec
+        .streams
+        .iter()
+        .map(|s| pb::StreamView {
+            name: s.key().to_string(),
+            from_operator: s.from.clone(),
+            to_operator: s.to.clone(),
+            partitioning: Some(partitioning(&s.partitioning)),
+            channels: m.channels.iter().filter(|c| c.stream == s.key()).count() as u32,
+        })
+        .collect();
+    let versions = a
+        .versions
+        .iter()
+        .map(|v| pb::VersionInfo {
+            version: u64::from(v.version),
+            created_at_ms: v.submitted_at_ms,
+            operation_id: String::new(),
+            operator_count: v.spec.operators.len() as u32,
+            pe_count: v.spec.operators.iter().map(|o| o.parallelism).sum(),
+        })
+        .collect();
+    pb::AppDetail {
+        summary: Some(app_summary(a)),
+        spec: v.spec_text.clone(),
+        spec_format: pb::SpecFormat::Yaml as i32,
+        pes,
+        streams,
+        versions,
+        current_upgrade: None,
+    }
+}
+
+/// A worker as `ListWorkers` shows it.
+pub fn worker_view(w: &WorkerRecord, last_heartbeat_ms: u64, pe_count: u32) -> pb::WorkerView {
+    pb::WorkerView {
+        worker_id: w.id.clone(),
+        control_address: w.control_address.clone(),
+        data_address: w.data_address.clone(),
+        resources: Some(pb::WorkerResources {
+            cpu_cores: w.cpu_cores,
+            memory_mb: w.memory_mb,
+            gpus: w
+                .gpus
+                .iter()
+                .map(|g| pb::GpuDevice {
+                    uuid: g.uuid.clone(),
+                    vendor: g.vendor.clone(),
+                    model: g.model.clone(),
+                    memory_total_mb: g.memory_total_mb,
+                    declared: g.declared,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        cpu_free: w.cpu_cores,
+        memory_free_mb: w.memory_mb,
+        labels: w.labels.clone().into_iter().collect(),
+        pools: w.labels.get("pool").cloned().into_iter().collect(),
+        state: match w.state {
+            WorkerState::Alive => pb::WorkerState::Alive,
+            WorkerState::Lost => pb::WorkerState::Dead,
+        } as i32,
+        last_heartbeat_ms,
+        pe_count,
+        incarnation: w.incarnation,
+    }
+}
+
+/// A partitioning as the protocol names it.
+pub fn partitioning(p: &Partitioning) -> pb::Partitioning {
+    use pb::partitioning::Kind;
+    let (kind, key_field) = match p {
+        Partitioning::Forward => (Kind::Forward, String::new()),
+        Partitioning::RoundRobin => (Kind::RoundRobin, String::new()),
+        Partitioning::Hash { key } => (Kind::Hash, key.clone()),
+        Partitioning::Broadcast => (Kind::Broadcast, String::new()),
+    };
+    pb::Partitioning {
+        kind: kind as i32,
+        key_field,
+    }
+}
+
+fn channel(c: &Channel) -> pb::ChannelRef {
+    pb::ChannelRef {
+        from_pe: c.from.to_string(),
+        to_pe: c.to.to_string(),
+        stream: c.stream.to_string(),
+    }
+}
+
+fn output(o: &Output) -> pb::Output {
+    pb::Output {
+        stream: o.stream.to_string(),
+        partitioning: Some(partitioning(&o.partitioning)),
+        targets: o.targets.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn instruction(i: &Instruction) -> pb::Instruction {
+    use pb::instruction::Kind;
+    let ids = |v: &[weir_common::physical::PeId]| v.iter().map(|p| p.to_string()).collect();
+    let kind = match i {
+        Instruction::StartPe {
+            pe,
+            operator,
+            revision,
+            index,
+            parallelism,
+            key_groups,
+            state_from,
+            outputs,
+        } => Kind::StartPe(pb::StartPe {
+            pe: pe.to_string(),
+            operator: operator.to_string(),
+            revision: revision.to_string(),
+            index: *index,
+            parallelism: *parallelism,
+            spec_json: String::new(),
+            state_from: ids(state_from),
+            key_groups: Some(pb::KeyGroupRange {
+                start: key_groups.start,
+                end: key_groups.end,
+            }),
+            outputs: outputs.iter().map(output).collect(),
+        }),
+        Instruction::OpenChannel { channel: c } => Kind::OpenChannel(pb::OpenChannel {
+            channel: Some(channel(c)),
+        }),
+        Instruction::SwitchOutput {
+            pe,
+            stream,
+            partitioning: p,
+            targets,
+        } => Kind::SwitchOutput(pb::SwitchOutput {
+            pe: pe.to_string(),
+            stream: stream.to_string(),
+            partitioning: p.as_ref().map(partitioning),
+            targets: ids(targets),
+        }),
+        Instruction::Drain { pe, hand_off_to } => Kind::Drain(pb::Drain {
+            pe: pe.to_string(),
+            hand_off_to: ids(hand_off_to),
+        }),
+        Instruction::CloseChannel { channel: c } => Kind::CloseChannel(pb::CloseChannel {
+            channel: Some(channel(c)),
+        }),
+        Instruction::StopPe { pe } => Kind::StopPe(pb::StopPe { pe: pe.to_string() }),
+    };
+    pb::Instruction { kind: Some(kind) }
+}
+
+/// The structured plan.
+pub fn upgrade_plan(p: &UpgradePlan, from_version: u32, to_version: u32) -> pb::UpgradePlan {
+    pb::UpgradePlan {
+        app: p.app.clone(),
+        from_version: u64::from(from_version),
+        to_version: u64::from(to_version),
+        operators: p
+            .operators
+            .iter()
+            .map(|o| pb::OperatorChange {
+                name: o.name.clone(),
+                kind: match o.change {
+                    OperatorChangeKind::Added => pb::OperatorChangeKind::Added,
+                    OperatorChangeKind::Removed => pb::OperatorChangeKind::Removed,
+                    OperatorChangeKind::Replaced => pb::OperatorChangeKind::Replaced,
+                    OperatorChangeKind::Rescaled => pb::OperatorChangeKind::Rescaled,
+                    OperatorChangeKind::Rewired => pb::OperatorChangeKind::Rewired,
+                    OperatorChangeKind::Unchanged => pb::OperatorChangeKind::Unchanged,
+                } as i32,
+                reasons: o.reasons.clone(),
+                old_parallelism: o.old_parallelism,
+                new_parallelism: o.new_parallelism,
+            })
+            .collect(),
+        streams: p
+            .streams
+            .iter()
+            .map(|s| pb::StreamChange {
+                stream: s.stream.to_string(),
+                kind: match s.change {
+                    StreamChangeKind::Added => pb::StreamChangeKind::Added,
+                    StreamChangeKind::Removed => pb::StreamChangeKind::Removed,
+                    StreamChangeKind::Repartitioned => pb::StreamChangeKind::Repartitioned,
+                    StreamChangeKind::Rerouted => pb::StreamChangeKind::Rerouted,
+                    StreamChangeKind::Unchanged => pb::StreamChangeKind::Unchanged,
+                } as i32,
+                old_partitioning: s.old.as_ref().map(partitioning),
+                new_partitioning: s.new.as_ref().map(partitioning),
+            })
+            .collect(),
+        adjusted_streams: p.adjusted_streams.iter().map(|s| s.to_string()).collect(),
+        phases: p
+            .phases
+            .iter()
+            .map(|ph| pb::PlanPhase {
+                phase: match ph.phase {
+                    plan::Phase::Prepare => pb::Phase::Prepare,
+                    plan::Phase::Switch => pb::Phase::Switch,
+                    plan::Phase::Cleanup => pb::Phase::Cleanup,
+                } as i32,
+                groups: ph
+                    .groups
+                    .iter()
+                    .map(|g| pb::InstructionGroup {
+                        target: Some(match &g.target {
+                            Target::Worker(w) => pb::instruction_group::Target::WorkerId(w.clone()),
+                            Target::Pe(pe) => pb::instruction_group::Target::PeId(pe.to_string()),
+                        }),
+                        instructions: g.instructions.iter().map(instruction).collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        untouched_pes: p.untouched_pes.iter().map(|p| p.to_string()).collect(),
+        summary: Some(pb::PlanSummary {
+            pes_started: p.summary.pes_started as u32,
+            pes_stopped: p.summary.pes_stopped as u32,
+            pes_rewired: p.summary.pes_rewired as u32,
+            pes_untouched: p.summary.pes_untouched as u32,
+            channels_opened: p.summary.channels_opened as u32,
+            channels_closed: p.summary.channels_closed as u32,
+        }),
+    }
+}

@@ -1,0 +1,568 @@
+//! `weir.v1.Weir`: the client API.
+
+use super::convert::*;
+use super::*;
+use crate::state::{AppState, ClusterState};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::Response as Reply;
+use weir_common::physical::{PeId, PhysicalModel};
+use weir_common::plan::{plan, render_text, Placement};
+use weir_common::spec::{parse_app, AppSpec, SpecFormat};
+use weir_proto::status::{validation_failure, TENANT_METADATA_KEY};
+use weir_proto::v1 as pb;
+use weir_proto::v1::weir_client::WeirClient;
+use weir_proto::v1::weir_server::Weir;
+
+/// The client API service.
+pub struct WeirService {
+    shared: Shared,
+    liveness: Liveness,
+}
+
+impl WeirService {
+    /// The service over shared master state.
+    pub fn new(shared: Shared, liveness: Liveness) -> Self {
+        Self { shared, liveness }
+    }
+
+    async fn leader_client(&self, addr: &str) -> Result<WeirClient<Channel>, Status> {
+        Ok(
+            WeirClient::new(self.shared.channel(addr)?)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+    }
+
+    async fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        self.shared.node.state.read(|d| f(&d.state)).await
+    }
+}
+
+/// Parses a spec from a request, or INVALID_ARGUMENT listing every problem.
+fn parse_spec(text: &str, format: i32) -> Result<AppSpec, Status> {
+    let format = match pb::SpecFormat::try_from(format) {
+        Ok(pb::SpecFormat::Json) => SpecFormat::Json,
+        Ok(_) => SpecFormat::Yaml,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "format: unknown value {format}"
+            )))
+        }
+    };
+    parse_app(text, format).map_err(|problems| {
+        validation_failure(
+            problems
+                .0
+                .into_iter()
+                .map(|p| pb::Problem {
+                    path: p.path,
+                    rule: p.rule,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// A caller that names a tenant may only act on that tenant's apps.
+fn check_tenant<T>(req: &Request<T>, tenant: &str) -> Result<(), Status> {
+    match req
+        .metadata()
+        .get(TENANT_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) if t != tenant => Err(Status::permission_denied(format!(
+            "tenant: the caller is tenant {t:?}; the app belongs to {tenant:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn app_or_not_found<'a>(
+    s: &'a ClusterState,
+    name: &str,
+) -> Result<&'a crate::state::AppRecord, Status> {
+    s.apps
+        .get(name)
+        .ok_or_else(|| Status::not_found(format!("app {name:?} not found")))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AppEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Weir for WeirService {
+    async fn submit_app(
+        &self,
+        req: Request<pb::SubmitAppRequest>,
+    ) -> Result<Reply<pb::SubmitAppResponse>, Status> {
+        self.shared
+            .timed("SubmitApp", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .submit_app(forwarded(req))
+                        .await;
+                }
+                let spec = parse_spec(&req.get_ref().spec, req.get_ref().format)?;
+                check_tenant(&req, &spec.tenant)?;
+                let cmd = Command::SubmitApp {
+                    spec: spec.clone(),
+                    spec_text: req.get_ref().spec.clone(),
+                    at_ms: now_ms(),
+                };
+                // Refuse before proposing, so a refused submit leaves no log entry.
+                self.read(|s| s.check(&cmd))
+                    .await
+                    .map_err(|e| command_status(&e))?;
+                let version = match self.shared.write(cmd).await? {
+                    Response::AppVersion { version, .. } => version,
+                    Response::Done => 1,
+                };
+                let pes = PhysicalModel::expand(&spec)
+                    .pes
+                    .values()
+                    .map(|p| pb::PeRef {
+                        id: p.id.to_string(),
+                        operator: p.operator.to_string(),
+                        revision: p.revision.to_string(),
+                        index: p.index,
+                    })
+                    .collect();
+                Ok(Reply::new(pb::SubmitAppResponse {
+                    app: spec.name,
+                    version: u64::from(version),
+                    state: pb::AppState::Submitted as i32,
+                    pes,
+                }))
+            })
+            .await
+    }
+
+    async fn upgrade_app(
+        &self,
+        req: Request<pb::UpgradeAppRequest>,
+    ) -> Result<Reply<pb::UpgradeAppResponse>, Status> {
+        self.shared
+            .timed("UpgradeApp", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self.leader_client(&addr).await?.upgrade_app(forwarded(req)).await;
+                }
+                self.shared.linearizable().await?;
+                let r = req.get_ref();
+                let new = parse_spec(&r.spec, r.format)?;
+                let (old, placement, version) = self
+                    .read(|s| {
+                        let app = app_or_not_found(s, &r.app)?;
+                        if !app.state.is_live() {
+                            return Err(Status::failed_precondition(format!(
+                                "app {:?} is {:?}; only a live app can be upgraded",
+                                r.app, app.state
+                            )));
+                        }
+                        let placement: Placement =
+                            app.placement.iter().map(|(pe, w)| (PeId(pe.as_str().into()), w.clone())).collect();
+                        Ok((app.current().spec.clone(), placement, app.current_version))
+                    })
+                    .await?;
+                check_tenant(&req, &old.tenant)?;
+                if new.name != r.app {
+                    return Err(Status::invalid_argument(format!(
+                        "spec.name: an upgrade keeps the app name ({:?}, not {:?})",
+                        r.app, new.name
+                    )));
+                }
+                if r.expected_version != 0 && r.expected_version != u64::from(version) {
+                    return Err(Status::failed_precondition(format!(
+                        "expected_version: the app is at version {version}, not {}",
+                        r.expected_version
+                    )));
+                }
+                let p = plan(&old, &new, (!placement.is_empty()).then_some(&placement));
+                if !r.dry_run {
+                    return Err(Status::unimplemented(
+                        "executing an online upgrade is not available yet; use dry_run to see the plan",
+                    ));
+                }
+                Ok(Reply::new(pb::UpgradeAppResponse {
+                    operation_id: String::new(),
+                    dry_run: true,
+                    plan: Some(upgrade_plan(&p, version, version + 1)),
+                    plan_json: serde_json::to_string(&p).map_err(|e| Status::internal(e.to_string()))?,
+                    plan_text: render_text(&p),
+                }))
+            })
+            .await
+    }
+
+    async fn get_app(
+        &self,
+        req: Request<pb::GetAppRequest>,
+    ) -> Result<Reply<pb::GetAppResponse>, Status> {
+        self.shared
+            .timed("GetApp", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .get_app(forwarded(req))
+                        .await;
+                }
+                self.shared.linearizable().await?;
+                let detail = self
+                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
+                    .await?;
+                let tenant = detail
+                    .summary
+                    .as_ref()
+                    .map(|s| s.tenant.clone())
+                    .unwrap_or_default();
+                check_tenant(&req, &tenant)?;
+                Ok(Reply::new(pb::GetAppResponse { app: Some(detail) }))
+            })
+            .await
+    }
+
+    async fn list_apps(
+        &self,
+        req: Request<pb::ListAppsRequest>,
+    ) -> Result<Reply<pb::ListAppsResponse>, Status> {
+        self.shared
+            .timed("ListApps", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .list_apps(forwarded(req))
+                        .await;
+                }
+                self.shared.linearizable().await?;
+                let tenant = req.get_ref().tenant.clone();
+                let apps = self
+                    .read(|s| {
+                        s.apps
+                            .values()
+                            .filter(|a| tenant.is_empty() || a.tenant == tenant)
+                            .map(app_summary)
+                            .collect()
+                    })
+                    .await;
+                Ok(Reply::new(pb::ListAppsResponse { apps }))
+            })
+            .await
+    }
+
+    async fn cancel_app(
+        &self,
+        req: Request<pb::CancelAppRequest>,
+    ) -> Result<Reply<pb::CancelAppResponse>, Status> {
+        self.shared
+            .timed("CancelApp", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .cancel_app(forwarded(req))
+                        .await;
+                }
+                let name = req.get_ref().app.clone();
+                let tenant = self
+                    .read(|s| s.apps.get(&name).map(|a| a.tenant.clone()))
+                    .await;
+                if let Some(t) = tenant {
+                    check_tenant(&req, &t)?;
+                }
+                let cmd = Command::CancelApp {
+                    name,
+                    at_ms: now_ms(),
+                };
+                self.read(|s| s.check(&cmd))
+                    .await
+                    .map_err(|e| command_status(&e))?;
+                self.shared.write(cmd).await?;
+                Ok(Reply::new(pb::CancelAppResponse {
+                    state: pb::AppState::Cancelled as i32,
+                }))
+            })
+            .await
+    }
+
+    type WatchAppStream = WatchStream;
+
+    async fn watch_app(
+        &self,
+        req: Request<pb::WatchAppRequest>,
+    ) -> Result<Reply<Self::WatchAppStream>, Status> {
+        // Served by any master from its own applied log: every master applies the same
+        // commands in the same order.
+        let name = req.get_ref().app.clone();
+        let mut events = self.shared.node.state.subscribe();
+        let current = self
+            .read(|s| {
+                app_or_not_found(s, &name)
+                    .map(|a| (a.state, a.current_version, a.placement.clone()))
+            })
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            let mut send = |event: pb::app_event::Event, version: u32| {
+                seq += 1;
+                tx.try_send(Ok(pb::AppEvent {
+                    app: name.clone(),
+                    seq,
+                    at_ms: now_ms(),
+                    version: u64::from(version),
+                    event: Some(event),
+                }))
+                .is_ok()
+            };
+            let (state, version, placement) = current;
+            let _ = send(app_state_event(None, state), version);
+            if !placement.is_empty() {
+                let _ = send(placement_event(&placement), version);
+            }
+            if !state.is_live() {
+                return;
+            }
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let keep = match &ev.command {
+                    Command::CancelApp { name: n, .. } if *n == name => {
+                        let _ = send(app_state_event(Some(state), AppState::Cancelled), version);
+                        false
+                    }
+                    Command::SetPlacement { app, placement } if *app == name => {
+                        send(placement_event(placement), version)
+                    }
+                    _ => true,
+                };
+                if !keep {
+                    return;
+                }
+            }
+        });
+        Ok(Reply::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as WatchStream,
+        ))
+    }
+
+    async fn list_workers(
+        &self,
+        req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Reply<pb::ListWorkersResponse>, Status> {
+        self.shared
+            .timed("ListWorkers", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .list_workers(forwarded(req))
+                        .await;
+                }
+                self.shared.linearizable().await?;
+                let seen = self.liveness.last_seen_ms();
+                let workers = self
+                    .read(|s| {
+                        let mut pes: BTreeMap<&str, u32> = BTreeMap::new();
+                        for a in s.apps.values() {
+                            for w in a.placement.values() {
+                                *pes.entry(w.as_str()).or_default() += 1;
+                            }
+                        }
+                        s.workers
+                            .values()
+                            .map(|w| {
+                                let last = seen.get(&w.id).copied().unwrap_or(w.state_since_ms);
+                                worker_view(w, last, pes.get(w.id.as_str()).copied().unwrap_or(0))
+                            })
+                            .collect()
+                    })
+                    .await;
+                Ok(Reply::new(pb::ListWorkersResponse { workers }))
+            })
+            .await
+    }
+
+    async fn list_pools(
+        &self,
+        req: Request<pb::ListPoolsRequest>,
+    ) -> Result<Reply<pb::ListPoolsResponse>, Status> {
+        self.shared
+            .timed("ListPools", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .list_pools(forwarded(req))
+                        .await;
+                }
+                self.shared.linearizable().await?;
+                let pools = self.read(pools).await;
+                Ok(Reply::new(pb::ListPoolsResponse { pools }))
+            })
+            .await
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Reply<pb::ClusterStatusResponse>, Status> {
+        self.shared
+            .timed("ClusterStatus", async {
+                Ok(Reply::new(cluster_status(&self.shared)))
+            })
+            .await
+    }
+
+    async fn get_app_history(
+        &self,
+        req: Request<pb::GetAppHistoryRequest>,
+    ) -> Result<Reply<pb::GetAppHistoryResponse>, Status> {
+        self.shared
+            .timed("GetAppHistory", async {
+                if let Route::Remote(addr) = self.shared.route(&req)? {
+                    return self
+                        .leader_client(&addr)
+                        .await?
+                        .get_app_history(forwarded(req))
+                        .await;
+                }
+                self.shared.linearizable().await?;
+                let detail = self
+                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
+                    .await?;
+                Ok(Reply::new(pb::GetAppHistoryResponse {
+                    versions: detail.versions,
+                    operations: vec![],
+                }))
+            })
+            .await
+    }
+}
+
+fn app_state_event(old: Option<AppState>, new: AppState) -> pb::app_event::Event {
+    pb::app_event::Event::AppStateChanged(pb::AppStateChanged {
+        old_state: old.map_or(pb::AppState::Unspecified, app_state) as i32,
+        new_state: app_state(new) as i32,
+        message: String::new(),
+    })
+}
+
+fn placement_event(p: &BTreeMap<String, String>) -> pb::app_event::Event {
+    pb::app_event::Event::PlacementChanged(pb::PlacementChanged {
+        placements: p
+            .iter()
+            .map(|(pe, w)| pb::PePlacement {
+                pe: pe.clone(),
+                worker_id: w.clone(),
+                gpu_uuids: vec![],
+            })
+            .collect(),
+    })
+}
+
+/// Pools: workers grouped by their `pool` label (default `general`), with scenario and
+/// vendor from the `scenario` label and their GPUs.
+fn pools(s: &ClusterState) -> Vec<pb::Pool> {
+    let mut out: BTreeMap<String, pb::Pool> = BTreeMap::new();
+    for w in s
+        .workers
+        .values()
+        .filter(|w| w.state == crate::state::WorkerState::Alive)
+    {
+        let name = w
+            .labels
+            .get("pool")
+            .cloned()
+            .unwrap_or_else(|| "general".into());
+        let p = out.entry(name.clone()).or_insert_with(|| pb::Pool {
+            name,
+            scenario: w
+                .labels
+                .get("scenario")
+                .cloned()
+                .unwrap_or_else(|| "general".into()),
+            vendor: w
+                .gpus
+                .first()
+                .map_or_else(|| "cpu".into(), |g| g.vendor.clone()),
+            ..Default::default()
+        });
+        p.workers.push(w.id.clone());
+        p.gpus_total += w.gpus.len() as u32;
+        p.gpus_free += w.gpus.len() as u32;
+        let mem: u64 = w.gpus.iter().map(|g| g.memory_total_mb).sum();
+        p.gpu_memory_total_mb += mem;
+        p.gpu_memory_free_mb += mem;
+        p.cpu_total += w.cpu_cores;
+        p.cpu_free += w.cpu_cores;
+        p.memory_total_mb += w.memory_mb;
+        p.memory_free_mb += w.memory_mb;
+    }
+    out.into_values().collect()
+}
+
+/// Members, leader, term and indexes as this master sees them.
+pub(crate) fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
+    let m = shared.node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if Some(*id) == m.current_leader {
+                pb::MemberRole::Leader
+            } else if !voters.contains(id) {
+                pb::MemberRole::Learner
+            } else if *id == m.id && m.state == openraft::ServerState::Candidate {
+                pb::MemberRole::Candidate
+            } else {
+                pb::MemberRole::Follower
+            };
+            pb::Member {
+                id: *id,
+                address: node.addr.clone(),
+                role: role as i32,
+                voter: voters.contains(id),
+            }
+        })
+        .collect();
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    // The leader knows what a majority has: the median of the voters' matched indexes.
+    let commit = match (&m.replication, m.current_leader == Some(m.id)) {
+        (Some(repl), true) => {
+            let mut matched: Vec<u64> = voters
+                .iter()
+                .map(|v| {
+                    if *v == m.id {
+                        m.last_log_index.unwrap_or(0)
+                    } else {
+                        repl.get(v).copied().flatten().map_or(0, |l| l.index)
+                    }
+                })
+                .collect();
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            matched
+                .get(voters.len() / 2)
+                .copied()
+                .unwrap_or(applied)
+                .max(applied)
+        }
+        _ => applied,
+    };
+    pb::ClusterStatusResponse {
+        cluster_id: shared.node.cluster_id.clone(),
+        members,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        commit_index: commit,
+        applied_index: applied,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        answered_by: m.id,
+    }
+}

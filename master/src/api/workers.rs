@@ -1,0 +1,250 @@
+//! `weir.v1.MasterWorkers`: registration (through Raft) and heartbeats (leader memory),
+//! and the liveness monitor that marks silent workers lost.
+//!
+//! Heartbeats are soft state: writing every heartbeat of every worker through Raft
+//! would fill the log with nothing. Only transitions are replicated: registration,
+//! alive -> lost, lost -> alive. A new leader gives every worker a full timeout of
+//! grace before judging it.
+
+use super::*;
+use crate::state::{GpuRecord, WorkerRecord, WorkerState};
+use std::collections::BTreeMap;
+use tonic::Response as Reply;
+use weir_proto::v1 as pb;
+use weir_proto::v1::master_workers_client::MasterWorkersClient;
+use weir_proto::v1::master_workers_server::MasterWorkers;
+
+/// When each worker was last heard from (on the leader).
+#[derive(Clone, Default)]
+pub struct Liveness {
+    seen: Arc<Mutex<BTreeMap<String, (Instant, u64)>>>,
+}
+
+impl Liveness {
+    fn touch(&self, id: &str) {
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(id.to_string(), (Instant::now(), now_ms()));
+        }
+    }
+
+    /// Wall-clock time of the last heartbeat of each worker heard by this master.
+    pub fn last_seen_ms(&self) -> BTreeMap<String, u64> {
+        self.seen
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.1)).collect())
+            .unwrap_or_default()
+    }
+
+    fn silent_for(&self, id: &str) -> Option<Duration> {
+        self.seen.lock().ok()?.get(id).map(|(t, _)| t.elapsed())
+    }
+}
+
+/// The worker-facing service.
+pub struct WorkersService {
+    shared: Shared,
+    liveness: Liveness,
+    heartbeat_interval: Duration,
+}
+
+impl WorkersService {
+    /// The service; workers are told to heartbeat every `heartbeat_interval`.
+    pub fn new(shared: Shared, liveness: Liveness, heartbeat_interval: Duration) -> Self {
+        Self {
+            shared,
+            liveness,
+            heartbeat_interval,
+        }
+    }
+}
+
+fn gpus(r: Option<&pb::WorkerResources>) -> Vec<GpuRecord> {
+    r.map(|r| {
+        r.gpus
+            .iter()
+            .map(|g| GpuRecord {
+                uuid: g.uuid.clone(),
+                vendor: g.vendor.clone(),
+                model: g.model.clone(),
+                memory_total_mb: g.memory_total_mb,
+                declared: g.declared,
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl MasterWorkers for WorkersService {
+    async fn register_worker(
+        &self,
+        req: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Reply<pb::RegisterWorkerResponse>, Status> {
+        if let Route::Remote(addr) = self.shared.route(&req)? {
+            return MasterWorkersClient::new(self.shared.channel(&addr)?)
+                .register_worker(forwarded(req))
+                .await;
+        }
+        let r = req.into_inner();
+        if r.worker_id.is_empty() {
+            return Err(Status::invalid_argument("worker_id: required"));
+        }
+        if !r.cluster_id.is_empty() && r.cluster_id != self.shared.node.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster_id: these masters form cluster {:?}, not {:?}",
+                self.shared.node.cluster_id, r.cluster_id
+            )));
+        }
+        let res = r.resources.as_ref();
+        let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        if let Some(pool) = r.pools.first() {
+            labels.entry("pool".into()).or_insert_with(|| pool.clone());
+        }
+        let worker = WorkerRecord {
+            id: r.worker_id.clone(),
+            control_address: r.control_address,
+            data_address: r.data_address,
+            cpu_cores: res.map_or(0.0, |r| r.cpu_cores),
+            memory_mb: res.map_or(0, |r| r.memory_mb),
+            gpus: gpus(res),
+            labels,
+            state: WorkerState::Alive,
+            incarnation: 0,
+            registered_at_ms: now_ms(),
+            state_since_ms: 0,
+        };
+        self.shared
+            .write(Command::RegisterWorker { worker })
+            .await?;
+        self.liveness.touch(&r.worker_id);
+        let incarnation = self
+            .shared
+            .node
+            .state
+            .read(|d| {
+                d.state
+                    .workers
+                    .get(&r.worker_id)
+                    .map_or(0, |w| w.incarnation)
+            })
+            .await;
+        let status = cluster_status_brief(&self.shared);
+        tracing::info!(worker = %r.worker_id, incarnation, "worker registered");
+        Ok(Reply::new(pb::RegisterWorkerResponse {
+            accepted: true,
+            reason: String::new(),
+            leader_id: Some(self.shared.id()),
+            leader_address: status.1,
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            incarnation,
+            cluster_id: self.shared.node.cluster_id.clone(),
+            term: status.0,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Reply<pb::HeartbeatResponse>, Status> {
+        if let Route::Remote(addr) = self.shared.route(&req)? {
+            return MasterWorkersClient::new(self.shared.channel(&addr)?)
+                .heartbeat(forwarded(req))
+                .await;
+        }
+        let r = req.into_inner();
+        let known = self
+            .shared
+            .node
+            .state
+            .read(|d| d.state.workers.get(&r.worker_id).cloned())
+            .await;
+        let (term, addr) = cluster_status_brief(&self.shared);
+        let reply = |reregister| pb::HeartbeatResponse {
+            leader_id: Some(self.shared.id()),
+            leader_address: addr.clone(),
+            term,
+            reregister,
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+        };
+        // An unknown worker, or an old incarnation of a restarted one, must register.
+        let Some(w) = known.filter(|w| w.incarnation == r.incarnation) else {
+            return Ok(Reply::new(reply(true)));
+        };
+        self.liveness.touch(&w.id);
+        if w.state == WorkerState::Lost {
+            tracing::info!(worker = %w.id, "lost worker heartbeats again");
+            self.shared
+                .write(Command::SetWorkerState {
+                    id: w.id,
+                    state: WorkerState::Alive,
+                    at_ms: now_ms(),
+                })
+                .await?;
+        }
+        Ok(Reply::new(reply(false)))
+    }
+}
+
+fn cluster_status_brief(shared: &Shared) -> (u64, String) {
+    let m = shared.node.raft.metrics().borrow().clone();
+    let addr = shared.leader().map(|(_, a)| a).unwrap_or_default();
+    (m.current_term, addr)
+}
+
+/// Marks workers lost when the leader has not heard from them within `timeout`.
+/// Runs on every master; acts only while this master leads.
+pub async fn monitor_liveness(
+    shared: Shared,
+    liveness: Liveness,
+    timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut led = false;
+    let tick = (timeout / 4).max(Duration::from_millis(50));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(tick).await;
+        let leading = shared.leader().is_some_and(|(id, _)| id == shared.id());
+        if leading && !led {
+            // New leadership: every known worker gets a full timeout from now.
+            let ids = shared
+                .node
+                .state
+                .read(|d| d.state.workers.keys().cloned().collect::<Vec<_>>())
+                .await;
+            for id in ids {
+                liveness.touch(&id);
+            }
+        }
+        led = leading;
+        if !leading {
+            continue;
+        }
+        let alive: Vec<String> = shared
+            .node
+            .state
+            .read(|d| {
+                d.state
+                    .workers
+                    .values()
+                    .filter(|w| w.state == WorkerState::Alive)
+                    .map(|w| w.id.clone())
+                    .collect()
+            })
+            .await;
+        for id in alive {
+            if liveness.silent_for(&id).is_none_or(|d| d > timeout) {
+                tracing::warn!(worker = %id, timeout_ms = timeout.as_millis() as u64, "worker missed heartbeats; marking it lost");
+                let _ = shared
+                    .write(Command::SetWorkerState {
+                        id,
+                        state: WorkerState::Lost,
+                        at_ms: now_ms(),
+                    })
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A master process: the Raft node and every service on one gRPC port, plus the
+//! Prometheus endpoint and the liveness monitor.
+
+use crate::api::{
+    monitor_liveness, AdminService, Liveness, Shared, WeirService, WorkersService,
+    MAX_REQUEST_BYTES,
+};
+use crate::metrics::Metrics;
+use crate::raft::node::{NodeConfig, RaftNode, StartError};
+use crate::raft::transport::RaftService;
+use crate::raft::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use weir_proto::v1::master_workers_server::MasterWorkersServer;
+use weir_proto::v1::weir_admin_server::WeirAdminServer;
+use weir_proto::v1::weir_server::WeirServer;
+
+/// How to run a master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// Raft node settings (id, data dir, timing).
+    pub node: NodeConfig,
+    /// The founding members (id -> gRPC address), this master included. Empty: join an
+    /// existing cluster later through `AddMaster`.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Workers are told to heartbeat this often.
+    pub worker_heartbeat: Duration,
+    /// A worker silent this long is marked lost.
+    pub worker_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Deadline of a client request.
+    pub request_timeout: Duration,
+}
+
+impl MasterConfig {
+    /// A config with default timing for master `id` with data in `data_dir`.
+    pub fn new(id: NodeId, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> Self {
+        Self {
+            node: NodeConfig::new(id, data_dir),
+            peers,
+            worker_heartbeat: Duration::from_millis(500),
+            worker_timeout: Duration::from_secs(3),
+            metrics_listen: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running master.
+pub struct Master {
+    /// The Raft node.
+    pub node: RaftNode,
+    /// The gRPC address it serves.
+    pub addr: SocketAddr,
+    /// The metrics address, if serving.
+    pub metrics_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Master {
+    /// Binds `listen` and starts.
+    pub async fn start(cfg: MasterConfig, listen: SocketAddr) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| StartError::Io(listen.to_string().into(), e))?;
+        Self::start_on(cfg, listener).await
+    }
+
+    /// Starts on an already bound listener (tests bind port 0 first to learn addresses).
+    pub async fn start_on(cfg: MasterConfig, listener: TcpListener) -> Result<Self, StartError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Io("listener".into(), e))?;
+        let node = RaftNode::start(&cfg.node).await?;
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(node.clone(), metrics.clone());
+        let liveness = Liveness::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<WeirServer<WeirService>>().await;
+
+        let router = tonic::transport::Server::builder()
+            .timeout(cfg.request_timeout)
+            .add_service(health_service)
+            .add_service(
+                WeirServer::new(WeirService::new(shared.clone(), liveness.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(WeirAdminServer::new(AdminService::new(shared.clone())))
+            .add_service(
+                MasterWorkersServer::new(WorkersService::new(
+                    shared.clone(),
+                    liveness.clone(),
+                    cfg.worker_heartbeat,
+                ))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(RaftService::server(
+                node.raft.clone(),
+                node.id,
+                node.cluster_id.clone(),
+                node.faults.clone(),
+            ));
+        let mut rx = stop_rx.clone();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut tasks = vec![tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        })];
+        tasks.push(tokio::spawn(monitor_liveness(
+            shared.clone(),
+            liveness,
+            cfg.worker_timeout,
+            stop_rx.clone(),
+        )));
+
+        let metrics_addr = match cfg.metrics_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| StartError::Io(a.to_string().into(), e))?;
+                let bound = l.local_addr().ok();
+                tasks.push(tokio::spawn(serve_metrics(
+                    l,
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+                bound
+            }
+            None => None,
+        };
+
+        if !cfg.peers.is_empty() {
+            if let Err(e) = node.initialize(&cfg.peers).await {
+                tracing::warn!(error = %e, "cluster initialisation refused");
+            }
+        }
+        tracing::info!(node = node.id, %addr, "master serving");
+        Ok(Self {
+            node,
+            addr,
+            metrics_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops serving and stops Raft; the data dir keeps everything committed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.node.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 responder for `GET /metrics` (no web framework for one page).
+async fn serve_metrics(listener: TcpListener, shared: Shared, mut stop: watch::Receiver<bool>) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let ok = n.is_some_and(|n| buf[..n].starts_with(b"GET /metrics"));
+            let (status, body) = if ok {
+                ("200 OK", render(&shared))
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+fn render(shared: &Shared) -> String {
+    let s = crate::api::cluster_status_of(shared);
+    let leader = s.leader_id.map_or(-1.0, |l| l as f64);
+    shared.metrics.render(&[
+        ("weir_raft_term", "Current Raft term.", s.term as f64),
+        (
+            "weir_raft_leader_id",
+            "Id of the leader this master knows (-1: none).",
+            leader,
+        ),
+        (
+            "weir_raft_is_leader",
+            "1 if this master leads.",
+            f64::from(u8::from(s.leader_id == Some(s.answered_by))),
+        ),
+        (
+            "weir_raft_commit_index",
+            "Highest log index known committed.",
+            s.commit_index as f64,
+        ),
+        (
+            "weir_raft_applied_index",
+            "Highest log index applied.",
+            s.applied_index as f64,
+        ),
+        (
+            "weir_raft_last_log_index",
+            "Last log index stored.",
+            s.last_log_index as f64,
+        ),
+        (
+            "weir_raft_apply_lag",
+            "Entries committed but not yet applied.",
+            s.commit_index.saturating_sub(s.applied_index) as f64,
+        ),
+    ])
+}
