@@ -4,6 +4,7 @@
 //! validator and planner the master runs.
 
 mod offline;
+mod online;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -15,6 +16,17 @@ struct Cli {
     /// How results are printed.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+    /// A master's gRPC address; repeat for several (any one that answers will do:
+    /// followers forward to the leader).
+    #[arg(
+        long = "master",
+        short = 'm',
+        env = "WEIR_MASTERS",
+        value_delimiter = ',',
+        global = true,
+        default_value = "127.0.0.1:7000"
+    )]
+    masters: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +63,70 @@ enum Command {
         #[arg(long)]
         placement: Option<String>,
     },
+    /// Submit a new app (version 1) to the cluster.
+    Submit {
+        /// The app's spec.
+        file: String,
+    },
+    /// Show an app: state, version, PEs with their workers and rates, streams.
+    Get {
+        /// App name.
+        app: String,
+    },
+    /// List apps.
+    List {
+        /// Only this tenant's apps.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Cancel a running app.
+    Cancel {
+        /// App name.
+        app: String,
+    },
+    /// Upgrade a running app to a new version (today: --dry-run shows the plan).
+    Upgrade {
+        /// App name.
+        app: String,
+        /// The new version's spec.
+        file: String,
+        /// Only compute and show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stream an app's events (state changes, placement) until it ends.
+    Watch {
+        /// App name.
+        app: String,
+    },
+    /// List workers with their resources and GPUs.
+    Workers,
+    /// The master cluster: status and membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Members, leader, term, commit and applied index.
+    Status,
+    /// Add a master (it must be running, started without --peers).
+    AddMaster {
+        /// Its id.
+        id: u64,
+        /// Its gRPC address.
+        address: String,
+        /// Add it as a non-voting learner only.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a master from the cluster.
+    RemoveMaster {
+        /// Its id.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +138,7 @@ fn main() -> ExitCode {
             new,
             placement,
         } => offline::plan(old, new, placement.as_deref(), cli.output),
+        online => run_online(online, online::Conn::new(cli.masters.clone(), cli.output)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -71,4 +148,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cmd {
+            Command::Submit { file } => online::submit(&conn, file).await,
+            Command::Get { app } => online::get(&conn, app).await,
+            Command::List { tenant } => online::list(&conn, tenant.clone()).await,
+            Command::Cancel { app } => online::cancel(&conn, app).await,
+            Command::Upgrade { app, file, dry_run } => {
+                online::upgrade(&conn, app, file, *dry_run).await
+            }
+            Command::Watch { app } => online::watch(&conn, app).await,
+            Command::Workers => online::workers(&conn).await,
+            Command::Cluster { command } => match command {
+                ClusterCommand::Status => online::cluster_status(&conn).await,
+                ClusterCommand::AddMaster {
+                    id,
+                    address,
+                    learner,
+                } => online::add_master(&conn, *id, address, *learner).await,
+                ClusterCommand::RemoveMaster { id } => online::remove_master(&conn, *id).await,
+            },
+            Command::Validate { .. } | Command::Plan { .. } => unreachable!("offline commands"),
+        }
+    })?;
+    Ok(true)
 }
