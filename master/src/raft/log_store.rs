@@ -5,10 +5,11 @@ use super::*;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -16,10 +17,16 @@ const K_VOTE: &str = "vote";
 const K_COMMITTED: &str = "committed";
 const K_PURGED: &str = "last_purged";
 
-/// The redb-backed log store. Cheap to clone: clones share the database.
+/// Recent entries kept in memory, so that replicating what was just appended does not
+/// read it back from disk and decode it again.
+const CACHE_ENTRIES: usize = 8192;
+
+/// The redb-backed log store. Cheap to clone: clones share the database and the cache.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// A contiguous suffix of the log (what is on disk is the truth; this is a copy).
+    cache: Arc<Mutex<BTreeMap<u64, Entry>>>,
 }
 
 fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
@@ -37,7 +44,32 @@ impl LogStore {
             tx.open_table(META)?;
         }
         tx.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            cache: Default::default(),
+        })
+    }
+
+    /// The entries of `range` if the cache holds all of them.
+    fn cached<RB: RangeBounds<u64>>(&self, range: &RB) -> Option<Vec<Entry>> {
+        use std::ops::Bound::*;
+        let cache = self.cache.lock().ok()?;
+        let first = *cache.keys().next()?;
+        let last = *cache.keys().next_back()?;
+        let start = match range.start_bound() {
+            Included(s) => *s,
+            Excluded(s) => s + 1,
+            Unbounded => return None,
+        };
+        let end = match range.end_bound() {
+            Included(e) => *e,
+            Excluded(e) => e.checked_sub(1)?,
+            Unbounded => last,
+        };
+        if start < first || start > end || end > last {
+            return None;
+        }
+        Some(cache.range(start..=end).map(|(_, e)| e.clone()).collect())
     }
 
     /// Runs blocking redb work (it fsyncs) off the async executor.
@@ -80,6 +112,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(hit) = self.cached(&range) {
+            return Ok(hit);
+        }
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
         self.blocking(move |db| {
@@ -156,8 +191,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut fresh = Vec::new();
         for e in entries {
             rows.push((e.log_id.index, serde_json::to_vec(&e).map_err(io)?));
+            fresh.push(e);
         }
         let res = self
             .blocking(move |db| {
@@ -171,6 +208,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tx.commit().map_err(io)
             })
             .await;
+        if res.is_ok() {
+            if let Ok(mut cache) = self.cache.lock() {
+                // Appends are contiguous with what is cached unless the cache is cold.
+                if let (Some(first), Some(last)) = (fresh.first(), cache.keys().next_back()) {
+                    if first.log_id.index > last + 1 {
+                        cache.clear();
+                    }
+                }
+                for e in fresh {
+                    cache.insert(e.log_id.index, e);
+                }
+                while cache.len() > CACHE_ENTRIES {
+                    cache.pop_first();
+                }
+            }
+        }
         // Durable only now: tell openraft (or tell it why not).
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
@@ -180,6 +233,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|i, _| *i < log_id.index);
+        }
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(io)?;
             {
@@ -192,6 +248,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|i, _| *i > log_id.index);
+        }
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(io)?;
             {
