@@ -3,6 +3,7 @@
 //! Offline commands (`validate`, `plan`) need no cluster: they run the same parser,
 //! validator and planner the master runs.
 
+mod demo;
 mod offline;
 mod online;
 
@@ -42,6 +43,13 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run Weir end to end in this process: an embedded master, the clickstream
+    /// example submitted, shown, planned for its online upgrade, and restarted.
+    Demo {
+        /// Where the example specs are.
+        #[arg(long, default_value = "examples")]
+        examples: String,
+    },
     /// Check app specs (YAML or JSON) and list every problem with its path.
     ///
     /// Exits 0 when every file is valid, 1 otherwise.
@@ -138,6 +146,7 @@ fn main() -> ExitCode {
             new,
             placement,
         } => offline::plan(old, new, placement.as_deref(), cli.output),
+        Command::Demo { examples } => demo::run(std::path::Path::new(examples)),
         online => run_online(online, online::Conn::new(cli.masters.clone(), cli.output)),
     };
     match result {
@@ -174,7 +183,9 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 } => online::add_master(&conn, *id, address, *learner).await,
                 ClusterCommand::RemoveMaster { id } => online::remove_master(&conn, *id).await,
             },
-            Command::Validate { .. } | Command::Plan { .. } => unreachable!("offline commands"),
+            Command::Validate { .. } | Command::Plan { .. } | Command::Demo { .. } => {
+                unreachable!("not online commands")
+            }
         }
     })?;
     Ok(true)

@@ -209,3 +209,23 @@ fn missing_files_and_bad_usage_fail_clearly() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("validate") && text(&out.stdout).contains("plan"));
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_survives_a_restart() {
+    let out = weirctl(&["demo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("submitted clickstream version 1 (10 PEs)"),
+        "{s}"
+    );
+    assert!(s.contains("Phase 2/3 switch"));
+    let after = s
+        .split("=== restarting the master from its data dir")
+        .nth(1)
+        .expect("restart step");
+    assert!(
+        after.contains("clickstream              web            submitted        1    10"),
+        "{after}"
+    );
+}

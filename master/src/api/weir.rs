@@ -119,6 +119,7 @@ impl Weir for WeirService {
                     Response::AppVersion { version, .. } => version,
                     Response::Done => 1,
                 };
+                tracing::info!(app = %spec.name, version, tenant = %spec.tenant, "app submitted");
                 let pes = PhysicalModel::expand(&spec)
                     .pes
                     .values()
@@ -280,6 +281,7 @@ impl Weir for WeirService {
                     .await
                     .map_err(|e| command_status(&e))?;
                 self.shared.write(cmd).await?;
+                tracing::info!(app = %req.get_ref().app, "app cancelled");
                 Ok(Reply::new(pb::CancelAppResponse {
                     state: pb::AppState::Cancelled as i32,
                 }))
