@@ -9,5 +9,6 @@
 pub mod api;
 pub mod metrics;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
 pub mod state;

@@ -1,0 +1,305 @@
+use super::*;
+use weir_common::spec::{parse_app, SpecFormat};
+
+fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity {
+    WorkerCapacity {
+        id: id.into(),
+        alive: true,
+        cpu_free: cpu,
+        memory_free_mb: mem,
+        scenario: Scenario::General,
+        gpus: gpus
+            .iter()
+            .map(|(u, m)| GpuSlot {
+                uuid: u.to_string(),
+                vendor: Vendor::Nvidia,
+                memory_free_mb: *m,
+            })
+            .collect(),
+    }
+}
+
+fn app(text: &str) -> AppSpec {
+    parse_app(text, SpecFormat::Yaml).unwrap()
+}
+
+const PIPE: &str = r#"
+name: t
+operators:
+  - {name: gen, kind: source.generator, parallelism: 3, params: {count: 10}}
+  - {name: up, kind: map, parallelism: 3, params: {set: {u: "upper(key)"}}}
+  - {name: out, kind: sink.null, parallelism: 1}
+streams:
+  - {from: gen, to: up}
+  - {from: up, to: out, partitioning: round_robin}
+"#;
+
+#[test]
+fn spreads_an_operator_and_keeps_forward_peers_together() {
+    let ws = [
+        worker("w1", 8.0, 8192, &[]),
+        worker("w2", 8.0, 8192, &[]),
+        worker("w3", 8.0, 8192, &[]),
+    ];
+    let reqs = requests_for(&app(PIPE));
+    let p = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    assert_eq!(p.len(), 7);
+    let on = |pe: &PeRequest| p[&pe.pe].worker.clone();
+    let gens: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.operator == "gen")
+        .map(on)
+        .collect();
+    let mut distinct = gens.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "gen PEs spread over three workers: {gens:?}"
+    );
+    // up#i sits with gen#i: the forward stream never crosses the network.
+    for r in reqs.iter().filter(|r| r.operator == "up") {
+        assert_eq!(r.forward_peers.len(), 1);
+        assert_eq!(p[&r.pe].worker, p[&r.forward_peers[0]].worker);
+    }
+}
+
+#[test]
+fn gpu_slices_fit_per_device_best_fit() {
+    let spec = r#"
+name: g
+operators:
+  - {name: src, kind: source.generator, params: {count: 10}}
+  - name: infer
+    kind: container
+    parallelism: 3
+    params: {image: "weir/infer:1"}
+    resources: {cpu: 1, memory_mb: 1024, gpu: {count: 1, memory_mb: 10000}}
+  - {name: out, kind: sink.null}
+streams:
+  - {from: src, to: infer, partitioning: round_robin}
+  - {from: infer, to: out, partitioning: round_robin}
+"#;
+    // w1: a 16 GiB and a 24 GiB device; w2: one 12 GiB device.
+    let ws = [
+        worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
+        worker("w2", 8.0, 8192, &[("C", 12288)]),
+    ];
+    let p = place(&ws, &requests_for(&app(spec)), &BTreeMap::new()).unwrap();
+    let mut used: BTreeMap<String, u64> = BTreeMap::new();
+    for a in p.values() {
+        for u in &a.gpus {
+            *used.entry(u.clone()).or_default() += 10000;
+        }
+    }
+    // Three 10,000 MiB slices: each device takes exactly one (none has room for two
+    // except B, but spreading the operator puts one on w2 first).
+    assert_eq!(used.values().sum::<u64>(), 30000);
+    for (u, m) in &used {
+        let cap = match u.as_str() {
+            "A" => 16384,
+            "B" => 24576,
+            _ => 12288,
+        };
+        assert!(*m <= cap, "device {u} over-committed: {m} > {cap}");
+    }
+    // A fourth slice cannot fit anywhere: refused with the reason, nothing placed.
+    let mut reqs = requests_for(&app(spec));
+    let mut extra = reqs.iter().find(|r| r.gpu.is_some()).unwrap().clone();
+    extra.pe = PeId("infer@x#9".into());
+    extra.gpu.as_mut().unwrap().memory_mb = 20000;
+    reqs.push(extra);
+    let ws = [
+        worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
+        worker("w2", 8.0, 8192, &[("C", 12288)]),
+    ];
+    let err = place(&ws, &reqs, &BTreeMap::new()).unwrap_err();
+    assert!(err.why.contains("20000 MiB free each"), "{err}");
+}
+
+#[test]
+fn vendor_and_scenario_must_match() {
+    let spec = r#"
+name: g
+operators:
+  - {name: src, kind: source.generator, params: {count: 10}}
+  - name: infer
+    kind: exec
+    params: {command: [cat]}
+    resources: {gpu: {memory_mb: 1000, vendor: amd, scenario: inference}}
+  - {name: out, kind: sink.null}
+streams:
+  - {from: src, to: infer}
+  - {from: infer, to: out}
+"#;
+    let nvidia = worker("w1", 8.0, 8192, &[("N", 80000)]);
+    let mut amd = worker("w2", 8.0, 8192, &[("R", 8000)]);
+    amd.gpus[0].vendor = Vendor::Amd;
+    let mut amd_training = amd.clone();
+    amd_training.id = "w3".into();
+    amd_training.scenario = Scenario::Training;
+    amd.scenario = Scenario::Inference;
+    let p = place(
+        &[nvidia.clone(), amd, amd_training.clone()],
+        &requests_for(&app(spec)),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let infer = p.iter().find(|(pe, _)| pe.operator() == "infer").unwrap().1;
+    assert_eq!(infer.worker, "w2");
+    assert_eq!(infer.gpus, vec!["R".to_string()]);
+    assert!(place(
+        &[nvidia, amd_training],
+        &requests_for(&app(spec)),
+        &BTreeMap::new()
+    )
+    .is_err());
+}
+
+#[test]
+fn not_enough_cpu_or_memory_is_refused_naming_the_shortfall() {
+    let ws = [worker("w1", 0.5, 8192, &[])];
+    let err = place(&ws, &requests_for(&app(PIPE)), &BTreeMap::new()).unwrap_err();
+    assert!(err.why.contains("needs 0.25 cores"), "{err}");
+    let mut dead = worker("w1", 64.0, 65536, &[]);
+    dead.alive = false;
+    let err = place(&[dead], &requests_for(&app(PIPE)), &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.why, "no alive worker");
+}
+
+#[test]
+fn placement_is_deterministic_and_respects_capacity() {
+    let ws = [worker("w2", 1.0, 1024, &[]), worker("w1", 1.0, 1024, &[])];
+    let reqs = requests_for(&app(PIPE));
+    let a = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    let b = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    assert_eq!(a, b);
+    for w in ["w1", "w2"] {
+        let cpu: f64 = reqs
+            .iter()
+            .filter(|r| a[&r.pe].worker == w)
+            .map(|r| r.cpu)
+            .sum();
+        assert!(cpu <= 1.0 + 1e-9, "{w} over-committed: {cpu}");
+    }
+}
+
+#[test]
+fn already_placed_peers_attract_their_forward_partners() {
+    let ws = [worker("w1", 8.0, 8192, &[]), worker("w2", 8.0, 8192, &[])];
+    let reqs = requests_for(&app(PIPE));
+    // Suppose gen#0 already runs on w2 (e.g. untouched by an upgrade): up#0 follows it.
+    let gen0 = reqs.iter().find(|r| r.operator == "gen").unwrap();
+    let up0 = reqs
+        .iter()
+        .find(|r| r.forward_peers.contains(&gen0.pe) && r.operator == "up")
+        .unwrap();
+    let placed = BTreeMap::from([(gen0.pe.clone(), "w2".to_string())]);
+    let pending: Vec<PeRequest> = reqs.iter().filter(|r| r.pe != gen0.pe).cloned().collect();
+    let p = place(&ws, &pending, &placed).unwrap();
+    assert_eq!(p[&up0.pe].worker, "w2");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn workers() -> impl Strategy<Value = Vec<WorkerCapacity>> {
+        proptest::collection::vec(
+            (
+                1u32..=16,
+                256u64..=8192,
+                proptest::collection::vec(1000u64..=40000, 0..=3),
+                any::<bool>(),
+            ),
+            1..=5,
+        )
+        .prop_map(|ws| {
+            ws.into_iter()
+                .enumerate()
+                .map(|(i, (cpu, mem, gpus, alive))| WorkerCapacity {
+                    id: format!("w{i}"),
+                    alive: alive || i == 0,
+                    cpu_free: f64::from(cpu) / 2.0,
+                    memory_free_mb: mem,
+                    scenario: Scenario::General,
+                    gpus: gpus
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, m)| GpuSlot {
+                            uuid: format!("w{i}-g{j}"),
+                            vendor: Vendor::Nvidia,
+                            memory_free_mb: m,
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+    }
+
+    fn requests() -> impl Strategy<Value = Vec<PeRequest>> {
+        proptest::collection::vec(
+            (
+                1u32..=8,
+                64u64..=2048,
+                proptest::option::of((1u32..=2, 1000u64..=30000)),
+            ),
+            1..=24,
+        )
+        .prop_map(|rs| {
+            rs.into_iter()
+                .enumerate()
+                .map(|(i, (cpu, mem, gpu))| PeRequest {
+                    pe: PeId(format!("op{}@00000000#{i}", i % 3).into()),
+                    operator: format!("op{}", i % 3),
+                    cpu: f64::from(cpu) / 4.0,
+                    memory_mb: mem,
+                    gpu: gpu.map(|(count, memory_mb)| GpuRequest {
+                        count,
+                        memory_mb,
+                        vendor: Vendor::Nvidia,
+                        scenario: Scenario::General,
+                    }),
+                    forward_peers: vec![],
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn placements_never_exceed_capacity(ws in workers(), reqs in requests()) {
+            match place(&ws, &reqs, &BTreeMap::new()) {
+                Ok(p) => {
+                    prop_assert_eq!(p.len(), reqs.len());
+                    for w in &ws {
+                        let mine: Vec<&PeRequest> = reqs.iter().filter(|r| p[&r.pe].worker == w.id).collect();
+                        prop_assert!(w.alive || mine.is_empty(), "PE placed on a dead worker");
+                        let cpu: f64 = mine.iter().map(|r| r.cpu).sum();
+                        let mem: u64 = mine.iter().map(|r| r.memory_mb).sum();
+                        prop_assert!(cpu <= w.cpu_free + 1e-6, "{} cpu {} > {}", w.id, cpu, w.cpu_free);
+                        prop_assert!(mem <= w.memory_free_mb);
+                        for d in &w.gpus {
+                            let used: u64 = mine
+                                .iter()
+                                .filter_map(|r| r.gpu.as_ref().map(|g| (g, &p[&r.pe].gpus)))
+                                .map(|(g, uuids)| g.memory_mb * uuids.iter().filter(|u| **u == d.uuid).count() as u64)
+                                .sum();
+                            prop_assert!(used <= d.memory_free_mb, "{} over-committed", d.uuid);
+                        }
+                    }
+                    for r in &reqs {
+                        let a = &p[&r.pe];
+                        let want = r.gpu.as_ref().map_or(0, |g| g.count as usize);
+                        let mut distinct = a.gpus.clone();
+                        distinct.sort();
+                        distinct.dedup();
+                        prop_assert_eq!(distinct.len(), want, "slices of one PE share a device or are missing");
+                    }
+                }
+                Err(e) => prop_assert!(reqs.iter().any(|r| r.pe == e.pe)),
+            }
+        }
+    }
+}
