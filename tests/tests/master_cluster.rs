@@ -594,3 +594,49 @@ async fn a_fourth_master_joins_catches_up_and_leaves() {
     client.submit_app(submit("after-removal")).await.unwrap();
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_and_prometheus_metrics_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start_tuned(1, |cfg| {
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    c.leader().await;
+    let mut client = c.client(1).await;
+    client.submit_app(submit("metered")).await.unwrap();
+    let _ = client.submit_app(submit("metered")).await.unwrap_err();
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&1]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "weir.v1.Weir".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let addr = c.masters[&1].metrics_addr.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("weir_raft_is_leader 1"));
+    assert!(body.contains("weir_raft_term 1"));
+    assert!(body.contains("weir_requests_total{method=\"SubmitApp\",code=\"ok\"} 1"));
+    assert!(body.contains("weir_requests_total{method=\"SubmitApp\",code=\"already_exists\"} 1"));
+    assert!(body.contains("weir_request_seconds_count{method=\"SubmitApp\"} 2"));
+    c.stop().await;
+}

@@ -152,11 +152,23 @@ impl Shared {
         let res = f.await;
         let code = match &res {
             Ok(_) => "ok".to_string(),
-            Err(s) => format!("{:?}", s.code()).to_lowercase(),
+            Err(s) => snake_case(&format!("{:?}", s.code())),
         };
         self.metrics.observe(method, &code, start.elapsed());
         res
     }
+}
+
+/// `AlreadyExists` -> `already_exists`, for metric labels.
+fn snake_case(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// A forwarded copy of a request: same message and tenant, marked forwarded.

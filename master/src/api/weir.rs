@@ -15,6 +15,19 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::weir_server::Weir;
 
+/// Forwards the call to the leader and returns its answer, unless this master leads.
+macro_rules! at_leader {
+    ($self:ident, $req:ident, $method:ident) => {
+        if let Route::Remote(addr) = $self.shared.route(&$req)? {
+            return $self
+                .leader_client(&addr)
+                .await?
+                .$method(forwarded($req))
+                .await;
+        }
+    };
+}
+
 /// The client API service.
 pub struct WeirService {
     shared: Shared,
@@ -97,13 +110,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::SubmitAppResponse>, Status> {
         self.shared
             .timed("SubmitApp", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .submit_app(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, submit_app);
                 let spec = parse_spec(&req.get_ref().spec, req.get_ref().format)?;
                 check_tenant(&req, &spec.tenant)?;
                 let cmd = Command::SubmitApp {
@@ -146,9 +153,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::UpgradeAppResponse>, Status> {
         self.shared
             .timed("UpgradeApp", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self.leader_client(&addr).await?.upgrade_app(forwarded(req)).await;
-                }
+                at_leader!(self, req, upgrade_app);
                 self.shared.linearizable().await?;
                 let r = req.get_ref();
                 let new = parse_spec(&r.spec, r.format)?;
@@ -202,13 +207,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::GetAppResponse>, Status> {
         self.shared
             .timed("GetApp", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .get_app(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, get_app);
                 self.shared.linearizable().await?;
                 let detail = self
                     .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
@@ -230,13 +229,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::ListAppsResponse>, Status> {
         self.shared
             .timed("ListApps", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .list_apps(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, list_apps);
                 self.shared.linearizable().await?;
                 let tenant = req.get_ref().tenant.clone();
                 let apps = self
@@ -259,13 +252,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::CancelAppResponse>, Status> {
         self.shared
             .timed("CancelApp", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .cancel_app(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, cancel_app);
                 let name = req.get_ref().app.clone();
                 let tenant = self
                     .read(|s| s.apps.get(&name).map(|a| a.tenant.clone()))
@@ -359,13 +346,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::ListWorkersResponse>, Status> {
         self.shared
             .timed("ListWorkers", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .list_workers(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, list_workers);
                 self.shared.linearizable().await?;
                 let seen = self.liveness.last_seen_ms();
                 let workers = self
@@ -396,13 +377,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::ListPoolsResponse>, Status> {
         self.shared
             .timed("ListPools", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .list_pools(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, list_pools);
                 self.shared.linearizable().await?;
                 let pools = self.read(pools).await;
                 Ok(Reply::new(pb::ListPoolsResponse { pools }))
@@ -427,13 +402,7 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::GetAppHistoryResponse>, Status> {
         self.shared
             .timed("GetAppHistory", async {
-                if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return self
-                        .leader_client(&addr)
-                        .await?
-                        .get_app_history(forwarded(req))
-                        .await;
-                }
+                at_leader!(self, req, get_app_history);
                 self.shared.linearizable().await?;
                 let detail = self
                     .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
