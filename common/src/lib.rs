@@ -5,15 +5,19 @@
 //! - [`physical`]: operators x parallelism -> PEs; streams -> PE-to-PE channels.
 //! - [`plan`]: the pure upgrade planner, (old model, new model, placement) -> phases of
 //!   instructions.
+//! - [`record`], [`frame`]: record batches (one `Bytes` buffer, parsed lazily) and the
+//!   frames of a TCP link between workers.
 //!
 //! Everything here is pure: no I/O, no clocks, no randomness, so it is unit- and
 //! property-tested without a network.
 
 pub mod fingerprint;
+pub mod frame;
 pub mod keygroup;
 pub mod physical;
 pub mod plan;
 pub mod problem;
+pub mod record;
 pub mod spec;
 
 pub use problem::{Problem, Problems};

@@ -1,0 +1,325 @@
+//! Building and reading batches.
+
+use super::Value;
+use bytes::{BufMut, Bytes, BytesMut};
+
+const TAG_NULL: u8 = 0;
+const TAG_BOOL: u8 = 1;
+const TAG_I64: u8 = 2;
+const TAG_F64: u8 = 3;
+const TAG_STR: u8 = 4;
+const TAG_BYTES: u8 = 5;
+
+/// Why bytes are not a valid batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The buffer ends inside a record.
+    #[error("batch truncated at byte {0}")]
+    Truncated(usize),
+    /// A field tag is unknown.
+    #[error("unknown field tag {tag} at byte {at}")]
+    BadTag {
+        /// The tag.
+        tag: u8,
+        /// Where.
+        at: usize,
+    },
+    /// A field name or string is not UTF-8.
+    #[error("invalid UTF-8 at byte {0}")]
+    Utf8(usize),
+    /// Bytes remain after the last record.
+    #[error("{0} trailing bytes after the last record")]
+    Trailing(usize),
+    /// A key, name or value is longer than its length prefix allows.
+    #[error("{0} too long for the batch format")]
+    TooLong(&'static str),
+}
+
+/// An immutable batch of records. Cloning shares the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    bytes: Bytes,
+    len: u32,
+}
+
+impl Batch {
+    /// Checks `bytes` end to end and wraps them: afterwards every read succeeds.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, BatchError> {
+        let mut c = Cursor { b: &bytes, at: 0 };
+        let len = c.u32()?;
+        for _ in 0..len {
+            c.record()?;
+        }
+        if c.at != bytes.len() {
+            return Err(BatchError::Trailing(bytes.len() - c.at));
+        }
+        Ok(Self { bytes, len })
+    }
+
+    /// The encoded form (what a frame carries).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the batch has no record.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records, parsed as they are visited.
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+        let mut c = Cursor {
+            b: &self.bytes,
+            at: 4,
+        };
+        (0..self.len).map(move |_| {
+            c.record()
+                .expect("validated in from_bytes or built by BatchBuilder")
+        })
+    }
+}
+
+/// One record of a batch, borrowed from its buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordRef<'a> {
+    /// Ordinal of the source PE that emitted it (within its app).
+    pub source: u32,
+    /// Its sequence number at that source.
+    pub seq: u64,
+    /// Event time, ms since the epoch.
+    pub event_time_ms: i64,
+    /// The record key.
+    pub key: &'a [u8],
+    fields: &'a [u8],
+    field_count: u16,
+}
+
+impl<'a> RecordRef<'a> {
+    /// The fields, decoded.
+    pub fn fields(&self) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+        let mut c = Cursor {
+            b: self.fields,
+            at: 0,
+        };
+        (0..self.field_count).map(move |_| c.field().expect("validated"))
+    }
+
+    /// One field by name.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        self.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(BatchError::Truncated(self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BatchError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, BatchError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, BatchError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, BatchError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, BatchError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn str(&mut self, n: usize) -> Result<&'a str, BatchError> {
+        let at = self.at;
+        std::str::from_utf8(self.take(n)?).map_err(|_| BatchError::Utf8(at))
+    }
+
+    fn record(&mut self) -> Result<RecordRef<'a>, BatchError> {
+        let source = self.u32()?;
+        let seq = self.u64()?;
+        let event_time_ms = self.u64()? as i64;
+        let key_len = self.u16()? as usize;
+        let key = self.take(key_len)?;
+        let field_count = self.u16()?;
+        let start = self.at;
+        for _ in 0..field_count {
+            self.field()?;
+        }
+        Ok(RecordRef {
+            source,
+            seq,
+            event_time_ms,
+            key,
+            fields: &self.b[start..self.at],
+            field_count,
+        })
+    }
+
+    fn field(&mut self) -> Result<(&'a str, Value), BatchError> {
+        let n = self.u8()? as usize;
+        let name = self.str(n)?;
+        let at = self.at;
+        let value = match self.u8()? {
+            TAG_NULL => Value::Null,
+            TAG_BOOL => Value::Bool(self.u8()? != 0),
+            TAG_I64 => Value::I64(self.u64()? as i64),
+            TAG_F64 => Value::F64(f64::from_bits(self.u64()?)),
+            TAG_STR => {
+                let n = self.u32()? as usize;
+                Value::Str(self.str(n)?.to_string())
+            }
+            TAG_BYTES => {
+                let n = self.u32()? as usize;
+                Value::Bytes(self.take(n)?.to_vec())
+            }
+            tag => return Err(BatchError::BadTag { tag, at }),
+        };
+        Ok((name, value))
+    }
+}
+
+/// Builds a batch record by record.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: BytesMut,
+    len: u32,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(4096)
+    }
+}
+
+impl BatchBuilder {
+    /// A builder with `bytes` of room before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(4));
+        buf.put_u32_le(0);
+        Self { buf, len: 0 }
+    }
+
+    /// Appends one record.
+    pub fn push<'f>(
+        &mut self,
+        source: u32,
+        seq: u64,
+        event_time_ms: i64,
+        key: &[u8],
+        fields: impl IntoIterator<Item = (&'f str, &'f Value)>,
+    ) -> Result<(), BatchError> {
+        let key_len = u16::try_from(key.len()).map_err(|_| BatchError::TooLong("key"))?;
+        let mark = self.buf.len();
+        self.buf.put_u32_le(source);
+        self.buf.put_u64_le(seq);
+        self.buf.put_i64_le(event_time_ms);
+        self.buf.put_u16_le(key_len);
+        self.buf.put_slice(key);
+        let count_at = self.buf.len();
+        self.buf.put_u16_le(0);
+        let mut count: u16 = 0;
+        for (name, value) in fields {
+            if let Err(e) = self.put_field(name, value) {
+                self.buf.truncate(mark);
+                return Err(e);
+            }
+            count = match count.checked_add(1) {
+                Some(c) => c,
+                None => {
+                    self.buf.truncate(mark);
+                    return Err(BatchError::TooLong("field list"));
+                }
+            };
+        }
+        self.buf[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
+        self.len += 1;
+        Ok(())
+    }
+
+    fn put_field(&mut self, name: &str, value: &Value) -> Result<(), BatchError> {
+        let n = u8::try_from(name.len()).map_err(|_| BatchError::TooLong("field name"))?;
+        self.buf.put_u8(n);
+        self.buf.put_slice(name.as_bytes());
+        match value {
+            Value::Null => self.buf.put_u8(TAG_NULL),
+            Value::Bool(b) => {
+                self.buf.put_u8(TAG_BOOL);
+                self.buf.put_u8(u8::from(*b));
+            }
+            Value::I64(i) => {
+                self.buf.put_u8(TAG_I64);
+                self.buf.put_i64_le(*i);
+            }
+            Value::F64(f) => {
+                self.buf.put_u8(TAG_F64);
+                self.buf.put_u64_le(f.to_bits());
+            }
+            Value::Str(s) => {
+                self.buf.put_u8(TAG_STR);
+                self.buf
+                    .put_u32_le(u32::try_from(s.len()).map_err(|_| BatchError::TooLong("string"))?);
+                self.buf.put_slice(s.as_bytes());
+            }
+            Value::Bytes(b) => {
+                self.buf.put_u8(TAG_BYTES);
+                self.buf
+                    .put_u32_le(u32::try_from(b.len()).map_err(|_| BatchError::TooLong("bytes"))?);
+                self.buf.put_slice(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records so far.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Encoded size so far, in bytes.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The finished batch; the builder starts over empty.
+    pub fn finish(&mut self) -> Batch {
+        let capacity = self.buf.capacity().max(4);
+        let mut buf = std::mem::replace(&mut self.buf, BytesMut::with_capacity(capacity));
+        buf[0..4].copy_from_slice(&self.len.to_le_bytes());
+        let len = std::mem::take(&mut self.len);
+        self.buf.put_u32_le(0);
+        Batch {
+            bytes: buf.freeze(),
+            len,
+        }
+    }
+}

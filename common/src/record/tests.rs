@@ -1,0 +1,206 @@
+use super::*;
+
+fn sample() -> Batch {
+    let mut b = BatchBuilder::default();
+    for i in 0..100u64 {
+        let fields = [
+            ("id", Value::I64(i as i64)),
+            ("page", Value::Str(format!("/page/{}", i % 7))),
+            ("score", Value::F64(i as f64 / 3.0)),
+            ("ok", Value::Bool(i % 2 == 0)),
+            ("payload", Value::Bytes(vec![b'x'; 100])),
+            ("none", Value::Null),
+        ];
+        b.push(
+            3,
+            i,
+            1_700_000_000_000 + i as i64,
+            format!("k{}", i % 10).as_bytes(),
+            fields.iter().map(|(n, v)| (*n, v)),
+        )
+        .unwrap();
+    }
+    b.finish()
+}
+
+#[test]
+fn batches_round_trip_every_value_kind() {
+    let batch = sample();
+    assert_eq!(batch.len(), 100);
+    for (i, r) in batch.iter().enumerate() {
+        assert_eq!(
+            (r.source, r.seq, r.event_time_ms),
+            (3, i as u64, 1_700_000_000_000 + i as i64)
+        );
+        assert_eq!(r.key, format!("k{}", i % 10).as_bytes());
+        assert_eq!(r.field("id"), Some(Value::I64(i as i64)));
+        assert_eq!(
+            r.field("page"),
+            Some(Value::Str(format!("/page/{}", i % 7)))
+        );
+        assert_eq!(r.field("ok"), Some(Value::Bool(i % 2 == 0)));
+        assert_eq!(r.field("none"), Some(Value::Null));
+        assert_eq!(r.field("missing"), None);
+        assert_eq!(r.fields().count(), 6);
+    }
+    // The bytes alone rebuild the same batch; sharing them copies nothing.
+    let again = Batch::from_bytes(batch.bytes().clone()).unwrap();
+    assert_eq!(again, batch);
+    assert_eq!(again.bytes().as_ptr(), batch.bytes().as_ptr());
+}
+
+#[test]
+fn the_builder_starts_over_after_finish_and_refuses_oversized_parts() {
+    let mut b = BatchBuilder::default();
+    b.push(0, 1, 0, b"a", []).unwrap();
+    assert_eq!(b.finish().len(), 1);
+    assert!(b.is_empty());
+    let long_key = vec![0u8; 70_000];
+    assert_eq!(
+        b.push(0, 1, 0, &long_key, []),
+        Err(BatchError::TooLong("key"))
+    );
+    let long_name = "n".repeat(300);
+    let v = Value::Null;
+    assert_eq!(
+        b.push(0, 1, 0, b"k", [(long_name.as_str(), &v)]),
+        Err(BatchError::TooLong("field name"))
+    );
+    // A refused record leaves nothing behind.
+    assert!(b.is_empty());
+    assert_eq!(b.finish().bytes().len(), 4);
+}
+
+#[test]
+fn malformed_batches_are_errors() {
+    let good = sample().bytes().clone();
+    for cut in [0, 3, 10, good.len() - 1] {
+        assert!(
+            Batch::from_bytes(good.slice(..cut)).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut extra = good.to_vec();
+    extra.push(0);
+    assert_eq!(
+        Batch::from_bytes(extra.into()),
+        Err(BatchError::Trailing(1))
+    );
+    // A count claiming more records than there are.
+    let mut lying = good.to_vec();
+    lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        Batch::from_bytes(lying.into()),
+        Err(BatchError::Truncated(_))
+    ));
+}
+
+mod fuzz {
+    use super::*;
+    use crate::frame::{Frame, FrameError, MAX_FRAME};
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    fn frames() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (
+                any::<u32>(),
+                "[a-z@#0-9]{0,20}",
+                "[a-z@#0-9]{0,20}",
+                any::<u64>()
+            )
+                .prop_map(|(channel, from_pe, to_pe, resume_after)| Frame::Open {
+                    channel,
+                    from_pe,
+                    to_pe,
+                    resume_after
+                }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec((any::<i64>(), "[a-z]{0,8}"), 0..20)
+            )
+                .prop_map(|(channel, seq, rs)| {
+                    let mut b = BatchBuilder::default();
+                    for (i, (n, s)) in rs.iter().enumerate() {
+                        let f = [("n", Value::I64(*n)), ("s", Value::Str(s.clone()))];
+                        b.push(
+                            1,
+                            i as u64,
+                            *n,
+                            s.as_bytes(),
+                            f.iter().map(|(k, v)| (*k, v)),
+                        )
+                        .unwrap();
+                    }
+                    Frame::Data {
+                        channel,
+                        seq,
+                        batch: b.finish(),
+                    }
+                }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(channel, seq, barrier_id)| {
+                Frame::Barrier {
+                    channel,
+                    seq,
+                    barrier_id,
+                }
+            }),
+            (any::<u32>(), any::<u64>()).prop_map(|(channel, seq)| Frame::Ack { channel, seq }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(channel, credits)| Frame::Credit { channel, credits }),
+            (any::<u32>(), any::<u64>()).prop_map(|(channel, seq)| Frame::End { channel, seq }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip_even_when_split_anywhere(fs in proptest::collection::vec(frames(), 1..8), split in any::<prop::sample::Index>()) {
+            let mut wire = BytesMut::new();
+            for f in &fs {
+                f.encode(&mut wire);
+            }
+            // Deliver the bytes in two pieces, cut anywhere.
+            let cut = split.index(wire.len() + 1);
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut out = Vec::new();
+            while let Some(f) = Frame::decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = Frame::decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(out, fs);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = Frame::decode(&mut buf) {}
+            let _ = Batch::from_bytes(bytes.into());
+        }
+    }
+
+    #[test]
+    fn bad_lengths_and_kinds_are_errors_not_allocations() {
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        assert_eq!(
+            Frame::decode(&mut buf),
+            Err(FrameError::BadLength(u32::MAX as usize))
+        );
+        let mut buf = BytesMut::from(&((MAX_FRAME + 1) as u32).to_le_bytes()[..]);
+        assert!(matches!(
+            Frame::decode(&mut buf),
+            Err(FrameError::BadLength(_))
+        ));
+        let mut buf = BytesMut::from(&[5u8, 0, 0, 0, 99, 0, 0, 0, 0][..]);
+        assert_eq!(Frame::decode(&mut buf), Err(FrameError::UnknownKind(99)));
+        let mut buf = BytesMut::from(&[6u8, 0, 0, 0, 4, 0, 0, 0, 0, 1][..]);
+        assert_eq!(Frame::decode(&mut buf), Err(FrameError::Malformed("ack")));
+        // A partial frame is not an error: it waits for the rest.
+        let mut buf = BytesMut::from(&[13u8, 0, 0, 0, 4][..]);
+        assert_eq!(Frame::decode(&mut buf), Ok(None));
+    }
+}
