@@ -1,2 +1,10 @@
-//! The Weir worker. The PE runtime and data plane land with the worker issue;
-//! this crate currently holds only the binary entry point.
+//! The Weir worker.
+//!
+//! - [`resources`]: cores, memory and accelerators (NVML discovery, declared devices).
+//! - [`agent`]: registration with the masters and heartbeats, following the leader.
+//!
+//! The PE runtime, the data plane and the control service land next (issue 4); the
+//! record and frame formats they use are in `weir_common::{record, frame}`.
+
+pub mod agent;
+pub mod resources;

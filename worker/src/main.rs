@@ -1,1 +1,85 @@
-fn main() {}
+//! `weir-worker`: joins a Weir cluster and reports what it offers.
+
+use anyhow::Context;
+use clap::Parser;
+use std::collections::BTreeMap;
+use weir_worker::agent::{Agent, AgentConfig};
+use weir_worker::resources::DeclaredGpu;
+
+/// Runs one Weir worker: registers with the masters and heartbeats its resources
+/// (CPU, memory, GPUs through NVML or declared). Running PEs lands with the worker issue.
+#[derive(Parser, Debug)]
+#[command(name = "weir-worker", version, about)]
+struct Args {
+    /// Unique worker id.
+    #[arg(long, env = "WEIR_WORKER_ID")]
+    id: String,
+    /// Master addresses; any one that answers will do.
+    #[arg(
+        long = "master",
+        env = "WEIR_MASTERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7000"
+    )]
+    masters: Vec<String>,
+    /// Address of this worker's control service, as the masters should dial it.
+    #[arg(long, env = "WEIR_WORKER_CONTROL", default_value = "127.0.0.1:7100")]
+    control_address: String,
+    /// Address of this worker's data plane, as other workers should dial it.
+    #[arg(long, env = "WEIR_WORKER_DATA", default_value = "127.0.0.1:7200")]
+    data_address: String,
+    /// Cores to offer (default: all of this machine's).
+    #[arg(long, env = "WEIR_WORKER_CORES")]
+    cores: Option<f64>,
+    /// Memory to offer in MiB (default: all of this machine's).
+    #[arg(long, env = "WEIR_WORKER_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// A declared accelerator, `VENDOR:MODEL:MEMORY_MB[:UUID]`; repeat for several.
+    #[arg(long = "gpu", env = "WEIR_WORKER_GPUS", value_delimiter = ',')]
+    gpus: Vec<DeclaredGpu>,
+    /// Do not ask NVML for NVIDIA GPUs.
+    #[arg(long)]
+    no_nvml: bool,
+    /// Pool to join (e.g. `inference`); repeat for several.
+    #[arg(long = "pool", env = "WEIR_WORKER_POOLS", value_delimiter = ',')]
+    pools: Vec<String>,
+    /// A label `KEY=VALUE`; repeat for several (e.g. `scenario=inference`).
+    #[arg(long = "label", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Cluster id it expects.
+    #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
+    cluster_id: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let a = Args::parse();
+    let mut labels = BTreeMap::new();
+    for l in &a.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label: {l:?} is not KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let agent = Agent::spawn(AgentConfig {
+        worker_id: a.id,
+        masters: a.masters,
+        control_address: a.control_address,
+        data_address: a.data_address,
+        labels,
+        pools: a.pools,
+        cluster_id: a.cluster_id,
+        cores: a.cores,
+        memory_mb: a.memory_mb,
+        declared_gpus: a.gpus,
+        discover_nvml: !a.no_nvml,
+    });
+    tokio::signal::ctrl_c().await?;
+    agent.stop().await;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The worker's link to the masters: register, then heartbeat, following the leader.
+//!
+//! Any master accepts the calls (followers forward to the leader), so the agent keeps
+//! one target and moves to the next address when a call fails, preferring the leader
+//! address the masters report. A `reregister` answer (the masters do not know this
+//! incarnation, e.g. after a master-side reset) or a refused heartbeat sends it back
+//! to registration.
+
+use crate::resources::{snapshot, DeclaredGpu};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Endpoint;
+use weir_proto::v1 as pb;
+use weir_proto::v1::master_workers_client::MasterWorkersClient;
+
+/// How the agent describes this worker.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Unique worker id.
+    pub worker_id: String,
+    /// Master addresses (any subset of the cluster).
+    pub masters: Vec<String>,
+    /// Where this worker's control service listens.
+    pub control_address: String,
+    /// Where its data plane listens.
+    pub data_address: String,
+    /// Labels (e.g. `scenario=inference`).
+    pub labels: BTreeMap<String, String>,
+    /// Pools it belongs to.
+    pub pools: Vec<String>,
+    /// Cluster id it expects.
+    pub cluster_id: String,
+    /// Cores offered (default: the machine's).
+    pub cores: Option<f64>,
+    /// Memory offered, MiB (default: the machine's).
+    pub memory_mb: Option<u64>,
+    /// Declared accelerators.
+    pub declared_gpus: Vec<DeclaredGpu>,
+    /// Whether to ask NVML for NVIDIA GPUs.
+    pub discover_nvml: bool,
+}
+
+/// What the agent knows right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Registered and heartbeating.
+    pub registered: bool,
+    /// Incarnation the masters assigned.
+    pub incarnation: u64,
+    /// Leader address last reported.
+    pub leader: String,
+    /// Registrations so far (1 normally; more after master-side resets).
+    pub registrations: u64,
+}
+
+/// A running agent.
+pub struct Agent {
+    status: Arc<Mutex<AgentStatus>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Starts registering and heartbeating in the background.
+    pub fn spawn(cfg: AgentConfig) -> Self {
+        let status = Arc::new(Mutex::new(AgentStatus::default()));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(cfg, status.clone(), stop_rx));
+        Self { status, stop, task }
+    }
+
+    /// The agent's current view.
+    pub fn status(&self) -> AgentStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops heartbeating (the masters will mark the worker lost after their timeout).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn client(addr: &str) -> Option<MasterWorkersClient<tonic::transport::Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5));
+    Some(MasterWorkersClient::new(ep.connect().await.ok()?))
+}
+
+async fn run(cfg: AgentConfig, status: Arc<Mutex<AgentStatus>>, mut stop: watch::Receiver<bool>) {
+    let mut targets = cfg.masters.clone();
+    let mut interval = Duration::from_millis(500);
+    let mut incarnation = 0;
+    let set = |f: &dyn Fn(&mut AgentStatus)| {
+        if let Ok(mut s) = status.lock() {
+            f(&mut s);
+        }
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let target = targets.first().cloned().unwrap_or_default();
+        let Some(mut c) = client(&target).await else {
+            targets.rotate_left(1);
+            if wait(&mut stop, Duration::from_millis(200)).await {
+                return;
+            }
+            continue;
+        };
+        let resources = snapshot(
+            cfg.cores,
+            cfg.memory_mb,
+            &cfg.declared_gpus,
+            cfg.discover_nvml,
+        );
+        if incarnation == 0 {
+            let req = pb::RegisterWorkerRequest {
+                worker_id: cfg.worker_id.clone(),
+                control_address: cfg.control_address.clone(),
+                data_address: cfg.data_address.clone(),
+                resources: Some(resources),
+                labels: cfg.labels.clone().into_iter().collect(),
+                pools: cfg.pools.clone(),
+                pes: vec![],
+                cluster_id: cfg.cluster_id.clone(),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            match c.register_worker(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    incarnation = r.incarnation;
+                    interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(50, 10_000));
+                    prefer(&mut targets, &r.leader_address);
+                    tracing::info!(worker = %cfg.worker_id, incarnation, leader = %r.leader_address, "registered");
+                    set(&|s| {
+                        s.registered = true;
+                        s.incarnation = incarnation;
+                        s.leader = r.leader_address.clone();
+                        s.registrations += 1;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %cfg.worker_id, master = %target, error = %e.message(), "registration failed");
+                    if let Some(l) = weir_proto::status::leader_hint(&e) {
+                        prefer(&mut targets, l);
+                    } else {
+                        targets.rotate_left(1);
+                    }
+                    if wait(&mut stop, Duration::from_millis(200)).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Heartbeat until something goes wrong, then start over (same incarnation
+        // unless the masters ask for a new registration).
+        loop {
+            if wait(&mut stop, interval).await {
+                return;
+            }
+            let req = pb::HeartbeatRequest {
+                worker_id: cfg.worker_id.clone(),
+                incarnation,
+                resources: Some(snapshot(
+                    cfg.cores,
+                    cfg.memory_mb,
+                    &cfg.declared_gpus,
+                    cfg.discover_nvml,
+                )),
+                pes: vec![],
+            };
+            match c.heartbeat(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.reregister {
+                        tracing::info!(worker = %cfg.worker_id, "masters ask for a new registration");
+                        incarnation = 0;
+                        set(&|s| s.registered = false);
+                        break;
+                    }
+                    if !r.leader_address.is_empty() {
+                        prefer(&mut targets, &r.leader_address);
+                        set(&|s| s.leader = r.leader_address.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %cfg.worker_id, master = %target, error = %e.message(), "heartbeat failed; trying another master");
+                    if weir_proto::status::leader_hint(&e).is_none() {
+                        targets.rotate_left(1);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Moves `leader` to the front of the targets (adding it if it is new).
+fn prefer(targets: &mut Vec<String>, leader: &str) {
+    if leader.is_empty() {
+        return;
+    }
+    targets.retain(|t| t != leader);
+    targets.insert(0, leader.to_string());
+}
+
+/// Sleeps `d`; true if the agent was told to stop meanwhile.
+async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(d) => None,
+        r = stop.wait_for(|s| *s) => Some(r.is_ok()),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow())
+}
