@@ -1,0 +1,127 @@
+//! Evaluating `map` expressions and `filter` comparisons on records.
+
+use weir_common::fingerprint::fnv1a64;
+use weir_common::record::Value;
+use weir_common::spec::expr::{Expr, Func};
+use weir_common::spec::CmpOp;
+
+/// Evaluates `e` against a record whose fields `get` looks up (`key` is the record key
+/// unless a field of that name exists).
+pub fn eval(e: &Expr, get: &dyn Fn(&str) -> Option<Value>) -> Value {
+    match e {
+        Expr::Field(name) => get(name).unwrap_or(Value::Null),
+        Expr::Str(s) => Value::Str(s.clone()),
+        Expr::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::I64(*n as i64),
+        Expr::Num(n) => Value::F64(*n),
+        Expr::Call(f, args) => {
+            let a: Vec<Value> = args.iter().map(|x| eval(x, get)).collect();
+            call(*f, &a)
+        }
+    }
+}
+
+fn num2(a: &[Value], int: fn(i64, i64) -> Option<i64>, float: fn(f64, f64) -> f64) -> Value {
+    match (&a[0], &a[1]) {
+        (Value::I64(x), Value::I64(y)) => int(*x, *y).map_or(Value::Null, Value::I64),
+        (x, y) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => {
+                let r = float(x, y);
+                if r.is_finite() { Value::F64(r) } else { Value::Null }
+            }
+            _ => Value::Null,
+        },
+    }
+}
+
+fn call(f: Func, a: &[Value]) -> Value {
+    match f {
+        Func::Upper => Value::Str(a[0].to_string().to_uppercase()),
+        Func::Lower => Value::Str(a[0].to_string().to_lowercase()),
+        Func::Len => Value::I64(a[0].to_string().chars().count() as i64),
+        Func::Concat => Value::Str(a.iter().map(|v| v.to_string()).collect()),
+        Func::Add => num2(a, i64::checked_add, |x, y| x + y),
+        Func::Sub => num2(a, i64::checked_sub, |x, y| x - y),
+        Func::Mul => num2(a, i64::checked_mul, |x, y| x * y),
+        Func::Div => num2(a, i64::checked_div, |x, y| x / y),
+        Func::Mod => num2(a, i64::checked_rem_euclid, |x, y| x.rem_euclid(y)),
+        Func::Hash => Value::I64(fnv1a64(a[0].to_string().as_bytes()) as i64),
+        Func::Substr => {
+            let s = a[0].to_string();
+            let start = a[1].as_f64().unwrap_or(0.0).max(0.0) as usize;
+            let len = a[2].as_f64().unwrap_or(0.0).max(0.0) as usize;
+            Value::Str(s.chars().skip(start).take(len).collect())
+        }
+    }
+}
+
+/// Whether `field op value` holds. Numbers compare as numbers, everything else as text;
+/// a missing field never matches (except `ne`).
+pub fn compare(field: Option<&Value>, op: CmpOp, value: &serde_json::Value) -> bool {
+    let Some(field) = field.filter(|f| **f != Value::Null) else { return op == CmpOp::Ne };
+    if op == CmpOp::Contains {
+        return value.as_str().is_some_and(|v| field.to_string().contains(v));
+    }
+    let ord = match (field.as_f64(), value.as_f64()) {
+        (Some(a), Some(b)) if !matches!(field, Value::Str(_)) || value.is_number() => a.partial_cmp(&b),
+        _ => {
+            let v = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            Some(field.to_string().cmp(&v))
+        }
+    };
+    let Some(ord) = ord else { return false };
+    use std::cmp::Ordering::*;
+    match op {
+        CmpOp::Eq => ord == Equal,
+        CmpOp::Ne => ord != Equal,
+        CmpOp::Lt => ord == Less,
+        CmpOp::Le => ord != Greater,
+        CmpOp::Gt => ord == Greater,
+        CmpOp::Ge => ord != Less,
+        CmpOp::Contains => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_common::spec::expr::parse_expr;
+
+    fn run(src: &str) -> Value {
+        let e = parse_expr(src).unwrap();
+        eval(&e, &|n| match n {
+            "id" => Some(Value::I64(1234)),
+            "url" => Some(Value::Str("Home/Page".into())),
+            "x" => Some(Value::F64(2.5)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn expressions_evaluate() {
+        assert_eq!(run(r#"concat("/page/", mod(id, 50))"#), Value::Str("/page/34".into()));
+        assert_eq!(run("upper(url)"), Value::Str("HOME/PAGE".into()));
+        assert_eq!(run("lower(url)"), Value::Str("home/page".into()));
+        assert_eq!(run("len(url)"), Value::I64(9));
+        assert_eq!(run("add(id, 1)"), Value::I64(1235));
+        assert_eq!(run("mul(x, 2)"), Value::F64(5.0));
+        assert_eq!(run("div(id, 0)"), Value::Null);
+        assert_eq!(run("mod(id, 0)"), Value::Null);
+        assert_eq!(run("substr(url, 5, 2)"), Value::Str("Pa".into()));
+        assert_eq!(run("missing"), Value::Null);
+        assert_eq!(run("hash(url)"), run("hash(url)"));
+    }
+
+    #[test]
+    fn comparisons() {
+        let n = Value::I64(10);
+        assert!(compare(Some(&n), CmpOp::Gt, &serde_json::json!(3)));
+        assert!(compare(Some(&n), CmpOp::Le, &serde_json::json!(10)));
+        assert!(!compare(Some(&n), CmpOp::Lt, &serde_json::json!(10)));
+        let s = Value::Str("error".into());
+        assert!(compare(Some(&s), CmpOp::Eq, &serde_json::json!("error")));
+        assert!(compare(Some(&s), CmpOp::Contains, &serde_json::json!("rr")));
+        assert!(compare(Some(&s), CmpOp::Ne, &serde_json::json!("debug")));
+        assert!(!compare(None, CmpOp::Eq, &serde_json::json!("x")));
+        assert!(compare(None, CmpOp::Ne, &serde_json::json!("x")));
+    }
+}
