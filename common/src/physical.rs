@@ -43,6 +43,16 @@ impl PeId {
     }
 }
 
+/// The `source` ordinal records emitted by PE `index` of `operator` carry.
+///
+/// It depends on the operator's name and the index only, not on its revision, so a
+/// source replaced by an upgrade keeps emitting under the same ordinal and downstream
+/// de-duplication by `(source, seq)` still holds. The low 8 bits are the index
+/// (parallelism is at most 256); the rest is a hash of the name.
+pub fn source_ordinal(operator: &str, index: u32) -> u32 {
+    ((crate::fingerprint::fnv1a64(operator.as_bytes()) as u32) & !0xFF) | (index & 0xFF)
+}
+
 /// Decimal digits of `n`, without the formatting machinery.
 fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
     let mut i = buf.len();

@@ -39,6 +39,8 @@ pub struct MasterConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Deadline of a client request.
     pub request_timeout: Duration,
+    /// How often the leader reconciles placements and worker state.
+    pub reconcile_interval: Duration,
 }
 
 impl MasterConfig {
@@ -51,6 +53,7 @@ impl MasterConfig {
             worker_timeout: Duration::from_secs(3),
             metrics_listen: None,
             request_timeout: Duration::from_secs(30),
+            reconcile_interval: Duration::from_millis(250),
         }
     }
 }
@@ -124,6 +127,12 @@ impl Master {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         })];
+        tasks.push(tokio::spawn(crate::executor::run(
+            shared.clone(),
+            liveness.clone(),
+            cfg.reconcile_interval,
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(monitor_liveness(
             shared.clone(),
             liveness,

@@ -185,3 +185,79 @@ pub fn submit(name: &str) -> pb::SubmitAppRequest {
         request_id: String::new(),
     }
 }
+
+/// Starts a worker in this process on fresh loopback ports, registered with `masters`.
+pub async fn start_worker(id: &str, masters: &[SocketAddr]) -> weir_worker::node::Worker {
+    let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = worker_config(
+        id,
+        masters,
+        control.local_addr().unwrap(),
+        data.local_addr().unwrap(),
+    );
+    weir_worker::node::Worker::start_on(cfg, control, data)
+        .await
+        .unwrap()
+}
+
+/// The config of an in-process test worker: 8 declared cores, 16 GiB, no NVML.
+pub fn worker_config(
+    id: &str,
+    masters: &[SocketAddr],
+    control: SocketAddr,
+    data: SocketAddr,
+) -> weir_worker::agent::AgentConfig {
+    weir_worker::agent::AgentConfig {
+        worker_id: id.into(),
+        masters: masters.iter().map(|a| a.to_string()).collect(),
+        control_address: control.to_string(),
+        data_address: data.to_string(),
+        labels: BTreeMap::new(),
+        pools: vec![],
+        cluster_id: "weir".into(),
+        cores: Some(8.0),
+        memory_mb: Some(16384),
+        declared_gpus: vec![],
+        discover_nvml: false,
+    }
+}
+
+/// Waits up to `limit` for `check` (for conditions slower than [`DEADLINE`], such as a
+/// million records through a debug build).
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The app as the master shows it (PEs with state, stats and verify summaries).
+pub async fn app_detail(client: &mut WeirClient<Channel>, app: &str) -> Option<pb::AppDetail> {
+    client
+        .get_app(pb::GetAppRequest { app: app.into() })
+        .await
+        .ok()?
+        .into_inner()
+        .app
+}
+
+/// The `sink.verify` summaries of an app's PEs, once every one of them saw all its
+/// inputs end.
+pub fn verify_done(d: &pb::AppDetail, operator: &str) -> Option<Vec<pb::VerifySummary>> {
+    let vs: Vec<pb::VerifySummary> = d
+        .pes
+        .iter()
+        .filter(|p| p.pe.as_ref().is_some_and(|r| r.operator == operator))
+        .map(|p| p.verify)
+        .collect::<Option<_>>()?;
+    (!vs.is_empty() && vs.iter().all(|v| v.inputs_ended)).then_some(vs)
+}

@@ -8,6 +8,7 @@
 
 use crate::resources::{snapshot, DeclaredGpu};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -56,6 +57,27 @@ pub struct AgentStatus {
     pub registrations: u64,
 }
 
+/// What the agent shares with the rest of the worker.
+#[derive(Clone)]
+pub struct AgentHooks {
+    /// The PEs this worker runs, for heartbeats and registration.
+    pub reports: Arc<dyn Fn() -> Vec<pb::PeReport> + Send + Sync>,
+    /// Highest leader term seen (heartbeat answers raise it; commands check it).
+    pub term: Arc<AtomicU64>,
+    /// The incarnation the masters assigned.
+    pub incarnation: Arc<AtomicU64>,
+}
+
+impl Default for AgentHooks {
+    fn default() -> Self {
+        Self {
+            reports: Arc::new(Vec::new),
+            term: Arc::default(),
+            incarnation: Arc::default(),
+        }
+    }
+}
+
 /// A running agent.
 pub struct Agent {
     status: Arc<Mutex<AgentStatus>>,
@@ -66,9 +88,14 @@ pub struct Agent {
 impl Agent {
     /// Starts registering and heartbeating in the background.
     pub fn spawn(cfg: AgentConfig) -> Self {
+        Self::spawn_with(cfg, AgentHooks::default())
+    }
+
+    /// Starts the agent with hooks into the worker's runtime.
+    pub fn spawn_with(cfg: AgentConfig, hooks: AgentHooks) -> Self {
         let status = Arc::new(Mutex::new(AgentStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(cfg, status.clone(), stop_rx));
+        let task = tokio::spawn(run(cfg, hooks, status.clone(), stop_rx));
         Self { status, stop, task }
     }
 
@@ -92,7 +119,12 @@ async fn client(addr: &str) -> Option<MasterWorkersClient<tonic::transport::Chan
     Some(MasterWorkersClient::new(ep.connect().await.ok()?))
 }
 
-async fn run(cfg: AgentConfig, status: Arc<Mutex<AgentStatus>>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    cfg: AgentConfig,
+    hooks: AgentHooks,
+    status: Arc<Mutex<AgentStatus>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut targets = cfg.masters.clone();
     let mut interval = Duration::from_millis(500);
     let mut incarnation = 0;
@@ -127,7 +159,7 @@ async fn run(cfg: AgentConfig, status: Arc<Mutex<AgentStatus>>, mut stop: watch:
                 resources: Some(resources),
                 labels: cfg.labels.clone().into_iter().collect(),
                 pools: cfg.pools.clone(),
-                pes: vec![],
+                pes: (hooks.reports)(),
                 cluster_id: cfg.cluster_id.clone(),
                 software_version: env!("CARGO_PKG_VERSION").into(),
             };
@@ -135,6 +167,8 @@ async fn run(cfg: AgentConfig, status: Arc<Mutex<AgentStatus>>, mut stop: watch:
                 Ok(r) => {
                     let r = r.into_inner();
                     incarnation = r.incarnation;
+                    hooks.incarnation.store(incarnation, Ordering::Relaxed);
+                    hooks.term.fetch_max(r.term, Ordering::AcqRel);
                     interval = Duration::from_millis(r.heartbeat_interval_ms.clamp(50, 10_000));
                     prefer(&mut targets, &r.leader_address);
                     tracing::info!(worker = %cfg.worker_id, incarnation, leader = %r.leader_address, "registered");
@@ -174,11 +208,12 @@ async fn run(cfg: AgentConfig, status: Arc<Mutex<AgentStatus>>, mut stop: watch:
                     &cfg.declared_gpus,
                     cfg.discover_nvml,
                 )),
-                pes: vec![],
+                pes: (hooks.reports)(),
             };
             match c.heartbeat(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    hooks.term.fetch_max(r.term, Ordering::AcqRel);
                     if r.reregister {
                         tracing::info!(worker = %cfg.worker_id, "masters ask for a new registration");
                         incarnation = 0;

@@ -2,9 +2,18 @@
 //!
 //! - [`resources`]: cores, memory and accelerators (NVML discovery, declared devices).
 //! - [`agent`]: registration with the masters and heartbeats, following the leader.
-//!
-//! The PE runtime, the data plane and the control service land next (issue 4); the
-//! record and frame formats they use are in `weir_common::{record, frame}`.
+//! - [`dataplane`]: channels between PEs (in memory, or TCP links with credits,
+//!   acknowledgements and replay).
+//! - [`ops`]: the built-in operator kernels (pure); [`exec`]: programs as PEs.
+//! - [`runtime`]: the PEs this worker runs, their tasks and output routing.
+//! - [`control`]: the `WorkerControl` service the master leader drives.
+//! - [`node`]: all of it started and stopped together.
 
 pub mod agent;
+pub mod control;
+pub mod dataplane;
+pub mod exec;
+pub mod node;
+pub mod ops;
 pub mod resources;
+pub mod runtime;

@@ -1,13 +1,16 @@
-//! `weir-worker`: joins a Weir cluster and reports what it offers.
+//! `weir-worker`: joins a Weir cluster, runs the PEs the master leader deploys on it,
+//! and moves their records.
 
 use anyhow::Context;
 use clap::Parser;
 use std::collections::BTreeMap;
-use weir_worker::agent::{Agent, AgentConfig};
+use weir_worker::agent::AgentConfig;
+use weir_worker::node::Worker;
 use weir_worker::resources::DeclaredGpu;
 
-/// Runs one Weir worker: registers with the masters and heartbeats its resources
-/// (CPU, memory, GPUs through NVML or declared). Running PEs lands with the worker issue.
+/// Runs one Weir worker: registers with the masters, heartbeats its resources (CPU,
+/// memory, GPUs through NVML or declared) and its PEs, serves the control service the
+/// master leader drives, and links to other workers' data planes.
 #[derive(Parser, Debug)]
 #[command(name = "weir-worker", version, about)]
 struct Args {
@@ -66,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--label: {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let agent = Agent::spawn(AgentConfig {
+    let worker = Worker::start(AgentConfig {
         worker_id: a.id,
         masters: a.masters,
         control_address: a.control_address,
@@ -78,8 +81,10 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: a.memory_mb,
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
-    });
+    })
+    .await
+    .context("cannot listen on the control or data address")?;
     tokio::signal::ctrl_c().await?;
-    agent.stop().await;
+    worker.stop().await;
     Ok(())
 }

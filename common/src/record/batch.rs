@@ -97,6 +97,7 @@ pub struct RecordRef<'a> {
     pub key: &'a [u8],
     fields: &'a [u8],
     field_count: u16,
+    raw: &'a [u8],
 }
 
 impl<'a> RecordRef<'a> {
@@ -112,6 +113,11 @@ impl<'a> RecordRef<'a> {
     /// One field by name.
     pub fn field(&self, name: &str) -> Option<Value> {
         self.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The record's encoded bytes, exactly as they sit in the batch.
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
     }
 }
 
@@ -160,6 +166,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn record(&mut self) -> Result<RecordRef<'a>, BatchError> {
+        let begin = self.at;
         let source = self.u32()?;
         let seq = self.u64()?;
         let event_time_ms = self.u64()? as i64;
@@ -177,6 +184,7 @@ impl<'a> Cursor<'a> {
             key,
             fields: &self.b[start..self.at],
             field_count,
+            raw: &self.b[begin..self.at],
         })
     }
 
@@ -293,6 +301,13 @@ impl BatchBuilder {
             }
         }
         Ok(())
+    }
+
+    /// Appends a record of another batch as it is, without decoding its fields: the
+    /// cheap path for partitioning, which only splits batches.
+    pub fn push_raw(&mut self, r: &RecordRef<'_>) {
+        self.buf.put_slice(r.raw);
+        self.len += 1;
     }
 
     /// Records so far.

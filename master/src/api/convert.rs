@@ -38,27 +38,39 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
     }
 }
 
-/// The full view of an app: spec, PEs (with placement), streams, versions.
-pub fn app_detail(a: &AppRecord) -> pb::AppDetail {
+/// The full view of an app: spec, PEs (with placement and what their workers last
+/// reported: state, statistics, `sink.verify` summaries), streams, versions.
+pub fn app_detail(
+    a: &AppRecord,
+    reports: &std::collections::HashMap<String, (String, pb::PeReport)>,
+) -> pb::AppDetail {
     let v = a.current();
     let m = PhysicalModel::expand(&v.spec);
     let pes = m
         .pes
         .values()
-        .map(|p| pb::PeView {
-            pe: Some(pb::PeRef {
-                id: p.id.to_string(),
-                operator: p.operator.to_string(),
-                revision: p.revision.to_string(),
-                index: p.index,
-            }),
-            worker_id: a.placement.get(p.id.as_str()).cloned().unwrap_or_default(),
-            state: if a.placement.contains_key(p.id.as_str()) {
-                pb::PeState::Running
-            } else {
-                pb::PeState::Pending
-            } as i32,
-            ..Default::default()
+        .map(|p| {
+            let worker = a.placement.get(p.id.as_str()).cloned().unwrap_or_default();
+            // Only a report from the worker the PE is placed on counts: after a move,
+            // the old worker's last word is stale.
+            let report = reports
+                .get(p.id.as_str())
+                .filter(|(w, _)| *w == worker)
+                .map(|(_, r)| r);
+            pb::PeView {
+                pe: Some(pb::PeRef {
+                    id: p.id.to_string(),
+                    operator: p.operator.to_string(),
+                    revision: p.revision.to_string(),
+                    index: p.index,
+                }),
+                state: report.map_or(pb::PeState::Pending as i32, |r| r.state),
+                stats: report.and_then(|r| r.stats),
+                message: report.map(|r| r.message.clone()).unwrap_or_default(),
+                verify: report.and_then(|r| r.verify),
+                gpu_uuids: report.map(|r| r.gpu_uuids.clone()).unwrap_or_default(),
+                worker_id: worker,
+            }
         })
         .collect();
     let streams = v

@@ -209,8 +209,9 @@ impl Weir for WeirService {
             .timed("GetApp", async {
                 at_leader!(self, req, get_app);
                 self.shared.linearizable().await?;
+                let reports = self.liveness.pe_reports();
                 let detail = self
-                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
+                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(|a| app_detail(a, &reports)))
                     .await?;
                 let tenant = detail
                     .summary
@@ -405,7 +406,10 @@ impl Weir for WeirService {
                 at_leader!(self, req, get_app_history);
                 self.shared.linearizable().await?;
                 let detail = self
-                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(app_detail))
+                    .read(|s| {
+                        app_or_not_found(s, &req.get_ref().app)
+                            .map(|a| app_detail(a, &Default::default()))
+                    })
                     .await?;
                 Ok(Reply::new(pb::GetAppHistoryResponse {
                     versions: detail.versions,

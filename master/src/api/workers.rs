@@ -14,13 +14,56 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::master_workers_client::MasterWorkersClient;
 use weir_proto::v1::master_workers_server::MasterWorkers;
 
-/// When each worker was last heard from (on the leader).
+/// When each worker was last heard from, and what it last reported running (on the
+/// leader; soft state rebuilt from heartbeats after a failover).
 #[derive(Clone, Default)]
 pub struct Liveness {
     seen: Arc<Mutex<BTreeMap<String, (Instant, u64)>>>,
+    reports: Arc<Mutex<BTreeMap<String, WorkerReports>>>,
+}
+
+/// The PEs one worker reported in its last heartbeat.
+#[derive(Clone, Debug)]
+pub struct WorkerReports {
+    /// The incarnation that reported them.
+    pub incarnation: u64,
+    /// When they arrived.
+    pub at: Instant,
+    /// The PEs.
+    pub pes: Vec<pb::PeReport>,
 }
 
 impl Liveness {
+    /// Records what a worker reports running.
+    pub fn record_reports(&self, id: &str, incarnation: u64, pes: Vec<pb::PeReport>) {
+        if let Ok(mut m) = self.reports.lock() {
+            m.insert(
+                id.to_string(),
+                WorkerReports {
+                    incarnation,
+                    at: Instant::now(),
+                    pes,
+                },
+            );
+        }
+    }
+
+    /// The last reports of every worker heard from.
+    pub fn reports(&self) -> BTreeMap<String, WorkerReports> {
+        self.reports.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The last report of every PE, with the worker that sent it.
+    pub fn pe_reports(&self) -> std::collections::HashMap<String, (String, pb::PeReport)> {
+        let mut out = std::collections::HashMap::new();
+        for (w, r) in self.reports() {
+            for p in r.pes {
+                out.insert(p.pe.clone(), (w.clone(), p));
+            }
+        }
+        out
+    }
+
     fn touch(&self, id: &str) {
         if let Ok(mut m) = self.seen.lock() {
             m.insert(id.to_string(), (Instant::now(), now_ms()));
@@ -117,6 +160,7 @@ impl MasterWorkers for WorkersService {
             .write(Command::RegisterWorker { worker })
             .await?;
         self.liveness.touch(&r.worker_id);
+        let pes = r.pes;
         let incarnation = self
             .shared
             .node
@@ -128,6 +172,7 @@ impl MasterWorkers for WorkersService {
                     .map_or(0, |w| w.incarnation)
             })
             .await;
+        self.liveness.record_reports(&r.worker_id, incarnation, pes);
         let status = cluster_status_brief(&self.shared);
         tracing::info!(worker = %r.worker_id, incarnation, "worker registered");
         Ok(Reply::new(pb::RegisterWorkerResponse {
@@ -171,6 +216,7 @@ impl MasterWorkers for WorkersService {
             return Ok(Reply::new(reply(true)));
         };
         self.liveness.touch(&w.id);
+        self.liveness.record_reports(&w.id, w.incarnation, r.pes);
         if w.state == WorkerState::Lost {
             tracing::info!(worker = %w.id, "lost worker heartbeats again");
             self.shared

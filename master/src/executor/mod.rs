@@ -1,0 +1,243 @@
+//! The executor: on the leader, turns the reconciler's decisions into Raft commands
+//! (placements) and worker commands (deploy, stop, repoint), every `interval`.
+//!
+//! Everything it keeps in memory is a cache it can lose: a new leader rebuilds it from
+//! the replicated state and the workers' next heartbeats, and commands are idempotent,
+//! so repeating one after a failover is harmless.
+
+pub mod reconcile;
+pub mod request;
+
+use crate::api::{Liveness, Shared};
+use crate::state::{ClusterState, Command, WorkerState};
+use reconcile::{reconcile, SeenPe};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use weir_common::physical::PhysicalModel;
+use weir_proto::v1 as pb;
+use weir_proto::v1::worker_control_client::WorkerControlClient;
+
+/// A command to the same PE is not repeated sooner than this unless its worker
+/// reported on it meanwhile (deploys take a heartbeat to show up in reports).
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+struct Executor {
+    shared: Shared,
+    liveness: Liveness,
+    clients: HashMap<String, WorkerControlClient<Channel>>,
+    recent: HashMap<(String, String), Instant>,
+    /// Placements as of the previous tick (`None`: not leading, nothing known).
+    placements: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    unplaceable: BTreeMap<String, String>,
+    counter: u64,
+}
+
+/// Runs the executor until `stop` fires. It acts only while this master leads.
+pub async fn run(
+    shared: Shared,
+    liveness: Liveness,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ex = Executor {
+        shared,
+        liveness,
+        clients: HashMap::new(),
+        recent: HashMap::new(),
+        placements: None,
+        unplaceable: BTreeMap::new(),
+        counter: 0,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let leading = ex.shared.leader().is_some_and(|(id, _)| id == ex.shared.id());
+        if !leading {
+            ex.placements = None;
+            ex.recent.clear();
+            continue;
+        }
+        ex.tick().await;
+    }
+}
+
+impl Executor {
+    fn header(&mut self) -> pb::CommandHeader {
+        self.counter += 1;
+        let term = self.shared.node.raft.metrics().borrow().current_term;
+        pb::CommandHeader {
+            command_id: format!("m{}-t{term}-{}", self.shared.id(), self.counter),
+            term,
+            leader_id: self.shared.id(),
+        }
+    }
+
+    fn client(&mut self, addr: &str) -> Option<WorkerControlClient<Channel>> {
+        if let Some(c) = self.clients.get(addr) {
+            return Some(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10));
+        let c = WorkerControlClient::new(ep.connect_lazy());
+        self.clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    fn due(&mut self, worker: &str, pe: &str) -> bool {
+        let key = (worker.to_string(), pe.to_string());
+        if self.recent.get(&key).is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return false;
+        }
+        self.recent.insert(key, Instant::now());
+        true
+    }
+
+    async fn tick(&mut self) {
+        let state: ClusterState = self.shared.node.state.read(|d| d.state.clone()).await;
+        let mut calls: JoinSet<()> = JoinSet::new();
+        self.repoint_moved(&state, &mut calls);
+
+        let reports = self.liveness.reports();
+        let seen: BTreeMap<String, Vec<SeenPe>> = reports
+            .into_iter()
+            .filter(|(w, r)| {
+                state
+                    .workers
+                    .get(w)
+                    .is_some_and(|rec| rec.state == WorkerState::Alive && rec.incarnation == r.incarnation)
+            })
+            .map(|(w, r)| {
+                let pes = r
+                    .pes
+                    .into_iter()
+                    .map(|p| SeenPe {
+                        state: pb::PeState::try_from(p.state).unwrap_or(pb::PeState::Unspecified),
+                        pe: p.pe,
+                        app: p.app,
+                    })
+                    .collect();
+                (w, pes)
+            })
+            .collect();
+        let actions = reconcile(&state, &seen);
+
+        for (app, why) in &actions.unplaceable {
+            if self.unplaceable.get(app) != Some(why) {
+                tracing::warn!(%app, reason = %why, "app cannot be placed now");
+                self.unplaceable.insert(app.clone(), why.clone());
+            }
+        }
+        for (app, placement) in actions.placements {
+            self.unplaceable.remove(&app);
+            tracing::info!(%app, pes = placement.len(), "placing app");
+            if let Err(e) = self
+                .shared
+                .write(Command::SetPlacement {
+                    app: app.clone(),
+                    placement,
+                })
+                .await
+            {
+                tracing::warn!(%app, error = %e.message(), "placement not committed");
+            }
+        }
+
+        let mut models: HashMap<String, PhysicalModel> = HashMap::new();
+        for (app, pe, worker) in actions.deploys {
+            if !self.due(&worker, &pe) {
+                continue;
+            }
+            let (Some(rec), Some(w)) = (state.apps.get(&app), state.workers.get(&worker)) else {
+                continue;
+            };
+            let model = models
+                .entry(app.clone())
+                .or_insert_with(|| PhysicalModel::expand(&rec.current().spec));
+            let header = self.header();
+            let Some(req) = request::deploy_pe(rec, model, &pe, &state.workers, header) else {
+                continue;
+            };
+            let Some(mut c) = self.client(&w.control_address) else { continue };
+            calls.spawn(async move {
+                match c.deploy_pe(req).await {
+                    Ok(_) => tracing::info!(%app, %pe, %worker, "PE deployed"),
+                    Err(e) => tracing::warn!(%app, %pe, %worker, error = %e.message(), "deploy failed"),
+                }
+            });
+        }
+        for (worker, pe) in actions.stops {
+            if !self.due(&worker, &pe) {
+                continue;
+            }
+            let Some(w) = state.workers.get(&worker) else { continue };
+            let header = self.header();
+            let Some(mut c) = self.client(&w.control_address) else { continue };
+            calls.spawn(async move {
+                let req = pb::StopPeRequest {
+                    header: Some(header),
+                    app: String::new(),
+                    stop_pe: Some(pb::StopPe { pe: pe.clone() }),
+                };
+                match c.stop_pe(req).await {
+                    Ok(_) => tracing::info!(%pe, %worker, "PE stopped"),
+                    Err(e) => tracing::warn!(%pe, %worker, error = %e.message(), "stop failed"),
+                }
+            });
+        }
+        // Bounded: every call has a deadline; the next tick starts when they are done.
+        while calls.join_next().await.is_some() {}
+    }
+
+    /// Producers that stayed put while their consumer moved get the new address.
+    fn repoint_moved(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
+        let now: BTreeMap<String, BTreeMap<String, String>> = state
+            .apps
+            .values()
+            .filter(|a| a.state.is_live())
+            .map(|a| (a.name.clone(), a.placement.clone()))
+            .collect();
+        let before = self.placements.replace(now.clone());
+        let Some(before) = before else { return };
+        for (app, after) in &now {
+            let Some(prev) = before.get(app).filter(|p| *p != after) else { continue };
+            let Some(rec) = state.apps.get(app) else { continue };
+            let model = PhysicalModel::expand(&rec.current().spec);
+            for (channel, producer_worker, consumer_worker) in
+                request::moved_channels(&model, prev, after)
+            {
+                let (Some(pw), Some(cw)) = (
+                    state.workers.get(&producer_worker),
+                    state.workers.get(&consumer_worker),
+                ) else {
+                    continue;
+                };
+                if pw.state != WorkerState::Alive {
+                    continue;
+                }
+                let header = self.header();
+                let Some(mut c) = self.client(&pw.control_address) else { continue };
+                let req = pb::OpenChannelRequest {
+                    header: Some(header),
+                    app: app.clone(),
+                    open_channel: Some(pb::OpenChannel {
+                        channel: Some(channel),
+                    }),
+                    end: pb::ChannelEnd::Producer as i32,
+                    peer_data_address: cw.data_address.clone(),
+                };
+                calls.spawn(async move {
+                    if let Err(e) = c.open_channel(req).await {
+                        tracing::debug!(error = %e.message(), "repoint skipped");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The data listener: accepts links from producers on other workers and feeds their
+//! frames into the input endpoints of the PEs here.
+//!
+//! Handshake: the producer sends `Open` naming the channel's PEs; the listener answers
+//! `Credit` (the window) and `Ack` (how far the consumer processed), or closes the
+//! connection when no PE here consumes that channel. Then data, barrier and end frames
+//! flow in; acknowledgements flow back as the consumer processes. Any frame that is
+//! malformed, names another channel, breaks the sequence or exceeds the credit resets
+//! the link with a logged reason; the producer reconnects and resends what was not
+//! acknowledged, so a reset never loses a record.
+
+use super::reader::{FrameReader, FrameWriter};
+use super::{ChannelKey, InputEndpoint, Inputs, LinkError, Msg, WINDOW};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use weir_common::frame::Frame;
+
+/// Accepts producer links until `stop` fires.
+pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "data listener accept failed");
+                continue;
+            }
+        };
+        let inputs = inputs.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = link(sock, &inputs) => {
+                    if let Err(e) = r {
+                        match e {
+                            LinkError::Closed => tracing::debug!(%peer, "link closed"),
+                            e => tracing::warn!(%peer, error = %e, "link reset"),
+                        }
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+async fn link(sock: TcpStream, inputs: &Inputs) -> Result<(), LinkError> {
+    sock.set_nodelay(true)?;
+    let (rd, wr) = sock.into_split();
+    let mut rd = FrameReader::new(rd);
+    let mut wr = FrameWriter::new(wr);
+    let open = tokio::time::timeout(Duration::from_secs(10), rd.next())
+        .await
+        .map_err(|_| LinkError::Timeout("open"))??;
+    let Frame::Open {
+        channel,
+        from_pe,
+        to_pe,
+        ..
+    } = open
+    else {
+        return Err(LinkError::Protocol(format!(
+            "a link must start with open, got {open:?}"
+        )));
+    };
+    let key = ChannelKey::new(from_pe, to_pe);
+    let Some(ep) = inputs.get(&key) else {
+        // Not (yet) here: the producer retries, e.g. until the consumer is deployed.
+        return Err(LinkError::Protocol(format!("unknown channel {key}")));
+    };
+    let generation = ep.new_generation();
+    let mut processed = ep.watch_processed();
+    let mut acked = *processed.borrow_and_update();
+    wr.push(&Frame::Credit {
+        channel,
+        credits: WINDOW as u32,
+    })
+    .await?;
+    wr.push(&Frame::Ack {
+        channel,
+        seq: acked,
+    })
+    .await?;
+    wr.flush().await?;
+    ep.stats.connected.store(true, Ordering::Relaxed);
+    ep.stats.connects.fetch_add(1, Ordering::Relaxed);
+    let result = pump(&ep, generation, channel, &mut rd, &mut wr, &mut processed, &mut acked).await;
+    ep.stats.connected.store(false, Ordering::Relaxed);
+    result
+}
+
+async fn pump(
+    ep: &Arc<InputEndpoint>,
+    generation: u64,
+    channel: u32,
+    rd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    processed: &mut watch::Receiver<u64>,
+    acked: &mut u64,
+) -> Result<(), LinkError> {
+    loop {
+        tokio::select! {
+            f = rd.next() => {
+                let f = f?;
+                if f.channel() != channel {
+                    return Err(LinkError::Protocol(format!(
+                        "frame for unknown channel {} on the link of {}", f.channel(), ep.key
+                    )));
+                }
+                let msg = match f {
+                    Frame::Data { seq, batch, .. } => Msg::Data { seq, batch },
+                    Frame::Barrier { seq, barrier_id, .. } => Msg::Barrier { seq, id: barrier_id },
+                    Frame::End { seq, .. } => Msg::End { seq },
+                    other => return Err(LinkError::Protocol(format!("unexpected {other:?} from a producer"))),
+                };
+                ep.offer(generation, msg)?;
+            }
+            changed = processed.changed() => {
+                if changed.is_err() {
+                    return Err(LinkError::Protocol(format!("{} is gone", ep.key.to)));
+                }
+                let seq = *processed.borrow_and_update();
+                if seq > *acked {
+                    *acked = seq;
+                    wr.push(&Frame::Ack { channel, seq }).await?;
+                    wr.flush().await?;
+                }
+            }
+        }
+    }
+}

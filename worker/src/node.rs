@@ -1,0 +1,111 @@
+//! A whole worker: control service, data listener, PE runtime and the agent that keeps
+//! it registered, started and stopped together.
+
+use crate::agent::{Agent, AgentConfig, AgentHooks, AgentStatus};
+use crate::control::ControlService;
+use crate::dataplane::{inbound, Inputs};
+use crate::runtime::Runtime;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use weir_proto::v1::worker_control_server::WorkerControlServer;
+
+/// Largest control message accepted (a DeployPe carries an operator spec).
+pub const MAX_CONTROL_BYTES: usize = 16 << 20;
+
+/// A running worker.
+pub struct Worker {
+    /// Its PEs.
+    pub runtime: Arc<Runtime>,
+    /// Where its control service listens.
+    pub control_addr: SocketAddr,
+    /// Where its data plane listens.
+    pub data_addr: SocketAddr,
+    agent: Agent,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a worker on already bound listeners (the agent's config names the
+    /// addresses the masters and other workers should dial).
+    pub async fn start_on(
+        cfg: AgentConfig,
+        control: TcpListener,
+        data: TcpListener,
+    ) -> std::io::Result<Self> {
+        let control_addr = control.local_addr()?;
+        let data_addr = data.local_addr()?;
+        let inputs = Arc::new(Inputs::default());
+        let runtime = Arc::new(Runtime::new(inputs.clone()));
+        let hooks = AgentHooks {
+            reports: {
+                let rt = runtime.clone();
+                Arc::new(move || rt.report())
+            },
+            ..AgentHooks::default()
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let service = ControlService::new(
+            cfg.worker_id.clone(),
+            cfg.data_address.clone(),
+            runtime.clone(),
+            hooks.term.clone(),
+            hooks.incarnation.clone(),
+        );
+        let mut rx = stop_rx.clone();
+        let incoming = TcpIncoming::from(control).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder().add_service(
+            WorkerControlServer::new(service).max_decoding_message_size(MAX_CONTROL_BYTES),
+        );
+        let worker_id = cfg.worker_id.clone();
+        let tasks = vec![
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                    tracing::error!(worker = %worker_id, error = %e, "control service failed");
+                }
+            }),
+            tokio::spawn(inbound::serve(data, inputs, stop_rx)),
+        ];
+        tracing::info!(worker = %cfg.worker_id, %control_addr, %data_addr, "worker serving");
+        let agent = Agent::spawn_with(cfg, hooks);
+        Ok(Self {
+            runtime,
+            control_addr,
+            data_addr,
+            agent,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Binds the addresses in `cfg` and starts.
+    pub async fn start(cfg: AgentConfig) -> std::io::Result<Self> {
+        let control = TcpListener::bind(&cfg.control_address).await?;
+        let data = TcpListener::bind(&cfg.data_address).await?;
+        Self::start_on(cfg, control, data).await
+    }
+
+    /// The agent's view (registered, incarnation, leader).
+    pub fn agent_status(&self) -> AgentStatus {
+        self.agent.status()
+    }
+
+    /// Stops everything: PEs, links, services, heartbeats (as a crash would, for the
+    /// rest of the cluster: nothing is handed over).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.runtime.stop_all();
+        self.agent.stop().await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! What a non-source PE does with each batch: one of the operator kernels.
+
+use crate::exec::ExecPe;
+use crate::ops::sink::FileSink;
+use crate::ops::{Filter, KeyBy, Map, Verify, Window, WindowKind};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weir_common::record::Batch;
+use weir_common::spec::{OperatorKind, OperatorSpec};
+use weir_proto::v1 as pb;
+
+/// A transform or sink kernel.
+pub enum Kernel {
+    /// `map`.
+    Map(Map),
+    /// `filter`.
+    Filter(Filter),
+    /// `key_by`.
+    KeyBy(KeyBy),
+    /// `window.count` / `window.sum`.
+    Window(Window),
+    /// `exec`: a local program.
+    Exec(Box<ExecPe>),
+    /// `sink.verify`.
+    Verify(Verify),
+    /// `sink.file`.
+    File(FileSink),
+    /// `sink.tcp` (at-least-once: a reconnect may repeat the lines of one batch).
+    Tcp(TcpSink),
+    /// `sink.null`.
+    Null,
+}
+
+/// Why a kernel could not be built or failed; the PE fails with this message.
+pub type KernelError = String;
+
+impl Kernel {
+    /// Builds the kernel of a transform or sink operator.
+    pub async fn build(
+        pe: &str,
+        spec: &OperatorSpec,
+        index: u32,
+        inputs: usize,
+        out_source: u32,
+    ) -> Result<Self, KernelError> {
+        Ok(match &spec.kind {
+            OperatorKind::Map(p) => Kernel::Map(Map::new(p)?),
+            OperatorKind::Filter(p) => Kernel::Filter(Filter::new(p)),
+            OperatorKind::KeyBy(p) => Kernel::KeyBy(KeyBy::new(p)),
+            OperatorKind::WindowCount(p) => {
+                Kernel::Window(Window::new(WindowKind::Count, p.size_ms, inputs, out_source))
+            }
+            OperatorKind::WindowSum(p) => Kernel::Window(Window::new(
+                WindowKind::Sum {
+                    field: p.field.clone(),
+                },
+                p.size_ms,
+                inputs,
+                out_source,
+            )),
+            OperatorKind::Exec(p) => Kernel::Exec(Box::new(
+                ExecPe::start(pe, p).await.map_err(|e| e.to_string())?,
+            )),
+            OperatorKind::SinkVerify(p) => Kernel::Verify(Verify::new(p.expect)),
+            OperatorKind::SinkFile(p) => Kernel::File(
+                FileSink::open(&p.path, index, spec.parallelism)
+                    .map_err(|e| format!("sink.file {}: {e}", p.path))?,
+            ),
+            OperatorKind::SinkTcp(p) => Kernel::Tcp(TcpSink::new(p.address.clone())),
+            OperatorKind::SinkNull => Kernel::Null,
+            OperatorKind::Container(p) => {
+                return Err(format!(
+                    "container PEs ({}) are not supported by this worker yet",
+                    p.image
+                ))
+            }
+            other => return Err(format!("{} is not a transform or sink", other.name())),
+        })
+    }
+
+    /// Processes one batch from input `input`; returns what to emit.
+    pub async fn process(&mut self, input: usize, batch: &Batch) -> Result<Option<Batch>, KernelError> {
+        Ok(match self {
+            Kernel::Map(m) => Some(m.apply(batch)),
+            Kernel::Filter(f) => Some(f.apply(batch)),
+            Kernel::KeyBy(k) => Some(k.apply(batch)),
+            Kernel::Window(w) => Some(w.apply(input, batch)),
+            Kernel::Exec(e) => Some(e.process(batch).await.map_err(|e| e.to_string())?),
+            Kernel::Verify(v) => {
+                v.apply(batch);
+                None
+            }
+            Kernel::File(f) => {
+                f.write(batch).map_err(|e| format!("sink.file: {e}"))?;
+                None
+            }
+            Kernel::Tcp(t) => {
+                t.write(batch).await;
+                None
+            }
+            Kernel::Null => None,
+        })
+    }
+
+    /// Input `input` ended; returns what that closes.
+    pub fn end_input(&mut self, input: usize) -> Option<Batch> {
+        match self {
+            Kernel::Window(w) => Some(w.end_input(input)),
+            _ => None,
+        }
+    }
+
+    /// Every input ended; returns what is left to emit.
+    pub async fn finish(&mut self) -> Option<Batch> {
+        match self {
+            Kernel::Window(w) => Some(w.flush()),
+            _ => None,
+        }
+    }
+
+    /// What a `sink.verify` has seen.
+    pub fn verify_summary(&self, inputs_ended: bool) -> Option<pb::VerifySummary> {
+        let Kernel::Verify(v) = self else { return None };
+        let r = v.report();
+        Some(pb::VerifySummary {
+            records: r.records,
+            distinct: r.distinct,
+            duplicates: r.duplicates,
+            expected: r.expected,
+            complete: r.complete,
+            missing_below_max: r.sources.iter().map(|s| s.missing_below_max).sum(),
+            sources: r.sources.len() as u32,
+            inputs_ended,
+        })
+    }
+}
+
+/// `sink.tcp`: JSON lines to a TCP endpoint, reconnecting when it fails.
+pub struct TcpSink {
+    address: String,
+    conn: Option<TcpStream>,
+}
+
+impl TcpSink {
+    fn new(address: String) -> Self {
+        Self {
+            address,
+            conn: None,
+        }
+    }
+
+    async fn write(&mut self, batch: &Batch) {
+        let mut text = String::with_capacity(batch.bytes().len() * 2);
+        for r in batch.iter() {
+            text.push_str(&crate::ops::sink::json_line(&r));
+            text.push('\n');
+        }
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if self.conn.is_none() {
+                match TcpStream::connect(&self.address).await {
+                    Ok(c) => self.conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(address = %self.address, error = %e, "sink.tcp cannot connect; retrying");
+                    }
+                }
+            }
+            if let Some(c) = &mut self.conn {
+                match c.write_all(text.as_bytes()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(address = %self.address, error = %e, "sink.tcp write failed; reconnecting");
+                        self.conn = None;
+                    }
+                }
+            }
+            // Backoff while the endpoint is down (the PE's input backs up meanwhile).
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}

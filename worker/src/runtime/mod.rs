@@ -1,0 +1,357 @@
+//! The PE runtime: the table of PEs a worker runs, and deploying and stopping them.
+//!
+//! Deploying a PE opens its input endpoints first (so producers, wherever they run,
+//! can connect at once), builds its output channels (in memory to consumers on this
+//! worker, TCP to the others), then spawns its task. Deploy is idempotent: a PE that
+//! already runs with the same id is left alone; one that failed is replaced.
+
+pub mod kernel;
+pub mod pe;
+pub mod router;
+pub mod sources;
+pub mod status;
+
+use crate::dataplane::outbound::RemoteSender;
+use crate::dataplane::sender::{ChannelSender, LocalSender};
+use crate::dataplane::{ChannelKey, Inputs};
+use kernel::Kernel;
+use router::{Route, Router};
+use status::{PeRunState, PeStatus};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use weir_common::keygroup::KeyGroupRange;
+use weir_common::spec::{OperatorKind, OperatorSpec, Partitioning};
+use weir_proto::v1 as pb;
+
+/// Records per batch a source emits at full speed.
+pub const BATCH_RECORDS: usize = 1024;
+
+/// Where an output channel goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Consumer PE id.
+    pub pe: String,
+    /// Data address of its worker; `None` when it runs on this worker.
+    pub address: Option<String>,
+}
+
+/// One output stream of a PE to deploy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputConfig {
+    /// `from->to`.
+    pub stream: String,
+    /// How records spread over `targets`.
+    pub partitioning: Partitioning,
+    /// Consumers in index order.
+    pub targets: Vec<Target>,
+}
+
+/// Everything needed to start a PE.
+#[derive(Clone, Debug)]
+pub struct PeConfig {
+    /// App name.
+    pub app: String,
+    /// App version.
+    pub version: u64,
+    /// PE id.
+    pub pe: String,
+    /// Its operator.
+    pub spec: OperatorSpec,
+    /// Parallel index.
+    pub index: u32,
+    /// Key groups it owns.
+    pub key_groups: KeyGroupRange,
+    /// The `source` ordinal of records it creates.
+    pub source_ordinal: u32,
+    /// Producers of its input channels, in a stable order.
+    pub inputs: Vec<String>,
+    /// Its outputs.
+    pub outputs: Vec<OutputConfig>,
+}
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The request is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct PeEntry {
+    app: String,
+    version: u64,
+    status: Arc<PeStatus>,
+    task: JoinHandle<()>,
+    remotes: Vec<Arc<RemoteSender>>,
+    inputs: Vec<Arc<crate::dataplane::InputEndpoint>>,
+    last: Mutex<(Instant, u64, u64)>,
+}
+
+/// The PEs of one worker.
+#[derive(Default)]
+pub struct Runtime {
+    inputs: Arc<Inputs>,
+    pes: Mutex<BTreeMap<String, PeEntry>>,
+}
+
+impl Runtime {
+    /// A runtime whose consumers' endpoints live in `inputs` (shared with the data
+    /// listener).
+    pub fn new(inputs: Arc<Inputs>) -> Self {
+        Self {
+            inputs,
+            pes: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PeEntry>> {
+        self.pes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether PE `pe` is deployed here (in any state).
+    pub fn has(&self, pe: &str) -> bool {
+        self.lock().contains_key(pe)
+    }
+
+    /// Deploys a PE (see the module doc). Returns its state.
+    pub async fn deploy(&self, cfg: PeConfig) -> Result<PeRunState, DeployError> {
+        if let Some(e) = self.lock().get(&cfg.pe) {
+            if e.status.state() != PeRunState::Failed {
+                return Ok(e.status.state());
+            }
+        }
+        self.stop(&cfg.pe);
+        let pe = cfg.pe.clone();
+        let inputs: Vec<_> = cfg
+            .inputs
+            .iter()
+            .map(|from| self.inputs.register(ChannelKey::new(from.clone(), pe.clone())))
+            .collect();
+        let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
+        let mut remotes = Vec::new();
+        let mut routes = Vec::new();
+        for o in &cfg.outputs {
+            let senders = o
+                .targets
+                .iter()
+                .map(|t| {
+                    let key = ChannelKey::new(pe.clone(), t.pe.clone());
+                    match &t.address {
+                        None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
+                        Some(a) => {
+                            let r = Arc::new(RemoteSender::new(key, a.clone()));
+                            remotes.push(r.clone());
+                            ChannelSender::Remote(r)
+                        }
+                    }
+                })
+                .collect();
+            routes.push(Route::new(o.stream.clone(), o.partitioning.clone(), senders));
+        }
+        let router = Router::new(routes);
+        let status = Arc::new(PeStatus::default());
+        let st = status.clone();
+        let span = tracing::info_span!("pe", app = %cfg.app, pe = %pe);
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match cfg.spec.kind.clone() {
+            OperatorKind::Generator(p) => Box::pin(pe::run_generator(
+                pe.clone(),
+                p,
+                cfg.source_ordinal,
+                cfg.index,
+                cfg.spec.parallelism,
+                router,
+                st,
+            )),
+            OperatorKind::SourceFile(p) => Box::pin(sources::run_file(
+                pe.clone(),
+                p,
+                cfg.source_ordinal,
+                cfg.index,
+                router,
+                st,
+            )),
+            OperatorKind::SourceTcp(p) => Box::pin(sources::run_tcp(
+                pe.clone(),
+                p,
+                cfg.source_ordinal,
+                cfg.index,
+                router,
+                st,
+            )),
+            _ => {
+                if inputs.is_empty() {
+                    return Err(DeployError::Invalid(format!(
+                        "{pe}: a {} PE needs inputs",
+                        cfg.spec.kind.name()
+                    )));
+                }
+                let spec = cfg.spec.clone();
+                let (index, n, ordinal) = (cfg.index, inputs.len(), cfg.source_ordinal);
+                let id = pe.clone();
+                Box::pin(async move {
+                    match Kernel::build(&id, &spec, index, n, ordinal).await {
+                        Ok(k) => pe::run_consumer(id, k, router, inputs, st).await,
+                        Err(e) => {
+                            tracing::error!(pe = %id, error = %e, "PE cannot start");
+                            st.fail(e);
+                        }
+                    }
+                })
+            }
+        };
+        let task = tokio::spawn(fut.instrument(span));
+        let state = status.state();
+        self.lock().insert(
+            pe.clone(),
+            PeEntry {
+                app: cfg.app,
+                version: cfg.version,
+                status,
+                task,
+                remotes,
+                inputs: input_eps,
+                last: Mutex::new((Instant::now(), 0, 0)),
+            },
+        );
+        tracing::info!(%pe, "PE deployed");
+        Ok(state)
+    }
+
+    /// Stops a PE: its task ends, its inputs close, its programs are killed. Returns its
+    /// final statistics, or `None` when it was not here.
+    pub fn stop(&self, pe: &str) -> Option<pb::PeStats> {
+        let e = self.lock().remove(pe)?;
+        e.task.abort();
+        for ep in &e.inputs {
+            self.inputs.remove(ep);
+        }
+        tracing::info!(%pe, "PE stopped");
+        Some(stats_of(&e, false))
+    }
+
+    /// Stops every PE.
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.stop(&id);
+        }
+    }
+
+    /// Points the producer end of `key` at a new address (its consumer moved).
+    /// Returns whether such a channel exists here.
+    pub fn repoint(&self, key: &ChannelKey, address: &str) -> bool {
+        let m = self.lock();
+        let Some(e) = m.get(&key.from) else { return false };
+        let mut found = false;
+        for r in e.remotes.iter().filter(|r| r.key() == key) {
+            r.set_peer(address.to_string());
+            found = true;
+        }
+        found
+    }
+
+    /// Every PE, as the master sees it in reports.
+    pub fn report(&self) -> Vec<pb::PeReport> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| pb::PeReport {
+                pe: id.clone(),
+                app: e.app.clone(),
+                state: e.status.state().to_proto() as i32,
+                stats: Some(stats_of(e, true)),
+                last_checkpoint_id: 0,
+                message: e.status.message(),
+                gpu_uuids: vec![],
+                verify: e.status.verify(),
+                version: e.version,
+            })
+            .collect()
+    }
+
+    /// Every channel end here.
+    pub fn channels(&self) -> Vec<pb::ChannelReport> {
+        let m = self.lock();
+        let mut out = Vec::new();
+        for e in m.values() {
+            for ep in &e.inputs {
+                out.push(pb::ChannelReport {
+                    channel: Some(pb::ChannelRef {
+                        from_pe: ep.key.from.clone(),
+                        to_pe: ep.key.to.clone(),
+                        stream: String::new(),
+                    }),
+                    end: pb::ChannelEnd::Consumer as i32,
+                    records: ep.stats.records.load(Ordering::Relaxed),
+                    bytes: ep.stats.bytes.load(Ordering::Relaxed),
+                    last_seq: ep.stats.last_seq.load(Ordering::Relaxed),
+                    pending_batches: ep.queued() as u64,
+                    connected: ep.stats.connected.load(Ordering::Relaxed),
+                });
+            }
+            for r in &e.remotes {
+                let s = r.stats();
+                out.push(pb::ChannelReport {
+                    channel: Some(pb::ChannelRef {
+                        from_pe: r.key().from.clone(),
+                        to_pe: r.key().to.clone(),
+                        stream: String::new(),
+                    }),
+                    end: pb::ChannelEnd::Producer as i32,
+                    records: s.records.load(Ordering::Relaxed),
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                    last_seq: s.last_seq.load(Ordering::Relaxed),
+                    pending_batches: r.pending() as u64,
+                    connected: s.connected.load(Ordering::Relaxed),
+                });
+            }
+        }
+        out
+    }
+
+    /// Connections made by the producer ends of a PE's remote channels, summed (more
+    /// than the channel count: links were re-established).
+    pub fn reconnects(&self, pe: &str) -> u64 {
+        self.lock().get(pe).map_or(0, |e| {
+            e.remotes
+                .iter()
+                .map(|r| r.stats().connects.load(Ordering::Relaxed))
+                .sum()
+        })
+    }
+}
+
+fn stats_of(e: &PeEntry, with_rates: bool) -> pb::PeStats {
+    let s = &e.status;
+    let (rin, rout) = (
+        s.records_in.load(Ordering::Relaxed),
+        s.records_out.load(Ordering::Relaxed),
+    );
+    let (mut rate_in, mut rate_out) = (0.0, 0.0);
+    if with_rates {
+        if let Ok(mut last) = e.last.lock() {
+            let dt = last.0.elapsed().as_secs_f64();
+            if dt > 0.0 {
+                rate_in = (rin - last.1) as f64 / dt;
+                rate_out = (rout - last.2) as f64 / dt;
+            }
+            // A window of at least a second keeps rates steady between reports.
+            if dt >= 1.0 {
+                *last = (Instant::now(), rin, rout);
+            }
+        }
+    }
+    let backlog = e.inputs.iter().map(|ep| ep.queued() as u64).sum();
+    pb::PeStats {
+        records_in: rin,
+        records_out: rout,
+        rate_in,
+        rate_out,
+        backlog,
+        bytes_in: s.bytes_in.load(Ordering::Relaxed),
+        bytes_out: s.bytes_out.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,137 @@
+//! Line sources: `source.file` and `source.tcp`.
+
+use super::router::Router;
+use super::status::{PeRunState, PeStatus};
+use super::BATCH_RECORDS;
+use crate::ops::source::{push_line, FileSource};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use weir_common::record::BatchBuilder;
+use weir_common::spec::{SourceFileParams, SourceTcpParams};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs a `source.file` PE. PE 0 reads the file; others of a parallel operator end at
+/// once (a file has one reader; parallelism belongs downstream).
+pub async fn run_file(
+    pe: String,
+    p: SourceFileParams,
+    source: u32,
+    index: u32,
+    mut router: Router,
+    status: Arc<PeStatus>,
+) {
+    status.set(PeRunState::Running);
+    if index == 0 {
+        let mut f = match FileSource::open(&p.path, p.format, source) {
+            Ok(f) => f,
+            Err(e) => {
+                status.fail(format!("source.file {}: {e}", p.path));
+                return;
+            }
+        };
+        loop {
+            match f.next_batch(BATCH_RECORDS, now_ms()) {
+                Ok(Some(b)) => {
+                    status.gave(&b);
+                    router.send(b).await;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    status.fail(format!("source.file {}: {e}", p.path));
+                    return;
+                }
+            }
+        }
+        if f.bad_lines() > 0 {
+            tracing::warn!(%pe, bad_lines = f.bad_lines(), "source.file skipped malformed lines");
+        }
+    }
+    router.end().await;
+    status.set(PeRunState::Finished);
+}
+
+/// Runs a `source.tcp` PE: accepts any number of clients sending lines. PE `i` of a
+/// parallel operator listens on the configured port plus `i`.
+pub async fn run_tcp(
+    pe: String,
+    p: SourceTcpParams,
+    source: u32,
+    index: u32,
+    mut router: Router,
+    status: Arc<PeStatus>,
+) {
+    let addr = match p.listen.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u32>() {
+            Ok(port) => format!("{host}:{}", port + index),
+            Err(_) => p.listen.clone(),
+        },
+        None => p.listen.clone(),
+    };
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            status.fail(format!("source.tcp cannot listen on {addr}: {e}"));
+            return;
+        }
+    };
+    tracing::info!(%pe, %addr, "source.tcp listening");
+    status.set(PeRunState::Running);
+    let (tx, mut rx) = mpsc::channel::<String>(BATCH_RECORDS * 4);
+    let accept = async move {
+        loop {
+            let Ok((sock, peer)) = listener.accept().await else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(sock).lines();
+                loop {
+                    match lines.next_line().await {
+                        Ok(Some(l)) => {
+                            if tx.send(l).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "source.tcp client failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    };
+    tokio::pin!(accept);
+    let mut b = BatchBuilder::default();
+    let mut seq = 0u64;
+    let mut bad = 0u64;
+    loop {
+        let line = tokio::select! {
+            _ = &mut accept => return,
+            l = rx.recv() => l,
+            // Idle: ship what has arrived so far.
+            _ = tokio::time::sleep(Duration::from_millis(20)), if !b.is_empty() => None,
+        };
+        if let Some(line) = &line {
+            match push_line(&mut b, line, p.format, source, seq, now_ms()) {
+                Ok(()) => seq += 1,
+                Err(e) => {
+                    bad += 1;
+                    tracing::debug!(%pe, error = %e, bad, "source.tcp skipped a malformed line");
+                }
+            }
+        }
+        if b.len() >= BATCH_RECORDS || (line.is_none() && !b.is_empty()) {
+            let batch = b.finish();
+            status.gave(&batch);
+            router.send(batch).await;
+        }
+    }
+}

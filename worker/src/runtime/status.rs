@@ -1,0 +1,104 @@
+//! A PE's live status, shared between its task and the worker's reports.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use weir_common::record::Batch;
+use weir_proto::v1 as pb;
+
+/// Counters and state of one PE.
+#[derive(Debug, Default)]
+pub struct PeStatus {
+    state: AtomicU8,
+    /// Records taken from the inputs.
+    pub records_in: AtomicU64,
+    /// Records handed to the outputs (consumed, for sinks).
+    pub records_out: AtomicU64,
+    /// Bytes taken from the inputs.
+    pub bytes_in: AtomicU64,
+    /// Bytes handed to the outputs.
+    pub bytes_out: AtomicU64,
+    message: Mutex<String>,
+    verify: Mutex<Option<pb::VerifySummary>>,
+}
+
+/// A PE's lifecycle as the worker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PeRunState {
+    /// Deployed; building its kernel (e.g. spawning a program).
+    Starting = 0,
+    /// Processing.
+    Running = 1,
+    /// Done: a bounded source emitted everything, or every input ended.
+    Finished = 2,
+    /// Stopped by an error (see the message).
+    Failed = 3,
+}
+
+impl PeRunState {
+    /// The protocol's state. A finished PE reports STOPPED: it is not to be restarted.
+    pub fn to_proto(self) -> pb::PeState {
+        match self {
+            PeRunState::Starting => pb::PeState::Starting,
+            PeRunState::Running => pb::PeState::Running,
+            PeRunState::Finished => pb::PeState::Stopped,
+            PeRunState::Failed => pb::PeState::Failed,
+        }
+    }
+}
+
+impl PeStatus {
+    /// The current state.
+    pub fn state(&self) -> PeRunState {
+        match self.state.load(Ordering::Acquire) {
+            0 => PeRunState::Starting,
+            1 => PeRunState::Running,
+            2 => PeRunState::Finished,
+            _ => PeRunState::Failed,
+        }
+    }
+
+    /// Moves to `s`.
+    pub fn set(&self, s: PeRunState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Fails with a reason.
+    pub fn fail(&self, why: String) {
+        if let Ok(mut m) = self.message.lock() {
+            *m = why;
+        }
+        self.set(PeRunState::Failed);
+    }
+
+    /// The last error.
+    pub fn message(&self) -> String {
+        self.message.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Counts a batch in.
+    pub fn took(&self, b: &Batch) {
+        self.records_in.fetch_add(b.len() as u64, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a batch out.
+    pub fn gave(&self, b: &Batch) {
+        self.records_out.fetch_add(b.len() as u64, Ordering::Relaxed);
+        self.bytes_out
+            .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes a `sink.verify` summary.
+    pub fn set_verify(&self, v: Option<pb::VerifySummary>) {
+        if let Ok(mut m) = self.verify.lock() {
+            *m = v;
+        }
+    }
+
+    /// The last `sink.verify` summary.
+    pub fn verify(&self) -> Option<pb::VerifySummary> {
+        self.verify.lock().ok().and_then(|m| m.clone())
+    }
+}
