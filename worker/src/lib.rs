@@ -7,4 +7,5 @@
 //! record and frame formats they use are in `weir_common::{record, frame}`.
 
 pub mod agent;
+pub mod ops;
 pub mod resources;
