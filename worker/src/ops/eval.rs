@@ -26,7 +26,11 @@ fn num2(a: &[Value], int: fn(i64, i64) -> Option<i64>, float: fn(f64, f64) -> f6
         (x, y) => match (x.as_f64(), y.as_f64()) {
             (Some(x), Some(y)) => {
                 let r = float(x, y);
-                if r.is_finite() { Value::F64(r) } else { Value::Null }
+                if r.is_finite() {
+                    Value::F64(r)
+                } else {
+                    Value::Null
+                }
             }
             _ => Value::Null,
         },
@@ -57,14 +61,22 @@ fn call(f: Func, a: &[Value]) -> Value {
 /// Whether `field op value` holds. Numbers compare as numbers, everything else as text;
 /// a missing field never matches (except `ne`).
 pub fn compare(field: Option<&Value>, op: CmpOp, value: &serde_json::Value) -> bool {
-    let Some(field) = field.filter(|f| **f != Value::Null) else { return op == CmpOp::Ne };
+    let Some(field) = field.filter(|f| **f != Value::Null) else {
+        return op == CmpOp::Ne;
+    };
     if op == CmpOp::Contains {
-        return value.as_str().is_some_and(|v| field.to_string().contains(v));
+        return value
+            .as_str()
+            .is_some_and(|v| field.to_string().contains(v));
     }
     let ord = match (field.as_f64(), value.as_f64()) {
-        (Some(a), Some(b)) if !matches!(field, Value::Str(_)) || value.is_number() => a.partial_cmp(&b),
+        (Some(a), Some(b)) if !matches!(field, Value::Str(_)) || value.is_number() => {
+            a.partial_cmp(&b)
+        }
         _ => {
-            let v = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            let v = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string);
             Some(field.to_string().cmp(&v))
         }
     };
@@ -98,7 +110,10 @@ mod tests {
 
     #[test]
     fn expressions_evaluate() {
-        assert_eq!(run(r#"concat("/page/", mod(id, 50))"#), Value::Str("/page/34".into()));
+        assert_eq!(
+            run(r#"concat("/page/", mod(id, 50))"#),
+            Value::Str("/page/34".into())
+        );
         assert_eq!(run("upper(url)"), Value::Str("HOME/PAGE".into()));
         assert_eq!(run("lower(url)"), Value::Str("home/page".into()));
         assert_eq!(run("len(url)"), Value::I64(9));

@@ -38,14 +38,25 @@ impl Generator {
     /// PE `index` of `parallelism`, emitting as source ordinal `source`.
     pub fn new(params: GeneratorParams, source: u32, index: u32, parallelism: u32) -> Self {
         let payload = Value::Bytes(vec![b'x'; params.payload_bytes as usize]);
-        Self { params, source, index, parallelism, next_seq: 0, payload }
+        Self {
+            params,
+            source,
+            index,
+            parallelism,
+            next_seq: 0,
+            payload,
+        }
     }
 
     /// Records this PE emits in total, if bounded.
     pub fn total(&self) -> Option<u64> {
         let count = self.params.count?;
         let (i, p) = (u64::from(self.index), u64::from(self.parallelism.max(1)));
-        Some(if count > i { (count - i).div_ceil(p) } else { 0 })
+        Some(if count > i {
+            (count - i).div_ceil(p)
+        } else {
+            0
+        })
     }
 
     /// The next batch of at most `max` records, or `None` when done.
@@ -55,7 +66,9 @@ impl Generator {
             Some(t) => t.min(self.next_seq + max as u64),
             None => self.next_seq + max as u64,
         };
-        let mut b = BatchBuilder::with_capacity((end - self.next_seq) as usize * (self.params.payload_bytes as usize + 64));
+        let mut b = BatchBuilder::with_capacity(
+            (end - self.next_seq) as usize * (self.params.payload_bytes as usize + 64),
+        );
         let mut key = String::with_capacity(12);
         for seq in self.next_seq..end {
             let id = id_at(self.index, self.parallelism, seq);
@@ -66,9 +79,18 @@ impl Generator {
                 ("id", Value::I64(id as i64)),
                 ("value", Value::I64(value_of(id, self.params.seed))),
             ];
-            let fields = fields.iter().map(|(n, v)| (*n, v)).chain(std::iter::once(("payload", &self.payload)));
-            b.push(self.source, seq, BASE_EVENT_TIME_MS + id as i64, key.as_bytes(), fields)
-                .expect("generator records fit the batch format");
+            let fields = fields
+                .iter()
+                .map(|(n, v)| (*n, v))
+                .chain(std::iter::once(("payload", &self.payload)));
+            b.push(
+                self.source,
+                seq,
+                BASE_EVENT_TIME_MS + id as i64,
+                key.as_bytes(),
+                fields,
+            )
+            .expect("generator records fit the batch format");
         }
         self.next_seq = end;
         Some(b.finish())
@@ -80,7 +102,13 @@ mod tests {
     use super::*;
 
     fn params(count: Option<u64>) -> GeneratorParams {
-        GeneratorParams { rate: None, count, keys: 10, payload_bytes: 16, seed: 0 }
+        GeneratorParams {
+            rate: None,
+            count,
+            keys: 10,
+            payload_bytes: 16,
+            seed: 0,
+        }
     }
 
     #[test]
@@ -90,7 +118,10 @@ mod tests {
             let mut g = Generator::new(params(Some(100)), index, index, 3);
             while let Some(b) = g.next_batch(7) {
                 for r in b.iter() {
-                    let id = match r.field("id") { Some(Value::I64(i)) => i as u64, other => panic!("{other:?}") };
+                    let id = match r.field("id") {
+                        Some(Value::I64(i)) => i as u64,
+                        other => panic!("{other:?}"),
+                    };
                     assert_eq!(id, id_at(index, 3, r.seq));
                     assert_eq!(r.key, format!("k{}", id % 10).as_bytes());
                     assert_eq!(r.event_time_ms, BASE_EVENT_TIME_MS + id as i64);

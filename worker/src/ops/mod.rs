@@ -3,21 +3,62 @@
 //! Each kernel takes batches in and returns batches out, holds its state in plain
 //! structures that can be snapshotted (for checkpoints and the upgrade hand-off), and
 //! does no I/O; the PE runtime feeds them from channels and forwards what they emit.
+//! The exceptions are the edges: [`FileSink`] and [`FileSource`] do blocking file I/O
+//! (the decoding they use, [`json_line`] and [`push_line`], is pure).
 //! Records are addressed by `(source, seq)`, which every kernel passes through
 //! unchanged, so sinks can tell loss and duplication apart from filtering.
 
+mod codec;
 pub mod eval;
 pub mod generator;
+pub mod sink;
+pub mod source;
 pub mod transform;
 pub mod verify;
 pub mod window;
 
 pub use generator::Generator;
+pub use sink::{json_line, FileSink};
+pub use source::{push_line, FileSource, LineError};
 pub use transform::{Filter, KeyBy, Map};
-pub use verify::{SourceReport, Verify};
+pub use verify::{SourceReport, Verify, VerifyReport};
 pub use window::{Window, WindowKind};
 
 use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
+
+/// Why a state snapshot cannot be restored. Restoring checks the whole snapshot before
+/// touching any state, so after an error the kernel is exactly as it was.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The bytes end before the snapshot does.
+    #[error("state snapshot truncated at byte {0}")]
+    Truncated(usize),
+    /// The format version is not one this build reads.
+    #[error("unsupported state snapshot version {0}")]
+    Version(u8),
+    /// The snapshot was taken by another kind of kernel.
+    #[error("state snapshot is for {found}, not {expected}")]
+    WrongKind {
+        /// The kind restoring.
+        expected: &'static str,
+        /// The kind the snapshot names.
+        found: String,
+    },
+    /// The snapshot's configuration differs from the kernel's (e.g. another window size).
+    #[error("state snapshot does not match this operator: {0}")]
+    Mismatch(String),
+    /// A value is out of its range (e.g. an unknown tag).
+    #[error("invalid state snapshot at byte {at}: {what}")]
+    Invalid {
+        /// What is wrong.
+        what: &'static str,
+        /// Where.
+        at: usize,
+    },
+    /// Bytes remain after the snapshot.
+    #[error("{0} trailing bytes after the state snapshot")]
+    Trailing(usize),
+}
 
 /// A record taken apart, for kernels that rebuild it.
 #[derive(Clone, Debug, PartialEq)]

@@ -20,9 +20,17 @@ impl Map {
         let set = p
             .set
             .iter()
-            .map(|(f, src)| parse_expr(src).map(|e| (f.clone(), e)).map_err(|e| format!("set.{f}: {e}")))
+            .map(|(f, src)| {
+                parse_expr(src)
+                    .map(|e| (f.clone(), e))
+                    .map_err(|e| format!("set.{f}: {e}"))
+            })
             .collect::<Result<_, _>>()?;
-        Ok(Self { rename: p.rename.clone().into_iter().collect(), set, project: p.project.clone() })
+        Ok(Self {
+            rename: p.rename.clone().into_iter().collect(),
+            set,
+            project: p.project.clone(),
+        })
     }
 
     /// Transforms a batch.
@@ -31,16 +39,25 @@ impl Map {
             let mut fields: Vec<(String, Value)> = r
                 .fields()
                 .map(|(n, v)| {
-                    let n = self.rename.iter().find(|(from, _)| from == n).map_or(n, |(_, to)| to.as_str());
+                    let n = self
+                        .rename
+                        .iter()
+                        .find(|(from, _)| from == n)
+                        .map_or(n, |(_, to)| to.as_str());
                     (n.to_string(), v)
                 })
                 .collect();
             for (name, e) in &self.set {
                 let snapshot = &fields;
                 let v = eval(e, &|f| {
-                    snapshot.iter().find(|(n, _)| n == f).map(|(_, v)| v.clone()).or_else(|| {
-                        (f == "key").then(|| Value::Str(String::from_utf8_lossy(r.key).into_owned()))
-                    })
+                    snapshot
+                        .iter()
+                        .find(|(n, _)| n == f)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| {
+                            (f == "key")
+                                .then(|| Value::Str(String::from_utf8_lossy(r.key).into_owned()))
+                        })
                 });
                 match fields.iter_mut().find(|(n, _)| n == name) {
                     Some(slot) => slot.1 = v,
@@ -74,7 +91,13 @@ impl Filter {
     pub fn apply(&self, batch: &Batch) -> Batch {
         map_batch(batch, |r, out| {
             if compare(r.field(&self.p.field).as_ref(), self.p.op, &self.p.value) {
-                let _ = out.push(r.source, r.seq, r.event_time_ms, r.key, r.fields().collect::<Vec<_>>().iter().map(|(n, v)| (*n, v)));
+                let _ = out.push(
+                    r.source,
+                    r.seq,
+                    r.event_time_ms,
+                    r.key,
+                    r.fields().collect::<Vec<_>>().iter().map(|(n, v)| (*n, v)),
+                );
             }
         })
     }
@@ -89,15 +112,26 @@ pub struct KeyBy {
 impl KeyBy {
     /// Keys by this field.
     pub fn new(p: &KeyByParams) -> Self {
-        Self { field: p.field.clone() }
+        Self {
+            field: p.field.clone(),
+        }
     }
 
     /// Sets each record's key to the field's text (empty when absent).
     pub fn apply(&self, batch: &Batch) -> Batch {
         map_batch(batch, |r, out| {
-            let key = r.field(&self.field).map(|v| v.to_string()).unwrap_or_default();
+            let key = r
+                .field(&self.field)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             let fields: Vec<_> = r.fields().collect();
-            let _ = out.push(r.source, r.seq, r.event_time_ms, key.as_bytes(), fields.iter().map(|(n, v)| (*n, v)));
+            let _ = out.push(
+                r.source,
+                r.seq,
+                r.event_time_ms,
+                key.as_bytes(),
+                fields.iter().map(|(n, v)| (*n, v)),
+            );
         })
     }
 }
@@ -109,7 +143,13 @@ mod tests {
     use weir_common::spec::{CmpOp, GeneratorParams};
 
     fn input() -> Batch {
-        let p = GeneratorParams { rate: None, count: Some(200), keys: 5, payload_bytes: 8, seed: 0 };
+        let p = GeneratorParams {
+            rate: None,
+            count: Some(200),
+            keys: 5,
+            payload_bytes: 8,
+            seed: 0,
+        };
         Generator::new(p, 0, 0, 1).next_batch(1000).unwrap()
     }
 
@@ -118,22 +158,40 @@ mod tests {
         let p = MapParams {
             project: vec!["id".into(), "page".into(), "v".into(), "user".into()],
             rename: [("value".to_string(), "v".to_string())].into(),
-            set: [("page".to_string(), r#"concat("/p/", mod(id, 3))"#.to_string()), ("user".to_string(), "key".to_string())].into(),
+            set: [
+                (
+                    "page".to_string(),
+                    r#"concat("/p/", mod(id, 3))"#.to_string(),
+                ),
+                ("user".to_string(), "key".to_string()),
+            ]
+            .into(),
         };
         let out = Map::new(&p).unwrap().apply(&input());
         assert_eq!(out.len(), 200);
         for r in out.iter() {
-            let id = match r.field("id") { Some(Value::I64(i)) => i, o => panic!("{o:?}") };
+            let id = match r.field("id") {
+                Some(Value::I64(i)) => i,
+                o => panic!("{o:?}"),
+            };
             assert_eq!(r.field("page"), Some(Value::Str(format!("/p/{}", id % 3))));
             assert_eq!(r.field("user"), Some(Value::Str(format!("k{}", id % 5))));
-            assert!(r.field("v").is_some() && r.field("value").is_none() && r.field("payload").is_none());
+            assert!(
+                r.field("v").is_some()
+                    && r.field("value").is_none()
+                    && r.field("payload").is_none()
+            );
             assert_eq!(r.fields().count(), 4);
         }
     }
 
     #[test]
     fn filter_keeps_exactly_the_matching_records_with_their_origin() {
-        let f = Filter::new(&FilterParams { field: "value".into(), op: CmpOp::Lt, value: 500.into() });
+        let f = Filter::new(&FilterParams {
+            field: "value".into(),
+            op: CmpOp::Lt,
+            value: 500.into(),
+        });
         let input = input();
         let expected: Vec<u64> = input
             .iter()
@@ -147,7 +205,10 @@ mod tests {
 
     #[test]
     fn key_by_sets_the_key_from_a_field() {
-        let out = KeyBy::new(&KeyByParams { field: "value".into() }).apply(&input());
+        let out = KeyBy::new(&KeyByParams {
+            field: "value".into(),
+        })
+        .apply(&input());
         for r in out.iter() {
             assert_eq!(r.key, r.field("value").unwrap().to_string().as_bytes());
         }

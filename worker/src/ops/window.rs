@@ -1,0 +1,333 @@
+//! `window.count` and `window.sum`: keyed tumbling windows over event time.
+//!
+//! A record with event time `t` falls in the window `[floor(t/size)*size, +size)` of its
+//! key. Each input's watermark is the largest event time seen on it; the PE watermark is
+//! the smallest over inputs (an ended input counts as +infinity, one that has shown
+//! nothing as -infinity), and after every batch each window ending at or before it is
+//! emitted and forgotten. Lateness is judged by the watermark: a record whose window
+//! ends at or before the watermark at which this PE last closed windows can only belong
+//! to a window already emitted (or one that would be emitted after its time), so it is
+//! dropped and counted, never emitted twice.
+//!
+//! State snapshots are split by key group so rescaling can move groups; the encoding and
+//! the merge rule are in [`Window::snapshot`] and [`Window::restore`].
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use weir_common::keygroup::key_group;
+use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
+
+/// What a window computes per key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Records per key and window (`window.count`).
+    Count,
+    /// The sum of a numeric field per key and window (`window.sum`).
+    Sum {
+        /// The field summed.
+        field: String,
+    },
+}
+
+/// An input's progress. The derived order is the watermark order: nothing seen is
+/// -infinity, ended is +infinity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum Progress {
+    /// No record seen yet.
+    #[default]
+    Unseen,
+    /// The largest event time seen.
+    At(i64),
+    /// The input ended.
+    Ended,
+}
+
+/// The running aggregate of one key in one window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Acc {
+    /// Records counted.
+    Count(u64),
+    /// A sum kept both exactly (while every value is an integer and it fits) and as a
+    /// float, so the output type can be decided when the window closes.
+    Sum {
+        /// The integer sum; `None` once it overflowed.
+        int: Option<i64>,
+        /// The sum as a float.
+        float: f64,
+        /// Whether every summed value was an integer.
+        all_int: bool,
+    },
+}
+
+impl Acc {
+    fn merge(&mut self, other: &Acc) {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a = a.saturating_add(*b),
+            (
+                Acc::Sum {
+                    int,
+                    float,
+                    all_int,
+                },
+                Acc::Sum {
+                    int: i2,
+                    float: f2,
+                    all_int: a2,
+                },
+            ) => {
+                *int = int.zip(*i2).and_then(|(a, b)| a.checked_add(b));
+                *float += f2;
+                *all_int &= a2;
+            }
+            // Snapshots are checked against the window's kind before merging.
+            _ => {}
+        }
+    }
+
+    /// The output field's value.
+    fn value(&self) -> Value {
+        match *self {
+            Acc::Count(n) => Value::I64(i64::try_from(n).unwrap_or(i64::MAX)),
+            Acc::Sum {
+                int: Some(i),
+                all_int: true,
+                ..
+            } => Value::I64(i),
+            Acc::Sum { float, .. } => Value::F64(float),
+        }
+    }
+}
+
+/// A number to sum: integers stay exact. Strings holding a number count (JSON sources
+/// deliver quoted numbers as strings); anything else, and non-finite floats, is skipped.
+fn number(v: Option<Value>) -> Option<Acc> {
+    let (int, float) = match v? {
+        Value::I64(i) => (Some(i), i as f64),
+        Value::F64(f) => (None, f),
+        Value::Str(s) => match s.trim().parse::<i64>() {
+            Ok(i) => (Some(i), i as f64),
+            Err(_) => (None, s.trim().parse::<f64>().ok()?),
+        },
+        _ => return None,
+    };
+    float.is_finite().then_some(Acc::Sum {
+        int,
+        float,
+        all_int: int.is_some(),
+    })
+}
+
+/// Windows keyed by `(end, start)`, then by record key: iteration order is the emission
+/// order (window end, then key), and records look their key up without allocating.
+type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Acc>>;
+
+/// A keyed tumbling event-time window PE.
+#[derive(Clone, Debug)]
+pub struct Window {
+    kind: WindowKind,
+    size: i64,
+    out_source: u32,
+    inputs: Vec<Progress>,
+    windows: Windows,
+    /// The PE watermark at which windows were last closed: windows ending at or before
+    /// it are gone, so records for them are late.
+    closed_upto: Option<i64>,
+    /// Per key group, a lateness bound handed over with that group's state (by a
+    /// predecessor that had closed further than this PE's own bound; see `restore`).
+    floors: BTreeMap<u32, i64>,
+    /// Records emitted so far: the `seq` of the next output.
+    emitted: u64,
+    /// Nothing processed or restored yet: the first restore adopts the snapshot's
+    /// progress instead of merging with this PE's (empty) own.
+    fresh: bool,
+    late: u64,
+    skipped: u64,
+}
+
+impl Window {
+    /// A window of `size_ms` (at least 1) over `inputs` inputs (at least 1), emitting as
+    /// source ordinal `out_source`.
+    pub fn new(kind: WindowKind, size_ms: u64, inputs: usize, out_source: u32) -> Self {
+        Self {
+            kind,
+            size: i64::try_from(size_ms.max(1)).unwrap_or(i64::MAX),
+            out_source,
+            inputs: vec![Progress::Unseen; inputs.max(1)],
+            windows: BTreeMap::new(),
+            closed_upto: None,
+            floors: BTreeMap::new(),
+            emitted: 0,
+            fresh: true,
+            late: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Adds a batch that arrived on `input` and returns the windows it closed. Records
+    /// on an input index out of range are aggregated but cannot move the watermark.
+    pub fn apply(&mut self, input: usize, batch: &Batch) -> Batch {
+        self.fresh = false;
+        let mut max_t = None;
+        for r in batch.iter() {
+            max_t = max_t.max(Some(r.event_time_ms));
+            self.add(&r);
+        }
+        match (self.inputs.get_mut(input), max_t) {
+            (Some(p), Some(t)) => *p = (*p).max(Progress::At(t)),
+            (None, _) => tracing::warn!(
+                input,
+                inputs = self.inputs.len(),
+                "window: batch on an unknown input"
+            ),
+            (Some(_), None) => {}
+        }
+        self.close()
+    }
+
+    /// Marks `input` as ended (its watermark becomes +infinity) and returns the windows
+    /// that closes.
+    pub fn end_input(&mut self, input: usize) -> Batch {
+        self.fresh = false;
+        match self.inputs.get_mut(input) {
+            Some(p) => *p = Progress::Ended,
+            None => tracing::warn!(
+                input,
+                inputs = self.inputs.len(),
+                "window: end of an unknown input"
+            ),
+        }
+        self.close()
+    }
+
+    /// Emits every open window (end of stream). Later records for windows ending at or
+    /// before the last one emitted are late.
+    pub fn flush(&mut self) -> Batch {
+        self.fresh = false;
+        let all = std::mem::take(&mut self.windows);
+        if let Some(&(end, _)) = all.keys().next_back() {
+            self.closed_upto = self.closed_upto.max(Some(end));
+        }
+        self.emit(all)
+    }
+
+    /// Records dropped because their window had already closed.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Records of a `Sum` window whose field was missing or not a number.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The PE watermark: `None` while some input has shown nothing, `i64::MAX` once
+    /// every input ended.
+    pub fn watermark(&self) -> Option<i64> {
+        match self.inputs.iter().min().copied().unwrap_or(Progress::Ended) {
+            Progress::Unseen => None,
+            Progress::At(t) => Some(t),
+            Progress::Ended => Some(i64::MAX),
+        }
+    }
+
+    /// Open (key, window) pairs.
+    pub fn open_windows(&self) -> usize {
+        self.windows.values().map(BTreeMap::len).sum()
+    }
+
+    fn bounds(&self, t: i64) -> (i64, i64) {
+        // floor(t / size) * size can fall below i64::MIN for t near it: clamp.
+        let start = t
+            .div_euclid(self.size)
+            .checked_mul(self.size)
+            .unwrap_or(i64::MIN);
+        (start, start.saturating_add(self.size))
+    }
+
+    fn is_late(&self, end: i64, key: &[u8]) -> bool {
+        if self.closed_upto.is_some_and(|c| end <= c) {
+            return true;
+        }
+        !self.floors.is_empty() && self.floors.get(&key_group(key)).is_some_and(|f| end <= *f)
+    }
+
+    fn add(&mut self, r: &RecordRef<'_>) {
+        let (start, end) = self.bounds(r.event_time_ms);
+        if self.is_late(end, r.key) {
+            self.late += 1;
+            return;
+        }
+        let acc = match &self.kind {
+            WindowKind::Count => Acc::Count(1),
+            WindowKind::Sum { field } => match number(r.field(field)) {
+                Some(acc) => acc,
+                None => {
+                    // Nothing to add: the record leaves no trace, not even an empty window.
+                    self.skipped += 1;
+                    return;
+                }
+            },
+        };
+        let keys = self.windows.entry((end, start)).or_default();
+        match keys.get_mut(r.key) {
+            Some(a) => a.merge(&acc),
+            None => {
+                keys.insert(r.key.to_vec(), acc);
+            }
+        }
+    }
+
+    /// Emits and drops every window ending at or before the PE watermark.
+    fn close(&mut self) -> Batch {
+        let Some(wm) = self.watermark() else {
+            return BatchBuilder::with_capacity(4).finish();
+        };
+        self.closed_upto = self.closed_upto.max(Some(wm));
+        let closed = if wm == i64::MAX {
+            std::mem::take(&mut self.windows)
+        } else {
+            let open = self.windows.split_off(&(wm + 1, i64::MIN));
+            std::mem::replace(&mut self.windows, open)
+        };
+        self.emit(closed)
+    }
+
+    fn emit(&mut self, closed: Windows) -> Batch {
+        let name = match self.kind {
+            WindowKind::Count => "count",
+            WindowKind::Sum { .. } => "sum",
+        };
+        let mut b = BatchBuilder::with_capacity(closed.values().map(|k| k.len() * 96).sum());
+        for ((end, start), keys) in closed {
+            for (key, acc) in keys {
+                let fields = [
+                    (
+                        "key",
+                        Value::Str(String::from_utf8_lossy(&key).into_owned()),
+                    ),
+                    ("window_start", Value::I64(start)),
+                    ("window_end", Value::I64(end)),
+                    (name, acc.value()),
+                ];
+                let fields = fields.iter().map(|(n, v)| (*n, v));
+                match b.push(
+                    self.out_source,
+                    self.emitted,
+                    end.saturating_sub(1),
+                    &key,
+                    fields,
+                ) {
+                    Ok(()) => self.emitted += 1,
+                    // Keys come from batches, so they fit; the key field (u32 length) too.
+                    Err(e) => {
+                        tracing::error!(error = %e, "window output dropped: too large for a batch")
+                    }
+                }
+            }
+        }
+        b.finish()
+    }
+}

@@ -1,0 +1,293 @@
+//! Window state snapshots: encoding, and merging on restore.
+//!
+//! Layout (little endian, after the version byte and kind byte `W`):
+//! ```text
+//! u8 kind (0 count | 1 sum, then u32 len + field name) | i64 size_ms
+//! u32 groups.start | u32 groups.end | u64 emitted | opt closed_upto
+//! u64 n, per input: u8 progress (0 unseen | 1 at, then i64 | 2 ended)
+//! u64 n, per floor: u32 group | i64 bound
+//! u64 n, per (key, window): i64 end | i64 start | u32 len + key | acc
+//! acc: u8 0 + u64 count | u8 1 + opt i64 int + u8 all_int + f64 float
+//! opt: u8 0 | u8 1 + i64
+//! ```
+
+use super::{Acc, Progress, Window, WindowKind};
+use crate::ops::codec::{Dec, Enc};
+use crate::ops::StateError;
+use weir_common::keygroup::{key_group, KeyGroupRange};
+use weir_common::spec::KEY_GROUPS;
+
+const KIND: u8 = b'W';
+const NAME: &str = "a window";
+
+/// A snapshot read back, checked, not yet merged.
+struct Part {
+    groups: KeyGroupRange,
+    emitted: u64,
+    closed_upto: Option<i64>,
+    inputs: Vec<Progress>,
+    floors: Vec<(u32, i64)>,
+    entries: Vec<(i64, i64, Vec<u8>, Acc)>,
+}
+
+impl Window {
+    /// The state of the keys whose key group is in `groups`, with the per-input
+    /// progress, the lateness bounds and the emitted-records counter (which every part
+    /// carries whole: see [`Window::restore`]).
+    pub fn snapshot(&self, groups: KeyGroupRange) -> Vec<u8> {
+        let mut e = Enc::new(KIND);
+        match &self.kind {
+            WindowKind::Count => e.u8(0),
+            WindowKind::Sum { field } => {
+                e.u8(1);
+                e.bytes(field.as_bytes());
+            }
+        }
+        e.i64(self.size);
+        e.u32(groups.start);
+        e.u32(groups.end);
+        e.u64(self.emitted);
+        e.opt_i64(self.closed_upto);
+        e.u64(self.inputs.len() as u64);
+        for p in &self.inputs {
+            match p {
+                Progress::Unseen => e.u8(0),
+                Progress::At(t) => {
+                    e.u8(1);
+                    e.i64(*t);
+                }
+                Progress::Ended => e.u8(2),
+            }
+        }
+        let floors: Vec<_> = self
+            .floors
+            .iter()
+            .filter(|(g, _)| groups.contains(**g))
+            .collect();
+        e.u64(floors.len() as u64);
+        for (g, f) in floors {
+            e.u32(*g);
+            e.i64(*f);
+        }
+        let entries: Vec<_> = self
+            .windows
+            .iter()
+            .flat_map(|(bounds, keys)| keys.iter().map(move |(k, a)| (bounds, k, a)))
+            .filter(|(_, k, _)| groups.contains(key_group(k)))
+            .collect();
+        e.u64(entries.len() as u64);
+        for ((end, start), key, acc) in entries {
+            e.i64(*end);
+            e.i64(*start);
+            e.bytes(key);
+            match acc {
+                Acc::Count(n) => {
+                    e.u8(0);
+                    e.u64(*n);
+                }
+                Acc::Sum {
+                    int,
+                    float,
+                    all_int,
+                } => {
+                    e.u8(1);
+                    e.opt_i64(*int);
+                    e.u8(u8::from(*all_int));
+                    e.f64(*float);
+                }
+            }
+        }
+        e.0
+    }
+
+    /// Merges a snapshot (possibly one of several parts from several predecessors) into
+    /// this window. The whole snapshot is checked first: on error nothing changes.
+    ///
+    /// Merge rule:
+    /// - aggregates of the same key and window add up (counts, sums);
+    /// - per-input progress: the first restore into a fresh window adopts the part's;
+    ///   later ones take the minimum per input (unseen < any time < ended), so no window
+    ///   any part still holds open is considered closed;
+    /// - lateness: the global bound takes the minimum likewise, but each part's own
+    ///   bound is kept for its key groups (and, when this window already ran, its own
+    ///   bound for every other group), so a record for a window some predecessor already
+    ///   emitted stays late and is never emitted twice;
+    /// - the emitted-records counter takes the maximum (output seqs stay unique when
+    ///   the parts come from one predecessor; after a merge of several they continue
+    ///   from the largest).
+    ///
+    /// Inputs the part lacks keep this window's progress (unseen when fresh); inputs
+    /// only the part has are ignored. The late and skipped counters are per PE and not
+    /// part of snapshots.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let part = self.read(bytes)?;
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        if fresh {
+            for (i, p) in self.inputs.iter_mut().enumerate() {
+                *p = part.inputs.get(i).copied().unwrap_or_default();
+            }
+            self.closed_upto = part.closed_upto;
+        } else {
+            for (mine, theirs) in self.inputs.iter_mut().zip(&part.inputs) {
+                *mine = (*mine).min(*theirs);
+            }
+            if part.closed_upto < self.closed_upto {
+                // The global bound goes down: keep this window's own for the groups the
+                // part does not carry (its own keys, or nobody's).
+                if let Some(own) = self.closed_upto {
+                    for g in (0..KEY_GROUPS).filter(|g| !part.groups.contains(*g)) {
+                        let f = self.floors.entry(g).or_insert(own);
+                        *f = (*f).max(own);
+                    }
+                }
+                self.closed_upto = part.closed_upto;
+            }
+        }
+        let part_floors = part
+            .closed_upto
+            .map(|c| (part.groups.start..part.groups.end).map(move |g| (g, c)));
+        for (g, f) in part
+            .floors
+            .into_iter()
+            .chain(part_floors.into_iter().flatten())
+        {
+            let slot = self.floors.entry(g).or_insert(f);
+            *slot = (*slot).max(f);
+        }
+        self.emitted = self.emitted.max(part.emitted);
+        for (end, start, key, acc) in part.entries {
+            let keys = self.windows.entry((end, start)).or_default();
+            match keys.get_mut(&key) {
+                Some(a) => a.merge(&acc),
+                None => {
+                    keys.insert(key, acc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, bytes: &[u8]) -> Result<Part, StateError> {
+        let mut d = Dec::new(bytes, KIND, NAME)?;
+        let at = d.at();
+        let kind = match d.u8()? {
+            0 => WindowKind::Count,
+            1 => {
+                let at = d.at();
+                let field = std::str::from_utf8(d.bytes()?).map_err(|_| StateError::Invalid {
+                    what: "field name not UTF-8",
+                    at,
+                })?;
+                WindowKind::Sum {
+                    field: field.to_string(),
+                }
+            }
+            _ => {
+                return Err(StateError::Invalid {
+                    what: "unknown window kind",
+                    at,
+                })
+            }
+        };
+        if kind != self.kind {
+            return Err(StateError::Mismatch(format!(
+                "snapshot computes {kind:?}, this window {:?}",
+                self.kind
+            )));
+        }
+        let size = d.i64()?;
+        if size != self.size {
+            return Err(StateError::Mismatch(format!(
+                "snapshot window size {size} ms, this window {} ms",
+                self.size
+            )));
+        }
+        let at = d.at();
+        let groups = KeyGroupRange {
+            start: d.u32()?,
+            end: d.u32()?,
+        };
+        if groups.start > groups.end || groups.end > KEY_GROUPS {
+            return Err(StateError::Invalid {
+                what: "key group range",
+                at,
+            });
+        }
+        let emitted = d.u64()?;
+        let closed_upto = d.opt_i64()?;
+        let n = d.count(1)?;
+        let mut inputs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = d.at();
+            inputs.push(match d.u8()? {
+                0 => Progress::Unseen,
+                1 => Progress::At(d.i64()?),
+                2 => Progress::Ended,
+                _ => {
+                    return Err(StateError::Invalid {
+                        what: "unknown input progress",
+                        at,
+                    })
+                }
+            });
+        }
+        let n = d.count(12)?;
+        let mut floors = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = d.at();
+            let (g, f) = (d.u32()?, d.i64()?);
+            if !groups.contains(g) {
+                return Err(StateError::Invalid {
+                    what: "lateness bound outside the key groups",
+                    at,
+                });
+            }
+            floors.push((g, f));
+        }
+        let acc_kind = u8::from(matches!(self.kind, WindowKind::Sum { .. }));
+        let n = d.count(8 + 8 + 4 + 9)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = d.at();
+            let (end, start) = (d.i64()?, d.i64()?);
+            let key = d.bytes()?.to_vec();
+            if self.bounds(start) != (start, end) {
+                return Err(StateError::Invalid {
+                    what: "window bounds not aligned to the size",
+                    at,
+                });
+            }
+            if !groups.contains(key_group(&key)) || key.len() > usize::from(u16::MAX) {
+                return Err(StateError::Invalid {
+                    what: "key outside the key groups",
+                    at,
+                });
+            }
+            let at = d.at();
+            let acc = match d.u8()? {
+                0 if acc_kind == 0 => Acc::Count(d.u64()?),
+                1 if acc_kind == 1 => Acc::Sum {
+                    int: d.opt_i64()?,
+                    all_int: d.bool()?,
+                    float: d.f64()?,
+                },
+                _ => {
+                    return Err(StateError::Invalid {
+                        what: "aggregate of another kind",
+                        at,
+                    })
+                }
+            };
+            entries.push((end, start, key, acc));
+        }
+        d.finish()?;
+        Ok(Part {
+            groups,
+            emitted,
+            closed_upto,
+            inputs,
+            floors,
+            entries,
+        })
+    }
+}
