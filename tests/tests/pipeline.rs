@@ -63,13 +63,17 @@ async fn a_million_records_arrive_exactly_once_across_three_workers() {
         .await
         .unwrap();
 
-    let detail = eventually_within("every record at the sinks", Duration::from_secs(300), || {
-        let mut client = client.clone();
-        async move {
-            let d = app_detail(&mut client, "million").await?;
-            verify_done(&d, "check").map(|v| (d, v))
-        }
-    })
+    let detail = eventually_within(
+        "every record at the sinks",
+        Duration::from_secs(300),
+        || {
+            let mut client = client.clone();
+            async move {
+                let d = app_detail(&mut client, "million").await?;
+                verify_done(&d, "check").map(|v| (d, v))
+            }
+        },
+    )
     .await;
     let (detail, summaries) = detail;
     let expected = (0..RECORDS).filter(|id| value_of(*id, 0) < 500).count() as u64;
@@ -89,4 +93,168 @@ async fn a_million_records_arrive_exactly_once_across_three_workers() {
         w.stop().await;
     }
     c.stop().await;
+}
+
+async fn cluster_with_workers(n: usize) -> (Cluster, Vec<weir_worker::node::Worker>) {
+    let c = Cluster::start_tuned(1, fast).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let mut workers = Vec::new();
+    for i in 1..=n {
+        workers.push(start_worker(&format!("w{i}"), &masters).await);
+    }
+    let client = c.client(1).await;
+    weir_tests::eventually("workers registered", || {
+        let mut client = client.clone();
+        async move {
+            let ws = client.list_workers(pb::ListWorkersRequest {}).await.ok()?;
+            (ws.into_inner().workers.len() == n).then_some(())
+        }
+    })
+    .await;
+    (c, workers)
+}
+
+async fn submit(c: &Cluster, spec: String) {
+    c.client(1)
+        .await
+        .submit_app(pb::SubmitAppRequest {
+            spec,
+            format: pb::SpecFormat::Yaml as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_round_trip_through_an_exec_pe() {
+    let (c, workers) = cluster_with_workers(2).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pe/upper.py");
+    submit(
+        &c,
+        format!(
+            r#"
+name: scripted
+operators:
+  - {{name: gen, kind: source.generator, params: {{count: 20000, keys: 7, payload_bytes: 8}}}}
+  - {{name: label, kind: map, params: {{set: {{page: 'concat("/p/", mod(id, 3))'}}}}}}
+  - {{name: upper, kind: exec, params: {{command: [python3, "{script}"], protocol: lines}}}}
+  - {{name: only-p0, kind: filter, params: {{field: page, op: eq, value: "/P/0"}}}}
+  - {{name: check, kind: sink.verify}}
+streams:
+  - {{from: gen, to: label}}
+  - {{from: label, to: upper}}
+  - {{from: upper, to: only-p0}}
+  - {{from: only-p0, to: check}}
+"#
+        ),
+    )
+    .await;
+    let client = c.client(1).await;
+    let v = eventually_within(
+        "records through the script",
+        Duration::from_secs(120),
+        || {
+            let mut client = client.clone();
+            async move { verify_done(&app_detail(&mut client, "scripted").await?, "check") }
+        },
+    )
+    .await;
+    // upper.py upper-cased `page`: only records with id % 3 == 0 pass the filter on
+    // "/P/0", each exactly once, with their origin intact.
+    let expected = (0..20000u64).filter(|id| id % 3 == 0).count() as u64;
+    assert_eq!(
+        (v[0].distinct, v[0].records, v[0].duplicates),
+        (expected, expected, 0)
+    );
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_workers_pes_are_placed_elsewhere_and_the_app_runs_again() {
+    let (c, mut workers) = cluster_with_workers(3).await;
+    submit(
+        &c,
+        r#"
+name: steady
+operators:
+  - {name: gen, kind: source.generator, parallelism: 3, params: {rate: 30000, keys: 100, payload_bytes: 16}}
+  - {name: work, kind: map, parallelism: 3, params: {set: {b: "mod(id, 7)"}}}
+  - {name: check, kind: sink.verify, parallelism: 3}
+streams:
+  - {from: gen, to: work}
+  - {from: work, to: check, partitioning: hash}
+"#
+        .into(),
+    )
+    .await;
+    let mut client = c.client(1).await;
+    let running = |d: &pb::AppDetail| {
+        d.pes.len() == 9 && d.pes.iter().all(|p| p.state == pb::PeState::Running as i32)
+    };
+    let flowing = |d: &pb::AppDetail| {
+        d.pes
+            .iter()
+            .filter(|p| p.verify.is_some())
+            .map(|p| p.verify.unwrap().records)
+            .sum::<u64>()
+    };
+    let d = eventually_within("the app running", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        async move {
+            let d = app_detail(&mut client, "steady").await?;
+            (running(&d) && flowing(&d) > 0).then_some(d)
+        }
+    })
+    .await;
+    // Kill the worker hosting the most PEs (as a crash: no hand-over).
+    let mut count = std::collections::BTreeMap::<String, usize>::new();
+    for p in &d.pes {
+        *count.entry(p.worker_id.clone()).or_default() += 1;
+    }
+    let victim = count.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+    workers.remove(workers_index(&victim)).stop().await;
+
+    // Every PE ends up running on a survivor, and records flow again at every sink.
+    let before = eventually_within("PEs re-placed and running", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        let victim = victim.clone();
+        async move {
+            let d = app_detail(&mut client, "steady").await?;
+            (running(&d) && d.pes.iter().all(|p| p.worker_id != victim)).then_some(flowing(&d))
+        }
+    })
+    .await;
+    eventually_within(
+        "records flowing after recovery",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            async move {
+                let d = app_detail(&mut client, "steady").await?;
+                (flowing(&d) > before + 10_000).then_some(())
+            }
+        },
+    )
+    .await;
+    client
+        .cancel_app(pb::CancelAppRequest {
+            app: "steady".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+/// `w3` -> 2.
+fn workers_index(id: &str) -> usize {
+    id[1..].parse::<usize>().unwrap() - 1
 }

@@ -67,7 +67,10 @@ impl Worker {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     tracing::error!(worker = %worker_id, error = %e, "control service failed");
                 }
             }),

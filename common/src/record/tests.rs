@@ -210,7 +210,11 @@ fn raw_records_split_a_batch_without_changing_them() {
     let batch = sample();
     let (mut even, mut odd) = (BatchBuilder::default(), BatchBuilder::default());
     for r in batch.iter() {
-        if r.seq % 2 == 0 { even.push_raw(&r) } else { odd.push_raw(&r) }
+        if r.seq % 2 == 0 {
+            even.push_raw(&r)
+        } else {
+            odd.push_raw(&r)
+        }
     }
     let (even, odd) = (even.finish(), odd.finish());
     assert_eq!((even.len(), odd.len()), (50, 50));
@@ -218,5 +222,7 @@ fn raw_records_split_a_batch_without_changing_them() {
     let even = Batch::from_bytes(even.bytes().clone()).unwrap();
     let originals: Vec<_> = batch.iter().filter(|r| r.seq % 2 == 0).collect();
     assert_eq!(even.iter().collect::<Vec<_>>(), originals);
-    assert!(odd.iter().all(|r| r.seq % 2 == 1 && r.fields().count() == 6));
+    assert!(odd
+        .iter()
+        .all(|r| r.seq % 2 == 1 && r.fields().count() == 6));
 }

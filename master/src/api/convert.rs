@@ -42,7 +42,7 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
 /// reported: state, statistics, `sink.verify` summaries), streams, versions.
 pub fn app_detail(
     a: &AppRecord,
-    reports: &std::collections::HashMap<String, (String, pb::PeReport)>,
+    reports: &std::collections::HashMap<(String, String), pb::PeReport>,
 ) -> pb::AppDetail {
     let v = a.current();
     let m = PhysicalModel::expand(&v.spec);
@@ -53,10 +53,7 @@ pub fn app_detail(
             let worker = a.placement.get(p.id.as_str()).cloned().unwrap_or_default();
             // Only a report from the worker the PE is placed on counts: after a move,
             // the old worker's last word is stale.
-            let report = reports
-                .get(p.id.as_str())
-                .filter(|(w, _)| *w == worker)
-                .map(|(_, r)| r);
+            let report = reports.get(&(worker.clone(), p.id.to_string()));
             pb::PeView {
                 pe: Some(pb::PeRef {
                     id: p.id.to_string(),

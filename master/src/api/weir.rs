@@ -211,7 +211,9 @@ impl Weir for WeirService {
                 self.shared.linearizable().await?;
                 let reports = self.liveness.pe_reports();
                 let detail = self
-                    .read(|s| app_or_not_found(s, &req.get_ref().app).map(|a| app_detail(a, &reports)))
+                    .read(|s| {
+                        app_or_not_found(s, &req.get_ref().app).map(|a| app_detail(a, &reports))
+                    })
                     .await?;
                 let tenant = detail
                     .summary

@@ -53,12 +53,13 @@ impl Liveness {
         self.reports.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// The last report of every PE, with the worker that sent it.
-    pub fn pe_reports(&self) -> std::collections::HashMap<String, (String, pb::PeReport)> {
+    /// The last report of every PE, by (worker, PE): a PE that moved may still have a
+    /// stale report from its old worker.
+    pub fn pe_reports(&self) -> std::collections::HashMap<(String, String), pb::PeReport> {
         let mut out = std::collections::HashMap::new();
         for (w, r) in self.reports() {
             for p in r.pes {
-                out.insert(p.pe.clone(), (w.clone(), p));
+                out.insert((w.clone(), p.pe.clone()), p);
             }
         }
         out

@@ -56,7 +56,10 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let leading = ex.shared.leader().is_some_and(|(id, _)| id == ex.shared.id());
+        let leading = ex
+            .shared
+            .leader()
+            .is_some_and(|(id, _)| id == ex.shared.id());
         if !leading {
             ex.placements = None;
             ex.recent.clear();
@@ -92,7 +95,11 @@ impl Executor {
 
     fn due(&mut self, worker: &str, pe: &str) -> bool {
         let key = (worker.to_string(), pe.to_string());
-        if self.recent.get(&key).is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+        if self
+            .recent
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+        {
             return false;
         }
         self.recent.insert(key, Instant::now());
@@ -108,10 +115,9 @@ impl Executor {
         let seen: BTreeMap<String, Vec<SeenPe>> = reports
             .into_iter()
             .filter(|(w, r)| {
-                state
-                    .workers
-                    .get(w)
-                    .is_some_and(|rec| rec.state == WorkerState::Alive && rec.incarnation == r.incarnation)
+                state.workers.get(w).is_some_and(|rec| {
+                    rec.state == WorkerState::Alive && rec.incarnation == r.incarnation
+                })
             })
             .map(|(w, r)| {
                 let pes = r
@@ -164,11 +170,15 @@ impl Executor {
             let Some(req) = request::deploy_pe(rec, model, &pe, &state.workers, header) else {
                 continue;
             };
-            let Some(mut c) = self.client(&w.control_address) else { continue };
+            let Some(mut c) = self.client(&w.control_address) else {
+                continue;
+            };
             calls.spawn(async move {
                 match c.deploy_pe(req).await {
                     Ok(_) => tracing::info!(%app, %pe, %worker, "PE deployed"),
-                    Err(e) => tracing::warn!(%app, %pe, %worker, error = %e.message(), "deploy failed"),
+                    Err(e) => {
+                        tracing::warn!(%app, %pe, %worker, error = %e.message(), "deploy failed")
+                    }
                 }
             });
         }
@@ -176,9 +186,13 @@ impl Executor {
             if !self.due(&worker, &pe) {
                 continue;
             }
-            let Some(w) = state.workers.get(&worker) else { continue };
+            let Some(w) = state.workers.get(&worker) else {
+                continue;
+            };
             let header = self.header();
-            let Some(mut c) = self.client(&w.control_address) else { continue };
+            let Some(mut c) = self.client(&w.control_address) else {
+                continue;
+            };
             calls.spawn(async move {
                 let req = pb::StopPeRequest {
                     header: Some(header),
@@ -206,8 +220,12 @@ impl Executor {
         let before = self.placements.replace(now.clone());
         let Some(before) = before else { return };
         for (app, after) in &now {
-            let Some(prev) = before.get(app).filter(|p| *p != after) else { continue };
-            let Some(rec) = state.apps.get(app) else { continue };
+            let Some(prev) = before.get(app).filter(|p| *p != after) else {
+                continue;
+            };
+            let Some(rec) = state.apps.get(app) else {
+                continue;
+            };
             let model = PhysicalModel::expand(&rec.current().spec);
             for (channel, producer_worker, consumer_worker) in
                 request::moved_channels(&model, prev, after)
@@ -222,7 +240,9 @@ impl Executor {
                     continue;
                 }
                 let header = self.header();
-                let Some(mut c) = self.client(&pw.control_address) else { continue };
+                let Some(mut c) = self.client(&pw.control_address) else {
+                    continue;
+                };
                 let req = pb::OpenChannelRequest {
                     header: Some(header),
                     app: app.clone(),

@@ -41,7 +41,10 @@ pub struct Actions {
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
-    names.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)).map(|(_, v)| *v)
+    names
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|(_, v)| *v)
 }
 
 /// Free capacity of every alive worker, after what live apps already place on it.
@@ -101,7 +104,7 @@ fn alive(state: &ClusterState, worker: &str) -> bool {
 fn replace(
     state: &ClusterState,
     app: &AppRecord,
-    free: &mut Vec<WorkerCapacity>,
+    free: &mut [WorkerCapacity],
 ) -> Result<Option<BTreeMap<String, String>>, String> {
     let requests = requests_for(&app.current().spec);
     let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
@@ -165,7 +168,9 @@ pub fn reconcile(state: &ClusterState, seen: &BTreeMap<String, Vec<SeenPe>>) -> 
                 .iter()
                 .any(|s| &s.pe == pe && s.state != pb::PeState::Failed);
             if !running {
-                actions.deploys.push((app.name.clone(), pe.clone(), w.clone()));
+                actions
+                    .deploys
+                    .push((app.name.clone(), pe.clone(), w.clone()));
             }
         }
     }

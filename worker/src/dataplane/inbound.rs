@@ -90,7 +90,16 @@ async fn link(sock: TcpStream, inputs: &Inputs) -> Result<(), LinkError> {
     wr.flush().await?;
     ep.stats.connected.store(true, Ordering::Relaxed);
     ep.stats.connects.fetch_add(1, Ordering::Relaxed);
-    let result = pump(&ep, generation, channel, &mut rd, &mut wr, &mut processed, &mut acked).await;
+    let result = pump(
+        &ep,
+        generation,
+        channel,
+        &mut rd,
+        &mut wr,
+        &mut processed,
+        &mut acked,
+    )
+    .await;
     ep.stats.connected.store(false, Ordering::Relaxed);
     result
 }

@@ -194,7 +194,9 @@ impl InputEndpoint {
     pub(crate) fn offer(&self, generation: u64, msg: Msg) -> Result<bool, LinkError> {
         let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
         if self.generation.load(Ordering::Acquire) != generation {
-            return Err(LinkError::Protocol("superseded by a newer connection".into()));
+            return Err(LinkError::Protocol(
+                "superseded by a newer connection".into(),
+            ));
         }
         let seq = msg.seq();
         match *accepted {

@@ -82,7 +82,13 @@ impl ChannelSender {
     /// Sends a batch, waiting while the consumer has no room.
     pub async fn send(&mut self, batch: Batch) {
         match self {
-            ChannelSender::Local(l) => l.put(|seq| Msg::Data { seq, batch: batch.clone() }).await,
+            ChannelSender::Local(l) => {
+                l.put(|seq| Msg::Data {
+                    seq,
+                    batch: batch.clone(),
+                })
+                .await
+            }
             ChannelSender::Remote(r) => r.send(batch).await,
         }
     }

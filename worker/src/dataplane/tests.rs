@@ -32,7 +32,11 @@ async fn listener(inputs: Arc<Inputs>) -> (String, watch::Sender<bool>) {
 
 /// Reads a channel like a PE would: takes messages, processes (records the seqs),
 /// acknowledges. Returns every record seq seen, until End.
-fn consume(ep: Arc<InputEndpoint>, mut rx: mpsc::Receiver<Msg>, slow: Option<Duration>) -> JoinHandle<Vec<u64>> {
+fn consume(
+    ep: Arc<InputEndpoint>,
+    mut rx: mpsc::Receiver<Msg>,
+    slow: Option<Duration>,
+) -> JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(m) = rx.recv().await {
@@ -82,7 +86,11 @@ impl Proxy {
                 c.lock().unwrap().push(h);
             }
         });
-        Self { addr, conns, accepts }
+        Self {
+            addr,
+            conns,
+            accepts,
+        }
     }
 
     /// Drops every live connection (both sockets close).
@@ -96,7 +104,10 @@ impl Proxy {
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -121,8 +132,15 @@ async fn cut_links_reconnect_and_lose_or_repeat_nothing() {
     tx.end().await;
     tx.wait_finished().await;
     let seen = consumer.await.unwrap();
-    assert_eq!(seen, (0..batches * per).collect::<Vec<_>>(), "every record once, in order");
-    assert!(proxy.accepts.load(Ordering::SeqCst) >= 4, "the link was re-established after each cut");
+    assert_eq!(
+        seen,
+        (0..batches * per).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    assert!(
+        proxy.accepts.load(Ordering::SeqCst) >= 4,
+        "the link was re-established after each cut"
+    );
     assert!(tx.stats().connects.load(Ordering::Relaxed) >= 4);
     assert_eq!(tx.pending(), 0);
 }
@@ -152,9 +170,15 @@ async fn a_slow_consumer_bounds_what_the_producer_holds() {
     }
     producer.await.unwrap();
     assert_eq!(consumer.await.unwrap(), (0..2000).collect::<Vec<_>>());
-    assert!(max_pending <= WINDOW, "replay buffer {max_pending} > window");
+    assert!(
+        max_pending <= WINDOW,
+        "replay buffer {max_pending} > window"
+    );
     assert!(max_queued <= WINDOW, "input queue {max_queued} > window");
-    assert!(max_pending > 0, "the producer was ahead of the slow consumer");
+    assert!(
+        max_pending > 0,
+        "the producer was ahead of the slow consumer"
+    );
 }
 
 /// Sends raw bytes to the listener (then hangs up its sending side when `hang_up`) and
@@ -206,17 +230,36 @@ async fn hostile_bytes_reset_the_link_and_lose_nothing() {
     // A channel no PE here consumes.
     assert!(closed_after(&addr, &encode(&[open("p#0", "nobody#0")]), false).await);
     // A good open, then a frame naming another channel.
-    let stray = Frame::Data { channel: 9, seq: 1, batch: batch(0, 1) };
+    let stray = Frame::Data {
+        channel: 9,
+        seq: 1,
+        batch: batch(0, 1),
+    };
     assert!(closed_after(&addr, &encode(&[open("p#0", "c#0"), stray]), false).await);
     // A good open, then a data frame cut off in the middle (peer disconnects).
-    let mut partial = encode(&[open("p#0", "c#0"), Frame::Data { channel: 1, seq: 1, batch: batch(0, 5) }]);
+    let mut partial = encode(&[
+        open("p#0", "c#0"),
+        Frame::Data {
+            channel: 1,
+            seq: 1,
+            batch: batch(0, 5),
+        },
+    ]);
     partial.truncate(partial.len() - 7);
     assert!(closed_after(&addr, &partial, true).await);
     // A sequence gap (a fresh endpoint accepts any first sequence: 1, then 3).
     let gap = [
         open("p#0", "c#0"),
-        Frame::Data { channel: 1, seq: 1, batch: batch(0, 1) },
-        Frame::Data { channel: 1, seq: 3, batch: batch(1, 1) },
+        Frame::Data {
+            channel: 1,
+            seq: 1,
+            batch: batch(0, 1),
+        },
+        Frame::Data {
+            channel: 1,
+            seq: 3,
+            batch: batch(1, 1),
+        },
     ];
     assert!(closed_after(&addr, &encode(&gap), false).await);
 

@@ -48,9 +48,12 @@ impl Kernel {
             OperatorKind::Map(p) => Kernel::Map(Map::new(p)?),
             OperatorKind::Filter(p) => Kernel::Filter(Filter::new(p)),
             OperatorKind::KeyBy(p) => Kernel::KeyBy(KeyBy::new(p)),
-            OperatorKind::WindowCount(p) => {
-                Kernel::Window(Window::new(WindowKind::Count, p.size_ms, inputs, out_source))
-            }
+            OperatorKind::WindowCount(p) => Kernel::Window(Window::new(
+                WindowKind::Count,
+                p.size_ms,
+                inputs,
+                out_source,
+            )),
             OperatorKind::WindowSum(p) => Kernel::Window(Window::new(
                 WindowKind::Sum {
                     field: p.field.clone(),
@@ -80,7 +83,11 @@ impl Kernel {
     }
 
     /// Processes one batch from input `input`; returns what to emit.
-    pub async fn process(&mut self, input: usize, batch: &Batch) -> Result<Option<Batch>, KernelError> {
+    pub async fn process(
+        &mut self,
+        input: usize,
+        batch: &Batch,
+    ) -> Result<Option<Batch>, KernelError> {
         Ok(match self {
             Kernel::Map(m) => Some(m.apply(batch)),
             Kernel::Filter(f) => Some(f.apply(batch)),

@@ -129,7 +129,10 @@ impl Runtime {
         let inputs: Vec<_> = cfg
             .inputs
             .iter()
-            .map(|from| self.inputs.register(ChannelKey::new(from.clone(), pe.clone())))
+            .map(|from| {
+                self.inputs
+                    .register(ChannelKey::new(from.clone(), pe.clone()))
+            })
             .collect();
         let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
         let mut remotes = Vec::new();
@@ -150,59 +153,64 @@ impl Runtime {
                     }
                 })
                 .collect();
-            routes.push(Route::new(o.stream.clone(), o.partitioning.clone(), senders));
+            routes.push(Route::new(
+                o.stream.clone(),
+                o.partitioning.clone(),
+                senders,
+            ));
         }
         let router = Router::new(routes);
         let status = Arc::new(PeStatus::default());
         let st = status.clone();
         let span = tracing::info_span!("pe", app = %cfg.app, pe = %pe);
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match cfg.spec.kind.clone() {
-            OperatorKind::Generator(p) => Box::pin(pe::run_generator(
-                pe.clone(),
-                p,
-                cfg.source_ordinal,
-                cfg.index,
-                cfg.spec.parallelism,
-                router,
-                st,
-            )),
-            OperatorKind::SourceFile(p) => Box::pin(sources::run_file(
-                pe.clone(),
-                p,
-                cfg.source_ordinal,
-                cfg.index,
-                router,
-                st,
-            )),
-            OperatorKind::SourceTcp(p) => Box::pin(sources::run_tcp(
-                pe.clone(),
-                p,
-                cfg.source_ordinal,
-                cfg.index,
-                router,
-                st,
-            )),
-            _ => {
-                if inputs.is_empty() {
-                    return Err(DeployError::Invalid(format!(
-                        "{pe}: a {} PE needs inputs",
-                        cfg.spec.kind.name()
-                    )));
-                }
-                let spec = cfg.spec.clone();
-                let (index, n, ordinal) = (cfg.index, inputs.len(), cfg.source_ordinal);
-                let id = pe.clone();
-                Box::pin(async move {
-                    match Kernel::build(&id, &spec, index, n, ordinal).await {
-                        Ok(k) => pe::run_consumer(id, k, router, inputs, st).await,
-                        Err(e) => {
-                            tracing::error!(pe = %id, error = %e, "PE cannot start");
-                            st.fail(e);
-                        }
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match cfg.spec.kind.clone() {
+                OperatorKind::Generator(p) => Box::pin(pe::run_generator(
+                    pe.clone(),
+                    p,
+                    cfg.source_ordinal,
+                    cfg.index,
+                    cfg.spec.parallelism,
+                    router,
+                    st,
+                )),
+                OperatorKind::SourceFile(p) => Box::pin(sources::run_file(
+                    pe.clone(),
+                    p,
+                    cfg.source_ordinal,
+                    cfg.index,
+                    router,
+                    st,
+                )),
+                OperatorKind::SourceTcp(p) => Box::pin(sources::run_tcp(
+                    pe.clone(),
+                    p,
+                    cfg.source_ordinal,
+                    cfg.index,
+                    router,
+                    st,
+                )),
+                _ => {
+                    if inputs.is_empty() {
+                        return Err(DeployError::Invalid(format!(
+                            "{pe}: a {} PE needs inputs",
+                            cfg.spec.kind.name()
+                        )));
                     }
-                })
-            }
-        };
+                    let spec = cfg.spec.clone();
+                    let (index, n, ordinal) = (cfg.index, inputs.len(), cfg.source_ordinal);
+                    let id = pe.clone();
+                    Box::pin(async move {
+                        match Kernel::build(&id, &spec, index, n, ordinal).await {
+                            Ok(k) => pe::run_consumer(id, k, router, inputs, st).await,
+                            Err(e) => {
+                                tracing::error!(pe = %id, error = %e, "PE cannot start");
+                                st.fail(e);
+                            }
+                        }
+                    })
+                }
+            };
         let task = tokio::spawn(fut.instrument(span));
         let state = status.state();
         self.lock().insert(
@@ -245,7 +253,9 @@ impl Runtime {
     /// Returns whether such a channel exists here.
     pub fn repoint(&self, key: &ChannelKey, address: &str) -> bool {
         let m = self.lock();
-        let Some(e) = m.get(&key.from) else { return false };
+        let Some(e) = m.get(&key.from) else {
+            return false;
+        };
         let mut found = false;
         for r in e.remotes.iter().filter(|r| r.key() == key) {
             r.set_peer(address.to_string());

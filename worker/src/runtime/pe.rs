@@ -108,7 +108,9 @@ pub async fn run_generator(
         .map(|r| (r as f64 / f64::from(parallelism.max(1))).max(1.0));
     let mut g = Generator::new(params, source, index, parallelism);
     // At low rates, smaller batches keep the output smooth (about 100 batches/s).
-    let per_batch = rate.map_or(BATCH_RECORDS, |r| ((r / 100.0) as usize).clamp(1, BATCH_RECORDS));
+    let per_batch = rate.map_or(BATCH_RECORDS, |r| {
+        ((r / 100.0) as usize).clamp(1, BATCH_RECORDS)
+    });
     status.set(PeRunState::Running);
     let start = Instant::now();
     let mut emitted = 0u64;

@@ -87,7 +87,9 @@ pub async fn run_tcp(
     let (tx, mut rx) = mpsc::channel::<String>(BATCH_RECORDS * 4);
     let accept = async move {
         loop {
-            let Ok((sock, peer)) = listener.accept().await else { continue };
+            let Ok((sock, peer)) = listener.accept().await else {
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(sock).lines();

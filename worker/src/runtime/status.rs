@@ -85,7 +85,8 @@ impl PeStatus {
 
     /// Counts a batch out.
     pub fn gave(&self, b: &Batch) {
-        self.records_out.fetch_add(b.len() as u64, Ordering::Relaxed);
+        self.records_out
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
         self.bytes_out
             .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
     }
@@ -99,6 +100,6 @@ impl PeStatus {
 
     /// The last `sink.verify` summary.
     pub fn verify(&self) -> Option<pb::VerifySummary> {
-        self.verify.lock().ok().and_then(|m| m.clone())
+        self.verify.lock().ok().and_then(|m| *m)
     }
 }
