@@ -185,6 +185,27 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
             st.backlog
         ));
     }
+    for p in a.pes.iter().filter(|p| p.verify.is_some()) {
+        let v = p.verify.unwrap_or_default();
+        text.push_str(&format!(
+            "\n{} (sink.verify): {} records, {} distinct, {} duplicated, {} missing{}{}",
+            p.pe.as_ref().map_or("", |r| r.id.as_str()),
+            v.records,
+            v.distinct,
+            v.duplicates,
+            v.missing_below_max,
+            v.expected
+                .map_or(String::new(), |e| format!(", {e} expected")),
+            if v.inputs_ended { ", inputs ended" } else { "" },
+        ));
+    }
+    for p in a.pes.iter().filter(|p| !p.message.is_empty()) {
+        text.push_str(&format!(
+            "\n{}: {}",
+            p.pe.as_ref().map_or("", |r| r.id.as_str()),
+            p.message
+        ));
+    }
     text.push_str("\n\nSTREAM                          PARTITIONING   CHANNELS");
     for st in &a.streams {
         let kind = st.partitioning.as_ref().map_or("?".into(), |p| {
@@ -197,7 +218,10 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     let json = json!({
         "app": s.name, "tenant": s.tenant, "state": state_name(s.state), "version": s.version,
         "pes": a.pes.iter().map(|p| json!({"pe": p.pe.as_ref().map(|r| r.id.clone()), "worker": p.worker_id,
-            "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out)})).collect::<Vec<_>>(),
+            "state": p.state, "message": p.message,
+            "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out),
+            "verify": p.verify.map(|v| json!({"records": v.records, "distinct": v.distinct, "duplicates": v.duplicates,
+                "missing_below_max": v.missing_below_max, "expected": v.expected, "inputs_ended": v.inputs_ended}))})).collect::<Vec<_>>(),
         "streams": a.streams.iter().map(|s| json!({"stream": s.name, "channels": s.channels})).collect::<Vec<_>>(),
         "versions": a.versions.iter().map(|v| json!({"version": v.version, "created_at_ms": v.created_at_ms})).collect::<Vec<_>>(),
         "spec": a.spec,
