@@ -220,12 +220,17 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
         "{s}"
     );
     assert!(s.contains("Phase 2/3 switch"));
+    // Every click reached the audit sink exactly once, across two workers.
+    assert!(
+        s.contains("2000000 records, 2000000 distinct, 0 duplicated, 0 missing, 2000000 expected, inputs ended"),
+        "{s}"
+    );
     let after = s
         .split("=== restarting the master from its data dir")
         .nth(1)
         .expect("restart step");
     assert!(
-        after.contains("clickstream              web            submitted        1    10"),
+        after.contains("clickstream              web            running          1    10"),
         "{after}"
     );
 }
