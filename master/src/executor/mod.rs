@@ -8,6 +8,9 @@
 pub mod reconcile;
 pub mod request;
 
+#[cfg(test)]
+mod tests;
+
 use crate::api::{Liveness, Shared};
 use crate::state::{ClusterState, Command, WorkerState};
 use reconcile::{reconcile, SeenPe};
