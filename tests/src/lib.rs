@@ -17,19 +17,12 @@ use weir_proto::v1::weir_client::WeirClient;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(what, DEADLINE, check).await
 }
 
 /// A cluster of masters in this process.
@@ -236,7 +229,7 @@ where
             return v;
         }
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
