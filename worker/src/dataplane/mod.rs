@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use weir_common::record::Batch;
 
 /// Frames a producer may have unacknowledged on one channel, and the size of every
-/// input queue. With the runtime's batch size this
-/// bounds the memory of one channel to a few MB (batches hold at most 1,024 records).
+/// input queue. Batches hold at most 1,024 records, so this bounds the memory of one
+/// channel to a few MB.
 pub const WINDOW: usize = 16;
 
 /// Identifies a channel by its two PEs.

@@ -30,7 +30,12 @@ impl LocalSender {
         }
     }
 
-    async fn put(&mut self, make: impl Fn(u64) -> Msg) {
+    async fn put(&mut self, make: impl FnOnce(u64) -> Msg) {
+        let seq = self.next_seq;
+        let mut msg = make(seq);
+        if let Msg::Data { batch, .. } = &msg {
+            self.stats.count(seq, Some(batch));
+        }
         loop {
             let ep = match &self.ep {
                 Some(ep) => ep.clone(),
@@ -40,21 +45,19 @@ impl LocalSender {
                     ep
                 }
             };
-            let seq = self.next_seq;
-            match ep.put_local(make(seq)).await {
+            match ep.put_local(msg).await {
                 Ok(()) => {
                     self.next_seq += 1;
-                    if let Msg::Data { batch, .. } = make(seq) {
-                        self.stats.count(seq, Some(&batch));
-                    }
                     return;
                 }
-                Err(_) => {
+                Err(back) => {
                     // The consumer was stopped (and may be redeployed): find its new
-                    // endpoint. What its old queue held is recovered by checkpoints.
+                    // endpoint and hand it the same message. What its old queue held is
+                    // recovered by checkpoints.
                     tracing::info!(channel = %self.key, "co-located consumer gone; waiting for it");
                     self.inputs.remove(&ep);
                     self.ep = None;
+                    msg = back;
                 }
             }
         }
