@@ -110,6 +110,7 @@ fn state_chunks_and_raft_payloads_are_bytes() {
         crc32c: 0,
         key_groups: Some(KeyGroupRange { start: 0, end: 128 }),
         total_bytes: 5,
+        snapshot_crc32c: 0,
     };
     round_trip(&chunk);
     round_trip(&AppendEntriesRequest {

@@ -300,6 +300,13 @@ impl WorkerControl for ControlService {
         Err(unimplemented("FetchStateSnapshot"))
     }
 
+    async fn store_snapshot(
+        &self,
+        _req: Request<tonic::Streaming<pb::StateChunk>>,
+    ) -> Result<Response<pb::StoreSnapshotResponse>, Status> {
+        Err(unimplemented("StoreSnapshot"))
+    }
+
     async fn report(
         &self,
         req: Request<pb::ReportRequest>,

@@ -399,6 +399,13 @@ impl Weir for WeirService {
             .await
     }
 
+    async fn list_checkpoints(
+        &self,
+        _req: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Reply<pb::ListCheckpointsResponse>, Status> {
+        Err(Status::unimplemented("ListCheckpoints"))
+    }
+
     async fn get_app_history(
         &self,
         req: Request<pb::GetAppHistoryRequest>,

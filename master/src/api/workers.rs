@@ -211,6 +211,7 @@ impl MasterWorkers for WorkersService {
             term,
             reregister,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            ..Default::default()
         };
         // An unknown worker, or an old incarnation of a restarted one, must register.
         let Some(w) = known.filter(|w| w.incarnation == r.incarnation) else {

@@ -72,6 +72,8 @@ pub fn deploy_pe(
         restore_from_address: String::new(),
         inputs,
         source_ordinal: source_ordinal(&p.operator, p.index),
+        attempt: 0,
+        restore_from: vec![],
     })
 }
 

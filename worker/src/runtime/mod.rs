@@ -278,6 +278,7 @@ impl Runtime {
                 gpu_uuids: vec![],
                 verify: e.status.verify(),
                 version: e.version,
+                ..Default::default()
             })
             .collect()
     }
