@@ -83,6 +83,9 @@
 //! ```
 //!
 //! If neither `restore` nor `start_fresh` is called, the first other call starts fresh.
+//! After an error from any call the sink's files may be half updated: the runtime fails
+//! the PE and recovers it like after a crash (a new instance, `restore` or `start_fresh`),
+//! rather than calling on.
 //! All calls do blocking file I/O: the runtime makes them off the async threads.
 
 use super::codec::{Dec, Enc};
@@ -402,22 +405,22 @@ impl FileSink {
         self.start_fresh()
     }
 
-    /// Seals the current epoch, if it has lines, as segment `id`.
+    /// Seals the current epoch, if it has lines, as segment `id`. The state changes only
+    /// once the rename is done, so a failed seal leaves the epoch open, not lost.
     fn seal(&mut self, id: u64) -> io::Result<()> {
-        let Some(out) = self.staging.take() else {
+        let Some(out) = &mut self.staging else {
             return Ok(());
         };
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_data()?;
-        drop(file);
+        out.flush()?;
+        out.get_ref().sync_data()?;
         fs::rename(self.staging_path(), self.segment_path(&self.token, id))?;
-        sync_dir(&self.staging_dir)?;
+        self.staging = None;
         self.pending.push(Segment {
             id,
             len: self.staged,
         });
         self.staged = 0;
-        Ok(())
+        sync_dir(&self.staging_dir)
     }
 
     /// Layout after the version byte and kind byte `F`: the file name and the instance
