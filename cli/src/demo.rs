@@ -40,6 +40,7 @@ async fn start_worker(id: &str, master: std::net::SocketAddr) -> anyhow::Result<
         memory_mb: Some(8192),
         declared_gpus: vec![],
         discover_nvml: true,
+        checkpoint_dir: None,
     };
     Ok(Worker::start_on(cfg, control, data).await?)
 }

@@ -213,6 +213,7 @@ pub fn worker_config(
         memory_mb: Some(16384),
         declared_gpus: vec![],
         discover_nvml: false,
+        checkpoint_dir: None,
     }
 }
 

@@ -20,6 +20,7 @@ fn agent(c: &Cluster, id: &str, masters: Vec<String>) -> Agent {
         memory_mb: Some(8192),
         declared_gpus: vec!["nvidia:test:16384:GPU-A".parse().unwrap()],
         discover_nvml: false,
+        checkpoint_dir: None,
     })
 }
 

@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub declared_gpus: Vec<DeclaredGpu>,
     /// Whether to ask NVML for NVIDIA GPUs.
     pub discover_nvml: bool,
+    /// Where checkpoint snapshots are kept (this worker's and its peers' replicas);
+    /// `None`: a fresh temporary directory, removed when the worker stops.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// What the agent knows right now.

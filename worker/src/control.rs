@@ -6,6 +6,7 @@
 //! one that is gone) and repeats of a command id answer `duplicate = true`.
 //! Bad requests are INVALID_ARGUMENT naming the field; nothing is changed.
 
+use crate::checkpoint::{serve, SnapshotStore};
 use crate::dataplane::ChannelKey;
 use crate::runtime::{OutputConfig, PeConfig, Runtime, Target};
 use std::collections::HashMap;
@@ -29,17 +30,20 @@ pub struct ControlService {
     term: Arc<AtomicU64>,
     seen: Mutex<HashMap<String, Instant>>,
     incarnation: Arc<AtomicU64>,
+    store: Arc<SnapshotStore>,
 }
 
 impl ControlService {
     /// The service over `runtime`. `term` is the highest leader term seen (shared with
-    /// the agent, which learns terms from heartbeat answers).
+    /// the agent, which learns terms from heartbeat answers). `store` holds the
+    /// checkpoint snapshots this worker took or replicates for its peers.
     pub fn new(
         worker_id: String,
         data_address: String,
         runtime: Arc<Runtime>,
         term: Arc<AtomicU64>,
         incarnation: Arc<AtomicU64>,
+        store: Arc<SnapshotStore>,
     ) -> Self {
         Self {
             worker_id,
@@ -48,6 +52,7 @@ impl ControlService {
             term,
             seen: Mutex::default(),
             incarnation,
+            store,
         }
     }
 
@@ -293,18 +298,24 @@ impl WorkerControl for ControlService {
     type FetchStateSnapshotStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
     async fn fetch_state_snapshot(
         &self,
-        _req: Request<pb::FetchStateSnapshotRequest>,
+        req: Request<pb::FetchStateSnapshotRequest>,
     ) -> Result<Response<Self::FetchStateSnapshotStream>, Status> {
-        Err(unimplemented("FetchStateSnapshot"))
+        serve::fetch_state_snapshot(self.store.clone(), req.into_inner())
+            .await
+            .map(Response::new)
     }
 
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
     async fn store_snapshot(
         &self,
-        _req: Request<tonic::Streaming<pb::StateChunk>>,
+        req: Request<tonic::Streaming<pb::StateChunk>>,
     ) -> Result<Response<pb::StoreSnapshotResponse>, Status> {
-        Err(unimplemented("StoreSnapshot"))
+        serve::store_snapshot(self.store.clone(), req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn report(

@@ -6,10 +6,12 @@
 //!   acknowledgements and replay).
 //! - [`ops`]: the built-in operator kernels (pure); [`exec`]: programs as PEs.
 //! - [`runtime`]: the PEs this worker runs, their tasks and output routing.
+//! - [`checkpoint`]: checkpoint snapshots on disk, replicated to peer workers.
 //! - [`control`]: the `WorkerControl` service the master leader drives.
 //! - [`node`]: all of it started and stopped together.
 
 pub mod agent;
+pub mod checkpoint;
 pub mod control;
 pub mod dataplane;
 pub mod exec;

@@ -52,6 +52,10 @@ struct Args {
     /// Cluster id it expects.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
     cluster_id: String,
+    /// Directory for checkpoint snapshots (this worker's and replicas of its peers');
+    /// default: a temporary directory removed at exit.
+    #[arg(long, env = "WEIR_CHECKPOINT_DIR")]
+    checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: a.memory_mb,
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
+        checkpoint_dir: a.checkpoint_dir,
     })
     .await
     .context("cannot listen on the control or data address")?;

@@ -2,6 +2,7 @@
 //! it registered, started and stopped together.
 
 use crate::agent::{Agent, AgentConfig, AgentHooks, AgentStatus};
+use crate::checkpoint::SnapshotStore;
 use crate::control::ControlService;
 use crate::dataplane::{inbound, Inputs};
 use crate::runtime::Runtime;
@@ -24,6 +25,8 @@ pub struct Worker {
     pub control_addr: SocketAddr,
     /// Where its data plane listens.
     pub data_addr: SocketAddr,
+    /// Its checkpoint snapshots (its own and its peers' replicas).
+    pub store: Arc<SnapshotStore>,
     agent: Agent,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -48,6 +51,13 @@ impl Worker {
             },
             ..AgentHooks::default()
         };
+        let store = Arc::new(
+            match &cfg.checkpoint_dir {
+                Some(dir) => SnapshotStore::open(dir),
+                None => SnapshotStore::temporary(),
+            }
+            .map_err(std::io::Error::other)?,
+        );
         let (stop, stop_rx) = watch::channel(false);
         let service = ControlService::new(
             cfg.worker_id.clone(),
@@ -55,6 +65,7 @@ impl Worker {
             runtime.clone(),
             hooks.term.clone(),
             hooks.incarnation.clone(),
+            store.clone(),
         );
         let mut rx = stop_rx.clone();
         let incoming = TcpIncoming::from(control).with_nodelay(Some(true));
@@ -82,6 +93,7 @@ impl Worker {
             runtime,
             control_addr,
             data_addr,
+            store,
             agent,
             stop,
             tasks,

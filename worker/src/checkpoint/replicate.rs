@@ -1,0 +1,385 @@
+//! The client side of snapshot replication.
+//!
+//! [`Replicator`] pushes each snapshot this worker takes to the next workers in a ring
+//! ordered by worker id, so that the copies of different workers' snapshots spread
+//! evenly and losing one worker loses no checkpoint. [`fetch`] finds an intact copy to
+//! restore a PE from: this worker's own if it has a good one, else each location the
+//! master named, in order, checking every byte against the CRC-32C recorded with the
+//! checkpoint.
+
+use super::store::{SnapshotStore, StoreError};
+use super::{chunks, Assembler, ChunkError, MAX_SNAPSHOT_BYTES};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+use weir_proto::v1 as pb;
+use weir_proto::v1::worker_control_client::WorkerControlClient;
+
+/// Copies of each snapshot to keep unless the master says otherwise (the local one
+/// included): one replica on another worker.
+pub const DEFAULT_REPLICAS: u32 = 2;
+
+/// How long one push or one fetch of a snapshot may take (a gigabyte over a slow link
+/// fits; a hung peer does not hold a checkpoint forever).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pushes this worker's snapshots to its peers. Cheap to share (`Arc`); peers and the
+/// replica count change with every heartbeat answer.
+#[derive(Debug)]
+pub struct Replicator {
+    self_id: String,
+    peers: Mutex<Vec<pb::PeerWorker>>,
+    replicas: AtomicU32,
+    timeout: Duration,
+    /// One lazily connected channel per peer address, reused across snapshots.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// The other workers in ring order after `self_id`: sorted by id, starting with the
+/// first id above `self_id` and wrapping around; `self_id`, duplicates and peers
+/// without an address are left out. Pure, so placement is easy to reason about.
+pub fn ring(self_id: &str, peers: &[pb::PeerWorker]) -> Vec<pb::PeerWorker> {
+    let mut sorted: Vec<pb::PeerWorker> = peers
+        .iter()
+        .filter(|p| p.worker_id != self_id && !p.control_address.is_empty())
+        .cloned()
+        .collect();
+    sorted.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    sorted.dedup_by(|a, b| a.worker_id == b.worker_id);
+    let split = sorted.partition_point(|p| p.worker_id.as_str() < self_id);
+    sorted.rotate_left(split);
+    sorted
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|e| e.connect_timeout(CONNECT_TIMEOUT))
+        .map_err(|e| format!("bad address {address:?}: {e}"))
+}
+
+impl Replicator {
+    /// A replicator for worker `self_id`, with no peers yet and [`DEFAULT_REPLICAS`].
+    pub fn new(self_id: impl Into<String>) -> Self {
+        Self {
+            self_id: self_id.into(),
+            peers: Mutex::default(),
+            replicas: AtomicU32::new(DEFAULT_REPLICAS),
+            timeout: DEFAULT_TIMEOUT,
+            channels: Mutex::default(),
+        }
+    }
+
+    /// The same with another limit on each push.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The workers to replicate to (from heartbeat answers). Channels to workers no
+    /// longer listed are dropped.
+    pub fn set_peers(&self, peers: Vec<pb::PeerWorker>) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.retain(|addr, _| peers.iter().any(|p| p.control_address == *addr));
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// Copies of each snapshot to keep, the local one included (from heartbeat
+    /// answers; 0 is read as 1, no replica).
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Copies of each snapshot to keep, the local one included.
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// The peers in ring order after this worker (see [`ring`]).
+    pub fn ring(&self) -> Vec<pb::PeerWorker> {
+        ring(
+            &self.self_id,
+            &self.peers.lock().unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let c = endpoint(address)?.connect_lazy();
+        channels.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Pushes a snapshot to `replicas - 1` peers, the next ones in the ring; a peer
+    /// that fails (logged) is replaced by the one after it while peers remain.
+    /// Returns the ids of the workers that stored it, in ring order; fewer than asked
+    /// (even none) is not an error: the checkpoint is then less protected, and the
+    /// master sees it in the replica list.
+    pub async fn replicate(&self, app: &str, pe: &str, id: u64, bytes: Bytes) -> Vec<String> {
+        let ring = self.ring();
+        let mut need = self.replicas().saturating_sub(1) as usize;
+        if need > 0 && ring.is_empty() {
+            tracing::warn!(%app, %pe, checkpoint = id, "no peer worker to replicate the snapshot to");
+        }
+        let mut stored = Vec::new();
+        let mut next = 0;
+        while need > 0 && next < ring.len() {
+            let wave = &ring[next..(next + need).min(ring.len())];
+            next += wave.len();
+            let mut set = JoinSet::new();
+            for (i, peer) in wave.iter().enumerate() {
+                let channel = match self.channel(&peer.control_address) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(%app, %pe, checkpoint = id, peer = %peer.worker_id, error = %e, "cannot replicate the snapshot");
+                        continue;
+                    }
+                };
+                let cs = chunks(app, pe, "", id, &bytes, 0);
+                let timeout = self.timeout;
+                set.spawn(async move {
+                    let call = async move {
+                        WorkerControlClient::new(channel)
+                            .store_snapshot(tokio_stream::iter(cs))
+                            .await
+                    };
+                    (i, tokio::time::timeout(timeout, call).await)
+                });
+            }
+            let mut ok = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                let Ok((i, outcome)) = joined else { continue };
+                let peer = &wave[i];
+                match outcome {
+                    Ok(Ok(_)) => ok.push(i),
+                    Ok(Err(status)) => {
+                        tracing::warn!(%app, %pe, checkpoint = id, peer = %peer.worker_id, code = ?status.code(), error = %status.message(), "peer refused the snapshot replica");
+                    }
+                    Err(_) => {
+                        tracing::warn!(%app, %pe, checkpoint = id, peer = %peer.worker_id, timeout_s = self.timeout.as_secs_f64(), "snapshot replication timed out");
+                    }
+                }
+            }
+            ok.sort_unstable();
+            need -= ok.len();
+            stored.extend(ok.into_iter().map(|i| wave[i].worker_id.clone()));
+        }
+        if need > 0 && !ring.is_empty() {
+            tracing::warn!(%app, %pe, checkpoint = id, missing = need, stored = ?stored, "snapshot has fewer replicas than asked");
+        }
+        stored
+    }
+}
+
+/// A snapshot found for a restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The snapshot.
+    pub bytes: Bytes,
+    /// The worker whose copy it is (this worker's id for the local copy).
+    pub from: String,
+    /// Copies tried before and skipped, each with why (e.g. "replica on w1: corrupt
+    /// (...)"), so the caller can tell the operator which copies are damaged.
+    pub problems: Vec<String>,
+}
+
+/// Why no snapshot could be fetched.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Every copy is missing, damaged or unreachable.
+    #[error("no intact copy of the snapshot: {}", .problems.join("; "))]
+    NoIntactCopy {
+        /// Each copy tried and why it was skipped.
+        problems: Vec<String>,
+    },
+}
+
+fn describe_store_error(e: &StoreError) -> String {
+    match e {
+        StoreError::Missing => "missing".into(),
+        StoreError::Corrupt { why } => format!("corrupt ({why})"),
+        other => format!("unreadable ({other})"),
+    }
+}
+
+fn matches_location(size: u64, crc: u32, l: &pb::SnapshotLocation) -> bool {
+    l.size_bytes == size && l.crc32c == crc
+}
+
+/// Finds an intact copy of the snapshot of `pe` at checkpoint `id`: this worker's own
+/// when it is intact and matches the size and CRC-32C the locations record, else the
+/// first location (other than this worker) whose copy arrives complete, with every
+/// chunk's and the whole CRC-32C right and the recorded size and CRC-32C. A copy
+/// fetched from elsewhere is also stored locally (best effort), so a PE restarted here
+/// again needs no transfer.
+pub async fn fetch(
+    store: &Arc<SnapshotStore>,
+    self_id: &str,
+    app: &str,
+    pe: &str,
+    id: u64,
+    locations: &[pb::SnapshotLocation],
+) -> Result<Fetched, FetchError> {
+    let mut problems = Vec::new();
+    let local = {
+        let (s, a, p) = (store.clone(), app.to_string(), pe.to_string());
+        tokio::task::spawn_blocking(move || s.get(&a, &p, id))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    path: store.dir().to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    };
+    let listed_here = locations.iter().any(|l| l.worker_id == self_id);
+    match local {
+        Ok(data) => {
+            let (size, crc) = (data.len() as u64, crc32c::crc32c(&data));
+            if locations.is_empty() || locations.iter().any(|l| matches_location(size, crc, l)) {
+                return Ok(Fetched {
+                    bytes: data.into(),
+                    from: self_id.to_string(),
+                    problems,
+                });
+            }
+            problems.push(format!(
+                "local copy on {self_id}: does not match the checkpoint (size {size}, crc {crc:#010x})"
+            ));
+        }
+        Err(StoreError::Missing) if !listed_here => {}
+        Err(e) => problems.push(format!(
+            "local copy on {self_id}: {}",
+            describe_store_error(&e)
+        )),
+    }
+    for l in locations.iter().filter(|l| l.worker_id != self_id) {
+        let what = format!("replica on {}", l.worker_id);
+        match fetch_from(l, app, pe, id).await {
+            Ok(data) => {
+                tracing::info!(%app, %pe, checkpoint = id, from = %l.worker_id, bytes = data.len(), skipped = ?problems, "fetched a checkpoint snapshot");
+                let (s, a, p, d) = (store.clone(), app.to_string(), pe.to_string(), data.clone());
+                let crc = l.crc32c;
+                match tokio::task::spawn_blocking(move || s.put_replica(&a, &p, id, &d, crc)).await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(%app, %pe, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%app, %pe, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally")
+                    }
+                }
+                return Ok(Fetched {
+                    bytes: data,
+                    from: l.worker_id.clone(),
+                    problems,
+                });
+            }
+            Err(why) => {
+                tracing::warn!(%app, %pe, checkpoint = id, from = %l.worker_id, address = %l.control_address, problem = %why, "skipping a snapshot copy");
+                problems.push(format!("{what}: {why}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        problems.push(format!(
+            "local copy on {self_id}: missing, and no other location is known"
+        ));
+    }
+    Err(FetchError::NoIntactCopy { problems })
+}
+
+/// Fetches one location's copy and checks it; `Err` says why it is not usable.
+async fn fetch_from(
+    l: &pb::SnapshotLocation,
+    app: &str,
+    pe: &str,
+    id: u64,
+) -> Result<Bytes, String> {
+    if l.control_address.is_empty() {
+        return Err("no control address".into());
+    }
+    let limit = if l.size_bytes == 0 {
+        MAX_SNAPSHOT_BYTES
+    } else {
+        l.size_bytes
+    };
+    let req = pb::FetchStateSnapshotRequest {
+        app: app.to_string(),
+        pe: pe.to_string(),
+        checkpoint_id: id,
+        key_groups: None,
+        offset: 0,
+        for_pe: pe.to_string(),
+    };
+    let ep = endpoint(&l.control_address)?;
+    let transfer = async move {
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| format!("unreachable ({e})"))?;
+        let stream = WorkerControlClient::new(channel)
+            .fetch_state_snapshot(req)
+            .await
+            .map_err(describe_status)?
+            .into_inner();
+        receive(Box::pin(stream), limit).await
+    };
+    let got = tokio::time::timeout(DEFAULT_TIMEOUT, transfer)
+        .await
+        .map_err(|_| format!("timed out after {}s", DEFAULT_TIMEOUT.as_secs()))??;
+    if got.app != app || got.pe != pe || got.checkpoint_id != id {
+        return Err(format!(
+            "sent another snapshot (app {:?}, PE {:?}, checkpoint {})",
+            got.app, got.pe, got.checkpoint_id
+        ));
+    }
+    let size = got.data.len() as u64;
+    if !matches_location(size, got.crc32c, l) {
+        return Err(format!(
+            "corrupt (crc mismatch: size {size}, crc {:#010x}; the checkpoint has size {}, crc {:#010x})",
+            got.crc32c, l.size_bytes, l.crc32c
+        ));
+    }
+    Ok(got.data.into())
+}
+
+fn describe_status(s: tonic::Status) -> String {
+    match s.code() {
+        tonic::Code::NotFound => "missing".into(),
+        tonic::Code::DataLoss => format!("corrupt ({})", s.message()),
+        code => format!("failed ({code:?}: {})", s.message()),
+    }
+}
+
+/// Reads a chunk stream through an [`Assembler`].
+async fn receive<S>(mut stream: S, limit: u64) -> Result<super::Assembled, String>
+where
+    S: tokio_stream::Stream<Item = Result<pb::StateChunk, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    let mut a = Assembler::new(limit);
+    while let Some(c) = stream.next().await {
+        a.push(c.map_err(describe_status)?)
+            .map_err(describe_chunk_error)?;
+    }
+    a.finish().map_err(describe_chunk_error)
+}
+
+fn describe_chunk_error(e: ChunkError) -> String {
+    match e {
+        ChunkError::DataLoss(m) => format!("corrupt in transfer ({m})"),
+        ChunkError::Invalid(m) => format!("bad transfer ({m})"),
+        ChunkError::TooLarge(m) => format!("larger than the checkpoint ({m})"),
+    }
+}

@@ -1,0 +1,128 @@
+//! The server side of snapshot replication: `StoreSnapshot` (keep a peer's replica)
+//! and `FetchStateSnapshot` (stream a stored snapshot to whoever restores the PE).
+//!
+//! Both treat the network as hostile: names are encoded before they touch the file
+//! system, a received stream is stored only once complete and verified (nothing is
+//! kept otherwise), and its size is bounded by [`MAX_SNAPSHOT_BYTES`].
+
+use super::store::{encode_name, SnapshotStore, StoreError};
+use super::{chunks, Assembler, MAX_SNAPSHOT_BYTES};
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+use weir_proto::v1 as pb;
+
+/// The response stream of `FetchStateSnapshot`.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+/// The status for a store error about one snapshot: NOT_FOUND when absent, DATA_LOSS
+/// when corrupt (the caller should try another copy), INVALID_ARGUMENT for a name no
+/// file can have, INTERNAL for the file system failing.
+pub fn store_status(e: &StoreError, app: &str, pe: &str, id: u64) -> Status {
+    let m = format!("snapshot of PE {pe:?} of app {app:?} at checkpoint {id}: {e}");
+    match e {
+        StoreError::Missing => Status::not_found(m),
+        StoreError::Corrupt { .. } => Status::data_loss(m),
+        StoreError::InvalidName(_) => Status::invalid_argument(m),
+        StoreError::Io { .. } => Status::internal(m),
+    }
+}
+
+fn check_names(app: &str, pe: &str, pe_field: &str) -> Result<(), Status> {
+    encode_name(app).map_err(|e| Status::invalid_argument(format!("app: {e}")))?;
+    encode_name(pe).map_err(|e| Status::invalid_argument(format!("{pe_field}: {e}")))?;
+    Ok(())
+}
+
+/// Receives a replica (`StoreSnapshot`): checks every chunk as it arrives and stores
+/// the snapshot only when the last chunk came and the whole CRC-32C matches.
+/// INVALID_ARGUMENT for malformed streams (missing fields, gaps, no last chunk),
+/// DATA_LOSS for any CRC mismatch, RESOURCE_EXHAUSTED over [`MAX_SNAPSHOT_BYTES`].
+pub async fn store_snapshot<S>(
+    store: Arc<SnapshotStore>,
+    mut stream: S,
+) -> Result<pb::StoreSnapshotResponse, Status>
+where
+    S: Stream<Item = Result<pb::StateChunk, Status>> + Unpin,
+{
+    let mut a = Assembler::new(MAX_SNAPSHOT_BYTES);
+    let mut first = true;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if first {
+            check_names(&chunk.app, &chunk.from_pe, "from_pe")?;
+            first = false;
+        }
+        if let Err(e) = a.push(chunk) {
+            tracing::warn!(error = %e, received = a.received(), "refusing a snapshot replica");
+            return Err(e.into());
+        }
+    }
+    let s = a.finish().inspect_err(|e| {
+        tracing::warn!(error = %e, "refusing a snapshot replica");
+    })?;
+    let (app, pe, id, crc) = (s.app.clone(), s.pe.clone(), s.checkpoint_id, s.crc32c);
+    let piece = tokio::task::spawn_blocking(move || {
+        store.put_replica(&s.app, &s.pe, s.checkpoint_id, &s.data, s.crc32c)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("storing the snapshot: {e}")))?
+    .map_err(|e| {
+        tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
+        store_status(&e, &app, &pe, id)
+    })?;
+    tracing::debug!(%app, %pe, checkpoint = id, bytes = piece.size, crc = crc, "stored a snapshot replica");
+    Ok(pb::StoreSnapshotResponse {
+        bytes_stored: piece.size,
+    })
+}
+
+/// Serves `FetchStateSnapshot`: the whole stored snapshot (checkpoint 0: the latest
+/// stored here) in chunks from `offset`, after verifying the stored copy (DATA_LOSS
+/// when corrupt, NOT_FOUND when absent). `key_groups` is not applied: the whole
+/// snapshot is sent and the loading PE keeps its key groups.
+pub async fn fetch_state_snapshot(
+    store: Arc<SnapshotStore>,
+    r: pb::FetchStateSnapshotRequest,
+) -> Result<ChunkStream, Status> {
+    if r.app.is_empty() {
+        return Err(Status::invalid_argument("app: required"));
+    }
+    if r.pe.is_empty() {
+        return Err(Status::invalid_argument("pe: required"));
+    }
+    check_names(&r.app, &r.pe, "pe")?;
+    let (app, pe, asked) = (r.app.clone(), r.pe.clone(), r.checkpoint_id);
+    let read = tokio::task::spawn_blocking(move || {
+        let id = if asked == 0 {
+            match store.list(&app, &pe)?.last() {
+                Some(id) => *id,
+                None => return Err(StoreError::Missing),
+            }
+        } else {
+            asked
+        };
+        store.get(&app, &pe, id).map(|data| (id, data))
+    })
+    .await
+    .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?;
+    let (id, data) = read.map_err(|e| {
+        if matches!(e, StoreError::Corrupt { .. } | StoreError::Io { .. }) {
+            tracing::error!(app = %r.app, pe = %r.pe, checkpoint = asked, error = %e, "stored snapshot unusable");
+        }
+        store_status(&e, &r.app, &r.pe, asked)
+    })?;
+    if r.offset > data.len() as u64 {
+        return Err(Status::out_of_range(format!(
+            "offset: {} is past the end of the {}-byte snapshot",
+            r.offset,
+            data.len()
+        )));
+    }
+    let data = Bytes::from(data);
+    tracing::debug!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = data.len(), offset = r.offset, "serving a snapshot");
+    let cs = chunks(&r.app, &r.pe, &r.for_pe, id, &data, r.offset);
+    Ok(Box::pin(tokio_stream::iter(cs.into_iter().map(Ok))))
+}
