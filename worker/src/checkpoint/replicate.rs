@@ -132,6 +132,12 @@ impl Replicator {
         }
         let mut stored = Vec::new();
         let mut next = 0;
+        // Built once: the chunks slice `bytes`, so every push shares them.
+        let cs = if need > 0 && !ring.is_empty() {
+            chunks(app, pe, "", id, &bytes, 0)
+        } else {
+            Vec::new()
+        };
         while need > 0 && next < ring.len() {
             let wave = &ring[next..(next + need).min(ring.len())];
             next += wave.len();
@@ -144,7 +150,7 @@ impl Replicator {
                         continue;
                     }
                 };
-                let cs = chunks(app, pe, "", id, &bytes, 0);
+                let cs = cs.clone();
                 let timeout = self.timeout;
                 set.spawn(async move {
                     let call = async move {

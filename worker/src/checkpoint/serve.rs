@@ -14,6 +14,15 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 use weir_proto::v1 as pb;
 
+/// Chunks of replicas being received, over all `StoreSnapshot` calls in the process:
+/// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until its call ends,
+/// so replicas buffered in memory never exceed 2 GiB however many peers push at
+/// once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
+/// so a stalled sender cannot block the others; its replicator tries another peer.
+pub const INFLIGHT_CHUNKS: usize = 2048;
+
+static INFLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(INFLIGHT_CHUNKS);
+
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 
@@ -49,8 +58,19 @@ where
 {
     let mut a = Assembler::new(MAX_SNAPSHOT_BYTES);
     let mut first = true;
+    let mut held: Option<tokio::sync::SemaphorePermit<'static>> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        let permit = INFLIGHT.try_acquire().map_err(|_| {
+            tracing::warn!("refusing a snapshot replica: too many replicas being received");
+            Status::resource_exhausted(
+                "this worker is receiving too many snapshot replicas at once; try another",
+            )
+        })?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
         if first {
             check_names(&chunk.app, &chunk.from_pe, "from_pe")?;
             first = false;
@@ -73,6 +93,7 @@ where
         tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
         store_status(&e, &app, &pe, id)
     })?;
+    drop(held);
     tracing::debug!(%app, %pe, checkpoint = id, bytes = piece.size, crc = crc, "stored a snapshot replica");
     Ok(pb::StoreSnapshotResponse {
         bytes_stored: piece.size,
