@@ -102,6 +102,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// An app's checkpoints (id, time, size, duration, where the pieces are) and
+    /// recoveries.
+    Checkpoints {
+        /// App name.
+        app: String,
+    },
     /// Stream an app's events (state changes, placement) until it ends.
     Watch {
         /// App name.
@@ -173,6 +179,7 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 online::upgrade(&conn, app, file, *dry_run).await
             }
             Command::Watch { app } => online::watch(&conn, app).await,
+            Command::Checkpoints { app } => online::checkpoints(&conn, app).await,
             Command::Workers => online::workers(&conn).await,
             Command::Cluster { command } => match command {
                 ClusterCommand::Status => online::cluster_status(&conn).await,

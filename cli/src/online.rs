@@ -279,6 +279,75 @@ pub async fn cancel(c: &Conn, app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weirctl checkpoints APP`.
+pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
+    let req = pb::ListCheckpointsRequest { app: app.into() };
+    let r = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { WeirClient::new(ch).list_checkpoints(req).await }
+        })
+        .await?
+        .into_inner();
+    let mut text = String::new();
+    if r.checkpoints.is_empty() {
+        text.push_str("no complete checkpoint\n");
+    } else {
+        text.push_str(&format!(
+            "{:>6}  {:<24}  {:>10}  {:>8}  {:>9}  pieces\n",
+            "ID", "COMPLETED (UTC)", "SIZE", "DURATION", "ALIGNMENT"
+        ));
+    }
+    for ck in &r.checkpoints {
+        let pieces: Vec<String> = ck
+            .pieces
+            .iter()
+            .map(|p| format!("{}={}B@{}", p.pe, p.size_bytes, p.replicas.join("+")))
+            .collect();
+        text.push_str(&format!(
+            "{:>6}  {:<24}  {:>10}  {:>6}ms  {:>7}ms  {}\n",
+            ck.checkpoint_id,
+            utc(ck.completed_at_ms),
+            ck.size_bytes,
+            ck.completed_at_ms.saturating_sub(ck.started_at_ms),
+            ck.max_alignment_ms,
+            pieces.join(" ")
+        ));
+    }
+    if r.in_flight_id != 0 {
+        text.push_str(&format!("in flight: {}\n", r.in_flight_id));
+    }
+    for rec in &r.recoveries {
+        text.push_str(&format!(
+            "recovery at {}: attempt {}, from checkpoint {}, operators {}: {}\n",
+            utc(rec.at_ms),
+            rec.attempt,
+            rec.checkpoint_id,
+            rec.operators.join(","),
+            rec.reason
+        ));
+    }
+    let json = json!({
+        "checkpoints": r.checkpoints.iter().map(|ck| json!({
+            "id": ck.checkpoint_id,
+            "started_at_ms": ck.started_at_ms,
+            "completed_at_ms": ck.completed_at_ms,
+            "size_bytes": ck.size_bytes,
+            "max_alignment_ms": ck.max_alignment_ms,
+            "pieces": ck.pieces.iter().map(|p| json!({
+                "pe": p.pe, "size_bytes": p.size_bytes, "crc32c": p.crc32c, "replicas": p.replicas,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "in_flight_id": r.in_flight_id,
+        "recoveries": r.recoveries.iter().map(|rec| json!({
+            "at_ms": rec.at_ms, "attempt": rec.attempt, "checkpoint_id": rec.checkpoint_id,
+            "operators": rec.operators, "reason": rec.reason,
+        })).collect::<Vec<_>>(),
+    });
+    c.print(text.trim_end().to_string(), json);
+    Ok(())
+}
+
 /// `weirctl upgrade --dry-run`.
 pub async fn upgrade(c: &Conn, app: &str, file: &str, dry_run: bool) -> anyhow::Result<()> {
     let (spec, format) = read_spec(file)?;
@@ -467,4 +536,36 @@ pub async fn remove_master(c: &Conn, id: u64) -> anyhow::Result<()> {
         .into_inner();
     print_members(c, &r.members, None);
     Ok(())
+}
+
+/// Unix ms as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
+fn utc(ms: u64) -> String {
+    let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::utc(1_700_000_000_123), "2023-11-14 22:13:20.123");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00.000");
+    }
 }

@@ -112,6 +112,7 @@ fn model(v2: bool) -> AppSpec {
         tenant: "default".into(),
         description: String::new(),
         priority: Priority::Normal,
+        checkpoint_interval_ms: None,
         operators: Vec::new(),
         streams: Vec::new(),
     };

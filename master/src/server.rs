@@ -41,6 +41,13 @@ pub struct MasterConfig {
     pub request_timeout: Duration,
     /// How often the leader reconciles placements and worker state.
     pub reconcile_interval: Duration,
+    /// How often apps are checkpointed unless their spec says otherwise
+    /// (`checkpoint_interval_ms`); zero turns default checkpoints off.
+    pub checkpoint_interval: Duration,
+    /// A checkpoint not complete after this long is abandoned.
+    pub checkpoint_timeout: Duration,
+    /// Copies of every snapshot, the taking worker's included.
+    pub checkpoint_replicas: u32,
 }
 
 impl MasterConfig {
@@ -54,6 +61,9 @@ impl MasterConfig {
             metrics_listen: None,
             request_timeout: Duration::from_secs(30),
             reconcile_interval: Duration::from_millis(250),
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_timeout: Duration::from_secs(10),
+            checkpoint_replicas: 2,
         }
     }
 }
@@ -105,6 +115,7 @@ impl Master {
                     shared.clone(),
                     liveness.clone(),
                     cfg.worker_heartbeat,
+                    cfg.checkpoint_replicas,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
@@ -130,7 +141,12 @@ impl Master {
         tasks.push(tokio::spawn(crate::executor::run(
             shared.clone(),
             liveness.clone(),
-            cfg.reconcile_interval,
+            crate::executor::ExecutorConfig {
+                interval: cfg.reconcile_interval,
+                checkpoint_interval: cfg.checkpoint_interval,
+                checkpoint_timeout: cfg.checkpoint_timeout,
+                checkpoint_replicas: cfg.checkpoint_replicas,
+            },
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(monitor_liveness(

@@ -54,6 +54,8 @@ fn pe(
                 }]
             })
             .unwrap_or_default(),
+        attempt: 0,
+        restore: None,
     }
 }
 

@@ -69,6 +69,8 @@ pub struct AgentHooks {
     pub term: Arc<AtomicU64>,
     /// The incarnation the masters assigned.
     pub incarnation: Arc<AtomicU64>,
+    /// Called with every heartbeat answer (peers, completed checkpoints).
+    pub on_heartbeat: Arc<dyn Fn(&pb::HeartbeatResponse) + Send + Sync>,
 }
 
 impl Default for AgentHooks {
@@ -77,6 +79,7 @@ impl Default for AgentHooks {
             reports: Arc::new(Vec::new),
             term: Arc::default(),
             incarnation: Arc::default(),
+            on_heartbeat: Arc::new(|_| {}),
         }
     }
 }
@@ -227,6 +230,7 @@ async fn run(
                         prefer(&mut targets, &r.leader_address);
                         set(&|s| s.leader = r.leader_address.clone());
                     }
+                    (hooks.on_heartbeat)(&r);
                 }
                 Err(e) => {
                     tracing::warn!(worker = %cfg.worker_id, master = %target, error = %e.message(), "heartbeat failed; trying another master");

@@ -167,6 +167,9 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
         source_ordinal: r.source_ordinal,
         inputs,
         outputs,
+        attempt: r.attempt,
+        restore: (r.restore_checkpoint_id != 0)
+            .then(|| (r.restore_checkpoint_id, r.restore_from.clone())),
     })
 }
 
@@ -283,9 +286,27 @@ impl WorkerControl for ControlService {
 
     async fn trigger_checkpoint(
         &self,
-        _req: Request<pb::TriggerCheckpointRequest>,
+        req: Request<pb::TriggerCheckpointRequest>,
     ) -> Result<Response<pb::TriggerCheckpointResponse>, Status> {
-        Err(unimplemented("TriggerCheckpoint"))
+        let r = req.into_inner();
+        if self.admit(r.header.as_ref())? {
+            return Ok(Response::new(pb::TriggerCheckpointResponse {
+                duplicate: true,
+                source_pes: vec![],
+            }));
+        }
+        if r.app.is_empty() {
+            return Err(Status::invalid_argument("app: required"));
+        }
+        if r.checkpoint_id == 0 {
+            return Err(Status::invalid_argument("checkpoint_id: must be above 0"));
+        }
+        let source_pes = self.runtime.trigger(&r.app, r.checkpoint_id);
+        tracing::debug!(app = %r.app, checkpoint = r.checkpoint_id, sources = source_pes.len(), "checkpoint triggered");
+        Ok(Response::new(pb::TriggerCheckpointResponse {
+            duplicate: false,
+            source_pes,
+        }))
     }
 
     async fn hand_off_state(

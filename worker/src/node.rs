@@ -2,9 +2,11 @@
 //! it registered, started and stopped together.
 
 use crate::agent::{Agent, AgentConfig, AgentHooks, AgentStatus};
+use crate::checkpoint::replicate::Replicator;
 use crate::checkpoint::SnapshotStore;
 use crate::control::ControlService;
 use crate::dataplane::{inbound, Inputs};
+use crate::runtime::checkpoint::CheckpointEnv;
 use crate::runtime::Runtime;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,14 +45,6 @@ impl Worker {
         let control_addr = control.local_addr()?;
         let data_addr = data.local_addr()?;
         let inputs = Arc::new(Inputs::default());
-        let runtime = Arc::new(Runtime::new(inputs.clone()));
-        let hooks = AgentHooks {
-            reports: {
-                let rt = runtime.clone();
-                Arc::new(move || rt.report())
-            },
-            ..AgentHooks::default()
-        };
         let store = Arc::new(
             match &cfg.checkpoint_dir {
                 Some(dir) => SnapshotStore::open(dir),
@@ -58,6 +52,20 @@ impl Worker {
             }
             .map_err(std::io::Error::other)?,
         );
+        let env = Arc::new(CheckpointEnv::new(
+            cfg.worker_id.clone(),
+            store.clone(),
+            Arc::new(Replicator::new(cfg.worker_id.clone())),
+        ));
+        let runtime = Arc::new(Runtime::with_checkpoints(inputs.clone(), env.clone()));
+        let hooks = AgentHooks {
+            reports: {
+                let rt = runtime.clone();
+                Arc::new(move || rt.report())
+            },
+            on_heartbeat: Arc::new(move |r| env.on_heartbeat(r)),
+            ..AgentHooks::default()
+        };
         let (stop, stop_rx) = watch::channel(false);
         let service = ControlService::new(
             cfg.worker_id.clone(),

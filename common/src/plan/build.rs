@@ -212,6 +212,7 @@ fn affected(app: &AppSpec, unchanged: &HashSet<&str, FnvBuild>) -> AppSpec {
         tenant: app.tenant.clone(),
         description: String::new(),
         priority: app.priority,
+        checkpoint_interval_ms: app.checkpoint_interval_ms,
     }
 }
 

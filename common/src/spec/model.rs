@@ -27,6 +27,10 @@ pub struct AppSpec {
     /// Scheduling priority class.
     #[serde(default)]
     pub priority: Priority,
+    /// How often the master checkpoints the app, ms; 0 turns checkpoints off; absent
+    /// for the master's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_ms: Option<u64>,
     /// The nodes of the DAG, in file order.
     pub operators: Vec<OperatorSpec>,
     /// The edges of the DAG, in file order.

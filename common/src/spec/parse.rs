@@ -90,6 +90,7 @@ pub fn parse_app_value(value: &Value) -> Result<AppSpec, Problems> {
             ],
         )
         .unwrap_or_default();
+    let checkpoint_interval_ms = root.opt_u64(&mut sink, "checkpoint_interval_ms");
     let ops: Vec<DraftOp> = list(&mut sink, &mut root, "operators")
         .map(|items| {
             items
@@ -138,6 +139,7 @@ pub fn parse_app_value(value: &Value) -> Result<AppSpec, Problems> {
             tenant: tenant.unwrap_or_else(default_tenant),
             description,
             priority,
+            checkpoint_interval_ms,
             operators,
             streams,
         }),

@@ -168,6 +168,7 @@ impl Genome {
             tenant: "default".into(),
             description: String::new(),
             priority: Priority::Normal,
+            checkpoint_interval_ms: None,
             operators: ops.iter_mut().filter_map(Option::take).collect(),
             streams,
         }

@@ -53,7 +53,10 @@ pub fn app_detail(
             let worker = a.placement.get(p.id.as_str()).cloned().unwrap_or_default();
             // Only a report from the worker the PE is placed on counts: after a move,
             // the old worker's last word is stale.
-            let report = reports.get(&(worker.clone(), p.id.to_string()));
+            let attempt = a.checkpoints.attempt(&p.operator);
+            let report = reports
+                .get(&(worker.clone(), p.id.to_string()))
+                .filter(|r| r.attempt == attempt);
             pb::PeView {
                 pe: Some(pb::PeRef {
                     id: p.id.to_string(),
@@ -296,5 +299,44 @@ pub fn upgrade_plan(p: &UpgradePlan, from_version: u32, to_version: u32) -> pb::
             channels_opened: p.summary.channels_opened as u32,
             channels_closed: p.summary.channels_closed as u32,
         }),
+    }
+}
+
+/// An app's checkpoints and recoveries as the API shows them.
+pub fn checkpoints(ck: &crate::state::AppCheckpoints) -> pb::ListCheckpointsResponse {
+    pb::ListCheckpointsResponse {
+        checkpoints: ck
+            .complete
+            .iter()
+            .map(|c| pb::CheckpointInfo {
+                checkpoint_id: c.id,
+                started_at_ms: c.started_at_ms,
+                completed_at_ms: c.completed_at_ms,
+                size_bytes: c.size_bytes(),
+                max_alignment_ms: c.max_alignment_ms,
+                pieces: c
+                    .pieces
+                    .iter()
+                    .map(|(pe, p)| pb::CheckpointPieceInfo {
+                        pe: pe.clone(),
+                        size_bytes: p.size_bytes,
+                        crc32c: p.crc32c,
+                        replicas: p.replicas.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        recoveries: ck
+            .recoveries
+            .iter()
+            .map(|r| pb::RecoveryInfo {
+                at_ms: r.at_ms,
+                attempt: r.attempt,
+                checkpoint_id: r.checkpoint_id,
+                operators: r.operators.clone(),
+                reason: r.reason.clone(),
+            })
+            .collect(),
+        in_flight_id: ck.in_flight.as_ref().map_or(0, |f| f.id),
     }
 }

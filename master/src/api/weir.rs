@@ -331,6 +331,36 @@ impl Weir for WeirService {
                     Command::SetPlacement { app, placement } if *app == name => {
                         send(placement_event(placement), version)
                     }
+                    Command::Recover {
+                        app,
+                        operators,
+                        checkpoint_id,
+                        placement,
+                        reason,
+                        ..
+                    } if *app == name => {
+                        let ok = send(
+                            pb::app_event::Event::Recovery(pb::Recovery {
+                                pe: operators.join(","),
+                                failed_worker_id: String::new(),
+                                new_worker_id: String::new(),
+                                checkpoint_id: *checkpoint_id,
+                                reason: reason.clone(),
+                            }),
+                            version,
+                        );
+                        ok && send(placement_event(placement), version)
+                    }
+                    Command::CompleteCheckpoint {
+                        app, id, pieces, ..
+                    } if *app == name => send(
+                        pb::app_event::Event::CheckpointCompleted(pb::CheckpointCompleted {
+                            checkpoint_id: *id,
+                            duration_ms: 0,
+                            state_bytes: pieces.values().map(|p| p.size_bytes).sum(),
+                        }),
+                        version,
+                    ),
                     _ => true,
                 };
                 if !keep {
@@ -401,9 +431,21 @@ impl Weir for WeirService {
 
     async fn list_checkpoints(
         &self,
-        _req: Request<pb::ListCheckpointsRequest>,
+        req: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Reply<pb::ListCheckpointsResponse>, Status> {
-        Err(Status::unimplemented("ListCheckpoints"))
+        self.shared
+            .timed("ListCheckpoints", async {
+                at_leader!(self, req, list_checkpoints);
+                self.shared.linearizable().await?;
+                let out = self
+                    .read(|s| {
+                        app_or_not_found(s, &req.get_ref().app)
+                            .map(|a| crate::api::convert::checkpoints(&a.checkpoints))
+                    })
+                    .await?;
+                Ok(Reply::new(out))
+            })
+            .await
     }
 
     async fn get_app_history(

@@ -89,15 +89,22 @@ pub struct WorkersService {
     shared: Shared,
     liveness: Liveness,
     heartbeat_interval: Duration,
+    checkpoint_replicas: u32,
 }
 
 impl WorkersService {
     /// The service; workers are told to heartbeat every `heartbeat_interval`.
-    pub fn new(shared: Shared, liveness: Liveness, heartbeat_interval: Duration) -> Self {
+    pub fn new(
+        shared: Shared,
+        liveness: Liveness,
+        heartbeat_interval: Duration,
+        checkpoint_replicas: u32,
+    ) -> Self {
         Self {
             shared,
             liveness,
             heartbeat_interval,
+            checkpoint_replicas,
         }
     }
 }
@@ -198,11 +205,30 @@ impl MasterWorkers for WorkersService {
                 .await;
         }
         let r = req.into_inner();
-        let known = self
+        let me = r.worker_id.clone();
+        let (known, peers, completed_checkpoints) = self
             .shared
             .node
             .state
-            .read(|d| d.state.workers.get(&r.worker_id).cloned())
+            .read(move |d| {
+                let s = &d.state;
+                let peers = s
+                    .workers
+                    .values()
+                    .filter(|w| w.state == WorkerState::Alive && w.id != me)
+                    .map(|w| pb::PeerWorker {
+                        worker_id: w.id.clone(),
+                        control_address: w.control_address.clone(),
+                    })
+                    .collect::<Vec<_>>();
+                let completed = s
+                    .apps
+                    .values()
+                    .filter(|a| a.state.is_live())
+                    .filter_map(|a| Some((a.name.clone(), a.checkpoints.latest()?.id)))
+                    .collect::<std::collections::HashMap<_, _>>();
+                (s.workers.get(&me).cloned(), peers, completed)
+            })
             .await;
         let (term, addr) = cluster_status_brief(&self.shared);
         let reply = |reregister| pb::HeartbeatResponse {
@@ -211,7 +237,9 @@ impl MasterWorkers for WorkersService {
             term,
             reregister,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
-            ..Default::default()
+            peers: peers.clone(),
+            completed_checkpoints: completed_checkpoints.clone(),
+            checkpoint_replicas: self.checkpoint_replicas,
         };
         // An unknown worker, or an old incarnation of a restarted one, must register.
         let Some(w) = known.filter(|w| w.incarnation == r.incarnation) else {

@@ -27,7 +27,21 @@ use weir_proto::v1::worker_control_client::WorkerControlClient;
 /// reported on it meanwhile (deploys take a heartbeat to show up in reports).
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
+/// Timing and checkpoint settings of the executor.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutorConfig {
+    /// How often it reconciles.
+    pub interval: Duration,
+    /// Default checkpoint interval (apps may override; zero: off).
+    pub checkpoint_interval: Duration,
+    /// A checkpoint not complete after this long is abandoned.
+    pub checkpoint_timeout: Duration,
+    /// Copies every snapshot needs (capped by the number of alive workers).
+    pub checkpoint_replicas: u32,
+}
+
 struct Executor {
+    cfg: ExecutorConfig,
     shared: Shared,
     liveness: Liveness,
     clients: HashMap<String, WorkerControlClient<Channel>>,
@@ -36,16 +50,21 @@ struct Executor {
     placements: Option<BTreeMap<String, BTreeMap<String, String>>>,
     unplaceable: BTreeMap<String, String>,
     counter: u64,
+    /// When each app's last checkpoint was triggered by this leader.
+    triggered: HashMap<String, Instant>,
 }
 
 /// Runs the executor until `stop` fires. It acts only while this master leads.
 pub async fn run(
     shared: Shared,
     liveness: Liveness,
-    interval: Duration,
+    cfg: ExecutorConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    let interval = cfg.interval;
     let mut ex = Executor {
+        cfg,
+        triggered: HashMap::new(),
         shared,
         liveness,
         clients: HashMap::new(),
@@ -96,8 +115,8 @@ impl Executor {
         Some(c)
     }
 
-    fn due(&mut self, worker: &str, pe: &str) -> bool {
-        let key = (worker.to_string(), pe.to_string());
+    fn due(&mut self, worker: &str, pe: &str, attempt: u64) -> bool {
+        let key = (worker.to_string(), format!("{pe}#{attempt}"));
         if self
             .recent
             .get(&key)
@@ -130,12 +149,34 @@ impl Executor {
                         state: pb::PeState::try_from(p.state).unwrap_or(pb::PeState::Unspecified),
                         pe: p.pe,
                         app: p.app,
+                        attempt: p.attempt,
+                        restore_failed: p.restore_failed_checkpoint_id,
+                        message: p.message,
                     })
                     .collect();
                 (w, pes)
             })
             .collect();
-        let actions = reconcile(&state, &seen);
+        let actions = reconcile(&state, &seen, crate::api::now_ms());
+        for r in actions.recoveries {
+            tracing::warn!(app = %r.app, operators = ?r.operators, checkpoint = r.checkpoint_id, reason = %r.reason, "recovering region");
+            if let Err(e) = self
+                .shared
+                .write(Command::Recover {
+                    app: r.app.clone(),
+                    operators: r.operators,
+                    checkpoint_id: r.checkpoint_id,
+                    placement: r.placement,
+                    reason: r.reason,
+                    at_ms: crate::api::now_ms(),
+                    drop_checkpoint: r.drop_checkpoint,
+                })
+                .await
+            {
+                tracing::warn!(app = %r.app, error = %e.message(), "recovery not committed");
+            }
+        }
+        self.checkpoints(&state, &mut calls).await;
 
         for (app, why) in &actions.unplaceable {
             if self.unplaceable.get(app) != Some(why) {
@@ -160,12 +201,15 @@ impl Executor {
 
         let mut models: HashMap<String, PhysicalModel> = HashMap::new();
         for (app, pe, worker) in actions.deploys {
-            if !self.due(&worker, &pe) {
-                continue;
-            }
             let (Some(rec), Some(w)) = (state.apps.get(&app), state.workers.get(&worker)) else {
                 continue;
             };
+            let attempt = rec
+                .checkpoints
+                .attempt(pe.split_once('@').map_or(pe.as_str(), |(op, _)| op));
+            if !self.due(&worker, &pe, attempt) {
+                continue;
+            }
             let model = models
                 .entry(app.clone())
                 .or_insert_with(|| PhysicalModel::expand(&rec.current().spec));
@@ -186,7 +230,7 @@ impl Executor {
             });
         }
         for (worker, pe) in actions.stops {
-            if !self.due(&worker, &pe) {
+            if !self.due(&worker, &pe, u64::MAX) {
                 continue;
             }
             let Some(w) = state.workers.get(&worker) else {
@@ -210,6 +254,150 @@ impl Executor {
         }
         // Bounded: every call has a deadline; the next tick starts when they are done.
         while calls.join_next().await.is_some() {}
+    }
+
+    /// Checkpoint coordination: completes or abandons the in-flight checkpoint of every
+    /// app from the workers' reports, and begins the next one when it is due. Begin,
+    /// complete and abandon all go through Raft, so a new leader knows what is in
+    /// flight and a checkpoint is never half-recorded.
+    async fn checkpoints(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
+        let reports = self.liveness.pe_reports();
+        let alive = state
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Alive)
+            .count();
+        let need = (self.cfg.checkpoint_replicas as usize).min(alive).max(1);
+        let now = crate::api::now_ms();
+        for app in state.apps.values().filter(|a| a.state.is_live()) {
+            if app.placement.is_empty() {
+                continue;
+            }
+            let spec = &app.current().spec;
+            let interval = spec
+                .checkpoint_interval_ms
+                .map_or(self.cfg.checkpoint_interval, Duration::from_millis);
+            let ck = &app.checkpoints;
+            let report = |pe: &String, w: &String| {
+                let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+                reports
+                    .get(&(w.clone(), pe.clone()))
+                    .filter(|r| r.attempt == ck.attempt(op))
+            };
+            if let Some(f) = &ck.in_flight {
+                let mut pieces = BTreeMap::new();
+                let mut max_alignment_ms = 0;
+                let mut done = true;
+                for (pe, w) in &app.placement {
+                    let piece = report(pe, w)
+                        .and_then(|r| r.checkpoints.iter().find(|c| c.checkpoint_id == f.id));
+                    match piece {
+                        Some(p) if p.size_bytes == 0 => {
+                            max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
+                        }
+                        Some(p) if p.replicas.len() >= need => {
+                            max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
+                            pieces.insert(
+                                pe.clone(),
+                                crate::state::PieceRecord {
+                                    size_bytes: p.size_bytes,
+                                    crc32c: p.crc32c,
+                                    replicas: p.replicas.clone(),
+                                },
+                            );
+                        }
+                        _ => {
+                            done = false;
+                            break;
+                        }
+                    }
+                }
+                let cmd = if done {
+                    Command::CompleteCheckpoint {
+                        app: app.name.clone(),
+                        id: f.id,
+                        at_ms: now,
+                        max_alignment_ms,
+                        pieces,
+                    }
+                } else if now.saturating_sub(f.started_at_ms)
+                    > self.cfg.checkpoint_timeout.as_millis() as u64
+                    || interval.is_zero()
+                {
+                    tracing::warn!(app = %app.name, checkpoint = f.id, "checkpoint abandoned: not complete in time");
+                    Command::AbandonCheckpoint {
+                        app: app.name.clone(),
+                        id: f.id,
+                    }
+                } else {
+                    continue;
+                };
+                if let Err(e) = self.shared.write(cmd).await {
+                    tracing::warn!(app = %app.name, error = %e.message(), "checkpoint state not committed");
+                } else if done {
+                    tracing::info!(app = %app.name, checkpoint = f.id, "checkpoint complete");
+                }
+                continue;
+            }
+            if interval.is_zero()
+                || self
+                    .triggered
+                    .get(&app.name)
+                    .is_some_and(|t| t.elapsed() < interval)
+            {
+                continue;
+            }
+            let running = app.placement.iter().all(|(pe, w)| {
+                report(pe, w).is_some_and(|r| r.state == pb::PeState::Running as i32)
+            });
+            if !running {
+                continue;
+            }
+            let id = ck.last_id + 1;
+            if let Err(e) = self
+                .shared
+                .write(Command::BeginCheckpoint {
+                    app: app.name.clone(),
+                    id,
+                    at_ms: now,
+                })
+                .await
+            {
+                tracing::warn!(app = %app.name, error = %e.message(), "checkpoint not begun");
+                continue;
+            }
+            self.triggered.insert(app.name.clone(), Instant::now());
+            let sources: std::collections::BTreeSet<&String> = app
+                .placement
+                .iter()
+                .filter(|(pe, _)| {
+                    let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+                    spec.operator(op)
+                        .is_some_and(|o| o.kind.role() == weir_common::spec::Role::Source)
+                })
+                .map(|(_, w)| w)
+                .collect();
+            for w in sources {
+                let Some(addr) = state.workers.get(w).map(|r| r.control_address.clone()) else {
+                    continue;
+                };
+                let header = self.header();
+                let Some(mut c) = self.client(&addr) else {
+                    continue;
+                };
+                let req = pb::TriggerCheckpointRequest {
+                    header: Some(header),
+                    app: app.name.clone(),
+                    checkpoint_id: id,
+                };
+                let (app, w) = (app.name.clone(), w.clone());
+                calls.spawn(async move {
+                    if let Err(e) = c.trigger_checkpoint(req).await {
+                        tracing::warn!(%app, worker = %w, checkpoint = id, error = %e.message(), "trigger failed");
+                    }
+                });
+            }
+        }
     }
 
     /// Producers that stayed put while their consumer moved get the new address.

@@ -4,8 +4,13 @@
 //! - **Placement**: every PE of a live app must sit on an alive worker. PEs that do
 //!   not (new apps, PEs of a lost worker) are placed by the scheduler around the ones
 //!   that do; the app's placement is then rewritten through Raft.
-//! - **Deploy**: a placed PE its worker does not report (never deployed, the worker
-//!   restarted empty) or reports FAILED is deployed there.
+//! - **Recovery**: a PE of a placed app that lost its state (its worker was lost or
+//!   restarted, it failed, or it could not load its checkpoint) restarts its whole
+//!   region (the connected part of the DAG it belongs to) from the newest complete
+//!   checkpoint under a new attempt; lost PEs move to alive workers. PEs outside the
+//!   region are not touched.
+//! - **Deploy**: a placed PE its worker does not report (not deployed yet) or reports
+//!   under an older attempt is deployed there.
 //! - **Stop**: a PE a worker reports that no live app places there (cancelled app, a
 //!   PE moved away, an old version) is stopped.
 
@@ -17,7 +22,7 @@ use weir_common::spec::{Scenario, Vendor, SCENARIOS, VENDORS};
 use weir_proto::v1 as pb;
 
 /// One PE as a worker reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeenPe {
     /// PE id.
     pub pe: String,
@@ -25,7 +30,34 @@ pub struct SeenPe {
     pub app: String,
     /// Its state.
     pub state: pb::PeState,
+    /// The attempt it runs under.
+    pub attempt: u64,
+    /// The checkpoint it could not restore; 0 for none.
+    pub restore_failed: u64,
+    /// Its last error.
+    pub message: String,
 }
+
+/// A region to restart (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryAction {
+    /// App name.
+    pub app: String,
+    /// Every operator of the affected regions, sorted.
+    pub operators: Vec<String>,
+    /// The checkpoint to restore; 0 for empty state.
+    pub checkpoint_id: u64,
+    /// The app's whole placement afterwards.
+    pub placement: BTreeMap<String, String>,
+    /// Why.
+    pub reason: String,
+    /// A checkpoint found unreadable, to forget.
+    pub drop_checkpoint: Option<u64>,
+}
+
+/// Recoveries of one app closer together than this wait (a PE that fails on every
+/// start must not spin); doubled per recovery in the last minute, up to 30 s.
+pub const RECOVERY_GAP_MS: u64 = 500;
 
 /// What to do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +70,8 @@ pub struct Actions {
     pub deploys: Vec<(String, String, String)>,
     /// PEs to stop: (worker, PE).
     pub stops: Vec<(String, String)>,
+    /// Regions to restart.
+    pub recoveries: Vec<RecoveryAction>,
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
@@ -138,13 +172,136 @@ fn replace(
     Ok(Some(out))
 }
 
+fn op_of(pe: &str) -> &str {
+    pe.split_once('@').map_or(pe, |(op, _)| op)
+}
+
+/// Every operator connected to one of `ops` by streams (either direction), sorted.
+pub fn region_of(app: &AppRecord, ops: &BTreeSet<String>) -> Vec<String> {
+    let spec = &app.current().spec;
+    let mut region: BTreeSet<String> = ops.clone();
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for s in &spec.streams {
+            let (a, b) = (region.contains(&s.from), region.contains(&s.to));
+            if a != b {
+                region.insert(if a { s.to.clone() } else { s.from.clone() });
+                grew = true;
+            }
+        }
+    }
+    region.into_iter().collect()
+}
+
+/// Why PEs of a placed `app` lost their state, with the operators affected and a
+/// checkpoint that must not be used; empty when none did.
+fn losses(
+    state: &ClusterState,
+    app: &AppRecord,
+    seen: &BTreeMap<String, Vec<SeenPe>>,
+) -> (BTreeSet<String>, Vec<String>, Option<u64>) {
+    let ck = &app.checkpoints;
+    let mut ops = BTreeSet::new();
+    let mut why = Vec::new();
+    let mut bad = None;
+    for (pe, w) in &app.placement {
+        let op = op_of(pe);
+        let attempt = ck.attempt(op);
+        match state.workers.get(w) {
+            Some(rec) if rec.state == WorkerState::Alive => {
+                if ck
+                    .incarnations
+                    .get(pe)
+                    .is_some_and(|i| *i != rec.incarnation)
+                {
+                    ops.insert(op.to_string());
+                    why.push(format!("worker {w} restarted ({pe})"));
+                    continue;
+                }
+            }
+            _ => {
+                ops.insert(op.to_string());
+                why.push(format!("worker {w} lost ({pe})"));
+                continue;
+            }
+        }
+        let Some(s) = seen
+            .get(w)
+            .and_then(|pes| pes.iter().find(|s| &s.pe == pe && s.attempt == attempt))
+        else {
+            continue;
+        };
+        if s.restore_failed != 0 && ck.restore.get(op) == Some(&s.restore_failed) {
+            ops.insert(op.to_string());
+            why.push(format!(
+                "checkpoint {} unreadable for {pe}: {}",
+                s.restore_failed, s.message
+            ));
+            bad = Some(s.restore_failed);
+        } else if s.state == pb::PeState::Failed {
+            ops.insert(op.to_string());
+            why.push(format!("{pe} failed: {}", s.message));
+        }
+    }
+    // Several PEs of one lost worker say the same thing.
+    why.dedup_by(|a, b| a.split(" (").next() == b.split(" (").next());
+    (ops, why, bad)
+}
+
+fn recovery_due(app: &AppRecord, now_ms: u64) -> bool {
+    let recent = &app.checkpoints.recoveries;
+    let Some(last) = recent.last() else {
+        return true;
+    };
+    let in_last_minute = recent
+        .iter()
+        .filter(|r| now_ms.saturating_sub(r.at_ms) < 60_000)
+        .count() as u32;
+    let gap = (RECOVERY_GAP_MS << in_last_minute.min(6)).min(30_000);
+    now_ms.saturating_sub(last.at_ms) >= gap
+}
+
 /// Decides what to do (see the module doc). `seen` holds, per alive worker that
-/// reported, the PEs it runs.
-pub fn reconcile(state: &ClusterState, seen: &BTreeMap<String, Vec<SeenPe>>) -> Actions {
+/// reported, the PEs it runs; `now_ms` is the leader's clock.
+pub fn reconcile(
+    state: &ClusterState,
+    seen: &BTreeMap<String, Vec<SeenPe>>,
+    now_ms: u64,
+) -> Actions {
     let mut actions = Actions::default();
     let mut free = capacities(state);
     let mut replaced: BTreeSet<&str> = BTreeSet::new();
     for app in state.apps.values().filter(|a| a.state.is_live()) {
+        if !app.placement.is_empty() {
+            let (ops, why, bad) = losses(state, app, seen);
+            if !ops.is_empty() {
+                replaced.insert(&app.name);
+                if !recovery_due(app, now_ms) {
+                    continue;
+                }
+                let ck = &app.checkpoints;
+                let checkpoint_id = ck
+                    .complete
+                    .iter()
+                    .rev()
+                    .map(|c| c.id)
+                    .find(|id| bad.is_none_or(|b| *id < b))
+                    .unwrap_or(0);
+                match replace(state, app, &mut free) {
+                    Ok(p) => actions.recoveries.push(RecoveryAction {
+                        app: app.name.clone(),
+                        operators: region_of(app, &ops),
+                        checkpoint_id,
+                        placement: p.unwrap_or_else(|| app.placement.clone()),
+                        reason: why.join("; "),
+                        drop_checkpoint: bad,
+                    }),
+                    Err(e) => actions.unplaceable.push((app.name.clone(), e)),
+                }
+                continue;
+            }
+        }
         match replace(state, app, &mut free) {
             Ok(Some(p)) => {
                 replaced.insert(&app.name);
@@ -164,9 +321,10 @@ pub fn reconcile(state: &ClusterState, seen: &BTreeMap<String, Vec<SeenPe>>) -> 
         }
         for (pe, w) in &app.placement {
             let Some(pes) = seen.get(w) else { continue };
+            let attempt = app.checkpoints.attempt(op_of(pe));
             let running = pes
                 .iter()
-                .any(|s| &s.pe == pe && s.state != pb::PeState::Failed);
+                .any(|s| &s.pe == pe && s.attempt >= attempt && s.state != pb::PeState::Failed);
             if !running {
                 actions
                     .deploys

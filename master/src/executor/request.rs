@@ -1,7 +1,7 @@
 //! Building the commands the executor sends, from the replicated state.
 
 use crate::api::convert::partitioning;
-use crate::state::{AppRecord, WorkerRecord};
+use crate::state::{AppRecord, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use weir_common::physical::{source_ordinal, PeId, PhysicalModel};
 use weir_proto::v1 as pb;
@@ -35,6 +35,12 @@ pub fn deploy_pe(
             stream: c.stream.to_string(),
         })
         .collect();
+    let restore = app
+        .checkpoints
+        .restore
+        .get(&*p.operator)
+        .copied()
+        .unwrap_or(0);
     Some(pb::DeployPeRequest {
         header: Some(header),
         app: app.name.clone(),
@@ -68,13 +74,50 @@ pub fn deploy_pe(
         }),
         gpu_uuids: vec![],
         pe_addresses,
-        restore_checkpoint_id: 0,
         restore_from_address: String::new(),
         inputs,
         source_ordinal: source_ordinal(&p.operator, p.index),
-        attempt: 0,
-        restore_from: vec![],
+        attempt: app.checkpoints.attempt(&p.operator),
+        restore_checkpoint_id: restore,
+        restore_from: restore_from(app, restore, pe, workers),
     })
+}
+
+/// Where the snapshot of `pe` in checkpoint `id` is, alive workers first; empty when
+/// `id` is 0 or the PE had no state in it.
+fn restore_from(
+    app: &AppRecord,
+    id: u64,
+    pe: &str,
+    workers: &BTreeMap<String, WorkerRecord>,
+) -> Vec<pb::SnapshotLocation> {
+    let Some(piece) = app
+        .checkpoints
+        .complete
+        .iter()
+        .find(|c| c.id == id)
+        .and_then(|c| c.pieces.get(pe))
+    else {
+        return vec![];
+    };
+    let mut out: Vec<(bool, pb::SnapshotLocation)> = piece
+        .replicas
+        .iter()
+        .filter_map(|w| {
+            let rec = workers.get(w)?;
+            Some((
+                rec.state != WorkerState::Alive,
+                pb::SnapshotLocation {
+                    worker_id: w.clone(),
+                    control_address: rec.control_address.clone(),
+                    size_bytes: piece.size_bytes,
+                    crc32c: piece.crc32c,
+                },
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(dead, _)| *dead);
+    out.into_iter().map(|(_, l)| l).collect()
 }
 
 /// The channels whose consumer moved from one worker to another between two

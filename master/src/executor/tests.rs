@@ -41,6 +41,8 @@ fn state(workers: &[&str]) -> ClusterState {
     s
 }
 
+const NOW: u64 = 1_000_000;
+
 fn seen_all(s: &ClusterState, state: pb::PeState) -> BTreeMap<String, Vec<SeenPe>> {
     let mut seen: BTreeMap<String, Vec<SeenPe>> = BTreeMap::new();
     for w in s.workers.keys() {
@@ -51,13 +53,14 @@ fn seen_all(s: &ClusterState, state: pb::PeState) -> BTreeMap<String, Vec<SeenPe
             pe: pe.clone(),
             app: "clickstream".into(),
             state,
+            ..Default::default()
         });
     }
     seen
 }
 
 fn place(s: &mut ClusterState) {
-    let a = reconcile(s, &BTreeMap::new());
+    let a = reconcile(s, &BTreeMap::new(), NOW);
     assert_eq!(a.placements.len(), 1);
     let (app, placement) = a.placements[0].clone();
     s.apply(&Command::SetPlacement { app, placement }).unwrap();
@@ -66,7 +69,7 @@ fn place(s: &mut ClusterState) {
 #[test]
 fn a_new_app_is_placed_whole_then_deployed_pe_by_pe() {
     let mut s = state(&["w1", "w2"]);
-    let a = reconcile(&s, &BTreeMap::new());
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
     let placement = &a.placements[0].1;
     assert_eq!(placement.len(), 10, "every PE of clickstream");
     assert!(
@@ -77,27 +80,155 @@ fn a_new_app_is_placed_whole_then_deployed_pe_by_pe() {
     // Both workers report, running nothing: every PE is deployed where it is placed.
     let empty: BTreeMap<String, Vec<SeenPe>> =
         [("w1".to_string(), vec![]), ("w2".to_string(), vec![])].into();
-    let a = reconcile(&s, &empty);
+    let a = reconcile(&s, &empty, NOW);
     assert!(a.placements.is_empty());
     assert_eq!(a.deploys.len(), 10);
     for (_, pe, w) in &a.deploys {
         assert_eq!(&s.apps["clickstream"].placement[pe], w);
     }
-    // Once they run (or finished), nothing more to do; a failed one is redeployed.
+    // Once they run (or finished), nothing more to do; a failed one restarts its region.
     assert_eq!(
-        reconcile(&s, &seen_all(&s, pb::PeState::Running)),
+        reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW),
         Default::default()
     );
     assert_eq!(
-        reconcile(&s, &seen_all(&s, pb::PeState::Stopped)),
+        reconcile(&s, &seen_all(&s, pb::PeState::Stopped), NOW),
         Default::default()
     );
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Failed), NOW);
+    assert!(a.deploys.is_empty());
+    assert_eq!(a.recoveries.len(), 1);
+    let r = &a.recoveries[0];
+    assert_eq!(r.operators.len(), 6, "clickstream is one region: {r:?}");
+    assert_eq!(r.checkpoint_id, 0, "no checkpoint yet: empty state");
+    assert!(r.reason.contains("failed"), "{}", r.reason);
     assert_eq!(
-        reconcile(&s, &seen_all(&s, pb::PeState::Failed))
-            .deploys
-            .len(),
-        10
+        &r.placement, &s.apps["clickstream"].placement,
+        "nobody moves"
     );
+    recover(&mut s, r);
+    // Every PE still reports attempt 0: each is redeployed under attempt 1.
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW + 10_000);
+    assert_eq!(a.deploys.len(), 10);
+    assert!(a.recoveries.is_empty());
+}
+
+fn recover(s: &mut ClusterState, r: &crate::executor::reconcile::RecoveryAction) {
+    s.apply(&Command::Recover {
+        app: r.app.clone(),
+        operators: r.operators.clone(),
+        checkpoint_id: r.checkpoint_id,
+        placement: r.placement.clone(),
+        reason: r.reason.clone(),
+        at_ms: NOW,
+        drop_checkpoint: r.drop_checkpoint,
+    })
+    .unwrap();
+}
+
+fn checkpoint(s: &mut ClusterState, id: u64) {
+    s.apply(&Command::BeginCheckpoint {
+        app: "clickstream".into(),
+        id,
+        at_ms: id,
+    })
+    .unwrap();
+    let pieces = s.apps["clickstream"]
+        .placement
+        .iter()
+        .map(|(pe, w)| {
+            (
+                pe.clone(),
+                crate::state::PieceRecord {
+                    size_bytes: 8,
+                    crc32c: 1,
+                    replicas: vec![w.clone()],
+                },
+            )
+        })
+        .collect();
+    s.apply(&Command::CompleteCheckpoint {
+        app: "clickstream".into(),
+        id,
+        at_ms: id + 1,
+        max_alignment_ms: 0,
+        pieces,
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_restarted_worker_restarts_the_region_from_the_newest_checkpoint() {
+    let mut s = state(&["w1", "w2"]);
+    place(&mut s);
+    checkpoint(&mut s, 1);
+    checkpoint(&mut s, 2);
+    let w = s.workers["w1"].clone();
+    s.apply(&Command::RegisterWorker { worker: w }).unwrap();
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW);
+    assert_eq!(a.recoveries.len(), 1, "{a:?}");
+    let r = &a.recoveries[0];
+    assert_eq!(r.checkpoint_id, 2);
+    assert!(r.reason.contains("worker w1 restarted"), "{}", r.reason);
+    recover(&mut s, r);
+    let app = &s.apps["clickstream"];
+    assert!(app.checkpoints.attempts.values().all(|a| *a == 1));
+    assert!(app.checkpoints.restore.values().all(|c| *c == 2));
+    // Deploys now carry the attempt and where each snapshot is.
+    let model = PhysicalModel::expand(&app.current().spec);
+    let pe = app.placement.keys().next().unwrap();
+    let h = pb::CommandHeader::default();
+    let req = deploy_pe(app, &model, pe, &s.workers, h).unwrap();
+    assert_eq!(req.attempt, 1);
+    assert_eq!(req.restore_checkpoint_id, 2);
+    assert_eq!(req.restore_from.len(), 1);
+    assert_eq!(req.restore_from[0].worker_id, app.placement[pe]);
+    // The incarnations were refreshed: no second recovery.
+    let mut seen = seen_all(&s, pb::PeState::Running);
+    for pes in seen.values_mut() {
+        for p in pes {
+            p.attempt = 1;
+        }
+    }
+    assert_eq!(reconcile(&s, &seen, NOW + 60_000), Default::default());
+}
+
+#[test]
+fn an_unreadable_checkpoint_falls_back_to_the_previous_one_and_is_dropped() {
+    let mut s = state(&["w1", "w2"]);
+    place(&mut s);
+    checkpoint(&mut s, 1);
+    checkpoint(&mut s, 2);
+    let w = s.workers["w2"].clone();
+    s.apply(&Command::RegisterWorker { worker: w }).unwrap();
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW);
+    recover(&mut s, &a.recoveries[0]);
+    // One PE cannot read checkpoint 2 anywhere.
+    let mut seen = seen_all(&s, pb::PeState::Running);
+    for pes in seen.values_mut() {
+        for p in pes.iter_mut() {
+            p.attempt = 1;
+        }
+    }
+    let victim = seen.get_mut("w1").unwrap().first_mut().unwrap();
+    victim.state = pb::PeState::Failed;
+    victim.restore_failed = 2;
+    victim.message = "checkpoint 2: no intact copy".into();
+    // Too soon after the last recovery: it waits.
+    assert!(reconcile(&s, &seen, NOW + 100).recoveries.is_empty());
+    let a = reconcile(&s, &seen, NOW + 60_000);
+    let r = &a.recoveries[0];
+    assert_eq!(r.checkpoint_id, 1, "the previous checkpoint");
+    assert_eq!(r.drop_checkpoint, Some(2));
+    assert!(r.reason.contains("checkpoint 2 unreadable"), "{}", r.reason);
+    recover(&mut s, r);
+    let ids: Vec<u64> = s.apps["clickstream"]
+        .checkpoints
+        .complete
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, vec![1]);
 }
 
 #[test]
@@ -112,8 +243,9 @@ fn a_lost_workers_pes_move_and_the_others_stay() {
         at_ms: 9,
     })
     .unwrap();
-    let a = reconcile(&s, &BTreeMap::new());
-    let after = &a.placements[0].1;
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    assert!(a.placements.is_empty());
+    let after = &a.recoveries[0].placement;
     for (pe, w) in &before {
         if *w == lost {
             assert_ne!(&after[pe], w, "{pe} leaves the lost worker");
@@ -141,9 +273,10 @@ fn what_no_app_places_is_stopped() {
         pe: "ghost@00000000#0".into(),
         app: "gone".into(),
         state: pb::PeState::Running,
+        ..Default::default()
     });
     assert_eq!(
-        reconcile(&s, &seen).stops,
+        reconcile(&s, &seen, NOW).stops,
         vec![("w1".to_string(), "ghost@00000000#0".to_string())]
     );
     // Cancelling the app stops all of its PEs.
@@ -152,7 +285,7 @@ fn what_no_app_places_is_stopped() {
         at_ms: 10,
     })
     .unwrap();
-    assert_eq!(reconcile(&s, &seen).stops.len(), 11);
+    assert_eq!(reconcile(&s, &seen, NOW).stops.len(), 11);
 }
 
 #[test]

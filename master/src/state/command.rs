@@ -44,6 +44,55 @@ pub enum Command {
         /// PE id -> worker id; replaces the previous placement.
         placement: BTreeMap<String, String>,
     },
+    /// The leader triggers checkpoint `id` of an app.
+    BeginCheckpoint {
+        /// App name.
+        app: String,
+        /// The checkpoint id: above every id begun before.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+    },
+    /// Every PE of the app reported its snapshot of the in-flight checkpoint `id`.
+    CompleteCheckpoint {
+        /// App name.
+        app: String,
+        /// The checkpoint id.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+        /// The longest alignment, ms.
+        max_alignment_ms: u64,
+        /// The snapshot of every PE with state.
+        pieces: BTreeMap<String, PieceRecord>,
+    },
+    /// The in-flight checkpoint `id` will not complete (timeout, recovery, new leader).
+    AbandonCheckpoint {
+        /// App name.
+        app: String,
+        /// The checkpoint id.
+        id: u64,
+    },
+    /// Restart the regions holding `operators` from checkpoint `checkpoint_id` (0:
+    /// empty state) under a new attempt, with `placement` as the app's placement.
+    Recover {
+        /// App name.
+        app: String,
+        /// Every operator of the affected regions.
+        operators: Vec<String>,
+        /// The checkpoint to restore; 0 for empty state.
+        checkpoint_id: u64,
+        /// The app's whole placement afterwards (lost PEs moved).
+        placement: BTreeMap<String, String>,
+        /// Why, for humans.
+        reason: String,
+        /// Leader clock.
+        at_ms: u64,
+        /// A complete checkpoint found unreadable: forgotten, so no later recovery
+        /// picks it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drop_checkpoint: Option<u64>,
+    },
     /// Nothing: used to commit a read barrier or a leader's first entry.
     Noop,
 }
@@ -86,6 +135,9 @@ pub enum CommandError {
     /// No worker with that id.
     #[error("worker {0:?} not found")]
     WorkerNotFound(String),
+    /// A checkpoint or recovery command that does not fit the app's state.
+    #[error("{0}")]
+    Checkpoint(String),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -122,11 +174,89 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                 return Err(CommandError::WorkerNotFound(id.clone()));
             }
         }
-        Command::SetPlacement { app, placement } => {
+        Command::SetPlacement { app, placement } => check_placement(s, app, placement)?,
+        Command::BeginCheckpoint { app, id, .. } => {
+            let ck = &live_app(s, app)?.checkpoints;
+            if *id <= ck.last_id {
+                return Err(CommandError::Checkpoint(format!(
+                    "checkpoint {id} of {app}: ids must increase (last begun {})",
+                    ck.last_id
+                )));
+            }
+            if let Some(f) = &ck.in_flight {
+                return Err(CommandError::Checkpoint(format!(
+                    "checkpoint {} of {app} is still in flight",
+                    f.id
+                )));
+            }
+        }
+        Command::CompleteCheckpoint { app, id, .. } | Command::AbandonCheckpoint { app, id } => {
+            let ck = &live_app(s, app)?.checkpoints;
+            if ck.in_flight.as_ref().map(|f| f.id) != Some(*id) {
+                return Err(CommandError::Checkpoint(format!(
+                    "checkpoint {id} of {app} is not in flight"
+                )));
+            }
+        }
+        Command::Recover {
+            app,
+            operators,
+            checkpoint_id,
+            placement,
+            ..
+        } => {
+            let rec = live_app(s, app)?;
+            if let Some(op) = operators
+                .iter()
+                .find(|o| rec.current().spec.operator(o).is_none())
+            {
+                return Err(CommandError::Checkpoint(format!(
+                    "recovery of {app}: no operator {op:?}"
+                )));
+            }
+            if *checkpoint_id != 0
+                && !rec
+                    .checkpoints
+                    .complete
+                    .iter()
+                    .any(|c| c.id == *checkpoint_id)
+            {
+                return Err(CommandError::Checkpoint(format!(
+                    "recovery of {app}: checkpoint {checkpoint_id} is not a kept complete checkpoint"
+                )));
+            }
+            check_placement(s, app, placement)?;
+        }
+    }
+    Ok(())
+}
+
+fn live_app<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, CommandError> {
+    let rec = s
+        .apps
+        .get(app)
+        .ok_or_else(|| CommandError::AppNotFound(app.to_string()))?;
+    if !rec.state.is_live() {
+        return Err(CommandError::AppState {
+            app: app.to_string(),
+            state: format!("{:?}", rec.state).to_lowercase(),
+            why: "only a live app has checkpoints and recoveries".into(),
+        });
+    }
+    Ok(rec)
+}
+
+fn check_placement(
+    s: &ClusterState,
+    app: &str,
+    placement: &BTreeMap<String, String>,
+) -> Result<(), CommandError> {
+    {
+        {
             let rec = s
                 .apps
                 .get(app)
-                .ok_or_else(|| CommandError::AppNotFound(app.clone()))?;
+                .ok_or_else(|| CommandError::AppNotFound(app.to_string()))?;
             for (pe, worker) in placement {
                 if pe
                     .split_once('@')
@@ -135,7 +265,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                     .is_none()
                 {
                     return Err(CommandError::BadPlacement {
-                        app: app.clone(),
+                        app: app.to_string(),
                         why: format!("no PE {pe:?}"),
                     });
                 }
@@ -144,7 +274,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                     .is_none_or(|w| w.state != WorkerState::Alive)
                 {
                     return Err(CommandError::BadPlacement {
-                        app: app.clone(),
+                        app: app.to_string(),
                         why: format!("worker {worker:?} is not alive"),
                     });
                 }
@@ -152,6 +282,23 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         }
     }
     Ok(())
+}
+
+/// Records the incarnation of the worker of every PE placed anew or moved.
+fn note_incarnations(
+    workers: &BTreeMap<String, WorkerRecord>,
+    rec: &mut AppRecord,
+    refresh: impl Fn(&str) -> bool,
+) {
+    let ck = &mut rec.checkpoints;
+    ck.incarnations
+        .retain(|pe, _| rec.placement.contains_key(pe));
+    for (pe, w) in &rec.placement {
+        let inc = workers.get(w).map_or(0, |w| w.incarnation);
+        if refresh(pe) || !ck.incarnations.contains_key(pe) {
+            ck.incarnations.insert(pe.clone(), inc);
+        }
+    }
 }
 
 pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
@@ -180,6 +327,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     created_at_ms: *at_ms,
                     cancelled_at_ms: None,
                     placement: BTreeMap::new(),
+                    checkpoints: AppCheckpoints::default(),
                 },
             );
             Response::AppVersion {
@@ -216,10 +364,86 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         }
         Command::SetPlacement { app, placement } => {
             let rec = s.apps.get_mut(app).expect("checked");
-            rec.placement = placement.clone();
+            let before = std::mem::replace(&mut rec.placement, placement.clone());
+            note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
             if rec.state == AppState::Submitted && !placement.is_empty() {
                 rec.state = AppState::Running;
             }
+            Response::Done
+        }
+        Command::BeginCheckpoint { app, id, at_ms } => {
+            let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+            ck.last_id = *id;
+            ck.in_flight = Some(InFlightCheckpoint {
+                id: *id,
+                started_at_ms: *at_ms,
+            });
+            Response::Done
+        }
+        Command::CompleteCheckpoint {
+            app,
+            id,
+            at_ms,
+            max_alignment_ms,
+            pieces,
+        } => {
+            let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+            let started = ck.in_flight.take().map_or(*at_ms, |f| f.started_at_ms);
+            ck.complete.push(CheckpointRecord {
+                id: *id,
+                started_at_ms: started,
+                completed_at_ms: *at_ms,
+                max_alignment_ms: *max_alignment_ms,
+                pieces: pieces.clone(),
+            });
+            let excess = ck.complete.len().saturating_sub(KEEP_CHECKPOINTS);
+            ck.complete.drain(..excess);
+            Response::Done
+        }
+        Command::AbandonCheckpoint { app, .. } => {
+            s.apps.get_mut(app).expect("checked").checkpoints.in_flight = None;
+            Response::Done
+        }
+        Command::Recover {
+            app,
+            operators,
+            checkpoint_id,
+            placement,
+            reason,
+            at_ms,
+            drop_checkpoint,
+        } => {
+            let rec = s.apps.get_mut(app).expect("checked");
+            rec.placement = placement.clone();
+            let ck = &mut rec.checkpoints;
+            if let Some(bad) = drop_checkpoint {
+                ck.complete.retain(|c| c.id != *bad);
+            }
+            let attempt = operators.iter().map(|o| ck.attempt(o)).max().unwrap_or(0) + 1;
+            for op in operators {
+                ck.attempts.insert(op.clone(), attempt);
+                if *checkpoint_id == 0 {
+                    ck.restore.remove(op);
+                } else {
+                    ck.restore.insert(op.clone(), *checkpoint_id);
+                }
+            }
+            // Snapshots of a checkpoint taken before the failure may be missing pieces.
+            ck.in_flight = None;
+            ck.recoveries.push(RecoveryRecord {
+                at_ms: *at_ms,
+                attempt,
+                checkpoint_id: *checkpoint_id,
+                operators: operators.clone(),
+                reason: reason.clone(),
+            });
+            let excess = ck.recoveries.len().saturating_sub(KEEP_RECOVERIES);
+            ck.recoveries.drain(..excess);
+            let region: std::collections::BTreeSet<&str> =
+                operators.iter().map(String::as_str).collect();
+            note_incarnations(&s.workers, rec, |pe| {
+                region.contains(pe.split_once('@').map_or(pe, |(op, _)| op))
+            });
             Response::Done
         }
         Command::Noop => Response::Done,

@@ -47,6 +47,111 @@ pub struct AppRecord {
     pub cancelled_at_ms: Option<u64>,
     /// Where each PE runs (empty until the scheduler places the app).
     pub placement: BTreeMap<String, String>,
+    /// Checkpoints and recoveries.
+    #[serde(default)]
+    pub checkpoints: AppCheckpoints,
+}
+
+/// How many complete checkpoints an app keeps (older ones are forgotten and their
+/// snapshots garbage-collected by the workers).
+pub const KEEP_CHECKPOINTS: usize = 3;
+
+/// How many recoveries an app remembers.
+pub const KEEP_RECOVERIES: usize = 16;
+
+/// Checkpointing and recovery bookkeeping of one app.
+///
+/// A *region* is a connected part of the app's DAG: a failure restarts only the
+/// regions it touches. All operators of a region share one recovery *attempt*; workers
+/// name every channel by its PEs and that attempt, so PEs of an older attempt can never
+/// feed PEs of a newer one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppCheckpoints {
+    /// Recovery attempt per operator; absent means 0.
+    pub attempts: BTreeMap<String, u64>,
+    /// The checkpoint each operator restores from at its current attempt; absent means
+    /// empty state.
+    pub restore: BTreeMap<String, u64>,
+    /// The incarnation of the worker each PE was placed on when it was placed: a
+    /// different incarnation now means the worker restarted and the PE lost its state.
+    pub incarnations: BTreeMap<String, u64>,
+    /// The last checkpoint id begun (ids increase, never reused).
+    pub last_id: u64,
+    /// The checkpoint begun and neither completed nor abandoned.
+    pub in_flight: Option<InFlightCheckpoint>,
+    /// The last [`KEEP_CHECKPOINTS`] complete checkpoints, oldest first.
+    pub complete: Vec<CheckpointRecord>,
+    /// The last [`KEEP_RECOVERIES`] recoveries, oldest first.
+    pub recoveries: Vec<RecoveryRecord>,
+}
+
+impl AppCheckpoints {
+    /// The attempt of `op`.
+    pub fn attempt(&self, op: &str) -> u64 {
+        self.attempts.get(op).copied().unwrap_or(0)
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub fn latest(&self) -> Option<&CheckpointRecord> {
+        self.complete.last()
+    }
+}
+
+/// A checkpoint that has begun.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightCheckpoint {
+    /// Its id.
+    pub id: u64,
+    /// When it was triggered (leader clock).
+    pub started_at_ms: u64,
+}
+
+/// A complete checkpoint: every PE of the app snapshotted its state at barrier `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// Its id.
+    pub id: u64,
+    /// When it was triggered.
+    pub started_at_ms: u64,
+    /// When its completion was committed.
+    pub completed_at_ms: u64,
+    /// The longest barrier alignment of any PE, ms.
+    pub max_alignment_ms: u64,
+    /// The stored snapshot of every PE with state (PEs without state have none).
+    pub pieces: BTreeMap<String, PieceRecord>,
+}
+
+impl CheckpointRecord {
+    /// Total state size, bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.pieces.values().map(|p| p.size_bytes).sum()
+    }
+}
+
+/// Where one PE's snapshot of a checkpoint is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceRecord {
+    /// Size, bytes.
+    pub size_bytes: u64,
+    /// CRC-32C of the snapshot.
+    pub crc32c: u32,
+    /// Workers holding a copy.
+    pub replicas: Vec<String>,
+}
+
+/// One recovery of a region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    /// When (leader clock).
+    pub at_ms: u64,
+    /// The attempt it started.
+    pub attempt: u64,
+    /// The checkpoint restored; 0 for empty state.
+    pub checkpoint_id: u64,
+    /// The operators restarted.
+    pub operators: Vec<String>,
+    /// Why.
+    pub reason: String,
 }
 
 impl AppRecord {

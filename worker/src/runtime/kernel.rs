@@ -118,11 +118,51 @@ impl Kernel {
         }
     }
 
-    /// Every input ended; returns what is left to emit.
-    pub async fn finish(&mut self) -> Option<Batch> {
-        match self {
+    /// Every input ended; returns what is left to emit. A `sink.file` makes all its
+    /// output visible.
+    pub async fn finish(&mut self) -> Result<Option<Batch>, KernelError> {
+        Ok(match self {
             Kernel::Window(w) => Some(w.flush()),
+            Kernel::File(f) => {
+                f.finish().map_err(|e| format!("sink.file: {e}"))?;
+                None
+            }
             _ => None,
+        })
+    }
+
+    /// The state to checkpoint at barrier `id`; empty for kernels without state.
+    pub fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
+        Ok(match self {
+            Kernel::Window(w) => w.snapshot(weir_common::keygroup::KeyGroupRange {
+                start: 0,
+                end: weir_common::spec::KEY_GROUPS,
+            }),
+            Kernel::Verify(v) => v.snapshot(),
+            Kernel::File(f) => f
+                .snapshot(id)
+                .map_err(|e| format!("sink.file snapshot: {e}"))?,
+            _ => Vec::new(),
+        })
+    }
+
+    /// Loads checkpointed state (before any input); `None`: start empty.
+    pub fn restore(&mut self, bytes: Option<&[u8]>) -> Result<(), KernelError> {
+        match (self, bytes) {
+            (Kernel::Window(w), Some(b)) => w.restore(b).map_err(|e| e.to_string()),
+            (Kernel::Verify(v), Some(b)) => v.restore(b).map_err(|e| e.to_string()),
+            (Kernel::File(f), Some(b)) => f.restore(b).map_err(|e| format!("sink.file: {e}")),
+            (Kernel::File(f), None) => f.start_fresh().map_err(|e| format!("sink.file: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checkpoint `id` of the app completed: a `sink.file` makes output up to it
+    /// visible.
+    pub fn checkpoint_complete(&mut self, id: u64) -> Result<(), KernelError> {
+        match self {
+            Kernel::File(f) => f.commit(id).map_err(|e| format!("sink.file commit: {e}")),
+            _ => Ok(()),
         }
     }
 

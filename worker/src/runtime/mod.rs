@@ -5,6 +5,7 @@
 //! worker, TCP to the others), then spawns its task. Deploy is idempotent: a PE that
 //! already runs with the same id is left alone; one that failed is replaced.
 
+pub mod checkpoint;
 pub mod kernel;
 pub mod pe;
 pub mod router;
@@ -14,6 +15,7 @@ pub mod status;
 use crate::dataplane::outbound::RemoteSender;
 use crate::dataplane::sender::{ChannelSender, LocalSender};
 use crate::dataplane::{ChannelKey, Inputs};
+use checkpoint::CheckpointEnv;
 use kernel::Kernel;
 use router::{Route, Router};
 use status::{PeRunState, PeStatus};
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use weir_common::keygroup::KeyGroupRange;
@@ -71,6 +74,22 @@ pub struct PeConfig {
     pub inputs: Vec<String>,
     /// Its outputs.
     pub outputs: Vec<OutputConfig>,
+    /// The recovery attempt of its region: part of every channel's name, so PEs of
+    /// different attempts never exchange records.
+    pub attempt: u64,
+    /// The checkpoint to restore from and where its snapshot is; `None` for empty
+    /// state.
+    pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+}
+
+/// The name of PE `pe`'s end of channels under `attempt`.
+pub fn channel_end(pe: &str, attempt: u64) -> String {
+    format!("{pe}#{attempt}")
+}
+
+/// The PE id in a channel end name.
+pub fn pe_of_end(end: &str) -> &str {
+    end.rsplit_once('#').map_or(end, |(pe, _)| pe)
 }
 
 /// Why a deploy was refused.
@@ -84,6 +103,9 @@ pub enum DeployError {
 struct PeEntry {
     app: String,
     version: u64,
+    attempt: u64,
+    source: bool,
+    triggers: mpsc::Sender<u64>,
     status: Arc<PeStatus>,
     task: JoinHandle<()>,
     remotes: Vec<Arc<RemoteSender>>,
@@ -92,20 +114,57 @@ struct PeEntry {
 }
 
 /// The PEs of one worker.
-#[derive(Default)]
 pub struct Runtime {
     inputs: Arc<Inputs>,
     pes: Mutex<BTreeMap<String, PeEntry>>,
+    ckpt: Arc<CheckpointEnv>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new(Arc::default())
+    }
 }
 
 impl Runtime {
     /// A runtime whose consumers' endpoints live in `inputs` (shared with the data
-    /// listener).
+    /// listener), with snapshots in a temporary store and no peers (for tests and
+    /// benchmarks).
     pub fn new(inputs: Arc<Inputs>) -> Self {
+        let store = crate::checkpoint::store::SnapshotStore::temporary()
+            .expect("a temporary snapshot directory");
+        let env = CheckpointEnv::new(
+            "local".into(),
+            Arc::new(store),
+            Arc::new(crate::checkpoint::replicate::Replicator::new("local")),
+        );
+        Self::with_checkpoints(inputs, Arc::new(env))
+    }
+
+    /// A runtime saving snapshots through `ckpt`.
+    pub fn with_checkpoints(inputs: Arc<Inputs>, ckpt: Arc<CheckpointEnv>) -> Self {
         Self {
             inputs,
             pes: Mutex::default(),
+            ckpt,
         }
+    }
+
+    /// Checkpoint services (heartbeat answers feed them).
+    pub fn checkpoints(&self) -> &Arc<CheckpointEnv> {
+        &self.ckpt
+    }
+
+    /// Checkpoint `id` of `app`: every source PE of the app here injects its barrier.
+    /// Returns those PEs.
+    pub fn trigger(&self, app: &str, id: u64) -> Vec<String> {
+        let m = self.lock();
+        m.iter()
+            .filter(|(_, e)| e.app == app && e.source)
+            .filter(|(_, e)| e.status.state() == PeRunState::Running)
+            .filter(|(_, e)| e.triggers.try_send(id).is_ok())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PeEntry>> {
@@ -120,18 +179,19 @@ impl Runtime {
     /// Deploys a PE (see the module doc). Returns its state.
     pub async fn deploy(&self, cfg: PeConfig) -> Result<PeRunState, DeployError> {
         if let Some(e) = self.lock().get(&cfg.pe) {
-            if e.status.state() != PeRunState::Failed {
+            if e.status.state() != PeRunState::Failed && e.attempt >= cfg.attempt {
                 return Ok(e.status.state());
             }
         }
         self.stop(&cfg.pe);
         let pe = cfg.pe.clone();
+        let end = channel_end(&pe, cfg.attempt);
         let inputs: Vec<_> = cfg
             .inputs
             .iter()
             .map(|from| {
                 self.inputs
-                    .register(ChannelKey::new(from.clone(), pe.clone()))
+                    .register(ChannelKey::new(channel_end(from, cfg.attempt), end.clone()))
             })
             .collect();
         let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
@@ -142,7 +202,7 @@ impl Runtime {
                 .targets
                 .iter()
                 .map(|t| {
-                    let key = ChannelKey::new(pe.clone(), t.pe.clone());
+                    let key = ChannelKey::new(end.clone(), channel_end(&t.pe, cfg.attempt));
                     match &t.address {
                         None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
                         Some(a) => {
@@ -162,17 +222,26 @@ impl Runtime {
         let router = Router::new(routes);
         let status = Arc::new(PeStatus::default());
         let st = status.clone();
+        let (triggers, trigger_rx) = mpsc::channel(4);
+        let source = cfg.spec.kind.role() == weir_common::spec::Role::Source;
+        let ckpt = pe::Ckpt {
+            app: cfg.app.clone(),
+            pe: pe.clone(),
+            env: self.ckpt.clone(),
+            restore: cfg.restore.clone(),
+            triggers: trigger_rx,
+        };
         let span = tracing::info_span!("pe", app = %cfg.app, pe = %pe);
         let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
             match cfg.spec.kind.clone() {
                 OperatorKind::Generator(p) => Box::pin(pe::run_generator(
-                    pe.clone(),
                     p,
                     cfg.source_ordinal,
                     cfg.index,
                     cfg.spec.parallelism,
                     router,
                     st,
+                    ckpt,
                 )),
                 OperatorKind::SourceFile(p) => Box::pin(sources::run_file(
                     pe.clone(),
@@ -181,6 +250,7 @@ impl Runtime {
                     cfg.index,
                     router,
                     st,
+                    ckpt,
                 )),
                 OperatorKind::SourceTcp(p) => Box::pin(sources::run_tcp(
                     pe.clone(),
@@ -189,6 +259,7 @@ impl Runtime {
                     cfg.index,
                     router,
                     st,
+                    ckpt,
                 )),
                 _ => {
                     if inputs.is_empty() {
@@ -202,7 +273,7 @@ impl Runtime {
                     let id = pe.clone();
                     Box::pin(async move {
                         match Kernel::build(&id, &spec, index, n, ordinal).await {
-                            Ok(k) => pe::run_consumer(id, k, router, inputs, st).await,
+                            Ok(k) => pe::run_consumer(id, k, router, inputs, st, ckpt).await,
                             Err(e) => {
                                 tracing::error!(pe = %id, error = %e, "PE cannot start");
                                 st.fail(e);
@@ -218,6 +289,9 @@ impl Runtime {
             PeEntry {
                 app: cfg.app,
                 version: cfg.version,
+                attempt: cfg.attempt,
+                source,
+                triggers,
                 status,
                 task,
                 remotes,
@@ -257,7 +331,11 @@ impl Runtime {
             return false;
         };
         let mut found = false;
-        for r in e.remotes.iter().filter(|r| r.key() == key) {
+        for r in e
+            .remotes
+            .iter()
+            .filter(|r| pe_of_end(&r.key().from) == key.from && pe_of_end(&r.key().to) == key.to)
+        {
             r.set_peer(address.to_string());
             found = true;
         }
@@ -278,7 +356,9 @@ impl Runtime {
                 gpu_uuids: vec![],
                 verify: e.status.verify(),
                 version: e.version,
-                ..Default::default()
+                attempt: e.attempt,
+                checkpoints: e.status.pieces(),
+                restore_failed_checkpoint_id: e.status.restore_failed.load(Ordering::Acquire),
             })
             .collect()
     }

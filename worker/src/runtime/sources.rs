@@ -1,5 +1,6 @@
 //! Line sources: `source.file` and `source.tcp`.
 
+use super::pe::Ckpt;
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
 use super::BATCH_RECORDS;
@@ -18,8 +19,29 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Saves a source's position for checkpoint `id` and forwards the barrier.
+async fn checkpoint(
+    pe: &str,
+    ckpt: &Ckpt,
+    router: &mut Router,
+    status: &Arc<PeStatus>,
+    id: u64,
+    position: u64,
+) -> Result<(), String> {
+    let state = if position == 0 {
+        Vec::new()
+    } else {
+        position.to_le_bytes().to_vec()
+    };
+    ckpt.env.save(&ckpt.app, pe, id, state, 0, status).await?;
+    router.barrier(id).await;
+    Ok(())
+}
+
 /// Runs a `source.file` PE. PE 0 reads the file; others of a parallel operator end at
-/// once (a file has one reader; parallelism belongs downstream).
+/// once (a file has one reader; parallelism belongs downstream). Its checkpointed
+/// state is the number of records emitted: restored, it skips that many (the file is
+/// expected not to change underneath).
 pub async fn run_file(
     pe: String,
     p: SourceFileParams,
@@ -27,7 +49,23 @@ pub async fn run_file(
     index: u32,
     mut router: Router,
     status: Arc<PeStatus>,
+    mut ckpt: Ckpt,
 ) {
+    let mut skip = match ckpt.load(&status).await {
+        Ok(Some(b)) => match <[u8; 8]>::try_from(&b[..]) {
+            Ok(pos) => u64::from_le_bytes(pos),
+            Err(_) => {
+                status.fail(format!(
+                    "restoring state: a position is 8 bytes, got {}",
+                    b.len()
+                ));
+                return;
+            }
+        },
+        Ok(None) => 0,
+        Err(()) => return,
+    };
+    let mut position = skip;
     status.set(PeRunState::Running);
     if index == 0 {
         let mut f = match FileSource::open(&p.path, p.format, source) {
@@ -38,8 +76,26 @@ pub async fn run_file(
             }
         };
         loop {
+            while let Ok(id) = ckpt.triggers.try_recv() {
+                if let Err(e) = checkpoint(&pe, &ckpt, &mut router, &status, id, position).await {
+                    status.fail(e);
+                    return;
+                }
+            }
             match f.next_batch(BATCH_RECORDS, now_ms()) {
+                Ok(Some(b)) if skip >= b.len() as u64 => skip -= b.len() as u64,
                 Ok(Some(b)) => {
+                    let b = if skip > 0 {
+                        let mut rest = weir_common::record::BatchBuilder::default();
+                        for r in b.iter().skip(skip as usize) {
+                            rest.push_raw(&r);
+                        }
+                        skip = 0;
+                        rest.finish()
+                    } else {
+                        b
+                    };
+                    position += b.len() as u64;
                     status.gave(&b);
                     router.send(b).await;
                 }
@@ -60,6 +116,10 @@ pub async fn run_file(
 
 /// Runs a `source.tcp` PE: accepts any number of clients sending lines. PE `i` of a
 /// parallel operator listens on the configured port plus `i`.
+///
+/// A TCP client cannot be asked to resend, so this source is at-most-once across a
+/// failure: lines in flight when its region restarts are lost. At checkpoints it only
+/// forwards the barrier.
 pub async fn run_tcp(
     pe: String,
     p: SourceTcpParams,
@@ -67,6 +127,7 @@ pub async fn run_tcp(
     index: u32,
     mut router: Router,
     status: Arc<PeStatus>,
+    mut ckpt: Ckpt,
 ) {
     let addr = match p.listen.rsplit_once(':') {
         Some((host, port)) => match port.parse::<u32>() {
@@ -117,6 +178,18 @@ pub async fn run_tcp(
     loop {
         let line = tokio::select! {
             _ = &mut accept => return,
+            Some(id) = ckpt.triggers.recv() => {
+                if !b.is_empty() {
+                    let batch = b.finish();
+                    status.gave(&batch);
+                    router.send(batch).await;
+                }
+                if let Err(e) = checkpoint(&pe, &ckpt, &mut router, &status, id, 0).await {
+                    status.fail(e);
+                    return;
+                }
+                continue;
+            }
             l = rx.recv() => l,
             // Idle: ship what has arrived so far.
             _ = tokio::time::sleep(Duration::from_millis(20)), if !b.is_empty() => None,

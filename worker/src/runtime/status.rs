@@ -19,7 +19,14 @@ pub struct PeStatus {
     pub bytes_out: AtomicU64,
     message: Mutex<String>,
     verify: Mutex<Option<pb::VerifySummary>>,
+    pieces: Mutex<std::collections::VecDeque<pb::SnapshotPiece>>,
+    /// The checkpoint it could not restore from; 0 for none.
+    pub restore_failed: AtomicU64,
 }
+
+/// Snapshot pieces a PE keeps reporting (the master needs the in-flight one; older
+/// ones only help humans).
+const PIECES_REPORTED: usize = 4;
 
 /// A PE's lifecycle as the worker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +102,31 @@ impl PeStatus {
     pub fn set_verify(&self, v: Option<pb::VerifySummary>) {
         if let Ok(mut m) = self.verify.lock() {
             *m = v;
+        }
+    }
+
+    /// Records the snapshot of a checkpoint (reported until newer ones push it out).
+    pub fn add_piece(&self, p: pb::SnapshotPiece) {
+        if let Ok(mut m) = self.pieces.lock() {
+            m.push_back(p);
+            while m.len() > PIECES_REPORTED {
+                m.pop_front();
+            }
+        }
+    }
+
+    /// The snapshots to report.
+    pub fn pieces(&self) -> Vec<pb::SnapshotPiece> {
+        self.pieces
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishes a message without failing (e.g. how a restore went).
+    pub fn note(&self, what: String) {
+        if let Ok(mut m) = self.message.lock() {
+            *m = what;
         }
     }
 

@@ -1,0 +1,308 @@
+//! Checkpoints and exactly-once recovery from worker loss: one master and in-process
+//! workers on loopback, real gRPC and TCP, snapshots on disk and replicated between
+//! workers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tonic::transport::Channel;
+use weir_proto::v1 as pb;
+use weir_proto::v1::weir_client::WeirClient;
+use weir_tests::{app_detail, eventually_within, start_worker, verify_done, Cluster};
+use weir_worker::node::Worker;
+use weir_worker::ops::generator::BASE_EVENT_TIME_MS;
+
+const RECORDS: u64 = 300_000;
+const KEYS: u64 = 20;
+const WINDOW_MS: i64 = 1000;
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn fast(cfg: &mut weir_master::server::MasterConfig) {
+    cfg.worker_heartbeat = Duration::from_millis(100);
+    cfg.worker_timeout = Duration::from_millis(1500);
+    cfg.reconcile_interval = Duration::from_millis(100);
+}
+
+/// A paced generator into a keyed window whose results go to a file, and an audit of
+/// every generated record.
+fn spec(name: &str, out: &str) -> String {
+    format!(
+        r#"
+name: {name}
+checkpoint_interval_ms: 300
+operators:
+  - {{name: gen, kind: source.generator, parallelism: 2, params: {{count: {RECORDS}, rate: 50000, keys: {KEYS}, payload_bytes: 8}}}}
+  - {{name: win, kind: window.count, parallelism: 2, params: {{size_ms: {WINDOW_MS}}}}}
+  - {{name: out, kind: sink.file, params: {{path: "{out}"}}}}
+  - {{name: audit, kind: sink.verify, params: {{expect: {RECORDS}}}}}
+streams:
+  - {{from: gen, to: win, partitioning: hash}}
+  - {{from: win, to: out, partitioning: round_robin}}
+  - {{from: gen, to: audit, partitioning: round_robin}}
+"#
+    )
+}
+
+async fn submit(client: &mut WeirClient<Channel>, spec: String) {
+    client
+        .submit_app(pb::SubmitAppRequest {
+            spec,
+            format: pb::SpecFormat::Yaml as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn workers_alive(client: &WeirClient<Channel>, n: usize) {
+    eventually_within("workers registered", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let ws = client.list_workers(pb::ListWorkersRequest {}).await.ok()?;
+            let alive = ws
+                .into_inner()
+                .workers
+                .iter()
+                .filter(|w| w.state == pb::WorkerState::Alive as i32)
+                .count();
+            (alive == n).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn checkpoints(client: &mut WeirClient<Channel>, app: &str) -> pb::ListCheckpointsResponse {
+    client
+        .list_checkpoints(pb::ListCheckpointsRequest { app: app.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits for a complete checkpoint newer than `after` whose every piece has a copy on
+/// `replica`; returns it.
+async fn checkpoint_replicated_on(
+    client: &WeirClient<Channel>,
+    app: &str,
+    after: u64,
+    replica: &str,
+) -> pb::CheckpointInfo {
+    eventually_within("a checkpoint replicated", LIMIT, || {
+        let mut client = client.clone();
+        let (app, replica) = (app.to_string(), replica.to_string());
+        async move {
+            let r = checkpoints(&mut client, &app).await;
+            r.checkpoints.into_iter().rev().find(|c| {
+                c.checkpoint_id > after
+                    && !c.pieces.is_empty()
+                    && c.pieces.iter().all(|p| p.replicas.contains(&replica))
+            })
+        }
+    })
+    .await
+}
+
+/// The audit and the window results once every input ended, checked against what the
+/// generator's ids say they must be.
+async fn assert_exact(client: &WeirClient<Channel>, app: &str, out: &std::path::Path) {
+    let summaries = eventually_within("the audit sees every input end", LIMIT, || {
+        let mut client = client.clone();
+        let app = app.to_string();
+        async move {
+            let d = app_detail(&mut client, &app).await?;
+            verify_done(&d, "audit")
+        }
+    })
+    .await;
+    let records: u64 = summaries.iter().map(|s| s.records).sum();
+    let distinct: u64 = summaries.iter().map(|s| s.distinct).sum();
+    let duplicates: u64 = summaries.iter().map(|s| s.duplicates).sum();
+    let missing: u64 = summaries.iter().map(|s| s.missing_below_max).sum();
+    assert_eq!(duplicates, 0, "no record twice");
+    assert_eq!(missing, 0, "no gap");
+    assert_eq!(records, RECORDS, "every record exactly once");
+    assert_eq!(distinct, RECORDS);
+
+    // Window counts from the committed file equal a recomputation from the ids.
+    let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for id in 0..RECORDS {
+        let t = BASE_EVENT_TIME_MS + id as i64;
+        let start = t.div_euclid(WINDOW_MS) * WINDOW_MS;
+        *expected
+            .entry((format!("k{}", id % KEYS), start))
+            .or_default() += 1;
+    }
+    let text = eventually_within("the window results are visible", LIMIT, || {
+        let out = out.to_path_buf();
+        async move {
+            let t = std::fs::read_to_string(&out).ok()?;
+            (t.lines().count() == expected_len()).then_some(t)
+        }
+    })
+    .await;
+    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["key"].as_str().unwrap().to_string(),
+            v["window_start"].as_i64().unwrap(),
+        );
+        let prev = got.insert(key.clone(), v["count"].as_u64().unwrap());
+        assert!(prev.is_none(), "window {key:?} written twice");
+    }
+    assert_eq!(got, expected, "window counts equal the recomputation");
+}
+
+fn expected_len() -> usize {
+    let mut set = std::collections::BTreeSet::new();
+    for id in 0..RECORDS {
+        let t = BASE_EVENT_TIME_MS + id as i64;
+        set.insert((id % KEYS, t.div_euclid(WINDOW_MS)));
+    }
+    set.len()
+}
+
+/// Starts w1 alone so it hosts every PE (source, window and sinks), then `extra` more.
+async fn app_on_first_worker(
+    name: &str,
+    out: &std::path::Path,
+    extra: usize,
+) -> (Cluster, WeirClient<Channel>, Vec<Worker>) {
+    let c = Cluster::start_tuned(1, fast).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let mut workers = vec![start_worker("w1", &masters).await];
+    let mut client = c.client(1).await;
+    workers_alive(&client, 1).await;
+    submit(&mut client, spec(name, out.to_str().unwrap())).await;
+    eventually_within("every PE on w1", LIMIT, || {
+        let mut client = client.clone();
+        let name = name.to_string();
+        async move {
+            let d = app_detail(&mut client, &name).await?;
+            (d.pes.len() == 6 && d.pes.iter().all(|p| p.worker_id == "w1")).then_some(())
+        }
+    })
+    .await;
+    for i in 0..extra {
+        workers.push(start_worker(&format!("w{}", i + 2), &masters).await);
+    }
+    workers_alive(&client, 1 + extra).await;
+    (c, client, workers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_worker_of_source_window_and_sinks_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let (c, mut client, mut workers) = app_on_first_worker("ck1", &out, 2).await;
+    let ck = checkpoint_replicated_on(&client, "ck1", 0, "w2").await;
+    assert!(ck.size_bytes > 0);
+    // Kill the worker running everything mid-stream.
+    let audit = app_detail(&mut client, "ck1").await.unwrap();
+    let seen: u64 = audit
+        .pes
+        .iter()
+        .filter_map(|p| p.verify)
+        .map(|v| v.records)
+        .sum();
+    assert!(seen < RECORDS, "killed mid-stream ({seen} seen)");
+    workers.remove(0).stop().await;
+
+    assert_exact(&client, "ck1", &out).await;
+    let r = checkpoints(&mut client, "ck1").await;
+    let rec = r.recoveries.first().expect("a recovery is recorded");
+    assert!(rec.reason.contains("worker w1 lost"), "{}", rec.reason);
+    assert!(rec.checkpoint_id >= ck.checkpoint_id, "{rec:?}");
+    assert_eq!(rec.operators.len(), 4, "the whole region restarts: {rec:?}");
+    let d = app_detail(&mut client, "ck1").await.unwrap();
+    assert!(d.pes.iter().all(|p| p.worker_id != "w1"));
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_killed_one_after_the_other_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let (c, client, mut workers) = app_on_first_worker("ck2", &out, 1).await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let first = checkpoint_replicated_on(&client, "ck2", 0, "w2").await;
+    workers.remove(0).stop().await; // w1: everything moves to w2
+    eventually_within("recovered onto w2", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck2").await;
+            let d = app_detail(&mut client, "ck2").await?;
+            (!r.recoveries.is_empty() && d.pes.iter().all(|p| p.worker_id == "w2")).then_some(())
+        }
+    })
+    .await;
+    workers.push(start_worker("w3", &masters).await);
+    // A checkpoint after the recovery, replicated to the newcomer, then w2 goes too.
+    let second = checkpoint_replicated_on(&client, "ck2", first.checkpoint_id, "w3").await;
+    assert!(second.pieces.iter().all(|p| p.replicas[0] == "w2"));
+    workers.remove(0).stop().await; // w2
+    assert_exact(&client, "ck2", &out).await;
+    let r = checkpoints(&mut client.clone(), "ck2").await;
+    assert!(r.recoveries.len() >= 2, "{:?}", r.recoveries);
+    assert!(r
+        .recoveries
+        .iter()
+        .any(|x| x.checkpoint_id >= second.checkpoint_id));
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_checkpoint_falls_back_to_the_previous_one_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let (c, mut client, mut workers) = app_on_first_worker("ck3", &out, 1).await;
+    let first = checkpoint_replicated_on(&client, "ck3", 0, "w2").await;
+    checkpoint_replicated_on(&client, "ck3", first.checkpoint_id, "w2").await;
+    workers.remove(0).stop().await; // w1: its copies are gone; w2 holds the replicas
+    let store = workers[0].store.clone(); // w2's
+                                          // Damage w2's copy of the newest complete checkpoint until w1 is declared lost (no
+                                          // checkpoint completes after that), so recovery cannot use it.
+    let damaged = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    eventually_within("w1 declared lost", LIMIT, || {
+        let mut client = client.clone();
+        let (damaged, w2) = (damaged.clone(), store.clone());
+        async move {
+            let r = checkpoints(&mut client, "ck3").await;
+            if let Some(ck) = r.checkpoints.last() {
+                if damaged.lock().unwrap().insert(ck.checkpoint_id) {
+                    for p in &ck.pieces {
+                        let path = w2.path("ck3", &p.pe, ck.checkpoint_id).unwrap();
+                        let mut bytes = std::fs::read(&path).unwrap();
+                        let last = bytes.len() - 1;
+                        bytes[last] ^= 0xff;
+                        std::fs::write(&path, bytes).unwrap();
+                    }
+                }
+            }
+            (!r.recoveries.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert_exact(&client, "ck3", &out).await;
+    let r = checkpoints(&mut client, "ck3").await;
+    let fallback = r
+        .recoveries
+        .iter()
+        .find(|x| x.reason.contains("unreadable"))
+        .unwrap_or_else(|| panic!("no fallback recorded: {:?}", r.recoveries));
+    let damaged = damaged.lock().unwrap().clone();
+    assert!(
+        !damaged.contains(&fallback.checkpoint_id),
+        "{fallback:?} uses a damaged checkpoint ({damaged:?})"
+    );
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}

@@ -1,0 +1,201 @@
+//! What PEs need to take part in checkpoints: saving a snapshot (locally, then
+//! replicated to peers), loading one at a restore, and learning which checkpoints of
+//! their app completed.
+//!
+//! A PE saves its snapshot when the barrier has arrived on all its inputs, and forwards
+//! the barrier as soon as the local copy is durable; replication runs in the background
+//! and the piece is reported (to the master, through heartbeats) only once it has its
+//! replicas, so a checkpoint is never complete while a single worker loss could lose
+//! part of it.
+
+use super::status::PeStatus;
+use crate::checkpoint::replicate::{fetch, Replicator};
+use crate::checkpoint::store::SnapshotStore;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use weir_proto::v1 as pb;
+
+/// Complete checkpoints whose snapshots a worker keeps per app (the master keeps as
+/// many; a restore only ever uses one of them).
+const KEEP: usize = 3;
+
+/// Per app: the latest complete checkpoint (watched by its PEs) and the last few.
+type Completed = HashMap<String, (watch::Sender<u64>, VecDeque<u64>)>;
+
+/// A snapshot loaded for a restore.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The state.
+    pub bytes: Bytes,
+    /// Where it came from, and every damaged or missing copy skipped, for humans.
+    pub note: String,
+}
+
+/// Checkpoint services shared by the PEs of one worker.
+pub struct CheckpointEnv {
+    worker_id: String,
+    store: Arc<SnapshotStore>,
+    replicator: Arc<Replicator>,
+    completed: Mutex<Completed>,
+}
+
+impl CheckpointEnv {
+    /// The services of worker `worker_id`.
+    pub fn new(worker_id: String, store: Arc<SnapshotStore>, replicator: Arc<Replicator>) -> Self {
+        Self {
+            worker_id,
+            store,
+            replicator,
+            completed: Mutex::default(),
+        }
+    }
+
+    /// The snapshot store.
+    pub fn store(&self) -> &Arc<SnapshotStore> {
+        &self.store
+    }
+
+    /// Where snapshots are replicated.
+    pub fn replicator(&self) -> &Arc<Replicator> {
+        &self.replicator
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Completed> {
+        self.completed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest complete checkpoint of `app`, as it changes.
+    pub fn completed(&self, app: &str) -> watch::Receiver<u64> {
+        self.lock()
+            .entry(app.to_string())
+            .or_insert_with(|| (watch::channel(0).0, VecDeque::new()))
+            .0
+            .subscribe()
+    }
+
+    /// Takes in what a heartbeat answer says: peers, replication factor, and the latest
+    /// complete checkpoint per app (PEs commit output up to it; older snapshots go).
+    pub fn on_heartbeat(&self, r: &pb::HeartbeatResponse) {
+        self.replicator.set_peers(r.peers.clone());
+        if r.checkpoint_replicas > 0 {
+            self.replicator.set_replicas(r.checkpoint_replicas);
+        }
+        let mut gc = Vec::new();
+        {
+            let mut m = self.lock();
+            for (app, id) in &r.completed_checkpoints {
+                let (tx, history) = m
+                    .entry(app.clone())
+                    .or_insert_with(|| (watch::channel(0).0, VecDeque::new()));
+                if history.back().is_some_and(|last| last >= id) {
+                    continue;
+                }
+                history.push_back(*id);
+                while history.len() > KEEP {
+                    history.pop_front();
+                }
+                tx.send_replace(*id);
+                if let Some(oldest) = history.front() {
+                    gc.push((app.clone(), *oldest));
+                }
+            }
+        }
+        if !gc.is_empty() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                for (app, keep_from) in gc {
+                    if let Err(e) = store.gc_app(&app, keep_from) {
+                        tracing::warn!(%app, error = %e, "snapshot garbage collection failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Saves the snapshot of `pe` at checkpoint `id`: durable locally before this
+    /// returns, replicated in the background; the piece shows in `status` once it has
+    /// its replicas. An empty snapshot (a PE without state) stores nothing.
+    pub async fn save(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        bytes: Vec<u8>,
+        alignment_ms: u64,
+        status: &Arc<PeStatus>,
+    ) -> Result<(), String> {
+        if bytes.is_empty() {
+            status.add_piece(pb::SnapshotPiece {
+                checkpoint_id: id,
+                alignment_ms,
+                ..Default::default()
+            });
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let bytes = Bytes::from(bytes);
+        let stored = {
+            let (s, a, p, b) = (
+                self.store.clone(),
+                app.to_string(),
+                pe.to_string(),
+                bytes.clone(),
+            );
+            tokio::task::spawn_blocking(move || s.put(&a, &p, id, &b))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
+        };
+        let (rep, me, st) = (
+            self.replicator.clone(),
+            self.worker_id.clone(),
+            status.clone(),
+        );
+        let (app, pe) = (app.to_string(), pe.to_string());
+        tokio::spawn(async move {
+            let mut replicas = vec![me];
+            replicas.extend(rep.replicate(&app, &pe, id, bytes).await);
+            st.add_piece(pb::SnapshotPiece {
+                checkpoint_id: id,
+                size_bytes: stored.size,
+                crc32c: stored.crc32c,
+                replicas,
+                alignment_ms,
+                store_ms: t0.elapsed().as_millis() as u64,
+            });
+        });
+        Ok(())
+    }
+
+    /// Loads the snapshot of `pe` at checkpoint `id` from this worker or the given
+    /// locations. `Ok(None)`: the PE had no state in that checkpoint.
+    pub async fn load(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        from: &[pb::SnapshotLocation],
+    ) -> Result<Option<Loaded>, String> {
+        if id == 0 || from.is_empty() {
+            return Ok(None);
+        }
+        match fetch(&self.store, &self.worker_id, app, pe, id, from).await {
+            Ok(f) => {
+                let mut note = format!("restored from checkpoint {id} (copy on {})", f.from);
+                if !f.problems.is_empty() {
+                    note.push_str("; skipped: ");
+                    note.push_str(&f.problems.join("; "));
+                    tracing::warn!(%app, %pe, checkpoint = id, problems = ?f.problems, "damaged snapshot copies skipped");
+                }
+                Ok(Some(Loaded {
+                    bytes: f.bytes,
+                    note,
+                }))
+            }
+            Err(e) => Err(format!("checkpoint {id}: {e}")),
+        }
+    }
+}
