@@ -306,3 +306,68 @@ async fn an_unreadable_checkpoint_falls_back_to_the_previous_one_and_says_so() {
     }
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_during_a_checkpoint_never_half_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let mut c = Cluster::start_tuned(3, fast).await;
+    let leader = c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let mut workers = Vec::new();
+    for id in ["w1", "w2"] {
+        workers.push(start_worker(id, &masters).await);
+    }
+    let mut client = c.client(c.other_than(leader)).await;
+    workers_alive(&client, 2).await;
+    submit(&mut client, spec("ck4", out.to_str().unwrap())).await;
+    let before = eventually_within("two checkpoints, one in flight", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck4").await;
+            (r.checkpoints.len() >= 2 && r.in_flight_id != 0).then_some(r)
+        }
+    })
+    .await;
+    c.kill(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let mut client = c.client(new_leader).await;
+    // The checkpoint in flight at the kill is completed or abandoned; a later one
+    // completes under the new leader.
+    let after = eventually_within("a checkpoint under the new leader", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck4").await;
+            r.checkpoints
+                .last()
+                .is_some_and(|ck| ck.checkpoint_id > before.in_flight_id)
+                .then_some(r)
+        }
+    })
+    .await;
+    // Every complete checkpoint names the snapshot of every PE with state: the two
+    // generators, the two windows and both sinks.
+    for ck in &after.checkpoints {
+        assert_eq!(
+            ck.pieces.len(),
+            6,
+            "checkpoint {} is whole: {ck:?}",
+            ck.checkpoint_id
+        );
+        assert!(ck
+            .pieces
+            .iter()
+            .all(|p| p.size_bytes > 0 && p.replicas.len() == 2));
+    }
+    // The other running master answers the same (it forwards to the leader).
+    let other = c.other_than(new_leader);
+    let theirs = checkpoints(&mut c.client(other).await, "ck4").await;
+    assert_eq!(theirs.checkpoints.len(), after.checkpoints.len());
+    assert_exact(&client, "ck4", &out).await;
+    assert!(checkpoints(&mut client, "ck4").await.recoveries.is_empty());
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
