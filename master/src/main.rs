@@ -40,6 +40,13 @@ struct Args {
     /// A worker silent this long (ms) is marked lost.
     #[arg(long, env = "WEIR_WORKER_TIMEOUT_MS", default_value_t = 3000)]
     worker_timeout_ms: u64,
+    /// Default checkpoint interval of apps (ms; an app's `checkpoint_interval_ms`
+    /// overrides it; 0 turns default checkpoints off).
+    #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
+    checkpoint_interval_ms: u64,
+    /// Copies of every checkpoint snapshot, the taking worker's included.
+    #[arg(long, env = "WEIR_CHECKPOINT_REPLICAS", default_value_t = 2)]
+    checkpoint_replicas: u32,
     /// Cluster id; masters and workers of other clusters are refused.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
     cluster_id: String,
@@ -98,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.node.cluster_id = args.cluster_id;
     cfg.metrics_listen = args.metrics_listen;
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
+    cfg.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
     let master = Master::start(cfg, args.listen).await?;
     tracing::info!(node = id, addr = %master.addr, metrics = ?master.metrics_addr, "weir-master up");
     tokio::signal::ctrl_c().await?;

@@ -87,17 +87,12 @@ impl Filter {
         Self { p: p.clone() }
     }
 
-    /// Keeps the records that pass.
+    /// Keeps the records that pass, copying their encoded bytes as they are (a
+    /// record that passes is not decoded beyond the one field tested).
     pub fn apply(&self, batch: &Batch) -> Batch {
         map_batch(batch, |r, out| {
             if compare(r.field(&self.p.field).as_ref(), self.p.op, &self.p.value) {
-                let _ = out.push(
-                    r.source,
-                    r.seq,
-                    r.event_time_ms,
-                    r.key,
-                    r.fields().collect::<Vec<_>>().iter().map(|(n, v)| (*n, v)),
-                );
+                out.push_raw(r);
             }
         })
     }
