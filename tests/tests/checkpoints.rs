@@ -371,3 +371,104 @@ async fn a_leader_killed_during_a_checkpoint_never_half_records_it() {
     }
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_region_of_the_lost_worker_restarts() {
+    let c = Cluster::start_tuned(1, fast).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let mut workers = vec![
+        start_worker("w1", &masters).await,
+        start_worker("w2", &masters).await,
+    ];
+    let mut client = c.client(1).await;
+    workers_alive(&client, 2).await;
+    // Two independent branches; each needs 5 of a worker's 8 cores, so they land on
+    // different workers.
+    let branch = |n: u32| {
+        format!(
+            r#"
+  - {{name: gen{n}, kind: source.generator, resources: {{cpu: 2.5}}, params: {{count: {RECORDS}, rate: 50000, keys: 10, payload_bytes: 8}}}}
+  - {{name: audit{n}, kind: sink.verify, resources: {{cpu: 2.5}}, params: {{expect: {RECORDS}}}}}"#
+        )
+    };
+    let spec = format!(
+        "name: ck5\ncheckpoint_interval_ms: 300\noperators:{}{}\nstreams:\n  - {{from: gen1, to: audit1}}\n  - {{from: gen2, to: audit2}}\n",
+        branch(1),
+        branch(2)
+    );
+    submit(&mut client, spec).await;
+    let d = eventually_within("both branches running", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let d = app_detail(&mut client, "ck5").await?;
+            (d.pes.len() == 4 && d.pes.iter().all(|p| p.state == pb::PeState::Running as i32))
+                .then_some(d)
+        }
+    })
+    .await;
+    let host = |d: &pb::AppDetail, op: &str| {
+        d.pes
+            .iter()
+            .find(|p| p.pe.as_ref().unwrap().operator == op)
+            .unwrap()
+            .worker_id
+            .clone()
+    };
+    let (h1, h2) = (host(&d, "gen1"), host(&d, "gen2"));
+    assert_ne!(h1, h2, "the branches are on different workers");
+    assert_eq!(host(&d, "audit2"), h2);
+    workers.push(start_worker("w3", &masters).await);
+    workers_alive(&client, 3).await;
+    eventually_within("a checkpoint with two copies of every piece", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck5").await;
+            r.checkpoints
+                .last()
+                .filter(|c| c.pieces.len() == 4 && c.pieces.iter().all(|p| p.replicas.len() == 2))
+                .map(|_| ())
+        }
+    })
+    .await;
+    let victim = workers.iter().position(|w| {
+        w.agent_status().registered && {
+            w.runtime.report().iter().any(|p| p.pe.starts_with("gen1@"))
+        }
+    });
+    let victim = workers.remove(victim.expect("the worker of gen1"));
+    victim.stop().await;
+    // Branch 1 recovers; branch 2 was never restarted (still attempt 0, same PEs).
+    for op in ["audit1", "audit2"] {
+        let vs = eventually_within("both audits complete", LIMIT, || {
+            let mut client = client.clone();
+            async move {
+                let d = app_detail(&mut client, "ck5").await?;
+                verify_done(&d, op)
+            }
+        })
+        .await;
+        let v = vs[0];
+        assert_eq!(
+            (v.records, v.distinct, v.duplicates),
+            (RECORDS, RECORDS, 0),
+            "{op}"
+        );
+    }
+    let r = checkpoints(&mut client, "ck5").await;
+    assert_eq!(r.recoveries.len(), 1, "{:?}", r.recoveries);
+    assert_eq!(r.recoveries[0].operators, vec!["audit1", "gen1"]);
+    let survivor = workers
+        .iter()
+        .find(|w| w.runtime.report().iter().any(|p| p.pe.starts_with("gen2@")))
+        .expect("branch 2 still where it was");
+    for p in survivor.runtime.report() {
+        if p.pe.starts_with("gen2@") || p.pe.starts_with("audit2@") {
+            assert_eq!(p.attempt, 0, "{} was never restarted", p.pe);
+        }
+    }
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
