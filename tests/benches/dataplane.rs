@@ -56,6 +56,7 @@ fn pe(
             .unwrap_or_default(),
         attempt: 0,
         restore: None,
+        gpus: vec![],
     }
 }
 

@@ -170,6 +170,7 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
         attempt: r.attempt,
         restore: (r.restore_checkpoint_id != 0)
             .then(|| (r.restore_checkpoint_id, r.restore_from.clone())),
+        gpus: r.gpu_uuids.clone(),
     })
 }
 

@@ -68,7 +68,7 @@ pub fn app_detail(
                 stats: report.and_then(|r| r.stats),
                 message: report.map(|r| r.message.clone()).unwrap_or_default(),
                 verify: report.and_then(|r| r.verify),
-                gpu_uuids: report.map(|r| r.gpu_uuids.clone()).unwrap_or_default(),
+                gpu_uuids: a.gpus.get(p.id.as_str()).cloned().unwrap_or_default(),
                 worker_id: worker,
             }
         })

@@ -328,7 +328,7 @@ impl Weir for WeirService {
                         let _ = send(app_state_event(Some(state), AppState::Cancelled), version);
                         false
                     }
-                    Command::SetPlacement { app, placement } if *app == name => {
+                    Command::SetPlacement { app, placement, .. } if *app == name => {
                         send(placement_event(placement), version)
                     }
                     Command::Recover {

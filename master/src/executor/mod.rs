@@ -170,6 +170,7 @@ impl Executor {
                     reason: r.reason,
                     at_ms: crate::api::now_ms(),
                     drop_checkpoint: r.drop_checkpoint,
+                    gpus: r.gpus,
                 })
                 .await
             {
@@ -192,6 +193,7 @@ impl Executor {
                 .write(Command::SetPlacement {
                     app: app.clone(),
                     placement,
+                    gpus: actions.gpus.get(&app).cloned().unwrap_or_default(),
                 })
                 .await
             {

@@ -38,6 +38,9 @@ pub struct SeenPe {
     pub message: String,
 }
 
+/// PE id -> GPU UUIDs, one per requested slice.
+pub type Gpus = BTreeMap<String, Vec<String>>;
+
 /// A region to restart (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryAction {
@@ -53,6 +56,8 @@ pub struct RecoveryAction {
     pub reason: String,
     /// A checkpoint found unreadable, to forget.
     pub drop_checkpoint: Option<u64>,
+    /// GPUs of the PEs placed anew.
+    pub gpus: Gpus,
 }
 
 /// Recoveries of one app closer together than this wait (a PE that fails on every
@@ -64,6 +69,8 @@ pub const RECOVERY_GAP_MS: u64 = 500;
 pub struct Actions {
     /// New placements to commit, per app (the whole map of the app).
     pub placements: Vec<(String, BTreeMap<String, String>)>,
+    /// The GPUs of PEs placed anew, per app (parallel to `placements`).
+    pub gpus: BTreeMap<String, Gpus>,
     /// Apps that cannot be placed now, and why.
     pub unplaceable: Vec<(String, String)>,
     /// PEs to deploy: (app, PE, worker).
@@ -84,8 +91,18 @@ fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
 /// Free capacity of every alive worker, after what live apps already place on it.
 pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
     let mut used: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
+    let mut gpu_used: BTreeMap<&str, u64> = BTreeMap::new();
     for app in state.apps.values().filter(|a| a.state.is_live()) {
         let spec = &app.current().spec;
+        for (pe, uuids) in &app.gpus {
+            let per_slice = spec
+                .operator(op_of(pe))
+                .and_then(|o| o.resources.gpu.as_ref())
+                .map_or(0, |g| g.memory_mb);
+            for u in uuids {
+                *gpu_used.entry(u.as_str()).or_default() += per_slice;
+            }
+        }
         for (pe, w) in &app.placement {
             let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
             if let Some(o) = spec.operator(op) {
@@ -118,7 +135,9 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                     .map(|g| GpuSlot {
                         uuid: g.uuid.clone(),
                         vendor: parse(VENDORS, &g.vendor).unwrap_or(Vendor::Any),
-                        memory_free_mb: g.memory_total_mb,
+                        memory_free_mb: g
+                            .memory_total_mb
+                            .saturating_sub(gpu_used.get(g.uuid.as_str()).copied().unwrap_or(0)),
                     })
                     .collect(),
             }
@@ -133,13 +152,14 @@ fn alive(state: &ClusterState, worker: &str) -> bool {
         .is_some_and(|w| w.state == WorkerState::Alive)
 }
 
-/// A new placement for `app` when some PE lacks an alive worker; `None` when its
-/// placement is complete. `Err` says why it cannot be placed.
+/// A new placement for `app` when some PE lacks an alive worker, with the GPUs of the
+/// PEs placed anew; `None` when its placement is complete. `Err` says why it cannot be
+/// placed.
 fn replace(
     state: &ClusterState,
     app: &AppRecord,
     free: &mut [WorkerCapacity],
-) -> Result<Option<BTreeMap<String, String>>, String> {
+) -> Result<Option<(BTreeMap<String, String>, Gpus)>, String> {
     let requests = requests_for(&app.current().spec);
     let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
     let mut pending: Vec<PeRequest> = Vec::new();
@@ -160,16 +180,26 @@ fn replace(
         .into_iter()
         .map(|(pe, w)| (pe.to_string(), w))
         .collect();
+    let mut gpus = Gpus::new();
     for (pe, a) in placed {
         if let Some(w) = free.iter_mut().find(|w| w.id == a.worker) {
             if let Some(r) = pending.iter().find(|r| r.pe == pe) {
                 w.cpu_free -= r.cpu;
                 w.memory_free_mb = w.memory_free_mb.saturating_sub(r.memory_mb);
+                let per_slice = r.gpu.as_ref().map_or(0, |g| g.memory_mb);
+                for u in &a.gpus {
+                    if let Some(slot) = w.gpus.iter_mut().find(|g| &g.uuid == u) {
+                        slot.memory_free_mb = slot.memory_free_mb.saturating_sub(per_slice);
+                    }
+                }
             }
+        }
+        if !a.gpus.is_empty() {
+            gpus.insert(pe.to_string(), a.gpus);
         }
         out.insert(pe.to_string(), a.worker);
     }
-    Ok(Some(out))
+    Ok(Some((out, gpus)))
 }
 
 fn op_of(pe: &str) -> &str {
@@ -289,22 +319,30 @@ pub fn reconcile(
                     .find(|id| bad.is_none_or(|b| *id < b))
                     .unwrap_or(0);
                 match replace(state, app, &mut free) {
-                    Ok(p) => actions.recoveries.push(RecoveryAction {
-                        app: app.name.clone(),
-                        operators: region_of(app, &ops),
-                        checkpoint_id,
-                        placement: p.unwrap_or_else(|| app.placement.clone()),
-                        reason: why.join("; "),
-                        drop_checkpoint: bad,
-                    }),
+                    Ok(p) => {
+                        let (placement, gpus) =
+                            p.unwrap_or_else(|| (app.placement.clone(), Gpus::new()));
+                        actions.recoveries.push(RecoveryAction {
+                            app: app.name.clone(),
+                            operators: region_of(app, &ops),
+                            checkpoint_id,
+                            placement,
+                            reason: why.join("; "),
+                            drop_checkpoint: bad,
+                            gpus,
+                        })
+                    }
                     Err(e) => actions.unplaceable.push((app.name.clone(), e)),
                 }
                 continue;
             }
         }
         match replace(state, app, &mut free) {
-            Ok(Some(p)) => {
+            Ok(Some((p, gpus))) => {
                 replaced.insert(&app.name);
+                if !gpus.is_empty() {
+                    actions.gpus.insert(app.name.clone(), gpus);
+                }
                 actions.placements.push((app.name.clone(), p));
             }
             Ok(None) => {}

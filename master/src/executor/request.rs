@@ -72,7 +72,7 @@ pub fn deploy_pe(
             memory_mb: spec.resources.memory_mb,
             ..Default::default()
         }),
-        gpu_uuids: vec![],
+        gpu_uuids: app.gpus.get(pe).cloned().unwrap_or_default(),
         pe_addresses,
         restore_from_address: String::new(),
         inputs,

@@ -63,7 +63,13 @@ fn place(s: &mut ClusterState) {
     let a = reconcile(s, &BTreeMap::new(), NOW);
     assert_eq!(a.placements.len(), 1);
     let (app, placement) = a.placements[0].clone();
-    s.apply(&Command::SetPlacement { app, placement }).unwrap();
+    let gpus = a.gpus.get(&app).cloned().unwrap_or_default();
+    s.apply(&Command::SetPlacement {
+        app,
+        placement,
+        gpus,
+    })
+    .unwrap();
 }
 
 #[test]
@@ -122,6 +128,7 @@ fn recover(s: &mut ClusterState, r: &crate::executor::reconcile::RecoveryAction)
         reason: r.reason.clone(),
         at_ms: NOW,
         drop_checkpoint: r.drop_checkpoint,
+        gpus: r.gpus.clone(),
     })
     .unwrap();
 }
@@ -321,4 +328,69 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
         pb::CommandHeader::default()
     )
     .is_none());
+}
+
+#[test]
+fn gpu_allocations_are_kept_and_deducted_across_apps() {
+    let mut s = ClusterState::default();
+    let mut w = worker("g1");
+    w.gpus = vec![crate::state::GpuRecord {
+        uuid: "GPU-a".into(),
+        vendor: "nvidia".into(),
+        model: "h200".into(),
+        memory_total_mb: 100_000,
+        declared: true,
+    }];
+    s.apply(&Command::RegisterWorker { worker: w }).unwrap();
+    let gpu_app = |name: &str| {
+        format!(
+            "name: {name}\noperators:\n  - {{name: src, kind: source.tcp, params: {{listen: 127.0.0.1:9}}}}\n  - {{name: infer, kind: exec, params: {{command: [cat]}}, resources: {{gpu: {{count: 1, memory_mb: 60000}}}}}}\n  - {{name: out, kind: sink.null}}\nstreams:\n  - {{from: src, to: infer}}\n  - {{from: infer, to: out}}\n"
+        )
+    };
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let text = gpu_app(name);
+        s.apply(&Command::SubmitApp {
+            spec: parse_app(&text, SpecFormat::Yaml).unwrap(),
+            spec_text: text,
+            at_ms: i as u64,
+        })
+        .unwrap();
+    }
+    // Both apps want 60 GB of the one 100 GB device: only one of them fits.
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    assert_eq!(a.placements.len(), 1, "{a:?}");
+    assert_eq!(a.unplaceable.len(), 1, "{a:?}");
+    let (app, placement) = a.placements[0].clone();
+    let gpus = a.gpus[&app].clone();
+    let infer = &placement
+        .keys()
+        .find(|p| p.starts_with("infer@"))
+        .unwrap()
+        .clone();
+    assert_eq!(gpus[infer], vec!["GPU-a".to_string()]);
+    s.apply(&Command::SetPlacement {
+        app: app.clone(),
+        placement,
+        gpus,
+    })
+    .unwrap();
+    assert_eq!(s.apps[&app].gpus[infer], vec!["GPU-a".to_string()]);
+    // Committed, the allocation stays deducted: the other app still does not fit, and
+    // the deploy carries the device.
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    assert!(a.placements.is_empty(), "{a:?}");
+    assert_eq!(a.unplaceable.len(), 1);
+    let rec = &s.apps[&app];
+    let model = PhysicalModel::expand(&rec.current().spec);
+    let req = deploy_pe(rec, &model, infer, &s.workers, Default::default()).unwrap();
+    assert_eq!(req.gpu_uuids, vec!["GPU-a".to_string()]);
+    // Cancelling it frees the device for the other app.
+    s.apply(&Command::CancelApp {
+        name: app.clone(),
+        at_ms: 9,
+    })
+    .unwrap();
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    assert_eq!(a.placements.len(), 1, "{a:?}");
+    assert_ne!(a.placements[0].0, app);
 }

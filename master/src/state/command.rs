@@ -43,6 +43,9 @@ pub enum Command {
         app: String,
         /// PE id -> worker id; replaces the previous placement.
         placement: BTreeMap<String, String>,
+        /// PE id -> GPU UUIDs for PEs placed anew with GPUs (kept PEs keep theirs).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        gpus: BTreeMap<String, Vec<String>>,
     },
     /// The leader triggers checkpoint `id` of an app.
     BeginCheckpoint {
@@ -92,6 +95,9 @@ pub enum Command {
         /// picks it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         drop_checkpoint: Option<u64>,
+        /// PE id -> GPU UUIDs for PEs placed anew with GPUs.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        gpus: BTreeMap<String, Vec<String>>,
     },
     /// Nothing: used to commit a read barrier or a leader's first entry.
     Noop,
@@ -174,7 +180,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                 return Err(CommandError::WorkerNotFound(id.clone()));
             }
         }
-        Command::SetPlacement { app, placement } => check_placement(s, app, placement)?,
+        Command::SetPlacement { app, placement, .. } => check_placement(s, app, placement)?,
         Command::BeginCheckpoint { app, id, .. } => {
             let ck = &live_app(s, app)?.checkpoints;
             if *id <= ck.last_id {
@@ -284,6 +290,23 @@ fn check_placement(
     Ok(())
 }
 
+/// GPUs of PEs that stayed put are kept; moved or gone PEs release theirs; `new` adds
+/// the allocations of PEs placed anew.
+fn set_gpus(
+    rec: &mut AppRecord,
+    before: &BTreeMap<String, String>,
+    new: &BTreeMap<String, Vec<String>>,
+) {
+    let placement = &rec.placement;
+    rec.gpus
+        .retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
+    for (pe, uuids) in new {
+        if placement.contains_key(pe) && !uuids.is_empty() {
+            rec.gpus.insert(pe.clone(), uuids.clone());
+        }
+    }
+}
+
 /// Records the incarnation of the worker of every PE placed anew or moved.
 fn note_incarnations(
     workers: &BTreeMap<String, WorkerRecord>,
@@ -328,6 +351,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     cancelled_at_ms: None,
                     placement: BTreeMap::new(),
                     checkpoints: AppCheckpoints::default(),
+                    gpus: BTreeMap::new(),
                 },
             );
             Response::AppVersion {
@@ -340,6 +364,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             app.state = AppState::Cancelled;
             app.cancelled_at_ms = Some(*at_ms);
             app.placement.clear();
+            app.gpus.clear();
             if let Some(t) = s.tenants.get_mut(&app.tenant) {
                 t.apps = t.apps.saturating_sub(1);
             }
@@ -362,9 +387,14 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             }
             Response::Done
         }
-        Command::SetPlacement { app, placement } => {
+        Command::SetPlacement {
+            app,
+            placement,
+            gpus,
+        } => {
             let rec = s.apps.get_mut(app).expect("checked");
             let before = std::mem::replace(&mut rec.placement, placement.clone());
+            set_gpus(rec, &before, gpus);
             note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
             if rec.state == AppState::Submitted && !placement.is_empty() {
                 rec.state = AppState::Running;
@@ -412,9 +442,11 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             reason,
             at_ms,
             drop_checkpoint,
+            gpus,
         } => {
             let rec = s.apps.get_mut(app).expect("checked");
-            rec.placement = placement.clone();
+            let before = std::mem::replace(&mut rec.placement, placement.clone());
+            set_gpus(rec, &before, gpus);
             let ck = &mut rec.checkpoints;
             if let Some(bad) = drop_checkpoint {
                 ck.complete.retain(|c| c.id != *bad);

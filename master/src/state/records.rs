@@ -50,6 +50,10 @@ pub struct AppRecord {
     /// Checkpoints and recoveries.
     #[serde(default)]
     pub checkpoints: AppCheckpoints,
+    /// The GPUs allocated to each PE placed with GPUs: device UUIDs, one per requested
+    /// slice. Kept in Raft so every leader deducts them from the devices' free memory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpus: BTreeMap<String, Vec<String>>,
 }
 
 /// How many complete checkpoints an app keeps (older ones are forgotten and their

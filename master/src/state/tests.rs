@@ -118,6 +118,7 @@ fn placement_must_name_real_pes_and_alive_workers() {
     let place = |pe: &str, w: &str| Command::SetPlacement {
         app: "clickstream".into(),
         placement: [(pe.to_string(), w.to_string())].into(),
+        gpus: Default::default(),
     };
     let before = s.clone();
     assert!(matches!(

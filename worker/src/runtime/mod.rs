@@ -80,6 +80,8 @@ pub struct PeConfig {
     /// The checkpoint to restore from and where its snapshot is; `None` for empty
     /// state.
     pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+    /// UUIDs of the GPUs allocated to it (one per requested slice); empty without.
+    pub gpus: Vec<String>,
 }
 
 /// The name of PE `pe`'s end of channels under `attempt`.
@@ -104,6 +106,7 @@ struct PeEntry {
     app: String,
     version: u64,
     attempt: u64,
+    gpus: Vec<String>,
     source: bool,
     triggers: mpsc::Sender<u64>,
     status: Arc<PeStatus>,
@@ -290,6 +293,7 @@ impl Runtime {
                 app: cfg.app,
                 version: cfg.version,
                 attempt: cfg.attempt,
+                gpus: cfg.gpus,
                 source,
                 triggers,
                 status,
@@ -353,7 +357,7 @@ impl Runtime {
                 stats: Some(stats_of(e, true)),
                 last_checkpoint_id: 0,
                 message: e.status.message(),
-                gpu_uuids: vec![],
+                gpu_uuids: e.gpus.clone(),
                 verify: e.status.verify(),
                 version: e.version,
                 attempt: e.attempt,
