@@ -41,6 +41,9 @@ pub struct SeenPe {
 /// PE id -> GPU UUIDs, one per requested slice.
 pub type Gpus = BTreeMap<String, Vec<String>>;
 
+/// PE id -> worker id.
+pub type Placement = BTreeMap<String, String>;
+
 /// A region to restart (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecoveryAction {
@@ -159,7 +162,7 @@ fn replace(
     state: &ClusterState,
     app: &AppRecord,
     free: &mut [WorkerCapacity],
-) -> Result<Option<(BTreeMap<String, String>, Gpus)>, String> {
+) -> Result<Option<(Placement, Gpus)>, String> {
     let requests = requests_for(&app.current().spec);
     let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
     let mut pending: Vec<PeRequest> = Vec::new();
