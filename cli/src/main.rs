@@ -4,6 +4,7 @@
 //! validator and planner the master runs.
 
 mod demo;
+mod health;
 mod offline;
 mod online;
 
@@ -115,6 +116,21 @@ enum Command {
     },
     /// List workers with their resources and GPUs.
     Workers,
+    /// Check that a master or worker serves (its gRPC health service), once.
+    ///
+    /// Exits 0 when it reports SERVING, 1 otherwise (unreachable included): what a
+    /// container healthcheck needs. Ignores --master.
+    Health {
+        /// The node's gRPC address (a master's, or a worker's control address).
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        addr: String,
+        /// The service to ask about; empty means the node as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// The master cluster: status and membership.
     Cluster {
         #[command(subcommand)]
@@ -153,6 +169,17 @@ fn main() -> ExitCode {
             placement,
         } => offline::plan(old, new, placement.as_deref(), cli.output),
         Command::Demo { examples } => demo::run(std::path::Path::new(examples)),
+        Command::Health {
+            addr,
+            service,
+            timeout_ms,
+        } => Ok(
+            health::check(addr, service, std::time::Duration::from_millis(*timeout_ms))
+                .unwrap_or_else(|e| {
+                    eprintln!("weirctl: {e:#}");
+                    false
+                }),
+        ),
         online => run_online(online, online::Conn::new(cli.masters.clone(), cli.output)),
     };
     match result {
@@ -190,7 +217,10 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 } => online::add_master(&conn, *id, address, *learner).await,
                 ClusterCommand::RemoveMaster { id } => online::remove_master(&conn, *id).await,
             },
-            Command::Validate { .. } | Command::Plan { .. } | Command::Demo { .. } => {
+            Command::Validate { .. }
+            | Command::Plan { .. }
+            | Command::Demo { .. }
+            | Command::Health { .. } => {
                 unreachable!("not online commands")
             }
         }

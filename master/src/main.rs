@@ -109,8 +109,25 @@ async fn main() -> anyhow::Result<()> {
     cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
     let master = Master::start(cfg, args.listen).await?;
     tracing::info!(node = id, addr = %master.addr, metrics = ?master.metrics_addr, "weir-master up");
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     tracing::info!("shutting down");
     master.stop().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `docker stop` and most
+/// supervisors send; as PID 1 in a container, an unhandled SIGTERM would be ignored).
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }

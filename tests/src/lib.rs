@@ -2,6 +2,8 @@
 //! in-process on loopback ports, with helpers to kill, restart and partition them.
 //! Every wait is a condition polled against a deadline, never a bare sleep.
 
+pub mod compose;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;

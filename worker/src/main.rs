@@ -31,6 +31,13 @@ struct Args {
     /// Address of this worker's data plane, as other workers should dial it.
     #[arg(long, env = "WEIR_WORKER_DATA", default_value = "127.0.0.1:7200")]
     data_address: String,
+    /// Address the control service binds, if not `--control-address` (e.g.
+    /// `0.0.0.0:7100` in a container that advertises its hostname).
+    #[arg(long, env = "WEIR_WORKER_LISTEN_CONTROL")]
+    listen_control: Option<String>,
+    /// Address the data plane binds, if not `--data-address`.
+    #[arg(long, env = "WEIR_WORKER_LISTEN_DATA")]
+    listen_data: Option<String>,
     /// Cores to offer (default: all of this machine's).
     #[arg(long, env = "WEIR_WORKER_CORES")]
     cores: Option<f64>,
@@ -73,7 +80,15 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--label: {l:?} is not KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let worker = Worker::start(AgentConfig {
+    let listen_control = a
+        .listen_control
+        .clone()
+        .unwrap_or_else(|| a.control_address.clone());
+    let listen_data = a
+        .listen_data
+        .clone()
+        .unwrap_or_else(|| a.data_address.clone());
+    let cfg = AgentConfig {
         worker_id: a.id,
         masters: a.masters,
         control_address: a.control_address,
@@ -86,10 +101,28 @@ async fn main() -> anyhow::Result<()> {
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
         checkpoint_dir: a.checkpoint_dir,
-    })
-    .await
-    .context("cannot listen on the control or data address")?;
-    tokio::signal::ctrl_c().await?;
+    };
+    let worker = Worker::start_with_listen(cfg, &listen_control, &listen_data)
+        .await
+        .context("cannot listen on the control or data address")?;
+    shutdown_signal().await?;
     worker.stop().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `docker stop` and most
+/// supervisors send; as PID 1 in a container, an unhandled SIGTERM would be ignored).
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }

@@ -77,9 +77,15 @@ impl Worker {
         );
         let mut rx = stop_rx.clone();
         let incoming = TcpIncoming::from(control).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder().add_service(
-            WorkerControlServer::new(service).max_decoding_message_size(MAX_CONTROL_BYTES),
-        );
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<WorkerControlServer<ControlService>>()
+            .await;
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(
+                WorkerControlServer::new(service).max_decoding_message_size(MAX_CONTROL_BYTES),
+            );
         let worker_id = cfg.worker_id.clone();
         let tasks = vec![
             tokio::spawn(async move {
@@ -110,8 +116,25 @@ impl Worker {
 
     /// Binds the addresses in `cfg` and starts.
     pub async fn start(cfg: AgentConfig) -> std::io::Result<Self> {
-        let control = TcpListener::bind(&cfg.control_address).await?;
-        let data = TcpListener::bind(&cfg.data_address).await?;
+        let control = cfg.control_address.clone();
+        let data = cfg.data_address.clone();
+        Self::start_with_listen(cfg, &control, &data).await
+    }
+
+    /// Binds `listen_control` and `listen_data` (e.g. `0.0.0.0:7100` in a container)
+    /// and starts, advertising the addresses in `cfg` (e.g. the container's hostname)
+    /// to the masters and other workers.
+    pub async fn start_with_listen(
+        cfg: AgentConfig,
+        listen_control: &str,
+        listen_data: &str,
+    ) -> std::io::Result<Self> {
+        let control = TcpListener::bind(listen_control).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("control address {listen_control}: {e}"))
+        })?;
+        let data = TcpListener::bind(listen_data).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("data address {listen_data}: {e}"))
+        })?;
         Self::start_on(cfg, control, data).await
     }
 
