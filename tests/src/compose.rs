@@ -468,7 +468,7 @@ operators:
     params: {{size_ms: 1000}}
   - name: out
     kind: sink.file
-    params: {{path: /tmp/weir-{name}-views.jsonl}}
+    params: {{path: /var/lib/weir-output/{name}-views.jsonl}}
   - name: audit
     kind: sink.verify
     params: {{expect: {count}}}
