@@ -215,7 +215,10 @@ async fn serve_metrics(listener: TcpListener, shared: Shared, mut stop: watch::R
                 .and_then(Result::ok);
             let ok = n.is_some_and(|n| buf[..n].starts_with(b"GET /metrics"));
             let (status, body) = if ok {
-                ("200 OK", render(&shared))
+                (
+                    "200 OK",
+                    render(&shared) + &checkpoint_metrics(&shared).await,
+                )
             } else {
                 ("404 Not Found", String::new())
             };
@@ -227,6 +230,68 @@ async fn serve_metrics(listener: TcpListener, shared: Shared, mut stop: watch::R
             let _ = sock.write_all(body.as_bytes()).await;
         });
     }
+}
+
+/// Per-app checkpoint gauges (from the replicated state, so any master answers the
+/// same once it has applied the same log).
+async fn checkpoint_metrics(shared: &Shared) -> String {
+    use std::fmt::Write as _;
+    let rows: Vec<(String, crate::state::AppCheckpoints)> = shared
+        .node
+        .state
+        .read(|d| {
+            d.state
+                .apps
+                .values()
+                .filter(|a| a.state.is_live())
+                .map(|a| (a.name.clone(), a.checkpoints.clone()))
+                .collect()
+        })
+        .await;
+    let mut out = String::new();
+    let gauges: [(&str, &str, fn(&crate::state::AppCheckpoints) -> f64); 6] = [
+        (
+            "weir_checkpoint_last_id",
+            "Id of the app's newest complete checkpoint.",
+            |c| c.latest().map_or(0.0, |l| l.id as f64),
+        ),
+        (
+            "weir_checkpoint_last_duration_ms",
+            "Trigger to committed completion of the newest complete checkpoint, ms.",
+            |c| {
+                c.latest().map_or(0.0, |l| {
+                    l.completed_at_ms.saturating_sub(l.started_at_ms) as f64
+                })
+            },
+        ),
+        (
+            "weir_checkpoint_last_size_bytes",
+            "State size of the newest complete checkpoint, bytes.",
+            |c| c.latest().map_or(0.0, |l| l.size_bytes() as f64),
+        ),
+        (
+            "weir_checkpoint_last_alignment_ms",
+            "Longest barrier alignment of any PE in the newest complete checkpoint, ms.",
+            |c| c.latest().map_or(0.0, |l| l.max_alignment_ms as f64),
+        ),
+        (
+            "weir_checkpoint_in_flight",
+            "1 while a checkpoint of the app is in flight.",
+            |c| f64::from(u8::from(c.in_flight.is_some())),
+        ),
+        (
+            "weir_recovery_attempt",
+            "Highest recovery attempt of any region of the app (0: never recovered).",
+            |c| c.attempts.values().copied().max().unwrap_or(0) as f64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (app, c) in &rows {
+            let _ = writeln!(out, "{name}{{app=\"{app}\"}} {}", f(c));
+        }
+    }
+    out
 }
 
 fn render(shared: &Shared) -> String {

@@ -638,5 +638,12 @@ async fn health_and_prometheus_metrics_are_served() {
     assert!(body.contains("weir_requests_total{method=\"SubmitApp\",code=\"ok\"} 1"));
     assert!(body.contains("weir_requests_total{method=\"SubmitApp\",code=\"already_exists\"} 1"));
     assert!(body.contains("weir_request_seconds_count{method=\"SubmitApp\"} 2"));
+    // Per-app checkpoint gauges (no worker here: nothing checkpointed yet).
+    assert!(
+        body.contains("weir_checkpoint_last_id{app=\"metered\"} 0"),
+        "{body}"
+    );
+    assert!(body.contains("weir_checkpoint_in_flight{app=\"metered\"} 0"));
+    assert!(body.contains("# TYPE weir_checkpoint_last_duration_ms gauge"));
     c.stop().await;
 }
