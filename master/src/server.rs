@@ -249,7 +249,12 @@ async fn checkpoint_metrics(shared: &Shared) -> String {
         })
         .await;
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&crate::state::AppCheckpoints) -> f64); 6] = [
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&crate::state::AppCheckpoints) -> f64,
+    );
+    let gauges: [Gauge; 6] = [
         (
             "weir_checkpoint_last_id",
             "Id of the app's newest complete checkpoint.",
