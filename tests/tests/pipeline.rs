@@ -258,3 +258,42 @@ streams:
 fn workers_index(id: &str) -> usize {
     id[1..].parse::<usize>().unwrap() - 1
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_apps_with_the_same_operators_share_workers_without_mixing() {
+    // PE ids are per app: identical operators in two apps have identical PE ids, so the
+    // app must be part of every PE's and channel's identity on a worker.
+    let (c, workers) = cluster_with_workers(2).await;
+    const N: u64 = 100_000;
+    for name in ["twin-a", "twin-b"] {
+        submit(&c, pipeline_spec(name, N)).await;
+    }
+    let client = c.client(1).await;
+    let expected = (0..N).filter(|id| value_of(*id, 0) < 500).count() as u64;
+    for name in ["twin-a", "twin-b"] {
+        let summaries = eventually_within(
+            "every record at the sinks",
+            Duration::from_secs(300),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let d = app_detail(&mut client, name).await?;
+                    verify_done(&d, "check")
+                }
+            },
+        )
+        .await;
+        let records: u64 = summaries.iter().map(|s| s.records).sum();
+        let distinct: u64 = summaries.iter().map(|s| s.distinct).sum();
+        let duplicates: u64 = summaries.iter().map(|s| s.duplicates).sum();
+        assert_eq!(
+            (records, distinct, duplicates),
+            (expected, expected, 0),
+            "{name}"
+        );
+    }
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}

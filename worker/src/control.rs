@@ -224,7 +224,7 @@ impl WorkerControl for ControlService {
             .filter(|p| !p.is_empty())
             .ok_or_else(|| Status::invalid_argument("stop_pe.pe: required"))?;
         let duplicate = self.admit(r.header.as_ref())?;
-        let final_stats = self.runtime.stop(&pe);
+        let final_stats = self.runtime.stop(&r.app, &pe);
         if final_stats.is_none() {
             tracing::info!(%pe, "stop of a PE that is not here: nothing to do");
         }
@@ -252,7 +252,7 @@ impl WorkerControl for ControlService {
                     ));
                 }
                 let duplicate = self.admit(r.header.as_ref())?;
-                if !self.runtime.repoint(&key, &r.peer_data_address) {
+                if !self.runtime.repoint(&r.app, &key, &r.peer_data_address) {
                     return Err(Status::not_found(format!(
                         "open_channel.channel: no remote channel {key} here"
                     )));

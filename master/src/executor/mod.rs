@@ -231,8 +231,8 @@ impl Executor {
                 }
             });
         }
-        for (worker, pe) in actions.stops {
-            if !self.due(&worker, &pe, u64::MAX) {
+        for (worker, app, pe) in actions.stops {
+            if !self.due(&worker, &format!("{app}/{pe}"), u64::MAX) {
                 continue;
             }
             let Some(w) = state.workers.get(&worker) else {
@@ -245,7 +245,7 @@ impl Executor {
             calls.spawn(async move {
                 let req = pb::StopPeRequest {
                     header: Some(header),
-                    app: String::new(),
+                    app,
                     stop_pe: Some(pb::StopPe { pe: pe.clone() }),
                 };
                 match c.stop_pe(req).await {

@@ -78,8 +78,8 @@ pub struct Actions {
     pub unplaceable: Vec<(String, String)>,
     /// PEs to deploy: (app, PE, worker).
     pub deploys: Vec<(String, String, String)>,
-    /// PEs to stop: (worker, PE).
-    pub stops: Vec<(String, String)>,
+    /// PEs to stop: (worker, app, PE).
+    pub stops: Vec<(String, String, String)>,
     /// Regions to restart.
     pub recoveries: Vec<RecoveryAction>,
 }
@@ -386,7 +386,7 @@ pub fn reconcile(
                 .and_then(|a| a.placement.get(&s.pe))
                 .is_some_and(|pw| pw == w);
             if !wanted {
-                actions.stops.push((w.clone(), s.pe.clone()));
+                actions.stops.push((w.clone(), s.app.clone(), s.pe.clone()));
             }
         }
     }

@@ -284,7 +284,11 @@ fn what_no_app_places_is_stopped() {
     });
     assert_eq!(
         reconcile(&s, &seen, NOW).stops,
-        vec![("w1".to_string(), "ghost@00000000#0".to_string())]
+        vec![(
+            "w1".to_string(),
+            "gone".to_string(),
+            "ghost@00000000#0".to_string()
+        )]
     );
     // Cancelling the app stops all of its PEs.
     s.apply(&Command::CancelApp {

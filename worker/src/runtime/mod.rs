@@ -84,14 +84,22 @@ pub struct PeConfig {
     pub gpus: Vec<String>,
 }
 
-/// The name of PE `pe`'s end of channels under `attempt`.
-pub fn channel_end(pe: &str, attempt: u64) -> String {
-    format!("{pe}#{attempt}")
+/// The name of PE `pe`'s end of channels of `app` under `attempt`. PE ids are unique
+/// within an app only (two apps with the same operator have the same PE ids), so the
+/// app is part of every channel's name.
+pub fn channel_end(app: &str, pe: &str, attempt: u64) -> String {
+    format!("{app}/{pe}#{attempt}")
 }
 
 /// The PE id in a channel end name.
 pub fn pe_of_end(end: &str) -> &str {
+    let end = end.split_once('/').map_or(end, |(_, rest)| rest);
     end.rsplit_once('#').map_or(end, |(pe, _)| pe)
+}
+
+/// The key of a PE in the runtime's table.
+fn entry_key(app: &str, pe: &str) -> String {
+    format!("{app}/{pe}")
 }
 
 /// Why a deploy was refused.
@@ -104,6 +112,7 @@ pub enum DeployError {
 
 struct PeEntry {
     app: String,
+    pe: String,
     version: u64,
     attempt: u64,
     gpus: Vec<String>,
@@ -162,11 +171,11 @@ impl Runtime {
     /// Returns those PEs.
     pub fn trigger(&self, app: &str, id: u64) -> Vec<String> {
         let m = self.lock();
-        m.iter()
-            .filter(|(_, e)| e.app == app && e.source)
-            .filter(|(_, e)| e.status.state() == PeRunState::Running)
-            .filter(|(_, e)| e.triggers.try_send(id).is_ok())
-            .map(|(id, _)| id.clone())
+        m.values()
+            .filter(|e| e.app == app && e.source)
+            .filter(|e| e.status.state() == PeRunState::Running)
+            .filter(|e| e.triggers.try_send(id).is_ok())
+            .map(|e| e.pe.clone())
             .collect()
     }
 
@@ -174,27 +183,30 @@ impl Runtime {
         self.pes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether PE `pe` is deployed here (in any state).
+    /// Whether PE `pe` (of any app) is deployed here (in any state).
     pub fn has(&self, pe: &str) -> bool {
-        self.lock().contains_key(pe)
+        self.lock().values().any(|e| e.pe == pe)
     }
 
     /// Deploys a PE (see the module doc). Returns its state.
     pub async fn deploy(&self, cfg: PeConfig) -> Result<PeRunState, DeployError> {
-        if let Some(e) = self.lock().get(&cfg.pe) {
+        let key = entry_key(&cfg.app, &cfg.pe);
+        if let Some(e) = self.lock().get(&key) {
             if e.status.state() != PeRunState::Failed && e.attempt >= cfg.attempt {
                 return Ok(e.status.state());
             }
         }
-        self.stop(&cfg.pe);
+        self.stop(&cfg.app, &cfg.pe);
         let pe = cfg.pe.clone();
-        let end = channel_end(&pe, cfg.attempt);
+        let end = channel_end(&cfg.app, &pe, cfg.attempt);
         let inputs: Vec<_> = cfg
             .inputs
             .iter()
             .map(|from| {
-                self.inputs
-                    .register(ChannelKey::new(channel_end(from, cfg.attempt), end.clone()))
+                self.inputs.register(ChannelKey::new(
+                    channel_end(&cfg.app, from, cfg.attempt),
+                    end.clone(),
+                ))
             })
             .collect();
         let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
@@ -205,7 +217,8 @@ impl Runtime {
                 .targets
                 .iter()
                 .map(|t| {
-                    let key = ChannelKey::new(end.clone(), channel_end(&t.pe, cfg.attempt));
+                    let key =
+                        ChannelKey::new(end.clone(), channel_end(&cfg.app, &t.pe, cfg.attempt));
                     match &t.address {
                         None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
                         Some(a) => {
@@ -288,8 +301,9 @@ impl Runtime {
         let task = tokio::spawn(fut.instrument(span));
         let state = status.state();
         self.lock().insert(
-            pe.clone(),
+            key,
             PeEntry {
+                pe: pe.clone(),
                 app: cfg.app,
                 version: cfg.version,
                 attempt: cfg.attempt,
@@ -307,41 +321,58 @@ impl Runtime {
         Ok(state)
     }
 
-    /// Stops a PE: its task ends, its inputs close, its programs are killed. Returns its
-    /// final statistics, or `None` when it was not here.
-    pub fn stop(&self, pe: &str) -> Option<pb::PeStats> {
-        let e = self.lock().remove(pe)?;
-        e.task.abort();
-        for ep in &e.inputs {
-            self.inputs.remove(ep);
+    /// Stops PE `pe` of `app` (of every app when `app` is empty): its task ends, its
+    /// inputs close, its programs are killed. Returns its final statistics, or `None`
+    /// when it was not here.
+    pub fn stop(&self, app: &str, pe: &str) -> Option<pb::PeStats> {
+        let gone: Vec<PeEntry> = {
+            let mut m = self.lock();
+            let keys: Vec<String> = m
+                .iter()
+                .filter(|(_, e)| e.pe == pe && (app.is_empty() || e.app == app))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| m.remove(k)).collect()
+        };
+        let mut stats = None;
+        for e in gone {
+            e.task.abort();
+            for ep in &e.inputs {
+                self.inputs.remove(ep);
+            }
+            tracing::info!(app = %e.app, %pe, "PE stopped");
+            stats = Some(stats_of(&e, false));
         }
-        tracing::info!(%pe, "PE stopped");
-        Some(stats_of(&e, false))
+        stats
     }
 
     /// Stops every PE.
     pub fn stop_all(&self) {
-        let ids: Vec<String> = self.lock().keys().cloned().collect();
-        for id in ids {
-            self.stop(&id);
+        let all: Vec<(String, String)> = self
+            .lock()
+            .values()
+            .map(|e| (e.app.clone(), e.pe.clone()))
+            .collect();
+        for (app, pe) in all {
+            self.stop(&app, &pe);
         }
     }
 
-    /// Points the producer end of `key` at a new address (its consumer moved).
-    /// Returns whether such a channel exists here.
-    pub fn repoint(&self, key: &ChannelKey, address: &str) -> bool {
+    /// Points the producer end of `key` (PE ids) of `app` (any app when empty) at a new
+    /// address (its consumer moved). Returns whether such a channel exists here.
+    pub fn repoint(&self, app: &str, key: &ChannelKey, address: &str) -> bool {
         let m = self.lock();
-        let Some(e) = m.get(&key.from) else {
-            return false;
-        };
         let mut found = false;
-        for r in e
-            .remotes
-            .iter()
-            .filter(|r| pe_of_end(&r.key().from) == key.from && pe_of_end(&r.key().to) == key.to)
+        for e in m
+            .values()
+            .filter(|e| e.pe == key.from && (app.is_empty() || e.app == app))
         {
-            r.set_peer(address.to_string());
-            found = true;
+            for r in e.remotes.iter().filter(|r| {
+                pe_of_end(&r.key().from) == key.from && pe_of_end(&r.key().to) == key.to
+            }) {
+                r.set_peer(address.to_string());
+                found = true;
+            }
         }
         found
     }
@@ -349,9 +380,9 @@ impl Runtime {
     /// Every PE, as the master sees it in reports.
     pub fn report(&self) -> Vec<pb::PeReport> {
         self.lock()
-            .iter()
-            .map(|(id, e)| pb::PeReport {
-                pe: id.clone(),
+            .values()
+            .map(|e| pb::PeReport {
+                pe: e.pe.clone(),
                 app: e.app.clone(),
                 state: e.status.state().to_proto() as i32,
                 stats: Some(stats_of(e, true)),
@@ -410,12 +441,12 @@ impl Runtime {
     /// Connections made by the producer ends of a PE's remote channels, summed (more
     /// than the channel count: links were re-established).
     pub fn reconnects(&self, pe: &str) -> u64 {
-        self.lock().get(pe).map_or(0, |e| {
-            e.remotes
-                .iter()
-                .map(|r| r.stats().connects.load(Ordering::Relaxed))
-                .sum()
-        })
+        self.lock()
+            .values()
+            .filter(|e| e.pe == pe)
+            .flat_map(|e| e.remotes.iter())
+            .map(|r| r.stats().connects.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
