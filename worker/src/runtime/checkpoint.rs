@@ -53,16 +53,6 @@ impl CheckpointEnv {
         }
     }
 
-    /// The snapshot store.
-    pub fn store(&self) -> &Arc<SnapshotStore> {
-        &self.store
-    }
-
-    /// Where snapshots are replicated.
-    pub fn replicator(&self) -> &Arc<Replicator> {
-        &self.replicator
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Completed> {
         self.completed.lock().unwrap_or_else(|p| p.into_inner())
     }

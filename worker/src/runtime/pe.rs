@@ -66,6 +66,51 @@ impl Ckpt {
             }
         }
     }
+
+    /// Loads a source's checkpointed position (records emitted; 0 without state). On a
+    /// failure the PE reports it and fails.
+    pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, ()> {
+        let Some(b) = self.load(status).await? else {
+            return Ok(0);
+        };
+        match <[u8; 8]>::try_from(&b[..]) {
+            Ok(pos) => Ok(u64::from_le_bytes(pos)),
+            Err(_) => {
+                status.fail(format!(
+                    "restoring state: a source position is 8 bytes, got {}",
+                    b.len()
+                ));
+                Err(())
+            }
+        }
+    }
+
+    /// A source's part in checkpoint `id`: saves its position (nothing when it is 0, so
+    /// a restore starts empty) and forwards the barrier after everything emitted
+    /// before it. On a failure the PE fails and `Err` says to stop.
+    pub(crate) async fn source_barrier(
+        &self,
+        router: &mut Router,
+        status: &Arc<PeStatus>,
+        id: u64,
+        position: u64,
+    ) -> Result<(), ()> {
+        let state = if position == 0 {
+            Vec::new()
+        } else {
+            position.to_le_bytes().to_vec()
+        };
+        if let Err(e) = self
+            .env
+            .save(&self.app, &self.pe, id, state, 0, status)
+            .await
+        {
+            status.fail(e);
+            return Err(());
+        }
+        router.barrier(id).await;
+        Ok(())
+    }
 }
 
 /// Barrier alignment of a PE with several inputs: an input that delivered the barrier
@@ -255,18 +300,8 @@ pub async fn run_generator(
         .map(|r| (r as f64 / f64::from(parallelism.max(1))).max(1.0));
     let pe = ckpt.pe.clone();
     let mut g = Generator::new(params, source, index, parallelism);
-    match ckpt.load(&status).await {
-        Ok(Some(b)) => match <[u8; 8]>::try_from(&b[..]) {
-            Ok(pos) => g.next_seq = u64::from_le_bytes(pos),
-            Err(_) => {
-                status.fail(format!(
-                    "restoring state: a generator position is 8 bytes, got {}",
-                    b.len()
-                ));
-                return;
-            }
-        },
-        Ok(None) => {}
+    match ckpt.load_position(&status).await {
+        Ok(pos) => g.next_seq = pos,
         Err(()) => return,
     }
     // At low rates, smaller batches keep the output smooth (about 100 batches/s).
@@ -278,12 +313,13 @@ pub async fn run_generator(
     let mut emitted = 0u64;
     loop {
         while let Ok(id) = ckpt.triggers.try_recv() {
-            let pos = g.next_seq.to_le_bytes().to_vec();
-            if let Err(e) = ckpt.env.save(&ckpt.app, &pe, id, pos, 0, &status).await {
-                status.fail(e);
+            if ckpt
+                .source_barrier(&mut router, &status, id, g.next_seq)
+                .await
+                .is_err()
+            {
                 return;
             }
-            router.barrier(id).await;
         }
         let Some(b) = g.next_batch(per_batch) else {
             break;
@@ -298,12 +334,9 @@ pub async fn run_generator(
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     Some(id) = ckpt.triggers.recv() => {
-                        let pos = g.next_seq.to_le_bytes().to_vec();
-                        if let Err(e) = ckpt.env.save(&ckpt.app, &pe, id, pos, 0, &status).await {
-                            status.fail(e);
+                        if ckpt.source_barrier(&mut router, &status, id, g.next_seq).await.is_err() {
                             return;
                         }
-                        router.barrier(id).await;
                     }
                 }
             }

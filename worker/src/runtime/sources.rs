@@ -19,25 +19,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Saves a source's position for checkpoint `id` and forwards the barrier.
-async fn checkpoint(
-    pe: &str,
-    ckpt: &Ckpt,
-    router: &mut Router,
-    status: &Arc<PeStatus>,
-    id: u64,
-    position: u64,
-) -> Result<(), String> {
-    let state = if position == 0 {
-        Vec::new()
-    } else {
-        position.to_le_bytes().to_vec()
-    };
-    ckpt.env.save(&ckpt.app, pe, id, state, 0, status).await?;
-    router.barrier(id).await;
-    Ok(())
-}
-
 /// Runs a `source.file` PE. PE 0 reads the file; others of a parallel operator end at
 /// once (a file has one reader; parallelism belongs downstream). Its checkpointed
 /// state is the number of records emitted: restored, it skips that many (the file is
@@ -51,19 +32,8 @@ pub async fn run_file(
     status: Arc<PeStatus>,
     mut ckpt: Ckpt,
 ) {
-    let mut skip = match ckpt.load(&status).await {
-        Ok(Some(b)) => match <[u8; 8]>::try_from(&b[..]) {
-            Ok(pos) => u64::from_le_bytes(pos),
-            Err(_) => {
-                status.fail(format!(
-                    "restoring state: a position is 8 bytes, got {}",
-                    b.len()
-                ));
-                return;
-            }
-        },
-        Ok(None) => 0,
-        Err(()) => return,
+    let Ok(mut skip) = ckpt.load_position(&status).await else {
+        return;
     };
     let mut position = skip;
     status.set(PeRunState::Running);
@@ -77,8 +47,11 @@ pub async fn run_file(
         };
         loop {
             while let Ok(id) = ckpt.triggers.try_recv() {
-                if let Err(e) = checkpoint(&pe, &ckpt, &mut router, &status, id, position).await {
-                    status.fail(e);
+                if ckpt
+                    .source_barrier(&mut router, &status, id, position)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -184,8 +157,7 @@ pub async fn run_tcp(
                     status.gave(&batch);
                     router.send(batch).await;
                 }
-                if let Err(e) = checkpoint(&pe, &ckpt, &mut router, &status, id, 0).await {
-                    status.fail(e);
+                if ckpt.source_barrier(&mut router, &status, id, 0).await.is_err() {
                     return;
                 }
                 continue;
