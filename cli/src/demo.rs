@@ -4,8 +4,9 @@
 //! gRPC on a loopback port) and two workers (real control services, real TCP links
 //! between them), then drives them exactly as a user would through the client API:
 //! submit the clickstream example, watch its records flow (records/s per operator),
-//! end with the `sink.verify` summary, plan its online upgrade to v2, restart the
-//! master from its data dir and show the app survived.
+//! upgrade it online to v2 midway (plan, progress per phase, summary), end with the
+//! `sink.verify` summary, restart the master from its data dir and show the app
+//! survived.
 
 use crate::online::{self, Conn};
 use crate::Output;
@@ -45,8 +46,14 @@ async fn start_worker(id: &str, master: std::net::SocketAddr) -> anyhow::Result<
     Ok(Worker::start_on(cfg, control, data).await?)
 }
 
-/// Prints progress once a second until every `sink.verify` PE saw all its inputs end.
-async fn watch_progress(conn: &Conn, app: &str, limit: Duration) -> anyhow::Result<()> {
+/// Prints progress once a second until every `sink.verify` PE saw all its inputs end
+/// (or, with `until`, until that fraction of the expected records was verified).
+async fn watch_progress(
+    conn: &Conn,
+    app: &str,
+    limit: Duration,
+    until: Option<f64>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let detail = conn
@@ -65,7 +72,8 @@ async fn watch_progress(conn: &Conn, app: &str, limit: Duration) -> anyhow::Resu
                 p.pe.as_ref()
                     .map(|r| r.operator.clone())
                     .unwrap_or_default();
-            *rates.entry(op).or_default() += p.stats.map_or(0.0, |s| s.rate_in.max(s.rate_out));
+            *rates.entry(op).or_default() +=
+                p.stats.as_ref().map_or(0.0, |s| s.rate_in.max(s.rate_out));
         }
         let verify: Vec<pb::VerifySummary> = detail.pes.iter().filter_map(|p| p.verify).collect();
         let distinct: u64 = verify.iter().map(|v| v.distinct).sum();
@@ -80,6 +88,9 @@ async fn watch_progress(conn: &Conn, app: &str, limit: Duration) -> anyhow::Resu
             rates.join("  ")
         );
         if !verify.is_empty() && verify.iter().all(|v| v.inputs_ended) {
+            return Ok(());
+        }
+        if until.is_some_and(|f| expected > 0 && distinct as f64 >= f * expected as f64) {
             return Ok(());
         }
         if start.elapsed() > limit {
@@ -117,11 +128,15 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         step("weirctl submit examples/clickstream.yaml");
         online::submit(&conn, &v1.to_string_lossy()).await?;
         step("records flowing: generator -> parse -> key_by -> window.count -> sink, audited by sink.verify");
-        watch_progress(&conn, "clickstream", Duration::from_secs(600)).await?;
+        watch_progress(&conn, "clickstream", Duration::from_secs(600), Some(0.3)).await?;
+        step("weirctl upgrade clickstream examples/clickstream-v2.yaml (online, records keep flowing)");
+        crate::upgrade::upgrade(&conn, "clickstream", &v2.to_string_lossy(), false).await?;
+        step("v2 runs: records keep flowing to the end");
+        watch_progress(&conn, "clickstream", Duration::from_secs(600), None).await?;
         step("weirctl get clickstream");
         online::get(&conn, "clickstream").await?;
-        step("weirctl upgrade clickstream examples/clickstream-v2.yaml --dry-run");
-        online::upgrade(&conn, "clickstream", &v2.to_string_lossy(), true).await?;
+        step("weirctl history clickstream");
+        crate::upgrade::history(&conn, "clickstream").await?;
 
         step("restarting the master from its data dir");
         master.stop().await;
@@ -132,7 +147,7 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
             w.stop().await;
         }
         master.stop().await;
-        println!("\nDone: every record of the app reached its sinks exactly once across two workers; the app and its version were committed through Raft, fsynced, and survived a restart.");
+        println!("\nDone: every record of the app reached its sinks exactly once across two workers, through an online upgrade to v2 midway; the app and its versions were committed through Raft, fsynced, and survived a restart.");
         Ok(true)
     })
 }

@@ -7,6 +7,7 @@ mod demo;
 mod health;
 mod offline;
 mod online;
+mod upgrade;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -93,7 +94,8 @@ enum Command {
         /// App name.
         app: String,
     },
-    /// Upgrade a running app to a new version (today: --dry-run shows the plan).
+    /// Upgrade a running app online to a new version: prints the plan, a progress bar
+    /// per phase and a summary (records lost and duplicated, longest stall).
     Upgrade {
         /// App name.
         app: String,
@@ -102,6 +104,19 @@ enum Command {
         /// Only compute and show the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Every version of an app and every upgrade operation with its outcome.
+    History {
+        /// App name.
+        app: String,
+    },
+    /// Upgrade an app online back to the spec of an earlier version.
+    Rollback {
+        /// App name.
+        app: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: u64,
     },
     /// An app's checkpoints (id, time, size, duration, where the pieces are) and
     /// recoveries.
@@ -203,8 +218,10 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
             Command::List { tenant } => online::list(&conn, tenant.clone()).await,
             Command::Cancel { app } => online::cancel(&conn, app).await,
             Command::Upgrade { app, file, dry_run } => {
-                online::upgrade(&conn, app, file, *dry_run).await
+                upgrade::upgrade(&conn, app, file, *dry_run).await
             }
+            Command::History { app } => upgrade::history(&conn, app).await,
+            Command::Rollback { app, to } => upgrade::rollback(&conn, app, *to).await,
             Command::Watch { app } => online::watch(&conn, app).await,
             Command::Checkpoints { app } => online::checkpoints(&conn, app).await,
             Command::Workers => online::workers(&conn).await,

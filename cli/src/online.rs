@@ -97,7 +97,15 @@ impl Conn {
         anyhow::anyhow!("{:?}: {}", s.code(), s.message())
     }
 
-    fn print(&self, text: String, json: Value) {
+    /// A line for humans only: on stdout in text mode, on stderr with `--output json`.
+    pub(crate) fn note(&self, text: String) {
+        match self.output {
+            Output::Text => println!("{text}"),
+            Output::Json => eprintln!("{text}"),
+        }
+    }
+
+    pub(crate) fn print(&self, text: String, json: Value) {
         match self.output {
             Output::Text => println!("{text}"),
             Output::Json => println!(
@@ -108,7 +116,7 @@ impl Conn {
     }
 }
 
-fn read_spec(path: &str) -> anyhow::Result<(String, i32)> {
+pub(crate) fn read_spec(path: &str) -> anyhow::Result<(String, i32)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
     let format = if path.to_ascii_lowercase().ends_with(".json") {
         pb::SpecFormat::Json
@@ -165,7 +173,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
         s.name, s.tenant, state_name(s.state), s.version, s.pe_count
     );
     for p in &a.pes {
-        let st = p.stats.unwrap_or_default();
+        let st = p.stats.clone().unwrap_or_default();
         let state = pb::PeState::try_from(p.state).map_or("?".into(), |s| {
             s.as_str_name()
                 .trim_start_matches("PE_STATE_")
@@ -199,6 +207,13 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
             if v.inputs_ended { ", inputs ended" } else { "" },
         ));
     }
+    for p in a.pes.iter().filter(|p| !p.gpu_uuids.is_empty()) {
+        text.push_str(&format!(
+            "\n{}: GPU {}",
+            p.pe.as_ref().map_or("", |r| r.id.as_str()),
+            p.gpu_uuids.join(", ")
+        ));
+    }
     for p in a.pes.iter().filter(|p| !p.message.is_empty()) {
         text.push_str(&format!(
             "\n{}: {}",
@@ -218,7 +233,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     let json = json!({
         "app": s.name, "tenant": s.tenant, "state": state_name(s.state), "version": s.version,
         "pes": a.pes.iter().map(|p| json!({"pe": p.pe.as_ref().map(|r| r.id.clone()), "worker": p.worker_id,
-            "state": p.state, "message": p.message,
+            "state": p.state, "message": p.message, "gpus": p.gpu_uuids,
             "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out),
             "verify": p.verify.map(|v| json!({"records": v.records, "distinct": v.distinct, "duplicates": v.duplicates,
                 "missing_below_max": v.missing_below_max, "expected": v.expected, "inputs_ended": v.inputs_ended}))})).collect::<Vec<_>>(),
@@ -348,28 +363,6 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weirctl upgrade --dry-run`.
-pub async fn upgrade(c: &Conn, app: &str, file: &str, dry_run: bool) -> anyhow::Result<()> {
-    let (spec, format) = read_spec(file)?;
-    let req = pb::UpgradeAppRequest {
-        app: app.into(),
-        spec,
-        format,
-        dry_run,
-        ..Default::default()
-    };
-    let r = c
-        .call(|ch| {
-            let req = req.clone();
-            async move { WeirClient::new(ch).upgrade_app(req).await }
-        })
-        .await?
-        .into_inner();
-    let json: Value = serde_json::from_str(&r.plan_json).unwrap_or(Value::Null);
-    c.print(r.plan_text, json);
-    Ok(())
-}
-
 /// `weirctl watch`: prints events until the app ends or the user stops it.
 pub async fn watch(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::WatchAppRequest { app: app.into() };
@@ -436,7 +429,20 @@ pub async fn workers(c: &Conn) -> anyhow::Result<()> {
         let gpus: Vec<String> = res
             .gpus
             .iter()
-            .map(|g| format!("{} {} {} MiB", g.vendor, g.model, g.memory_total_mb))
+            .map(|g| {
+                let used = if g.declared {
+                    "declared".to_string()
+                } else {
+                    format!(
+                        "{} MiB used, {}% busy",
+                        g.memory_used_mb, g.utilization_percent
+                    )
+                };
+                format!(
+                    "{} {} {} MiB ({used})",
+                    g.vendor, g.model, g.memory_total_mb
+                )
+            })
             .collect();
         text.push_str(&format!(
             "\n{:16} {:22} {:6} {:>6} {:>9} {:>4}  {}",
@@ -449,7 +455,14 @@ pub async fn workers(c: &Conn) -> anyhow::Result<()> {
             gpus.join(", ")
         ));
     }
-    let json = json!(r.workers.iter().map(|w| json!({"worker": w.worker_id, "control_address": w.control_address, "state": w.state, "pes": w.pe_count})).collect::<Vec<_>>());
+    let json = json!(r.workers.iter().map(|w| {
+        let res = w.resources.clone().unwrap_or_default();
+        json!({"worker": w.worker_id, "control_address": w.control_address, "state": w.state, "pes": w.pe_count,
+            "cpu_cores": res.cpu_cores, "memory_mb": res.memory_mb,
+            "gpus": res.gpus.iter().map(|g| json!({"uuid": g.uuid, "vendor": g.vendor, "model": g.model,
+                "memory_total_mb": g.memory_total_mb, "memory_used_mb": g.memory_used_mb,
+                "utilization_percent": g.utilization_percent, "declared": g.declared})).collect::<Vec<_>>()})
+    }).collect::<Vec<_>>());
     c.print(text, json);
     Ok(())
 }
@@ -539,7 +552,7 @@ pub async fn remove_master(c: &Conn, id: u64) -> anyhow::Result<()> {
 }
 
 /// Unix ms as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let (days, rem) = ((ms / 86_400_000) as i64, ms % 86_400_000);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

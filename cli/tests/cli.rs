@@ -220,6 +220,9 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
         "{s}"
     );
     assert!(s.contains("Phase 2/3 switch"));
+    // The online upgrade to v2 midway: done, nothing lost or repeated.
+    assert!(s.contains("upgrade 1 of clickstream: v1 -> v2 done"), "{s}");
+    assert!(s.contains("records lost 0, records duplicated 0"), "{s}");
     // Every click reached the audit sink exactly once, across two workers.
     assert!(
         s.contains("2000000 records, 2000000 distinct, 0 duplicated, 0 missing, 2000000 expected, inputs ended"),
@@ -230,7 +233,7 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
         .nth(1)
         .expect("restart step");
     assert!(
-        after.contains("clickstream              web            running          1    10"),
+        after.contains("clickstream              web            running          2    12"),
         "{after}"
     );
 }

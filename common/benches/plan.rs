@@ -30,6 +30,7 @@ fn pipeline(app: &mut AppSpec, p: usize, v2: bool) {
                 keys: 100,
                 payload_bytes: 100,
                 seed: p as u64,
+                wall_clock: false,
             }),
             2,
         ),

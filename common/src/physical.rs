@@ -41,6 +41,11 @@ impl PeId {
     pub fn operator(&self) -> &str {
         self.0.split_once('@').map_or(&*self.0, |(op, _)| op)
     }
+
+    /// The parallel index part of the id, if it has one.
+    pub fn index(&self) -> Option<u32> {
+        self.0.rsplit_once('#')?.1.parse().ok()
+    }
 }
 
 /// The `source` ordinal records emitted by PE `index` of `operator` carry.
@@ -266,5 +271,12 @@ streams:
         let up_a: BTreeSet<_> = ma.pes_of("up").into_iter().map(|p| &p.id).collect();
         let up_b: BTreeSet<_> = mb.pes_of("up").into_iter().map(|p| &p.id).collect();
         assert!(up_a.is_disjoint(&up_b));
+    }
+
+    #[test]
+    fn an_id_names_its_operator_and_index() {
+        let id = PeId::new("win-2", "0badf00d", 13);
+        assert_eq!((id.operator(), id.index()), ("win-2", Some(13)));
+        assert_eq!(PeId("no-index".into()).index(), None);
     }
 }

@@ -76,6 +76,7 @@ fn control_commands_with_oneofs_round_trip() {
         pe_addresses: [("count@0badf00d#1".to_string(), "10.0.0.2:7101".to_string())]
             .into_iter()
             .collect(),
+        peer_attempts: [("count@0badf00d#1".to_string(), 3)].into_iter().collect(),
     });
 
     let event = AppEvent {

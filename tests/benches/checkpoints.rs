@@ -80,15 +80,7 @@ async fn workers(client: &WeirClient<Channel>) -> Vec<pb::WorkerView> {
 }
 
 async fn workers_alive(client: &WeirClient<Channel>, n: usize) {
-    eventually_within("workers registered", LIMIT, || async move {
-        let alive = workers(client)
-            .await
-            .iter()
-            .filter(|w| w.state == pb::WorkerState::Alive as i32)
-            .count();
-        (alive == n).then_some(())
-    })
-    .await;
+    weir_tests::workers_alive(client, n, LIMIT).await;
 }
 
 async fn checkpoints(client: &WeirClient<Channel>, app: &str) -> pb::ListCheckpointsResponse {
@@ -193,7 +185,7 @@ streams:
     let pes = local_pes(&ws, name);
     let records_in = |op| -> u64 {
         of(&pes, op)
-            .filter_map(|p| p.stats)
+            .filter_map(|p| p.stats.clone())
             .map(|s| s.records_in)
             .sum()
     };
@@ -383,7 +375,7 @@ streams:
         }
         let local = local_pes(&ws, app);
         let audit_in: u64 = of(&local, "audit")
-            .filter_map(|p| p.stats)
+            .filter_map(|p| p.stats.clone())
             .map(|s| s.records_in)
             .sum();
         if resumed_local.is_none() && audit_in > 0 {

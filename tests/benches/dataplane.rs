@@ -50,6 +50,7 @@ fn pe(
                     targets: vec![Target {
                         pe: format!("{to}#0"),
                         address,
+                        attempt: None,
                     }],
                 }]
             })
@@ -57,6 +58,9 @@ fn pe(
         attempt: 0,
         restore: None,
         gpus: vec![],
+        peer_attempts: Default::default(),
+        restore_pieces: vec![],
+        start_at_barrier: 0,
     }
 }
 
@@ -68,6 +72,7 @@ fn kinds() -> [OperatorKind; 4] {
             keys: 1000,
             payload_bytes: 40,
             seed: 0,
+            wall_clock: false,
         }),
         OperatorKind::Map(MapParams {
             project: vec!["id".into(), "value".into(), "payload".into()],

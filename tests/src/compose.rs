@@ -293,6 +293,21 @@ impl Compose {
         .await
     }
 
+    /// Waits until the `sink.verify` PEs of `app` saw records.
+    pub async fn records_flowing(&self, via: &[u64], app: &str) {
+        eventually_within("records flowing", Duration::from_secs(60), || async {
+            let d = self.app(via, app).await?;
+            let seen: u64 = d
+                .pes
+                .iter()
+                .filter_map(|p| p.verify.as_ref())
+                .map(|v| v.records)
+                .sum();
+            (seen > 0).then_some(())
+        })
+        .await;
+    }
+
     /// The app as the first of `via` that answers shows it (followers forward to the
     /// leader).
     pub async fn app(&self, via: &[u64], app: &str) -> Option<pb::AppDetail> {

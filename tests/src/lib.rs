@@ -49,6 +49,7 @@ impl Cluster {
 
     /// Starts `n` founding masters, each config adjusted by `tune`.
     pub async fn start_tuned(n: u64, tune: fn(&mut MasterConfig)) -> Self {
+        init_log();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,14 +184,24 @@ pub fn submit(name: &str) -> pb::SubmitAppRequest {
 
 /// Starts a worker in this process on fresh loopback ports, registered with `masters`.
 pub async fn start_worker(id: &str, masters: &[SocketAddr]) -> weir_worker::node::Worker {
+    start_worker_with(id, masters, |_| {}).await
+}
+
+/// [`start_worker`] with its config changed by `tune` first (declared GPUs, pools).
+pub async fn start_worker_with(
+    id: &str,
+    masters: &[SocketAddr],
+    tune: impl FnOnce(&mut weir_worker::agent::AgentConfig),
+) -> weir_worker::node::Worker {
     let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cfg = worker_config(
+    let mut cfg = worker_config(
         id,
         masters,
         control.local_addr().unwrap(),
         data.local_addr().unwrap(),
     );
+    tune(&mut cfg);
     weir_worker::node::Worker::start_on(cfg, control, data)
         .await
         .unwrap()
@@ -256,4 +267,64 @@ pub fn verify_done(d: &pb::AppDetail, operator: &str) -> Option<Vec<pb::VerifySu
         .map(|p| p.verify)
         .collect::<Option<_>>()?;
     (!vs.is_empty() && vs.iter().all(|v| v.inputs_ended)).then_some(vs)
+}
+
+/// Logs of the masters and workers a test runs in-process, when `WEIR_TEST_LOG` names
+/// a filter (`WEIR_TEST_LOG=info`, `WEIR_TEST_LOG=weir_worker=debug`): a failure that
+/// only shows under load can then be read after the fact. Off by default.
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("WEIR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Waits up to `limit` until exactly `n` workers are alive.
+pub async fn workers_alive(client: &WeirClient<Channel>, n: usize, limit: Duration) {
+    eventually_within("workers registered", limit, || {
+        let mut client = client.clone();
+        async move {
+            let ws = client.list_workers(pb::ListWorkersRequest {}).await.ok()?;
+            let alive = ws
+                .into_inner()
+                .workers
+                .iter()
+                .filter(|w| w.state == pb::WorkerState::Alive as i32)
+                .count();
+            (alive == n).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The window counts a `window.count` of `window_ms` must produce over generator
+/// records `0..records` with `keys` keys: (key, window start) -> count.
+pub fn expected_windows(records: u64, keys: u64, window_ms: i64) -> BTreeMap<(String, i64), u64> {
+    let mut expected = BTreeMap::new();
+    for id in 0..records {
+        let t = weir_worker::ops::generator::BASE_EVENT_TIME_MS + id as i64;
+        let start = t.div_euclid(window_ms) * window_ms;
+        *expected
+            .entry((format!("k{}", id % keys), start))
+            .or_default() += 1;
+    }
+    expected
+}
+
+/// Asserts that the JSON lines a `sink.file` wrote after a window hold exactly
+/// `expected`, no window twice.
+pub fn assert_windows(text: &str, expected: &BTreeMap<(String, i64), u64>) {
+    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["key"].as_str().unwrap().to_string(),
+            v["window_start"].as_i64().unwrap(),
+        );
+        let prev = got.insert(key.clone(), v["count"].as_u64().unwrap());
+        assert!(prev.is_none(), "window {key:?} written twice");
+    }
+    assert_eq!(&got, expected, "window counts equal the recomputation");
 }

@@ -2,7 +2,6 @@
 //! workers on loopback, real gRPC and TCP, snapshots on disk and replicated between
 //! workers.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::transport::Channel;
 use weir_proto::v1 as pb;
@@ -54,20 +53,7 @@ async fn submit(client: &mut WeirClient<Channel>, spec: String) {
 }
 
 async fn workers_alive(client: &WeirClient<Channel>, n: usize) {
-    eventually_within("workers registered", LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            let ws = client.list_workers(pb::ListWorkersRequest {}).await.ok()?;
-            let alive = ws
-                .into_inner()
-                .workers
-                .iter()
-                .filter(|w| w.state == pb::WorkerState::Alive as i32)
-                .count();
-            (alive == n).then_some(())
-        }
-    })
-    .await;
+    weir_tests::workers_alive(client, n, LIMIT).await;
 }
 
 async fn checkpoints(client: &mut WeirClient<Channel>, app: &str) -> pb::ListCheckpointsResponse {
@@ -123,14 +109,7 @@ async fn assert_exact(client: &WeirClient<Channel>, app: &str, out: &std::path::
     assert_eq!(distinct, RECORDS);
 
     // Window counts from the committed file equal a recomputation from the ids.
-    let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
-    for id in 0..RECORDS {
-        let t = BASE_EVENT_TIME_MS + id as i64;
-        let start = t.div_euclid(WINDOW_MS) * WINDOW_MS;
-        *expected
-            .entry((format!("k{}", id % KEYS), start))
-            .or_default() += 1;
-    }
+    let expected = weir_tests::expected_windows(RECORDS, KEYS, WINDOW_MS);
     let text = eventually_within("the window results are visible", LIMIT, || {
         let out = out.to_path_buf();
         async move {
@@ -139,17 +118,7 @@ async fn assert_exact(client: &WeirClient<Channel>, app: &str, out: &std::path::
         }
     })
     .await;
-    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let key = (
-            v["key"].as_str().unwrap().to_string(),
-            v["window_start"].as_i64().unwrap(),
-        );
-        let prev = got.insert(key.clone(), v["count"].as_u64().unwrap());
-        assert!(prev.is_none(), "window {key:?} written twice");
-    }
-    assert_eq!(got, expected, "window counts equal the recomputation");
+    weir_tests::assert_windows(&text, &expected);
 }
 
 fn expected_len() -> usize {

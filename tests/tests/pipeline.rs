@@ -297,3 +297,99 @@ async fn two_apps_with_the_same_operators_share_workers_without_mixing() {
     }
     c.stop().await;
 }
+
+/// A PE asking for a GPU lands on the one worker that has GPUs, and its program sees
+/// the device it was given and no other (CUDA_VISIBLE_DEVICES): the chain from the
+/// scheduler's allocation through DeployPe to the exec environment. The devices are
+/// declared here; on a machine with NVIDIA GPUs the same chain was run against NVML
+/// (docs/gpus.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gpu_pe_lands_on_the_gpu_worker_and_sees_only_its_device() {
+    let (c, mut workers) = cluster_with_workers(1).await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    // Two devices; the PE asks for one slice of 4 GiB, so one of them is its own.
+    let gpu = weir_tests::start_worker_with("gpu1", &masters, |cfg| {
+        cfg.declared_gpus = vec![
+            "nvidia:test:16384:GPU-test-a".parse().unwrap(),
+            "nvidia:test:16384:GPU-test-b".parse().unwrap(),
+        ];
+    });
+    workers.push(gpu.await);
+    let client = c.client(1).await;
+    weir_tests::workers_alive(&client, 2, Duration::from_secs(60)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("squares.jsonl");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pe/gpu_square.py");
+    let count = 2000u64;
+    submit(
+        &c,
+        format!(
+            r#"
+name: on-gpu
+operators:
+  - {{name: gen, kind: source.generator, params: {{count: {count}, keys: 5, payload_bytes: 8}}}}
+  - name: square
+    kind: exec
+    params: {{command: [python3, "{script}"], protocol: lines}}
+    resources: {{gpu: {{count: 1, memory_mb: 4096}}}}
+  - {{name: out, kind: sink.file, params: {{path: "{out}"}}}}
+  - {{name: audit, kind: sink.verify}}
+streams:
+  - {{from: gen, to: square}}
+  - {{from: square, to: out}}
+  - {{from: square, to: audit}}
+"#,
+            out = out.display()
+        ),
+    )
+    .await;
+    let detail = eventually_within(
+        "records through the GPU PE",
+        Duration::from_secs(120),
+        || {
+            let mut client = client.clone();
+            async move {
+                let d = app_detail(&mut client, "on-gpu").await?;
+                verify_done(&d, "audit")?;
+                Some(d)
+            }
+        },
+    )
+    .await;
+    let v = verify_done(&detail, "audit").unwrap();
+    assert_eq!((v[0].records, v[0].duplicates), (count, 0));
+    let square = detail
+        .pes
+        .iter()
+        .find(|p| p.pe.as_ref().is_some_and(|r| r.operator == "square"))
+        .unwrap();
+    assert_eq!(square.worker_id, "gpu1", "placed on the worker with GPUs");
+    assert_eq!(square.gpu_uuids.len(), 1, "{:?}", square.gpu_uuids);
+    let device = &square.gpu_uuids[0];
+    assert!(device.starts_with("GPU-test-"), "{device}");
+
+    let text = eventually_within("the squares are visible", Duration::from_secs(60), || {
+        let out = out.clone();
+        async move {
+            let t = std::fs::read_to_string(&out).ok()?;
+            (t.lines().count() as u64 == count).then_some(t)
+        }
+    })
+    .await;
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            r["visible"],
+            device.as_str(),
+            "it sees its device alone: {r}"
+        );
+        let id = r["id"].as_u64().unwrap();
+        let value = value_of(id, 0);
+        assert_eq!(r["square"].as_i64(), Some(value * value), "{r}");
+    }
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}

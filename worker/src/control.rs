@@ -76,7 +76,12 @@ impl ControlService {
         Ok(seen.insert(h.command_id.clone(), Instant::now()).is_some())
     }
 
-    fn target(&self, pe: &str, addresses: &std::collections::HashMap<String, String>) -> Target {
+    fn target(
+        &self,
+        pe: &str,
+        addresses: &HashMap<String, String>,
+        attempts: &HashMap<String, u64>,
+    ) -> Target {
         let address = addresses
             .get(pe)
             .filter(|a| !a.is_empty() && **a != self.data_address)
@@ -84,6 +89,7 @@ impl ControlService {
         Target {
             pe: pe.to_string(),
             address,
+            attempt: attempts.get(pe).copied(),
         }
     }
 }
@@ -136,7 +142,7 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
             targets: o
                 .targets
                 .iter()
-                .map(|t| svc.target(t, &r.pe_addresses))
+                .map(|t| svc.target(t, &r.pe_addresses, &r.peer_attempts))
                 .collect(),
         });
     }
@@ -171,7 +177,17 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
         restore: (r.restore_checkpoint_id != 0)
             .then(|| (r.restore_checkpoint_id, r.restore_from.clone())),
         gpus: r.gpu_uuids.clone(),
+        peer_attempts: r.peer_attempts.clone(),
+        restore_pieces: r.restore_pieces.clone(),
+        start_at_barrier: r.start_at_barrier,
     })
+}
+
+fn arm_status(e: crate::runtime::ArmError) -> Status {
+    match e {
+        crate::runtime::ArmError::NotHere(_) => Status::not_found(e.to_string()),
+        crate::runtime::ArmError::NotRunning { .. } => Status::failed_precondition(e.to_string()),
+    }
 }
 
 fn channel_key(c: Option<&pb::ChannelRef>, path: &str) -> Result<ChannelKey, Status> {
@@ -182,12 +198,6 @@ fn channel_key(c: Option<&pb::ChannelRef>, path: &str) -> Result<ChannelKey, Sta
         )));
     }
     Ok(ChannelKey::new(c.from_pe.clone(), c.to_pe.clone()))
-}
-
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is part of online upgrades and checkpoints, not yet served by this worker"
-    ))
 }
 
 #[tonic::async_trait]
@@ -259,30 +269,121 @@ impl WorkerControl for ControlService {
                 }
                 Ok(Response::new(pb::OpenChannelResponse { duplicate }))
             }
-            Ok(pb::ChannelEnd::Consumer) => Err(unimplemented("opening a consumer end")),
+            Ok(pb::ChannelEnd::Consumer) => {
+                if r.barrier_id == 0 {
+                    return Err(Status::invalid_argument(
+                        "barrier_id: required for a consumer end (the switch barrier)",
+                    ));
+                }
+                let duplicate = self.admit(r.header.as_ref())?;
+                let opened = self
+                    .runtime
+                    .open_input(&r.app, &key.to, &key.from, r.peer_attempt, r.barrier_id)
+                    .map_err(arm_status)?;
+                Ok(Response::new(pb::OpenChannelResponse {
+                    duplicate: duplicate || !opened,
+                }))
+            }
             _ => Err(Status::invalid_argument(format!("end: unknown {}", r.end))),
         }
     }
 
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
     async fn close_channel(
         &self,
-        _req: Request<pb::CloseChannelRequest>,
+        req: Request<pb::CloseChannelRequest>,
     ) -> Result<Response<pb::CloseChannelResponse>, Status> {
-        Err(unimplemented("CloseChannel"))
+        let r = req.into_inner();
+        let key = channel_key(
+            r.close_channel.as_ref().and_then(|o| o.channel.as_ref()),
+            "close_channel.channel",
+        )?;
+        match pb::ChannelEnd::try_from(r.end) {
+            Ok(pb::ChannelEnd::Consumer) => {
+                let duplicate = self.admit(r.header.as_ref())?;
+                let closed = self.runtime.close_input(&r.app, &key.to, &key.from);
+                Ok(Response::new(pb::CloseChannelResponse {
+                    duplicate: duplicate || !closed,
+                }))
+            }
+            // A producer end closes itself at the switch barrier (its route drops it).
+            Ok(pb::ChannelEnd::Producer) => Ok(Response::new(pb::CloseChannelResponse {
+                duplicate: self.admit(r.header.as_ref())?,
+            })),
+            _ => Err(Status::invalid_argument(format!("end: unknown {}", r.end))),
+        }
     }
 
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
     async fn switch_output(
         &self,
-        _req: Request<pb::SwitchOutputRequest>,
+        req: Request<pb::SwitchOutputRequest>,
     ) -> Result<Response<pb::SwitchOutputResponse>, Status> {
-        Err(unimplemented("SwitchOutput"))
+        let r = req.into_inner();
+        let so = r
+            .switch_output
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("switch_output: required"))?;
+        if so.pe.is_empty() || so.stream.is_empty() {
+            return Err(Status::invalid_argument(
+                "switch_output: pe and stream are required",
+            ));
+        }
+        if r.barrier_id == 0 {
+            return Err(Status::invalid_argument("barrier_id: must be above 0"));
+        }
+        let part = match (&so.partitioning, so.targets.is_empty()) {
+            (_, true) => None,
+            (p, false) => Some(partitioning(p.as_ref(), "switch_output.partitioning")?),
+        };
+        let targets = so
+            .targets
+            .iter()
+            .map(|t| self.target(t, &r.pe_addresses, &r.peer_attempts))
+            .collect();
+        let duplicate = self.admit(r.header.as_ref())?;
+        let records = self
+            .runtime
+            .switch_output(
+                &r.app,
+                &so.pe,
+                r.barrier_id,
+                so.stream.clone(),
+                part,
+                targets,
+            )
+            .map_err(arm_status)?;
+        Ok(Response::new(pb::SwitchOutputResponse {
+            duplicate,
+            records_before_barrier: records,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
     async fn drain(
         &self,
-        _req: Request<pb::DrainRequest>,
+        req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        Err(unimplemented("Drain"))
+        let r = req.into_inner();
+        let pe = r
+            .drain
+            .as_ref()
+            .map(|d| d.pe.clone())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Status::invalid_argument("drain.pe: required"))?;
+        if r.barrier_id == 0 {
+            return Err(Status::invalid_argument("barrier_id: must be above 0"));
+        }
+        let duplicate = self.admit(r.header.as_ref())?;
+        let records = self
+            .runtime
+            .drain(&r.app, &pe, r.barrier_id)
+            .map_err(arm_status)?;
+        Ok(Response::new(pb::DrainResponse {
+            duplicate,
+            records_processed: records,
+            state_bytes: 0,
+        }))
     }
 
     async fn trigger_checkpoint(
@@ -314,7 +415,9 @@ impl WorkerControl for ControlService {
         &self,
         _req: Request<tonic::Streaming<pb::StateChunk>>,
     ) -> Result<Response<pb::HandOffStateResponse>, Status> {
-        Err(unimplemented("HandOffState"))
+        Err(Status::unimplemented(
+            "HandOffState: successors pull hand-off state with FetchStateSnapshot",
+        ))
     }
 
     type FetchStateSnapshotStream =

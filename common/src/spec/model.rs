@@ -226,6 +226,10 @@ pub struct GeneratorParams {
     /// Seed for the payload and value fields.
     #[serde(default)]
     pub seed: u64,
+    /// Event times from the wall clock at emission (Unix ms) instead of from the ids
+    /// (`event_time: wall`): for measuring end-to-end latency. Ids stay deterministic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wall_clock: bool,
 }
 
 /// How line-oriented sources decode each line.

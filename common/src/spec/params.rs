@@ -100,6 +100,9 @@ fn generator(sink: &mut Sink, o: &mut Obj<'_>) -> Option<GeneratorParams> {
     let keys = positive(sink, o, "keys");
     let payload = o.opt_u64(sink, "payload_bytes");
     let seed = o.opt_u64(sink, "seed").unwrap_or(0);
+    let wall_clock = o
+        .opt_choice(sink, "event_time", &[("ids", false), ("wall", true)])
+        .unwrap_or(false);
     if let Some(p) = payload.filter(|p| *p > MAX_PAYLOAD_BYTES) {
         sink.push(
             o.at("payload_bytes"),
@@ -113,6 +116,7 @@ fn generator(sink: &mut Sink, o: &mut Obj<'_>) -> Option<GeneratorParams> {
         keys: keys?.unwrap_or(1000),
         payload_bytes: payload.unwrap_or(100) as u32,
         seed,
+        wall_clock,
     })
 }
 

@@ -184,6 +184,7 @@ fn operator(i: usize, kind: u8, s: &Slot) -> OperatorSpec {
             keys: 100,
             payload_bytes: 100,
             seed: 0,
+            wall_clock: false,
         }),
         1 => OperatorKind::Map(MapParams {
             set: [("x".to_string(), format!("add(id, {v})"))].into(),

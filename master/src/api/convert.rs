@@ -43,14 +43,32 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
 pub fn app_detail(
     a: &AppRecord,
     reports: &std::collections::HashMap<(String, String), pb::PeReport>,
+    upgrades: &std::collections::BTreeMap<u64, crate::state::UpgradeRecord>,
 ) -> pb::AppDetail {
     let v = a.current();
     let m = PhysicalModel::expand(&v.spec);
+    let up = a.upgrade.and_then(|id| upgrades.get(&id));
+    // During an upgrade, the new version's new PEs show too.
+    let next = up
+        .filter(|u| u.to_version != a.current_version)
+        .and_then(|u| a.versions.get(u.to_version as usize - 1))
+        .map(|nv| PhysicalModel::expand(&nv.spec));
+    let extra: Vec<_> = next
+        .iter()
+        .flat_map(|n| n.pes.values())
+        .filter(|p| !m.pes.contains_key(&p.id))
+        .collect();
     let pes = m
         .pes
         .values()
+        .chain(extra)
         .map(|p| {
-            let worker = a.placement.get(p.id.as_str()).cloned().unwrap_or_default();
+            let worker = a
+                .placement
+                .get(p.id.as_str())
+                .or_else(|| up.and_then(|u| u.placement.get(p.id.as_str())))
+                .cloned()
+                .unwrap_or_default();
             // Only a report from the worker the PE is placed on counts: after a move,
             // the old worker's last word is stale.
             let attempt = a.checkpoints.attempt(&p.operator);
@@ -65,7 +83,7 @@ pub fn app_detail(
                     index: p.index,
                 }),
                 state: report.map_or(pb::PeState::Pending as i32, |r| r.state),
-                stats: report.and_then(|r| r.stats),
+                stats: report.and_then(|r| r.stats.clone()),
                 message: report.map(|r| r.message.clone()).unwrap_or_default(),
                 verify: report.and_then(|r| r.verify),
                 gpu_uuids: a.gpus.get(p.id.as_str()).cloned().unwrap_or_default(),
@@ -91,9 +109,14 @@ pub fn app_detail(
         .map(|v| pb::VersionInfo {
             version: u64::from(v.version),
             created_at_ms: v.submitted_at_ms,
-            operation_id: String::new(),
+            operation_id: upgrades
+                .values()
+                .find(|u| u.app == a.name && u.to_version == v.version)
+                .map(|u| u.id.to_string())
+                .unwrap_or_default(),
             operator_count: v.spec.operators.len() as u32,
             pe_count: v.spec.operators.iter().map(|o| o.parallelism).sum(),
+            spec: v.spec_text.clone(),
         })
         .collect();
     pb::AppDetail {
@@ -103,7 +126,36 @@ pub fn app_detail(
         pes,
         streams,
         versions,
-        current_upgrade: None,
+        current_upgrade: up.map(upgrade_operation),
+    }
+}
+
+/// An upgrade operation as the API shows it.
+pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperation {
+    use crate::state::UpgradeOutcome;
+    let (phase, reason) = match (&u.outcome, u.phase) {
+        (Some(UpgradeOutcome::Completed), _) => (pb::UpgradePhase::Done, String::new()),
+        (Some(UpgradeOutcome::RolledBack(why)), _) => (pb::UpgradePhase::RolledBack, why.clone()),
+        (None, Some(plan::Phase::Prepare)) => (pb::UpgradePhase::Prepare, String::new()),
+        (None, Some(plan::Phase::Switch)) => (pb::UpgradePhase::Switch, String::new()),
+        (None, Some(plan::Phase::Cleanup)) => (pb::UpgradePhase::Cleanup, String::new()),
+        (None, None) => (pb::UpgradePhase::Planned, String::new()),
+    };
+    pb::UpgradeOperation {
+        operation_id: u.id.to_string(),
+        from_version: u64::from(u.from_version),
+        to_version: u64::from(u.to_version),
+        phase: phase as i32,
+        reason,
+        started_at_ms: u.started_at_ms,
+        finished_at_ms: u.finished_at_ms.unwrap_or(0),
+        plan_summary: Some(plan_summary(&u.summary)),
+        result: u.result.as_ref().map(|r| pb::UpgradeResult {
+            pes_touched: r.pes_touched,
+            records_lost: r.records_lost,
+            records_duplicated: r.records_duplicated,
+            longest_stall_ms: r.longest_stall_ms,
+        }),
     }
 }
 
@@ -291,14 +343,19 @@ pub fn upgrade_plan(p: &UpgradePlan, from_version: u32, to_version: u32) -> pb::
             })
             .collect(),
         untouched_pes: p.untouched_pes.iter().map(|p| p.to_string()).collect(),
-        summary: Some(pb::PlanSummary {
-            pes_started: p.summary.pes_started as u32,
-            pes_stopped: p.summary.pes_stopped as u32,
-            pes_rewired: p.summary.pes_rewired as u32,
-            pes_untouched: p.summary.pes_untouched as u32,
-            channels_opened: p.summary.channels_opened as u32,
-            channels_closed: p.summary.channels_closed as u32,
-        }),
+        summary: Some(plan_summary(&p.summary)),
+    }
+}
+
+/// Plan counts as the API shows them.
+pub fn plan_summary(s: &weir_common::plan::PlanSummary) -> pb::PlanSummary {
+    pb::PlanSummary {
+        pes_started: s.pes_started as u32,
+        pes_stopped: s.pes_stopped as u32,
+        pes_rewired: s.pes_rewired as u32,
+        pes_untouched: s.pes_untouched as u32,
+        channels_opened: s.channels_opened as u32,
+        channels_closed: s.channels_closed as u32,
     }
 }
 

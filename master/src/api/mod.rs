@@ -194,7 +194,9 @@ pub fn command_status(e: &CommandError) -> Status {
     let code = match e {
         CommandError::AppExists(_) => Code::AlreadyExists,
         CommandError::AppNotFound(_) | CommandError::WorkerNotFound(_) => Code::NotFound,
-        CommandError::AppState { .. } | CommandError::Checkpoint(_) => Code::FailedPrecondition,
+        CommandError::AppState { .. } | CommandError::Checkpoint(_) | CommandError::Upgrade(_) => {
+            Code::FailedPrecondition
+        }
         CommandError::BadPlacement { .. } => Code::InvalidArgument,
     };
     Status::new(code, e.to_string())

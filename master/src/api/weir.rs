@@ -124,7 +124,7 @@ impl Weir for WeirService {
                     .map_err(|e| command_status(&e))?;
                 let version = match self.shared.write(cmd).await? {
                     Response::AppVersion { version, .. } => version,
-                    Response::Done => 1,
+                    Response::Done | Response::UpgradeStarted { .. } => 1,
                 };
                 tracing::info!(app = %spec.name, version, tenant = %spec.tenant, "app submitted");
                 let pes = PhysicalModel::expand(&spec)
@@ -185,18 +185,66 @@ impl Weir for WeirService {
                     )));
                 }
                 let p = plan(&old, &new, (!placement.is_empty()).then_some(&placement));
-                if !r.dry_run {
-                    return Err(Status::unimplemented(
-                        "executing an online upgrade is not available yet; use dry_run to see the plan",
-                    ));
+                let answer = |operation_id: String, p: &weir_common::plan::UpgradePlan, to: u32| {
+                    Ok::<_, Status>(pb::UpgradeAppResponse {
+                        operation_id,
+                        dry_run: r.dry_run,
+                        plan: Some(upgrade_plan(p, version, to)),
+                        plan_json: serde_json::to_string(p)
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                        plan_text: render_text(p),
+                    })
+                };
+                if r.dry_run {
+                    return Ok(Reply::new(answer(String::new(), &p, version + 1)?));
                 }
-                Ok(Reply::new(pb::UpgradeAppResponse {
-                    operation_id: String::new(),
-                    dry_run: true,
-                    plan: Some(upgrade_plan(&p, version, version + 1)),
-                    plan_json: serde_json::to_string(&p).map_err(|e| Status::internal(e.to_string()))?,
-                    plan_text: render_text(&p),
-                }))
+                if p.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "spec: equals version {version} of {:?}; there is nothing to upgrade",
+                        r.app
+                    )));
+                }
+                // Place the new PEs up front: an upgrade that cannot run is refused
+                // before anything is stored or started.
+                let (cmd, p) = self
+                    .read(|s| {
+                        let app = app_or_not_found(s, &r.app)?;
+                        if let Some(id) = app.upgrade {
+                            return Err(Status::failed_precondition(format!(
+                                "app {:?}: upgrade {id} is still running; wait for it to end (weirctl history {})",
+                                r.app, r.app
+                            )));
+                        }
+                        let (placement, gpus) =
+                            crate::executor::reconcile::place_upgrade(s, app, &new)
+                                .map_err(|why| Status::resource_exhausted(format!(
+                                    "resources: the new version cannot be placed: {why}"
+                                )))?;
+                        let pl: Placement = placement
+                            .iter()
+                            .map(|(pe, w)| (PeId(pe.as_str().into()), w.clone()))
+                            .collect();
+                        let p = plan(&old, &new, Some(&pl));
+                        let handoff = crate::executor::upgrade::handoff(&p, &new);
+                        let cmd = Command::BeginUpgrade {
+                            spec: new.clone(),
+                            spec_text: r.spec.clone(),
+                            at_ms: now_ms(),
+                            placement,
+                            gpus,
+                            handoff,
+                            summary: p.summary.clone(),
+                        };
+                        s.check(&cmd).map_err(|e| command_status(&e))?;
+                        Ok((cmd, p))
+                    })
+                    .await?;
+                let (id, to) = match self.shared.write(cmd).await? {
+                    Response::UpgradeStarted { id, version } => (id, version),
+                    _ => return Err(Status::internal("the upgrade did not start")),
+                };
+                tracing::info!(app = %r.app, upgrade = id, from = version, to, "upgrade started");
+                Ok(Reply::new(answer(id.to_string(), &p, to)?))
             })
             .await
     }
@@ -209,10 +257,11 @@ impl Weir for WeirService {
             .timed("GetApp", async {
                 at_leader!(self, req, get_app);
                 self.shared.linearizable().await?;
-                let reports = self.liveness.pe_reports();
+                let reports = self.liveness.pe_reports(&req.get_ref().app);
                 let detail = self
                     .read(|s| {
-                        app_or_not_found(s, &req.get_ref().app).map(|a| app_detail(a, &reports))
+                        app_or_not_found(s, &req.get_ref().app)
+                            .map(|a| app_detail(a, &reports, &s.upgrades))
                     })
                     .await?;
                 let tenant = detail
@@ -361,6 +410,25 @@ impl Weir for WeirService {
                         }),
                         version,
                     ),
+                    Command::BeginUpgrade { spec, .. } if spec.name == name => {
+                        send(phase_event("", pb::UpgradePhase::Prepare), version)
+                    }
+                    Command::UpgradeSwitch { app, id, .. } if *app == name => send(
+                        phase_event(&id.to_string(), pb::UpgradePhase::Switch),
+                        version,
+                    ),
+                    Command::FinishUpgradeSwitch { app, id, .. } if *app == name => send(
+                        phase_event(&id.to_string(), pb::UpgradePhase::Cleanup),
+                        version,
+                    ),
+                    Command::CompleteUpgrade { app, id, .. } if *app == name => send(
+                        phase_event(&id.to_string(), pb::UpgradePhase::Done),
+                        version,
+                    ),
+                    Command::AbortUpgrade { app, id, .. } if *app == name => send(
+                        phase_event(&id.to_string(), pb::UpgradePhase::RolledBack),
+                        version,
+                    ),
                     _ => true,
                 };
                 if !keep {
@@ -456,19 +524,34 @@ impl Weir for WeirService {
             .timed("GetAppHistory", async {
                 at_leader!(self, req, get_app_history);
                 self.shared.linearizable().await?;
-                let detail = self
+                let (detail, operations) = self
                     .read(|s| {
-                        app_or_not_found(s, &req.get_ref().app)
-                            .map(|a| app_detail(a, &Default::default()))
+                        app_or_not_found(s, &req.get_ref().app).map(|a| {
+                            let ops = s
+                                .upgrades
+                                .values()
+                                .filter(|u| u.app == a.name)
+                                .map(upgrade_operation)
+                                .collect();
+                            (app_detail(a, &Default::default(), &s.upgrades), ops)
+                        })
                     })
                     .await?;
                 Ok(Reply::new(pb::GetAppHistoryResponse {
                     versions: detail.versions,
-                    operations: vec![],
+                    operations,
                 }))
             })
             .await
     }
+}
+
+fn phase_event(id: &str, phase: pb::UpgradePhase) -> pb::app_event::Event {
+    pb::app_event::Event::UpgradePhaseChanged(pb::UpgradePhaseChanged {
+        operation_id: id.to_string(),
+        phase: phase as i32,
+        ..Default::default()
+    })
 }
 
 fn app_state_event(old: Option<AppState>, new: AppState) -> pb::app_event::Event {

@@ -53,12 +53,16 @@ impl Liveness {
         self.reports.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// The last report of every PE, by (worker, PE): a PE that moved may still have a
-    /// stale report from its old worker.
-    pub fn pe_reports(&self) -> std::collections::HashMap<(String, String), pb::PeReport> {
+    /// The last report of every PE of `app`, by (worker, PE): a PE that moved may still
+    /// have a stale report from its old worker. (PE ids are unique within an app only:
+    /// two apps with the same operators have the same PE ids.)
+    pub fn pe_reports(
+        &self,
+        app: &str,
+    ) -> std::collections::HashMap<(String, String), pb::PeReport> {
         let mut out = std::collections::HashMap::new();
         for (w, r) in self.reports() {
-            for p in r.pes {
+            for p in r.pes.into_iter().filter(|p| p.app == app) {
                 out.insert((w.clone(), p.pe.clone()), p);
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod reconcile;
 pub mod request;
+pub mod upgrade;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,10 @@ struct Executor {
     counter: u64,
     /// When each app's last checkpoint was triggered by this leader.
     triggered: HashMap<String, Instant>,
+    /// Upgrade switch barriers this leader triggered: (app, barrier).
+    switch_triggered: std::collections::HashSet<(String, u64)>,
+    /// The fewest records missing at the audit sinks seen during each upgrade's cleanup.
+    least_missing: HashMap<u64, u64>,
 }
 
 /// Runs the executor until `stop` fires. It acts only while this master leads.
@@ -65,6 +70,8 @@ pub async fn run(
     let mut ex = Executor {
         cfg,
         triggered: HashMap::new(),
+        switch_triggered: Default::default(),
+        least_missing: HashMap::new(),
         shared,
         liveness,
         clients: HashMap::new(),
@@ -158,6 +165,7 @@ impl Executor {
             })
             .collect();
         let actions = reconcile(&state, &seen, crate::api::now_ms());
+        self.upgrades(&state, &actions.aborts, &mut calls).await;
         for r in actions.recoveries {
             tracing::warn!(app = %r.app, operators = ?r.operators, checkpoint = r.checkpoint_id, reason = %r.reason, "recovering region");
             if let Err(e) = self
@@ -216,7 +224,13 @@ impl Executor {
                 .entry(app.clone())
                 .or_insert_with(|| PhysicalModel::expand(&rec.current().spec));
             let header = self.header();
-            let Some(req) = request::deploy_pe(rec, model, &pe, &state.workers, header) else {
+            let Some(req) = request::deploy_pe(
+                &request::View::current(rec),
+                model,
+                &pe,
+                &state.workers,
+                header,
+            ) else {
                 continue;
             };
             let Some(mut c) = self.client(&w.control_address) else {
@@ -263,7 +277,6 @@ impl Executor {
     /// complete and abandon all go through Raft, so a new leader knows what is in
     /// flight and a checkpoint is never half-recorded.
     async fn checkpoints(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
-        let reports = self.liveness.pe_reports();
         let alive = state
             .workers
             .values()
@@ -275,6 +288,7 @@ impl Executor {
             if app.placement.is_empty() {
                 continue;
             }
+            let reports = self.liveness.pe_reports(&app.name);
             let spec = &app.current().spec;
             let interval = spec
                 .checkpoint_interval_ms
@@ -286,7 +300,9 @@ impl Executor {
                     .get(&(w.clone(), pe.clone()))
                     .filter(|r| r.attempt == ck.attempt(op))
             };
+            let upgrade = app.upgrade.and_then(|id| state.upgrades.get(&id));
             if let Some(f) = &ck.in_flight {
+                let switch = upgrade.is_some_and(|u| u.barrier == f.id);
                 let mut pieces = BTreeMap::new();
                 let mut max_alignment_ms = 0;
                 let mut done = true;
@@ -322,6 +338,9 @@ impl Executor {
                         max_alignment_ms,
                         pieces,
                     }
+                } else if switch {
+                    // The upgrade decides when its switch has taken too long.
+                    continue;
                 } else if now.saturating_sub(f.started_at_ms)
                     > self.cfg.checkpoint_timeout.as_millis() as u64
                     || interval.is_zero()
@@ -342,6 +361,7 @@ impl Executor {
                 continue;
             }
             if interval.is_zero()
+                || upgrade.is_some()
                 || self
                     .triggered
                     .get(&app.name)
@@ -379,26 +399,38 @@ impl Executor {
                 })
                 .map(|(_, w)| w)
                 .collect();
-            for w in sources {
-                let Some(addr) = state.workers.get(w).map(|r| r.control_address.clone()) else {
-                    continue;
-                };
-                let header = self.header();
-                let Some(mut c) = self.client(&addr) else {
-                    continue;
-                };
-                let req = pb::TriggerCheckpointRequest {
-                    header: Some(header),
-                    app: app.name.clone(),
-                    checkpoint_id: id,
-                };
-                let (app, w) = (app.name.clone(), w.clone());
-                calls.spawn(async move {
-                    if let Err(e) = c.trigger_checkpoint(req).await {
-                        tracing::warn!(%app, worker = %w, checkpoint = id, error = %e.message(), "trigger failed");
-                    }
-                });
-            }
+            self.trigger(state, &app.name, sources, id, calls);
+        }
+    }
+
+    /// Sends TriggerCheckpoint `id` of `app` to `workers` (those of its sources).
+    fn trigger<'a>(
+        &mut self,
+        state: &ClusterState,
+        app: &str,
+        workers: impl IntoIterator<Item = &'a String>,
+        id: u64,
+        calls: &mut JoinSet<()>,
+    ) {
+        for w in workers {
+            let Some(addr) = state.workers.get(w).map(|r| r.control_address.clone()) else {
+                continue;
+            };
+            let header = self.header();
+            let Some(mut c) = self.client(&addr) else {
+                continue;
+            };
+            let req = pb::TriggerCheckpointRequest {
+                header: Some(header),
+                app: app.to_string(),
+                checkpoint_id: id,
+            };
+            let (app, w) = (app.to_string(), w.clone());
+            calls.spawn(async move {
+                if let Err(e) = c.trigger_checkpoint(req).await {
+                    tracing::warn!(%app, worker = %w, checkpoint = id, error = %e.message(), "trigger failed");
+                }
+            });
         }
     }
 
@@ -444,6 +476,8 @@ impl Executor {
                     }),
                     end: pb::ChannelEnd::Producer as i32,
                     peer_data_address: cw.data_address.clone(),
+                    barrier_id: 0,
+                    peer_attempt: 0,
                 };
                 calls.spawn(async move {
                     if let Err(e) = c.open_channel(req).await {

@@ -82,6 +82,9 @@ pub struct Actions {
     pub stops: Vec<(String, String, String)>,
     /// Regions to restart.
     pub recoveries: Vec<RecoveryAction>,
+    /// Apps in an upgrade's prepare or switch whose old version lost PEs, and why:
+    /// the upgrade rolls back (which restarts what the switch touched) instead.
+    pub aborts: BTreeMap<String, String>,
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
@@ -112,6 +115,26 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                 let u = used.entry(w.as_str()).or_default();
                 u.0 += o.resources.cpu;
                 u.1 += o.resources.memory_mb;
+            }
+        }
+        // An upgrade's new PEs run beside the old ones until the switch.
+        let next = super::upgrade::active(state, app)
+            .and_then(|up| Some((up, &app.versions.get(up.to_version as usize - 1)?.spec)));
+        if let Some((up, new)) = next {
+            for (pe, w) in up
+                .placement
+                .iter()
+                .filter(|(pe, _)| !app.placement.contains_key(*pe))
+            {
+                if let Some(o) = new.operator(op_of(pe)) {
+                    let u = used.entry(w.as_str()).or_default();
+                    u.0 += o.resources.cpu;
+                    u.1 += o.resources.memory_mb;
+                    let per_slice = o.resources.gpu.as_ref().map_or(0, |g| g.memory_mb);
+                    for uuid in up.gpus.get(pe).into_iter().flatten() {
+                        *gpu_used.entry(uuid.as_str()).or_default() += per_slice;
+                    }
+                }
             }
         }
     }
@@ -259,10 +282,10 @@ fn losses(
                 continue;
             }
         }
-        let Some(s) = seen
-            .get(w)
-            .and_then(|pes| pes.iter().find(|s| &s.pe == pe && s.attempt == attempt))
-        else {
+        let Some(s) = seen.get(w).and_then(|pes| {
+            pes.iter()
+                .find(|s| &s.pe == pe && s.app == app.name && s.attempt == attempt)
+        }) else {
             continue;
         };
         if s.restore_failed != 0 && ck.restore.get(op) == Some(&s.restore_failed) {
@@ -308,6 +331,11 @@ pub fn reconcile(
     for app in state.apps.values().filter(|a| a.state.is_live()) {
         if !app.placement.is_empty() {
             let (ops, why, bad) = losses(state, app, seen);
+            if !ops.is_empty() && super::upgrade::active(state, app).is_some() {
+                replaced.insert(&app.name);
+                actions.aborts.insert(app.name.clone(), why.join("; "));
+                continue;
+            }
             if !ops.is_empty() {
                 replaced.insert(&app.name);
                 if !recovery_due(app, now_ms) {
@@ -363,9 +391,14 @@ pub fn reconcile(
         for (pe, w) in &app.placement {
             let Some(pes) = seen.get(w) else { continue };
             let attempt = app.checkpoints.attempt(op_of(pe));
-            let running = pes
-                .iter()
-                .any(|s| &s.pe == pe && s.attempt >= attempt && s.state != pb::PeState::Failed);
+            // PE ids are unique within an app only: another app's PE of the same id
+            // is not this one.
+            let running = pes.iter().any(|s| {
+                &s.pe == pe
+                    && s.app == app.name
+                    && s.attempt >= attempt
+                    && s.state != pb::PeState::Failed
+            });
             if !running {
                 actions
                     .deploys
@@ -379,16 +412,59 @@ pub fn reconcile(
             continue;
         }
         for s in pes {
-            let wanted = state
-                .apps
-                .get(&s.app)
-                .filter(|a| a.state.is_live())
+            let live = state.apps.get(&s.app).filter(|a| a.state.is_live());
+            let wanted = live
                 .and_then(|a| a.placement.get(&s.pe))
-                .is_some_and(|pw| pw == w);
+                .is_some_and(|pw| pw == w)
+                || live
+                    .and_then(|a| super::upgrade::active(state, a))
+                    .and_then(|u| u.placement.get(&s.pe))
+                    .is_some_and(|pw| pw == w);
             if !wanted {
                 actions.stops.push((w.clone(), s.app.clone(), s.pe.clone()));
             }
         }
     }
     actions
+}
+
+/// Where every PE of `new`, an upgrade of the live `app`, runs: PEs the new version
+/// keeps stay where they are; new PEs are placed by the scheduler around everything
+/// that runs now (the old PEs they replace still run until the switch, so both count).
+/// `Err` says why it cannot be placed (the upgrade is refused, nothing changes).
+pub fn place_upgrade(
+    state: &ClusterState,
+    app: &AppRecord,
+    new: &weir_common::spec::AppSpec,
+) -> Result<(Placement, Gpus), String> {
+    let free = capacities(state);
+    let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
+    let mut pending: Vec<PeRequest> = Vec::new();
+    for r in requests_for(new) {
+        match app.placement.get(r.pe.as_str()) {
+            Some(w) if alive(state, w) => {
+                kept.insert(r.pe.clone(), w.clone());
+            }
+            Some(w) => {
+                return Err(format!(
+                    "PE {} is on worker {w}, which is not alive; upgrade once the app recovered",
+                    r.pe
+                ))
+            }
+            None => pending.push(r),
+        }
+    }
+    let placed = place(&free, &pending, &kept).map_err(|e| e.to_string())?;
+    let mut out: Placement = kept
+        .into_iter()
+        .map(|(pe, w)| (pe.to_string(), w))
+        .collect();
+    let mut gpus = Gpus::new();
+    for (pe, a) in placed {
+        if !a.gpus.is_empty() {
+            gpus.insert(pe.to_string(), a.gpus);
+        }
+        out.insert(pe.to_string(), a.worker);
+    }
+    Ok((out, gpus))
 }

@@ -1,15 +1,55 @@
 //! Building the commands the executor sends, from the replicated state.
 
 use crate::api::convert::partitioning;
-use crate::state::{AppRecord, WorkerRecord, WorkerState};
-use std::collections::BTreeMap;
+use crate::state::{AppRecord, CheckpointRecord, WorkerRecord, WorkerState};
+use std::collections::{BTreeMap, HashMap};
 use weir_common::physical::{source_ordinal, PeId, PhysicalModel};
+use weir_common::spec::AppSpec;
 use weir_proto::v1 as pb;
 
+/// One version of an app as deploys see it: its model, where its PEs run.
+pub struct View<'a> {
+    /// The app.
+    pub app: &'a AppRecord,
+    /// The version's model.
+    pub spec: &'a AppSpec,
+    /// The version number.
+    pub version: u32,
+    /// PE -> worker.
+    pub placement: &'a BTreeMap<String, String>,
+    /// PE -> GPU UUIDs.
+    pub gpus: &'a BTreeMap<String, Vec<String>>,
+}
+
+impl<'a> View<'a> {
+    /// The current version.
+    pub fn current(app: &'a AppRecord) -> Self {
+        Self {
+            app,
+            spec: &app.current().spec,
+            version: app.current_version,
+            placement: &app.placement,
+            gpus: &app.gpus,
+        }
+    }
+
+    /// The recovery attempt of `pe`'s operator.
+    pub fn attempt(&self, pe: &str) -> u64 {
+        self.app.checkpoints.attempt(op_of(pe))
+    }
+}
+
+/// The operator of a PE id.
+pub fn op_of(pe: &str) -> &str {
+    pe.split_once('@').map_or(pe, |(op, _)| op)
+}
+
 /// The DeployPe command of `pe`, or `None` when one of its consumers is not placed on
-/// a known worker yet (it would not know where to send).
+/// a known worker yet (it would not know where to send). It restores from the
+/// checkpoint its operator's attempt restores from (through the pieces of its
+/// predecessors when that checkpoint was an upgrade's switch).
 pub fn deploy_pe(
-    app: &AppRecord,
+    v: &View<'_>,
     model: &PhysicalModel,
     pe: &str,
     workers: &BTreeMap<String, WorkerRecord>,
@@ -17,35 +57,87 @@ pub fn deploy_pe(
 ) -> Option<pb::DeployPeRequest> {
     let id = PeId(pe.into());
     let p = model.pes.get(&id)?;
-    let spec = app.current().spec.operator(&p.operator)?;
-    let outputs = model.outputs.get(&id).cloned().unwrap_or_default();
-    let mut pe_addresses = std::collections::HashMap::new();
-    for o in &outputs {
-        for t in &o.targets {
-            let w = app.placement.get(t.as_str())?;
-            let addr = &workers.get(w)?.data_address;
-            pe_addresses.insert(t.to_string(), addr.clone());
-        }
-    }
-    let inputs = model
-        .inputs_of(&id)
-        .map(|c| pb::ChannelRef {
-            from_pe: c.from.to_string(),
-            to_pe: c.to.to_string(),
-            stream: c.stream.to_string(),
-        })
-        .collect();
-    let restore = app
+    let restore = v
+        .app
         .checkpoints
         .restore
         .get(&*p.operator)
         .copied()
         .unwrap_or(0);
+    let record = v.app.checkpoints.complete.iter().find(|c| c.id == restore);
+    let (restore_checkpoint_id, restore_from, restore_pieces) =
+        match record.and_then(|c| c.handoff.get(pe).map(|h| (c, h))) {
+            Some((c, preds)) => (
+                0,
+                vec![],
+                preds
+                    .iter()
+                    .filter_map(|old| {
+                        let locations = locations(c, old, workers);
+                        (!locations.is_empty()).then(|| pb::RestorePiece {
+                            pe: old.clone(),
+                            checkpoint_id: c.id,
+                            locations,
+                            wait_ms: 0,
+                        })
+                    })
+                    .collect(),
+            ),
+            None => (
+                restore,
+                record.map_or_else(Vec::new, |c| locations(c, pe, workers)),
+                vec![],
+            ),
+        };
+    let mut req = build(v, model, p, workers, header)?;
+    req.restore_checkpoint_id = restore_checkpoint_id;
+    req.restore_from = restore_from;
+    req.restore_pieces = restore_pieces;
+    Some(req)
+}
+
+/// A DeployPe of `p` in version `v` without any state to restore.
+pub fn build(
+    v: &View<'_>,
+    model: &PhysicalModel,
+    p: &weir_common::physical::PeSpec,
+    workers: &BTreeMap<String, WorkerRecord>,
+    header: pb::CommandHeader,
+) -> Option<pb::DeployPeRequest> {
+    let pe = p.id.as_str();
+    let spec = v.spec.operator(&p.operator)?;
+    let outputs = model.outputs.get(&p.id).cloned().unwrap_or_default();
+    let own = v.attempt(pe);
+    let mut peer_attempts = HashMap::new();
+    let mut pe_addresses = HashMap::new();
+    for o in &outputs {
+        for t in &o.targets {
+            let w = v.placement.get(t.as_str())?;
+            let addr = &workers.get(w)?.data_address;
+            pe_addresses.insert(t.to_string(), addr.clone());
+            if v.attempt(t.as_str()) != own {
+                peer_attempts.insert(t.to_string(), v.attempt(t.as_str()));
+            }
+        }
+    }
+    let inputs = model
+        .inputs_of(&p.id)
+        .map(|c| {
+            if v.attempt(c.from.as_str()) != own {
+                peer_attempts.insert(c.from.to_string(), v.attempt(c.from.as_str()));
+            }
+            pb::ChannelRef {
+                from_pe: c.from.to_string(),
+                to_pe: c.to.to_string(),
+                stream: c.stream.to_string(),
+            }
+        })
+        .collect();
     Some(pb::DeployPeRequest {
         header: Some(header),
-        app: app.name.clone(),
-        tenant: app.tenant.clone(),
-        version: u64::from(app.current_version),
+        app: v.app.name.clone(),
+        tenant: v.app.tenant.clone(),
+        version: u64::from(v.version),
         start_pe: Some(pb::StartPe {
             pe: pe.to_string(),
             operator: p.operator.to_string(),
@@ -72,32 +164,28 @@ pub fn deploy_pe(
             memory_mb: spec.resources.memory_mb,
             ..Default::default()
         }),
-        gpu_uuids: app.gpus.get(pe).cloned().unwrap_or_default(),
+        gpu_uuids: v.gpus.get(pe).cloned().unwrap_or_default(),
         pe_addresses,
         restore_from_address: String::new(),
         inputs,
         source_ordinal: source_ordinal(&p.operator, p.index),
-        attempt: app.checkpoints.attempt(&p.operator),
-        restore_checkpoint_id: restore,
-        restore_from: restore_from(app, restore, pe, workers),
+        attempt: own,
+        restore_checkpoint_id: 0,
+        restore_from: vec![],
+        peer_attempts,
+        restore_pieces: vec![],
+        start_at_barrier: 0,
     })
 }
 
-/// Where the snapshot of `pe` in checkpoint `id` is, alive workers first; empty when
-/// `id` is 0 or the PE had no state in it.
-fn restore_from(
-    app: &AppRecord,
-    id: u64,
+/// Where the snapshot of `pe` in checkpoint `c` is, alive workers first; empty when
+/// the PE had no state in it.
+fn locations(
+    c: &CheckpointRecord,
     pe: &str,
     workers: &BTreeMap<String, WorkerRecord>,
 ) -> Vec<pb::SnapshotLocation> {
-    let Some(piece) = app
-        .checkpoints
-        .complete
-        .iter()
-        .find(|c| c.id == id)
-        .and_then(|c| c.pieces.get(pe))
-    else {
+    let Some(piece) = c.pieces.get(pe) else {
         return vec![];
     };
     let mut out: Vec<(bool, pb::SnapshotLocation)> = piece

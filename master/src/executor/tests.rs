@@ -1,7 +1,7 @@
 //! The reconciler's decisions on hand-built states: no network, no Raft.
 
 use super::reconcile::{reconcile, SeenPe};
-use super::request::{deploy_pe, moved_channels};
+use super::request::{deploy_pe, moved_channels, View};
 use crate::state::{ClusterState, Command, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use weir_common::physical::PhysicalModel;
@@ -185,7 +185,7 @@ fn a_restarted_worker_restarts_the_region_from_the_newest_checkpoint() {
     let model = PhysicalModel::expand(&app.current().spec);
     let pe = app.placement.keys().next().unwrap();
     let h = pb::CommandHeader::default();
-    let req = deploy_pe(app, &model, pe, &s.workers, h).unwrap();
+    let req = deploy_pe(&View::current(app), &model, pe, &s.workers, h).unwrap();
     assert_eq!(req.attempt, 1);
     assert_eq!(req.restore_checkpoint_id, 2);
     assert_eq!(req.restore_from.len(), 1);
@@ -310,7 +310,14 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
         .keys()
         .find(|p| p.starts_with("views@"))
         .unwrap();
-    let req = deploy_pe(app, &model, views, &s.workers, pb::CommandHeader::default()).unwrap();
+    let req = deploy_pe(
+        &View::current(app),
+        &model,
+        views,
+        &s.workers,
+        pb::CommandHeader::default(),
+    )
+    .unwrap();
     let start = req.start_pe.unwrap();
     assert_eq!(req.inputs.len(), 2, "both by-page PEs feed each window PE");
     assert!(req.inputs.iter().all(|c| &c.to_pe == views));
@@ -325,7 +332,7 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
     let mut partial = app.clone();
     partial.placement.remove(out);
     assert!(deploy_pe(
-        &partial,
+        &View::current(&partial),
         &model,
         views,
         &s.workers,
@@ -386,7 +393,14 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
     assert_eq!(a.unplaceable.len(), 1);
     let rec = &s.apps[&app];
     let model = PhysicalModel::expand(&rec.current().spec);
-    let req = deploy_pe(rec, &model, infer, &s.workers, Default::default()).unwrap();
+    let req = deploy_pe(
+        &View::current(rec),
+        &model,
+        infer,
+        &s.workers,
+        Default::default(),
+    )
+    .unwrap();
     assert_eq!(req.gpu_uuids, vec!["GPU-a".to_string()]);
     // Cancelling it frees the device for the other app.
     s.apply(&Command::CancelApp {
@@ -397,4 +411,122 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
     let a = reconcile(&s, &BTreeMap::new(), NOW);
     assert_eq!(a.placements.len(), 1, "{a:?}");
     assert_ne!(a.placements[0].0, app);
+}
+
+/// During an upgrade: its new PEs are wanted (not stopped as strays) and count against
+/// the workers' capacity; a lost worker of the old version aborts the upgrade instead
+/// of recovering directly.
+#[test]
+fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
+    let mut s = state(&["w1", "w2"]);
+    place(&mut s);
+    let v2_text = include_str!("../../../examples/clickstream-v2.yaml");
+    let v2 = parse_app(v2_text, SpecFormat::Yaml).unwrap();
+    let app = s.apps["clickstream"].clone();
+    let (placement, gpus) =
+        super::reconcile::place_upgrade(&s, &app, &v2).expect("v2 fits beside v1");
+    let new: Vec<String> = placement
+        .keys()
+        .filter(|pe| !app.placement.contains_key(*pe))
+        .cloned()
+        .collect();
+    assert!(!new.is_empty());
+    let free_before: f64 = super::reconcile::capacities(&s)
+        .iter()
+        .map(|w| w.cpu_free)
+        .sum();
+    s.apply(&Command::BeginUpgrade {
+        spec: v2.clone(),
+        spec_text: v2_text.into(),
+        at_ms: 10,
+        placement: placement.clone(),
+        gpus,
+        handoff: BTreeMap::new(),
+        summary: Default::default(),
+    })
+    .unwrap();
+    let free_after: f64 = super::reconcile::capacities(&s)
+        .iter()
+        .map(|w| w.cpu_free)
+        .sum();
+    let per_pe: f64 = new
+        .iter()
+        .map(|pe| {
+            let op = pe.split_once('@').unwrap().0;
+            v2.operator(op).unwrap().resources.cpu
+        })
+        .sum();
+    assert!((free_before - free_after - per_pe).abs() < 1e-9);
+    // The new PEs, running where the upgrade placed them, are not stopped.
+    let mut seen = seen_all(&s, pb::PeState::Running);
+    for pe in &new {
+        seen.get_mut(&placement[pe]).unwrap().push(SeenPe {
+            pe: pe.clone(),
+            app: "clickstream".into(),
+            state: pb::PeState::Running,
+            ..Default::default()
+        });
+    }
+    let a = reconcile(&s, &seen, NOW);
+    assert!(a.stops.is_empty(), "{:?}", a.stops);
+    assert!(a.aborts.is_empty());
+    // w2 is lost: the upgrade rolls back; the reconciler recovers nothing itself.
+    s.apply(&Command::SetWorkerState {
+        id: "w2".into(),
+        state: WorkerState::Lost,
+        at_ms: 20,
+    })
+    .unwrap();
+    seen.remove("w2");
+    let a = reconcile(&s, &seen, NOW);
+    assert!(a.recoveries.is_empty(), "{:?}", a.recoveries);
+    assert!(
+        a.aborts["clickstream"].contains("worker w2 lost"),
+        "{:?}",
+        a.aborts
+    );
+}
+
+/// PE ids are unique within an app only: another app's PE with the same id, running on
+/// the same worker, neither stands in for this one nor fails it.
+#[test]
+fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
+    let mut s = state(&["w1"]);
+    let twin = APP.replace("name: clickstream", "name: twin");
+    s.apply(&Command::SubmitApp {
+        spec: parse_app(&twin, SpecFormat::Yaml).unwrap(),
+        spec_text: twin,
+        at_ms: 2,
+    })
+    .unwrap();
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    for (app, placement) in a.placements {
+        s.apply(&Command::SetPlacement {
+            app,
+            placement,
+            gpus: BTreeMap::new(),
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        s.apps["clickstream"].placement.keys().collect::<Vec<_>>(),
+        s.apps["twin"].placement.keys().collect::<Vec<_>>()
+    );
+    // Only clickstream runs; one of its PEs failed.
+    let mut seen = seen_all(&s, pb::PeState::Running);
+    let failed = seen.get_mut("w1").unwrap().first_mut().unwrap();
+    failed.state = pb::PeState::Failed;
+    let a = reconcile(&s, &seen, NOW);
+    let twin_deploys = a.deploys.iter().filter(|(app, _, _)| app == "twin").count();
+    assert_eq!(
+        twin_deploys,
+        s.apps["twin"].placement.len(),
+        "every twin PE is deployed"
+    );
+    assert!(
+        a.recoveries.iter().all(|r| r.app == "clickstream"),
+        "clickstream's failure is not twin's: {:?}",
+        a.recoveries
+    );
+    assert_eq!(a.recoveries.len(), 1);
 }

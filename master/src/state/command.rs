@@ -1,6 +1,7 @@
 //! Commands proposed through Raft, the checks that refuse them, and their effects.
 
 use super::*;
+use weir_common::plan::Phase;
 use weir_common::spec::AppSpec;
 
 /// A change to the cluster state, proposed by the leader and applied by every master.
@@ -99,6 +100,73 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         gpus: BTreeMap<String, Vec<String>>,
     },
+    /// Start an online upgrade: store the new version, reserve the switch barrier,
+    /// record the new version's placement. The app runs its old version until the
+    /// switch completes.
+    BeginUpgrade {
+        /// The validated new model (same name).
+        spec: AppSpec,
+        /// The submitted text.
+        spec_text: String,
+        /// Leader clock.
+        at_ms: u64,
+        /// Where every PE of the new version runs.
+        placement: BTreeMap<String, String>,
+        /// GPUs of new PEs.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        gpus: BTreeMap<String, Vec<String>>,
+        /// New PE -> the old PEs whose state it takes over.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        handoff: BTreeMap<String, Vec<String>>,
+        /// Plan counts.
+        summary: weir_common::plan::PlanSummary,
+    },
+    /// Every new PE runs and every switch action is armed: the switch barrier (a
+    /// checkpoint) is begun.
+    UpgradeSwitch {
+        /// App name.
+        app: String,
+        /// Operation id.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+    },
+    /// The switch checkpoint completed: the new version is the current one.
+    FinishUpgradeSwitch {
+        /// App name.
+        app: String,
+        /// Operation id.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+    },
+    /// Every drained PE is gone: the upgrade is done.
+    CompleteUpgrade {
+        /// App name.
+        app: String,
+        /// Operation id.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+        /// What it cost.
+        result: UpgradeResultRecord,
+    },
+    /// The upgrade failed before its switch completed: the old version stays. When the
+    /// switch had begun, `recover` restarts the regions it touched from the newest
+    /// complete checkpoint (taken before the switch), which undoes it exactly.
+    AbortUpgrade {
+        /// App name.
+        app: String,
+        /// Operation id.
+        id: u64,
+        /// Leader clock.
+        at_ms: u64,
+        /// Why.
+        reason: String,
+        /// Operators to restart and the checkpoint to restore (0: empty state).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover: Option<(Vec<String>, u64)>,
+    },
     /// Nothing: used to commit a read barrier or a leader's first entry.
     Noop,
 }
@@ -115,6 +183,13 @@ pub enum Response {
         /// App name.
         app: String,
         /// Its version.
+        version: u32,
+    },
+    /// An upgrade operation began.
+    UpgradeStarted {
+        /// Operation id.
+        id: u64,
+        /// The version it upgrades to.
         version: u32,
     },
 }
@@ -144,6 +219,10 @@ pub enum CommandError {
     /// A checkpoint or recovery command that does not fit the app's state.
     #[error("{0}")]
     Checkpoint(String),
+    /// An upgrade command that does not fit the app's state (another upgrade runs, or
+    /// the operation is not in the phase the command needs).
+    #[error("{0}")]
+    Upgrade(String),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -232,6 +311,54 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                 )));
             }
             check_placement(s, app, placement)?;
+        }
+        Command::BeginUpgrade {
+            spec, placement, ..
+        } => super::upgrade::check_begin(s, spec, placement)?,
+        Command::UpgradeSwitch { app, id, .. } => {
+            let rec = live_app(s, app)?;
+            super::upgrade::check_phase(s, rec, *id, Phase::Prepare)?;
+            if let Some(f) = &rec.checkpoints.in_flight {
+                return Err(CommandError::Upgrade(format!(
+                    "upgrade {id} of {app}: checkpoint {} is still in flight",
+                    f.id
+                )));
+            }
+        }
+        Command::FinishUpgradeSwitch { app, id, .. } => {
+            let rec = live_app(s, app)?;
+            let up = super::upgrade::check_phase(s, rec, *id, Phase::Switch)?;
+            if !rec.checkpoints.complete.iter().any(|c| c.id == up.barrier) {
+                return Err(CommandError::Upgrade(format!(
+                    "upgrade {id} of {app}: switch checkpoint {} is not complete",
+                    up.barrier
+                )));
+            }
+        }
+        Command::CompleteUpgrade { app, id, .. } => {
+            let rec = live_app(s, app)?;
+            super::upgrade::check_phase(s, rec, *id, Phase::Cleanup)?;
+        }
+        Command::AbortUpgrade {
+            app, id, recover, ..
+        } => {
+            let rec = live_app(s, app)?;
+            let up = super::upgrade::check_active(s, rec, *id)?;
+            if up.phase == Some(Phase::Cleanup) {
+                return Err(CommandError::Upgrade(format!(
+                    "upgrade {id} of {app} switched already; it can only complete"
+                )));
+            }
+            if let Some((ops, _)) = recover {
+                if let Some(op) = ops
+                    .iter()
+                    .find(|o| rec.current().spec.operator(o).is_none())
+                {
+                    return Err(CommandError::Upgrade(format!(
+                        "abort of upgrade {id} of {app}: no operator {op:?}"
+                    )));
+                }
+            }
         }
     }
     Ok(())
@@ -352,6 +479,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     placement: BTreeMap::new(),
                     checkpoints: AppCheckpoints::default(),
                     gpus: BTreeMap::new(),
+                    upgrade: None,
                 },
             );
             Response::AppVersion {
@@ -363,6 +491,13 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             let app = s.apps.get_mut(name).expect("checked");
             app.state = AppState::Cancelled;
             app.cancelled_at_ms = Some(*at_ms);
+            if let Some(id) = app.upgrade.take() {
+                if let Some(up) = s.upgrades.get_mut(&id) {
+                    up.phase = None;
+                    up.finished_at_ms = Some(*at_ms);
+                    up.outcome = Some(UpgradeOutcome::RolledBack("the app was cancelled".into()));
+                }
+            }
             app.placement.clear();
             app.gpus.clear();
             if let Some(t) = s.tenants.get_mut(&app.tenant) {
@@ -425,6 +560,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 completed_at_ms: *at_ms,
                 max_alignment_ms: *max_alignment_ms,
                 pieces: pieces.clone(),
+                handoff: BTreeMap::new(),
             });
             let excess = ck.complete.len().saturating_sub(KEEP_CHECKPOINTS);
             ck.complete.drain(..excess);
@@ -477,6 +613,63 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 region.contains(pe.split_once('@').map_or(pe, |(op, _)| op))
             });
             Response::Done
+        }
+        Command::BeginUpgrade {
+            spec,
+            spec_text,
+            at_ms,
+            placement,
+            gpus,
+            handoff,
+            summary,
+        } => super::upgrade::apply_begin(
+            s,
+            super::upgrade::Begin {
+                spec,
+                spec_text,
+                at_ms: *at_ms,
+                placement,
+                gpus,
+                handoff,
+                summary,
+            },
+        ),
+        Command::UpgradeSwitch { app, id, at_ms } => {
+            super::upgrade::apply_switch(s, app, *id, *at_ms)
+        }
+        Command::FinishUpgradeSwitch { app, id, at_ms } => {
+            super::upgrade::apply_finish_switch(s, app, *id, *at_ms)
+        }
+        Command::CompleteUpgrade {
+            app,
+            id,
+            at_ms,
+            result,
+        } => super::upgrade::apply_complete(s, app, *id, *at_ms, result),
+        Command::AbortUpgrade {
+            app,
+            id,
+            at_ms,
+            reason,
+            recover,
+        } => {
+            if let Some((ops, checkpoint_id)) = recover {
+                let placement = s.apps[app].placement.clone();
+                apply_checked(
+                    s,
+                    &Command::Recover {
+                        app: app.clone(),
+                        operators: ops.clone(),
+                        checkpoint_id: *checkpoint_id,
+                        placement,
+                        reason: format!("upgrade {id} rolled back: {reason}"),
+                        at_ms: *at_ms,
+                        drop_checkpoint: None,
+                        gpus: BTreeMap::new(),
+                    },
+                );
+            }
+            super::upgrade::apply_abort(s, app, *id, *at_ms, reason)
         }
         Command::Noop => Response::Done,
     }

@@ -8,6 +8,7 @@
 
 mod command;
 mod records;
+mod upgrade;
 
 pub use command::{Command, CommandError, Response};
 pub use records::*;

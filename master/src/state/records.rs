@@ -54,6 +54,9 @@ pub struct AppRecord {
     /// slice. Kept in Raft so every leader deducts them from the devices' free memory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpus: BTreeMap<String, Vec<String>>,
+    /// The upgrade operation running now, if any (its id in `ClusterState::upgrades`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<u64>,
 }
 
 /// How many complete checkpoints an app keeps (older ones are forgotten and their
@@ -123,6 +126,10 @@ pub struct CheckpointRecord {
     pub max_alignment_ms: u64,
     /// The stored snapshot of every PE with state (PEs without state have none).
     pub pieces: BTreeMap<String, PieceRecord>,
+    /// For an upgrade's switch checkpoint: every new PE whose state is the merge of
+    /// old PEs' pieces, with those PEs (a restore to this checkpoint loads them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handoff: BTreeMap<String, Vec<String>>,
 }
 
 impl CheckpointRecord {
@@ -260,6 +267,41 @@ pub struct UpgradeRecord {
     pub started_at_ms: u64,
     /// When it ended.
     pub finished_at_ms: Option<u64>,
+    /// The phase running now (`None` once it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// When the current phase began.
+    #[serde(default)]
+    pub phase_started_at_ms: u64,
+    /// The switch barrier: a checkpoint id reserved when the upgrade began.
+    #[serde(default)]
+    pub barrier: u64,
+    /// Where every PE of the new version runs (kept PEs where they are, new ones
+    /// placed when the upgrade began).
+    #[serde(default)]
+    pub placement: BTreeMap<String, String>,
+    /// GPUs allocated to new PEs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpus: BTreeMap<String, Vec<String>>,
+    /// New PE -> the old PEs whose state it takes over (at the switch barrier).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handoff: BTreeMap<String, Vec<String>>,
+    /// What it cost, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<UpgradeResultRecord>,
+}
+
+/// What an upgrade cost, as measured by the workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeResultRecord {
+    /// PEs started, drained or rewired.
+    pub pes_touched: u32,
+    /// Records missing at `sink.verify` sinks (gaps below the highest seq seen).
+    pub records_lost: u64,
+    /// Records seen twice at `sink.verify` sinks.
+    pub records_duplicated: u64,
+    /// Longest gap between batches at any sink around the switch, ms.
+    pub longest_stall_ms: u64,
 }
 
 /// How an upgrade ended.

@@ -146,3 +146,168 @@ fn state_round_trips_through_json_for_snapshots() {
     let back: ClusterState = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, s);
 }
+
+const V2: &str = include_str!("../../../examples/clickstream-v2.yaml");
+
+/// A running clickstream placed on w1, and the BeginUpgrade to its v2.
+fn upgrading() -> (ClusterState, Command) {
+    let mut s = ClusterState::default();
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    s.apply(&submit(10)).unwrap();
+    let v1 = parse_app(APP, SpecFormat::Yaml).unwrap();
+    let placement: BTreeMap<String, String> = weir_common::physical::PhysicalModel::expand(&v1)
+        .pes
+        .keys()
+        .map(|pe| (pe.to_string(), "w1".to_string()))
+        .collect();
+    s.apply(&Command::SetPlacement {
+        app: "clickstream".into(),
+        placement,
+        gpus: BTreeMap::new(),
+    })
+    .unwrap();
+    let v2 = parse_app(V2, SpecFormat::Yaml).unwrap();
+    let new: BTreeMap<String, String> = weir_common::physical::PhysicalModel::expand(&v2)
+        .pes
+        .keys()
+        .map(|pe| (pe.to_string(), "w1".to_string()))
+        .collect();
+    let begin = Command::BeginUpgrade {
+        spec: v2,
+        spec_text: V2.into(),
+        at_ms: 100,
+        placement: new,
+        gpus: BTreeMap::new(),
+        handoff: BTreeMap::new(),
+        summary: Default::default(),
+    };
+    (s, begin)
+}
+
+#[test]
+fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
+    let (mut s, begin) = upgrading();
+    assert_eq!(
+        s.apply(&begin).unwrap(),
+        Response::UpgradeStarted { id: 1, version: 2 }
+    );
+    let app = &s.apps["clickstream"];
+    assert_eq!(
+        (app.current_version, app.versions.len()),
+        (1, 2),
+        "v1 runs on"
+    );
+    assert_eq!(app.state, AppState::Upgrading);
+    let barrier = s.upgrades[&1].barrier;
+    assert_eq!(
+        barrier, app.checkpoints.last_id,
+        "the barrier id is reserved"
+    );
+    // A second upgrade is refused and changes nothing.
+    let before = s.clone();
+    assert!(matches!(s.apply(&begin), Err(CommandError::Upgrade(_))));
+    assert_eq!(s, before);
+    // Phases only in order.
+    let finish = Command::FinishUpgradeSwitch {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 120,
+    };
+    assert!(s.apply(&finish).is_err());
+    s.apply(&Command::UpgradeSwitch {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 110,
+    })
+    .unwrap();
+    assert_eq!(
+        s.apps["clickstream"]
+            .checkpoints
+            .in_flight
+            .as_ref()
+            .map(|f| f.id),
+        Some(barrier)
+    );
+    // The switch completes only with its checkpoint.
+    assert!(s.apply(&finish).is_err());
+    s.apply(&Command::CompleteCheckpoint {
+        app: "clickstream".into(),
+        id: barrier,
+        at_ms: 115,
+        max_alignment_ms: 0,
+        pieces: BTreeMap::new(),
+    })
+    .unwrap();
+    s.apply(&finish).unwrap();
+    let app = &s.apps["clickstream"];
+    assert_eq!(app.current_version, 2);
+    assert_eq!(app.placement, s.upgrades[&1].placement);
+    // Aborting after the switch is refused: it can only complete.
+    assert!(s
+        .apply(&Command::AbortUpgrade {
+            app: "clickstream".into(),
+            id: 1,
+            at_ms: 130,
+            reason: "late".into(),
+            recover: None,
+        })
+        .is_err());
+    s.apply(&Command::CompleteUpgrade {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 140,
+        result: UpgradeResultRecord::default(),
+    })
+    .unwrap();
+    let app = &s.apps["clickstream"];
+    assert_eq!((app.state, app.upgrade), (AppState::Running, None));
+    assert_eq!(s.upgrades[&1].outcome, Some(UpgradeOutcome::Completed));
+}
+
+#[test]
+fn an_aborted_switch_keeps_v1_and_restarts_the_touched_region_from_before_it() {
+    let (mut s, begin) = upgrading();
+    s.apply(&begin).unwrap();
+    s.apply(&Command::UpgradeSwitch {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 110,
+    })
+    .unwrap();
+    s.apply(&Command::AbortUpgrade {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 130,
+        reason: "worker w1 lost".into(),
+        recover: Some((vec!["parse".into(), "views".into()], 0)),
+    })
+    .unwrap();
+    let app = &s.apps["clickstream"];
+    assert_eq!((app.current_version, app.state), (1, AppState::Running));
+    assert_eq!(app.upgrade, None);
+    assert_eq!(
+        app.checkpoints.in_flight, None,
+        "the switch checkpoint is dropped"
+    );
+    assert_eq!(app.checkpoints.attempt("parse"), 1);
+    assert_eq!(app.checkpoints.attempt("views"), 1);
+    let rec = app.checkpoints.recoveries.last().unwrap();
+    assert!(
+        rec.reason.contains("rolled back: worker w1 lost"),
+        "{}",
+        rec.reason
+    );
+    assert_eq!(
+        s.upgrades[&1].outcome,
+        Some(UpgradeOutcome::RolledBack("worker w1 lost".into()))
+    );
+    // A new upgrade may start; it gets the next id and the next version.
+    let (_, again) = upgrading();
+    assert_eq!(
+        s.apply(&again).unwrap(),
+        Response::UpgradeStarted { id: 2, version: 3 }
+    );
+}

@@ -218,7 +218,8 @@ fn describe_store_error(e: &StoreError) -> String {
 }
 
 fn matches_location(size: u64, crc: u32, l: &pb::SnapshotLocation) -> bool {
-    l.size_bytes == size && l.crc32c == crc
+    // Size and CRC 0: a hand-off location, known before the snapshot is taken.
+    (l.size_bytes == 0 && l.crc32c == 0) || (l.size_bytes == size && l.crc32c == crc)
 }
 
 /// Finds an intact copy of the snapshot of `pe` at checkpoint `id`: this worker's own
@@ -234,6 +235,20 @@ pub async fn fetch(
     pe: &str,
     id: u64,
     locations: &[pb::SnapshotLocation],
+) -> Result<Fetched, FetchError> {
+    fetch_waiting(store, self_id, app, pe, id, locations, 0).await
+}
+
+/// [`fetch`], where every other location may wait up to `wait_ms` for the snapshot to
+/// be stored (a successor fetching the hand-off of a predecessor still draining).
+pub async fn fetch_waiting(
+    store: &Arc<SnapshotStore>,
+    self_id: &str,
+    app: &str,
+    pe: &str,
+    id: u64,
+    locations: &[pb::SnapshotLocation],
+    wait_ms: u64,
 ) -> Result<Fetched, FetchError> {
     let mut problems = Vec::new();
     let local = {
@@ -270,7 +285,7 @@ pub async fn fetch(
     }
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
-        match fetch_from(l, app, pe, id).await {
+        match fetch_from(l, app, pe, id, wait_ms).await {
             Ok(data) => {
                 tracing::info!(%app, %pe, checkpoint = id, from = %l.worker_id, bytes = data.len(), skipped = ?problems, "fetched a checkpoint snapshot");
                 let (s, a, p, d) = (store.clone(), app.to_string(), pe.to_string(), data.clone());
@@ -311,6 +326,7 @@ async fn fetch_from(
     app: &str,
     pe: &str,
     id: u64,
+    wait_ms: u64,
 ) -> Result<Bytes, String> {
     if l.control_address.is_empty() {
         return Err("no control address".into());
@@ -327,6 +343,7 @@ async fn fetch_from(
         key_groups: None,
         offset: 0,
         for_pe: pe.to_string(),
+        wait_ms,
     };
     let ep = endpoint(&l.control_address)?;
     let transfer = async move {

@@ -100,6 +100,9 @@ where
     })
 }
 
+/// The longest a fetch waits for a snapshot to appear.
+const MAX_WAIT_MS: u64 = 10_000;
+
 /// Serves `FetchStateSnapshot`: the whole stored snapshot (checkpoint 0: the latest
 /// stored here) in chunks from `offset`, after verifying the stored copy (DATA_LOSS
 /// when corrupt, NOT_FOUND when absent). `key_groups` is not applied: the whole
@@ -116,6 +119,14 @@ pub async fn fetch_state_snapshot(
     }
     check_names(&r.app, &r.pe, "pe")?;
     let (app, pe, asked) = (r.app.clone(), r.pe.clone(), r.checkpoint_id);
+    if r.wait_ms > 0 && asked != 0 {
+        // A successor asks for a hand-off its predecessor may not have taken yet.
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(r.wait_ms.min(MAX_WAIT_MS));
+        while !store.has(&app, &pe, asked) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
     let read = tokio::task::spawn_blocking(move || {
         let id = if asked == 0 {
             match store.list(&app, &pe)?.last() {

@@ -297,7 +297,41 @@ async fn checkpoint_fetch_state_snapshot_statuses() {
         key_groups: None,
         offset,
         for_pe: "next".into(),
+        wait_ms: 0,
     };
+    // Without waiting, a snapshot not stored yet is NOT_FOUND; a hand-off fetch waits
+    // for one stored after it asked.
+    assert_eq!(
+        c.fetch_state_snapshot(pb::FetchStateSnapshotRequest {
+            pe: "successor-of".into(),
+            ..req(11, 0)
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    let store = w1.store.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        store.put(APP, "successor-of", 11, b"handed over").unwrap();
+    });
+    let mut chunks = c
+        .fetch_state_snapshot(pb::FetchStateSnapshotRequest {
+            pe: "successor-of".into(),
+            wait_ms: 10_000,
+            ..req(11, 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(got, b"handed over");
+    later.await.unwrap();
     let collect = |mut s: tonic::Streaming<pb::StateChunk>| async move {
         let mut out = Vec::new();
         while let Some(c) = s.message().await.unwrap() {

@@ -128,6 +128,14 @@ impl ChannelSender {
         }
     }
 
+    /// Whether the consumer has everything, the end included (in memory: always).
+    pub fn finished(&self) -> bool {
+        match self {
+            ChannelSender::Local(_) => true,
+            ChannelSender::Remote(r) => r.finished(),
+        }
+    }
+
     /// Frames sent and not acknowledged (always 0 in memory).
     pub fn pending(&self) -> usize {
         match self {

@@ -500,3 +500,35 @@ fn the_documented_frame_example_holds() {
     framed::encode(&batch(&[]), &mut empty).unwrap();
     assert_eq!(empty, [4, 0, 0, 0, 0, 0, 0, 0]);
 }
+
+#[tokio::test]
+async fn a_program_sees_its_gpus_and_no_others() {
+    let script = "import json, os, sys\n\
+                  for line in sys.stdin:\n    \
+                      print(json.dumps({'gpus': os.environ['WEIR_GPUS'],\n                                        \
+                                        'cuda': os.environ['CUDA_VISIBLE_DEVICES']}), flush=True)\n";
+    let mut p = params(PeProtocol::Lines, &["python3", "-c", script]);
+    // What the spec says loses to what the scheduler allocated.
+    p.env
+        .insert(CUDA_VISIBLE_DEVICES.into(), "GPU-not-yours".into());
+    for (gpus, want) in [
+        (
+            vec!["GPU-a".to_string(), "GPU-b".to_string()],
+            "GPU-a,GPU-b",
+        ),
+        (vec![], ""),
+    ] {
+        let mut pe = start(&with_gpus(&p, &gpus), quick()).await;
+        let out = pe.process(&batch(&clicks(1, 0..1))).await.unwrap();
+        let fields = &records(&out)[0].4;
+        let text = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(text("gpus"), Some(Value::Str(want.into())), "{gpus:?}");
+        assert_eq!(text("cuda"), Some(Value::Str(want.into())), "{gpus:?}");
+        pe.shutdown().await;
+    }
+}

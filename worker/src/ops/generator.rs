@@ -70,6 +70,11 @@ impl Generator {
             (end - self.next_seq) as usize * (self.params.payload_bytes as usize + 64),
         );
         let mut key = String::with_capacity(12);
+        let wall = self.params.wall_clock.then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
         for seq in self.next_seq..end {
             let id = id_at(self.index, self.parallelism, seq);
             key.clear();
@@ -86,7 +91,7 @@ impl Generator {
             b.push(
                 self.source,
                 seq,
-                BASE_EVENT_TIME_MS + id as i64,
+                wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64),
                 key.as_bytes(),
                 fields,
             )
@@ -108,6 +113,7 @@ mod tests {
             keys: 10,
             payload_bytes: 16,
             seed: 0,
+            wall_clock: false,
         }
     }
 

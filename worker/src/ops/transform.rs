@@ -54,9 +54,10 @@ impl Map {
                         .iter()
                         .find(|(n, _)| n == f)
                         .map(|(_, v)| v.clone())
-                        .or_else(|| {
-                            (f == "key")
-                                .then(|| Value::Str(String::from_utf8_lossy(r.key).into_owned()))
+                        .or_else(|| match f {
+                            "key" => Some(Value::Str(String::from_utf8_lossy(r.key).into_owned())),
+                            "ts" => Some(Value::I64(r.event_time_ms)),
+                            _ => None,
                         })
                 });
                 match fields.iter_mut().find(|(n, _)| n == name) {
@@ -144,6 +145,7 @@ mod tests {
             keys: 5,
             payload_bytes: 8,
             seed: 0,
+            wall_clock: false,
         };
         Generator::new(p, 0, 0, 1).next_batch(1000).unwrap()
     }
@@ -151,7 +153,13 @@ mod tests {
     #[test]
     fn map_renames_computes_and_projects() {
         let p = MapParams {
-            project: vec!["id".into(), "page".into(), "v".into(), "user".into()],
+            project: vec![
+                "id".into(),
+                "page".into(),
+                "v".into(),
+                "user".into(),
+                "t".into(),
+            ],
             rename: [("value".to_string(), "v".to_string())].into(),
             set: [
                 (
@@ -159,6 +167,7 @@ mod tests {
                     r#"concat("/p/", mod(id, 3))"#.to_string(),
                 ),
                 ("user".to_string(), "key".to_string()),
+                ("t".to_string(), "ts".to_string()),
             ]
             .into(),
         };
@@ -171,12 +180,17 @@ mod tests {
             };
             assert_eq!(r.field("page"), Some(Value::Str(format!("/p/{}", id % 3))));
             assert_eq!(r.field("user"), Some(Value::Str(format!("k{}", id % 5))));
+            assert_eq!(
+                r.field("t"),
+                Some(Value::I64(r.event_time_ms)),
+                "ts is the event time"
+            );
             assert!(
                 r.field("v").is_some()
                     && r.field("value").is_none()
                     && r.field("payload").is_none()
             );
-            assert_eq!(r.fields().count(), 4);
+            assert_eq!(r.fields().count(), 5);
         }
     }
 

@@ -30,6 +30,9 @@ pub struct SourceReport {
     pub max_seq: Option<u64>,
     /// Seqs below `max_seq` never received: loss, when nothing upstream filters.
     pub missing_below_max: u64,
+    /// Seqs never received at or below the highest seq seen a second or more ago
+    /// (records still in flight on another channel do not count).
+    pub missing_settled: u64,
 }
 
 /// What a verify sink received.
@@ -74,6 +77,28 @@ impl Seen {
         }
     }
 
+    /// Seqs in `0..=mark` never received.
+    fn missing_upto(&self, mark: u64) -> u64 {
+        let mut ones = 0u64;
+        for (index, words) in self.chunks.range(..=mark / CHUNK_BITS) {
+            let base = index * CHUNK_BITS;
+            if base + CHUNK_BITS - 1 <= mark {
+                ones += words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+            } else {
+                let bits = mark - base + 1;
+                let (full, rest) = ((bits / 64) as usize, bits % 64);
+                ones += words[..full]
+                    .iter()
+                    .map(|w| u64::from(w.count_ones()))
+                    .sum::<u64>();
+                if rest > 0 {
+                    ones += u64::from((words[full] & ((1u64 << rest) - 1)).count_ones());
+                }
+            }
+        }
+        (mark + 1).saturating_sub(ones)
+    }
+
     fn max_seq(&self) -> Option<u64> {
         let (index, words) = self
             .chunks
@@ -107,7 +132,13 @@ impl Seen {
 pub struct Verify {
     expect: Option<u64>,
     sources: BTreeMap<u32, Seen>,
+    /// Per source, the highest seq seen at the last two marks (a second apart).
+    marks: BTreeMap<u32, (Option<u64>, Option<u64>)>,
+    marked_at: Option<std::time::Instant>,
 }
+
+/// How far apart the marks behind `missing_settled` are.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Verify {
     /// A verifier expecting `expect` distinct records in total, if given.
@@ -115,6 +146,8 @@ impl Verify {
         Self {
             expect,
             sources: BTreeMap::new(),
+            marks: BTreeMap::new(),
+            marked_at: None,
         }
     }
 
@@ -123,6 +156,17 @@ impl Verify {
         for r in batch.iter() {
             // A lookup in a map of a few sources costs little next to parsing the record.
             self.sources.entry(r.source).or_default().insert(r.seq);
+        }
+        let now = std::time::Instant::now();
+        if self
+            .marked_at
+            .is_none_or(|t| now.duration_since(t) >= MARK_EVERY)
+        {
+            self.marked_at = Some(now);
+            for (source, s) in &self.sources {
+                let m = self.marks.entry(*source).or_default();
+                *m = (m.1, s.max_seq());
+            }
         }
     }
 
@@ -140,6 +184,11 @@ impl Verify {
                     max_seq,
                     missing_below_max: max_seq
                         .map_or(0, |m| m.saturating_sub(s.distinct.saturating_sub(1))),
+                    missing_settled: self
+                        .marks
+                        .get(source)
+                        .and_then(|m| m.0)
+                        .map_or(0, |mark| s.missing_upto(mark)),
                 }
             })
             .collect();

@@ -213,6 +213,27 @@ impl Window {
         self.emit(all)
     }
 
+    /// A new input joins: it holds the watermark back until it shows progress.
+    pub fn add_input(&mut self) {
+        self.inputs.push(Progress::Unseen);
+    }
+
+    /// After merging predecessors' snapshots (an upgrade's hand-off): keeps only the
+    /// windows of `groups`, and resets every input's progress to the least any input
+    /// had made, because this PE's inputs are not its predecessors' (a watermark that
+    /// is too low only delays closing; one too high would close windows early).
+    pub fn take_over(&mut self, groups: weir_common::keygroup::KeyGroupRange) {
+        for keys in self.windows.values_mut() {
+            keys.retain(|k, _| groups.contains(key_group(k)));
+        }
+        self.windows.retain(|_, keys| !keys.is_empty());
+        self.floors.retain(|g, _| groups.contains(*g));
+        let least = self.inputs.iter().min().copied().unwrap_or_default();
+        for p in &mut self.inputs {
+            *p = least;
+        }
+    }
+
     /// Records dropped because their window had already closed.
     pub fn late(&self) -> u64 {
         self.late

@@ -9,7 +9,7 @@
 //! part of it.
 
 use super::status::PeStatus;
-use crate::checkpoint::replicate::{fetch, Replicator};
+use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -158,6 +158,34 @@ impl CheckpointEnv {
             });
         });
         Ok(())
+    }
+
+    /// Loads another PE's snapshot at `id` (an upgrade's hand-off, or a predecessor's
+    /// piece of a checkpoint), from this worker or the given locations, waiting up to
+    /// `wait` for it to be taken.
+    pub async fn load_piece(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        from: &[pb::SnapshotLocation],
+        wait: std::time::Duration,
+    ) -> Result<Loaded, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let per_call = left.min(std::time::Duration::from_secs(1)).as_millis() as u64;
+            match fetch_waiting(&self.store, &self.worker_id, app, pe, id, from, per_call).await {
+                Ok(f) => {
+                    return Ok(Loaded {
+                        bytes: f.bytes,
+                        note: format!("snapshot {id} (copy on {})", f.from),
+                    })
+                }
+                Err(e) if left.is_zero() => return Err(format!("snapshot {id}: {e}")),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            }
+        }
     }
 
     /// Loads the snapshot of `pe` at checkpoint `id` from this worker or the given

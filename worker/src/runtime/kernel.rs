@@ -36,13 +36,15 @@ pub enum Kernel {
 pub type KernelError = String;
 
 impl Kernel {
-    /// Builds the kernel of a transform or sink operator.
+    /// Builds the kernel of a transform or sink operator. `gpus` are the devices the
+    /// master allocated to the PE (an exec program is shown those and no others).
     pub async fn build(
         pe: &str,
         spec: &OperatorSpec,
         index: u32,
         inputs: usize,
         out_source: u32,
+        gpus: &[String],
     ) -> Result<Self, KernelError> {
         Ok(match &spec.kind {
             OperatorKind::Map(p) => Kernel::Map(Map::new(p)?),
@@ -63,7 +65,9 @@ impl Kernel {
                 out_source,
             )),
             OperatorKind::Exec(p) => Kernel::Exec(Box::new(
-                ExecPe::start(pe, p).await.map_err(|e| e.to_string())?,
+                ExecPe::start(pe, &crate::exec::with_gpus(p, gpus))
+                    .await
+                    .map_err(|e| e.to_string())?,
             )),
             OperatorKind::SinkVerify(p) => Kernel::Verify(Verify::new(p.expect)),
             OperatorKind::SinkFile(p) => Kernel::File(
@@ -146,14 +150,42 @@ impl Kernel {
         })
     }
 
-    /// Loads checkpointed state (before any input); `None`: start empty.
-    pub fn restore(&mut self, bytes: Option<&[u8]>) -> Result<(), KernelError> {
-        match (self, bytes) {
-            (Kernel::Window(w), Some(b)) => w.restore(b).map_err(|e| e.to_string()),
-            (Kernel::Verify(v), Some(b)) => v.restore(b).map_err(|e| e.to_string()),
-            (Kernel::File(f), Some(b)) => f.restore(b).map_err(|e| format!("sink.file: {e}")),
-            (Kernel::File(f), None) => f.start_fresh().map_err(|e| format!("sink.file: {e}")),
-            _ => Ok(()),
+    /// Loads state before any input: no part starts empty; one part is a checkpoint of
+    /// this PE; with `handoff` (an upgrade's successor, or a restore to a checkpoint
+    /// taken before one) the parts are predecessors' snapshots, merged, and only the
+    /// key groups in `handoff` are kept.
+    pub fn restore(
+        &mut self,
+        parts: &[bytes::Bytes],
+        handoff: Option<weir_common::keygroup::KeyGroupRange>,
+    ) -> Result<(), KernelError> {
+        match self {
+            Kernel::Window(w) => {
+                for b in parts {
+                    w.restore(b).map_err(|e| e.to_string())?;
+                }
+                if let Some(groups) = handoff {
+                    w.take_over(groups);
+                }
+            }
+            Kernel::Verify(v) => {
+                for b in parts {
+                    v.restore(b).map_err(|e| e.to_string())?;
+                }
+            }
+            Kernel::File(f) => match parts.first() {
+                Some(b) => f.restore(b).map_err(|e| format!("sink.file: {e}"))?,
+                None => f.start_fresh().map_err(|e| format!("sink.file: {e}"))?,
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A new input joins (an upgrade rewired the PE).
+    pub fn add_input(&mut self) {
+        if let Kernel::Window(w) = self {
+            w.add_input();
         }
     }
 
@@ -177,6 +209,7 @@ impl Kernel {
             expected: r.expected,
             complete: r.complete,
             missing_below_max: r.sources.iter().map(|s| s.missing_below_max).sum(),
+            missing_settled: r.sources.iter().map(|s| s.missing_settled).sum(),
             sources: r.sources.len() as u32,
             inputs_ended,
         })

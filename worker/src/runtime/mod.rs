@@ -11,6 +11,7 @@ pub mod pe;
 pub mod router;
 pub mod sources;
 pub mod status;
+pub mod upgrade;
 
 use crate::dataplane::outbound::RemoteSender;
 use crate::dataplane::sender::{ChannelSender, LocalSender};
@@ -26,6 +27,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+use upgrade::PeControl;
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::{OperatorKind, OperatorSpec, Partitioning};
 use weir_proto::v1 as pb;
@@ -40,6 +42,8 @@ pub struct Target {
     pub pe: String,
     /// Data address of its worker; `None` when it runs on this worker.
     pub address: Option<String>,
+    /// Its recovery attempt; `None`: the producer's own.
+    pub attempt: Option<u64>,
 }
 
 /// One output stream of a PE to deploy.
@@ -82,6 +86,72 @@ pub struct PeConfig {
     pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
     /// UUIDs of the GPUs allocated to it (one per requested slice); empty without.
     pub gpus: Vec<String>,
+    /// Attempts of peers (input producers) that differ from `attempt`.
+    pub peer_attempts: std::collections::HashMap<String, u64>,
+    /// Snapshots of other PEs to merge into its starting state (an upgrade's hand-off);
+    /// takes precedence over `restore`.
+    pub restore_pieces: Vec<pb::RestorePiece>,
+    /// A source added by an upgrade starts at this barrier; 0: at once.
+    pub start_at_barrier: u64,
+}
+
+/// Makes the producer ends of a PE's channels: in memory to consumers on this worker,
+/// TCP to the others. Shared by deploy and by route switches during an upgrade.
+#[derive(Clone)]
+pub struct Senders {
+    inputs: Arc<Inputs>,
+    app: String,
+    end: String,
+    attempt: u64,
+    remotes: Arc<Mutex<Vec<Arc<RemoteSender>>>>,
+}
+
+impl Senders {
+    /// The channel from this PE to `t`.
+    pub fn key(&self, t: &Target) -> ChannelKey {
+        ChannelKey::new(
+            self.end.clone(),
+            channel_end(&self.app, &t.pe, t.attempt.unwrap_or(self.attempt)),
+        )
+    }
+
+    /// A new channel to `t`.
+    pub fn make(&self, t: &Target) -> ChannelSender {
+        let key = self.key(t);
+        match &t.address {
+            None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
+            Some(a) => {
+                let r = Arc::new(RemoteSender::new(key, a.clone()));
+                let mut remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+                // Channels an earlier switch ended and whose end was acknowledged are
+                // done: forgetting them keeps repeated upgrades from piling them up.
+                remotes.retain(|r| !r.finished());
+                remotes.push(r.clone());
+                ChannelSender::Remote(r)
+            }
+        }
+    }
+
+    /// Forgets an input endpoint whose channel ended (it will never carry more).
+    pub fn retire_input(&self, ep: &Arc<crate::dataplane::InputEndpoint>) {
+        self.inputs.remove(ep);
+    }
+}
+
+/// Why an upgrade action could not be armed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    /// No such PE here.
+    #[error("PE {0} is not running here")]
+    NotHere(String),
+    /// The PE is not in a state to take it.
+    #[error("PE {pe} is {state:?}; it cannot take the action")]
+    NotRunning {
+        /// PE id.
+        pe: String,
+        /// Its state.
+        state: PeRunState,
+    },
 }
 
 /// The name of PE `pe`'s end of channels of `app` under `attempt`. PE ids are unique
@@ -118,10 +188,11 @@ struct PeEntry {
     gpus: Vec<String>,
     source: bool,
     triggers: mpsc::Sender<u64>,
+    control: mpsc::UnboundedSender<PeControl>,
     status: Arc<PeStatus>,
     task: JoinHandle<()>,
-    remotes: Vec<Arc<RemoteSender>>,
-    inputs: Vec<Arc<crate::dataplane::InputEndpoint>>,
+    remotes: Arc<Mutex<Vec<Arc<RemoteSender>>>>,
+    inputs: Mutex<Vec<Arc<crate::dataplane::InputEndpoint>>>,
     last: Mutex<(Instant, u64, u64)>,
 }
 
@@ -199,53 +270,47 @@ impl Runtime {
         self.stop(&cfg.app, &cfg.pe);
         let pe = cfg.pe.clone();
         let end = channel_end(&cfg.app, &pe, cfg.attempt);
+        let peer_attempt = |p: &str| cfg.peer_attempts.get(p).copied().unwrap_or(cfg.attempt);
         let inputs: Vec<_> = cfg
             .inputs
             .iter()
             .map(|from| {
                 self.inputs.register(ChannelKey::new(
-                    channel_end(&cfg.app, from, cfg.attempt),
+                    channel_end(&cfg.app, from, peer_attempt(from)),
                     end.clone(),
                 ))
             })
             .collect();
         let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
-        let mut remotes = Vec::new();
+        let senders = Senders {
+            inputs: self.inputs.clone(),
+            app: cfg.app.clone(),
+            end: end.clone(),
+            attempt: cfg.attempt,
+            remotes: Arc::default(),
+        };
+        let remotes = senders.remotes.clone();
         let mut routes = Vec::new();
         for o in &cfg.outputs {
-            let senders = o
-                .targets
-                .iter()
-                .map(|t| {
-                    let key =
-                        ChannelKey::new(end.clone(), channel_end(&cfg.app, &t.pe, cfg.attempt));
-                    match &t.address {
-                        None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
-                        Some(a) => {
-                            let r = Arc::new(RemoteSender::new(key, a.clone()));
-                            remotes.push(r.clone());
-                            ChannelSender::Remote(r)
-                        }
-                    }
-                })
-                .collect();
-            routes.push(Route::new(
-                o.stream.clone(),
-                o.partitioning.clone(),
-                senders,
-            ));
+            let chans = o.targets.iter().map(|t| senders.make(t)).collect();
+            routes.push(Route::new(o.stream.clone(), o.partitioning.clone(), chans));
         }
         let router = Router::new(routes);
         let status = Arc::new(PeStatus::default());
         let st = status.clone();
         let (triggers, trigger_rx) = mpsc::channel(4);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let source = cfg.spec.kind.role() == weir_common::spec::Role::Source;
         let ckpt = pe::Ckpt {
             app: cfg.app.clone(),
             pe: pe.clone(),
             env: self.ckpt.clone(),
             restore: cfg.restore.clone(),
+            pieces: cfg.restore_pieces.clone(),
+            key_groups: cfg.key_groups,
+            start_at: cfg.start_at_barrier,
             triggers: trigger_rx,
+            armed: upgrade::Armed::new(control_rx, senders),
         };
         let span = tracing::info_span!("pe", app = %cfg.app, pe = %pe);
         let fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
@@ -287,8 +352,9 @@ impl Runtime {
                     let spec = cfg.spec.clone();
                     let (index, n, ordinal) = (cfg.index, inputs.len(), cfg.source_ordinal);
                     let id = pe.clone();
+                    let gpus = cfg.gpus.clone();
                     Box::pin(async move {
-                        match Kernel::build(&id, &spec, index, n, ordinal).await {
+                        match Kernel::build(&id, &spec, index, n, ordinal, &gpus).await {
                             Ok(k) => pe::run_consumer(id, k, router, inputs, st, ckpt).await,
                             Err(e) => {
                                 tracing::error!(pe = %id, error = %e, "PE cannot start");
@@ -310,10 +376,11 @@ impl Runtime {
                 gpus: cfg.gpus,
                 source,
                 triggers,
+                control,
                 status,
                 task,
                 remotes,
-                inputs: input_eps,
+                inputs: Mutex::new(input_eps),
                 last: Mutex::new((Instant::now(), 0, 0)),
             },
         );
@@ -337,7 +404,7 @@ impl Runtime {
         let mut stats = None;
         for e in gone {
             e.task.abort();
-            for ep in &e.inputs {
+            for ep in e.inputs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 self.inputs.remove(ep);
             }
             tracing::info!(app = %e.app, %pe, "PE stopped");
@@ -367,7 +434,8 @@ impl Runtime {
             .values()
             .filter(|e| e.pe == key.from && (app.is_empty() || e.app == app))
         {
-            for r in e.remotes.iter().filter(|r| {
+            let remotes = e.remotes.lock().unwrap_or_else(|p| p.into_inner());
+            for r in remotes.iter().filter(|r| {
                 pe_of_end(&r.key().from) == key.from && pe_of_end(&r.key().to) == key.to
             }) {
                 r.set_peer(address.to_string());
@@ -375,6 +443,114 @@ impl Runtime {
             }
         }
         found
+    }
+
+    fn arm(&self, app: &str, pe: &str, action: PeControl) -> Result<u64, ArmError> {
+        let m = self.lock();
+        let e = m
+            .get(&entry_key(app, pe))
+            .ok_or_else(|| ArmError::NotHere(pe.to_string()))?;
+        let state = e.status.state();
+        if matches!(state, PeRunState::Failed | PeRunState::Finished) {
+            return Err(ArmError::NotRunning {
+                pe: pe.to_string(),
+                state,
+            });
+        }
+        e.control.send(action).map_err(|_| ArmError::NotRunning {
+            pe: pe.to_string(),
+            state,
+        })?;
+        Ok(e.status.records_in.load(Ordering::Relaxed))
+    }
+
+    /// Arms producer `pe` of `app` to route `stream` by `partitioning` over `targets`
+    /// after barrier `barrier` (see [`upgrade`]). Returns the records it has taken in.
+    pub fn switch_output(
+        &self,
+        app: &str,
+        pe: &str,
+        barrier: u64,
+        stream: String,
+        partitioning: Option<Partitioning>,
+        targets: Vec<Target>,
+    ) -> Result<u64, ArmError> {
+        self.arm(
+            app,
+            pe,
+            PeControl::Switch {
+                barrier,
+                stream,
+                partitioning,
+                targets,
+            },
+        )
+    }
+
+    /// Arms `pe` of `app` to drain at barrier `barrier`.
+    pub fn drain(&self, app: &str, pe: &str, barrier: u64) -> Result<u64, ArmError> {
+        self.arm(app, pe, PeControl::Drain { barrier })
+    }
+
+    /// Opens a new input of the running consumer `pe` of `app` from `from` (whose
+    /// attempt is `from_attempt`); the PE reads it after barrier `barrier`. Returns
+    /// false when that input is open already (a repeated command).
+    pub fn open_input(
+        &self,
+        app: &str,
+        pe: &str,
+        from: &str,
+        from_attempt: u64,
+        barrier: u64,
+    ) -> Result<bool, ArmError> {
+        let attempt = self
+            .lock()
+            .get(&entry_key(app, pe))
+            .map(|e| e.attempt)
+            .ok_or_else(|| ArmError::NotHere(pe.to_string()))?;
+        let key = ChannelKey::new(
+            channel_end(app, from, from_attempt),
+            channel_end(app, pe, attempt),
+        );
+        if self.inputs.get(&key).is_some() {
+            return Ok(false);
+        }
+        let (ep, rx) = self.inputs.register(key);
+        if let Err(e) = self.arm(
+            app,
+            pe,
+            PeControl::AddInput {
+                barrier,
+                input: (ep.clone(), rx),
+            },
+        ) {
+            self.inputs.remove(&ep);
+            return Err(e);
+        }
+        if let Some(e) = self.lock().get(&entry_key(app, pe)) {
+            e.inputs.lock().unwrap_or_else(|p| p.into_inner()).push(ep);
+        }
+        Ok(true)
+    }
+
+    /// Closes the consumer end of the channel from `from` into `pe` of `app`: its
+    /// endpoint goes (after the upgrade that dropped it ended it). Returns whether it
+    /// was open.
+    pub fn close_input(&self, app: &str, pe: &str, from: &str) -> bool {
+        let m = self.lock();
+        let Some(e) = m.get(&entry_key(app, pe)) else {
+            return false;
+        };
+        let mut eps = e.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let before = eps.len();
+        eps.retain(|ep| {
+            let gone = pe_of_end(&ep.key.from) == from;
+            if gone {
+                self.inputs.remove(ep);
+            }
+            !gone
+        });
+        eps.len() != before
     }
 
     /// Every PE, as the master sees it in reports.
@@ -403,7 +579,7 @@ impl Runtime {
         let m = self.lock();
         let mut out = Vec::new();
         for e in m.values() {
-            for ep in &e.inputs {
+            for ep in e.inputs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 out.push(pb::ChannelReport {
                     channel: Some(pb::ChannelRef {
                         from_pe: ep.key.from.clone(),
@@ -418,7 +594,7 @@ impl Runtime {
                     connected: ep.stats.connected.load(Ordering::Relaxed),
                 });
             }
-            for r in &e.remotes {
+            for r in e.remotes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let s = r.stats();
                 out.push(pb::ChannelReport {
                     channel: Some(pb::ChannelRef {
@@ -444,8 +620,14 @@ impl Runtime {
         self.lock()
             .values()
             .filter(|e| e.pe == pe)
-            .flat_map(|e| e.remotes.iter())
-            .map(|r| r.stats().connects.load(Ordering::Relaxed))
+            .flat_map(|e| {
+                e.remotes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|r| r.stats().connects.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            })
             .sum()
     }
 }
@@ -470,7 +652,18 @@ fn stats_of(e: &PeEntry, with_rates: bool) -> pb::PeStats {
             }
         }
     }
-    let backlog = e.inputs.iter().map(|ep| ep.queued() as u64).sum();
+    let gaps = if with_rates && s.state() == PeRunState::Running {
+        s.input_gaps_ms()
+    } else {
+        Vec::new()
+    };
+    let backlog = e
+        .inputs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|ep| ep.queued() as u64)
+        .sum();
     pb::PeStats {
         records_in: rin,
         records_out: rout,
@@ -479,5 +672,7 @@ fn stats_of(e: &PeEntry, with_rates: bool) -> pb::PeStats {
         backlog,
         bytes_in: s.bytes_in.load(Ordering::Relaxed),
         bytes_out: s.bytes_out.load(Ordering::Relaxed),
+        max_input_gap_ms: gaps.iter().copied().max().unwrap_or(0),
+        input_gaps_ms: gaps,
     }
 }

@@ -11,6 +11,7 @@ use super::checkpoint::CheckpointEnv;
 use super::kernel::Kernel;
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
+use super::upgrade::Armed;
 use super::BATCH_RECORDS;
 use crate::dataplane::{InputEndpoint, Msg};
 use crate::ops::Generator;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
+use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::GeneratorParams;
 use weir_proto::v1 as pb;
 
@@ -39,13 +41,76 @@ pub struct Ckpt {
     pub env: Arc<CheckpointEnv>,
     /// The checkpoint to restore and where its snapshot is.
     pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+    /// Snapshots of other PEs merged into the starting state (an upgrade's hand-off);
+    /// takes precedence over `restore`.
+    pub pieces: Vec<pb::RestorePiece>,
+    /// The PE's key groups (a hand-off keeps only these).
+    pub key_groups: KeyGroupRange,
+    /// A source added by an upgrade waits for this barrier; 0: starts at once.
+    pub start_at: u64,
     /// Checkpoint barriers to inject (sources only).
     pub triggers: mpsc::Receiver<u64>,
+    /// Upgrade actions armed for a barrier.
+    pub armed: Armed,
 }
 
+/// What a PE does after a barrier.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Go on.
+    Continue,
+    /// It drained at the barrier: its outputs ended; it is finished.
+    Drained,
+}
+
+/// How long a successor waits for its predecessor's hand-off snapshot.
+const HANDOFF_WAIT: Duration = Duration::from_secs(120);
+
 impl Ckpt {
-    /// Loads the state to restore, if any. On failure the PE reports it and fails.
-    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, ()> {
+    /// Loads the state to restore: no part (empty state), one (a checkpoint of this
+    /// PE) or several (snapshots of predecessors, to merge). On failure the PE reports
+    /// it and fails.
+    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, ()> {
+        if !self.pieces.is_empty() {
+            // A successor is ready (its kernel runs, its inputs are open) while it
+            // waits for its predecessors' state, which only comes at the switch.
+            status.set(PeRunState::Running);
+            let mut parts = Vec::with_capacity(self.pieces.len());
+            let mut notes = Vec::new();
+            for p in &self.pieces {
+                let wait = Duration::from_millis(p.wait_ms).min(HANDOFF_WAIT);
+                match self
+                    .env
+                    .load_piece(&self.app, &p.pe, p.checkpoint_id, &p.locations, wait)
+                    .await
+                {
+                    Ok(l) => {
+                        notes.push(format!("{}: {}", p.pe, l.note));
+                        parts.push(l.bytes);
+                    }
+                    Err(e) => {
+                        tracing::error!(pe = %self.pe, from = %p.pe, barrier = p.checkpoint_id, error = %e, "cannot load a predecessor's state");
+                        status
+                            .restore_failed
+                            .store(p.checkpoint_id, std::sync::atomic::Ordering::Release);
+                        status.fail(format!("state of {}: {e}", p.pe));
+                        return Err(());
+                    }
+                }
+            }
+            tracing::info!(pe = %self.pe, pieces = parts.len(), "state taken over");
+            status.note(format!("state taken over from {}", notes.join("; ")));
+            return Ok(parts);
+        }
+        Ok(self.load_own(status).await?.into_iter().collect())
+    }
+
+    /// Whether the state comes from other PEs (to merge and cut to the key groups).
+    pub(crate) fn handoff(&self) -> Option<KeyGroupRange> {
+        (!self.pieces.is_empty()).then_some(self.key_groups)
+    }
+
+    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, ()> {
         let Some((id, from)) = &self.restore else {
             return Ok(None);
         };
@@ -70,32 +135,52 @@ impl Ckpt {
     /// Loads a source's checkpointed position (records emitted; 0 without state). On a
     /// failure the PE reports it and fails.
     pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, ()> {
-        let Some(b) = self.load(status).await? else {
-            return Ok(0);
-        };
-        match <[u8; 8]>::try_from(&b[..]) {
-            Ok(pos) => Ok(u64::from_le_bytes(pos)),
-            Err(_) => {
-                status.fail(format!(
-                    "restoring state: a source position is 8 bytes, got {}",
-                    b.len()
-                ));
-                Err(())
+        let mut position = 0;
+        // Several parts (a predecessor per part) continue from the furthest.
+        for b in self.load(status).await? {
+            match <[u8; 8]>::try_from(&b[..]) {
+                Ok(pos) => position = position.max(u64::from_le_bytes(pos)),
+                Err(_) => {
+                    status.fail(format!(
+                        "restoring state: a source position is 8 bytes, got {}",
+                        b.len()
+                    ));
+                    return Err(());
+                }
             }
         }
+        Ok(position)
+    }
+
+    /// A source added by an upgrade: waits (running, so triggers reach it) until the
+    /// switch barrier is triggered. `Err`: the trigger channel closed.
+    pub(crate) async fn wait_for_start(&mut self, status: &PeStatus) -> Result<(), ()> {
+        if self.start_at == 0 {
+            return Ok(());
+        }
+        status.set(PeRunState::Running);
+        while let Some(id) = self.triggers.recv().await {
+            if id >= self.start_at {
+                tracing::info!(pe = %self.pe, barrier = id, "added source starts");
+                return Ok(());
+            }
+        }
+        Err(())
     }
 
     /// A source's part in checkpoint `id`: saves its position (nothing when it is 0, so
-    /// a restore starts empty) and forwards the barrier after everything emitted
-    /// before it. On a failure the PE fails and `Err` says to stop.
+    /// a restore starts empty, unless it drains: its successor waits for a snapshot) and
+    /// forwards the barrier after everything emitted before it; then the upgrade
+    /// actions armed for `id`. On a failure the PE fails and `Err` says to stop.
     pub(crate) async fn source_barrier(
-        &self,
+        &mut self,
         router: &mut Router,
         status: &Arc<PeStatus>,
         id: u64,
         position: u64,
-    ) -> Result<(), ()> {
-        let state = if position == 0 {
+    ) -> Result<Flow, ()> {
+        let drains = self.armed.drains_at(id);
+        let state = if position == 0 && !drains {
             Vec::new()
         } else {
             position.to_le_bytes().to_vec()
@@ -109,7 +194,58 @@ impl Ckpt {
             return Err(());
         }
         router.barrier(id).await;
-        Ok(())
+        if drains {
+            drained(&self.pe, router, status, id).await;
+            return Ok(Flow::Drained);
+        }
+        self.armed.after_barrier(id, router).await;
+        Ok(Flow::Continue)
+    }
+}
+
+/// A PE that drained at barrier `id`: its outputs end once its consumers processed
+/// everything, and it finishes without flushing (its state lives on in its successors).
+async fn drained(pe: &str, router: &mut Router, status: &PeStatus, id: u64) {
+    router.end().await;
+    status.note(format!("drained at barrier {id}"));
+    status.set(PeRunState::Finished);
+    tracing::info!(%pe, barrier = id, "PE drained for an upgrade");
+}
+
+/// How long a drained PE waits for the end of its inputs after the switch barrier.
+const ENDS_AFTER_DRAIN: Duration = Duration::from_secs(10);
+
+/// Takes the end of every input of a PE that drained at barrier `id`. Each producer
+/// ends the channel right after that barrier (it switched its route, or drained
+/// too), and processing the end is what acknowledges it: without that, the
+/// producer's end of the channel would keep reconnecting to a consumer that is gone,
+/// and could attach to a later PE whose channel has the same name (a rollback brings
+/// the same PE ids back) and end it early. Bounded: a producer that died ends nothing.
+async fn take_ends(
+    pe: &str,
+    held: Vec<(usize, ReceiverStream<Msg>)>,
+    eps: &[Arc<InputEndpoint>],
+    armed: &Armed,
+    id: u64,
+) {
+    let deadline = tokio::time::Instant::now() + ENDS_AFTER_DRAIN;
+    for (i, mut rx) in held {
+        let ep = &eps[i];
+        match tokio::time::timeout_at(deadline, rx.next()).await {
+            Ok(Some(Msg::End { seq })) => {
+                ep.mark_processed(seq);
+                armed.retire_input(ep);
+            }
+            Ok(Some(other)) => tracing::warn!(
+                %pe, channel = %ep.key, barrier = id, seq = other.seq(),
+                "a message after the drain barrier other than the end; left unacknowledged"
+            ),
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                %pe, channel = %ep.key, barrier = id,
+                "its producer did not end the channel after the drain barrier"
+            ),
+        }
     }
 }
 
@@ -134,11 +270,12 @@ pub async fn run_consumer(
     status: Arc<PeStatus>,
     ckpt: Ckpt,
 ) {
+    let mut ckpt = ckpt;
     let restored = match ckpt.load(&status).await {
         Ok(b) => b,
         Err(()) => return,
     };
-    if let Err(e) = kernel.restore(restored.as_deref()) {
+    if let Err(e) = kernel.restore(&restored, ckpt.handoff()) {
         status.restore_failed.store(
             ckpt.restore.as_ref().map_or(0, |r| r.0),
             std::sync::atomic::Ordering::Release,
@@ -148,7 +285,7 @@ pub async fn run_consumer(
     }
     let mut completed = ckpt.env.completed(&ckpt.app);
     let mut watching = true;
-    let eps: Vec<Arc<InputEndpoint>> = inputs.iter().map(|(ep, _)| ep.clone()).collect();
+    let mut eps: Vec<Arc<InputEndpoint>> = inputs.iter().map(|(ep, _)| ep.clone()).collect();
     let mut streams = StreamMap::new();
     for (i, (_, rx)) in inputs.into_iter().enumerate() {
         streams.insert(i, ReceiverStream::new(rx));
@@ -223,19 +360,39 @@ pub async fn run_consumer(
                     router.send(out).await;
                 }
                 eps[i].mark_processed(seq);
+                ckpt.armed.retire_input(&eps[i]);
             }
         }
         let live = ended.iter().filter(|e| !**e).count();
         if align.id != 0 && align.held.len() == live {
+            let id = align.id;
             if let Err(e) = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, &align).await {
                 tracing::error!(%pe, error = %e, "checkpoint failed");
                 status.fail(e);
                 return;
             }
-            align.done = align.id;
+            if ckpt.armed.drains_at(id) {
+                let held = std::mem::take(&mut align.held);
+                tokio::join!(
+                    take_ends(&pe, held, &eps, &ckpt.armed, id),
+                    drained(&pe, &mut router, &status, id),
+                );
+                return;
+            }
+            align.done = id;
             align.id = 0;
             for (k, s) in align.held.drain(..) {
                 streams.insert(k, s);
+            }
+            // Inputs an upgrade added join now: everything before the barrier on the
+            // old inputs has been processed.
+            for (ep, rx) in ckpt.armed.after_barrier(id, &mut router).await {
+                let k = eps.len();
+                tracing::info!(%pe, channel = %ep.key, barrier = id, "new input joins");
+                eps.push(ep);
+                ended.push(false);
+                kernel.add_input();
+                streams.insert(k, ReceiverStream::new(rx));
             }
         }
         if ended.iter().all(|e| *e) {
@@ -304,6 +461,9 @@ pub async fn run_generator(
         Ok(pos) => g.next_seq = pos,
         Err(()) => return,
     }
+    if ckpt.wait_for_start(&status).await.is_err() {
+        return;
+    }
     // At low rates, smaller batches keep the output smooth (about 100 batches/s).
     let per_batch = rate.map_or(BATCH_RECORDS, |r| {
         ((r / 100.0) as usize).clamp(1, BATCH_RECORDS)
@@ -313,12 +473,12 @@ pub async fn run_generator(
     let mut emitted = 0u64;
     loop {
         while let Ok(id) = ckpt.triggers.try_recv() {
-            if ckpt
+            match ckpt
                 .source_barrier(&mut router, &status, id, g.next_seq)
                 .await
-                .is_err()
             {
-                return;
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Drained) | Err(()) => return,
             }
         }
         let Some(b) = g.next_batch(per_batch) else {
@@ -334,8 +494,9 @@ pub async fn run_generator(
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     Some(id) = ckpt.triggers.recv() => {
-                        if ckpt.source_barrier(&mut router, &status, id, g.next_seq).await.is_err() {
-                            return;
+                        match ckpt.source_barrier(&mut router, &status, id, g.next_seq).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Drained) | Err(()) => return,
                         }
                     }
                 }

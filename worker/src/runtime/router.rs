@@ -41,6 +41,9 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Channels an upgrade switched away from: ended, kept until their consumers
+    /// acknowledged everything (a remote channel's replay buffer lives with it).
+    retired: Vec<ChannelSender>,
 }
 
 /// The bytes a hash partitioning hashes: a field's text, or the record key.
@@ -55,7 +58,46 @@ fn hash_key<'a>(r: &RecordRef<'a>, field: &str, scratch: &'a mut String) -> &'a 
 impl Router {
     /// A router over these routes.
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes }
+        Self {
+            routes,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Routes `stream` by `partitioning` over `targets` from now on (an upgrade's
+    /// switch, right after its barrier went out on every channel). Channels to targets
+    /// the stream keeps stay as they are (same sequence, same connection); channels to
+    /// dropped targets end; new targets get new channels. No partitioning or no
+    /// targets: the stream ends here.
+    pub async fn switch(
+        &mut self,
+        stream: &str,
+        partitioning: Option<Partitioning>,
+        targets: &[super::Target],
+        senders: &super::Senders,
+    ) {
+        let mut old = match self.routes.iter().position(|r| r.stream == stream) {
+            Some(i) => self.routes.remove(i).senders,
+            None => Vec::new(),
+        };
+        let mut chans = Vec::with_capacity(targets.len());
+        for t in targets {
+            let key = senders.key(t);
+            match old.iter().position(|s| s.target() == key.to) {
+                Some(i) => chans.push(old.remove(i)),
+                None => chans.push(senders.make(t)),
+            }
+        }
+        // Channels ended by earlier switches are kept until their consumers have
+        // acknowledged the end; those that have are dropped here.
+        self.retired.retain(|s| !s.finished());
+        for mut s in old {
+            s.end().await;
+            self.retired.push(s);
+        }
+        if let Some(p) = partitioning.filter(|_| !chans.is_empty()) {
+            self.routes.push(Route::new(stream.to_string(), p, chans));
+        }
     }
 
     /// The routes.
@@ -134,5 +176,95 @@ impl Router {
                 s.wait_finished().await;
             }
         }
+        for s in &self.retired {
+            s.wait_finished().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{ChannelKey, Inputs, Msg};
+    use crate::runtime::{channel_end, Senders, Target};
+    use std::sync::Arc;
+    use weir_common::record::BatchBuilder;
+
+    fn batch(seq: u64) -> Batch {
+        let mut b = BatchBuilder::default();
+        b.push(1, seq, 0, b"k", []).unwrap();
+        b.finish()
+    }
+
+    fn target(pe: &str) -> Target {
+        Target {
+            pe: pe.into(),
+            address: None,
+            attempt: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_keeps_shared_channels_ends_dropped_ones_and_opens_new_ones() {
+        let inputs = Arc::new(Inputs::default());
+        let senders = Senders {
+            inputs: inputs.clone(),
+            app: "a".into(),
+            end: channel_end("a", "p", 0),
+            attempt: 0,
+            remotes: Arc::default(),
+        };
+        let mut rx = std::collections::BTreeMap::new();
+        for pe in ["x", "y", "z"] {
+            let key = ChannelKey::new(channel_end("a", "p", 0), channel_end("a", pe, 0));
+            rx.insert(pe, inputs.register(key).1);
+        }
+        let chans = ["x", "y"]
+            .iter()
+            .map(|pe| senders.make(&target(pe)))
+            .collect();
+        let mut r = Router::new(vec![Route::new(
+            "p->c".into(),
+            Partitioning::Broadcast,
+            chans,
+        )]);
+        r.send(batch(1)).await;
+        r.barrier(7).await;
+        r.switch(
+            "p->c",
+            Some(Partitioning::Broadcast),
+            &[target("y"), target("z")],
+            &senders,
+        )
+        .await;
+        r.send(batch(2)).await;
+        let seqs = |m: &Msg| match m {
+            Msg::Data { seq, .. } | Msg::Barrier { seq, .. } | Msg::End { seq } => *seq,
+        };
+        // x: the record and the barrier, then its end; nothing after the switch.
+        let x = rx.get_mut("x").unwrap();
+        let got: Vec<_> = (0..3).map(|_| x.try_recv().unwrap()).collect();
+        assert!(matches!(got[0], Msg::Data { .. }));
+        assert!(matches!(got[1], Msg::Barrier { id: 7, .. }));
+        assert!(matches!(got[2], Msg::End { .. }));
+        assert!(x.try_recv().is_err());
+        // y: the same channel goes on, its sequence unbroken.
+        let y = rx.get_mut("y").unwrap();
+        let got: Vec<u64> = (0..3).map(|_| seqs(&y.try_recv().unwrap())).collect();
+        assert_eq!(got, [1, 2, 3]);
+        // z: a new channel carrying only what came after the switch.
+        let z = rx.get_mut("z").unwrap();
+        match z.try_recv().unwrap() {
+            Msg::Data { seq: 1, batch } => assert_eq!(batch.iter().next().unwrap().seq, 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(z.try_recv().is_err());
+        // No targets: the stream ends.
+        r.switch("p->c", None, &[], &senders).await;
+        assert!(r.routes().is_empty());
+        assert!(matches!(
+            rx.get_mut("y").unwrap().try_recv().unwrap(),
+            Msg::End { .. }
+        ));
     }
 }

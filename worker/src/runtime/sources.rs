@@ -1,6 +1,6 @@
 //! Line sources: `source.file` and `source.tcp`.
 
-use super::pe::Ckpt;
+use super::pe::{Ckpt, Flow};
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
 use super::BATCH_RECORDS;
@@ -35,6 +35,9 @@ pub async fn run_file(
     let Ok(mut skip) = ckpt.load_position(&status).await else {
         return;
     };
+    if ckpt.wait_for_start(&status).await.is_err() {
+        return;
+    }
     let mut position = skip;
     status.set(PeRunState::Running);
     if index == 0 {
@@ -47,12 +50,12 @@ pub async fn run_file(
         };
         loop {
             while let Ok(id) = ckpt.triggers.try_recv() {
-                if ckpt
+                match ckpt
                     .source_barrier(&mut router, &status, id, position)
                     .await
-                    .is_err()
                 {
-                    return;
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Drained) | Err(()) => return,
                 }
             }
             match f.next_batch(BATCH_RECORDS, now_ms()) {
@@ -157,10 +160,10 @@ pub async fn run_tcp(
                     status.gave(&batch);
                     router.send(batch).await;
                 }
-                if ckpt.source_barrier(&mut router, &status, id, 0).await.is_err() {
-                    return;
+                match ckpt.source_barrier(&mut router, &status, id, 0).await {
+                    Ok(Flow::Continue) => continue,
+                    Ok(Flow::Drained) | Err(()) => return,
                 }
-                continue;
             }
             l = rx.recv() => l,
             // Idle: ship what has arrived so far.

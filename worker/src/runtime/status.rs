@@ -22,6 +22,58 @@ pub struct PeStatus {
     pieces: Mutex<std::collections::VecDeque<pb::SnapshotPiece>>,
     /// The checkpoint it could not restore from; 0 for none.
     pub restore_failed: AtomicU64,
+    gaps: Mutex<Gaps>,
+}
+
+/// Seconds of input-gap history kept.
+const GAP_WINDOW_S: u64 = 10;
+
+/// The longest wait between input batches, per second of the recent past.
+#[derive(Debug, Default)]
+struct Gaps {
+    last: Option<std::time::Instant>,
+    epoch: Option<std::time::Instant>,
+    /// (second since `epoch`, longest gap that ended in it, ms), one slot per second.
+    slots: [(u64, u64); GAP_WINDOW_S as usize],
+}
+
+impl Gaps {
+    fn took(&mut self) {
+        let now = std::time::Instant::now();
+        let epoch = *self.epoch.get_or_insert(now);
+        if let Some(last) = self.last.replace(now) {
+            let gap = now.duration_since(last).as_millis() as u64;
+            let sec = now.duration_since(epoch).as_secs();
+            let slot = &mut self.slots[(sec % GAP_WINDOW_S) as usize];
+            if slot.0 != sec {
+                *slot = (sec, 0);
+            }
+            slot.1 = slot.1.max(gap);
+        }
+    }
+
+    /// Per second of the last [`GAP_WINDOW_S`], oldest first: the longest gap that
+    /// ended in it (the current second also counts a wait still going on).
+    fn per_second(&self) -> Vec<u64> {
+        let (Some(epoch), Some(last)) = (self.epoch, self.last) else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        let sec = now.duration_since(epoch).as_secs();
+        (0..GAP_WINDOW_S)
+            .rev()
+            .map(|ago| {
+                let s = sec.saturating_sub(ago);
+                let slot = self.slots[(s % GAP_WINDOW_S) as usize];
+                let g = if slot.0 == s { slot.1 } else { 0 };
+                if ago == 0 {
+                    g.max(now.duration_since(last).as_millis() as u64)
+                } else {
+                    g
+                }
+            })
+            .collect()
+    }
 }
 
 /// Snapshot pieces a PE keeps reporting (the master needs the in-flight one; older
@@ -85,6 +137,9 @@ impl PeStatus {
 
     /// Counts a batch in.
     pub fn took(&self, b: &Batch) {
+        if let Ok(mut g) = self.gaps.lock() {
+            g.took();
+        }
         self.records_in.fetch_add(b.len() as u64, Ordering::Relaxed);
         self.bytes_in
             .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
@@ -128,6 +183,12 @@ impl PeStatus {
         if let Ok(mut m) = self.message.lock() {
             *m = what;
         }
+    }
+
+    /// The longest wait between input batches in each of the last seconds, oldest
+    /// first.
+    pub fn input_gaps_ms(&self) -> Vec<u64> {
+        self.gaps.lock().map(|g| g.per_second()).unwrap_or_default()
     }
 
     /// The last `sink.verify` summary.

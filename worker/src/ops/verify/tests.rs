@@ -29,14 +29,16 @@ fn duplicates_and_gaps_are_exact() {
                     distinct: 5,
                     duplicates: 3,
                     max_seq: Some(9),
-                    missing_below_max: 5
+                    missing_below_max: 5,
+                    missing_settled: 0
                 },
                 SourceReport {
                     source: 3,
                     distinct: 1,
                     duplicates: 0,
                     max_seq: Some(4),
-                    missing_below_max: 4
+                    missing_below_max: 4,
+                    missing_settled: 0
                 },
             ],
         }
@@ -128,4 +130,23 @@ fn malformed_snapshots_are_errors_and_change_nothing() {
     assert_eq!(target.report().records, 0);
     target.restore(&snap).unwrap();
     assert_eq!(target.report(), v.report());
+}
+
+#[test]
+fn missing_up_to_a_mark_counts_only_gaps_at_or_below_it() {
+    let mut s = Seen::default();
+    for seq in (0..10).filter(|q| *q != 3 && *q != 7) {
+        s.insert(seq);
+    }
+    assert_eq!(s.missing_upto(2), 0);
+    assert_eq!(s.missing_upto(5), 1);
+    assert_eq!(s.missing_upto(9), 2);
+    // Across a chunk boundary: everything of chunk 0 but seq 3 and 7, one seq past it.
+    for seq in 10..CHUNK_BITS {
+        s.insert(seq);
+    }
+    s.insert(CHUNK_BITS + 1);
+    assert_eq!(s.missing_upto(CHUNK_BITS - 1), 2);
+    assert_eq!(s.missing_upto(CHUNK_BITS + 1), 3);
+    assert_eq!(s.missing_upto(CHUNK_BITS + 64 + 5), 3 + 64 + 4);
 }

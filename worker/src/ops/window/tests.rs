@@ -4,6 +4,7 @@ use crate::ops::{Generator, StateError};
 use std::collections::BTreeMap;
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::GeneratorParams;
+use weir_common::spec::KEY_GROUPS;
 
 /// One output record: (key, start, end) -> aggregate.
 type Results = BTreeMap<(String, i64, i64), Value>;
@@ -32,6 +33,7 @@ fn generated(count: u64, keys: u64) -> Vec<Batch> {
         keys,
         payload_bytes: 0,
         seed: 3,
+        wall_clock: false,
     };
     let mut g = Generator::new(p, 0, 0, 1);
     std::iter::from_fn(|| g.next_batch(97)).collect()
@@ -381,4 +383,82 @@ fn malformed_snapshots_are_errors_and_change_nothing() {
     assert_eq!((target.open_windows(), target.watermark()), (0, None));
     target.restore(&snap).unwrap();
     assert_eq!(target.open_windows(), w.open_windows());
+}
+
+/// An upgrade's rescale 2 -> 3: each new PE merges the snapshots of the old PEs
+/// overlapping its key groups and keeps only its own groups; together the new PEs
+/// produce exactly what one window over all records produces, each window once.
+#[test]
+fn a_rescale_hand_off_splits_state_by_key_group_and_stays_exact() {
+    let batches = generated(5_000, 40);
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    let mut old: Vec<Window> = (0..2)
+        .map(|_| Window::new(WindowKind::Count, 1000, 1, 9))
+        .collect();
+    let mut out = Results::new();
+    for b in first {
+        // Route by key group, as a hash stream to 2 PEs does.
+        for (i, w) in old.iter_mut().enumerate() {
+            let mut mine = BatchBuilder::default();
+            for r in b.iter() {
+                if weir_common::keygroup::owner(r.key, 2) as usize == i {
+                    mine.push_raw(&r);
+                }
+            }
+            collect(&mut out, &w.apply(0, &mine.finish()));
+        }
+    }
+    let snaps: Vec<Vec<u8>> = old
+        .iter()
+        .map(|w| {
+            w.snapshot(KeyGroupRange {
+                start: 0,
+                end: KEY_GROUPS,
+            })
+        })
+        .collect();
+    let mut new: Vec<Window> = (0..3)
+        .map(|i| {
+            let groups = KeyGroupRange::for_pe(i, 3);
+            let mut w = Window::new(WindowKind::Count, 1000, 2, 10 + i);
+            for (j, s) in snaps.iter().enumerate() {
+                if KeyGroupRange::for_pe(j as u32, 2).overlaps(&groups) {
+                    w.restore(s).unwrap();
+                }
+            }
+            w.take_over(groups);
+            w
+        })
+        .collect();
+    // A new PE holds only its own keys, and no input is further than any was.
+    for (i, w) in new.iter().enumerate() {
+        let groups = KeyGroupRange::for_pe(i as u32, 3);
+        assert!(w
+            .windows
+            .values()
+            .flat_map(|keys| keys.keys())
+            .all(|k| groups.contains(key_group(k))));
+        let least = old.iter().filter_map(Window::watermark).min();
+        assert!(w.watermark() <= least, "{:?} > {least:?}", w.watermark());
+    }
+    for b in rest {
+        for (i, w) in new.iter_mut().enumerate() {
+            let mut mine = BatchBuilder::default();
+            for r in b.iter() {
+                if weir_common::keygroup::owner(r.key, 3) as usize == i {
+                    mine.push_raw(&r);
+                }
+            }
+            let batch = mine.finish();
+            // Both inputs of the new PE carry this PE's records.
+            collect(&mut out, &w.apply(0, &batch));
+            collect(&mut out, &w.apply(1, &BatchBuilder::default().finish()));
+        }
+    }
+    for w in &mut new {
+        collect(&mut out, &w.end_input(0));
+        collect(&mut out, &w.end_input(1));
+        collect(&mut out, &w.flush());
+    }
+    assert_eq!(out, recompute(&batches, 1000, None));
 }

@@ -1,0 +1,275 @@
+//! `weirctl upgrade`, `history` and `rollback`: online upgrades from the command line.
+//!
+//! An upgrade prints its plan (what changes, what is untouched), then one progress bar
+//! per phase as the master drives it, then a summary: PEs started, stopped, rewired and
+//! untouched, records lost and duplicated at the audit sinks, and the longest stall in
+//! sink output. A rollback is an upgrade back to an earlier version's spec.
+
+use crate::online::{read_spec, utc, Conn};
+use anyhow::{bail, Context};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use weir_proto::v1 as pb;
+use weir_proto::v1::weir_client::WeirClient;
+
+/// How long `weirctl upgrade` follows an operation before giving up watching (the
+/// upgrade itself goes on in the cluster).
+const FOLLOW_FOR: Duration = Duration::from_secs(300);
+
+/// `weirctl upgrade APP FILE [--dry-run]`.
+pub async fn upgrade(c: &Conn, app: &str, file: &str, dry_run: bool) -> anyhow::Result<()> {
+    let (spec, format) = read_spec(file)?;
+    run(c, app, spec, format, dry_run).await
+}
+
+/// `weirctl rollback APP --to N`: an online upgrade back to version N's spec.
+pub async fn rollback(c: &Conn, app: &str, to: u64) -> anyhow::Result<()> {
+    let h = history_of(c, app).await?;
+    let v = h
+        .versions
+        .iter()
+        .find(|v| v.version == to)
+        .with_context(|| {
+            format!(
+                "--to: {app} has no version {to} (versions 1..={})",
+                h.versions.len()
+            )
+        })?;
+    if v.spec.is_empty() {
+        bail!("--to: the master did not return the spec of version {to}");
+    }
+    c.note(format!(
+        "rolling {app} back to the spec of version {to} (an online upgrade)"
+    ));
+    run(c, app, v.spec.clone(), pb::SpecFormat::Yaml as i32, false).await
+}
+
+async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> anyhow::Result<()> {
+    let req = pb::UpgradeAppRequest {
+        app: app.into(),
+        spec,
+        format,
+        dry_run,
+        ..Default::default()
+    };
+    let r = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { WeirClient::new(ch).upgrade_app(req).await }
+        })
+        .await?
+        .into_inner();
+    let plan: serde_json::Value = serde_json::from_str(&r.plan_json).unwrap_or_default();
+    if dry_run {
+        c.print(r.plan_text, plan);
+        return Ok(());
+    }
+    c.note(r.plan_text.trim_end().to_string());
+    let op = follow(c, app, &r.operation_id).await?;
+    let summary = r.plan.and_then(|p| p.summary).unwrap_or_default();
+    let result = op.result.unwrap_or_default();
+    let took = op.finished_at_ms.saturating_sub(op.started_at_ms);
+    let done = op.phase == pb::UpgradePhase::Done as i32;
+    let text = if done {
+        format!(
+            "upgrade {} of {app}: v{} -> v{} done in {took} ms\n  PEs started {}, stopped {}, rewired {}, untouched {}\n  records lost {}, records duplicated {}, longest stall at the sinks {} ms",
+            op.operation_id,
+            op.from_version,
+            op.to_version,
+            summary.pes_started,
+            summary.pes_stopped,
+            summary.pes_rewired,
+            summary.pes_untouched,
+            result.records_lost,
+            result.records_duplicated,
+            result.longest_stall_ms
+        )
+    } else {
+        format!(
+            "upgrade {} of {app}: v{} -> v{} ROLLED BACK after {took} ms: {}\n  v{} runs as before",
+            op.operation_id, op.from_version, op.to_version, op.reason, op.from_version
+        )
+    };
+    c.print(
+        text,
+        json!({
+            "operation_id": op.operation_id,
+            "from_version": op.from_version,
+            "to_version": op.to_version,
+            "outcome": if done { "done" } else { "rolled_back" },
+            "reason": op.reason,
+            "took_ms": took,
+            "pes_started": summary.pes_started,
+            "pes_stopped": summary.pes_stopped,
+            "pes_rewired": summary.pes_rewired,
+            "pes_untouched": summary.pes_untouched,
+            "records_lost": result.records_lost,
+            "records_duplicated": result.records_duplicated,
+            "longest_stall_ms": result.longest_stall_ms,
+            "plan": plan,
+        }),
+    );
+    if !done {
+        bail!("the upgrade rolled back: {}", op.reason);
+    }
+    Ok(())
+}
+
+const PHASES: [(pb::UpgradePhase, &str); 3] = [
+    (pb::UpgradePhase::Prepare, "prepare"),
+    (pb::UpgradePhase::Switch, "switch"),
+    (pb::UpgradePhase::Cleanup, "cleanup"),
+];
+
+fn rank(phase: i32) -> usize {
+    match pb::UpgradePhase::try_from(phase) {
+        Ok(pb::UpgradePhase::Prepare) => 0,
+        Ok(pb::UpgradePhase::Switch) => 1,
+        Ok(pb::UpgradePhase::Cleanup) => 2,
+        _ => 3,
+    }
+}
+
+/// Follows operation `id` until it ends, drawing a bar per phase (on stderr, so
+/// `--output json` stays parseable).
+async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOperation> {
+    let start = Instant::now();
+    let mut shown = 0usize; // phases finished and drawn
+    let mut since = Instant::now();
+    let mut err = std::io::stderr();
+    loop {
+        let h = history_of(c, app).await?;
+        let op = h
+            .operations
+            .into_iter()
+            .find(|o| o.operation_id == id)
+            .with_context(|| format!("upgrade {id} of {app} is not in its history"))?;
+        let now_rank = rank(op.phase);
+        while shown < now_rank.min(3) {
+            let _ = writeln!(
+                err,
+                "\r  {:<8} [{}] {:>6} ms",
+                PHASES[shown].1,
+                "#".repeat(30),
+                since.elapsed().as_millis()
+            );
+            since = Instant::now();
+            shown += 1;
+        }
+        if op.finished_at_ms != 0 {
+            return Ok(op);
+        }
+        if shown < 3 && err.is_terminal() {
+            // Within a phase: a bar that fills with time (the phase's own progress is
+            // not reported; phases take milliseconds to seconds).
+            let fill = ((since.elapsed().as_millis() / 50) as usize).min(29);
+            let _ = write!(
+                err,
+                "\r  {:<8} [{}{}] {:>6} ms",
+                PHASES[shown].1,
+                "#".repeat(fill),
+                ".".repeat(30 - fill),
+                since.elapsed().as_millis()
+            );
+            let _ = err.flush();
+        }
+        if start.elapsed() > FOLLOW_FOR {
+            bail!("upgrade {id} still runs after {FOLLOW_FOR:?}; follow it with `weirctl history {app}`");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn history_of(c: &Conn, app: &str) -> anyhow::Result<pb::GetAppHistoryResponse> {
+    let req = pb::GetAppHistoryRequest { app: app.into() };
+    Ok(c.call(|ch| {
+        let req = req.clone();
+        async move { WeirClient::new(ch).get_app_history(req).await }
+    })
+    .await?
+    .into_inner())
+}
+
+fn phase_name(p: i32) -> String {
+    pb::UpgradePhase::try_from(p).map_or("unknown".into(), |p| {
+        p.as_str_name()
+            .trim_start_matches("UPGRADE_PHASE_")
+            .to_lowercase()
+    })
+}
+
+/// `weirctl history APP`: every version and every upgrade operation with its outcome.
+pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
+    let h = history_of(c, app).await?;
+    let mut text = format!(
+        "{:>7}  {:<24}  {:>9}  {:>4}  {}\n",
+        "VERSION", "CREATED (UTC)", "OPERATORS", "PES", "BY UPGRADE"
+    );
+    for v in &h.versions {
+        text.push_str(&format!(
+            "{:>7}  {:<24}  {:>9}  {:>4}  {}\n",
+            v.version,
+            utc(v.created_at_ms),
+            v.operator_count,
+            v.pe_count,
+            if v.operation_id.is_empty() {
+                "-"
+            } else {
+                &v.operation_id
+            }
+        ));
+    }
+    if !h.operations.is_empty() {
+        text.push_str(&format!(
+            "\n{:>9}  {:<8}  {:<11}  {:<24}  {:>8}  {:>4}  {:>4}  {:>8}  {}\n",
+            "UPGRADE",
+            "VERSIONS",
+            "OUTCOME",
+            "STARTED (UTC)",
+            "TOOK",
+            "LOST",
+            "DUP",
+            "STALL",
+            "REASON"
+        ));
+    }
+    for o in &h.operations {
+        let r = o.result.unwrap_or_default();
+        let took = if o.finished_at_ms == 0 {
+            "-".to_string()
+        } else {
+            format!("{}ms", o.finished_at_ms.saturating_sub(o.started_at_ms))
+        };
+        text.push_str(&format!(
+            "{:>9}  {:<8}  {:<11}  {:<24}  {:>8}  {:>4}  {:>4}  {:>6}ms  {}\n",
+            o.operation_id,
+            format!("{}->{}", o.from_version, o.to_version),
+            phase_name(o.phase),
+            utc(o.started_at_ms),
+            took,
+            r.records_lost,
+            r.records_duplicated,
+            r.longest_stall_ms,
+            o.reason
+        ));
+    }
+    let json = json!({
+        "versions": h.versions.iter().map(|v| json!({
+            "version": v.version, "created_at_ms": v.created_at_ms,
+            "operators": v.operator_count, "pes": v.pe_count, "operation_id": v.operation_id,
+        })).collect::<Vec<_>>(),
+        "operations": h.operations.iter().map(|o| {
+            let r = o.result.unwrap_or_default();
+            json!({
+                "operation_id": o.operation_id, "from_version": o.from_version,
+                "to_version": o.to_version, "outcome": phase_name(o.phase), "reason": o.reason,
+                "started_at_ms": o.started_at_ms, "finished_at_ms": o.finished_at_ms,
+                "records_lost": r.records_lost, "records_duplicated": r.records_duplicated,
+                "longest_stall_ms": r.longest_stall_ms,
+            })
+        }).collect::<Vec<_>>(),
+    });
+    c.print(text.trim_end().to_string(), json);
+    Ok(())
+}

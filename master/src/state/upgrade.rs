@@ -1,0 +1,265 @@
+//! The upgrade operation's commands: checks and effects (pure, like the rest).
+//!
+//! An upgrade moves through prepare (new PEs start; the old version runs), switch (the
+//! switch barrier, a checkpoint, travels through the app; old PEs drain, producers
+//! reroute), and cleanup (the new version is current; drained PEs stop). Each move is
+//! a command, so a new leader resumes from the recorded phase.
+
+use super::command::{CommandError, Response};
+use super::*;
+use weir_common::plan::{Phase, PlanSummary};
+use weir_common::spec::AppSpec;
+
+/// What `BeginUpgrade` carries.
+pub(super) struct Begin<'a> {
+    pub spec: &'a AppSpec,
+    pub spec_text: &'a str,
+    pub at_ms: u64,
+    pub placement: &'a BTreeMap<String, String>,
+    pub gpus: &'a BTreeMap<String, Vec<String>>,
+    pub handoff: &'a BTreeMap<String, Vec<String>>,
+    pub summary: &'a PlanSummary,
+}
+
+pub(super) fn check_begin(
+    s: &ClusterState,
+    spec: &AppSpec,
+    placement: &BTreeMap<String, String>,
+) -> Result<(), CommandError> {
+    let app = &spec.name;
+    let rec = s
+        .apps
+        .get(app)
+        .ok_or_else(|| CommandError::AppNotFound(app.clone()))?;
+    if !rec.state.is_live() {
+        return Err(CommandError::AppState {
+            app: app.clone(),
+            state: format!("{:?}", rec.state).to_lowercase(),
+            why: "only a live app can be upgraded".into(),
+        });
+    }
+    if let Some(id) = rec.upgrade {
+        return Err(CommandError::Upgrade(format!(
+            "app {app:?}: upgrade {id} is still running; wait for it to end"
+        )));
+    }
+    if rec.placement.is_empty() {
+        return Err(CommandError::Upgrade(format!(
+            "app {app:?} is not placed yet; upgrade it once it runs"
+        )));
+    }
+    for (pe, worker) in placement {
+        let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+        if spec.operator(op).is_none() {
+            return Err(CommandError::BadPlacement {
+                app: app.clone(),
+                why: format!("no PE {pe:?} in the new version"),
+            });
+        }
+        if s.workers
+            .get(worker)
+            .is_none_or(|w| w.state != WorkerState::Alive)
+        {
+            return Err(CommandError::BadPlacement {
+                app: app.clone(),
+                why: format!("worker {worker:?} is not alive"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The running upgrade `id` of `rec`.
+pub(super) fn check_active<'a>(
+    s: &'a ClusterState,
+    rec: &AppRecord,
+    id: u64,
+) -> Result<&'a UpgradeRecord, CommandError> {
+    if rec.upgrade != Some(id) {
+        return Err(CommandError::Upgrade(format!(
+            "upgrade {id} of {:?} is not running",
+            rec.name
+        )));
+    }
+    s.upgrades
+        .get(&id)
+        .ok_or_else(|| CommandError::Upgrade(format!("upgrade {id} is not recorded")))
+}
+
+/// The running upgrade `id` of `rec`, which must be in `phase`.
+pub(super) fn check_phase<'a>(
+    s: &'a ClusterState,
+    rec: &AppRecord,
+    id: u64,
+    phase: Phase,
+) -> Result<&'a UpgradeRecord, CommandError> {
+    let up = check_active(s, rec, id)?;
+    if up.phase != Some(phase) {
+        return Err(CommandError::Upgrade(format!(
+            "upgrade {id} of {:?} is in {}, not {}",
+            rec.name,
+            up.phase.map_or("no phase", Phase::name),
+            phase.name()
+        )));
+    }
+    Ok(up)
+}
+
+pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
+    let id = s
+        .next_upgrade_id
+        .max(s.upgrades.keys().next_back().map_or(0, |k| k + 1))
+        .max(1);
+    s.next_upgrade_id = id + 1;
+    let rec = s.apps.get_mut(&b.spec.name).expect("checked");
+    let version = rec.versions.len() as u32 + 1;
+    rec.versions.push(AppVersion {
+        version,
+        spec: b.spec.clone(),
+        spec_text: b.spec_text.to_string(),
+        submitted_at_ms: b.at_ms,
+    });
+    // The switch barrier is a checkpoint id nobody else will use.
+    let ck = &mut rec.checkpoints;
+    ck.last_id += 1;
+    let barrier = ck.last_id;
+    rec.state = AppState::Upgrading;
+    rec.upgrade = Some(id);
+    s.upgrades.insert(
+        id,
+        UpgradeRecord {
+            id,
+            app: b.spec.name.clone(),
+            from_version: rec.current_version,
+            to_version: version,
+            completed_phase: None,
+            outcome: None,
+            summary: b.summary.clone(),
+            started_at_ms: b.at_ms,
+            finished_at_ms: None,
+            phase: Some(Phase::Prepare),
+            phase_started_at_ms: b.at_ms,
+            barrier,
+            placement: b.placement.clone(),
+            gpus: b.gpus.clone(),
+            handoff: b.handoff.clone(),
+            result: None,
+        },
+    );
+    Response::UpgradeStarted { id, version }
+}
+
+pub(super) fn apply_switch(s: &mut ClusterState, app: &str, id: u64, at_ms: u64) -> Response {
+    let up = s.upgrades.get_mut(&id).expect("checked");
+    up.completed_phase = Some(Phase::Prepare);
+    up.phase = Some(Phase::Switch);
+    up.phase_started_at_ms = at_ms;
+    let barrier = up.barrier;
+    let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+    ck.in_flight = Some(InFlightCheckpoint {
+        id: barrier,
+        started_at_ms: at_ms,
+    });
+    Response::Done
+}
+
+pub(super) fn apply_finish_switch(
+    s: &mut ClusterState,
+    app: &str,
+    id: u64,
+    at_ms: u64,
+) -> Response {
+    let up = s.upgrades.get_mut(&id).expect("checked");
+    up.completed_phase = Some(Phase::Switch);
+    up.phase = Some(Phase::Cleanup);
+    up.phase_started_at_ms = at_ms;
+    let (placement, gpus, handoff, barrier, to) = (
+        up.placement.clone(),
+        up.gpus.clone(),
+        up.handoff.clone(),
+        up.barrier,
+        up.to_version,
+    );
+    let workers = &s.workers;
+    let rec = s.apps.get_mut(app).expect("checked");
+    rec.current_version = to;
+    let old = std::mem::replace(&mut rec.placement, placement);
+    rec.gpus.retain(|pe, _| rec.placement.contains_key(pe));
+    for (pe, g) in gpus {
+        rec.gpus.insert(pe, g);
+    }
+    let ops: std::collections::BTreeSet<String> = rec
+        .current()
+        .spec
+        .operators
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let ck = &mut rec.checkpoints;
+    // New PEs restore from the switch checkpoint through their predecessors' pieces.
+    if let Some(c) = ck.complete.iter_mut().find(|c| c.id == barrier) {
+        c.handoff = handoff;
+    }
+    ck.attempts.retain(|op, _| ops.contains(op));
+    ck.restore.retain(|op, _| ops.contains(op));
+    for pe in rec.placement.keys() {
+        if !old.contains_key(pe) {
+            let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+            ck.restore.insert(op.to_string(), barrier);
+        }
+    }
+    ck.incarnations
+        .retain(|pe, _| rec.placement.contains_key(pe));
+    for (pe, w) in &rec.placement {
+        ck.incarnations
+            .entry(pe.clone())
+            .or_insert_with(|| workers.get(w).map_or(0, |w| w.incarnation));
+    }
+    Response::Done
+}
+
+pub(super) fn apply_complete(
+    s: &mut ClusterState,
+    app: &str,
+    id: u64,
+    at_ms: u64,
+    result: &UpgradeResultRecord,
+) -> Response {
+    let up = s.upgrades.get_mut(&id).expect("checked");
+    up.completed_phase = Some(Phase::Cleanup);
+    up.phase = None;
+    up.finished_at_ms = Some(at_ms);
+    up.outcome = Some(UpgradeOutcome::Completed);
+    up.result = Some(result.clone());
+    let rec = s.apps.get_mut(app).expect("checked");
+    rec.upgrade = None;
+    rec.state = AppState::Running;
+    Response::Done
+}
+
+pub(super) fn apply_abort(
+    s: &mut ClusterState,
+    app: &str,
+    id: u64,
+    at_ms: u64,
+    reason: &str,
+) -> Response {
+    let up = s.upgrades.get_mut(&id).expect("checked");
+    let barrier = up.barrier;
+    up.phase = None;
+    up.finished_at_ms = Some(at_ms);
+    up.outcome = Some(UpgradeOutcome::RolledBack(reason.to_string()));
+    let rec = s.apps.get_mut(app).expect("checked");
+    rec.upgrade = None;
+    rec.state = AppState::Running;
+    // The switch checkpoint will never complete.
+    if rec
+        .checkpoints
+        .in_flight
+        .as_ref()
+        .is_some_and(|f| f.id == barrier)
+    {
+        rec.checkpoints.in_flight = None;
+    }
+    Response::Done
+}

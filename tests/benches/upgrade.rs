@@ -1,0 +1,329 @@
+//! Online upgrade costs, per upgrade kind, on one master and two in-process workers on
+//! loopback (real gRPC, real Raft, real TCP between the workers), with a paced app at
+//! 100,000 records/s:
+//!
+//! - records lost and duplicated (the upgrade's own summary, from `sink.verify`, and the
+//!   audit at the end of the run);
+//! - the longest stall in sink output: the longest gap between records arriving at a
+//!   TCP sink read by this process, during the upgrade, next to the same figure over
+//!   the steady seconds before it (the baseline), and the summary's own figure;
+//! - end-to-end latency (generator emission, wall clock, to arrival here) p50/p99
+//!   steady vs during the upgrade;
+//! - the upgrade's total time (accepted -> completed).
+//!
+//! Speed is only printed. Run with `cargo bench -p weir-tests --bench upgrade`; figures
+//! go to BENCHMARKS.md. Without `--bench` (as under `cargo test --all-targets`) it does
+//! nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncBufReadExt;
+use weir_master::server::MasterConfig;
+use weir_proto::v1 as pb;
+use weir_tests::{app_detail, eventually_within, start_worker, Cluster};
+
+const RATE: u64 = 100_000;
+const LIMIT: Duration = Duration::from_secs(120);
+/// Steady seconds before each upgrade (the baseline) and after it.
+const STEADY: Duration = Duration::from_secs(3);
+
+fn tuned(cfg: &mut MasterConfig) {
+    cfg.worker_heartbeat = Duration::from_millis(100);
+    cfg.worker_timeout = Duration::from_secs(3);
+    cfg.reconcile_interval = Duration::from_millis(50);
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One version of the app: the parts the upgrade kinds vary.
+#[derive(Clone)]
+struct App {
+    tag: &'static str,
+    win: u32,
+    extra_ops: Vec<&'static str>,
+    streams: Vec<&'static str>,
+    sink: String,
+}
+
+impl App {
+    fn text(&self) -> String {
+        let mut s = format!(
+            r#"
+name: bench
+checkpoint_interval_ms: 1000
+operators:
+  - {{name: gen, kind: source.generator, parallelism: 2, params: {{rate: {RATE}, keys: 1000, payload_bytes: 40, event_time: wall}}}}
+  - {{name: tag, kind: map, parallelism: 2, params: {{set: {{tag: '"{tag}"', t: ts}}}}}}
+  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 1000}}}}
+  - {{name: views, kind: sink.null}}
+  - {{name: audit, kind: sink.verify}}
+  - {{name: lat, kind: sink.tcp, params: {{address: "{sink}"}}}}
+"#,
+            tag = self.tag,
+            win = self.win,
+            sink = self.sink,
+        );
+        for o in &self.extra_ops {
+            s.push_str(&format!("  - {o}\n"));
+        }
+        s.push_str("streams:\n");
+        for st in &self.streams {
+            s.push_str(&format!("  - {st}\n"));
+        }
+        s
+    }
+}
+
+/// Arrivals at the TCP sink: (arrival ms, event time ms) per record.
+type Arrivals = Arc<Mutex<Vec<(i64, i64)>>>;
+
+async fn listen() -> (String, Arrivals) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let arrivals: Arrivals = Arc::default();
+    let a = arrivals.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                return;
+            };
+            let a = a.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(sock).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let ts = line
+                        .split("\"t\":")
+                        .nth(1)
+                        .and_then(|r| r.split([',', '}']).next())
+                        .and_then(|t| t.trim().parse::<i64>().ok());
+                    if let Some(ts) = ts {
+                        a.lock().unwrap().push((unix_ms(), ts));
+                    }
+                }
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+fn percentile(mut v: Vec<i64>, p: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Latency p50/p99 and the longest gap between arrivals, over arrivals in [from, to).
+fn window(arrivals: &Arrivals, from: i64, to: i64) -> (i64, i64, i64, usize) {
+    let a = arrivals.lock().unwrap();
+    let sel: Vec<(i64, i64)> = a
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .collect();
+    let lat: Vec<i64> = sel.iter().map(|(t, ts)| t - ts).collect();
+    let mut times: Vec<i64> = sel.iter().map(|(t, _)| *t).collect();
+    times.sort_unstable();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(to - from)
+        .max(times.first().map_or(to - from, |f| f - from))
+        .max(times.last().map_or(0, |l| to - l));
+    (
+        percentile(lat.clone(), 0.5),
+        percentile(lat, 0.99),
+        gap,
+        sel.len(),
+    )
+}
+
+async fn run() {
+    let c = Cluster::start_tuned(1, tuned).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let workers = vec![
+        start_worker("w1", &masters).await,
+        start_worker("w2", &masters).await,
+    ];
+    let mut client = c.client(1).await;
+    eventually_within("workers", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let n = client
+                .list_workers(pb::ListWorkersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .workers
+                .len();
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+    let (sink, arrivals) = listen().await;
+    let base = App {
+        tag: "a",
+        win: 2,
+        extra_ops: vec![],
+        streams: vec![
+            "{from: gen, to: tag}",
+            "{from: tag, to: audit, partitioning: round_robin}",
+            "{from: tag, to: lat, partitioning: round_robin}",
+            "{from: gen, to: win, partitioning: hash}",
+            "{from: win, to: views, partitioning: round_robin}",
+        ],
+        sink,
+    };
+    client
+        .submit_app(pb::SubmitAppRequest {
+            spec: base.text(),
+            format: pb::SpecFormat::Yaml as i32,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    eventually_within("records at the latency sink", LIMIT, || {
+        let n = arrivals.lock().unwrap().len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(STEADY).await;
+
+    // Each kind edits the previous version.
+    let mut kinds: Vec<(&str, App)> = Vec::new();
+    let mut v = base.clone();
+    v.tag = "b";
+    kinds.push(("replace an operator (map params)", v.clone()));
+    v.extra_ops
+        .push("{name: pre, kind: map, parallelism: 2, params: {set: {pre: '1'}}}");
+    v.streams[0] = "{from: gen, to: pre}";
+    v.streams.push("{from: pre, to: tag}");
+    kinds.push(("insert an operator into a stream", v.clone()));
+    v.extra_ops.clear();
+    v.streams.pop();
+    v.streams[0] = "{from: gen, to: tag}";
+    kinds.push(("remove an operator", v.clone()));
+    v.extra_ops.push("{name: audit2, kind: sink.verify}");
+    v.streams
+        .push("{from: tag, to: audit2, partitioning: round_robin}");
+    kinds.push(("add a branch (second sink)", v.clone()));
+    v.extra_ops.clear();
+    v.streams.pop();
+    kinds.push(("remove a branch", v.clone()));
+    v.win = 3;
+    kinds.push(("rescale the keyed window 2 -> 3", v.clone()));
+    v.streams[0] = "{from: gen, to: tag, partitioning: round_robin}";
+    kinds.push(("change partitioning (forward -> round robin)", v.clone()));
+
+    println!("online upgrades at {RATE} records/s, 2 workers, release build");
+    println!(
+        "{:<46} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>8}",
+        "kind",
+        "lost",
+        "dup",
+        "stall ms",
+        "base ms",
+        "summ. ms",
+        "p50/p99 st.",
+        "p50/p99 upg.",
+        "total ms"
+    );
+    for (name, app) in kinds {
+        let steady_from = unix_ms() - STEADY.as_millis() as i64;
+        let t0 = unix_ms();
+        let started = Instant::now();
+        let r = client
+            .upgrade_app(pb::UpgradeAppRequest {
+                app: "bench".into(),
+                spec: app.text(),
+                format: pb::SpecFormat::Yaml as i32,
+                dry_run: false,
+                expected_version: 0,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let op = eventually_within("the upgrade ends", LIMIT, || {
+            let mut client = client.clone();
+            let id = r.operation_id.clone();
+            async move {
+                let h = client
+                    .get_app_history(pb::GetAppHistoryRequest {
+                        app: "bench".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                h.operations
+                    .into_iter()
+                    .find(|o| o.operation_id == id && o.finished_at_ms != 0)
+            }
+        })
+        .await;
+        let total = started.elapsed().as_millis();
+        let t1 = unix_ms();
+        assert_eq!(op.phase, pb::UpgradePhase::Done as i32, "{name}: {op:?}");
+        // Let records in flight at the end of the upgrade arrive before measuring it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (sp50, sp99, sgap, _) = window(&arrivals, steady_from, t0);
+        let (up50, up99, ugap, n) = window(&arrivals, t0, t1);
+        assert!(n > 0, "{name}: records flowed during the upgrade");
+        let res = op.result.unwrap_or_default();
+        println!(
+            "{:<46} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>8}",
+            name,
+            res.records_lost,
+            res.records_duplicated,
+            ugap,
+            sgap,
+            res.longest_stall_ms,
+            format!("{sp50}/{sp99}"),
+            format!("{up50}/{up99}"),
+            total
+        );
+        tokio::time::sleep(STEADY).await;
+    }
+    // The audit over the whole run: nothing missing below what it saw a second ago,
+    // nothing twice.
+    let d = app_detail(&mut client, "bench").await.unwrap();
+    let v: Vec<_> = d
+        .pes
+        .iter()
+        .filter(|p| p.pe.as_ref().unwrap().operator == "audit")
+        .filter_map(|p| p.verify)
+        .collect();
+    let (records, dup, missing) = (
+        v.iter().map(|s| s.records).sum::<u64>(),
+        v.iter().map(|s| s.duplicates).sum::<u64>(),
+        v.iter().map(|s| s.missing_settled).sum::<u64>(),
+    );
+    println!(
+        "audit over the run: {records} records, {dup} duplicated, {missing} missing (settled)"
+    );
+    assert_eq!((dup, missing), (0, 0));
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("upgrade: a benchmark; run it with cargo bench");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
