@@ -109,12 +109,15 @@ echo "== an app no device can hold (a slice of 200,000 MiB)"
 sed -e 's/name: gpu-square/name: too-big/' -e 's/memory_mb: 4096/memory_mb: 200000/' \
     -e 's#/tmp/weir-gpu-square.jsonl#/tmp/weir-too-big.jsonl#' examples/gpu-square.yaml >"$work/big.yaml"
 ctl submit "$work/big.yaml"
-sleep 3 # let the scheduler try: there is nothing to wait on, it must never place it
+refused() { ctl -o json get too-big | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["unplaced_reason"] else 1)'; }
+within 30 refused
 ctl get too-big
 ctl -o json get too-big | python3 -c '
 import json, sys
 a = json.load(sys.stdin)
 sq = [p for p in a["pes"] if p["pe"].startswith("square@")][0]
 assert sq["worker"] == "", "placed on " + sq["worker"]
-print("not placed:", a["state"], sq["message"] or "(no message)")'
+why = a["unplaced_reason"]
+assert "square@" in why and "200000 MiB" in why, why
+print("not placed, as it must not be:", why)'
 echo "== GPU check passed"

@@ -168,8 +168,13 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
         .into_inner();
     let a = a.app.context("empty answer")?;
     let s = a.summary.clone().unwrap_or_default();
+    let unplaced = if a.unplaced_reason.is_empty() {
+        String::new()
+    } else {
+        format!("\nnot placed: {}", a.unplaced_reason)
+    };
     let mut text = format!(
-        "app {}  tenant {}  state {}  version {}  PEs {}\n\nPE                                 WORKER        STATE      IN/s     OUT/s   BACKLOG",
+        "app {}  tenant {}  state {}  version {}  PEs {}{unplaced}\n\nPE                                 WORKER        STATE      IN/s     OUT/s   BACKLOG",
         s.name, s.tenant, state_name(s.state), s.version, s.pe_count
     );
     for p in &a.pes {
@@ -232,6 +237,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     }
     let json = json!({
         "app": s.name, "tenant": s.tenant, "state": state_name(s.state), "version": s.version,
+        "unplaced_reason": a.unplaced_reason,
         "pes": a.pes.iter().map(|p| json!({"pe": p.pe.as_ref().map(|r| r.id.clone()), "worker": p.worker_id,
             "state": p.state, "message": p.message, "gpus": p.gpu_uuids,
             "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out),

@@ -298,7 +298,8 @@ async fn two_apps_with_the_same_operators_share_workers_without_mixing() {
     c.stop().await;
 }
 
-/// A PE asking for a GPU lands on the one worker that has GPUs, and its program sees
+/// A PE asking for a GPU waits, saying why, while no worker has one; then it lands on
+/// the one worker that has GPUs, and its program sees
 /// the device it was given and no other (CUDA_VISIBLE_DEVICES): the chain from the
 /// scheduler's allocation through DeployPe to the exec environment. The devices are
 /// declared here; on a machine with NVIDIA GPUs the same chain was run against NVML
@@ -306,17 +307,7 @@ async fn two_apps_with_the_same_operators_share_workers_without_mixing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gpu_pe_lands_on_the_gpu_worker_and_sees_only_its_device() {
     let (c, mut workers) = cluster_with_workers(1).await;
-    let masters: Vec<_> = c.addrs.values().copied().collect();
-    // Two devices; the PE asks for one slice of 4 GiB, so one of them is its own.
-    let gpu = weir_tests::start_worker_with("gpu1", &masters, |cfg| {
-        cfg.declared_gpus = vec![
-            "nvidia:test:16384:GPU-test-a".parse().unwrap(),
-            "nvidia:test:16384:GPU-test-b".parse().unwrap(),
-        ];
-    });
-    workers.push(gpu.await);
     let client = c.client(1).await;
-    weir_tests::workers_alive(&client, 2, Duration::from_secs(60)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("squares.jsonl");
@@ -344,6 +335,29 @@ streams:
         ),
     )
     .await;
+    // No worker has a GPU yet: the app waits, and says which PE lacks what.
+    let why = eventually_within(
+        "the reason it is not placed",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            async move {
+                let d = app_detail(&mut client, "on-gpu").await?;
+                Some(d.unplaced_reason).filter(|w| !w.is_empty())
+            }
+        },
+    )
+    .await;
+    assert!(why.contains("square@") && why.contains("4096 MiB"), "{why}");
+    // Two devices arrive; the PE asks for one slice of 4 GiB, so one of them is its own.
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let gpu = weir_tests::start_worker_with("gpu1", &masters, |cfg| {
+        cfg.declared_gpus = vec![
+            "nvidia:test:16384:GPU-test-a".parse().unwrap(),
+            "nvidia:test:16384:GPU-test-b".parse().unwrap(),
+        ];
+    });
+    workers.push(gpu.await);
     let detail = eventually_within(
         "records through the GPU PE",
         Duration::from_secs(120),
@@ -359,6 +373,7 @@ streams:
     .await;
     let v = verify_done(&detail, "audit").unwrap();
     assert_eq!((v[0].records, v[0].duplicates), (count, 0));
+    assert_eq!(detail.unplaced_reason, "", "placed now");
     let square = detail
         .pes
         .iter()

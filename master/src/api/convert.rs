@@ -127,6 +127,8 @@ pub fn app_detail(
         streams,
         versions,
         current_upgrade: up.map(upgrade_operation),
+        // Leader memory, not replicated state: GetApp fills it in.
+        unplaced_reason: String::new(),
     }
 }
 

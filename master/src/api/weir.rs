@@ -258,12 +258,16 @@ impl Weir for WeirService {
                 at_leader!(self, req, get_app);
                 self.shared.linearizable().await?;
                 let reports = self.liveness.pe_reports(&req.get_ref().app);
-                let detail = self
+                let mut detail = self
                     .read(|s| {
                         app_or_not_found(s, &req.get_ref().app)
                             .map(|a| app_detail(a, &reports, &s.upgrades))
                     })
                     .await?;
+                detail.unplaced_reason = self
+                    .liveness
+                    .unplaced(&req.get_ref().app)
+                    .unwrap_or_default();
                 let tenant = detail
                     .summary
                     .as_ref()

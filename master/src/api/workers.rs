@@ -20,6 +20,9 @@ use weir_proto::v1::master_workers_server::MasterWorkers;
 pub struct Liveness {
     seen: Arc<Mutex<BTreeMap<String, (Instant, u64)>>>,
     reports: Arc<Mutex<BTreeMap<String, WorkerReports>>>,
+    /// Apps the executor could not place on its last attempt, and why. Leader memory,
+    /// like the reports: it is recomputed every reconcile tick, so it needs no Raft.
+    unplaced: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 /// The PEs one worker reported in its last heartbeat.
@@ -46,6 +49,19 @@ impl Liveness {
                 },
             );
         }
+    }
+
+    /// Records which apps the last reconcile tick could not place, and why (all of
+    /// them: an app missing is placed, or gone).
+    pub fn set_unplaced(&self, apps: BTreeMap<String, String>) {
+        if let Ok(mut m) = self.unplaced.lock() {
+            *m = apps;
+        }
+    }
+
+    /// Why `app` could not be placed on the last attempt, if it could not.
+    pub fn unplaced(&self, app: &str) -> Option<String> {
+        self.unplaced.lock().ok().and_then(|m| m.get(app).cloned())
     }
 
     /// The last reports of every worker heard from.

@@ -193,6 +193,8 @@ impl Executor {
                 self.unplaceable.insert(app.clone(), why.clone());
             }
         }
+        self.liveness
+            .set_unplaced(actions.unplaceable.iter().cloned().collect());
         for (app, placement) in actions.placements {
             self.unplaceable.remove(&app);
             tracing::info!(%app, pes = placement.len(), "placing app");
