@@ -100,19 +100,48 @@ pub struct RecordRef<'a> {
     raw: &'a [u8],
 }
 
+/// One field of a record as it is encoded: its name and its value's bytes (type tag
+/// and payload), borrowed from the batch. Reading names or copying fields through it
+/// allocates nothing; [`RawField::value`] decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawField<'a> {
+    /// The field's name.
+    pub name: &'a str,
+    /// The encoded value: tag byte, then payload.
+    pub value: &'a [u8],
+}
+
+impl RawField<'_> {
+    /// The value, decoded.
+    pub fn decode(&self) -> Value {
+        let mut c = Cursor {
+            b: self.value,
+            at: 0,
+        };
+        c.value().expect("validated")
+    }
+}
+
 impl<'a> RecordRef<'a> {
     /// The fields, decoded.
     pub fn fields(&self) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+        self.raw_fields().map(|f| (f.name, f.decode()))
+    }
+
+    /// The fields as they are encoded (nothing decoded, nothing allocated).
+    pub fn raw_fields(&self) -> impl Iterator<Item = RawField<'a>> + 'a {
         let mut c = Cursor {
             b: self.fields,
             at: 0,
         };
-        (0..self.field_count).map(move |_| c.field().expect("validated"))
+        (0..self.field_count).map(move |_| c.raw_field().expect("validated"))
     }
 
-    /// One field by name.
+    /// One field by name; only that one is decoded.
     pub fn field(&self, name: &str) -> Option<Value> {
-        self.fields().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.raw_fields()
+            .find(|f| f.name == name)
+            .map(|f| f.decode())
     }
 
     /// The record's encoded bytes, exactly as they sit in the batch.
@@ -175,7 +204,7 @@ impl<'a> Cursor<'a> {
         let field_count = self.u16()?;
         let start = self.at;
         for _ in 0..field_count {
-            self.field()?;
+            self.raw_field()?;
         }
         Ok(RecordRef {
             source,
@@ -188,11 +217,39 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn field(&mut self) -> Result<(&'a str, Value), BatchError> {
+    /// Steps over one field, checking it (tag, lengths, UTF-8) without decoding it.
+    fn raw_field(&mut self) -> Result<RawField<'a>, BatchError> {
         let n = self.u8()? as usize;
         let name = self.str(n)?;
+        let begin = self.at;
+        match self.u8()? {
+            TAG_NULL => {}
+            TAG_BOOL => {
+                self.take(1)?;
+            }
+            TAG_I64 | TAG_F64 => {
+                self.take(8)?;
+            }
+            TAG_STR => {
+                let n = self.u32()? as usize;
+                self.str(n)?;
+            }
+            TAG_BYTES => {
+                let n = self.u32()? as usize;
+                self.take(n)?;
+            }
+            tag => return Err(BatchError::BadTag { tag, at: begin }),
+        }
+        Ok(RawField {
+            name,
+            value: &self.b[begin..self.at],
+        })
+    }
+
+    /// Decodes one value (tag and payload).
+    fn value(&mut self) -> Result<Value, BatchError> {
         let at = self.at;
-        let value = match self.u8()? {
+        Ok(match self.u8()? {
             TAG_NULL => Value::Null,
             TAG_BOOL => Value::Bool(self.u8()? != 0),
             TAG_I64 => Value::I64(self.u64()? as i64),
@@ -206,8 +263,7 @@ impl<'a> Cursor<'a> {
                 Value::Bytes(self.take(n)?.to_vec())
             }
             tag => return Err(BatchError::BadTag { tag, at }),
-        };
-        Ok((name, value))
+        })
     }
 }
 
@@ -241,6 +297,38 @@ impl BatchBuilder {
         key: &[u8],
         fields: impl IntoIterator<Item = (&'f str, &'f Value)>,
     ) -> Result<(), BatchError> {
+        self.push_with(source, seq, event_time_ms, key, fields, |b, (n, v)| {
+            b.put_field(n, v)
+        })
+    }
+
+    /// Appends one record whose fields are copied as they are encoded (renamed where
+    /// the caller says so): a projection or rename decodes nothing.
+    pub fn push_raw_fields<'f>(
+        &mut self,
+        source: u32,
+        seq: u64,
+        event_time_ms: i64,
+        key: &[u8],
+        fields: impl IntoIterator<Item = (&'f str, &'f [u8])>,
+    ) -> Result<(), BatchError> {
+        self.push_with(source, seq, event_time_ms, key, fields, |b, (n, raw)| {
+            b.put_name(n)?;
+            b.buf.put_slice(raw);
+            Ok(())
+        })
+    }
+
+    /// The record header, then every field through `put`; all or nothing.
+    fn push_with<F>(
+        &mut self,
+        source: u32,
+        seq: u64,
+        event_time_ms: i64,
+        key: &[u8],
+        fields: impl IntoIterator<Item = F>,
+        mut put: impl FnMut(&mut Self, F) -> Result<(), BatchError>,
+    ) -> Result<(), BatchError> {
         let key_len = u16::try_from(key.len()).map_err(|_| BatchError::TooLong("key"))?;
         let mark = self.buf.len();
         self.buf.put_u32_le(source);
@@ -251,28 +339,30 @@ impl BatchBuilder {
         let count_at = self.buf.len();
         self.buf.put_u16_le(0);
         let mut count: u16 = 0;
-        for (name, value) in fields {
-            if let Err(e) = self.put_field(name, value) {
+        for f in fields {
+            let next = count
+                .checked_add(1)
+                .ok_or(BatchError::TooLong("field list"));
+            if let Err(e) = next.and_then(|c| put(self, f).map(|()| c)) {
                 self.buf.truncate(mark);
                 return Err(e);
             }
-            count = match count.checked_add(1) {
-                Some(c) => c,
-                None => {
-                    self.buf.truncate(mark);
-                    return Err(BatchError::TooLong("field list"));
-                }
-            };
+            count += 1;
         }
         self.buf[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
         self.len += 1;
         Ok(())
     }
 
-    fn put_field(&mut self, name: &str, value: &Value) -> Result<(), BatchError> {
+    fn put_name(&mut self, name: &str) -> Result<(), BatchError> {
         let n = u8::try_from(name.len()).map_err(|_| BatchError::TooLong("field name"))?;
         self.buf.put_u8(n);
         self.buf.put_slice(name.as_bytes());
+        Ok(())
+    }
+
+    fn put_field(&mut self, name: &str, value: &Value) -> Result<(), BatchError> {
+        self.put_name(name)?;
         match value {
             Value::Null => self.buf.put_u8(TAG_NULL),
             Value::Bool(b) => {

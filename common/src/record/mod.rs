@@ -21,7 +21,7 @@
 mod batch;
 mod value;
 
-pub use batch::{Batch, BatchBuilder, BatchError, RecordRef};
+pub use batch::{Batch, BatchBuilder, BatchError, RawField, RecordRef};
 pub use value::Value;
 
 #[cfg(test)]

@@ -226,3 +226,41 @@ fn raw_records_split_a_batch_without_changing_them() {
         .iter()
         .all(|r| r.seq % 2 == 1 && r.fields().count() == 6));
 }
+
+#[test]
+fn raw_fields_copy_renamed_into_a_valid_batch_and_refuse_what_does_not_fit() {
+    let batch = sample();
+    let mut b = BatchBuilder::default();
+    for r in batch.iter() {
+        // Every field renamed with a prefix, copied as encoded.
+        let names: Vec<String> = r.raw_fields().map(|f| format!("x_{}", f.name)).collect();
+        let fields = r
+            .raw_fields()
+            .zip(&names)
+            .map(|(f, n)| (n.as_str(), f.value));
+        b.push_raw_fields(r.source, r.seq, r.event_time_ms, r.key, fields)
+            .unwrap();
+    }
+    let out = Batch::from_bytes(b.finish().bytes().clone()).unwrap();
+    for (a, r) in out.iter().zip(batch.iter()) {
+        let renamed: Vec<(String, Value)> =
+            r.fields().map(|(n, v)| (format!("x_{n}"), v)).collect();
+        let got: Vec<(String, Value)> = a.fields().map(|(n, v)| (n.to_string(), v)).collect();
+        assert_eq!(got, renamed);
+        assert_eq!((a.source, a.seq, a.key), (r.source, r.seq, r.key));
+        // A single field is found and decoded alone.
+        let first = r.raw_fields().next().unwrap();
+        assert_eq!(a.field(&format!("x_{}", first.name)), Some(first.decode()));
+    }
+    // A name over 255 bytes: refused, and the builder is as it was.
+    let mut b = BatchBuilder::default();
+    let r = batch.iter().next().unwrap();
+    let long = "n".repeat(300);
+    let f = r.raw_fields().next().unwrap();
+    let err = b
+        .push_raw_fields(r.source, r.seq, 0, r.key, [(long.as_str(), f.value)])
+        .unwrap_err();
+    assert_eq!(err, BatchError::TooLong("field name"));
+    assert!(b.is_empty());
+    assert_eq!(b.size(), 4);
+}
