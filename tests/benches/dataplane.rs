@@ -1,7 +1,9 @@
 //! Data plane throughput: generator -> map -> filter -> sink.null with ~100-byte
 //! records, (a) on one worker (batches handed over by reference), (b) across two
 //! workers over a loopback TCP link, against raw loopback TCP bytes/s measured in the
-//! same run. Also the process's peak RSS. Run with
+//! same run; (c) a deliberately slow sink behind an unbounded generator, showing that
+//! producers slow down to its pace and memory stays flat. Also the process's peak RSS.
+//! Run with
 //! `cargo bench -p weir-tests --bench dataplane`; figures go to BENCHMARKS.md.
 
 use std::sync::Arc;
@@ -167,15 +169,111 @@ async fn raw_tcp(total: u64) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-fn peak_rss_mb() -> f64 {
+/// A `/proc/self/status` figure in MB: `VmHWM` (peak) or `VmRSS` (now).
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Pace of the slow consumer behind `sink.tcp` in (c).
+const SLOW_BYTES_PER_S: u64 = 4 << 20;
+/// How long (c) runs.
+const SLOW_SECS: u64 = 6;
+
+/// (c): an unbounded generator and map on one worker, filter and `sink.tcp` on a
+/// second, the sink writing to a reader that takes `SLOW_BYTES_PER_S`. Returns (records
+/// the generator emitted per second, records the reader got per second, RSS after 1 s,
+/// the largest RSS seen after that), all in the steady state after the first second.
+async fn slow_sink() -> (f64, f64, f64, f64) {
+    let sink_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink_l.local_addr().unwrap().to_string();
+    let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = lines.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = sink_l.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let start = Instant::now();
+        let mut n = 0u64;
+        loop {
+            let r = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(r) => r,
+            };
+            n += r as u64;
+            let lf = buf[..r].iter().filter(|b| **b == b'\n').count() as u64;
+            counted.fetch_add(lf, std::sync::atomic::Ordering::Relaxed);
+            // Pacing a deliberately slow reader, not synchronisation.
+            let due = Duration::from_secs_f64(n as f64 / SLOW_BYTES_PER_S as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    });
+    let a = Runtime::new(Arc::new(Inputs::default()));
+    let b_inputs = Arc::new(Inputs::default());
+    let b = Runtime::new(b_inputs.clone());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = l.local_addr().unwrap().to_string();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(inbound::serve(l, b_inputs, stop_rx));
+    let [g, m, f, _] = kinds();
+    let OperatorKind::Generator(mut gp) = g else {
+        unreachable!()
+    };
+    gp.count = None;
+    let sink = OperatorKind::SinkTcp(weir_common::spec::SinkTcpParams { address: sink_addr });
+    b.deploy(pe("sink", sink, Some("filter"), None))
+        .await
+        .unwrap();
+    b.deploy(pe("filter", f, Some("map"), Some(("sink", None))))
+        .await
+        .unwrap();
+    a.deploy(pe("map", m, Some("gen"), Some(("filter", Some(b_addr)))))
+        .await
+        .unwrap();
+    a.deploy(pe(
+        "gen",
+        OperatorKind::Generator(gp),
+        None,
+        Some(("map", None)),
+    ))
+    .await
+    .unwrap();
+    let emitted = || {
+        a.report()
+            .iter()
+            .find(|r| r.pe == "gen#0")
+            .and_then(|r| r.stats.as_ref().map(|s| s.records_out))
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (gen0, got0, rss0) = (
+        emitted(),
+        lines.load(std::sync::atomic::Ordering::Relaxed),
+        status_mb("VmRSS:"),
+    );
+    let start = Instant::now();
+    let mut max_rss = rss0;
+    while start.elapsed() < Duration::from_secs(SLOW_SECS - 1) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        max_rss = max_rss.max(status_mb("VmRSS:"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let gen_rate = (emitted() - gen0) as f64 / secs;
+    let got_rate = (lines.load(std::sync::atomic::Ordering::Relaxed) - got0) as f64 / secs;
+    a.stop_all();
+    b.stop_all();
+    (gen_rate, got_rate, rss0, max_rss)
 }
 
 fn main() {
@@ -200,6 +298,13 @@ fn main() {
             link / 1e6,
             bytes as f64 / RECORDS as f64,
             100.0 * link / raw
+        );
+        let (gen_rate, got_rate, rss0, max_rss) = slow_sink().await;
+        println!(
+            "(c) slow sink ({} MB/s reader) across two workers, {SLOW_SECS} s: generator held to {:.0} records/s, the reader got {:.0}/s (filter passes 90%); RSS {rss0:.0} MB after 1 s, at most {max_rss:.0} MB after",
+            SLOW_BYTES_PER_S >> 20,
+            gen_rate,
+            got_rate
         );
         println!("peak RSS of the process (both workers, all runs): {:.0} MB", peak_rss_mb());
     });
