@@ -8,7 +8,7 @@
 mod tests;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use weir_common::record::{Batch, BatchBuilder, BatchError, Value};
 use weir_common::spec::LineFormat;
@@ -94,6 +94,10 @@ pub fn push_line(
 }
 
 /// Reads a file of lines into batches (`source.file`). Blocking I/O.
+///
+/// A parallel `source.file` splits the file into equal byte ranges, one per PE; a PE
+/// reads the lines that *start* in its range (the one straddling its start belongs to
+/// the PE before it), so every line is read by exactly one PE, whatever the split.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
@@ -105,22 +109,73 @@ pub struct FileSource {
     pub next_seq: u64,
     bad_lines: u64,
     line: Vec<u8>,
+    /// This PE's byte range: lines starting at or after `start` and before `end`.
+    start: u64,
+    end: u64,
+    /// File position of the next byte `read_line` looks at.
+    offset: u64,
 }
 
 impl FileSource {
     /// Opens `path`, decoding lines as `format`, emitting as source ordinal `source`.
     pub fn open(path: &str, format: LineFormat, source: u32) -> io::Result<Self> {
+        Self::open_split(path, format, source, 0, 1)
+    }
+
+    /// Opens PE `index`'s part of `path` when `parallelism` PEs read it.
+    pub fn open_split(
+        path: &str,
+        format: LineFormat,
+        source: u32,
+        index: u32,
+        parallelism: u32,
+    ) -> io::Result<Self> {
         let path = PathBuf::from(path);
-        let reader = BufReader::new(File::open(&path)?);
-        Ok(Self {
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let (index, parallelism) = (u64::from(index), u64::from(parallelism.max(1)));
+        let start = size * index / parallelism;
+        // The last range runs to the end, wherever that is when it gets there.
+        let end = if index + 1 >= parallelism {
+            u64::MAX
+        } else {
+            size * (index + 1) / parallelism
+        };
+        let mut src = Self {
             path,
-            reader,
+            reader: BufReader::new(file),
             format,
             source,
             next_seq: 0,
             bad_lines: 0,
             line: Vec::new(),
-        })
+            start,
+            end,
+            offset: 0,
+        };
+        src.rewind()?;
+        Ok(src)
+    }
+
+    /// Back to the first line of this PE's range.
+    fn rewind(&mut self) -> io::Result<()> {
+        let mut file = File::open(&self.path)?;
+        self.next_seq = 0;
+        self.bad_lines = 0;
+        if self.start == 0 {
+            self.reader = BufReader::new(file);
+            self.offset = 0;
+            return Ok(());
+        }
+        // From the byte before the range: the rest of that line (just its `\n` when a
+        // line starts exactly at `start`) belongs to the PE before.
+        file.seek(SeekFrom::Start(self.start - 1))?;
+        self.reader = BufReader::new(file);
+        self.offset = self.start - 1;
+        let end = std::mem::replace(&mut self.end, u64::MAX);
+        let skipped = self.read_line();
+        self.end = end;
+        skipped.map(|_| ())
     }
 
     /// Lines skipped as malformed so far (each also logged at debug level).
@@ -141,9 +196,7 @@ impl FileSource {
     /// if it is behind. Stops early at end of file (`next_seq` then tells where).
     pub fn skip_to(&mut self, seq: u64) -> io::Result<()> {
         if seq < self.next_seq {
-            self.reader = BufReader::new(File::open(&self.path)?);
-            self.next_seq = 0;
-            self.bad_lines = 0;
+            self.rewind()?;
         }
         let mut scratch = BatchBuilder::with_capacity(4096);
         while self.next_seq < seq && self.decode_next(&mut scratch, 0)? {
@@ -185,6 +238,10 @@ impl FileSource {
     /// file; `Some(Err)` for a line over the limit (read past, not kept).
     fn read_line(&mut self) -> io::Result<Option<Result<(), LineError>>> {
         self.line.clear();
+        if self.offset >= self.end {
+            // The next line starts in the next PE's range.
+            return Ok(None);
+        }
         let mut len = 0usize;
         let mut any = false;
         loop {
@@ -207,6 +264,7 @@ impl FileSource {
             }
             let used = part.len() + usize::from(done);
             self.reader.consume(used);
+            self.offset += used as u64;
             if done {
                 break;
             }

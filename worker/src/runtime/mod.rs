@@ -329,6 +329,7 @@ impl Runtime {
                     p,
                     cfg.source_ordinal,
                     cfg.index,
+                    cfg.spec.parallelism,
                     router,
                     st,
                     ckpt,

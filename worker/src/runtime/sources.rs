@@ -19,15 +19,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs a `source.file` PE. PE 0 reads the file; others of a parallel operator end at
-/// once (a file has one reader; parallelism belongs downstream). Its checkpointed
-/// state is the number of records emitted: restored, it skips that many (the file is
+/// Runs a `source.file` PE. PE `index` of `parallelism` reads the lines that start in
+/// its share of the file's bytes ([`FileSource::open_split`]). Its checkpointed state
+/// is the number of records it emitted: restored, it skips that many (the file is
 /// expected not to change underneath).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_file(
     pe: String,
     p: SourceFileParams,
     source: u32,
     index: u32,
+    parallelism: u32,
     mut router: Router,
     status: Arc<PeStatus>,
     mut ckpt: Ckpt,
@@ -40,8 +42,8 @@ pub async fn run_file(
     }
     let mut position = skip;
     status.set(PeRunState::Running);
-    if index == 0 {
-        let mut f = match FileSource::open(&p.path, p.format, source) {
+    {
+        let mut f = match FileSource::open_split(&p.path, p.format, source, index, parallelism) {
             Ok(f) => f,
             Err(e) => {
                 status.fail(format!("source.file {}: {e}", p.path));

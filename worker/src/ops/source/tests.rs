@@ -188,3 +188,60 @@ fn a_missing_file_is_an_error() {
     )
     .is_err());
 }
+
+/// Every line's text, in the order the PE read them.
+fn lines_of(src: &mut FileSource) -> Vec<String> {
+    seqs_and_lines(src, 7)
+        .into_iter()
+        .flatten()
+        .map(|(_, l)| l)
+        .collect()
+}
+
+#[test]
+fn parallel_readers_split_the_file_and_read_every_line_once() {
+    // Lines of uneven length (empty ones included), with and without a final newline.
+    let lines: Vec<String> = (0..200)
+        .map(|i| "x".repeat((i * 37) % 23) + &i.to_string())
+        .chain(["".to_string(), "".to_string(), "tail".to_string()])
+        .collect();
+    for last_newline in [true, false] {
+        let mut content = lines.join("\n");
+        if last_newline {
+            content.push('\n');
+        }
+        let f = file(content.as_bytes());
+        let path = f.path().to_str().unwrap();
+        for p in [1u32, 2, 3, 7, 64, 5000] {
+            let mut all = Vec::new();
+            for i in 0..p {
+                let mut src = FileSource::open_split(path, LineFormat::Raw, i, i, p).unwrap();
+                all.extend(lines_of(&mut src));
+            }
+            assert_eq!(all, lines, "{p} readers, final newline {last_newline}");
+        }
+    }
+    // An empty file: nobody reads anything.
+    let f = file(b"");
+    let path = f.path().to_str().unwrap();
+    for i in 0..3 {
+        let mut src = FileSource::open_split(path, LineFormat::Raw, 0, i, 3).unwrap();
+        assert!(lines_of(&mut src).is_empty());
+    }
+}
+
+#[test]
+fn a_reader_of_a_split_resumes_within_its_own_range() {
+    let content: String = (0..100).map(|i| format!("line-{i}\n")).collect();
+    let f = file(content.as_bytes());
+    let path = f.path().to_str().unwrap();
+    let mut a = FileSource::open_split(path, LineFormat::Raw, 1, 1, 3).unwrap();
+    let mine = lines_of(&mut a);
+    assert!(!mine.is_empty() && mine.len() < 100, "{}", mine.len());
+    let mut b = FileSource::open_split(path, LineFormat::Raw, 1, 1, 3).unwrap();
+    b.skip_to(5).unwrap();
+    assert_eq!(lines_of(&mut b), mine[5..]);
+    // Backwards: back to the start of its range, not of the file.
+    b.skip_to(2).unwrap();
+    assert_eq!(lines_of(&mut b), mine[2..]);
+}
