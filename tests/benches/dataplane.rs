@@ -102,16 +102,23 @@ async fn finished(rts: &[&Runtime]) {
     }
 }
 
-/// Runs the pipeline; `remote` puts filter and sink on a second worker. Returns
-/// (seconds, bytes that crossed the link).
-async fn pipeline(remote: bool) -> (f64, u64) {
+/// Two worker runtimes; the second's data plane listens on loopback at the address
+/// returned. The listener stops when the sender is dropped.
+async fn two_workers() -> (Runtime, Runtime, String, tokio::sync::watch::Sender<bool>) {
     let a = Runtime::new(Arc::new(Inputs::default()));
     let b_inputs = Arc::new(Inputs::default());
     let b = Runtime::new(b_inputs.clone());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = l.local_addr().unwrap().to_string();
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(inbound::serve(l, b_inputs, stop_rx));
+    (a, b, b_addr, stop)
+}
+
+/// Runs the pipeline; `remote` puts filter and sink on a second worker. Returns
+/// (seconds, bytes that crossed the link).
+async fn pipeline(remote: bool) -> (f64, u64) {
+    let (a, b, b_addr, _stop) = two_workers().await;
     let [g, m, f, s] = kinds();
     let second = if remote { &b } else { &a };
     let link = remote.then(|| b_addr.clone());
@@ -219,13 +226,7 @@ async fn slow_sink() -> (f64, f64, f64, f64) {
             }
         }
     });
-    let a = Runtime::new(Arc::new(Inputs::default()));
-    let b_inputs = Arc::new(Inputs::default());
-    let b = Runtime::new(b_inputs.clone());
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b_addr = l.local_addr().unwrap().to_string();
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(inbound::serve(l, b_inputs, stop_rx));
+    let (a, b, b_addr, _stop) = two_workers().await;
     let [g, m, f, _] = kinds();
     let OperatorKind::Generator(mut gp) = g else {
         unreachable!()
