@@ -97,6 +97,7 @@ fn app_or_not_found<'a>(
 ) -> Result<&'a crate::state::AppRecord, Status> {
     s.apps
         .get(name)
+        .map(|a| &**a)
         .ok_or_else(|| Status::not_found(format!("app {name:?} not found")))
 }
 
@@ -293,7 +294,7 @@ impl Weir for WeirService {
                         s.apps
                             .values()
                             .filter(|a| tenant.is_empty() || a.tenant == tenant)
-                            .map(app_summary)
+                            .map(|a| app_summary(a))
                             .collect()
                     })
                     .await;

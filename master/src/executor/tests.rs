@@ -329,7 +329,7 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
     assert_eq!(start.outputs[0].targets, vec![out.clone()]);
     assert_eq!(req.pe_addresses[out], format!("{}:2", app.placement[out]));
     // An unplaced consumer: no command (the producer would not know where to send).
-    let mut partial = app.clone();
+    let mut partial = (**app).clone();
     partial.placement.remove(out);
     assert!(deploy_pe(
         &View::current(&partial),

@@ -37,7 +37,7 @@ impl NodeConfig {
             cluster_id: "weir".into(),
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
-            snapshot_every: 1000,
+            snapshot_every: 10_000,
         }
     }
 

@@ -127,20 +127,22 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (data, meta) = {
-            let sm = self.data.read().await;
-            let data = serde_json::to_vec(&*sm).map_err(read_err)?;
-            let snapshot_id = match sm.last_applied {
-                Some(l) => format!("{}-{}", l.leader_id, l.index),
-                None => "empty".to_string(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: sm.last_applied,
-                last_membership: sm.last_membership.clone(),
-                snapshot_id,
-            };
-            (data, meta)
+        // A copy taken under the lock (apps are shared records, so it copies no spec),
+        // serialised after it is released: applies never wait for the encoding.
+        let sm: SmData = self.data.read().await.clone();
+        let snapshot_id = match sm.last_applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
         };
+        let meta = SnapshotMeta {
+            last_log_id: sm.last_applied,
+            last_membership: sm.last_membership.clone(),
+            snapshot_id,
+        };
+        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&sm))
+            .await
+            .map_err(|e| read_err(std::io::Error::other(e.to_string())))?
+            .map_err(read_err)?;
         self.persist(StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),

@@ -463,7 +463,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             tenant.apps += 1;
             s.apps.insert(
                 spec.name.clone(),
-                AppRecord {
+                std::sync::Arc::new(AppRecord {
                     name: spec.name.clone(),
                     tenant: spec.tenant.clone(),
                     state: AppState::Submitted,
@@ -480,7 +480,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     checkpoints: AppCheckpoints::default(),
                     gpus: BTreeMap::new(),
                     upgrade: None,
-                },
+                }),
             );
             Response::AppVersion {
                 app: spec.name.clone(),
@@ -488,7 +488,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             }
         }
         Command::CancelApp { name, at_ms } => {
-            let app = s.apps.get_mut(name).expect("checked");
+            let app = std::sync::Arc::make_mut(s.apps.get_mut(name).expect("checked"));
             app.state = AppState::Cancelled;
             app.cancelled_at_ms = Some(*at_ms);
             if let Some(id) = app.upgrade.take() {
@@ -527,7 +527,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             placement,
             gpus,
         } => {
-            let rec = s.apps.get_mut(app).expect("checked");
+            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
             let before = std::mem::replace(&mut rec.placement, placement.clone());
             set_gpus(rec, &before, gpus);
             note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
@@ -537,7 +537,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             Response::Done
         }
         Command::BeginCheckpoint { app, id, at_ms } => {
-            let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+            let ck =
+                &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
             ck.last_id = *id;
             ck.in_flight = Some(InFlightCheckpoint {
                 id: *id,
@@ -552,7 +553,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             max_alignment_ms,
             pieces,
         } => {
-            let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+            let ck =
+                &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
             let started = ck.in_flight.take().map_or(*at_ms, |f| f.started_at_ms);
             ck.complete.push(CheckpointRecord {
                 id: *id,
@@ -567,7 +569,9 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             Response::Done
         }
         Command::AbandonCheckpoint { app, .. } => {
-            s.apps.get_mut(app).expect("checked").checkpoints.in_flight = None;
+            std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"))
+                .checkpoints
+                .in_flight = None;
             Response::Done
         }
         Command::Recover {
@@ -580,7 +584,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             drop_checkpoint,
             gpus,
         } => {
-            let rec = s.apps.get_mut(app).expect("checked");
+            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
             let before = std::mem::replace(&mut rec.placement, placement.clone());
             set_gpus(rec, &before, gpus);
             let ck = &mut rec.checkpoints;

@@ -19,8 +19,10 @@ use std::collections::BTreeMap;
 /// Everything replicated.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Apps by name, with every version.
-    pub apps: BTreeMap<String, AppRecord>,
+    /// Apps by name, with every version. Shared records: the executor and snapshots
+    /// clone the whole state, which must not mean copying every app's specs (a
+    /// command changes its app through `Arc::make_mut`).
+    pub apps: BTreeMap<String, std::sync::Arc<AppRecord>>,
     /// Tenants by name (created on first submit).
     pub tenants: BTreeMap<String, TenantRecord>,
     /// Workers by id.

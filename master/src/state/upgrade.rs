@@ -111,7 +111,7 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
         .max(s.upgrades.keys().next_back().map_or(0, |k| k + 1))
         .max(1);
     s.next_upgrade_id = id + 1;
-    let rec = s.apps.get_mut(&b.spec.name).expect("checked");
+    let rec = std::sync::Arc::make_mut(s.apps.get_mut(&b.spec.name).expect("checked"));
     let version = rec.versions.len() as u32 + 1;
     rec.versions.push(AppVersion {
         version,
@@ -155,7 +155,7 @@ pub(super) fn apply_switch(s: &mut ClusterState, app: &str, id: u64, at_ms: u64)
     up.phase = Some(Phase::Switch);
     up.phase_started_at_ms = at_ms;
     let barrier = up.barrier;
-    let ck = &mut s.apps.get_mut(app).expect("checked").checkpoints;
+    let ck = &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
     ck.in_flight = Some(InFlightCheckpoint {
         id: barrier,
         started_at_ms: at_ms,
@@ -181,7 +181,7 @@ pub(super) fn apply_finish_switch(
         up.to_version,
     );
     let workers = &s.workers;
-    let rec = s.apps.get_mut(app).expect("checked");
+    let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.current_version = to;
     let old = std::mem::replace(&mut rec.placement, placement);
     rec.gpus.retain(|pe, _| rec.placement.contains_key(pe));
@@ -231,7 +231,7 @@ pub(super) fn apply_complete(
     up.finished_at_ms = Some(at_ms);
     up.outcome = Some(UpgradeOutcome::Completed);
     up.result = Some(result.clone());
-    let rec = s.apps.get_mut(app).expect("checked");
+    let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.upgrade = None;
     rec.state = AppState::Running;
     Response::Done
@@ -249,7 +249,7 @@ pub(super) fn apply_abort(
     up.phase = None;
     up.finished_at_ms = Some(at_ms);
     up.outcome = Some(UpgradeOutcome::RolledBack(reason.to_string()));
-    let rec = s.apps.get_mut(app).expect("checked");
+    let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.upgrade = None;
     rec.state = AppState::Running;
     // The switch checkpoint will never complete.
