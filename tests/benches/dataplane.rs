@@ -4,7 +4,8 @@
 //! same run; (c) a deliberately slow sink behind an unbounded generator, showing that
 //! producers slow down to its pace and memory stays flat. Also the process's peak RSS.
 //! Run with
-//! `cargo bench -p weir-tests --bench dataplane`; figures go to BENCHMARKS.md.
+//! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
+//! threads, 2 by default); figures go to BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,8 +279,15 @@ async fn slow_sink() -> (f64, f64, f64, f64) {
 }
 
 fn main() {
+    // Two runtime threads by default (the dev box has two cores); more on a bigger
+    // machine with WEIR_BENCH_THREADS.
+    let threads = std::env::var("WEIR_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    println!("runtime threads: {threads}");
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .unwrap();
