@@ -49,7 +49,6 @@ struct Executor {
     recent: HashMap<(String, String), Instant>,
     /// Placements as of the previous tick (`None`: not leading, nothing known).
     placements: Option<BTreeMap<String, BTreeMap<String, String>>>,
-    unplaceable: BTreeMap<String, String>,
     counter: u64,
     /// When each app's last checkpoint was triggered by this leader.
     triggered: HashMap<String, Instant>,
@@ -77,7 +76,6 @@ pub async fn run(
         clients: HashMap::new(),
         recent: HashMap::new(),
         placements: None,
-        unplaceable: BTreeMap::new(),
         counter: 0,
     };
     loop {
@@ -187,16 +185,15 @@ impl Executor {
         }
         self.checkpoints(&state, &mut calls).await;
 
-        for (app, why) in &actions.unplaceable {
-            if self.unplaceable.get(app) != Some(why) {
+        let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
+        for (app, why) in &unplaced {
+            // Logged when the reason changes, not on every tick.
+            if self.liveness.unplaced(app).as_ref() != Some(why) {
                 tracing::warn!(%app, reason = %why, "app cannot be placed now");
-                self.unplaceable.insert(app.clone(), why.clone());
             }
         }
-        self.liveness
-            .set_unplaced(actions.unplaceable.iter().cloned().collect());
+        self.liveness.set_unplaced(unplaced);
         for (app, placement) in actions.placements {
-            self.unplaceable.remove(&app);
             tracing::info!(%app, pes = placement.len(), "placing app");
             if let Err(e) = self
                 .shared

@@ -42,51 +42,49 @@ pub async fn run_file(
     }
     let mut position = skip;
     status.set(PeRunState::Running);
-    {
-        let mut f = match FileSource::open_split(&p.path, p.format, source, index, parallelism) {
-            Ok(f) => f,
+    let mut f = match FileSource::open_split(&p.path, p.format, source, index, parallelism) {
+        Ok(f) => f,
+        Err(e) => {
+            status.fail(format!("source.file {}: {e}", p.path));
+            return;
+        }
+    };
+    loop {
+        while let Ok(id) = ckpt.triggers.try_recv() {
+            match ckpt
+                .source_barrier(&mut router, &status, id, position)
+                .await
+            {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Drained) | Err(()) => return,
+            }
+        }
+        match f.next_batch(BATCH_RECORDS, now_ms()) {
+            Ok(Some(b)) if skip >= b.len() as u64 => skip -= b.len() as u64,
+            Ok(Some(b)) => {
+                let b = if skip > 0 {
+                    let mut rest = weir_common::record::BatchBuilder::default();
+                    for r in b.iter().skip(skip as usize) {
+                        rest.push_raw(&r);
+                    }
+                    skip = 0;
+                    rest.finish()
+                } else {
+                    b
+                };
+                position += b.len() as u64;
+                status.gave(&b);
+                router.send(b).await;
+            }
+            Ok(None) => break,
             Err(e) => {
                 status.fail(format!("source.file {}: {e}", p.path));
                 return;
             }
-        };
-        loop {
-            while let Ok(id) = ckpt.triggers.try_recv() {
-                match ckpt
-                    .source_barrier(&mut router, &status, id, position)
-                    .await
-                {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Drained) | Err(()) => return,
-                }
-            }
-            match f.next_batch(BATCH_RECORDS, now_ms()) {
-                Ok(Some(b)) if skip >= b.len() as u64 => skip -= b.len() as u64,
-                Ok(Some(b)) => {
-                    let b = if skip > 0 {
-                        let mut rest = weir_common::record::BatchBuilder::default();
-                        for r in b.iter().skip(skip as usize) {
-                            rest.push_raw(&r);
-                        }
-                        skip = 0;
-                        rest.finish()
-                    } else {
-                        b
-                    };
-                    position += b.len() as u64;
-                    status.gave(&b);
-                    router.send(b).await;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    status.fail(format!("source.file {}: {e}", p.path));
-                    return;
-                }
-            }
         }
-        if f.bad_lines() > 0 {
-            tracing::warn!(%pe, bad_lines = f.bad_lines(), "source.file skipped malformed lines");
-        }
+    }
+    if f.bad_lines() > 0 {
+        tracing::warn!(%pe, bad_lines = f.bad_lines(), "source.file skipped malformed lines");
     }
     router.end().await;
     status.set(PeRunState::Finished);
