@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,9 +24,18 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    proposals: AtomicU64,
+    proposed_commands: AtomicU64,
 }
 
 impl Metrics {
+    /// Records one Raft proposal carrying `commands` commands.
+    pub fn proposed(&self, commands: usize) {
+        self.proposals.fetch_add(1, Ordering::Relaxed);
+        self.proposed_commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
+    }
+
     /// Records one finished request.
     pub fn observe(&self, method: &str, code: &str, took: Duration) {
         let secs = took.as_secs_f64();
@@ -51,6 +61,24 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        let proposals = [
+            (
+                "weir_raft_proposals_total",
+                "Raft entries this master proposed for client and executor writes.",
+                self.proposals.load(Ordering::Relaxed),
+            ),
+            (
+                "weir_raft_proposed_commands_total",
+                "Commands those entries carried (batched when written concurrently).",
+                self.proposed_commands.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in proposals {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
         let _ = writeln!(
@@ -111,6 +139,8 @@ mod tests {
         m.observe("SubmitApp", "ok", Duration::from_millis(3));
         m.observe("SubmitApp", "ok", Duration::from_millis(30));
         m.observe("SubmitApp", "already_exists", Duration::from_micros(100));
+        m.proposed(1);
+        m.proposed(5);
         let text = m.render(&[("weir_raft_term", "Current term.", 4.0)]);
         assert!(text.contains("weir_raft_term 4"));
         assert!(text.contains("weir_requests_total{method=\"SubmitApp\",code=\"ok\"} 2"));
@@ -120,5 +150,7 @@ mod tests {
         assert!(text.contains("weir_request_seconds_bucket{method=\"SubmitApp\",le=\"0.005\"} 2"));
         assert!(text.contains("weir_request_seconds_bucket{method=\"SubmitApp\",le=\"0.05\"} 3"));
         assert!(text.contains("weir_request_seconds_count{method=\"SubmitApp\"} 3"));
+        assert!(text.contains("weir_raft_proposals_total 2"));
+        assert!(text.contains("weir_raft_proposed_commands_total 6"));
     }
 }

@@ -647,3 +647,73 @@ async fn health_and_prometheus_metrics_are_served() {
     assert!(body.contains("# TYPE weir_checkpoint_last_duration_ms gauge"));
     c.stop().await;
 }
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_share_raft_entries_and_each_gets_its_own_answer() {
+    let c = Cluster::start_tuned(3, |cfg| {
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let leader = c.leader().await;
+    let follower = c.other_than(leader);
+    // 40 names, each submitted twice at once, half through the leader and half
+    // through a follower (forwarded): concurrent writes are proposed together.
+    let mut tasks = Vec::new();
+    for k in 0..80 {
+        let via = if k % 2 == 0 { leader } else { follower };
+        let mut client = c.client(via).await;
+        tasks.push(tokio::spawn(async move {
+            let name = format!("race-{}", k / 2);
+            (name.clone(), client.submit_app(submit(&name)).await)
+        }));
+    }
+    let mut ok: BTreeSet<String> = BTreeSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (name, Ok(r)) => {
+                assert_eq!(r.into_inner().version, 1);
+                assert!(ok.insert(name), "a name accepted twice");
+            }
+            (_, Err(s)) => {
+                assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((ok.len(), refused), (40, 40));
+    for id in [1, 2, 3] {
+        eventually(&format!("every app on master {id}"), || async {
+            let local: BTreeSet<String> = c.local_apps(id).await.into_iter().collect();
+            (local == ok).then_some(())
+        })
+        .await;
+    }
+    // The leader proposed fewer entries than it carried commands.
+    let body = scrape(c.masters[&leader].metrics_addr.unwrap()).await;
+    let proposals = metric(&body, "weir_raft_proposals_total");
+    let commands = metric(&body, "weir_raft_proposed_commands_total");
+    assert!(commands >= 40, "{commands} commands proposed");
+    assert!(
+        proposals < commands,
+        "{proposals} proposals for {commands} commands"
+    );
+    c.stop().await;
+}

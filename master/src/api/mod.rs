@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod convert;
+pub mod propose;
 mod weir;
 mod workers;
 
@@ -62,13 +63,15 @@ pub struct Shared {
     pub node: RaftNode,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    proposer: propose::Proposer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Shared {
-    /// Services over `node`.
+    /// Services over `node` (starts the proposal batching task: needs a Tokio runtime).
     pub fn new(node: RaftNode, metrics: Arc<Metrics>) -> Self {
         Self {
+            proposer: propose::Proposer::start(node.raft.clone(), metrics.clone()),
             node,
             metrics,
             channels: Default::default(),
@@ -121,12 +124,13 @@ impl Shared {
         Ok(c)
     }
 
-    /// Proposes `cmd` through Raft and waits until it is committed and applied.
+    /// Proposes `cmd` through Raft (batched with concurrent writes, see [`propose`])
+    /// and waits until it is committed and applied.
     pub(crate) async fn write(&self, cmd: Command) -> Result<Response, Status> {
-        match self.node.raft.client_write(cmd).await {
-            Ok(r) => r.data.map_err(|e| command_status(&e)),
-            Err(e) => Err(raft_write_status(e)),
-        }
+        self.proposer
+            .propose(cmd)
+            .await?
+            .map_err(|e| command_status(&e))
     }
 
     /// Waits until this master (the leader) may serve a linearizable read.

@@ -125,7 +125,7 @@ impl Weir for WeirService {
                     .map_err(|e| command_status(&e))?;
                 let version = match self.shared.write(cmd).await? {
                     Response::AppVersion { version, .. } => version,
-                    Response::Done | Response::UpgradeStarted { .. } => 1,
+                    Response::Done | Response::UpgradeStarted { .. } | Response::Batch { .. } => 1,
                 };
                 tracing::info!(app = %spec.name, version, tenant = %spec.tenant, "app submitted");
                 let pes = PhysicalModel::expand(&spec)

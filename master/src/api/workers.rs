@@ -52,11 +52,18 @@ impl Liveness {
     }
 
     /// Records which apps the last reconcile tick could not place, and why (all of
-    /// them: an app missing is placed, or gone).
-    pub fn set_unplaced(&self, apps: BTreeMap<String, String>) {
-        if let Ok(mut m) = self.unplaced.lock() {
-            *m = apps;
-        }
+    /// them: an app missing is placed, or gone). Answers the apps whose reason is new.
+    pub fn set_unplaced(&self, apps: BTreeMap<String, String>) -> Vec<(String, String)> {
+        let Ok(mut m) = self.unplaced.lock() else {
+            return Vec::new();
+        };
+        let changed = apps
+            .iter()
+            .filter(|(app, why)| m.get(*app) != Some(*why))
+            .map(|(app, why)| (app.clone(), why.clone()))
+            .collect();
+        *m = apps;
+        changed
     }
 
     /// Why `app` could not be placed on the last attempt, if it could not.

@@ -13,9 +13,10 @@ pub mod upgrade;
 mod tests;
 
 use crate::api::{Liveness, Shared};
-use crate::state::{ClusterState, Command, WorkerState};
-use reconcile::{reconcile, SeenPe};
+use crate::state::{AppRecord, ClusterState, Command, WorkerState};
+use reconcile::{reconcile_with, PlacementMemo, SeenPe};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -48,7 +49,9 @@ struct Executor {
     clients: HashMap<String, WorkerControlClient<Channel>>,
     recent: HashMap<(String, String), Instant>,
     /// Placements as of the previous tick (`None`: not leading, nothing known).
-    placements: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Held as the apps' `Arc`s: an unchanged app is the same `Arc` (changes go
+    /// through `Arc::make_mut`), so most are compared without looking inside.
+    placements: Option<BTreeMap<String, Arc<AppRecord>>>,
     counter: u64,
     /// When each app's last checkpoint was triggered by this leader.
     triggered: HashMap<String, Instant>,
@@ -56,6 +59,8 @@ struct Executor {
     switch_triggered: std::collections::HashSet<(String, u64)>,
     /// The fewest records missing at the audit sinks seen during each upgrade's cleanup.
     least_missing: HashMap<u64, u64>,
+    /// Refused placements, so unchanged apps are not tried again on every tick.
+    memo: PlacementMemo,
 }
 
 /// Runs the executor until `stop` fires. It acts only while this master leads.
@@ -77,6 +82,7 @@ pub async fn run(
         recent: HashMap::new(),
         placements: None,
         counter: 0,
+        memo: PlacementMemo::default(),
     };
     loop {
         tokio::select! {
@@ -162,7 +168,23 @@ impl Executor {
                 (w, pes)
             })
             .collect();
-        let actions = reconcile(&state, &seen, crate::api::now_ms());
+        // The decision is pure but walks every app: off the async threads, so that a
+        // large cluster's tick does not hold client requests back.
+        let mut memo = std::mem::take(&mut self.memo);
+        let now = crate::api::now_ms();
+        let decided = tokio::task::spawn_blocking(move || {
+            let actions = reconcile_with(&state, &seen, now, &mut memo);
+            (state, actions, memo)
+        })
+        .await;
+        let (state, actions, memo) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed");
+                return;
+            }
+        };
+        self.memo = memo;
         self.upgrades(&state, &actions.aborts, &mut calls).await;
         for r in actions.recoveries {
             tracing::warn!(app = %r.app, operators = ?r.operators, checkpoint = r.checkpoint_id, reason = %r.reason, "recovering region");
@@ -186,13 +208,10 @@ impl Executor {
         self.checkpoints(&state, &mut calls).await;
 
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
-        for (app, why) in &unplaced {
-            // Logged when the reason changes, not on every tick.
-            if self.liveness.unplaced(app).as_ref() != Some(why) {
-                tracing::warn!(%app, reason = %why, "app cannot be placed now");
-            }
+        // Logged when the reason changes, not on every tick.
+        for (app, why) in self.liveness.set_unplaced(unplaced) {
+            tracing::warn!(%app, reason = %why, "app cannot be placed now");
         }
-        self.liveness.set_unplaced(unplaced);
         for (app, placement) in actions.placements {
             tracing::info!(%app, pes = placement.len(), "placing app");
             if let Err(e) = self
@@ -435,21 +454,24 @@ impl Executor {
 
     /// Producers that stayed put while their consumer moved get the new address.
     fn repoint_moved(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
-        let now: BTreeMap<String, BTreeMap<String, String>> = state
+        let now: BTreeMap<String, Arc<AppRecord>> = state
             .apps
-            .values()
-            .filter(|a| a.state.is_live())
-            .map(|a| (a.name.clone(), a.placement.clone()))
+            .iter()
+            .filter(|(_, a)| a.state.is_live())
+            .map(|(name, a)| (name.clone(), a.clone()))
             .collect();
-        let before = self.placements.replace(now.clone());
-        let Some(before) = before else { return };
-        for (app, after) in &now {
-            let Some(prev) = before.get(app).filter(|p| *p != after) else {
+        let Some(before) = self.placements.replace(now) else {
+            return;
+        };
+        for (app, rec) in state.apps.iter().filter(|(_, a)| a.state.is_live()) {
+            let Some(prev) = before
+                .get(app)
+                .filter(|p| !Arc::ptr_eq(p, rec) && p.placement != rec.placement)
+                .map(|p| &p.placement)
+            else {
                 continue;
             };
-            let Some(rec) = state.apps.get(app) else {
-                continue;
-            };
+            let after = &rec.placement;
             let model = PhysicalModel::expand(&rec.current().spec);
             for (channel, producer_worker, consumer_worker) in
                 request::moved_channels(&model, prev, after)

@@ -16,7 +16,8 @@
 
 use crate::scheduler::{place, requests_for, GpuSlot, PeRequest, WorkerCapacity};
 use crate::state::{AppRecord, ClusterState, WorkerState};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use weir_common::physical::PeId;
 use weir_common::spec::{Scenario, Vendor, SCENARIOS, VENDORS};
 use weir_proto::v1 as pb;
@@ -318,6 +319,37 @@ fn recovery_due(app: &AppRecord, now_ms: u64) -> bool {
     now_ms.saturating_sub(last.at_ms) >= gap
 }
 
+/// What the previous decision learnt about apps that could not be placed, so that an
+/// app that has not changed, facing free capacity that has not changed, is not
+/// expanded and tried again on every tick (with thousands of apps waiting for
+/// capacity, that work stalled the leader for tens of milliseconds per tick).
+///
+/// Sound because placement is a pure function of the app and the free capacity, and
+/// because holding the app's `Arc` makes any change to the app (applied through
+/// `Arc::make_mut`) produce a new `Arc`: pointer equality means the same content.
+#[derive(Debug, Default)]
+pub struct PlacementMemo {
+    /// Free capacity at the start of the previous decision.
+    free: Vec<WorkerCapacity>,
+    /// Apps refused against exactly that capacity, why, and the last call that
+    /// refused them.
+    refused: HashMap<String, (Arc<AppRecord>, String, u64)>,
+    /// Calls so far.
+    calls: u64,
+}
+
+impl PlacementMemo {
+    /// How many refusals are remembered.
+    pub fn len(&self) -> usize {
+        self.refused.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
+
 /// Decides what to do (see the module doc). `seen` holds, per alive worker that
 /// reported, the PEs it runs; `now_ms` is the leader's clock.
 pub fn reconcile(
@@ -325,8 +357,29 @@ pub fn reconcile(
     seen: &BTreeMap<String, Vec<SeenPe>>,
     now_ms: u64,
 ) -> Actions {
+    reconcile_with(state, seen, now_ms, &mut PlacementMemo::default())
+}
+
+/// [`reconcile`], remembering refused placements in `memo` from one call to the next
+/// (the answer is the same as without it).
+pub fn reconcile_with(
+    state: &ClusterState,
+    seen: &BTreeMap<String, Vec<SeenPe>>,
+    now_ms: u64,
+    memo: &mut PlacementMemo,
+) -> Actions {
     let mut actions = Actions::default();
     let mut free = capacities(state);
+    // A refusal is remembered against the capacity this call starts from, so only
+    // while nothing has been placed yet in this call (`untouched`); last call's
+    // refusals still hold if it started from the same capacity.
+    let mut untouched = true;
+    if memo.free != free {
+        memo.refused.clear();
+        memo.free = free.clone();
+    }
+    memo.calls += 1;
+    let call = memo.calls;
     let mut replaced: BTreeSet<&str> = BTreeSet::new();
     for app in state.apps.values().filter(|a| a.state.is_live()) {
         if !app.placement.is_empty() {
@@ -349,6 +402,7 @@ pub fn reconcile(
                     .map(|c| c.id)
                     .find(|id| bad.is_none_or(|b| *id < b))
                     .unwrap_or(0);
+                untouched = false;
                 match replace(state, app, &mut free) {
                     Ok(p) => {
                         let (placement, gpus) =
@@ -368,6 +422,16 @@ pub fn reconcile(
                 continue;
             }
         }
+        if untouched {
+            if let Some((seen_app, why, last)) = memo.refused.get_mut(&app.name) {
+                if Arc::ptr_eq(seen_app, app) {
+                    *last = call;
+                    replaced.insert(&app.name);
+                    actions.unplaceable.push((app.name.clone(), why.clone()));
+                    continue;
+                }
+            }
+        }
         match replace(state, app, &mut free) {
             Ok(Some((p, gpus))) => {
                 replaced.insert(&app.name);
@@ -375,14 +439,21 @@ pub fn reconcile(
                     actions.gpus.insert(app.name.clone(), gpus);
                 }
                 actions.placements.push((app.name.clone(), p));
+                untouched = false;
             }
             Ok(None) => {}
             Err(why) => {
                 replaced.insert(&app.name);
+                if untouched {
+                    memo.refused
+                        .insert(app.name.clone(), (app.clone(), why.clone(), call));
+                }
                 actions.unplaceable.push((app.name.clone(), why));
             }
         }
     }
+    // Forget apps not refused this time (placed, changed, gone).
+    memo.refused.retain(|_, (_, _, last)| *last == call);
     // Deploy what is placed (apps being re-placed wait for the new placement).
     for app in state.apps.values().filter(|a| a.state.is_live()) {
         if replaced.contains(app.name.as_str()) {

@@ -1,6 +1,6 @@
 //! The reconciler's decisions on hand-built states: no network, no Raft.
 
-use super::reconcile::{reconcile, SeenPe};
+use super::reconcile::{reconcile, reconcile_with, PlacementMemo, SeenPe};
 use super::request::{deploy_pe, moved_channels, View};
 use crate::state::{ClusterState, Command, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
@@ -529,4 +529,58 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
         a.recoveries
     );
     assert_eq!(a.recoveries.len(), 1);
+}
+
+#[test]
+fn a_refused_placement_is_remembered_until_the_app_or_the_capacity_changes() {
+    let mut s = state(&[]);
+    let mut memo = PlacementMemo::default();
+    let first = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    assert_eq!(first.unplaceable.len(), 1, "{first:?}");
+    assert_eq!(memo.len(), 1);
+    // Same state (a clone shares the app's Arc): answered from the memo, the same.
+    let again = reconcile_with(&s.clone(), &BTreeMap::new(), NOW, &mut memo);
+    assert_eq!(again, first);
+    assert_eq!(memo.len(), 1);
+    // Capacity appears: the memo no longer holds and the app is placed.
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    let placed = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    assert_eq!(placed, reconcile(&s, &BTreeMap::new(), NOW));
+    assert_eq!(placed.placements.len(), 1);
+    assert!(placed.unplaceable.is_empty());
+    assert!(memo.is_empty());
+}
+
+#[test]
+fn a_changed_app_is_tried_again_even_when_capacity_is_the_same() {
+    // A worker with no cores: nothing that asks for a core fits.
+    let mut s = state(&[]);
+    s.apply(&Command::RegisterWorker {
+        worker: WorkerRecord {
+            cpu_cores: 0.0,
+            ..worker("w1")
+        },
+    })
+    .unwrap();
+    let mut memo = PlacementMemo::default();
+    let refused = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    assert_eq!(refused.unplaceable.len(), 1, "{refused:?}");
+    assert_eq!(memo.len(), 1);
+    // The app changes as an apply would change it (`Arc::make_mut` while the memo
+    // holds the old one): it now asks for no core, and the same worker takes it.
+    let rec = std::sync::Arc::make_mut(s.apps.get_mut("clickstream").unwrap());
+    let v = rec.current_version as usize - 1;
+    for op in &mut std::sync::Arc::make_mut(&mut rec.versions[v])
+        .spec
+        .operators
+    {
+        op.resources.cpu = 0.0;
+    }
+    let after = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    assert_eq!(after.placements.len(), 1, "{after:?}");
+    assert!(after.unplaceable.is_empty());
+    assert!(memo.is_empty());
 }

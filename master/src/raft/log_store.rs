@@ -1,10 +1,11 @@
-//! The Raft log, vote and commit index in redb: every write is a redb transaction
-//! committed with `Durability::Immediate` (fsync) before openraft hears it is done.
+//! The Raft log, vote and commit index in redb: every log and vote write is a redb
+//! transaction committed with `Durability::Immediate` (fsync) before openraft hears it
+//! is done. The commit index is written without an fsync (see `save_committed`).
 
 use super::*;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -97,8 +98,18 @@ impl LogStore {
     }
 
     fn put_meta<T: serde::Serialize>(db: &Database, key: &str, v: &T) -> Result<(), StorageError> {
+        Self::put_meta_with(db, key, v, Durability::Immediate)
+    }
+
+    fn put_meta_with<T: serde::Serialize>(
+        db: &Database,
+        key: &str,
+        v: &T,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(v).map_err(io)?;
-        let tx = db.begin_write().map_err(io)?;
+        let mut tx = db.begin_write().map_err(io)?;
+        tx.set_durability(durability).map_err(io)?;
         {
             let mut t = tx.open_table(META).map_err(io)?;
             t.insert(key, bytes.as_slice()).map_err(io)?;
@@ -170,7 +181,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.blocking(move |db| Self::put_meta(db, K_COMMITTED, &committed))
+        // Not fsynced: openraft calls this before every apply, and the commit index is
+        // only a hint for how far to re-apply at start-up (anything lower is safe: the
+        // leader tells a restarted node what is committed). It becomes durable with
+        // the next fsynced write, which is at most one append away.
+        self.blocking(move |db| Self::put_meta_with(db, K_COMMITTED, &committed, Durability::None))
             .await
     }
 

@@ -7,7 +7,7 @@
 //! the committed entries after the snapshot.
 
 use super::*;
-use crate::state::{ClusterState, Response};
+use crate::state::{ClusterState, Command, Response};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,19 @@ impl StateMachine {
         self.events.subscribe()
     }
 
+    /// Applies one command and, when it takes effect, tells the watchers.
+    fn apply_one(&self, sm: &mut SmData, index: u64, cmd: Command) -> Applied {
+        let res = sm.state.apply(&cmd);
+        if let Ok(response) = &res {
+            let _ = self.events.send(AppliedEvent {
+                index,
+                command: cmd,
+                response: response.clone(),
+            });
+        }
+        res
+    }
+
     async fn persist(&self, snap: StoredSnapshot) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(&snap).map_err(write_err)?;
         let path = self.snapshot_path.clone();
@@ -175,16 +188,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // One answer per entry, blank and membership entries included.
             match entry.payload {
                 EntryPayload::Blank => out.push(Ok(Response::Done)),
+                EntryPayload::Normal(Command::Batch { cmds }) => {
+                    let results = cmds
+                        .into_iter()
+                        .map(|cmd| self.apply_one(&mut sm, entry.log_id.index, cmd))
+                        .collect();
+                    out.push(Ok(Response::Batch { results }));
+                }
                 EntryPayload::Normal(cmd) => {
-                    let res = sm.state.apply(&cmd);
-                    if let Ok(response) = &res {
-                        let _ = self.events.send(AppliedEvent {
-                            index: entry.log_id.index,
-                            command: cmd,
-                            response: response.clone(),
-                        });
-                    }
-                    out.push(res);
+                    out.push(self.apply_one(&mut sm, entry.log_id.index, cmd));
                 }
                 EntryPayload::Membership(m) => {
                     sm.last_membership = StoredMembership::new(Some(entry.log_id), m);

@@ -169,6 +169,12 @@ pub enum Command {
     },
     /// Nothing: used to commit a read barrier or a leader's first entry.
     Noop,
+    /// Several commands proposed together (see `api::propose`): each is checked and
+    /// applied on its own, in order, and answered on its own.
+    Batch {
+        /// The commands, in the order they apply.
+        cmds: Vec<Command>,
+    },
 }
 
 /// What a successful command answers.
@@ -191,6 +197,11 @@ pub enum Response {
         id: u64,
         /// The version it upgrades to.
         version: u32,
+    },
+    /// The answers of a [`Command::Batch`], one per command, in order.
+    Batch {
+        /// Each command's own outcome.
+        results: Vec<Result<Response, CommandError>>,
     },
 }
 
@@ -253,7 +264,8 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                 });
             }
         }
-        Command::RegisterWorker { .. } | Command::Noop => {}
+        // A batch's commands are checked one by one as they apply.
+        Command::RegisterWorker { .. } | Command::Noop | Command::Batch { .. } => {}
         Command::SetWorkerState { id, .. } => {
             if !s.workers.contains_key(id) {
                 return Err(CommandError::WorkerNotFound(id.clone()));
@@ -467,12 +479,12 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     name: spec.name.clone(),
                     tenant: spec.tenant.clone(),
                     state: AppState::Submitted,
-                    versions: vec![AppVersion {
+                    versions: vec![std::sync::Arc::new(AppVersion {
                         version: 1,
                         spec: spec.clone(),
                         spec_text: spec_text.clone(),
                         submitted_at_ms: *at_ms,
-                    }],
+                    })],
                     current_version: 1,
                     created_at_ms: *at_ms,
                     cancelled_at_ms: None,
@@ -676,5 +688,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             super::upgrade::apply_abort(s, app, *id, *at_ms, reason)
         }
         Command::Noop => Response::Done,
+        Command::Batch { cmds } => Response::Batch {
+            results: cmds.iter().map(|c| s.apply(c)).collect(),
+        },
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use weir_common::plan::{Phase, PlanSummary};
 use weir_common::spec::AppSpec;
 
@@ -37,8 +38,10 @@ pub struct AppRecord {
     pub tenant: String,
     /// Lifecycle state.
     pub state: AppState,
-    /// Version numbers start at 1; `versions[i].version == i + 1`.
-    pub versions: Vec<AppVersion>,
+    /// Version numbers start at 1; `versions[i].version == i + 1`. Shared: a version
+    /// never changes once stored, so copying the record (as every change to a record
+    /// that a reader still holds does) copies no spec.
+    pub versions: Vec<Arc<AppVersion>>,
     /// The version that runs (or ran).
     pub current_version: u32,
     /// When v1 was committed (leader clock, ms since the epoch).

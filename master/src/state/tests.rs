@@ -311,3 +311,36 @@ fn an_aborted_switch_keeps_v1_and_restarts_the_touched_region_from_before_it() {
         Response::UpgradeStarted { id: 2, version: 3 }
     );
 }
+
+#[test]
+fn a_batch_applies_and_answers_each_command_on_its_own() {
+    let mut s = ClusterState::default();
+    let cancel_unknown = Command::CancelApp {
+        name: "nope".into(),
+        at_ms: 3,
+    };
+    let batch = Command::Batch {
+        cmds: vec![submit(1), submit(2), cancel_unknown],
+    };
+    let Response::Batch { results } = s.apply(&batch).unwrap() else {
+        panic!("a batch answers a batch");
+    };
+    assert_eq!(
+        results,
+        vec![
+            Ok(Response::AppVersion {
+                app: "clickstream".into(),
+                version: 1
+            }),
+            Err(CommandError::AppExists("clickstream".into())),
+            Err(CommandError::AppNotFound("nope".into())),
+        ]
+    );
+    // The refused ones changed nothing: the first submit stands as if alone.
+    let mut alone = ClusterState::default();
+    alone.apply(&submit(1)).unwrap();
+    assert_eq!(s, alone);
+    // A batch survives the log's encoding.
+    let bytes = serde_json::to_vec(&batch).unwrap();
+    assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), batch);
+}

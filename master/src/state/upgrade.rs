@@ -113,12 +113,12 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
     s.next_upgrade_id = id + 1;
     let rec = std::sync::Arc::make_mut(s.apps.get_mut(&b.spec.name).expect("checked"));
     let version = rec.versions.len() as u32 + 1;
-    rec.versions.push(AppVersion {
+    rec.versions.push(std::sync::Arc::new(AppVersion {
         version,
         spec: b.spec.clone(),
         spec_text: b.spec_text.to_string(),
         submitted_at_ms: b.at_ms,
-    });
+    }));
     // The switch barrier is a checkpoint id nobody else will use.
     let ck = &mut rec.checkpoints;
     ck.last_id += 1;
