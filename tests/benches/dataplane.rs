@@ -5,7 +5,9 @@
 //! producers slow down to its pace and memory stays flat. Also the process's peak RSS.
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
-//! threads, 2 by default); figures go to BENCHMARKS.md.
+//! threads, 2 by default; `WEIR_BENCH_PARALLEL=P`: PEs per operator, 1 by default;
+//! `WEIR_BENCH_RECORDS=N`: records per run, 5,000,000 by default); figures go to
+//! BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,37 +23,58 @@ use weir_worker::runtime::{OutputConfig, PeConfig, Runtime, Target};
 
 const RECORDS: u64 = 5_000_000;
 
-fn op(name: &str, kind: OperatorKind) -> OperatorSpec {
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Records per run (`WEIR_BENCH_RECORDS`).
+fn records() -> u64 {
+    env("WEIR_BENCH_RECORDS", RECORDS)
+}
+
+/// PEs per operator (`WEIR_BENCH_PARALLEL`): that many independent chains, PE `k` of
+/// each operator feeding PE `k` of the next (forward), so `k` links in (b).
+fn parallel() -> u32 {
+    env("WEIR_BENCH_PARALLEL", 1).max(1) as u32
+}
+
+fn op(name: &str, kind: OperatorKind, parallelism: u32) -> OperatorSpec {
     OperatorSpec {
         name: name.into(),
         kind,
-        parallelism: 1,
+        parallelism,
         resources: Resources::default(),
     }
 }
 
-fn pe(
+/// PE `k` of `name` (of `parallelism`), reading PE `k` of `input`, feeding PE `k`.
+fn pe_k(
     name: &str,
     kind: OperatorKind,
     input: Option<&str>,
     output: Option<(&str, Option<String>)>,
+    k: u32,
+    parallelism: u32,
 ) -> PeConfig {
     PeConfig {
         app: "bench".into(),
         version: 1,
-        pe: format!("{name}#0"),
-        spec: op(name, kind),
-        index: 0,
-        key_groups: KeyGroupRange::for_pe(0, 1),
+        pe: format!("{name}#{k}"),
+        spec: op(name, kind, parallelism),
+        index: k,
+        key_groups: KeyGroupRange::for_pe(k, parallelism),
         source_ordinal: 1,
-        inputs: input.map(|i| vec![format!("{i}#0")]).unwrap_or_default(),
+        inputs: input.map(|i| vec![format!("{i}#{k}")]).unwrap_or_default(),
         outputs: output
             .map(|(to, address)| {
                 vec![OutputConfig {
                     stream: format!("{name}->{to}"),
                     partitioning: Partitioning::Forward,
                     targets: vec![Target {
-                        pe: format!("{to}#0"),
+                        pe: format!("{to}#{k}"),
                         address,
                         attempt: None,
                     }],
@@ -67,11 +90,20 @@ fn pe(
     }
 }
 
+fn pe(
+    name: &str,
+    kind: OperatorKind,
+    input: Option<&str>,
+    output: Option<(&str, Option<String>)>,
+) -> PeConfig {
+    pe_k(name, kind, input, output, 0, 1)
+}
+
 fn kinds() -> [OperatorKind; 4] {
     [
         OperatorKind::Generator(GeneratorParams {
             rate: None,
-            count: Some(RECORDS),
+            count: Some(records()),
             keys: 1000,
             payload_bytes: 40,
             seed: 0,
@@ -120,24 +152,34 @@ async fn two_workers() -> (Runtime, Runtime, String, tokio::sync::watch::Sender<
 /// (seconds, bytes that crossed the link).
 async fn pipeline(remote: bool) -> (f64, u64) {
     let (a, b, b_addr, _stop) = two_workers().await;
-    let [g, m, f, s] = kinds();
     let second = if remote { &b } else { &a };
     let link = remote.then(|| b_addr.clone());
+    let p = parallel();
     let start = Instant::now();
-    second
-        .deploy(pe("sink", s, Some("filter"), None))
+    for k in 0..p {
+        let [g, m, f, s] = kinds();
+        second
+            .deploy(pe_k("sink", s, Some("filter"), None, k, p))
+            .await
+            .unwrap();
+        second
+            .deploy(pe_k("filter", f, Some("map"), Some(("sink", None)), k, p))
+            .await
+            .unwrap();
+        a.deploy(pe_k(
+            "map",
+            m,
+            Some("gen"),
+            Some(("filter", link.clone())),
+            k,
+            p,
+        ))
         .await
         .unwrap();
-    second
-        .deploy(pe("filter", f, Some("map"), Some(("sink", None))))
-        .await
-        .unwrap();
-    a.deploy(pe("map", m, Some("gen"), Some(("filter", link))))
-        .await
-        .unwrap();
-    a.deploy(pe("gen", g, None, Some(("map", None))))
-        .await
-        .unwrap();
+        a.deploy(pe_k("gen", g, None, Some(("map", None)), k, p))
+            .await
+            .unwrap();
+    }
     finished(&[&a, &b]).await;
     let secs = start.elapsed().as_secs_f64();
     // Bytes of records sent by remote producer ends (the link), not local channels.
@@ -150,7 +192,19 @@ async fn pipeline(remote: bool) -> (f64, u64) {
     (secs, bytes)
 }
 
-async fn raw_tcp(total: u64) -> f64 {
+/// Bytes/s of `conns` loopback TCP connections sending `total` bytes in all.
+async fn raw_tcp(total: u64, conns: u32) -> f64 {
+    let start = Instant::now();
+    let each: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(raw_tcp_one(total / u64::from(conns))))
+        .collect();
+    for t in each {
+        t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw_tcp_one(total: u64) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let reader = tokio::spawn(async move {
@@ -167,14 +221,12 @@ async fn raw_tcp(total: u64) -> f64 {
     });
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let chunk = vec![7u8; 1 << 20];
-    let start = Instant::now();
     let mut sent = 0u64;
     while sent < total {
         s.write_all(&chunk).await.unwrap();
         sent += chunk.len() as u64;
     }
     reader.await.unwrap();
-    total as f64 / start.elapsed().as_secs_f64()
 }
 
 /// A `/proc/self/status` figure in MB: `VmHWM` (peak) or `VmRSS` (now).
@@ -292,21 +344,33 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let raw = raw_tcp(4 << 30).await;
+        let p = parallel();
+        let n = records();
+        let raw = raw_tcp(4 << 30, 1).await;
         println!("raw loopback TCP: {:.0} MB/s", raw / 1e6);
+        // With p chains, (b) has p links: compared with p raw connections as well.
+        let raw_p = if p > 1 {
+            let r = raw_tcp(4 << 30, p).await;
+            println!("raw loopback TCP, {p} connections: {:.0} MB/s", r / 1e6);
+            r
+        } else {
+            raw
+        };
+        println!("PEs per operator: {p}");
         let (t1, _) = pipeline(false).await;
         println!(
-            "(a) one worker:  {RECORDS} records in {t1:.2} s = {:.2} M records/s",
-            RECORDS as f64 / t1 / 1e6
+            "(a) one worker:  {n} records in {t1:.2} s = {:.2} M records/s",
+            n as f64 / t1 / 1e6
         );
         let (t2, bytes) = pipeline(true).await;
         let link = bytes as f64 / t2;
         println!(
-            "(b) two workers: {RECORDS} records in {t2:.2} s = {:.2} M records/s; link {:.0} MB/s ({:.0} B/record) = {:.0}% of raw TCP",
-            RECORDS as f64 / t2 / 1e6,
+            "(b) two workers: {n} records in {t2:.2} s = {:.2} M records/s; link {:.0} MB/s ({:.0} B/record) = {:.0}% of raw TCP ({:.0}% of {p} raw connections)",
+            n as f64 / t2 / 1e6,
             link / 1e6,
-            bytes as f64 / RECORDS as f64,
-            100.0 * link / raw
+            bytes as f64 / n as f64,
+            100.0 * link / raw,
+            100.0 * link / raw_p
         );
         let (gen_rate, got_rate, rss0, max_rss) = slow_sink().await;
         println!(

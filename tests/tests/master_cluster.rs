@@ -597,7 +597,6 @@ async fn a_fourth_master_joins_catches_up_and_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_and_prometheus_metrics_are_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = Cluster::start_tuned(1, |cfg| {
         cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
     })
@@ -625,13 +624,7 @@ async fn health_and_prometheus_metrics_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let addr = c.masters[&1].metrics_addr.unwrap();
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    sock.read_to_string(&mut body).await.unwrap();
+    let body = scrape(c.masters[&1].metrics_addr.unwrap()).await;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("weir_raft_is_leader 1"));
     assert!(body.contains("weir_raft_term 1"));

@@ -234,10 +234,7 @@ fn raw_fields_copy_renamed_into_a_valid_batch_and_refuse_what_does_not_fit() {
     for r in batch.iter() {
         // Every field renamed with a prefix, copied as encoded.
         let names: Vec<String> = r.raw_fields().map(|f| format!("x_{}", f.name)).collect();
-        let fields = r
-            .raw_fields()
-            .zip(&names)
-            .map(|(f, n)| (n.as_str(), f.value));
+        let fields = r.raw_fields().zip(&names).map(|(f, n)| (n.as_str(), f));
         b.push_raw_fields(r.source, r.seq, r.event_time_ms, r.key, fields)
             .unwrap();
     }
@@ -258,9 +255,30 @@ fn raw_fields_copy_renamed_into_a_valid_batch_and_refuse_what_does_not_fit() {
     let long = "n".repeat(300);
     let f = r.raw_fields().next().unwrap();
     let err = b
-        .push_raw_fields(r.source, r.seq, 0, r.key, [(long.as_str(), f.value)])
+        .push_raw_fields(r.source, r.seq, 0, r.key, [(long.as_str(), f)])
         .unwrap_err();
     assert_eq!(err, BatchError::TooLong("field name"));
     assert!(b.is_empty());
     assert_eq!(b.size(), 4);
+}
+
+#[test]
+fn text_that_is_not_utf8_is_refused_in_names_and_in_values() {
+    // Reads of a batch trust its text (no UTF-8 check per pass): `from_bytes` is what
+    // makes that sound, so it must refuse bad text wherever it sits.
+    let mut b = BatchBuilder::default();
+    b.push(0, 1, 0, b"k", [("nm", &Value::Str("vv".into()))])
+        .unwrap();
+    let good = b.finish().bytes().to_vec();
+    for needle in [&b"nm"[..], &b"vv"[..]] {
+        let at = good.windows(2).position(|w| w == needle).unwrap();
+        let mut bad = good.clone();
+        bad[at] = 0xFF;
+        assert_eq!(
+            Batch::from_bytes(bad.into()),
+            Err(BatchError::Utf8(at)),
+            "{needle:?}"
+        );
+    }
+    assert!(Batch::from_bytes(good.into()).is_ok());
 }

@@ -50,7 +50,7 @@ impl Map {
                 let fields = r.raw_fields().filter_map(|f| {
                     let n = self.renamed(f.name);
                     let kept = self.project.is_empty() || self.project.iter().any(|p| p == n);
-                    kept.then_some((n, f.value))
+                    kept.then_some((n, f))
                 });
                 if let Err(e) = out.push_raw_fields(r.source, r.seq, r.event_time_ms, r.key, fields)
                 {
