@@ -710,3 +710,47 @@ async fn concurrent_submits_share_raft_entries_and_each_gets_its_own_answer() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_specs_written_at_once_are_not_batched_past_the_entry_bound() {
+    let c = Cluster::start_tuned(3, |cfg| {
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let leader = c.leader().await;
+    let before = scrape(c.masters[&leader].metrics_addr.unwrap()).await;
+    let (p0, c0) = (
+        metric(&before, "weir_raft_proposals_total"),
+        metric(&before, "weir_raft_proposed_commands_total"),
+    );
+    // Each spec carries 700 KiB of comment (weighed as 3x its text): any two together
+    // pass the 4 MiB bound on one entry, so each is proposed alone however they arrive.
+    let padding = format!("\n# {}\n", "x".repeat(700 << 10));
+    let mut tasks = Vec::new();
+    for k in 0..6 {
+        let mut client = c.client(leader).await;
+        let mut req = submit(&format!("big-{k}"));
+        req.spec.push_str(&padding);
+        tasks.push(tokio::spawn(async move { client.submit_app(req).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().into_inner().version, 1);
+    }
+    let after = scrape(c.masters[&leader].metrics_addr.unwrap()).await;
+    let proposals = metric(&after, "weir_raft_proposals_total") - p0;
+    let commands = metric(&after, "weir_raft_proposed_commands_total") - c0;
+    assert_eq!((proposals, commands), (6, 6));
+    for id in [1, 2, 3] {
+        eventually(&format!("the big specs on master {id}"), || async {
+            let n = c
+                .local_apps(id)
+                .await
+                .iter()
+                .filter(|a| a.starts_with("big-"))
+                .count();
+            (n == 6).then_some(())
+        })
+        .await;
+    }
+    c.stop().await;
+}

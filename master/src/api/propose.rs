@@ -24,9 +24,14 @@ use tonic::Status;
 /// while the next is appended) and lets every other waiting command join a batch.
 pub const IN_FLIGHT: usize = 2;
 
-/// Most commands in one entry: bounds the entry (a spec can be large) and the delay a
-/// batch adds to its first command.
+/// Most commands in one entry: bounds the delay a batch adds to its first command.
 pub const MAX_BATCH: usize = 128;
+
+/// Most bytes (by [`Command::weight`]) in one entry, unless a single command is larger.
+/// An entry cannot be split once it is in the log, and Raft messages are capped at
+/// 64 MiB (`raft::network::MAX_RAFT_MESSAGE`): a batch of large specs must not come
+/// near that.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
 type Answer = oneshot::Sender<Result<Result<Response, CommandError>, Status>>;
 
@@ -63,17 +68,30 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<(Command, Answer)>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit the previous batch opens the next one.
+    let mut carried: Option<(Command, Answer)> = None;
+    loop {
+        let first = match carried.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
         // Wait for a slot first: whatever arrives meanwhile joins this batch.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.0.weight();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.0.weight();
+            if bytes > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
             }
+            batch.push(next);
         }
         metrics.proposed(batch.len());
         let raft = raft.clone();

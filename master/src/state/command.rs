@@ -177,6 +177,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Roughly how many bytes the command takes in a log entry: a spec travels as its
+    /// text and as the parsed model, each about the text's size; anything else is
+    /// small. Used to bound batches (see `api::propose`).
+    pub fn weight(&self) -> usize {
+        const SMALL: usize = 256;
+        match self {
+            Command::SubmitApp { spec_text, .. } | Command::BeginUpgrade { spec_text, .. } => {
+                SMALL + 3 * spec_text.len()
+            }
+            Command::Batch { cmds } => cmds.iter().map(Command::weight).sum(),
+            _ => SMALL,
+        }
+    }
+}
+
 /// What a successful command answers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "ok", rename_all = "snake_case")]
