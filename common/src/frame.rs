@@ -142,7 +142,7 @@ impl Frame {
             }
             Frame::Data { seq, batch, .. } => {
                 out.put_u64_le(*seq);
-                out.put_slice(batch.bytes());
+                batch.encode(out);
             }
             Frame::Barrier {
                 seq, barrier_id, ..

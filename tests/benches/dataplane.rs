@@ -6,8 +6,8 @@
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
 //! threads, 2 by default; `WEIR_BENCH_PARALLEL=P`: PEs per operator, 1 by default;
-//! `WEIR_BENCH_RECORDS=N`: records per run, 5,000,000 by default); figures go to
-//! BENCHMARKS.md.
+//! `WEIR_BENCH_RECORDS=N`: records per run, 20,000,000 by default; `WEIR_BENCH_ONLY=b`:
+//! only the raw baseline and (b), e.g. under a profiler); figures go to BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use weir_common::spec::{
 use weir_worker::dataplane::{inbound, Inputs};
 use weir_worker::runtime::{OutputConfig, PeConfig, Runtime, Target};
 
-const RECORDS: u64 = 5_000_000;
+const RECORDS: u64 = 20_000_000;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -357,11 +357,14 @@ fn main() {
             raw
         };
         println!("PEs per operator: {p}");
-        let (t1, _) = pipeline(false).await;
-        println!(
-            "(a) one worker:  {n} records in {t1:.2} s = {:.2} M records/s",
-            n as f64 / t1 / 1e6
-        );
+        let only_b = std::env::var("WEIR_BENCH_ONLY").is_ok_and(|v| v == "b");
+        if !only_b {
+            let (t1, _) = pipeline(false).await;
+            println!(
+                "(a) one worker:  {n} records in {t1:.2} s = {:.2} M records/s",
+                n as f64 / t1 / 1e6
+            );
+        }
         let (t2, bytes) = pipeline(true).await;
         let link = bytes as f64 / t2;
         println!(
@@ -372,6 +375,9 @@ fn main() {
             100.0 * link / raw,
             100.0 * link / raw_p
         );
+        if only_b {
+            return;
+        }
         let (gen_rate, got_rate, rss0, max_rss) = slow_sink().await;
         println!(
             "(c) slow sink ({} MB/s reader) across two workers, {SLOW_SECS} s: generator held to {:.0} records/s, the reader got {:.0}/s (filter passes 90%); RSS {rss0:.0} MB after 1 s, at most {max_rss:.0} MB after",

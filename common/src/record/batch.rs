@@ -1,19 +1,23 @@
-//! Building and reading batches.
+//! Reading batches: the columnar [`Batch`], its records and fields, and checking
+//! encoded bytes.
 
 use super::Value;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
 
-const TAG_NULL: u8 = 0;
-const TAG_BOOL: u8 = 1;
-const TAG_I64: u8 = 2;
-const TAG_F64: u8 = 3;
-const TAG_STR: u8 = 4;
-const TAG_BYTES: u8 = 5;
+pub(super) const TAG_NULL: u8 = 0;
+pub(super) const TAG_BOOL: u8 = 1;
+pub(super) const TAG_I64: u8 = 2;
+pub(super) const TAG_F64: u8 = 3;
+pub(super) const TAG_STR: u8 = 4;
+pub(super) const TAG_BYTES: u8 = 5;
+/// The record has no field in this column.
+pub(super) const ABSENT: u8 = 0xFF;
 
 /// Why bytes are not a valid batch.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    /// The buffer ends inside a record.
+    /// The buffer ends inside the batch.
     #[error("batch truncated at byte {0}")]
     Truncated(usize),
     /// A field tag is unknown.
@@ -27,38 +31,218 @@ pub enum BatchError {
     /// A field name or string is not UTF-8.
     #[error("invalid UTF-8 at byte {0}")]
     Utf8(usize),
-    /// Bytes remain after the last record.
+    /// Bytes remain after the batch.
     #[error("{0} trailing bytes after the last record")]
     Trailing(usize),
     /// A key, name or value is longer than its length prefix allows.
     #[error("{0} too long for the batch format")]
     TooLong(&'static str),
+    /// A record's values do not match the builder's fixed columns.
+    #[error("{values} values for {columns} columns")]
+    Shape {
+        /// Columns of the builder.
+        columns: usize,
+        /// Values given.
+        values: usize,
+    },
+    /// An offset table does not start at 0 or goes backwards.
+    #[error("offsets out of order at byte {0}")]
+    Offsets(usize),
+    /// A value's length does not fit its tag (an integer that is not 8 bytes, ...).
+    #[error("value of {len} bytes does not fit tag {tag} (offsets at byte {at})")]
+    Length {
+        /// The tag.
+        tag: u8,
+        /// The value's length.
+        len: usize,
+        /// Where its column's offsets start.
+        at: usize,
+    },
 }
 
-/// An immutable batch of records. Cloning shares the buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
-    bytes: Bytes,
-    len: u32,
+/// One column: every record's value of one field name, in record order.
+#[derive(Clone, Debug)]
+pub(super) struct Column {
+    pub(super) name: Arc<str>,
+    /// One tag per record ([`ABSENT`] where the record has no such field).
+    pub(super) tags: Bytes,
+    /// `u32` per record and one more: record `i`'s payload is `data[o[i]..o[i + 1]]`.
+    pub(super) offsets: Bytes,
+    pub(super) data: Bytes,
 }
 
-impl Batch {
-    /// Checks `bytes` end to end and wraps them: afterwards every read succeeds.
-    pub fn from_bytes(bytes: Bytes) -> Result<Self, BatchError> {
-        let mut c = Cursor::checking(&bytes, 0);
-        let len = c.u32()?;
-        for _ in 0..len {
-            c.record()?;
-        }
-        if c.at != bytes.len() {
-            return Err(BatchError::Trailing(bytes.len() - c.at));
-        }
-        Ok(Self { bytes, len })
+#[inline]
+pub(super) fn u32_at(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i * 4..i * 4 + 4]);
+    u32::from_le_bytes(a)
+}
+
+#[inline]
+pub(super) fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Column {
+    /// Record `row`'s value: tag and payload.
+    fn value(&self, row: usize) -> (u8, &[u8]) {
+        let (from, to) = (
+            u32_at(&self.offsets, row) as usize,
+            u32_at(&self.offsets, row + 1) as usize,
+        );
+        (self.tags[row], &self.data[from..to])
     }
 
-    /// The encoded form (what a frame carries).
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+    fn encoded_len(&self) -> usize {
+        1 + self.name.len() + self.tags.len() + self.offsets.len() + self.data.len()
+    }
+}
+
+/// An immutable batch of records, stored by column: the record headers (source, seq,
+/// event time, key) in one array each, then one column per field name. Operators that
+/// work on whole columns (a projection, a filter's test) touch only what they need, and
+/// cloning shares every buffer. See [`super`] for the encoded layout.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub(super) len: u32,
+    /// `u32` per record.
+    pub(super) sources: Bytes,
+    /// `u64` per record.
+    pub(super) seqs: Bytes,
+    /// `i64` per record.
+    pub(super) times: Bytes,
+    /// `u32` per record and one more, into `keys`.
+    pub(super) key_offsets: Bytes,
+    pub(super) keys: Bytes,
+    pub(super) cols: Arc<[Column]>,
+}
+
+impl PartialEq for Batch {
+    /// Same records, in the same order, with the same fields (however stored).
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Batch {}
+
+impl Batch {
+    /// Checks encoded bytes end to end and wraps them without copying: afterwards every
+    /// read succeeds.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, BatchError> {
+        let mut c = Checker { b: bytes, at: 0 };
+        let len = c.u32()?;
+        let n = len as usize;
+        let ncols = c.u16()?;
+        let sources = c.take_n(n, 4)?;
+        let seqs = c.take_n(n, 8)?;
+        let times = c.take_n(n, 8)?;
+        let (key_offsets, keys) = c.offsets_and_data(n)?;
+        let mut cols = Vec::with_capacity(usize::from(ncols));
+        for _ in 0..ncols {
+            let name_len = c.u8()? as usize;
+            let name_at = c.at;
+            let name = c.take(name_len)?;
+            let name: Arc<str> = std::str::from_utf8(&name)
+                .map_err(|_| BatchError::Utf8(name_at))?
+                .into();
+            let tags = c.take(n)?;
+            let offsets_at = c.at;
+            let (offsets, data) = c.offsets_and_data(n)?;
+            let data_at = c.at - data.len();
+            for (row, &tag) in tags.iter().enumerate() {
+                let (from, to) = (
+                    u32_at(&offsets, row) as usize,
+                    u32_at(&offsets, row + 1) as usize,
+                );
+                let len = to - from;
+                let fits = match tag {
+                    ABSENT | TAG_NULL => len == 0,
+                    TAG_BOOL => len == 1,
+                    TAG_I64 | TAG_F64 => len == 8,
+                    TAG_STR => {
+                        if std::str::from_utf8(&data[from..to]).is_err() {
+                            return Err(BatchError::Utf8(data_at + from));
+                        }
+                        true
+                    }
+                    TAG_BYTES => true,
+                    tag => {
+                        return Err(BatchError::BadTag {
+                            tag,
+                            at: offsets_at - n + row,
+                        })
+                    }
+                };
+                if !fits {
+                    return Err(BatchError::Length {
+                        tag,
+                        len,
+                        at: offsets_at,
+                    });
+                }
+            }
+            cols.push(Column {
+                name,
+                tags,
+                offsets,
+                data,
+            });
+        }
+        if c.at != c.b.len() {
+            return Err(BatchError::Trailing(c.b.len() - c.at));
+        }
+        Ok(Self {
+            len,
+            sources,
+            seqs,
+            times,
+            key_offsets,
+            keys,
+            cols: cols.into(),
+        })
+    }
+
+    /// Size of the encoded form in bytes (what a frame carries).
+    pub fn encoded_len(&self) -> usize {
+        6 + self.sources.len()
+            + self.seqs.len()
+            + self.times.len()
+            + self.key_offsets.len()
+            + self.keys.len()
+            + self.cols.iter().map(Column::encoded_len).sum::<usize>()
+    }
+
+    /// Appends the encoded form to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_u32_le(self.len);
+        out.put_u16_le(self.cols.len() as u16);
+        for s in [
+            &self.sources,
+            &self.seqs,
+            &self.times,
+            &self.key_offsets,
+            &self.keys,
+        ] {
+            out.put_slice(s);
+        }
+        for c in self.cols.iter() {
+            out.put_u8(c.name.len() as u8);
+            out.put_slice(c.name.as_bytes());
+            out.put_slice(&c.tags);
+            out.put_slice(&c.offsets);
+            out.put_slice(&c.data);
+        }
+    }
+
+    /// The encoded form, in a buffer of its own.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out.freeze()
     }
 
     /// Number of records.
@@ -71,18 +255,147 @@ impl Batch {
         self.len == 0
     }
 
-    /// The records, parsed as they are visited.
+    /// Record `row` (below [`Batch::len`]).
+    pub fn record(&self, row: usize) -> RecordRef<'_> {
+        let (from, to) = (
+            u32_at(&self.key_offsets, row) as usize,
+            u32_at(&self.key_offsets, row + 1) as usize,
+        );
+        RecordRef {
+            source: u32_at(&self.sources, row),
+            seq: u64_at(&self.seqs, row),
+            event_time_ms: u64_at(&self.times, row) as i64,
+            key: &self.keys[from..to],
+            batch: self,
+            row,
+        }
+    }
+
+    /// The records, in order.
     pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
-        let mut c = Cursor::trusting(&self.bytes, 4);
-        (0..self.len).map(move |_| {
-            c.record()
-                .expect("validated in from_bytes or built by BatchBuilder")
-        })
+        (0..self.len()).map(|row| self.record(row))
+    }
+
+    /// Reads one field by name across the batch: the name is looked up once, not per
+    /// record.
+    pub fn field_reader(&self, name: &str) -> FieldReader<'_> {
+        FieldReader {
+            cols: self
+                .cols
+                .iter()
+                .filter(|c| &*c.name == name)
+                .collect::<Vec<_>>(),
+        }
+    }
+
+    /// The same records with only the fields `keep` keeps, in their order: `None`
+    /// drops a field, `Some(None)` keeps it as it is named, `Some(Some(to))` renames
+    /// it. Shares every buffer: nothing is copied.
+    pub fn project<'k>(&self, mut keep: impl FnMut(&str) -> Option<Option<&'k str>>) -> Batch {
+        let cols: Vec<Column> = self
+            .cols
+            .iter()
+            .filter_map(|c| {
+                let to = keep(&c.name)?;
+                let mut c = c.clone();
+                if let Some(to) = to.filter(|to| *to != &*c.name) {
+                    c.name = to.into();
+                }
+                Some(c)
+            })
+            .collect();
+        Batch {
+            cols: cols.into(),
+            ..self.clone()
+        }
+    }
+
+    /// A batch of records `rows` of this one, in that order, copied as they are
+    /// encoded (nothing decoded). Rows that follow one another are copied as one run,
+    /// so a filter that keeps most records makes few copies.
+    pub fn gather(&self, rows: &[u32]) -> Batch {
+        let n = rows.len();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &r in rows {
+            let r = r as usize;
+            match runs.last_mut() {
+                Some((_, end)) if *end == r => *end = r + 1,
+                _ => runs.push((r, r + 1)),
+            }
+        }
+        let fixed = |src: &Bytes, w: usize| {
+            let mut out = BytesMut::with_capacity(n * w);
+            for &(from, to) in &runs {
+                out.put_slice(&src[from * w..to * w]);
+            }
+            out.freeze()
+        };
+        let varying = |offsets: &Bytes, data: &Bytes| {
+            let mut o = BytesMut::with_capacity((n + 1) * 4);
+            let mut d = BytesMut::with_capacity(data.len().min(n * 16));
+            o.put_u32_le(0);
+            for &(from, to) in &runs {
+                let base = u32_at(offsets, from);
+                // A subset of a column is never longer than the column: no overflow.
+                let shift = d.len() as u32;
+                d.put_slice(&data[base as usize..u32_at(offsets, to) as usize]);
+                for r in from..to {
+                    o.put_u32_le(u32_at(offsets, r + 1) - base + shift);
+                }
+            }
+            (o.freeze(), d.freeze())
+        };
+        let (key_offsets, keys) = varying(&self.key_offsets, &self.keys);
+        let cols: Vec<Column> = self
+            .cols
+            .iter()
+            .map(|c| {
+                let (offsets, data) = varying(&c.offsets, &c.data);
+                Column {
+                    name: c.name.clone(),
+                    tags: fixed(&c.tags, 1),
+                    offsets,
+                    data,
+                }
+            })
+            .collect();
+        Batch {
+            len: n as u32,
+            sources: fixed(&self.sources, 4),
+            seqs: fixed(&self.seqs, 8),
+            times: fixed(&self.times, 8),
+            key_offsets,
+            keys,
+            cols: cols.into(),
+        }
     }
 }
 
-/// One record of a batch, borrowed from its buffer.
-#[derive(Clone, Debug, PartialEq)]
+/// One field of every record of a batch, looked up by name once
+/// ([`Batch::field_reader`]).
+#[derive(Debug)]
+pub struct FieldReader<'a> {
+    cols: Vec<&'a Column>,
+}
+
+impl<'a> FieldReader<'a> {
+    /// Record `row`'s field (the first of that name it has), if it has one.
+    pub fn get(&self, row: usize) -> Option<RawField<'a>> {
+        self.cols.iter().find_map(|c| raw_field(c, row))
+    }
+}
+
+fn raw_field(c: &Column, row: usize) -> Option<RawField<'_>> {
+    let (tag, payload) = c.value(row);
+    (tag != ABSENT).then_some(RawField {
+        name: &c.name,
+        tag,
+        payload,
+    })
+}
+
+/// One record of a batch, borrowed from it.
+#[derive(Clone, Debug)]
 pub struct RecordRef<'a> {
     /// Ordinal of the source PE that emitted it (within its app).
     pub source: u32,
@@ -92,33 +405,51 @@ pub struct RecordRef<'a> {
     pub event_time_ms: i64,
     /// The record key.
     pub key: &'a [u8],
-    fields: &'a [u8],
-    field_count: u16,
-    raw: &'a [u8],
+    batch: &'a Batch,
+    row: usize,
 }
 
-/// One field of a record as it is encoded: its name and its value's bytes (type tag
-/// and payload), borrowed from the batch. Reading names or copying fields through it
-/// allocates nothing; [`RawField::decode`] decodes.
+impl PartialEq for RecordRef<'_> {
+    /// Same header and the same fields in the same order.
+    fn eq(&self, other: &Self) -> bool {
+        (self.source, self.seq, self.event_time_ms, self.key)
+            == (other.source, other.seq, other.event_time_ms, other.key)
+            && self.raw_fields().eq(other.raw_fields())
+    }
+}
+
+/// One field of a record as it is encoded: its name, its type tag and its payload,
+/// borrowed from the batch. Reading names or copying fields through it allocates
+/// nothing; [`RawField::decode`] decodes.
 ///
-/// Only a batch makes one (the value is private), so its bytes are always a valid
-/// encoded value: [`BatchBuilder::push_raw_fields`] copies them without checking.
+/// Only a batch makes one, so its payload always fits its tag:
+/// [`super::BatchBuilder::push_raw_fields`] copies it without checking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawField<'a> {
     /// The field's name.
     pub name: &'a str,
-    value: &'a [u8],
+    pub(super) tag: u8,
+    pub(super) payload: &'a [u8],
 }
 
 impl<'a> RawField<'a> {
-    /// The encoded value: tag byte, then payload.
-    pub fn value_bytes(&self) -> &'a [u8] {
-        self.value
-    }
-
     /// The value, decoded.
     pub fn decode(&self) -> Value {
-        Cursor::trusting(self.value, 0).value().expect("validated")
+        let p = self.payload;
+        let word = || {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&p[..8]);
+            u64::from_le_bytes(a)
+        };
+        match self.tag {
+            TAG_BOOL => Value::Bool(p[0] != 0),
+            TAG_I64 => Value::I64(word() as i64),
+            TAG_F64 => Value::F64(f64::from_bits(word())),
+            // Checked as UTF-8 when the batch was made: lossless.
+            TAG_STR => Value::Str(String::from_utf8_lossy(p).into_owned()),
+            TAG_BYTES => Value::Bytes(p.to_vec()),
+            _ => Value::Null,
+        }
     }
 }
 
@@ -130,8 +461,11 @@ impl<'a> RecordRef<'a> {
 
     /// The fields as they are encoded (nothing decoded, nothing allocated).
     pub fn raw_fields(&self) -> impl Iterator<Item = RawField<'a>> + 'a {
-        let mut c = Cursor::trusting(self.fields, 0);
-        (0..self.field_count).map(move |_| c.raw_field().expect("validated"))
+        let row = self.row;
+        self.batch
+            .cols
+            .iter()
+            .filter_map(move |c| raw_field(c, row))
     }
 
     /// One field by name; only that one is decoded.
@@ -140,322 +474,58 @@ impl<'a> RecordRef<'a> {
             .find(|f| f.name == name)
             .map(|f| f.decode())
     }
-
-    /// The record's encoded bytes, exactly as they sit in the batch.
-    pub fn raw(&self) -> &'a [u8] {
-        self.raw
-    }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
+/// Takes checked pieces off the front of encoded bytes, sharing the buffer.
+struct Checker {
+    b: Bytes,
     at: usize,
-    /// The bytes are known valid: they belong to a [`Batch`], which is checked end to
-    /// end when made from bytes ([`Batch::from_bytes`]) and valid by construction when
-    /// built ([`BatchBuilder`] writes `&str`s and values taken from batches). Text is
-    /// then not checked for UTF-8 again on every pass: re-checking the names of every
-    /// field, on every pass of every operator, was the largest single cost in the data
-    /// plane profile. Lengths and tags are still checked, so a broken invariant gives
-    /// an error (and a panic at the `expect`), never a read out of bounds.
-    trusted: bool,
 }
 
-impl<'a> Cursor<'a> {
-    /// A cursor that checks everything (bytes from outside).
-    fn checking(b: &'a [u8], at: usize) -> Self {
-        Self {
-            b,
-            at,
-            trusted: false,
-        }
-    }
-
-    /// A cursor over bytes of a [`Batch`] (see `trusted`).
-    fn trusting(b: &'a [u8], at: usize) -> Self {
-        Self {
-            b,
-            at,
-            trusted: true,
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+impl Checker {
+    fn take(&mut self, n: usize) -> Result<Bytes, BatchError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|e| *e <= self.b.len())
             .ok_or(BatchError::Truncated(self.at))?;
-        let s = &self.b[self.at..end];
+        let s = self.b.slice(self.at..end);
         self.at = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], BatchError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+    /// `n` items of `width` bytes.
+    fn take_n(&mut self, n: usize, width: usize) -> Result<Bytes, BatchError> {
+        let len = n.checked_mul(width).ok_or(BatchError::Truncated(self.at))?;
+        self.take(len)
     }
 
     fn u8(&mut self) -> Result<u8, BatchError> {
-        Ok(self.take(1)?[0])
+        Ok(self.take(1)?.get_u8())
     }
 
     fn u16(&mut self) -> Result<u16, BatchError> {
-        Ok(u16::from_le_bytes(self.array()?))
+        Ok(self.take(2)?.get_u16_le())
     }
 
     fn u32(&mut self) -> Result<u32, BatchError> {
-        Ok(u32::from_le_bytes(self.array()?))
+        Ok(self.take(4)?.get_u32_le())
     }
 
-    fn u64(&mut self) -> Result<u64, BatchError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn str(&mut self, n: usize) -> Result<&'a str, BatchError> {
+    /// An offset table for `n` records (starting at 0, never going back) and the data
+    /// it indexes.
+    fn offsets_and_data(&mut self, n: usize) -> Result<(Bytes, Bytes), BatchError> {
         let at = self.at;
-        let bytes = self.take(n)?;
-        if self.trusted {
-            // SAFETY: trusted cursors only read bytes of a `Batch`, whose text was
-            // checked as UTF-8 by `Batch::from_bytes` or written from `&str` by
-            // `BatchBuilder` (see `Cursor::trusted`); `take` bounded the slice.
-            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        let offsets = self.take_n(n + 1, 4)?;
+        let mut last = 0;
+        for i in 0..=n {
+            let o = u32_at(&offsets, i);
+            if (i == 0 && o != 0) || o < last {
+                return Err(BatchError::Offsets(at + 4 * i));
+            }
+            last = o;
         }
-        std::str::from_utf8(bytes).map_err(|_| BatchError::Utf8(at))
-    }
-
-    fn record(&mut self) -> Result<RecordRef<'a>, BatchError> {
-        let begin = self.at;
-        let source = self.u32()?;
-        let seq = self.u64()?;
-        let event_time_ms = self.u64()? as i64;
-        let key_len = self.u16()? as usize;
-        let key = self.take(key_len)?;
-        let field_count = self.u16()?;
-        let start = self.at;
-        for _ in 0..field_count {
-            self.raw_field()?;
-        }
-        Ok(RecordRef {
-            source,
-            seq,
-            event_time_ms,
-            key,
-            fields: &self.b[start..self.at],
-            field_count,
-            raw: &self.b[begin..self.at],
-        })
-    }
-
-    /// Steps over one field, checking it (tag, lengths, UTF-8) without decoding it.
-    fn raw_field(&mut self) -> Result<RawField<'a>, BatchError> {
-        let n = self.u8()? as usize;
-        let name = self.str(n)?;
-        let begin = self.at;
-        match self.u8()? {
-            TAG_NULL => {}
-            TAG_BOOL => {
-                self.take(1)?;
-            }
-            TAG_I64 | TAG_F64 => {
-                self.take(8)?;
-            }
-            TAG_STR => {
-                let n = self.u32()? as usize;
-                self.str(n)?;
-            }
-            TAG_BYTES => {
-                let n = self.u32()? as usize;
-                self.take(n)?;
-            }
-            tag => return Err(BatchError::BadTag { tag, at: begin }),
-        }
-        Ok(RawField {
-            name,
-            value: &self.b[begin..self.at],
-        })
-    }
-
-    /// Decodes one value (tag and payload).
-    fn value(&mut self) -> Result<Value, BatchError> {
-        let at = self.at;
-        Ok(match self.u8()? {
-            TAG_NULL => Value::Null,
-            TAG_BOOL => Value::Bool(self.u8()? != 0),
-            TAG_I64 => Value::I64(self.u64()? as i64),
-            TAG_F64 => Value::F64(f64::from_bits(self.u64()?)),
-            TAG_STR => {
-                let n = self.u32()? as usize;
-                Value::Str(self.str(n)?.to_string())
-            }
-            TAG_BYTES => {
-                let n = self.u32()? as usize;
-                Value::Bytes(self.take(n)?.to_vec())
-            }
-            tag => return Err(BatchError::BadTag { tag, at }),
-        })
-    }
-}
-
-/// Builds a batch record by record.
-#[derive(Debug)]
-pub struct BatchBuilder {
-    buf: BytesMut,
-    len: u32,
-}
-
-impl Default for BatchBuilder {
-    fn default() -> Self {
-        Self::with_capacity(4096)
-    }
-}
-
-impl BatchBuilder {
-    /// A builder with `bytes` of room before it grows.
-    pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(bytes.max(4));
-        buf.put_u32_le(0);
-        Self { buf, len: 0 }
-    }
-
-    /// Appends one record.
-    pub fn push<'f>(
-        &mut self,
-        source: u32,
-        seq: u64,
-        event_time_ms: i64,
-        key: &[u8],
-        fields: impl IntoIterator<Item = (&'f str, &'f Value)>,
-    ) -> Result<(), BatchError> {
-        self.push_with(source, seq, event_time_ms, key, fields, |b, (n, v)| {
-            b.put_field(n, v)
-        })
-    }
-
-    /// Appends one record whose fields are copied as they are encoded, each under the
-    /// name given with it (a rename, or its own): a projection or rename decodes
-    /// nothing.
-    pub fn push_raw_fields<'f>(
-        &mut self,
-        source: u32,
-        seq: u64,
-        event_time_ms: i64,
-        key: &[u8],
-        fields: impl IntoIterator<Item = (&'f str, RawField<'f>)>,
-    ) -> Result<(), BatchError> {
-        self.push_with(source, seq, event_time_ms, key, fields, |b, (n, raw)| {
-            b.put_name(n)?;
-            b.buf.put_slice(raw.value);
-            Ok(())
-        })
-    }
-
-    /// The record header, then every field through `put`; all or nothing.
-    fn push_with<F>(
-        &mut self,
-        source: u32,
-        seq: u64,
-        event_time_ms: i64,
-        key: &[u8],
-        fields: impl IntoIterator<Item = F>,
-        mut put: impl FnMut(&mut Self, F) -> Result<(), BatchError>,
-    ) -> Result<(), BatchError> {
-        let key_len = u16::try_from(key.len()).map_err(|_| BatchError::TooLong("key"))?;
-        let mark = self.buf.len();
-        self.buf.put_u32_le(source);
-        self.buf.put_u64_le(seq);
-        self.buf.put_i64_le(event_time_ms);
-        self.buf.put_u16_le(key_len);
-        self.buf.put_slice(key);
-        let count_at = self.buf.len();
-        self.buf.put_u16_le(0);
-        let mut count: u16 = 0;
-        for f in fields {
-            let next = count
-                .checked_add(1)
-                .ok_or(BatchError::TooLong("field list"));
-            if let Err(e) = next.and_then(|c| put(self, f).map(|()| c)) {
-                self.buf.truncate(mark);
-                return Err(e);
-            }
-            count += 1;
-        }
-        self.buf[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
-        self.len += 1;
-        Ok(())
-    }
-
-    fn put_name(&mut self, name: &str) -> Result<(), BatchError> {
-        let n = u8::try_from(name.len()).map_err(|_| BatchError::TooLong("field name"))?;
-        self.buf.put_u8(n);
-        self.buf.put_slice(name.as_bytes());
-        Ok(())
-    }
-
-    fn put_field(&mut self, name: &str, value: &Value) -> Result<(), BatchError> {
-        self.put_name(name)?;
-        match value {
-            Value::Null => self.buf.put_u8(TAG_NULL),
-            Value::Bool(b) => {
-                self.buf.put_u8(TAG_BOOL);
-                self.buf.put_u8(u8::from(*b));
-            }
-            Value::I64(i) => {
-                self.buf.put_u8(TAG_I64);
-                self.buf.put_i64_le(*i);
-            }
-            Value::F64(f) => {
-                self.buf.put_u8(TAG_F64);
-                self.buf.put_u64_le(f.to_bits());
-            }
-            Value::Str(s) => {
-                self.buf.put_u8(TAG_STR);
-                self.buf
-                    .put_u32_le(u32::try_from(s.len()).map_err(|_| BatchError::TooLong("string"))?);
-                self.buf.put_slice(s.as_bytes());
-            }
-            Value::Bytes(b) => {
-                self.buf.put_u8(TAG_BYTES);
-                self.buf
-                    .put_u32_le(u32::try_from(b.len()).map_err(|_| BatchError::TooLong("bytes"))?);
-                self.buf.put_slice(b);
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends a record of another batch as it is, without decoding its fields: the
-    /// cheap path for partitioning, which only splits batches.
-    pub fn push_raw(&mut self, r: &RecordRef<'_>) {
-        self.buf.put_slice(r.raw);
-        self.len += 1;
-    }
-
-    /// Records so far.
-    pub fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// Whether nothing was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Encoded size so far, in bytes.
-    pub fn size(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The finished batch; the builder starts over empty.
-    pub fn finish(&mut self) -> Batch {
-        let capacity = self.buf.capacity().max(4);
-        let mut buf = std::mem::replace(&mut self.buf, BytesMut::with_capacity(capacity));
-        buf[0..4].copy_from_slice(&self.len.to_le_bytes());
-        let len = std::mem::take(&mut self.len);
-        self.buf.put_u32_le(0);
-        Batch {
-            bytes: buf.freeze(),
-            len,
-        }
+        let data = self.take(last as usize)?;
+        Ok((offsets, data))
     }
 }

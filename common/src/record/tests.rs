@@ -43,10 +43,100 @@ fn batches_round_trip_every_value_kind() {
         assert_eq!(r.field("missing"), None);
         assert_eq!(r.fields().count(), 6);
     }
-    // The bytes alone rebuild the same batch; sharing them copies nothing.
-    let again = Batch::from_bytes(batch.bytes().clone()).unwrap();
+    // The encoded bytes alone rebuild the same batch, and encode to the same bytes.
+    let bytes = batch.to_bytes();
+    assert_eq!(bytes.len(), batch.encoded_len());
+    let again = Batch::from_bytes(bytes.clone()).unwrap();
     assert_eq!(again, batch);
-    assert_eq!(again.bytes().as_ptr(), batch.bytes().as_ptr());
+    assert_eq!(again.to_bytes(), bytes);
+    // So does the row layout that exec PEs speak.
+    let mut rows = Vec::new();
+    batch.encode_rows(&mut rows);
+    assert_eq!(Batch::from_rows(&rows).unwrap(), batch);
+}
+
+#[test]
+fn records_with_different_fields_share_a_batch() {
+    // Columns: a, b, then c (first seen in the second record); each record reads back
+    // only its own fields, in column order.
+    let mut b = BatchBuilder::default();
+    let (one, two) = (Value::I64(1), Value::Str("two".into()));
+    b.push(0, 0, 0, b"", [("a", &one), ("b", &two)]).unwrap();
+    b.push(0, 1, 0, b"", [("c", &one)]).unwrap();
+    b.push(0, 2, 0, b"", [("b", &one), ("a", &two)]).unwrap();
+    b.push(0, 3, 0, b"", [("a", &one), ("a", &two)]).unwrap();
+    b.push(0, 4, 0, b"", []).unwrap();
+    let batch = Batch::from_bytes(b.finish().to_bytes()).unwrap();
+    let fields = |row: usize| -> Vec<(String, Value)> {
+        batch
+            .record(row)
+            .fields()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect()
+    };
+    let f = |n: &str, v: &Value| (n.to_string(), v.clone());
+    assert_eq!(fields(0), [f("a", &one), f("b", &two)]);
+    assert_eq!(fields(1), [f("c", &one)]);
+    assert_eq!(fields(2), [f("a", &two), f("b", &one)]);
+    // Two fields of one name: both kept, the first found by name.
+    assert_eq!(fields(3), [f("a", &one), f("a", &two)]);
+    assert_eq!(batch.record(3).field("a"), Some(one.clone()));
+    assert_eq!(fields(4), []);
+    assert_eq!(batch.record(1).field("a"), None);
+    let a = batch.field_reader("a");
+    let got: Vec<Option<Value>> = (0..5).map(|r| a.get(r).map(|f| f.decode())).collect();
+    assert_eq!(got, [Some(one.clone()), None, Some(two), Some(one), None]);
+}
+
+#[test]
+fn a_fixed_shape_builder_fills_its_columns_in_order_and_refuses_other_shapes() {
+    let mut b = BatchBuilder::with_columns(4, &["id", "name"]).unwrap();
+    let (id, name) = (Value::I64(7), Value::Str("seven".into()));
+    b.push_values(1, 0, 5, b"k", &[&id, &name]).unwrap();
+    assert_eq!(
+        b.push_values(1, 1, 5, b"k", &[&id]),
+        Err(BatchError::Shape {
+            columns: 2,
+            values: 1
+        })
+    );
+    let mut want = BatchBuilder::default();
+    want.push(1, 0, 5, b"k", [("id", &id), ("name", &name)])
+        .unwrap();
+    assert_eq!(b.finish(), want.finish());
+    let long = "n".repeat(256);
+    assert!(matches!(
+        BatchBuilder::with_columns(1, &[long.as_str()]),
+        Err(BatchError::TooLong("field name"))
+    ));
+}
+
+#[test]
+fn projection_and_gather_keep_records_as_they_are() {
+    let batch = sample();
+    // Keep `id` as it is, rename `score` to `s`, drop the rest: no buffer copied.
+    let p = batch.project(|n| match n {
+        "id" => Some(None),
+        "score" => Some(Some("s")),
+        _ => None,
+    });
+    assert_eq!(p.len(), batch.len());
+    for (a, r) in p.iter().zip(batch.iter()) {
+        let want = [
+            ("id".to_string(), r.field("id").unwrap()),
+            ("s".to_string(), r.field("score").unwrap()),
+        ];
+        let got: Vec<_> = a.fields().map(|(n, v)| (n.to_string(), v)).collect();
+        assert_eq!(got, want);
+        assert_eq!((a.source, a.seq, a.key), (r.source, r.seq, r.key));
+    }
+    assert_eq!(Batch::from_bytes(p.to_bytes()).unwrap(), p);
+    // Gather picks records in the order asked, whole.
+    let rows = [99u32, 0, 50, 50];
+    let g = Batch::from_bytes(batch.gather(&rows).to_bytes()).unwrap();
+    let want: Vec<_> = rows.iter().map(|&r| batch.record(r as usize)).collect();
+    assert_eq!(g.iter().collect::<Vec<_>>(), want);
+    assert!(batch.gather(&[]).is_empty());
 }
 
 #[test]
@@ -68,13 +158,15 @@ fn the_builder_starts_over_after_finish_and_refuses_oversized_parts() {
     );
     // A refused record leaves nothing behind.
     assert!(b.is_empty());
-    assert_eq!(b.finish().bytes().len(), 4);
+    let empty = b.finish();
+    assert_eq!(empty.encoded_len(), BatchBuilder::default().size());
+    assert_eq!(empty, BatchBuilder::default().finish());
 }
 
 #[test]
 fn malformed_batches_are_errors() {
-    let good = sample().bytes().clone();
-    for cut in [0, 3, 10, good.len() - 1] {
+    let good = sample().to_bytes();
+    for cut in [0, 3, 10, good.len() / 2, good.len() - 1] {
         assert!(
             Batch::from_bytes(good.slice(..cut)).is_err(),
             "cut at {cut}"
@@ -93,6 +185,46 @@ fn malformed_batches_are_errors() {
         Batch::from_bytes(lying.into()),
         Err(BatchError::Truncated(_))
     ));
+    // One record, one column `v`: where each part sits in the encoded form.
+    let mut b = BatchBuilder::default();
+    b.push(0, 0, 0, b"k", [("v", &Value::I64(5))]).unwrap();
+    let one = b.finish().to_bytes().to_vec();
+    let col = 6 + 4 + 8 + 8 + 8 + 1; // header, source, seq, time, key offsets, key
+    assert_eq!(&one[col..col + 2], &[1, b'v']);
+    let (tag, offsets) = (col + 2, col + 3);
+    let mut bad = one.clone();
+    bad[tag] = 9;
+    assert_eq!(
+        Batch::from_bytes(bad.into()),
+        Err(BatchError::BadTag { tag: 9, at: tag })
+    );
+    // An integer tag over a 4-byte value.
+    let mut bad = one.clone();
+    bad[offsets + 4..offsets + 8].copy_from_slice(&4u32.to_le_bytes());
+    let bad = Batch::from_bytes(bad[..bad.len() - 4].to_vec().into());
+    assert_eq!(
+        bad,
+        Err(BatchError::Length {
+            tag: 2,
+            len: 4,
+            at: offsets
+        })
+    );
+    // Offsets that do not start at 0.
+    let mut bad = one.clone();
+    bad[offsets] = 1;
+    assert_eq!(
+        Batch::from_bytes(bad.into()),
+        Err(BatchError::Offsets(offsets))
+    );
+    // Key offsets that go back.
+    let mut bad = one;
+    bad[6 + 20 + 4..6 + 20 + 8].copy_from_slice(&0u32.to_le_bytes());
+    bad[6 + 20..6 + 20 + 4].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(
+        Batch::from_bytes(bad.into()),
+        Err(BatchError::Offsets(6 + 20))
+    );
 }
 
 mod fuzz {
@@ -219,7 +351,7 @@ fn raw_records_split_a_batch_without_changing_them() {
     let (even, odd) = (even.finish(), odd.finish());
     assert_eq!((even.len(), odd.len()), (50, 50));
     // The split halves are valid batches holding exactly the original records.
-    let even = Batch::from_bytes(even.bytes().clone()).unwrap();
+    let even = Batch::from_bytes(even.to_bytes()).unwrap();
     let originals: Vec<_> = batch.iter().filter(|r| r.seq % 2 == 0).collect();
     assert_eq!(even.iter().collect::<Vec<_>>(), originals);
     assert!(odd
@@ -238,7 +370,7 @@ fn raw_fields_copy_renamed_into_a_valid_batch_and_refuse_what_does_not_fit() {
         b.push_raw_fields(r.source, r.seq, r.event_time_ms, r.key, fields)
             .unwrap();
     }
-    let out = Batch::from_bytes(b.finish().bytes().clone()).unwrap();
+    let out = Batch::from_bytes(b.finish().to_bytes()).unwrap();
     for (a, r) in out.iter().zip(batch.iter()) {
         let renamed: Vec<(String, Value)> =
             r.fields().map(|(n, v)| (format!("x_{n}"), v)).collect();
@@ -259,17 +391,30 @@ fn raw_fields_copy_renamed_into_a_valid_batch_and_refuse_what_does_not_fit() {
         .unwrap_err();
     assert_eq!(err, BatchError::TooLong("field name"));
     assert!(b.is_empty());
-    assert_eq!(b.size(), 4);
+    assert_eq!(b.size(), BatchBuilder::default().size());
 }
 
 #[test]
 fn text_that_is_not_utf8_is_refused_in_names_and_in_values() {
-    // Reads of a batch trust its text (no UTF-8 check per pass): `from_bytes` is what
-    // makes that sound, so it must refuse bad text wherever it sits.
+    // Names become `str`s and text values are decoded losslessly: `from_bytes` (and
+    // `from_rows`) must refuse bad text wherever it sits.
     let mut b = BatchBuilder::default();
     b.push(0, 1, 0, b"k", [("nm", &Value::Str("vv".into()))])
         .unwrap();
-    let good = b.finish().bytes().to_vec();
+    let batch = b.finish();
+    let mut rows = Vec::new();
+    batch.encode_rows(&mut rows);
+    for needle in [&b"nm"[..], &b"vv"[..]] {
+        let at = rows.windows(2).position(|w| w == needle).unwrap();
+        let mut bad = rows.clone();
+        bad[at] = 0xFF;
+        assert_eq!(
+            Batch::from_rows(&bad),
+            Err(BatchError::Utf8(at)),
+            "{needle:?}"
+        );
+    }
+    let good = batch.to_bytes().to_vec();
     for needle in [&b"nm"[..], &b"vv"[..]] {
         let at = good.windows(2).position(|w| w == needle).unwrap();
         let mut bad = good.clone();

@@ -139,7 +139,7 @@ impl ChannelStats {
         if let Some(b) = batch {
             self.records.fetch_add(b.len() as u64, Ordering::Relaxed);
             self.bytes
-                .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
+                .fetch_add(b.encoded_len() as u64, Ordering::Relaxed);
         }
         self.last_seq.fetch_max(seq, Ordering::Relaxed);
     }

@@ -145,7 +145,7 @@ impl RemoteSender {
     /// Sends a batch, waiting for credit.
     pub async fn send(&self, batch: Batch) {
         let n = batch.len() as u64;
-        let bytes = batch.bytes().len() as u64;
+        let bytes = batch.encoded_len() as u64;
         let seq = self
             .push(|seq| Frame::Data {
                 channel: LINK_CHANNEL,

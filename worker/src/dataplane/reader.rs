@@ -6,6 +6,9 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weir_common::frame::Frame;
 
+/// Room a reader makes at a time: several frames of 1,024 records.
+const READ_AHEAD: usize = 1 << 20;
+
 /// Reads whole frames from a byte stream.
 pub struct FrameReader<R> {
     rd: R,
@@ -28,8 +31,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(f) = Frame::decode(&mut self.buf)? {
                 return Ok(f);
             }
-            if self.buf.capacity() - self.buf.len() < 16 << 10 {
-                self.buf.reserve(64 << 10);
+            // Room for the rest of the frame under way, and for whole frames after it:
+            // frames are sliced out of this buffer, not copied, so a frame that does
+            // not fit would be copied into a new one when it grows. `decode` above has
+            // already refused a length over the limit.
+            let frame = if self.buf.len() >= 4 {
+                let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                (len as usize).min(weir_common::frame::MAX_FRAME) + 4
+            } else {
+                0
+            };
+            let want = frame.saturating_sub(self.buf.len()).max(64 << 10);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want.max(READ_AHEAD));
             }
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {

@@ -1,8 +1,7 @@
-//! Framed mode: `u32` little-endian length, then the batch bytes exactly as
-//! [`Batch::bytes`] lays them out; one answer frame per request frame.
+//! Framed mode: `u32` little-endian length, then the batch in the row layout
+//! ([`Batch::encode_rows`]); one answer frame per request frame.
 
 use super::error::Failure;
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use weir_common::record::Batch;
 
@@ -12,11 +11,15 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Appends the request frame for `batch` to `out`; `None` when the batch is too large
 /// for the length prefix.
 pub(super) fn encode(batch: &Batch, out: &mut Vec<u8>) -> Option<()> {
-    let bytes = batch.bytes();
-    let len = u32::try_from(bytes.len()).ok()?;
-    out.reserve(4 + bytes.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(bytes);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    batch.encode_rows(out);
+    let len = u32::try_from(out.len() - at - 4).ok();
+    let Some(len) = len else {
+        out.truncate(at);
+        return None;
+    };
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     Some(())
 }
 
@@ -36,7 +39,7 @@ pub(super) async fn read_answer<R: AsyncRead + Unpin>(
     }
     let mut body = vec![0u8; len as usize];
     read_exact(r, &mut body).await?;
-    Batch::from_bytes(Bytes::from(body)).map_err(Failure::BadBatch)
+    Batch::from_rows(&body).map_err(Failure::BadBatch)
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), Failure> {

@@ -35,7 +35,7 @@ pub(super) async fn read_answer<R: AsyncBufRead + Unpin>(
     max_line: usize,
 ) -> Result<Batch, Failure> {
     let expected = input.len();
-    let mut out = BatchBuilder::with_capacity(input.bytes().len());
+    let mut out = BatchBuilder::with_capacity(input.encoded_len());
     let mut line = Vec::new();
     for (i, rec) in input.iter().enumerate() {
         line.clear();

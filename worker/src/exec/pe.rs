@@ -186,7 +186,7 @@ impl ExecPe {
 
     /// The request bytes for `batch`, written to the program in one go.
     fn encode(&self, batch: &Batch) -> Result<Vec<u8>, ExecError> {
-        let mut out = Vec::with_capacity(batch.bytes().len() * 2 + 4);
+        let mut out = Vec::with_capacity(batch.encoded_len() * 2 + 4);
         match self.params.protocol {
             PeProtocol::Lines => {
                 lines::encode(batch, &mut out).map_err(|source| ExecError::Encode {
@@ -197,7 +197,7 @@ impl ExecPe {
             PeProtocol::Framed => {
                 framed::encode(batch, &mut out).ok_or_else(|| ExecError::InputTooLarge {
                     pe_id: self.pe_id.clone(),
-                    len: batch.bytes().len(),
+                    len: batch.encoded_len(),
                 })?
             }
         }

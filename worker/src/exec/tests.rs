@@ -192,7 +192,7 @@ async fn framed_echo_round_trips_bytes() {
     ));
     for b in [batch(&input), batch(&[]), batch(&input[..1])] {
         let out = pe.process(&b).await.unwrap();
-        assert_eq!(out.bytes(), b.bytes());
+        assert_eq!(out.to_bytes(), b.to_bytes());
     }
     assert_eq!(pe.restarts(), 0);
     pe.shutdown().await;

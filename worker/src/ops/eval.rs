@@ -80,7 +80,11 @@ pub fn compare(field: Option<&Value>, op: CmpOp, value: &serde_json::Value) -> b
             Some(field.to_string().cmp(&v))
         }
     };
-    let Some(ord) = ord else { return false };
+    ord.is_some_and(|ord| holds(ord, op))
+}
+
+/// Whether an ordering satisfies `op` (`contains` is not an ordering: false).
+pub fn holds(ord: std::cmp::Ordering, op: CmpOp) -> bool {
     use std::cmp::Ordering::*;
     match op {
         CmpOp::Eq => ord == Equal,
@@ -89,7 +93,7 @@ pub fn compare(field: Option<&Value>, op: CmpOp, value: &serde_json::Value) -> b
         CmpOp::Le => ord != Greater,
         CmpOp::Gt => ord == Greater,
         CmpOp::Ge => ord != Less,
-        CmpOp::Contains => unreachable!("handled above"),
+        CmpOp::Contains => false,
     }
 }
 

@@ -33,13 +33,24 @@ pub struct Generator {
     /// Next position to emit (the state a checkpoint records).
     pub next_seq: u64,
     payload: Value,
+    /// The key of each key number, written once (when there are not too many).
+    keys: Vec<String>,
 }
+
+/// Up to this many keys are written once and reused.
+const KEY_TABLE: u64 = 1 << 16;
 
 impl Generator {
     /// PE `index` of `parallelism`, emitting as source ordinal `source`.
     pub fn new(params: GeneratorParams, source: u32, index: u32, parallelism: u32) -> Self {
         let payload = Value::Bytes(vec![b'x'; params.payload_bytes as usize]);
+        let keys = if params.keys.max(1) <= KEY_TABLE {
+            (0..params.keys.max(1)).map(|k| format!("k{k}")).collect()
+        } else {
+            Vec::new()
+        };
         Self {
+            keys,
             params,
             source,
             index,
@@ -67,34 +78,37 @@ impl Generator {
             Some(t) => t.min(self.next_seq + max as u64),
             None => self.next_seq + max as u64,
         };
-        let mut b = BatchBuilder::with_capacity(
-            (end - self.next_seq) as usize * (self.params.payload_bytes as usize + 64),
-        );
+        let mut b =
+            BatchBuilder::with_columns((end - self.next_seq) as usize, &["id", "value", "payload"])
+                .expect("short names");
         let mut key = String::with_capacity(12);
         let wall = self.params.wall_clock.then(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64)
         });
+        let keys = self.params.keys.max(1);
         for seq in self.next_seq..end {
             let id = id_at(self.index, self.parallelism, seq);
-            key.clear();
-            // Written in place: a `to_string` per record is a measurable share.
-            let _ = write!(key, "k{}", id % self.params.keys.max(1));
-            let fields = [
-                ("id", Value::I64(id as i64)),
-                ("value", Value::I64(value_of(id, self.params.seed))),
-            ];
-            let fields = fields
-                .iter()
-                .map(|(n, v)| (*n, v))
-                .chain(std::iter::once(("payload", &self.payload)));
-            b.push(
+            let k = id % keys;
+            let key = match self.keys.get(k as usize) {
+                Some(known) => known.as_str(),
+                None => {
+                    key.clear();
+                    let _ = write!(key, "k{k}");
+                    key.as_str()
+                }
+            };
+            let (id_v, value) = (
+                Value::I64(id as i64),
+                Value::I64(value_of(id, self.params.seed)),
+            );
+            b.push_values(
                 self.source,
                 seq,
                 wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64),
                 key.as_bytes(),
-                fields,
+                &[&id_v, &value, &self.payload],
             )
             .expect("generator records fit the batch format");
         }

@@ -104,7 +104,7 @@ impl Owned {
 
 /// Applies `f` to every record of `batch`, collecting what it keeps into one batch.
 pub fn map_batch(batch: &Batch, mut f: impl FnMut(&RecordRef<'_>, &mut BatchBuilder)) -> Batch {
-    let mut out = BatchBuilder::with_capacity(batch.bytes().len());
+    let mut out = BatchBuilder::with_capacity(batch.encoded_len());
     for r in batch.iter() {
         f(&r, &mut out);
     }

@@ -231,7 +231,7 @@ impl TcpSink {
     }
 
     async fn write(&mut self, batch: &Batch) {
-        let mut text = String::with_capacity(batch.bytes().len() * 2);
+        let mut text = String::with_capacity(batch.encoded_len() * 2);
         for r in batch.iter() {
             text.push_str(&crate::ops::sink::json_line(&r));
             text.push('\n');

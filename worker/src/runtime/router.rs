@@ -3,11 +3,12 @@
 //! Forward and broadcast pass the batch itself on (a shared buffer: co-located
 //! consumers get it without a copy); round robin rotates whole batches over the
 //! consumers (cheaper than per record, and just as even over time); hash splits a batch
-//! by the key group of each record, copying each record's encoded bytes as they are.
+//! by the key group of each record, copying each record's encoded bytes as they are
+//! (one gather per consumer).
 
 use crate::dataplane::sender::ChannelSender;
 use weir_common::keygroup::owner;
-use weir_common::record::{Batch, BatchBuilder, RecordRef};
+use weir_common::record::{Batch, RecordRef};
 use weir_common::spec::Partitioning;
 
 /// One output stream of a PE.
@@ -137,17 +138,15 @@ impl Router {
                         route.senders[0].send(batch.clone()).await;
                         continue;
                     }
-                    let mut parts: Vec<BatchBuilder> = (0..n)
-                        .map(|_| BatchBuilder::with_capacity(batch.bytes().len() / n + 64))
-                        .collect();
-                    for r in batch.iter() {
-                        let mut scratch = String::new();
+                    let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
+                    let mut scratch = String::new();
+                    for (row, r) in batch.iter().enumerate() {
                         let k = hash_key(&r, key, &mut scratch);
-                        parts[owner(k, n as u32) as usize].push_raw(&r);
+                        parts[owner(k, n as u32) as usize].push(row as u32);
                     }
-                    for (i, mut p) in parts.into_iter().enumerate() {
-                        if !p.is_empty() {
-                            route.senders[i].send(p.finish()).await;
+                    for (i, rows) in parts.iter().enumerate() {
+                        if !rows.is_empty() {
+                            route.senders[i].send(batch.gather(rows)).await;
                         }
                     }
                 }

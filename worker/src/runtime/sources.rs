@@ -63,12 +63,9 @@ pub async fn run_file(
             Ok(Some(b)) if skip >= b.len() as u64 => skip -= b.len() as u64,
             Ok(Some(b)) => {
                 let b = if skip > 0 {
-                    let mut rest = weir_common::record::BatchBuilder::default();
-                    for r in b.iter().skip(skip as usize) {
-                        rest.push_raw(&r);
-                    }
+                    let rest: Vec<u32> = (skip as u32..b.len() as u32).collect();
                     skip = 0;
-                    rest.finish()
+                    b.gather(&rest)
                 } else {
                     b
                 };

@@ -142,7 +142,7 @@ impl PeStatus {
         }
         self.records_in.fetch_add(b.len() as u64, Ordering::Relaxed);
         self.bytes_in
-            .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
+            .fetch_add(b.encoded_len() as u64, Ordering::Relaxed);
     }
 
     /// Counts a batch out.
@@ -150,7 +150,7 @@ impl PeStatus {
         self.records_out
             .fetch_add(b.len() as u64, Ordering::Relaxed);
         self.bytes_out
-            .fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
+            .fetch_add(b.encoded_len() as u64, Ordering::Relaxed);
     }
 
     /// Publishes a `sink.verify` summary.
