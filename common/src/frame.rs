@@ -112,6 +112,27 @@ impl Frame {
         }
     }
 
+    /// The encoded frame in pieces (see [`Batch::encode_parts`]): a data frame's
+    /// batch buffers are handed to `part`, everything else is written into `head`.
+    pub fn encode_parts(&self, head: &mut BytesMut, part: impl FnMut(&mut BytesMut, &Bytes)) {
+        match self {
+            Frame::Data {
+                channel,
+                seq,
+                batch,
+            } => {
+                // Kind, channel, seq, then the batch; the decoder caps the whole at
+                // MAX_FRAME, and batches are built well below it.
+                head.put_u32_le((13 + batch.encoded_len()) as u32);
+                head.put_u8(2);
+                head.put_u32_le(*channel);
+                head.put_u64_le(*seq);
+                batch.encode_parts(head, part);
+            }
+            other => other.encode(head),
+        }
+    }
+
     /// Appends the encoded frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         let start = out.len();

@@ -6,8 +6,8 @@
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
 //! threads, 2 by default; `WEIR_BENCH_PARALLEL=P`: PEs per operator, 1 by default;
-//! `WEIR_BENCH_RECORDS=N`: records per run, 20,000,000 by default; `WEIR_BENCH_ONLY=b`:
-//! only the raw baseline and (b), e.g. under a profiler); figures go to BENCHMARKS.md.
+//! `WEIR_BENCH_RECORDS=N`: records per run, 20,000,000 by default; `WEIR_BENCH_ONLY=a|b|c`:
+//! the raw baseline and that part alone, e.g. under a profiler); figures go to BENCHMARKS.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -357,25 +357,28 @@ fn main() {
             raw
         };
         println!("PEs per operator: {p}");
-        let only_b = std::env::var("WEIR_BENCH_ONLY").is_ok_and(|v| v == "b");
-        if !only_b {
+        let only = std::env::var("WEIR_BENCH_ONLY").ok();
+        let part = |x: &str| only.as_deref().is_none_or(|o| o == x);
+        if part("a") {
             let (t1, _) = pipeline(false).await;
             println!(
                 "(a) one worker:  {n} records in {t1:.2} s = {:.2} M records/s",
                 n as f64 / t1 / 1e6
             );
         }
-        let (t2, bytes) = pipeline(true).await;
-        let link = bytes as f64 / t2;
-        println!(
+        if part("b") {
+            let (t2, bytes) = pipeline(true).await;
+            let link = bytes as f64 / t2;
+            println!(
             "(b) two workers: {n} records in {t2:.2} s = {:.2} M records/s; link {:.0} MB/s ({:.0} B/record) = {:.0}% of raw TCP ({:.0}% of {p} raw connections)",
             n as f64 / t2 / 1e6,
             link / 1e6,
             bytes as f64 / n as f64,
             100.0 * link / raw,
             100.0 * link / raw_p
-        );
-        if only_b {
+            );
+        }
+        if !part("c") {
             return;
         }
         let (gen_rate, got_rate, rss0, max_rss) = slow_sink().await;

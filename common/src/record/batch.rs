@@ -152,11 +152,13 @@ impl Batch {
             let offsets_at = c.at;
             let (offsets, data) = c.offsets_and_data(n)?;
             let data_at = c.at - data.len();
-            for (row, &tag) in tags.iter().enumerate() {
-                let (from, to) = (
-                    u32_at(&offsets, row) as usize,
-                    u32_at(&offsets, row + 1) as usize,
-                );
+            // Offsets were checked to start at 0 and never go back, and to end at the
+            // data's length: every `from..to` below is in bounds.
+            let bounds = offsets
+                .chunks_exact(4)
+                .map(|o| u32::from_le_bytes([o[0], o[1], o[2], o[3]]) as usize);
+            let spans = bounds.clone().zip(bounds.skip(1));
+            for (row, (&tag, (from, to))) in tags.iter().zip(spans).enumerate() {
                 let len = to - from;
                 let fits = match tag {
                     ABSENT | TAG_NULL => len == 0,
@@ -218,8 +220,16 @@ impl Batch {
     /// Appends the encoded form to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
-        out.put_u32_le(self.len);
-        out.put_u16_le(self.cols.len() as u16);
+        self.encode_parts(out, |out, b| out.put_slice(b));
+    }
+
+    /// The encoded form in pieces, for writers that send buffers as they are (vectored
+    /// writes): the small headers go into `head`, and each of the batch's buffers is
+    /// handed to `part` with `head`, in order, to copy or to send after what `head`
+    /// holds so far.
+    pub fn encode_parts(&self, head: &mut BytesMut, mut part: impl FnMut(&mut BytesMut, &Bytes)) {
+        head.put_u32_le(self.len);
+        head.put_u16_le(self.cols.len() as u16);
         for s in [
             &self.sources,
             &self.seqs,
@@ -227,14 +237,14 @@ impl Batch {
             &self.key_offsets,
             &self.keys,
         ] {
-            out.put_slice(s);
+            part(head, s);
         }
         for c in self.cols.iter() {
-            out.put_u8(c.name.len() as u8);
-            out.put_slice(c.name.as_bytes());
-            out.put_slice(&c.tags);
-            out.put_slice(&c.offsets);
-            out.put_slice(&c.data);
+            head.put_u8(c.name.len() as u8);
+            head.put_slice(c.name.as_bytes());
+            part(head, &c.tags);
+            part(head, &c.offsets);
+            part(head, &c.data);
         }
     }
 
@@ -433,6 +443,21 @@ pub struct RawField<'a> {
 }
 
 impl<'a> RawField<'a> {
+    /// The value as a number, when it is an integer or a float (nothing decoded
+    /// otherwise).
+    pub fn number(&self) -> Option<f64> {
+        let word = || {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(self.payload.get(..8)?);
+            Some(u64::from_le_bytes(a))
+        };
+        match self.tag {
+            TAG_I64 => word().map(|w| w as i64 as f64),
+            TAG_F64 => word().map(f64::from_bits),
+            _ => None,
+        }
+    }
+
     /// The value, decoded.
     pub fn decode(&self) -> Value {
         let p = self.payload;
@@ -518,8 +543,8 @@ impl Checker {
         let at = self.at;
         let offsets = self.take_n(n + 1, 4)?;
         let mut last = 0;
-        for i in 0..=n {
-            let o = u32_at(&offsets, i);
+        for (i, o) in offsets.chunks_exact(4).enumerate() {
+            let o = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
             if (i == 0 && o != 0) || o < last {
                 return Err(BatchError::Offsets(at + 4 * i));
             }

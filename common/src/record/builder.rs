@@ -120,20 +120,43 @@ impl BatchBuilder {
         key: &[u8],
         values: &[&Value],
     ) -> Result<(), BatchError> {
-        let row = self.len as usize;
-        if values.len() != self.cols.len() || self.cols.iter().any(|c| c.tags.len() != row) {
+        // Between pushes every column holds a value (or absence) for every record, so
+        // the count is the whole check.
+        if values.len() != self.cols.len() {
             return Err(BatchError::Shape {
                 columns: self.cols.len(),
                 values: values.len(),
             });
         }
-        let fields = values.iter().enumerate().map(|(i, v)| (i, *v));
-        self.push_fields(
-            (source, seq, event_time_ms, key),
-            fields,
-            |_, (i, _)| *i,
-            |c, (_, v)| put_value(c, v),
-        )
+        let keys_end = self.key_end(key)?;
+        let row = self.len as usize;
+        for (i, v) in values.iter().enumerate() {
+            if let Err(e) = put_value(&mut self.cols[i], v) {
+                for c in &mut self.cols[..i] {
+                    c.truncate(row);
+                }
+                return Err(e);
+            }
+        }
+        self.put_header(source, seq, event_time_ms, key, keys_end);
+        Ok(())
+    }
+
+    /// Where the keys end once `key` is added, if the key fits.
+    fn key_end(&self, key: &[u8]) -> Result<u32, BatchError> {
+        if u16::try_from(key.len()).is_err() {
+            return Err(BatchError::TooLong("key"));
+        }
+        u32::try_from(self.keys.len() + key.len()).map_err(|_| BatchError::TooLong("keys"))
+    }
+
+    fn put_header(&mut self, source: u32, seq: u64, event_time_ms: i64, key: &[u8], keys_end: u32) {
+        self.sources.put_u32_le(source);
+        self.seqs.put_u64_le(seq);
+        self.times.put_i64_le(event_time_ms);
+        self.keys.put_slice(key);
+        self.key_offsets.put_u32_le(keys_end);
+        self.len += 1;
     }
 
     /// Appends one record.
@@ -226,11 +249,7 @@ impl BatchBuilder {
         mut column: impl FnMut(&mut Vec<ColumnBuilder>, &F) -> usize,
         mut put: impl FnMut(&mut ColumnBuilder, F) -> Result<(), BatchError>,
     ) -> Result<(), BatchError> {
-        if u16::try_from(key.len()).is_err() {
-            return Err(BatchError::TooLong("key"));
-        }
-        let keys_end =
-            u32::try_from(self.keys.len() + key.len()).map_err(|_| BatchError::TooLong("keys"))?;
+        let keys_end = self.key_end(key)?;
         let row = self.len as usize;
         let had = self.cols.len();
         let mut count = 0usize;
@@ -263,12 +282,7 @@ impl BatchBuilder {
                 c.put(ABSENT, &[])?;
             }
         }
-        self.sources.put_u32_le(source);
-        self.seqs.put_u64_le(seq);
-        self.times.put_i64_le(event_time_ms);
-        self.keys.put_slice(key);
-        self.key_offsets.put_u32_le(keys_end);
-        self.len += 1;
+        self.put_header(source, seq, event_time_ms, key, keys_end);
         Ok(())
     }
 
@@ -343,12 +357,6 @@ fn put_value(c: &mut ColumnBuilder, v: &Value) -> Result<(), BatchError> {
 /// A field handed to the builder: anything with a name.
 trait Named {
     fn name(&self) -> &str;
-}
-
-impl Named for (usize, &Value) {
-    fn name(&self) -> &str {
-        ""
-    }
 }
 
 impl Named for (&str, &Value) {

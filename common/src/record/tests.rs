@@ -292,6 +292,17 @@ mod fuzz {
             for f in &fs {
                 f.encode(&mut wire);
             }
+            // In pieces (what vectored writers send), the same bytes.
+            let mut pieces = BytesMut::new();
+            let mut whole = Vec::new();
+            for f in &fs {
+                f.encode_parts(&mut pieces, |head, b| {
+                    whole.extend_from_slice(&head.split());
+                    whole.extend_from_slice(b);
+                });
+            }
+            whole.extend_from_slice(&pieces);
+            prop_assert_eq!(&whole[..], &wire[..]);
             // Deliver the bytes in two pieces, cut anywhere.
             let cut = split.index(wire.len() + 1);
             let mut buf = BytesMut::from(&wire[..cut]);

@@ -119,16 +119,11 @@ impl Filter {
         let field = batch.field_reader(&self.p.field);
         let kept: Vec<u32> = (0..batch.len())
             .filter(|&row| {
-                let v = field.get(row).map(|f| f.decode());
-                match (&v, self.number) {
-                    (Some(Value::I64(i)), Some(n)) => (*i as f64)
-                        .partial_cmp(&n)
-                        .is_some_and(|o| holds(o, self.p.op)),
-                    (Some(Value::F64(x)), Some(n)) => {
-                        x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op))
-                    }
-                    _ => compare(v.as_ref(), self.p.op, &self.p.value),
+                let f = field.get(row);
+                if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
+                    return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
                 }
+                compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
             })
             .map(|row| row as u32)
             .collect();

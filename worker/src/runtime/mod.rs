@@ -33,7 +33,7 @@ use weir_common::spec::{OperatorKind, OperatorSpec, Partitioning};
 use weir_proto::v1 as pb;
 
 /// Records per batch a source emits at full speed.
-pub const BATCH_RECORDS: usize = 1024;
+pub const BATCH_RECORDS: usize = 4096;
 
 /// Where an output channel goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
