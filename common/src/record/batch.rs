@@ -393,6 +393,38 @@ impl<'a> FieldReader<'a> {
     pub fn get(&self, row: usize) -> Option<RawField<'a>> {
         self.cols.iter().find_map(|c| raw_field(c, row))
     }
+
+    /// The rows, in order, of the `len` records of the batch whose field `keep`
+    /// accepts (given `None` where a record has none). With one column of that name
+    /// (the usual case) it is read straight through.
+    pub fn rows_where(
+        &self,
+        len: usize,
+        mut keep: impl FnMut(Option<RawField<'a>>) -> bool,
+    ) -> Vec<u32> {
+        let [c] = self.cols.as_slice() else {
+            return (0..len)
+                .filter(|&row| keep(self.get(row)))
+                .map(|row| row as u32)
+                .collect();
+        };
+        let mut rows = Vec::with_capacity(len);
+        let mut from = 0;
+        let ends = c.offsets.chunks_exact(4).skip(1);
+        for (row, (&tag, end)) in c.tags.iter().zip(ends).enumerate() {
+            let to = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize;
+            let f = (tag != ABSENT).then(|| RawField {
+                name: &c.name,
+                tag,
+                payload: &c.data[from..to],
+            });
+            if keep(f) {
+                rows.push(row as u32);
+            }
+            from = to;
+        }
+        rows
+    }
 }
 
 fn raw_field(c: &Column, row: usize) -> Option<RawField<'_>> {

@@ -26,11 +26,13 @@
 
 mod batch;
 mod builder;
+mod columns;
 mod rows;
 mod value;
 
 pub use batch::{Batch, BatchError, FieldReader, RawField, RecordRef};
 pub use builder::BatchBuilder;
+pub use columns::{ColumnValues, Columns};
 pub use value::Value;
 
 #[cfg(test)]

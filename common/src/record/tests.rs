@@ -86,6 +86,13 @@ fn records_with_different_fields_share_a_batch() {
     let a = batch.field_reader("a");
     let got: Vec<Option<Value>> = (0..5).map(|r| a.get(r).map(|f| f.decode())).collect();
     assert_eq!(got, [Some(one.clone()), None, Some(two), Some(one), None]);
+    // Rows by a test on a field: over two columns named `a`, and over one (`c`).
+    let is_text = |f: Option<RawField<'_>>| matches!(f.map(|f| f.decode()), Some(Value::Str(_)));
+    assert_eq!(a.rows_where(5, is_text), [2]);
+    assert_eq!(a.rows_where(5, |f| f.is_some()), [0, 2, 3]);
+    let c = batch.field_reader("c");
+    assert_eq!(c.rows_where(5, |f| f.is_some()), [1]);
+    assert_eq!(c.rows_where(5, |f| f.is_none()), [0, 2, 3, 4]);
 }
 
 #[test]
@@ -109,6 +116,82 @@ fn a_fixed_shape_builder_fills_its_columns_in_order_and_refuses_other_shapes() {
         BatchBuilder::with_columns(1, &[long.as_str()]),
         Err(BatchError::TooLong("field name"))
     ));
+}
+
+#[test]
+fn batches_from_columns_equal_batches_pushed_record_by_record() {
+    let sources = [1u32, 1, 2];
+    let seqs = [10u64, 11, 12];
+    let times = [5i64, -6, 7];
+    let keys: [&[u8]; 3] = [b"a", b"", b"ccc"];
+    let ints = [1i64, i64::MIN, 3];
+    let floats = [0.5f64, -1.0, f64::INFINITY];
+    let texts = ["x", "", "zz"];
+    let blobs: [&[u8]; 3] = [b"\x00\xff", b"", b"q"];
+    let fields = [
+        ("i", ColumnValues::I64(&ints)),
+        ("f", ColumnValues::F64(&floats)),
+        ("s", ColumnValues::Str(&texts)),
+        ("b", ColumnValues::Bytes(&blobs)),
+    ];
+    let cols = Columns {
+        sources: &sources,
+        seqs: &seqs,
+        times: &times,
+        keys: &keys,
+        fields: &fields,
+    };
+    let got = Batch::from_columns(&cols).unwrap();
+    let mut want = BatchBuilder::default();
+    for r in 0..3 {
+        let values = [
+            ("i", Value::I64(ints[r])),
+            ("f", Value::F64(floats[r])),
+            ("s", Value::Str(texts[r].into())),
+            ("b", Value::Bytes(blobs[r].to_vec())),
+        ];
+        want.push(
+            sources[r],
+            seqs[r],
+            times[r],
+            keys[r],
+            values.iter().map(|(n, v)| (*n, v)),
+        )
+        .unwrap();
+    }
+    let want = want.finish();
+    assert_eq!(got, want);
+    assert_eq!(got.to_bytes(), want.to_bytes());
+    // A column one short, a key too long, a name too long: refused.
+    let short = [("i", ColumnValues::I64(&ints[..2]))];
+    assert_eq!(
+        Batch::from_columns(&Columns {
+            fields: &short,
+            ..cols
+        }),
+        Err(BatchError::Shape {
+            columns: 3,
+            values: 2
+        })
+    );
+    let long_key = vec![0u8; 70_000];
+    let long_keys: [&[u8]; 3] = [b"a", &long_key, b"c"];
+    assert_eq!(
+        Batch::from_columns(&Columns {
+            keys: &long_keys,
+            ..cols
+        }),
+        Err(BatchError::TooLong("key"))
+    );
+    let long_name = "n".repeat(256);
+    let named = [(long_name.as_str(), ColumnValues::I64(&ints))];
+    assert_eq!(
+        Batch::from_columns(&Columns {
+            fields: &named,
+            ..cols
+        }),
+        Err(BatchError::TooLong("field name"))
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weir_common::frame::Frame;
 
-/// Room a reader makes at a time: several frames of 1,024 records.
+/// Room a reader of large frames makes at a time: several frames of 4,096 records.
 const READ_AHEAD: usize = 4 << 20;
 
 /// Reads whole frames from a byte stream.
@@ -41,9 +41,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 0
             };
-            let want = frame.saturating_sub(self.buf.len()).max(64 << 10);
+            // Links that carry large frames get room for several; the others (acks,
+            // credits) keep a small buffer.
+            let rest = frame.saturating_sub(self.buf.len());
+            let want = rest.max(64 << 10);
             if self.buf.capacity() - self.buf.len() < want {
-                self.buf.reserve(want.max(READ_AHEAD));
+                let ahead = if frame > 64 << 10 { READ_AHEAD } else { 0 };
+                self.buf.reserve(want.max(ahead));
             }
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {

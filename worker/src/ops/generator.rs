@@ -6,8 +6,7 @@
 //! (`(id * 7919 + seed) % 1000`), `payload` (`payload_bytes` bytes); key
 //! `k<id % keys>`; event time `base + id` ms, so windows are reproducible.
 
-use std::fmt::Write as _;
-use weir_common::record::{Batch, BatchBuilder, Value};
+use weir_common::record::{Batch, ColumnValues, Columns};
 use weir_common::spec::GeneratorParams;
 
 /// Event time of id 0.
@@ -32,7 +31,7 @@ pub struct Generator {
     parallelism: u32,
     /// Next position to emit (the state a checkpoint records).
     pub next_seq: u64,
-    payload: Value,
+    payload: Vec<u8>,
     /// The key of each key number, written once (when there are not too many).
     keys: Vec<String>,
 }
@@ -43,7 +42,7 @@ const KEY_TABLE: u64 = 1 << 16;
 impl Generator {
     /// PE `index` of `parallelism`, emitting as source ordinal `source`.
     pub fn new(params: GeneratorParams, source: u32, index: u32, parallelism: u32) -> Self {
-        let payload = Value::Bytes(vec![b'x'; params.payload_bytes as usize]);
+        let payload = vec![b'x'; params.payload_bytes as usize];
         let keys = if params.keys.max(1) <= KEY_TABLE {
             (0..params.keys.max(1)).map(|k| format!("k{k}")).collect()
         } else {
@@ -78,48 +77,96 @@ impl Generator {
             Some(t) => t.min(self.next_seq + max as u64),
             None => self.next_seq + max as u64,
         };
-        let mut b =
-            BatchBuilder::with_columns((end - self.next_seq) as usize, &["id", "value", "payload"])
-                .expect("short names");
-        let mut key = String::with_capacity(12);
+        // Built column by column: the values of each field side by side.
+        let n = (end - self.next_seq) as usize;
         let wall = self.params.wall_clock.then(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64)
         });
         let keys = self.params.keys.max(1);
-        for seq in self.next_seq..end {
-            let id = id_at(self.index, self.parallelism, seq);
-            let k = id % keys;
-            let key = match self.keys.get(k as usize) {
-                Some(known) => known.as_str(),
-                None => {
-                    key.clear();
-                    let _ = write!(key, "k{k}");
-                    key.as_str()
-                }
-            };
-            let (id_v, value) = (
-                Value::I64(id as i64),
-                Value::I64(value_of(id, self.params.seed)),
-            );
-            b.push_values(
-                self.source,
-                seq,
-                wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64),
-                key.as_bytes(),
-                &[&id_v, &value, &self.payload],
-            )
-            .expect("generator records fit the batch format");
-        }
+        let seqs: Vec<u64> = (self.next_seq..end).collect();
+        let ids: Vec<u64> = seqs
+            .iter()
+            .map(|&s| id_at(self.index, self.parallelism, s))
+            .collect();
+        let times: Vec<i64> = ids
+            .iter()
+            .map(|&id| wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64))
+            .collect();
+        // Keys beyond the table are written per record.
+        let written: Vec<String> = if self.keys.is_empty() {
+            ids.iter().map(|id| format!("k{}", id % keys)).collect()
+        } else {
+            Vec::new()
+        };
+        let key_of: Vec<&[u8]> = if written.is_empty() {
+            ids.iter()
+                .map(|id| self.keys[(id % keys) as usize].as_bytes())
+                .collect()
+        } else {
+            written.iter().map(String::as_bytes).collect()
+        };
+        let values: Vec<i64> = ids
+            .iter()
+            .map(|&id| value_of(id, self.params.seed))
+            .collect();
+        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
+        let payloads = vec![&self.payload[..]; n];
+        let batch = Batch::from_columns(&Columns {
+            sources: &vec![self.source; n],
+            seqs: &seqs,
+            times: &times,
+            keys: &key_of,
+            fields: &[
+                ("id", ColumnValues::I64(&ids)),
+                ("value", ColumnValues::I64(&values)),
+                ("payload", ColumnValues::Bytes(&payloads)),
+            ],
+        })
+        .expect("generator records fit the batch format");
         self.next_seq = end;
-        Some(b.finish())
+        Some(batch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_common::record::{BatchBuilder, Value};
+
+    #[test]
+    fn batches_are_what_pushing_each_record_builds() {
+        // Column-built batches equal record-built ones, keys from the table or not.
+        for keys in [10, KEY_TABLE + 1] {
+            let mut p = params(Some(30));
+            p.keys = keys;
+            let mut g = Generator::new(p, 2, 1, 2);
+            let got = g.next_batch(100).unwrap();
+            let mut want = BatchBuilder::default();
+            for seq in 0..15u64 {
+                let id = id_at(1, 2, seq);
+                let fields = [
+                    ("id", Value::I64(id as i64)),
+                    ("value", Value::I64(value_of(id, 0))),
+                    ("payload", Value::Bytes(vec![b'x'; 16])),
+                ];
+                want.push(
+                    2,
+                    seq,
+                    BASE_EVENT_TIME_MS + id as i64,
+                    format!("k{}", id % keys).as_bytes(),
+                    fields.iter().map(|(n, v)| (*n, v)),
+                )
+                .unwrap();
+            }
+            assert_eq!(got, want.finish());
+            assert_eq!(
+                got.to_bytes(),
+                Batch::from_bytes(got.to_bytes()).unwrap().to_bytes()
+            );
+        }
+    }
 
     fn params(count: Option<u64>) -> GeneratorParams {
         GeneratorParams {

@@ -117,16 +117,12 @@ impl Filter {
     /// tested field is read (its column looked up once per batch) and decoded.
     pub fn apply(&self, batch: &Batch) -> Batch {
         let field = batch.field_reader(&self.p.field);
-        let kept: Vec<u32> = (0..batch.len())
-            .filter(|&row| {
-                let f = field.get(row);
-                if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
-                    return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
-                }
-                compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
-            })
-            .map(|row| row as u32)
-            .collect();
+        let kept = field.rows_where(batch.len(), |f| {
+            if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
+                return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
+            }
+            compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
+        });
         if kept.len() == batch.len() {
             return batch.clone();
         }
