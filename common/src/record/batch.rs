@@ -477,6 +477,7 @@ pub struct RawField<'a> {
 impl<'a> RawField<'a> {
     /// The value as a number, when it is an integer or a float (nothing decoded
     /// otherwise).
+    #[inline]
     pub fn number(&self) -> Option<f64> {
         let word = || {
             let mut a = [0u8; 8];

@@ -84,6 +84,7 @@ pub fn compare(field: Option<&Value>, op: CmpOp, value: &serde_json::Value) -> b
 }
 
 /// Whether an ordering satisfies `op` (`contains` is not an ordering: false).
+#[inline]
 pub fn holds(ord: std::cmp::Ordering, op: CmpOp) -> bool {
     use std::cmp::Ordering::*;
     match op {
