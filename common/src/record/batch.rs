@@ -71,6 +71,12 @@ pub(super) struct Column {
     pub(super) data: Bytes,
 }
 
+/// Size of an encoded batch: count and column count, the five header arrays, then
+/// each column's encoded size.
+pub(super) fn encoded_size(headers: [usize; 5], cols: impl Iterator<Item = usize>) -> usize {
+    6 + headers.iter().sum::<usize>() + cols.sum::<usize>()
+}
+
 #[inline]
 pub(super) fn u32_at(b: &[u8], i: usize) -> u32 {
     let mut a = [0u8; 4];
@@ -209,12 +215,17 @@ impl Batch {
 
     /// Size of the encoded form in bytes (what a frame carries).
     pub fn encoded_len(&self) -> usize {
-        6 + self.sources.len()
-            + self.seqs.len()
-            + self.times.len()
-            + self.key_offsets.len()
-            + self.keys.len()
-            + self.cols.iter().map(Column::encoded_len).sum::<usize>()
+        let headers = [
+            &self.sources,
+            &self.seqs,
+            &self.times,
+            &self.key_offsets,
+            &self.keys,
+        ];
+        encoded_size(
+            headers.map(|h| h.len()),
+            self.cols.iter().map(Column::encoded_len),
+        )
     }
 
     /// Appends the encoded form to `out`.

@@ -1,7 +1,8 @@
 //! Building batches record by record.
 
 use super::batch::{
-    Column, RawField, RecordRef, ABSENT, TAG_BOOL, TAG_BYTES, TAG_F64, TAG_I64, TAG_NULL, TAG_STR,
+    encoded_size, Column, RawField, RecordRef, ABSENT, TAG_BOOL, TAG_BYTES, TAG_F64, TAG_I64,
+    TAG_NULL, TAG_STR,
 };
 use super::{Batch, BatchError, Value};
 use bytes::{BufMut, BytesMut};
@@ -298,16 +299,19 @@ impl BatchBuilder {
 
     /// Encoded size so far, in bytes.
     pub fn size(&self) -> usize {
-        6 + self.sources.len()
-            + self.seqs.len()
-            + self.times.len()
-            + self.key_offsets.len()
-            + self.keys.len()
-            + self
-                .cols
+        let headers = [
+            &self.sources,
+            &self.seqs,
+            &self.times,
+            &self.key_offsets,
+            &self.keys,
+        ];
+        encoded_size(
+            headers.map(|h| h.len()),
+            self.cols
                 .iter()
-                .map(|c| 1 + c.name.len() + c.tags.len() + c.offsets.len() + c.data.len())
-                .sum::<usize>()
+                .map(|c| 1 + c.name.len() + c.tags.len() + c.offsets.len() + c.data.len()),
+        )
     }
 
     /// The finished batch; the builder starts over empty.
