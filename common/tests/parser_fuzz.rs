@@ -65,6 +65,22 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+#[test]
+fn an_empty_key_is_named_in_its_problem() {
+    // Found by `arbitrary_bytes_never_panic`: YAML `?` is a mapping with an empty key.
+    check("?");
+    let problems = parse_app("?", SpecFormat::Yaml).unwrap_err();
+    assert!(
+        problems
+            .0
+            .iter()
+            .any(|p| p.path == "\"\"" && p.rule == "unknown field"),
+        "{problems:?}"
+    );
+    let problems = parse_app(r#"{"": 1}"#, SpecFormat::Json).unwrap_err();
+    assert!(problems.0.iter().any(|p| p.path == "\"\""), "{problems:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 

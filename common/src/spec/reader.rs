@@ -17,6 +17,9 @@ pub(crate) struct Obj<'a> {
 
 /// The path of `key` inside the object at `path`.
 pub(crate) fn join(path: &str, key: &str) -> String {
+    // An empty key (YAML `?` or `"": 1`) is named as `""`, so its problem still has a
+    // path to show.
+    let key = if key.is_empty() { "\"\"" } else { key };
     if path.is_empty() {
         key.to_string()
     } else {
