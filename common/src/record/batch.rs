@@ -89,19 +89,26 @@ fn uniform(tags: &[u8], offsets: &[u8], data_len: usize) -> bool {
         _ => return false,
     };
     data_len == tags.len() * width
-        && offsets
-            .chunks_exact(4)
-            .zip((0u32..).step_by(width.max(1)))
-            .all(|(o, want)| {
-                let o = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
-                o == if width == 0 { 0 } else { want }
-            })
+        && offset_values(offsets)
+            .enumerate()
+            .all(|(i, o)| o as usize == i * width)
+}
+
+/// Size of an encoded column: its name (with its length) and its three parts.
+pub(super) fn column_size(name: &str, parts: [usize; 3]) -> usize {
+    1 + name.len() + parts.iter().sum::<usize>()
 }
 
 /// Size of an encoded batch: count and column count, the five header arrays, then
 /// each column's encoded size.
 pub(super) fn encoded_size(headers: [usize; 5], cols: impl Iterator<Item = usize>) -> usize {
     6 + headers.iter().sum::<usize>() + cols.sum::<usize>()
+}
+
+/// The `u32`s of an offset table, in order.
+pub(super) fn offset_values(b: &[u8]) -> impl Iterator<Item = u32> + Clone + '_ {
+    b.chunks_exact(4)
+        .map(|o| u32::from_le_bytes([o[0], o[1], o[2], o[3]]))
 }
 
 #[inline]
@@ -129,7 +136,10 @@ impl Column {
     }
 
     fn encoded_len(&self) -> usize {
-        1 + self.name.len() + self.tags.len() + self.offsets.len() + self.data.len()
+        column_size(
+            &self.name,
+            [&self.tags, &self.offsets, &self.data].map(|b| b.len()),
+        )
     }
 }
 
@@ -197,9 +207,7 @@ impl Batch {
             }
             // Offsets were checked to start at 0 and never go back, and to end at the
             // data's length: every `from..to` below is in bounds.
-            let bounds = offsets
-                .chunks_exact(4)
-                .map(|o| u32::from_le_bytes([o[0], o[1], o[2], o[3]]) as usize);
+            let bounds = offset_values(&offsets).map(|o| o as usize);
             let spans = bounds.clone().zip(bounds.skip(1));
             for (row, (&tag, (from, to))) in tags.iter().zip(spans).enumerate() {
                 let len = to - from;
@@ -250,18 +258,22 @@ impl Batch {
         })
     }
 
-    /// Size of the encoded form in bytes (what a frame carries).
-    pub fn encoded_len(&self) -> usize {
-        let headers = [
+    /// The record header arrays, in encoded order.
+    fn headers(&self) -> [&Bytes; 5] {
+        [
             &self.sources,
             &self.seqs,
             &self.times,
             &self.key_offsets,
             &self.keys,
-        ];
+        ]
+    }
+
+    /// Size of the encoded form in bytes (what a frame carries).
+    pub fn encoded_len(&self) -> usize {
         encoded_size(
-            headers.map(|h| h.len()),
-            self.cols.iter().map(Column::encoded_len),
+            self.headers().map(|h| h.len()),
+            self.cols.iter().map(|c| c.encoded_len()),
         )
     }
 
@@ -278,13 +290,7 @@ impl Batch {
     pub fn encode_parts(&self, head: &mut BytesMut, mut part: impl FnMut(&mut BytesMut, &Bytes)) {
         head.put_u32_le(self.len);
         head.put_u16_le(self.cols.len() as u16);
-        for s in [
-            &self.sources,
-            &self.seqs,
-            &self.times,
-            &self.key_offsets,
-            &self.keys,
-        ] {
+        for s in self.headers() {
             part(head, s);
         }
         for c in self.cols.iter() {
@@ -458,9 +464,13 @@ impl<'a> FieldReader<'a> {
         };
         let mut rows = Vec::with_capacity(len);
         let mut from = 0;
-        let ends = c.offsets.chunks_exact(4).skip(1);
-        for (row, (&tag, end)) in c.tags.iter().zip(ends).enumerate() {
-            let to = u32::from_le_bytes([end[0], end[1], end[2], end[3]]) as usize;
+        for (row, (&tag, to)) in c
+            .tags
+            .iter()
+            .zip(offset_values(&c.offsets).skip(1))
+            .enumerate()
+        {
+            let to = to as usize;
             let f = (tag != ABSENT).then(|| RawField {
                 name: &c.name,
                 tag,
@@ -523,34 +533,32 @@ pub struct RawField<'a> {
 }
 
 impl<'a> RawField<'a> {
+    /// The payload of an 8-byte value (integer or float) as a word.
+    fn word(&self) -> Option<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.payload.get(..8)?);
+        Some(u64::from_le_bytes(a))
+    }
+
     /// The value as a number, when it is an integer or a float (nothing decoded
     /// otherwise).
     #[inline]
     pub fn number(&self) -> Option<f64> {
-        let word = || {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(self.payload.get(..8)?);
-            Some(u64::from_le_bytes(a))
-        };
         match self.tag {
-            TAG_I64 => word().map(|w| w as i64 as f64),
-            TAG_F64 => word().map(f64::from_bits),
+            TAG_I64 => self.word().map(|w| w as i64 as f64),
+            TAG_F64 => self.word().map(f64::from_bits),
             _ => None,
         }
     }
 
-    /// The value, decoded.
+    /// The value, decoded. A batch's payloads fit their tags (checked or built so), so
+    /// the fallbacks below are never taken.
     pub fn decode(&self) -> Value {
         let p = self.payload;
-        let word = || {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&p[..8]);
-            u64::from_le_bytes(a)
-        };
         match self.tag {
-            TAG_BOOL => Value::Bool(p[0] != 0),
-            TAG_I64 => Value::I64(word() as i64),
-            TAG_F64 => Value::F64(f64::from_bits(word())),
+            TAG_BOOL => Value::Bool(p.first().is_some_and(|b| *b != 0)),
+            TAG_I64 => Value::I64(self.word().unwrap_or(0) as i64),
+            TAG_F64 => Value::F64(f64::from_bits(self.word().unwrap_or(0))),
             // Checked as UTF-8 when the batch was made: lossless.
             TAG_STR => Value::Str(String::from_utf8_lossy(p).into_owned()),
             TAG_BYTES => Value::Bytes(p.to_vec()),
@@ -624,22 +632,21 @@ impl Checker {
         let at = self.at;
         let offsets = self.take_n(n + 1, 4)?;
         // Checked without a branch per entry; the position is looked for only on error.
-        let mut last = 0;
-        let mut ordered = offsets[..4] == [0; 4];
-        for o in offsets.chunks_exact(4) {
-            let o = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
-            ordered &= o >= last;
-            last = o;
-        }
+        let (ordered, last) = offset_values(&offsets)
+            .fold((offsets[..4] == [0; 4], 0), |(ok, last), o| {
+                (ok & (o >= last), o)
+            });
         if !ordered {
-            let mut last = 0;
-            for (i, o) in offsets.chunks_exact(4).enumerate() {
-                let o = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
-                if (i == 0 && o != 0) || o < last {
-                    return Err(BatchError::Offsets(at + 4 * i));
-                }
-                last = o;
-            }
+            let mut prev = 0;
+            let bad = offset_values(&offsets)
+                .enumerate()
+                .position(|(i, o)| {
+                    let bad = (i == 0 && o != 0) || o < prev;
+                    prev = o;
+                    bad
+                })
+                .unwrap_or(0);
+            return Err(BatchError::Offsets(at + 4 * bad));
         }
         let data = self.take(last as usize)?;
         Ok((offsets, data))

@@ -1,8 +1,8 @@
 //! Building batches record by record.
 
 use super::batch::{
-    encoded_size, Column, RawField, RecordRef, ABSENT, TAG_BOOL, TAG_BYTES, TAG_F64, TAG_I64,
-    TAG_NULL, TAG_STR,
+    column_size, encoded_size, Column, RawField, RecordRef, ABSENT, TAG_BOOL, TAG_BYTES, TAG_F64,
+    TAG_I64, TAG_NULL, TAG_STR,
 };
 use super::{Batch, BatchError, Value};
 use bytes::{BufMut, BytesMut};
@@ -97,69 +97,6 @@ impl BatchBuilder {
         }
     }
 
-    /// A builder for about `records` records that all have the fields `names`, in
-    /// this order (a source with a fixed shape): [`BatchBuilder::push_values`] then
-    /// fills the columns without looking names up. Names over 255 bytes are refused.
-    pub fn with_columns(records: usize, names: &[&str]) -> Result<Self, BatchError> {
-        let mut b = Self::for_records(records.max(1));
-        for n in names {
-            if n.len() > usize::from(u8::MAX) {
-                return Err(BatchError::TooLong("field name"));
-            }
-            b.cols.push(ColumnBuilder::new(n, 0, b.capacity));
-        }
-        Ok(b)
-    }
-
-    /// Appends one record with a value for each column, in column order: for builders
-    /// made by [`BatchBuilder::with_columns`] (another count of values is refused).
-    pub fn push_values(
-        &mut self,
-        source: u32,
-        seq: u64,
-        event_time_ms: i64,
-        key: &[u8],
-        values: &[&Value],
-    ) -> Result<(), BatchError> {
-        // Between pushes every column holds a value (or absence) for every record, so
-        // the count is the whole check.
-        if values.len() != self.cols.len() {
-            return Err(BatchError::Shape {
-                columns: self.cols.len(),
-                values: values.len(),
-            });
-        }
-        let keys_end = self.key_end(key)?;
-        let row = self.len as usize;
-        for (i, v) in values.iter().enumerate() {
-            if let Err(e) = put_value(&mut self.cols[i], v) {
-                for c in &mut self.cols[..i] {
-                    c.truncate(row);
-                }
-                return Err(e);
-            }
-        }
-        self.put_header(source, seq, event_time_ms, key, keys_end);
-        Ok(())
-    }
-
-    /// Where the keys end once `key` is added, if the key fits.
-    fn key_end(&self, key: &[u8]) -> Result<u32, BatchError> {
-        if u16::try_from(key.len()).is_err() {
-            return Err(BatchError::TooLong("key"));
-        }
-        u32::try_from(self.keys.len() + key.len()).map_err(|_| BatchError::TooLong("keys"))
-    }
-
-    fn put_header(&mut self, source: u32, seq: u64, event_time_ms: i64, key: &[u8], keys_end: u32) {
-        self.sources.put_u32_le(source);
-        self.seqs.put_u64_le(seq);
-        self.times.put_i64_le(event_time_ms);
-        self.keys.put_slice(key);
-        self.key_offsets.put_u32_le(keys_end);
-        self.len += 1;
-    }
-
     /// Appends one record.
     pub fn push<'f>(
         &mut self,
@@ -169,9 +106,7 @@ impl BatchBuilder {
         key: &[u8],
         fields: impl IntoIterator<Item = (&'f str, &'f Value)>,
     ) -> Result<(), BatchError> {
-        self.push_with(source, seq, event_time_ms, key, fields, |c, (_, v)| {
-            put_value(c, v)
-        })
+        self.push_with(source, seq, event_time_ms, key, fields, put_value)
     }
 
     /// Appends one record whose fields are copied as they are encoded, each under the
@@ -184,7 +119,7 @@ impl BatchBuilder {
         key: &[u8],
         fields: impl IntoIterator<Item = (&'f str, RawField<'f>)>,
     ) -> Result<(), BatchError> {
-        self.push_with(source, seq, event_time_ms, key, fields, |c, (_, f)| {
+        self.push_with(source, seq, event_time_ms, key, fields, |c, f| {
             c.put(f.tag, f.payload)
         })
     }
@@ -203,69 +138,49 @@ impl BatchBuilder {
 
     /// The record header, then every field through `put` into the column of its name;
     /// all or nothing.
-    fn push_with<F: Named>(
+    fn push_with<'f, F>(
         &mut self,
         source: u32,
         seq: u64,
         event_time_ms: i64,
         key: &[u8],
-        fields: impl IntoIterator<Item = F>,
-        put: impl FnMut(&mut ColumnBuilder, F) -> Result<(), BatchError>,
+        fields: impl IntoIterator<Item = (&'f str, F)>,
+        mut put: impl FnMut(&mut ColumnBuilder, F) -> Result<(), BatchError>,
     ) -> Result<(), BatchError> {
+        if u16::try_from(key.len()).is_err() {
+            return Err(BatchError::TooLong("key"));
+        }
+        let keys_end =
+            u32::try_from(self.keys.len() + key.len()).map_err(|_| BatchError::TooLong("keys"))?;
         let row = self.len as usize;
+        let had = self.cols.len();
         // Records of a batch mostly have the same fields in the same order: the column
         // after the last one filled is tried first.
         let mut next = 0;
-        let capacity = self.capacity;
-        self.push_fields(
-            (source, seq, event_time_ms, key),
-            fields,
-            |cols, f| {
-                let name = f.name();
-                let open = |c: &ColumnBuilder| c.tags.len() == row && &*c.name == name;
-                let at = match cols.get(next) {
-                    Some(c) if open(c) => next,
-                    _ => match cols.iter().position(open) {
-                        Some(at) => at,
-                        None => {
-                            // The name's length was checked by `push_fields`.
-                            cols.push(ColumnBuilder::new(name, row, capacity));
-                            cols.len() - 1
-                        }
-                    },
-                };
-                next = at + 1;
-                at
-            },
-            put,
-        )
-    }
-
-    /// The record header, then every field through `put` into the column `column`
-    /// picks (creating it if it must); all or nothing.
-    fn push_fields<F: Named>(
-        &mut self,
-        (source, seq, event_time_ms, key): (u32, u64, i64, &[u8]),
-        fields: impl IntoIterator<Item = F>,
-        mut column: impl FnMut(&mut Vec<ColumnBuilder>, &F) -> usize,
-        mut put: impl FnMut(&mut ColumnBuilder, F) -> Result<(), BatchError>,
-    ) -> Result<(), BatchError> {
-        let keys_end = self.key_end(key)?;
-        let row = self.len as usize;
-        let had = self.cols.len();
         let mut count = 0usize;
         let mut failed = None;
-        for f in fields {
-            if f.name().len() > usize::from(u8::MAX) {
+        for (name, f) in fields {
+            count += 1;
+            if name.len() > usize::from(u8::MAX) {
                 failed = Some(BatchError::TooLong("field name"));
                 break;
             }
-            count += 1;
             if count > usize::from(u16::MAX) {
                 failed = Some(BatchError::TooLong("field list"));
                 break;
             }
-            let at = column(&mut self.cols, &f);
+            let open = |c: &ColumnBuilder| c.tags.len() == row && &*c.name == name;
+            let at = match self.cols.get(next) {
+                Some(c) if open(c) => next,
+                _ => match self.cols.iter().position(open) {
+                    Some(at) => at,
+                    None => {
+                        self.cols.push(ColumnBuilder::new(name, row, self.capacity));
+                        self.cols.len() - 1
+                    }
+                },
+            };
+            next = at + 1;
             if let Err(e) = put(&mut self.cols[at], f) {
                 failed = Some(e);
                 break;
@@ -280,10 +195,16 @@ impl BatchBuilder {
         }
         for c in &mut self.cols {
             if c.tags.len() == row {
-                c.put(ABSENT, &[])?;
+                // Empty: cannot overflow the column.
+                let _ = c.put(ABSENT, &[]);
             }
         }
-        self.put_header(source, seq, event_time_ms, key, keys_end);
+        self.sources.put_u32_le(source);
+        self.seqs.put_u64_le(seq);
+        self.times.put_i64_le(event_time_ms);
+        self.keys.put_slice(key);
+        self.key_offsets.put_u32_le(keys_end);
+        self.len += 1;
         Ok(())
     }
 
@@ -310,7 +231,7 @@ impl BatchBuilder {
             headers.map(|h| h.len()),
             self.cols
                 .iter()
-                .map(|c| 1 + c.name.len() + c.tags.len() + c.offsets.len() + c.data.len()),
+                .map(|c| column_size(&c.name, [&c.tags, &c.offsets, &c.data].map(|b| b.len()))),
         )
     }
 
@@ -355,22 +276,5 @@ fn put_value(c: &mut ColumnBuilder, v: &Value) -> Result<(), BatchError> {
             u32::try_from(b.len()).map_err(|_| BatchError::TooLong("bytes"))?;
             c.put(TAG_BYTES, b)
         }
-    }
-}
-
-/// A field handed to the builder: anything with a name.
-trait Named {
-    fn name(&self) -> &str;
-}
-
-impl Named for (&str, &Value) {
-    fn name(&self) -> &str {
-        self.0
-    }
-}
-
-impl Named for (&str, RawField<'_>) {
-    fn name(&self) -> &str {
-        self.0
     }
 }

@@ -96,29 +96,6 @@ fn records_with_different_fields_share_a_batch() {
 }
 
 #[test]
-fn a_fixed_shape_builder_fills_its_columns_in_order_and_refuses_other_shapes() {
-    let mut b = BatchBuilder::with_columns(4, &["id", "name"]).unwrap();
-    let (id, name) = (Value::I64(7), Value::Str("seven".into()));
-    b.push_values(1, 0, 5, b"k", &[&id, &name]).unwrap();
-    assert_eq!(
-        b.push_values(1, 1, 5, b"k", &[&id]),
-        Err(BatchError::Shape {
-            columns: 2,
-            values: 1
-        })
-    );
-    let mut want = BatchBuilder::default();
-    want.push(1, 0, 5, b"k", [("id", &id), ("name", &name)])
-        .unwrap();
-    assert_eq!(b.finish(), want.finish());
-    let long = "n".repeat(256);
-    assert!(matches!(
-        BatchBuilder::with_columns(1, &[long.as_str()]),
-        Err(BatchError::TooLong("field name"))
-    ));
-}
-
-#[test]
 fn batches_from_columns_equal_batches_pushed_record_by_record() {
     let sources = [1u32, 1, 2];
     let seqs = [10u64, 11, 12];

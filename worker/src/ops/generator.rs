@@ -94,18 +94,15 @@ impl Generator {
             .iter()
             .map(|&id| wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64))
             .collect();
-        // Keys beyond the table are written per record.
-        let written: Vec<String> = if self.keys.is_empty() {
-            ids.iter().map(|id| format!("k{}", id % keys)).collect()
+        let written: Vec<String>;
+        let key_of: Vec<&[u8]> = if self.keys.is_empty() {
+            // Keys beyond the table are written per record.
+            written = ids.iter().map(|id| format!("k{}", id % keys)).collect();
+            written.iter().map(String::as_bytes).collect()
         } else {
-            Vec::new()
-        };
-        let key_of: Vec<&[u8]> = if written.is_empty() {
             ids.iter()
                 .map(|id| self.keys[(id % keys) as usize].as_bytes())
                 .collect()
-        } else {
-            written.iter().map(String::as_bytes).collect()
         };
         let values: Vec<i64> = ids
             .iter()
