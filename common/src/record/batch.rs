@@ -534,6 +534,7 @@ pub struct RawField<'a> {
 
 impl<'a> RawField<'a> {
     /// The payload of an 8-byte value (integer or float) as a word.
+    #[inline]
     fn word(&self) -> Option<u64> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.payload.get(..8)?);
