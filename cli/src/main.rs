@@ -12,6 +12,11 @@ mod upgrade;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
+// `weirctl demo` runs workers in this process: the allocator the worker binary uses
+// (see worker/src/main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weirctl: validate, plan, submit and upgrade Weir streaming apps.
 #[derive(Parser, Debug)]
 #[command(name = "weirctl", version, about, long_about = None)]

@@ -1,7 +1,7 @@
 //! Data plane throughput: generator -> map -> filter -> sink.null with ~100-byte
 //! records, (a) on one worker (batches handed over by reference), (b) across two
 //! workers over a loopback TCP link, against raw loopback TCP bytes/s measured in the
-//! same run; (c) a deliberately slow sink behind an unbounded generator, showing that
+//! same run (before and after (b); the faster of the two); (c) a deliberately slow sink behind an unbounded generator, showing that
 //! producers slow down to its pace and memory stays flat. Also the process's peak RSS.
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
@@ -20,6 +20,11 @@ use weir_common::spec::{
 };
 use weir_worker::dataplane::{inbound, Inputs};
 use weir_worker::runtime::{OutputConfig, PeConfig, Runtime, Target};
+
+// The allocator the worker binary runs with (see worker/src/main.rs): batches are
+// allocated on one thread and freed on another, which glibc's malloc serialises.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RECORDS: u64 = 20_000_000;
 
@@ -369,8 +374,15 @@ fn main() {
         if part("b") {
             let (t2, bytes) = pipeline(true).await;
             let link = bytes as f64 / t2;
+            // Raw loopback TCP drifts by a third between runs on a small machine: it is
+            // measured again right after (b), and (b) is compared with the faster of
+            // the two measurements.
+            let again = raw_tcp(4 << 30, p).await;
+            println!("raw loopback TCP again ({p} connections): {:.0} MB/s", again / 1e6);
+            let raw = if p > 1 { raw } else { raw.max(again) };
+            let raw_p = raw_p.max(again);
             println!(
-            "(b) two workers: {n} records in {t2:.2} s = {:.2} M records/s; link {:.0} MB/s ({:.0} B/record) = {:.0}% of raw TCP ({:.0}% of {p} raw connections)",
+            "(b) two workers: {n} records in {t2:.2} s = {:.2} M records/s; link {:.0} MB/s ({:.0} B/record) = {:.0}% of raw TCP ({:.0}% of {p} raw connections; the faster raw figure)",
             n as f64 / t2 / 1e6,
             link / 1e6,
             bytes as f64 / n as f64,

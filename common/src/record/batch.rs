@@ -373,66 +373,6 @@ impl Batch {
             ..self.clone()
         }
     }
-
-    /// A batch of records `rows` of this one, in that order, copied as they are
-    /// encoded (nothing decoded). Rows that follow one another are copied as one run,
-    /// so a filter that keeps most records makes few copies.
-    pub fn gather(&self, rows: &[u32]) -> Batch {
-        let n = rows.len();
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for &r in rows {
-            let r = r as usize;
-            match runs.last_mut() {
-                Some((_, end)) if *end == r => *end = r + 1,
-                _ => runs.push((r, r + 1)),
-            }
-        }
-        let fixed = |src: &Bytes, w: usize| {
-            let mut out = BytesMut::with_capacity(n * w);
-            for &(from, to) in &runs {
-                out.put_slice(&src[from * w..to * w]);
-            }
-            out.freeze()
-        };
-        let varying = |offsets: &Bytes, data: &Bytes| {
-            let mut o = BytesMut::with_capacity((n + 1) * 4);
-            let mut d = BytesMut::with_capacity(data.len().min(n * 16));
-            o.put_u32_le(0);
-            for &(from, to) in &runs {
-                let base = u32_at(offsets, from);
-                // A subset of a column is never longer than the column: no overflow.
-                let shift = d.len() as u32;
-                d.put_slice(&data[base as usize..u32_at(offsets, to) as usize]);
-                for r in from..to {
-                    o.put_u32_le(u32_at(offsets, r + 1) - base + shift);
-                }
-            }
-            (o.freeze(), d.freeze())
-        };
-        let (key_offsets, keys) = varying(&self.key_offsets, &self.keys);
-        let cols: Vec<Column> = self
-            .cols
-            .iter()
-            .map(|c| {
-                let (offsets, data) = varying(&c.offsets, &c.data);
-                Column {
-                    name: c.name.clone(),
-                    tags: fixed(&c.tags, 1),
-                    offsets,
-                    data,
-                }
-            })
-            .collect();
-        Batch {
-            len: n as u32,
-            sources: fixed(&self.sources, 4),
-            seqs: fixed(&self.seqs, 8),
-            times: fixed(&self.times, 8),
-            key_offsets,
-            keys,
-            cols: cols.into(),
-        }
-    }
 }
 
 /// One field of every record of a batch, looked up by name once
@@ -446,6 +386,33 @@ impl<'a> FieldReader<'a> {
     /// Record `row`'s field (the first of that name it has), if it has one.
     pub fn get(&self, row: usize) -> Option<RawField<'a>> {
         self.cols.iter().find_map(|c| raw_field(c, row))
+    }
+
+    /// Every record's field as a number, in order, when the field is one column holding
+    /// an integer in every record, or a float in every record (the usual shape of a
+    /// numeric field); `None` otherwise. Read straight through, eight bytes a record.
+    pub fn numbers(&self) -> Option<impl Iterator<Item = f64> + 'a> {
+        let [c] = self.cols.as_slice() else {
+            return None;
+        };
+        let tag = *c.tags.first()?;
+        // A batch's payloads fit their tags, so a column of one numeric tag is eight
+        // bytes a record; the length check keeps that true for any column given.
+        if !matches!(tag, TAG_I64 | TAG_F64)
+            || c.data.len() != c.tags.len() * 8
+            || c.tags.iter().any(|&t| t != tag)
+        {
+            return None;
+        }
+        let c: &'a Column = c;
+        Some(c.data.chunks_exact(8).map(move |w| {
+            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            if tag == TAG_I64 {
+                w as i64 as f64
+            } else {
+                f64::from_bits(w)
+            }
+        }))
     }
 
     /// The rows, in order, of the `len` records of the batch whose field `keep`

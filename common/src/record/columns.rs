@@ -16,16 +16,21 @@ pub enum ColumnValues<'a> {
     Str(&'a [&'a str]),
     /// Bytes.
     Bytes(&'a [&'a [u8]]),
+    /// The same bytes in every record (a constant payload): written with a few large
+    /// copies instead of one per record.
+    SameBytes(&'a [u8]),
 }
 
 impl ColumnValues<'_> {
-    fn len(&self) -> usize {
-        match self {
+    /// Values given, `None` for a value that stands for every record.
+    fn len(&self) -> Option<usize> {
+        Some(match self {
             ColumnValues::I64(v) => v.len(),
             ColumnValues::F64(v) => v.len(),
             ColumnValues::Str(v) => v.len(),
             ColumnValues::Bytes(v) => v.len(),
-        }
+            ColumnValues::SameBytes(_) => return None,
+        })
     }
 }
 
@@ -74,13 +79,19 @@ fn varying<'v>(
 }
 
 /// Offsets of `n` values of `w` bytes each.
-fn even_offsets(n: usize, w: u32) -> Result<Bytes, BatchError> {
+pub(super) fn even_offsets(n: usize, w: usize) -> Result<Bytes, BatchError> {
+    let w = u32::try_from(w).map_err(|_| BatchError::TooLong("column"))?;
     u32::try_from(n)
         .ok()
         .and_then(|n| n.checked_mul(w))
         .ok_or(BatchError::TooLong("column"))?;
-    let offsets: Vec<u32> = (0..=n as u32).map(|i| i * w).collect();
-    Ok(fixed(&offsets, u32::to_le_bytes))
+    let mut out = vec![0u8; (n + 1) * 4];
+    let mut at = 0u32;
+    for slot in out.chunks_exact_mut(4) {
+        slot.copy_from_slice(&at.to_le_bytes());
+        at = at.wrapping_add(w);
+    }
+    Ok(out.into())
 }
 
 impl Batch {
@@ -92,7 +103,7 @@ impl Batch {
         let n = c.sources.len();
         let lengths = [c.seqs.len(), c.times.len(), c.keys.len()]
             .into_iter()
-            .chain(c.fields.iter().map(|(_, v)| v.len()));
+            .chain(c.fields.iter().filter_map(|(_, v)| v.len()));
         for len in lengths {
             if len != n {
                 return Err(BatchError::Shape {
@@ -128,6 +139,10 @@ impl Batch {
                 ColumnValues::Bytes(v) => {
                     let (o, d) = varying(v.iter().copied(), n, "bytes")?;
                     (TAG_BYTES, o, d)
+                }
+                ColumnValues::SameBytes(v) => {
+                    let offsets = even_offsets(n, v.len())?;
+                    (TAG_BYTES, offsets, Bytes::from(v.repeat(n)))
                 }
             };
             cols.push(Column {

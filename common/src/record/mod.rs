@@ -27,6 +27,7 @@
 mod batch;
 mod builder;
 mod columns;
+mod gather;
 mod rows;
 mod value;
 

@@ -96,6 +96,39 @@ fn records_with_different_fields_share_a_batch() {
 }
 
 #[test]
+fn numeric_columns_read_straight_through_only_when_every_record_has_one_type() {
+    let build = |values: &[Option<Value>]| {
+        let mut b = BatchBuilder::default();
+        for (i, v) in values.iter().enumerate() {
+            let fields: Vec<(&str, &Value)> = v.iter().map(|v| ("x", v)).collect();
+            b.push(0, i as u64, 0, b"", fields).unwrap();
+        }
+        Batch::from_bytes(b.finish().to_bytes()).unwrap()
+    };
+    let numbers = |b: &Batch| b.field_reader("x").numbers().map(|n| n.collect::<Vec<_>>());
+    let ints = build(&[Some(Value::I64(-3)), Some(Value::I64(7))]);
+    assert_eq!(numbers(&ints), Some(vec![-3.0, 7.0]));
+    let floats = build(&[Some(Value::F64(0.5)), Some(Value::F64(f64::INFINITY))]);
+    assert_eq!(numbers(&floats), Some(vec![0.5, f64::INFINITY]));
+    // Mixed types, an absent field, text, two columns of one name, no column: the
+    // record-by-record path.
+    assert_eq!(
+        numbers(&build(&[Some(Value::I64(1)), Some(Value::F64(1.0))])),
+        None
+    );
+    assert_eq!(numbers(&build(&[Some(Value::I64(1)), None])), None);
+    assert_eq!(
+        numbers(&build(&[Some(Value::Str("12345678".into()))])),
+        None
+    );
+    let mut b = BatchBuilder::default();
+    b.push(0, 0, 0, b"", [("x", &Value::I64(1)), ("x", &Value::I64(2))])
+        .unwrap();
+    assert_eq!(numbers(&b.finish()), None);
+    assert_eq!(ints.field_reader("y").numbers().map(|n| n.count()), None);
+}
+
+#[test]
 fn batches_from_columns_equal_batches_pushed_record_by_record() {
     let sources = [1u32, 1, 2];
     let seqs = [10u64, 11, 12];
@@ -110,6 +143,8 @@ fn batches_from_columns_equal_batches_pushed_record_by_record() {
         ("f", ColumnValues::F64(&floats)),
         ("s", ColumnValues::Str(&texts)),
         ("b", ColumnValues::Bytes(&blobs)),
+        ("same", ColumnValues::SameBytes(b"pay")),
+        ("none", ColumnValues::SameBytes(b"")),
     ];
     let cols = Columns {
         sources: &sources,
@@ -126,6 +161,8 @@ fn batches_from_columns_equal_batches_pushed_record_by_record() {
             ("f", Value::F64(floats[r])),
             ("s", Value::Str(texts[r].into())),
             ("b", Value::Bytes(blobs[r].to_vec())),
+            ("same", Value::Bytes(b"pay".to_vec())),
+            ("none", Value::Bytes(vec![])),
         ];
         want.push(
             sources[r],
@@ -197,6 +234,38 @@ fn projection_and_gather_keep_records_as_they_are() {
     let want: Vec<_> = rows.iter().map(|&r| batch.record(r as usize)).collect();
     assert_eq!(g.iter().collect::<Vec<_>>(), want);
     assert!(batch.gather(&[]).is_empty());
+}
+
+#[test]
+fn gather_copies_short_and_long_runs_of_even_and_uneven_columns() {
+    // Keys and `v` of varying widths, `n` an integer in some records and text or
+    // absent in others, `w` always eight bytes, `p` always five.
+    let mut b = BatchBuilder::default();
+    for i in 0..300u64 {
+        let v = Value::Str("v".repeat((i % 5) as usize));
+        let n = match i % 3 {
+            0 => Some(Value::I64(i as i64)),
+            1 => Some(Value::Str("x".into())),
+            _ => None,
+        };
+        let w = Value::F64(i as f64);
+        let p = Value::Bytes(vec![i as u8; 5]);
+        let mut fields = vec![("v", &v), ("w", &w), ("p", &p)];
+        fields.extend(n.as_ref().map(|n| ("n", n)));
+        b.push(i as u32, i, -(i as i64), format!("k{i}").as_bytes(), fields)
+            .unwrap();
+    }
+    let batch = Batch::from_bytes(b.finish().to_bytes()).unwrap();
+    let every_other: Vec<u32> = (0..300).step_by(2).collect();
+    let long_runs: Vec<u32> = (0..120).chain(150..300).collect();
+    let mixed: Vec<u32> = (0..40).chain([41, 43, 45, 299, 0, 7]).collect();
+    for rows in [every_other, long_runs, mixed, vec![5], vec![]] {
+        let g = batch.gather(&rows);
+        assert_eq!(g.len(), rows.len());
+        let want: Vec<_> = rows.iter().map(|&r| batch.record(r as usize)).collect();
+        assert_eq!(g.iter().collect::<Vec<_>>(), want, "rows {rows:?}");
+        assert_eq!(Batch::from_bytes(g.to_bytes()).unwrap(), g);
+    }
 }
 
 #[test]

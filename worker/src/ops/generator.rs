@@ -85,31 +85,46 @@ impl Generator {
                 .map_or(0, |d| d.as_millis() as i64)
         });
         let keys = self.params.keys.max(1);
+        let step = u64::from(self.parallelism.max(1));
+        let first = id_at(self.index, self.parallelism, self.next_seq);
+        let id = |i: usize| first.wrapping_add(step.wrapping_mul(i as u64));
+        // Each column collected on its own from a counted range: loops the compiler
+        // unrolls, with no capacity check per value.
         let seqs: Vec<u64> = (self.next_seq..end).collect();
-        let ids: Vec<u64> = seqs
-            .iter()
-            .map(|&s| id_at(self.index, self.parallelism, s))
-            .collect();
-        let times: Vec<i64> = ids
-            .iter()
-            .map(|&id| wall.unwrap_or(BASE_EVENT_TIME_MS + id as i64))
+        let ids: Vec<i64> = (0..n).map(|i| id(i) as i64).collect();
+        let times: Vec<i64> = match wall {
+            Some(t) => vec![t; n],
+            None => ids
+                .iter()
+                .map(|&i| BASE_EVENT_TIME_MS.wrapping_add(i))
+                .collect(),
+        };
+        let values: Vec<i64> = (0..n).map(|i| value_of(id(i), self.params.seed)).collect();
+        // Key numbers advance with the ids, kept below `keys` by one subtraction (no
+        // division per record) and without overflowing near u64::MAX.
+        let (mut k, k_step) = (first % keys, step % keys);
+        let key_no: Vec<u64> = (0..n)
+            .map(|_| {
+                let this = k;
+                k = if k >= keys - k_step {
+                    k - (keys - k_step)
+                } else {
+                    k + k_step
+                };
+                this
+            })
             .collect();
         let written: Vec<String>;
         let key_of: Vec<&[u8]> = if self.keys.is_empty() {
             // Keys beyond the table are written per record.
-            written = ids.iter().map(|id| format!("k{}", id % keys)).collect();
+            written = key_no.iter().map(|k| format!("k{k}")).collect();
             written.iter().map(String::as_bytes).collect()
         } else {
-            ids.iter()
-                .map(|id| self.keys[(id % keys) as usize].as_bytes())
+            key_no
+                .iter()
+                .map(|&k| self.keys[k as usize].as_bytes())
                 .collect()
         };
-        let values: Vec<i64> = ids
-            .iter()
-            .map(|&id| value_of(id, self.params.seed))
-            .collect();
-        let ids: Vec<i64> = ids.into_iter().map(|id| id as i64).collect();
-        let payloads = vec![&self.payload[..]; n];
         let batch = Batch::from_columns(&Columns {
             sources: &vec![self.source; n],
             seqs: &seqs,
@@ -118,7 +133,7 @@ impl Generator {
             fields: &[
                 ("id", ColumnValues::I64(&ids)),
                 ("value", ColumnValues::I64(&values)),
-                ("payload", ColumnValues::Bytes(&payloads)),
+                ("payload", ColumnValues::SameBytes(&self.payload)),
             ],
         })
         .expect("generator records fit the batch format");

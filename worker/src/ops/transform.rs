@@ -117,12 +117,21 @@ impl Filter {
     /// tested field is read (its column looked up once per batch) and decoded.
     pub fn apply(&self, batch: &Batch) -> Batch {
         let field = batch.field_reader(&self.p.field);
-        let kept = field.rows_where(batch.len(), |f| {
-            if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
-                return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
-            }
-            compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
-        });
+        let numbers = self.number.and_then(|n| Some((n, field.numbers()?)));
+        let kept = if let Some((n, numbers)) = numbers {
+            numbers
+                .enumerate()
+                .filter(|(_, x)| x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op)))
+                .map(|(row, _)| row as u32)
+                .collect()
+        } else {
+            field.rows_where(batch.len(), |f| {
+                if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
+                    return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
+                }
+                compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
+            })
+        };
         if kept.len() == batch.len() {
             return batch.clone();
         }
