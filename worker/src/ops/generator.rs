@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn keys_follow_the_ids_whatever_the_step_and_the_start() {
+        // Steps larger than, equal to and smaller than the key count, resumed mid-way.
+        for (parallelism, keys) in [(7, 3), (3, 3), (2, 5), (1, 1)] {
+            let mut p = params(Some(200));
+            p.keys = keys;
+            let mut g = Generator::new(p, 0, 1, parallelism);
+            g.next_seq = 4;
+            while let Some(b) = g.next_batch(9) {
+                for r in b.iter() {
+                    let id = id_at(1, parallelism, r.seq);
+                    assert_eq!(r.key, format!("k{}", id % keys).as_bytes(), "id {id}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn resumes_from_a_recorded_position() {
         let mut a = Generator::new(params(Some(50)), 0, 0, 1);
         let first = a.next_batch(20).unwrap();
