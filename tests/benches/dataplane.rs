@@ -1,8 +1,9 @@
 //! Data plane throughput: generator -> map -> filter -> sink.null with ~100-byte
 //! records, (a) on one worker (batches handed over by reference), (b) across two
 //! workers over a loopback TCP link, against raw loopback TCP bytes/s measured in the
-//! same run (before and after (b); the faster of the two); (c) a deliberately slow sink behind an unbounded generator, showing that
-//! producers slow down to its pace and memory stays flat. Also the process's peak RSS.
+//! same run (before and after (b); the faster of the two); (c) a deliberately slow
+//! sink behind an unbounded generator, showing that producers slow down to its pace
+//! and memory stays flat. Also the process's peak RSS.
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
 //! threads, 2 by default; `WEIR_BENCH_PARALLEL=P`: PEs per operator, 1 by default;

@@ -597,10 +597,7 @@ async fn a_fourth_master_joins_catches_up_and_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_and_prometheus_metrics_are_served() {
-    let c = Cluster::start_tuned(1, |cfg| {
-        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
-    })
-    .await;
+    let c = with_metrics(1).await;
     c.leader().await;
     let mut client = c.client(1).await;
     client.submit_app(submit("metered")).await.unwrap();
@@ -652,6 +649,14 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     body
 }
 
+/// A cluster of `n` masters, each serving Prometheus metrics on a port of its own.
+async fn with_metrics(n: u64) -> Cluster {
+    Cluster::start_tuned(n, |cfg| {
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await
+}
+
 fn metric(body: &str, name: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -660,10 +665,7 @@ fn metric(body: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submits_share_raft_entries_and_each_gets_its_own_answer() {
-    let c = Cluster::start_tuned(3, |cfg| {
-        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
-    })
-    .await;
+    let c = with_metrics(3).await;
     let leader = c.leader().await;
     let follower = c.other_than(leader);
     // 40 names, each submitted twice at once, half through the leader and half
@@ -713,10 +715,7 @@ async fn concurrent_submits_share_raft_entries_and_each_gets_its_own_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_specs_written_at_once_are_not_batched_past_the_entry_bound() {
-    let c = Cluster::start_tuned(3, |cfg| {
-        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
-    })
-    .await;
+    let c = with_metrics(3).await;
     let leader = c.leader().await;
     let before = scrape(c.masters[&leader].metrics_addr.unwrap()).await;
     let (p0, c0) = (

@@ -405,14 +405,12 @@ impl<'a> FieldReader<'a> {
             return None;
         }
         let c: &'a Column = c;
-        Some(c.data.chunks_exact(8).map(move |w| {
-            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            if tag == TAG_I64 {
-                w as i64 as f64
-            } else {
-                f64::from_bits(w)
-            }
-        }))
+        let (words, _) = c.data.as_chunks::<8>();
+        Some(
+            words
+                .iter()
+                .map(move |w| word_number(tag, u64::from_le_bytes(*w))),
+        )
     }
 
     /// The rows, in order, of the `len` records of the batch whose field `keep`
@@ -499,6 +497,16 @@ pub struct RawField<'a> {
     pub(super) payload: &'a [u8],
 }
 
+/// The number an 8-byte payload of tag `TAG_I64` or `TAG_F64` holds.
+#[inline]
+fn word_number(tag: u8, word: u64) -> f64 {
+    if tag == TAG_F64 {
+        f64::from_bits(word)
+    } else {
+        word as i64 as f64
+    }
+}
+
 impl<'a> RawField<'a> {
     /// The payload of an 8-byte value (integer or float) as a word.
     #[inline]
@@ -513,8 +521,7 @@ impl<'a> RawField<'a> {
     #[inline]
     pub fn number(&self) -> Option<f64> {
         match self.tag {
-            TAG_I64 => self.word().map(|w| w as i64 as f64),
-            TAG_F64 => self.word().map(f64::from_bits),
+            TAG_I64 | TAG_F64 => self.word().map(|w| word_number(self.tag, w)),
             _ => None,
         }
     }

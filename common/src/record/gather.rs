@@ -12,16 +12,16 @@ use super::columns::even_offsets;
 use super::Batch;
 use bytes::Bytes;
 
-/// Rows to copy: the row numbers and the same rows as runs `[from, to)`.
-struct Selection<'r> {
-    rows: &'r [u32],
+/// Rows to copy, as runs `[from, to)`, and how many rows that is.
+struct Selection {
+    len: usize,
     runs: Vec<(usize, usize)>,
 }
 
-impl Selection<'_> {
+impl Selection {
     /// The selected values of an array of values `w` bytes wide, a copy per run.
     fn copy_runs(&self, src: &[u8], w: usize) -> Bytes {
-        let mut out = Vec::with_capacity(self.rows.len() * w);
+        let mut out = Vec::with_capacity(self.len * w);
         for &(from, to) in &self.runs {
             out.extend_from_slice(&src[from * w..to * w]);
         }
@@ -30,7 +30,7 @@ impl Selection<'_> {
 
     /// The selected values of a variable-length array: (offsets, data).
     fn varying(&self, offsets: &[u8], data: &[u8]) -> (Bytes, Bytes) {
-        let n = self.rows.len();
+        let n = self.len;
         let even = even_width(offsets).and_then(|w| Some((w, even_offsets(n, w).ok()?)));
         if let Some((w, offsets)) = even {
             let data = self.copy_runs(data, w);
@@ -86,7 +86,10 @@ impl Batch {
                 _ => runs.push((r, r + 1)),
             }
         }
-        let sel = Selection { rows, runs };
+        let sel = Selection {
+            len: rows.len(),
+            runs,
+        };
         let (key_offsets, keys) = sel.varying(&self.key_offsets, &self.keys);
         let cols: Vec<Column> = self
             .cols

@@ -117,17 +117,18 @@ impl Filter {
     /// tested field is read (its column looked up once per batch) and decoded.
     pub fn apply(&self, batch: &Batch) -> Batch {
         let field = batch.field_reader(&self.p.field);
+        let passes = |x: f64, n: f64| x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
         let numbers = self.number.and_then(|n| Some((n, field.numbers()?)));
         let kept = if let Some((n, numbers)) = numbers {
             numbers
                 .enumerate()
-                .filter(|(_, x)| x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op)))
+                .filter(|&(_, x)| passes(x, n))
                 .map(|(row, _)| row as u32)
                 .collect()
         } else {
             field.rows_where(batch.len(), |f| {
                 if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
-                    return x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
+                    return passes(x, n);
                 }
                 compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
             })
@@ -293,13 +294,26 @@ mod tests {
             Value::Str("abc".into()),
             Value::Null,
         ];
-        let mut b = weir_common::record::BatchBuilder::default();
-        for (i, v) in values.iter().enumerate() {
-            b.push(0, i as u64, 0, b"", [("f", v)]).unwrap();
-        }
-        b.push(0, values.len() as u64, 0, b"", [("other", &Value::I64(3))])
-            .unwrap();
-        let batch = b.finish();
+        let build = |values: &[Value], other: bool| {
+            let mut b = weir_common::record::BatchBuilder::default();
+            for (i, v) in values.iter().enumerate() {
+                b.push(0, i as u64, 0, b"", [("f", v)]).unwrap();
+            }
+            if other {
+                b.push(0, values.len() as u64, 0, b"", [("other", &Value::I64(3))])
+                    .unwrap();
+            }
+            b.finish()
+        };
+        // Mixed (record by record), and columns of integers only or floats only (read
+        // straight through).
+        let ints = [3, -7, 2, 4, i64::MAX].map(Value::I64);
+        let floats = [3.0, 2.5, -0.5, f64::NAN, f64::INFINITY].map(Value::F64);
+        let batches = [
+            build(&values, true),
+            build(&ints, false),
+            build(&floats, false),
+        ];
         let ops = [
             CmpOp::Eq,
             CmpOp::Ne,
@@ -310,7 +324,7 @@ mod tests {
             CmpOp::Contains,
         ];
         let constants: [serde_json::Value; 4] = [3.into(), 2.5.into(), "3".into(), "b".into()];
-        for op in ops {
+        for (batch, op) in batches.iter().flat_map(|b| ops.map(|op| (b, op))) {
             for c in &constants {
                 let p = FilterParams {
                     field: "f".into(),
@@ -322,11 +336,7 @@ mod tests {
                     .filter(|r| compare(r.field("f").as_ref(), op, c))
                     .map(|r| r.seq)
                     .collect();
-                let got: Vec<u64> = Filter::new(&p)
-                    .apply(&batch)
-                    .iter()
-                    .map(|r| r.seq)
-                    .collect();
+                let got: Vec<u64> = Filter::new(&p).apply(batch).iter().map(|r| r.seq).collect();
                 assert_eq!(got, want, "{op:?} {c}");
             }
         }
