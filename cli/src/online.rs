@@ -507,17 +507,30 @@ fn print_members(c: &Conn, members: &[pb::Member], s: Option<&pb::ClusterStatusR
             s.answered_by
         ));
     }
-    text.push_str(&format!("{:>4} {:24} {:10} VOTER", "ID", "ADDRESS", "ROLE"));
+    text.push_str(&format!(
+        "{:>4} {:24} {:10} {:5} {:>9} {:>11} {:>10}",
+        "ID", "ADDRESS", "ROLE", "VOTER", "MATCHED", "LAG", "LAG BYTES"
+    ));
+    // Lag is the leader's knowledge; `-` when a follower answered on its own.
+    let or_dash = |m: &pb::Member, v: u64| m.matched_index.map_or("-".into(), |_| v.to_string());
     for m in members {
         text.push_str(&format!(
-            "\n{:>4} {:24} {:10} {}",
+            "\n{:>4} {:24} {:10} {:5} {:>9} {:>11} {:>10}",
             m.id,
             m.address,
             role(m.role),
-            m.voter
+            m.voter,
+            m.matched_index.map_or("-".into(), |i| i.to_string()),
+            or_dash(m, m.lag_entries),
+            or_dash(m, m.lag_bytes),
         ));
     }
-    let mut json = json!({"members": members.iter().map(|m| json!({"id": m.id, "address": m.address, "role": role(m.role), "voter": m.voter})).collect::<Vec<_>>()});
+    let mut json = json!({"members": members.iter().map(|m| json!({
+        "id": m.id, "address": m.address, "role": role(m.role), "voter": m.voter,
+        "matched_index": m.matched_index,
+        "lag_entries": m.matched_index.map(|_| m.lag_entries),
+        "lag_bytes": m.matched_index.map(|_| m.lag_bytes),
+    })).collect::<Vec<_>>()});
     if let Some(s) = s {
         json["leader"] = json!(s.leader_id);
         json["term"] = json!(s.term);

@@ -302,7 +302,7 @@ async fn checkpoint_metrics(shared: &Shared) -> String {
 fn render(shared: &Shared) -> String {
     let s = crate::api::cluster_status_of(shared);
     let leader = s.leader_id.map_or(-1.0, |l| l as f64);
-    shared.metrics.render(&[
+    let mut out = shared.metrics.render(&[
         ("weir_raft_term", "Current Raft term.", s.term as f64),
         (
             "weir_raft_leader_id",
@@ -334,5 +334,50 @@ fn render(shared: &Shared) -> String {
             "Entries committed but not yet applied.",
             s.commit_index.saturating_sub(s.applied_index) as f64,
         ),
-    ])
+    ]);
+    out.push_str(&member_metrics(&s.members));
+    out
+}
+
+/// Per-member replication gauges, labelled `member`; only the leader knows them, so
+/// only the leader exports them.
+fn member_metrics(members: &[weir_proto::v1::Member]) -> String {
+    use std::fmt::Write as _;
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&weir_proto::v1::Member) -> u64,
+    );
+    let gauges: [Gauge; 3] = [
+        (
+            "weir_raft_member_matched_index",
+            "Highest log index the leader knows the member holds.",
+            |m| m.matched_index.unwrap_or(0),
+        ),
+        (
+            "weir_raft_member_lag_entries",
+            "Log entries the member lacks (leader's last log index minus its matched index).",
+            |m| m.lag_entries,
+        ),
+        (
+            "weir_raft_member_lag_bytes",
+            "Bytes of stored log entries the member lacks.",
+            |m| m.lag_bytes,
+        ),
+    ];
+    let known: Vec<_> = members
+        .iter()
+        .filter(|m| m.matched_index.is_some())
+        .collect();
+    let mut out = String::new();
+    if known.is_empty() {
+        return out;
+    }
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in &known {
+            let _ = writeln!(out, "{name}{{member=\"{}\"}} {}", m.id, f(m));
+        }
+    }
+    out
 }

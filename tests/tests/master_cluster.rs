@@ -753,3 +753,169 @@ async fn large_specs_written_at_once_are_not_batched_past_the_entry_bound() {
     }
     c.stop().await;
 }
+
+/// Submits `n` apps named `{prefix}-{k}` through master `via`, each spec padded to about
+/// `bytes` with a comment, four at a time; returns the names.
+async fn write_big_specs(
+    c: &Cluster,
+    via: u64,
+    prefix: &str,
+    n: usize,
+    bytes: usize,
+) -> BTreeSet<String> {
+    let padding = format!("\n# {}\n", "x".repeat(bytes));
+    let mut names = BTreeSet::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let mut tasks = Vec::new();
+        for k in chunk {
+            let name = format!("{prefix}-{k}");
+            let mut client = c.client(via).await;
+            let mut req = submit(&name);
+            req.spec.push_str(&padding);
+            tasks.push(tokio::spawn(async move { client.submit_app(req).await }));
+            names.insert(name);
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().into_inner().version, 1);
+        }
+    }
+    names
+}
+
+/// Waits until master `id` has applied every app in `want` (the big-spec cases allow a
+/// minute: 50 MB through a debug build on two busy cores).
+async fn wait_for_apps(c: &Cluster, id: u64, want: &BTreeSet<String>) {
+    weir_tests::eventually_within(
+        &format!("{} apps on master {id}", want.len()),
+        Duration::from_secs(60),
+        || async {
+            let have: BTreeSet<String> = c.local_apps(id).await.into_iter().collect();
+            want.is_subset(&have).then_some(())
+        },
+    )
+    .await;
+}
+
+/// 70 specs of 700 KiB (about 50 MB) written while a follower is down: restarted, it
+/// catches up (AppendEntries bounded by bytes; a timed-out one still lands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_stopped_during_50_mb_of_large_specs_catches_up_after_restart() {
+    let mut c = with_metrics(3).await;
+    let leader = c.leader().await;
+    let follower = c.other_than(leader);
+    c.kill(follower).await;
+    let names = write_big_specs(&c, leader, "big", 70, 700 << 10).await;
+    // The lag is visible, through the other follower too (it asks the leader).
+    let other = c
+        .masters
+        .keys()
+        .copied()
+        .find(|id| ![leader, follower].contains(id))
+        .unwrap();
+    let lagging = member(&c, other, follower).await;
+    assert!(lagging.lag_entries >= 70, "{lagging:?}");
+    assert!(lagging.lag_bytes >= 70 * (700 << 10), "{lagging:?}");
+    let body = scrape(c.masters[&leader].metrics_addr.unwrap()).await;
+    let lag_bytes = metric(
+        &body,
+        &format!("weir_raft_member_lag_bytes{{member=\"{follower}\"}}"),
+    );
+    assert!(lag_bytes >= 70 * (700 << 10), "{lag_bytes}");
+    c.restart(follower).await;
+    wait_for_apps(&c, follower, &names).await;
+    eventually("the follower's lag back to 0", || async {
+        (member(&c, leader, follower).await.lag_entries == 0).then_some(())
+    })
+    .await;
+    c.stop().await;
+}
+
+/// Member `id` as master `via` reports it in ClusterStatus.
+async fn member(c: &Cluster, via: u64, id: u64) -> pb::Member {
+    let status = c
+        .client(via)
+        .await
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    status.members.into_iter().find(|m| m.id == id).unwrap()
+}
+
+/// The same with the follower's links cut rather than the follower stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_during_50_mb_of_large_specs_catches_up_when_healed() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = c.other_than(leader);
+    let others: Vec<u64> = c
+        .masters
+        .keys()
+        .copied()
+        .filter(|id| *id != follower)
+        .collect();
+    c.masters[&follower]
+        .node
+        .faults
+        .isolate_from(others.clone());
+    for id in &others {
+        c.masters[id].node.faults.isolate_from([follower]);
+    }
+    let names = write_big_specs(&c, leader, "big", 70, 700 << 10).await;
+    for m in c.masters.values() {
+        m.node.faults.heal();
+    }
+    wait_for_apps(&c, follower, &names).await;
+    c.stop().await;
+}
+
+/// Specs near the largest request a master accepts (4 MiB), each its own entry larger
+/// than one AppendEntries' byte budget: a restarted follower still catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_catches_up_over_entries_near_the_request_limit() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = c.other_than(leader);
+    c.kill(follower).await;
+    let names = write_big_specs(&c, leader, "huge", 8, (4 << 20) - (8 << 10)).await;
+    c.restart(follower).await;
+    wait_for_apps(&c, follower, &names).await;
+    c.stop().await;
+}
+
+/// A follower behind the leader's compacted log is sent the snapshot (about 50 MB of
+/// specs, in chunks) and catches up from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut c = Cluster::start_tuned(3, |cfg| cfg.node.logs_kept_after_snapshot = 0).await;
+    let leader = c.leader().await;
+    let follower = c.other_than(leader);
+    c.kill(follower).await;
+    let names = write_big_specs(&c, leader, "big", 70, 700 << 10).await;
+    let raft = c.masters[&leader].node.raft.clone();
+    raft.trigger().snapshot().await.unwrap();
+    // openraft purges once no replication stream is reading the entries; the stopped
+    // follower's stream is between retries most of the time.
+    eventually(
+        "the leader to purge the entries the follower lacks",
+        || async {
+            let purged = raft.metrics().borrow().purged.map_or(0, |l| l.index);
+            (purged >= 70).then_some(())
+        },
+    )
+    .await;
+    c.restart(follower).await;
+    wait_for_apps(&c, follower, &names).await;
+    // It took the snapshot: its own log starts past every big spec.
+    let purged = c.masters[&follower].node.raft.metrics().borrow().purged;
+    assert!(purged.is_some_and(|p| p.index >= 70), "{purged:?}");
+    // And the cluster is whole again: one leader, writes commit on all three.
+    let leader = c.leader().await;
+    c.client(leader)
+        .await
+        .submit_app(submit("after"))
+        .await
+        .unwrap();
+    wait_for_apps(&c, follower, &["after".to_string()].into()).await;
+    c.stop().await;
+}

@@ -493,10 +493,20 @@ impl Weir for WeirService {
 
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Reply<pb::ClusterStatusResponse>, Status> {
         self.shared
             .timed("ClusterStatus", async {
+                // Only the leader knows how far behind each member is: ask it when
+                // there is one, and answer from here when it cannot be reached (a
+                // status call must work while the cluster is unwell).
+                if let Ok(Route::Remote(addr)) = self.shared.route(&req) {
+                    if let Ok(mut leader) = self.leader_client(&addr).await {
+                        if let Ok(r) = leader.cluster_status(forwarded(req)).await {
+                            return Ok(r);
+                        }
+                    }
+                }
                 Ok(Reply::new(cluster_status(&self.shared)))
             })
             .await
@@ -638,11 +648,28 @@ pub(crate) fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
             } else {
                 pb::MemberRole::Follower
             };
+            let (matched_index, lag_entries, lag_bytes) = match &m.replication {
+                Some(repl) if m.current_leader == Some(m.id) => {
+                    let last = m.last_log_index.unwrap_or(0);
+                    let matched = if *id == m.id {
+                        last
+                    } else {
+                        repl.get(id).copied().flatten().map_or(0, |l| l.index)
+                    };
+                    let behind = last.saturating_sub(matched);
+                    let bytes = shared.node.log.bytes_between(matched, last);
+                    (Some(matched), behind, bytes)
+                }
+                _ => (None, 0, 0),
+            };
             pb::Member {
                 id: *id,
                 address: node.addr.clone(),
                 role: role as i32,
                 voter: voters.contains(id),
+                matched_index,
+                lag_entries,
+                lag_bytes,
             }
         })
         .collect();

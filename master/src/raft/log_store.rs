@@ -22,12 +22,22 @@ const K_PURGED: &str = "last_purged";
 /// read it back from disk and decode it again.
 const CACHE_ENTRIES: usize = 8192;
 
+/// The most bytes of stored entries one AppendEntries carries (at least one entry,
+/// whatever its size). openraft bounds a payload by count alone (`max_payload_entries`)
+/// and gives the whole RPC one heartbeat interval; six 700 KiB specs in one request
+/// took longer than that to encode, send, decode and fsync on two busy cores, so the
+/// request was abandoned and resent forever and the follower never caught up.
+pub const APPEND_BYTES: u64 = 512 << 10;
+
 /// The redb-backed log store. Cheap to clone: clones share the database and the cache.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     /// A contiguous suffix of the log (what is on disk is the truth; this is a copy).
     cache: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The stored size of every entry in the log, by index: bounds AppendEntries by
+    /// bytes and measures a follower's lag in bytes.
+    sizes: Arc<Mutex<BTreeMap<u64, u64>>>,
 }
 
 fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
@@ -45,10 +55,49 @@ impl LogStore {
             tx.open_table(META)?;
         }
         tx.commit()?;
+        let mut sizes = BTreeMap::new();
+        {
+            let rtx = db.begin_read()?;
+            let t = rtx.open_table(LOGS)?;
+            for item in t.range::<u64>(..)? {
+                let (k, v) = item?;
+                sizes.insert(k.value(), v.value().len() as u64);
+            }
+        }
         Ok(Self {
             db: Arc::new(db),
             cache: Default::default(),
+            sizes: Arc::new(Mutex::new(sizes)),
         })
+    }
+
+    /// The end (exclusive) of the longest run of entries from `start` to at most `end`
+    /// whose stored sizes add up to at most `budget` bytes; always past `start` when
+    /// `start < end`, so one entry larger than the budget still travels alone.
+    pub fn bounded_end(&self, start: u64, end: u64, budget: u64) -> u64 {
+        let Ok(sizes) = self.sizes.lock() else {
+            return end;
+        };
+        let mut total = 0u64;
+        for (&i, &size) in sizes.range(start..end) {
+            total = total.saturating_add(size);
+            if i > start && total > budget {
+                return i;
+            }
+        }
+        end
+    }
+
+    /// Bytes stored for the entries with index in `(after, upto]`: how far behind a
+    /// follower that holds up to `after` is, in bytes.
+    pub fn bytes_between(&self, after: u64, upto: u64) -> u64 {
+        if upto <= after {
+            return 0;
+        }
+        self.sizes
+            .lock()
+            .map(|s| s.range(after + 1..=upto).map(|(_, n)| n).sum())
+            .unwrap_or(0)
     }
 
     /// The entries of `range` if the cache holds all of them.
@@ -140,6 +189,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         })
         .await
     }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let end = self.bounded_end(start, end, APPEND_BYTES);
+        self.try_get_log_entries(start..end).await
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -205,12 +263,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
+        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut fresh = Vec::new();
         for e in entries {
             rows.push((e.log_id.index, serde_json::to_vec(&e).map_err(io)?));
             fresh.push(e);
         }
+        let lens: Vec<(u64, u64)> = rows.iter().map(|(i, b)| (*i, b.len() as u64)).collect();
         let res = self
             .blocking(move |db| {
                 let tx = db.begin_write().map_err(io)?;
@@ -224,6 +283,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await;
         if res.is_ok() {
+            if let Ok(mut sizes) = self.sizes.lock() {
+                sizes.extend(lens);
+            }
             if let Ok(mut cache) = self.cache.lock() {
                 // Appends are contiguous with what is cached unless the cache is cold.
                 if let (Some(first), Some(last)) = (fresh.first(), cache.keys().next_back()) {
@@ -251,6 +313,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Ok(mut cache) = self.cache.lock() {
             cache.retain(|i, _| *i < log_id.index);
         }
+        if let Ok(mut sizes) = self.sizes.lock() {
+            sizes.retain(|i, _| *i < log_id.index);
+        }
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(io)?;
             {
@@ -266,6 +331,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Ok(mut cache) = self.cache.lock() {
             cache.retain(|i, _| *i > log_id.index);
         }
+        if let Ok(mut sizes) = self.sizes.lock() {
+            sizes.retain(|i, _| *i > log_id.index);
+        }
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(io)?;
             {
@@ -278,5 +346,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(io)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(sizes: &[(u64, u64)]) -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LogStore::open(dir.path().join("raft.redb")).unwrap();
+        s.sizes.lock().unwrap().extend(sizes.iter().copied());
+        (dir, s)
+    }
+
+    #[test]
+    fn append_payloads_are_bounded_by_bytes_but_carry_at_least_one_entry() {
+        let (_d, s) = store_with(&[(1, 100), (2, 100), (3, 300), (4, 1000), (5, 10)]);
+        // Within the budget: everything asked for.
+        assert_eq!(s.bounded_end(1, 3, 500), 3);
+        // 100 + 100 + 300 = 500 fits exactly; the 1000-byte entry does not.
+        assert_eq!(s.bounded_end(1, 6, 500), 4);
+        assert_eq!(s.bounded_end(1, 6, 499), 3);
+        // One entry larger than the budget still travels, alone.
+        assert_eq!(s.bounded_end(4, 6, 500), 5);
+        assert_eq!(s.bounded_end(5, 6, 1), 6);
+        // Nothing asked, nothing given.
+        assert_eq!(s.bounded_end(3, 3, 500), 3);
+    }
+
+    #[test]
+    fn lag_in_bytes_counts_the_entries_after_the_matched_index() {
+        let (_d, s) = store_with(&[(1, 100), (2, 200), (3, 300)]);
+        assert_eq!(s.bytes_between(0, 3), 600);
+        assert_eq!(s.bytes_between(1, 3), 500);
+        assert_eq!(s.bytes_between(3, 3), 0);
+        assert_eq!(s.bytes_between(3, 1), 0);
     }
 }

@@ -3,6 +3,15 @@
 //! openraft asks for a client on every replication stream, election and linearizable
 //! read, each with a deadline of one heartbeat interval; one cached channel per peer
 //! address keeps that within budget (a fresh connection each time is not).
+//!
+//! That deadline is too short for a large AppendEntries on a busy machine: a 4 MiB
+//! spec takes longer than 100 ms to encode, send, decode and fsync, and a request that
+//! is abandoned at the deadline and sent again is abandoned again, forever. So an
+//! AppendEntries that carries entries runs on its own task, under a deadline that grows
+//! with its size ([`patience`]); openraft may stop waiting for it, and its next call for
+//! the same entries joins the request still in flight instead of starting over. The
+//! follower finishes what it receives even when nobody waits (see `transport`), and
+//! `LogStore::limited_get_log_entries` bounds each request by bytes.
 
 use super::*;
 use openraft::error::{
@@ -17,6 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use weir_proto::v1 as pb;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
@@ -106,6 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             header: self.header(target),
             faults: self.faults.clone(),
+            in_flight: None,
         }
     }
 }
@@ -127,6 +139,34 @@ pub struct Connection {
     client: Option<RaftTransportClient<Channel>>,
     header: pb::RaftHeader,
     faults: Faults,
+    /// The last AppendEntries with entries, possibly still on its way.
+    in_flight: Option<InFlight>,
+}
+
+type AppendResult =
+    Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>>;
+
+/// What makes two AppendEntries the same request for the follower: the leader's vote
+/// and the entries carried. The commit index may differ; the next request carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AppendKey {
+    vote: Vote,
+    prev: Option<LogId>,
+    last: Option<LogId>,
+}
+
+/// An AppendEntries sent on a task of its own: its answer lands in `reply`.
+struct InFlight {
+    key: AppendKey,
+    reply: oneshot::Receiver<AppendResult>,
+}
+
+/// How long an AppendEntries of `bytes` may take before it is given up: two seconds,
+/// plus one per MiB (a 4 MiB entry through a debug build on two busy cores takes well
+/// under a second). Past it the follower is unreachable or far too slow, and openraft's
+/// next attempt starts afresh.
+pub fn patience(bytes: usize) -> Duration {
+    Duration::from_secs(2) + Duration::from_millis((bytes as u64 * 1000) >> 20)
 }
 
 fn unreachable<E: std::error::Error>(why: &str) -> RPCError<NodeId, Node, E> {
@@ -163,9 +203,65 @@ impl Connection {
         &self,
         payload: &[u8],
     ) -> Result<Resp, RPCError<NodeId, Node, E>> {
-        let res: Result<Resp, E> = serde_json::from_slice(payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        decode_reply(self.target, payload)
+    }
+}
+
+/// A peer's answer: what it returned, or the Raft error it raised.
+fn decode_reply<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+    target: NodeId,
+    payload: &[u8],
+) -> Result<Resp, RPCError<NodeId, Node, E>> {
+    let res: Result<Resp, E> =
+        serde_json::from_slice(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    res.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl Connection {
+    /// Sends an AppendEntries that carries entries on a task of its own, or joins the
+    /// identical one already in flight, and waits for its answer (openraft's deadline
+    /// may end the wait; the request goes on).
+    async fn append_patiently(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> AppendResult {
+        let key = AppendKey {
+            vote: rpc.vote,
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id),
+        };
+        if self.in_flight.as_ref().is_none_or(|f| f.key != key) {
+            let mut client = self.ready()?.clone();
+            let header = Some(self.header.clone());
+            let target = self.target;
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let res = async {
+                    let payload = encode(&rpc)?;
+                    let bytes = payload.len();
+                    let mut req = tonic::Request::new(pb::AppendEntriesRequest {
+                        header,
+                        payload: payload.into(),
+                    });
+                    req.set_timeout(patience(bytes));
+                    let reply = client
+                        .append_entries(req)
+                        .await
+                        .map_err(from_status)?
+                        .into_inner();
+                    decode_reply(target, &reply.payload)
+                }
+                .await;
+                let _ = tx.send(res);
+            });
+            self.in_flight = Some(InFlight { key, reply: rx });
+        }
+        let Some(f) = self.in_flight.as_mut() else {
+            return Err(unreachable("no request in flight"));
+        };
+        // Dropped here by openraft's deadline, the receiver stays for the next call.
+        let res = (&mut f.reply)
+            .await
+            .unwrap_or_else(|_| Err(unreachable("append task ended without an answer")));
+        self.in_flight = None;
+        res
     }
 }
 
@@ -175,6 +271,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if !rpc.entries.is_empty() {
+            return self.append_patiently(rpc).await;
+        }
+        // A heartbeat: small, and worth nothing once late.
         let payload = encode(&rpc)?;
         let header = Some(self.header.clone());
         let mut req = tonic::Request::new(pb::AppendEntriesRequest {

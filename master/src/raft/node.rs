@@ -25,6 +25,9 @@ pub struct NodeConfig {
     pub election_timeout_ms: (u64, u64),
     /// Take a snapshot (and compact the log) every this many entries.
     pub snapshot_every: u64,
+    /// Entries kept in the log below a snapshot, so that a follower a little behind is
+    /// sent entries rather than the whole snapshot.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl NodeConfig {
@@ -38,6 +41,7 @@ impl NodeConfig {
             heartbeat_ms: 100,
             election_timeout_ms: (400, 800),
             snapshot_every: 10_000,
+            logs_kept_after_snapshot: 100,
         }
     }
 
@@ -49,7 +53,7 @@ impl NodeConfig {
             election_timeout_max: self.election_timeout_ms.1,
             install_snapshot_timeout: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 100,
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 64,
             ..Default::default()
         }
@@ -88,6 +92,8 @@ pub struct RaftNode {
     pub raft: Raft,
     /// The state machine (for reads and watches).
     pub state: StateMachine,
+    /// The log store (for the followers' lag in bytes).
+    pub log: LogStore,
     /// Fault injection.
     pub faults: Faults,
 }
@@ -102,7 +108,7 @@ impl RaftNode {
         let state = StateMachine::open(&cfg.data_dir)?;
         let faults = Faults::default();
         let network = Network::new(cfg.id, cfg.cluster_id.clone(), faults.clone());
-        let raft = Raft::new(cfg.id, config, network, log, state.clone())
+        let raft = Raft::new(cfg.id, config, network, log.clone(), state.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(Self {
@@ -110,6 +116,7 @@ impl RaftNode {
             cluster_id: cfg.cluster_id.clone(),
             raft,
             state,
+            log,
             faults,
         })
     }

@@ -221,8 +221,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let mut new_sm: SmData = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        // Decoding a large state takes a while: off the async threads, as building it is.
+        let (data, decoded) = tokio::task::spawn_blocking(move || {
+            let sm = serde_json::from_slice::<SmData>(&data);
+            (data, sm)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut new_sm =
+            decoded.map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new_sm.last_applied = meta.last_log_id;
         new_sm.last_membership = meta.last_membership.clone();
         self.persist(StoredSnapshot {

@@ -65,6 +65,21 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))
 }
 
+/// Runs `work` to completion even when the caller stops waiting. The leader gives each
+/// replication RPC a deadline (one heartbeat interval) and tonic drops the handler when
+/// it passes; dropped mid-append, a slow follower would redo the same work on every
+/// retry and never catch up. Finished here, a retry finds the entries already in the
+/// log and is answered at once. Raft messages are safe to apply late: a stale one is
+/// refused by its vote or log id.
+async fn detached<F>(work: F) -> Result<Vec<u8>, Status>
+where
+    F: std::future::Future<Output = Result<Vec<u8>, Status>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("raft handler failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(
@@ -73,8 +88,12 @@ impl RaftTransport for RaftService {
     ) -> Result<TonicResponse<pb::AppendEntriesResponse>, Status> {
         let req = req.into_inner();
         self.admit(req.header.as_ref())?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode("payload", &req.payload)?;
-        let payload = encode(&self.raft.append_entries(rpc).await)?;
+        let raft = self.raft.clone();
+        let payload = detached(async move {
+            let rpc: AppendEntriesRequest<TypeConfig> = decode("payload", &req.payload)?;
+            encode(&raft.append_entries(rpc).await)
+        })
+        .await?;
         Ok(TonicResponse::new(pb::AppendEntriesResponse {
             payload: payload.into(),
         }))
@@ -106,7 +125,8 @@ impl RaftTransport for RaftService {
             data: req.data.to_vec(),
             done: req.done,
         };
-        let payload = encode(&self.raft.install_snapshot(rpc).await)?;
+        let raft = self.raft.clone();
+        let payload = detached(async move { encode(&raft.install_snapshot(rpc).await) }).await?;
         Ok(TonicResponse::new(pb::InstallSnapshotResponse {
             payload: payload.into(),
         }))
