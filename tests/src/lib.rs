@@ -257,6 +257,16 @@ pub async fn app_detail(client: &mut WeirClient<Channel>, app: &str) -> Option<p
         .app
 }
 
+/// The app as the master shows it, asked again while the read is refused (a leader
+/// just elected, or a loaded one, may not confirm its leadership at once).
+pub async fn app_detail_read(client: &WeirClient<Channel>, app: &str) -> pb::AppDetail {
+    eventually(&format!("{app} read"), || {
+        let mut client = client.clone();
+        async move { app_detail(&mut client, app).await }
+    })
+    .await
+}
+
 /// The `sink.verify` summaries of an app's PEs, once every one of them saw all its
 /// inputs end.
 pub fn verify_done(d: &pb::AppDetail, operator: &str) -> Option<Vec<pb::VerifySummary>> {

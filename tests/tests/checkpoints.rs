@@ -56,12 +56,18 @@ async fn workers_alive(client: &WeirClient<Channel>, n: usize) {
     weir_tests::workers_alive(client, n, LIMIT).await;
 }
 
+/// The app's checkpoints. A read is asked again while it is refused: a leader just
+/// elected, or one on a loaded machine, may not confirm its leadership at once.
 async fn checkpoints(client: &mut WeirClient<Channel>, app: &str) -> pb::ListCheckpointsResponse {
-    client
-        .list_checkpoints(pb::ListCheckpointsRequest { app: app.into() })
-        .await
-        .unwrap()
-        .into_inner()
+    eventually_within(&format!("the checkpoints of {app} read"), LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let req = pb::ListCheckpointsRequest { app: app.into() };
+            client.list_checkpoints(req).await.ok()
+        }
+    })
+    .await
+    .into_inner()
 }
 
 /// Waits for a complete checkpoint newer than `after` whose every piece has a copy on
@@ -167,7 +173,7 @@ async fn killing_the_worker_of_source_window_and_sinks_loses_and_repeats_nothing
     let ck = checkpoint_replicated_on(&client, "ck1", 0, "w2").await;
     assert!(ck.size_bytes > 0);
     // Kill the worker running everything mid-stream.
-    let audit = app_detail(&mut client, "ck1").await.unwrap();
+    let audit = weir_tests::app_detail_read(&client, "ck1").await;
     let seen: u64 = audit
         .pes
         .iter()
@@ -183,7 +189,7 @@ async fn killing_the_worker_of_source_window_and_sinks_loses_and_repeats_nothing
     assert!(rec.reason.contains("worker w1 lost"), "{}", rec.reason);
     assert!(rec.checkpoint_id >= ck.checkpoint_id, "{rec:?}");
     assert_eq!(rec.operators.len(), 4, "the whole region restarts: {rec:?}");
-    let d = app_detail(&mut client, "ck1").await.unwrap();
+    let d = weir_tests::app_detail_read(&client, "ck1").await;
     assert!(d.pes.iter().all(|p| p.worker_id != "w1"));
     for w in workers {
         w.stop().await;

@@ -89,6 +89,48 @@ async fn a_million_records_arrive_exactly_once_across_three_workers() {
     let hosts: std::collections::BTreeSet<_> =
         detail.pes.iter().map(|p| p.worker_id.clone()).collect();
     assert!(hosts.len() >= 2, "PEs on {hosts:?}");
+
+    // Every source ran out and every PE stopped: the app finished, its PEs are gone
+    // from the workers, and its final figures are kept (the same exact counts).
+    let done = eventually_within("the app to finish", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        async move {
+            let d = app_detail(&mut client, "million").await?;
+            let s = d.summary.clone()?;
+            (s.state == pb::AppState::Finished as i32).then_some(d)
+        }
+    })
+    .await;
+    assert!(done.summary.as_ref().unwrap().finished_at_ms > 0);
+    assert!(done
+        .pes
+        .iter()
+        .all(|p| p.state == pb::PeState::Stopped as i32));
+    let final_records: u64 = verify_done(&done, "check")
+        .unwrap()
+        .iter()
+        .map(|v| v.records)
+        .sum();
+    assert_eq!(final_records, expected);
+    let gen_out: u64 = done
+        .pes
+        .iter()
+        .filter(|p| p.pe.as_ref().is_some_and(|r| r.operator == "gen"))
+        .map(|p| p.stats.as_ref().map_or(0, |s| s.records_out))
+        .sum();
+    assert_eq!(gen_out, RECORDS, "the generators' final counts");
+    weir_tests::eventually("the workers to forget the finished PEs", || {
+        let empty = workers.iter().all(|w| w.runtime.report().is_empty());
+        async move { empty.then_some(()) }
+    })
+    .await;
+    let listed = client
+        .list_apps(pb::ListAppsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .apps;
+    assert_eq!(listed[0].state, pb::AppState::Finished as i32);
     for w in workers {
         w.stop().await;
     }

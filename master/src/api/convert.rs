@@ -1,7 +1,7 @@
 //! From our types to weir.v1 messages. One direction only: the master answers with
 //! these; requests carry specs as text and are parsed by weir-common.
 
-use crate::state::{AppRecord, AppState, WorkerRecord, WorkerState};
+use crate::state::{AppRecord, AppState, FinalPe, FinalVerify, WorkerRecord, WorkerState};
 use weir_common::physical::{Channel, Output, PhysicalModel};
 use weir_common::plan::{
     self, Instruction, OperatorChangeKind, StreamChangeKind, Target, UpgradePlan,
@@ -17,6 +17,59 @@ pub fn app_state(s: AppState) -> pb::AppState {
         AppState::Upgrading => pb::AppState::Upgrading,
         AppState::Cancelled => pb::AppState::Cancelled,
         AppState::Failed => pb::AppState::Failed,
+        AppState::Finished => pb::AppState::Finished,
+    }
+}
+
+/// A PE's last report, as kept when its app finished.
+pub fn final_pe(worker: &str, r: &pb::PeReport) -> FinalPe {
+    let stats = r.stats.clone().unwrap_or_default();
+    FinalPe {
+        worker: worker.to_string(),
+        records_in: stats.records_in,
+        records_out: stats.records_out,
+        bytes_in: stats.bytes_in,
+        bytes_out: stats.bytes_out,
+        verify: r.verify.map(|v| FinalVerify {
+            records: v.records,
+            distinct: v.distinct,
+            duplicates: v.duplicates,
+            expected: v.expected,
+            complete: v.complete,
+            missing_below_max: v.missing_below_max,
+            sources: v.sources,
+            inputs_ended: v.inputs_ended,
+            missing_settled: v.missing_settled,
+        }),
+    }
+}
+
+/// A finished PE as GetApp shows it: stopped, with its final figures.
+fn finished_pe_view(pe: pb::PeRef, f: &FinalPe, gpus: Vec<String>) -> pb::PeView {
+    pb::PeView {
+        pe: Some(pe),
+        worker_id: f.worker.clone(),
+        state: pb::PeState::Stopped as i32,
+        stats: Some(pb::PeStats {
+            records_in: f.records_in,
+            records_out: f.records_out,
+            bytes_in: f.bytes_in,
+            bytes_out: f.bytes_out,
+            ..Default::default()
+        }),
+        message: String::new(),
+        verify: f.verify.as_ref().map(|v| pb::VerifySummary {
+            records: v.records,
+            distinct: v.distinct,
+            duplicates: v.duplicates,
+            expected: v.expected,
+            complete: v.complete,
+            missing_below_max: v.missing_below_max,
+            sources: v.sources,
+            inputs_ended: v.inputs_ended,
+            missing_settled: v.missing_settled,
+        }),
+        gpu_uuids: gpus,
     }
 }
 
@@ -35,6 +88,7 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
             .map(|o| o.parallelism)
             .sum(),
         created_at_ms: a.created_at_ms,
+        finished_at_ms: a.finished.as_ref().map_or(0, |f| f.at_ms),
     }
 }
 
@@ -63,6 +117,15 @@ pub fn app_detail(
         .values()
         .chain(extra)
         .map(|p| {
+            let pe_ref = pb::PeRef {
+                id: p.id.to_string(),
+                operator: p.operator.to_string(),
+                revision: p.revision.to_string(),
+                index: p.index,
+            };
+            if let Some(f) = a.finished.as_ref().and_then(|f| f.pes.get(p.id.as_str())) {
+                return finished_pe_view(pe_ref, f, Vec::new());
+            }
             let worker = a
                 .placement
                 .get(p.id.as_str())
@@ -76,12 +139,7 @@ pub fn app_detail(
                 .get(&(worker.clone(), p.id.to_string()))
                 .filter(|r| r.attempt == attempt);
             pb::PeView {
-                pe: Some(pb::PeRef {
-                    id: p.id.to_string(),
-                    operator: p.operator.to_string(),
-                    revision: p.revision.to_string(),
-                    index: p.index,
-                }),
+                pe: Some(pe_ref),
                 state: report.map_or(pb::PeState::Pending as i32, |r| r.state),
                 stats: report.and_then(|r| r.stats.clone()),
                 message: report.map(|r| r.message.clone()).unwrap_or_default(),

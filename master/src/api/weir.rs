@@ -2,7 +2,7 @@
 
 use super::convert::*;
 use super::*;
-use crate::state::{AppState, ClusterState};
+use crate::state::{AppState, ClusterState, Response};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use tokio_stream::Stream;
@@ -377,67 +377,85 @@ impl Weir for WeirService {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 };
-                let keep = match &ev.command {
-                    Command::CancelApp { name: n, .. } if *n == name => {
-                        let _ = send(app_state_event(Some(state), AppState::Cancelled), version);
-                        false
-                    }
-                    Command::SetPlacement { app, placement, .. } if *app == name => {
-                        send(placement_event(placement), version)
-                    }
-                    Command::Recover {
-                        app,
-                        operators,
-                        checkpoint_id,
-                        placement,
-                        reason,
-                        ..
-                    } if *app == name => {
-                        let ok = send(
-                            pb::app_event::Event::Recovery(pb::Recovery {
-                                pe: operators.join(","),
-                                failed_worker_id: String::new(),
-                                new_worker_id: String::new(),
-                                checkpoint_id: *checkpoint_id,
-                                reason: reason.clone(),
+                // Concurrent writes share an entry: look inside batches, at the
+                // commands that took effect.
+                let cmds: Vec<&Command> = match (&ev.command, &ev.response) {
+                    (Command::Batch { cmds }, Response::Batch { results }) => cmds
+                        .iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(c, _)| c)
+                        .collect(),
+                    (c, _) => vec![c],
+                };
+                for cmd in cmds {
+                    let keep = match cmd {
+                        Command::CancelApp { name: n, .. } if *n == name => {
+                            let _ =
+                                send(app_state_event(Some(state), AppState::Cancelled), version);
+                            false
+                        }
+                        Command::FinishApp { app, .. } if *app == name => {
+                            let _ = send(app_state_event(Some(state), AppState::Finished), version);
+                            false
+                        }
+                        Command::SetPlacement { app, placement, .. } if *app == name => {
+                            send(placement_event(placement), version)
+                        }
+                        Command::Recover {
+                            app,
+                            operators,
+                            checkpoint_id,
+                            placement,
+                            reason,
+                            ..
+                        } if *app == name => {
+                            let ok = send(
+                                pb::app_event::Event::Recovery(pb::Recovery {
+                                    pe: operators.join(","),
+                                    failed_worker_id: String::new(),
+                                    new_worker_id: String::new(),
+                                    checkpoint_id: *checkpoint_id,
+                                    reason: reason.clone(),
+                                }),
+                                version,
+                            );
+                            ok && send(placement_event(placement), version)
+                        }
+                        Command::CompleteCheckpoint {
+                            app, id, pieces, ..
+                        } if *app == name => send(
+                            pb::app_event::Event::CheckpointCompleted(pb::CheckpointCompleted {
+                                checkpoint_id: *id,
+                                duration_ms: 0,
+                                state_bytes: pieces.values().map(|p| p.size_bytes).sum(),
                             }),
                             version,
-                        );
-                        ok && send(placement_event(placement), version)
+                        ),
+                        Command::BeginUpgrade { spec, .. } if spec.name == name => {
+                            send(phase_event("", pb::UpgradePhase::Prepare), version)
+                        }
+                        Command::UpgradeSwitch { app, id, .. } if *app == name => send(
+                            phase_event(&id.to_string(), pb::UpgradePhase::Switch),
+                            version,
+                        ),
+                        Command::FinishUpgradeSwitch { app, id, .. } if *app == name => send(
+                            phase_event(&id.to_string(), pb::UpgradePhase::Cleanup),
+                            version,
+                        ),
+                        Command::CompleteUpgrade { app, id, .. } if *app == name => send(
+                            phase_event(&id.to_string(), pb::UpgradePhase::Done),
+                            version,
+                        ),
+                        Command::AbortUpgrade { app, id, .. } if *app == name => send(
+                            phase_event(&id.to_string(), pb::UpgradePhase::RolledBack),
+                            version,
+                        ),
+                        _ => true,
+                    };
+                    if !keep {
+                        return;
                     }
-                    Command::CompleteCheckpoint {
-                        app, id, pieces, ..
-                    } if *app == name => send(
-                        pb::app_event::Event::CheckpointCompleted(pb::CheckpointCompleted {
-                            checkpoint_id: *id,
-                            duration_ms: 0,
-                            state_bytes: pieces.values().map(|p| p.size_bytes).sum(),
-                        }),
-                        version,
-                    ),
-                    Command::BeginUpgrade { spec, .. } if spec.name == name => {
-                        send(phase_event("", pb::UpgradePhase::Prepare), version)
-                    }
-                    Command::UpgradeSwitch { app, id, .. } if *app == name => send(
-                        phase_event(&id.to_string(), pb::UpgradePhase::Switch),
-                        version,
-                    ),
-                    Command::FinishUpgradeSwitch { app, id, .. } if *app == name => send(
-                        phase_event(&id.to_string(), pb::UpgradePhase::Cleanup),
-                        version,
-                    ),
-                    Command::CompleteUpgrade { app, id, .. } if *app == name => send(
-                        phase_event(&id.to_string(), pb::UpgradePhase::Done),
-                        version,
-                    ),
-                    Command::AbortUpgrade { app, id, .. } if *app == name => send(
-                        phase_event(&id.to_string(), pb::UpgradePhase::RolledBack),
-                        version,
-                    ),
-                    _ => true,
-                };
-                if !keep {
-                    return;
                 }
             }
         });

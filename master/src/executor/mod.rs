@@ -206,6 +206,9 @@ impl Executor {
             }
         }
         self.checkpoints(&state, &mut calls).await;
+        for app in actions.finished {
+            self.finish(&state, &app).await;
+        }
 
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
         // Logged when the reason changes, not on every tick.
@@ -288,6 +291,34 @@ impl Executor {
         }
         // Bounded: every call has a deadline; the next tick starts when they are done.
         while calls.join_next().await.is_some() {}
+    }
+
+    /// Marks `app` finished, keeping what each of its PEs last reported (their workers
+    /// forget them once they are stopped).
+    async fn finish(&mut self, state: &ClusterState, app: &str) {
+        let Some(rec) = state.apps.get(app) else {
+            return;
+        };
+        let reports = self.liveness.pe_reports(app);
+        let pes = rec
+            .placement
+            .iter()
+            .filter_map(|(pe, w)| {
+                let r = reports.get(&(w.clone(), pe.clone()))?;
+                Some((pe.clone(), crate::api::convert::final_pe(w, r)))
+            })
+            .collect();
+        let cmd = Command::FinishApp {
+            app: app.to_string(),
+            at_ms: crate::api::now_ms(),
+            pes,
+        };
+        match self.shared.write(cmd).await {
+            Ok(_) => {
+                tracing::info!(%app, "app finished: every source ran out and every PE stopped")
+            }
+            Err(e) => tracing::warn!(%app, error = %e.message(), "finish not committed"),
+        }
     }
 
     /// Checkpoint coordination: completes or abandons the in-flight checkpoint of every

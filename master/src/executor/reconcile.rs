@@ -11,8 +11,11 @@
 //!   region are not touched.
 //! - **Deploy**: a placed PE its worker does not report (not deployed yet) or reports
 //!   under an older attempt is deployed there.
-//! - **Stop**: a PE a worker reports that no live app places there (cancelled app, a
-//!   PE moved away, an old version) is stopped.
+//! - **Stop**: a PE a worker reports that no live app places there (cancelled or
+//!   finished app, a PE moved away, an old version) is stopped.
+//! - **Finish**: a running app whose every placed PE reports stopped (each stops once
+//!   its inputs ended: the sources ran out) has finished; it is marked so, which frees
+//!   its resources and stops its PEs.
 
 use crate::scheduler::{place, requests_for, GpuSlot, PeRequest, WorkerCapacity};
 use crate::state::{AppRecord, ClusterState, WorkerState};
@@ -86,6 +89,8 @@ pub struct Actions {
     /// Apps in an upgrade's prepare or switch whose old version lost PEs, and why:
     /// the upgrade rolls back (which restarts what the switch touched) instead.
     pub aborts: BTreeMap<String, String>,
+    /// Running apps that ran to their end.
+    pub finished: Vec<String>,
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
@@ -459,6 +464,10 @@ pub fn reconcile_with(
         if replaced.contains(app.name.as_str()) {
             continue;
         }
+        if has_finished(state, app, seen) {
+            actions.finished.push(app.name.clone());
+            continue;
+        }
         for (pe, w) in &app.placement {
             let Some(pes) = seen.get(w) else { continue };
             let attempt = app.checkpoints.attempt(op_of(pe));
@@ -497,6 +506,36 @@ pub fn reconcile_with(
         }
     }
     actions
+}
+
+/// Whether `app` ran to its end: it runs (no upgrade in progress), and every PE of its
+/// placement is reported stopped, under its current attempt, by the worker it is
+/// placed on. A PE stops by itself only once all its inputs ended, so this holds only
+/// after every source finished and everything downstream drained.
+fn has_finished(
+    state: &ClusterState,
+    app: &AppRecord,
+    seen: &BTreeMap<String, Vec<SeenPe>>,
+) -> bool {
+    use crate::state::AppState;
+    if app.state != AppState::Running
+        || app.upgrade.is_some()
+        || app.placement.is_empty()
+        || super::upgrade::active(state, app).is_some()
+    {
+        return false;
+    }
+    app.placement.iter().all(|(pe, w)| {
+        let attempt = app.checkpoints.attempt(op_of(pe));
+        seen.get(w).is_some_and(|pes| {
+            pes.iter().any(|s| {
+                &s.pe == pe
+                    && s.app == app.name
+                    && s.attempt == attempt
+                    && s.state == pb::PeState::Stopped
+            })
+        })
+    })
 }
 
 /// Where every PE of `new`, an upgrade of the live `app`, runs: PEs the new version

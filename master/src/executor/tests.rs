@@ -92,14 +92,18 @@ fn a_new_app_is_placed_whole_then_deployed_pe_by_pe() {
     for (_, pe, w) in &a.deploys {
         assert_eq!(&s.apps["clickstream"].placement[pe], w);
     }
-    // Once they run (or finished), nothing more to do; a failed one restarts its region.
+    // Once they run, nothing more to do; once all stopped, the app finished; a failed
+    // one restarts its region.
     assert_eq!(
         reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW),
         Default::default()
     );
     assert_eq!(
         reconcile(&s, &seen_all(&s, pb::PeState::Stopped), NOW),
-        Default::default()
+        super::reconcile::Actions {
+            finished: vec!["clickstream".into()],
+            ..Default::default()
+        }
     );
     let a = reconcile(&s, &seen_all(&s, pb::PeState::Failed), NOW);
     assert!(a.deploys.is_empty());
@@ -583,4 +587,69 @@ fn a_changed_app_is_tried_again_even_when_capacity_is_the_same() {
     assert_eq!(after.placements.len(), 1, "{after:?}");
     assert!(after.unplaceable.is_empty());
     assert!(memo.is_empty());
+}
+
+/// An app finishes only when every PE of its placement reports stopped, under its
+/// current attempt, from the worker it is placed on; finished, its resources are free
+/// and its PEs are stopped wherever they still run.
+#[test]
+fn an_app_finishes_when_every_placed_pe_stopped_and_frees_its_resources() {
+    let mut s = state(&["w1", "w2"]);
+    place(&mut s);
+    let all_stopped = seen_all(&s, pb::PeState::Stopped);
+    // One PE still running: not finished.
+    let mut one_running = all_stopped.clone();
+    one_running.values_mut().find(|v| !v.is_empty()).unwrap()[0].state = pb::PeState::Running;
+    assert!(reconcile(&s, &one_running, NOW).finished.is_empty());
+    // One PE not reported at all: not finished (it is deployed).
+    let mut one_missing = all_stopped.clone();
+    one_missing
+        .values_mut()
+        .find(|v| !v.is_empty())
+        .unwrap()
+        .remove(0);
+    let a = reconcile(&s, &one_missing, NOW);
+    assert!(a.finished.is_empty());
+    assert_eq!(a.deploys.len(), 1);
+    // Stopped under an older attempt (before a recovery): not finished.
+    let mut old_attempt = all_stopped.clone();
+    for pes in old_attempt.values_mut() {
+        for p in pes {
+            p.attempt = 0;
+        }
+    }
+    let mut recovered = s.clone();
+    let r = reconcile(&recovered, &seen_all(&recovered, pb::PeState::Failed), NOW);
+    recover(&mut recovered, &r.recoveries[0]);
+    assert!(reconcile(&recovered, &old_attempt, NOW + 10_000)
+        .finished
+        .is_empty());
+
+    // All stopped: finished. Applied, the app is no longer live, holds no placement
+    // and its PEs are stopped where they still show.
+    assert_eq!(
+        reconcile(&s, &all_stopped, NOW).finished,
+        vec!["clickstream".to_string()]
+    );
+    let before = super::reconcile::capacities(&s);
+    let fin = Command::FinishApp {
+        app: "clickstream".into(),
+        at_ms: NOW,
+        pes: Default::default(),
+    };
+    s.apply(&fin).unwrap();
+    let rec = &s.apps["clickstream"];
+    assert_eq!(rec.state, crate::state::AppState::Finished);
+    assert_eq!(rec.finished.as_ref().map(|f| f.at_ms), Some(NOW));
+    assert!(rec.placement.is_empty());
+    let after = super::reconcile::capacities(&s);
+    let cpu = |c: &[crate::scheduler::WorkerCapacity]| c.iter().map(|w| w.cpu_free).sum::<f64>();
+    assert!(cpu(&after) > cpu(&before), "{before:?} -> {after:?}");
+    let a = reconcile(&s, &all_stopped, NOW);
+    assert!(a.finished.is_empty() && a.deploys.is_empty());
+    assert_eq!(a.stops.len(), 10, "every PE of the finished app is stopped");
+    // Finishing twice, or finishing a cancelled app, is refused and changes nothing.
+    let snapshot = s.clone();
+    assert!(s.apply(&fin).is_err());
+    assert_eq!(s, snapshot);
 }

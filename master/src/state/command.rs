@@ -17,6 +17,16 @@ pub enum Command {
         /// Leader clock.
         at_ms: u64,
     },
+    /// A running app ran to its end (every PE of its placement reported stopped after
+    /// its inputs ended): it is marked finished and its resources freed.
+    FinishApp {
+        /// App name.
+        app: String,
+        /// Leader clock.
+        at_ms: u64,
+        /// Each PE's final report.
+        pes: BTreeMap<String, FinalPe>,
+    },
     /// Cancel a live app.
     CancelApp {
         /// App name.
@@ -267,6 +277,19 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
                 return Err(CommandError::AppExists(spec.name.clone()));
             }
         }
+        Command::FinishApp { app: name, .. } => {
+            let app = s
+                .apps
+                .get(name)
+                .ok_or_else(|| CommandError::AppNotFound(name.clone()))?;
+            if app.state != AppState::Running || app.upgrade.is_some() {
+                return Err(CommandError::AppState {
+                    app: name.clone(),
+                    state: format!("{:?}", app.state).to_lowercase(),
+                    why: "only a running app with no upgrade in progress can finish".into(),
+                });
+            }
+        }
         Command::CancelApp { name, .. } => {
             let app = s
                 .apps
@@ -508,12 +531,27 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     checkpoints: AppCheckpoints::default(),
                     gpus: BTreeMap::new(),
                     upgrade: None,
+                    finished: None,
                 }),
             );
             Response::AppVersion {
                 app: spec.name.clone(),
                 version: 1,
             }
+        }
+        Command::FinishApp { app, at_ms, pes } => {
+            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
+            rec.state = AppState::Finished;
+            rec.finished = Some(FinishedRecord {
+                at_ms: *at_ms,
+                pes: pes.clone(),
+            });
+            rec.placement.clear();
+            rec.gpus.clear();
+            if let Some(t) = s.tenants.get_mut(&rec.tenant) {
+                t.apps = t.apps.saturating_sub(1);
+            }
+            Response::Done
         }
         Command::CancelApp { name, at_ms } => {
             let app = std::sync::Arc::make_mut(s.apps.get_mut(name).expect("checked"));

@@ -20,6 +20,10 @@ pub enum AppState {
     Cancelled,
     /// Failed beyond recovery.
     Failed,
+    /// Ran to its end: every source finished and every PE stopped once its inputs
+    /// ended. Its resources are freed; what its PEs last reported is kept
+    /// ([`AppRecord::finished`]).
+    Finished,
 }
 
 impl AppState {
@@ -60,6 +64,60 @@ pub struct AppRecord {
     /// The upgrade operation running now, if any (its id in `ClusterState::upgrades`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<u64>,
+    /// When the app finished and what its PEs last reported (set with
+    /// [`AppState::Finished`]: the workers forget the PEs once they are stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<FinishedRecord>,
+}
+
+/// An app's end: when, and each PE's final figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinishedRecord {
+    /// When the leader saw every PE stopped (leader clock, ms since the epoch).
+    pub at_ms: u64,
+    /// PE id -> its final report.
+    pub pes: BTreeMap<String, FinalPe>,
+}
+
+/// One PE's last report before its app finished.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalPe {
+    /// The worker it ran on.
+    pub worker: String,
+    /// Records received on all inputs.
+    pub records_in: u64,
+    /// Records emitted on all outputs.
+    pub records_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes emitted.
+    pub bytes_out: u64,
+    /// For `sink.verify` PEs: what they saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<FinalVerify>,
+}
+
+/// A `sink.verify` PE's final audit (the fields of `weir.v1.VerifySummary`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalVerify {
+    /// Records received, duplicates included.
+    pub records: u64,
+    /// Distinct (source, seq) pairs.
+    pub distinct: u64,
+    /// Records received more than once.
+    pub duplicates: u64,
+    /// Records expected, when set.
+    pub expected: Option<u64>,
+    /// Whether `distinct` reached `expected`.
+    pub complete: bool,
+    /// Gaps below the highest seq seen.
+    pub missing_below_max: u64,
+    /// Distinct sources.
+    pub sources: u32,
+    /// Whether every input ended.
+    pub inputs_ended: bool,
+    /// Settled gaps (loss).
+    pub missing_settled: u64,
 }
 
 /// How many complete checkpoints an app keeps (older ones are forgotten and their
