@@ -373,6 +373,34 @@ impl Batch {
             ..self.clone()
         }
     }
+
+    /// The same records under new keys: `key` appends record `row`'s key to the buffer
+    /// it is given. Only the keys are rebuilt; the fields and the other headers share
+    /// this batch's buffers. Fails when a key, or all of them together, is too long
+    /// for the format.
+    pub fn with_keys(
+        &self,
+        mut key: impl FnMut(usize, &mut BytesMut),
+    ) -> Result<Batch, BatchError> {
+        let n = self.len();
+        let mut keys = BytesMut::with_capacity(self.keys.len());
+        let mut key_offsets = BytesMut::with_capacity((n + 1) * 4);
+        key_offsets.put_u32_le(0);
+        for row in 0..n {
+            let from = keys.len();
+            key(row, &mut keys);
+            if keys.len() - from > usize::from(u16::MAX) {
+                return Err(BatchError::TooLong("key"));
+            }
+            let end = u32::try_from(keys.len()).map_err(|_| BatchError::TooLong("keys"))?;
+            key_offsets.put_u32_le(end);
+        }
+        Ok(Batch {
+            key_offsets: key_offsets.freeze(),
+            keys: keys.freeze(),
+            ..self.clone()
+        })
+    }
 }
 
 /// One field of every record of a batch, looked up by name once
@@ -386,6 +414,11 @@ impl<'a> FieldReader<'a> {
     /// Record `row`'s field (the first of that name it has), if it has one.
     pub fn get(&self, row: usize) -> Option<RawField<'a>> {
         self.cols.iter().find_map(|c| raw_field(c, row))
+    }
+
+    /// Whether the batch has no column of this name (then no record has the field).
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
     }
 
     /// Every record's field as a number, in order, when the field is one column holding
@@ -538,6 +571,19 @@ impl<'a> RawField<'a> {
             TAG_STR => Value::Str(String::from_utf8_lossy(p).into_owned()),
             TAG_BYTES => Value::Bytes(p.to_vec()),
             _ => Value::Null,
+        }
+    }
+}
+
+impl std::fmt::Display for RawField<'_> {
+    /// The value's text, as [`Value`]'s `Display` writes it, without decoding text or
+    /// bytes into a buffer of their own (a key or a hash input is made of it for every
+    /// record).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tag {
+            TAG_STR | TAG_BYTES => f.write_str(&String::from_utf8_lossy(self.payload)),
+            // Booleans, numbers and null decode without allocating.
+            _ => self.decode().fmt(f),
         }
     }
 }

@@ -56,6 +56,48 @@ fn batches_round_trip_every_value_kind() {
 }
 
 #[test]
+fn raw_fields_print_as_their_decoded_values_do() {
+    let mut b = BatchBuilder::default();
+    let odd = Value::Bytes(vec![b'a', 0xFF, b'b']);
+    b.push(0, 0, 0, b"", [("odd", &odd), ("f", &Value::F64(-0.5))])
+        .unwrap();
+    let batch = b.finish();
+    for r in sample().iter().take(3).chain(batch.iter()) {
+        for f in r.raw_fields() {
+            assert_eq!(f.to_string(), f.decode().to_string(), "{}", f.name);
+        }
+    }
+}
+
+#[test]
+fn new_keys_are_written_and_everything_else_is_shared() {
+    let batch = sample();
+    let rekeyed = batch
+        .with_keys(|row, out| out.extend_from_slice(format!("row-{row}").as_bytes()))
+        .unwrap();
+    assert_eq!(rekeyed.len(), batch.len());
+    for (row, (a, b)) in batch.iter().zip(rekeyed.iter()).enumerate() {
+        assert_eq!(b.key, format!("row-{row}").as_bytes());
+        assert_eq!(
+            (a.source, a.seq, a.event_time_ms),
+            (b.source, b.seq, b.event_time_ms)
+        );
+        assert!(a.raw_fields().eq(b.raw_fields()));
+    }
+    assert!(std::sync::Arc::ptr_eq(&batch.cols, &rekeyed.cols));
+    assert_eq!(Batch::from_bytes(rekeyed.to_bytes()).unwrap(), rekeyed);
+    // Empty keys, and a key one byte over the format's limit.
+    let empty = batch.with_keys(|_, _| {}).unwrap();
+    assert!(empty.iter().all(|r| r.key.is_empty()));
+    let long = batch.with_keys(|row, out| {
+        if row == 7 {
+            out.extend_from_slice(&vec![b'k'; usize::from(u16::MAX) + 1]);
+        }
+    });
+    assert_eq!(long, Err(BatchError::TooLong("key")));
+}
+
+#[test]
 fn records_with_different_fields_share_a_batch() {
     // Columns: a, b, then c (first seen in the second record); each record reads back
     // only its own fields, in column order.
@@ -91,6 +133,7 @@ fn records_with_different_fields_share_a_batch() {
     assert_eq!(a.rows_where(5, is_text), [2]);
     assert_eq!(a.rows_where(5, |f| f.is_some()), [0, 2, 3]);
     let c = batch.field_reader("c");
+    assert!(!c.is_empty() && batch.field_reader("nowhere").is_empty());
     assert_eq!(c.rows_where(5, |f| f.is_some()), [1]);
     assert_eq!(c.rows_where(5, |f| f.is_none()), [0, 2, 3, 4]);
 }

@@ -416,12 +416,43 @@ pub struct Resources {
     pub gpu: Option<GpuRequest>,
 }
 
-/// Default CPU cores per PE.
+/// Default CPU cores per PE of a program (`exec`, `container`): a process of its own.
 pub const DEFAULT_CPU: f64 = 0.25;
-/// Default memory per PE in MiB.
+/// Default memory per PE of a program in MiB.
 pub const DEFAULT_MEMORY_MB: u64 = 256;
+/// Default CPU cores per PE of a built-in operator. Built-in PEs are tasks sharing the
+/// worker's runtime, not processes, and most move records far below a core's worth;
+/// at a quarter core each, a 2-core worker could not hold the 10 PEs of the
+/// clickstream example (docs/spec-format.md#resources).
+pub const DEFAULT_BUILTIN_CPU: f64 = 0.05;
+/// Default memory per PE of a built-in operator in MiB: it shares the worker's
+/// process, and its queues are bounded by credits.
+pub const DEFAULT_BUILTIN_MEMORY_MB: u64 = 64;
+
+/// Whether operators of kind `name` run a program of their own (`exec`, `container`)
+/// rather than a built-in kernel on the worker's runtime.
+pub fn runs_a_program(name: &str) -> bool {
+    matches!(name, "exec" | "container")
+}
+
+impl Resources {
+    /// What each PE of an operator of kind `name` asks for when its spec does not say.
+    pub fn for_kind(name: &str) -> Self {
+        if runs_a_program(name) {
+            Self::default()
+        } else {
+            Self {
+                cpu: DEFAULT_BUILTIN_CPU,
+                memory_mb: DEFAULT_BUILTIN_MEMORY_MB,
+                gpu: None,
+            }
+        }
+    }
+}
 
 impl Default for Resources {
+    /// A program's defaults, the larger ones ([`Resources::for_kind`] tells the kinds
+    /// apart).
     fn default() -> Self {
         Self {
             cpu: DEFAULT_CPU,

@@ -243,25 +243,32 @@ fn operator(sink: &mut Sink, i: usize, v: &Value) -> DraftOp {
         }
         None => None,
     };
-    let gpu_ok = d
-        .kind_name
-        .is_none_or(|k| matches!(k, "exec" | "container"));
+    let gpu_ok = d.kind_name.is_none_or(runs_a_program);
+    // Without a valid kind the spec is refused anyway; a program's defaults are the
+    // larger.
+    let defaults = Resources::for_kind(d.kind_name.unwrap_or("exec"));
     d.resources = match o.raw("resources") {
-        None => Some(Resources::default()),
-        Some(v) => resources(sink, &o.at("resources"), v, gpu_ok),
+        None => Some(defaults),
+        Some(v) => resources(sink, &o.at("resources"), v, gpu_ok, &defaults),
     };
     o.finish(sink);
     d
 }
 
-fn resources(sink: &mut Sink, path: &str, v: &Value, gpu_ok: bool) -> Option<Resources> {
+fn resources(
+    sink: &mut Sink,
+    path: &str,
+    v: &Value,
+    gpu_ok: bool,
+    defaults: &Resources,
+) -> Option<Resources> {
     let mut o = Obj::new(sink, path.to_string(), v)?;
     let before = sink.problems.len();
-    let cpu = o.opt_f64(sink, "cpu").unwrap_or(DEFAULT_CPU);
+    let cpu = o.opt_f64(sink, "cpu").unwrap_or(defaults.cpu);
     if !(cpu > 0.0 && cpu <= 1024.0) {
         sink.push(o.at("cpu"), "must be > 0 and <= 1024 cores");
     }
-    let memory_mb = o.opt_u64(sink, "memory_mb").unwrap_or(DEFAULT_MEMORY_MB);
+    let memory_mb = o.opt_u64(sink, "memory_mb").unwrap_or(defaults.memory_mb);
     if memory_mb == 0 || memory_mb > 16 << 20 {
         sink.push(o.at("memory_mb"), "must be > 0 and <= 16777216 (16 TiB)");
     }
@@ -383,4 +390,42 @@ fn partitioning(sink: &mut Sink, path: &str, v: &Value) -> Option<Partitioning> 
         2 => Partitioning::Hash { key },
         _ => Partitioning::Broadcast,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_left_out_default_by_kind() {
+        let spec = parse_app(
+            r#"
+name: r
+operators:
+  - {name: gen, kind: source.generator, params: {count: 1}}
+  - {name: up, kind: map, params: {set: {u: "upper(key)"}}, resources: {cpu: 1}}
+  - {name: prog, kind: exec, params: {command: [cat]}}
+  - {name: sized, kind: exec, params: {command: [cat]}, resources: {memory_mb: 100}}
+  - {name: out, kind: sink.null}
+streams:
+  - {from: gen, to: up}
+  - {from: up, to: prog}
+  - {from: prog, to: sized}
+  - {from: sized, to: out}
+"#,
+            SpecFormat::Yaml,
+        )
+        .unwrap();
+        let r = |name: &str| {
+            let r = &spec.operator(name).unwrap().resources;
+            (r.cpu, r.memory_mb)
+        };
+        // Built-in kernels share the worker's runtime; programs are processes.
+        let builtin = (DEFAULT_BUILTIN_CPU, DEFAULT_BUILTIN_MEMORY_MB);
+        assert_eq!(r("gen"), builtin);
+        assert_eq!(r("out"), builtin);
+        assert_eq!(r("up"), (1.0, DEFAULT_BUILTIN_MEMORY_MB));
+        assert_eq!(r("prog"), (DEFAULT_CPU, DEFAULT_MEMORY_MB));
+        assert_eq!(r("sized"), (DEFAULT_CPU, 100));
+    }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use weir_common::spec::{parse_app, SpecFormat};
+use weir_common::spec::{parse_app, OperatorKind, SpecFormat};
 
 fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity {
     WorkerCapacity {
@@ -159,9 +159,13 @@ streams:
 
 #[test]
 fn not_enough_cpu_or_memory_is_refused_naming_the_shortfall() {
-    let ws = [worker("w1", 0.5, 8192, &[])];
+    // Seven built-in PEs at 0.05 cores each: 0.35.
+    let ws = [worker("w1", 0.3, 8192, &[])];
     let err = place(&ws, &requests_for(&app(PIPE)), &BTreeMap::new()).unwrap_err();
-    assert!(err.why.contains("needs 0.25 cores"), "{err}");
+    assert!(err.why.contains("needs 0.05 cores"), "{err}");
+    let ws = [worker("w1", 8.0, 400, &[])];
+    let err = place(&ws, &requests_for(&app(PIPE)), &BTreeMap::new()).unwrap_err();
+    assert!(err.why.contains("64 MiB"), "{err}");
     let mut dead = worker("w1", 64.0, 65536, &[]);
     dead.alive = false;
     let err = place(&[dead], &requests_for(&app(PIPE)), &BTreeMap::new()).unwrap_err();
@@ -199,6 +203,121 @@ fn already_placed_peers_attract_their_forward_partners() {
     let pending: Vec<PeRequest> = reqs.iter().filter(|r| r.pe != gen0.pe).cloned().collect();
     let p = place(&ws, &pending, &placed).unwrap();
     assert_eq!(p[&up0.pe].worker, "w2");
+}
+
+/// What a default `weir-worker` offers on a small 2-core machine: its 2 cores and all
+/// its memory (2 GiB: the smallest common 2-core cloud machine).
+fn two_core_default_worker() -> WorkerCapacity {
+    worker("w1", 2.0, 2048, &[])
+}
+
+/// Every example by file name, parsed.
+fn examples() -> BTreeMap<String, AppSpec> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let spec = parse_app(&text, SpecFormat::Yaml).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, spec)
+        })
+        .collect()
+}
+
+/// The examples that ask for GPUs, each with the one worker it is checked on: a
+/// default worker on a 2-core machine that declares the accelerators it needs (`--gpu`,
+/// and `--pool inference` where the spec asks for that pool).
+fn gpu_example_worker(name: &str) -> Option<WorkerCapacity> {
+    let nvidia =
+        |n: usize| -> Vec<(String, u64)> { (0..n).map(|i| (format!("GPU-{i}"), 16384)).collect() };
+    let with = |cpu: f64, mem: u64, gpus: Vec<(String, u64)>, scenario| {
+        let gpus: Vec<(&str, u64)> = gpus.iter().map(|(u, m)| (u.as_str(), *m)).collect();
+        WorkerCapacity {
+            scenario,
+            ..worker("w1", cpu, mem, &gpus)
+        }
+    };
+    match name {
+        "gpu-square.yaml" => Some(with(2.0, 2048, nvidia(1), Scenario::General)),
+        // Two inference containers asking for 2 cores and 4 GiB each: sized for a GPU
+        // server, not a 2-core machine (and workers do not run containers yet).
+        "log-enrichment.yaml" | "log-enrichment-v2.yaml" => {
+            Some(with(8.0, 16384, nvidia(2), Scenario::Inference))
+        }
+        _ => None,
+    }
+}
+
+/// The examples run on one default worker of a 2-core machine: every one that needs
+/// no GPU fits it whole through the scheduler, and so does each v2 beside the v1 it
+/// upgrades (an upgrade's new PEs run next to the old ones until the switch); the GPU
+/// examples fit one worker that declares the accelerators they ask for.
+#[test]
+fn every_example_fits_one_default_worker_of_a_two_core_machine() {
+    let examples = examples();
+    assert!(examples.len() >= 7, "{:?}", examples.keys());
+    for (name, spec) in &examples {
+        let reqs = requests_for(spec);
+        let needs_gpu = reqs.iter().any(|r| r.gpu.is_some());
+        let w = match gpu_example_worker(name) {
+            Some(w) => w,
+            None => {
+                assert!(!needs_gpu, "{name} asks for a GPU: say where it is checked");
+                two_core_default_worker()
+            }
+        };
+        let p = place(std::slice::from_ref(&w), &reqs, &BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{name} does not fit: {e}"));
+        assert_eq!(p.len(), reqs.len(), "{name}");
+        // Nor may it listen where the default master (7000) and worker (7100, 7200)
+        // already do on that machine: the PE would fail to bind.
+        for op in &spec.operators {
+            if let OperatorKind::SourceTcp(t) = &op.kind {
+                let port = t.listen.rsplit(':').next().unwrap();
+                assert!(
+                    !["7000", "7100", "7200"].contains(&port),
+                    "{name}: {} listens on {}, a default master or worker port",
+                    op.name,
+                    t.listen
+                );
+            }
+        }
+    }
+    // v1 running, then v2's new PEs placed beside it, as the master places an upgrade.
+    let mut upgrades = 0;
+    for (name, v2) in &examples {
+        let Some(v1) = name
+            .strip_suffix("-v2.yaml")
+            .map(|b| &examples[&format!("{b}.yaml")])
+        else {
+            continue;
+        };
+        if gpu_example_worker(name).is_some() {
+            continue;
+        }
+        let mut w = two_core_default_worker();
+        let old = requests_for(v1);
+        let running = place(std::slice::from_ref(&w), &old, &BTreeMap::new()).unwrap();
+        w.cpu_free -= old.iter().map(|r| r.cpu).sum::<f64>();
+        w.memory_free_mb -= old.iter().map(|r| r.memory_mb).sum::<u64>();
+        let kept: BTreeMap<PeId, String> =
+            running.into_iter().map(|(pe, a)| (pe, a.worker)).collect();
+        let new: Vec<PeRequest> = requests_for(v2)
+            .into_iter()
+            .filter(|r| !kept.contains_key(&r.pe))
+            .collect();
+        assert!(!new.is_empty(), "{name} starts new PEs");
+        place(std::slice::from_ref(&w), &new, &kept)
+            .unwrap_or_else(|e| panic!("upgrade to {name} does not fit beside v1: {e}"));
+        upgrades += 1;
+    }
+    assert!(
+        upgrades >= 2,
+        "clickstream and fraud-scoring upgrades checked"
+    );
 }
 
 mod props {

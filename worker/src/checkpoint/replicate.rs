@@ -286,10 +286,13 @@ pub async fn fetch_waiting(
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
         match fetch_from(l, app, pe, id, wait_ms).await {
-            Ok(data) => {
+            Ok((data, crc)) => {
                 tracing::info!(%app, %pe, checkpoint = id, from = %l.worker_id, bytes = data.len(), skipped = ?problems, "fetched a checkpoint snapshot");
                 let (s, a, p, d) = (store.clone(), app.to_string(), pe.to_string(), data.clone());
-                let crc = l.crc32c;
+                // The CRC-32C the serving worker sent, not the location's: a hand-off
+                // location is known before its snapshot is taken and records none (0).
+                // The copy is checked against it before it is written, and on every
+                // read after.
                 match tokio::task::spawn_blocking(move || s.put_replica(&a, &p, id, &d, crc)).await
                 {
                     Ok(Ok(_)) => {}
@@ -320,14 +323,16 @@ pub async fn fetch_waiting(
     Err(FetchError::NoIntactCopy { problems })
 }
 
-/// Fetches one location's copy and checks it; `Err` says why it is not usable.
+/// Fetches one location's copy and checks it: the snapshot and its CRC-32C as the
+/// serving worker sent it (equal to the location's when that records one); `Err` says
+/// why it is not usable.
 async fn fetch_from(
     l: &pb::SnapshotLocation,
     app: &str,
     pe: &str,
     id: u64,
     wait_ms: u64,
-) -> Result<Bytes, String> {
+) -> Result<(Bytes, u32), String> {
     if l.control_address.is_empty() {
         return Err("no control address".into());
     }
@@ -374,7 +379,7 @@ async fn fetch_from(
             got.crc32c, l.size_bytes, l.crc32c
         ));
     }
-    Ok(got.data.into())
+    Ok((got.data.into(), got.crc32c))
 }
 
 fn describe_status(s: tonic::Status) -> String {

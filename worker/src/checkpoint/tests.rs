@@ -494,3 +494,42 @@ async fn checkpoint_store_snapshot_refuses_hostile_streams() {
     assert_eq!(w1.files().len(), 2);
     assert_eq!(w1.store.get("../../etc", "../passwd", 1).unwrap(), b"x");
 }
+
+/// An upgrade's hand-off is fetched through a location named before the snapshot was
+/// taken, so it records no size or CRC-32C (both 0): the fetched copy is kept locally
+/// under the CRC-32C the serving worker sent (verified as it is written and as it is
+/// read back), and a damaged copy is still refused, with nothing kept.
+#[tokio::test]
+async fn checkpoint_a_handed_off_snapshot_is_kept_locally_with_its_crc() {
+    let w1 = Peer::start("w1").await;
+    let data = sample(CHUNK_BYTES + 99);
+    w1.store.put(APP, PE, 12, &data).unwrap();
+    let handoff = [pb::SnapshotLocation {
+        size_bytes: 0,
+        crc32c: 0,
+        ..w1.location(&data)
+    }];
+    let (_d, store) = local_store();
+    let got = replicate::fetch_waiting(&store, "w2", APP, PE, 12, &handoff, 1000)
+        .await
+        .unwrap();
+    assert_eq!((got.bytes.clone(), got.from.as_str()), (data.clone(), "w1"));
+    // Kept (a read checks the stored CRC-32C against the data), and the next fetch
+    // needs no transfer.
+    assert_eq!(store.get(APP, PE, 12).unwrap(), data.to_vec());
+    let again = fetch(&store, "w2", APP, PE, 12, &handoff).await.unwrap();
+    assert_eq!((again.bytes, again.from.as_str()), (data.clone(), "w2"));
+
+    // A hand-off damaged on the serving worker is refused, and nothing is kept.
+    w1.store.put(APP, PE, 13, &data).unwrap();
+    w1.corrupt(13);
+    let damaged = fetch(&store, "w2", APP, PE, 13, &handoff)
+        .await
+        .unwrap_err();
+    let FetchError::NoIntactCopy { problems } = damaged;
+    assert!(
+        problems.len() == 1 && problems[0].starts_with("replica on w1: corrupt ("),
+        "{problems:?}"
+    );
+    assert!(!store.has(APP, PE, 13));
+}

@@ -1,9 +1,50 @@
-//! Evaluating `map` expressions and `filter` comparisons on records.
+//! Evaluating `map` expressions and `filter` comparisons on records, and what a field
+//! name in an operator's params stands for.
 
 use weir_common::fingerprint::fnv1a64;
-use weir_common::record::Value;
+use weir_common::record::{RecordRef, Value};
 use weir_common::spec::expr::{Expr, Func};
 use weir_common::spec::CmpOp;
+
+/// A part of the record itself that a field name stands for when the record has no
+/// field of that name: `key` is the record key (as text) and `ts` its event time (Unix
+/// ms). The same everywhere a name is read: map expressions, `filter`, `key_by`,
+/// `window.sum` and hash partitioning by a field. The generator documents its key and
+/// event time as `key` and `ts` though they are not fields; read as a missing field,
+/// `key` would give every record the same empty key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implicit {
+    /// `key`: the record key.
+    Key,
+    /// `ts`: the event time.
+    Ts,
+}
+
+impl Implicit {
+    /// The part `name` stands for, if it names one.
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "key" => Some(Self::Key),
+            "ts" => Some(Self::Ts),
+            _ => None,
+        }
+    }
+
+    /// Its value in `r`.
+    pub fn value(self, r: &RecordRef<'_>) -> Value {
+        match self {
+            Self::Key => Value::Str(String::from_utf8_lossy(r.key).into_owned()),
+            Self::Ts => Value::I64(r.event_time_ms),
+        }
+    }
+}
+
+/// What `name` stands for in `r`: its field of that name, else the [`Implicit`] part so
+/// named, else nothing.
+pub fn lookup(r: &RecordRef<'_>, name: &str) -> Option<Value> {
+    r.field(name)
+        .or_else(|| Implicit::named(name).map(|i| i.value(r)))
+}
 
 /// Evaluates `e` against a record whose fields `get` looks up (`key` is the record key
 /// unless a field of that name exists).

@@ -1,8 +1,10 @@
 //! `map`, `filter` and `key_by`.
 
-use super::eval::{compare, eval, holds};
+use super::eval::{compare, eval, holds, Implicit};
 use super::map_batch;
-use weir_common::record::{Batch, Value};
+use bytes::BytesMut;
+use std::fmt::Write as _;
+use weir_common::record::{Batch, BatchBuilder, BatchError, FieldReader, RawField, Value};
 use weir_common::spec::expr::{parse_expr, Expr};
 use weir_common::spec::{CmpOp, FilterParams, KeyByParams, MapParams};
 
@@ -69,11 +71,7 @@ impl Map {
                         .iter()
                         .find(|(n, _)| n == f)
                         .map(|(_, v)| v.clone())
-                        .or_else(|| match f {
-                            "key" => Some(Value::Str(String::from_utf8_lossy(r.key).into_owned())),
-                            "ts" => Some(Value::I64(r.event_time_ms)),
-                            _ => None,
-                        })
+                        .or_else(|| Implicit::named(f).map(|i| i.value(r)))
                 });
                 match fields.iter_mut().find(|(n, _)| n == name) {
                     Some(slot) => slot.1 = v,
@@ -98,6 +96,8 @@ pub struct Filter {
     /// The constant, when the test is an ordering against a number: a numeric field
     /// is then compared without going through [`compare`] (same answer, fewer steps).
     number: Option<f64>,
+    /// What the field name stands for in a record without such a field.
+    implicit: Option<Implicit>,
 }
 
 impl Filter {
@@ -110,33 +110,75 @@ impl Filter {
         Self {
             p: p.clone(),
             number,
+            implicit: Implicit::named(&p.field),
         }
+    }
+
+    #[inline]
+    fn passes(&self, x: f64, n: f64) -> bool {
+        x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op))
+    }
+
+    /// Whether a record whose field is `f` (`None`: it has none) passes.
+    #[inline]
+    fn test(&self, f: Option<RawField<'_>>) -> bool {
+        if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
+            return self.passes(x, n);
+        }
+        compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
     }
 
     /// Keeps the records that pass, copying them as they are encoded: only the
     /// tested field is read (its column looked up once per batch) and decoded.
     pub fn apply(&self, batch: &Batch) -> Batch {
         let field = batch.field_reader(&self.p.field);
-        let passes = |x: f64, n: f64| x.partial_cmp(&n).is_some_and(|o| holds(o, self.p.op));
         let numbers = self.number.and_then(|n| Some((n, field.numbers()?)));
         let kept = if let Some((n, numbers)) = numbers {
             numbers
                 .enumerate()
-                .filter(|&(_, x)| passes(x, n))
+                .filter(|&(_, x)| self.passes(x, n))
                 .map(|(row, _)| row as u32)
                 .collect()
+        } else if let Some(part) = self.implicit {
+            self.rows_with(batch, &field, part)
         } else {
-            field.rows_where(batch.len(), |f| {
-                if let Some((x, n)) = f.and_then(|f| f.number()).zip(self.number) {
-                    return passes(x, n);
-                }
-                compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
-            })
+            field.rows_where(batch.len(), |f| self.test(f))
         };
         if kept.len() == batch.len() {
             return batch.clone();
         }
         batch.gather(&kept)
+    }
+
+    /// The rows that pass when the field is `key` or `ts`: a record's own field of that
+    /// name where it has one, else its key or event time (as map expressions see them).
+    fn rows_with(&self, batch: &Batch, field: &FieldReader<'_>, part: Implicit) -> Vec<u32> {
+        // One text value reused for every record's key: nothing allocated per record.
+        let mut key = Value::Str(String::new());
+        (0..batch.len())
+            .filter(|&row| {
+                if let Some(f) = field.get(row) {
+                    return self.test(Some(f));
+                }
+                let r = batch.record(row);
+                match part {
+                    Implicit::Ts => match self.number {
+                        Some(n) => self.passes(r.event_time_ms as f64, n),
+                        None => {
+                            compare(Some(&Value::I64(r.event_time_ms)), self.p.op, &self.p.value)
+                        }
+                    },
+                    Implicit::Key => {
+                        if let Value::Str(text) = &mut key {
+                            text.clear();
+                            text.push_str(&String::from_utf8_lossy(r.key));
+                        }
+                        compare(Some(&key), self.p.op, &self.p.value)
+                    }
+                }
+            })
+            .map(|row| row as u32)
+            .collect()
     }
 }
 
@@ -144,6 +186,8 @@ impl Filter {
 #[derive(Clone, Debug)]
 pub struct KeyBy {
     field: String,
+    /// What the field name stands for in a record without such a field.
+    implicit: Option<Implicit>,
 }
 
 impl KeyBy {
@@ -151,25 +195,66 @@ impl KeyBy {
     pub fn new(p: &KeyByParams) -> Self {
         Self {
             field: p.field.clone(),
+            implicit: Implicit::named(&p.field),
         }
     }
 
-    /// Sets each record's key to the field's text (empty when absent).
+    /// Sets each record's key to the field's text: a record without the field keeps
+    /// its key for `key`, takes its event time for `ts`, and gets the empty key
+    /// otherwise. Only the keys are rebuilt; the fields are shared, not copied.
     pub fn apply(&self, batch: &Batch) -> Batch {
-        map_batch(batch, |r, out| {
-            let key = r
-                .field(&self.field)
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            let fields: Vec<_> = r.fields().collect();
-            let _ = out.push(
-                r.source,
-                r.seq,
-                r.event_time_ms,
-                key.as_bytes(),
-                fields.iter().map(|(n, v)| (*n, v)),
-            );
-        })
+        let field = batch.field_reader(&self.field);
+        if field.is_empty() && self.implicit == Some(Implicit::Key) {
+            // Keyed by the key it already has.
+            return batch.clone();
+        }
+        let rekeyed = batch.with_keys(|row, out| self.write_key(batch, &field, row, out));
+        match rekeyed {
+            Ok(b) => b,
+            Err(e) => self.dropping_oversized(batch, &field, &e),
+        }
+    }
+
+    /// Appends record `row`'s new key to `out`.
+    fn write_key(&self, batch: &Batch, field: &FieldReader<'_>, row: usize, out: &mut BytesMut) {
+        // Writing into a BytesMut cannot fail.
+        let _ = match (field.get(row), self.implicit) {
+            (Some(f), _) => write!(out, "{f}"),
+            (None, Some(Implicit::Key)) => {
+                out.extend_from_slice(batch.record(row).key);
+                Ok(())
+            }
+            (None, Some(Implicit::Ts)) => write!(out, "{}", batch.record(row).event_time_ms),
+            (None, None) => Ok(()),
+        };
+    }
+
+    /// The batch rekeyed record by record, without the records whose key does not fit
+    /// the format (a field's text over 64 KiB): the rare path after `with_keys` refused.
+    #[cold]
+    fn dropping_oversized(
+        &self,
+        batch: &Batch,
+        field: &FieldReader<'_>,
+        why: &BatchError,
+    ) -> Batch {
+        let mut out = BatchBuilder::with_capacity(batch.encoded_len());
+        let mut key = BytesMut::new();
+        let mut dropped = 0usize;
+        for row in 0..batch.len() {
+            let r = batch.record(row);
+            key.clear();
+            self.write_key(batch, field, row, &mut key);
+            let fields = r.raw_fields().map(|f| (f.name, f));
+            if out
+                .push_raw_fields(r.source, r.seq, r.event_time_ms, &key, fields)
+                .is_err()
+            {
+                dropped += 1;
+            }
+        }
+        tracing::error!(field = %self.field, dropped, error = %why, "key_by dropped records whose key is too large for a batch");
+        out.finish()
     }
 }
 
@@ -340,6 +425,146 @@ mod tests {
                 assert_eq!(got, want, "{op:?} {c}");
             }
         }
+    }
+
+    /// What a map expression naming `name` gives for each record: the oracle for how
+    /// `filter` and `key_by` read a name.
+    fn as_map_sees(batch: &Batch, name: &str) -> Vec<Option<Value>> {
+        let p = MapParams {
+            project: vec![],
+            rename: Default::default(),
+            set: [("probe".to_string(), name.to_string())].into(),
+        };
+        let out = Map::new(&p).unwrap().apply(batch);
+        out.iter()
+            .map(|r| r.field("probe").filter(|v| *v != Value::Null))
+            .collect()
+    }
+
+    /// Generator records, then records where some have fields named `key` and `ts`
+    /// of their own (those win over the record key and event time).
+    fn with_and_without_own_fields() -> Vec<Batch> {
+        let mut b = weir_common::record::BatchBuilder::default();
+        let (own_key, own_ts) = (Value::Str("mine".into()), Value::I64(5));
+        b.push(1, 0, 100, b"k1", [("key", &own_key), ("ts", &own_ts)])
+            .unwrap();
+        b.push(1, 1, 200, b"k2", []).unwrap();
+        b.push(1, 2, 7, b"", [("ts", &Value::Str("late".into()))])
+            .unwrap();
+        vec![input(), b.finish()]
+    }
+
+    #[test]
+    fn key_by_reads_key_and_ts_as_map_expressions_do() {
+        for batch in with_and_without_own_fields() {
+            for name in ["key", "ts", "id", "value", "missing"] {
+                let out = KeyBy::new(&KeyByParams { field: name.into() }).apply(&batch);
+                let keys: Vec<String> = out
+                    .iter()
+                    .map(|r| String::from_utf8(r.key.to_vec()).unwrap())
+                    .collect();
+                let want: Vec<String> = as_map_sees(&batch, name)
+                    .into_iter()
+                    .map(|v| v.map(|v| v.to_string()).unwrap_or_default())
+                    .collect();
+                assert_eq!(keys, want, "key_by {name}");
+                assert_eq!(out.len(), batch.len());
+                for (a, b) in batch.iter().zip(out.iter()) {
+                    assert_eq!(
+                        (a.source, a.seq, a.event_time_ms),
+                        (b.source, b.seq, b.event_time_ms)
+                    );
+                    assert!(a.raw_fields().eq(b.raw_fields()), "fields kept as they are");
+                }
+            }
+        }
+        // The generator's own key, spelled out: `k<id % keys>`; its event time in ms.
+        let out = KeyBy::new(&KeyByParams {
+            field: "key".into(),
+        })
+        .apply(&input());
+        for r in out.iter() {
+            let Some(Value::I64(id)) = r.field("id") else {
+                panic!("no id")
+            };
+            assert_eq!(r.key, format!("k{}", id % 5).as_bytes());
+        }
+        let out = KeyBy::new(&KeyByParams { field: "ts".into() }).apply(&input());
+        assert!(out
+            .iter()
+            .all(|r| r.key == r.event_time_ms.to_string().as_bytes()));
+    }
+
+    #[test]
+    fn filter_reads_key_and_ts_as_map_expressions_do() {
+        let t0 = crate::ops::generator::BASE_EVENT_TIME_MS;
+        let tests: Vec<(&str, CmpOp, serde_json::Value)> = vec![
+            ("key", CmpOp::Eq, "k3".into()),
+            ("key", CmpOp::Ne, "k3".into()),
+            ("key", CmpOp::Contains, "1".into()),
+            ("key", CmpOp::Ge, "k2".into()),
+            ("ts", CmpOp::Lt, (t0 + 50).into()),
+            ("ts", CmpOp::Ge, (t0 + 150).into()),
+            ("ts", CmpOp::Eq, 5.into()),
+            ("ts", CmpOp::Gt, 150.into()),
+            ("ts", CmpOp::Eq, "late".into()),
+            ("ts", CmpOp::Contains, "00".into()),
+        ];
+        for batch in with_and_without_own_fields() {
+            for (field, op, value) in &tests {
+                let seen = as_map_sees(&batch, field);
+                let want: Vec<u64> = batch
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, v)| compare(v.as_ref(), *op, value))
+                    .map(|(r, _)| r.seq)
+                    .collect();
+                let p = FilterParams {
+                    field: field.to_string(),
+                    op: *op,
+                    value: value.clone(),
+                };
+                let got: Vec<u64> = Filter::new(&p)
+                    .apply(&batch)
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect();
+                assert_eq!(got, want, "{field} {op:?} {value}");
+            }
+        }
+        // On the generator's records: `key` is `k<id % 5>`, `ts` the base plus the id.
+        let only = |field: &str, op, value: serde_json::Value| {
+            let p = FilterParams {
+                field: field.into(),
+                op,
+                value,
+            };
+            Filter::new(&p)
+                .apply(&input())
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(
+            only("key", CmpOp::Eq, "k3".into()),
+            (0..200).filter(|id| id % 5 == 3).collect::<Vec<u64>>()
+        );
+        assert_eq!(
+            only("ts", CmpOp::Lt, (t0 + 50).into()),
+            (0..50).collect::<Vec<u64>>()
+        );
+    }
+
+    #[test]
+    fn key_by_drops_only_the_records_whose_key_would_be_too_long() {
+        let mut b = weir_common::record::BatchBuilder::default();
+        let huge = Value::Str("x".repeat(usize::from(u16::MAX) + 1));
+        for (seq, v) in [Value::I64(1), huge, Value::I64(3)].iter().enumerate() {
+            b.push(0, seq as u64, 0, b"", [("f", v)]).unwrap();
+        }
+        let out = KeyBy::new(&KeyByParams { field: "f".into() }).apply(&b.finish());
+        let got: Vec<(u64, &[u8])> = out.iter().map(|r| (r.seq, r.key)).collect();
+        assert_eq!(got, [(0, &b"1"[..]), (2, &b"3"[..])]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use super::eval::lookup;
 use std::collections::BTreeMap;
 use weir_common::keygroup::key_group;
 use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
@@ -283,7 +284,7 @@ impl Window {
         }
         let acc = match &self.kind {
             WindowKind::Count => Acc::Count(1),
-            WindowKind::Sum { field } => match number(r.field(field)) {
+            WindowKind::Sum { field } => match number(lookup(r, field)) {
                 Some(acc) => acc,
                 None => {
                     // Nothing to add: the record leaves no trace, not even an empty window.

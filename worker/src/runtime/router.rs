@@ -7,6 +7,8 @@
 //! (one gather per consumer).
 
 use crate::dataplane::sender::ChannelSender;
+use crate::ops::eval::Implicit;
+use std::fmt::Write as _;
 use weir_common::keygroup::owner;
 use weir_common::record::{Batch, RecordRef};
 use weir_common::spec::Partitioning;
@@ -47,12 +49,24 @@ pub struct Router {
     retired: Vec<ChannelSender>,
 }
 
-/// The bytes a hash partitioning hashes: a field's text, or the record key.
+/// The bytes a hash partitioning hashes: the record key, or a field's text, as
+/// `key_by` makes a key of it (`key` and `ts` stand for the record key and event time
+/// in a record without such a field). Written into `scratch`: nothing allocated per
+/// record.
 fn hash_key<'a>(r: &RecordRef<'a>, field: &str, scratch: &'a mut String) -> &'a [u8] {
     if field.is_empty() {
         return r.key;
     }
-    *scratch = r.field(field).map(|v| v.to_string()).unwrap_or_default();
+    scratch.clear();
+    // Writing into a String cannot fail.
+    let _ = match r.raw_fields().find(|f| f.name == field) {
+        Some(f) => write!(scratch, "{f}"),
+        None => match Implicit::named(field) {
+            Some(Implicit::Key) => return r.key,
+            Some(Implicit::Ts) => write!(scratch, "{}", r.event_time_ms),
+            None => Ok(()),
+        },
+    };
     scratch.as_bytes()
 }
 
@@ -200,6 +214,83 @@ mod tests {
             pe: pe.into(),
             address: None,
             attempt: None,
+        }
+    }
+
+    /// A generator's output keyed by `key_by` on each of its fields that varies (`key`
+    /// and `ts` are the record key and event time, not fields), then hashed over three
+    /// consumers: every consumer gets a share, and the shares add up to every record.
+    /// The same for a hash on the field itself instead of `key_by`.
+    #[tokio::test]
+    async fn every_generator_field_spreads_records_over_hash_consumers() {
+        use crate::ops::{Generator, KeyBy};
+        use weir_common::spec::{GeneratorParams, KeyByParams};
+        const COUNT: u64 = 4000;
+        for field in ["id", "key", "ts", "value"] {
+            for by_field in [false, true] {
+                let inputs = Arc::new(Inputs::default());
+                let senders = Senders {
+                    inputs: inputs.clone(),
+                    app: "a".into(),
+                    end: channel_end("a", "k", 0),
+                    attempt: 0,
+                    remotes: Arc::default(),
+                };
+                let consumers = ["w0", "w1", "w2"];
+                let mut rx: Vec<_> = consumers
+                    .iter()
+                    .map(|pe| {
+                        let key =
+                            ChannelKey::new(channel_end("a", "k", 0), channel_end("a", pe, 0));
+                        inputs.register(key).1
+                    })
+                    .collect();
+                let chans = consumers
+                    .iter()
+                    .map(|pe| senders.make(&target(pe)))
+                    .collect();
+                let key = if by_field {
+                    field.into()
+                } else {
+                    String::new()
+                };
+                let mut r = Router::new(vec![Route::new(
+                    "k->w".into(),
+                    Partitioning::Hash { key },
+                    chans,
+                )]);
+                let params = GeneratorParams {
+                    rate: None,
+                    count: Some(COUNT),
+                    keys: 100,
+                    payload_bytes: 4,
+                    seed: 0,
+                    wall_clock: false,
+                };
+                let mut generator = Generator::new(params, 0, 0, 1);
+                let key_by = KeyBy::new(&KeyByParams {
+                    field: field.into(),
+                });
+                // Batches of 1,000: a few per consumer, well within its input queue.
+                while let Some(b) = generator.next_batch(1000) {
+                    r.send(if by_field { b } else { key_by.apply(&b) }).await;
+                }
+                let got: Vec<u64> = rx
+                    .iter_mut()
+                    .map(|rx| {
+                        let mut n = 0;
+                        while let Ok(m) = rx.try_recv() {
+                            if let Msg::Data { batch, .. } = m {
+                                n += batch.len() as u64;
+                            }
+                        }
+                        n
+                    })
+                    .collect();
+                let how = if by_field { "hash on" } else { "key_by" };
+                assert!(got.iter().all(|n| *n > 0), "{how} {field}: {got:?}");
+                assert_eq!(got.iter().sum::<u64>(), COUNT, "{how} {field}: {got:?}");
+            }
         }
     }
 
