@@ -8,7 +8,7 @@
 //! `sink.verify` summary, restart the master from its data dir and show the app
 //! survived.
 
-use crate::online::{self, Conn};
+use crate::online::{self, Conn, Repeat};
 use crate::Output;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,7 +57,7 @@ async fn watch_progress(
     let start = Instant::now();
     loop {
         let detail = conn
-            .call(|ch| async move {
+            .call(Repeat::Safe, |ch| async move {
                 WeirClient::new(ch)
                     .get_app(pb::GetAppRequest { app: app.into() })
                     .await
@@ -117,7 +117,7 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         step(&format!("starting an embedded master on {addr} (data in {})", dir.path().display()));
         let master = start(dir.path(), listener).await?;
         let conn = Conn::new(vec![addr.to_string()], Output::Text);
-        online::cluster_status(&conn).await?;
+        show_cluster(&conn).await?;
         step("starting two workers in this process");
         let workers = [start_worker("w1", addr).await?, start_worker("w2", addr).await?];
         wait_for_workers(&conn, workers.len()).await?;
@@ -152,11 +152,24 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
     })
 }
 
+/// How long the embedded master may take to elect itself: moments normally, far more
+/// on a loaded machine, never this long unless something is broken.
+const LEADER_WITHIN: Duration = Duration::from_secs(60);
+
+/// Prints the cluster status once the embedded master leads: asked at once it answers
+/// before its first election ends (`leader none  term 0`, no members), which is no
+/// way to start a demo.
+async fn show_cluster(conn: &Conn) -> anyhow::Result<pb::ClusterStatusResponse> {
+    let s = online::wait_for_leader(conn, LEADER_WITHIN).await?;
+    online::print_cluster_status(conn, &s);
+    Ok(s)
+}
+
 async fn wait_for_workers(conn: &Conn, n: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let ws = conn
-            .call(|ch| async move {
+            .call(Repeat::Safe, |ch| async move {
                 WeirClient::new(ch)
                     .list_workers(pb::ListWorkersRequest {})
                     .await
@@ -183,5 +196,27 @@ pub async fn rebind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tc
             Err(e) if start.elapsed() > std::time::Duration::from_secs(10) => return Err(e.into()),
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo's first status shows the embedded master as leader, however soon after
+    /// its start it is asked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_status_shows_a_leader_and_its_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let master = start(dir.path(), listener).await.unwrap();
+        let conn = Conn::new(vec![addr.to_string()], Output::Text);
+        let s = show_cluster(&conn).await.unwrap();
+        assert_eq!(s.leader_id, Some(1), "{s:?}");
+        assert!(s.term >= 1, "{s:?}");
+        assert_eq!(s.members.len(), 1, "{s:?}");
+        assert_eq!(s.members[0].address, addr.to_string());
+        master.stop().await;
     }
 }

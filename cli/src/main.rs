@@ -5,6 +5,7 @@
 
 mod demo;
 mod health;
+mod names;
 mod offline;
 mod online;
 mod upgrade;
@@ -25,7 +26,8 @@ struct Cli {
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
     /// A master's gRPC address; repeat for several (any one that answers will do:
-    /// followers forward to the leader).
+    /// followers forward to the leader). When a master fails mid-call, reads and
+    /// submit/upgrade/cancel (which carry a request id) go on to the next one.
     #[arg(
         long = "master",
         short = 'm',

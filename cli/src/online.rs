@@ -3,14 +3,20 @@
 //! Any master serves any call (followers forward to the leader), so the client only
 //! needs one that answers: it tries each `--master` in turn, follows a leader hint,
 //! and retries through an election for a bounded time.
+//!
+//! A master can also fail after it got a call (it died, the connection broke, the
+//! call timed out): then nobody knows whether the call was applied. A call that is
+//! safe to repeat (a read, or a write carrying a request id the master deduplicates)
+//! moves on to the next master; any other fails, naming the master and saying so.
 
+use crate::names::name;
 use crate::Output;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use weir_proto::status::{leader_hint, validation_problems};
+use weir_proto::status::{leader_hint, outcome_unknown_at, validation_problems};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_admin_client::WeirAdminClient;
 use weir_proto::v1::weir_client::WeirClient;
@@ -42,6 +48,76 @@ fn retryable(s: &Status) -> bool {
         || (s.code() == Code::FailedPrecondition && leader_hint(s).is_some())
 }
 
+/// Whether a call may be sent again after a master failed in the middle of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// A read, or a write carrying a request id (the master answers a repeat with the
+    /// first outcome): sending it again changes nothing more.
+    Safe,
+    /// A write that a repeat could apply twice (membership changes).
+    Unsafe,
+}
+
+/// How one attempt at a call failed.
+enum Failure {
+    /// The master answered this status.
+    Answered(Status),
+    /// The call never reached the master (no connection).
+    NotSent(String),
+    /// The call was sent but no answer came back (the master died, the connection
+    /// broke, the deadline passed): it may or may not have been applied.
+    Lost {
+        /// The master that failed: the one asked, or the leader it forwarded to.
+        at: String,
+        /// What happened, for humans.
+        detail: String,
+    },
+}
+
+/// Tells a master's answer from a failure on the way, for a call sent to `addr`. A
+/// status the master sent has no source; one made here from a transport error keeps
+/// that error as its source. A master whose forwarded call was lost at the leader
+/// says so (see `outcome_unknown`).
+fn failure(addr: &str, s: Status) -> Failure {
+    if let Some(leader) = outcome_unknown_at(&s) {
+        return Failure::Lost {
+            at: leader.to_string(),
+            detail: format!("forwarded by {addr}: {}", s.message()),
+        };
+    }
+    let Some(source) = std::error::Error::source(&s) else {
+        return Failure::Answered(s);
+    };
+    let mut chain = vec![s.message().to_string()];
+    let mut not_sent = false;
+    let mut next = Some(source);
+    while let Some(e) = next {
+        not_sent |= e.is::<tonic::ConnectError>();
+        let text = e.to_string();
+        if !chain.iter().any(|c| c.contains(&text)) {
+            chain.push(text);
+        }
+        next = e.source();
+    }
+    let detail = chain.join(": ");
+    if not_sent {
+        Failure::NotSent(detail)
+    } else {
+        Failure::Lost {
+            at: addr.to_string(),
+            detail,
+        }
+    }
+}
+
+/// The error for a call lost at `addr` that is not safe to repeat.
+fn lost_error(addr: &str, detail: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "master {addr} failed mid-call ({detail}): the call may or may not have been applied; \
+         check the cluster (e.g. `weirctl cluster status`) before repeating it"
+    )
+}
+
 impl Conn {
     /// A connection that will try `masters` in order.
     pub fn new(masters: Vec<String>, output: Output) -> Self {
@@ -49,8 +125,18 @@ impl Conn {
     }
 
     /// Runs `call` against the first master that answers, following leader hints and
-    /// retrying through elections.
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> anyhow::Result<T>
+    /// retrying through elections. A call lost at a master (see [`Repeat`]) moves on
+    /// to the next master when `repeat` allows it, and fails otherwise.
+    pub async fn call<T, F, Fut>(&self, repeat: Repeat, call: F) -> anyhow::Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        Ok(self.call_at(repeat, call).await?.1)
+    }
+
+    /// [`Conn::call`], also answering which master answered.
+    async fn call_at<T, F, Fut>(&self, repeat: Repeat, mut call: F) -> anyhow::Result<(String, T)>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -67,16 +153,28 @@ impl Conn {
                         continue;
                     }
                 };
-                match call(channel).await {
-                    Ok(v) => return Ok(v),
-                    Err(s) if retryable(&s) => {
+                let s = match call(channel).await {
+                    Ok(v) => return Ok((addr, v)),
+                    Err(s) => s,
+                };
+                match failure(&addr, s) {
+                    Failure::Answered(s) if retryable(&s) => {
                         if let Some(l) = leader_hint(&s).map(str::to_string) {
                             targets.retain(|t| *t != l);
                             targets.insert(0, l);
                         }
                         last_err = format!("{addr}: {}", s.message());
                     }
-                    Err(s) => return Err(self.refusal(s)),
+                    Failure::Answered(s) => return Err(self.refusal(s)),
+                    Failure::NotSent(detail) => last_err = format!("{addr}: {detail}"),
+                    Failure::Lost { at, detail } if repeat == Repeat::Safe => {
+                        eprintln!(
+                            "weirctl: master {at} failed mid-call ({detail}); \
+                             the call is safe to repeat: trying the next master"
+                        );
+                        last_err = format!("{at}: {detail}");
+                    }
+                    Failure::Lost { at, detail } => return Err(lost_error(&at, &detail)),
                 }
             }
             if start.elapsed() > RETRY_FOR {
@@ -126,24 +224,49 @@ pub(crate) fn read_spec(path: &str) -> anyhow::Result<(String, i32)> {
     Ok((text, format as i32))
 }
 
+/// A fresh request id for a write: 128 random bits laid out as a version 4 UUID.
+/// The bits come from the standard library's randomly keyed hasher (seeded from the
+/// OS once per process, then advanced per hasher), fed the time and process id: an id
+/// must only be unique, and this needs no random-number crate for one id per command.
+pub(crate) fn request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let word = |i: u8| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(now);
+        h.write_u32(std::process::id());
+        h.write_u8(i);
+        h.finish()
+    };
+    let hi = (word(0) & !0xF000) | 0x4000; // version 4
+    let lo = (word(1) & !(0xC0 << 56)) | (0x80 << 56); // variant 10
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}
+
 fn state_name(s: i32) -> String {
-    pb::AppState::try_from(s).map_or("unknown".into(), |s| {
-        s.as_str_name()
-            .trim_start_matches("APP_STATE_")
-            .to_lowercase()
-    })
+    name::<pb::AppState>(s)
 }
 
 /// `weirctl submit`.
 pub async fn submit(c: &Conn, file: &str) -> anyhow::Result<()> {
     let (spec, format) = read_spec(file)?;
+    // One id for every attempt: a repeat after a lost call answers the first outcome.
     let req = pb::SubmitAppRequest {
         spec,
         format,
-        request_id: String::new(),
+        request_id: request_id(),
     };
     let r = c
-        .call(|ch| {
+        .call(Repeat::Safe, |ch| {
             let req = req.clone();
             async move { WeirClient::new(ch).submit_app(req).await }
         })
@@ -160,7 +283,7 @@ pub async fn submit(c: &Conn, file: &str) -> anyhow::Result<()> {
 pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::GetAppRequest { app: app.into() };
     let a = c
-        .call(|ch| {
+        .call(Repeat::Safe, |ch| {
             let req = req.clone();
             async move { WeirClient::new(ch).get_app(req).await }
         })
@@ -179,11 +302,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     );
     for p in &a.pes {
         let st = p.stats.clone().unwrap_or_default();
-        let state = pb::PeState::try_from(p.state).map_or("?".into(), |s| {
-            s.as_str_name()
-                .trim_start_matches("PE_STATE_")
-                .to_lowercase()
-        });
+        let state = name::<pb::PeState>(p.state);
         text.push_str(&format!(
             "\n{:34} {:13} {:9} {:8.0} {:8.0} {:8}",
             p.pe.as_ref().map_or("", |r| r.id.as_str()),
@@ -228,27 +347,34 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     }
     text.push_str("\n\nSTREAM                          PARTITIONING   CHANNELS");
     for st in &a.streams {
-        let kind = st.partitioning.as_ref().map_or("?".into(), |p| {
-            pb::partitioning::Kind::try_from(p.kind).map_or("?".into(), |k| {
-                k.as_str_name().trim_start_matches("KIND_").to_lowercase()
-            })
-        });
-        text.push_str(&format!("\n{:31} {:14} {}", st.name, kind, st.channels));
+        text.push_str(&format!(
+            "\n{:31} {:14} {}",
+            st.name,
+            partitioning_name(st),
+            st.channels
+        ));
     }
     let json = json!({
         "app": s.name, "tenant": s.tenant, "state": state_name(s.state), "version": s.version,
         "unplaced_reason": a.unplaced_reason,
         "pes": a.pes.iter().map(|p| json!({"pe": p.pe.as_ref().map(|r| r.id.clone()), "worker": p.worker_id,
-            "state": p.state, "message": p.message, "gpus": p.gpu_uuids,
+            "state": name::<pb::PeState>(p.state), "message": p.message, "gpus": p.gpu_uuids,
             "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out),
             "verify": p.verify.map(|v| json!({"records": v.records, "distinct": v.distinct, "duplicates": v.duplicates,
                 "missing_below_max": v.missing_below_max, "expected": v.expected, "inputs_ended": v.inputs_ended}))})).collect::<Vec<_>>(),
-        "streams": a.streams.iter().map(|s| json!({"stream": s.name, "channels": s.channels})).collect::<Vec<_>>(),
+        "streams": a.streams.iter().map(|s| json!({"stream": s.name, "partitioning": partitioning_name(s), "channels": s.channels})).collect::<Vec<_>>(),
         "versions": a.versions.iter().map(|v| json!({"version": v.version, "created_at_ms": v.created_at_ms})).collect::<Vec<_>>(),
         "spec": a.spec,
     });
     c.print(text, json);
     Ok(())
+}
+
+fn partitioning_name(s: &pb::StreamView) -> String {
+    s.partitioning.as_ref().map_or_else(
+        || "unknown".into(),
+        |p| name::<pb::partitioning::Kind>(p.kind),
+    )
 }
 
 /// `weirctl list`.
@@ -257,7 +383,7 @@ pub async fn list(c: &Conn, tenant: Option<String>) -> anyhow::Result<()> {
         tenant: tenant.unwrap_or_default(),
     };
     let r = c
-        .call(|ch| {
+        .call(Repeat::Safe, |ch| {
             let req = req.clone();
             async move { WeirClient::new(ch).list_apps(req).await }
         })
@@ -286,16 +412,19 @@ pub async fn list(c: &Conn, tenant: Option<String>) -> anyhow::Result<()> {
 pub async fn cancel(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::CancelAppRequest {
         app: app.into(),
-        request_id: String::new(),
+        request_id: request_id(),
     };
-    c.call(|ch| {
-        let req = req.clone();
-        async move { WeirClient::new(ch).cancel_app(req).await }
-    })
-    .await?;
+    let r = c
+        .call(Repeat::Safe, |ch| {
+            let req = req.clone();
+            async move { WeirClient::new(ch).cancel_app(req).await }
+        })
+        .await?
+        .into_inner();
+    let state = state_name(r.state);
     c.print(
         format!("cancelled {app}"),
-        json!({"app": app, "state": "cancelled"}),
+        json!({"app": app, "state": state}),
     );
     Ok(())
 }
@@ -304,7 +433,7 @@ pub async fn cancel(c: &Conn, app: &str) -> anyhow::Result<()> {
 pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::ListCheckpointsRequest { app: app.into() };
     let r = c
-        .call(|ch| {
+        .call(Repeat::Safe, |ch| {
             let req = req.clone();
             async move { WeirClient::new(ch).list_checkpoints(req).await }
         })
@@ -370,51 +499,135 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
 }
 
 /// `weirctl watch`: prints events until the app ends or the user stops it.
+///
+/// A watch is a read: when its master fails mid-stream, it goes on through the next
+/// master, whose stream starts again (from `#1`) with the app's current state.
 pub async fn watch(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::WatchAppRequest { app: app.into() };
-    let mut stream = c
-        .call(|ch| {
-            let req = req.clone();
-            async move { WeirClient::new(ch).watch_app(req).await }
-        })
-        .await?
-        .into_inner();
-    while let Some(ev) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("watch ended: {}", s.message()))?
-    {
-        let (text, json) = match &ev.event {
-            Some(pb::app_event::Event::AppStateChanged(s)) => (
-                format!(
-                    "#{} state {} -> {}",
-                    ev.seq,
-                    state_name(s.old_state),
-                    state_name(s.new_state)
-                ),
-                json!({"seq": ev.seq, "state": state_name(s.new_state)}),
-            ),
-            Some(pb::app_event::Event::PlacementChanged(p)) => (
-                format!("#{} placement: {} PEs placed", ev.seq, p.placements.len()),
-                json!({"seq": ev.seq, "placement": p.placements.iter().map(|p| (p.pe.clone(), p.worker_id.clone())).collect::<std::collections::BTreeMap<_, _>>()}),
-            ),
-            other => (
-                format!("#{} {other:?}", ev.seq),
-                json!({"seq": ev.seq, "event": format!("{other:?}")}),
-            ),
-        };
-        match c.output {
-            Output::Text => println!("{text}"),
-            Output::Json => println!("{json}"),
+    loop {
+        let (addr, stream) = c
+            .call_at(Repeat::Safe, |ch| {
+                let req = req.clone();
+                async move { WeirClient::new(ch).watch_app(req).await }
+            })
+            .await?;
+        let mut stream = stream.into_inner();
+        loop {
+            let ev = match stream.message().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(()),
+                Err(s) => match failure(&addr, s) {
+                    Failure::Answered(s) => bail!("watch ended: {}", s.message()),
+                    Failure::NotSent(detail) | Failure::Lost { detail, .. } => {
+                        eprintln!(
+                            "weirctl: master {addr} failed mid-watch ({detail}); \
+                             watching through the next master"
+                        );
+                        break;
+                    }
+                },
+            };
+            let (text, json) = watch_event(&ev);
+            match c.output {
+                Output::Text => println!("{text}"),
+                Output::Json => println!("{json}"),
+            }
         }
     }
-    Ok(())
+}
+
+/// One watch event as a line of text and as JSON, with the same words in both.
+fn watch_event(ev: &pb::AppEvent) -> (String, Value) {
+    use pb::app_event::Event;
+    let seq = ev.seq;
+    match &ev.event {
+        Some(Event::AppStateChanged(s)) => (
+            format!(
+                "#{seq} state {} -> {}{}",
+                state_name(s.old_state),
+                state_name(s.new_state),
+                suffix(&s.message)
+            ),
+            json!({"seq": seq, "event": "app_state_changed", "old_state": state_name(s.old_state),
+                "state": state_name(s.new_state), "message": s.message}),
+        ),
+        Some(Event::PlacementChanged(p)) => (
+            format!("#{seq} placement: {} PEs placed", p.placements.len()),
+            json!({"seq": seq, "event": "placement_changed", "placement": p.placements.iter().map(|p| (p.pe.clone(), p.worker_id.clone())).collect::<std::collections::BTreeMap<_, _>>()}),
+        ),
+        Some(Event::UpgradePhaseChanged(u)) => {
+            let phase = name::<pb::UpgradePhase>(u.phase);
+            (
+                format!(
+                    "#{seq} upgrade {} phase {phase}{}",
+                    if u.operation_id.is_empty() {
+                        "-"
+                    } else {
+                        &u.operation_id
+                    },
+                    suffix(&u.reason)
+                ),
+                json!({"seq": seq, "event": "upgrade_phase_changed", "operation_id": u.operation_id,
+                    "phase": phase, "from_version": u.from_version, "to_version": u.to_version,
+                    "instructions_done": u.instructions_done, "instructions_total": u.instructions_total,
+                    "reason": u.reason}),
+            )
+        }
+        Some(Event::PeStateChanged(p)) => {
+            let (old, new) = (
+                name::<pb::PeState>(p.old_state),
+                name::<pb::PeState>(p.new_state),
+            );
+            (
+                format!(
+                    "#{seq} PE {} on {}: {old} -> {new}{}",
+                    p.pe,
+                    if p.worker_id.is_empty() {
+                        "-"
+                    } else {
+                        &p.worker_id
+                    },
+                    suffix(&p.message)
+                ),
+                json!({"seq": seq, "event": "pe_state_changed", "pe": p.pe, "worker": p.worker_id,
+                    "old_state": old, "state": new, "message": p.message}),
+            )
+        }
+        Some(Event::Recovery(r)) => (
+            format!(
+                "#{seq} recovery of {} from checkpoint {}: {}",
+                r.pe, r.checkpoint_id, r.reason
+            ),
+            json!({"seq": seq, "event": "recovery", "pe": r.pe, "failed_worker": r.failed_worker_id,
+                "new_worker": r.new_worker_id, "checkpoint_id": r.checkpoint_id, "reason": r.reason}),
+        ),
+        Some(Event::CheckpointCompleted(k)) => (
+            format!(
+                "#{seq} checkpoint {} complete ({} bytes)",
+                k.checkpoint_id, k.state_bytes
+            ),
+            json!({"seq": seq, "event": "checkpoint_completed", "checkpoint_id": k.checkpoint_id,
+                "duration_ms": k.duration_ms, "state_bytes": k.state_bytes}),
+        ),
+        None => (
+            format!("#{seq} (an event this weirctl does not know)"),
+            json!({"seq": seq, "event": "unknown"}),
+        ),
+    }
+}
+
+fn suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 /// `weirctl workers`.
 pub async fn workers(c: &Conn) -> anyhow::Result<()> {
     let r = c
-        .call(|ch| async move {
+        .call(Repeat::Safe, |ch| async move {
             WeirClient::new(ch)
                 .list_workers(pb::ListWorkersRequest {})
                 .await
@@ -427,11 +640,7 @@ pub async fn workers(c: &Conn) -> anyhow::Result<()> {
     );
     for w in &r.workers {
         let res = w.resources.clone().unwrap_or_default();
-        let state = pb::WorkerState::try_from(w.state).map_or("?".into(), |s| {
-            s.as_str_name()
-                .trim_start_matches("WORKER_STATE_")
-                .to_lowercase()
-        });
+        let state = name::<pb::WorkerState>(w.state);
         let gpus: Vec<String> = res
             .gpus
             .iter()
@@ -463,7 +672,7 @@ pub async fn workers(c: &Conn) -> anyhow::Result<()> {
     }
     let json = json!(r.workers.iter().map(|w| {
         let res = w.resources.clone().unwrap_or_default();
-        json!({"worker": w.worker_id, "control_address": w.control_address, "state": w.state, "pes": w.pe_count,
+        json!({"worker": w.worker_id, "control_address": w.control_address, "state": name::<pb::WorkerState>(w.state), "pes": w.pe_count,
             "cpu_cores": res.cpu_cores, "memory_mb": res.memory_mb,
             "gpus": res.gpus.iter().map(|g| json!({"uuid": g.uuid, "vendor": g.vendor, "model": g.model,
                 "memory_total_mb": g.memory_total_mb, "memory_used_mb": g.memory_used_mb,
@@ -473,28 +682,54 @@ pub async fn workers(c: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weirctl cluster status`.
+/// `weirctl cluster status`: as the answering master sees it now, leader or not.
 pub async fn cluster_status(c: &Conn) -> anyhow::Result<()> {
-    let s = c
-        .call(|ch| async move {
-            WeirClient::new(ch)
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await
-        })
-        .await?
-        .into_inner();
-    print_members(c, &s.members, Some(&s));
+    let s = fetch_cluster_status(c).await?;
+    print_cluster_status(c, &s);
     Ok(())
 }
 
+async fn fetch_cluster_status(c: &Conn) -> anyhow::Result<pb::ClusterStatusResponse> {
+    Ok(c.call(Repeat::Safe, |ch| async move {
+        WeirClient::new(ch)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+    })
+    .await?
+    .into_inner())
+}
+
+/// The cluster status once the answering master knows a leader, asking again until
+/// it does or `limit` passes (a master that just started answers before its first
+/// election ends).
+pub async fn wait_for_leader(
+    c: &Conn,
+    limit: Duration,
+) -> anyhow::Result<pb::ClusterStatusResponse> {
+    let start = Instant::now();
+    loop {
+        let s = fetch_cluster_status(c).await?;
+        if s.leader_id.is_some() && !s.members.is_empty() {
+            return Ok(s);
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "no leader after {limit:?} (term {}, {} member(s))",
+                s.term,
+                s.members.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Prints a cluster status as `weirctl cluster status` does.
+pub fn print_cluster_status(c: &Conn, s: &pb::ClusterStatusResponse) {
+    print_members(c, &s.members, Some(s));
+}
+
 fn print_members(c: &Conn, members: &[pb::Member], s: Option<&pb::ClusterStatusResponse>) {
-    let role = |r: i32| {
-        pb::MemberRole::try_from(r).map_or("?".into(), |r| {
-            r.as_str_name()
-                .trim_start_matches("MEMBER_ROLE_")
-                .to_lowercase()
-        })
-    };
+    let role = name::<pb::MemberRole>;
     let mut text = String::new();
     if let Some(s) = s {
         text.push_str(&format!(
@@ -548,8 +783,9 @@ pub async fn add_master(c: &Conn, id: u64, address: &str, learner: bool) -> anyh
         address: address.into(),
         as_voter: !learner,
     };
+    // Not safe to repeat: a master that died after it got the call may have added it.
     let r = c
-        .call(|ch| {
+        .call(Repeat::Unsafe, |ch| {
             let req = req.clone();
             async move { WeirAdminClient::new(ch).add_master(req).await }
         })
@@ -563,7 +799,9 @@ pub async fn add_master(c: &Conn, id: u64, address: &str, learner: bool) -> anyh
 pub async fn remove_master(c: &Conn, id: u64) -> anyhow::Result<()> {
     let req = pb::RemoveMasterRequest { id };
     let r = c
-        .call(|ch| async move { WeirAdminClient::new(ch).remove_master(req).await })
+        .call(Repeat::Unsafe, |ch| async move {
+            WeirAdminClient::new(ch).remove_master(req).await
+        })
         .await?
         .into_inner();
     print_members(c, &r.members, None);
@@ -594,6 +832,123 @@ pub(crate) fn utc(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn every_watch_event_names_its_enums_in_text_and_json() {
+        use pb::app_event::Event;
+        let events = [
+            Event::AppStateChanged(pb::AppStateChanged {
+                old_state: pb::AppState::Running as i32,
+                new_state: pb::AppState::Cancelled as i32,
+                message: String::new(),
+            }),
+            Event::PlacementChanged(pb::PlacementChanged::default()),
+            Event::UpgradePhaseChanged(pb::UpgradePhaseChanged {
+                operation_id: "7".into(),
+                phase: pb::UpgradePhase::RolledBack as i32,
+                reason: "worker w1 lost".into(),
+                ..Default::default()
+            }),
+            Event::PeStateChanged(pb::PeStateChanged {
+                pe: "gen@1#0".into(),
+                worker_id: "w1".into(),
+                old_state: pb::PeState::Running as i32,
+                new_state: pb::PeState::Stopped as i32,
+                message: String::new(),
+            }),
+            Event::Recovery(pb::Recovery::default()),
+            Event::CheckpointCompleted(pb::CheckpointCompleted::default()),
+        ];
+        let mut texts = vec![];
+        for (i, e) in events.into_iter().enumerate() {
+            let (text, json) = watch_event(&pb::AppEvent {
+                seq: i as u64 + 1,
+                event: Some(e),
+                ..Default::default()
+            });
+            for key in ["state", "old_state", "phase", "event"] {
+                assert!(!json[key].is_number(), "{json}");
+            }
+            texts.push(text);
+        }
+        assert_eq!(texts[0], "#1 state running -> cancelled");
+        assert_eq!(texts[2], "#3 upgrade 7 phase rolled_back: worker w1 lost");
+        assert_eq!(texts[3], "#4 PE gen@1#0 on w1: running -> stopped");
+        let (_, json) = watch_event(&pb::AppEvent {
+            seq: 4,
+            event: Some(Event::PeStateChanged(pb::PeStateChanged {
+                new_state: pb::PeState::Stopped as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        assert_eq!(json["state"], "stopped");
+    }
+
+    #[test]
+    fn a_status_from_the_master_is_an_answer_and_a_local_error_is_not() {
+        let at = "10.0.0.1:7000";
+        assert!(matches!(
+            failure(at, Status::unavailable("no leader known")),
+            Failure::Answered(_)
+        ));
+        // What tonic makes of a refused connection: the call never left.
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(matches!(failure(at, refused), Failure::NotSent(_)));
+        // Anything else on the way (a connection that broke) may have been applied.
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        let Failure::Lost {
+            at: lost_at,
+            detail,
+        } = failure(at, broken)
+        else {
+            panic!("a broken connection loses the call")
+        };
+        assert_eq!(lost_at, at);
+        assert!(detail.contains("broken pipe"), "{detail}");
+        let e = lost_error(&lost_at, &detail).to_string();
+        assert!(
+            e.starts_with("master 10.0.0.1:7000 failed mid-call ("),
+            "{e}"
+        );
+        assert!(e.contains("may or may not have been applied"), "{e}");
+        // A follower whose forwarded call was lost at the leader: the leader failed.
+        let forwarded = weir_proto::status::outcome_unknown("10.0.0.2:7000", "broken pipe");
+        let Failure::Lost {
+            at: lost_at,
+            detail,
+        } = failure(at, forwarded)
+        else {
+            panic!("a call lost at the leader is lost")
+        };
+        assert_eq!(lost_at, "10.0.0.2:7000");
+        assert!(
+            detail.starts_with("forwarded by 10.0.0.1:7000: "),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::BTreeSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(parts[2].starts_with('4'), "{id}");
+            assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        }
+    }
+
     #[test]
     fn utc_formats_known_instants() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00.000");

@@ -5,7 +5,8 @@
 //! untouched, records lost and duplicated at the audit sinks, and the longest stall in
 //! sink output. A rollback is an upgrade back to an earlier version's spec.
 
-use crate::online::{read_spec, utc, Conn};
+use crate::names::name;
+use crate::online::{read_spec, request_id, utc, Conn, Repeat};
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -46,15 +47,18 @@ pub async fn rollback(c: &Conn, app: &str, to: u64) -> anyhow::Result<()> {
 }
 
 async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> anyhow::Result<()> {
+    // One id for every attempt: a repeat after a lost call answers the operation the
+    // first attempt started instead of starting a second one (or being refused).
     let req = pb::UpgradeAppRequest {
         app: app.into(),
         spec,
         format,
         dry_run,
+        request_id: if dry_run { String::new() } else { request_id() },
         ..Default::default()
     };
     let r = c
-        .call(|ch| {
+        .call(Repeat::Safe, |ch| {
             let req = req.clone();
             async move { WeirClient::new(ch).upgrade_app(req).await }
         })
@@ -183,7 +187,7 @@ async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOper
 
 async fn history_of(c: &Conn, app: &str) -> anyhow::Result<pb::GetAppHistoryResponse> {
     let req = pb::GetAppHistoryRequest { app: app.into() };
-    Ok(c.call(|ch| {
+    Ok(c.call(Repeat::Safe, |ch| {
         let req = req.clone();
         async move { WeirClient::new(ch).get_app_history(req).await }
     })
@@ -192,11 +196,7 @@ async fn history_of(c: &Conn, app: &str) -> anyhow::Result<pb::GetAppHistoryResp
 }
 
 fn phase_name(p: i32) -> String {
-    pb::UpgradePhase::try_from(p).map_or("unknown".into(), |p| {
-        p.as_str_name()
-            .trim_start_matches("UPGRADE_PHASE_")
-            .to_lowercase()
-    })
+    name::<pb::UpgradePhase>(p)
 }
 
 /// `weirctl history APP`: every version and every upgrade operation with its outcome.

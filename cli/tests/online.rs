@@ -1,10 +1,42 @@
 //! weirctl against a real master (in this process, real gRPC, real disk): the online
 //! commands as a user runs them.
 
+use serde_json::Value;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use weir_master::server::{Master, MasterConfig};
+use weir_proto::v1 as pb;
+use weir_proto::v1::weir_client::WeirClient;
+
+/// How long any condition may take: generous, for two busy cores.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Polls `check` until it answers `Some`, or fails the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `f`, or a failed test when it takes longer than [`DEADLINE`].
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -195,4 +227,451 @@ async fn upgrade_history_and_rollback_through_weirctl() {
         w.stop().await;
     }
     master.stop().await;
+}
+
+/// Keys under which weirctl's JSON carries a protocol enum, wherever they appear.
+const ENUM_KEYS: &[&str] = &[
+    "state",
+    "old_state",
+    "new_state",
+    "role",
+    "phase",
+    "outcome",
+    "partitioning",
+    "kind",
+    "format",
+    "event",
+];
+
+/// Fails when an enum field anywhere in `v` is a number instead of a name.
+fn assert_enums_named(what: &str, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                assert!(
+                    !(ENUM_KEYS.contains(&k.as_str()) && x.is_number()),
+                    "{what}: \"{k}\": {x} is a number, not the name the text output shows, in\n{v:#}"
+                );
+                assert_enums_named(what, x);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| assert_enums_named(what, x)),
+        _ => {}
+    }
+}
+
+/// Runs weirctl with `-o json` and checks its answer is JSON whose enums are named.
+async fn json_of(addr: &str, args: &[&str]) -> Value {
+    let mut all = vec!["-o", "json"];
+    all.extend(args);
+    let out = weirctl(addr, &all).await;
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)));
+    assert_enums_named(&format!("{args:?}"), &v);
+    v
+}
+
+/// Every PE of `app` reported running, as the master serves it.
+async fn all_running(master: &str, app: &str) -> bool {
+    let Ok(mut c) = WeirClient::connect(format!("http://{master}")).await else {
+        return false;
+    };
+    let Ok(r) = c.get_app(pb::GetAppRequest { app: app.into() }).await else {
+        return false;
+    };
+    let pes = r.into_inner().app.unwrap_or_default().pes;
+    !pes.is_empty() && pes.iter().all(|p| p.state == pb::PeState::Running as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_names_every_enum_as_the_text_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_dev_master(dir.path()).await;
+    let a = master.addr.to_string();
+    let a = a.as_str();
+    let worker = start_worker("w1", a).await;
+    let (v1, v2) = (dir.path().join("v1.yaml"), dir.path().join("v2.yaml"));
+    std::fs::write(&v1, feed("a")).unwrap();
+    std::fs::write(&v2, feed("b")).unwrap();
+    let (v1, v2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+
+    let v = json_of(a, &["submit", v1]).await;
+    assert_eq!(v["state"], "submitted");
+    eventually("every PE of feed running", || async {
+        all_running(a, "feed").await.then_some(())
+    })
+    .await;
+
+    // The defect as reported: a PE's state was `"state": 3` where text said `running`.
+    let v = json_of(a, &["get", "feed"]).await;
+    let pes = v["pes"].as_array().unwrap();
+    assert_eq!(pes.len(), 5, "{v:#}");
+    let shown = text(&weirctl(a, &["get", "feed"]).await.stdout);
+    for p in pes {
+        assert_eq!(p["state"], "running", "{p}");
+        let id = p["pe"].as_str().unwrap();
+        let line = shown.lines().find(|l| l.starts_with(id)).unwrap();
+        assert!(line.contains(" running "), "text and JSON differ: {line}");
+    }
+    assert_eq!(v["state"], "running");
+    assert!(v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["partitioning"] == "round_robin"));
+
+    let v = json_of(a, &["workers"]).await;
+    assert_eq!(v[0]["state"], "alive", "{v:#}");
+    let v = json_of(a, &["list"]).await;
+    assert_eq!(v[0]["state"], "running");
+    let v = json_of(a, &["cluster", "status"]).await;
+    assert_eq!(v["members"][0]["role"], "leader");
+    json_of(a, &["history", "feed"]).await;
+    json_of(a, &["checkpoints", "feed"]).await;
+    json_of(a, &["upgrade", "feed", v2, "--dry-run"]).await;
+    json_of(a, &["plan", v1, v2]).await;
+    json_of(a, &["validate", v1]).await;
+
+    // watch prints one JSON document per event, until the app ends.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .args(["--master", a, "-o", "json", "watch", "feed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = within("watch's first event", lines.next_line())
+        .await
+        .unwrap()
+        .expect("a first event");
+    let v = json_of(a, &["cancel", "feed"]).await;
+    assert_eq!(v["state"], "cancelled");
+    let mut events = vec![first];
+    while let Some(l) = within("watch to end", lines.next_line()).await.unwrap() {
+        events.push(l);
+    }
+    assert!(within("watch to exit", watch.wait())
+        .await
+        .unwrap()
+        .success());
+    for e in &events {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_enums_named("watch", &v);
+    }
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["state"], "cancelled", "{events:?}");
+    worker.stop().await;
+    master.stop().await;
+}
+
+/// A master on a runtime of its own, so that it can die the way a crashed process
+/// does: every task and connection dropped at once, whatever call is in flight, with
+/// no goodbye to its clients.
+struct Crashable {
+    rt: tokio::runtime::Runtime,
+    master: Master,
+}
+
+impl Crashable {
+    /// Starts master `id`: the founding (and only) voter of a new cluster, or one
+    /// that joins a cluster later.
+    async fn start(id: u64, dir: &Path, founding: bool) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Bound here, registered with the master's runtime there: a socket belongs to
+        // the runtime that registers it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let peers = if founding {
+            BTreeMap::from([(id, listener.local_addr().unwrap().to_string())])
+        } else {
+            BTreeMap::new()
+        };
+        let cfg = MasterConfig::new(id, dir.to_path_buf(), peers);
+        let master = rt
+            .spawn(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                Master::start_on(cfg, l).await.unwrap()
+            })
+            .await
+            .unwrap();
+        Self { rt, master }
+    }
+
+    fn crash(self) {
+        self.rt.shutdown_background();
+        // Its Raft handle would still try to reach the dropped tasks.
+        std::mem::forget(self.master);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_dying_mid_call_moves_reads_on_and_names_itself_for_other_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_dev_master(&dir.path().join("m1")).await;
+    let b = leader.addr.to_string();
+    let doomed = Crashable::start(2, &dir.path().join("m2"), false).await;
+    let a = doomed.master.addr.to_string();
+    // weirctl tries the doomed master first.
+    let both = format!("{a},{b}");
+
+    let out = weirctl(&b, &["cluster", "add-master", "2", &a, "--learner"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spec = dir.path().join("feed.yaml");
+    std::fs::write(&spec, feed("a")).unwrap();
+    let out = weirctl(&b, &["submit", spec.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The learner serves watches from its own state: it must hold the app.
+    let applied = |m: &Master| {
+        m.node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    };
+    let target = applied(&leader);
+    eventually("the learner to apply the submit", || async {
+        (applied(&doomed.master) >= target).then_some(())
+    })
+    .await;
+
+    // A read in flight on the doomed master: a watch, its first event printed.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .args(["--master", &both, "watch", "feed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut notes = BufReader::new(watch.stderr.take().unwrap()).lines();
+    let first = within("the watch through the doomed master", lines.next_line())
+        .await
+        .unwrap()
+        .expect("a first event");
+    assert!(
+        first.starts_with("#1 state ") && first.ends_with("submitted"),
+        "{first}"
+    );
+
+    // A write in flight through it that is not safe to repeat: adding master 3 as a
+    // voter. 3 never answers, so the leader can never commit the change and the call
+    // waits (forwarded by the doomed master to the leader) until something gives.
+    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .args([
+            "--master",
+            &both,
+            "cluster",
+            "add-master",
+            "3",
+            "127.0.0.1:1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("the leader to propose master 3 as a voter", || async {
+        let m = leader.node.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == 3)
+            .then_some(())
+    })
+    .await;
+
+    doomed.crash();
+
+    // The write: an error naming the master, saying the outcome is unknown, and no
+    // second attempt at the other master.
+    let out = within("add-master to fail", add.wait_with_output())
+        .await
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}{}", text(&out.stdout));
+    assert!(
+        err.contains(&format!("master {a} failed mid-call")),
+        "{err}"
+    );
+    assert!(err.contains("may or may not have been applied"), "{err}");
+
+    // The read went on through the other master, whose stream starts again at #1
+    // (served from its own state: it needs no quorum, which the leader lost to 3).
+    let note = within("the watch's note", notes.next_line())
+        .await
+        .unwrap()
+        .expect("a note on stderr");
+    assert!(
+        note.contains(&format!("master {a} failed mid-watch")),
+        "{note}"
+    );
+    let again = within("the watch through the other master", lines.next_line())
+        .await
+        .unwrap()
+        .expect("the watch to go on");
+    assert!(
+        again.starts_with("#1 state ") && again.ends_with("submitted"),
+        "{again}"
+    );
+    watch.start_kill().unwrap();
+
+    // A unary read with the dead master first is answered by the next one.
+    let out = weirctl(&both, &["-o", "json", "cluster", "status"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leader"], 1);
+    leader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_repeated_with_their_request_id_answer_the_first_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_dev_master(dir.path()).await;
+    let a = master.addr.to_string();
+    let a = a.as_str();
+    let worker = start_worker("w1", a).await;
+    let mut c = WeirClient::connect(format!("http://{a}")).await.unwrap();
+    eventually("a leader", || {
+        let mut c = c.clone();
+        async move {
+            let s = c.cluster_status(pb::ClusterStatusRequest {}).await.ok()?;
+            s.into_inner().leader_id
+        }
+    })
+    .await;
+    let yaml = pb::SpecFormat::Yaml as i32;
+    let submit = |spec: String, id: &str| pb::SubmitAppRequest {
+        spec,
+        format: yaml,
+        request_id: id.into(),
+    };
+
+    let first = c.submit_app(submit(feed("a"), "s-1")).await.unwrap();
+    let again = c.submit_app(submit(feed("a"), "s-1")).await.unwrap();
+    assert_eq!(first.into_inner(), again.into_inner());
+    let e = c.submit_app(submit(feed("a"), "s-2")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let e = c.submit_app(submit(feed("b"), "s-1")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("request_id: \"s-1\""), "{e:?}");
+    let e = c
+        .submit_app(submit(feed("a"), &"x".repeat(129)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "request_id: at most 128 bytes (got 129)");
+
+    eventually("every PE of feed running", || async {
+        all_running(a, "feed").await.then_some(())
+    })
+    .await;
+    let upgrade = |id: &str| pb::UpgradeAppRequest {
+        app: "feed".into(),
+        spec: feed("b"),
+        format: yaml,
+        request_id: id.into(),
+        ..Default::default()
+    };
+    let first = c.upgrade_app(upgrade("u-1")).await.unwrap().into_inner();
+    // Repeated while it runs, and once it is done: the same operation, the same plan.
+    let again = c.upgrade_app(upgrade("u-1")).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    let done = eventually("the upgrade to end", || {
+        let mut c = c.clone();
+        async move {
+            let h = c
+                .get_app_history(pb::GetAppHistoryRequest { app: "feed".into() })
+                .await
+                .ok()?
+                .into_inner();
+            h.operations
+                .iter()
+                .all(|o| o.finished_at_ms != 0)
+                .then_some(h)
+        }
+    })
+    .await;
+    assert_eq!(done.operations.len(), 1);
+    assert_eq!(done.versions.len(), 2);
+    let again = c.upgrade_app(upgrade("u-1")).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    // A new request with the same spec is refused as before.
+    let e = c.upgrade_app(upgrade("u-2")).await.unwrap_err();
+    assert!(e.message().contains("nothing to upgrade"), "{e:?}");
+
+    let cancel = |id: &str| pb::CancelAppRequest {
+        app: "feed".into(),
+        request_id: id.into(),
+    };
+    let first = c.cancel_app(cancel("c-1")).await.unwrap().into_inner();
+    assert_eq!(first.state, pb::AppState::Cancelled as i32);
+    let again = c.cancel_app(cancel("c-1")).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    let e = c.cancel_app(cancel("c-2")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    worker.stop().await;
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_dying_under_a_forwarded_call_is_named_by_the_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let doomed = Crashable::start(1, &dir.path().join("m1"), true).await;
+    let leader = doomed.master.addr.to_string();
+    let learner = Master::start_on(
+        MasterConfig::new(2, dir.path().join("m2"), BTreeMap::new()),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let via = learner.addr.to_string();
+    let out = weirctl(&leader, &["cluster", "add-master", "2", &via, "--learner"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Through the learner, which forwards it to the leader: adding master 3 as a voter,
+    // a change the leader can never commit (3 never answers), so the call waits there.
+    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .args([
+            "--master",
+            &via,
+            "cluster",
+            "add-master",
+            "3",
+            "127.0.0.1:1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("the leader to propose master 3 as a voter", || async {
+        let m = doomed.master.node.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == 3)
+            .then_some(())
+    })
+    .await;
+
+    doomed.crash();
+
+    let out = within("add-master to fail", add.wait_with_output())
+        .await
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}{}", text(&out.stdout));
+    assert!(
+        err.contains(&format!(
+            "master {leader} failed mid-call (forwarded by {via}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("may or may not have been applied"), "{err}");
+    learner.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Protocol conventions carried outside the messages: the validation problems of a
-//! refused spec in the status details, and the metadata keys for leader hints and
-//! tenancy. Servers and clients both use these, so the wire format lives in one place.
+//! refused spec in the status details, and the metadata keys for leader hints, calls
+//! of unknown outcome and tenancy. Servers and clients both use these, so the wire format lives in one place.
 
 use crate::v1::{Problem, ValidationFailure};
 use prost::bytes::Bytes;
@@ -11,6 +11,10 @@ use tonic::{Code, Status};
 /// Response metadata key naming the leader's address (`host:port`) on a
 /// FAILED_PRECONDITION from a master that is not the leader.
 pub const LEADER_METADATA_KEY: &str = "x-weir-leader";
+
+/// Response metadata key naming the leader (`host:port`) that failed before answering
+/// a call a follower forwarded to it: the call may or may not have been applied.
+pub const OUTCOME_UNKNOWN_METADATA_KEY: &str = "x-weir-outcome-unknown";
 
 /// Request metadata key naming the caller's tenant (client API).
 pub const TENANT_METADATA_KEY: &str = "x-weir-tenant";
@@ -90,6 +94,33 @@ pub fn leader_hint(status: &Status) -> Option<&str> {
     status
         .metadata()
         .get(LEADER_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// The answer of a master whose call forwarded to the leader at `leader_address` got no
+/// answer back (the leader died, the connection broke): UNKNOWN, saying the call may
+/// or may not have been applied, with the leader's address in
+/// [`OUTCOME_UNKNOWN_METADATA_KEY`] so a client can tell it from a refusal and knows
+/// whether repeating the call is safe.
+pub fn outcome_unknown(leader_address: &str, cause: &str) -> Status {
+    let mut status = Status::unknown(format!(
+        "the leader at {leader_address} failed before answering ({cause}); \
+         the call may or may not have been applied"
+    ));
+    if let Ok(v) = MetadataValue::try_from(leader_address) {
+        status
+            .metadata_mut()
+            .insert(OUTCOME_UNKNOWN_METADATA_KEY, v);
+    }
+    status
+}
+
+/// The leader a status says failed before answering (see [`outcome_unknown`]), if any.
+pub fn outcome_unknown_at(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(OUTCOME_UNKNOWN_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
 }

@@ -36,7 +36,10 @@ impl WeirAdmin for AdminService {
         self.shared
             .timed("AddMaster", async {
                 if let Route::Remote(addr) = self.shared.route(&req)? {
-                    return WeirAdminClient::new(self.shared.channel(&addr)?).add_master(forwarded(req)).await;
+                    return WeirAdminClient::new(self.shared.channel(&addr)?)
+                        .add_master(forwarded(req))
+                        .await
+                        .map_err(|s| forward_failed(&addr, s));
                 }
                 let r = req.into_inner();
                 if r.id == 0 {
@@ -69,7 +72,8 @@ impl WeirAdmin for AdminService {
                 if let Route::Remote(addr) = self.shared.route(&req)? {
                     return WeirAdminClient::new(self.shared.channel(&addr)?)
                         .remove_master(forwarded(req))
-                        .await;
+                        .await
+                        .map_err(|s| forward_failed(&addr, s));
                 }
                 let id = req.into_inner().id;
                 let raft = &self.shared.node.raft;

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-use weir_proto::status::not_leader;
+use weir_proto::status::{not_leader, outcome_unknown};
 
 /// Metadata key marking a call a follower forwarded (it is never forwarded again).
 pub const FORWARDED_KEY: &str = "x-weir-forwarded";
@@ -193,6 +193,30 @@ pub(crate) fn forwarded<T>(req: Request<T>) -> Request<T> {
     out
 }
 
+/// What a follower answers when the call it forwarded to the leader at `leader`
+/// failed: the leader's own answer as it is, a connection that never opened as
+/// UNAVAILABLE (nothing was sent), and a call lost on the way (the leader died, the
+/// connection broke; a status made here, not sent by the leader, keeps the transport
+/// error as its source) as [`outcome_unknown`], naming the leader.
+pub(crate) fn forward_failed(leader: &str, s: Status) -> Status {
+    let mut cause = s.message().to_string();
+    let mut next = std::error::Error::source(&s);
+    if next.is_none() {
+        return s;
+    }
+    while let Some(e) = next {
+        if e.is::<tonic::ConnectError>() {
+            return s;
+        }
+        let text = e.to_string();
+        if !cause.contains(&text) {
+            cause = format!("{cause}: {text}");
+        }
+        next = e.source();
+    }
+    outcome_unknown(leader, &cause)
+}
+
 /// The status a refused command answers.
 pub fn command_status(e: &CommandError) -> Status {
     let code = match e {
@@ -201,7 +225,9 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::AppState { .. } | CommandError::Checkpoint(_) | CommandError::Upgrade(_) => {
             Code::FailedPrecondition
         }
-        CommandError::BadPlacement { .. } => Code::InvalidArgument,
+        CommandError::BadPlacement { .. } | CommandError::RequestIdReused { .. } => {
+            Code::InvalidArgument
+        }
     };
     Status::new(code, e.to_string())
 }

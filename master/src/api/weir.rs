@@ -23,7 +23,8 @@ macro_rules! at_leader {
                 .leader_client(&addr)
                 .await?
                 .$method(forwarded($req))
-                .await;
+                .await
+                .map_err(|s| forward_failed(&addr, s));
         }
     };
 }
@@ -50,6 +51,43 @@ impl WeirService {
     async fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         self.shared.node.state.read(|d| f(&d.state)).await
     }
+
+    /// Proposes `cmd`, refused before proposing when the state would refuse it (a
+    /// refused request leaves no log entry), or answered from the state without a
+    /// new entry when it repeats a request already applied (same request id).
+    /// Answers the command's response, and whether it was such a repeat.
+    async fn propose_once(&self, cmd: Command) -> Result<(Response, bool), Status> {
+        let first = self
+            .read(|s| {
+                let first = s.repeated(&cmd)?;
+                if first.is_none() {
+                    s.check(&cmd)?;
+                }
+                Ok(first)
+            })
+            .await
+            .map_err(|e| command_status(&e))?;
+        match first {
+            Some(r) => Ok((r, true)),
+            // Applying a repeat answers the first outcome too: a concurrent repeat
+            // may be committed between this read and the proposal.
+            None => Ok((self.shared.write(cmd).await?, false)),
+        }
+    }
+}
+
+/// Longest request id accepted: a UUID is 36 bytes; the room left is for clients
+/// that prefix theirs.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+fn check_request_id(id: &str) -> Result<(), Status> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "request_id: at most {MAX_REQUEST_ID_BYTES} bytes (got {})",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a spec from a request, or INVALID_ARGUMENT listing every problem.
@@ -112,22 +150,22 @@ impl Weir for WeirService {
         self.shared
             .timed("SubmitApp", async {
                 at_leader!(self, req, submit_app);
+                let request_id = req.get_ref().request_id.clone();
+                check_request_id(&request_id)?;
                 let spec = parse_spec(&req.get_ref().spec, req.get_ref().format)?;
                 check_tenant(&req, &spec.tenant)?;
                 let cmd = Command::SubmitApp {
                     spec: spec.clone(),
                     spec_text: req.get_ref().spec.clone(),
                     at_ms: now_ms(),
+                    request_id: request_id.clone(),
                 };
-                // Refuse before proposing, so a refused submit leaves no log entry.
-                self.read(|s| s.check(&cmd))
-                    .await
-                    .map_err(|e| command_status(&e))?;
-                let version = match self.shared.write(cmd).await? {
+                let (answer, repeat) = self.propose_once(cmd).await?;
+                let version = match answer {
                     Response::AppVersion { version, .. } => version,
                     Response::Done | Response::UpgradeStarted { .. } | Response::Batch { .. } => 1,
                 };
-                tracing::info!(app = %spec.name, version, tenant = %spec.tenant, "app submitted");
+                tracing::info!(app = %spec.name, version, tenant = %spec.tenant, %request_id, repeat, "app submitted");
                 let pes = PhysicalModel::expand(&spec)
                     .pes
                     .values()
@@ -157,6 +195,7 @@ impl Weir for WeirService {
                 at_leader!(self, req, upgrade_app);
                 self.shared.linearizable().await?;
                 let r = req.get_ref();
+                check_request_id(&r.request_id)?;
                 let new = parse_spec(&r.spec, r.format)?;
                 let (old, placement, version) = self
                     .read(|s| {
@@ -178,6 +217,24 @@ impl Weir for WeirService {
                         "spec.name: an upgrade keeps the app name ({:?}, not {:?})",
                         r.app, new.name
                     )));
+                }
+                // A repeat answers the operation its first call started, before the
+                // checks below refuse it (the app moved on to that very version).
+                if !r.dry_run {
+                    if let Some((id, from, to, p)) = self
+                        .read(|s| repeated_upgrade(s, &r.app, &r.request_id, &r.spec))
+                        .await?
+                    {
+                        tracing::info!(app = %r.app, upgrade = id, request_id = %r.request_id, "upgrade repeated; answered the first outcome");
+                        return Ok(Reply::new(pb::UpgradeAppResponse {
+                            operation_id: id.to_string(),
+                            dry_run: false,
+                            plan: Some(upgrade_plan(&p, from, to)),
+                            plan_json: serde_json::to_string(&p)
+                                .map_err(|e| Status::internal(e.to_string()))?,
+                            plan_text: render_text(&p),
+                        }));
+                    }
                 }
                 if r.expected_version != 0 && r.expected_version != u64::from(version) {
                     return Err(Status::failed_precondition(format!(
@@ -235,6 +292,7 @@ impl Weir for WeirService {
                             gpus,
                             handoff,
                             summary: p.summary.clone(),
+                            request_id: r.request_id.clone(),
                         };
                         s.check(&cmd).map_err(|e| command_status(&e))?;
                         Ok((cmd, p))
@@ -317,15 +375,15 @@ impl Weir for WeirService {
                 if let Some(t) = tenant {
                     check_tenant(&req, &t)?;
                 }
+                let request_id = req.get_ref().request_id.clone();
+                check_request_id(&request_id)?;
                 let cmd = Command::CancelApp {
                     name,
                     at_ms: now_ms(),
+                    request_id: request_id.clone(),
                 };
-                self.read(|s| s.check(&cmd))
-                    .await
-                    .map_err(|e| command_status(&e))?;
-                self.shared.write(cmd).await?;
-                tracing::info!(app = %req.get_ref().app, "app cancelled");
+                let (_, repeat) = self.propose_once(cmd).await?;
+                tracing::info!(app = %req.get_ref().app, %request_id, repeat, "app cancelled");
                 Ok(Reply::new(pb::CancelAppResponse {
                     state: pb::AppState::Cancelled as i32,
                 }))
@@ -577,6 +635,37 @@ impl Weir for WeirService {
             })
             .await
     }
+}
+
+/// The upgrade that the request `request_id` of `app` started, when it already did:
+/// its id, versions and plan (recomputed from the versions stored).
+fn repeated_upgrade(
+    s: &ClusterState,
+    app: &str,
+    request_id: &str,
+    spec_text: &str,
+) -> Result<Option<(u64, u32, u32, weir_common::plan::UpgradePlan)>, Status> {
+    let Some(to) = s
+        .version_by_request(app, request_id, spec_text)
+        .map_err(|e| command_status(&e))?
+    else {
+        return Ok(None);
+    };
+    let rec = app_or_not_found(s, app)?;
+    let up = s.upgrade_to(app, to).ok_or_else(|| {
+        command_status(&crate::state::CommandError::RequestIdReused {
+            request_id: request_id.to_string(),
+            why: format!("already submitted app {app:?}"),
+        })
+    })?;
+    let spec = |v: u32| &rec.versions[v as usize - 1].spec;
+    let placement: Placement = up
+        .placement
+        .iter()
+        .map(|(pe, w)| (PeId(pe.as_str().into()), w.clone()))
+        .collect();
+    let p = plan(spec(up.from_version), spec(to), Some(&placement));
+    Ok(Some((up.id, up.from_version, to, p)))
 }
 
 fn phase_event(id: &str, phase: pb::UpgradePhase) -> pb::app_event::Event {

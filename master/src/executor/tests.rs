@@ -36,6 +36,7 @@ fn state(workers: &[&str]) -> ClusterState {
         spec: parse_app(APP, SpecFormat::Yaml).unwrap(),
         spec_text: APP.into(),
         at_ms: 1,
+        request_id: String::new(),
     })
     .unwrap();
     s
@@ -298,6 +299,7 @@ fn what_no_app_places_is_stopped() {
     s.apply(&Command::CancelApp {
         name: "clickstream".into(),
         at_ms: 10,
+        request_id: String::new(),
     })
     .unwrap();
     assert_eq!(reconcile(&s, &seen, NOW).stops.len(), 11);
@@ -368,6 +370,7 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
             spec: parse_app(&text, SpecFormat::Yaml).unwrap(),
             spec_text: text,
             at_ms: i as u64,
+            request_id: String::new(),
         })
         .unwrap();
     }
@@ -410,6 +413,7 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
     s.apply(&Command::CancelApp {
         name: app.clone(),
         at_ms: 9,
+        request_id: String::new(),
     })
     .unwrap();
     let a = reconcile(&s, &BTreeMap::new(), NOW);
@@ -447,6 +451,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
         gpus,
         handoff: BTreeMap::new(),
         summary: Default::default(),
+        request_id: String::new(),
     })
     .unwrap();
     let free_after: f64 = super::reconcile::capacities(&s)
@@ -501,6 +506,7 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
         spec: parse_app(&twin, SpecFormat::Yaml).unwrap(),
         spec_text: twin,
         at_ms: 2,
+        request_id: String::new(),
     })
     .unwrap();
     let a = reconcile(&s, &BTreeMap::new(), NOW);

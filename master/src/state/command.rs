@@ -16,6 +16,11 @@ pub enum Command {
         spec_text: String,
         /// Leader clock.
         at_ms: u64,
+        /// The client's idempotency key; empty for none. A repeat of an applied
+        /// request answers that request's outcome and changes nothing (see
+        /// [`ClusterState::repeated`]). Absent in entries written before it existed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
     },
     /// A running app ran to its end (every PE of its placement reported stopped after
     /// its inputs ended): it is marked finished and its resources freed.
@@ -33,6 +38,11 @@ pub enum Command {
         name: String,
         /// Leader clock.
         at_ms: u64,
+        /// The client's idempotency key; empty for none. A repeat of an applied
+        /// request answers that request's outcome and changes nothing (see
+        /// [`ClusterState::repeated`]). Absent in entries written before it existed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
     },
     /// A worker (re-)registers.
     RegisterWorker {
@@ -130,6 +140,11 @@ pub enum Command {
         handoff: BTreeMap<String, Vec<String>>,
         /// Plan counts.
         summary: weir_common::plan::PlanSummary,
+        /// The client's idempotency key; empty for none. A repeat of an applied
+        /// request answers that request's outcome and changes nothing (see
+        /// [`ClusterState::repeated`]). Absent in entries written before it existed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        request_id: String,
     },
     /// Every new PE runs and every switch action is armed: the switch barrier (a
     /// checkpoint) is begun.
@@ -260,6 +275,14 @@ pub enum CommandError {
     /// the operation is not in the phase the command needs).
     #[error("{0}")]
     Upgrade(String),
+    /// A request id already used by a different request.
+    #[error("request_id: {request_id:?} {why}; a new request needs a new request id")]
+    RequestIdReused {
+        /// The request id.
+        request_id: String,
+        /// What the request that used it did.
+        why: String,
+    },
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -268,6 +291,58 @@ pub enum CommandError {
         /// What is wrong.
         why: String,
     },
+}
+
+/// The answer an applied request got, when `cmd` repeats it (same request id, same
+/// app): applying `cmd` must then change nothing and answer that again. A request id
+/// that an applied request of the app used with other content is refused.
+pub(super) fn repeated(s: &ClusterState, cmd: &Command) -> Result<Option<Response>, CommandError> {
+    match cmd {
+        Command::SubmitApp {
+            spec,
+            spec_text,
+            request_id,
+            ..
+        } => match s.version_by_request(&spec.name, request_id, spec_text)? {
+            Some(1) => Ok(Some(Response::AppVersion {
+                app: spec.name.clone(),
+                version: 1,
+            })),
+            Some(v) => Err(reused(
+                request_id,
+                format!("started the upgrade of {:?} to version {v}", spec.name),
+            )),
+            None => Ok(None),
+        },
+        Command::BeginUpgrade {
+            spec,
+            spec_text,
+            request_id,
+            ..
+        } => match s.version_by_request(&spec.name, request_id, spec_text)? {
+            Some(1) => Err(reused(request_id, format!("submitted app {:?}", spec.name))),
+            Some(version) => Ok(Some(Response::UpgradeStarted {
+                id: s.upgrade_to(&spec.name, version).map_or(0, |u| u.id),
+                version,
+            })),
+            None => Ok(None),
+        },
+        Command::CancelApp {
+            name, request_id, ..
+        } if !request_id.is_empty() => Ok(s
+            .apps
+            .get(name)
+            .filter(|a| a.cancel_request_id.as_deref() == Some(request_id.as_str()))
+            .map(|_| Response::Done)),
+        _ => Ok(None),
+    }
+}
+
+fn reused(request_id: &str, why: String) -> CommandError {
+    CommandError::RequestIdReused {
+        request_id: request_id.to_string(),
+        why: format!("already {why}"),
+    }
 }
 
 pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
@@ -508,6 +583,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             spec,
             spec_text,
             at_ms,
+            request_id,
         } => {
             let tenant = s.tenants.entry(spec.tenant.clone()).or_default();
             tenant.name = spec.tenant.clone();
@@ -523,6 +599,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                         spec: spec.clone(),
                         spec_text: spec_text.clone(),
                         submitted_at_ms: *at_ms,
+                        request_id: request_id.clone(),
                     })],
                     current_version: 1,
                     created_at_ms: *at_ms,
@@ -532,6 +609,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                     gpus: BTreeMap::new(),
                     upgrade: None,
                     finished: None,
+                    cancel_request_id: None,
                 }),
             );
             Response::AppVersion {
@@ -553,10 +631,15 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             }
             Response::Done
         }
-        Command::CancelApp { name, at_ms } => {
+        Command::CancelApp {
+            name,
+            at_ms,
+            request_id,
+        } => {
             let app = std::sync::Arc::make_mut(s.apps.get_mut(name).expect("checked"));
             app.state = AppState::Cancelled;
             app.cancelled_at_ms = Some(*at_ms);
+            app.cancel_request_id = (!request_id.is_empty()).then(|| request_id.clone());
             if let Some(id) = app.upgrade.take() {
                 if let Some(up) = s.upgrades.get_mut(&id) {
                     up.phase = None;
@@ -692,6 +775,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             gpus,
             handoff,
             summary,
+            request_id,
         } => super::upgrade::apply_begin(
             s,
             super::upgrade::Begin {
@@ -702,6 +786,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 gpus,
                 handoff,
                 summary,
+                request_id,
             },
         ),
         Command::UpgradeSwitch { app, id, at_ms } => {

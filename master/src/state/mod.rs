@@ -34,15 +34,69 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Whether `cmd` would be accepted now; the same rule `apply` enforces.
+    /// Whether `cmd` would be accepted now; the same rule `apply` enforces. A repeat
+    /// of an applied request (see [`ClusterState::repeated`]) is accepted.
     pub fn check(&self, cmd: &Command) -> Result<(), CommandError> {
+        if command::repeated(self, cmd)?.is_some() {
+            return Ok(());
+        }
         command::check(self, cmd)
     }
 
-    /// Applies a committed command. On error the state is unchanged.
+    /// Applies a committed command. On error the state is unchanged; a repeat of an
+    /// applied request changes nothing and answers what the request got.
     pub fn apply(&mut self, cmd: &Command) -> Result<Response, CommandError> {
+        if let Some(first) = command::repeated(self, cmd)? {
+            return Ok(first);
+        }
         command::check(self, cmd)?;
         Ok(command::apply_checked(self, cmd))
+    }
+
+    /// The answer `cmd` got the first time, when it repeats a request already applied:
+    /// a submit, upgrade or cancel with the request id of one the app already took
+    /// (clients repeat a call whose master died before answering). `None` when `cmd`
+    /// is new. Refused when the request id was used for different content.
+    pub fn repeated(&self, cmd: &Command) -> Result<Option<Response>, CommandError> {
+        command::repeated(self, cmd)
+    }
+
+    /// The version of `app` that the submit or upgrade with `request_id` stored, if
+    /// one did (never for an empty id). Refused when that request carried another
+    /// spec than `spec_text`: a request id names one request.
+    pub fn version_by_request(
+        &self,
+        app: &str,
+        request_id: &str,
+        spec_text: &str,
+    ) -> Result<Option<u32>, CommandError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(v) = self
+            .apps
+            .get(app)
+            .and_then(|a| a.versions.iter().find(|v| v.request_id == request_id))
+        else {
+            return Ok(None);
+        };
+        if v.spec_text != spec_text {
+            return Err(CommandError::RequestIdReused {
+                request_id: request_id.to_string(),
+                why: format!(
+                    "already stored version {} of {app:?} from a different spec",
+                    v.version
+                ),
+            });
+        }
+        Ok(Some(v.version))
+    }
+
+    /// The upgrade operation of `app` that introduced `version`.
+    pub fn upgrade_to(&self, app: &str, version: u32) -> Option<&UpgradeRecord> {
+        self.upgrades
+            .values()
+            .find(|u| u.app == app && u.to_version == version)
     }
 }
 

@@ -68,6 +68,10 @@ pub struct AppRecord {
     /// [`AppState::Finished`]: the workers forget the PEs once they are stopped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<FinishedRecord>,
+    /// The request id of the cancel that cancelled the app, if it carried one: a
+    /// client repeating that cancel gets its first answer, not a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_request_id: Option<String>,
 }
 
 /// An app's end: when, and each PE's final figures.
@@ -244,6 +248,11 @@ pub struct AppVersion {
     pub spec_text: String,
     /// When it was committed.
     pub submitted_at_ms: u64,
+    /// The request id of the submit (version 1) or upgrade that stored it; empty when
+    /// the client gave none. A client repeating that request (e.g. after a master
+    /// died mid-call) gets this version back instead of a refusal or a second one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 /// A tenant.

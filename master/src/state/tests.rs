@@ -8,6 +8,7 @@ fn submit(at_ms: u64) -> Command {
         spec: parse_app(APP, SpecFormat::Yaml).unwrap(),
         spec_text: APP.into(),
         at_ms,
+        request_id: String::new(),
     }
 }
 
@@ -57,6 +58,7 @@ fn cancel_needs_a_live_app() {
     let cancel = Command::CancelApp {
         name: "clickstream".into(),
         at_ms: 30,
+        request_id: String::new(),
     };
     assert_eq!(
         s.apply(&cancel),
@@ -183,6 +185,7 @@ fn upgrading() -> (ClusterState, Command) {
         gpus: BTreeMap::new(),
         handoff: BTreeMap::new(),
         summary: Default::default(),
+        request_id: String::new(),
     };
     (s, begin)
 }
@@ -318,6 +321,7 @@ fn a_batch_applies_and_answers_each_command_on_its_own() {
     let cancel_unknown = Command::CancelApp {
         name: "nope".into(),
         at_ms: 3,
+        request_id: String::new(),
     };
     let batch = Command::Batch {
         cmds: vec![submit(1), submit(2), cancel_unknown],
@@ -343,4 +347,163 @@ fn a_batch_applies_and_answers_each_command_on_its_own() {
     // A batch survives the log's encoding.
     let bytes = serde_json::to_vec(&batch).unwrap();
     assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), batch);
+}
+
+fn submit_with(request_id: &str, at_ms: u64) -> Command {
+    let Command::SubmitApp {
+        spec, spec_text, ..
+    } = submit(at_ms)
+    else {
+        unreachable!("submit() builds a SubmitApp")
+    };
+    Command::SubmitApp {
+        spec,
+        spec_text,
+        at_ms,
+        request_id: request_id.into(),
+    }
+}
+
+#[test]
+fn a_repeated_submit_answers_its_version_and_changes_nothing() {
+    let mut s = ClusterState::default();
+    let first = s.apply(&submit_with("r-1", 10)).unwrap();
+    assert_eq!(
+        first,
+        Response::AppVersion {
+            app: "clickstream".into(),
+            version: 1
+        }
+    );
+    assert_eq!(s.apps["clickstream"].versions[0].request_id, "r-1");
+    let before = s.clone();
+    // The client repeats the call (its master died before answering): same answer,
+    // accepted by the leader's pre-check, nothing changed (not even the time).
+    let repeat = submit_with("r-1", 20);
+    assert_eq!(s.repeated(&repeat).unwrap(), Some(first.clone()));
+    assert_eq!(s.check(&repeat), Ok(()));
+    assert_eq!(s.apply(&repeat).unwrap(), first);
+    assert_eq!(s, before);
+    // Another request for the same name is still refused, without change.
+    assert_eq!(
+        s.apply(&submit_with("r-2", 30)),
+        Err(CommandError::AppExists("clickstream".into()))
+    );
+    assert_eq!(
+        s.apply(&submit(40)),
+        Err(CommandError::AppExists("clickstream".into()))
+    );
+    assert_eq!(s, before);
+    // The same request id with another spec is a client bug, refused by field.
+    let Command::SubmitApp { spec, .. } = submit(50) else {
+        unreachable!()
+    };
+    let other = Command::SubmitApp {
+        spec,
+        spec_text: format!("{APP}\n# edited\n"),
+        at_ms: 50,
+        request_id: "r-1".into(),
+    };
+    let err = s.apply(&other).unwrap_err();
+    assert!(
+        matches!(&err, CommandError::RequestIdReused { request_id, .. } if request_id == "r-1"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("request_id: \"r-1\" already stored version 1"),
+        "{err}"
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_repeated_upgrade_answers_its_operation_and_starts_no_second_one() {
+    let (mut s, begin) = upgrading();
+    let Command::BeginUpgrade {
+        spec,
+        spec_text,
+        placement,
+        summary,
+        ..
+    } = begin
+    else {
+        unreachable!()
+    };
+    let with = |request_id: &str, at_ms: u64| Command::BeginUpgrade {
+        spec: spec.clone(),
+        spec_text: spec_text.clone(),
+        at_ms,
+        placement: placement.clone(),
+        gpus: BTreeMap::new(),
+        handoff: BTreeMap::new(),
+        summary: summary.clone(),
+        request_id: request_id.into(),
+    };
+    let first = s.apply(&with("u-1", 100)).unwrap();
+    assert_eq!(first, Response::UpgradeStarted { id: 1, version: 2 });
+    let before = s.clone();
+    assert_eq!(s.apply(&with("u-1", 200)).unwrap(), first);
+    assert_eq!(s, before);
+    // A new request while it runs is refused as before.
+    assert!(matches!(
+        s.apply(&with("u-2", 300)),
+        Err(CommandError::Upgrade(_))
+    ));
+    // The same request id with another spec is refused, naming the field.
+    let mut edited = with("u-1", 400);
+    if let Command::BeginUpgrade { spec_text, .. } = &mut edited {
+        spec_text.push_str("\n# edited\n");
+    }
+    assert!(matches!(
+        s.apply(&edited),
+        Err(CommandError::RequestIdReused { .. })
+    ));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_repeated_cancel_answers_done_while_another_is_refused() {
+    let mut s = ClusterState::default();
+    s.apply(&submit(10)).unwrap();
+    let cancel = |request_id: &str| Command::CancelApp {
+        name: "clickstream".into(),
+        at_ms: 30,
+        request_id: request_id.into(),
+    };
+    assert_eq!(s.apply(&cancel("c-1")).unwrap(), Response::Done);
+    let before = s.clone();
+    assert_eq!(s.apply(&cancel("c-1")).unwrap(), Response::Done);
+    assert_eq!(s, before);
+    assert!(matches!(
+        s.apply(&cancel("c-2")),
+        Err(CommandError::AppState { .. })
+    ));
+    assert!(matches!(
+        s.apply(&cancel("")),
+        Err(CommandError::AppState { .. })
+    ));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn entries_and_snapshots_written_before_request_ids_still_read() {
+    // A SubmitApp entry as masters wrote it before request ids existed.
+    let mut old = serde_json::to_value(submit(10)).unwrap();
+    old.as_object_mut().unwrap().remove("request_id");
+    let cmd: Command = serde_json::from_value(old).unwrap();
+    assert_eq!(cmd, submit(10));
+    let cancel: Command =
+        serde_json::from_str(r#"{"cmd":"cancel_app","name":"clickstream","at_ms":3}"#).unwrap();
+    assert!(matches!(cancel, Command::CancelApp { request_id, .. } if request_id.is_empty()));
+    // A state snapshot without the new fields.
+    let mut s = ClusterState::default();
+    s.apply(&submit(10)).unwrap();
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(
+        !text.contains("request_id"),
+        "empty ids are not written: {text}"
+    );
+    let back: ClusterState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, s);
 }

@@ -19,6 +19,7 @@ pub(super) struct Begin<'a> {
     pub gpus: &'a BTreeMap<String, Vec<String>>,
     pub handoff: &'a BTreeMap<String, Vec<String>>,
     pub summary: &'a PlanSummary,
+    pub request_id: &'a str,
 }
 
 pub(super) fn check_begin(
@@ -118,6 +119,7 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
         spec: b.spec.clone(),
         spec_text: b.spec_text.to_string(),
         submitted_at_ms: b.at_ms,
+        request_id: b.request_id.to_string(),
     }));
     // The switch barrier is a checkpoint id nobody else will use.
     let ck = &mut rec.checkpoints;
