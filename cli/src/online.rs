@@ -296,15 +296,26 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     } else {
         format!("\nnot placed: {}", a.unplaced_reason)
     };
+    // A finished app's PEs are gone from the workers: its totals are what is left.
+    let finished = if s.finished_at_ms == 0 {
+        String::new()
+    } else {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(s.finished_at_ms)
+            / 1000;
+        format!("\nfinished {secs} s ago (every source ran out; final counts below)")
+    };
     let mut text = format!(
-        "app {}  tenant {}  state {}  version {}  PEs {}{unplaced}\n\nPE                                 WORKER        STATE      IN/s     OUT/s   BACKLOG",
+        "app {}  tenant {}  state {}  version {}  PEs {}{unplaced}{finished}\n\nPE                                 WORKER        STATE      IN/s     OUT/s   BACKLOG   RECORDS IN  RECORDS OUT",
         s.name, s.tenant, state_name(s.state), s.version, s.pe_count
     );
     for p in &a.pes {
         let st = p.stats.clone().unwrap_or_default();
         let state = name::<pb::PeState>(p.state);
         text.push_str(&format!(
-            "\n{:34} {:13} {:9} {:8.0} {:8.0} {:8}",
+            "\n{:34} {:13} {:9} {:8.0} {:8.0} {:8} {:>12} {:>12}",
             p.pe.as_ref().map_or("", |r| r.id.as_str()),
             if p.worker_id.is_empty() {
                 "-"
@@ -314,7 +325,9 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
             state,
             st.rate_in,
             st.rate_out,
-            st.backlog
+            st.backlog,
+            st.records_in,
+            st.records_out
         ));
     }
     for p in a.pes.iter().filter(|p| p.verify.is_some()) {
@@ -357,6 +370,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
     let json = json!({
         "app": s.name, "tenant": s.tenant, "state": state_name(s.state), "version": s.version,
         "unplaced_reason": a.unplaced_reason,
+        "finished_at_ms": (s.finished_at_ms != 0).then_some(s.finished_at_ms),
         "pes": a.pes.iter().map(|p| json!({"pe": p.pe.as_ref().map(|r| r.id.clone()), "worker": p.worker_id,
             "state": name::<pb::PeState>(p.state), "message": p.message, "gpus": p.gpu_uuids,
             "records_in": p.stats.as_ref().map_or(0, |s| s.records_in), "records_out": p.stats.as_ref().map_or(0, |s| s.records_out),
