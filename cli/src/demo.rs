@@ -46,8 +46,8 @@ async fn start_worker(id: &str, master: std::net::SocketAddr) -> anyhow::Result<
     Ok(Worker::start_on(cfg, control, data).await?)
 }
 
-/// Prints progress once a second until every `sink.verify` PE saw all its inputs end
-/// (or, with `until`, until that fraction of the expected records was verified).
+/// Prints progress once a second until the app finished (or, with `until`, until that
+/// fraction of the expected records was verified).
 async fn watch_progress(
     conn: &Conn,
     app: &str,
@@ -87,7 +87,14 @@ async fn watch_progress(
             start.elapsed().as_secs_f64(),
             rates.join("  ")
         );
-        if !verify.is_empty() && verify.iter().all(|v| v.inputs_ended) {
+        // To the end means finished: every source ran out, every PE drained and stopped,
+        // and the master recorded the final counts (so the restart below finds it so).
+        let finished = detail
+            .summary
+            .as_ref()
+            .is_some_and(|s| s.state == pb::AppState::Finished as i32);
+        if finished {
+            println!("  app finished: every source ran out and every PE stopped");
             return Ok(());
         }
         if until.is_some_and(|f| expected > 0 && distinct as f64 >= f * expected as f64) {

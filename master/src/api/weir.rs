@@ -764,7 +764,7 @@ pub(crate) fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
                         repl.get(id).copied().flatten().map_or(0, |l| l.index)
                     };
                     let behind = last.saturating_sub(matched);
-                    let bytes = shared.node.log.bytes_between(matched, last);
+                    let bytes = shared.node.log_sizes.bytes_between(matched, last);
                     (Some(matched), behind, bytes)
                 }
                 _ => (None, 0, 0),

@@ -35,10 +35,15 @@ pub struct LogStore {
     db: Arc<Database>,
     /// A contiguous suffix of the log (what is on disk is the truth; this is a copy).
     cache: Arc<Mutex<BTreeMap<u64, Entry>>>,
-    /// The stored size of every entry in the log, by index: bounds AppendEntries by
-    /// bytes and measures a follower's lag in bytes.
-    sizes: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// The stored size of every entry in the log, by index.
+    sizes: LogSizes,
 }
+
+/// The stored size of every entry in the log, by index: bounds AppendEntries by bytes
+/// and measures a follower's lag in bytes. A handle of its own, so that reading it
+/// (metrics, ClusterStatus) does not keep the log database open after Raft stops.
+#[derive(Clone, Default)]
+pub struct LogSizes(Arc<Mutex<BTreeMap<u64, u64>>>);
 
 fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
     StorageIOError::write(&e).into()
@@ -67,15 +72,26 @@ impl LogStore {
         Ok(Self {
             db: Arc::new(db),
             cache: Default::default(),
-            sizes: Arc::new(Mutex::new(sizes)),
+            sizes: LogSizes(Arc::new(Mutex::new(sizes))),
         })
+    }
+
+    /// A handle on the entries' sizes.
+    pub fn sizes(&self) -> LogSizes {
+        self.sizes.clone()
+    }
+}
+
+impl LogSizes {
+    fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, BTreeMap<u64, u64>>> {
+        self.0.lock()
     }
 
     /// The end (exclusive) of the longest run of entries from `start` to at most `end`
     /// whose stored sizes add up to at most `budget` bytes; always past `start` when
     /// `start < end`, so one entry larger than the budget still travels alone.
     pub fn bounded_end(&self, start: u64, end: u64, budget: u64) -> u64 {
-        let Ok(sizes) = self.sizes.lock() else {
+        let Ok(sizes) = self.lock() else {
             return end;
         };
         let mut total = 0u64;
@@ -94,12 +110,13 @@ impl LogStore {
         if upto <= after {
             return 0;
         }
-        self.sizes
-            .lock()
+        self.lock()
             .map(|s| s.range(after + 1..=upto).map(|(_, n)| n).sum())
             .unwrap_or(0)
     }
+}
 
+impl LogStore {
     /// The entries of `range` if the cache holds all of them.
     fn cached<RB: RangeBounds<u64>>(&self, range: &RB) -> Option<Vec<Entry>> {
         use std::ops::Bound::*;
@@ -195,7 +212,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let end = self.bounded_end(start, end, APPEND_BYTES);
+        let end = self.sizes.bounded_end(start, end, APPEND_BYTES);
         self.try_get_log_entries(start..end).await
     }
 }
@@ -362,7 +379,8 @@ mod tests {
 
     #[test]
     fn append_payloads_are_bounded_by_bytes_but_carry_at_least_one_entry() {
-        let (_d, s) = store_with(&[(1, 100), (2, 100), (3, 300), (4, 1000), (5, 10)]);
+        let (_d, st) = store_with(&[(1, 100), (2, 100), (3, 300), (4, 1000), (5, 10)]);
+        let s = st.sizes();
         // Within the budget: everything asked for.
         assert_eq!(s.bounded_end(1, 3, 500), 3);
         // 100 + 100 + 300 = 500 fits exactly; the 1000-byte entry does not.
@@ -377,7 +395,8 @@ mod tests {
 
     #[test]
     fn lag_in_bytes_counts_the_entries_after_the_matched_index() {
-        let (_d, s) = store_with(&[(1, 100), (2, 200), (3, 300)]);
+        let (_d, st) = store_with(&[(1, 100), (2, 200), (3, 300)]);
+        let s = st.sizes();
         assert_eq!(s.bytes_between(0, 3), 600);
         assert_eq!(s.bytes_between(1, 3), 500);
         assert_eq!(s.bytes_between(3, 3), 0);

@@ -92,8 +92,8 @@ pub struct RaftNode {
     pub raft: Raft,
     /// The state machine (for reads and watches).
     pub state: StateMachine,
-    /// The log store (for the followers' lag in bytes).
-    pub log: LogStore,
+    /// The log entries' sizes (for the followers' lag in bytes).
+    pub log_sizes: super::log_store::LogSizes,
     /// Fault injection.
     pub faults: Faults,
 }
@@ -108,7 +108,8 @@ impl RaftNode {
         let state = StateMachine::open(&cfg.data_dir)?;
         let faults = Faults::default();
         let network = Network::new(cfg.id, cfg.cluster_id.clone(), faults.clone());
-        let raft = Raft::new(cfg.id, config, network, log.clone(), state.clone())
+        let log_sizes = log.sizes();
+        let raft = Raft::new(cfg.id, config, network, log, state.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(Self {
@@ -116,7 +117,7 @@ impl RaftNode {
             cluster_id: cfg.cluster_id.clone(),
             raft,
             state,
-            log,
+            log_sizes,
             faults,
         })
     }
