@@ -5,6 +5,7 @@
 //! - [`dataplane`]: channels between PEs (in memory, or TCP links with credits,
 //!   acknowledgements and replay).
 //! - [`ops`]: the built-in operator kernels (pure); [`exec`]: programs as PEs.
+//! - [`container`]: container PEs' Docker configuration (pure; not run yet).
 //! - [`runtime`]: the PEs this worker runs, their tasks and output routing.
 //! - [`checkpoint`]: checkpoint snapshots on disk, replicated to peer workers.
 //! - [`control`]: the `WorkerControl` service the master leader drives.
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod container;
 pub mod control;
 pub mod dataplane;
 pub mod exec;

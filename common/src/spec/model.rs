@@ -402,7 +402,40 @@ pub struct ContainerParams {
     /// Record exchange protocol.
     #[serde(default)]
     pub protocol: PeProtocol,
+    /// Whether the root filesystem is writable; read-only unless the spec asks, so a
+    /// PE keeps nothing outside its checkpointed state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable_rootfs: bool,
+    /// The network the container joins (none unless the spec asks for its tenant's).
+    #[serde(default, skip_serializing_if = "ContainerNetwork::is_none")]
+    pub network: ContainerNetwork,
 }
+
+/// Which network a container PE joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerNetwork {
+    /// No network at all: records flow over stdio only.
+    #[default]
+    None,
+    /// The tenant's own Docker network, shared with that tenant's containers only.
+    Tenant,
+}
+
+impl ContainerNetwork {
+    /// Whether this is the default, [`ContainerNetwork::None`] (left out when written,
+    /// so the fingerprints of specs written before the field existed do not change).
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+/// Names accepted for [`ContainerNetwork`]. No host or bridge network: a container
+/// must not reach the cluster's ports or another tenant's containers.
+pub const CONTAINER_NETWORKS: &[(&str, ContainerNetwork)] = &[
+    ("none", ContainerNetwork::None),
+    ("tenant", ContainerNetwork::Tenant),
+];
 
 /// What one PE of an operator needs from its worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -278,11 +278,19 @@ fn container(sink: &mut Sink, o: &mut Obj<'_>) -> Option<ContainerParams> {
     let command = o.opt_str_list(sink, "command").unwrap_or_default();
     let env = env(sink, o);
     let protocol = protocol(sink, o);
+    // A mistyped value is recorded in `sink`, so `parse_kind` refuses the operator;
+    // the defaults here never reach a spec.
+    let writable_rootfs = o.opt_bool(sink, "writable_rootfs").unwrap_or(false);
+    let network = o
+        .opt_choice(sink, "network", CONTAINER_NETWORKS)
+        .unwrap_or_default();
     Some(ContainerParams {
         image: image.filter(|i| valid_image_ref(i))?,
         command,
         env: env?,
         protocol,
+        writable_rootfs,
+        network,
     })
 }
 
@@ -330,6 +338,91 @@ mod tests {
         }
         for bad in ["", "Upper/Case", "a//b", "a:", "with space"] {
             assert!(!valid_image_ref(bad), "{bad}");
+        }
+    }
+
+    /// A three-operator app whose middle operator is a container with `params`.
+    fn container_app(params: &str) -> Result<crate::spec::AppSpec, crate::Problems> {
+        crate::spec::parse_app(
+            &format!(
+                "name: c\noperators:\n\
+                 - {{name: gen, kind: source.generator, params: {{count: 1}}}}\n\
+                 - {{name: up, kind: container, params: {params}}}\n\
+                 - {{name: out, kind: sink.null}}\n\
+                 streams:\n- {{from: gen, to: up}}\n- {{from: up, to: out}}\n"
+            ),
+            crate::spec::SpecFormat::Yaml,
+        )
+    }
+
+    fn container_params(spec: &crate::spec::AppSpec) -> &ContainerParams {
+        match &spec.operator("up").unwrap().kind {
+            OperatorKind::Container(p) => p,
+            other => panic!("not a container: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn container_params_default_to_a_read_only_rootfs_and_no_network() {
+        let spec = container_app("{image: \"weir/m:1\"}").unwrap();
+        let p = container_params(&spec);
+        assert!(!p.writable_rootfs);
+        assert_eq!(p.network, ContainerNetwork::None);
+        // Defaults are left out when written: fingerprints (PE ids) of specs written
+        // before these fields existed stay the same.
+        let written = serde_json::to_value(p).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"image": "weir/m:1", "protocol": "framed"})
+        );
+    }
+
+    #[test]
+    fn container_params_take_a_writable_rootfs_and_the_tenant_network() {
+        let spec =
+            container_app("{image: \"weir/m:1\", writable_rootfs: true, network: tenant}").unwrap();
+        let p = container_params(&spec);
+        assert!(p.writable_rootfs);
+        assert_eq!(p.network, ContainerNetwork::Tenant);
+        let explicit =
+            container_app("{image: \"weir/m:1\", writable_rootfs: false, network: none}").unwrap();
+        let p = container_params(&explicit);
+        assert_eq!(
+            (p.writable_rootfs, p.network),
+            (false, ContainerNetwork::None)
+        );
+    }
+
+    #[test]
+    fn container_params_refuse_other_networks_and_non_booleans_at_their_paths() {
+        let problems =
+            container_app("{image: \"weir/m:1\", writable_rootfs: \"yes\", network: host}")
+                .unwrap_err()
+                .0;
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.rule.as_str()))
+            .collect();
+        assert!(
+            found.contains(&(
+                "operators[1].params.network",
+                "unknown value \"host\"; expected one of none, tenant"
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(
+                "operators[1].params.writable_rootfs",
+                "expected a boolean, found a string"
+            )),
+            "{found:?}"
+        );
+        for bad in ["bridge", "weir-tenant-other", "container:x"] {
+            let problems = container_app(&format!("{{image: \"weir/m:1\", network: {bad:?}}}"))
+                .unwrap_err()
+                .0;
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].path, "operators[1].params.network");
         }
     }
 

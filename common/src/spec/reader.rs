@@ -107,6 +107,21 @@ impl<'a> Obj<'a> {
         as_u64(sink, self.at(key), v)
     }
 
+    /// An optional boolean field.
+    pub fn opt_bool(&mut self, sink: &mut Sink, key: &'static str) -> Option<bool> {
+        let v = self.raw(key)?;
+        match v {
+            Value::Bool(b) => Some(*b),
+            other => {
+                sink.push(
+                    self.at(key),
+                    format!("expected a boolean, found {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
     /// An optional number field (integer or float).
     pub fn opt_f64(&mut self, sink: &mut Sink, key: &'static str) -> Option<f64> {
         let v = self.raw(key)?;
