@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the weir-master and weir-worker images from a clean clone, with no registry:
 # release binaries built here, copied with the shared libraries ldd lists (the dynamic
-# loader included) into deploy/build/, then two FROM scratch images.
+# loader included) into deploy/build/, then two FROM scratch images; then the example
+# PE images weir-pe-score:{v1,v2,broken} (deploy/build-pe-images.sh).
 #
 #   deploy/build-images.sh            # tags weir-master:latest, weir-worker:latest
 #   WEIR_TAG=dev deploy/build-images.sh
@@ -16,6 +17,7 @@ bins=(weir-master weir-worker weirctl)
 if [[ "${WEIR_SKIP_CARGO:-0}" != 1 ]]; then
     echo "== cargo build --release (${bins[*]})"
     cargo build --release --locked -p weir-master -p weir-worker -p weirctl
+    cargo build --release --locked -p weir-tests --bin weir-pe-score
 fi
 
 ctx=deploy/build
@@ -50,3 +52,6 @@ for target in master worker; do
     docker build -q -f deploy/Dockerfile --target "$target" -t "weir-$target:$tag" deploy
 done
 docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^weir-(master|worker):$tag " || true
+
+echo "== example PE images (deploy/build-pe-images.sh)"
+WEIR_PE_BIN="$target_dir/release/weir-pe-score" deploy/build-pe-images.sh

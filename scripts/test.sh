@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: the fast suite (`cargo test --workspace`: unit, property,
-# corpus, CLI, multi-master and multi-worker tests on loopback), then the compose suite
+# corpus, CLI, multi-master and multi-worker tests on loopback, container PEs on the
+# local Docker Engine, which skip loudly without one), then the compose suite
 # (tests/tests/compose.rs: a 3-master 3-worker cluster as containers, with docker
 # kill, network disconnect and full restarts) whenever a Docker engine answers.
 #
@@ -18,7 +19,7 @@ if [[ "${WEIR_SKIP_COMPOSE:-0}" == 1 ]]; then
     exit 0
 fi
 if ! docker info >/dev/null 2>&1; then
-    echo "!!!!!!!! NO DOCKER ENGINE: THE COMPOSE SUITE (tests/tests/compose.rs) DID NOT RUN !!!!!!!!" >&2
+    echo "!!!!!!!! NO DOCKER ENGINE: THE COMPOSE SUITE (tests/tests/compose.rs) AND THE CONTAINER TESTS (tests/tests/containers.rs) DID NOT RUN !!!!!!!!" >&2
     if [[ "${CI_REQUIRE_DOCKER:-0}" == 1 ]]; then
         exit 1
     fi

@@ -68,6 +68,7 @@ fn pe_k(
     PeConfig {
         app: "bench".into(),
         version: 1,
+        tenant: "default".into(),
         pe: format!("{name}#{k}"),
         spec: op(name, kind, parallelism),
         index: k,

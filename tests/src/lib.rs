@@ -3,6 +3,7 @@
 //! Every wait is a condition polled against a deadline, never a bare sleep.
 
 pub mod compose;
+pub mod containers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -166,6 +167,37 @@ impl Cluster {
     }
 }
 
+/// Waits up to `limit` for every input of `sink.verify` operator `audit` of `app` to
+/// end, then checks it saw each of `records` records exactly once.
+pub async fn assert_audit_exact(
+    client: &WeirClient<Channel>,
+    app: &str,
+    audit: &str,
+    records: u64,
+    limit: Duration,
+) {
+    let summaries = eventually_within("the audit sees every input end", limit, || {
+        let mut client = client.clone();
+        let (app, audit) = (app.to_string(), audit.to_string());
+        async move { verify_done(&app_detail(&mut client, &app).await?, &audit) }
+    })
+    .await;
+    let sum = |f: fn(&pb::VerifySummary) -> u64| summaries.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.duplicates), 0, "no record twice");
+    assert_eq!(sum(|s| s.missing_below_max), 0, "no gap");
+    assert_eq!(sum(|s| s.records), records, "every record exactly once");
+    assert_eq!(sum(|s| s.distinct), records);
+}
+
+/// Records the app's `sink.verify` PEs have seen so far.
+pub fn audit_records(d: &pb::AppDetail) -> u64 {
+    d.pes
+        .iter()
+        .filter_map(|p| p.verify)
+        .map(|v| v.records)
+        .sum()
+}
+
 /// A minimal valid spec for an app called `name`.
 pub fn spec(name: &str) -> String {
     format!(
@@ -175,11 +207,53 @@ pub fn spec(name: &str) -> String {
 
 /// A submit request for [`spec`].
 pub fn submit(name: &str) -> pb::SubmitAppRequest {
+    submit_yaml(spec(name))
+}
+
+/// A submit request for the YAML spec `spec`.
+pub fn submit_yaml(spec: String) -> pb::SubmitAppRequest {
     pb::SubmitAppRequest {
-        spec: spec(name),
+        spec,
         format: pb::SpecFormat::Yaml as i32,
         request_id: String::new(),
     }
+}
+
+/// An upgrade request of `app` to the YAML spec `spec`, whatever its version.
+pub fn upgrade_yaml(app: &str, spec: String) -> pb::UpgradeAppRequest {
+    pb::UpgradeAppRequest {
+        app: app.into(),
+        spec,
+        format: pb::SpecFormat::Yaml as i32,
+        dry_run: false,
+        expected_version: 0,
+        request_id: String::new(),
+    }
+}
+
+/// Waits up to `limit` for upgrade operation `op` of `app` to end; returns it.
+pub async fn operation_ended(
+    client: &WeirClient<Channel>,
+    app: &str,
+    op: &str,
+    limit: Duration,
+) -> pb::UpgradeOperation {
+    eventually_within("the upgrade ends", limit, || {
+        let mut client = client.clone();
+        let (app, op) = (app.to_string(), op.to_string());
+        async move {
+            let h = client
+                .get_app_history(pb::GetAppHistoryRequest { app })
+                .await
+                .ok()?
+                .into_inner();
+            h.operations
+                .into_iter()
+                .find(|o| o.operation_id == op)
+                .filter(|o| o.finished_at_ms != 0)
+        }
+    })
+    .await
 }
 
 /// Starts a worker in this process on fresh loopback ports, registered with `masters`.

@@ -32,6 +32,65 @@ fn others(not: u64) -> Vec<u64> {
     MASTERS.iter().copied().filter(|m| *m != not).collect()
 }
 
+/// [`upgrade`], which must complete with nothing lost or repeated.
+async fn upgraded_exactly(c: &Compose, app: &str, spec: &str, from: u64) {
+    let done = upgrade(c, app, spec, from).await;
+    assert_eq!(done.phase, pb::UpgradePhase::Done as i32, "{done:?}");
+    let r = done.result.expect("a result");
+    assert_eq!((r.records_lost, r.records_duplicated), (0, 0), "{r:?}");
+    eprintln!(
+        "{app}: upgrade under load: {r:?}, {} ms",
+        done.finished_at_ms - done.started_at_ms
+    );
+}
+
+/// Upgrades `app` from version `from` to `spec` through any master that answers and
+/// waits for the operation to end.
+async fn upgrade(c: &Compose, app: &str, spec: &str, from: u64) -> pb::UpgradeOperation {
+    let op = eventually_within("the upgrade accepted", Duration::from_secs(30), || async {
+        for id in MASTERS {
+            let Some(mut client) = c.client(id).await else {
+                continue;
+            };
+            let req = pb::UpgradeAppRequest {
+                app: app.into(),
+                spec: spec.to_string(),
+                format: pb::SpecFormat::Yaml as i32,
+                dry_run: false,
+                expected_version: from,
+                request_id: String::new(),
+            };
+            match client.upgrade_app(req).await {
+                Ok(r) => return Some(r.into_inner().operation_id),
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    panic!("{app}: the upgrade was refused: {}", s.message())
+                }
+                Err(_) => {}
+            }
+        }
+        None
+    })
+    .await;
+    eventually_within("the upgrade ends", FINISH, || async {
+        for id in MASTERS {
+            let Some(mut client) = c.client(id).await else {
+                continue;
+            };
+            let h = client
+                .get_app_history(pb::GetAppHistoryRequest { app: app.into() })
+                .await
+                .ok()?
+                .into_inner();
+            return h
+                .operations
+                .into_iter()
+                .find(|o| o.operation_id == op && o.finished_at_ms != 0);
+        }
+        None
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "compose suite: needs Docker and the images (scripts/test.sh runs it)"]
 async fn submitted_from_outside_every_record_arrives_once() {
@@ -306,59 +365,49 @@ async fn an_online_upgrade_to_v2_under_load_loses_and_repeats_nothing() {
             "    kind: window.count\n    parallelism: 4",
         );
     assert_ne!(v1, v2);
-    let op = eventually_within("the upgrade accepted", Duration::from_secs(30), || async {
-        for id in MASTERS {
-            let Some(mut client) = c.client(id).await else {
-                continue;
-            };
-            let req = pb::UpgradeAppRequest {
-                app: "upgraded".into(),
-                spec: v2.clone(),
-                format: pb::SpecFormat::Yaml as i32,
-                dry_run: false,
-                expected_version: 1,
-                request_id: String::new(),
-            };
-            match client.upgrade_app(req).await {
-                Ok(r) => return Some(r.into_inner().operation_id),
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    panic!("v2 refused: {}", s.message())
-                }
-                Err(_) => {}
-            }
-        }
-        None
-    })
-    .await;
-    let done = eventually_within("the upgrade ends", FINISH, || async {
-        for id in MASTERS {
-            let Some(mut client) = c.client(id).await else {
-                continue;
-            };
-            let h = client
-                .get_app_history(pb::GetAppHistoryRequest {
-                    app: "upgraded".into(),
-                })
-                .await
-                .ok()?
-                .into_inner();
-            return h
-                .operations
-                .into_iter()
-                .find(|o| o.operation_id == op && o.finished_at_ms != 0);
-        }
-        None
-    })
-    .await;
-    assert_eq!(done.phase, pb::UpgradePhase::Done as i32, "{done:?}");
-    let r = done.result.expect("a result");
-    assert_eq!((r.records_lost, r.records_duplicated), (0, 0), "{r:?}");
-    eprintln!(
-        "upgrade under load: {r:?}, {} ms",
-        done.finished_at_ms - done.started_at_ms
-    );
+    upgraded_exactly(&c, "upgraded", &v2, 1).await;
     let d = c.app(&MASTERS, "upgraded").await.expect("the app");
     assert_eq!(d.summary.expect("summary").version, 2);
     let sum = c.verified(&MASTERS, "upgraded", "audit", FINISH).await;
     assert_exact("upgraded (v1 -> v2 under load)", &sum, count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "compose suite: needs Docker and the images (scripts/test.sh runs it)"]
+async fn a_container_pe_is_upgraded_online_to_a_new_image_inside_the_cluster() {
+    let c = Compose::up("container").await;
+    let count = 200_000;
+    let v1 = format!(
+        r#"
+name: scored
+checkpoint_interval_ms: 1000
+operators:
+  - {{name: gen, kind: source.generator, parallelism: 2, params: {{count: {count}, rate: 20000, keys: 100, payload_bytes: 32}}}}
+  - {{name: score, kind: container, parallelism: 2, params: {{image: "weir-pe-score:v1"}}, resources: {{cpu: 0.25, memory_mb: 64}}}}
+  - {{name: audit, kind: sink.verify, params: {{expect: {count}}}}}
+streams:
+  - {{from: gen, to: score}}
+  - {{from: score, to: audit, partitioning: round_robin}}
+"#
+    );
+    c.submit(&MASTERS, &v1).await;
+    c.records_flowing(&MASTERS, "scored").await;
+    let v2 = v1.replace("weir-pe-score:v1", "weir-pe-score:v2");
+    upgraded_exactly(&c, "scored", &v2, 1).await;
+    // The workers (containers themselves) run the PEs' containers on the host's
+    // engine: once the upgrade is done, only v2 ones are left for the app.
+    let images = c.docker_ok(&[
+        "ps",
+        "--filter",
+        "label=weir.app=scored",
+        "--format",
+        "{{.Image}}",
+    ]);
+    let images: Vec<&str> = images.lines().collect();
+    assert!(
+        images.len() == 2 && images.iter().all(|i| *i == "weir-pe-score:v2"),
+        "{images:?}"
+    );
+    let sum = c.verified(&MASTERS, "scored", "audit", FINISH).await;
+    assert_exact("scored (container v1 -> v2 under load)", &sum, count);
 }

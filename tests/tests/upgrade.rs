@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
-use weir_tests::{app_detail, eventually_within, start_worker, verify_done, Cluster};
+use weir_tests::{app_detail, eventually_within, start_worker, Cluster};
 use weir_worker::node::Worker;
 
 const KEYS: u64 = 20;
@@ -160,12 +160,7 @@ impl Rig {
     }
 
     async fn audit_seen(&mut self, app: &str) -> u64 {
-        let d = self.detail(app).await;
-        d.pes
-            .iter()
-            .filter_map(|p| p.verify)
-            .map(|v| v.records)
-            .sum()
+        weir_tests::audit_records(&self.detail(app).await)
     }
 
     /// Upgrades `app` to `to` and waits for the operation to end; returns it.
@@ -181,22 +176,7 @@ impl Rig {
     }
 
     async fn finished(&mut self, app: &str, op: &str) -> pb::UpgradeOperation {
-        eventually_within("the upgrade ends", LIMIT, || {
-            let mut client = self.client.clone();
-            let (app, op) = (app.to_string(), op.to_string());
-            async move {
-                let h = client
-                    .get_app_history(pb::GetAppHistoryRequest { app })
-                    .await
-                    .ok()?
-                    .into_inner();
-                h.operations
-                    .into_iter()
-                    .find(|o| o.operation_id == op)
-                    .filter(|o| o.finished_at_ms != 0)
-            }
-        })
-        .await
+        weir_tests::operation_ended(&self.client, app, op, LIMIT).await
     }
 
     async fn pes(&mut self, app: &str) -> BTreeMap<String, pb::PeView> {
@@ -252,20 +232,7 @@ async fn assert_untouched(
 /// The audit and the window results once every input ended, checked against what the
 /// generator's ids say they must be.
 async fn assert_exact(rig: &Rig, app: &str, records: u64, audit: &str, out: &std::path::Path) {
-    let summaries = eventually_within("the audit sees every input end", LIMIT, || {
-        let mut client = rig.client.clone();
-        let (app, audit) = (app.to_string(), audit.to_string());
-        async move {
-            let d = app_detail(&mut client, &app).await?;
-            verify_done(&d, &audit)
-        }
-    })
-    .await;
-    let sum = |f: fn(&pb::VerifySummary) -> u64| summaries.iter().map(f).sum::<u64>();
-    assert_eq!(sum(|s| s.duplicates), 0, "no record twice");
-    assert_eq!(sum(|s| s.missing_below_max), 0, "no gap");
-    assert_eq!(sum(|s| s.records), records, "every record exactly once");
-    assert_eq!(sum(|s| s.distinct), records);
+    weir_tests::assert_audit_exact(&rig.client, app, audit, records, LIMIT).await;
 
     let expected = weir_tests::expected_windows(records, KEYS, WINDOW_MS);
     let text = eventually_within("the window results are visible", LIMIT, || {

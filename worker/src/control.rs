@@ -166,6 +166,7 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
     Ok(PeConfig {
         app: r.app.clone(),
         version: r.version,
+        tenant: r.tenant.clone(),
         pe: s.pe.clone(),
         spec,
         index: s.index,

@@ -4,6 +4,7 @@
 use crate::agent::{Agent, AgentConfig, AgentHooks, AgentStatus};
 use crate::checkpoint::replicate::Replicator;
 use crate::checkpoint::SnapshotStore;
+use crate::container::ContainerEngine;
 use crate::control::ControlService;
 use crate::dataplane::{inbound, Inputs};
 use crate::runtime::checkpoint::CheckpointEnv;
@@ -57,7 +58,11 @@ impl Worker {
             store.clone(),
             Arc::new(Replicator::new(cfg.worker_id.clone())),
         ));
-        let runtime = Arc::new(Runtime::with_checkpoints(inputs.clone(), env.clone()));
+        let mut runtime = Runtime::with_checkpoints(inputs.clone(), env.clone());
+        if let Some(engine) = container_engine(&cfg).await {
+            runtime = runtime.with_containers(engine);
+        }
+        let runtime = Arc::new(runtime);
         let hooks = AgentHooks {
             reports: {
                 let rt = runtime.clone();
@@ -154,4 +159,54 @@ impl Worker {
             let _ = t.await;
         }
     }
+}
+
+/// The local Docker Engine for container PEs, with what a crashed run of this worker
+/// left behind removed; `None` (logged) where no engine answers: container PEs then
+/// fail on this worker, saying so.
+async fn container_engine(cfg: &AgentConfig) -> Option<ContainerEngine> {
+    let offered = crate::resources::snapshot(
+        cfg.cores,
+        cfg.memory_mb,
+        &cfg.declared_gpus,
+        cfg.discover_nvml,
+    );
+    let vendors = offered
+        .gpus
+        .iter()
+        .map(|g| (g.uuid.clone(), g.vendor.clone()))
+        .collect();
+    let nodes = cfg
+        .declared_gpus
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.nodes.is_empty())
+        .map(|(i, d)| (crate::resources::declared_uuid(d, i), d.nodes.clone()))
+        .collect();
+    let engine = match ContainerEngine::connect(&cfg.cluster_id, &cfg.worker_id, vendors, nodes) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::info!(worker = %cfg.worker_id, error = %e, "no container PEs on this worker");
+            return None;
+        }
+    };
+    match engine.ping().await {
+        Ok(version) => {
+            tracing::info!(worker = %cfg.worker_id, docker = %version, "container PEs run on the local Docker Engine")
+        }
+        Err(e) => {
+            tracing::info!(worker = %cfg.worker_id, error = %e, "no container PEs on this worker");
+            return None;
+        }
+    }
+    match engine.remove_orphans().await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(worker = %cfg.worker_id, removed = n, "containers of an earlier run removed")
+        }
+        Err(e) => {
+            tracing::warn!(worker = %cfg.worker_id, error = %e, "containers of an earlier run not removed")
+        }
+    }
+    Some(engine)
 }

@@ -5,7 +5,10 @@ use std::sync::OnceLock;
 use weir_proto::v1 as pb;
 
 /// An accelerator declared on the command line or in config:
-/// `VENDOR:MODEL:MEMORY_MB[:UUID]`, e.g. `amd:mi300x:196608` or `nvidia:test:16384:GPU-1`.
+/// `VENDOR:MODEL:MEMORY_MB[:UUID[:NODE+NODE...]]`, e.g. `amd:mi300x:196608`,
+/// `nvidia:test:16384:GPU-1` or `amd:mi300x:196608:amd-0:/dev/kfd+/dev/dri/renderD128`
+/// (the host device nodes a container PE given this device needs; NVIDIA devices are
+/// given through the NVIDIA runtime instead).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeclaredGpu {
     /// Vendor (`nvidia`, `amd`, `ascend`, `intel`, ...).
@@ -16,6 +19,8 @@ pub struct DeclaredGpu {
     pub memory_mb: u64,
     /// Device id; generated from the position when absent.
     pub uuid: Option<String>,
+    /// Host device nodes for containers given this device.
+    pub nodes: Vec<String>,
 }
 
 impl std::str::FromStr for DeclaredGpu {
@@ -23,8 +28,19 @@ impl std::str::FromStr for DeclaredGpu {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        if !(3..=4).contains(&parts.len()) || parts[..3].iter().any(|p| p.is_empty()) {
-            return Err(format!("{s:?} is not VENDOR:MODEL:MEMORY_MB[:UUID]"));
+        if !(3..=5).contains(&parts.len()) || parts[..3].iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "{s:?} is not VENDOR:MODEL:MEMORY_MB[:UUID[:NODE+NODE...]]"
+            ));
+        }
+        let nodes: Vec<String> = parts
+            .get(4)
+            .map(|n| n.split('+').map(str::to_string).collect())
+            .unwrap_or_default();
+        if let Some(bad) = nodes.iter().find(|n| !n.starts_with("/dev/")) {
+            return Err(format!(
+                "{s:?}: device node {bad:?} is not a path under /dev/"
+            ));
         }
         let memory_mb = parts[2]
             .parse::<u64>()
@@ -41,6 +57,7 @@ impl std::str::FromStr for DeclaredGpu {
             model: parts[1].to_string(),
             memory_mb,
             uuid: parts.get(3).map(|u| u.to_string()),
+            nodes,
         })
     }
 }
@@ -87,6 +104,13 @@ pub fn memory_mb() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+/// The UUID a declared device is reported under (its own, or one from its position).
+pub fn declared_uuid(d: &DeclaredGpu, position: usize) -> String {
+    d.uuid
+        .clone()
+        .unwrap_or_else(|| format!("declared-{}-{position}", d.vendor))
+}
+
 /// Everything the worker offers now: discovered GPUs first, then declared ones.
 pub fn snapshot(
     cores: Option<f64>,
@@ -101,10 +125,7 @@ pub fn snapshot(
     };
     for (i, d) in declared.iter().enumerate() {
         gpus.push(pb::GpuDevice {
-            uuid: d
-                .uuid
-                .clone()
-                .unwrap_or_else(|| format!("declared-{}-{i}", d.vendor)),
+            uuid: declared_uuid(d, i),
             vendor: d.vendor.clone(),
             model: d.model.clone(),
             memory_total_mb: d.memory_mb,
@@ -143,6 +164,14 @@ mod tests {
             .unwrap_err()
             .contains("not a positive number"));
         assert!("nvidia:test:0".parse::<DeclaredGpu>().is_err());
+        let g: DeclaredGpu = "amd:mi300x:196608:amd-0:/dev/kfd+/dev/dri/renderD128"
+            .parse()
+            .unwrap();
+        assert_eq!(g.nodes, ["/dev/kfd", "/dev/dri/renderD128"]);
+        assert!("amd:x:1:amd-0:/etc/passwd"
+            .parse::<DeclaredGpu>()
+            .unwrap_err()
+            .contains("not a path under /dev/"));
     }
 
     #[test]

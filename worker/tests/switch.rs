@@ -26,6 +26,7 @@ fn config(pe: &str, kind: OperatorKind, inputs: &[&str], outputs: Vec<OutputConf
     PeConfig {
         app: APP.into(),
         version: 1,
+        tenant: "default".into(),
         pe: pe.into(),
         spec: OperatorSpec {
             name: pe.split('#').next().unwrap_or(pe).into(),

@@ -78,9 +78,10 @@ pub fn container_config(
         publish_all_ports: Some(false),
         device_requests: (!access.requests.is_empty()).then_some(access.requests),
         devices: (!access.devices.is_empty()).then_some(access.devices),
-        // The worker restarts a failed PE itself (in a new container, under its
-        // attempt); what is left once the program exits is only clutter.
-        auto_remove: Some(true),
+        // Not auto-removed: the worker reads the exit status of a program that ended
+        // (for the PE's failure message), then removes the container itself; what a
+        // crashed worker leaves is removed at its next start.
+        auto_remove: Some(false),
         // PID 1 ignores SIGTERM without a handler: an init forwards it, so stopping a
         // PE takes no kill timeout, and reaps the program's children.
         init: Some(true),

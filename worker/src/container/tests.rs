@@ -113,7 +113,7 @@ fn a_cpu_only_pe_gets_its_limits_no_network_and_nothing_to_escalate_with() {
     assert_eq!((h.binds.as_ref(), h.mounts.as_ref()), (None, None));
     assert_eq!(h.device_requests, None);
     assert_eq!(h.devices, None);
-    assert_eq!(h.auto_remove, Some(true));
+    assert_eq!(h.auto_remove, Some(false));
     assert_eq!(
         h.restart_policy, None,
         "the worker restarts PEs, not Docker"
@@ -154,7 +154,7 @@ fn the_body_is_written_with_the_names_the_engine_reads() {
     assert_eq!(h["SecurityOpt"], serde_json::json!(["no-new-privileges"]));
     assert_eq!(h["ReadonlyRootfs"], true);
     assert_eq!(h["NetworkMode"], "none");
-    assert_eq!(h["AutoRemove"], true);
+    assert_eq!(h["AutoRemove"], false);
     assert_eq!(h["LogConfig"]["Type"], "none");
     assert_eq!(v["OpenStdin"], true);
     assert_eq!(v["Labels"]["weir.pe"], "square@ff0ee89c#0");

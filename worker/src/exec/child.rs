@@ -1,28 +1,27 @@
-//! One running instance of the program: its pipes, the task forwarding its stderr to
-//! tracing, one request/answer round trip, and stopping it.
+//! One running instance of the program, wherever it runs: its streams, the task
+//! forwarding its stderr to tracing, one request/answer round trip, and stopping it.
 
 use super::error::{ExecError, Failure};
+use super::launch::{Instance, Launch, Output, Stdin};
 use super::readline::{read_line_capped, trim_newline, LineEnd};
 use super::{framed, lines};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use weir_common::record::Batch;
-use weir_common::spec::{ExecParams, PeProtocol};
-
-/// Environment variable giving the program its PE id (handy in its own logs).
-pub const PE_ID_ENV: &str = "WEIR_PE_ID";
+use weir_common::spec::PeProtocol;
 
 /// Longest stderr line forwarded whole; longer ones are cut.
 const MAX_STDERR_LINE: usize = 16 << 10;
 /// How long to wait for the stderr forwarder to drain once the child is gone (a
 /// grandchild may hold the pipe open; its lines are not worth blocking for).
 const STDERR_DRAIN: Duration = Duration::from_secs(1);
+/// How long closing the program's stdin may take before it is given up on.
+const STDIN_CLOSE: Duration = Duration::from_secs(1);
 /// Read buffer for the child's stdout.
 const STDOUT_BUFFER: usize = 64 << 10;
 
@@ -30,13 +29,20 @@ const STDOUT_BUFFER: usize = 64 << 10;
 type LastLine = Arc<Mutex<Option<String>>>;
 
 /// A spawned program.
-#[derive(Debug)]
 pub(super) struct Running {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    instance: Box<dyn Instance>,
+    stdin: Stdin,
+    stdout: BufReader<Output>,
     stderr_task: JoinHandle<()>,
     last_stderr: LastLine,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a program ended.
@@ -49,48 +55,23 @@ pub(super) struct Ended {
 }
 
 impl Running {
-    /// Starts the program with piped stdio; it is killed if this is dropped.
-    pub(super) fn spawn(pe_id: &str, params: &ExecParams) -> Result<Self, ExecError> {
-        let Some((program, args)) = params.command.split_first() else {
-            return Err(ExecError::EmptyCommand {
-                pe_id: pe_id.to_string(),
-            });
-        };
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(&params.env)
-            .env(PE_ID_ENV, pe_id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| ExecError::Spawn {
-                pe_id: pe_id.to_string(),
-                command: params.command.join(" "),
-                source,
-            })?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            // Cannot happen with all three piped; reported rather than unwrapped.
-            return Err(ExecError::Spawn {
-                pe_id: pe_id.to_string(),
-                command: params.command.join(" "),
-                source: std::io::Error::other("a standard stream was not piped"),
-            });
-        };
+    /// Starts instance `start` of the program through `launch`.
+    pub(super) async fn spawn(
+        pe_id: &str,
+        launch: &dyn Launch,
+        start: u64,
+    ) -> Result<Self, ExecError> {
+        let started = launch.launch(pe_id, start).await?;
         let last_stderr = LastLine::default();
-        let stderr_task = tokio::spawn(forward_stderr(
-            pe_id.to_string(),
-            stderr,
-            Arc::clone(&last_stderr),
-        ));
-        tracing::debug!(pe = %pe_id, pid = ?child.id(), command = ?params.command, "exec PE started");
+        // In the PE's span, so its lines sit with the PE's other events.
+        let stderr_task = tokio::spawn(
+            forward_stderr(pe_id.to_string(), started.stderr, Arc::clone(&last_stderr))
+                .instrument(tracing::Span::current()),
+        );
         Ok(Self {
-            child,
-            stdin,
-            stdout: BufReader::with_capacity(STDOUT_BUFFER, stdout),
+            instance: started.instance,
+            stdin: started.stdin,
+            stdout: BufReader::with_capacity(STDOUT_BUFFER, started.stdout),
             stderr_task,
             last_stderr,
         })
@@ -152,30 +133,22 @@ impl Running {
     /// `grace` for it to exit, then kills it; a zero `grace` kills it at once.
     pub(super) async fn stop(self, grace: Duration) -> Ended {
         let Running {
-            mut child,
-            stdin,
+            instance,
+            mut stdin,
             stdout,
             stderr_task,
             last_stderr,
         } = self;
+        // A shutdown, not only a drop: a container's stdin is a socket that must be
+        // half-closed for the engine to pass end of input on. Bounded: a program that
+        // does not read could keep a flush waiting.
+        if !grace.is_zero() {
+            let _ = tokio::time::timeout(STDIN_CLOSE, stdin.shutdown()).await;
+        }
         drop(stdin);
         // Unread answers must not keep a program blocked on a full pipe.
         drop(stdout);
-        // No grace means kill now: even a zero timeout would let the program run
-        // until the next timer tick, enough to exit on its own and hide the kill.
-        let exited = if grace.is_zero() {
-            None
-        } else {
-            tokio::time::timeout(grace, child.wait()).await.ok()
-        };
-        let exit = match exited {
-            Some(Ok(status)) => status.to_string(),
-            Some(Err(e)) => format!("exit status unknown: {e}"),
-            None => match child.kill().await {
-                Ok(()) => "killed by the worker".to_string(),
-                Err(e) => format!("could not be killed: {e}"),
-            },
-        };
+        let exit = instance.stop(grace).await;
         let mut stderr_task = stderr_task;
         if tokio::time::timeout(STDERR_DRAIN, &mut stderr_task)
             .await
@@ -192,7 +165,7 @@ impl Running {
 }
 
 /// Forwards the program's stderr to tracing, line by line, remembering the last one.
-async fn forward_stderr(pe_id: String, stderr: ChildStderr, last: LastLine) {
+async fn forward_stderr(pe_id: String, stderr: Output, last: LastLine) {
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {

@@ -24,6 +24,36 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// A container could not be created, attached or started.
+    #[error("PE {pe_id}: cannot start {what}: {reason}")]
+    Launch {
+        /// The PE.
+        pe_id: String,
+        /// What was to run (`container weir-pe-score:v1`).
+        what: String,
+        /// Why, in the engine's words.
+        reason: String,
+    },
+    /// The program started but did not answer the empty batch every container PE is
+    /// sent first (it exited, or speaks another protocol).
+    #[error(
+        "PE {pe_id}: {command} did not answer the start-up handshake: {cause} ({exit}; \
+         last stderr line: {})",
+        last_stderr.as_deref().unwrap_or("none")
+    )]
+    Handshake {
+        /// The PE.
+        pe_id: String,
+        /// What runs.
+        command: String,
+        /// What went wrong (boxed to keep `Result`s small).
+        #[source]
+        cause: Box<Failure>,
+        /// How it ended.
+        exit: String,
+        /// The last line it wrote to stderr, if any.
+        last_stderr: Option<String>,
+    },
     /// An input batch too large for a frame's `u32` length prefix.
     #[error("PE {pe_id}: input batch of {len} bytes does not fit a frame")]
     InputTooLarge {
@@ -44,7 +74,7 @@ pub enum ExecError {
     /// The program failed on the same batch too many times in a row (it was restarted
     /// and the batch replayed after each failure but the last).
     #[error(
-        "PE {pe_id}: `{command}` failed {attempts} times in a row on one batch; \
+        "PE {pe_id}: {command} failed {attempts} times in a row on one batch; \
          last failure: {cause} ({exit}; last stderr line: {})",
         last_stderr.as_deref().unwrap_or("none")
     )]

@@ -1,8 +1,10 @@
-//! Exec PEs: local programs that transform records, speaking the PE protocol on
-//! stdin/stdout (docs/pe-protocol.md).
+//! Program PEs: programs that transform records, speaking the PE protocol on
+//! stdin/stdout (docs/pe-protocol.md), run as local processes (`exec`) or containers
+//! (`container`, through [`Launch`]): one implementation of the protocol for both.
 //!
-//! - [`ExecPe`]: spawns the program, one request/answer round trip per batch, restarts
+//! - [`ExecPe`]: starts the program, one request/answer round trip per batch, restarts
 //!   it and replays the batch when it fails.
+//! - [`Launch`]: where it runs; [`LocalLaunch`] for a child process.
 //! - Two protocols ([`PeProtocol`](weir_common::spec::PeProtocol)): `lines` (one JSON
 //!   object per record, for scripts; identity is kept by the worker) and `framed` (the
 //!   binary batch layout, length-prefixed).
@@ -12,13 +14,14 @@
 mod child;
 mod error;
 mod framed;
+mod launch;
 mod lines;
 mod pe;
 mod readline;
 
-pub use child::PE_ID_ENV;
 pub use error::{ExecError, Failure};
 pub use framed::MAX_FRAME_BYTES;
+pub use launch::{BoxFuture, Instance, Launch, LocalLaunch, Output, Started, Stdin, PE_ID_ENV};
 pub use lines::KEY_FIELD;
 pub use pe::{ExecConfig, ExecPe};
 

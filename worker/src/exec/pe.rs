@@ -2,7 +2,9 @@
 
 use super::child::Running;
 use super::error::{ExecError, Failure};
+use super::launch::{Launch, LocalLaunch};
 use super::{framed, lines};
+use std::sync::Arc;
 use std::time::Duration;
 use weir_common::record::Batch;
 use weir_common::spec::{ExecParams, PeProtocol};
@@ -42,8 +44,8 @@ impl Default for ExecConfig {
     }
 }
 
-/// A local program transforming record batches over stdin/stdout
-/// (docs/pe-protocol.md).
+/// A program transforming record batches over stdin/stdout (docs/pe-protocol.md),
+/// run as a local process or a container ([`Launch`]).
 ///
 /// Each [`process`](Self::process) call is one request and exactly one answer. If the
 /// program crashes, breaks the protocol or times out, it is restarted and the same
@@ -52,7 +54,8 @@ impl Default for ExecConfig {
 #[derive(Debug)]
 pub struct ExecPe {
     pe_id: String,
-    params: ExecParams,
+    launch: Arc<dyn Launch>,
+    protocol: PeProtocol,
     config: ExecConfig,
     command: String,
     /// `None` after a failure until the next spawn.
@@ -73,11 +76,44 @@ impl ExecPe {
         params: &ExecParams,
         config: ExecConfig,
     ) -> Result<Self, ExecError> {
-        let child = Running::spawn(pe_id, params)?;
+        Self::launch(pe_id, Arc::new(LocalLaunch::new(params.clone())), config).await
+    }
+
+    /// Starts the program through `launch`. Where the launch asks for a handshake,
+    /// the program has answered an empty batch when this returns; a program that does
+    /// not is stopped and the error says why.
+    pub async fn launch(
+        pe_id: &str,
+        launch: Arc<dyn Launch>,
+        config: ExecConfig,
+    ) -> Result<Self, ExecError> {
+        let mut child = Running::spawn(pe_id, launch.as_ref(), 0).await?;
+        let protocol = launch.protocol();
+        let command = launch.describe();
+        if launch.handshake() && protocol == PeProtocol::Framed {
+            let empty = weir_common::record::BatchBuilder::default().finish();
+            let mut request = Vec::with_capacity(4);
+            framed::encode(&empty, &mut request);
+            let round_trip = child.round_trip(&request, &empty, protocol, config.max_answer_bytes);
+            let answer = tokio::time::timeout(config.batch_timeout, round_trip)
+                .await
+                .unwrap_or(Err(Failure::Timeout(config.batch_timeout)));
+            if let Err(cause) = answer {
+                let ended = child.stop(config.exit_grace).await;
+                return Err(ExecError::Handshake {
+                    pe_id: pe_id.to_string(),
+                    command,
+                    cause: Box::new(cause),
+                    exit: ended.exit,
+                    last_stderr: ended.last_stderr,
+                });
+            }
+        }
         Ok(Self {
             pe_id: pe_id.to_string(),
-            params: params.clone(),
-            command: params.command.join(" "),
+            launch,
+            protocol,
+            command,
             config,
             child: Some(child),
             restarts: 0,
@@ -91,7 +127,7 @@ impl ExecPe {
 
     /// The protocol the program speaks.
     pub fn protocol(&self) -> PeProtocol {
-        self.params.protocol
+        self.protocol
     }
 
     /// Times the program was started again after a failure.
@@ -106,7 +142,7 @@ impl ExecPe {
     /// [`ExecConfig::max_failures`] failures in a row the error says why. The next call
     /// then starts a fresh program. In lines mode an empty batch is answered at once.
     pub async fn process(&mut self, batch: &Batch) -> Result<Batch, ExecError> {
-        let protocol = self.params.protocol;
+        let protocol = self.protocol;
         if protocol == PeProtocol::Lines && batch.is_empty() {
             return Ok(batch.clone());
         }
@@ -119,13 +155,16 @@ impl ExecPe {
             let mut running = match self.child.take() {
                 Some(running) => running,
                 None => {
-                    let running = Running::spawn(&self.pe_id, &self.params)?;
+                    let running =
+                        Running::spawn(&self.pe_id, self.launch.as_ref(), self.restarts + 1)
+                            .await?;
                     self.restarts += 1;
                     tracing::info!(
                         pe = %self.pe_id,
                         restarts = self.restarts,
                         replay = failures > 0,
                         records = batch.len(),
+                        program = %self.command,
                         "exec PE restarted"
                     );
                     running
@@ -187,7 +226,7 @@ impl ExecPe {
     /// The request bytes for `batch`, written to the program in one go.
     fn encode(&self, batch: &Batch) -> Result<Vec<u8>, ExecError> {
         let mut out = Vec::with_capacity(batch.encoded_len() * 2 + 4);
-        match self.params.protocol {
+        match self.protocol {
             PeProtocol::Lines => {
                 lines::encode(batch, &mut out).map_err(|source| ExecError::Encode {
                     pe_id: self.pe_id.clone(),

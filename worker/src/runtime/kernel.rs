@@ -1,8 +1,10 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
-use crate::exec::ExecPe;
+use crate::container::ContainerEngine;
+use crate::exec::{ExecConfig, ExecPe};
 use crate::ops::sink::FileSink;
 use crate::ops::{Filter, KeyBy, Map, Verify, Window, WindowKind};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,7 +22,7 @@ pub enum Kernel {
     KeyBy(KeyBy),
     /// `window.count` / `window.sum`.
     Window(Window),
-    /// `exec`: a local program.
+    /// `exec` or `container`: a program, local or in a container.
     Exec(Box<ExecPe>),
     /// `sink.verify`.
     Verify(Verify),
@@ -35,9 +37,24 @@ pub enum Kernel {
 /// Why a kernel could not be built or failed; the PE fails with this message.
 pub type KernelError = String;
 
+/// What a program PE needs beyond its spec: whose it is (a container's labels, name
+/// and network) and the engine its containers run on.
+#[derive(Clone, Debug, Default)]
+pub struct Programs {
+    /// The app's tenant.
+    pub tenant: String,
+    /// The app.
+    pub app: String,
+    /// The PE's recovery attempt.
+    pub attempt: u64,
+    /// The local Docker Engine; `None` where the worker has none.
+    pub containers: Option<ContainerEngine>,
+}
+
 impl Kernel {
     /// Builds the kernel of a transform or sink operator. `gpus` are the devices the
-    /// master allocated to the PE (an exec program is shown those and no others).
+    /// master allocated to the PE (an exec program is shown those and no others; a
+    /// container is given exactly those).
     pub async fn build(
         pe: &str,
         spec: &OperatorSpec,
@@ -45,6 +62,7 @@ impl Kernel {
         inputs: usize,
         out_source: u32,
         gpus: &[String],
+        programs: &Programs,
     ) -> Result<Self, KernelError> {
         Ok(match &spec.kind {
             OperatorKind::Map(p) => Kernel::Map(Map::new(p)?),
@@ -77,9 +95,25 @@ impl Kernel {
             OperatorKind::SinkTcp(p) => Kernel::Tcp(TcpSink::new(p.address.clone())),
             OperatorKind::SinkNull => Kernel::Null,
             OperatorKind::Container(p) => {
-                return Err(format!(
-                    "container PEs ({}) are not supported by this worker yet",
-                    p.image
+                let Some(engine) = &programs.containers else {
+                    return Err(format!(
+                        "container {}: this worker has no Docker Engine",
+                        p.image
+                    ));
+                };
+                let launch = engine.launcher(
+                    &programs.tenant,
+                    &programs.app,
+                    pe,
+                    programs.attempt,
+                    p,
+                    &spec.resources,
+                    gpus,
+                );
+                Kernel::Exec(Box::new(
+                    ExecPe::launch(pe, Arc::new(launch), ExecConfig::default())
+                        .await
+                        .map_err(|e| e.to_string())?,
                 ))
             }
             other => return Err(format!("{} is not a transform or sink", other.name())),

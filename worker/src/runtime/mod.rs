@@ -64,6 +64,8 @@ pub struct PeConfig {
     pub app: String,
     /// App version.
     pub version: u64,
+    /// The app's tenant.
+    pub tenant: String,
     /// PE id.
     pub pe: String,
     /// Its operator.
@@ -201,6 +203,7 @@ pub struct Runtime {
     inputs: Arc<Inputs>,
     pes: Mutex<BTreeMap<String, PeEntry>>,
     ckpt: Arc<CheckpointEnv>,
+    containers: Option<crate::container::ContainerEngine>,
 }
 
 impl Default for Runtime {
@@ -230,7 +233,14 @@ impl Runtime {
             inputs,
             pes: Mutex::default(),
             ckpt,
+            containers: None,
         }
+    }
+
+    /// The runtime, running container PEs on `engine`.
+    pub fn with_containers(mut self, engine: crate::container::ContainerEngine) -> Self {
+        self.containers = Some(engine);
+        self
     }
 
     /// Checkpoint services (heartbeat answers feed them).
@@ -354,8 +364,14 @@ impl Runtime {
                     let (index, n, ordinal) = (cfg.index, inputs.len(), cfg.source_ordinal);
                     let id = pe.clone();
                     let gpus = cfg.gpus.clone();
+                    let programs = kernel::Programs {
+                        tenant: cfg.tenant.clone(),
+                        app: cfg.app.clone(),
+                        attempt: cfg.attempt,
+                        containers: self.containers.clone(),
+                    };
                     Box::pin(async move {
-                        match Kernel::build(&id, &spec, index, n, ordinal, &gpus).await {
+                        match Kernel::build(&id, &spec, index, n, ordinal, &gpus, &programs).await {
                             Ok(k) => pe::run_consumer(id, k, router, inputs, st, ckpt).await,
                             Err(e) => {
                                 tracing::error!(pe = %id, error = %e, "PE cannot start");
