@@ -11,6 +11,9 @@
 //!   steady vs during the upgrade;
 //! - the upgrade's total time (accepted -> completed).
 //!
+//! The last two kinds insert a container PE (`weir-pe-score:v1`) on the latency path,
+//! then replace its image by v2 (they need Docker; without it they are skipped, loudly).
+//!
 //! Speed is only printed. Run with `cargo bench -p weir-tests --bench upgrade`; figures
 //! go to BENCHMARKS.md. Without `--bench` (as under `cargo test --all-targets`) it does
 //! nothing.
@@ -222,6 +225,20 @@ async fn run() {
     kinds.push(("rescale the keyed window 2 -> 3", v.clone()));
     v.streams[0] = "{from: gen, to: tag, partitioning: round_robin}";
     kinds.push(("change partitioning (forward -> round robin)", v.clone()));
+    // Container PEs (the example images, built here when Docker answers).
+    if weir_tests::containers::docker_or_skip("upgrade bench: container kinds") {
+        weir_tests::containers::pe_images(env!("CARGO_BIN_EXE_weir-pe-score"));
+        v.extra_ops.push(
+            "{name: score, kind: container, parallelism: 2, params: {image: \"weir-pe-score:v1\"}, resources: {cpu: 0.25, memory_mb: 64}}",
+        );
+        v.streams[2] = "{from: tag, to: score}";
+        v.streams
+            .push("{from: score, to: lat, partitioning: round_robin}");
+        kinds.push(("insert a container PE (weir-pe-score:v1)", v.clone()));
+        v.extra_ops[0] =
+            "{name: score, kind: container, parallelism: 2, params: {image: \"weir-pe-score:v2\"}, resources: {cpu: 0.25, memory_mb: 64}}";
+        kinds.push(("replace the container's image v1 -> v2", v.clone()));
+    }
 
     println!("online upgrades at {RATE} records/s, 2 workers, release build");
     println!(
