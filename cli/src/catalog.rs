@@ -10,31 +10,37 @@ use serde_json::{json, Value};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 
-/// What `weirctl image register` sends.
-pub struct Registration<'a> {
+/// What `weirctl image register` takes.
+#[derive(clap::Args, Debug)]
+pub struct Registration {
     /// Catalog name.
-    pub name: &'a str,
-    /// Image reference.
-    pub image: &'a str,
-    /// Scenario name.
-    pub scenario: &'a str,
-    /// Vendor name.
-    pub vendor: &'a str,
-    /// Framework name.
-    pub framework: &'a str,
+    name: String,
+    /// The image reference containers run.
+    #[arg(long)]
+    image: String,
+    /// training, inference or general.
+    #[arg(long)]
+    scenario: String,
+    /// none (or cpu), nvidia, amd, ascend, intel.
+    #[arg(long)]
+    vendor: String,
+    /// The framework it carries, e.g. pytorch, onnx, none.
+    #[arg(long)]
+    framework: String,
     /// Free text.
-    pub description: &'a str,
+    #[arg(long, default_value = "")]
+    description: String,
 }
 
 /// `weirctl image register NAME --image REF --scenario S --vendor V --framework F`.
-pub async fn image_register(c: &Conn, r: &Registration<'_>) -> anyhow::Result<()> {
+pub async fn image_register(c: &Conn, r: &Registration) -> anyhow::Result<()> {
     let image = pb::BaseImage {
-        name: r.name.into(),
-        image: r.image.into(),
-        scenario: r.scenario.into(),
-        vendor: r.vendor.into(),
-        framework: r.framework.into(),
-        description: r.description.into(),
+        name: r.name.clone(),
+        image: r.image.clone(),
+        scenario: r.scenario.clone(),
+        vendor: r.vendor.clone(),
+        framework: r.framework.clone(),
+        description: r.description.clone(),
     };
     let req = pb::RegisterBaseImageRequest {
         image: Some(image.clone()),

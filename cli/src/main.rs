@@ -197,25 +197,7 @@ enum TemplateCommand {
 #[derive(Subcommand, Debug)]
 enum ImageCommand {
     /// Register a base image (the image itself is built or loaded on the workers).
-    Register {
-        /// Catalog name.
-        name: String,
-        /// The image reference containers run.
-        #[arg(long)]
-        image: String,
-        /// training, inference or general.
-        #[arg(long)]
-        scenario: String,
-        /// none (or cpu), nvidia, amd, ascend, intel.
-        #[arg(long)]
-        vendor: String,
-        /// The framework it carries, e.g. pytorch, onnx, none.
-        #[arg(long)]
-        framework: String,
-        /// Free text.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    Register(catalog::Registration),
     /// List base images.
     List,
     /// Remove a base image no template needs.
@@ -313,24 +295,7 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 TemplateCommand::Remove { name } => catalog::template_remove(&conn, name).await,
             },
             Command::Image { command } => match command {
-                ImageCommand::Register {
-                    name,
-                    image,
-                    scenario,
-                    vendor,
-                    framework,
-                    description,
-                } => {
-                    let r = catalog::Registration {
-                        name,
-                        image,
-                        scenario,
-                        vendor,
-                        framework,
-                        description,
-                    };
-                    catalog::image_register(&conn, &r).await
-                }
+                ImageCommand::Register(r) => catalog::image_register(&conn, r).await,
                 ImageCommand::List => catalog::image_list(&conn).await,
                 ImageCommand::Remove { name } => catalog::image_remove(&conn, name).await,
             },

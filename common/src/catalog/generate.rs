@@ -267,9 +267,9 @@ fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
     while let Some(i) = rest.find('$') {
         out.push(Piece::Text(&rest[..i]));
         let tail = &rest[i..];
-        if tail.starts_with("$${") {
+        if let Some(after) = tail.strip_prefix("$${") {
             out.push(Piece::Text("${"));
-            rest = &tail[3..];
+            rest = after;
         } else if let Some(body) = tail.strip_prefix("${") {
             let end = body
                 .find('}')
