@@ -719,13 +719,10 @@ async fn template_and_image_commands_generate_and_show_a_container_operator() {
         "added template scorer (base image pe-cpu -> weir-pe-score:v1)"
     );
     let out = ok(&weirctl(a, &["template", "list"]).await);
-    assert!(
-        out.contains("scorer") && out.contains("label,threshold"),
-        "{out}"
-    );
+    assert!(out.contains("scorer") && out.contains("model"), "{out}");
     let out = ok(&weirctl(a, &["template", "show", "scorer"]).await);
-    assert!(out.contains("# param threshold: default \"0.5\""), "{out}");
-    assert!(out.contains("/weir-pe-score"), "{out}");
+    assert!(out.contains("# param model: default \"v1\""), "{out}");
+    assert!(out.contains("WEIR_SCORE_MODEL: ${model}"), "{out}");
 
     // Offline, the template form is accepted and left to the master.
     let out = ok(&weirctl(a, &["validate", "examples/templates/app-scores.yaml"]).await);
@@ -759,12 +756,12 @@ async fn template_and_image_commands_generate_and_show_a_container_operator() {
         std::fs::read_to_string(root().join("examples/templates/app-scores.yaml"))
             .unwrap()
             .replace("name: scores", "name: other")
-            .replace("{threshold: 0.8}", "{threshold: 0.8, treshold: 1}"),
+            .replace("{model: v2}", "{model: v2, modle: v3}"),
     )
     .unwrap();
     let err = refused(&weirctl(a, &["submit", bad.to_str().unwrap()]).await);
     assert!(
-        err.contains("operators[1].params.treshold: template \"scorer\" has no parameter"),
+        err.contains("operators[1].params.modle: template \"scorer\" has no parameter"),
         "{err}"
     );
     let out = ok(&weirctl(a, &["-o", "json", "list"]).await);

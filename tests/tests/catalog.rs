@@ -128,10 +128,7 @@ async fn a_template_generated_app_and_the_catalog_survive_failover_and_restart()
         .into_inner()
         .template
         .unwrap();
-    assert!(t
-        .params
-        .iter()
-        .any(|p| p.name == "threshold" && !p.required));
+    assert!(t.params.iter().any(|p| p.name == "model" && !p.required));
     let app = n
         .get_app(pb::GetAppRequest {
             app: "scores".into(),
@@ -155,10 +152,8 @@ async fn a_template_generated_app_and_the_catalog_survive_failover_and_restart()
     let op: serde_json::Value = serde_json::from_str(&g[0].operator_json).unwrap();
     assert_eq!(op["kind"], "container");
     assert_eq!(op["params"]["image"], "weir-pe-score:v1");
-    assert_eq!(
-        op["params"]["command"],
-        serde_json::json!(["/weir-pe-score", "--threshold", "0.8"])
-    );
+    assert_eq!(op["params"]["env"]["WEIR_SCORE_MODEL"], "v2");
+    assert_eq!(op["params"]["env"]["WEIR_PE_LABEL"], "scorer-v2");
     assert_eq!(op["params"]["protocol"], "framed");
     // The submitted text keeps the template form (what a rollback resubmits).
     assert!(app.versions[0].spec.contains("template: scorer"));

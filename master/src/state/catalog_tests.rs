@@ -11,7 +11,7 @@ const SCORER: &str = include_str!("../../../examples/templates/scorer.yaml");
 const APP: &str = "name: scores
 operators:
   - {name: gen, kind: source.generator, params: {count: 10, keys: 2, payload_bytes: 8}}
-  - {name: score, template: scorer, params: {threshold: 0.7}}
+  - {name: score, template: scorer, params: {model: v2}}
   - {name: out, kind: sink.null}
 streams:
   - {from: gen, to: score}
