@@ -3,6 +3,7 @@
 //! Offline commands (`validate`, `plan`) need no cluster: they run the same parser,
 //! validator and planner the master runs.
 
+mod catalog;
 mod demo;
 mod health;
 mod names;
@@ -158,6 +159,52 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// PE templates of the catalog: an operator says `template: NAME` with `params:`
+    /// and the master generates its container from the template and a base image.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
+    /// Base images of the catalog, which templates choose by scenario, vendor and
+    /// framework.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TemplateCommand {
+    /// Add a template from its file (YAML or JSON; see examples/templates/).
+    Add {
+        /// The template file.
+        file: String,
+    },
+    /// List templates with the base image each chooses now.
+    List,
+    /// Show a template as a file, with its parameters and the base image it chooses.
+    Show {
+        /// Template name.
+        name: String,
+    },
+    /// Remove a template no live app was generated from.
+    Remove {
+        /// Template name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Register a base image (the image itself is built or loaded on the workers).
+    Register(catalog::Registration),
+    /// List base images.
+    List,
+    /// Remove a base image no template needs.
+    Remove {
+        /// Base image name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +287,17 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                     learner,
                 } => online::add_master(&conn, *id, address, *learner).await,
                 ClusterCommand::RemoveMaster { id } => online::remove_master(&conn, *id).await,
+            },
+            Command::Template { command } => match command {
+                TemplateCommand::Add { file } => catalog::template_add(&conn, file).await,
+                TemplateCommand::List => catalog::template_list(&conn).await,
+                TemplateCommand::Show { name } => catalog::template_show(&conn, name).await,
+                TemplateCommand::Remove { name } => catalog::template_remove(&conn, name).await,
+            },
+            Command::Image { command } => match command {
+                ImageCommand::Register(r) => catalog::image_register(&conn, r).await,
+                ImageCommand::List => catalog::image_list(&conn).await,
+                ImageCommand::Remove { name } => catalog::image_remove(&conn, name).await,
             },
             Command::Validate { .. }
             | Command::Plan { .. }

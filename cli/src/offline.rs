@@ -3,15 +3,22 @@
 use crate::Output;
 use anyhow::Context;
 use serde_json::json;
+use weir_common::catalog::{describe, parse_app_with, Resolve, Resolved};
 use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::plan::{plan as make_plan, render_text, Placement};
-use weir_common::spec::{parse_app, AppSpec, SpecFormat};
+use weir_common::spec::SpecFormat;
 use weir_common::Problems;
 
-/// Reads and validates one spec file.
-fn load(path: &str) -> anyhow::Result<Result<AppSpec, Problems>> {
+/// Reads and validates one spec file. Offline there is no catalog: an operator
+/// written `template: NAME` is checked for form only and resolved by the master at
+/// submit.
+fn load(path: &str) -> anyhow::Result<Result<Resolved, Problems>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    Ok(parse_app(&text, SpecFormat::from_path(path)))
+    Ok(parse_app_with(
+        &text,
+        SpecFormat::from_path(path),
+        Resolve::Offline,
+    ))
 }
 
 fn problems_json(p: &Problems) -> serde_json::Value {
@@ -31,8 +38,12 @@ pub fn validate(files: &[String], output: Output) -> anyhow::Result<bool> {
     let mut reports = Vec::new();
     for f in files {
         match load(f)? {
-            Ok(app) => {
+            Ok(Resolved {
+                spec: app,
+                generated,
+            }) => {
                 let m = PhysicalModel::expand(&app);
+                let templates = describe(&app, &generated);
                 if output == Output::Text {
                     println!(
                         "{f}: ok (app {:?}, {} operators, {} streams, {} PEs, {} channels)",
@@ -42,11 +53,15 @@ pub fn validate(files: &[String], output: Output) -> anyhow::Result<bool> {
                         m.pes.len(),
                         m.channels.len()
                     );
+                    for t in &templates {
+                        println!("  {t}");
+                    }
                 }
                 reports.push(json!({
                     "file": f, "valid": true, "app": app.name,
                     "operators": app.operators.len(), "streams": app.streams.len(),
                     "pes": m.pes.len(), "channels": m.channels.len(),
+                    "templates": templates,
                 }));
             }
             Err(p) => {
@@ -79,7 +94,14 @@ pub fn plan(old: &str, new: &str, placement: Option<&str>, output: Output) -> an
             failed[path] = problems_json(p);
         }
     }
-    let (Ok(a), Ok(b)) = (a, b) else {
+    let (
+        Ok(Resolved { spec: a, .. }),
+        Ok(Resolved {
+            spec: b,
+            generated: b_generated,
+        }),
+    ) = (a, b)
+    else {
         if output == Output::Json {
             println!(
                 "{}",
@@ -107,7 +129,14 @@ pub fn plan(old: &str, new: &str, placement: Option<&str>, output: Output) -> an
     let placement = placement.map(load_placement).transpose()?;
     let p = make_plan(&a, &b, placement.as_ref());
     match output {
-        Output::Text => print!("{}", render_text(&p)),
+        Output::Text => {
+            print!("{}", render_text(&p));
+            // Offline, a template operator is a container whose image is unknown: the
+            // plan holds for its shape; `weirctl upgrade --dry-run` shows the real one.
+            for t in describe(&b, &b_generated) {
+                println!("template: {t}");
+            }
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&p)?),
     }
     Ok(true)

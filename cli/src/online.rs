@@ -358,6 +358,14 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
             p.message
         ));
     }
+    let generated = a
+        .versions
+        .iter()
+        .find(|v| v.version == s.version)
+        .map_or(&[][..], |v| v.generated.as_slice());
+    for line in crate::catalog::generated_lines(generated) {
+        text.push_str(&format!("\n{line}"));
+    }
     text.push_str("\n\nSTREAM                          PARTITIONING   CHANNELS");
     for st in &a.streams {
         text.push_str(&format!(
@@ -378,6 +386,7 @@ pub async fn get(c: &Conn, app: &str) -> anyhow::Result<()> {
                 "missing_below_max": v.missing_below_max, "expected": v.expected, "inputs_ended": v.inputs_ended}))})).collect::<Vec<_>>(),
         "streams": a.streams.iter().map(|s| json!({"stream": s.name, "partitioning": partitioning_name(s), "channels": s.channels})).collect::<Vec<_>>(),
         "versions": a.versions.iter().map(|v| json!({"version": v.version, "created_at_ms": v.created_at_ms})).collect::<Vec<_>>(),
+        "generated": crate::catalog::generated_json(generated),
         "spec": a.spec,
     });
     c.print(text, json);

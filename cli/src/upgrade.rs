@@ -220,6 +220,11 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
             }
         ));
     }
+    for v in &h.versions {
+        for line in crate::catalog::generated_lines(&v.generated) {
+            text.push_str(&format!("{:>7}  {line}\n", format!("v{}", v.version)));
+        }
+    }
     if !h.operations.is_empty() {
         text.push_str(&format!(
             "\n{:>9}  {:<8}  {:<11}  {:<24}  {:>8}  {:>4}  {:>4}  {:>8}  {}\n",
@@ -258,6 +263,7 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
         "versions": h.versions.iter().map(|v| json!({
             "version": v.version, "created_at_ms": v.created_at_ms,
             "operators": v.operator_count, "pes": v.pe_count, "operation_id": v.operation_id,
+            "generated": crate::catalog::generated_json(&v.generated),
         })).collect::<Vec<_>>(),
         "operations": h.operations.iter().map(|o| {
             let r = o.result.unwrap_or_default();

@@ -675,3 +675,114 @@ async fn a_leader_dying_under_a_forwarded_call_is_named_by_the_follower() {
     assert!(err.contains("may or may not have been applied"), "{err}");
     learner.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_and_image_commands_generate_and_show_a_container_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_dev_master(dir.path()).await;
+    let addr = master.addr.to_string();
+    let a = addr.as_str();
+    let ok = |out: &Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let refused = |out: &Output| {
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+
+    let register = |vendor: &'static str| {
+        [
+            "image",
+            "register",
+            "pe-cpu",
+            "--image",
+            "weir-pe-score:v1",
+            "--scenario",
+            "inference",
+            "--vendor",
+            vendor,
+            "--framework",
+            "none",
+        ]
+    };
+    let err = refused(&weirctl(a, &register("ibm")).await);
+    assert!(err.contains("vendor: unknown value \"ibm\""), "{err}");
+    ok(&weirctl(a, &register("cpu")).await);
+    let out = ok(&weirctl(a, &["-o", "json", "image", "list"]).await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["base_images"][0]["vendor"], "none");
+
+    let out = ok(&weirctl(a, &["template", "add", "examples/templates/scorer.yaml"]).await);
+    assert_eq!(
+        out.trim(),
+        "added template scorer (base image pe-cpu -> weir-pe-score:v1)"
+    );
+    let out = ok(&weirctl(a, &["template", "list"]).await);
+    assert!(out.contains("scorer") && out.contains("model"), "{out}");
+    let out = ok(&weirctl(a, &["template", "show", "scorer"]).await);
+    assert!(out.contains("# param model: default \"v1\""), "{out}");
+    assert!(out.contains("WEIR_SCORE_MODEL: ${model}"), "{out}");
+
+    // Offline, the template form is accepted and left to the master.
+    let out = ok(&weirctl(a, &["validate", "examples/templates/app-scores.yaml"]).await);
+    assert!(
+        out.contains("score: template scorer, resolved at submit"),
+        "{out}"
+    );
+
+    ok(&weirctl(a, &["submit", "examples/templates/app-scores.yaml"]).await);
+    let line = "score: container weir-pe-score:v1 (template scorer, base image pe-cpu)";
+    let out = ok(&weirctl(a, &["get", "scores"]).await);
+    assert!(out.contains(line), "{out}");
+    let out = ok(&weirctl(a, &["history", "scores"]).await);
+    assert!(out.contains(&format!("v1  {line}")), "{out}");
+    let out = ok(&weirctl(
+        a,
+        &[
+            "upgrade",
+            "scores",
+            "examples/templates/app-scores.yaml",
+            "--dry-run",
+        ],
+    )
+    .await);
+    assert!(out.contains(&format!("generated: {line}")), "{out}");
+
+    // Refusals name the field and change nothing.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(root().join("examples/templates/app-scores.yaml"))
+            .unwrap()
+            .replace("name: scores", "name: other")
+            .replace("{model: v2}", "{model: v2, modle: v3}"),
+    )
+    .unwrap();
+    let err = refused(&weirctl(a, &["submit", bad.to_str().unwrap()]).await);
+    assert!(
+        err.contains("operators[1].params.modle: template \"scorer\" has no parameter"),
+        "{err}"
+    );
+    let out = ok(&weirctl(a, &["-o", "json", "list"]).await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let err = refused(&weirctl(a, &["image", "remove", "pe-cpu"]).await);
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    let err = refused(&weirctl(a, &["template", "remove", "scorer"]).await);
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    let err = refused(&weirctl(a, &["template", "show", "nope"]).await);
+    assert!(
+        err.contains("NotFound: template \"nope\" not found"),
+        "{err}"
+    );
+
+    // Once the app is gone, the template and then its base image may go.
+    ok(&weirctl(a, &["cancel", "scores"]).await);
+    ok(&weirctl(a, &["template", "remove", "scorer"]).await);
+    ok(&weirctl(a, &["image", "remove", "pe-cpu"]).await);
+    let out = ok(&weirctl(a, &["-o", "json", "template", "list"]).await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["templates"], serde_json::json!([]));
+    master.stop().await;
+}

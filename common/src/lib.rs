@@ -3,6 +3,8 @@
 //! - [`spec`]: the logical model of an app, parsed from YAML or JSON and validated with
 //!   every problem reported at once, each with its path.
 //! - [`physical`]: operators x parallelism -> PEs; streams -> PE-to-PE channels.
+//! - [`catalog`]: base images and PE templates, and the generation of a concrete
+//!   container operator from them.
 //! - [`plan`]: the pure upgrade planner, (old model, new model, placement) -> phases of
 //!   instructions.
 //! - [`record`], [`frame`]: record batches (one `Bytes` buffer, parsed lazily) and the
@@ -11,6 +13,7 @@
 //! Everything here is pure: no I/O, no clocks, no randomness, so it is unit- and
 //! property-tested without a network.
 
+pub mod catalog;
 pub mod fingerprint;
 pub mod frame;
 pub mod keygroup;

@@ -4,8 +4,10 @@ pub mod expr;
 pub mod model;
 mod params;
 mod parse;
-mod reader;
+pub(crate) mod reader;
 mod validate;
 
 pub use model::*;
+pub(crate) use params::valid_image_ref;
+pub(crate) use parse::{check_name, read_document, resources};
 pub use parse::{parse_app, parse_app_value, SpecFormat, MAX_OPERATORS, MAX_SPEC_BYTES};

@@ -295,7 +295,7 @@ fn container(sink: &mut Sink, o: &mut Obj<'_>) -> Option<ContainerParams> {
 }
 
 /// Docker's reference grammar, loosely: lowercase path components, optional tag or digest.
-fn valid_image_ref(s: &str) -> bool {
+pub(crate) fn valid_image_ref(s: &str) -> bool {
     let (name, tag) = match s.split_once('@') {
         Some((n, d)) => (n, Some(d)),
         None => match s.rsplit_once(':') {

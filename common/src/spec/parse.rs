@@ -34,27 +34,35 @@ impl SpecFormat {
 
 /// Parses and validates a spec. Never panics; on failure returns every problem found.
 pub fn parse_app(text: &str, format: SpecFormat) -> Result<AppSpec, Problems> {
-    if text.len() > MAX_SPEC_BYTES {
+    parse_app_value(&read_document(text, format, MAX_SPEC_BYTES)?)
+}
+
+/// Reads text of at most `limit` bytes as a document, or the one problem why not.
+pub(crate) fn read_document(
+    text: &str,
+    format: SpecFormat,
+    limit: usize,
+) -> Result<Value, Problems> {
+    if text.len() > limit {
         return Err(Problems(vec![Problem::new(
             "(document)",
-            format!("{} bytes exceeds the limit of {MAX_SPEC_BYTES}", text.len()),
+            format!("{} bytes exceeds the limit of {limit}", text.len()),
         )]));
     }
-    let value: Value = match format {
+    match format {
         SpecFormat::Json => serde_json::from_str(text).map_err(|e| {
             Problems(vec![Problem::new(
                 "(document)",
                 format!("invalid JSON: {e}"),
             )])
-        })?,
+        }),
         SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
             Problems(vec![Problem::new(
                 "(document)",
                 format!("invalid YAML: {e}"),
             )])
-        })?,
-    };
-    parse_app_value(&value)
+        }),
+    }
 }
 
 /// Validates an already-parsed document.
@@ -255,7 +263,7 @@ fn operator(sink: &mut Sink, i: usize, v: &Value) -> DraftOp {
     d
 }
 
-fn resources(
+pub(crate) fn resources(
     sink: &mut Sink,
     path: &str,
     v: &Value,

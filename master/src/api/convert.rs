@@ -94,6 +94,24 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
 
 /// The full view of an app: spec, PEs (with placement and what their workers last
 /// reported: state, statistics, `sink.verify` summaries), streams, versions.
+/// The operators of a version that templates generated, each with its concrete spec.
+fn generated_operators(v: &crate::state::AppVersion) -> Vec<pb::GeneratedOperator> {
+    v.generated
+        .iter()
+        .map(|(op, p)| pb::GeneratedOperator {
+            operator: op.clone(),
+            template: p.template.clone(),
+            base_image: p.base_image.clone(),
+            image: p.image.clone(),
+            operator_json: v
+                .spec
+                .operator(op)
+                .and_then(|o| serde_json::to_string(o).ok())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 pub fn app_detail(
     a: &AppRecord,
     reports: &std::collections::HashMap<(String, String), pb::PeReport>,
@@ -175,6 +193,7 @@ pub fn app_detail(
             operator_count: v.spec.operators.len() as u32,
             pe_count: v.spec.operators.iter().map(|o| o.parallelism).sum(),
             spec: v.spec_text.clone(),
+            generated: generated_operators(v),
         })
         .collect();
     pb::AppDetail {

@@ -24,7 +24,7 @@ pub fn cluster_status_of(shared: &Shared) -> weir_proto::v1::ClusterStatusRespon
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
 use crate::raft::{NodeId, TypeConfig};
-use crate::state::{Command, CommandError, Response};
+use crate::state::{CatalogError, Command, CommandError, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::HashMap;
 use std::future::Future;
@@ -228,6 +228,12 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::BadPlacement { .. } | CommandError::RequestIdReused { .. } => {
             Code::InvalidArgument
         }
+        CommandError::Catalog(c) => match c {
+            CatalogError::Exists { .. } => Code::AlreadyExists,
+            CatalogError::NotFound { .. } => Code::NotFound,
+            CatalogError::Precondition(_) => Code::FailedPrecondition,
+            CatalogError::Invalid(_) => Code::InvalidArgument,
+        },
     };
     Status::new(code, e.to_string())
 }

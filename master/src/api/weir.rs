@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::Response as Reply;
+use weir_common::catalog::{parse_app_with, Catalog, Resolve, Resolved};
 use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::plan::{plan, render_text, Placement};
-use weir_common::spec::{parse_app, AppSpec, SpecFormat};
+use weir_common::spec::SpecFormat;
 use weir_proto::status::{validation_failure, TENANT_METADATA_KEY};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
@@ -90,29 +91,41 @@ fn check_request_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Parses a spec from a request, or INVALID_ARGUMENT listing every problem.
-fn parse_spec(text: &str, format: i32) -> Result<AppSpec, Status> {
-    let format = match pb::SpecFormat::try_from(format) {
-        Ok(pb::SpecFormat::Json) => SpecFormat::Json,
-        Ok(_) => SpecFormat::Yaml,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "format: unknown value {format}"
-            )))
-        }
-    };
-    parse_app(text, format).map_err(|problems| {
-        validation_failure(
-            problems
-                .0
-                .into_iter()
-                .map(|p| pb::Problem {
-                    path: p.path,
-                    rule: p.rule,
-                })
-                .collect(),
-        )
-    })
+/// A request's spec format.
+fn spec_format(format: i32) -> Result<SpecFormat, Status> {
+    match pb::SpecFormat::try_from(format) {
+        Ok(pb::SpecFormat::Json) => Ok(SpecFormat::Json),
+        Ok(_) => Ok(SpecFormat::Yaml),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "format: unknown value {format}"
+        ))),
+    }
+}
+
+/// INVALID_ARGUMENT listing every problem (a ValidationFailure detail).
+fn problems_status(problems: weir_common::Problems) -> Status {
+    validation_failure(
+        problems
+            .0
+            .into_iter()
+            .map(|p| pb::Problem {
+                path: p.path,
+                rule: p.rule,
+            })
+            .collect(),
+    )
+}
+
+/// Parses a spec from a request, its `template:` operators generated from `catalog`,
+/// or INVALID_ARGUMENT listing every problem.
+fn parse_spec(text: &str, format: i32, catalog: &Catalog) -> Result<Resolved, Status> {
+    parse_app_with(text, spec_format(format)?, Resolve::Catalog(catalog)).map_err(problems_status)
+}
+
+/// The catalog as committed here, shared (no copy), for resolving templates outside
+/// the state's lock.
+async fn catalog_of(service: &WeirService) -> std::sync::Arc<Catalog> {
+    service.read(|s| s.catalog.clone()).await
 }
 
 /// A caller that names a tenant may only act on that tenant's apps.
@@ -139,6 +152,20 @@ fn app_or_not_found<'a>(
         .ok_or_else(|| Status::not_found(format!("app {name:?} not found")))
 }
 
+/// What the templates of a new version generated, one line per operator, after a
+/// plan's text.
+fn generated_text(
+    spec: &weir_common::spec::AppSpec,
+    generated: &weir_common::catalog::Provenances,
+) -> String {
+    weir_common::catalog::describe(spec, generated)
+        .into_iter()
+        .map(|l| format!("generated: {l}\n"))
+        .collect()
+}
+
+mod catalog;
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AppEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -152,20 +179,24 @@ impl Weir for WeirService {
                 at_leader!(self, req, submit_app);
                 let request_id = req.get_ref().request_id.clone();
                 check_request_id(&request_id)?;
-                let spec = parse_spec(&req.get_ref().spec, req.get_ref().format)?;
+                let catalog = catalog_of(self).await;
+                let Resolved { spec, generated } =
+                    parse_spec(&req.get_ref().spec, req.get_ref().format, &catalog)?;
                 check_tenant(&req, &spec.tenant)?;
+                let templates = generated.len();
                 let cmd = Command::SubmitApp {
                     spec: spec.clone(),
                     spec_text: req.get_ref().spec.clone(),
                     at_ms: now_ms(),
                     request_id: request_id.clone(),
+                    generated,
                 };
                 let (answer, repeat) = self.propose_once(cmd).await?;
                 let version = match answer {
                     Response::AppVersion { version, .. } => version,
                     Response::Done | Response::UpgradeStarted { .. } | Response::Batch { .. } => 1,
                 };
-                tracing::info!(app = %spec.name, version, tenant = %spec.tenant, %request_id, repeat, "app submitted");
+                tracing::info!(app = %spec.name, version, tenant = %spec.tenant, %request_id, repeat, templates, "app submitted");
                 let pes = PhysicalModel::expand(&spec)
                     .pes
                     .values()
@@ -196,7 +227,8 @@ impl Weir for WeirService {
                 self.shared.linearizable().await?;
                 let r = req.get_ref();
                 check_request_id(&r.request_id)?;
-                let new = parse_spec(&r.spec, r.format)?;
+                let catalog = catalog_of(self).await;
+                let Resolved { spec: new, generated } = parse_spec(&r.spec, r.format, &catalog)?;
                 let (old, placement, version) = self
                     .read(|s| {
                         let app = app_or_not_found(s, &r.app)?;
@@ -250,7 +282,7 @@ impl Weir for WeirService {
                         plan: Some(upgrade_plan(p, version, to)),
                         plan_json: serde_json::to_string(p)
                             .map_err(|e| Status::internal(e.to_string()))?,
-                        plan_text: render_text(p),
+                        plan_text: render_text(p) + &generated_text(&new, &generated),
                     })
                 };
                 if r.dry_run {
@@ -293,6 +325,7 @@ impl Weir for WeirService {
                             handoff,
                             summary: p.summary.clone(),
                             request_id: r.request_id.clone(),
+                            generated: generated.clone(),
                         };
                         s.check(&cmd).map_err(|e| command_status(&e))?;
                         Ok((cmd, p))
@@ -634,6 +667,62 @@ impl Weir for WeirService {
                 }))
             })
             .await
+    }
+
+    async fn register_base_image(
+        &self,
+        req: Request<pb::RegisterBaseImageRequest>,
+    ) -> Result<Reply<pb::RegisterBaseImageResponse>, Status> {
+        let f = self.catalog_register_base_image(req);
+        self.shared.timed("RegisterBaseImage", f).await
+    }
+
+    async fn list_base_images(
+        &self,
+        req: Request<pb::ListBaseImagesRequest>,
+    ) -> Result<Reply<pb::ListBaseImagesResponse>, Status> {
+        let f = self.catalog_list_base_images(req);
+        self.shared.timed("ListBaseImages", f).await
+    }
+
+    async fn remove_base_image(
+        &self,
+        req: Request<pb::RemoveBaseImageRequest>,
+    ) -> Result<Reply<pb::RemoveBaseImageResponse>, Status> {
+        let f = self.catalog_remove_base_image(req);
+        self.shared.timed("RemoveBaseImage", f).await
+    }
+
+    async fn add_template(
+        &self,
+        req: Request<pb::AddTemplateRequest>,
+    ) -> Result<Reply<pb::AddTemplateResponse>, Status> {
+        let f = self.catalog_add_template(req);
+        self.shared.timed("AddTemplate", f).await
+    }
+
+    async fn list_templates(
+        &self,
+        req: Request<pb::ListTemplatesRequest>,
+    ) -> Result<Reply<pb::ListTemplatesResponse>, Status> {
+        let f = self.catalog_list_templates(req);
+        self.shared.timed("ListTemplates", f).await
+    }
+
+    async fn get_template(
+        &self,
+        req: Request<pb::GetTemplateRequest>,
+    ) -> Result<Reply<pb::GetTemplateResponse>, Status> {
+        let f = self.catalog_get_template(req);
+        self.shared.timed("GetTemplate", f).await
+    }
+
+    async fn remove_template(
+        &self,
+        req: Request<pb::RemoveTemplateRequest>,
+    ) -> Result<Reply<pb::RemoveTemplateResponse>, Status> {
+        let f = self.catalog_remove_template(req);
+        self.shared.timed("RemoveTemplate", f).await
     }
 }
 

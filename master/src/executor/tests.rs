@@ -37,6 +37,7 @@ fn state(workers: &[&str]) -> ClusterState {
         spec_text: APP.into(),
         at_ms: 1,
         request_id: String::new(),
+        generated: Default::default(),
     })
     .unwrap();
     s
@@ -371,6 +372,7 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
             spec_text: text,
             at_ms: i as u64,
             request_id: String::new(),
+            generated: Default::default(),
         })
         .unwrap();
     }
@@ -452,6 +454,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
         handoff: BTreeMap::new(),
         summary: Default::default(),
         request_id: String::new(),
+        generated: Default::default(),
     })
     .unwrap();
     let free_after: f64 = super::reconcile::capacities(&s)
@@ -507,6 +510,7 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
         spec_text: twin,
         at_ms: 2,
         request_id: String::new(),
+        generated: Default::default(),
     })
     .unwrap();
     let a = reconcile(&s, &BTreeMap::new(), NOW);

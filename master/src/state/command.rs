@@ -1,5 +1,6 @@
 //! Commands proposed through Raft, the checks that refuse them, and their effects.
 
+use super::catalog;
 use super::*;
 use weir_common::plan::Phase;
 use weir_common::spec::AppSpec;
@@ -21,6 +22,10 @@ pub enum Command {
         /// [`ClusterState::repeated`]). Absent in entries written before it existed.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         request_id: String,
+        /// Which template and base image generated which operator of `spec`; the
+        /// commit is refused if one of them went away since. Absent when none did.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        generated: weir_common::catalog::Provenances,
     },
     /// A running app ran to its end (every PE of its placement reported stopped after
     /// its inputs ended): it is marked finished and its resources freed.
@@ -145,6 +150,10 @@ pub enum Command {
         /// [`ClusterState::repeated`]). Absent in entries written before it existed.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         request_id: String,
+        /// Which template and base image generated which operator of `spec`; the
+        /// commit is refused if one of them went away since. Absent when none did.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        generated: weir_common::catalog::Provenances,
     },
     /// Every new PE runs and every switch action is armed: the switch barrier (a
     /// checkpoint) is begun.
@@ -194,6 +203,26 @@ pub enum Command {
     },
     /// Nothing: used to commit a read barrier or a leader's first entry.
     Noop,
+    /// Add a base image to the catalog.
+    RegisterBaseImage {
+        /// The image, validated.
+        image: weir_common::catalog::BaseImage,
+    },
+    /// Remove a base image from the catalog.
+    RemoveBaseImage {
+        /// Its name.
+        name: String,
+    },
+    /// Add a PE template to the catalog.
+    AddTemplate {
+        /// The template, validated.
+        template: weir_common::catalog::Template,
+    },
+    /// Remove a PE template from the catalog.
+    RemoveTemplate {
+        /// Its name.
+        name: String,
+    },
     /// Several commands proposed together (see `api::propose`): each is checked and
     /// applied on its own, in order, and answered on its own.
     Batch {
@@ -211,6 +240,9 @@ impl Command {
         match self {
             Command::SubmitApp { spec_text, .. } | Command::BeginUpgrade { spec_text, .. } => {
                 SMALL + 3 * spec_text.len()
+            }
+            Command::AddTemplate { template } => {
+                SMALL + serde_json::to_vec(template).map_or(0, |t| t.len())
             }
             Command::Batch { cmds } => cmds.iter().map(Command::weight).sum(),
             _ => SMALL,
@@ -283,6 +315,9 @@ pub enum CommandError {
         /// What the request that used it did.
         why: String,
     },
+    /// A catalog command, or a generated spec whose catalog entries went away.
+    #[error("{0}")]
+    Catalog(super::catalog::CatalogError),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -347,11 +382,18 @@ fn reused(request_id: &str, why: String) -> CommandError {
 
 pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError> {
     match cmd {
-        Command::SubmitApp { spec, .. } => {
+        Command::SubmitApp {
+            spec, generated, ..
+        } => {
             if s.apps.contains_key(&spec.name) {
                 return Err(CommandError::AppExists(spec.name.clone()));
             }
+            catalog::check_generated(s, generated)?;
         }
+        Command::RegisterBaseImage { image } => catalog::check_register(s, image)?,
+        Command::RemoveBaseImage { name } => catalog::check_remove_image(s, name)?,
+        Command::AddTemplate { template } => catalog::check_add_template(s, template)?,
+        Command::RemoveTemplate { name } => catalog::check_remove_template(s, name)?,
         Command::FinishApp { app: name, .. } => {
             let app = s
                 .apps
@@ -439,8 +481,14 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
             check_placement(s, app, placement)?;
         }
         Command::BeginUpgrade {
-            spec, placement, ..
-        } => super::upgrade::check_begin(s, spec, placement)?,
+            spec,
+            placement,
+            generated,
+            ..
+        } => {
+            super::upgrade::check_begin(s, spec, placement)?;
+            catalog::check_generated(s, generated)?;
+        }
         Command::UpgradeSwitch { app, id, .. } => {
             let rec = live_app(s, app)?;
             super::upgrade::check_phase(s, rec, *id, Phase::Prepare)?;
@@ -584,6 +632,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             spec_text,
             at_ms,
             request_id,
+            generated,
         } => {
             let tenant = s.tenants.entry(spec.tenant.clone()).or_default();
             tenant.name = spec.tenant.clone();
@@ -600,6 +649,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                         spec_text: spec_text.clone(),
                         submitted_at_ms: *at_ms,
                         request_id: request_id.clone(),
+                        generated: generated.clone(),
                     })],
                     current_version: 1,
                     created_at_ms: *at_ms,
@@ -776,6 +826,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             handoff,
             summary,
             request_id,
+            generated,
         } => super::upgrade::apply_begin(
             s,
             super::upgrade::Begin {
@@ -787,6 +838,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 handoff,
                 summary,
                 request_id,
+                generated,
             },
         ),
         Command::UpgradeSwitch { app, id, at_ms } => {
@@ -825,6 +877,30 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 );
             }
             super::upgrade::apply_abort(s, app, *id, *at_ms, reason)
+        }
+        Command::RegisterBaseImage { image } => {
+            std::sync::Arc::make_mut(&mut s.catalog)
+                .base_images
+                .insert(image.name.clone(), image.clone());
+            Response::Done
+        }
+        Command::RemoveBaseImage { name } => {
+            std::sync::Arc::make_mut(&mut s.catalog)
+                .base_images
+                .remove(name);
+            Response::Done
+        }
+        Command::AddTemplate { template } => {
+            std::sync::Arc::make_mut(&mut s.catalog)
+                .templates
+                .insert(template.name.clone(), template.clone());
+            Response::Done
+        }
+        Command::RemoveTemplate { name } => {
+            std::sync::Arc::make_mut(&mut s.catalog)
+                .templates
+                .remove(name);
+            Response::Done
         }
         Command::Noop => Response::Done,
         Command::Batch { cmds } => Response::Batch {

@@ -6,10 +6,12 @@
 //! ([`ClusterState::check`]) before proposing, so a refused request normally never
 //! reaches the log at all.
 
+mod catalog;
 mod command;
 mod records;
 mod upgrade;
 
+pub use catalog::{CatalogError, Entry};
 pub use command::{Command, CommandError, Response};
 pub use records::*;
 
@@ -31,6 +33,10 @@ pub struct ClusterState {
     pub upgrades: BTreeMap<u64, UpgradeRecord>,
     /// Next upgrade operation id.
     pub next_upgrade_id: u64,
+    /// Base images and PE templates (absent in snapshots written before it existed).
+    /// Shared: every submit reads it to resolve templates outside the state's lock.
+    #[serde(default)]
+    pub catalog: std::sync::Arc<weir_common::catalog::Catalog>,
 }
 
 impl ClusterState {
@@ -100,5 +106,7 @@ impl ClusterState {
     }
 }
 
+#[cfg(test)]
+mod catalog_tests;
 #[cfg(test)]
 mod tests;

@@ -253,6 +253,10 @@ pub struct AppVersion {
     /// died mid-call) gets this version back instead of a refusal or a second one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// Which template and base image generated which operator of `spec` (the
+    /// operators an app's spec wrote as `template:`); empty for none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub generated: weir_common::catalog::Provenances,
 }
 
 /// A tenant.

@@ -9,6 +9,7 @@ fn submit(at_ms: u64) -> Command {
         spec_text: APP.into(),
         at_ms,
         request_id: String::new(),
+        generated: Default::default(),
     }
 }
 
@@ -186,6 +187,7 @@ fn upgrading() -> (ClusterState, Command) {
         handoff: BTreeMap::new(),
         summary: Default::default(),
         request_id: String::new(),
+        generated: Default::default(),
     };
     (s, begin)
 }
@@ -361,6 +363,7 @@ fn submit_with(request_id: &str, at_ms: u64) -> Command {
         spec_text,
         at_ms,
         request_id: request_id.into(),
+        generated: Default::default(),
     }
 }
 
@@ -403,6 +406,7 @@ fn a_repeated_submit_answers_its_version_and_changes_nothing() {
         spec_text: format!("{APP}\n# edited\n"),
         at_ms: 50,
         request_id: "r-1".into(),
+        generated: Default::default(),
     };
     let err = s.apply(&other).unwrap_err();
     assert!(
@@ -431,6 +435,7 @@ fn a_repeated_upgrade_answers_its_operation_and_starts_no_second_one() {
         unreachable!()
     };
     let with = |request_id: &str, at_ms: u64| Command::BeginUpgrade {
+        generated: Default::default(),
         spec: spec.clone(),
         spec_text: spec_text.clone(),
         at_ms,

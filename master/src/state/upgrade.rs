@@ -20,6 +20,7 @@ pub(super) struct Begin<'a> {
     pub handoff: &'a BTreeMap<String, Vec<String>>,
     pub summary: &'a PlanSummary,
     pub request_id: &'a str,
+    pub generated: &'a weir_common::catalog::Provenances,
 }
 
 pub(super) fn check_begin(
@@ -120,6 +121,7 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
         spec_text: b.spec_text.to_string(),
         submitted_at_ms: b.at_ms,
         request_id: b.request_id.to_string(),
+        generated: b.generated.clone(),
     }));
     // The switch barrier is a checkpoint id nobody else will use.
     let ck = &mut rec.checkpoints;
