@@ -5,6 +5,7 @@
 //! - [`physical`]: operators x parallelism -> PEs; streams -> PE-to-PE channels.
 //! - [`plan`]: the pure upgrade planner, (old model, new model, placement) -> phases of
 //!   instructions.
+//! - [`image`]: container images workers hold, and how image references match them.
 //! - [`record`], [`frame`]: record batches (one `Bytes` buffer, parsed lazily) and the
 //!   frames of a TCP link between workers.
 //!
@@ -13,6 +14,7 @@
 
 pub mod fingerprint;
 pub mod frame;
+pub mod image;
 pub mod keygroup;
 pub mod physical;
 pub mod plan;
