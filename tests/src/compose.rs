@@ -39,21 +39,6 @@ pub fn docker_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Whether a test that drives the real Docker Engine can run: true when `docker info`
-/// answers. Otherwise it panics when `CI_REQUIRE_DOCKER=1` (CI must not pass by
-/// skipping), and says loudly on stderr that `what` is skipped.
-pub fn require_docker(what: &str) -> bool {
-    if docker_available() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI_REQUIRE_DOCKER").as_deref() != Ok("1"),
-        "{what} needs a Docker Engine and CI_REQUIRE_DOCKER=1, but `docker info` failed"
-    );
-    eprintln!("SKIPPED {what}: no Docker Engine (`docker info` failed); CI_REQUIRE_DOCKER=1 makes this a failure");
-    false
-}
-
 fn text(o: &Output) -> String {
     format!(
         "{}{}",

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 use weir_proto::v1 as pb;
-use weir_tests::compose::require_docker;
+use weir_tests::containers::docker_or_skip;
 use weir_tests::{app_detail, eventually, eventually_within, start_worker, Cluster};
 
 const PROBE: &str = "weir-test-images:probe";
@@ -73,7 +73,7 @@ async fn images_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_report_the_images_docker_holds_and_placement_uses_them() {
-    if !require_docker("workers_report_the_images_docker_holds_and_placement_uses_them") {
+    if !docker_or_skip("workers_report_the_images_docker_holds_and_placement_uses_them") {
         return;
     }
     let _cleanup = Cleanup;

@@ -229,9 +229,13 @@ fn already_placed_peers_attract_their_forward_partners() {
 }
 
 /// What a default `weir-worker` offers on a small 2-core machine: its 2 cores and all
-/// its memory (2 GiB: the smallest common 2-core cloud machine).
+/// its memory (2 GiB: the smallest common 2-core cloud machine), with the example PE
+/// images built on it (deploy/build-pe-images.sh).
 fn two_core_default_worker() -> WorkerCapacity {
-    worker("w1", 2.0, 2048, &[])
+    holding(
+        worker("w1", 2.0, 2048, &[]),
+        &["weir-pe-score:v1", "weir-pe-score:v2"],
+    )
 }
 
 /// Every example by file name, parsed.
