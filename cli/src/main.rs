@@ -6,6 +6,7 @@
 mod catalog;
 mod demo;
 mod health;
+mod images;
 mod names;
 mod offline;
 mod online;
@@ -139,6 +140,13 @@ enum Command {
     },
     /// List workers with their resources and GPUs.
     Workers,
+    /// List the container images each worker holds (placement puts a container PE
+    /// only on a worker holding its image).
+    Images {
+        /// Only this worker's.
+        #[arg(long)]
+        worker: Option<String>,
+    },
     /// Check that a master or worker serves (its gRPC health service), once.
     ///
     /// Exits 0 when it reports SERVING, 1 otherwise (unreachable included): what a
@@ -279,6 +287,7 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
             Command::Watch { app } => online::watch(&conn, app).await,
             Command::Checkpoints { app } => online::checkpoints(&conn, app).await,
             Command::Workers => online::workers(&conn).await,
+            Command::Images { worker } => images::images(&conn, worker.as_deref()).await,
             Command::Cluster { command } => match command {
                 ClusterCommand::Status => online::cluster_status(&conn).await,
                 ClusterCommand::AddMaster {

@@ -647,16 +647,20 @@ fn suffix(message: &str) -> String {
     }
 }
 
+/// Every worker the masters know, sorted by id.
+pub async fn list_workers(c: &Conn) -> anyhow::Result<pb::ListWorkersResponse> {
+    Ok(c.call(Repeat::Safe, |ch| async move {
+        WeirClient::new(ch)
+            .list_workers(pb::ListWorkersRequest {})
+            .await
+    })
+    .await?
+    .into_inner())
+}
+
 /// `weirctl workers`.
 pub async fn workers(c: &Conn) -> anyhow::Result<()> {
-    let r = c
-        .call(Repeat::Safe, |ch| async move {
-            WeirClient::new(ch)
-                .list_workers(pb::ListWorkersRequest {})
-                .await
-        })
-        .await?
-        .into_inner();
+    let r = list_workers(c).await?;
     let mut text = format!(
         "{:16} {:22} {:6} {:>6} {:>9} {:>4}  GPUS",
         "WORKER", "CONTROL", "STATE", "CPUS", "MEM MiB", "PES"

@@ -7,6 +7,7 @@
 //!   container operator from them.
 //! - [`plan`]: the pure upgrade planner, (old model, new model, placement) -> phases of
 //!   instructions.
+//! - [`image`]: container images workers hold, and how image references match them.
 //! - [`record`], [`frame`]: record batches (one `Bytes` buffer, parsed lazily) and the
 //!   frames of a TCP link between workers.
 //!
@@ -16,6 +17,7 @@
 pub mod catalog;
 pub mod fingerprint;
 pub mod frame;
+pub mod image;
 pub mod keygroup;
 pub mod physical;
 pub mod plan;

@@ -15,13 +15,15 @@
 //!
 //! `bytes` fields are [`bytes::Bytes`](prost::bytes::Bytes). [`status`] attaches and
 //! extracts the validation problems of a refused spec, and names the metadata keys
-//! the services use.
+//! the services use. [`image`] converts reported images to and from
+//! `weir_common::image::ImageInfo`.
 
 /// The `weir.v1` package: messages, enums, and the tonic clients and servers.
 pub mod v1 {
     tonic::include_proto!("weir.v1");
 }
 
+pub mod image;
 pub mod status;
 
 /// The encoded `FileDescriptorSet` of every `weir.v1` file, for gRPC server reflection.

@@ -412,6 +412,7 @@ async fn workers_register_heartbeat_and_are_marked_lost_when_silent() {
                 cpu_cores: 8.0,
                 memory_mb: 4096,
                 gpus: vec![gpu],
+                ..Default::default()
             }),
             pools: vec!["inference".into()],
             ..Default::default()

@@ -6,6 +6,7 @@
 //! incarnation, e.g. after a master-side reset) or a refused heartbeat sends it back
 //! to registration.
 
+use crate::images::{attach, HeldImages};
 use crate::resources::{snapshot, DeclaredGpu};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,8 @@ pub struct AgentHooks {
     pub incarnation: Arc<AtomicU64>,
     /// Called with every heartbeat answer (peers, completed checkpoints).
     pub on_heartbeat: Arc<dyn Fn(&pb::HeartbeatResponse) + Send + Sync>,
+    /// The Docker images this worker holds (refreshed elsewhere; empty by default).
+    pub images: HeldImages,
 }
 
 impl Default for AgentHooks {
@@ -80,6 +83,7 @@ impl Default for AgentHooks {
             term: Arc::default(),
             incarnation: Arc::default(),
             on_heartbeat: Arc::new(|_| {}),
+            images: HeldImages::default(),
         }
     }
 }
@@ -151,12 +155,13 @@ async fn run(
             }
             continue;
         };
-        let resources = snapshot(
+        let mut resources = snapshot(
             cfg.cores,
             cfg.memory_mb,
             &cfg.declared_gpus,
             cfg.discover_nvml,
         );
+        attach(&mut resources, &hooks.images.get(), None);
         if incarnation == 0 {
             let req = pb::RegisterWorkerRequest {
                 worker_id: cfg.worker_id.clone(),
@@ -200,20 +205,25 @@ async fn run(
             }
         }
         // Heartbeat until something goes wrong, then start over (same incarnation
-        // unless the masters ask for a new registration).
+        // unless the masters ask for a new registration). The image list goes in full
+        // until a master has answered a heartbeat carrying its current generation.
+        let mut images_sent = None;
         loop {
             if wait(&mut stop, interval).await {
                 return;
             }
+            let mut resources = snapshot(
+                cfg.cores,
+                cfg.memory_mb,
+                &cfg.declared_gpus,
+                cfg.discover_nvml,
+            );
+            let held = hooks.images.get();
+            attach(&mut resources, &held, images_sent);
             let req = pb::HeartbeatRequest {
                 worker_id: cfg.worker_id.clone(),
                 incarnation,
-                resources: Some(snapshot(
-                    cfg.cores,
-                    cfg.memory_mb,
-                    &cfg.declared_gpus,
-                    cfg.discover_nvml,
-                )),
+                resources: Some(resources),
                 pes: (hooks.reports)(),
             };
             match c.heartbeat(req).await {
@@ -230,6 +240,7 @@ async fn run(
                         prefer(&mut targets, &r.leader_address);
                         set(&|s| s.leader = r.leader_address.clone());
                     }
+                    images_sent = Some(held.generation);
                     (hooks.on_heartbeat)(&r);
                 }
                 Err(e) => {

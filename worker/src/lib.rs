@@ -6,6 +6,7 @@
 //!   acknowledgements and replay).
 //! - [`ops`]: the built-in operator kernels (pure); [`exec`]: programs as PEs.
 //! - [`container`]: container PEs' Docker configuration (pure; not run yet).
+//! - [`images`]: the Docker images this worker holds, listed for its reports.
 //! - [`runtime`]: the PEs this worker runs, their tasks and output routing.
 //! - [`checkpoint`]: checkpoint snapshots on disk, replicated to peer workers.
 //! - [`control`]: the `WorkerControl` service the master leader drives.
@@ -17,6 +18,7 @@ pub mod container;
 pub mod control;
 pub mod dataplane;
 pub mod exec;
+pub mod images;
 pub mod node;
 pub mod ops;
 pub mod resources;

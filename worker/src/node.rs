@@ -72,6 +72,11 @@ impl Worker {
             ..AgentHooks::default()
         };
         let (stop, stop_rx) = watch::channel(false);
+        let images = hooks.images.spawn_refresh(
+            cfg.worker_id.clone(),
+            crate::images::REFRESH,
+            stop_rx.clone(),
+        );
         let service = ControlService::new(
             cfg.worker_id.clone(),
             cfg.data_address.clone(),
@@ -105,6 +110,7 @@ impl Worker {
                 }
             }),
             tokio::spawn(inbound::serve(data, inputs, stop_rx)),
+            images,
         ];
         tracing::info!(worker = %cfg.worker_id, %control_addr, %data_addr, "worker serving");
         let agent = Agent::spawn_with(cfg, hooks);

@@ -139,6 +139,7 @@ pub fn snapshot(
         }),
         memory_mb: memory.unwrap_or_else(memory_mb),
         gpus,
+        ..Default::default()
     }
 }
 

@@ -259,6 +259,8 @@ pub fn worker_view(w: &WorkerRecord, last_heartbeat_ms: u64, pe_count: u32) -> p
                     ..Default::default()
                 })
                 .collect(),
+            images: w.images.iter().map(pb::DockerImage::from).collect(),
+            images_unchanged: false,
         }),
         cpu_free: w.cpu_cores,
         memory_free_mb: w.memory_mb,

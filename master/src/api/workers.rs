@@ -10,6 +10,7 @@ use super::*;
 use crate::state::{GpuRecord, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use tonic::Response as Reply;
+use weir_common::image::{bound, ImageInfo};
 use weir_proto::v1 as pb;
 use weir_proto::v1::master_workers_client::MasterWorkersClient;
 use weir_proto::v1::master_workers_server::MasterWorkers;
@@ -136,6 +137,22 @@ impl WorkersService {
     }
 }
 
+/// The images a worker reports in `r`, bounded as they will be stored; `None` when
+/// `r` says they are unchanged (or is absent).
+fn images(worker: &str, r: Option<&pb::WorkerResources>) -> Option<Vec<ImageInfo>> {
+    let r = r.filter(|r| !r.images_unchanged)?;
+    let b = bound(r.images.iter().map(ImageInfo::from).collect());
+    if b.images_dropped + b.refs_dropped > 0 {
+        tracing::warn!(
+            worker,
+            images_dropped = b.images_dropped,
+            refs_dropped = b.refs_dropped,
+            "worker reported more images than the master keeps"
+        );
+    }
+    Some(b.images)
+}
+
 fn gpus(r: Option<&pb::WorkerResources>) -> Vec<GpuRecord> {
     r.map(|r| {
         r.gpus
@@ -190,6 +207,7 @@ impl MasterWorkers for WorkersService {
             incarnation: 0,
             registered_at_ms: now_ms(),
             state_since_ms: 0,
+            images: Arc::new(images(&r.worker_id, res).unwrap_or_default()),
         };
         self.shared
             .write(Command::RegisterWorker { worker })
@@ -274,6 +292,18 @@ impl MasterWorkers for WorkersService {
         };
         self.liveness.touch(&w.id);
         self.liveness.record_reports(&w.id, w.incarnation, r.pes);
+        // Images are replicated only when they change: most heartbeats say "unchanged".
+        if let Some(images) = images(&w.id, r.resources.as_ref()) {
+            if *w.images != images {
+                tracing::info!(worker = %w.id, images = images.len(), "worker's images changed");
+                self.shared
+                    .write(Command::SetWorkerImages {
+                        id: w.id.clone(),
+                        images,
+                    })
+                    .await?;
+            }
+        }
         if w.state == WorkerState::Lost {
             tracing::info!(worker = %w.id, "lost worker heartbeats again");
             self.shared

@@ -172,6 +172,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                             .saturating_sub(gpu_used.get(g.uuid.as_str()).copied().unwrap_or(0)),
                     })
                     .collect(),
+                images: w.images.clone(),
             }
         })
         .collect()

@@ -23,6 +23,7 @@ fn worker(id: &str) -> WorkerRecord {
         incarnation: 0,
         registered_at_ms: 5,
         state_since_ms: 0,
+        images: Default::default(),
     }
 }
 

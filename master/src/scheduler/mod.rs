@@ -3,7 +3,12 @@
 //! Greedy and deterministic. PEs asking for GPUs are placed first (they have the
 //! fewest options), then the rest in app order. For each PE the candidate workers are
 //! the alive ones with enough free CPU and memory and, for GPU requests, enough
-//! matching devices (vendor, pool scenario) each with enough free memory for one slice.
+//! matching devices (vendor, pool scenario) each with enough free memory for one slice,
+//! and, for container PEs, that hold the PE's image (see [`weir_common::image`] for how
+//! references match: `name` means `name:latest`, `sha256:` ids and repo digests match
+//! too). Holding the image is a filter, not a score: every candidate holds it, so the
+//! order below decides among holders as it does for any PE, and a PE whose image no
+//! alive worker holds stays pending with that reason.
 //! Among candidates it prefers, in order: a worker already hosting a PE joined to this
 //! one by a forward stream (records then move by reference, never over TCP); the
 //! worker with the fewest PEs of the same operator (spread, so losing a worker loses
@@ -15,8 +20,10 @@
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use weir_common::image::{holds, ImageInfo};
 use weir_common::physical::{PeId, PhysicalModel};
-use weir_common::spec::{AppSpec, GpuRequest, Partitioning, Scenario, Vendor};
+use weir_common::spec::{AppSpec, GpuRequest, OperatorKind, Partitioning, Scenario, Vendor};
 
 /// One accelerator as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +51,9 @@ pub struct WorkerCapacity {
     pub scenario: Scenario,
     /// Its accelerators.
     pub gpus: Vec<GpuSlot>,
+    /// The container images it holds (shared with its worker record: not copied per
+    /// scheduling round).
+    pub images: Arc<Vec<ImageInfo>>,
 }
 
 /// A PE waiting for a worker.
@@ -61,6 +71,8 @@ pub struct PeRequest {
     pub gpu: Option<GpuRequest>,
     /// PEs joined to it by forward streams: placing them together saves a network hop.
     pub forward_peers: Vec<PeId>,
+    /// For container PEs, the image reference: only workers holding it qualify.
+    pub image: Option<String>,
 }
 
 /// Where one PE goes.
@@ -107,6 +119,10 @@ pub fn requests_for(app: &AppSpec) -> Vec<PeRequest> {
                 memory_mb: op.resources.memory_mb,
                 gpu: op.resources.gpu.clone(),
                 forward_peers: peers.get(&p.id).cloned().unwrap_or_default(),
+                image: match &op.kind {
+                    OperatorKind::Container(c) => Some(c.image.clone()),
+                    _ => None,
+                },
             })
         })
         .collect()
@@ -189,6 +205,9 @@ fn fits(w: &WorkerCapacity, req: &PeRequest) -> Option<Vec<usize>> {
     if !w.alive || w.cpu_free + 1e-9 < req.cpu || w.memory_free_mb < req.memory_mb {
         return None;
     }
+    if req.image.as_ref().is_some_and(|i| !holds(&w.images, i)) {
+        return None;
+    }
     let Some(g) = &req.gpu else {
         return Some(Vec::new());
     };
@@ -220,13 +239,29 @@ fn fits(w: &WorkerCapacity, req: &PeRequest) -> Option<Vec<usize>> {
 
 /// What the PE needs that no worker has, for the error message.
 fn shortfall(free: &[WorkerCapacity], req: &PeRequest) -> String {
-    let alive: Vec<&WorkerCapacity> = free.iter().filter(|w| w.alive).collect();
+    let mut alive: Vec<&WorkerCapacity> = free.iter().filter(|w| w.alive).collect();
     if alive.is_empty() {
         return "no alive worker".into();
+    }
+    // A container PE: only the workers holding its image count.
+    let mut holding = String::new();
+    if let Some(image) = &req.image {
+        alive.retain(|w| holds(&w.images, image));
+        if alive.is_empty() {
+            return format!(
+                "image {image:?} is on no alive worker (workers run only images their Docker Engine holds; `weirctl images` lists them)"
+            );
+        }
+        holding = format!(" holding image {image:?}");
     }
     let best_cpu = alive.iter().map(|w| w.cpu_free).fold(0.0, f64::max);
     let best_mem = alive.iter().map(|w| w.memory_free_mb).max().unwrap_or(0);
     if let Some(g) = &req.gpu {
+        let on = if holding.is_empty() {
+            holding
+        } else {
+            format!(" on a worker{holding}")
+        };
         let best_dev = alive
             .iter()
             .flat_map(|w| w.gpus.iter())
@@ -234,7 +269,7 @@ fn shortfall(free: &[WorkerCapacity], req: &PeRequest) -> String {
             .map(|d| d.memory_free_mb)
             .max();
         return format!(
-            "needs {} {:?} GPU(s) with {} MiB free each ({:?} pool), {} cores, {} MiB; the largest free matching device has {} MiB, the most free cores {:.2}, memory {} MiB",
+            "needs {} {:?} GPU(s) with {} MiB free each ({:?} pool), {} cores, {} MiB; the largest free matching device{on} has {} MiB, the most free cores {:.2}, memory {} MiB",
             g.count,
             g.vendor,
             g.memory_mb,
@@ -247,7 +282,7 @@ fn shortfall(free: &[WorkerCapacity], req: &PeRequest) -> String {
         );
     }
     format!(
-        "needs {} cores and {} MiB; the most any alive worker has free is {:.2} cores and {} MiB",
+        "needs {} cores and {} MiB; the most any alive worker{holding} has free is {:.2} cores and {} MiB",
         req.cpu, req.memory_mb, best_cpu, best_mem
     )
 }

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::Arc;
 use weir_common::spec::{parse_app, OperatorKind, SpecFormat};
 
 fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity {
@@ -16,7 +17,23 @@ fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity 
                 memory_free_mb: *m,
             })
             .collect(),
+        images: Arc::default(),
     }
+}
+
+/// `w` holding images with these `repo:tag`s (one image per tag, ids made up).
+fn holding(mut w: WorkerCapacity, tags: &[&str]) -> WorkerCapacity {
+    w.images = Arc::new(
+        tags.iter()
+            .enumerate()
+            .map(|(i, t)| ImageInfo {
+                id: format!("sha256:{i:064x}"),
+                tags: vec![t.to_string()],
+                ..ImageInfo::default()
+            })
+            .collect(),
+    );
+    w
 }
 
 fn app(text: &str) -> AppSpec {
@@ -83,8 +100,11 @@ streams:
 "#;
     // w1: a 16 GiB and a 24 GiB device; w2: one 12 GiB device.
     let ws = [
-        worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
-        worker("w2", 8.0, 8192, &[("C", 12288)]),
+        holding(
+            worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
+            &["weir/infer:1"],
+        ),
+        holding(worker("w2", 8.0, 8192, &[("C", 12288)]), &["weir/infer:1"]),
     ];
     let p = place(&ws, &requests_for(&app(spec)), &BTreeMap::new()).unwrap();
     let mut used: BTreeMap<String, u64> = BTreeMap::new();
@@ -111,8 +131,11 @@ streams:
     extra.gpu.as_mut().unwrap().memory_mb = 20000;
     reqs.push(extra);
     let ws = [
-        worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
-        worker("w2", 8.0, 8192, &[("C", 12288)]),
+        holding(
+            worker("w1", 8.0, 8192, &[("A", 16384), ("B", 24576)]),
+            &["weir/infer:1"],
+        ),
+        holding(worker("w2", 8.0, 8192, &[("C", 12288)]), &["weir/infer:1"]),
     ];
     let err = place(&ws, &reqs, &BTreeMap::new()).unwrap_err();
     assert!(err.why.contains("20000 MiB free each"), "{err}");
@@ -206,9 +229,13 @@ fn already_placed_peers_attract_their_forward_partners() {
 }
 
 /// What a default `weir-worker` offers on a small 2-core machine: its 2 cores and all
-/// its memory (2 GiB: the smallest common 2-core cloud machine).
+/// its memory (2 GiB: the smallest common 2-core cloud machine), with the example PE
+/// images built on it (deploy/build-pe-images.sh).
 fn two_core_default_worker() -> WorkerCapacity {
-    worker("w1", 2.0, 2048, &[])
+    holding(
+        worker("w1", 2.0, 2048, &[]),
+        &["weir-pe-score:v1", "weir-pe-score:v2"],
+    )
 }
 
 /// Every example by file name, parsed.
@@ -244,9 +271,11 @@ fn gpu_example_worker(name: &str) -> Option<WorkerCapacity> {
         "gpu-square.yaml" => Some(with(2.0, 2048, nvidia(1), Scenario::General)),
         // Two inference containers asking for 2 cores and 4 GiB each: sized for a GPU
         // server, not a 2-core machine (and workers do not run containers yet).
-        "log-enrichment.yaml" | "log-enrichment-v2.yaml" => {
-            Some(with(8.0, 16384, nvidia(2), Scenario::Inference))
-        }
+        // The worker holds the classifier image (built locally: no registry).
+        "log-enrichment.yaml" | "log-enrichment-v2.yaml" => Some(holding(
+            with(8.0, 16384, nvidia(2), Scenario::Inference),
+            &["weir/log-classifier:1", "weir/log-classifier:2"],
+        )),
         _ => None,
     }
 }
@@ -320,6 +349,123 @@ fn every_example_fits_one_default_worker_of_a_two_core_machine() {
     );
 }
 
+const CONTAINER: &str = r#"
+name: c
+operators:
+  - {name: src, kind: source.generator, params: {count: 10}}
+  - {name: enrich, kind: container, parallelism: 2, params: {image: "acme/enrich"}}
+  - {name: out, kind: sink.null}
+streams:
+  - {from: src, to: enrich, partitioning: round_robin}
+  - {from: enrich, to: out, partitioning: round_robin}
+"#;
+
+fn container_pes(p: &BTreeMap<PeId, Assignment>) -> Vec<&str> {
+    p.iter()
+        .filter(|(pe, _)| pe.operator() == "enrich")
+        .map(|(_, a)| a.worker.as_str())
+        .collect()
+}
+
+#[test]
+fn a_container_pe_goes_only_where_its_image_is() {
+    let reqs = requests_for(&app(CONTAINER));
+    assert_eq!(
+        reqs.iter()
+            .filter_map(|r| r.image.as_deref())
+            .collect::<Vec<_>>(),
+        ["acme/enrich", "acme/enrich"]
+    );
+    // w1 has the most free CPU and would win on score alone; only w2 holds the image
+    // (`acme/enrich` means `acme/enrich:latest`).
+    let ws = [
+        holding(
+            worker("w1", 16.0, 8192, &[]),
+            &["acme/enrich:2", "other:latest"],
+        ),
+        holding(worker("w2", 4.0, 8192, &[]), &["acme/enrich:latest"]),
+    ];
+    let p = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    assert_eq!(container_pes(&p), ["w2", "w2"]);
+    // Built-in PEs still go anywhere.
+    assert!(p.values().any(|a| a.worker == "w1"));
+}
+
+#[test]
+fn among_workers_holding_the_image_the_usual_order_decides() {
+    let reqs = requests_for(&app(CONTAINER));
+    let ws = [
+        holding(worker("w1", 8.0, 8192, &[]), &["acme/enrich:latest"]),
+        holding(
+            worker("w2", 8.0, 8192, &[]),
+            &["docker.io/acme/enrich:latest"],
+        ),
+        worker("w3", 64.0, 65536, &[]),
+    ];
+    let p = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    let mut on = container_pes(&p);
+    on.sort();
+    // Spread over both holders, never on w3 however much room it has.
+    assert_eq!(on, ["w1", "w2"]);
+}
+
+#[test]
+fn an_image_named_by_id_or_digest_matches_the_held_image() {
+    let id = "sha256:00000000000000000000000000000000000000000000000000000000000000ab";
+    for reference in [
+        id,
+        &id[..7 + 12],
+        "acme/enrich@sha256:feed",
+        "docker.io/library/enrich-base",
+    ] {
+        let spec = CONTAINER.replace("acme/enrich", reference);
+        let mut w = worker("w1", 8.0, 8192, &[]);
+        w.images = Arc::new(vec![ImageInfo {
+            id: id.into(),
+            tags: vec!["enrich-base:latest".into()],
+            digests: vec!["acme/enrich@sha256:feed".into()],
+            size_bytes: 10,
+        }]);
+        let p = place(&[w], &requests_for(&app(&spec)), &BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{reference}: {e}"));
+        assert_eq!(container_pes(&p), ["w1", "w1"], "{reference}");
+    }
+}
+
+#[test]
+fn an_image_no_worker_holds_leaves_the_pe_pending_with_the_reason() {
+    let reqs = requests_for(&app(CONTAINER));
+    let ws = [
+        holding(worker("w1", 8.0, 8192, &[]), &["acme/enrich:1"]),
+        worker("w2", 8.0, 8192, &[]),
+    ];
+    let err = place(&ws, &reqs, &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.pe.operator(), "enrich");
+    assert!(
+        err.why
+            .contains(r#"image "acme/enrich" is on no alive worker"#)
+            && err.why.contains("weirctl images"),
+        "{err}"
+    );
+    // A holder that is lost does not count.
+    let mut lost = holding(worker("w3", 8.0, 8192, &[]), &["acme/enrich:latest"]);
+    lost.alive = false;
+    let err = place(&[lost], &reqs, &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.why, "no alive worker");
+    // A holder without room: the shortfall names the holders' capacity, not w2's.
+    let ws = [
+        holding(worker("w1", 0.01, 8192, &[]), &["acme/enrich:latest"]),
+        worker("w2", 64.0, 65536, &[]),
+    ];
+    let err = place(&ws, &reqs, &BTreeMap::new()).unwrap_err();
+    assert!(
+        err.why.contains(
+            r#"the most any alive worker holding image "acme/enrich" has free is 0.01 cores"#
+        ),
+        "{err}"
+    );
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;
@@ -352,6 +498,7 @@ mod props {
                             memory_free_mb: m,
                         })
                         .collect(),
+                    images: Arc::default(),
                 })
                 .collect()
         })
@@ -381,6 +528,7 @@ mod props {
                         scenario: Scenario::General,
                     }),
                     forward_peers: vec![],
+                    image: None,
                 })
                 .collect()
         })

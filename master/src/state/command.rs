@@ -2,6 +2,8 @@
 
 use super::catalog;
 use super::*;
+use std::sync::Arc;
+use weir_common::image::{bound, ImageInfo};
 use weir_common::plan::Phase;
 use weir_common::spec::AppSpec;
 
@@ -229,6 +231,13 @@ pub enum Command {
         /// The commands, in the order they apply.
         cmds: Vec<Command>,
     },
+    /// A worker reported a different set of container images than its record holds.
+    SetWorkerImages {
+        /// Worker id.
+        id: String,
+        /// Everything it holds now (bounded again when applied).
+        images: Vec<ImageInfo>,
+    },
 }
 
 impl Command {
@@ -245,9 +254,26 @@ impl Command {
                 SMALL + serde_json::to_vec(template).map_or(0, |t| t.len())
             }
             Command::Batch { cmds } => cmds.iter().map(Command::weight).sum(),
+            Command::SetWorkerImages { images, .. } => SMALL + images_weight(images),
+            Command::RegisterWorker { worker } => SMALL + images_weight(&worker.images),
             _ => SMALL,
         }
     }
+}
+
+/// Bytes of references in an image list (ids, tags, digests; the rest is small).
+fn images_weight(images: &[ImageInfo]) -> usize {
+    images
+        .iter()
+        .map(|i| {
+            32 + i.id.len()
+                + i.tags
+                    .iter()
+                    .chain(&i.digests)
+                    .map(String::len)
+                    .sum::<usize>()
+        })
+        .sum()
 }
 
 /// What a successful command answers.
@@ -422,7 +448,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         }
         // A batch's commands are checked one by one as they apply.
         Command::RegisterWorker { .. } | Command::Noop | Command::Batch { .. } => {}
-        Command::SetWorkerState { id, .. } => {
+        Command::SetWorkerState { id, .. } | Command::SetWorkerImages { id, .. } => {
             if !s.workers.contains_key(id) {
                 return Err(CommandError::WorkerNotFound(id.clone()));
             }
@@ -707,6 +733,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         Command::RegisterWorker { worker } => {
             let incarnation = s.workers.get(&worker.id).map_or(0, |w| w.incarnation) + 1;
             let mut w = worker.clone();
+            w.images = Arc::new(bound(worker.images.to_vec()).images);
             w.incarnation = incarnation;
             w.state = WorkerState::Alive;
             w.state_since_ms = w.registered_at_ms;
@@ -906,5 +933,10 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },
+        Command::SetWorkerImages { id, images } => {
+            let w = s.workers.get_mut(id).expect("checked");
+            w.images = Arc::new(bound(images.clone()).images);
+            Response::Done
+        }
     }
 }

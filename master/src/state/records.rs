@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use weir_common::image::ImageInfo;
 use weir_common::plan::{Phase, PlanSummary};
 use weir_common::spec::AppSpec;
 
@@ -318,6 +319,17 @@ pub struct WorkerRecord {
     pub registered_at_ms: u64,
     /// When its liveness last changed.
     pub state_since_ms: u64,
+    /// The container images it holds, bounded ([`weir_common::image::bound`]).
+    /// Replicated so every leader places container PEs at once, and written only when
+    /// the list changes (heartbeats say when it has not). Absent in records written
+    /// before images were reported. Shared: the scheduler's view of the worker points
+    /// at the same list.
+    #[serde(default, skip_serializing_if = "no_images")]
+    pub images: Arc<Vec<ImageInfo>>,
+}
+
+fn no_images(images: &Arc<Vec<ImageInfo>>) -> bool {
+    images.is_empty()
 }
 
 /// An upgrade operation.

@@ -26,6 +26,7 @@ fn worker(id: &str) -> WorkerRecord {
         incarnation: 0,
         registered_at_ms: 5,
         state_since_ms: 0,
+        images: Default::default(),
     }
 }
 
@@ -511,4 +512,84 @@ fn entries_and_snapshots_written_before_request_ids_still_read() {
     );
     let back: ClusterState = serde_json::from_str(&text).unwrap();
     assert_eq!(back, s);
+}
+
+fn image(i: usize, tag: &str) -> weir_common::image::ImageInfo {
+    weir_common::image::ImageInfo {
+        id: format!("sha256:{i:064x}"),
+        tags: vec![tag.to_string()],
+        digests: vec![],
+        size_bytes: 1000 + i as u64,
+    }
+}
+
+#[test]
+fn a_workers_images_are_stored_bounded_and_replaced_whole() {
+    let mut s = ClusterState::default();
+    let mut w = worker("w1");
+    w.images = std::sync::Arc::new(vec![image(1, "acme/a:1"), image(0, "acme/b:1")]);
+    s.apply(&Command::RegisterWorker { worker: w }).unwrap();
+    // Stored sorted, as bound() orders them (so a re-report in another order is equal).
+    let ids: Vec<&str> = s.workers["w1"]
+        .images
+        .iter()
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(ids, [image(0, "").id, image(1, "").id]);
+
+    // A heartbeat reporting a different list replaces it whole, bounded.
+    let many: Vec<_> = (0..weir_common::image::MAX_IMAGES + 20)
+        .map(|i| image(i, &format!("app{i}:latest")))
+        .collect();
+    let cmd = Command::SetWorkerImages {
+        id: "w1".into(),
+        images: many,
+    };
+    assert!(cmd.weight() > 50_000, "a big list weighs what it carries");
+    s.apply(&cmd).unwrap();
+    let held = &s.workers["w1"].images;
+    assert_eq!(held.len(), weir_common::image::MAX_IMAGES);
+    assert!(
+        !held.iter().any(|i| i.tags == ["acme/a:1"]),
+        "replaced, not merged"
+    );
+
+    // Re-registration keeps the worker's new list (here: none).
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    assert!(s.workers["w1"].images.is_empty());
+
+    let unknown = Command::SetWorkerImages {
+        id: "nope".into(),
+        images: vec![],
+    };
+    let before = s.clone();
+    assert_eq!(
+        s.apply(&unknown),
+        Err(CommandError::WorkerNotFound("nope".into()))
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn worker_records_written_before_images_still_read() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(!text.contains("images"), "no images, no field: {text}");
+    let back: ClusterState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, s);
+    // And with images, they round-trip.
+    s.apply(&Command::SetWorkerImages {
+        id: "w1".into(),
+        images: vec![image(7, "acme/a:1")],
+    })
+    .unwrap();
+    let back: ClusterState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(back.workers["w1"].images[0].tags, ["acme/a:1"]);
 }
