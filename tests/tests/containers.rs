@@ -316,9 +316,10 @@ impl Rig {
         .await;
     }
 
-    /// Waits for every input of the audit to end and checks it saw each record once.
-    async fn exact(&self, app: &str, records: u64) {
-        weir_tests::assert_audit_exact(&self.client, app, "check", records, LIMIT).await;
+    /// Waits for every input of `sink.verify` operator `audit` to end and checks it
+    /// saw each record once.
+    async fn exact(&self, app: &str, audit: &str, records: u64) {
+        weir_tests::assert_audit_exact(&self.client, app, audit, records, LIMIT).await;
     }
 
     async fn upgrade(&mut self, app: &str, spec: String) -> pb::UpgradeOperation {
@@ -350,7 +351,7 @@ async fn a_container_pe_in_a_running_app_delivers_every_record_once() {
     let _cleanup = Cleanup(rig.id.clone());
     let records = 50_000;
     rig.submit(app_spec("capp", records, 100_000, V1)).await;
-    rig.exact("capp", records).await;
+    rig.exact("capp", "check", records).await;
     let d = rig.detail("capp").await;
     let score: Vec<_> = d
         .pes
@@ -384,7 +385,7 @@ async fn a_container_killed_mid_stream_is_recovered_exactly_once() {
     let victims = containers_of(&rig.id);
     assert_eq!(victims.len(), 2, "two score PEs: {victims:?}");
     docker(&["kill", &victims[0]]);
-    rig.exact("ckill", records).await;
+    rig.exact("ckill", "check", records).await;
     rig.stop().await;
 }
 
@@ -420,7 +421,7 @@ async fn an_image_upgrade_under_load_loses_and_repeats_nothing() {
         "only v2 containers once the upgrade is done: {images:?}"
     );
     assert!(containers_of(&rig.id).iter().all(|c| !before.contains(c)));
-    rig.exact("cup", records).await;
+    rig.exact("cup", "check", records).await;
     rig.stop().await;
 }
 
@@ -446,7 +447,7 @@ async fn an_upgrade_to_an_image_that_cannot_start_rolls_back() {
     );
     let d = rig.detail("cback").await;
     assert_eq!(d.summary.as_ref().map(|s| s.version), Some(1), "still v1");
-    rig.exact("cback", records).await;
+    rig.exact("cback", "check", records).await;
     rig.stop().await;
 }
 
@@ -644,7 +645,68 @@ async fn container_operators_take_every_kind_of_upgrade_under_load() {
         expected.sort();
         assert_eq!(images, expected, "the containers after upgrade {i}");
     }
-    rig.exact("kinds", records).await;
+    rig.exact("kinds", "check", records).await;
     eprintln!("every record at the sink at {:?}", started.elapsed());
+    rig.stop().await;
+}
+
+/// An operator generated from the example `scorer` template and a registered base
+/// image runs as a container PE on a real worker: every record once, scored by the
+/// model the template's parameter chose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_template_generated_operator_runs_in_its_container() {
+    if !ready("template") {
+        return;
+    }
+    let mut rig = Rig::start("template").await;
+    let _cleanup = Cleanup(rig.id.clone());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    rig.client
+        .register_base_image(pb::RegisterBaseImageRequest {
+            image: Some(pb::BaseImage {
+                name: "pe-cpu".into(),
+                image: V1.into(),
+                scenario: "inference".into(),
+                vendor: "none".into(),
+                framework: "none".into(),
+                description: "the example scorer".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    rig.client
+        .add_template(pb::AddTemplateRequest {
+            text: std::fs::read_to_string(root.join("examples/templates/scorer.yaml")).unwrap(),
+            format: pb::SpecFormat::Yaml as i32,
+        })
+        .await
+        .unwrap();
+    let records = 20_000;
+    let spec = std::fs::read_to_string(root.join("examples/templates/app-scores.yaml"))
+        .unwrap()
+        .replace("count: 1000", &format!("count: {records}"))
+        .replace("expect: 1000", &format!("expect: {records}"));
+    rig.submit(spec).await;
+    eventually_within("the template's container runs", LIMIT, || async {
+        let running: Vec<serde_json::Value> =
+            containers_of(&rig.id).iter().map(|c| inspect(c)).collect();
+        running
+            .into_iter()
+            .find(|c| c["Config"]["Labels"]["weir.app"] == "scores")
+    })
+    .await;
+    let c = inspect(&containers_of(&rig.id)[0]);
+    assert_eq!(c["Config"]["Image"], V1);
+    let env = c["Config"]["Env"].to_string();
+    assert!(
+        env.contains("WEIR_SCORE_MODEL=v2"),
+        "the template's parameter: {env}"
+    );
+    assert_eq!(
+        c["HostConfig"]["Memory"],
+        64 << 20,
+        "the template's resources"
+    );
+    rig.exact("scores", "out", records).await;
     rig.stop().await;
 }
