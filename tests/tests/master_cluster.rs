@@ -895,10 +895,12 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let names = write_big_specs(&c, leader, "big", 70, 700 << 10).await;
     let raft = c.masters[&leader].node.raft.clone();
     raft.trigger().snapshot().await.unwrap();
-    // openraft purges once no replication stream is reading the entries; the stopped
-    // follower's stream is between retries most of the time.
-    eventually(
+    // openraft purges once the snapshot of about 50 MB is built (seconds of a debug
+    // build on two loaded cores) and no replication stream is reading the entries;
+    // the stopped follower's stream is between retries most of the time.
+    weir_tests::eventually_within(
         "the leader to purge the entries the follower lacks",
+        Duration::from_secs(120),
         || async {
             let purged = raft.metrics().borrow().purged.map_or(0, |l| l.index);
             (purged >= 70).then_some(())
