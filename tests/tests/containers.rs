@@ -710,3 +710,59 @@ async fn a_template_generated_operator_runs_in_its_container() {
     rig.exact("scores", "out", records).await;
     rig.stop().await;
 }
+
+/// With `network: none` (the default) a container reaches none of the host's ports,
+/// though a container on Docker's default bridge reaches the same listener (the
+/// control: the probe works). The probe is `weir-pe-score` with `WEIR_SCORE_PROBE`: it
+/// exits with status 7 when a connection opens, so a container that starts normally
+/// reached nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_none_keeps_a_container_off_the_hosts_ports() {
+    if !ready("isolation") {
+        return;
+    }
+    let w = worker_id("isolation");
+    let _cleanup = Cleanup(w.clone());
+    // Accepted by the kernel without an accept call: enough for a connect to succeed.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The host as containers see it: the default bridge's gateway (docker0).
+    let gateway = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let addr = text
+                .split_whitespace()
+                .skip_while(|t| *t != "inet")
+                .nth(1)?;
+            Some(addr.split('/').next()?.to_string())
+        })
+        .unwrap_or_else(|| "172.17.0.1".into());
+    let target = format!("{gateway}:{port}");
+
+    let control = std::process::Command::new("docker")
+        .args(["run", "--rm", "-i", "--network", "bridge", "-e"])
+        .arg(format!("WEIR_SCORE_PROBE={target}"))
+        .arg(V1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        control.status.code(),
+        Some(7),
+        "a container on the default bridge reaches {target} (the probe works): {}",
+        String::from_utf8_lossy(&control.stderr)
+    );
+
+    let mut p = params(V1);
+    p.env.insert("WEIR_SCORE_PROBE".into(), target.clone());
+    let mut pe = start(&w, "acme", "score@1#0", &p)
+        .await
+        .unwrap_or_else(|e| panic!("with network none, {target} is out of reach: {e}"));
+    let input = ids(0, 10);
+    assert_scored(&input, &pe.process(&input).await.unwrap(), 7, "v1");
+    pe.shutdown().await;
+    drop(listener);
+}

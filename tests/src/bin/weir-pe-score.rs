@@ -11,6 +11,10 @@
 //! `WEIR_SCORE_EXIT=N` makes it exit with status N before reading anything (the
 //! `broken` tag: an image that fails at start).
 //!
+//! `WEIR_SCORE_PROBE=HOST:PORT[,HOST:PORT...]` makes it try a TCP connection to each
+//! address first (1 s each) and exit with status 7 if any answers: the isolation
+//! tests' probe (a container that must not reach the host starts normally).
+//!
 //! It answers an empty batch with an empty batch (the start-up handshake) and exits
 //! at the end of its input.
 
@@ -29,6 +33,15 @@ fn main() -> ExitCode {
         eprintln!("weir-pe-score: told to exit with status {code}");
         return ExitCode::from(code);
     }
+    if let Ok(targets) = std::env::var("WEIR_SCORE_PROBE") {
+        for target in targets.split(',') {
+            if reachable(target) {
+                eprintln!("weir-pe-score: probe {target}: reachable");
+                return ExitCode::from(7);
+            }
+            eprintln!("weir-pe-score: probe {target}: unreachable");
+        }
+    }
     let model = std::env::var("WEIR_SCORE_MODEL").unwrap_or_else(|_| "v1".into());
     let factor = if model == "v2" { 11 } else { 7 };
     let mut input = io::stdin().lock();
@@ -40,6 +53,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether a TCP connection to `target` (`HOST:PORT`) opens within a second.
+fn reachable(target: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addrs) = target.to_socket_addrs() else {
+        return false;
+    };
+    addrs.into_iter().any(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+    })
 }
 
 /// Answers frames until the input ends.
