@@ -1,8 +1,8 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
+use super::file_sink::BlockingFileSink;
 use crate::container::ContainerEngine;
 use crate::exec::{ExecConfig, ExecPe};
-use crate::ops::sink::FileSink;
 use crate::ops::{Filter, KeyBy, Map, Verify, Window, WindowKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +26,8 @@ pub enum Kernel {
     Exec(Box<ExecPe>),
     /// `sink.verify`.
     Verify(Verify),
-    /// `sink.file`.
-    File(FileSink),
+    /// `sink.file`, its file calls made on blocking threads.
+    File(BlockingFileSink),
     /// `sink.tcp` (at-least-once: a reconnect may repeat the lines of one batch).
     Tcp(TcpSink),
     /// `sink.null`.
@@ -89,7 +89,8 @@ impl Kernel {
             )),
             OperatorKind::SinkVerify(p) => Kernel::Verify(Verify::new(p.expect)),
             OperatorKind::SinkFile(p) => Kernel::File(
-                FileSink::open(&p.path, index, spec.parallelism)
+                BlockingFileSink::open(p.path.clone(), index, spec.parallelism)
+                    .await
                     .map_err(|e| format!("sink.file {}: {e}", p.path))?,
             ),
             OperatorKind::SinkTcp(p) => Kernel::Tcp(TcpSink::new(p.address.clone())),
@@ -137,7 +138,9 @@ impl Kernel {
                 None
             }
             Kernel::File(f) => {
-                f.write(batch).map_err(|e| format!("sink.file: {e}"))?;
+                f.write(batch)
+                    .await
+                    .map_err(|e| format!("sink.file: {e}"))?;
                 None
             }
             Kernel::Tcp(t) => {
@@ -162,7 +165,7 @@ impl Kernel {
         Ok(match self {
             Kernel::Window(w) => Some(w.flush()),
             Kernel::File(f) => {
-                f.finish().map_err(|e| format!("sink.file: {e}"))?;
+                f.finish().await.map_err(|e| format!("sink.file: {e}"))?;
                 None
             }
             _ => None,
@@ -170,7 +173,7 @@ impl Kernel {
     }
 
     /// The state to checkpoint at barrier `id`; empty for kernels without state.
-    pub fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
+    pub async fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
         Ok(match self {
             Kernel::Window(w) => w.snapshot(weir_common::keygroup::KeyGroupRange {
                 start: 0,
@@ -179,6 +182,7 @@ impl Kernel {
             Kernel::Verify(v) => v.snapshot(),
             Kernel::File(f) => f
                 .snapshot(id)
+                .await
                 .map_err(|e| format!("sink.file snapshot: {e}"))?,
             _ => Vec::new(),
         })
@@ -188,7 +192,7 @@ impl Kernel {
     /// this PE; with `handoff` (an upgrade's successor, or a restore to a checkpoint
     /// taken before one) the parts are predecessors' snapshots, merged, and only the
     /// key groups in `handoff` are kept.
-    pub fn restore(
+    pub async fn restore(
         &mut self,
         parts: &[bytes::Bytes],
         handoff: Option<weir_common::keygroup::KeyGroupRange>,
@@ -208,8 +212,14 @@ impl Kernel {
                 }
             }
             Kernel::File(f) => match parts.first() {
-                Some(b) => f.restore(b).map_err(|e| format!("sink.file: {e}"))?,
-                None => f.start_fresh().map_err(|e| format!("sink.file: {e}"))?,
+                Some(b) => f
+                    .restore(b.clone())
+                    .await
+                    .map_err(|e| format!("sink.file: {e}"))?,
+                None => f
+                    .start_fresh()
+                    .await
+                    .map_err(|e| format!("sink.file: {e}"))?,
             },
             _ => {}
         }
@@ -225,9 +235,12 @@ impl Kernel {
 
     /// Checkpoint `id` of the app completed: a `sink.file` makes output up to it
     /// visible.
-    pub fn checkpoint_complete(&mut self, id: u64) -> Result<(), KernelError> {
+    pub async fn checkpoint_complete(&mut self, id: u64) -> Result<(), KernelError> {
         match self {
-            Kernel::File(f) => f.commit(id).map_err(|e| format!("sink.file commit: {e}")),
+            Kernel::File(f) => f
+                .commit(id)
+                .await
+                .map_err(|e| format!("sink.file commit: {e}")),
             _ => Ok(()),
         }
     }

@@ -6,6 +6,7 @@
 //! already runs with the same id is left alone; one that failed is replaced.
 
 pub mod checkpoint;
+pub mod file_sink;
 pub mod kernel;
 pub mod pe;
 pub mod router;

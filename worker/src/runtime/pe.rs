@@ -275,7 +275,7 @@ pub async fn run_consumer(
         Ok(b) => b,
         Err(()) => return,
     };
-    if let Err(e) = kernel.restore(&restored, ckpt.handoff()) {
+    if let Err(e) = kernel.restore(&restored, ckpt.handoff()).await {
         status.restore_failed.store(
             ckpt.restore.as_ref().map_or(0, |r| r.0),
             std::sync::atomic::Ordering::Release,
@@ -309,7 +309,7 @@ pub async fn run_consumer(
                     continue;
                 }
                 let id = *completed.borrow_and_update();
-                if let Err(e) = kernel.checkpoint_complete(id) {
+                if let Err(e) = kernel.checkpoint_complete(id).await {
                     tracing::error!(%pe, error = %e, "PE failed");
                     status.fail(e);
                     return;
@@ -431,7 +431,7 @@ async fn snapshot(
 ) -> Result<(), String> {
     let id = align.id;
     let alignment_ms = align.since.elapsed().as_millis() as u64;
-    let bytes = kernel.snapshot(id)?;
+    let bytes = kernel.snapshot(id).await?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
         .save(&ckpt.app, pe, id, bytes, alignment_ms, status)
