@@ -13,7 +13,7 @@ use super::router::Router;
 use super::status::{PeRunState, PeStatus};
 use super::upgrade::Armed;
 use super::BATCH_RECORDS;
-use crate::dataplane::{InputEndpoint, Msg};
+use crate::dataplane::{Input, InputEndpoint, Msg};
 use crate::ops::Generator;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +23,6 @@ use tokio_stream::{StreamExt, StreamMap};
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::GeneratorParams;
 use weir_proto::v1 as pb;
-
-/// One input of a PE: its endpoint and the queue it reads.
-pub type Input = (Arc<InputEndpoint>, mpsc::Receiver<Msg>);
 
 /// How often a `sink.verify` republishes its summary while records flow.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
