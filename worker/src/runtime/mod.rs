@@ -376,7 +376,7 @@ impl Runtime {
                             Ok(k) => pe::run_consumer(id, k, router, inputs, st, ckpt).await,
                             Err(e) => {
                                 tracing::error!(pe = %id, error = %e, "PE cannot start");
-                                st.fail(e);
+                                st.fail(e.to_string());
                             }
                         }
                     })

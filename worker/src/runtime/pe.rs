@@ -51,6 +51,19 @@ pub struct Ckpt {
     pub armed: Armed,
 }
 
+/// Why a PE's task stops early. Its status already tells the master: a failure is
+/// reported where it happens, with its details, so the task only has to return.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stopped {
+    /// The PE failed; its status holds why.
+    #[error("the PE failed")]
+    Failed,
+    /// A source added by an upgrade lost its checkpoint triggers before its start
+    /// barrier came (the PE was stopped).
+    #[error("the checkpoint triggers closed before the start barrier")]
+    TriggersClosed,
+}
+
 /// What a PE does after a barrier.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -67,7 +80,7 @@ impl Ckpt {
     /// Loads the state to restore: no part (empty state), one (a checkpoint of this
     /// PE) or several (snapshots of predecessors, to merge). On failure the PE reports
     /// it and fails.
-    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, ()> {
+    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, Stopped> {
         if !self.pieces.is_empty() {
             // A successor is ready (its kernel runs, its inputs are open) while it
             // waits for its predecessors' state, which only comes at the switch.
@@ -91,7 +104,7 @@ impl Ckpt {
                             .restore_failed
                             .store(p.checkpoint_id, std::sync::atomic::Ordering::Release);
                         status.fail(format!("state of {}: {e}", p.pe));
-                        return Err(());
+                        return Err(Stopped::Failed);
                     }
                 }
             }
@@ -107,7 +120,7 @@ impl Ckpt {
         (!self.pieces.is_empty()).then_some(self.key_groups)
     }
 
-    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, ()> {
+    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, Stopped> {
         let Some((id, from)) = &self.restore else {
             return Ok(None);
         };
@@ -124,14 +137,14 @@ impl Ckpt {
                     .restore_failed
                     .store(*id, std::sync::atomic::Ordering::Release);
                 status.fail(e);
-                Err(())
+                Err(Stopped::Failed)
             }
         }
     }
 
     /// Loads a source's checkpointed position (records emitted; 0 without state). On a
     /// failure the PE reports it and fails.
-    pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, ()> {
+    pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, Stopped> {
         let mut position = 0;
         // Several parts (a predecessor per part) continue from the furthest.
         for b in self.load(status).await? {
@@ -142,7 +155,7 @@ impl Ckpt {
                         "restoring state: a source position is 8 bytes, got {}",
                         b.len()
                     ));
-                    return Err(());
+                    return Err(Stopped::Failed);
                 }
             }
         }
@@ -151,7 +164,7 @@ impl Ckpt {
 
     /// A source added by an upgrade: waits (running, so triggers reach it) until the
     /// switch barrier is triggered. `Err`: the trigger channel closed.
-    pub(crate) async fn wait_for_start(&mut self, status: &PeStatus) -> Result<(), ()> {
+    pub(crate) async fn wait_for_start(&mut self, status: &PeStatus) -> Result<(), Stopped> {
         if self.start_at == 0 {
             return Ok(());
         }
@@ -162,7 +175,7 @@ impl Ckpt {
                 return Ok(());
             }
         }
-        Err(())
+        Err(Stopped::TriggersClosed)
     }
 
     /// A source's part in checkpoint `id`: saves its position (nothing when it is 0, so
@@ -175,7 +188,7 @@ impl Ckpt {
         status: &Arc<PeStatus>,
         id: u64,
         position: u64,
-    ) -> Result<Flow, ()> {
+    ) -> Result<Flow, Stopped> {
         let drains = self.armed.drains_at(id);
         let state = if position == 0 && !drains {
             Vec::new()
@@ -188,7 +201,7 @@ impl Ckpt {
             .await
         {
             status.fail(e);
-            return Err(());
+            return Err(Stopped::Failed);
         }
         router.barrier(id).await;
         if drains {
@@ -270,7 +283,7 @@ pub async fn run_consumer(
     let mut ckpt = ckpt;
     let restored = match ckpt.load(&status).await {
         Ok(b) => b,
-        Err(()) => return,
+        Err(_) => return,
     };
     if let Err(e) = kernel.restore(&restored, ckpt.handoff()).await {
         status.restore_failed.store(
@@ -308,7 +321,7 @@ pub async fn run_consumer(
                 let id = *completed.borrow_and_update();
                 if let Err(e) = kernel.checkpoint_complete(id).await {
                     tracing::error!(%pe, error = %e, "PE failed");
-                    status.fail(e);
+                    status.fail(e.to_string());
                     return;
                 }
                 continue;
@@ -327,7 +340,7 @@ pub async fn run_consumer(
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(%pe, error = %e, "PE failed");
-                        status.fail(e);
+                        status.fail(e.to_string());
                         return;
                     }
                 }
@@ -407,7 +420,7 @@ pub async fn run_consumer(
         }
         Ok(None) => {}
         Err(e) => {
-            status.fail(e);
+            status.fail(e.to_string());
             return;
         }
     }
@@ -428,7 +441,7 @@ async fn snapshot(
 ) -> Result<(), String> {
     let id = align.id;
     let alignment_ms = align.since.elapsed().as_millis() as u64;
-    let bytes = kernel.snapshot(id).await?;
+    let bytes = kernel.snapshot(id).await.map_err(|e| e.to_string())?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
         .save(&ckpt.app, pe, id, bytes, alignment_ms, status)
@@ -456,7 +469,7 @@ pub async fn run_generator(
     let mut g = Generator::new(params, source, index, parallelism);
     match ckpt.load_position(&status).await {
         Ok(pos) => g.next_seq = pos,
-        Err(()) => return,
+        Err(_) => return,
     }
     if ckpt.wait_for_start(&status).await.is_err() {
         return;
@@ -475,7 +488,7 @@ pub async fn run_generator(
                 .await
             {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Drained) | Err(()) => return,
+                Ok(Flow::Drained) | Err(_) => return,
             }
         }
         let Some(b) = g.next_batch(per_batch) else {
@@ -493,7 +506,7 @@ pub async fn run_generator(
                     Some(id) = ckpt.triggers.recv() => {
                         match ckpt.source_barrier(&mut router, &status, id, g.next_seq).await {
                             Ok(Flow::Continue) => {}
-                            Ok(Flow::Drained) | Err(()) => return,
+                            Ok(Flow::Drained) | Err(_) => return,
                         }
                     }
                 }
