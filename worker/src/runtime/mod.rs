@@ -5,6 +5,7 @@
 //! worker, TCP to the others), then spawns its task. Deploy is idempotent: a PE that
 //! already runs with the same id is left alone; one that failed is replaced.
 
+mod align;
 pub mod checkpoint;
 pub mod file_sink;
 pub mod kernel;

@@ -7,6 +7,7 @@
 //! has ended, the kernel flushes (windows emit what is left), the outputs end, and the
 //! PE waits until its consumers processed everything before it reports finished.
 
+use super::align::{Aligner, OnBarrier};
 use super::checkpoint::CheckpointEnv;
 use super::kernel::Kernel;
 use super::router::Router;
@@ -259,18 +260,6 @@ async fn take_ends(
     }
 }
 
-/// Barrier alignment of a PE with several inputs: an input that delivered the barrier
-/// being aligned is held back (its later records wait in its queue) until every other
-/// input delivered it too or ended. A newer barrier supersedes an older alignment (the
-/// older checkpoint was abandoned); an older one is dropped.
-struct Aligner {
-    id: u64,
-    since: Instant,
-    held: Vec<(usize, ReceiverStream<Msg>)>,
-    /// The last checkpoint snapshotted.
-    done: u64,
-}
-
 /// Runs a transform or sink until its inputs end (or it is aborted).
 pub async fn run_consumer(
     pe: String,
@@ -301,12 +290,9 @@ pub async fn run_consumer(
         streams.insert(i, ReceiverStream::new(rx));
     }
     let mut ended = vec![false; eps.len()];
-    let mut align = Aligner {
-        id: 0,
-        since: Instant::now(),
-        held: Vec::new(),
-        done: 0,
-    };
+    // What alignment holds back is the input's stream: its later messages wait in its
+    // queue until the stream goes back into `streams`.
+    let mut align: Aligner<ReceiverStream<Msg>> = Aligner::new(Instant::now());
     status.set(PeRunState::Running);
     status.set_verify(kernel.verify_summary(false));
     let mut published = Instant::now();
@@ -348,19 +334,14 @@ pub async fn run_consumer(
             }
             Msg::Barrier { seq, id } => {
                 eps[i].mark_processed(seq);
-                if id <= align.done || (align.id != 0 && id < align.id) {
+                let OnBarrier::Hold { release } = align.on_barrier(i, id, Instant::now()) else {
                     continue;
-                }
-                if id > align.id {
-                    // A newer checkpoint: release what an abandoned one held.
-                    for (k, s) in align.held.drain(..) {
-                        streams.insert(k, s);
-                    }
-                    align.id = id;
-                    align.since = Instant::now();
+                };
+                for (k, s) in release {
+                    streams.insert(k, s);
                 }
                 if let Some(s) = streams.remove(&i) {
-                    align.held.push((i, s));
+                    align.hold(i, s);
                 }
             }
             Msg::End { seq } => {
@@ -374,24 +355,24 @@ pub async fn run_consumer(
             }
         }
         let live = ended.iter().filter(|e| !**e).count();
-        if align.id != 0 && align.held.len() == live {
-            let id = align.id;
-            if let Err(e) = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, &align).await {
+        if let Some(id) = align.aligned(live) {
+            let waited = align.alignment(Instant::now());
+            if let Err(e) =
+                snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, id, waited).await
+            {
                 tracing::error!(%pe, error = %e, "checkpoint failed");
                 status.fail(e);
                 return;
             }
             if ckpt.armed.drains_at(id) {
-                let held = std::mem::take(&mut align.held);
+                let held = align.complete();
                 tokio::join!(
                     take_ends(&pe, held, &eps, &ckpt.armed, id),
                     drained(&pe, &mut router, &status, id),
                 );
                 return;
             }
-            align.done = id;
-            align.id = 0;
-            for (k, s) in align.held.drain(..) {
+            for (k, s) in align.complete() {
                 streams.insert(k, s);
             }
             // Inputs an upgrade added join now: everything before the barrier on the
@@ -437,10 +418,10 @@ async fn snapshot(
     router: &mut Router,
     status: &Arc<PeStatus>,
     ckpt: &Ckpt,
-    align: &Aligner,
+    id: u64,
+    alignment: Duration,
 ) -> Result<(), String> {
-    let id = align.id;
-    let alignment_ms = align.since.elapsed().as_millis() as u64;
+    let alignment_ms = alignment.as_millis() as u64;
     let bytes = kernel.snapshot(id).await.map_err(|e| e.to_string())?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
