@@ -184,6 +184,16 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
     })
 }
 
+/// The one place a refused deploy becomes a status. A PE whose kernel cannot start
+/// (a bad `map` expression, a program that does not run, no Docker Engine for a
+/// container) is not a refused deploy: the deploy succeeds and the PE reports itself
+/// failed, which the master recovers like any failure.
+fn deploy_status(e: crate::runtime::DeployError) -> Status {
+    match e {
+        crate::runtime::DeployError::Invalid(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
 fn arm_status(e: crate::runtime::ArmError) -> Status {
     match e {
         crate::runtime::ArmError::NotHere(_) => Status::not_found(e.to_string()),
@@ -211,11 +221,7 @@ impl WorkerControl for ControlService {
         let r = req.into_inner();
         let cfg = pe_config(self, &r)?;
         let duplicate = self.admit(r.header.as_ref())?;
-        let state = self
-            .runtime
-            .deploy(cfg)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.runtime.deploy(cfg).await.map_err(deploy_status)?;
         Ok(Response::new(pb::DeployPeResponse {
             duplicate,
             state: state.to_proto() as i32,

@@ -145,6 +145,11 @@ impl ChannelStats {
     }
 }
 
+/// One input of a PE: its endpoint and the queue it reads. Here, below the runtime, so
+/// that the PE loop and the upgrade actions that add inputs share it without importing
+/// each other.
+pub type Input = (Arc<InputEndpoint>, mpsc::Receiver<Msg>);
+
 /// The consumer end of a channel: the queue its PE reads, and how far it got.
 #[derive(Debug)]
 pub struct InputEndpoint {

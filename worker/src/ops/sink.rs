@@ -86,7 +86,8 @@
 //! After an error from any call the sink's files may be half updated: the runtime fails
 //! the PE and recovers it like after a crash (a new instance, `restore` or `start_fresh`),
 //! rather than calling on.
-//! All calls do blocking file I/O: the runtime makes them off the async threads.
+//! All calls do blocking file I/O: the runtime makes them off the async threads (see
+//! `runtime::file_sink`).
 
 use super::codec::{Dec, Enc};
 use super::StateError;

@@ -1,9 +1,9 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
+use super::file_sink::{BlockingFileSink, FileCallError};
 use crate::container::ContainerEngine;
-use crate::exec::{ExecConfig, ExecPe};
-use crate::ops::sink::FileSink;
-use crate::ops::{Filter, KeyBy, Map, Verify, Window, WindowKind};
+use crate::exec::{ExecConfig, ExecError, ExecPe};
+use crate::ops::{Filter, KeyBy, Map, StateError, Verify, Window, WindowKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -26,8 +26,8 @@ pub enum Kernel {
     Exec(Box<ExecPe>),
     /// `sink.verify`.
     Verify(Verify),
-    /// `sink.file`.
-    File(FileSink),
+    /// `sink.file`, its file calls made on blocking threads.
+    File(BlockingFileSink),
     /// `sink.tcp` (at-least-once: a reconnect may repeat the lines of one batch).
     Tcp(TcpSink),
     /// `sink.null`.
@@ -35,7 +35,44 @@ pub enum Kernel {
 }
 
 /// Why a kernel could not be built or failed; the PE fails with this message.
-pub type KernelError = String;
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The operator's parameters are not valid (e.g. a `map` expression).
+    #[error("{0}")]
+    Spec(String),
+    /// The operator is a source: it has no kernel.
+    #[error("{0} is not a transform or sink")]
+    NotAKernel(&'static str),
+    /// A container PE on a worker without a Docker Engine.
+    #[error("container {image}: this worker has no Docker Engine")]
+    NoContainerEngine {
+        /// The container's image.
+        image: String,
+    },
+    /// A program (local or in a container) failed to start or to process.
+    #[error(transparent)]
+    Program(#[from] ExecError),
+    /// `sink.file` could not prepare its directories.
+    #[error("sink.file {path}: {source}")]
+    FileOpen {
+        /// The path in the spec.
+        path: String,
+        /// What failed.
+        source: FileCallError,
+    },
+    /// A `sink.file` write, finish or restore failed.
+    #[error("sink.file: {0}")]
+    File(FileCallError),
+    /// A `sink.file` pre-commit (snapshot at a barrier) failed.
+    #[error("sink.file snapshot: {0}")]
+    FileSnapshot(FileCallError),
+    /// A `sink.file` commit failed.
+    #[error("sink.file commit: {0}")]
+    FileCommit(FileCallError),
+    /// Checkpointed state could not be restored.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// What a program PE needs beyond its spec: whose it is (a container's labels, name
 /// and network) and the engine its containers run on.
@@ -65,7 +102,7 @@ impl Kernel {
         programs: &Programs,
     ) -> Result<Self, KernelError> {
         Ok(match &spec.kind {
-            OperatorKind::Map(p) => Kernel::Map(Map::new(p)?),
+            OperatorKind::Map(p) => Kernel::Map(Map::new(p).map_err(KernelError::Spec)?),
             OperatorKind::Filter(p) => Kernel::Filter(Filter::new(p)),
             OperatorKind::KeyBy(p) => Kernel::KeyBy(KeyBy::new(p)),
             OperatorKind::WindowCount(p) => Kernel::Window(Window::new(
@@ -83,23 +120,24 @@ impl Kernel {
                 out_source,
             )),
             OperatorKind::Exec(p) => Kernel::Exec(Box::new(
-                ExecPe::start(pe, &crate::exec::with_gpus(p, gpus))
-                    .await
-                    .map_err(|e| e.to_string())?,
+                ExecPe::start(pe, &crate::exec::with_gpus(p, gpus)).await?,
             )),
             OperatorKind::SinkVerify(p) => Kernel::Verify(Verify::new(p.expect)),
             OperatorKind::SinkFile(p) => Kernel::File(
-                FileSink::open(&p.path, index, spec.parallelism)
-                    .map_err(|e| format!("sink.file {}: {e}", p.path))?,
+                BlockingFileSink::open(p.path.clone(), index, spec.parallelism)
+                    .await
+                    .map_err(|source| KernelError::FileOpen {
+                        path: p.path.clone(),
+                        source,
+                    })?,
             ),
             OperatorKind::SinkTcp(p) => Kernel::Tcp(TcpSink::new(p.address.clone())),
             OperatorKind::SinkNull => Kernel::Null,
             OperatorKind::Container(p) => {
                 let Some(engine) = &programs.containers else {
-                    return Err(format!(
-                        "container {}: this worker has no Docker Engine",
-                        p.image
-                    ));
+                    return Err(KernelError::NoContainerEngine {
+                        image: p.image.clone(),
+                    });
                 };
                 let launch = engine.launcher(
                     &programs.tenant,
@@ -111,12 +149,10 @@ impl Kernel {
                     gpus,
                 );
                 Kernel::Exec(Box::new(
-                    ExecPe::launch(pe, Arc::new(launch), ExecConfig::default())
-                        .await
-                        .map_err(|e| e.to_string())?,
+                    ExecPe::launch(pe, Arc::new(launch), ExecConfig::default()).await?,
                 ))
             }
-            other => return Err(format!("{} is not a transform or sink", other.name())),
+            other => return Err(KernelError::NotAKernel(other.name())),
         })
     }
 
@@ -131,13 +167,13 @@ impl Kernel {
             Kernel::Filter(f) => Some(f.apply(batch)),
             Kernel::KeyBy(k) => Some(k.apply(batch)),
             Kernel::Window(w) => Some(w.apply(input, batch)),
-            Kernel::Exec(e) => Some(e.process(batch).await.map_err(|e| e.to_string())?),
+            Kernel::Exec(e) => Some(e.process(batch).await?),
             Kernel::Verify(v) => {
                 v.apply(batch);
                 None
             }
             Kernel::File(f) => {
-                f.write(batch).map_err(|e| format!("sink.file: {e}"))?;
+                f.write(batch).await.map_err(KernelError::File)?;
                 None
             }
             Kernel::Tcp(t) => {
@@ -162,7 +198,7 @@ impl Kernel {
         Ok(match self {
             Kernel::Window(w) => Some(w.flush()),
             Kernel::File(f) => {
-                f.finish().map_err(|e| format!("sink.file: {e}"))?;
+                f.finish().await.map_err(KernelError::File)?;
                 None
             }
             _ => None,
@@ -170,16 +206,14 @@ impl Kernel {
     }
 
     /// The state to checkpoint at barrier `id`; empty for kernels without state.
-    pub fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
+    pub async fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
         Ok(match self {
             Kernel::Window(w) => w.snapshot(weir_common::keygroup::KeyGroupRange {
                 start: 0,
                 end: weir_common::spec::KEY_GROUPS,
             }),
             Kernel::Verify(v) => v.snapshot(),
-            Kernel::File(f) => f
-                .snapshot(id)
-                .map_err(|e| format!("sink.file snapshot: {e}"))?,
+            Kernel::File(f) => f.snapshot(id).await.map_err(KernelError::FileSnapshot)?,
             _ => Vec::new(),
         })
     }
@@ -188,7 +222,7 @@ impl Kernel {
     /// this PE; with `handoff` (an upgrade's successor, or a restore to a checkpoint
     /// taken before one) the parts are predecessors' snapshots, merged, and only the
     /// key groups in `handoff` are kept.
-    pub fn restore(
+    pub async fn restore(
         &mut self,
         parts: &[bytes::Bytes],
         handoff: Option<weir_common::keygroup::KeyGroupRange>,
@@ -196,7 +230,7 @@ impl Kernel {
         match self {
             Kernel::Window(w) => {
                 for b in parts {
-                    w.restore(b).map_err(|e| e.to_string())?;
+                    w.restore(b)?;
                 }
                 if let Some(groups) = handoff {
                     w.take_over(groups);
@@ -204,12 +238,12 @@ impl Kernel {
             }
             Kernel::Verify(v) => {
                 for b in parts {
-                    v.restore(b).map_err(|e| e.to_string())?;
+                    v.restore(b)?;
                 }
             }
             Kernel::File(f) => match parts.first() {
-                Some(b) => f.restore(b).map_err(|e| format!("sink.file: {e}"))?,
-                None => f.start_fresh().map_err(|e| format!("sink.file: {e}"))?,
+                Some(b) => f.restore(b.clone()).await.map_err(KernelError::File)?,
+                None => f.start_fresh().await.map_err(KernelError::File)?,
             },
             _ => {}
         }
@@ -225,9 +259,9 @@ impl Kernel {
 
     /// Checkpoint `id` of the app completed: a `sink.file` makes output up to it
     /// visible.
-    pub fn checkpoint_complete(&mut self, id: u64) -> Result<(), KernelError> {
+    pub async fn checkpoint_complete(&mut self, id: u64) -> Result<(), KernelError> {
         match self {
-            Kernel::File(f) => f.commit(id).map_err(|e| format!("sink.file commit: {e}")),
+            Kernel::File(f) => f.commit(id).await.map_err(KernelError::FileCommit),
             _ => Ok(()),
         }
     }
@@ -293,5 +327,35 @@ impl TcpSink {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn build(spec_json: &str) -> Result<Kernel, KernelError> {
+        let spec: OperatorSpec = serde_json::from_str(spec_json).unwrap();
+        Kernel::build("op@1#0", &spec, 0, 1, 0, &[], &Programs::default()).await
+    }
+
+    #[tokio::test]
+    async fn kernels_that_cannot_be_built_say_why_in_a_typed_error() {
+        let no_engine = build(r#"{"name":"c","kind":"container","params":{"image":"pe:1"}}"#).await;
+        match no_engine {
+            Err(e @ KernelError::NoContainerEngine { .. }) => assert_eq!(
+                e.to_string(),
+                "container pe:1: this worker has no Docker Engine"
+            ),
+            other => panic!("{:?}", other.err()),
+        }
+        let source = build(
+            r#"{"name":"g","kind":"source.generator","params":{"keys":1,"payload_bytes":0}}"#,
+        )
+        .await;
+        assert!(matches!(
+            source,
+            Err(KernelError::NotAKernel("source.generator"))
+        ));
     }
 }

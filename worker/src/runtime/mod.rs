@@ -5,7 +5,9 @@
 //! worker, TCP to the others), then spawns its task. Deploy is idempotent: a PE that
 //! already runs with the same id is left alone; one that failed is replaced.
 
+mod align;
 pub mod checkpoint;
+pub mod file_sink;
 pub mod kernel;
 pub mod pe;
 pub mod router;
@@ -264,11 +266,6 @@ impl Runtime {
         self.pes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether PE `pe` (of any app) is deployed here (in any state).
-    pub fn has(&self, pe: &str) -> bool {
-        self.lock().values().any(|e| e.pe == pe)
-    }
-
     /// Deploys a PE (see the module doc). Returns its state.
     pub async fn deploy(&self, cfg: PeConfig) -> Result<PeRunState, DeployError> {
         let key = entry_key(&cfg.app, &cfg.pe);
@@ -375,7 +372,7 @@ impl Runtime {
                             Ok(k) => pe::run_consumer(id, k, router, inputs, st, ckpt).await,
                             Err(e) => {
                                 tracing::error!(pe = %id, error = %e, "PE cannot start");
-                                st.fail(e);
+                                st.fail(e.to_string());
                             }
                         }
                     })
@@ -629,23 +626,6 @@ impl Runtime {
             }
         }
         out
-    }
-
-    /// Connections made by the producer ends of a PE's remote channels, summed (more
-    /// than the channel count: links were re-established).
-    pub fn reconnects(&self, pe: &str) -> u64 {
-        self.lock()
-            .values()
-            .filter(|e| e.pe == pe)
-            .flat_map(|e| {
-                e.remotes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .map(|r| r.stats().connects.load(Ordering::Relaxed))
-                    .collect::<Vec<_>>()
-            })
-            .sum()
     }
 }
 

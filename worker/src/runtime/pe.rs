@@ -7,13 +7,14 @@
 //! has ended, the kernel flushes (windows emit what is left), the outputs end, and the
 //! PE waits until its consumers processed everything before it reports finished.
 
+use super::align::{Aligner, OnBarrier};
 use super::checkpoint::CheckpointEnv;
 use super::kernel::Kernel;
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
 use super::upgrade::Armed;
 use super::BATCH_RECORDS;
-use crate::dataplane::{InputEndpoint, Msg};
+use crate::dataplane::{Input, InputEndpoint, Msg};
 use crate::ops::Generator;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +24,6 @@ use tokio_stream::{StreamExt, StreamMap};
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::GeneratorParams;
 use weir_proto::v1 as pb;
-
-/// One input of a PE: its endpoint and the queue it reads.
-pub type Input = (Arc<InputEndpoint>, mpsc::Receiver<Msg>);
 
 /// How often a `sink.verify` republishes its summary while records flow.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
@@ -54,6 +52,19 @@ pub struct Ckpt {
     pub armed: Armed,
 }
 
+/// Why a PE's task stops early. Its status already tells the master: a failure is
+/// reported where it happens, with its details, so the task only has to return.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stopped {
+    /// The PE failed; its status holds why.
+    #[error("the PE failed")]
+    Failed,
+    /// A source added by an upgrade lost its checkpoint triggers before its start
+    /// barrier came (the PE was stopped).
+    #[error("the checkpoint triggers closed before the start barrier")]
+    TriggersClosed,
+}
+
 /// What a PE does after a barrier.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -70,7 +81,7 @@ impl Ckpt {
     /// Loads the state to restore: no part (empty state), one (a checkpoint of this
     /// PE) or several (snapshots of predecessors, to merge). On failure the PE reports
     /// it and fails.
-    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, ()> {
+    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, Stopped> {
         if !self.pieces.is_empty() {
             // A successor is ready (its kernel runs, its inputs are open) while it
             // waits for its predecessors' state, which only comes at the switch.
@@ -94,7 +105,7 @@ impl Ckpt {
                             .restore_failed
                             .store(p.checkpoint_id, std::sync::atomic::Ordering::Release);
                         status.fail(format!("state of {}: {e}", p.pe));
-                        return Err(());
+                        return Err(Stopped::Failed);
                     }
                 }
             }
@@ -110,7 +121,7 @@ impl Ckpt {
         (!self.pieces.is_empty()).then_some(self.key_groups)
     }
 
-    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, ()> {
+    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, Stopped> {
         let Some((id, from)) = &self.restore else {
             return Ok(None);
         };
@@ -127,14 +138,14 @@ impl Ckpt {
                     .restore_failed
                     .store(*id, std::sync::atomic::Ordering::Release);
                 status.fail(e);
-                Err(())
+                Err(Stopped::Failed)
             }
         }
     }
 
     /// Loads a source's checkpointed position (records emitted; 0 without state). On a
     /// failure the PE reports it and fails.
-    pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, ()> {
+    pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, Stopped> {
         let mut position = 0;
         // Several parts (a predecessor per part) continue from the furthest.
         for b in self.load(status).await? {
@@ -145,7 +156,7 @@ impl Ckpt {
                         "restoring state: a source position is 8 bytes, got {}",
                         b.len()
                     ));
-                    return Err(());
+                    return Err(Stopped::Failed);
                 }
             }
         }
@@ -154,7 +165,7 @@ impl Ckpt {
 
     /// A source added by an upgrade: waits (running, so triggers reach it) until the
     /// switch barrier is triggered. `Err`: the trigger channel closed.
-    pub(crate) async fn wait_for_start(&mut self, status: &PeStatus) -> Result<(), ()> {
+    pub(crate) async fn wait_for_start(&mut self, status: &PeStatus) -> Result<(), Stopped> {
         if self.start_at == 0 {
             return Ok(());
         }
@@ -165,7 +176,7 @@ impl Ckpt {
                 return Ok(());
             }
         }
-        Err(())
+        Err(Stopped::TriggersClosed)
     }
 
     /// A source's part in checkpoint `id`: saves its position (nothing when it is 0, so
@@ -178,7 +189,7 @@ impl Ckpt {
         status: &Arc<PeStatus>,
         id: u64,
         position: u64,
-    ) -> Result<Flow, ()> {
+    ) -> Result<Flow, Stopped> {
         let drains = self.armed.drains_at(id);
         let state = if position == 0 && !drains {
             Vec::new()
@@ -191,7 +202,7 @@ impl Ckpt {
             .await
         {
             status.fail(e);
-            return Err(());
+            return Err(Stopped::Failed);
         }
         router.barrier(id).await;
         if drains {
@@ -249,18 +260,6 @@ async fn take_ends(
     }
 }
 
-/// Barrier alignment of a PE with several inputs: an input that delivered the barrier
-/// being aligned is held back (its later records wait in its queue) until every other
-/// input delivered it too or ended. A newer barrier supersedes an older alignment (the
-/// older checkpoint was abandoned); an older one is dropped.
-struct Aligner {
-    id: u64,
-    since: Instant,
-    held: Vec<(usize, ReceiverStream<Msg>)>,
-    /// The last checkpoint snapshotted.
-    done: u64,
-}
-
 /// Runs a transform or sink until its inputs end (or it is aborted).
 pub async fn run_consumer(
     pe: String,
@@ -273,9 +272,9 @@ pub async fn run_consumer(
     let mut ckpt = ckpt;
     let restored = match ckpt.load(&status).await {
         Ok(b) => b,
-        Err(()) => return,
+        Err(_) => return,
     };
-    if let Err(e) = kernel.restore(&restored, ckpt.handoff()) {
+    if let Err(e) = kernel.restore(&restored, ckpt.handoff()).await {
         status.restore_failed.store(
             ckpt.restore.as_ref().map_or(0, |r| r.0),
             std::sync::atomic::Ordering::Release,
@@ -291,12 +290,9 @@ pub async fn run_consumer(
         streams.insert(i, ReceiverStream::new(rx));
     }
     let mut ended = vec![false; eps.len()];
-    let mut align = Aligner {
-        id: 0,
-        since: Instant::now(),
-        held: Vec::new(),
-        done: 0,
-    };
+    // What alignment holds back is the input's stream: its later messages wait in its
+    // queue until the stream goes back into `streams`.
+    let mut align: Aligner<ReceiverStream<Msg>> = Aligner::new(Instant::now());
     status.set(PeRunState::Running);
     status.set_verify(kernel.verify_summary(false));
     let mut published = Instant::now();
@@ -309,9 +305,9 @@ pub async fn run_consumer(
                     continue;
                 }
                 let id = *completed.borrow_and_update();
-                if let Err(e) = kernel.checkpoint_complete(id) {
+                if let Err(e) = kernel.checkpoint_complete(id).await {
                     tracing::error!(%pe, error = %e, "PE failed");
-                    status.fail(e);
+                    status.fail(e.to_string());
                     return;
                 }
                 continue;
@@ -330,7 +326,7 @@ pub async fn run_consumer(
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(%pe, error = %e, "PE failed");
-                        status.fail(e);
+                        status.fail(e.to_string());
                         return;
                     }
                 }
@@ -338,19 +334,14 @@ pub async fn run_consumer(
             }
             Msg::Barrier { seq, id } => {
                 eps[i].mark_processed(seq);
-                if id <= align.done || (align.id != 0 && id < align.id) {
+                let OnBarrier::Hold { release } = align.on_barrier(i, id, Instant::now()) else {
                     continue;
-                }
-                if id > align.id {
-                    // A newer checkpoint: release what an abandoned one held.
-                    for (k, s) in align.held.drain(..) {
-                        streams.insert(k, s);
-                    }
-                    align.id = id;
-                    align.since = Instant::now();
+                };
+                for (k, s) in release {
+                    streams.insert(k, s);
                 }
                 if let Some(s) = streams.remove(&i) {
-                    align.held.push((i, s));
+                    align.hold(i, s);
                 }
             }
             Msg::End { seq } => {
@@ -364,24 +355,24 @@ pub async fn run_consumer(
             }
         }
         let live = ended.iter().filter(|e| !**e).count();
-        if align.id != 0 && align.held.len() == live {
-            let id = align.id;
-            if let Err(e) = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, &align).await {
+        if let Some(id) = align.aligned(live) {
+            let waited = align.alignment(Instant::now());
+            if let Err(e) =
+                snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, id, waited).await
+            {
                 tracing::error!(%pe, error = %e, "checkpoint failed");
                 status.fail(e);
                 return;
             }
             if ckpt.armed.drains_at(id) {
-                let held = std::mem::take(&mut align.held);
+                let held = align.complete();
                 tokio::join!(
                     take_ends(&pe, held, &eps, &ckpt.armed, id),
                     drained(&pe, &mut router, &status, id),
                 );
                 return;
             }
-            align.done = id;
-            align.id = 0;
-            for (k, s) in align.held.drain(..) {
+            for (k, s) in align.complete() {
                 streams.insert(k, s);
             }
             // Inputs an upgrade added join now: everything before the barrier on the
@@ -410,7 +401,7 @@ pub async fn run_consumer(
         }
         Ok(None) => {}
         Err(e) => {
-            status.fail(e);
+            status.fail(e.to_string());
             return;
         }
     }
@@ -427,11 +418,11 @@ async fn snapshot(
     router: &mut Router,
     status: &Arc<PeStatus>,
     ckpt: &Ckpt,
-    align: &Aligner,
+    id: u64,
+    alignment: Duration,
 ) -> Result<(), String> {
-    let id = align.id;
-    let alignment_ms = align.since.elapsed().as_millis() as u64;
-    let bytes = kernel.snapshot(id)?;
+    let alignment_ms = alignment.as_millis() as u64;
+    let bytes = kernel.snapshot(id).await.map_err(|e| e.to_string())?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
         .save(&ckpt.app, pe, id, bytes, alignment_ms, status)
@@ -459,7 +450,7 @@ pub async fn run_generator(
     let mut g = Generator::new(params, source, index, parallelism);
     match ckpt.load_position(&status).await {
         Ok(pos) => g.next_seq = pos,
-        Err(()) => return,
+        Err(_) => return,
     }
     if ckpt.wait_for_start(&status).await.is_err() {
         return;
@@ -478,7 +469,7 @@ pub async fn run_generator(
                 .await
             {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Drained) | Err(()) => return,
+                Ok(Flow::Drained) | Err(_) => return,
             }
         }
         let Some(b) = g.next_batch(per_batch) else {
@@ -496,7 +487,7 @@ pub async fn run_generator(
                     Some(id) = ckpt.triggers.recv() => {
                         match ckpt.source_barrier(&mut router, &status, id, g.next_seq).await {
                             Ok(Flow::Continue) => {}
-                            Ok(Flow::Drained) | Err(()) => return,
+                            Ok(Flow::Drained) | Err(_) => return,
                         }
                     }
                 }

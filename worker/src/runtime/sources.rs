@@ -56,7 +56,7 @@ pub async fn run_file(
                 .await
             {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Drained) | Err(()) => return,
+                Ok(Flow::Drained) | Err(_) => return,
             }
         }
         match f.next_batch(BATCH_RECORDS, now_ms()) {
@@ -159,7 +159,7 @@ pub async fn run_tcp(
                 }
                 match ckpt.source_barrier(&mut router, &status, id, 0).await {
                     Ok(Flow::Continue) => continue,
-                    Ok(Flow::Drained) | Err(()) => return,
+                    Ok(Flow::Drained) | Err(_) => return,
                 }
             }
             l = rx.recv() => l,

@@ -16,10 +16,10 @@
 //! Actions armed for a barrier that never comes (the upgrade rolled back before
 //! triggering it) are dropped when a later barrier passes.
 
-use super::pe::Input;
 use super::router::Router;
 use super::Senders;
 use super::Target;
+use crate::dataplane::Input;
 use tokio::sync::mpsc;
 use weir_common::spec::Partitioning;
 
