@@ -12,18 +12,11 @@ const APP: &str = include_str!("../../../examples/clickstream.yaml");
 
 fn worker(id: &str) -> WorkerRecord {
     WorkerRecord {
-        id: id.into(),
         control_address: format!("{id}:1"),
         data_address: format!("{id}:2"),
         cpu_cores: 8.0,
         memory_mb: 8192,
-        gpus: vec![],
-        labels: Default::default(),
-        state: WorkerState::Alive,
-        incarnation: 0,
-        registered_at_ms: 5,
-        state_since_ms: 0,
-        images: Default::default(),
+        ..crate::state::fixtures::worker(id)
     }
 }
 

@@ -109,4 +109,6 @@ impl ClusterState {
 #[cfg(test)]
 mod catalog_tests;
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
