@@ -4,7 +4,7 @@ use super::reconcile::{reconcile, reconcile_with, PlacementMemo, SeenPe};
 use super::request::{deploy_pe, moved_channels, View};
 use crate::state::{ClusterState, Command, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
-use weir_common::physical::PhysicalModel;
+use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::spec::{parse_app, SpecFormat};
 use weir_proto::v1 as pb;
 
@@ -458,7 +458,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
     let per_pe: f64 = new
         .iter()
         .map(|pe| {
-            let op = pe.split_once('@').unwrap().0;
+            let op = PeId::operator_of(pe);
             v2.operator(op).unwrap().resources.cpu
         })
         .sum();

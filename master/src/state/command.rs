@@ -4,6 +4,7 @@ use super::catalog;
 use super::*;
 use std::sync::Arc;
 use weir_common::image::{bound, ImageInfo};
+use weir_common::physical::PeId;
 use weir_common::plan::Phase;
 use weir_common::spec::AppSpec;
 
@@ -591,11 +592,8 @@ fn check_placement(
                 .get(app)
                 .ok_or_else(|| CommandError::AppNotFound(app.to_string()))?;
             for (pe, worker) in placement {
-                if pe
-                    .split_once('@')
-                    .map(|(op, _)| op)
-                    .and_then(|op| rec.current().spec.operator(op))
-                    .is_none()
+                // A bare operator name is no PE id.
+                if !pe.contains('@') || rec.current().spec.operator(PeId::operator_of(pe)).is_none()
                 {
                     return Err(CommandError::BadPlacement {
                         app: app.to_string(),
@@ -839,9 +837,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             ck.recoveries.drain(..excess);
             let region: std::collections::BTreeSet<&str> =
                 operators.iter().map(String::as_str).collect();
-            note_incarnations(&s.workers, rec, |pe| {
-                region.contains(pe.split_once('@').map_or(pe, |(op, _)| op))
-            });
+            note_incarnations(&s.workers, rec, |pe| region.contains(PeId::operator_of(pe)));
             Response::Done
         }
         Command::BeginUpgrade {

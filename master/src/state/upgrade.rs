@@ -7,6 +7,7 @@
 
 use super::command::{CommandError, Response};
 use super::*;
+use weir_common::physical::PeId;
 use weir_common::plan::{Phase, PlanSummary};
 use weir_common::spec::AppSpec;
 
@@ -51,7 +52,7 @@ pub(super) fn check_begin(
         )));
     }
     for (pe, worker) in placement {
-        let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+        let op = PeId::operator_of(pe);
         if spec.operator(op).is_none() {
             return Err(CommandError::BadPlacement {
                 app: app.clone(),
@@ -208,7 +209,7 @@ pub(super) fn apply_finish_switch(
     ck.restore.retain(|op, _| ops.contains(op));
     for pe in rec.placement.keys() {
         if !old.contains_key(pe) {
-            let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+            let op = PeId::operator_of(pe);
             ck.restore.insert(op.to_string(), barrier);
         }
     }
