@@ -204,8 +204,6 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recover: Option<(Vec<String>, u64)>,
     },
-    /// Nothing: used to commit a read barrier or a leader's first entry.
-    Noop,
     /// Add a base image to the catalog.
     RegisterBaseImage {
         /// The image, validated.
@@ -448,7 +446,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
             }
         }
         // A batch's commands are checked one by one as they apply.
-        Command::RegisterWorker { .. } | Command::Noop | Command::Batch { .. } => {}
+        Command::RegisterWorker { .. } | Command::Batch { .. } => {}
         Command::SetWorkerState { id, .. } | Command::SetWorkerImages { id, .. } => {
             if !s.workers.contains_key(id) {
                 return Err(CommandError::WorkerNotFound(id.clone()));
@@ -925,7 +923,6 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 .remove(name);
             Response::Done
         }
-        Command::Noop => Response::Done,
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },

@@ -182,8 +182,7 @@ impl AppWatch {
             | Command::RegisterBaseImage { .. }
             | Command::RemoveBaseImage { .. }
             | Command::AddTemplate { .. }
-            | Command::RemoveTemplate { .. }
-            | Command::Noop => {}
+            | Command::RemoveTemplate { .. } => {}
         }
     }
 
