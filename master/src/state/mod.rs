@@ -9,7 +9,6 @@
 mod catalog;
 mod command;
 mod records;
-mod upgrade;
 
 pub use catalog::{CatalogError, Entry};
 pub use command::{Command, CommandError, Response};
