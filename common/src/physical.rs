@@ -39,7 +39,13 @@ impl PeId {
 
     /// The operator part of the id.
     pub fn operator(&self) -> &str {
-        self.0.split_once('@').map_or(&*self.0, |(op, _)| op)
+        Self::operator_of(&self.0)
+    }
+
+    /// The operator part of a PE id held as text (placements and reports key PEs by
+    /// their text; wrapping one to read its operator would allocate).
+    pub fn operator_of(id: &str) -> &str {
+        id.split_once('@').map_or(id, |(op, _)| op)
     }
 
     /// The parallel index part of the id, if it has one.
@@ -278,5 +284,8 @@ streams:
         let id = PeId::new("win-2", "0badf00d", 13);
         assert_eq!((id.operator(), id.index()), ("win-2", Some(13)));
         assert_eq!(PeId("no-index".into()).index(), None);
+        // The same read from the id as text.
+        assert_eq!(PeId::operator_of(id.as_str()), "win-2");
+        assert_eq!(PeId::operator_of("bare"), "bare");
     }
 }

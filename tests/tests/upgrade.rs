@@ -273,6 +273,55 @@ fn done(op: &pb::UpgradeOperation) {
     assert_eq!(r.records_lost, 0, "{op:?}");
 }
 
+/// A watch opened before an upgrade names the operation from its prepare event on, and
+/// the events from the switch on belong to the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_follows_an_upgrade_with_its_operation_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let mut rig = Rig::start(2).await;
+    let mut app = App::new("up6", 1_000_000, &out);
+    rig.submit(&app).await;
+    let mut stream = rig
+        .client
+        .clone()
+        .watch_app(pb::WatchAppRequest { app: "up6".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    // Read while the upgrade runs: the stream ends for a client that falls behind.
+    let phases = tokio::spawn(async move {
+        let mut phases = Vec::new();
+        while phases.last().map(|(_, p, _)| *p) != Some(pb::UpgradePhase::Done) {
+            let ev = tokio::time::timeout(LIMIT, stream.message())
+                .await
+                .expect("an event within the limit")
+                .unwrap()
+                .expect("the stream goes on");
+            if let Some(pb::app_event::Event::UpgradePhaseChanged(p)) = ev.event {
+                let phase = pb::UpgradePhase::try_from(p.phase).unwrap();
+                phases.push((p.operation_id, phase, ev.version));
+            }
+        }
+        phases
+    });
+    app.tag_suffix = "b".into();
+    let op = rig.upgrade(&app).await;
+    done(&op);
+    let id = op.operation_id.clone();
+    assert_eq!(
+        phases.await.unwrap(),
+        [
+            (id.clone(), pb::UpgradePhase::Prepare, 1),
+            (id.clone(), pb::UpgradePhase::Switch, 1),
+            (id.clone(), pb::UpgradePhase::Cleanup, 2),
+            (id, pb::UpgradePhase::Done, 2),
+        ],
+        "(operation, phase, version) of each phase event"
+    );
+    rig.stop().await;
+}
+
 /// Replace an operator (params), then rescale the keyed window 2 -> 3 -> 1, all while
 /// 50,000 records/s flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,7 +2,7 @@
 
 use super::convert::*;
 use super::*;
-use crate::state::{AppState, ClusterState, Response};
+use crate::state::{ClusterState, Response};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use tokio_stream::Stream;
@@ -165,6 +165,7 @@ fn generated_text(
 }
 
 mod catalog;
+mod watch;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AppEvent, Status>> + Send>>;
 
@@ -434,117 +435,38 @@ impl Weir for WeirService {
         // commands in the same order.
         let name = req.get_ref().app.clone();
         let mut events = self.shared.node.state.subscribe();
-        let current = self
-            .read(|s| {
-                app_or_not_found(s, &name)
-                    .map(|a| (a.state, a.current_version, a.placement.clone()))
-            })
+        let (mut watch, opening) = self
+            .read(|s| app_or_not_found(s, &name).map(|a| watch::AppWatch::open(s, a)))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut seq = 0u64;
-            let mut send = |event: pb::app_event::Event, version: u32| {
+            // A full or closed channel ends the stream: the client is gone or cannot
+            // keep up.
+            let mut send = |note: watch::Note| {
                 seq += 1;
                 tx.try_send(Ok(pb::AppEvent {
                     app: name.clone(),
                     seq,
                     at_ms: now_ms(),
-                    version: u64::from(version),
-                    event: Some(event),
+                    version: u64::from(note.version),
+                    event: Some(note.event),
                 }))
                 .is_ok()
             };
-            let (state, version, placement) = current;
-            let _ = send(app_state_event(None, state), version);
-            if !placement.is_empty() {
-                let _ = send(placement_event(&placement), version);
+            for note in opening {
+                if !send(note) {
+                    return;
+                }
             }
-            if !state.is_live() {
-                return;
-            }
-            loop {
+            while !watch.ended() {
                 let ev = match events.recv().await {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 };
-                // Concurrent writes share an entry: look inside batches, at the
-                // commands that took effect.
-                let cmds: Vec<&Command> = match (&ev.command, &ev.response) {
-                    (Command::Batch { cmds }, Response::Batch { results }) => cmds
-                        .iter()
-                        .zip(results)
-                        .filter(|(_, r)| r.is_ok())
-                        .map(|(c, _)| c)
-                        .collect(),
-                    (c, _) => vec![c],
-                };
-                for cmd in cmds {
-                    let keep = match cmd {
-                        Command::CancelApp { name: n, .. } if *n == name => {
-                            let _ =
-                                send(app_state_event(Some(state), AppState::Cancelled), version);
-                            false
-                        }
-                        Command::FinishApp { app, .. } if *app == name => {
-                            let _ = send(app_state_event(Some(state), AppState::Finished), version);
-                            false
-                        }
-                        Command::SetPlacement { app, placement, .. } if *app == name => {
-                            send(placement_event(placement), version)
-                        }
-                        Command::Recover {
-                            app,
-                            operators,
-                            checkpoint_id,
-                            placement,
-                            reason,
-                            ..
-                        } if *app == name => {
-                            let ok = send(
-                                pb::app_event::Event::Recovery(pb::Recovery {
-                                    pe: operators.join(","),
-                                    failed_worker_id: String::new(),
-                                    new_worker_id: String::new(),
-                                    checkpoint_id: *checkpoint_id,
-                                    reason: reason.clone(),
-                                }),
-                                version,
-                            );
-                            ok && send(placement_event(placement), version)
-                        }
-                        Command::CompleteCheckpoint {
-                            app, id, pieces, ..
-                        } if *app == name => send(
-                            pb::app_event::Event::CheckpointCompleted(pb::CheckpointCompleted {
-                                checkpoint_id: *id,
-                                duration_ms: 0,
-                                state_bytes: pieces.values().map(|p| p.size_bytes).sum(),
-                            }),
-                            version,
-                        ),
-                        Command::BeginUpgrade { spec, .. } if spec.name == name => {
-                            send(phase_event("", pb::UpgradePhase::Prepare), version)
-                        }
-                        Command::UpgradeSwitch { app, id, .. } if *app == name => send(
-                            phase_event(&id.to_string(), pb::UpgradePhase::Switch),
-                            version,
-                        ),
-                        Command::FinishUpgradeSwitch { app, id, .. } if *app == name => send(
-                            phase_event(&id.to_string(), pb::UpgradePhase::Cleanup),
-                            version,
-                        ),
-                        Command::CompleteUpgrade { app, id, .. } if *app == name => send(
-                            phase_event(&id.to_string(), pb::UpgradePhase::Done),
-                            version,
-                        ),
-                        Command::AbortUpgrade { app, id, .. } if *app == name => send(
-                            phase_event(&id.to_string(), pb::UpgradePhase::RolledBack),
-                            version,
-                        ),
-                        _ => true,
-                    };
-                    if !keep {
+                for note in watch.on(&ev.command, &ev.response) {
+                    if !send(note) {
                         return;
                     }
                 }
@@ -755,35 +677,6 @@ fn repeated_upgrade(
         .collect();
     let p = plan(spec(up.from_version), spec(to), Some(&placement));
     Ok(Some((up.id, up.from_version, to, p)))
-}
-
-fn phase_event(id: &str, phase: pb::UpgradePhase) -> pb::app_event::Event {
-    pb::app_event::Event::UpgradePhaseChanged(pb::UpgradePhaseChanged {
-        operation_id: id.to_string(),
-        phase: phase as i32,
-        ..Default::default()
-    })
-}
-
-fn app_state_event(old: Option<AppState>, new: AppState) -> pb::app_event::Event {
-    pb::app_event::Event::AppStateChanged(pb::AppStateChanged {
-        old_state: old.map_or(pb::AppState::Unspecified, app_state) as i32,
-        new_state: app_state(new) as i32,
-        message: String::new(),
-    })
-}
-
-fn placement_event(p: &BTreeMap<String, String>) -> pb::app_event::Event {
-    pb::app_event::Event::PlacementChanged(pb::PlacementChanged {
-        placements: p
-            .iter()
-            .map(|(pe, w)| pb::PePlacement {
-                pe: pe.clone(),
-                worker_id: w.clone(),
-                gpu_uuids: vec![],
-            })
-            .collect(),
-    })
 }
 
 /// Pools: workers grouped by their `pool` label (default `general`), with scenario and

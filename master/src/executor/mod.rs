@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
-use weir_common::physical::PhysicalModel;
+use weir_common::physical::{PeId, PhysicalModel};
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
 
@@ -235,9 +235,7 @@ impl Executor {
             let (Some(rec), Some(w)) = (state.apps.get(&app), state.workers.get(&worker)) else {
                 continue;
             };
-            let attempt = rec
-                .checkpoints
-                .attempt(pe.split_once('@').map_or(pe.as_str(), |(op, _)| op));
+            let attempt = rec.checkpoints.attempt(PeId::operator_of(&pe));
             if !self.due(&worker, &pe, attempt) {
                 continue;
             }
@@ -344,7 +342,7 @@ impl Executor {
                 .map_or(self.cfg.checkpoint_interval, Duration::from_millis);
             let ck = &app.checkpoints;
             let report = |pe: &String, w: &String| {
-                let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+                let op = PeId::operator_of(pe);
                 reports
                     .get(&(w.clone(), pe.clone()))
                     .filter(|r| r.attempt == ck.attempt(op))
@@ -442,7 +440,7 @@ impl Executor {
                 .placement
                 .iter()
                 .filter(|(pe, _)| {
-                    let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+                    let op = PeId::operator_of(pe);
                     spec.operator(op)
                         .is_some_and(|o| o.kind.role() == weir_common::spec::Role::Source)
                 })

@@ -108,7 +108,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
         let spec = &app.current().spec;
         for (pe, uuids) in &app.gpus {
             let per_slice = spec
-                .operator(op_of(pe))
+                .operator(PeId::operator_of(pe))
                 .and_then(|o| o.resources.gpu.as_ref())
                 .map_or(0, |g| g.memory_mb);
             for u in uuids {
@@ -116,7 +116,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
             }
         }
         for (pe, w) in &app.placement {
-            let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+            let op = PeId::operator_of(pe);
             if let Some(o) = spec.operator(op) {
                 let u = used.entry(w.as_str()).or_default();
                 u.0 += o.resources.cpu;
@@ -132,7 +132,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                 .iter()
                 .filter(|(pe, _)| !app.placement.contains_key(*pe))
             {
-                if let Some(o) = new.operator(op_of(pe)) {
+                if let Some(o) = new.operator(PeId::operator_of(pe)) {
                     let u = used.entry(w.as_str()).or_default();
                     u.0 += o.resources.cpu;
                     u.1 += o.resources.memory_mb;
@@ -235,10 +235,6 @@ fn replace(
     Ok(Some((out, gpus)))
 }
 
-fn op_of(pe: &str) -> &str {
-    pe.split_once('@').map_or(pe, |(op, _)| op)
-}
-
 /// Every operator connected to one of `ops` by streams (either direction), sorted.
 pub fn region_of(app: &AppRecord, ops: &BTreeSet<String>) -> Vec<String> {
     let spec = &app.current().spec;
@@ -269,7 +265,7 @@ fn losses(
     let mut why = Vec::new();
     let mut bad = None;
     for (pe, w) in &app.placement {
-        let op = op_of(pe);
+        let op = PeId::operator_of(pe);
         let attempt = ck.attempt(op);
         match state.workers.get(w) {
             Some(rec) if rec.state == WorkerState::Alive => {
@@ -471,7 +467,7 @@ pub fn reconcile_with(
         }
         for (pe, w) in &app.placement {
             let Some(pes) = seen.get(w) else { continue };
-            let attempt = app.checkpoints.attempt(op_of(pe));
+            let attempt = app.checkpoints.attempt(PeId::operator_of(pe));
             // PE ids are unique within an app only: another app's PE of the same id
             // is not this one.
             let running = pes.iter().any(|s| {
@@ -527,7 +523,7 @@ fn has_finished(
         return false;
     }
     app.placement.iter().all(|(pe, w)| {
-        let attempt = app.checkpoints.attempt(op_of(pe));
+        let attempt = app.checkpoints.attempt(PeId::operator_of(pe));
         seen.get(w).is_some_and(|pes| {
             pes.iter().any(|s| {
                 &s.pe == pe

@@ -35,13 +35,8 @@ impl<'a> View<'a> {
 
     /// The recovery attempt of `pe`'s operator.
     pub fn attempt(&self, pe: &str) -> u64 {
-        self.app.checkpoints.attempt(op_of(pe))
+        self.app.checkpoints.attempt(PeId::operator_of(pe))
     }
-}
-
-/// The operator of a PE id.
-pub fn op_of(pe: &str) -> &str {
-    pe.split_once('@').map_or(pe, |(op, _)| op)
 }
 
 /// The DeployPe command of `pe`, or `None` when one of its consumers is not placed on

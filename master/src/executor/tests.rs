@@ -4,7 +4,7 @@ use super::reconcile::{reconcile, reconcile_with, PlacementMemo, SeenPe};
 use super::request::{deploy_pe, moved_channels, View};
 use crate::state::{ClusterState, Command, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
-use weir_common::physical::PhysicalModel;
+use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::spec::{parse_app, SpecFormat};
 use weir_proto::v1 as pb;
 
@@ -12,18 +12,11 @@ const APP: &str = include_str!("../../../examples/clickstream.yaml");
 
 fn worker(id: &str) -> WorkerRecord {
     WorkerRecord {
-        id: id.into(),
         control_address: format!("{id}:1"),
         data_address: format!("{id}:2"),
         cpu_cores: 8.0,
         memory_mb: 8192,
-        gpus: vec![],
-        labels: Default::default(),
-        state: WorkerState::Alive,
-        incarnation: 0,
-        registered_at_ms: 5,
-        state_since_ms: 0,
-        images: Default::default(),
+        ..crate::state::fixtures::worker(id)
     }
 }
 
@@ -465,7 +458,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
     let per_pe: f64 = new
         .iter()
         .map(|pe| {
-            let op = pe.split_once('@').unwrap().0;
+            let op = PeId::operator_of(pe);
             v2.operator(op).unwrap().resources.cpu
         })
         .sum();

@@ -18,14 +18,14 @@
 //! leader picks the operation up where the log says it is.
 
 use super::reconcile::region_of;
-use super::request::{self, op_of, View};
+use super::request::{self, View};
 use super::Executor;
 use crate::state::{
     AppRecord, ClusterState, Command, UpgradeRecord, UpgradeResultRecord, WorkerState,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::task::JoinSet;
-use weir_common::physical::PhysicalModel;
+use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::plan::{plan, Instruction, Phase, UpgradePlan};
 use weir_common::spec::Role;
 use weir_proto::v1 as pb;
@@ -87,7 +87,7 @@ fn touched_ops(p: &UpgradePlan, old: &AppRecord) -> BTreeSet<String> {
     let spec = &old.current().spec;
     p.instructions()
         .flat_map(|(_, i)| i.pes())
-        .map(|pe| op_of(pe.as_str()).to_string())
+        .map(|pe| pe.operator().to_string())
         .filter(|op| spec.operator(op).is_some())
         .collect()
 }
@@ -550,7 +550,7 @@ impl Executor {
         self.switch_triggered.insert((app.name.clone(), up.barrier));
         let old_spec = &app.current().spec;
         let is_source = |spec: &weir_common::spec::AppSpec, pe: &str| {
-            spec.operator(op_of(pe))
+            spec.operator(PeId::operator_of(pe))
                 .is_some_and(|o| o.kind.role() == Role::Source)
         };
         let workers: BTreeSet<&String> = app
@@ -588,7 +588,7 @@ fn measure(
             continue;
         };
         let sink = spec
-            .operator(op_of(pe))
+            .operator(PeId::operator_of(pe))
             .is_some_and(|o| o.kind.role() == Role::Sink);
         if !sink {
             continue;

@@ -1,9 +1,20 @@
 //! Commands proposed through Raft, the checks that refuse them, and their effects.
+//!
+//! This file holds the command type, its answers and refusals, and the two dispatches
+//! (`check`, `apply_checked`); each family of commands keeps, for each command, its
+//! check next to its effect: [`apps`], [`workers`], [`checkpoints`], [`upgrades`]
+//! (the catalog's are in `state/catalog.rs`).
+
+mod apps;
+mod checkpoints;
+mod upgrades;
+mod workers;
 
 use super::catalog;
 use super::*;
 use std::sync::Arc;
 use weir_common::image::{bound, ImageInfo};
+use weir_common::physical::PeId;
 use weir_common::plan::Phase;
 use weir_common::spec::AppSpec;
 
@@ -203,8 +214,6 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recover: Option<(Vec<String>, u64)>,
     },
-    /// Nothing: used to commit a read barrier or a leader's first entry.
-    Noop,
     /// Add a base image to the catalog.
     RegisterBaseImage {
         /// The image, validated.
@@ -410,72 +419,18 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
     match cmd {
         Command::SubmitApp {
             spec, generated, ..
-        } => {
-            if s.apps.contains_key(&spec.name) {
-                return Err(CommandError::AppExists(spec.name.clone()));
-            }
-            catalog::check_generated(s, generated)?;
-        }
-        Command::RegisterBaseImage { image } => catalog::check_register(s, image)?,
-        Command::RemoveBaseImage { name } => catalog::check_remove_image(s, name)?,
-        Command::AddTemplate { template } => catalog::check_add_template(s, template)?,
-        Command::RemoveTemplate { name } => catalog::check_remove_template(s, name)?,
-        Command::FinishApp { app: name, .. } => {
-            let app = s
-                .apps
-                .get(name)
-                .ok_or_else(|| CommandError::AppNotFound(name.clone()))?;
-            if app.state != AppState::Running || app.upgrade.is_some() {
-                return Err(CommandError::AppState {
-                    app: name.clone(),
-                    state: format!("{:?}", app.state).to_lowercase(),
-                    why: "only a running app with no upgrade in progress can finish".into(),
-                });
-            }
-        }
-        Command::CancelApp { name, .. } => {
-            let app = s
-                .apps
-                .get(name)
-                .ok_or_else(|| CommandError::AppNotFound(name.clone()))?;
-            if !app.state.is_live() {
-                return Err(CommandError::AppState {
-                    app: name.clone(),
-                    state: format!("{:?}", app.state).to_lowercase(),
-                    why: "only a live app can be cancelled".into(),
-                });
-            }
-        }
+        } => apps::check_submit(s, spec, generated),
+        Command::FinishApp { app, .. } => apps::check_finish(s, app),
+        Command::CancelApp { name, .. } => apps::check_cancel(s, name),
+        Command::SetPlacement { app, placement, .. } => apps::check_placement(s, app, placement),
         // A batch's commands are checked one by one as they apply.
-        Command::RegisterWorker { .. } | Command::Noop | Command::Batch { .. } => {}
+        Command::RegisterWorker { .. } | Command::Batch { .. } => Ok(()),
         Command::SetWorkerState { id, .. } | Command::SetWorkerImages { id, .. } => {
-            if !s.workers.contains_key(id) {
-                return Err(CommandError::WorkerNotFound(id.clone()));
-            }
+            workers::check_known(s, id)
         }
-        Command::SetPlacement { app, placement, .. } => check_placement(s, app, placement)?,
-        Command::BeginCheckpoint { app, id, .. } => {
-            let ck = &live_app(s, app)?.checkpoints;
-            if *id <= ck.last_id {
-                return Err(CommandError::Checkpoint(format!(
-                    "checkpoint {id} of {app}: ids must increase (last begun {})",
-                    ck.last_id
-                )));
-            }
-            if let Some(f) = &ck.in_flight {
-                return Err(CommandError::Checkpoint(format!(
-                    "checkpoint {} of {app} is still in flight",
-                    f.id
-                )));
-            }
-        }
+        Command::BeginCheckpoint { app, id, .. } => checkpoints::check_begin(s, app, *id),
         Command::CompleteCheckpoint { app, id, .. } | Command::AbandonCheckpoint { app, id } => {
-            let ck = &live_app(s, app)?.checkpoints;
-            if ck.in_flight.as_ref().map(|f| f.id) != Some(*id) {
-                return Err(CommandError::Checkpoint(format!(
-                    "checkpoint {id} of {app} is not in flight"
-                )));
-            }
+            checkpoints::check_in_flight(s, app, *id)
         }
         Command::Recover {
             app,
@@ -483,171 +438,58 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
             checkpoint_id,
             placement,
             ..
-        } => {
-            let rec = live_app(s, app)?;
-            if let Some(op) = operators
-                .iter()
-                .find(|o| rec.current().spec.operator(o).is_none())
-            {
-                return Err(CommandError::Checkpoint(format!(
-                    "recovery of {app}: no operator {op:?}"
-                )));
-            }
-            if *checkpoint_id != 0
-                && !rec
-                    .checkpoints
-                    .complete
-                    .iter()
-                    .any(|c| c.id == *checkpoint_id)
-            {
-                return Err(CommandError::Checkpoint(format!(
-                    "recovery of {app}: checkpoint {checkpoint_id} is not a kept complete checkpoint"
-                )));
-            }
-            check_placement(s, app, placement)?;
-        }
+        } => checkpoints::check_recover(s, app, operators, *checkpoint_id, placement),
         Command::BeginUpgrade {
             spec,
             placement,
             generated,
             ..
         } => {
-            super::upgrade::check_begin(s, spec, placement)?;
+            upgrades::check_begin(s, spec, placement)?;
             catalog::check_generated(s, generated)?;
+            Ok(())
         }
-        Command::UpgradeSwitch { app, id, .. } => {
-            let rec = live_app(s, app)?;
-            super::upgrade::check_phase(s, rec, *id, Phase::Prepare)?;
-            if let Some(f) = &rec.checkpoints.in_flight {
-                return Err(CommandError::Upgrade(format!(
-                    "upgrade {id} of {app}: checkpoint {} is still in flight",
-                    f.id
-                )));
-            }
-        }
-        Command::FinishUpgradeSwitch { app, id, .. } => {
-            let rec = live_app(s, app)?;
-            let up = super::upgrade::check_phase(s, rec, *id, Phase::Switch)?;
-            if !rec.checkpoints.complete.iter().any(|c| c.id == up.barrier) {
-                return Err(CommandError::Upgrade(format!(
-                    "upgrade {id} of {app}: switch checkpoint {} is not complete",
-                    up.barrier
-                )));
-            }
-        }
-        Command::CompleteUpgrade { app, id, .. } => {
-            let rec = live_app(s, app)?;
-            super::upgrade::check_phase(s, rec, *id, Phase::Cleanup)?;
-        }
+        Command::UpgradeSwitch { app, id, .. } => upgrades::check_switch(s, app, *id),
+        Command::FinishUpgradeSwitch { app, id, .. } => upgrades::check_finish_switch(s, app, *id),
+        Command::CompleteUpgrade { app, id, .. } => upgrades::check_complete(s, app, *id),
         Command::AbortUpgrade {
             app, id, recover, ..
-        } => {
-            let rec = live_app(s, app)?;
-            let up = super::upgrade::check_active(s, rec, *id)?;
-            if up.phase == Some(Phase::Cleanup) {
-                return Err(CommandError::Upgrade(format!(
-                    "upgrade {id} of {app} switched already; it can only complete"
-                )));
-            }
-            if let Some((ops, _)) = recover {
-                if let Some(op) = ops
-                    .iter()
-                    .find(|o| rec.current().spec.operator(o).is_none())
-                {
-                    return Err(CommandError::Upgrade(format!(
-                        "abort of upgrade {id} of {app}: no operator {op:?}"
-                    )));
-                }
-            }
-        }
+        } => upgrades::check_abort(s, app, *id, recover.as_ref()),
+        Command::RegisterBaseImage { image } => Ok(catalog::check_register(s, image)?),
+        Command::RemoveBaseImage { name } => Ok(catalog::check_remove_image(s, name)?),
+        Command::AddTemplate { template } => Ok(catalog::check_add_template(s, template)?),
+        Command::RemoveTemplate { name } => Ok(catalog::check_remove_template(s, name)?),
     }
-    Ok(())
 }
 
+/// The app `app`, which must be live: checkpoint and recovery commands need one.
 fn live_app<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, CommandError> {
-    let rec = s
-        .apps
-        .get(app)
-        .ok_or_else(|| CommandError::AppNotFound(app.to_string()))?;
+    live(s, app, "only a live app has checkpoints and recoveries")
+}
+
+/// The app `app`, which must be live; `why` says what needed it to be.
+fn live<'a>(s: &'a ClusterState, app: &str, why: &str) -> Result<&'a AppRecord, CommandError> {
+    let rec = known_app(s, app)?;
     if !rec.state.is_live() {
-        return Err(CommandError::AppState {
-            app: app.to_string(),
-            state: format!("{:?}", rec.state).to_lowercase(),
-            why: "only a live app has checkpoints and recoveries".into(),
-        });
+        return Err(wrong_state(rec, why));
     }
     Ok(rec)
 }
 
-fn check_placement(
-    s: &ClusterState,
-    app: &str,
-    placement: &BTreeMap<String, String>,
-) -> Result<(), CommandError> {
-    {
-        {
-            let rec = s
-                .apps
-                .get(app)
-                .ok_or_else(|| CommandError::AppNotFound(app.to_string()))?;
-            for (pe, worker) in placement {
-                if pe
-                    .split_once('@')
-                    .map(|(op, _)| op)
-                    .and_then(|op| rec.current().spec.operator(op))
-                    .is_none()
-                {
-                    return Err(CommandError::BadPlacement {
-                        app: app.to_string(),
-                        why: format!("no PE {pe:?}"),
-                    });
-                }
-                if s.workers
-                    .get(worker)
-                    .is_none_or(|w| w.state != WorkerState::Alive)
-                {
-                    return Err(CommandError::BadPlacement {
-                        app: app.to_string(),
-                        why: format!("worker {worker:?} is not alive"),
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
+/// The app `app`, or the refusal that there is none.
+fn known_app<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, CommandError> {
+    s.apps
+        .get(app)
+        .map(|a| &**a)
+        .ok_or_else(|| CommandError::AppNotFound(app.to_string()))
 }
 
-/// GPUs of PEs that stayed put are kept; moved or gone PEs release theirs; `new` adds
-/// the allocations of PEs placed anew.
-fn set_gpus(
-    rec: &mut AppRecord,
-    before: &BTreeMap<String, String>,
-    new: &BTreeMap<String, Vec<String>>,
-) {
-    let placement = &rec.placement;
-    rec.gpus
-        .retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
-    for (pe, uuids) in new {
-        if placement.contains_key(pe) && !uuids.is_empty() {
-            rec.gpus.insert(pe.clone(), uuids.clone());
-        }
-    }
-}
-
-/// Records the incarnation of the worker of every PE placed anew or moved.
-fn note_incarnations(
-    workers: &BTreeMap<String, WorkerRecord>,
-    rec: &mut AppRecord,
-    refresh: impl Fn(&str) -> bool,
-) {
-    let ck = &mut rec.checkpoints;
-    ck.incarnations
-        .retain(|pe, _| rec.placement.contains_key(pe));
-    for (pe, w) in &rec.placement {
-        let inc = workers.get(w).map_or(0, |w| w.incarnation);
-        if refresh(pe) || !ck.incarnations.contains_key(pe) {
-            ck.incarnations.insert(pe.clone(), inc);
-        }
+/// The refusal of a command that `rec`'s state does not allow; `why` says what it needed.
+fn wrong_state(rec: &AppRecord, why: &str) -> CommandError {
+    CommandError::AppState {
+        app: rec.name.clone(),
+        state: format!("{:?}", rec.state).to_lowercase(),
+        why: why.to_string(),
     }
 }
 
@@ -659,118 +501,25 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             at_ms,
             request_id,
             generated,
-        } => {
-            let tenant = s.tenants.entry(spec.tenant.clone()).or_default();
-            tenant.name = spec.tenant.clone();
-            tenant.apps += 1;
-            s.apps.insert(
-                spec.name.clone(),
-                std::sync::Arc::new(AppRecord {
-                    name: spec.name.clone(),
-                    tenant: spec.tenant.clone(),
-                    state: AppState::Submitted,
-                    versions: vec![std::sync::Arc::new(AppVersion {
-                        version: 1,
-                        spec: spec.clone(),
-                        spec_text: spec_text.clone(),
-                        submitted_at_ms: *at_ms,
-                        request_id: request_id.clone(),
-                        generated: generated.clone(),
-                    })],
-                    current_version: 1,
-                    created_at_ms: *at_ms,
-                    cancelled_at_ms: None,
-                    placement: BTreeMap::new(),
-                    checkpoints: AppCheckpoints::default(),
-                    gpus: BTreeMap::new(),
-                    upgrade: None,
-                    finished: None,
-                    cancel_request_id: None,
-                }),
-            );
-            Response::AppVersion {
-                app: spec.name.clone(),
-                version: 1,
-            }
-        }
-        Command::FinishApp { app, at_ms, pes } => {
-            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-            rec.state = AppState::Finished;
-            rec.finished = Some(FinishedRecord {
-                at_ms: *at_ms,
-                pes: pes.clone(),
-            });
-            rec.placement.clear();
-            rec.gpus.clear();
-            if let Some(t) = s.tenants.get_mut(&rec.tenant) {
-                t.apps = t.apps.saturating_sub(1);
-            }
-            Response::Done
-        }
+        } => apps::apply_submit(s, spec, spec_text, *at_ms, request_id, generated),
+        Command::FinishApp { app, at_ms, pes } => apps::apply_finish(s, app, *at_ms, pes),
         Command::CancelApp {
             name,
             at_ms,
             request_id,
-        } => {
-            let app = std::sync::Arc::make_mut(s.apps.get_mut(name).expect("checked"));
-            app.state = AppState::Cancelled;
-            app.cancelled_at_ms = Some(*at_ms);
-            app.cancel_request_id = (!request_id.is_empty()).then(|| request_id.clone());
-            if let Some(id) = app.upgrade.take() {
-                if let Some(up) = s.upgrades.get_mut(&id) {
-                    up.phase = None;
-                    up.finished_at_ms = Some(*at_ms);
-                    up.outcome = Some(UpgradeOutcome::RolledBack("the app was cancelled".into()));
-                }
-            }
-            app.placement.clear();
-            app.gpus.clear();
-            if let Some(t) = s.tenants.get_mut(&app.tenant) {
-                t.apps = t.apps.saturating_sub(1);
-            }
-            Response::Done
-        }
-        Command::RegisterWorker { worker } => {
-            let incarnation = s.workers.get(&worker.id).map_or(0, |w| w.incarnation) + 1;
-            let mut w = worker.clone();
-            w.images = Arc::new(bound(worker.images.to_vec()).images);
-            w.incarnation = incarnation;
-            w.state = WorkerState::Alive;
-            w.state_since_ms = w.registered_at_ms;
-            s.workers.insert(w.id.clone(), w);
-            Response::Done
-        }
-        Command::SetWorkerState { id, state, at_ms } => {
-            let w = s.workers.get_mut(id).expect("checked");
-            if w.state != *state {
-                w.state = *state;
-                w.state_since_ms = *at_ms;
-            }
-            Response::Done
-        }
+        } => apps::apply_cancel(s, name, *at_ms, request_id),
         Command::SetPlacement {
             app,
             placement,
             gpus,
-        } => {
-            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-            let before = std::mem::replace(&mut rec.placement, placement.clone());
-            set_gpus(rec, &before, gpus);
-            note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
-            if rec.state == AppState::Submitted && !placement.is_empty() {
-                rec.state = AppState::Running;
-            }
-            Response::Done
+        } => apps::apply_set_placement(s, app, placement, gpus),
+        Command::RegisterWorker { worker } => workers::apply_register(s, worker),
+        Command::SetWorkerState { id, state, at_ms } => {
+            workers::apply_set_state(s, id, *state, *at_ms)
         }
+        Command::SetWorkerImages { id, images } => workers::apply_set_images(s, id, images),
         Command::BeginCheckpoint { app, id, at_ms } => {
-            let ck =
-                &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
-            ck.last_id = *id;
-            ck.in_flight = Some(InFlightCheckpoint {
-                id: *id,
-                started_at_ms: *at_ms,
-            });
-            Response::Done
+            checkpoints::apply_begin(s, app, *id, *at_ms)
         }
         Command::CompleteCheckpoint {
             app,
@@ -778,28 +527,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             at_ms,
             max_alignment_ms,
             pieces,
-        } => {
-            let ck =
-                &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
-            let started = ck.in_flight.take().map_or(*at_ms, |f| f.started_at_ms);
-            ck.complete.push(CheckpointRecord {
-                id: *id,
-                started_at_ms: started,
-                completed_at_ms: *at_ms,
-                max_alignment_ms: *max_alignment_ms,
-                pieces: pieces.clone(),
-                handoff: BTreeMap::new(),
-            });
-            let excess = ck.complete.len().saturating_sub(KEEP_CHECKPOINTS);
-            ck.complete.drain(..excess);
-            Response::Done
-        }
-        Command::AbandonCheckpoint { app, .. } => {
-            std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"))
-                .checkpoints
-                .in_flight = None;
-            Response::Done
-        }
+        } => checkpoints::apply_complete(s, app, *id, *at_ms, *max_alignment_ms, pieces),
+        Command::AbandonCheckpoint { app, .. } => checkpoints::apply_abandon(s, app),
         Command::Recover {
             app,
             operators,
@@ -809,41 +538,19 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             at_ms,
             drop_checkpoint,
             gpus,
-        } => {
-            let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-            let before = std::mem::replace(&mut rec.placement, placement.clone());
-            set_gpus(rec, &before, gpus);
-            let ck = &mut rec.checkpoints;
-            if let Some(bad) = drop_checkpoint {
-                ck.complete.retain(|c| c.id != *bad);
-            }
-            let attempt = operators.iter().map(|o| ck.attempt(o)).max().unwrap_or(0) + 1;
-            for op in operators {
-                ck.attempts.insert(op.clone(), attempt);
-                if *checkpoint_id == 0 {
-                    ck.restore.remove(op);
-                } else {
-                    ck.restore.insert(op.clone(), *checkpoint_id);
-                }
-            }
-            // Snapshots of a checkpoint taken before the failure may be missing pieces.
-            ck.in_flight = None;
-            ck.recoveries.push(RecoveryRecord {
-                at_ms: *at_ms,
-                attempt,
+        } => checkpoints::apply_recover(
+            s,
+            app,
+            checkpoints::Recovery {
+                operators,
                 checkpoint_id: *checkpoint_id,
-                operators: operators.clone(),
-                reason: reason.clone(),
-            });
-            let excess = ck.recoveries.len().saturating_sub(KEEP_RECOVERIES);
-            ck.recoveries.drain(..excess);
-            let region: std::collections::BTreeSet<&str> =
-                operators.iter().map(String::as_str).collect();
-            note_incarnations(&s.workers, rec, |pe| {
-                region.contains(pe.split_once('@').map_or(pe, |(op, _)| op))
-            });
-            Response::Done
-        }
+                placement,
+                reason,
+                at_ms: *at_ms,
+                drop_checkpoint: *drop_checkpoint,
+                gpus,
+            },
+        ),
         Command::BeginUpgrade {
             spec,
             spec_text,
@@ -854,9 +561,9 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             summary,
             request_id,
             generated,
-        } => super::upgrade::apply_begin(
+        } => upgrades::apply_begin(
             s,
-            super::upgrade::Begin {
+            upgrades::Begin {
                 spec,
                 spec_text,
                 at_ms: *at_ms,
@@ -868,18 +575,16 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 generated,
             },
         ),
-        Command::UpgradeSwitch { app, id, at_ms } => {
-            super::upgrade::apply_switch(s, app, *id, *at_ms)
-        }
+        Command::UpgradeSwitch { app, id, at_ms } => upgrades::apply_switch(s, app, *id, *at_ms),
         Command::FinishUpgradeSwitch { app, id, at_ms } => {
-            super::upgrade::apply_finish_switch(s, app, *id, *at_ms)
+            upgrades::apply_finish_switch(s, app, *id, *at_ms)
         }
         Command::CompleteUpgrade {
             app,
             id,
             at_ms,
             result,
-        } => super::upgrade::apply_complete(s, app, *id, *at_ms, result),
+        } => upgrades::apply_complete(s, app, *id, *at_ms, result),
         Command::AbortUpgrade {
             app,
             id,
@@ -889,54 +594,44 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         } => {
             if let Some((ops, checkpoint_id)) = recover {
                 let placement = s.apps[app].placement.clone();
-                apply_checked(
+                checkpoints::apply_recover(
                     s,
-                    &Command::Recover {
-                        app: app.clone(),
-                        operators: ops.clone(),
+                    app,
+                    checkpoints::Recovery {
+                        operators: ops,
                         checkpoint_id: *checkpoint_id,
-                        placement,
-                        reason: format!("upgrade {id} rolled back: {reason}"),
+                        placement: &placement,
+                        reason: &format!("upgrade {id} rolled back: {reason}"),
                         at_ms: *at_ms,
                         drop_checkpoint: None,
-                        gpus: BTreeMap::new(),
+                        gpus: &BTreeMap::new(),
                     },
                 );
             }
-            super::upgrade::apply_abort(s, app, *id, *at_ms, reason)
+            upgrades::apply_abort(s, app, *id, *at_ms, reason)
         }
         Command::RegisterBaseImage { image } => {
-            std::sync::Arc::make_mut(&mut s.catalog)
+            Arc::make_mut(&mut s.catalog)
                 .base_images
                 .insert(image.name.clone(), image.clone());
             Response::Done
         }
         Command::RemoveBaseImage { name } => {
-            std::sync::Arc::make_mut(&mut s.catalog)
-                .base_images
-                .remove(name);
+            Arc::make_mut(&mut s.catalog).base_images.remove(name);
             Response::Done
         }
         Command::AddTemplate { template } => {
-            std::sync::Arc::make_mut(&mut s.catalog)
+            Arc::make_mut(&mut s.catalog)
                 .templates
                 .insert(template.name.clone(), template.clone());
             Response::Done
         }
         Command::RemoveTemplate { name } => {
-            std::sync::Arc::make_mut(&mut s.catalog)
-                .templates
-                .remove(name);
+            Arc::make_mut(&mut s.catalog).templates.remove(name);
             Response::Done
         }
-        Command::Noop => Response::Done,
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },
-        Command::SetWorkerImages { id, images } => {
-            let w = s.workers.get_mut(id).expect("checked");
-            w.images = Arc::new(bound(images.clone()).images);
-            Response::Done
-        }
     }
 }

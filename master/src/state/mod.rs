@@ -9,7 +9,6 @@
 mod catalog;
 mod command;
 mod records;
-mod upgrade;
 
 pub use catalog::{CatalogError, Entry};
 pub use command::{Command, CommandError, Response};
@@ -108,5 +107,7 @@ impl ClusterState {
 
 #[cfg(test)]
 mod catalog_tests;
+#[cfg(test)]
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,13 @@
-//! The upgrade operation's commands: checks and effects (pure, like the rest).
+//! The upgrade operation's commands. Each command's check, then its effect.
 //!
 //! An upgrade moves through prepare (new PEs start; the old version runs), switch (the
 //! switch barrier, a checkpoint, travels through the app; old PEs drain, producers
 //! reroute), and cleanup (the new version is current; drained PEs stop). Each move is
 //! a command, so a new leader resumes from the recorded phase.
 
-use super::command::{CommandError, Response};
+use super::apps::check_pes_and_workers;
 use super::*;
-use weir_common::plan::{Phase, PlanSummary};
-use weir_common::spec::AppSpec;
+use weir_common::plan::PlanSummary;
 
 /// What `BeginUpgrade` carries.
 pub(super) struct Begin<'a> {
@@ -29,17 +28,7 @@ pub(super) fn check_begin(
     placement: &BTreeMap<String, String>,
 ) -> Result<(), CommandError> {
     let app = &spec.name;
-    let rec = s
-        .apps
-        .get(app)
-        .ok_or_else(|| CommandError::AppNotFound(app.clone()))?;
-    if !rec.state.is_live() {
-        return Err(CommandError::AppState {
-            app: app.clone(),
-            state: format!("{:?}", rec.state).to_lowercase(),
-            why: "only a live app can be upgraded".into(),
-        });
-    }
+    let rec = live(s, app, "only a live app can be upgraded")?;
     if let Some(id) = rec.upgrade {
         return Err(CommandError::Upgrade(format!(
             "app {app:?}: upgrade {id} is still running; wait for it to end"
@@ -50,25 +39,13 @@ pub(super) fn check_begin(
             "app {app:?} is not placed yet; upgrade it once it runs"
         )));
     }
-    for (pe, worker) in placement {
-        let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
-        if spec.operator(op).is_none() {
-            return Err(CommandError::BadPlacement {
-                app: app.clone(),
-                why: format!("no PE {pe:?} in the new version"),
-            });
-        }
-        if s.workers
-            .get(worker)
-            .is_none_or(|w| w.state != WorkerState::Alive)
-        {
-            return Err(CommandError::BadPlacement {
-                app: app.clone(),
-                why: format!("worker {worker:?} is not alive"),
-            });
-        }
-    }
-    Ok(())
+    check_pes_and_workers(
+        s,
+        app,
+        placement,
+        |pe| spec.operator(PeId::operator_of(pe)).is_some(),
+        " in the new version",
+    )
 }
 
 /// The running upgrade `id` of `rec`.
@@ -153,6 +130,18 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
     Response::UpgradeStarted { id, version }
 }
 
+pub(super) fn check_switch(s: &ClusterState, app: &str, id: u64) -> Result<(), CommandError> {
+    let rec = live_app(s, app)?;
+    check_phase(s, rec, id, Phase::Prepare)?;
+    if let Some(f) = &rec.checkpoints.in_flight {
+        return Err(CommandError::Upgrade(format!(
+            "upgrade {id} of {app}: checkpoint {} is still in flight",
+            f.id
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn apply_switch(s: &mut ClusterState, app: &str, id: u64, at_ms: u64) -> Response {
     let up = s.upgrades.get_mut(&id).expect("checked");
     up.completed_phase = Some(Phase::Prepare);
@@ -165,6 +154,22 @@ pub(super) fn apply_switch(s: &mut ClusterState, app: &str, id: u64, at_ms: u64)
         started_at_ms: at_ms,
     });
     Response::Done
+}
+
+pub(super) fn check_finish_switch(
+    s: &ClusterState,
+    app: &str,
+    id: u64,
+) -> Result<(), CommandError> {
+    let rec = live_app(s, app)?;
+    let up = check_phase(s, rec, id, Phase::Switch)?;
+    if !rec.checkpoints.complete.iter().any(|c| c.id == up.barrier) {
+        return Err(CommandError::Upgrade(format!(
+            "upgrade {id} of {app}: switch checkpoint {} is not complete",
+            up.barrier
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn apply_finish_switch(
@@ -208,7 +213,7 @@ pub(super) fn apply_finish_switch(
     ck.restore.retain(|op, _| ops.contains(op));
     for pe in rec.placement.keys() {
         if !old.contains_key(pe) {
-            let op = pe.split_once('@').map_or(pe.as_str(), |(op, _)| op);
+            let op = PeId::operator_of(pe);
             ck.restore.insert(op.to_string(), barrier);
         }
     }
@@ -220,6 +225,10 @@ pub(super) fn apply_finish_switch(
             .or_insert_with(|| workers.get(w).map_or(0, |w| w.incarnation));
     }
     Response::Done
+}
+
+pub(super) fn check_complete(s: &ClusterState, app: &str, id: u64) -> Result<(), CommandError> {
+    check_phase(s, live_app(s, app)?, id, Phase::Cleanup).map(|_| ())
 }
 
 pub(super) fn apply_complete(
@@ -239,6 +248,32 @@ pub(super) fn apply_complete(
     rec.upgrade = None;
     rec.state = AppState::Running;
     Response::Done
+}
+
+pub(super) fn check_abort(
+    s: &ClusterState,
+    app: &str,
+    id: u64,
+    recover: Option<&(Vec<String>, u64)>,
+) -> Result<(), CommandError> {
+    let rec = live_app(s, app)?;
+    let up = check_active(s, rec, id)?;
+    if up.phase == Some(Phase::Cleanup) {
+        return Err(CommandError::Upgrade(format!(
+            "upgrade {id} of {app} switched already; it can only complete"
+        )));
+    }
+    if let Some((ops, _)) = recover {
+        if let Some(op) = ops
+            .iter()
+            .find(|o| rec.current().spec.operator(o).is_none())
+        {
+            return Err(CommandError::Upgrade(format!(
+                "abort of upgrade {id} of {app}: no operator {op:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn apply_abort(

@@ -1,0 +1,195 @@
+use super::*;
+use crate::state::fixtures::{all_on, submitted, upgrading, APP as SPEC};
+use crate::state::UpgradeResultRecord;
+
+const APP: &str = "clickstream";
+
+/// Applies `cmd` to `s` as the state machine does and feeds it to the watch.
+fn feed(s: &mut ClusterState, watch: &mut AppWatch, cmd: Command) -> Vec<Note> {
+    let response = s.apply(&cmd).expect("the command applies");
+    watch.on(&cmd, &response)
+}
+
+fn open(s: &ClusterState) -> AppWatch {
+    AppWatch::open(s, &s.apps[APP]).0
+}
+
+/// The phase events of `notes`: (operation id, phase, version).
+fn phases(notes: &[Note]) -> Vec<(String, pb::UpgradePhase, u32)> {
+    notes
+        .iter()
+        .filter_map(|n| match &n.event {
+            pb::app_event::Event::UpgradePhaseChanged(p) => Some((
+                p.operation_id.clone(),
+                pb::UpgradePhase::try_from(p.phase).unwrap(),
+                n.version,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs upgrade 1 from `upgrading()` to its end, feeding every command to `watch`;
+/// returns every event.
+fn upgrade_to_the_end(s: &mut ClusterState, watch: &mut AppWatch, begin: Command) -> Vec<Note> {
+    let mut notes = feed(s, watch, begin);
+    let barrier = s.upgrades[&1].barrier;
+    let app = || APP.to_string();
+    for cmd in [
+        Command::UpgradeSwitch {
+            app: app(),
+            id: 1,
+            at_ms: 110,
+        },
+        Command::CompleteCheckpoint {
+            app: app(),
+            id: barrier,
+            at_ms: 115,
+            max_alignment_ms: 0,
+            pieces: BTreeMap::new(),
+        },
+        Command::FinishUpgradeSwitch {
+            app: app(),
+            id: 1,
+            at_ms: 120,
+        },
+        Command::CompleteUpgrade {
+            app: app(),
+            id: 1,
+            at_ms: 130,
+            result: UpgradeResultRecord::default(),
+        },
+    ] {
+        notes.extend(feed(s, watch, cmd));
+    }
+    notes
+}
+
+#[test]
+fn events_carry_the_version_current_when_they_happened() {
+    let (mut s, begin) = upgrading();
+    let mut watch = open(&s);
+    let notes = upgrade_to_the_end(&mut s, &mut watch, begin);
+    assert_eq!(
+        phases(&notes),
+        [
+            ("1".into(), pb::UpgradePhase::Prepare, 1),
+            ("1".into(), pb::UpgradePhase::Switch, 1),
+            ("1".into(), pb::UpgradePhase::Cleanup, 2),
+            ("1".into(), pb::UpgradePhase::Done, 2),
+        ],
+        "v2 is current from the switch on"
+    );
+    let checkpoint = notes
+        .iter()
+        .find(|n| matches!(n.event, pb::app_event::Event::CheckpointCompleted(_)))
+        .unwrap();
+    assert_eq!(
+        checkpoint.version, 1,
+        "the switch barrier completes under v1"
+    );
+    // Later events belong to v2.
+    let placement = s.apps[APP].placement.clone();
+    let later = feed(
+        &mut s,
+        &mut watch,
+        Command::SetPlacement {
+            app: APP.into(),
+            placement,
+            gpus: BTreeMap::new(),
+        },
+    );
+    assert_eq!(later.iter().map(|n| n.version).collect::<Vec<_>>(), [2]);
+}
+
+#[test]
+fn a_watch_opened_during_an_upgrade_follows_its_switch() {
+    let (mut s, begin) = upgrading();
+    s.apply(&begin).unwrap();
+    let mut watch = open(&s);
+    let barrier = s.upgrades[&1].barrier;
+    for cmd in [
+        Command::UpgradeSwitch {
+            app: APP.into(),
+            id: 1,
+            at_ms: 110,
+        },
+        Command::CompleteCheckpoint {
+            app: APP.into(),
+            id: barrier,
+            at_ms: 115,
+            max_alignment_ms: 0,
+            pieces: BTreeMap::new(),
+        },
+    ] {
+        feed(&mut s, &mut watch, cmd);
+    }
+    let notes = feed(
+        &mut s,
+        &mut watch,
+        Command::FinishUpgradeSwitch {
+            app: APP.into(),
+            id: 1,
+            at_ms: 120,
+        },
+    );
+    assert_eq!(phases(&notes), [("1".into(), pb::UpgradePhase::Cleanup, 2)]);
+}
+
+#[test]
+fn the_prepare_event_names_its_operation_once() {
+    let (mut s, begin) = upgrading();
+    let mut watch = open(&s);
+    let notes = feed(&mut s, &mut watch, begin.clone());
+    assert_eq!(phases(&notes), [("1".into(), pb::UpgradePhase::Prepare, 1)]);
+    // A repeated request (same request id, same spec) answers operation 1 again.
+    let repeat = Command::Batch { cmds: vec![begin] };
+    let response = Response::Batch {
+        results: vec![Ok(Response::UpgradeStarted { id: 1, version: 2 })],
+    };
+    assert!(
+        watch.on(&repeat, &response).is_empty(),
+        "a repeat prepares nothing new"
+    );
+}
+
+#[test]
+fn a_batch_is_read_command_by_command_and_the_stream_ends_with_the_app() {
+    let mut s = submitted();
+    let mut watch = open(&s);
+    let placement = all_on(SPEC, "w1");
+    let batch = Command::Batch {
+        cmds: vec![
+            Command::SetPlacement {
+                app: APP.into(),
+                placement,
+                gpus: BTreeMap::new(),
+            },
+            Command::CancelApp {
+                name: "another".into(),
+                at_ms: 20,
+                request_id: String::new(),
+            },
+            Command::CancelApp {
+                name: APP.into(),
+                at_ms: 20,
+                request_id: String::new(),
+            },
+        ],
+    };
+    let notes = feed(&mut s, &mut watch, batch);
+    assert!(watch.ended());
+    assert!(matches!(
+        notes[0].event,
+        pb::app_event::Event::PlacementChanged(_)
+    ));
+    let pb::app_event::Event::AppStateChanged(change) = &notes[1].event else {
+        panic!("{notes:?}")
+    };
+    assert_eq!(
+        (change.old_state, change.new_state),
+        (pb::AppState::Running as i32, pb::AppState::Cancelled as i32),
+        "the state it left is the one it had then, not at subscription"
+    );
+    assert_eq!(notes.len(), 2, "the refused command says nothing");
+}

@@ -1,0 +1,210 @@
+//! App commands: submit, finish, cancel and place. Each command's check, then its
+//! effect, which runs only once the check passed.
+
+use super::*;
+
+pub(super) fn check_submit(
+    s: &ClusterState,
+    spec: &AppSpec,
+    generated: &weir_common::catalog::Provenances,
+) -> Result<(), CommandError> {
+    if s.apps.contains_key(&spec.name) {
+        return Err(CommandError::AppExists(spec.name.clone()));
+    }
+    catalog::check_generated(s, generated)?;
+    Ok(())
+}
+
+pub(super) fn apply_submit(
+    s: &mut ClusterState,
+    spec: &AppSpec,
+    spec_text: &str,
+    at_ms: u64,
+    request_id: &str,
+    generated: &weir_common::catalog::Provenances,
+) -> Response {
+    let tenant = s.tenants.entry(spec.tenant.clone()).or_default();
+    tenant.name = spec.tenant.clone();
+    tenant.apps += 1;
+    s.apps.insert(
+        spec.name.clone(),
+        Arc::new(AppRecord {
+            name: spec.name.clone(),
+            tenant: spec.tenant.clone(),
+            state: AppState::Submitted,
+            versions: vec![Arc::new(AppVersion {
+                version: 1,
+                spec: spec.clone(),
+                spec_text: spec_text.to_string(),
+                submitted_at_ms: at_ms,
+                request_id: request_id.to_string(),
+                generated: generated.clone(),
+            })],
+            current_version: 1,
+            created_at_ms: at_ms,
+            cancelled_at_ms: None,
+            placement: BTreeMap::new(),
+            checkpoints: AppCheckpoints::default(),
+            gpus: BTreeMap::new(),
+            upgrade: None,
+            finished: None,
+            cancel_request_id: None,
+        }),
+    );
+    Response::AppVersion {
+        app: spec.name.clone(),
+        version: 1,
+    }
+}
+
+pub(super) fn check_finish(s: &ClusterState, name: &str) -> Result<(), CommandError> {
+    let app = known_app(s, name)?;
+    if app.state != AppState::Running || app.upgrade.is_some() {
+        return Err(wrong_state(
+            app,
+            "only a running app with no upgrade in progress can finish",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn apply_finish(
+    s: &mut ClusterState,
+    app: &str,
+    at_ms: u64,
+    pes: &BTreeMap<String, FinalPe>,
+) -> Response {
+    let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
+    rec.state = AppState::Finished;
+    rec.finished = Some(FinishedRecord {
+        at_ms,
+        pes: pes.clone(),
+    });
+    rec.placement.clear();
+    rec.gpus.clear();
+    if let Some(t) = s.tenants.get_mut(&rec.tenant) {
+        t.apps = t.apps.saturating_sub(1);
+    }
+    Response::Done
+}
+
+pub(super) fn check_cancel(s: &ClusterState, name: &str) -> Result<(), CommandError> {
+    live(s, name, "only a live app can be cancelled").map(|_| ())
+}
+
+pub(super) fn apply_cancel(
+    s: &mut ClusterState,
+    name: &str,
+    at_ms: u64,
+    request_id: &str,
+) -> Response {
+    let app = Arc::make_mut(s.apps.get_mut(name).expect("checked"));
+    app.state = AppState::Cancelled;
+    app.cancelled_at_ms = Some(at_ms);
+    app.cancel_request_id = (!request_id.is_empty()).then(|| request_id.to_string());
+    if let Some(id) = app.upgrade.take() {
+        if let Some(up) = s.upgrades.get_mut(&id) {
+            up.phase = None;
+            up.finished_at_ms = Some(at_ms);
+            up.outcome = Some(UpgradeOutcome::RolledBack("the app was cancelled".into()));
+        }
+    }
+    app.placement.clear();
+    app.gpus.clear();
+    if let Some(t) = s.tenants.get_mut(&app.tenant) {
+        t.apps = t.apps.saturating_sub(1);
+    }
+    Response::Done
+}
+
+/// A placement may name only PEs of the app's current version and alive workers (a
+/// recovery's placement too).
+pub(super) fn check_placement(
+    s: &ClusterState,
+    app: &str,
+    placement: &BTreeMap<String, String>,
+) -> Result<(), CommandError> {
+    let spec = &known_app(s, app)?.current().spec;
+    // A bare operator name is no PE id.
+    let is_pe = |pe: &str| pe.contains('@') && spec.operator(PeId::operator_of(pe)).is_some();
+    check_pes_and_workers(s, app, placement, is_pe, "")
+}
+
+/// Every PE `placement` names is one `is_pe` knows, on an alive worker; `of` completes
+/// the refusal of an unknown PE.
+pub(super) fn check_pes_and_workers(
+    s: &ClusterState,
+    app: &str,
+    placement: &BTreeMap<String, String>,
+    is_pe: impl Fn(&str) -> bool,
+    of: &str,
+) -> Result<(), CommandError> {
+    for (pe, worker) in placement {
+        if !is_pe(pe) {
+            return Err(CommandError::BadPlacement {
+                app: app.to_string(),
+                why: format!("no PE {pe:?}{of}"),
+            });
+        }
+        if s.workers
+            .get(worker)
+            .is_none_or(|w| w.state != WorkerState::Alive)
+        {
+            return Err(CommandError::BadPlacement {
+                app: app.to_string(),
+                why: format!("worker {worker:?} is not alive"),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn apply_set_placement(
+    s: &mut ClusterState,
+    app: &str,
+    placement: &BTreeMap<String, String>,
+    gpus: &BTreeMap<String, Vec<String>>,
+) -> Response {
+    let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
+    let before = std::mem::replace(&mut rec.placement, placement.clone());
+    set_gpus(rec, &before, gpus);
+    note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
+    if rec.state == AppState::Submitted && !placement.is_empty() {
+        rec.state = AppState::Running;
+    }
+    Response::Done
+}
+
+/// GPUs of PEs that stayed put are kept; moved or gone PEs release theirs; `new` adds
+/// the allocations of PEs placed anew.
+pub(super) fn set_gpus(
+    rec: &mut AppRecord,
+    before: &BTreeMap<String, String>,
+    new: &BTreeMap<String, Vec<String>>,
+) {
+    let placement = &rec.placement;
+    rec.gpus
+        .retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
+    for (pe, uuids) in new {
+        if placement.contains_key(pe) && !uuids.is_empty() {
+            rec.gpus.insert(pe.clone(), uuids.clone());
+        }
+    }
+}
+
+/// Records the incarnation of the worker of every PE placed anew or moved.
+pub(super) fn note_incarnations(
+    workers: &BTreeMap<String, WorkerRecord>,
+    rec: &mut AppRecord,
+    refresh: impl Fn(&str) -> bool,
+) {
+    let ck = &mut rec.checkpoints;
+    ck.incarnations
+        .retain(|pe, _| rec.placement.contains_key(pe));
+    for (pe, w) in &rec.placement {
+        let inc = workers.get(w).map_or(0, |w| w.incarnation);
+        if refresh(pe) || !ck.incarnations.contains_key(pe) {
+            ck.incarnations.insert(pe.clone(), inc);
+        }
+    }
+}
