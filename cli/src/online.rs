@@ -582,11 +582,16 @@ fn watch_event(ev: &pb::AppEvent) -> (String, Value) {
             let phase = name::<pb::UpgradePhase>(u.phase);
             (
                 format!(
-                    "#{seq} upgrade {} phase {phase}{}",
+                    "#{seq} upgrade {} phase {phase}{}{}",
                     if u.operation_id.is_empty() {
                         "-"
                     } else {
                         &u.operation_id
+                    },
+                    if u.to_version == 0 {
+                        String::new()
+                    } else {
+                        format!(" (v{} -> v{})", u.from_version, u.to_version)
                     },
                     suffix(&u.reason)
                 ),

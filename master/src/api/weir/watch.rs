@@ -25,11 +25,19 @@ pub(super) struct AppWatch {
     state: AppState,
     /// The version running now; an upgrade's new version becomes current at its switch.
     version: u32,
-    /// The upgrade in progress: its operation id and the version it goes to.
-    upgrade: Option<(u64, u32)>,
+    /// The upgrade in progress.
+    upgrade: Option<Upgrading>,
     /// The newest upgrade operation of the app known: a repeated `BeginUpgrade` request
     /// is answered with that operation again, and prepares nothing new.
     newest_upgrade: u64,
+}
+
+/// An upgrade in progress, as its phase events describe it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Upgrading {
+    id: u64,
+    from: u32,
+    to: u32,
 }
 
 impl AppWatch {
@@ -38,7 +46,11 @@ impl AppWatch {
         let upgrade = rec
             .upgrade
             .and_then(|id| s.upgrades.get(&id))
-            .map(|u| (u.id, u.to_version));
+            .map(|u| Upgrading {
+                id: u.id,
+                from: u.from_version,
+                to: u.to_version,
+            });
         let newest_upgrade = s
             .upgrades
             .values()
@@ -134,27 +146,31 @@ impl AppWatch {
                 if let Response::UpgradeStarted { id, version } = response {
                     if *id > self.newest_upgrade {
                         self.newest_upgrade = *id;
-                        self.upgrade = Some((*id, *version));
-                        out.push(self.phase(*id, pb::UpgradePhase::Prepare));
+                        self.upgrade = Some(Upgrading {
+                            id: *id,
+                            from: self.version,
+                            to: *version,
+                        });
+                        out.push(self.phase(*id, pb::UpgradePhase::Prepare, ""));
                     }
                 }
             }
             Command::UpgradeSwitch { app, id, .. } if *app == self.app => {
-                out.push(self.phase(*id, pb::UpgradePhase::Switch));
+                out.push(self.phase(*id, pb::UpgradePhase::Switch, ""));
             }
             Command::FinishUpgradeSwitch { app, id, .. } if *app == self.app => {
-                if let Some((_, to)) = self.upgrade.filter(|(up, _)| up == id) {
-                    self.version = to;
+                if let Some(up) = self.upgrade.filter(|up| up.id == *id) {
+                    self.version = up.to;
                 }
-                out.push(self.phase(*id, pb::UpgradePhase::Cleanup));
+                out.push(self.phase(*id, pb::UpgradePhase::Cleanup, ""));
             }
             Command::CompleteUpgrade { app, id, .. } if *app == self.app => {
+                out.push(self.phase(*id, pb::UpgradePhase::Done, ""));
                 self.upgrade = None;
-                out.push(self.phase(*id, pb::UpgradePhase::Done));
             }
-            Command::AbortUpgrade { app, id, .. } if *app == self.app => {
+            Command::AbortUpgrade { app, id, reason, .. } if *app == self.app => {
+                out.push(self.phase(*id, pb::UpgradePhase::RolledBack, reason));
                 self.upgrade = None;
-                out.push(self.phase(*id, pb::UpgradePhase::RolledBack));
             }
             // Another app's.
             Command::CancelApp { .. }
@@ -191,11 +207,20 @@ impl AppWatch {
         self.state = state;
     }
 
-    fn phase(&self, id: u64, phase: pb::UpgradePhase) -> Note {
+    /// A phase event of operation `id`, with the versions it goes between when the
+    /// watch knows them (it does from the upgrade's start, or from the stream's open).
+    fn phase(&self, id: u64, phase: pb::UpgradePhase, reason: &str) -> Note {
+        let (from, to) = self
+            .upgrade
+            .filter(|up| up.id == id)
+            .map_or((0, 0), |up| (up.from, up.to));
         self.note(pb::app_event::Event::UpgradePhaseChanged(
             pb::UpgradePhaseChanged {
                 operation_id: id.to_string(),
                 phase: phase as i32,
+                from_version: from.into(),
+                to_version: to.into(),
+                reason: reason.to_string(),
                 ..Default::default()
             },
         ))

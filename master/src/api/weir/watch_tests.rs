@@ -14,6 +14,21 @@ fn open(s: &ClusterState) -> AppWatch {
     AppWatch::open(s, &s.apps[APP]).0
 }
 
+/// The phase events of `notes`: (operation id, phase, from -> to versions).
+fn phase_versions(notes: &[Note]) -> Vec<(pb::UpgradePhase, u64, u64)> {
+    notes
+        .iter()
+        .filter_map(|n| match &n.event {
+            pb::app_event::Event::UpgradePhaseChanged(p) => Some((
+                pb::UpgradePhase::try_from(p.phase).unwrap(),
+                p.from_version,
+                p.to_version,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The phase events of `notes`: (operation id, phase, version).
 fn phases(notes: &[Note]) -> Vec<(String, pb::UpgradePhase, u32)> {
     notes
@@ -80,6 +95,16 @@ fn events_carry_the_version_current_when_they_happened() {
         ],
         "v2 is current from the switch on"
     );
+    assert_eq!(
+        phase_versions(&notes),
+        [
+            (pb::UpgradePhase::Prepare, 1, 2),
+            (pb::UpgradePhase::Switch, 1, 2),
+            (pb::UpgradePhase::Cleanup, 1, 2),
+            (pb::UpgradePhase::Done, 1, 2),
+        ],
+        "every phase event says which versions the upgrade goes between"
+    );
     let checkpoint = notes
         .iter()
         .find(|n| matches!(n.event, pb::app_event::Event::CheckpointCompleted(_)))
@@ -134,6 +159,11 @@ fn a_watch_opened_during_an_upgrade_follows_its_switch() {
         },
     );
     assert_eq!(phases(&notes), [("1".into(), pb::UpgradePhase::Cleanup, 2)]);
+    assert_eq!(
+        phase_versions(&notes),
+        [(pb::UpgradePhase::Cleanup, 1, 2)],
+        "a watch opened mid-upgrade knows its versions from the record"
+    );
 }
 
 #[test]
@@ -192,4 +222,34 @@ fn a_batch_is_read_command_by_command_and_the_stream_ends_with_the_app() {
         "the state it left is the one it had then, not at subscription"
     );
     assert_eq!(notes.len(), 2, "the refused command says nothing");
+}
+
+#[test]
+fn a_rolled_back_upgrade_says_why() {
+    let (mut s, begin) = upgrading();
+    let mut watch = open(&s);
+    feed(&mut s, &mut watch, begin);
+    let notes = feed(
+        &mut s,
+        &mut watch,
+        Command::AbortUpgrade {
+            app: APP.into(),
+            id: 1,
+            at_ms: 120,
+            reason: "new PE score@2#0 failed: no such image".into(),
+            recover: None,
+        },
+    );
+    let rolled_back: Vec<_> = notes
+        .iter()
+        .filter_map(|n| match &n.event {
+            pb::app_event::Event::UpgradePhaseChanged(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rolled_back.len(), 1);
+    let p = &rolled_back[0];
+    assert_eq!(p.phase, pb::UpgradePhase::RolledBack as i32);
+    assert_eq!((p.from_version, p.to_version), (1, 2));
+    assert_eq!(p.reason, "new PE score@2#0 failed: no such image");
 }
