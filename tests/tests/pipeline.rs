@@ -494,12 +494,27 @@ streams:
     .await;
     let v = verify_done(&detail, "audit").unwrap();
     assert_eq!((v[0].records, v[0].duplicates), (n as u64, 0));
-    let readers: Vec<u64> = detail
-        .pes
-        .iter()
-        .filter(|p| p.pe.as_ref().is_some_and(|r| r.operator == "read"))
-        .map(|p| p.stats.as_ref().map_or(0, |s| s.records_out))
-        .collect();
+    let readers_out = |d: &pb::AppDetail| -> Vec<u64> {
+        d.pes
+            .iter()
+            .filter(|p| p.pe.as_ref().is_some_and(|r| r.operator == "read"))
+            .map(|p| p.stats.as_ref().map_or(0, |s| s.records_out))
+            .collect()
+    };
+    // The audit's summary and the readers' counters come in different workers'
+    // reports: wait until the readers' last reports are in (every line counted once).
+    let readers = eventually_within(
+        "the readers' final counters",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            async move {
+                let r = readers_out(&app_detail(&mut client, "lines").await?);
+                (r.iter().sum::<u64>() == n as u64).then_some(r)
+            }
+        },
+    )
+    .await;
     assert_eq!(readers.len(), 3);
     assert!(
         readers.iter().all(|r| *r > 0),
