@@ -345,13 +345,5 @@ async fn run() {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("containers: a benchmark; run it with cargo bench");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    weir_tests::bench_main("containers", run);
 }

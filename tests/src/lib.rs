@@ -189,6 +189,20 @@ pub async fn assert_audit_exact(
     assert_eq!(sum(|s| s.distinct), records);
 }
 
+/// A benchmark binary's `main`: runs `bench` on a multi-threaded runtime when cargo
+/// passes `--bench`, and does nothing otherwise (as under `cargo test --all-targets`).
+pub fn bench_main<F: Future<Output = ()>>(name: &str, bench: impl FnOnce() -> F) {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: a benchmark; run it with cargo bench");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(bench());
+}
+
 /// Records the app's `sink.verify` PEs have seen so far.
 pub fn audit_records(d: &pb::AppDetail) -> u64 {
     d.pes
