@@ -55,10 +55,10 @@ echo "== NVML discovery (worker/tests/nvml.rs)"
 WEIR_REQUIRE_GPU=1 "$NVML_TEST" --nocapture
 
 echo "== a dev master, worker 'gpu' (NVML) and worker 'cpu' (--no-nvml)"
-"$BIN/weir-master" --dev --data-dir "$work/master" --listen "$MASTER" >"$work/master.log" 2>&1 &
-"$BIN/weir-worker" --id gpu --master "$MASTER" --control-address 127.0.0.1:17101 \
+"$BIN/weir-master" --dev --insecure --data-dir "$work/master" --listen "$MASTER" >"$work/master.log" 2>&1 &
+"$BIN/weir-worker" --insecure --id gpu --master "$MASTER" --control-address 127.0.0.1:17101 \
     --data-address 127.0.0.1:17201 >"$work/gpu.log" 2>&1 &
-"$BIN/weir-worker" --id cpu --no-nvml --master "$MASTER" --control-address 127.0.0.1:17102 \
+"$BIN/weir-worker" --insecure --id cpu --no-nvml --master "$MASTER" --control-address 127.0.0.1:17102 \
     --data-address 127.0.0.1:17202 >"$work/cpu.log" 2>&1 &
 two_workers() { [[ "$(ctl -o json workers 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null)" == 2 ]]; }
 within 60 two_workers

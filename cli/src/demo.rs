@@ -17,16 +17,55 @@ use weir_master::server::{Master, MasterConfig};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_worker::agent::AgentConfig;
+use weir_security::ca::{file_stem, DevCa};
+use weir_security::tls::Tls;
+use weir_security::{Principal, Security, TlsFiles};
 use weir_worker::node::Worker;
 
-async fn start(dir: &Path, listener: tokio::net::TcpListener) -> anyhow::Result<Master> {
+/// The demo's certificates: a CA of its own and one certificate per node and user,
+/// as `weirctl certs init` makes them.
+struct Certs(tempfile::TempDir);
+
+impl Certs {
+    fn make() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        DevCa::generate("demo")?.write(
+            dir.path(),
+            &[
+                Principal::Master(1),
+                Principal::Worker("w1".into()),
+                Principal::Worker("w2".into()),
+                Principal::Tenant("web".into()),
+                Principal::Tenant("mobile".into()),
+                Principal::Admin("admin".into()),
+            ],
+        )?;
+        Ok(Self(dir))
+    }
+
+    fn of(&self, who: &Principal) -> anyhow::Result<Security> {
+        let files = TlsFiles::in_dir(self.0.path(), &file_stem(who));
+        Ok(Security::Mtls(std::sync::Arc::new(Tls::load(&files)?)))
+    }
+}
+
+async fn start(
+    dir: &Path,
+    listener: tokio::net::TcpListener,
+    security: Security,
+) -> anyhow::Result<Master> {
     let addr = listener.local_addr()?.to_string();
     let mut cfg = MasterConfig::new(1, dir.to_path_buf(), BTreeMap::from([(1, addr)]));
+    cfg.node.security = security;
     cfg.worker_heartbeat = Duration::from_millis(200);
     Ok(Master::start_on(cfg, listener).await?)
 }
 
-async fn start_worker(id: &str, master: std::net::SocketAddr) -> anyhow::Result<Worker> {
+async fn start_worker(
+    id: &str,
+    master: std::net::SocketAddr,
+    security: Security,
+) -> anyhow::Result<Worker> {
     let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let data = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let cfg = AgentConfig {
@@ -42,6 +81,7 @@ async fn start_worker(id: &str, master: std::net::SocketAddr) -> anyhow::Result<
         declared_gpus: vec![],
         discover_nvml: true,
         checkpoint_dir: None,
+        security,
     };
     Ok(Worker::start_on(cfg, control, data).await?)
 }
@@ -119,16 +159,28 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         .build()?;
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
+        let certs = Certs::make()?;
+        step(&format!(
+            "weirctl certs init {}: a CA and certificates for master 1, workers w1 and w2, tenants web and mobile, and an admin",
+            certs.0.path().display()
+        ));
+        println!("  every link below is mutual TLS; who calls is read from their certificate");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         step(&format!("starting an embedded master on {addr} (data in {})", dir.path().display()));
-        let master = start(dir.path(), listener).await?;
-        let conn = Conn::new(vec![addr.to_string()], Output::Text);
-        show_cluster(&conn).await?;
+        let master_security = certs.of(&Principal::Master(1))?;
+        let master = start(dir.path(), listener, master_security.clone()).await?;
+        // The admin sees the cluster; the app belongs to tenant web, who drives it.
+        let admin = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Admin("admin".into()))?);
+        let conn = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Tenant("web".into()))?);
+        show_cluster(&admin).await?;
         step("starting two workers in this process");
-        let workers = [start_worker("w1", addr).await?, start_worker("w2", addr).await?];
-        wait_for_workers(&conn, workers.len()).await?;
-        online::workers(&conn).await?;
+        let workers = [
+            start_worker("w1", addr, certs.of(&Principal::Worker("w1".into()))?).await?,
+            start_worker("w2", addr, certs.of(&Principal::Worker("w2".into()))?).await?,
+        ];
+        wait_for_workers(&admin, workers.len()).await?;
+        online::workers(&admin).await?;
 
         let v1 = examples.join("clickstream.yaml");
         let v2 = examples.join("clickstream-v2.yaml");
@@ -144,11 +196,17 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         online::get(&conn, "clickstream").await?;
         step("weirctl history clickstream");
         crate::upgrade::history(&conn, "clickstream").await?;
+        step("tenant mobile asks for tenant web's app: refused");
+        let mobile = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Tenant("mobile".into()))?);
+        match online::get(&mobile, "clickstream").await {
+            Ok(_) => anyhow::bail!("tenant mobile was shown tenant web's app"),
+            Err(e) => println!("  weirctl (as tenant mobile) get clickstream: {e:#}"),
+        }
 
         step("restarting the master from its data dir");
         master.stop().await;
         let listener = crate::demo::rebind(addr).await?;
-        let master = start(dir.path(), listener).await?;
+        let master = start(dir.path(), listener, master_security).await?;
         online::list(&conn, None).await?;
         for w in workers {
             w.stop().await;
@@ -217,8 +275,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let master = start(dir.path(), listener).await.unwrap();
-        let conn = Conn::new(vec![addr.to_string()], Output::Text);
+        let master = start(dir.path(), listener, Security::Off).await.unwrap();
+        let conn = Conn::new(vec![addr.to_string()], Output::Text, Security::Off);
         let s = show_cluster(&conn).await.unwrap();
         assert_eq!(s.leader_id, Some(1), "{s:?}");
         assert!(s.term >= 1, "{s:?}");

@@ -4,7 +4,6 @@
 
 use anyhow::Context;
 use std::time::Duration;
-use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -12,13 +11,19 @@ use tonic_health::pb::HealthCheckRequest;
 /// Checks `addr` (`host:port`) once within `timeout`. `Ok(true)` when it reports
 /// SERVING for `service` (`""`: the node as a whole), `Ok(false)` when it answers
 /// anything else, an error when it cannot be reached or asked.
-pub fn check(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<bool> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url)
+pub fn check(
+    security: &weir_security::Security,
+    role: weir_security::ServerRole,
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let host = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let endpoint = security
+        .endpoint(host, role)
         .with_context(|| format!("--addr: {addr:?} is not an address"))?
         .connect_timeout(timeout)
         .timeout(timeout);

@@ -4,6 +4,7 @@
 //! validator and planner the master runs.
 
 mod catalog;
+mod certs;
 mod demo;
 mod health;
 mod images;
@@ -39,8 +40,44 @@ struct Cli {
         default_value = "127.0.0.1:7000"
     )]
     masters: Vec<String>,
+    /// The cluster CA certificate (PEM), to check the masters against.
+    #[arg(long, env = "WEIR_TLS_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Your certificate (PEM): a tenant's or an admin's, from the cluster CA
+    /// (`weirctl certs init` makes some).
+    #[arg(long, env = "WEIR_TLS_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, env = "WEIR_TLS_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
+    /// Talk plain TCP to a cluster running with --insecure (nobody authenticated).
+    #[arg(long, env = "WEIR_INSECURE", global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The TLS this client talks with: its certificate, or nothing with --insecure.
+    fn security(&self) -> anyhow::Result<weir_security::Security> {
+        if self.insecure {
+            return Ok(weir_security::Security::Off);
+        }
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let files = weir_security::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                Ok(weir_security::Security::Mtls(std::sync::Arc::new(
+                    weir_security::tls::Tls::load(&files)?,
+                )))
+            }
+            (None, None, None) => Err(weir_security::TlsError::NoMaterial.into()),
+            _ => anyhow::bail!("--ca, --cert and --key go together (or WEIR_TLS_CA, WEIR_TLS_CERT, WEIR_TLS_KEY)"),
+        }
+    }
 }
 
 /// Output format of every command.
@@ -161,6 +198,14 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// What the node is (with TLS, its certificate is checked for that role).
+        #[arg(long, value_enum, default_value_t = NodeRole::Master)]
+        role: NodeRole,
+    },
+    /// Certificates for a cluster: a CA and one per master, worker, tenant and admin.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// The master cluster: status and membership.
     Cluster {
@@ -179,6 +224,22 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+}
+
+/// A node `weirctl health` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NodeRole {
+    /// A master's gRPC address.
+    Master,
+    /// A worker's control address.
+    Worker,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Make a development CA and certificates into DIR: ca.pem/ca.key, and
+    /// master-ID, worker-ID, tenant-NAME and admin-NAME .pem/.key for each one named.
+    Init(certs::Init),
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,14 +311,32 @@ fn main() -> ExitCode {
             addr,
             service,
             timeout_ms,
-        } => Ok(
-            health::check(addr, service, std::time::Duration::from_millis(*timeout_ms))
-                .unwrap_or_else(|e| {
-                    eprintln!("weirctl: {e:#}");
-                    false
-                }),
-        ),
-        online => run_online(online, online::Conn::new(cli.masters.clone(), cli.output)),
+            role,
+        } => Ok(cli
+            .security()
+            .and_then(|sec| {
+                let role = match role {
+                    NodeRole::Master => weir_security::ServerRole::Master,
+                    NodeRole::Worker => weir_security::ServerRole::Worker,
+                };
+                health::check(
+                    &sec,
+                    role,
+                    addr,
+                    service,
+                    std::time::Duration::from_millis(*timeout_ms),
+                )
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("weirctl: {e:#}");
+                false
+            })),
+        Command::Certs {
+            command: CertsCommand::Init(init),
+        } => certs::init(init),
+        online => cli.security().and_then(|sec| {
+            run_online(online, online::Conn::new(cli.masters.clone(), cli.output, sec))
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -311,6 +390,7 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
             Command::Validate { .. }
             | Command::Plan { .. }
             | Command::Demo { .. }
+            | Command::Certs { .. }
             | Command::Health { .. } => {
                 unreachable!("not online commands")
             }

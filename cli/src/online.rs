@@ -28,15 +28,16 @@ const RETRY_FOR: Duration = Duration::from_secs(15);
 pub struct Conn {
     masters: Vec<String>,
     output: Output,
+    security: weir_security::Security,
 }
 
-fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url.clone())
+fn endpoint(security: &weir_security::Security, addr: &str) -> anyhow::Result<Endpoint> {
+    let addr = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    Ok(security
+        .endpoint(addr, weir_security::ServerRole::Master)
         .with_context(|| format!("--master: {addr:?} is not an address"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30)))
@@ -119,9 +120,14 @@ fn lost_error(addr: &str, detail: &str) -> anyhow::Error {
 }
 
 impl Conn {
-    /// A connection that will try `masters` in order.
-    pub fn new(masters: Vec<String>, output: Output) -> Self {
-        Self { masters, output }
+    /// A connection that will try `masters` in order, over mutual TLS with
+    /// `security`'s certificate (or plain TCP when it is off).
+    pub fn new(masters: Vec<String>, output: Output, security: weir_security::Security) -> Self {
+        Self {
+            masters,
+            output,
+            security,
+        }
     }
 
     /// Runs `call` against the first master that answers, following leader hints and
@@ -146,7 +152,7 @@ impl Conn {
         let mut last_err = String::new();
         loop {
             for addr in targets.clone() {
-                let channel = match endpoint(&addr)?.connect().await {
+                let channel = match endpoint(&self.security, &addr)?.connect().await {
                     Ok(c) => c,
                     Err(e) => {
                         last_err = format!("{addr}: {e}");

@@ -220,6 +220,12 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
         "{s}"
     );
     assert!(s.contains("Phase 2/3 switch"));
+    // Every link is mutual TLS, and a tenant is refused another tenant's app.
+    assert!(s.contains("every link below is mutual TLS"), "{s}");
+    assert!(
+        s.contains("PermissionDenied: app \"clickstream\" belongs to tenant \"web\"; the caller is tenant \"mobile\""),
+        "{s}"
+    );
     // The online upgrade to v2 midway: done, nothing lost or repeated.
     assert!(s.contains("upgrade 1 of clickstream: v1 -> v2 done"), "{s}");
     assert!(s.contains("records lost 0, records duplicated 0"), "{s}");

@@ -47,6 +47,20 @@ struct Args {
     /// Copies of every checkpoint snapshot, the taking worker's included.
     #[arg(long, env = "WEIR_CHECKPOINT_REPLICAS", default_value_t = 2)]
     checkpoint_replicas: u32,
+    /// The cluster CA certificate (PEM): every peer's certificate must chain to it.
+    #[arg(long, env = "WEIR_TLS_CA", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This master's certificate (PEM), naming spiffe://weir/master/<id>
+    /// (`weirctl certs init` makes one).
+    #[arg(long, env = "WEIR_TLS_CERT", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// This master's private key (PEM).
+    #[arg(long, env = "WEIR_TLS_KEY", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Serve plain TCP with nobody authenticated: anyone who reaches a port can run
+    /// programs on every worker. For local experiments only.
+    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"])]
+    insecure: bool,
     /// Cluster id; masters and workers of other clusters are refused.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
     cluster_id: String,
@@ -101,7 +115,20 @@ async fn main() -> anyhow::Result<()> {
         (None, true) => PathBuf::from("weir-dev-data"),
         (None, false) => bail!("--data-dir is required (or use --dev)"),
     };
+    let files = match (args.ca, args.cert, args.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(weir_security::TlsFiles { ca, cert, key }),
+        _ => None,
+    };
+    let security = weir_security::Security::from_flags(
+        files,
+        args.insecure,
+        &weir_security::Principal::Master(id),
+    )?;
+    if !security.is_on() {
+        tracing::warn!("{}", weir_security::tls::INSECURE_WARNING);
+    }
     let mut cfg = MasterConfig::new(id, data_dir, peers);
+    cfg.node.security = security;
     cfg.node.cluster_id = args.cluster_id;
     cfg.metrics_listen = args.metrics_listen;
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);

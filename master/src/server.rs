@@ -23,6 +23,10 @@ use weir_proto::v1::master_workers_server::MasterWorkersServer;
 use weir_proto::v1::weir_admin_server::WeirAdminServer;
 use weir_proto::v1::weir_server::WeirServer;
 
+/// Concurrent calls one connection may have open (a client opening thousands of
+/// stalled streams is held to this many).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// How to run a master.
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
@@ -102,15 +106,31 @@ impl Master {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<WeirServer<WeirService>>().await;
 
-        let router = tonic::transport::Server::builder()
+        let security = cfg.node.security.clone();
+        let secure = security.is_on();
+        use tonic::service::interceptor::InterceptedService;
+        use weir_security::caller::admit;
+        use weir_security::Role;
+        let router = security
+            .server()
+            .map_err(|e| StartError::Tls(e.to_string()))?
             .timeout(cfg.request_timeout)
+            // Bounds on what one peer can hold open: streams per connection, and
+            // keepalives that close connections whose peer went silent.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
-            .add_service(
+            .add_service(InterceptedService::new(
                 WeirServer::new(WeirService::new(shared.clone(), liveness.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(WeirAdminServer::new(AdminService::new(shared.clone())))
-            .add_service(
+                admit(secure, &[Role::Tenant, Role::Admin], "the client API"),
+            ))
+            .add_service(InterceptedService::new(
+                WeirAdminServer::new(AdminService::new(shared.clone())),
+                admit(secure, &[Role::Admin], "membership admin"),
+            ))
+            .add_service(InterceptedService::new(
                 MasterWorkersServer::new(WorkersService::new(
                     shared.clone(),
                     liveness.clone(),
@@ -118,15 +138,21 @@ impl Master {
                     cfg.checkpoint_replicas,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(RaftService::server(
-                node.raft.clone(),
-                node.id,
-                node.cluster_id.clone(),
-                node.faults.clone(),
+                admit(secure, &[Role::Worker], "worker registration"),
+            ))
+            .add_service(InterceptedService::new(
+                RaftService::server(
+                    node.raft.clone(),
+                    node.id,
+                    node.cluster_id.clone(),
+                    node.faults.clone(),
+                ),
+                admit(secure, &[Role::Master], "Raft"),
             ));
         let mut rx = stop_rx.clone();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
         let mut tasks = vec![tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.wait_for(|s| *s).await;

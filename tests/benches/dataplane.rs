@@ -151,7 +151,7 @@ async fn two_workers() -> (Runtime, Runtime, String, tokio::sync::watch::Sender<
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = l.local_addr().unwrap().to_string();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(inbound::serve(l, b_inputs, stop_rx));
+    tokio::spawn(inbound::serve(l, b_inputs, Default::default(), stop_rx));
     (a, b, b_addr, stop)
 }
 

@@ -315,6 +315,7 @@ pub fn worker_config(
         declared_gpus: vec![],
         discover_nvml: false,
         checkpoint_dir: None,
+        security: weir_security::Security::Off,
     }
 }
 

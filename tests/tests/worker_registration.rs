@@ -21,6 +21,7 @@ fn agent(c: &Cluster, id: &str, masters: Vec<String>) -> Agent {
         declared_gpus: vec!["nvidia:test:16384:GPU-A".parse().unwrap()],
         discover_nvml: false,
         checkpoint_dir: None,
+        security: weir_security::Security::Off,
     })
 }
 

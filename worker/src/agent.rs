@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
 use weir_proto::v1 as pb;
 use weir_proto::v1::master_workers_client::MasterWorkersClient;
 
@@ -46,6 +45,8 @@ pub struct AgentConfig {
     /// Where checkpoint snapshots are kept (this worker's and its peers' replicas);
     /// `None`: a fresh temporary directory, removed when the worker stops.
     pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Mutual TLS on every link this worker serves or dials (or off).
+    pub security: weir_security::Security,
 }
 
 /// What the agent knows right now.
@@ -121,8 +122,12 @@ impl Agent {
     }
 }
 
-async fn client(addr: &str) -> Option<MasterWorkersClient<tonic::transport::Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+async fn client(
+    security: &weir_security::Security,
+    addr: &str,
+) -> Option<MasterWorkersClient<tonic::transport::Channel>> {
+    let ep = security
+        .endpoint(addr, weir_security::ServerRole::Master)
         .ok()?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5));
@@ -148,7 +153,7 @@ async fn run(
             return;
         }
         let target = targets.first().cloned().unwrap_or_default();
-        let Some(mut c) = client(&target).await else {
+        let Some(mut c) = client(&cfg.security, &target).await else {
             targets.rotate_left(1);
             if wait(&mut stop, Duration::from_millis(200)).await {
                 return;

@@ -6,6 +6,7 @@
 //! one that is gone) and repeats of a command id answer `duplicate = true`.
 //! Bad requests are INVALID_ARGUMENT naming the field; nothing is changed.
 
+use weir_security::{Caller, Role};
 use crate::checkpoint::{serve, SnapshotStore};
 use crate::dataplane::ChannelKey;
 use crate::runtime::{OutputConfig, PeConfig, Runtime, Target};
@@ -211,6 +212,13 @@ fn channel_key(c: Option<&pb::ChannelRef>, path: &str) -> Result<ChannelKey, Sta
     Ok(ChannelKey::new(c.from_pe.clone(), c.to_pe.clone()))
 }
 
+/// Commands (deploy, stop, wiring, checkpoints) come only from masters: with security
+/// on, another worker or a client certificate is refused before the term is looked
+/// at, so nobody but a master can raise the term this worker believes in.
+fn from_master<T>(req: &Request<T>) -> Result<(), Status> {
+    Caller::of(req)?.require(&[Role::Master], "worker control commands")
+}
+
 #[tonic::async_trait]
 impl WorkerControl for ControlService {
     #[tracing::instrument(skip_all, fields(worker = %self.worker_id))]
@@ -218,6 +226,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::DeployPeRequest>,
     ) -> Result<Response<pb::DeployPeResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let cfg = pe_config(self, &r)?;
         let duplicate = self.admit(r.header.as_ref())?;
@@ -233,6 +242,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::StopPeRequest>,
     ) -> Result<Response<pb::StopPeResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let pe = r
             .stop_pe
@@ -256,6 +266,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::OpenChannelRequest>,
     ) -> Result<Response<pb::OpenChannelResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let key = channel_key(
             r.open_channel.as_ref().and_then(|o| o.channel.as_ref()),
@@ -300,6 +311,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::CloseChannelRequest>,
     ) -> Result<Response<pb::CloseChannelResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let key = channel_key(
             r.close_channel.as_ref().and_then(|o| o.channel.as_ref()),
@@ -326,6 +338,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::SwitchOutputRequest>,
     ) -> Result<Response<pb::SwitchOutputResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let so = r
             .switch_output
@@ -371,6 +384,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         let pe = r
             .drain
@@ -397,6 +411,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::TriggerCheckpointRequest>,
     ) -> Result<Response<pb::TriggerCheckpointResponse>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         if self.admit(r.header.as_ref())? {
             return Ok(Response::new(pb::TriggerCheckpointResponse {
@@ -422,6 +437,7 @@ impl WorkerControl for ControlService {
         &self,
         _req: Request<tonic::Streaming<pb::StateChunk>>,
     ) -> Result<Response<pb::HandOffStateResponse>, Status> {
+        from_master(&_req)?;
         Err(Status::unimplemented(
             "HandOffState: successors pull hand-off state with FetchStateSnapshot",
         ))
@@ -435,6 +451,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::FetchStateSnapshotRequest>,
     ) -> Result<Response<Self::FetchStateSnapshotStream>, Status> {
+        Caller::of(&req)?.require(&[Role::Master, Role::Worker], "fetch_state_snapshot")?;
         serve::fetch_state_snapshot(self.store.clone(), req.into_inner())
             .await
             .map(Response::new)
@@ -445,6 +462,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<tonic::Streaming<pb::StateChunk>>,
     ) -> Result<Response<pb::StoreSnapshotResponse>, Status> {
+        Caller::of(&req)?.require(&[Role::Worker], "store_snapshot")?;
         serve::store_snapshot(self.store.clone(), req.into_inner())
             .await
             .map(Response::new)
@@ -454,6 +472,7 @@ impl WorkerControl for ControlService {
         &self,
         req: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::WorkerReport>, Status> {
+        from_master(&req)?;
         let r = req.into_inner();
         if r.header.is_some() {
             self.admit(r.header.as_ref())?;

@@ -69,6 +69,20 @@ struct Args {
     /// default: a temporary directory removed at exit.
     #[arg(long, env = "WEIR_CHECKPOINT_DIR")]
     checkpoint_dir: Option<std::path::PathBuf>,
+    /// The cluster CA certificate (PEM): every peer's certificate must chain to it.
+    #[arg(long, env = "WEIR_TLS_CA", requires_all = ["cert", "key"])]
+    ca: Option<std::path::PathBuf>,
+    /// This worker's certificate (PEM), naming spiffe://weir/worker/<id>
+    /// (`weirctl certs init` makes one).
+    #[arg(long, env = "WEIR_TLS_CERT", requires_all = ["ca", "key"])]
+    cert: Option<std::path::PathBuf>,
+    /// This worker's private key (PEM).
+    #[arg(long, env = "WEIR_TLS_KEY", requires_all = ["ca", "cert"])]
+    key: Option<std::path::PathBuf>,
+    /// Plain TCP with nobody authenticated: anyone who reaches the control port can
+    /// run programs here. For local experiments only.
+    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"])]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -94,6 +108,18 @@ async fn main() -> anyhow::Result<()> {
         .listen_data
         .clone()
         .unwrap_or_else(|| a.data_address.clone());
+    let files = match (a.ca, a.cert, a.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(weir_security::TlsFiles { ca, cert, key }),
+        _ => None,
+    };
+    let security = weir_security::Security::from_flags(
+        files,
+        a.insecure,
+        &weir_security::Principal::Worker(a.id.clone()),
+    )?;
+    if !security.is_on() {
+        tracing::warn!("{}", weir_security::tls::INSECURE_WARNING);
+    }
     let cfg = AgentConfig {
         worker_id: a.id,
         masters: a.masters,
@@ -107,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
         checkpoint_dir: a.checkpoint_dir,
+        security,
     };
     let worker = Worker::start_with_listen(cfg, &listen_control, &listen_data)
         .await

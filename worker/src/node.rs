@@ -20,6 +20,13 @@ use weir_proto::v1::worker_control_server::WorkerControlServer;
 /// Largest control message accepted (a DeployPe carries an operator spec).
 pub const MAX_CONTROL_BYTES: usize = 16 << 20;
 
+/// Longest a control call may run (snapshot transfers of large state included).
+pub const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Calls one connection may have in flight at once (a peer opening thousands of
+/// stalled snapshot streams is held to this many).
+pub const MAX_CALLS_PER_CONNECTION: usize = 64;
+
 /// A running worker.
 pub struct Worker {
     /// Its PEs.
@@ -56,9 +63,12 @@ impl Worker {
         let env = Arc::new(CheckpointEnv::new(
             cfg.worker_id.clone(),
             store.clone(),
-            Arc::new(Replicator::new(cfg.worker_id.clone())),
+            Arc::new(Replicator::new(cfg.worker_id.clone()).with_security(cfg.security.clone())),
         ));
-        let mut runtime = Runtime::with_checkpoints(inputs.clone(), env.clone());
+        let dialer = crate::dataplane::Dialer::new(&cfg.security).map_err(std::io::Error::other)?;
+        let admission =
+            crate::dataplane::Admission::new(&cfg.security).map_err(std::io::Error::other)?;
+        let mut runtime = Runtime::with_checkpoints(inputs.clone(), env.clone()).with_dialer(dialer);
         if let Some(engine) = container_engine(&cfg).await {
             runtime = runtime.with_containers(engine);
         }
@@ -86,16 +96,36 @@ impl Worker {
             store.clone(),
         );
         let mut rx = stop_rx.clone();
-        let incoming = TcpIncoming::from(control).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(control)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(std::time::Duration::from_secs(30)));
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<WorkerControlServer<ControlService>>()
             .await;
-        let server = tonic::transport::Server::builder()
+        // Masters send commands; other workers store and fetch snapshot replicas (the
+        // service refines which calls each may make).
+        let admit = weir_security::caller::admit(
+            cfg.security.is_on(),
+            &[weir_security::Role::Master, weir_security::Role::Worker],
+            "worker control",
+        );
+        let server = cfg
+            .security
+            .server()
+            .map_err(std::io::Error::other)?
+            // Bounds on what one peer can hold open: calls, streams per connection,
+            // and keepalives that close connections whose peer went silent.
+            .timeout(CONTROL_TIMEOUT)
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION as u32))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(health_service)
-            .add_service(
+            .add_service(tonic::service::interceptor::InterceptedService::new(
                 WorkerControlServer::new(service).max_decoding_message_size(MAX_CONTROL_BYTES),
-            );
+                admit,
+            ));
         let worker_id = cfg.worker_id.clone();
         let tasks = vec![
             tokio::spawn(async move {
@@ -109,7 +139,7 @@ impl Worker {
                     tracing::error!(worker = %worker_id, error = %e, "control service failed");
                 }
             }),
-            tokio::spawn(inbound::serve(data, inputs, stop_rx)),
+            tokio::spawn(inbound::serve(data, inputs, admission, stop_rx)),
             images,
         ];
         tracing::info!(worker = %cfg.worker_id, %control_addr, %data_addr, "worker serving");

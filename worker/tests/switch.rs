@@ -102,7 +102,7 @@ async fn a_switched_away_consumer_acknowledges_its_end_and_a_rollback_loses_noth
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(inbound::serve(l, b_inputs, stop_rx));
+    tokio::spawn(inbound::serve(l, b_inputs, Default::default(), stop_rx));
 
     // gen (worker a) -> first (worker b), over TCP; `second` waits for its turn.
     b.deploy(sink("first#0")).await.unwrap();

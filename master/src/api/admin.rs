@@ -35,6 +35,7 @@ impl WeirAdmin for AdminService {
     ) -> Result<Reply<pb::AddMasterResponse>, Status> {
         self.shared
             .timed("AddMaster", async {
+                super::authz::authorize(&req, super::authz::Action::Admin("AddMaster"))?;
                 if let Route::Remote(addr) = self.shared.route(&req)? {
                     return WeirAdminClient::new(self.shared.channel(&addr)?)
                         .add_master(forwarded(req))
@@ -69,6 +70,7 @@ impl WeirAdmin for AdminService {
     ) -> Result<Reply<pb::RemoveMasterResponse>, Status> {
         self.shared
             .timed("RemoveMaster", async {
+                super::authz::authorize(&req, super::authz::Action::Admin("RemoveMaster"))?;
                 if let Route::Remote(addr) = self.shared.route(&req)? {
                     return WeirAdminClient::new(self.shared.channel(&addr)?)
                         .remove_master(forwarded(req))

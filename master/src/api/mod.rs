@@ -7,6 +7,7 @@
 //! address in `x-weir-leader`, or UNAVAILABLE during an election).
 
 mod admin;
+mod authz;
 pub mod convert;
 pub mod propose;
 mod weir;
@@ -30,7 +31,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use weir_proto::status::{not_leader, outcome_unknown};
 
@@ -116,7 +117,10 @@ impl Shared {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
+        let c = self
+            .node
+            .security
+            .endpoint(addr, weir_security::ServerRole::Master)
             .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
@@ -175,13 +179,24 @@ fn snake_case(s: &str) -> String {
     out
 }
 
-/// A forwarded copy of a request: same message and tenant, marked forwarded.
+/// A forwarded copy of a request: same message and tenant, marked forwarded, and
+/// (with security on) saying on whose behalf this master forwards it: the leader
+/// believes that only from a master's certificate.
 pub(crate) fn forwarded<T>(req: Request<T>) -> Request<T> {
     let tenant = req
         .metadata()
         .get(weir_proto::status::TENANT_METADATA_KEY)
         .cloned();
+    let on_behalf = req
+        .extensions()
+        .get::<weir_security::Caller>()
+        .and_then(|c| c.principal())
+        .and_then(|p| p.uri().parse::<tonic::metadata::MetadataValue<_>>().ok());
     let mut out = Request::new(req.into_inner());
+    if let Some(p) = on_behalf {
+        out.metadata_mut()
+            .insert(weir_security::caller::ON_BEHALF_OF, p);
+    }
     out.metadata_mut().insert(
         FORWARDED_KEY,
         tonic::metadata::MetadataValue::from_static("1"),

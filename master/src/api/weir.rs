@@ -11,7 +11,8 @@ use weir_common::catalog::{parse_app_with, Catalog, Resolve, Resolved};
 use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::plan::{plan, render_text, Placement};
 use weir_common::spec::SpecFormat;
-use weir_proto::status::{validation_failure, TENANT_METADATA_KEY};
+use super::authz::{authorize, list_scope, Action};
+use weir_proto::status::validation_failure;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::weir_server::Weir;
@@ -128,20 +129,6 @@ async fn catalog_of(service: &WeirService) -> std::sync::Arc<Catalog> {
     service.read(|s| s.catalog.clone()).await
 }
 
-/// A caller that names a tenant may only act on that tenant's apps.
-fn check_tenant<T>(req: &Request<T>, tenant: &str) -> Result<(), Status> {
-    match req
-        .metadata()
-        .get(TENANT_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(t) if t != tenant => Err(Status::permission_denied(format!(
-            "tenant: the caller is tenant {t:?}; the app belongs to {tenant:?}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn app_or_not_found<'a>(
     s: &'a ClusterState,
     name: &str,
@@ -183,7 +170,7 @@ impl Weir for WeirService {
                 let catalog = catalog_of(self).await;
                 let Resolved { spec, generated } =
                     parse_spec(&req.get_ref().spec, req.get_ref().format, &catalog)?;
-                check_tenant(&req, &spec.tenant)?;
+                authorize(&req, Action::WriteApp { tenant: &spec.tenant, app: &spec.name })?;
                 let templates = generated.len();
                 let cmd = Command::SubmitApp {
                     spec: spec.clone(),
@@ -244,7 +231,13 @@ impl Weir for WeirService {
                         Ok((app.current().spec.clone(), placement, app.current_version))
                     })
                     .await?;
-                check_tenant(&req, &old.tenant)?;
+                authorize(&req, Action::WriteApp { tenant: &old.tenant, app: &r.app })?;
+                if new.tenant != old.tenant {
+                    return Err(Status::invalid_argument(format!(
+                        "spec.tenant: an upgrade keeps the app's tenant ({:?}, not {:?})",
+                        old.tenant, new.tenant
+                    )));
+                }
                 if new.name != r.app {
                     return Err(Status::invalid_argument(format!(
                         "spec.name: an upgrade keeps the app name ({:?}, not {:?})",
@@ -366,7 +359,7 @@ impl Weir for WeirService {
                     .as_ref()
                     .map(|s| s.tenant.clone())
                     .unwrap_or_default();
-                check_tenant(&req, &tenant)?;
+                authorize(&req, Action::ReadApp { tenant: &tenant, app: &req.get_ref().app })?;
                 Ok(Reply::new(pb::GetAppResponse { app: Some(detail) }))
             })
             .await
@@ -380,7 +373,7 @@ impl Weir for WeirService {
             .timed("ListApps", async {
                 at_leader!(self, req, list_apps);
                 self.shared.linearizable().await?;
-                let tenant = req.get_ref().tenant.clone();
+                let tenant = list_scope(&req, &req.get_ref().tenant)?;
                 let apps = self
                     .read(|s| {
                         s.apps
@@ -407,7 +400,7 @@ impl Weir for WeirService {
                     .read(|s| s.apps.get(&name).map(|a| a.tenant.clone()))
                     .await;
                 if let Some(t) = tenant {
-                    check_tenant(&req, &t)?;
+                    authorize(&req, Action::WriteApp { tenant: &t, app: &name })?;
                 }
                 let request_id = req.get_ref().request_id.clone();
                 check_request_id(&request_id)?;
@@ -436,7 +429,11 @@ impl Weir for WeirService {
         let name = req.get_ref().app.clone();
         let mut events = self.shared.node.state.subscribe();
         let (mut watch, opening) = self
-            .read(|s| app_or_not_found(s, &name).map(|a| watch::AppWatch::open(s, a)))
+            .read(|s| {
+                let a = app_or_not_found(s, &name)?;
+                authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &name })?;
+                Ok::<_, Status>(watch::AppWatch::open(s, a))
+            })
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -484,6 +481,7 @@ impl Weir for WeirService {
         self.shared
             .timed("ListWorkers", async {
                 at_leader!(self, req, list_workers);
+                authorize(&req, Action::Admin("ListWorkers"))?;
                 self.shared.linearizable().await?;
                 let seen = self.liveness.last_seen_ms();
                 let workers = self
@@ -515,6 +513,7 @@ impl Weir for WeirService {
         self.shared
             .timed("ListPools", async {
                 at_leader!(self, req, list_pools);
+                authorize(&req, Action::ReadCluster)?;
                 self.shared.linearizable().await?;
                 let pools = self.read(pools).await;
                 Ok(Reply::new(pb::ListPoolsResponse { pools }))
@@ -553,8 +552,9 @@ impl Weir for WeirService {
                 self.shared.linearizable().await?;
                 let out = self
                     .read(|s| {
-                        app_or_not_found(s, &req.get_ref().app)
-                            .map(|a| crate::api::convert::checkpoints(&a.checkpoints))
+                        let a = app_or_not_found(s, &req.get_ref().app)?;
+                        authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &a.name })?;
+                        Ok::<_, Status>(crate::api::convert::checkpoints(&a.checkpoints))
                     })
                     .await?;
                 Ok(Reply::new(out))
@@ -572,7 +572,9 @@ impl Weir for WeirService {
                 self.shared.linearizable().await?;
                 let (detail, operations) = self
                     .read(|s| {
-                        app_or_not_found(s, &req.get_ref().app).map(|a| {
+                        let a = app_or_not_found(s, &req.get_ref().app)?;
+                        authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &a.name })?;
+                        Ok::<_, Status>({
                             let ops = s
                                 .upgrades
                                 .values()

@@ -169,6 +169,21 @@ fn gpus(r: Option<&pb::WorkerResources>) -> Vec<GpuRecord> {
     .unwrap_or_default()
 }
 
+/// With security on, a worker registers and heartbeats only under the id its
+/// certificate names: a certificate for one worker cannot take over another's id (and
+/// the PEs and checkpoint replicas that come with it).
+fn check_worker_identity<T>(req: &Request<T>, worker_id: &str) -> Result<(), Status> {
+    match weir_security::Caller::of(req)? {
+        weir_security::Caller::Anyone => Ok(()),
+        weir_security::Caller::Principal(weir_security::Principal::Worker(w)) if w == worker_id => {
+            Ok(())
+        }
+        weir_security::Caller::Principal(p) => Err(Status::permission_denied(format!(
+            "worker_id: the caller is {p}; it may not act as worker {worker_id:?}"
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl MasterWorkers for WorkersService {
     async fn register_worker(
@@ -180,6 +195,7 @@ impl MasterWorkers for WorkersService {
                 .register_worker(forwarded(req))
                 .await;
         }
+        check_worker_identity(&req, &req.get_ref().worker_id)?;
         let r = req.into_inner();
         if r.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id: required"));
@@ -249,6 +265,7 @@ impl MasterWorkers for WorkersService {
                 .heartbeat(forwarded(req))
                 .await;
         }
+        check_worker_identity(&req, &req.get_ref().worker_id)?;
         let r = req.into_inner();
         let me = r.worker_id.clone();
         let (known, peers, completed_checkpoints) = self

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weir_common::physical::{PeId, PhysicalModel};
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
@@ -117,7 +117,11 @@ impl Executor {
         if let Some(c) = self.clients.get(addr) {
             return Some(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
+        let ep = self
+            .shared
+            .node
+            .security
+            .endpoint(addr, weir_security::ServerRole::Worker)
             .ok()?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10));

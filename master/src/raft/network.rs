@@ -28,7 +28,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 
@@ -73,16 +73,23 @@ pub struct Network {
     pub cluster_id: String,
     /// Injected faults.
     pub faults: Faults,
+    security: weir_security::Security,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Network {
     /// A network for master `id` of cluster `cluster_id`.
-    pub fn new(id: NodeId, cluster_id: String, faults: Faults) -> Self {
+    pub fn new(
+        id: NodeId,
+        cluster_id: String,
+        faults: Faults,
+        security: weir_security::Security,
+    ) -> Self {
         Self {
             id,
             cluster_id,
             faults,
+            security,
             channels: Default::default(),
         }
     }
@@ -99,7 +106,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .ok()
             .and_then(|mut m| match m.get(&node.addr) {
                 Some(c) => Some(c.clone()),
-                None => Endpoint::from_shared(format!("http://{}", node.addr))
+                None => self
+                    .security
+                    .endpoint(&node.addr, weir_security::ServerRole::Master)
                     .ok()
                     .map(|ep| {
                         let c = ep.connect_lazy();

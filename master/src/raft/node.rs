@@ -28,6 +28,8 @@ pub struct NodeConfig {
     /// Entries kept in the log below a snapshot, so that a follower a little behind is
     /// sent entries rather than the whole snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// Mutual TLS towards the other masters (or off).
+    pub security: weir_security::Security,
 }
 
 impl NodeConfig {
@@ -42,6 +44,7 @@ impl NodeConfig {
             election_timeout_ms: (400, 800),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 100,
+            security: weir_security::Security::Off,
         }
     }
 
@@ -76,6 +79,9 @@ pub enum StartError {
     /// The snapshot cannot be read.
     #[error("state machine: {0}")]
     StateMachine(#[from] StorageError),
+    /// The TLS configuration was refused.
+    #[error("tls: {0}")]
+    Tls(String),
     /// openraft refused to start.
     #[error("raft: {0}")]
     Raft(String),
@@ -96,6 +102,8 @@ pub struct RaftNode {
     pub log_sizes: super::log_store::LogSizes,
     /// Fault injection.
     pub faults: Faults,
+    /// Mutual TLS on every link this master serves or dials (or off).
+    pub security: weir_security::Security,
 }
 
 impl RaftNode {
@@ -107,7 +115,12 @@ impl RaftNode {
         let log = LogStore::open(cfg.data_dir.join("raft.redb"))?;
         let state = StateMachine::open(&cfg.data_dir)?;
         let faults = Faults::default();
-        let network = Network::new(cfg.id, cfg.cluster_id.clone(), faults.clone());
+        let network = Network::new(
+            cfg.id,
+            cfg.cluster_id.clone(),
+            faults.clone(),
+            cfg.security.clone(),
+        );
         let log_sizes = log.sizes();
         let raft = Raft::new(cfg.id, config, network, log, state.clone())
             .await
@@ -119,6 +132,7 @@ impl RaftNode {
             state,
             log_sizes,
             faults,
+            security: cfg.security.clone(),
         })
     }
 

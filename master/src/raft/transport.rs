@@ -35,9 +35,22 @@ impl RaftService {
         .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }
 
-    /// Refuses messages for another cluster or master, and from cut-off peers.
-    fn admit(&self, header: Option<&pb::RaftHeader>) -> Result<(), Status> {
+    /// Refuses messages for another cluster or master, from cut-off peers, and (with
+    /// mutual TLS) from a master whose certificate names another id than the header.
+    fn admit(
+        &self,
+        caller: Option<weir_security::Principal>,
+        header: Option<&pb::RaftHeader>,
+    ) -> Result<(), Status> {
         let h = header.ok_or_else(|| Status::invalid_argument("header: required"))?;
+        if let Some(p) = caller {
+            if p != weir_security::Principal::Master(h.from_id) {
+                return Err(Status::permission_denied(format!(
+                    "header.from_id: the caller is {p}, not master {}",
+                    h.from_id
+                )));
+            }
+        }
         if h.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "header.cluster_id: this master belongs to cluster {:?}, not {:?}",
@@ -55,6 +68,12 @@ impl RaftService {
         }
         Ok(())
     }
+}
+
+/// The authenticated master calling (`None` with security off), as the interceptor
+/// left it.
+fn caller_of<T>(req: &Request<T>) -> Result<Option<weir_security::Principal>, Status> {
+    Ok(weir_security::Caller::of(req)?.principal().cloned())
 }
 
 fn decode<T: DeserializeOwned>(field: &str, b: &[u8]) -> Result<T, Status> {
@@ -86,8 +105,9 @@ impl RaftTransport for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<TonicResponse<pb::AppendEntriesResponse>, Status> {
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
-        self.admit(req.header.as_ref())?;
+        self.admit(caller, req.header.as_ref())?;
         let raft = self.raft.clone();
         let payload = detached(async move {
             let rpc: AppendEntriesRequest<TypeConfig> = decode("payload", &req.payload)?;
@@ -103,8 +123,9 @@ impl RaftTransport for RaftService {
         &self,
         req: Request<pb::VoteRequest>,
     ) -> Result<TonicResponse<pb::VoteResponse>, Status> {
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
-        self.admit(req.header.as_ref())?;
+        self.admit(caller, req.header.as_ref())?;
         let rpc: VoteRequest<NodeId> = decode("payload", &req.payload)?;
         let payload = encode(&self.raft.vote(rpc).await)?;
         Ok(TonicResponse::new(pb::VoteResponse {
@@ -116,8 +137,9 @@ impl RaftTransport for RaftService {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<TonicResponse<pb::InstallSnapshotResponse>, Status> {
+        let caller = caller_of(&req)?;
         let req = req.into_inner();
-        self.admit(req.header.as_ref())?;
+        self.admit(caller, req.header.as_ref())?;
         let rpc = InstallSnapshotRequest::<TypeConfig> {
             vote: decode("vote", &req.vote)?,
             meta: decode("meta", &req.meta)?,

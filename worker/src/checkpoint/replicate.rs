@@ -40,6 +40,7 @@ pub struct Replicator {
     timeout: Duration,
     /// One lazily connected channel per peer address, reused across snapshots.
     channels: Mutex<HashMap<String, Channel>>,
+    security: weir_security::Security,
 }
 
 /// The other workers in ring order after `self_id`: sorted by id, starting with the
@@ -58,8 +59,9 @@ pub fn ring(self_id: &str, peers: &[pb::PeerWorker]) -> Vec<pb::PeerWorker> {
     sorted
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, String> {
-    Endpoint::from_shared(format!("http://{address}"))
+fn endpoint(security: &weir_security::Security, address: &str) -> Result<Endpoint, String> {
+    security
+        .endpoint(address, weir_security::ServerRole::Worker)
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT))
         .map_err(|e| format!("bad address {address:?}: {e}"))
 }
@@ -73,7 +75,19 @@ impl Replicator {
             replicas: AtomicU32::new(DEFAULT_REPLICAS),
             timeout: DEFAULT_TIMEOUT,
             channels: Mutex::default(),
+            security: weir_security::Security::Off,
         }
+    }
+
+    /// The same, dialling peers with `security` (TLS when on).
+    pub fn with_security(mut self, security: weir_security::Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// How this worker dials its peers.
+    pub fn security(&self) -> &weir_security::Security {
+        &self.security
     }
 
     /// The same with another limit on each push.
@@ -114,7 +128,7 @@ impl Replicator {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = endpoint(address)?.connect_lazy();
+        let c = endpoint(&self.security, address)?.connect_lazy();
         channels.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -231,19 +245,22 @@ fn matches_location(size: u64, crc: u32, l: &pb::SnapshotLocation) -> bool {
 pub async fn fetch(
     store: &Arc<SnapshotStore>,
     self_id: &str,
+    security: &weir_security::Security,
     app: &str,
     pe: &str,
     id: u64,
     locations: &[pb::SnapshotLocation],
 ) -> Result<Fetched, FetchError> {
-    fetch_waiting(store, self_id, app, pe, id, locations, 0).await
+    fetch_waiting(store, self_id, security, app, pe, id, locations, 0).await
 }
 
 /// [`fetch`], where every other location may wait up to `wait_ms` for the snapshot to
 /// be stored (a successor fetching the hand-off of a predecessor still draining).
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_waiting(
     store: &Arc<SnapshotStore>,
     self_id: &str,
+    security: &weir_security::Security,
     app: &str,
     pe: &str,
     id: u64,
@@ -285,7 +302,7 @@ pub async fn fetch_waiting(
     }
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
-        match fetch_from(l, app, pe, id, wait_ms).await {
+        match fetch_from(security, l, app, pe, id, wait_ms).await {
             Ok((data, crc)) => {
                 tracing::info!(%app, %pe, checkpoint = id, from = %l.worker_id, bytes = data.len(), skipped = ?problems, "fetched a checkpoint snapshot");
                 let (s, a, p, d) = (store.clone(), app.to_string(), pe.to_string(), data.clone());
@@ -327,6 +344,7 @@ pub async fn fetch_waiting(
 /// serving worker sent it (equal to the location's when that records one); `Err` says
 /// why it is not usable.
 async fn fetch_from(
+    security: &weir_security::Security,
     l: &pb::SnapshotLocation,
     app: &str,
     pe: &str,
@@ -350,7 +368,7 @@ async fn fetch_from(
         for_pe: pe.to_string(),
         wait_ms,
     };
-    let ep = endpoint(&l.control_address)?;
+    let ep = endpoint(security, &l.control_address)?;
     let transfer = async move {
         let channel = ep
             .connect()

@@ -10,16 +10,22 @@
 //! acknowledged, so a reset never loses a record.
 
 use super::reader::{FrameReader, FrameWriter};
-use super::{ChannelKey, InputEndpoint, Inputs, LinkError, Msg, WINDOW};
+use super::{Admission, ChannelKey, InputEndpoint, Inputs, LinkError, Msg, WINDOW};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_common::frame::Frame;
 
 /// Accepts producer links until `stop` fires.
-pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    admission: Admission,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -33,10 +39,11 @@ pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, mut stop: watch::
             }
         };
         let inputs = inputs.clone();
+        let admission = admission.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                r = link(sock, &inputs) => {
+                r = admit(sock, &admission, &inputs) => {
                     if let Err(e) = r {
                         match e {
                             LinkError::Closed => tracing::debug!(%peer, "link closed"),
@@ -50,9 +57,33 @@ pub async fn serve(listener: TcpListener, inputs: Arc<Inputs>, mut stop: watch::
     }
 }
 
-async fn link(sock: TcpStream, inputs: &Inputs) -> Result<(), LinkError> {
+/// Runs one link: over plain TCP, or after a TLS handshake whose client certificate
+/// names a worker of the cluster (anyone else is refused before a frame is read).
+async fn admit(sock: TcpStream, admission: &Admission, inputs: &Inputs) -> Result<(), LinkError> {
     sock.set_nodelay(true)?;
-    let (rd, wr) = sock.into_split();
+    let Some(acceptor) = &admission.0 else {
+        let (rd, wr) = sock.into_split();
+        return link(rd, wr, inputs).await;
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
+        .await
+        .map_err(|_| LinkError::Timeout("TLS handshake"))??;
+    let peer = weir_security::tls::peer_principal(tls.get_ref().1.peer_certificates())
+        .map_err(|e| LinkError::Protocol(format!("client certificate: {e}")))?;
+    if peer.role() != weir_security::Role::Worker {
+        return Err(LinkError::Protocol(format!(
+            "only workers open data links; the peer is {peer}"
+        )));
+    }
+    let (rd, wr) = tokio::io::split(tls);
+    link(rd, wr, inputs).await
+}
+
+async fn link<R, W>(rd: R, wr: W, inputs: &Inputs) -> Result<(), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut rd = FrameReader::new(rd);
     let mut wr = FrameWriter::new(wr);
     let open = tokio::time::timeout(Duration::from_secs(10), rd.next())
@@ -104,12 +135,12 @@ async fn link(sock: TcpStream, inputs: &Inputs) -> Result<(), LinkError> {
     result
 }
 
-async fn pump(
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     ep: &Arc<InputEndpoint>,
     generation: u64,
     channel: u32,
-    rd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    rd: &mut FrameReader<R>,
+    wr: &mut FrameWriter<W>,
     processed: &mut watch::Receiver<u64>,
     acked: &mut u64,
 ) -> Result<(), LinkError> {

@@ -17,6 +17,10 @@
 //!   the window.
 //!
 //! Sequence numbers start at 1 on every channel; 0 means "nothing yet".
+//!
+//! With security on, every link is mutual TLS ([`Dialer`], [`Admission`]): the
+//! consumer's worker accepts only producers presenting a worker certificate of the
+//! cluster CA, and the producer checks it reached a worker.
 
 pub mod inbound;
 pub mod outbound;
@@ -37,6 +41,43 @@ use weir_common::record::Batch;
 /// input queue. Batches hold at most 1,024 records, so this bounds the memory of one
 /// channel to a few MB.
 pub const WINDOW: usize = 16;
+
+/// How producers dial consumers' data ports: plain TCP, or TLS as this worker.
+#[derive(Clone, Default)]
+pub struct Dialer(
+    Option<(
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    )>,
+);
+
+impl Dialer {
+    /// The dialer `security` asks for.
+    pub fn new(security: &weir_security::Security) -> Result<Self, weir_security::TlsError> {
+        Ok(Self(security.data_connector()?))
+    }
+
+    pub(crate) fn tls(
+        &self,
+    ) -> Option<&(
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    )> {
+        self.0.as_ref()
+    }
+}
+
+/// How the data port admits producers: anyone over plain TCP, or workers of the
+/// cluster over mutual TLS.
+#[derive(Clone, Default)]
+pub struct Admission(Option<tokio_rustls::TlsAcceptor>);
+
+impl Admission {
+    /// The admission `security` asks for.
+    pub fn new(security: &weir_security::Security) -> Result<Self, weir_security::TlsError> {
+        Ok(Self(security.data_acceptor()?))
+    }
+}
 
 /// Identifies a channel by its two PEs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

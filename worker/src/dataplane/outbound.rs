@@ -75,7 +75,7 @@ fn frame_seq(f: &Frame) -> u64 {
 
 impl RemoteSender {
     /// A channel to `key.to`, running on the worker whose data plane listens at `peer`.
-    pub fn new(key: ChannelKey, peer: String) -> Self {
+    pub fn new(key: ChannelKey, peer: String, dialer: super::Dialer) -> Self {
         let stats = Arc::new(ChannelStats::default());
         let shared = Arc::new(Shared {
             key,
@@ -91,7 +91,7 @@ impl RemoteSender {
             stats,
         });
         let (peer, peer_rx) = watch::channel(peer);
-        let task = tokio::spawn(run(shared.clone(), peer_rx));
+        let task = tokio::spawn(run(shared.clone(), peer_rx, dialer));
         Self { shared, peer, task }
     }
 
@@ -202,13 +202,13 @@ impl RemoteSender {
     }
 }
 
-async fn run(shared: Arc<Shared>, mut peer: watch::Receiver<String>) {
+async fn run(shared: Arc<Shared>, mut peer: watch::Receiver<String>, dialer: super::Dialer) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let addr = peer.borrow_and_update().clone();
         let mut progressed = false;
         let outcome = tokio::select! {
-            r = connection(&shared, &addr, &mut progressed) => r,
+            r = connection(&shared, &addr, &dialer, &mut progressed) => r,
             _ = peer.changed() => Err(LinkError::Protocol("the consumer moved".into())),
         };
         shared.stats.connected.store(false, Ordering::Relaxed);
@@ -243,13 +243,43 @@ async fn run(shared: Arc<Shared>, mut peer: watch::Receiver<String>) {
 async fn connection(
     shared: &Arc<Shared>,
     addr: &str,
+    dialer: &super::Dialer,
     progressed: &mut bool,
 ) -> Result<(), LinkError> {
     let sock = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Timeout("connect"))??;
     sock.set_nodelay(true)?;
-    let (rd, wr) = sock.into_split();
+    match dialer.tls() {
+        None => {
+            let (rd, wr) = sock.into_split();
+            exchange(shared, rd, wr, progressed).await
+        }
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(
+                Duration::from_secs(5),
+                connector.connect(name.clone(), sock),
+            )
+            .await
+            .map_err(|_| LinkError::Timeout("TLS handshake"))??;
+            let (rd, wr) = tokio::io::split(tls);
+            exchange(shared, rd, wr, progressed).await
+        }
+    }
+}
+
+/// The link's protocol once connected: handshake, then frames out and
+/// acknowledgements in.
+async fn exchange<R, W>(
+    shared: &Arc<Shared>,
+    rd: R,
+    wr: W,
+    progressed: &mut bool,
+) -> Result<(), LinkError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut rd = FrameReader::new(rd);
     let mut wr = FrameWriter::new(wr);
     let acked = shared.lock().acked;

@@ -26,7 +26,7 @@ async fn listener(inputs: Arc<Inputs>) -> (String, watch::Sender<bool>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let (stop, rx) = watch::channel(false);
-    tokio::spawn(inbound::serve(l, inputs, rx));
+    tokio::spawn(inbound::serve(l, inputs, Default::default(), rx));
     (addr, stop)
 }
 
@@ -120,7 +120,7 @@ async fn cut_links_reconnect_and_lose_or_repeat_nothing() {
     let (addr, _stop) = listener(inputs.clone()).await;
     let proxy = Proxy::start(addr).await;
     let consumer = consume(ep.clone(), rx, None);
-    let tx = RemoteSender::new(key, proxy.addr.clone());
+    let tx = RemoteSender::new(key, proxy.addr.clone(), Default::default());
     let (batches, per) = (400u64, 50u64);
     for i in 0..batches {
         tx.send(batch(i * per, per)).await;
@@ -152,7 +152,7 @@ async fn a_slow_consumer_bounds_what_the_producer_holds() {
     let (ep, rx) = inputs.register(key.clone());
     let (addr, _stop) = listener(inputs.clone()).await;
     let consumer = consume(ep.clone(), rx, Some(Duration::from_millis(2)));
-    let tx = Arc::new(RemoteSender::new(key, addr));
+    let tx = Arc::new(RemoteSender::new(key, addr, Default::default()));
     let t = tx.clone();
     let producer = tokio::spawn(async move {
         for i in 0..200u64 {
@@ -266,7 +266,7 @@ async fn hostile_bytes_reset_the_link_and_lose_nothing() {
     // The hostile peer's one accepted record (seq 0, frame 1) is in; a real producer,
     // resuming after it, still delivers everything else exactly once.
     eventually("the stray record processed", || ep.processed() == 1).await;
-    let tx = RemoteSender::new(key, addr.clone());
+    let tx = RemoteSender::new(key, addr.clone(), Default::default());
     // The producer starts at frame 1 too: its first frame is a replay the consumer
     // drops, so it sends the same records the hostile peer did first.
     tx.send(batch(0, 1)).await;

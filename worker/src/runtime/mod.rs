@@ -108,6 +108,7 @@ pub struct Senders {
     end: String,
     attempt: u64,
     remotes: Arc<Mutex<Vec<Arc<RemoteSender>>>>,
+    dialer: crate::dataplane::Dialer,
 }
 
 impl Senders {
@@ -125,7 +126,7 @@ impl Senders {
         match &t.address {
             None => ChannelSender::Local(LocalSender::new(key, self.inputs.clone())),
             Some(a) => {
-                let r = Arc::new(RemoteSender::new(key, a.clone()));
+                let r = Arc::new(RemoteSender::new(key, a.clone(), self.dialer.clone()));
                 let mut remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
                 // Channels an earlier switch ended and whose end was acknowledged are
                 // done: forgetting them keeps repeated upgrades from piling them up.
@@ -206,6 +207,7 @@ pub struct Runtime {
     pes: Mutex<BTreeMap<String, PeEntry>>,
     ckpt: Arc<CheckpointEnv>,
     containers: Option<crate::container::ContainerEngine>,
+    dialer: crate::dataplane::Dialer,
 }
 
 impl Default for Runtime {
@@ -236,12 +238,20 @@ impl Runtime {
             pes: Mutex::default(),
             ckpt,
             containers: None,
+            dialer: Default::default(),
         }
     }
 
     /// The runtime, running container PEs on `engine`.
     pub fn with_containers(mut self, engine: crate::container::ContainerEngine) -> Self {
         self.containers = Some(engine);
+        self
+    }
+
+    /// The same, dialling other workers' data ports with `dialer` (TLS when security
+    /// is on).
+    pub fn with_dialer(mut self, dialer: crate::dataplane::Dialer) -> Self {
+        self.dialer = dialer;
         self
     }
 
@@ -295,6 +305,7 @@ impl Runtime {
             end: end.clone(),
             attempt: cfg.attempt,
             remotes: Arc::default(),
+            dialer: self.dialer.clone(),
         };
         let remotes = senders.remotes.clone();
         let mut routes = Vec::new();

@@ -235,6 +235,7 @@ mod tests {
                     end: channel_end("a", "k", 0),
                     attempt: 0,
                     remotes: Arc::default(),
+                    dialer: Default::default(),
                 };
                 let consumers = ["w0", "w1", "w2"];
                 let mut rx: Vec<_> = consumers
@@ -303,6 +304,7 @@ mod tests {
             end: channel_end("a", "p", 0),
             attempt: 0,
             remotes: Arc::default(),
+            dialer: Default::default(),
         };
         let mut rx = std::collections::BTreeMap::new();
         for pe in ["x", "y", "z"] {

@@ -69,6 +69,7 @@ impl WeirService {
         req: Request<pb::RegisterBaseImageRequest>,
     ) -> Result<Reply<pb::RegisterBaseImageResponse>, Status> {
         at_leader!(self, req, register_base_image);
+        authorize(&req, Action::Admin("RegisterBaseImage"))?;
         let b = req.get_ref().image.clone().unwrap_or_default();
         let image = parse_base_image(&BaseImageFields {
             name: &b.name,
@@ -90,6 +91,7 @@ impl WeirService {
         req: Request<pb::ListBaseImagesRequest>,
     ) -> Result<Reply<pb::ListBaseImagesResponse>, Status> {
         at_leader!(self, req, list_base_images);
+        authorize(&req, Action::ReadCluster)?;
         self.shared.linearizable().await?;
         let images = self
             .read(|s| {
@@ -108,6 +110,7 @@ impl WeirService {
         req: Request<pb::RemoveBaseImageRequest>,
     ) -> Result<Reply<pb::RemoveBaseImageResponse>, Status> {
         at_leader!(self, req, remove_base_image);
+        authorize(&req, Action::Admin("RemoveBaseImage"))?;
         let name = req.get_ref().name.clone();
         check_name_len(&name)?;
         self.propose_once(Command::RemoveBaseImage { name: name.clone() })
@@ -121,6 +124,7 @@ impl WeirService {
         req: Request<pb::AddTemplateRequest>,
     ) -> Result<Reply<pb::AddTemplateResponse>, Status> {
         at_leader!(self, req, add_template);
+        authorize(&req, Action::Admin("AddTemplate"))?;
         let r = req.get_ref();
         let template = parse_template(&r.text, spec_format(r.format)?).map_err(problems_status)?;
         let name = template.name.clone();
@@ -142,6 +146,7 @@ impl WeirService {
         req: Request<pb::ListTemplatesRequest>,
     ) -> Result<Reply<pb::ListTemplatesResponse>, Status> {
         at_leader!(self, req, list_templates);
+        authorize(&req, Action::ReadCluster)?;
         self.shared.linearizable().await?;
         let templates = self
             .read(|s| {
@@ -160,6 +165,7 @@ impl WeirService {
         req: Request<pb::GetTemplateRequest>,
     ) -> Result<Reply<pb::GetTemplateResponse>, Status> {
         at_leader!(self, req, get_template);
+        authorize(&req, Action::ReadCluster)?;
         self.shared.linearizable().await?;
         let name = &req.get_ref().name;
         check_name_len(name)?;
@@ -182,6 +188,7 @@ impl WeirService {
         req: Request<pb::RemoveTemplateRequest>,
     ) -> Result<Reply<pb::RemoveTemplateResponse>, Status> {
         at_leader!(self, req, remove_template);
+        authorize(&req, Action::Admin("RemoveTemplate"))?;
         let name = req.get_ref().name.clone();
         check_name_len(&name)?;
         self.propose_once(Command::RemoveTemplate { name: name.clone() })
