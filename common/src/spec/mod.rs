@@ -1,12 +1,16 @@
 //! App specs: the logical model, parsing from YAML/JSON, and validation.
 
 pub mod expr;
+mod limits;
 pub mod model;
 mod params;
 mod parse;
 pub(crate) mod reader;
 mod validate;
 
+pub use limits::{
+    dense_spec_yaml, AppLimits, PhysicalSize, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PES,
+};
 pub use model::*;
 pub(crate) use params::valid_image_ref;
 pub(crate) use parse::{check_name, read_document, resources};
