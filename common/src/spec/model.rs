@@ -375,8 +375,8 @@ pub enum PeProtocol {
     Lines,
 }
 
-/// Parameters of `exec`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of `exec`. `Debug` shows `env` names, never values (they may be secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecParams {
     /// Program and arguments; the program is looked up on the worker's PATH.
     pub command: Vec<String>,
@@ -388,8 +388,9 @@ pub struct ExecParams {
     pub protocol: PeProtocol,
 }
 
-/// Parameters of `container`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of `container`. `Debug` shows `env` names, never values (they may be
+/// secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerParams {
     /// Image reference, built locally (no registry).
     pub image: String,
@@ -409,6 +410,29 @@ pub struct ContainerParams {
     /// The network the container joins (none unless the spec asks for its tenant's).
     #[serde(default, skip_serializing_if = "ContainerNetwork::is_none")]
     pub network: ContainerNetwork,
+}
+
+impl fmt::Debug for ExecParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecParams")
+            .field("command", &self.command)
+            .field("env", &super::redact::redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ContainerParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerParams")
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("env", &super::redact::redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .field("writable_rootfs", &self.writable_rootfs)
+            .field("network", &self.network)
+            .finish()
+    }
 }
 
 /// Which network a container PE joins.
