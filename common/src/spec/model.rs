@@ -251,6 +251,26 @@ pub struct SourceTcpParams {
     /// Line decoding.
     #[serde(default)]
     pub format: LineFormat,
+    /// Longest line accepted, in bytes (without the newline); a client sending a
+    /// longer one is disconnected. `None`: [`DEFAULT_MAX_LINE_BYTES`]. Left out when
+    /// written, so fingerprints of specs that do not set it stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line_bytes: Option<u32>,
+}
+
+/// Default longest `source.tcp` line, bytes: 1 MiB, far above any record a line
+/// protocol carries, small enough that a client can never make a worker hold more
+/// than this per connection.
+pub const DEFAULT_MAX_LINE_BYTES: u32 = 1 << 20;
+
+/// Highest `max_line_bytes` a spec may set: 16 MiB.
+pub const MAX_MAX_LINE_BYTES: u32 = 16 << 20;
+
+impl SourceTcpParams {
+    /// The longest line accepted, bytes.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES) as usize
+    }
 }
 
 /// Parameters of `source.file`.
