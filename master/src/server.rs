@@ -48,6 +48,8 @@ pub struct MasterConfig {
     pub checkpoint_timeout: Duration,
     /// Copies of every snapshot, the taking worker's included.
     pub checkpoint_replicas: u32,
+    /// Per-app bounds on PEs and channels, checked before a spec reaches Raft.
+    pub app_limits: weir_common::spec::AppLimits,
 }
 
 impl MasterConfig {
@@ -64,6 +66,7 @@ impl MasterConfig {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_timeout: Duration::from_secs(10),
             checkpoint_replicas: 2,
+            app_limits: weir_common::spec::AppLimits::default(),
         }
     }
 }
@@ -106,8 +109,10 @@ impl Master {
             .timeout(cfg.request_timeout)
             .add_service(health_service)
             .add_service(
-                WeirServer::new(WeirService::new(shared.clone(), liveness.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                WeirServer::new(
+                    WeirService::new(shared.clone(), liveness.clone()).with_limits(cfg.app_limits),
+                )
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
             .add_service(WeirAdminServer::new(AdminService::new(shared.clone())))
             .add_service(

@@ -7,6 +7,7 @@
 //! address in `x-weir-leader`, or UNAVAILABLE during an election).
 
 mod admin;
+mod bounds;
 pub mod convert;
 pub mod propose;
 mod weir;
