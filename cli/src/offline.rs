@@ -4,21 +4,22 @@ use crate::Output;
 use anyhow::Context;
 use serde_json::json;
 use weir_common::catalog::{describe, parse_app_with, Resolve, Resolved};
-use weir_common::physical::{PeId, PhysicalModel};
+use weir_common::physical::PeId;
 use weir_common::plan::{plan as make_plan, render_text, Placement};
-use weir_common::spec::SpecFormat;
+use weir_common::spec::{AppLimits, PhysicalSize, SpecFormat};
 use weir_common::Problems;
 
 /// Reads and validates one spec file. Offline there is no catalog: an operator
 /// written `template: NAME` is checked for form only and resolved by the master at
-/// submit.
+/// submit. The per-app bounds are the masters' defaults (a master started with other
+/// `--max-app-pes` / `--max-app-channels` applies its own); they are checked from the
+/// logical model, so an oversized spec is refused before anything is expanded.
 fn load(path: &str) -> anyhow::Result<Result<Resolved, Problems>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    Ok(parse_app_with(
-        &text,
-        SpecFormat::from_path(path),
-        Resolve::Offline,
-    ))
+    Ok(
+        parse_app_with(&text, SpecFormat::from_path(path), Resolve::Offline)
+            .and_then(|r| AppLimits::default().check(&r.spec).map(|_| r)),
+    )
 }
 
 fn problems_json(p: &Problems) -> serde_json::Value {
@@ -42,7 +43,8 @@ pub fn validate(files: &[String], output: Output) -> anyhow::Result<bool> {
                 spec: app,
                 generated,
             }) => {
-                let m = PhysicalModel::expand(&app);
+                // Counted, not expanded: the sizes are all this report needs.
+                let m = PhysicalSize::of(&app);
                 let templates = describe(&app, &generated);
                 if output == Output::Text {
                     println!(
@@ -50,8 +52,8 @@ pub fn validate(files: &[String], output: Output) -> anyhow::Result<bool> {
                         app.name,
                         app.operators.len(),
                         app.streams.len(),
-                        m.pes.len(),
-                        m.channels.len()
+                        m.pes,
+                        m.channels
                     );
                     for t in &templates {
                         println!("  {t}");
@@ -60,7 +62,7 @@ pub fn validate(files: &[String], output: Output) -> anyhow::Result<bool> {
                 reports.push(json!({
                     "file": f, "valid": true, "app": app.name,
                     "operators": app.operators.len(), "streams": app.streams.len(),
-                    "pes": m.pes.len(), "channels": m.channels.len(),
+                    "pes": m.pes, "channels": m.channels,
                     "templates": templates,
                 }));
             }

@@ -40,6 +40,13 @@ pub async fn rollback(c: &Conn, app: &str, to: u64) -> anyhow::Result<()> {
     if v.spec.is_empty() {
         bail!("--to: the master did not return the spec of version {to}");
     }
+    if has_redacted_env(&v.spec) {
+        // The master shows env values as "(set)", never the values: resubmitting the
+        // text it returned would replace every secret with that placeholder.
+        bail!(
+            "--to: version {to} sets env values the master does not return; roll back with `weirctl upgrade {app} FILE` and the original spec file"
+        );
+    }
     c.note(format!(
         "rolling {app} back to the spec of version {to} (an online upgrade)"
     ));
@@ -278,4 +285,34 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
     });
     c.print(text.trim_end().to_string(), json);
     Ok(())
+}
+
+/// Whether a spec as the master returns it has env values it withheld.
+fn has_redacted_env(spec: &str) -> bool {
+    use weir_common::catalog::{parse_app_with, Resolve};
+    use weir_common::spec::{OperatorKind, SpecFormat, REDACTED};
+    let Ok(r) = parse_app_with(spec, SpecFormat::Yaml, Resolve::Offline) else {
+        return false; // the master's own check reports what is wrong with it
+    };
+    r.spec.operators.iter().any(|o| match &o.kind {
+        OperatorKind::Exec(p) => p.env.values().any(|v| v == REDACTED),
+        OperatorKind::Container(p) => p.env.values().any(|v| v == REDACTED),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_spec_with_withheld_env_is_not_resubmitted() {
+        let spec = |v: &str| {
+            format!(
+                "name: s\noperators:\n  - {{name: gen, kind: source.generator, params: {{count: 1}}}}\n  - {{name: p, kind: exec, params: {{command: [cat], env: {{T: \"{v}\"}}}}}}\n  - {{name: out, kind: sink.null}}\nstreams:\n  - {{from: gen, to: p}}\n  - {{from: p, to: out}}\n"
+            )
+        };
+        assert!(has_redacted_env(&spec("(set)")));
+        assert!(!has_redacted_env(&spec("real")));
+    }
 }

@@ -244,3 +244,30 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
         "{after}"
     );
 }
+
+#[test]
+fn validate_refuses_an_oversized_app_fast_without_expanding_it() {
+    // The review's spec: 45 operators of parallelism 256 and 990 hash streams, ~50 KB
+    // describing 11,520 PEs and 64,880,640 channels. It used to pass after ~57 s of
+    // expanding (and gigabytes); it is refused from the logical model.
+    let dir = std::env::temp_dir().join(format!("weirctl-dense-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dense.yaml");
+    std::fs::write(&file, weir_common::spec::dense_spec_yaml("dense", 45, 256)).unwrap();
+    let started = std::time::Instant::now();
+    let out = weirctl(&["validate", file.to_str().unwrap()]);
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("operators: the app would have 11520 PEs; at most 4096 per app"),
+        "{err}"
+    );
+    assert!(
+        err.contains("streams: the app would have 64880640 channels; at most 262144 per app"),
+        "{err}"
+    );
+    // Generous for a debug build on a loaded machine; refusing takes milliseconds.
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+}

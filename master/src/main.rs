@@ -64,6 +64,14 @@ struct Args {
     /// Cluster id; masters and workers of other clusters are refused.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
     cluster_id: String,
+    /// Most PEs one app may expand to (operators x parallelism, summed); a bigger spec
+    /// is refused before it is committed.
+    #[arg(long, env = "WEIR_MAX_APP_PES", default_value_t = weir_common::spec::DEFAULT_MAX_PES)]
+    max_app_pes: u64,
+    /// Most PE-to-PE channels one app may expand to; a bigger spec is refused before
+    /// it is committed.
+    #[arg(long, env = "WEIR_MAX_APP_CHANNELS", default_value_t = weir_common::spec::DEFAULT_MAX_CHANNELS)]
+    max_app_channels: u64,
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -134,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
     cfg.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
+    cfg.app_limits = weir_common::spec::AppLimits {
+        max_pes: args.max_app_pes,
+        max_channels: args.max_app_channels,
+    };
     let master = Master::start(cfg, args.listen).await?;
     tracing::info!(node = id, addr = %master.addr, metrics = ?master.metrics_addr, "weir-master up");
     shutdown_signal().await?;

@@ -52,6 +52,8 @@ pub struct MasterConfig {
     pub checkpoint_timeout: Duration,
     /// Copies of every snapshot, the taking worker's included.
     pub checkpoint_replicas: u32,
+    /// Per-app bounds on PEs and channels, checked before a spec reaches Raft.
+    pub app_limits: weir_common::spec::AppLimits,
 }
 
 impl MasterConfig {
@@ -68,6 +70,7 @@ impl MasterConfig {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_timeout: Duration::from_secs(10),
             checkpoint_replicas: 2,
+            app_limits: weir_common::spec::AppLimits::default(),
         }
     }
 }
@@ -122,8 +125,10 @@ impl Master {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
             .add_service(InterceptedService::new(
-                WeirServer::new(WeirService::new(shared.clone(), liveness.clone()))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                WeirServer::new(
+                    WeirService::new(shared.clone(), liveness.clone()).with_limits(cfg.app_limits),
+                )
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
                 admit(secure, &[Role::Tenant, Role::Admin], "the client API"),
             ))
             .add_service(InterceptedService::new(

@@ -4,7 +4,9 @@
 use anyhow::Context;
 use clap::Parser;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use weir_worker::agent::AgentConfig;
+use weir_worker::checkpoint::store::encode_name;
 use weir_worker::node::Worker;
 use weir_worker::resources::DeclaredGpu;
 
@@ -65,10 +67,18 @@ struct Args {
     /// Cluster id it expects.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]
     cluster_id: String,
+    /// Directory for this worker's files; checkpoint snapshots go under
+    /// `DATA_DIR/<worker id>/checkpoints` unless `--checkpoint-dir` says otherwise.
+    #[arg(
+        long,
+        env = "WEIR_WORKER_DATA_DIR",
+        default_value = "./weir-worker-data"
+    )]
+    data_dir: PathBuf,
     /// Directory for checkpoint snapshots (this worker's and replicas of its peers');
-    /// default: a temporary directory removed at exit.
+    /// default: `DATA_DIR/<worker id>/checkpoints`, kept across restarts.
     #[arg(long, env = "WEIR_CHECKPOINT_DIR")]
-    checkpoint_dir: Option<std::path::PathBuf>,
+    checkpoint_dir: Option<PathBuf>,
     /// The cluster CA certificate (PEM): every peer's certificate must chain to it.
     #[arg(long, env = "WEIR_TLS_CA", requires_all = ["cert", "key"])]
     ca: Option<std::path::PathBuf>,
@@ -83,6 +93,20 @@ struct Args {
     /// run programs here. For local experiments only.
     #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"])]
     insecure: bool,
+}
+
+impl Args {
+    /// Where checkpoint snapshots live: `--checkpoint-dir`, else a directory under the
+    /// data dir named after the worker (encoded, so an id cannot leave the data dir).
+    /// Never a temporary directory: snapshots must survive a restart of the worker,
+    /// or a restarted worker could restore nothing its peers did not replicate.
+    fn checkpoint_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.checkpoint_dir {
+            return Ok(d.clone());
+        }
+        let id = encode_name(&self.id).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+        Ok(self.data_dir.join(id).join("checkpoints"))
+    }
 }
 
 #[tokio::main]
@@ -108,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         .listen_data
         .clone()
         .unwrap_or_else(|| a.data_address.clone());
-    let files = match (a.ca, a.cert, a.key) {
+    let files = match (a.ca.clone(), a.cert.clone(), a.key.clone()) {
         (Some(ca), Some(cert), Some(key)) => Some(weir_security::TlsFiles { ca, cert, key }),
         _ => None,
     };
@@ -120,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
     if !security.is_on() {
         tracing::warn!("{}", weir_security::tls::INSECURE_WARNING);
     }
+    let checkpoint_dir = a.checkpoint_dir()?;
+    tracing::info!(dir = %checkpoint_dir.display(), "checkpoint snapshots");
     let cfg = AgentConfig {
         worker_id: a.id,
         masters: a.masters,
@@ -132,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: a.memory_mb,
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
-        checkpoint_dir: a.checkpoint_dir,
+        checkpoint_dir: Some(checkpoint_dir),
         security,
     };
     let worker = Worker::start_with_listen(cfg, &listen_control, &listen_data)
@@ -157,5 +183,44 @@ async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["weir-worker"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_persist_under_the_data_dir_by_default() {
+        // Today's default was a temporary directory, removed at exit.
+        assert_eq!(
+            args(&["--id", "w1"]).checkpoint_dir().unwrap(),
+            PathBuf::from("./weir-worker-data/w1/checkpoints")
+        );
+        assert_eq!(
+            args(&["--id", "w1", "--data-dir", "/var/lib/weir-worker"])
+                .checkpoint_dir()
+                .unwrap(),
+            PathBuf::from("/var/lib/weir-worker/w1/checkpoints")
+        );
+        assert_eq!(
+            args(&["--id", "w1", "--checkpoint-dir", "/ck"])
+                .checkpoint_dir()
+                .unwrap(),
+            PathBuf::from("/ck")
+        );
+        // An id cannot point outside the data dir.
+        assert_eq!(
+            args(&["--id", "../x", "--data-dir", "/d"])
+                .checkpoint_dir()
+                .unwrap(),
+            PathBuf::from("/d/%2E%2E%2Fx/checkpoints")
+        );
     }
 }

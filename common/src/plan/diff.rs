@@ -171,6 +171,15 @@ fn value_diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<St
             }
         }
         (x, y) if x == y => {}
+        // Environment values may be secrets: a plan says only that one changed.
+        (x, y) if path.starts_with("params.env.") => {
+            let shown = |v: Option<&Value>| if v.is_some() { "(set)" } else { "(unset)" };
+            out.push(format!(
+                "{path}: {} -> {} (value changed)",
+                shown(x),
+                shown(y)
+            ))
+        }
         (x, y) => out.push(format!("{path}: {} -> {}", short(x), short(y))),
     }
 }
@@ -181,5 +190,40 @@ fn short(v: Option<&Value>) -> String {
         s.chars().take(45).collect::<String>() + "..."
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{parse_app, SpecFormat};
+
+    fn app(token: &str) -> AppSpec {
+        parse_app(
+            &format!(
+                r#"
+name: s
+operators:
+  - {{name: gen, kind: source.generator, params: {{count: 1}}}}
+  - {{name: prog, kind: exec, params: {{command: [cat], env: {{TOKEN: "{token}"}}}}}}
+  - {{name: out, kind: sink.null}}
+streams:
+  - {{from: gen, to: prog}}
+  - {{from: prog, to: out}}
+"#
+            ),
+            SpecFormat::Yaml,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn env_changes_name_the_variable_not_the_values() {
+        let (old, new) = (app("old-secret-1"), app("new-secret-2"));
+        let (_, reasons) = classify(old.operator("prog").unwrap(), new.operator("prog").unwrap());
+        assert_eq!(
+            reasons,
+            vec!["params.env.TOKEN: (set) -> (set) (value changed)".to_string()]
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! App specs: the logical model, parsing from YAML/JSON, and validation.
 
 pub mod expr;
+mod limits;
 pub mod model;
 mod params;
 mod parse;
 pub(crate) mod reader;
+mod redact;
 mod validate;
 
+pub use limits::{dense_spec_yaml, AppLimits, PhysicalSize, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PES};
 pub use model::*;
 pub(crate) use params::valid_image_ref;
 pub(crate) use parse::{check_name, read_document, resources};
 pub use parse::{parse_app, parse_app_value, SpecFormat, MAX_OPERATORS, MAX_SPEC_BYTES};
+pub use redact::{redact_spec_text, redacted_operator_json, REDACTED};

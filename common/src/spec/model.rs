@@ -251,6 +251,26 @@ pub struct SourceTcpParams {
     /// Line decoding.
     #[serde(default)]
     pub format: LineFormat,
+    /// Longest line accepted, in bytes (without the newline); a client sending a
+    /// longer one is disconnected. `None`: [`DEFAULT_MAX_LINE_BYTES`]. Left out when
+    /// written, so fingerprints of specs that do not set it stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_line_bytes: Option<u32>,
+}
+
+/// Default longest `source.tcp` line, bytes: 1 MiB, far above any record a line
+/// protocol carries, small enough that a client can never make a worker hold more
+/// than this per connection.
+pub const DEFAULT_MAX_LINE_BYTES: u32 = 1 << 20;
+
+/// Highest `max_line_bytes` a spec may set: 16 MiB.
+pub const MAX_MAX_LINE_BYTES: u32 = 16 << 20;
+
+impl SourceTcpParams {
+    /// The longest line accepted, bytes.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES) as usize
+    }
 }
 
 /// Parameters of `source.file`.
@@ -375,8 +395,8 @@ pub enum PeProtocol {
     Lines,
 }
 
-/// Parameters of `exec`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of `exec`. `Debug` shows `env` names, never values (they may be secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecParams {
     /// Program and arguments; the program is looked up on the worker's PATH.
     pub command: Vec<String>,
@@ -388,8 +408,9 @@ pub struct ExecParams {
     pub protocol: PeProtocol,
 }
 
-/// Parameters of `container`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of `container`. `Debug` shows `env` names, never values (they may be
+/// secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerParams {
     /// Image reference, built locally (no registry).
     pub image: String,
@@ -409,6 +430,29 @@ pub struct ContainerParams {
     /// The network the container joins (none unless the spec asks for its tenant's).
     #[serde(default, skip_serializing_if = "ContainerNetwork::is_none")]
     pub network: ContainerNetwork,
+}
+
+impl fmt::Debug for ExecParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecParams")
+            .field("command", &self.command)
+            .field("env", &super::redact::redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ContainerParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerParams")
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("env", &super::redact::redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .field("writable_rootfs", &self.writable_rootfs)
+            .field("network", &self.network)
+            .finish()
+    }
 }
 
 /// Which network a container PE joins.

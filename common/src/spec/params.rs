@@ -27,9 +27,21 @@ pub(crate) fn parse_kind(
         "source.tcp" => {
             let listen = addr(sink, &mut o, "listen");
             let format = line_format(sink, &mut o);
+            let max_line_bytes = match o.opt_u64(sink, "max_line_bytes") {
+                Some(n) if (1..=u64::from(MAX_MAX_LINE_BYTES)).contains(&n) => Some(Some(n as u32)),
+                Some(n) => {
+                    sink.push(
+                        o.at("max_line_bytes"),
+                        format!("{n} is outside 1..={MAX_MAX_LINE_BYTES}"),
+                    );
+                    None
+                }
+                None => Some(None),
+            };
             Some(OperatorKind::SourceTcp(SourceTcpParams {
                 listen: listen?,
                 format,
+                max_line_bytes: max_line_bytes?,
             }))
         }
         "source.file" => {

@@ -6,7 +6,7 @@ use weir_common::physical::{Channel, Output, PhysicalModel};
 use weir_common::plan::{
     self, Instruction, OperatorChangeKind, StreamChangeKind, Target, UpgradePlan,
 };
-use weir_common::spec::Partitioning;
+use weir_common::spec::{redact_spec_text, redacted_operator_json, Partitioning};
 use weir_proto::v1 as pb;
 
 /// An app state as the protocol names it.
@@ -106,7 +106,7 @@ fn generated_operators(v: &crate::state::AppVersion) -> Vec<pb::GeneratedOperato
             operator_json: v
                 .spec
                 .operator(op)
-                .and_then(|o| serde_json::to_string(o).ok())
+                .map(redacted_operator_json)
                 .unwrap_or_default(),
         })
         .collect()
@@ -192,13 +192,13 @@ pub fn app_detail(
                 .unwrap_or_default(),
             operator_count: v.spec.operators.len() as u32,
             pe_count: v.spec.operators.iter().map(|o| o.parallelism).sum(),
-            spec: v.spec_text.clone(),
+            spec: redact_spec_text(&v.spec_text),
             generated: generated_operators(v),
         })
         .collect();
     pb::AppDetail {
         summary: Some(app_summary(a)),
-        spec: v.spec_text.clone(),
+        spec: redact_spec_text(&v.spec_text),
         spec_format: pb::SpecFormat::Yaml as i32,
         pes,
         streams,

@@ -8,6 +8,7 @@
 
 mod admin;
 mod authz;
+mod bounds;
 pub mod convert;
 pub mod propose;
 mod weir;

@@ -35,12 +35,23 @@ macro_rules! at_leader {
 pub struct WeirService {
     shared: Shared,
     liveness: Liveness,
+    limits: weir_common::spec::AppLimits,
 }
 
 impl WeirService {
     /// The service over shared master state.
     pub fn new(shared: Shared, liveness: Liveness) -> Self {
-        Self { shared, liveness }
+        Self {
+            shared,
+            liveness,
+            limits: Default::default(),
+        }
+    }
+
+    /// The same service refusing apps over `limits` (before anything is proposed).
+    pub fn with_limits(mut self, limits: weir_common::spec::AppLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     async fn leader_client(&self, addr: &str) -> Result<WeirClient<Channel>, Status> {
@@ -171,6 +182,7 @@ impl Weir for WeirService {
                 let Resolved { spec, generated } =
                     parse_spec(&req.get_ref().spec, req.get_ref().format, &catalog)?;
                 authorize(&req, Action::WriteApp { tenant: &spec.tenant, app: &spec.name })?;
+                super::bounds::check_app(&self.limits, &spec).map_err(problems_status)?;
                 let templates = generated.len();
                 let cmd = Command::SubmitApp {
                     spec: spec.clone(),
@@ -217,6 +229,7 @@ impl Weir for WeirService {
                 check_request_id(&r.request_id)?;
                 let catalog = catalog_of(self).await;
                 let Resolved { spec: new, generated } = parse_spec(&r.spec, r.format, &catalog)?;
+                super::bounds::check_app(&self.limits, &new).map_err(problems_status)?;
                 let (old, placement, version) = self
                     .read(|s| {
                         let app = app_or_not_found(s, &r.app)?;

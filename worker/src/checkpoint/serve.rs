@@ -23,6 +23,17 @@ pub const INFLIGHT_CHUNKS: usize = 2048;
 
 static INFLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(INFLIGHT_CHUNKS);
 
+/// Stored snapshot bytes held in memory to serve `FetchStateSnapshot` calls, over all
+/// calls in the process, in MiB: a fetch reads its whole snapshot (up to
+/// [`MAX_SNAPSHOT_BYTES`]) before streaming it, so without a budget a handful of
+/// concurrent fetches of large snapshots could exhaust the worker's memory. A fetch
+/// holds ceil(size / 1 MiB) permits until its response stream ends; one over the
+/// budget is refused (RESOURCE_EXHAUSTED) rather than queued, and the restoring PE
+/// tries another copy or retries.
+pub const FETCH_BUDGET_MIB: usize = 1024;
+
+static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FETCH_BUDGET_MIB);
+
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 
@@ -111,6 +122,15 @@ pub async fn fetch_state_snapshot(
     store: Arc<SnapshotStore>,
     r: pb::FetchStateSnapshotRequest,
 ) -> Result<ChunkStream, Status> {
+    fetch_within(store, r, &FETCH_BUDGET).await
+}
+
+/// [`fetch_state_snapshot`] holding its bytes against `budget` (permits of 1 MiB).
+pub(crate) async fn fetch_within(
+    store: Arc<SnapshotStore>,
+    r: pb::FetchStateSnapshotRequest,
+    budget: &'static tokio::sync::Semaphore,
+) -> Result<ChunkStream, Status> {
     if r.app.is_empty() {
         return Err(Status::invalid_argument("app: required"));
     }
@@ -127,19 +147,48 @@ pub async fn fetch_state_snapshot(
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
-    let read = tokio::task::spawn_blocking(move || {
-        let id = if asked == 0 {
-            match store.list(&app, &pe)?.last() {
-                Some(id) => *id,
-                None => return Err(StoreError::Missing),
+    // First which snapshot and how large its file is, so the memory is reserved
+    // before anything is read.
+    let sized = {
+        let (store, app, pe) = (store.clone(), app.clone(), pe.clone());
+        tokio::task::spawn_blocking(move || {
+            let id = if asked == 0 {
+                match store.list(&app, &pe)?.last() {
+                    Some(id) => *id,
+                    None => return Err(StoreError::Missing),
+                }
+            } else {
+                asked
+            };
+            let path = store.path(&app, &pe, id)?;
+            match std::fs::metadata(&path) {
+                Ok(m) => Ok((id, m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing),
+                Err(e) => Err(StoreError::Io { path, source: e }),
             }
-        } else {
-            asked
-        };
-        store.get(&app, &pe, id).map(|data| (id, data))
-    })
-    .await
-    .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?;
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?
+    };
+    let (id, file_bytes) = sized.map_err(|e| store_status(&e, &r.app, &r.pe, asked))?;
+    if file_bytes > MAX_SNAPSHOT_BYTES + super::store::HEADER_LEN as u64 {
+        tracing::error!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = file_bytes, "stored snapshot larger than any snapshot may be");
+        return Err(Status::data_loss(format!(
+            "snapshot of PE {:?} of app {:?} at checkpoint {id}: {file_bytes} bytes stored, more than the {MAX_SNAPSHOT_BYTES} any snapshot may have",
+            r.pe, r.app
+        )));
+    }
+    let mib = u32::try_from(file_bytes.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX);
+    let permit = budget.try_acquire_many(mib).map_err(|_| {
+        tracing::warn!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = file_bytes, "refusing a snapshot fetch: too many snapshot bytes being served");
+        Status::resource_exhausted(format!(
+            "this worker is serving too many snapshot bytes at once ({} MiB budget); try another copy or retry",
+            FETCH_BUDGET_MIB
+        ))
+    })?;
+    let read = tokio::task::spawn_blocking(move || store.get(&app, &pe, id).map(|data| (id, data)))
+        .await
+        .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?;
     let (id, data) = read.map_err(|e| {
         if matches!(e, StoreError::Corrupt { .. } | StoreError::Io { .. }) {
             tracing::error!(app = %r.app, pe = %r.pe, checkpoint = asked, error = %e, "stored snapshot unusable");
@@ -156,5 +205,10 @@ pub async fn fetch_state_snapshot(
     let data = Bytes::from(data);
     tracing::debug!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = data.len(), offset = r.offset, "serving a snapshot");
     let cs = chunks(&r.app, &r.pe, &r.for_pe, id, &data, r.offset);
-    Ok(Box::pin(tokio_stream::iter(cs.into_iter().map(Ok))))
+    // The chunks share `data`: its budget is released when the stream is dropped
+    // (sent in full, or the caller went away), not before.
+    Ok(Box::pin(tokio_stream::iter(cs).map(move |c| {
+        let _held = &permit;
+        Ok(c)
+    })))
 }

@@ -536,3 +536,64 @@ async fn checkpoint_a_handed_off_snapshot_is_kept_locally_with_its_crc() {
     );
     assert!(!store.has(APP, PE, 13));
 }
+
+#[tokio::test]
+async fn checkpoint_fetches_hold_their_bytes_against_a_budget() {
+    use tokio_stream::StreamExt;
+    let (_d, store) = local_store();
+    // 3 MiB of data (plus the header): 4 permits of the 6 MiB budget.
+    let data = sample(3 << 20);
+    store.put(APP, PE, 7, &data).unwrap();
+    let budget: &'static tokio::sync::Semaphore =
+        Box::leak(Box::new(tokio::sync::Semaphore::new(6)));
+    let req = || pb::FetchStateSnapshotRequest {
+        app: APP.into(),
+        pe: PE.into(),
+        checkpoint_id: 7,
+        ..Default::default()
+    };
+    let first = serve::fetch_within(store.clone(), req(), budget)
+        .await
+        .unwrap();
+    assert_eq!(budget.available_permits(), 2);
+    // A second fetch while the first is being served would go over: refused, not
+    // read into memory.
+    let err = match serve::fetch_within(store.clone(), req(), budget).await {
+        Ok(_) => panic!("a second fetch over the budget was served"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("too many snapshot bytes"), "{err:?}");
+    // Served in full, the first releases its bytes; the next fetch goes through.
+    let chunks: Vec<_> = first.collect().await;
+    let got: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().data.to_vec())
+        .collect();
+    assert_eq!(got, data.to_vec());
+    assert_eq!(budget.available_permits(), 6);
+    let again = serve::fetch_within(store.clone(), req(), budget)
+        .await
+        .unwrap();
+    drop(again); // a caller going away releases them too
+    assert_eq!(budget.available_permits(), 6);
+
+    // A stored file larger than any snapshot may be is never read into memory.
+    let path = store.path(APP, PE, 8).unwrap();
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(MAX_SNAPSHOT_BYTES + 1024).unwrap();
+    let err = match serve::fetch_within(
+        store.clone(),
+        pb::FetchStateSnapshotRequest {
+            checkpoint_id: 8,
+            ..req()
+        },
+        budget,
+    )
+    .await
+    {
+        Ok(_) => panic!("an oversized file was served"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+}
