@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long, env = "WEIR_TLS_KEY", global = true)]
     key: Option<std::path::PathBuf>,
     /// Talk plain TCP to a cluster running with --insecure (nobody authenticated).
-    #[arg(long, env = "WEIR_INSECURE", global = true)]
+    #[arg(long, env = "WEIR_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
     #[command(subcommand)]
     command: Command,

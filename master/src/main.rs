@@ -59,7 +59,7 @@ struct Args {
     key: Option<PathBuf>,
     /// Serve plain TCP with nobody authenticated: anyone who reaches a port can run
     /// programs on every worker. For local experiments only.
-    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"])]
+    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"], value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
     /// Cluster id; masters and workers of other clusters are refused.
     #[arg(long, env = "WEIR_CLUSTER_ID", default_value = "weir")]

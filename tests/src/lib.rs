@@ -4,6 +4,7 @@
 
 pub mod compose;
 pub mod containers;
+pub mod secure;
 
 use std::collections::BTreeMap;
 use std::future::Future;

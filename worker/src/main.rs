@@ -91,7 +91,7 @@ struct Args {
     key: Option<std::path::PathBuf>,
     /// Plain TCP with nobody authenticated: anyone who reaches the control port can
     /// run programs here. For local experiments only.
-    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"])]
+    #[arg(long, env = "WEIR_INSECURE", conflicts_with_all = ["ca", "cert", "key"], value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
 }
 

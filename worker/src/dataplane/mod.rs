@@ -173,6 +173,9 @@ pub struct ChannelStats {
     pub connected: AtomicBool,
     /// Connections made (more than one: the link was re-established).
     pub connects: AtomicU64,
+    /// Producer side: connection attempts that failed (peer down, refused, or its
+    /// TLS handshake or identity check failed).
+    pub failures: AtomicU64,
 }
 
 impl ChannelStats {

@@ -218,6 +218,7 @@ async fn run(shared: Arc<Shared>, mut peer: watch::Receiver<String>, dialer: sup
                 return;
             }
             Err(e) => {
+                shared.stats.failures.fetch_add(1, Ordering::Relaxed);
                 if progressed {
                     backoff = Duration::from_millis(10);
                 }

@@ -285,3 +285,77 @@ async fn hostile_bytes_reset_the_link_and_lose_nothing() {
     let mut r = FrameReader::new(rd);
     assert!(matches!(r.next().await.unwrap(), Frame::Credit { .. }));
 }
+
+/// Security material for data-plane tests: one CA, and a `Security` per principal.
+fn secured(ca: &weir_security::ca::DevCa, who: weir_security::Principal) -> weir_security::Security {
+    let issued = ca.issue(&who).unwrap();
+    let tls = weir_security::tls::Tls::from_pem(
+        ca.cert_pem().as_bytes().to_vec(),
+        issued.cert_pem.into_bytes(),
+        issued.key_pem.into_bytes(),
+        std::path::Path::new("test"),
+    )
+    .unwrap();
+    weir_security::Security::Mtls(Arc::new(tls))
+}
+
+/// With security on, a channel's link is mutual TLS: a producer holding a worker
+/// certificate of the cluster delivers every record once; the same channel dialled
+/// with a tenant's certificate, or with another CA's worker certificate, or over plain
+/// TCP, never gets a credit, so nothing it sends is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_links_over_tls_take_only_workers_of_the_cluster() {
+    use weir_security::ca::DevCa;
+    use weir_security::Principal;
+    let ca = DevCa::generate("test").unwrap();
+    let other_ca = DevCa::generate("other").unwrap();
+    let consumer_side = secured(&ca, Principal::Worker("w2".into()));
+    let inputs = Arc::new(Inputs::default());
+    let key = ChannelKey::new("p#0", "tls#0");
+    let (ep, rx) = inputs.register(key.clone());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(inbound::serve(
+        l,
+        inputs.clone(),
+        Admission::new(&consumer_side).unwrap(),
+        stop_rx,
+    ));
+
+    // Intruders first, on the very channel the consumer waits on.
+    let intruders = [
+        ("a tenant's certificate", secured(&ca, Principal::Tenant("acme".into()))),
+        ("another CA's worker", secured(&other_ca, Principal::Worker("w1".into()))),
+        ("plain TCP", weir_security::Security::Off),
+    ];
+    for (who, sec) in intruders {
+        let tx = RemoteSender::new(key.clone(), addr.clone(), Dialer::new(&sec).unwrap());
+        tx.send(batch(1000, 5)).await;
+        // Several attempts (the sender retries with backoff), none admitted.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while tx.stats().failures.load(Ordering::Relaxed) < 3 {
+            assert!(std::time::Instant::now() < deadline, "{who}: no attempts");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            tx.stats().connects.load(Ordering::Relaxed),
+            0,
+            "{who} opened the channel"
+        );
+        assert_eq!(ep.stats.connects.load(Ordering::Relaxed), 0, "{who}");
+        assert_eq!(ep.queued(), 0, "{who} got a batch queued");
+        drop(tx);
+    }
+
+    let consumer = consume(ep.clone(), rx, None);
+    let producer = secured(&ca, Principal::Worker("w1".into()));
+    let tx = RemoteSender::new(key, addr, Dialer::new(&producer).unwrap());
+    for i in 0..50u64 {
+        tx.send(batch(i * 10, 10)).await;
+    }
+    tx.end().await;
+    tx.wait_finished().await;
+    assert_eq!(consumer.await.unwrap(), (0..500).collect::<Vec<_>>());
+    assert_eq!(ep.stats.connects.load(Ordering::Relaxed), 1);
+}

@@ -1,0 +1,398 @@
+//! Issue 19's attacks against real servers with security on: masters and workers with
+//! mutual TLS, and callers with no certificate, another CA's, a tenant's, another
+//! worker's or another master's. Each refusal is checked, and that nothing changed.
+
+use std::time::Duration;
+use tonic::Code;
+use weir_proto::v1 as pb;
+use weir_proto::v1::master_workers_client::MasterWorkersClient;
+use weir_proto::v1::raft_transport_client::RaftTransportClient;
+use weir_proto::v1::weir_admin_client::WeirAdminClient;
+use weir_proto::v1::weir_client::WeirClient;
+use weir_proto::v1::worker_control_client::WorkerControlClient;
+use weir_security::ca::DevCa;
+use weir_security::{Principal, Security, ServerRole};
+use weir_tests::secure::{security_of, SecureCluster};
+use weir_tests::{eventually, submit_yaml, upgrade_yaml};
+
+fn tenant(t: &str) -> Principal {
+    Principal::Tenant(t.into())
+}
+
+fn admin() -> Principal {
+    Principal::Admin("ops".into())
+}
+
+fn app_spec(name: &str, tenant: &str, count: u64) -> String {
+    format!(
+        "name: {name}\ntenant: {tenant}\noperators:\n  - {{name: gen, kind: source.generator, params: {{count: {count}}}}}\n  - {{name: out, kind: sink.verify}}\nstreams:\n  - {{from: gen, to: out}}\n"
+    )
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic::Status {
+    let s = r.expect_err(what);
+    assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_certificate_or_another_cas_gets_nothing_from_a_master() {
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    // Plain TCP to a TLS port.
+    let plain = Security::Off;
+    match c.channel_with(1, &plain).await {
+        Err(_) => {}
+        Ok(ch) => {
+            let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
+            assert!(r.is_err(), "plain TCP was served: {r:?}");
+        }
+    }
+    // A tenant certificate from another CA: the handshake fails.
+    let outsider = security_of(&DevCa::generate("other").unwrap(), &tenant("acme"));
+    match c.channel_with(1, &outsider).await {
+        Err(_) => {}
+        Ok(ch) => {
+            let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
+            assert!(r.is_err(), "another CA's certificate was served: {r:?}");
+        }
+    }
+    // TLS without a client certificate.
+    let ca = tonic::transport::Certificate::from_pem(c.ca.cert_pem());
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://{}", c.addrs[&1]))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .domain_name(ServerRole::Master.dns_name()),
+        )
+        .unwrap();
+    if let Ok(ch) = ep.connect().await {
+        let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
+        assert!(r.is_err(), "a client without a certificate was served: {r:?}");
+    }
+    assert!(c.local_apps(1).await.is_empty(), "nothing was submitted");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
+    let c = SecureCluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    let mut acme = c.client(follower, &tenant("acme")).await;
+    let mut globex = c.client(follower, &tenant("globex")).await;
+    acme.submit_app(submit_yaml(app_spec("orders", "acme", 1_000_000_000)))
+        .await
+        .expect("acme submits its own app");
+
+    // A tenant may not submit for another.
+    let s = denied(
+        globex.submit_app(submit_yaml(app_spec("stolen", "acme", 1))).await,
+        "globex submitting as acme",
+    );
+    assert!(s.message().contains("tenant \"globex\""), "{s:?}");
+    // Nor read, watch, cancel or upgrade another's app.
+    denied(globex.get_app(pb::GetAppRequest { app: "orders".into() }).await, "get");
+    denied(
+        globex.watch_app(pb::WatchAppRequest { app: "orders".into() }).await,
+        "watch",
+    );
+    denied(
+        globex
+            .list_checkpoints(pb::ListCheckpointsRequest { app: "orders".into() })
+            .await,
+        "checkpoints",
+    );
+    denied(
+        globex
+            .get_app_history(pb::GetAppHistoryRequest { app: "orders".into() })
+            .await,
+        "history",
+    );
+    denied(
+        globex
+            .cancel_app(pb::CancelAppRequest {
+                app: "orders".into(),
+                request_id: String::new(),
+            })
+            .await,
+        "cancel",
+    );
+    denied(
+        globex
+            .upgrade_app(upgrade_yaml("orders", app_spec("orders", "acme", 5)))
+            .await,
+        "upgrade",
+    );
+    // Listing shows a tenant only its own, and asking for another's is refused.
+    let mine = globex
+        .list_apps(pb::ListAppsRequest { tenant: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .apps;
+    assert!(mine.is_empty(), "globex was shown {mine:?}");
+    denied(
+        globex
+            .list_apps(pb::ListAppsRequest { tenant: "acme".into() })
+            .await,
+        "listing acme's apps",
+    );
+    // Claiming to be forwarded on acme's behalf is refused from anyone but a master.
+    let mut spoof = tonic::Request::new(pb::GetAppRequest { app: "orders".into() });
+    spoof.metadata_mut().insert(
+        weir_security::caller::ON_BEHALF_OF,
+        tenant("acme").uri().parse().unwrap(),
+    );
+    denied(globex.get_app(spoof).await, "a forged on-behalf-of");
+
+    // Nothing changed: acme's app is live at version 1, and the only app.
+    let d = acme
+        .get_app(pb::GetAppRequest { app: "orders".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .app
+        .unwrap();
+    let summary = d.summary.unwrap();
+    assert_eq!(summary.version, 1);
+    assert_ne!(summary.state, pb::AppState::Cancelled as i32);
+    for id in c.addrs.keys() {
+        let apps = eventually("every master applied the submit", || async {
+            let a = c.local_apps(*id).await;
+            (!a.is_empty()).then_some(a)
+        })
+        .await;
+        assert_eq!(apps, vec!["orders".to_string()], "master {id}");
+    }
+    // An admin sees every tenant's apps.
+    let all = c
+        .client(follower, &admin())
+        .await
+        .list_apps(pb::ListAppsRequest { tenant: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .apps;
+    assert_eq!(all.len(), 1);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_workers_and_the_catalog_need_the_admin_role() {
+    let c = SecureCluster::start(3).await;
+    let leader = c.leader().await;
+    let ch = c
+        .channel_with(leader, &c.security(&tenant("acme")))
+        .await
+        .unwrap();
+    let s = denied(
+        WeirAdminClient::new(ch.clone())
+            .add_master(pb::AddMasterRequest {
+                id: 9,
+                address: "127.0.0.1:1".into(),
+                as_voter: true,
+            })
+            .await,
+        "a tenant adding a master",
+    );
+    assert!(s.message().contains("admin"), "{s:?}");
+    denied(
+        WeirAdminClient::new(ch.clone())
+            .remove_master(pb::RemoveMasterRequest { id: 2 })
+            .await,
+        "a tenant removing a master",
+    );
+    let mut acme = WeirClient::new(ch);
+    denied(acme.list_workers(pb::ListWorkersRequest {}).await, "workers");
+    denied(
+        acme.add_template(pb::AddTemplateRequest {
+            text: "name: t\n".into(),
+            format: pb::SpecFormat::Yaml as i32,
+        })
+        .await,
+        "adding a template",
+    );
+    denied(
+        acme.remove_base_image(pb::RemoveBaseImageRequest { name: "x".into() })
+            .await,
+        "removing a base image",
+    );
+    // Reads every user needs stay open to tenants.
+    acme.cluster_status(pb::ClusterStatusRequest {}).await.unwrap();
+    acme.list_templates(pb::ListTemplatesRequest {}).await.unwrap();
+    // Membership is unchanged.
+    let voters: Vec<u64> = c.masters[&leader]
+        .node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3]);
+    // The admin may.
+    let mut ops = c.client(leader, &admin()).await;
+    ops.list_workers(pb::ListWorkersRequest {}).await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_masters_speak_raft_and_each_only_as_itself() {
+    let c = SecureCluster::start(3).await;
+    let leader = c.leader().await;
+    let target = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    let impostor = *c.addrs.keys().find(|id| **id != leader && **id != target).unwrap();
+    let term_before = c.masters[&target].node.raft.metrics().borrow().current_term;
+    let vote = |from: u64| pb::VoteRequest {
+        header: Some(pb::RaftHeader {
+            cluster_id: "weir".into(),
+            from_id: from,
+            to_id: target,
+            ..Default::default()
+        }),
+        // Never decoded: the refusal comes first.
+        payload: b"{\"vote\":{\"leader_id\":{\"term\":18446744073709551615}}}".to_vec().into(),
+    };
+    for who in [tenant("acme"), Principal::Worker("w1".into()), admin()] {
+        let ch = c.channel_with(target, &c.security(&who)).await.unwrap();
+        denied(RaftTransportClient::new(ch).vote(vote(leader)).await, &format!("{who} voting"));
+    }
+    // A master's certificate claiming to be another master.
+    let ch = c
+        .channel_with(target, &c.security(&Principal::Master(impostor)))
+        .await
+        .unwrap();
+    let s = denied(
+        RaftTransportClient::new(ch).vote(vote(leader)).await,
+        "a master posing as the leader",
+    );
+    assert!(s.message().contains("header.from_id"), "{s:?}");
+    let term_after = c.masters[&target].node.raft.metrics().borrow().current_term;
+    assert_eq!(term_before, term_after, "no forged vote reached Raft");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    let w1 = c.worker("w1").await;
+    let mut ops = c.client(1, &admin()).await;
+    eventually("w1 registered over TLS", || {
+        let mut ops = ops.clone();
+        async move {
+            let ws = ops.list_workers(pb::ListWorkersRequest {}).await.ok()?.into_inner().workers;
+            (ws.len() == 1 && ws[0].worker_id == "w1").then_some(())
+        }
+    })
+    .await;
+
+    // w1's certificate cannot register (take over) w2.
+    let ch = c
+        .channel_with(1, &c.security(&Principal::Worker("w1".into())))
+        .await
+        .unwrap();
+    let s = denied(
+        MasterWorkersClient::new(ch)
+            .register_worker(pb::RegisterWorkerRequest {
+                worker_id: "w2".into(),
+                control_address: "127.0.0.1:1".into(),
+                data_address: "127.0.0.1:2".into(),
+                ..Default::default()
+            })
+            .await,
+        "w1 registering as w2",
+    );
+    assert!(s.message().contains("worker_id"), "{s:?}");
+    // Nor can a tenant register a worker at all.
+    let ch = c.channel_with(1, &c.security(&tenant("acme"))).await.unwrap();
+    denied(
+        MasterWorkersClient::new(ch)
+            .register_worker(pb::RegisterWorkerRequest {
+                worker_id: "evil".into(),
+                ..Default::default()
+            })
+            .await,
+        "a tenant registering a worker",
+    );
+    let ids: Vec<String> = ops
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect();
+    assert_eq!(ids, vec!["w1".to_string()]);
+
+    // Nobody but a master commands a worker: a forged term from a tenant or another
+    // worker is refused before the worker looks at it.
+    let forged = pb::ReportRequest {
+        header: Some(pb::CommandHeader {
+            command_id: "forged".into(),
+            term: u64::MAX,
+            leader_id: 1,
+        }),
+    };
+    for who in [tenant("acme"), Principal::Worker("w2".into())] {
+        let ep = c
+            .security(&who)
+            .endpoint(&w1.control_addr.to_string(), ServerRole::Worker)
+            .unwrap();
+        let mut ctl = WorkerControlClient::new(ep.connect().await.unwrap());
+        denied(ctl.report(forged.clone()).await, &format!("{who} forging a term"));
+        denied(
+            ctl.deploy_pe(pb::DeployPeRequest::default()).await,
+            &format!("{who} deploying a PE"),
+        );
+    }
+    let ep = c
+        .security(&Principal::Master(1))
+        .endpoint(&w1.control_addr.to_string(), ServerRole::Worker)
+        .unwrap();
+    let report = WorkerControlClient::new(ep.connect().await.unwrap())
+        .report(pb::ReportRequest { header: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.term < u64::MAX, "the forged term was not taken: {report:?}");
+    // And the real master still commands it: an app runs on it over TLS.
+    let mut acme = c.client(1, &tenant("acme")).await;
+    acme.submit_app(submit_yaml(app_spec("tls-app", "acme", 5000)))
+        .await
+        .unwrap();
+    weir_tests::assert_audit_exact(&acme, "tls-app", "out", 5000, Duration::from_secs(120)).await;
+    w1.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_runs_exactly_once_across_workers_over_mutual_tls() {
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    let workers = [c.worker("w1").await, c.worker("w2").await, c.worker("w3").await];
+    let ops = c.client(1, &admin()).await;
+    weir_tests::workers_alive(&ops, 3, Duration::from_secs(30)).await;
+    let spec = "name: spread\ntenant: acme\noperators:\n  - {name: gen, kind: source.generator, parallelism: 2, params: {count: 200000, keys: 100}}\n  - {name: by-key, kind: key_by, parallelism: 3, params: {field: key}}\n  - {name: out, kind: sink.verify}\nstreams:\n  - {from: gen, to: by-key, partitioning: round_robin}\n  - {from: by-key, to: out, partitioning: hash}\n";
+    let mut acme = c.client(1, &tenant("acme")).await;
+    acme.submit_app(submit_yaml(spec.into())).await.unwrap();
+    weir_tests::assert_audit_exact(&acme, "spread", "out", 200_000, Duration::from_secs(300)).await;
+    // The PEs were spread over the workers, so records crossed TLS data links.
+    let d = acme
+        .get_app(pb::GetAppRequest { app: "spread".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .app
+        .unwrap();
+    let hosts: std::collections::BTreeSet<_> = d.pes.iter().map(|p| p.worker_id.clone()).collect();
+    assert!(hosts.len() >= 2, "PEs on {hosts:?}");
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
