@@ -179,11 +179,14 @@ fn read_all(b: &Batch) {
     let _ = fields;
 }
 
+/// A record's header, then its fields as (name, value in words), sorted.
+type Canonical = (u32, u64, i64, Vec<u8>, Vec<(String, String)>);
+
 /// The records of `b` as maps: a record's fields in name order, values in words (so
 /// that a NaN decoded from arbitrary bytes equals itself). Field order within a record
 /// is the batch's column order, which the row layout does not carry: a columnar
 /// batch whose columns are not in first-use order reads back from rows in that order.
-fn canonical(b: &Batch) -> Vec<(u32, u64, i64, Vec<u8>, Vec<(String, String)>)> {
+fn canonical(b: &Batch) -> Vec<Canonical> {
     b.iter()
         .map(|r| {
             let mut fields: Vec<(String, String)> = r
