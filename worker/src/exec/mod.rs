@@ -51,6 +51,8 @@ pub fn with_gpus(params: &ExecParams, gpus: &[String]) -> ExecParams {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod hardening_tests;
 #[cfg(test)]
 mod tests;
