@@ -6,7 +6,7 @@ use super::generate::placeholders;
 use super::model::*;
 use super::*;
 use crate::problem::{Problems, Sink};
-use crate::spec::reader::{choice, join, Obj};
+use crate::spec::reader::{choice, join, type_name, Obj};
 use crate::spec::{
     check_name, read_document, resources, valid_image_ref, Resources, SpecFormat,
     CONTAINER_NETWORKS, SCENARIOS,
@@ -64,6 +64,14 @@ pub fn parse_base_image(f: &BaseImageFields<'_>) -> Result<BaseImage, Problems> 
 /// A template from its file (YAML or JSON), or every problem with its path.
 pub fn parse_template(text: &str, format: SpecFormat) -> Result<Template, Problems> {
     let doc = read_document(text, format, MAX_TEMPLATE_BYTES)?;
+    // Named like a spec's root (`(document)`): the root's own path is empty, and a
+    // problem must say where it is (found by tests/fuzz_spec.rs).
+    if !doc.is_object() {
+        return Err(Problems(vec![crate::problem::Problem::new(
+            "(document)",
+            format!("expected a mapping, found {}", type_name(&doc)),
+        )]));
+    }
     let mut sink = Sink::default();
     let Some(mut o) = Obj::new(&mut sink, String::new(), &doc) else {
         return Err(Problems(sink.problems));

@@ -171,6 +171,10 @@ impl PartialEq for Batch {
 
 impl Eq for Batch {}
 
+/// The fewest bytes a column takes in the columnar layout: its name's length and the
+/// first of its offsets.
+const MIN_COLUMN_BYTES: usize = 1 + 4;
+
 impl Batch {
     /// Checks encoded bytes end to end and wraps them without copying: afterwards every
     /// read succeeds.
@@ -183,7 +187,11 @@ impl Batch {
         let seqs = c.take_n(n, 8)?;
         let times = c.take_n(n, 8)?;
         let (key_offsets, keys) = c.offsets_and_data(n)?;
-        let mut cols = Vec::with_capacity(usize::from(ncols));
+        // Room for the columns the remaining bytes can hold (each takes at least a
+        // name length and one offset), not for as many as the header announces: six
+        // bytes announcing 65,535 columns must not reserve a table for all of them.
+        let fit = (c.b.len() - c.at) / MIN_COLUMN_BYTES;
+        let mut cols = Vec::with_capacity(usize::from(ncols).min(fit));
         for _ in 0..ncols {
             let name_len = c.u8()? as usize;
             let name_at = c.at;

@@ -398,9 +398,11 @@ pub enum PeProtocol {
 /// Parameters of `exec`. `Debug` shows `env` names, never values (they may be secrets).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecParams {
-    /// Program and arguments; the program is looked up on the worker's PATH.
+    /// Program and arguments; the program is looked up on `env`'s `PATH` if it sets
+    /// one, else on the worker's.
     pub command: Vec<String>,
-    /// Extra environment variables.
+    /// The program's environment; the worker adds only the `WEIR_*` variables (and
+    /// a default `PATH`), never its own (docs/pe-protocol.md).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Record exchange protocol.

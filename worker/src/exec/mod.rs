@@ -10,6 +10,8 @@
 //!   binary batch layout, length-prefixed).
 //! - The program's stderr goes to tracing at warn level, line by line, with the PE id.
 //! - It sees the GPUs allocated to it and no others ([`with_gpus`]).
+//! - A local program gets a clean environment, a process group of its own (killed
+//!   whole when it stops) and resource limits ([`LocalLaunch`], [`ExecLimits`]).
 
 mod child;
 mod error;
@@ -21,7 +23,10 @@ mod readline;
 
 pub use error::{ExecError, Failure};
 pub use framed::MAX_FRAME_BYTES;
-pub use launch::{BoxFuture, Instance, Launch, LocalLaunch, Output, Started, Stdin, PE_ID_ENV};
+pub use launch::{
+    BoxFuture, ExecLimits, Instance, Launch, LocalLaunch, Output, Started, Stdin, CHILD_PATH,
+    MAX_OPEN_FILES, PE_ID_ENV,
+};
 pub use lines::KEY_FIELD;
 pub use pe::{ExecConfig, ExecPe};
 
@@ -45,5 +50,9 @@ pub fn with_gpus(params: &ExecParams, gpus: &[String]) -> ExecParams {
     p
 }
 
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod tests;

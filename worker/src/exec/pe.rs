@@ -69,8 +69,9 @@ impl ExecPe {
         Self::start_with(pe_id, params, ExecConfig::default()).await
     }
 
-    /// Spawns the program (with `params.env` added to the worker's environment, and
-    /// `WEIR_PE_ID` set). Fails when it cannot be started, naming the command.
+    /// Spawns the program as a local process ([`LocalLaunch`], default limits): its
+    /// environment is `params.env` and `WEIR_PE_ID`, not the worker's. Fails when it
+    /// cannot be started, naming the command.
     pub async fn start_with(
         pe_id: &str,
         params: &ExecParams,

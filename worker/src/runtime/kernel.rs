@@ -2,7 +2,7 @@
 
 use super::file_sink::{BlockingFileSink, FileCallError};
 use crate::container::ContainerEngine;
-use crate::exec::{ExecConfig, ExecError, ExecPe};
+use crate::exec::{ExecConfig, ExecError, ExecLimits, ExecPe, LocalLaunch};
 use crate::ops::{Filter, KeyBy, Map, StateError, Verify, Window, WindowKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,9 +119,14 @@ impl Kernel {
                 inputs,
                 out_source,
             )),
-            OperatorKind::Exec(p) => Kernel::Exec(Box::new(
-                ExecPe::start(pe, &crate::exec::with_gpus(p, gpus)).await?,
-            )),
+            OperatorKind::Exec(p) => {
+                // The declared memory bounds the program (`ExecLimits`).
+                let launch = LocalLaunch::new(crate::exec::with_gpus(p, gpus))
+                    .with_limits(ExecLimits::for_resources(&spec.resources));
+                Kernel::Exec(Box::new(
+                    ExecPe::launch(pe, Arc::new(launch), ExecConfig::default()).await?,
+                ))
+            }
             OperatorKind::SinkVerify(p) => Kernel::Verify(Verify::new(p.expect)),
             OperatorKind::SinkFile(p) => Kernel::File(
                 BlockingFileSink::open(p.path.clone(), index, spec.parallelism)
