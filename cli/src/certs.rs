@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use std::path::PathBuf;
-use weir_security::ca::{file_stem, DevCa};
+use weir_security::ca::{file_stem, write_file, DevCa};
 use weir_security::Principal;
 
 /// What `certs init` makes.
@@ -62,10 +62,38 @@ pub fn init(a: &Init) -> anyhow::Result<bool> {
     let ca = DevCa::generate(&a.cluster)?;
     ca.write(&a.dir, &who)
         .with_context(|| format!("writing into {}", a.dir.display()))?;
-    println!("wrote a CA and {} certificates into {}:", who.len(), a.dir.display());
+    // Each tenant also gets an Ed25519 key to sign its specs with (the admin registers
+    // the public half with `weirctl tenant put NAME --key tenant-NAME.sign.pub`).
+    let mut signing = Vec::new();
+    for p in who
+        .iter()
+        .filter(|p| p.role() == weir_security::Role::Tenant)
+    {
+        let (signer, pem) = weir_security::sign::Signer::generate()?;
+        let stem = file_stem(p);
+        write_file(&a.dir.join(format!("{stem}.sign.key")), &pem, true)?;
+        write_file(
+            &a.dir.join(format!("{stem}.sign.pub")),
+            &weir_security::sign::public_key_text(signer.public_key()),
+            false,
+        )?;
+        signing.push((stem, signer.key_id()));
+    }
+    println!(
+        "wrote a CA and {} certificates into {}:",
+        who.len(),
+        a.dir.display()
+    );
     println!("  ca.pem (trust this everywhere), ca.key (keep it offline)");
     for p in &who {
-        println!("  {stem}.pem, {stem}.key   {}", p.uri(), stem = file_stem(p));
+        println!(
+            "  {stem}.pem, {stem}.key   {}",
+            p.uri(),
+            stem = file_stem(p)
+        );
+    }
+    for (stem, id) in &signing {
+        println!("  {stem}.sign.key, {stem}.sign.pub   Ed25519 signing key {id}");
     }
     Ok(true)
 }

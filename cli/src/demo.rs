@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use weir_master::server::{Master, MasterConfig};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
-use weir_worker::agent::AgentConfig;
 use weir_security::ca::{file_stem, DevCa};
 use weir_security::tls::Tls;
 use weir_security::{Principal, Security, TlsFiles};
+use weir_worker::agent::AgentConfig;
 use weir_worker::node::Worker;
 
 /// The demo's certificates: a CA of its own and one certificate per node and user,
@@ -172,7 +172,12 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         let master = start(dir.path(), listener, master_security.clone()).await?;
         // The admin sees the cluster; the app belongs to tenant web, who drives it.
         let admin = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Admin("admin".into()))?);
-        let conn = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Tenant("web".into()))?);
+        let (web_key, _) = weir_security::sign::Signer::generate()?;
+        let web_key_id = web_key.key_id();
+        let web_public = web_key.public_key().to_vec();
+        let unsigned = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Tenant("web".into()))?);
+        let conn = Conn::new(vec![addr.to_string()], Output::Text, certs.of(&Principal::Tenant("web".into()))?)
+            .with_signer(Some(web_key));
         show_cluster(&admin).await?;
         step("starting two workers in this process");
         let workers = [
@@ -184,7 +189,34 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
 
         let v1 = examples.join("clickstream.yaml");
         let v2 = examples.join("clickstream-v2.yaml");
-        step("weirctl submit examples/clickstream.yaml");
+        step(&format!(
+            "weirctl tenant put web --key tenant-web.sign.pub --file-root /tmp (as admin): tenant web signs its specs with key {web_key_id}, and its apps may write files under /tmp"
+        ));
+        let policy = pb::PutTenantRequest {
+            tenant: "web".into(),
+            policy: Some(pb::TenantPolicy {
+                keys: vec![pb::SigningKey {
+                    id: web_key_id.clone(),
+                    public_key: web_public.into(),
+                }],
+                require_signature: true,
+                capabilities: Some(pb::Capabilities {
+                    file_root: "/tmp".into(),
+                    ..Default::default()
+                }),
+            }),
+        };
+        admin
+            .call(Repeat::Safe, |ch| {
+                let req = policy.clone();
+                async move { WeirClient::new(ch).put_tenant(req).await }
+            })
+            .await?;
+        match online::submit(&unsigned, &v1.to_string_lossy()).await {
+            Ok(()) => anyhow::bail!("an unsigned spec of tenant web was accepted"),
+            Err(e) => println!("  weirctl submit (unsigned): {e:#}"),
+        }
+        step("weirctl submit --sign-key tenant-web.sign.key examples/clickstream.yaml");
         online::submit(&conn, &v1.to_string_lossy()).await?;
         step("records flowing: generator -> parse -> key_by -> window.count -> sink, audited by sink.verify");
         watch_progress(&conn, "clickstream", Duration::from_secs(600), Some(0.3)).await?;

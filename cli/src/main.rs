@@ -11,6 +11,7 @@ mod images;
 mod names;
 mod offline;
 mod online;
+mod tenants;
 mod upgrade;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -53,11 +54,27 @@ struct Cli {
     /// Talk plain TCP to a cluster running with --insecure (nobody authenticated).
     #[arg(long, env = "WEIR_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
+    /// Sign submitted and upgraded specs with this Ed25519 key (PKCS#8 PEM, as
+    /// `weirctl certs init` writes `tenant-NAME.sign.key`).
+    #[arg(long, env = "WEIR_SIGNING_KEY", global = true)]
+    sign_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 impl Cli {
+    /// The key this client signs specs with, if any.
+    fn signer(&self) -> anyhow::Result<Option<weir_security::sign::Signer>> {
+        let Some(path) = &self.sign_key else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--sign-key {}: {e}", path.display()))?;
+        Ok(Some(weir_security::sign::Signer::from_pem(&pem).map_err(
+            |e| anyhow::anyhow!("--sign-key {}: {e}", path.display()),
+        )?))
+    }
+
     /// The TLS this client talks with: its certificate, or nothing with --insecure.
     fn security(&self) -> anyhow::Result<weir_security::Security> {
         if self.insecure {
@@ -75,7 +92,9 @@ impl Cli {
                 )))
             }
             (None, None, None) => Err(weir_security::TlsError::NoMaterial.into()),
-            _ => anyhow::bail!("--ca, --cert and --key go together (or WEIR_TLS_CA, WEIR_TLS_CERT, WEIR_TLS_KEY)"),
+            _ => anyhow::bail!(
+                "--ca, --cert and --key go together (or WEIR_TLS_CA, WEIR_TLS_CERT, WEIR_TLS_KEY)"
+            ),
         }
     }
 }
@@ -202,6 +221,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = NodeRole::Master)]
         role: NodeRole,
     },
+    /// Tenants: their signing keys, whether they must sign, and what their apps may
+    /// do (admin).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Certificates for a cluster: a CA and one per master, worker, tenant and admin.
     Certs {
         #[command(subcommand)]
@@ -233,6 +258,14 @@ pub enum NodeRole {
     Master,
     /// A worker's control address.
     Worker,
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Register a tenant or replace its policy.
+    Put(tenants::Put),
+    /// List tenants with their keys and grants.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,7 +368,9 @@ fn main() -> ExitCode {
             command: CertsCommand::Init(init),
         } => certs::init(init),
         online => cli.security().and_then(|sec| {
-            run_online(online, online::Conn::new(cli.masters.clone(), cli.output, sec))
+            let conn =
+                online::Conn::new(cli.masters.clone(), cli.output, sec).with_signer(cli.signer()?);
+            run_online(online, conn)
         }),
     };
     match result {
@@ -381,6 +416,10 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 TemplateCommand::List => catalog::template_list(&conn).await,
                 TemplateCommand::Show { name } => catalog::template_show(&conn, name).await,
                 TemplateCommand::Remove { name } => catalog::template_remove(&conn, name).await,
+            },
+            Command::Tenant { command } => match command {
+                TenantCommand::Put(p) => tenants::put(&conn, p).await,
+                TenantCommand::List => tenants::list(&conn).await,
             },
             Command::Image { command } => match command {
                 ImageCommand::Register(r) => catalog::image_register(&conn, r).await,

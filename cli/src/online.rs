@@ -29,6 +29,7 @@ pub struct Conn {
     masters: Vec<String>,
     output: Output,
     security: weir_security::Security,
+    signer: Option<std::sync::Arc<weir_security::sign::Signer>>,
 }
 
 fn endpoint(security: &weir_security::Security, addr: &str) -> anyhow::Result<Endpoint> {
@@ -127,7 +128,22 @@ impl Conn {
             masters,
             output,
             security,
+            signer: None,
         }
+    }
+
+    /// The same, signing every spec it submits or upgrades to with `signer`.
+    pub fn with_signer(mut self, signer: Option<weir_security::sign::Signer>) -> Self {
+        self.signer = signer.map(std::sync::Arc::new);
+        self
+    }
+
+    /// The signature of `spec` by this client's key, if it has one.
+    pub fn sign(&self, spec: &str) -> Option<pb::SpecSignature> {
+        self.signer.as_ref().map(|s| pb::SpecSignature {
+            key_id: s.key_id(),
+            signature: s.sign(spec).into(),
+        })
     }
 
     /// Runs `call` against the first master that answers, following leader hints and
@@ -267,6 +283,7 @@ pub async fn submit(c: &Conn, file: &str) -> anyhow::Result<()> {
     let (spec, format) = read_spec(file)?;
     // One id for every attempt: a repeat after a lost call answers the first outcome.
     let req = pb::SubmitAppRequest {
+        signature: c.sign(&spec),
         spec,
         format,
         request_id: request_id(),

@@ -58,6 +58,7 @@ async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> a
     // first attempt started instead of starting a second one (or being refused).
     let req = pb::UpgradeAppRequest {
         app: app.into(),
+        signature: c.sign(&spec),
         spec,
         format,
         dry_run,
@@ -210,12 +211,12 @@ fn phase_name(p: i32) -> String {
 pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
     let h = history_of(c, app).await?;
     let mut text = format!(
-        "{:>7}  {:<24}  {:>9}  {:>4}  {}\n",
-        "VERSION", "CREATED (UTC)", "OPERATORS", "PES", "BY UPGRADE"
+        "{:>7}  {:<24}  {:>9}  {:>4}  {:<10}  {}\n",
+        "VERSION", "CREATED (UTC)", "OPERATORS", "PES", "BY UPGRADE", "SIGNED BY KEY"
     );
     for v in &h.versions {
         text.push_str(&format!(
-            "{:>7}  {:<24}  {:>9}  {:>4}  {}\n",
+            "{:>7}  {:<24}  {:>9}  {:>4}  {:<10}  {}\n",
             v.version,
             utc(v.created_at_ms),
             v.operator_count,
@@ -224,6 +225,11 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
                 "-"
             } else {
                 &v.operation_id
+            },
+            if v.signed_by_key.is_empty() {
+                "unsigned"
+            } else {
+                &v.signed_by_key
             }
         ));
     }
@@ -271,6 +277,7 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
             "version": v.version, "created_at_ms": v.created_at_ms,
             "operators": v.operator_count, "pes": v.pe_count, "operation_id": v.operation_id,
             "generated": crate::catalog::generated_json(&v.generated),
+            "signed_by_key": v.signed_by_key,
         })).collect::<Vec<_>>(),
         "operations": h.operations.iter().map(|o| {
             let r = o.result.unwrap_or_default();

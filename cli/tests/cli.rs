@@ -222,6 +222,11 @@ fn the_demo_runs_end_to_end_and_survives_a_restart() {
     assert!(s.contains("Phase 2/3 switch"));
     // Every link is mutual TLS, and a tenant is refused another tenant's app.
     assert!(s.contains("every link below is mutual TLS"), "{s}");
+    // Tenant web must sign: unsigned, its spec is refused; signed, it runs.
+    assert!(
+        s.contains("weirctl submit (unsigned): Unauthenticated: signature: tenant \"web\" must sign its specs"),
+        "{s}"
+    );
     assert!(
         s.contains("PermissionDenied: app \"clickstream\" belongs to tenant \"web\"; the caller is tenant \"mobile\""),
         "{s}"

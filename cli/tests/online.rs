@@ -336,7 +336,8 @@ async fn json_output_names_every_enum_as_the_text_does() {
     json_of(a, &["validate", v1]).await;
 
     // watch prints one JSON document per event, until the app ends.
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl")).env("WEIR_INSECURE", "1")
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .env("WEIR_INSECURE", "1")
         .args(["--master", a, "-o", "json", "watch", "feed"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -443,7 +444,8 @@ async fn a_master_dying_mid_call_moves_reads_on_and_names_itself_for_other_write
     .await;
 
     // A read in flight on the doomed master: a watch, its first event printed.
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl")).env("WEIR_INSECURE", "1")
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .env("WEIR_INSECURE", "1")
         .args(["--master", &both, "watch", "feed"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -464,7 +466,8 @@ async fn a_master_dying_mid_call_moves_reads_on_and_names_itself_for_other_write
     // A write in flight through it that is not safe to repeat: adding master 3 as a
     // voter. 3 never answers, so the leader can never commit the change and the call
     // waits (forwarded by the doomed master to the leader) until something gives.
-    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl")).env("WEIR_INSECURE", "1")
+    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .env("WEIR_INSECURE", "1")
         .args([
             "--master",
             &both,
@@ -552,6 +555,7 @@ async fn writes_repeated_with_their_request_id_answer_the_first_outcome() {
         spec,
         format: yaml,
         request_id: id.into(),
+        signature: None,
     };
 
     let first = c.submit_app(submit(feed("a"), "s-1")).await.unwrap();
@@ -637,7 +641,8 @@ async fn a_leader_dying_under_a_forwarded_call_is_named_by_the_follower() {
 
     // Through the learner, which forwards it to the leader: adding master 3 as a voter,
     // a change the leader can never commit (3 never answers), so the call waits there.
-    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl")).env("WEIR_INSECURE", "1")
+    let add = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .env("WEIR_INSECURE", "1")
         .args([
             "--master",
             &via,

@@ -197,6 +197,7 @@ fn seeds() -> Vec<Vec<u8>> {
             spec: spec.clone(),
             format: pb::SpecFormat::Yaml as i32,
             request_id: "r-1".into(),
+            signature: None,
         }
         .encode_to_vec(),
         pb::UpgradeAppRequest {
@@ -206,6 +207,7 @@ fn seeds() -> Vec<Vec<u8>> {
             dry_run: true,
             expected_version: 1,
             request_id: "r-2".into(),
+            signature: None,
         }
         .encode_to_vec(),
         pb::AddTemplateRequest {

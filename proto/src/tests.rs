@@ -14,6 +14,7 @@ fn submit_app_request_round_trips() {
         spec: "name: demo\noperators: []\nstreams: []\n".to_string(),
         format: SpecFormat::Yaml as i32,
         request_id: "5b0f6a52-3a6e-4a0c-9a55-3c1c2d1e0f00".to_string(),
+        signature: None,
     };
     round_trip(&req);
     let back = SubmitAppRequest::decode(req.encode_to_vec().as_slice()).unwrap();

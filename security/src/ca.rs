@@ -7,8 +7,8 @@
 
 use crate::principal::{Principal, Role};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -137,7 +137,8 @@ pub fn file_stem(p: &Principal) -> String {
     format!("{}-{}", p.role().as_str(), p.name())
 }
 
-fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), CaError> {
+/// Writes `text` to `path`; a `secret` is readable by its owner only.
+pub fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), CaError> {
     let io = |source| CaError::Io {
         path: path.into(),
         source,

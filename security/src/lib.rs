@@ -6,6 +6,7 @@
 //!   rustls configs of every link (client-master, master-master, master-worker,
 //!   worker-worker), and [`Security`], which is either that or plain TCP.
 //! - [`caller`]: who sent a gRPC request, read from the client certificate.
+//! - [`sign`]: Ed25519 signatures of submitted specs.
 //! - [`ca`]: a development CA that issues every certificate a cluster needs
 //!   (`weirctl certs init`, the demo and the tests).
 //!
@@ -14,6 +15,7 @@
 pub mod ca;
 pub mod caller;
 pub mod principal;
+pub mod sign;
 pub mod tls;
 
 pub use caller::Caller;

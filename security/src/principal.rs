@@ -57,7 +57,9 @@ pub enum Principal {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrincipalError {
     /// Not `spiffe://weir/<role>/<name>`.
-    #[error("{0:?} is not an identity of the form spiffe://weir/<master|worker|tenant|admin>/<name>")]
+    #[error(
+        "{0:?} is not an identity of the form spiffe://weir/<master|worker|tenant|admin>/<name>"
+    )]
     Malformed(String),
     /// The name has characters or a length an identity may not have.
     #[error("{0:?}: a name is 1 to 128 of [A-Za-z0-9._-]")]

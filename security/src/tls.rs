@@ -12,9 +12,7 @@ use std::sync::Arc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{
-    Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
 /// Which kind of server a client dials (what it checks the server's certificate for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,10 +233,12 @@ impl Tls {
     }
 
     fn data_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
         rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -258,9 +258,10 @@ impl Tls {
 }
 
 /// Whether links are mutual TLS, and with what.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum Security {
     /// Plain TCP, nobody authenticated (`--insecure`: local experiments only).
+    #[default]
     Off,
     /// Mutual TLS with this node's material.
     Mtls(Arc<Tls>),
@@ -269,12 +270,6 @@ pub enum Security {
 /// What a process logs when it runs with `--insecure`.
 pub const INSECURE_WARNING: &str = "--insecure: no TLS and nobody authenticated; anyone who \
      reaches a port of this cluster can run programs on its workers. For local experiments only.";
-
-impl Default for Security {
-    fn default() -> Self {
-        Security::Off
-    }
-}
 
 impl Security {
     /// What a server process's flags ask for: its TLS files, whose certificate must
@@ -324,7 +319,11 @@ impl Security {
     }
 
     /// An endpoint dialling `addr` (`host:port`), a server of `to`.
-    pub fn endpoint(&self, addr: &str, to: ServerRole) -> Result<Endpoint, tonic::transport::Error> {
+    pub fn endpoint(
+        &self,
+        addr: &str,
+        to: ServerRole,
+    ) -> Result<Endpoint, tonic::transport::Error> {
         match self {
             Security::Off => Endpoint::from_shared(format!("http://{addr}")),
             Security::Mtls(t) => {

@@ -242,7 +242,13 @@ async fn end_to_end() {
     let (mport, cport, dport) = (free_port(), free_port(), free_port());
     let master_addr = format!("127.0.0.1:{mport}");
     let mut master = tokio::process::Command::new(binary("weir-master"))
-        .args(["--dev", "--insecure", "--listen", &master_addr, "--data-dir"])
+        .args([
+            "--dev",
+            "--insecure",
+            "--listen",
+            &master_addr,
+            "--data-dir",
+        ])
         .arg(dir.path().join("m"))
         .env("RUST_LOG", "error")
         .kill_on_drop(true)

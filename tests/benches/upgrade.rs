@@ -190,6 +190,7 @@ async fn run() {
             spec: base.text(),
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();
@@ -265,6 +266,7 @@ async fn run() {
                 dry_run: false,
                 expected_version: 0,
                 request_id: String::new(),
+                signature: None,
             })
             .await
             .unwrap()

@@ -269,6 +269,7 @@ impl Compose {
                     spec: spec.to_string(),
                     format: pb::SpecFormat::Yaml as i32,
                     request_id: format!("{}-{}", self.project, crate::compose::digest(spec)),
+                    signature: None,
                 };
                 match c.submit_app(req).await {
                     Ok(r) => return Some(r.into_inner().version),

@@ -86,6 +86,20 @@ pub fn containers_of(worker: &str) -> Vec<String> {
     .collect()
 }
 
+/// `docker inspect` of container `id`, parsed; `None` when it is gone (a container can
+/// be removed between listing and inspecting it).
+pub fn try_inspect(id: &str) -> Option<serde_json::Value> {
+    let o = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .expect("docker runs");
+    if !o.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.get(0).cloned()
+}
+
 /// `docker inspect` of container `id`, parsed.
 pub fn inspect(id: &str) -> serde_json::Value {
     let text = docker(&["inspect", id]);

@@ -231,6 +231,7 @@ pub fn submit_yaml(spec: String) -> pb::SubmitAppRequest {
         spec,
         format: pb::SpecFormat::Yaml as i32,
         request_id: String::new(),
+        signature: None,
     }
 }
 
@@ -243,6 +244,7 @@ pub fn upgrade_yaml(app: &str, spec: String) -> pb::UpgradeAppRequest {
         dry_run: false,
         expected_version: 0,
         request_id: String::new(),
+        signature: None,
     }
 }
 

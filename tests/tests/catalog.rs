@@ -28,6 +28,7 @@ fn spec(text: &str) -> pb::SubmitAppRequest {
         spec: text.into(),
         format: pb::SpecFormat::Yaml as i32,
         request_id: String::new(),
+        signature: None,
     }
 }
 

@@ -47,6 +47,7 @@ async fn submit(client: &mut WeirClient<Channel>, spec: String) {
             spec,
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();

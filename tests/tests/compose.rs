@@ -59,6 +59,7 @@ async fn upgrade(c: &Compose, app: &str, spec: &str, from: u64) -> pb::UpgradeOp
                 dry_run: false,
                 expected_version: from,
                 request_id: String::new(),
+                signature: None,
             };
             match client.upgrade_app(req).await {
                 Ok(r) => return Some(r.into_inner().operation_id),

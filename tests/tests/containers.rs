@@ -16,8 +16,8 @@ use weir_common::record::{Batch, BatchBuilder, Value};
 use weir_common::spec::{ContainerNetwork, ContainerParams, PeProtocol, Resources};
 use weir_proto::v1 as pb;
 use weir_tests::containers::{
-    containers_of, docker, docker_or_skip, inspect, pe_images, remove_all, worker_id, BROKEN, V1,
-    V2,
+    containers_of, docker, docker_or_skip, inspect, pe_images, remove_all, try_inspect, worker_id,
+    BROKEN, V1, V2,
 };
 use weir_tests::{eventually_within, start_worker_with, Cluster};
 use weir_worker::container::ContainerEngine;
@@ -687,15 +687,16 @@ async fn a_template_generated_operator_runs_in_its_container() {
         .replace("count: 1000", &format!("count: {records}"))
         .replace("expect: 1000", &format!("expect: {records}"));
     rig.submit(spec).await;
-    eventually_within("the template's container runs", LIMIT, || async {
-        let running: Vec<serde_json::Value> =
-            containers_of(&rig.id).iter().map(|c| inspect(c)).collect();
-        running
-            .into_iter()
+    // A container may end and be removed between `docker ps` and `docker inspect`
+    // (the app can finish quickly): inspect what is still there, and keep the first
+    // one of the app seen.
+    let c = eventually_within("the template's container runs", LIMIT, || async {
+        containers_of(&rig.id)
+            .iter()
+            .filter_map(|c| try_inspect(c))
             .find(|c| c["Config"]["Labels"]["weir.app"] == "scores")
     })
     .await;
-    let c = inspect(&containers_of(&rig.id)[0]);
     assert_eq!(c["Config"]["Image"], V1);
     let env = c["Config"]["Env"].to_string();
     assert!(

@@ -124,6 +124,7 @@ async fn workers_report_the_images_docker_holds_and_placement_uses_them() {
             spec: spec.into(),
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();

@@ -249,6 +249,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
             spec: bad,
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap_err();
@@ -321,6 +322,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         spec: "#".repeat(5 << 20),
         format: 0,
         request_id: String::new(),
+        signature: None,
     };
     let err = client.submit_app(huge).await.unwrap_err();
     assert!(
@@ -350,6 +352,7 @@ async fn dry_run_upgrade_returns_the_plan_and_changes_nothing() {
             spec: v1.clone(),
             format: 0,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();

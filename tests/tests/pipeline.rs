@@ -59,6 +59,7 @@ async fn a_million_records_arrive_exactly_once_across_three_workers() {
             spec: pipeline_spec("million", RECORDS),
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();
@@ -164,6 +165,7 @@ async fn submit(c: &Cluster, spec: String) {
             spec,
             format: pb::SpecFormat::Yaml as i32,
             request_id: String::new(),
+            signature: None,
         })
         .await
         .unwrap();

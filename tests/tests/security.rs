@@ -29,6 +29,17 @@ fn app_spec(name: &str, tenant: &str, count: u64) -> String {
     )
 }
 
+/// Registers `names` as tenants that need not sign and may run built-in operators
+/// (what the tests of other rules need).
+async fn open_tenants(c: &SecureCluster, master: u64, names: &[&str]) {
+    let mut ops = c.client(master, &admin()).await;
+    for n in names {
+        ops.put_tenant(put_tenant(n, &[], false, Default::default()))
+            .await
+            .expect("an admin registers a tenant");
+    }
+}
+
 fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic::Status {
     let s = r.expect_err(what);
     assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}");
@@ -44,7 +55,9 @@ async fn no_certificate_or_another_cas_gets_nothing_from_a_master() {
     match c.channel_with(1, &plain).await {
         Err(_) => {}
         Ok(ch) => {
-            let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
+            let r = WeirClient::new(ch)
+                .submit_app(submit_yaml(app_spec("x", "acme", 1)))
+                .await;
             assert!(r.is_err(), "plain TCP was served: {r:?}");
         }
     }
@@ -53,7 +66,9 @@ async fn no_certificate_or_another_cas_gets_nothing_from_a_master() {
     match c.channel_with(1, &outsider).await {
         Err(_) => {}
         Ok(ch) => {
-            let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
+            let r = WeirClient::new(ch)
+                .submit_app(submit_yaml(app_spec("x", "acme", 1)))
+                .await;
             assert!(r.is_err(), "another CA's certificate was served: {r:?}");
         }
     }
@@ -68,8 +83,13 @@ async fn no_certificate_or_another_cas_gets_nothing_from_a_master() {
         )
         .unwrap();
     if let Ok(ch) = ep.connect().await {
-        let r = WeirClient::new(ch).submit_app(submit_yaml(app_spec("x", "acme", 1))).await;
-        assert!(r.is_err(), "a client without a certificate was served: {r:?}");
+        let r = WeirClient::new(ch)
+            .submit_app(submit_yaml(app_spec("x", "acme", 1)))
+            .await;
+        assert!(
+            r.is_err(),
+            "a client without a certificate was served: {r:?}"
+        );
     }
     assert!(c.local_apps(1).await.is_empty(), "nothing was submitted");
     c.stop().await;
@@ -80,6 +100,7 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
     let c = SecureCluster::start(3).await;
     let leader = c.leader().await;
     let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+    open_tenants(&c, leader, &["acme", "globex"]).await;
     let mut acme = c.client(follower, &tenant("acme")).await;
     let mut globex = c.client(follower, &tenant("globex")).await;
     acme.submit_app(submit_yaml(app_spec("orders", "acme", 1_000_000_000)))
@@ -88,25 +109,42 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
 
     // A tenant may not submit for another.
     let s = denied(
-        globex.submit_app(submit_yaml(app_spec("stolen", "acme", 1))).await,
+        globex
+            .submit_app(submit_yaml(app_spec("stolen", "acme", 1)))
+            .await,
         "globex submitting as acme",
     );
     assert!(s.message().contains("tenant \"globex\""), "{s:?}");
     // Nor read, watch, cancel or upgrade another's app.
-    denied(globex.get_app(pb::GetAppRequest { app: "orders".into() }).await, "get");
     denied(
-        globex.watch_app(pb::WatchAppRequest { app: "orders".into() }).await,
+        globex
+            .get_app(pb::GetAppRequest {
+                app: "orders".into(),
+            })
+            .await,
+        "get",
+    );
+    denied(
+        globex
+            .watch_app(pb::WatchAppRequest {
+                app: "orders".into(),
+            })
+            .await,
         "watch",
     );
     denied(
         globex
-            .list_checkpoints(pb::ListCheckpointsRequest { app: "orders".into() })
+            .list_checkpoints(pb::ListCheckpointsRequest {
+                app: "orders".into(),
+            })
             .await,
         "checkpoints",
     );
     denied(
         globex
-            .get_app_history(pb::GetAppHistoryRequest { app: "orders".into() })
+            .get_app_history(pb::GetAppHistoryRequest {
+                app: "orders".into(),
+            })
             .await,
         "history",
     );
@@ -127,7 +165,9 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
     );
     // Listing shows a tenant only its own, and asking for another's is refused.
     let mine = globex
-        .list_apps(pb::ListAppsRequest { tenant: String::new() })
+        .list_apps(pb::ListAppsRequest {
+            tenant: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -135,12 +175,16 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
     assert!(mine.is_empty(), "globex was shown {mine:?}");
     denied(
         globex
-            .list_apps(pb::ListAppsRequest { tenant: "acme".into() })
+            .list_apps(pb::ListAppsRequest {
+                tenant: "acme".into(),
+            })
             .await,
         "listing acme's apps",
     );
     // Claiming to be forwarded on acme's behalf is refused from anyone but a master.
-    let mut spoof = tonic::Request::new(pb::GetAppRequest { app: "orders".into() });
+    let mut spoof = tonic::Request::new(pb::GetAppRequest {
+        app: "orders".into(),
+    });
     spoof.metadata_mut().insert(
         weir_security::caller::ON_BEHALF_OF,
         tenant("acme").uri().parse().unwrap(),
@@ -149,7 +193,9 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
 
     // Nothing changed: acme's app is live at version 1, and the only app.
     let d = acme
-        .get_app(pb::GetAppRequest { app: "orders".into() })
+        .get_app(pb::GetAppRequest {
+            app: "orders".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -170,7 +216,9 @@ async fn a_tenant_sees_and_changes_only_its_own_apps_even_through_a_follower() {
     let all = c
         .client(follower, &admin())
         .await
-        .list_apps(pb::ListAppsRequest { tenant: String::new() })
+        .list_apps(pb::ListAppsRequest {
+            tenant: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -205,7 +253,10 @@ async fn membership_workers_and_the_catalog_need_the_admin_role() {
         "a tenant removing a master",
     );
     let mut acme = WeirClient::new(ch);
-    denied(acme.list_workers(pb::ListWorkersRequest {}).await, "workers");
+    denied(
+        acme.list_workers(pb::ListWorkersRequest {}).await,
+        "workers",
+    );
     denied(
         acme.add_template(pb::AddTemplateRequest {
             text: "name: t\n".into(),
@@ -220,8 +271,12 @@ async fn membership_workers_and_the_catalog_need_the_admin_role() {
         "removing a base image",
     );
     // Reads every user needs stay open to tenants.
-    acme.cluster_status(pb::ClusterStatusRequest {}).await.unwrap();
-    acme.list_templates(pb::ListTemplatesRequest {}).await.unwrap();
+    acme.cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap();
+    acme.list_templates(pb::ListTemplatesRequest {})
+        .await
+        .unwrap();
     // Membership is unchanged.
     let voters: Vec<u64> = c.masters[&leader]
         .node
@@ -244,7 +299,11 @@ async fn only_masters_speak_raft_and_each_only_as_itself() {
     let c = SecureCluster::start(3).await;
     let leader = c.leader().await;
     let target = *c.addrs.keys().find(|id| **id != leader).unwrap();
-    let impostor = *c.addrs.keys().find(|id| **id != leader && **id != target).unwrap();
+    let impostor = *c
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != target)
+        .unwrap();
     let term_before = c.masters[&target].node.raft.metrics().borrow().current_term;
     let vote = |from: u64| pb::VoteRequest {
         header: Some(pb::RaftHeader {
@@ -254,11 +313,16 @@ async fn only_masters_speak_raft_and_each_only_as_itself() {
             ..Default::default()
         }),
         // Never decoded: the refusal comes first.
-        payload: b"{\"vote\":{\"leader_id\":{\"term\":18446744073709551615}}}".to_vec().into(),
+        payload: b"{\"vote\":{\"leader_id\":{\"term\":18446744073709551615}}}"
+            .to_vec()
+            .into(),
     };
     for who in [tenant("acme"), Principal::Worker("w1".into()), admin()] {
         let ch = c.channel_with(target, &c.security(&who)).await.unwrap();
-        denied(RaftTransportClient::new(ch).vote(vote(leader)).await, &format!("{who} voting"));
+        denied(
+            RaftTransportClient::new(ch).vote(vote(leader)).await,
+            &format!("{who} voting"),
+        );
     }
     // A master's certificate claiming to be another master.
     let ch = c
@@ -284,7 +348,12 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
     eventually("w1 registered over TLS", || {
         let mut ops = ops.clone();
         async move {
-            let ws = ops.list_workers(pb::ListWorkersRequest {}).await.ok()?.into_inner().workers;
+            let ws = ops
+                .list_workers(pb::ListWorkersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .workers;
             (ws.len() == 1 && ws[0].worker_id == "w1").then_some(())
         }
     })
@@ -308,7 +377,10 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
     );
     assert!(s.message().contains("worker_id"), "{s:?}");
     // Nor can a tenant register a worker at all.
-    let ch = c.channel_with(1, &c.security(&tenant("acme"))).await.unwrap();
+    let ch = c
+        .channel_with(1, &c.security(&tenant("acme")))
+        .await
+        .unwrap();
     denied(
         MasterWorkersClient::new(ch)
             .register_worker(pb::RegisterWorkerRequest {
@@ -344,7 +416,10 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
             .endpoint(&w1.control_addr.to_string(), ServerRole::Worker)
             .unwrap();
         let mut ctl = WorkerControlClient::new(ep.connect().await.unwrap());
-        denied(ctl.report(forged.clone()).await, &format!("{who} forging a term"));
+        denied(
+            ctl.report(forged.clone()).await,
+            &format!("{who} forging a term"),
+        );
         denied(
             ctl.deploy_pe(pb::DeployPeRequest::default()).await,
             &format!("{who} deploying a PE"),
@@ -359,8 +434,12 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
         .await
         .unwrap()
         .into_inner();
-    assert!(report.term < u64::MAX, "the forged term was not taken: {report:?}");
+    assert!(
+        report.term < u64::MAX,
+        "the forged term was not taken: {report:?}"
+    );
     // And the real master still commands it: an app runs on it over TLS.
+    open_tenants(&c, 1, &["acme"]).await;
     let mut acme = c.client(1, &tenant("acme")).await;
     acme.submit_app(submit_yaml(app_spec("tls-app", "acme", 5000)))
         .await
@@ -374,16 +453,23 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
 async fn an_app_runs_exactly_once_across_workers_over_mutual_tls() {
     let c = SecureCluster::start(1).await;
     c.leader().await;
-    let workers = [c.worker("w1").await, c.worker("w2").await, c.worker("w3").await];
+    let workers = [
+        c.worker("w1").await,
+        c.worker("w2").await,
+        c.worker("w3").await,
+    ];
     let ops = c.client(1, &admin()).await;
     weir_tests::workers_alive(&ops, 3, Duration::from_secs(30)).await;
     let spec = "name: spread\ntenant: acme\noperators:\n  - {name: gen, kind: source.generator, parallelism: 2, params: {count: 200000, keys: 100}}\n  - {name: by-key, kind: key_by, parallelism: 3, params: {field: key}}\n  - {name: out, kind: sink.verify}\nstreams:\n  - {from: gen, to: by-key, partitioning: round_robin}\n  - {from: by-key, to: out, partitioning: hash}\n";
+    open_tenants(&c, 1, &["acme"]).await;
     let mut acme = c.client(1, &tenant("acme")).await;
     acme.submit_app(submit_yaml(spec.into())).await.unwrap();
     weir_tests::assert_audit_exact(&acme, "spread", "out", 200_000, Duration::from_secs(300)).await;
     // The PEs were spread over the workers, so records crossed TLS data links.
     let d = acme
-        .get_app(pb::GetAppRequest { app: "spread".into() })
+        .get_app(pb::GetAppRequest {
+            app: "spread".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -394,5 +480,202 @@ async fn an_app_runs_exactly_once_across_workers_over_mutual_tls() {
     for w in workers {
         w.stop().await;
     }
+    c.stop().await;
+}
+
+fn put_tenant(
+    name: &str,
+    keys: &[&weir_security::sign::Signer],
+    require_signature: bool,
+    caps: pb::Capabilities,
+) -> pb::PutTenantRequest {
+    pb::PutTenantRequest {
+        tenant: name.into(),
+        policy: Some(pb::TenantPolicy {
+            keys: keys
+                .iter()
+                .map(|k| pb::SigningKey {
+                    id: k.key_id(),
+                    public_key: k.public_key().to_vec().into(),
+                })
+                .collect(),
+            require_signature,
+            capabilities: Some(caps),
+        }),
+    }
+}
+
+fn signed(spec: String, key: &weir_security::sign::Signer) -> pb::SubmitAppRequest {
+    let mut r = submit_yaml(spec.clone());
+    r.signature = Some(pb::SpecSignature {
+        key_id: key.key_id(),
+        signature: key.sign(&spec).into(),
+    });
+    r
+}
+
+fn unauthenticated<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic::Status {
+    let s = r.expect_err(what);
+    assert_eq!(s.code(), Code::Unauthenticated, "{what}: {s:?}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn specs_are_signed_verified_before_raft_and_kept_with_each_version() {
+    use weir_security::sign::Signer;
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    let (key, _) = Signer::generate().unwrap();
+    let (stranger, _) = Signer::generate().unwrap();
+    let mut ops = c.client(1, &admin()).await;
+    let mut acme = c.client(1, &tenant("acme")).await;
+    // Only an admin registers tenants, and a bad policy changes nothing.
+    denied(
+        acme.put_tenant(put_tenant("acme", &[&stranger], true, Default::default()))
+            .await,
+        "a tenant registering itself",
+    );
+    let mut short = put_tenant("acme", &[&key], true, Default::default());
+    short.policy.as_mut().unwrap().keys[0].public_key = vec![7u8; 31].into();
+    let s = ops.put_tenant(short).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("32 bytes"), "{s:?}");
+    let listed = ops
+        .list_tenants(pb::ListTenantsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.tenants.iter().all(|t| t.policy.is_none()),
+        "{listed:?}"
+    );
+
+    // With security on, an unregistered tenant cannot submit at all.
+    let s = unauthenticated(
+        acme.submit_app(submit_yaml(app_spec("a", "acme", 10)))
+            .await,
+        "an unregistered tenant",
+    );
+    assert!(s.message().contains("not registered"), "{s:?}");
+
+    ops.put_tenant(put_tenant("acme", &[&key], true, Default::default()))
+        .await
+        .unwrap();
+    let text = app_spec("a", "acme", 10);
+    unauthenticated(acme.submit_app(submit_yaml(text.clone())).await, "unsigned");
+    let mut tampered = signed(text.clone(), &key);
+    tampered.spec = app_spec("a", "acme", 1_000_000);
+    let s = unauthenticated(acme.submit_app(tampered).await, "tampered");
+    assert!(s.message().contains("does not verify"), "{s:?}");
+    unauthenticated(
+        acme.submit_app(signed(text.clone(), &stranger)).await,
+        "signed with an unregistered key",
+    );
+    assert!(c.local_apps(1).await.is_empty(), "nothing reached Raft");
+
+    acme.submit_app(signed(text, &key)).await.unwrap();
+    let h = acme
+        .get_app_history(pb::GetAppHistoryRequest { app: "a".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.versions.len(), 1);
+    assert_eq!(h.versions[0].signed_by_key, key.key_id());
+    // A tenant lists only itself, with its keys.
+    let mine = acme
+        .list_tenants(pb::ListTenantsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.tenants.len(), 1);
+    assert_eq!(
+        mine.tenants[0].policy.as_ref().unwrap().keys[0].id,
+        key.key_id()
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_an_app_may_reach_is_granted_per_tenant_not_assumed() {
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    let mut ops = c.client(1, &admin()).await;
+    let mut acme = c.client(1, &tenant("acme")).await;
+    let root = "/tmp/weir-acme-root";
+    ops.put_tenant(put_tenant(
+        "acme",
+        &[],
+        false,
+        pb::Capabilities {
+            file_root: root.into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let with = |name: &str, op: &str| {
+        format!(
+            "name: {name}\ntenant: acme\noperators:\n  - {{name: gen, kind: source.generator, params: {{count: 10}}}}\n  - {op}\nstreams:\n  - {{from: gen, to: out}}\n"
+        )
+    };
+    let exec_app = |name: &str| {
+        format!(
+            "name: {name}\ntenant: acme\noperators:\n  - {{name: gen, kind: source.generator, params: {{count: 10}}}}\n  - {{name: x, kind: exec, params: {{command: [/bin/cat]}}}}\n  - {{name: out, kind: sink.verify}}\nstreams:\n  - {{from: gen, to: x}}\n  - {{from: x, to: out}}\n"
+        )
+    };
+    let s = denied(acme.submit_app(submit_yaml(exec_app("x"))).await, "exec");
+    assert!(
+        s.message()
+            .contains("operators[1].kind: exec operators are not granted"),
+        "{s:?}"
+    );
+    let refusals = [
+        (
+            "{name: out, kind: sink.file, params: {path: /etc/weir-owned}}",
+            "must be an absolute path under",
+        ),
+        (
+            "{name: out, kind: sink.file, params: {path: /tmp/weir-acme-root/../escape}}",
+            "without `..`",
+        ),
+        (
+            "{name: out, kind: sink.tcp, params: {address: \"127.0.0.1:9\"}}",
+            "network operators are not granted",
+        ),
+    ];
+    for (i, (op, why)) in refusals.iter().enumerate() {
+        let s = denied(
+            acme.submit_app(submit_yaml(with(&format!("x{i}"), op)))
+                .await,
+            op,
+        );
+        assert!(s.message().contains(why), "{op}: {s:?}");
+        assert!(s.message().contains("operators[1]"), "{op}: {s:?}");
+    }
+    assert!(
+        c.local_apps(1).await.is_empty(),
+        "no refused app reached Raft"
+    );
+    let ok = with(
+        "ok",
+        &format!("{{name: out, kind: sink.file, params: {{path: {root}/out.jsonl}}}}"),
+    );
+    acme.submit_app(submit_yaml(ok)).await.unwrap();
+    // An upgrade is held to the same grant.
+    let s = denied(
+        acme.upgrade_app(upgrade_yaml("ok", exec_app("ok"))).await,
+        "an upgrade to an exec operator",
+    );
+    assert!(
+        s.message().contains("exec operators are not granted"),
+        "{s:?}"
+    );
+    let h = acme
+        .get_app_history(pb::GetAppHistoryRequest { app: "ok".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.versions.len(), 1, "the app stayed at version 1");
+    assert_eq!(c.local_apps(1).await, vec!["ok".to_string()]);
     c.stop().await;
 }

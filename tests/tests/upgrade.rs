@@ -122,6 +122,7 @@ impl Rig {
                 spec: app.text(),
                 format: pb::SpecFormat::Yaml as i32,
                 request_id: String::new(),
+                signature: None,
             })
             .await
             .unwrap();
@@ -255,6 +256,7 @@ fn upgrade_req(app: String, spec: String) -> pb::UpgradeAppRequest {
         dry_run: false,
         expected_version: 0,
         request_id: String::new(),
+        signature: None,
     }
 }
 

@@ -6,7 +6,6 @@
 //! one that is gone) and repeats of a command id answer `duplicate = true`.
 //! Bad requests are INVALID_ARGUMENT naming the field; nothing is changed.
 
-use weir_security::{Caller, Role};
 use crate::checkpoint::{serve, SnapshotStore};
 use crate::dataplane::ChannelKey;
 use crate::runtime::{OutputConfig, PeConfig, Runtime, Target};
@@ -19,6 +18,7 @@ use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::{OperatorSpec, Partitioning};
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_server::WorkerControl;
+use weir_security::{Caller, Role};
 
 /// How long command ids are remembered.
 const REMEMBER: Duration = Duration::from_secs(600);

@@ -68,7 +68,8 @@ impl Worker {
         let dialer = crate::dataplane::Dialer::new(&cfg.security).map_err(std::io::Error::other)?;
         let admission =
             crate::dataplane::Admission::new(&cfg.security).map_err(std::io::Error::other)?;
-        let mut runtime = Runtime::with_checkpoints(inputs.clone(), env.clone()).with_dialer(dialer);
+        let mut runtime =
+            Runtime::with_checkpoints(inputs.clone(), env.clone()).with_dialer(dialer);
         if let Some(engine) = container_engine(&cfg).await {
             runtime = runtime.with_containers(engine);
         }

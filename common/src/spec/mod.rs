@@ -1,5 +1,6 @@
 //! App specs: the logical model, parsing from YAML/JSON, and validation.
 
+mod capabilities;
 pub mod expr;
 mod limits;
 pub mod model;
@@ -9,6 +10,7 @@ pub(crate) mod reader;
 mod redact;
 mod validate;
 
+pub use capabilities::{check_capabilities, Capabilities, Cidr};
 pub use limits::{dense_spec_yaml, AppLimits, PhysicalSize, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PES};
 pub use model::*;
 pub(crate) use params::valid_image_ref;

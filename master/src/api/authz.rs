@@ -50,7 +50,9 @@ pub(crate) fn authorize<T>(req: &Request<T>, action: Action<'_>) -> Result<(), S
         Action::ReadApp { tenant, app } | Action::WriteApp { tenant, app } => {
             caller.check_tenant(tenant, &format!("app {app:?}"))
         }
-        Action::ReadCluster => caller.require(&[Role::Tenant, Role::Admin, Role::Master], "this call"),
+        Action::ReadCluster => {
+            caller.require(&[Role::Tenant, Role::Admin, Role::Master], "this call")
+        }
         Action::Admin(what) => caller.require(&[Role::Admin], what),
     }
 }
@@ -102,20 +104,40 @@ mod tests {
     #[test]
     fn tenants_touch_only_their_own_apps() {
         let acme = req(tenant("acme"));
-        let own = Action::WriteApp { tenant: "acme", app: "a" };
-        let other = Action::ReadApp { tenant: "globex", app: "g" };
+        let own = Action::WriteApp {
+            tenant: "acme",
+            app: "a",
+        };
+        let other = Action::ReadApp {
+            tenant: "globex",
+            app: "g",
+        };
         assert!(authorize(&acme, own).is_ok());
-        assert_eq!(authorize(&acme, other).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(
+            authorize(&acme, other).unwrap_err().code(),
+            Code::PermissionDenied
+        );
         assert!(authorize(&acme, Action::ReadCluster).is_ok());
         let e = authorize(&acme, Action::Admin("ListWorkers")).unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
-        assert!(e.message().contains("ListWorkers needs the admin role"), "{}", e.message());
+        assert!(
+            e.message().contains("ListWorkers needs the admin role"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
     fn admins_touch_everything() {
         let ops = req(Caller::Principal(Principal::Admin("ops".into())));
-        assert!(authorize(&ops, Action::ReadApp { tenant: "globex", app: "g" }).is_ok());
+        assert!(authorize(
+            &ops,
+            Action::ReadApp {
+                tenant: "globex",
+                app: "g"
+            }
+        )
+        .is_ok());
         assert!(authorize(&ops, Action::Admin("AddMaster")).is_ok());
         assert_eq!(list_scope(&ops, "").unwrap(), "");
         assert_eq!(list_scope(&ops, "globex").unwrap(), "globex");
@@ -126,24 +148,52 @@ mod tests {
         let acme = req(tenant("acme"));
         assert_eq!(list_scope(&acme, "").unwrap(), "acme");
         assert_eq!(list_scope(&acme, "acme").unwrap(), "acme");
-        assert_eq!(list_scope(&acme, "globex").unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(
+            list_scope(&acme, "globex").unwrap_err().code(),
+            Code::PermissionDenied
+        );
     }
 
     #[test]
     fn a_worker_or_no_caller_is_refused() {
         let w = req(Caller::Principal(Principal::Worker("w1".into())));
-        assert!(authorize(&w, Action::ReadApp { tenant: "acme", app: "a" }).is_err());
+        assert!(authorize(
+            &w,
+            Action::ReadApp {
+                tenant: "acme",
+                app: "a"
+            }
+        )
+        .is_err());
         assert!(authorize(&w, Action::ReadCluster).is_err());
         let none = Request::new(());
-        assert_eq!(authorize(&none, Action::ReadCluster).unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(
+            authorize(&none, Action::ReadCluster).unwrap_err().code(),
+            Code::Unauthenticated
+        );
     }
 
     #[test]
     fn without_security_the_tenant_header_is_still_held_to() {
         let mut r = req(Caller::Anyone);
-        r.metadata_mut().insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
-        assert!(authorize(&r, Action::ReadApp { tenant: "acme", app: "a" }).is_ok());
-        assert!(authorize(&r, Action::ReadApp { tenant: "globex", app: "g" }).is_err());
+        r.metadata_mut()
+            .insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
+        assert!(authorize(
+            &r,
+            Action::ReadApp {
+                tenant: "acme",
+                app: "a"
+            }
+        )
+        .is_ok());
+        assert!(authorize(
+            &r,
+            Action::ReadApp {
+                tenant: "globex",
+                app: "g"
+            }
+        )
+        .is_err());
         assert!(authorize(&r, Action::Admin("AddMaster")).is_ok());
     }
 }

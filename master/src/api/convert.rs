@@ -194,6 +194,11 @@ pub fn app_detail(
             pe_count: v.spec.operators.iter().map(|o| o.parallelism).sum(),
             spec: redact_spec_text(&v.spec_text),
             generated: generated_operators(v),
+            signed_by_key: v
+                .signature
+                .as_ref()
+                .map(|s| s.key_id.clone())
+                .unwrap_or_default(),
         })
         .collect();
     pb::AppDetail {

@@ -241,9 +241,9 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::AppState { .. } | CommandError::Checkpoint(_) | CommandError::Upgrade(_) => {
             Code::FailedPrecondition
         }
-        CommandError::BadPlacement { .. } | CommandError::RequestIdReused { .. } => {
-            Code::InvalidArgument
-        }
+        CommandError::BadPlacement { .. }
+        | CommandError::RequestIdReused { .. }
+        | CommandError::Tenant(_) => Code::InvalidArgument,
         CommandError::Catalog(c) => match c {
             CatalogError::Exists { .. } => Code::AlreadyExists,
             CatalogError::NotFound { .. } => Code::NotFound,

@@ -1,5 +1,6 @@
 //! `weir.v1.Weir`: the client API.
 
+use super::authz::{authorize, list_scope, Action};
 use super::convert::*;
 use super::*;
 use crate::state::{ClusterState, Response};
@@ -11,7 +12,6 @@ use weir_common::catalog::{parse_app_with, Catalog, Resolve, Resolved};
 use weir_common::physical::{PeId, PhysicalModel};
 use weir_common::plan::{plan, render_text, Placement};
 use weir_common::spec::SpecFormat;
-use super::authz::{authorize, list_scope, Action};
 use weir_proto::status::validation_failure;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
@@ -163,6 +163,7 @@ fn generated_text(
 }
 
 mod catalog;
+mod tenants;
 mod watch;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::AppEvent, Status>> + Send>>;
@@ -183,6 +184,12 @@ impl Weir for WeirService {
                     parse_spec(&req.get_ref().spec, req.get_ref().format, &catalog)?;
                 authorize(&req, Action::WriteApp { tenant: &spec.tenant, app: &spec.name })?;
                 super::bounds::check_app(&self.limits, &spec).map_err(problems_status)?;
+                let secure = self.shared.node.security.is_on();
+                let signature = self
+                    .read(|s| {
+                        tenants::admit_spec(s, secure, &spec, &req.get_ref().spec, req.get_ref().signature.as_ref())
+                    })
+                    .await?;
                 let templates = generated.len();
                 let cmd = Command::SubmitApp {
                     spec: spec.clone(),
@@ -190,6 +197,7 @@ impl Weir for WeirService {
                     at_ms: now_ms(),
                     request_id: request_id.clone(),
                     generated,
+                    signature,
                 };
                 let (answer, repeat) = self.propose_once(cmd).await?;
                 let version = match answer {
@@ -303,8 +311,11 @@ impl Weir for WeirService {
                 }
                 // Place the new PEs up front: an upgrade that cannot run is refused
                 // before anything is stored or started.
+                let secure = self.shared.node.security.is_on();
                 let (cmd, p) = self
                     .read(|s| {
+                        let signature =
+                            tenants::admit_spec(s, secure, &new, &r.spec, r.signature.as_ref())?;
                         let app = app_or_not_found(s, &r.app)?;
                         if let Some(id) = app.upgrade {
                             return Err(Status::failed_precondition(format!(
@@ -333,6 +344,7 @@ impl Weir for WeirService {
                             summary: p.summary.clone(),
                             request_id: r.request_id.clone(),
                             generated: generated.clone(),
+                            signature,
                         };
                         s.check(&cmd).map_err(|e| command_status(&e))?;
                         Ok((cmd, p))
@@ -372,7 +384,13 @@ impl Weir for WeirService {
                     .as_ref()
                     .map(|s| s.tenant.clone())
                     .unwrap_or_default();
-                authorize(&req, Action::ReadApp { tenant: &tenant, app: &req.get_ref().app })?;
+                authorize(
+                    &req,
+                    Action::ReadApp {
+                        tenant: &tenant,
+                        app: &req.get_ref().app,
+                    },
+                )?;
                 Ok(Reply::new(pb::GetAppResponse { app: Some(detail) }))
             })
             .await
@@ -413,7 +431,13 @@ impl Weir for WeirService {
                     .read(|s| s.apps.get(&name).map(|a| a.tenant.clone()))
                     .await;
                 if let Some(t) = tenant {
-                    authorize(&req, Action::WriteApp { tenant: &t, app: &name })?;
+                    authorize(
+                        &req,
+                        Action::WriteApp {
+                            tenant: &t,
+                            app: &name,
+                        },
+                    )?;
                 }
                 let request_id = req.get_ref().request_id.clone();
                 check_request_id(&request_id)?;
@@ -444,7 +468,13 @@ impl Weir for WeirService {
         let (mut watch, opening) = self
             .read(|s| {
                 let a = app_or_not_found(s, &name)?;
-                authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &name })?;
+                authorize(
+                    &req,
+                    Action::ReadApp {
+                        tenant: &a.tenant,
+                        app: &name,
+                    },
+                )?;
                 Ok::<_, Status>(watch::AppWatch::open(s, a))
             })
             .await?;
@@ -566,7 +596,13 @@ impl Weir for WeirService {
                 let out = self
                     .read(|s| {
                         let a = app_or_not_found(s, &req.get_ref().app)?;
-                        authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &a.name })?;
+                        authorize(
+                            &req,
+                            Action::ReadApp {
+                                tenant: &a.tenant,
+                                app: &a.name,
+                            },
+                        )?;
                         Ok::<_, Status>(crate::api::convert::checkpoints(&a.checkpoints))
                     })
                     .await?;
@@ -586,7 +622,13 @@ impl Weir for WeirService {
                 let (detail, operations) = self
                     .read(|s| {
                         let a = app_or_not_found(s, &req.get_ref().app)?;
-                        authorize(&req, Action::ReadApp { tenant: &a.tenant, app: &a.name })?;
+                        authorize(
+                            &req,
+                            Action::ReadApp {
+                                tenant: &a.tenant,
+                                app: &a.name,
+                            },
+                        )?;
                         Ok::<_, Status>({
                             let ops = s
                                 .upgrades
@@ -660,6 +702,22 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::RemoveTemplateResponse>, Status> {
         let f = self.catalog_remove_template(req);
         self.shared.timed("RemoveTemplate", f).await
+    }
+
+    async fn put_tenant(
+        &self,
+        req: Request<pb::PutTenantRequest>,
+    ) -> Result<Reply<pb::PutTenantResponse>, Status> {
+        let f = self.tenants_put(req);
+        self.shared.timed("PutTenant", f).await
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Reply<pb::ListTenantsResponse>, Status> {
+        let f = self.tenants_list(req);
+        self.shared.timed("ListTenants", f).await
     }
 }
 

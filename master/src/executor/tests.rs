@@ -32,6 +32,7 @@ fn state(workers: &[&str]) -> ClusterState {
         at_ms: 1,
         request_id: String::new(),
         generated: Default::default(),
+        signature: None,
     })
     .unwrap();
     s
@@ -367,6 +368,7 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
             at_ms: i as u64,
             request_id: String::new(),
             generated: Default::default(),
+            signature: None,
         })
         .unwrap();
     }
@@ -449,6 +451,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
         summary: Default::default(),
         request_id: String::new(),
         generated: Default::default(),
+        signature: None,
     })
     .unwrap();
     let free_after: f64 = super::reconcile::capacities(&s)
@@ -505,6 +508,7 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
         at_ms: 2,
         request_id: String::new(),
         generated: Default::default(),
+        signature: None,
     })
     .unwrap();
     let a = reconcile(&s, &BTreeMap::new(), NOW);

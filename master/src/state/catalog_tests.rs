@@ -55,6 +55,7 @@ fn submit(s: &ClusterState) -> Command {
         at_ms: 10,
         request_id: String::new(),
         generated: r.generated,
+        signature: None,
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! This file holds the command type, its answers and refusals, and the two dispatches
 //! (`check`, `apply_checked`); each family of commands keeps, for each command, its
-//! check next to its effect: [`apps`], [`workers`], [`checkpoints`], [`upgrades`]
-//! (the catalog's are in `state/catalog.rs`).
+//! check next to its effect: [`apps`], [`workers`], [`checkpoints`], [`upgrades`],
+//! [`tenants`] (the catalog's are in `state/catalog.rs`).
 
 mod apps;
 mod checkpoints;
+mod tenants;
 mod upgrades;
 mod workers;
 
@@ -39,6 +40,9 @@ pub enum Command {
         /// commit is refused if one of them went away since. Absent when none did.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         generated: weir_common::catalog::Provenances,
+        /// The tenant's signature of `spec_text`, verified before proposing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<SpecSignature>,
     },
     /// A running app ran to its end (every PE of its placement reported stopped after
     /// its inputs ended): it is marked finished and its resources freed.
@@ -167,6 +171,9 @@ pub enum Command {
         /// commit is refused if one of them went away since. Absent when none did.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         generated: weir_common::catalog::Provenances,
+        /// The tenant's signature of `spec_text`, verified before proposing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<SpecSignature>,
     },
     /// Every new PE runs and every switch action is armed: the switch barrier (a
     /// checkpoint) is begun.
@@ -233,6 +240,13 @@ pub enum Command {
     RemoveTemplate {
         /// Its name.
         name: String,
+    },
+    /// Register a tenant, or replace its policy.
+    PutTenant {
+        /// The tenant.
+        name: String,
+        /// Its keys, signature rule and capabilities, validated.
+        policy: TenantPolicy,
     },
     /// Several commands proposed together (see `api::propose`): each is checked and
     /// applied on its own, in order, and answered on its own.
@@ -353,6 +367,9 @@ pub enum CommandError {
     /// A catalog command, or a generated spec whose catalog entries went away.
     #[error("{0}")]
     Catalog(super::catalog::CatalogError),
+    /// A tenant policy that breaks a rule.
+    #[error("{0}")]
+    Tenant(String),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -459,6 +476,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         Command::RemoveBaseImage { name } => Ok(catalog::check_remove_image(s, name)?),
         Command::AddTemplate { template } => Ok(catalog::check_add_template(s, template)?),
         Command::RemoveTemplate { name } => Ok(catalog::check_remove_template(s, name)?),
+        Command::PutTenant { name, policy } => tenants::check_put(name, policy),
     }
 }
 
@@ -501,7 +519,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             at_ms,
             request_id,
             generated,
-        } => apps::apply_submit(s, spec, spec_text, *at_ms, request_id, generated),
+            signature,
+        } => apps::apply_submit(s, spec, spec_text, *at_ms, request_id, generated, signature),
         Command::FinishApp { app, at_ms, pes } => apps::apply_finish(s, app, *at_ms, pes),
         Command::CancelApp {
             name,
@@ -561,6 +580,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             summary,
             request_id,
             generated,
+            signature,
         } => upgrades::apply_begin(
             s,
             upgrades::Begin {
@@ -573,6 +593,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
                 summary,
                 request_id,
                 generated,
+                signature,
             },
         ),
         Command::UpgradeSwitch { app, id, at_ms } => upgrades::apply_switch(s, app, *id, *at_ms),
@@ -630,6 +651,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             Arc::make_mut(&mut s.catalog).templates.remove(name);
             Response::Done
         }
+        Command::PutTenant { name, policy } => tenants::apply_put(s, name, policy),
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },

@@ -12,6 +12,7 @@ pub(crate) fn submit(at_ms: u64) -> Command {
         at_ms,
         request_id: String::new(),
         generated: Default::default(),
+        signature: None,
     }
 }
 
@@ -64,6 +65,7 @@ pub(crate) fn upgrading() -> (ClusterState, Command) {
         summary: Default::default(),
         request_id: String::new(),
         generated: Default::default(),
+        signature: None,
     };
     (s, begin)
 }

@@ -258,6 +258,19 @@ pub struct AppVersion {
     /// operators an app's spec wrote as `template:`); empty for none.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub generated: weir_common::catalog::Provenances,
+    /// The tenant's signature of `spec_text`, checked before it was proposed; `None`
+    /// for an unsigned version (allowed only where the tenant's policy allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SpecSignature>,
+}
+
+/// A tenant's Ed25519 signature of a spec's text (`weir_security::sign`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecSignature {
+    /// The id of the tenant key that signed.
+    pub key_id: String,
+    /// The signature.
+    pub signature: Vec<u8>,
 }
 
 /// A tenant.
@@ -267,6 +280,22 @@ pub struct TenantRecord {
     pub name: String,
     /// Live apps of the tenant.
     pub apps: u32,
+    /// What an admin registered for it; `None`: never registered (it exists because
+    /// one of its apps was submitted with security off, where nothing is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<TenantPolicy>,
+}
+
+/// What an admin registered for a tenant: the keys its specs are signed with, whether
+/// a signature is required, and what its apps may do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    /// Ed25519 public keys (32 bytes) by key id.
+    pub keys: BTreeMap<String, Vec<u8>>,
+    /// Whether submissions and upgrades need a valid signature.
+    pub require_signature: bool,
+    /// What its apps may do.
+    pub capabilities: weir_common::spec::Capabilities,
 }
 
 /// A GPU as a worker reports it.

@@ -294,6 +294,7 @@ fn submit_with(request_id: &str, at_ms: u64) -> Command {
         at_ms,
         request_id: request_id.into(),
         generated: Default::default(),
+        signature: None,
     }
 }
 
@@ -337,6 +338,7 @@ fn a_repeated_submit_answers_its_version_and_changes_nothing() {
         at_ms: 50,
         request_id: "r-1".into(),
         generated: Default::default(),
+        signature: None,
     };
     let err = s.apply(&other).unwrap_err();
     assert!(
@@ -374,6 +376,7 @@ fn a_repeated_upgrade_answers_its_operation_and_starts_no_second_one() {
         handoff: BTreeMap::new(),
         summary: summary.clone(),
         request_id: request_id.into(),
+        signature: None,
     };
     let first = s.apply(&with("u-1", 100)).unwrap();
     assert_eq!(first, Response::UpgradeStarted { id: 1, version: 2 });

@@ -171,22 +171,34 @@ async fn checkpoint_replicate_then_fetch_back() {
     // A worker without a copy fetches it back and keeps it.
     let (_d, store) = local_store();
     let locations = [w3.location(&data), w1.location(&data)];
-    let got = fetch(&store, "w9", &Default::default(), APP, PE, 7, &locations).await.unwrap();
+    let got = fetch(&store, "w9", &Default::default(), APP, PE, 7, &locations)
+        .await
+        .unwrap();
     assert_eq!(got.bytes, data);
     assert_eq!(got.from, "w3");
     assert!(got.problems.is_empty(), "{:?}", got.problems);
     assert_eq!(store.get(APP, PE, 7).unwrap(), data.to_vec());
     // Next time the local copy serves.
-    let again = fetch(&store, "w9", &Default::default(), APP, PE, 7, &locations).await.unwrap();
+    let again = fetch(&store, "w9", &Default::default(), APP, PE, 7, &locations)
+        .await
+        .unwrap();
     assert_eq!(again.from, "w9");
     assert_eq!(again.bytes, data);
 
     // An empty snapshot replicates and fetches too.
     assert_eq!(r.replicate(APP, PE, 9, Bytes::new()).await, ["w3"]);
     let (_d2, other) = local_store();
-    let got = fetch(&other, "w9", &Default::default(), APP, PE, 9, &[w3.location(b"")])
-        .await
-        .unwrap();
+    let got = fetch(
+        &other,
+        "w9",
+        &Default::default(),
+        APP,
+        PE,
+        9,
+        &[w3.location(b"")],
+    )
+    .await
+    .unwrap();
     assert!(got.bytes.is_empty());
 }
 
@@ -242,7 +254,9 @@ async fn checkpoint_fetch_falls_back_past_corrupt_copies() {
         w1.location(&data),
         w2.location(&data),
     ];
-    let got = fetch(&store, "w0", &Default::default(), APP, PE, 5, &locations).await.unwrap();
+    let got = fetch(&store, "w0", &Default::default(), APP, PE, 5, &locations)
+        .await
+        .unwrap();
     assert_eq!(got.from, "w2");
     assert_eq!(got.bytes, data);
     assert_eq!(got.problems.len(), 3, "{:?}", got.problems);
@@ -266,9 +280,17 @@ async fn checkpoint_fetch_falls_back_past_corrupt_copies() {
         ..w1.location(&data)
     };
     w1.store.put(APP, PE, 5, &data).unwrap();
-    let err = fetch(&empty, "w0", &Default::default(), APP, PE, 5, &[wrong, w2.location(&data), dead])
-        .await
-        .unwrap_err();
+    let err = fetch(
+        &empty,
+        "w0",
+        &Default::default(),
+        APP,
+        PE,
+        5,
+        &[wrong, w2.location(&data), dead],
+    )
+    .await
+    .unwrap_err();
     let FetchError::NoIntactCopy { problems } = err;
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(
@@ -282,7 +304,9 @@ async fn checkpoint_fetch_falls_back_past_corrupt_copies() {
     assert!(!empty.has(APP, PE, 5));
 
     // Nowhere to look at all.
-    let err = fetch(&empty, "w0", &Default::default(), APP, PE, 6, &[]).await.unwrap_err();
+    let err = fetch(&empty, "w0", &Default::default(), APP, PE, 6, &[])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
@@ -513,14 +537,25 @@ async fn checkpoint_a_handed_off_snapshot_is_kept_locally_with_its_crc() {
         ..w1.location(&data)
     }];
     let (_d, store) = local_store();
-    let got = replicate::fetch_waiting(&store, "w2", &Default::default(), APP, PE, 12, &handoff, 1000)
-        .await
-        .unwrap();
+    let got = replicate::fetch_waiting(
+        &store,
+        "w2",
+        &Default::default(),
+        APP,
+        PE,
+        12,
+        &handoff,
+        1000,
+    )
+    .await
+    .unwrap();
     assert_eq!((got.bytes.clone(), got.from.as_str()), (data.clone(), "w1"));
     // Kept (a read checks the stored CRC-32C against the data), and the next fetch
     // needs no transfer.
     assert_eq!(store.get(APP, PE, 12).unwrap(), data.to_vec());
-    let again = fetch(&store, "w2", &Default::default(), APP, PE, 12, &handoff).await.unwrap();
+    let again = fetch(&store, "w2", &Default::default(), APP, PE, 12, &handoff)
+        .await
+        .unwrap();
     assert_eq!((again.bytes, again.from.as_str()), (data.clone(), "w2"));
 
     // A hand-off damaged on the serving worker is refused, and nothing is kept.

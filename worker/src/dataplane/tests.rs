@@ -287,7 +287,10 @@ async fn hostile_bytes_reset_the_link_and_lose_nothing() {
 }
 
 /// Security material for data-plane tests: one CA, and a `Security` per principal.
-fn secured(ca: &weir_security::ca::DevCa, who: weir_security::Principal) -> weir_security::Security {
+fn secured(
+    ca: &weir_security::ca::DevCa,
+    who: weir_security::Principal,
+) -> weir_security::Security {
     let issued = ca.issue(&who).unwrap();
     let tls = weir_security::tls::Tls::from_pem(
         ca.cert_pem().as_bytes().to_vec(),
@@ -325,8 +328,14 @@ async fn data_links_over_tls_take_only_workers_of_the_cluster() {
 
     // Intruders first, on the very channel the consumer waits on.
     let intruders = [
-        ("a tenant's certificate", secured(&ca, Principal::Tenant("acme".into()))),
-        ("another CA's worker", secured(&other_ca, Principal::Worker("w1".into()))),
+        (
+            "a tenant's certificate",
+            secured(&ca, Principal::Tenant("acme".into())),
+        ),
+        (
+            "another CA's worker",
+            secured(&other_ca, Principal::Worker("w1".into())),
+        ),
         ("plain TCP", weir_security::Security::Off),
     ];
     for (who, sec) in intruders {

@@ -175,7 +175,18 @@ impl CheckpointEnv {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let per_call = left.min(std::time::Duration::from_secs(1)).as_millis() as u64;
-            match fetch_waiting(&self.store, &self.worker_id, self.replicator.security(), app, pe, id, from, per_call).await {
+            match fetch_waiting(
+                &self.store,
+                &self.worker_id,
+                self.replicator.security(),
+                app,
+                pe,
+                id,
+                from,
+                per_call,
+            )
+            .await
+            {
                 Ok(f) => {
                     return Ok(Loaded {
                         bytes: f.bytes,
@@ -200,7 +211,17 @@ impl CheckpointEnv {
         if id == 0 || from.is_empty() {
             return Ok(None);
         }
-        match fetch(&self.store, &self.worker_id, self.replicator.security(), app, pe, id, from).await {
+        match fetch(
+            &self.store,
+            &self.worker_id,
+            self.replicator.security(),
+            app,
+            pe,
+            id,
+            from,
+        )
+        .await
+        {
             Ok(f) => {
                 let mut note = format!("restored from checkpoint {id} (copy on {})", f.from);
                 if !f.problems.is_empty() {

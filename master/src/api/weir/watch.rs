@@ -198,7 +198,8 @@ impl AppWatch {
             | Command::RegisterBaseImage { .. }
             | Command::RemoveBaseImage { .. }
             | Command::AddTemplate { .. }
-            | Command::RemoveTemplate { .. } => {}
+            | Command::RemoveTemplate { .. }
+            | Command::PutTenant { .. } => {}
         }
     }
 

@@ -22,6 +22,7 @@ pub(super) fn apply_submit(
     at_ms: u64,
     request_id: &str,
     generated: &weir_common::catalog::Provenances,
+    signature: &Option<SpecSignature>,
 ) -> Response {
     let tenant = s.tenants.entry(spec.tenant.clone()).or_default();
     tenant.name = spec.tenant.clone();
@@ -39,6 +40,7 @@ pub(super) fn apply_submit(
                 submitted_at_ms: at_ms,
                 request_id: request_id.to_string(),
                 generated: generated.clone(),
+                signature: signature.clone(),
             })],
             current_version: 1,
             created_at_ms: at_ms,

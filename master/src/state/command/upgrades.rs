@@ -20,6 +20,7 @@ pub(super) struct Begin<'a> {
     pub summary: &'a PlanSummary,
     pub request_id: &'a str,
     pub generated: &'a weir_common::catalog::Provenances,
+    pub signature: &'a Option<SpecSignature>,
 }
 
 pub(super) fn check_begin(
@@ -99,6 +100,7 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
         submitted_at_ms: b.at_ms,
         request_id: b.request_id.to_string(),
         generated: b.generated.clone(),
+        signature: b.signature.clone(),
     }));
     // The switch barrier is a checkpoint id nobody else will use.
     let ck = &mut rec.checkpoints;
