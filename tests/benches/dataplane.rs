@@ -3,11 +3,13 @@
 //! workers over a loopback TCP link, against raw loopback TCP bytes/s measured in the
 //! same run (before and after (b); the faster of the two); (c) a deliberately slow
 //! sink behind an unbounded generator, showing that producers slow down to its pace
-//! and memory stays flat. Also the process's peak RSS.
+//! and memory stays flat; (d) as (b) with the link over mutual TLS (two workers'
+//! certificates of one CA), compared with (b) in the same run. Also the process's
+//! peak RSS.
 //! Run with
 //! `cargo bench -p weir-tests --bench dataplane` (`WEIR_BENCH_THREADS=N`: runtime
 //! threads, 2 by default; `WEIR_BENCH_PARALLEL=P`: PEs per operator, 1 by default;
-//! `WEIR_BENCH_RECORDS=N`: records per run, 20,000,000 by default; `WEIR_BENCH_ONLY=a|b|c`:
+//! `WEIR_BENCH_RECORDS=N`: records per run, 20,000,000 by default; `WEIR_BENCH_ONLY=a|b|c|d`:
 //! the raw baseline and that part alone, e.g. under a profiler); figures go to BENCHMARKS.md.
 
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use weir_common::spec::{
     CmpOp, FilterParams, GeneratorParams, MapParams, OperatorKind, OperatorSpec, Partitioning,
     Resources,
 };
-use weir_worker::dataplane::{inbound, Inputs};
+use weir_worker::dataplane::{inbound, Admission, Dialer, Inputs};
 use weir_worker::runtime::{OutputConfig, PeConfig, Runtime, Target};
 
 // The allocator the worker binary runs with (see worker/src/main.rs): batches are
@@ -143,22 +145,33 @@ async fn finished(rts: &[&Runtime]) {
 }
 
 /// Two worker runtimes; the second's data plane listens on loopback at the address
-/// returned. The listener stops when the sender is dropped.
-async fn two_workers() -> (Runtime, Runtime, String, tokio::sync::watch::Sender<bool>) {
-    let a = Runtime::new(Arc::new(Inputs::default()));
+/// returned. The listener stops when the sender is dropped. With `tls`, the link is
+/// mutual TLS between two workers' certificates of one CA, as in a secured cluster.
+async fn two_workers(tls: bool) -> (Runtime, Runtime, String, tokio::sync::watch::Sender<bool>) {
+    let (dialer, admission) = if tls {
+        let ca = weir_security::ca::DevCa::generate("bench").unwrap();
+        let w1 =
+            weir_tests::secure::security_of(&ca, &weir_security::Principal::Worker("w1".into()));
+        let w2 =
+            weir_tests::secure::security_of(&ca, &weir_security::Principal::Worker("w2".into()));
+        (Dialer::new(&w1).unwrap(), Admission::new(&w2).unwrap())
+    } else {
+        (Dialer::default(), Admission::default())
+    };
+    let a = Runtime::new(Arc::new(Inputs::default())).with_dialer(dialer);
     let b_inputs = Arc::new(Inputs::default());
     let b = Runtime::new(b_inputs.clone());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = l.local_addr().unwrap().to_string();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(inbound::serve(l, b_inputs, Default::default(), stop_rx));
+    tokio::spawn(inbound::serve(l, b_inputs, admission, stop_rx));
     (a, b, b_addr, stop)
 }
 
-/// Runs the pipeline; `remote` puts filter and sink on a second worker. Returns
-/// (seconds, bytes that crossed the link).
-async fn pipeline(remote: bool) -> (f64, u64) {
-    let (a, b, b_addr, _stop) = two_workers().await;
+/// Runs the pipeline; `remote` puts filter and sink on a second worker (over mutual
+/// TLS with `tls`). Returns (seconds, bytes that crossed the link).
+async fn pipeline(remote: bool, tls: bool) -> (f64, u64) {
+    let (a, b, b_addr, _stop) = two_workers(tls).await;
     let second = if remote { &b } else { &a };
     let link = remote.then(|| b_addr.clone());
     let p = parallel();
@@ -367,14 +380,16 @@ fn main() {
         let only = std::env::var("WEIR_BENCH_ONLY").ok();
         let part = |x: &str| only.as_deref().is_none_or(|o| o == x);
         if part("a") {
-            let (t1, _) = pipeline(false).await;
+            let (t1, _) = pipeline(false, false).await;
             println!(
                 "(a) one worker:  {n} records in {t1:.2} s = {:.2} M records/s",
                 n as f64 / t1 / 1e6
             );
         }
+        let mut plain_b = None;
         if part("b") {
-            let (t2, bytes) = pipeline(true).await;
+            let (t2, bytes) = pipeline(true, false).await;
+            plain_b = Some(t2);
             let link = bytes as f64 / t2;
             // Raw loopback TCP drifts by a third between runs on a small machine: it is
             // measured again right after (b), and (b) is compared with the faster of
@@ -390,6 +405,17 @@ fn main() {
             bytes as f64 / n as f64,
             100.0 * link / raw,
             100.0 * link / raw_p
+            );
+        }
+        if part("d") {
+            let (t4, bytes) = pipeline(true, true).await;
+            let vs = plain_b.map_or(String::new(), |t2| {
+                format!("; {:.0}% of (b) measured in this run", 100.0 * t2 / t4)
+            });
+            println!(
+                "(d) two workers, mutual TLS link: {n} records in {t4:.2} s = {:.2} M records/s; link {:.0} MB/s{vs}",
+                n as f64 / t4 / 1e6,
+                bytes as f64 / t4 / 1e6,
             );
         }
         if !part("c") {

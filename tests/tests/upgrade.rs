@@ -166,12 +166,7 @@ impl Rig {
 
     /// Upgrades `app` to `to` and waits for the operation to end; returns it.
     async fn upgrade(&mut self, app: &App) -> pb::UpgradeOperation {
-        let r = self
-            .client
-            .upgrade_app(upgrade_req(app.name.clone(), app.text()))
-            .await
-            .unwrap()
-            .into_inner();
+        let r = upgrade_taken(&self.client, upgrade_req(app.name.clone(), app.text())).await;
         assert!(!r.operation_id.is_empty());
         self.finished(&app.name, &r.operation_id).await
     }
@@ -246,6 +241,30 @@ async fn assert_exact(rig: &Rig, app: &str, records: u64, audit: &str, out: &std
     })
     .await;
     weir_tests::assert_windows(&text, &expected);
+}
+
+/// Sends `req` until a master takes it: UNAVAILABLE (no leader, or the leader could not
+/// confirm its leadership in time on a loaded machine) is retried, under one request
+/// id, so a repeat answers the operation the first attempt started.
+async fn upgrade_taken(
+    client: &WeirClient<Channel>,
+    mut req: pb::UpgradeAppRequest,
+) -> pb::UpgradeAppResponse {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    req.request_id = format!("test-{}-{}-{n}", req.app, std::process::id());
+    eventually_within("the upgrade is taken", LIMIT, || {
+        let mut client = client.clone();
+        let req = req.clone();
+        async move {
+            match client.upgrade_app(req).await {
+                Ok(r) => Some(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                Err(s) => panic!("upgrade refused: {s:?}"),
+            }
+        }
+    })
+    .await
 }
 
 fn upgrade_req(app: String, spec: String) -> pb::UpgradeAppRequest {
@@ -612,12 +631,7 @@ async fn losing_the_worker_of_a_replacement_during_prepare_rolls_back() {
     ));
     app.streams[1] = "{from: tag, to: ex, partitioning: round_robin}".into();
     app.streams.push("{from: ex, to: audit}".into());
-    let r = rig
-        .client
-        .upgrade_app(upgrade_req("up4".into(), app.text()))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = upgrade_taken(&rig.client, upgrade_req("up4".into(), app.text())).await;
     w3.stop().await;
     let op = rig.finished("up4", &r.operation_id).await;
     assert_eq!(op.phase, pb::UpgradePhase::RolledBack as i32, "{op:?}");
@@ -654,12 +668,7 @@ async fn killing_the_leader_during_the_switch_the_new_leader_finishes_the_upgrad
     rig.submit(&app).await;
     let before = rig.pes("up5").await;
     app.win_parallelism = 3;
-    let r = rig
-        .client
-        .upgrade_app(upgrade_req("up5".into(), app.text()))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = upgrade_taken(&rig.client, upgrade_req("up5".into(), app.text())).await;
     // Poll closely for the switch phase, then kill the leader.
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
