@@ -22,9 +22,12 @@ fi
 
 ctx=deploy/build
 rm -rf "$ctx"
-mkdir -p "$ctx/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/rootfs/var/lib/weir" \
-    "$ctx/rootfs/usr/local/bin"
+mkdir -p "$ctx/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/rootfs/var/lib" \
+    "$ctx/rootfs/usr/local/bin" "$ctx/data/weir" "$ctx/data/weir-worker" "$ctx/data/weir-output"
 chmod 1777 "$ctx/rootfs/tmp"
+# Data directories, given to uid 10001 by the Dockerfile (the processes run as it); a
+# new named volume mounted there takes their owner and mode.
+chmod 0750 "$ctx"/data/*
 # glibc's resolver: container hostnames from /etc/hosts, then Docker's DNS.
 printf 'hosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
 

@@ -11,7 +11,13 @@ pub struct Init {
     /// Where to write them (created if missing).
     pub dir: PathBuf,
     /// Master ids, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    // Its own id: the global `--master` list is `masters` too, of another type.
+    #[arg(
+        id = "master_ids",
+        long = "masters",
+        value_delimiter = ',',
+        default_value = "1,2,3"
+    )]
     pub masters: Vec<u64>,
     /// Worker ids, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]

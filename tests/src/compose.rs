@@ -7,21 +7,44 @@
 //! free host ports, so cases never see each other; dropping it (test passed or
 //! panicked) removes its containers, network and volumes, so two runs in a row start
 //! from nothing. Every wait is a condition polled against a deadline.
+//!
+//! The cluster runs with mutual TLS: each cluster gets a fresh CA and certificates
+//! ([`DevCa`]) in a temporary directory, mounted read-only into every container
+//! (`WEIR_CERTS_DIR`); the harness talks to the masters as the cluster admin, who sees
+//! every tenant's apps.
 
 use crate::{eventually_within, verify_done};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
+use weir_security::ca::{file_stem, DevCa};
+use weir_security::{Principal, Security, ServerRole, TlsFiles};
 
 /// Master ids, as in the compose file (`master1`..`master3`).
 pub const MASTERS: [u64; 3] = [1, 2, 3];
 
 /// Worker service names and the worker ids they register as.
 pub const WORKERS: [(&str, &str); 3] = [("worker1", "w1"), ("worker2", "w2"), ("worker3", "w3")];
+
+/// The tenants the suite's apps belong to (the clickstream's `web`, and `default` for
+/// specs that name none); each gets a certificate.
+pub const TENANTS: [&str; 2] = ["default", "web"];
+
+/// The admin whose certificate the harness uses (`admin-admin.pem`).
+pub const ADMIN: &str = "admin";
+
+/// Where the certificates are mounted inside every container.
+pub const CERTS_IN_CONTAINER: &str = "/etc/weir/certs";
+
+/// The uid (and group) the images run as (deploy/Dockerfile).
+pub const CONTAINER_UID: u32 = 10001;
+
+/// The Docker socket the workers mount.
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// How long a cluster may take to come up (containers, election, registrations).
 pub const UP_DEADLINE: Duration = Duration::from_secs(120);
@@ -58,6 +81,65 @@ fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
+/// A fresh CA and the certificates of a compose cluster (masters 1-3, workers w1-w3,
+/// [`TENANTS`], [`ADMIN`]) in `dir`, readable by the containers' uid: given to
+/// [`CONTAINER_UID`] when this process may (root), else readable by this process's group,
+/// which the containers then run as (returned, for `WEIR_CERTS_GID`). The CA key stays
+/// private to this process.
+pub fn write_certs(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let mut who: Vec<Principal> = MASTERS.iter().map(|m| Principal::Master(*m)).collect();
+    who.extend(
+        WORKERS
+            .iter()
+            .map(|(_, w)| Principal::Worker(w.to_string())),
+    );
+    who.extend(TENANTS.iter().map(|t| Principal::Tenant(t.to_string())));
+    who.push(Principal::Admin(ADMIN.into()));
+    DevCa::generate("weir")
+        .and_then(|ca| ca.write(dir, &who))
+        .expect("certificates written");
+    let shared: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the certificates directory")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "ca.key"))
+        .collect();
+    if chown(dir, Some(CONTAINER_UID), Some(CONTAINER_UID)).is_ok() {
+        for f in &shared {
+            chown(f, Some(CONTAINER_UID), Some(CONTAINER_UID)).expect("certificate chowned");
+        }
+        return None;
+    }
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode(dir, 0o750);
+    for f in &shared {
+        mode(f, 0o640);
+    }
+    Some(
+        std::fs::metadata(dir)
+            .expect("the certificates directory")
+            .gid(),
+    )
+}
+
+/// The TLS of `who`'s certificate in `dir` (as [`write_certs`] wrote it).
+pub fn security_of(dir: &Path, who: &Principal) -> Security {
+    Security::load(Some(&TlsFiles::in_dir(dir, &file_stem(who)))).expect("certificate loads")
+}
+
+/// A client API client of the master at `addr` (`host:port`) with `sec`, if it can be
+/// reached within two seconds.
+pub async fn client_with(sec: &Security, addr: &str) -> Option<WeirClient<Channel>> {
+    let ep = sec
+        .endpoint(addr, ServerRole::Master)
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    Some(WeirClient::new(ep.connect().await.ok()?))
+}
+
 /// One compose project: a running cluster, removed with its volumes when dropped.
 pub struct Compose {
     /// The compose project name, `weir-<case>-<pid>`.
@@ -66,6 +148,12 @@ pub struct Compose {
     pub ports: [u16; 3],
     metrics_ports: [u16; 3],
     file: PathBuf,
+    /// The cluster's CA and certificates (removed after the cluster, when dropped).
+    certs: tempfile::TempDir,
+    /// The group the containers run as when the keys could not be given to their uid.
+    certs_gid: Option<u32>,
+    /// The admin's TLS: every client the harness makes.
+    admin: Security,
 }
 
 impl Compose {
@@ -89,11 +177,20 @@ impl Compose {
             );
         }
         let p = free_ports(6);
+        let certs = tempfile::Builder::new()
+            .prefix(&format!("weir-{case}-certs-"))
+            .tempdir()
+            .expect("a temporary directory");
+        let certs_gid = write_certs(certs.path());
+        let admin = security_of(certs.path(), &Principal::Admin(ADMIN.into()));
         let c = Compose {
             project: format!("weir-{case}-{}", std::process::id()),
             ports: [p[0], p[1], p[2]],
             metrics_ports: [p[3], p[4], p[5]],
             file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/docker-compose.yml"),
+            certs,
+            certs_gid,
+            admin,
         };
         // Leftovers of an earlier run that was killed before its guard ran.
         let _ = c.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
@@ -108,7 +205,17 @@ impl Compose {
         let mut cmd = Command::new("docker-compose");
         cmd.arg("-f").arg(&self.file).arg("-p").arg(&self.project);
         cmd.env("WEIR_TAG", image_tag())
-            .env("WEIR_BIND", "127.0.0.1");
+            .env("WEIR_BIND", "127.0.0.1")
+            .env("WEIR_CERTS_DIR", self.certs.path());
+        match self.certs_gid {
+            Some(gid) => cmd.env("WEIR_CERTS_GID", gid.to_string()),
+            None => cmd.env_remove("WEIR_CERTS_GID"),
+        };
+        // The workers join the socket's group to start container PEs.
+        if let Ok(m) = std::fs::metadata(DOCKER_SOCKET) {
+            use std::os::unix::fs::MetadataExt;
+            cmd.env("WEIR_DOCKER_GID", m.gid().to_string());
+        }
         for (i, (port, metrics)) in self.ports.iter().zip(self.metrics_ports).enumerate() {
             cmd.env(format!("WEIR_MASTER{}_PORT", i + 1), port.to_string());
             cmd.env(
@@ -186,12 +293,32 @@ impl Compose {
         ]);
     }
 
-    /// Runs `weirctl ARGS` inside `service`'s container (the images carry it).
+    /// Runs `weirctl ARGS` inside `service`'s container (the images carry it), as the
+    /// admin (its certificate is mounted there with the others).
     pub fn weirctl_in(&self, service: &str, args: &[&str]) -> Output {
         let id = self.container(service);
-        let mut all = vec!["exec", id.as_str(), "/usr/local/bin/weirctl"];
+        let ca = format!("{CERTS_IN_CONTAINER}/ca.pem");
+        let cert = format!("{CERTS_IN_CONTAINER}/admin-{ADMIN}.pem");
+        let key = format!("{CERTS_IN_CONTAINER}/admin-{ADMIN}.key");
+        let mut all = vec![
+            "exec",
+            id.as_str(),
+            "/usr/local/bin/weirctl",
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ];
         all.extend_from_slice(args);
         self.docker(&all)
+    }
+
+    /// The TLS of `who`'s certificate (one of this cluster's: a master, a worker, one
+    /// of [`TENANTS`] or the admin).
+    pub fn security_of(&self, who: &Principal) -> Security {
+        security_of(self.certs.path(), who)
     }
 
     /// The host address of master `id`'s gRPC.
@@ -199,13 +326,9 @@ impl Compose {
         format!("127.0.0.1:{}", self.ports[(id - 1) as usize])
     }
 
-    /// A client of master `id`, if it can be reached within two seconds.
+    /// An admin's client of master `id`, if it can be reached within two seconds.
     pub async fn client(&self, id: u64) -> Option<WeirClient<Channel>> {
-        let ep = Endpoint::from_shared(format!("http://{}", self.master_addr(id)))
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10));
-        Some(WeirClient::new(ep.connect().await.ok()?))
+        client_with(&self.admin, &self.master_addr(id)).await
     }
 
     /// Master `id`'s own Raft view, if it answers.

@@ -1,7 +1,8 @@
 //! The compose suite: a whole cluster as containers (`deploy/docker-compose.yml`:
 //! 3 masters, 3 workers on a private network), driven from the host through the
 //! masters' published ports, with faults injected by `docker kill`,
-//! `docker network disconnect` and `docker-compose stop`.
+//! `docker network disconnect` and `docker-compose stop`. Every link is mutual TLS;
+//! the harness calls as the cluster admin (`Compose::up` makes the certificates).
 //!
 //! Every case is `#[ignore]`d, so the fast suite (`cargo test --workspace`) leaves them
 //! out; `scripts/test.sh` and `.ci/run` run them, when Docker answers, with
@@ -13,7 +14,8 @@
 
 use std::time::{Duration, Instant};
 use weir_proto::v1 as pb;
-use weir_tests::compose::{assert_exact, clickstream, Compose, MASTERS, WORKERS};
+use weir_security::{Principal, Security};
+use weir_tests::compose::{assert_exact, clickstream, client_with, Compose, MASTERS, WORKERS};
 use weir_tests::eventually_within;
 
 /// How long a bounded app may take to finish (a few hundred thousand records through
@@ -411,4 +413,66 @@ streams:
     );
     let sum = c.verified(&MASTERS, "scored", "audit", FINISH).await;
     assert_exact("scored (container v1 -> v2 under load)", &sum, count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "compose suite: needs Docker and the images (scripts/test.sh runs it)"]
+async fn the_cluster_refuses_callers_without_a_certificate_and_confines_tenants() {
+    let c = Compose::up("tls").await;
+    // The clickstream's apps belong to tenant `web`.
+    c.submit(&MASTERS, &clickstream("guarded", 1_000, 100_000))
+        .await;
+    for id in MASTERS {
+        let addr = c.master_addr(id);
+        // Plain TCP, no certificate: nothing answers.
+        if let Some(mut plain) = client_with(&Security::Off, &addr).await {
+            let r = plain.cluster_status(pb::ClusterStatusRequest {}).await;
+            assert!(r.is_err(), "master {id} answered plain TCP: {r:?}");
+        }
+        // A worker's certificate is not a client of the API.
+        let worker = c.security_of(&Principal::Worker("w1".into()));
+        let mut w = client_with(&worker, &addr).await.expect("a TLS connection");
+        let e = w
+            .list_apps(pb::ListAppsRequest::default())
+            .await
+            .expect_err("a worker listed apps");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    }
+    let as_tenant = |t: &str| c.security_of(&Principal::Tenant(t.into()));
+    let addr = c.master_addr(1);
+    let get = |sec: Security| {
+        let addr = addr.clone();
+        async move {
+            let mut client = client_with(&sec, &addr).await?;
+            Some(
+                client
+                    .get_app(pb::GetAppRequest {
+                        app: "guarded".into(),
+                    })
+                    .await,
+            )
+        }
+    };
+    // Its tenant reads it; another tenant is refused it, and does not list it.
+    let mine = eventually_within("tenant web reads its app", Duration::from_secs(30), || {
+        get(as_tenant("web"))
+    })
+    .await;
+    assert!(mine.is_ok(), "{mine:?}");
+    let theirs = eventually_within("tenant default asks", Duration::from_secs(30), || {
+        get(as_tenant("default"))
+    })
+    .await
+    .expect_err("tenant default read tenant web's app");
+    assert_eq!(theirs.code(), tonic::Code::PermissionDenied, "{theirs:?}");
+    let mut other = client_with(&as_tenant("default"), &addr)
+        .await
+        .expect("a TLS connection");
+    let listed = other
+        .list_apps(pb::ListAppsRequest::default())
+        .await
+        .expect("tenant default lists its apps")
+        .into_inner()
+        .apps;
+    assert!(listed.is_empty(), "tenant default sees {listed:?}");
 }
