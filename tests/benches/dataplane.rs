@@ -299,7 +299,7 @@ async fn slow_sink() -> (f64, f64, f64, f64) {
             }
         }
     });
-    let (a, b, b_addr, _stop) = two_workers().await;
+    let (a, b, b_addr, _stop) = two_workers(false).await;
     let [g, m, f, _] = kinds();
     let OperatorKind::Generator(mut gp) = g else {
         unreachable!()

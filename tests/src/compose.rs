@@ -197,7 +197,43 @@ impl Compose {
         c.compose_ok(&["up", "-d"]);
         c.leader(&MASTERS, UP_DEADLINE).await;
         c.wait_workers(WORKERS.len(), UP_DEADLINE).await;
+        c.register_tenants().await;
         c
+    }
+
+    /// Registers every tenant of [`TENANTS`] as the admin: specs need not be signed
+    /// (the suite is about faults, signatures have their own tests), and its apps may
+    /// run containers and write under the shared output volume.
+    async fn register_tenants(&self) {
+        for t in TENANTS {
+            let req = pb::PutTenantRequest {
+                tenant: t.into(),
+                policy: Some(pb::TenantPolicy {
+                    keys: vec![],
+                    require_signature: false,
+                    capabilities: Some(pb::Capabilities {
+                        containers: true,
+                        file_root: "/var/lib/weir-output".into(),
+                        ..Default::default()
+                    }),
+                }),
+            };
+            eventually_within(&format!("tenant {t} registered"), UP_DEADLINE, || {
+                let req = req.clone();
+                async move {
+                    for id in MASTERS {
+                        let Some(mut c) = self.client(id).await else {
+                            continue;
+                        };
+                        if c.put_tenant(req.clone()).await.is_ok() {
+                            return Some(());
+                        }
+                    }
+                    None
+                }
+            })
+            .await;
+        }
     }
 
     /// A `docker-compose` command for this project, with its ports in the environment.
