@@ -69,7 +69,7 @@ pub fn init(a: &Init) -> anyhow::Result<bool> {
     ca.write(&a.dir, &who)
         .with_context(|| format!("writing into {}", a.dir.display()))?;
     // Each tenant also gets an Ed25519 key to sign its specs with (the admin registers
-    // the public half with `weirctl tenant put NAME --key tenant-NAME.sign.pub`).
+    // the public half with `weirctl tenant put NAME --public-key tenant-NAME.sign.pub`).
     let mut signing = Vec::new();
     for p in who
         .iter()

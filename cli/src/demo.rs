@@ -190,7 +190,7 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         let v1 = examples.join("clickstream.yaml");
         let v2 = examples.join("clickstream-v2.yaml");
         step(&format!(
-            "weirctl tenant put web --key tenant-web.sign.pub --file-root /tmp (as admin): tenant web signs its specs with key {web_key_id}, and its apps may write files under /tmp"
+            "weirctl tenant put web --public-key tenant-web.sign.pub --file-root /tmp (as admin): tenant web signs its specs with key {web_key_id}, and its apps may write files under /tmp"
         ));
         let policy = pb::PutTenantRequest {
             tenant: "web".into(),

@@ -13,7 +13,7 @@ pub struct Put {
     pub name: String,
     /// A public signing key file (`weir-ed25519 <hex>`, as `weirctl certs init`
     /// writes `tenant-NAME.sign.pub`); repeat for several (rotation).
-    #[arg(long = "key")]
+    #[arg(long = "public-key")]
     pub keys: Vec<String>,
     /// Accept unsigned specs from this tenant (signatures are required otherwise).
     #[arg(long)]

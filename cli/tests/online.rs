@@ -793,3 +793,141 @@ async fn template_and_image_commands_generate_and_show_a_container_operator() {
     assert_eq!(v["templates"], serde_json::json!([]));
     master.stop().await;
 }
+
+/// weirctl with TLS material from `dir` as `who` (`admin-ops`, `tenant-web`), and its
+/// signing key when given; no `--insecure`.
+async fn weirctl_as(
+    dir: &Path,
+    who: &str,
+    sign: Option<&str>,
+    addr: &str,
+    args: &[&str],
+) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"));
+    cmd.env_remove("WEIR_INSECURE")
+        .env("WEIR_TLS_CA", dir.join("ca.pem"))
+        .env("WEIR_TLS_CERT", dir.join(format!("{who}.pem")))
+        .env("WEIR_TLS_KEY", dir.join(format!("{who}.key")));
+    if let Some(k) = sign {
+        cmd.arg("--sign-key").arg(dir.join(k));
+    }
+    cmd.arg("--master").arg(addr).args(args).current_dir(root());
+    cmd.output().await.unwrap()
+}
+
+/// The whole security path through the binary: `certs init` makes the material, a
+/// master runs with its certificate, the admin registers a tenant with its signing
+/// key, the tenant's unsigned spec is refused and its signed one taken (history shows
+/// the key), and a client without TLS gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_tenants_and_signed_submits_through_weirctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weirctl"))
+        .args(["certs", "init"])
+        .arg(&certs)
+        .args([
+            "--masters",
+            "1",
+            "--workers",
+            "w1",
+            "--tenants",
+            "web",
+            "--admins",
+            "ops",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut cfg = MasterConfig::new(
+        1,
+        dir.path().join("m1"),
+        BTreeMap::from([(1, addr.clone())]),
+    );
+    cfg.node.security =
+        weir_security::Security::load(Some(&weir_security::TlsFiles::in_dir(&certs, "master-1")))
+            .unwrap();
+    let master = Master::start_on(cfg, l).await.unwrap();
+    let a = addr.as_str();
+
+    let pubkey = certs.join("tenant-web.sign.pub");
+    let out = weirctl_as(
+        &certs,
+        "admin-ops",
+        None,
+        a,
+        &[
+            "tenant",
+            "put",
+            "web",
+            "--public-key",
+            pubkey.to_str().unwrap(),
+            "--file-root",
+            "/tmp",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A tenant may not register itself.
+    let out = weirctl_as(
+        &certs,
+        "tenant-web",
+        None,
+        a,
+        &["tenant", "put", "web", "--unsigned"],
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("PermissionDenied"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = weirctl_as(
+        &certs,
+        "tenant-web",
+        None,
+        a,
+        &["submit", "examples/clickstream.yaml"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("Unauthenticated: signature: tenant \"web\" must sign its specs"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = weirctl_as(
+        &certs,
+        "tenant-web",
+        Some("tenant-web.sign.key"),
+        a,
+        &["submit", "examples/clickstream.yaml"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key_id = text(
+        &weirctl_as(
+            &certs,
+            "tenant-web",
+            None,
+            a,
+            &["-o", "json", "tenant", "list"],
+        )
+        .await
+        .stdout,
+    );
+    let v: serde_json::Value = serde_json::from_str(&key_id).unwrap();
+    let key_id = v["tenants"][0]["keys"][0].as_str().unwrap().to_string();
+    let out = weirctl_as(&certs, "tenant-web", None, a, &["history", "clickstream"]).await;
+    assert!(text(&out.stdout).contains(&key_id), "{}", text(&out.stdout));
+
+    // Plain TCP gets nothing from a TLS master.
+    let out = weirctl(a, &["list"]).await;
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    master.stop().await;
+}

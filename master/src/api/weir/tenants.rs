@@ -46,7 +46,7 @@ pub(super) fn admit_spec(
         }
         (None, None) if secure => {
             return Err(Status::unauthenticated(format!(
-                "signature: tenant {tenant:?} is not registered, and with security on every spec is signed by a registered key: an admin registers the tenant with `weirctl tenant put {tenant} --key FILE.pub`"
+                "signature: tenant {tenant:?} is not registered, and with security on every spec is signed by a registered key: an admin registers the tenant with `weirctl tenant put {tenant} --public-key FILE.pub`"
             )))
         }
         (None, _) => None,
