@@ -17,7 +17,6 @@ use weir_master::server::{Master, MasterConfig};
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_security::ca::{file_stem, DevCa};
-use weir_security::tls::Tls;
 use weir_security::{Principal, Security, TlsFiles};
 use weir_worker::agent::AgentConfig;
 use weir_worker::node::Worker;
@@ -45,7 +44,7 @@ impl Certs {
 
     fn of(&self, who: &Principal) -> anyhow::Result<Security> {
         let files = TlsFiles::in_dir(self.0.path(), &file_stem(who));
-        Ok(Security::Mtls(std::sync::Arc::new(Tls::load(&files)?)))
+        Ok(Security::load(Some(&files))?)
     }
 }
 

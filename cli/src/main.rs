@@ -81,16 +81,13 @@ impl Cli {
             return Ok(weir_security::Security::Off);
         }
         match (&self.ca, &self.cert, &self.key) {
-            (Some(ca), Some(cert), Some(key)) => {
-                let files = weir_security::TlsFiles {
+            (Some(ca), Some(cert), Some(key)) => Ok(weir_security::Security::load(Some(
+                &weir_security::TlsFiles {
                     ca: ca.clone(),
                     cert: cert.clone(),
                     key: key.clone(),
-                };
-                Ok(weir_security::Security::Mtls(std::sync::Arc::new(
-                    weir_security::tls::Tls::load(&files)?,
-                )))
-            }
+                },
+            ))?),
             (None, None, None) => Err(weir_security::TlsError::NoMaterial.into()),
             _ => anyhow::bail!(
                 "--ca, --cert and --key go together (or WEIR_TLS_CA, WEIR_TLS_CERT, WEIR_TLS_KEY)"

@@ -11,66 +11,21 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use weir_common::frame::{Frame, FrameError, MAX_FRAME};
 use weir_common::record::{Batch, BatchBuilder, Value};
 
-/// The system allocator, remembering the largest single allocation of each thread
-/// (proptest runs a property's cases on one thread).
-struct Counting;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the thread-local is a
-// const-initialised `Cell<usize>`, which neither allocates nor has a destructor.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
+#[path = "support/fuzz.rs"]
+mod fuzz;
+use fuzz::{cases, largest_allocation, mutate};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the largest allocation it made.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    (out, LARGEST.with(Cell::get))
-}
+static ALLOCATOR: fuzz::Counting = fuzz::Counting;
 
 /// What decoding `input` may allocate at most at once: a small constant plus a few
 /// times the input (decoded values are copied out, column tables built), never what
 /// a length field announces.
 fn allowed(input: usize) -> usize {
     (64 << 10) + 16 * input
-}
-
-/// Cases per property: `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default)
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -217,25 +172,6 @@ fn drain(bytes: &[u8]) -> usize {
                 assert_eq!(Frame::decode(&mut out), Ok(Some(f)));
             }
             Ok(None) | Err(_) => return frames,
-        }
-    }
-}
-
-fn mutate(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
-    for (at, byte, how) in edits {
-        if bytes.is_empty() {
-            bytes.push(*byte);
-            continue;
-        }
-        let i = at.index(bytes.len());
-        match how % 4 {
-            0 => bytes[i] = *byte,
-            1 => {
-                bytes.remove(i);
-            }
-            2 => bytes.insert(i, *byte),
-            // Length fields are little-endian u16/u32: bump a high byte.
-            _ => bytes[i] = bytes[i].wrapping_add(0x80),
         }
     }
 }

@@ -18,20 +18,16 @@ use weir_common::catalog::{
 };
 use weir_common::spec::{parse_app, parse_app_value, SpecFormat};
 
+#[path = "support/fuzz.rs"]
+mod fuzz;
+use fuzz::cases;
+
 /// Longest any one input may take through every parser (debug build, busy machine):
 /// far above the milliseconds they take, far below a blow-up.
 const SLOW: Duration = Duration::from_secs(5);
 
 /// YAML's structure characters, where a random byte rarely lands.
 const STRUCTURE: &[u8] = b":-[]{}&*!|>#,?\n \"'";
-
-/// Cases per property: `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Every spec and template in the repository: the seeds that mutations start from.
 fn seeds() -> &'static [String] {

@@ -25,13 +25,9 @@ use weir_proto::status::{
 };
 use weir_proto::v1 as pb;
 
-/// Cases per property: `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "../../common/tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{cases, mutate};
 
 /// The spec format a request names, as the API reads it (an unknown value is refused
 /// there; any known one is tried here).
@@ -234,25 +230,6 @@ fn seeds() -> Vec<Vec<u8>> {
         validation.encode_to_vec(),
         br#"{"vote":{"leader_id":{"term":1,"node_id":1},"committed":false},"prev_log_id":null,"entries":[],"leader_commit":null}"#.to_vec(),
     ]
-}
-
-fn mutate(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
-    for (at, byte, how) in edits {
-        if bytes.is_empty() {
-            bytes.push(*byte);
-            continue;
-        }
-        let i = at.index(bytes.len());
-        match how % 4 {
-            0 => bytes[i] = *byte,
-            1 => {
-                bytes.remove(i);
-            }
-            2 => bytes.insert(i, *byte),
-            // Varint lengths and tags: set or clear the continuation bit.
-            _ => bytes[i] ^= 0x80,
-        }
-    }
 }
 
 #[test]

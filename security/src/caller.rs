@@ -44,14 +44,6 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may act on everything (security off, an admin or a master).
-    pub fn is_privileged(&self) -> bool {
-        match self {
-            Caller::Anyone => true,
-            Caller::Principal(p) => matches!(p.role(), Role::Admin | Role::Master),
-        }
-    }
-
     /// The tenant the caller is confined to (`None`: not confined to one).
     pub fn tenant(&self) -> Option<&str> {
         match self {

@@ -83,16 +83,6 @@ pub enum TlsError {
         /// Why.
         source: PrincipalError,
     },
-    /// The certificate's identity has the wrong role for this process.
-    #[error("{path}: this certificate names {found}; a {expected} certificate is needed here")]
-    WrongRole {
-        /// The certificate file.
-        path: PathBuf,
-        /// What it names.
-        found: Principal,
-        /// What the process needs.
-        expected: &'static str,
-    },
     /// Neither TLS material nor `--insecure` was given.
     #[error("no TLS material: pass --ca, --cert and --key (`weirctl certs init` makes them), or --insecure for a local experiment")]
     NoMaterial,
@@ -198,20 +188,6 @@ impl Tls {
         &self.me
     }
 
-    /// Checks that this certificate names a `expected` (e.g. a master process refuses
-    /// to start with a worker's certificate).
-    pub fn expect(&self, role: crate::Role, path: &Path) -> Result<(), TlsError> {
-        if self.me.role() == role {
-            Ok(())
-        } else {
-            Err(TlsError::WrongRole {
-                path: path.into(),
-                found: self.me.clone(),
-                expected: role.as_str(),
-            })
-        }
-    }
-
     fn identity(&self) -> Identity {
         Identity::from_pem(&self.cert_pem, &self.key_pem)
     }
@@ -308,14 +284,6 @@ impl Security {
     /// Whether links are authenticated.
     pub fn is_on(&self) -> bool {
         matches!(self, Security::Mtls(_))
-    }
-
-    /// Who this node is (`None` with security off).
-    pub fn principal(&self) -> Option<&Principal> {
-        match self {
-            Security::Off => None,
-            Security::Mtls(t) => Some(t.principal()),
-        }
     }
 
     /// An endpoint dialling `addr` (`host:port`), a server of `to`.

@@ -21,7 +21,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_common::record::{Batch, BatchBuilder, Value};
@@ -201,27 +200,6 @@ async fn start_times(engine: &ContainerEngine) {
     );
 }
 
-/// The release binaries next to this bench's executable.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --release -p weir-master -p weir-worker",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn e2e_spec(name: &str, score: &str) -> String {
     format!(
         r#"
@@ -239,9 +217,13 @@ streams:
 
 async fn end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let (mport, cport, dport) = (free_port(), free_port(), free_port());
+    let (mport, cport, dport) = (
+        weir_tests::free_port(),
+        weir_tests::free_port(),
+        weir_tests::free_port(),
+    );
     let master_addr = format!("127.0.0.1:{mport}");
-    let mut master = tokio::process::Command::new(binary("weir-master"))
+    let mut master = tokio::process::Command::new(weir_tests::release_binary("weir-master"))
         .args([
             "--dev",
             "--insecure",
@@ -255,7 +237,7 @@ async fn end_to_end() {
         .spawn()
         .unwrap();
     let wid = worker_id("bench-e2e");
-    let mut worker = tokio::process::Command::new(binary("weir-worker"))
+    let mut worker = tokio::process::Command::new(weir_tests::release_binary("weir-worker"))
         .args([
             "--id",
             &wid,

@@ -11,33 +11,13 @@
 //! cargo bench -p weir-tests --bench security
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use weir_proto::v1 as pb;
 use weir_security::ca::DevCa;
 use weir_security::{Principal, Security, ServerRole, TlsFiles};
 
 const RECORDS: u64 = 4_000_000;
-
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --release -p weir-master -p weir-worker",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tls_args(certs: Option<&Path>, stem: &str) -> Vec<String> {
     match certs {
@@ -61,22 +41,30 @@ const SPEC: &str = "name: spread\ntenant: bench\noperators:\n  - {name: gen, kin
 /// One run: a master and two workers, plain or TLS; returns (seconds, PEs per worker).
 async fn run(certs: Option<&Path>) -> (f64, Vec<usize>) {
     let dir = tempfile::tempdir().unwrap();
-    let mport = free_port();
+    let mport = weir_tests::free_port();
     let master_addr = format!("127.0.0.1:{mport}");
-    let mut procs = vec![tokio::process::Command::new(binary("weir-master"))
-        .args(["--dev", "--listen", &master_addr, "--data-dir"])
-        .arg(dir.path().join("m"))
-        .args(tls_args(certs, "master-1"))
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()];
+    let mut procs = vec![
+        tokio::process::Command::new(weir_tests::release_binary("weir-master"))
+            .args(["--dev", "--listen", &master_addr, "--data-dir"])
+            .arg(dir.path().join("m"))
+            .args(tls_args(certs, "master-1"))
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
+    ];
     for w in ["w1", "w2"] {
         procs.push(
-            tokio::process::Command::new(binary("weir-worker"))
+            tokio::process::Command::new(weir_tests::release_binary("weir-worker"))
                 .args(["--id", w, "--master", &master_addr, "--no-nvml"])
-                .args(["--control-address", &format!("127.0.0.1:{}", free_port())])
-                .args(["--data-address", &format!("127.0.0.1:{}", free_port())])
+                .args([
+                    "--control-address",
+                    &format!("127.0.0.1:{}", weir_tests::free_port()),
+                ])
+                .args([
+                    "--data-address",
+                    &format!("127.0.0.1:{}", weir_tests::free_port()),
+                ])
                 .arg("--data-dir")
                 .arg(dir.path().join(w))
                 .args(tls_args(certs, &format!("worker-{w}")))

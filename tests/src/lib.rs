@@ -204,6 +204,31 @@ pub fn bench_main<F: Future<Output = ()>>(name: &str, bench: impl FnOnce() -> F)
         .block_on(bench());
 }
 
+/// A release binary of this workspace (`weir-master`, `weir-worker`) next to the
+/// running bench executable; benches run the processes as users do.
+pub fn release_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/release/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --release -p weir-master -p weir-worker",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (released again; another process could take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
 /// Records the app's `sink.verify` PEs have seen so far.
 pub fn audit_records(d: &pb::AppDetail) -> u64 {
     d.pes

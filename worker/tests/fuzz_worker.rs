@@ -17,8 +17,6 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use prost::Message;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -31,52 +29,17 @@ use weir_worker::control::partitioning;
 use weir_worker::dataplane::reader::FrameReader;
 use weir_worker::ops::{Filter, KeyBy, Map, Verify, Window, WindowKind};
 
-/// The system allocator, remembering the largest single allocation of each thread.
-struct Counting;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the thread-local is a
-// const-initialised `Cell<usize>`, which neither allocates nor has a destructor.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
+#[path = "../../common/tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{cases, largest_allocation, mutate};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: fuzz::Counting = fuzz::Counting;
 
 /// The most a link reader may reserve at once, whatever the peer sends: the largest
 /// frame plus the reader's read-ahead (4 MiB) and its small-frame buffer. A length
 /// prefix is trusted up to [`MAX_FRAME`] for the reservation (see docs/security.md).
 const READER_BOUND: usize = MAX_FRAME + (4 << 20) + (64 << 10) + 8;
-
-/// Cases per property: `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default)
-}
 
 fn records() -> Batch {
     let mut b = BatchBuilder::default();
@@ -215,24 +178,6 @@ fn seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-fn mutate(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
-    for (at, byte, how) in edits {
-        if bytes.is_empty() {
-            bytes.push(*byte);
-            continue;
-        }
-        let i = at.index(bytes.len());
-        match how % 4 {
-            0 => bytes[i] = *byte,
-            1 => {
-                bytes.remove(i);
-            }
-            2 => bytes.insert(i, *byte),
-            _ => bytes[i] ^= 0x80,
-        }
-    }
-}
-
 /// A peer that sends its bytes in the given chunk sizes.
 struct Chunked {
     bytes: Vec<u8>,
@@ -263,21 +208,21 @@ fn link(bytes: Vec<u8>, sizes: Vec<usize>) -> (usize, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    LARGEST.with(|l| l.set(0));
-    let frames = rt.block_on(async move {
-        let mut reader = FrameReader::new(Chunked {
-            bytes,
-            at: 0,
-            sizes,
-            next: 0,
-        });
-        let mut frames = 0;
-        while reader.next().await.is_ok() {
-            frames += 1;
-        }
-        frames
+    let (frames, largest) = largest_allocation(|| {
+        rt.block_on(async move {
+            let mut reader = FrameReader::new(Chunked {
+                bytes,
+                at: 0,
+                sizes,
+                next: 0,
+            });
+            let mut frames = 0;
+            while reader.next().await.is_ok() {
+                frames += 1;
+            }
+            frames
+        })
     });
-    let largest = LARGEST.with(Cell::get);
     assert!(
         largest <= READER_BOUND,
         "a link reader reserved {largest} bytes"

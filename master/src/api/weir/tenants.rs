@@ -108,20 +108,6 @@ fn policy_view(p: &TenantPolicy) -> pb::TenantPolicy {
     }
 }
 
-/// Bounds on a PutTenant request before anything else looks at it.
-fn check_put_request(r: &pb::PutTenantRequest) -> Result<(), Status> {
-    let Some(p) = &r.policy else {
-        return Err(Status::invalid_argument("policy: required"));
-    };
-    if p.keys.len() > 16 {
-        return Err(Status::invalid_argument(format!(
-            "policy.keys: at most 16 keys (got {})",
-            p.keys.len()
-        )));
-    }
-    Ok(())
-}
-
 impl WeirService {
     pub(super) async fn tenants_put(
         &self,
@@ -129,10 +115,14 @@ impl WeirService {
     ) -> Result<Reply<pb::PutTenantResponse>, Status> {
         at_leader!(self, req, put_tenant);
         authorize(&req, Action::Admin("PutTenant"))?;
-        check_put_request(req.get_ref())?;
         let r = req.into_inner();
         let name = r.tenant.clone();
-        let policy = policy_of(r.policy.unwrap_or_default());
+        // Every rule of the policy (key count and sizes, ids, grants) is the state's
+        // check, run before proposing.
+        let policy = policy_of(
+            r.policy
+                .ok_or_else(|| Status::invalid_argument("policy: required"))?,
+        );
         let (keys, required) = (policy.keys.len(), policy.require_signature);
         self.propose_once(Command::PutTenant {
             name: name.clone(),
