@@ -11,6 +11,7 @@ mod images;
 mod names;
 mod offline;
 mod online;
+mod sched;
 mod tenants;
 mod upgrade;
 
@@ -193,6 +194,16 @@ enum Command {
     },
     /// List workers with their resources and GPUs.
     Workers,
+    /// Resource pools (scenario and vendor): workers, devices, what is used and free,
+    /// PEs placed and waiting.
+    Pools,
+    /// Apps waiting to be placed, in the order they will be served, with why each
+    /// waits (start condition, quota, capacity).
+    Queue {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// List the container images each worker holds (placement puts a container PE
     /// only on a worker holding its image).
     Images {
@@ -261,8 +272,11 @@ pub enum NodeRole {
 enum TenantCommand {
     /// Register a tenant or replace its policy.
     Put(tenants::Put),
-    /// List tenants with their keys and grants.
+    /// List tenants with their keys, grants, quota and what they hold.
     List,
+    /// Set a tenant's quota (the most its placed apps may hold together), or lift it
+    /// with --clear.
+    SetQuota(sched::SetQuota),
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,6 +412,8 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
             Command::Watch { app } => online::watch(&conn, app).await,
             Command::Checkpoints { app } => online::checkpoints(&conn, app).await,
             Command::Workers => online::workers(&conn).await,
+            Command::Pools => sched::pools(&conn).await,
+            Command::Queue { tenant } => sched::queue(&conn, tenant.as_deref()).await,
             Command::Images { worker } => images::images(&conn, worker.as_deref()).await,
             Command::Cluster { command } => match command {
                 ClusterCommand::Status => online::cluster_status(&conn).await,
@@ -417,6 +433,7 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
             Command::Tenant { command } => match command {
                 TenantCommand::Put(p) => tenants::put(&conn, p).await,
                 TenantCommand::List => tenants::list(&conn).await,
+                TenantCommand::SetQuota(q) => sched::set_quota(&conn, q).await,
             },
             Command::Image { command } => match command {
                 ImageCommand::Register(r) => catalog::image_register(&conn, r).await,

@@ -110,6 +110,7 @@ pub async fn list(c: &Conn) -> anyhow::Result<()> {
         "{:<20} {:>5}  {:<10} {:<36} GRANTS",
         "TENANT", "APPS", "SIGNING", "KEYS"
     );
+    let mut quotas = String::new();
     for t in &r.tenants {
         let (signing, keys, g) = match &t.policy {
             None => ("unregistered".to_string(), String::new(), String::new()),
@@ -132,7 +133,21 @@ pub async fn list(c: &Conn) -> anyhow::Result<()> {
             "\n{:<20} {:>5}  {:<10} {:<36} {g}",
             t.name, t.apps, signing, keys
         ));
+        quotas.push_str(&format!(
+            "\n{:<20} {:>6.3}  quota: {}; holds: {}",
+            t.name,
+            t.share,
+            t.quota
+                .as_ref()
+                .map_or("unlimited".into(), crate::sched::limits),
+            crate::sched::held(&t.held.unwrap_or_default()),
+        ));
     }
+    text.push_str(&format!(
+        "\n\n{:<20} {:>6}  QUOTA AND HOLDINGS",
+        "TENANT", "SHARE"
+    ));
+    text.push_str(&quotas);
     let js: Vec<_> = r
         .tenants
         .iter()
@@ -143,6 +158,9 @@ pub async fn list(c: &Conn) -> anyhow::Result<()> {
                 "registered": t.policy.is_some(),
                 "require_signature": t.policy.as_ref().map(|p| p.require_signature),
                 "keys": t.policy.as_ref().map(|p| p.keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>()),
+                "quota": t.quota.as_ref().map(crate::sched::quota_json),
+                "share": t.share,
+                "held": t.held.as_ref().map(|h| serde_json::json!({"cpu": h.cpu, "memory_mb": h.memory_mb, "gpus": h.gpus, "gpu_memory_mb": h.gpu_memory_mb, "pes": h.pes})),
             })
         })
         .collect();

@@ -114,6 +114,7 @@ fn model(v2: bool) -> AppSpec {
         description: String::new(),
         priority: Priority::Normal,
         checkpoint_interval_ms: None,
+        start: Default::default(),
         operators: Vec::new(),
         streams: Vec::new(),
     };

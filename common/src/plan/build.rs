@@ -213,6 +213,7 @@ fn affected(app: &AppSpec, unchanged: &HashSet<&str, FnvBuild>) -> AppSpec {
         description: String::new(),
         priority: app.priority,
         checkpoint_interval_ms: app.checkpoint_interval_ms,
+        start: app.start.clone(),
     }
 }
 

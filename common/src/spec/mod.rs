@@ -8,6 +8,7 @@ mod params;
 mod parse;
 pub(crate) mod reader;
 mod redact;
+mod start;
 mod validate;
 
 pub use capabilities::{check_capabilities, Capabilities, Cidr};
@@ -17,3 +18,4 @@ pub(crate) use params::valid_image_ref;
 pub(crate) use parse::{check_name, read_document, resources};
 pub use parse::{parse_app, parse_app_value, SpecFormat, MAX_OPERATORS, MAX_SPEC_BYTES};
 pub use redact::{redact_spec_text, redacted_operator_json, REDACTED};
+pub use start::{parse_rfc3339_ms, StartConditions, MAX_AFTER};

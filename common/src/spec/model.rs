@@ -31,6 +31,9 @@ pub struct AppSpec {
     /// for the master's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// What must hold before the app is placed (see [`super::StartConditions`]).
+    #[serde(default, skip_serializing_if = "super::StartConditions::is_empty")]
+    pub start: super::StartConditions,
     /// The nodes of the DAG, in file order.
     pub operators: Vec<OperatorSpec>,
     /// The edges of the DAG, in file order.

@@ -99,6 +99,10 @@ pub fn parse_app_value(value: &Value) -> Result<AppSpec, Problems> {
         )
         .unwrap_or_default();
     let checkpoint_interval_ms = root.opt_u64(&mut sink, "checkpoint_interval_ms");
+    let start = root
+        .raw("start")
+        .map(|v| super::start::start(&mut sink, "start", v, name.as_deref()))
+        .unwrap_or_default();
     let ops: Vec<DraftOp> = list(&mut sink, &mut root, "operators")
         .map(|items| {
             items
@@ -148,6 +152,7 @@ pub fn parse_app_value(value: &Value) -> Result<AppSpec, Problems> {
             description,
             priority,
             checkpoint_interval_ms,
+            start,
             operators,
             streams,
         }),

@@ -169,6 +169,7 @@ impl Genome {
             description: String::new(),
             priority: Priority::Normal,
             checkpoint_interval_ms: None,
+            start: Default::default(),
             operators: ops.iter_mut().filter_map(Option::take).collect(),
             streams,
         }

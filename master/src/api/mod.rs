@@ -244,6 +244,7 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::BadPlacement { .. }
         | CommandError::RequestIdReused { .. }
         | CommandError::Tenant(_) => Code::InvalidArgument,
+        CommandError::Quota(_) => Code::ResourceExhausted,
         CommandError::Catalog(c) => match c {
             CatalogError::Exists { .. } => Code::AlreadyExists,
             CatalogError::NotFound { .. } => Code::NotFound,

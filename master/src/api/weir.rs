@@ -558,7 +558,8 @@ impl Weir for WeirService {
                 at_leader!(self, req, list_pools);
                 authorize(&req, Action::ReadCluster)?;
                 self.shared.linearizable().await?;
-                let pools = self.read(pools).await;
+                let now = crate::api::now_ms();
+                let pools = self.read(|s| pools(s, now)).await;
                 Ok(Reply::new(pb::ListPoolsResponse { pools }))
             })
             .await
@@ -719,6 +720,22 @@ impl Weir for WeirService {
         let f = self.tenants_list(req);
         self.shared.timed("ListTenants", f).await
     }
+
+    async fn set_tenant_quota(
+        &self,
+        req: Request<pb::SetTenantQuotaRequest>,
+    ) -> Result<Reply<pb::SetTenantQuotaResponse>, Status> {
+        let f = self.tenants_set_quota(req);
+        self.shared.timed("SetTenantQuota", f).await
+    }
+
+    async fn list_queue(
+        &self,
+        req: Request<pb::ListQueueRequest>,
+    ) -> Result<Reply<pb::ListQueueResponse>, Status> {
+        let f = self.queue_list(req);
+        self.shared.timed("ListQueue", f).await
+    }
 }
 
 /// The upgrade that the request `request_id` of `app` started, when it already did:
@@ -752,45 +769,50 @@ fn repeated_upgrade(
     Ok(Some((up.id, up.from_version, to, p)))
 }
 
-/// Pools: workers grouped by their `pool` label (default `general`), with scenario and
-/// vendor from the `scenario` label and their GPUs.
-fn pools(s: &ClusterState) -> Vec<pb::Pool> {
-    let mut out: BTreeMap<String, pb::Pool> = BTreeMap::new();
-    for w in s
-        .workers
-        .values()
-        .filter(|w| w.state == crate::state::WorkerState::Alive)
-    {
-        let name = w
-            .labels
-            .get("pool")
-            .cloned()
-            .unwrap_or_else(|| "general".into());
-        let p = out.entry(name.clone()).or_insert_with(|| pb::Pool {
-            name,
-            scenario: w
-                .labels
-                .get("scenario")
-                .cloned()
-                .unwrap_or_else(|| "general".into()),
-            vendor: w
-                .gpus
-                .first()
-                .map_or_else(|| "cpu".into(), |g| g.vendor.clone()),
-            ..Default::default()
-        });
-        p.workers.push(w.id.clone());
-        p.gpus_total += w.gpus.len() as u32;
-        p.gpus_free += w.gpus.len() as u32;
-        let mem: u64 = w.gpus.iter().map(|g| g.memory_total_mb).sum();
-        p.gpu_memory_total_mb += mem;
-        p.gpu_memory_free_mb += mem;
-        p.cpu_total += w.cpu_cores;
-        p.cpu_free += w.cpu_cores;
-        p.memory_total_mb += w.memory_mb;
-        p.memory_free_mb += w.memory_mb;
-    }
-    out.into_values().collect()
+/// Pools as the API shows them (see `scheduler::pools`).
+fn pools(s: &ClusterState, now_ms: u64) -> Vec<pb::Pool> {
+    let free = crate::executor::reconcile::capacities(s);
+    let waiting = crate::scheduler::queue::waiting(s);
+    let queued: Vec<(&weir_common::spec::AppSpec, u64)> = waiting
+        .iter()
+        .map(|a| (&a.current().spec, now_ms.saturating_sub(a.created_at_ms)))
+        .collect();
+    crate::scheduler::pools::pools(s, &free, &queued)
+        .into_iter()
+        .map(|p| pb::Pool {
+            gpus_total: p.devices.len() as u32,
+            gpus_free: p.devices.len() as u32 - p.gpus_used(),
+            gpus_used: p.gpus_used(),
+            gpu_memory_total_mb: p.gpu_memory_total_mb(),
+            gpu_memory_used_mb: p.gpu_memory_used_mb(),
+            gpu_memory_free_mb: p.gpu_memory_total_mb() - p.gpu_memory_used_mb(),
+            cpu_total: p.cpu_total,
+            cpu_used: p.cpu_used,
+            cpu_free: (p.cpu_total - p.cpu_used).max(0.0),
+            memory_total_mb: p.memory_total_mb,
+            memory_used_mb: p.memory_used_mb,
+            memory_free_mb: p.memory_total_mb.saturating_sub(p.memory_used_mb),
+            pes_placed: p.pes_placed,
+            pes_pending: p.pes_pending,
+            longest_wait_ms: p.longest_wait_ms,
+            devices: p
+                .devices
+                .into_iter()
+                .map(|d| pb::PoolDevice {
+                    uuid: d.uuid,
+                    worker: d.worker,
+                    model: d.model,
+                    memory_total_mb: d.memory_total_mb,
+                    memory_used_mb: d.memory_used_mb,
+                    slices: d.slices,
+                })
+                .collect(),
+            name: p.name,
+            scenario: p.scenario,
+            vendor: p.vendor,
+            workers: p.workers,
+        })
+        .collect()
 }
 
 /// Members, leader, term and indexes as this master sees them.

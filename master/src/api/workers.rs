@@ -7,6 +7,7 @@
 //! grace before judging it.
 
 use super::*;
+use crate::executor::reconcile::QueueEntry;
 use crate::state::{GpuRecord, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use tonic::Response as Reply;
@@ -24,6 +25,10 @@ pub struct Liveness {
     /// Apps the executor could not place on its last attempt, and why. Leader memory,
     /// like the reports: it is recomputed every reconcile tick, so it needs no Raft.
     unplaced: Arc<Mutex<BTreeMap<String, String>>>,
+    /// The queue after the last reconcile tick, in service order (leader memory, like
+    /// `unplaced`: its content is the replicated state, its reasons are recomputed
+    /// every tick).
+    queue: Arc<Mutex<Arc<Vec<QueueEntry>>>>,
 }
 
 /// The PEs one worker reported in its last heartbeat.
@@ -65,6 +70,18 @@ impl Liveness {
             .collect();
         *m = apps;
         changed
+    }
+
+    /// Records the queue the last reconcile tick left.
+    pub fn set_queue(&self, queue: Vec<QueueEntry>) {
+        if let Ok(mut q) = self.queue.lock() {
+            *q = Arc::new(queue);
+        }
+    }
+
+    /// The queue the last reconcile tick left, in service order.
+    pub fn queue(&self) -> Arc<Vec<QueueEntry>> {
+        self.queue.lock().map(|q| q.clone()).unwrap_or_default()
     }
 
     /// Why `app` could not be placed on the last attempt, if it could not.

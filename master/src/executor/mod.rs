@@ -214,6 +214,7 @@ impl Executor {
             self.finish(&state, &app).await;
         }
 
+        self.liveness.set_queue(actions.queue);
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
         // Logged when the reason changes, not on every tick.
         for (app, why) in self.liveness.set_unplaced(unplaced) {
@@ -227,6 +228,7 @@ impl Executor {
                     app: app.clone(),
                     placement,
                     gpus: actions.gpus.get(&app).cloned().unwrap_or_default(),
+                    at_ms: crate::api::now_ms(),
                 })
                 .await
             {

@@ -17,7 +17,8 @@
 //!   its inputs ended: the sources ran out) has finished; it is marked so, which frees
 //!   its resources and stops its PEs.
 
-use crate::scheduler::{place, requests_for, GpuSlot, PeRequest, WorkerCapacity};
+use crate::scheduler::queue::{self, Wait};
+use crate::scheduler::{place, requests_for, usage, GpuSlot, PeRequest, WorkerCapacity};
 use crate::state::{AppRecord, ClusterState, WorkerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -72,7 +73,7 @@ pub struct RecoveryAction {
 pub const RECOVERY_GAP_MS: u64 = 500;
 
 /// What to do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Actions {
     /// New placements to commit, per app (the whole map of the app).
     pub placements: Vec<(String, BTreeMap<String, String>)>,
@@ -91,6 +92,29 @@ pub struct Actions {
     pub aborts: BTreeMap<String, String>,
     /// Running apps that ran to their end.
     pub finished: Vec<String>,
+    /// The queue after this decision: apps still waiting, in service order.
+    pub queue: Vec<QueueEntry>,
+}
+
+/// An app waiting in the queue, as `weirctl queue` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueEntry {
+    /// App name.
+    pub app: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its priority class.
+    pub priority: weir_common::spec::Priority,
+    /// Its rank (class plus aging).
+    pub rank: u32,
+    /// Its tenant's share when it was examined.
+    pub share: f64,
+    /// When it arrived (leader clock).
+    pub queued_at_ms: u64,
+    /// Its PEs.
+    pub pes: u64,
+    /// Why it waits.
+    pub wait: Wait,
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
@@ -371,94 +395,96 @@ pub fn reconcile_with(
     memo: &mut PlacementMemo,
 ) -> Actions {
     let mut actions = Actions::default();
-    let mut free = capacities(state);
-    // A refusal is remembered against the capacity this call starts from, so only
-    // while nothing has been placed yet in this call (`untouched`); last call's
-    // refusals still hold if it started from the same capacity.
-    let mut untouched = true;
-    if memo.free != free {
-        memo.refused.clear();
-        memo.free = free.clone();
+    let mut round = Round::new(capacities(state), memo);
+    let mut replaced: BTreeSet<String> = BTreeSet::new();
+    // Placed apps first: a running app's lost PEs come before anything queued.
+    for app in state
+        .apps
+        .values()
+        .filter(|a| a.state.is_live() && !a.placement.is_empty())
+    {
+        let (ops, why, bad) = losses(state, app, seen);
+        if !ops.is_empty() && super::upgrade::active(state, app).is_some() {
+            replaced.insert(app.name.clone());
+            actions.aborts.insert(app.name.clone(), why.join("; "));
+            continue;
+        }
+        if !ops.is_empty() {
+            replaced.insert(app.name.clone());
+            if !recovery_due(app, now_ms) {
+                continue;
+            }
+            let ck = &app.checkpoints;
+            let checkpoint_id = ck
+                .complete
+                .iter()
+                .rev()
+                .map(|c| c.id)
+                .find(|id| bad.is_none_or(|b| *id < b))
+                .unwrap_or(0);
+            round.untouched = false;
+            match replace(state, app, &mut round.free) {
+                Ok(p) => {
+                    let (placement, gpus) =
+                        p.unwrap_or_else(|| (app.placement.clone(), Gpus::new()));
+                    actions.recoveries.push(RecoveryAction {
+                        app: app.name.clone(),
+                        operators: region_of(app, &ops),
+                        checkpoint_id,
+                        placement,
+                        reason: why.join("; "),
+                        drop_checkpoint: bad,
+                        gpus,
+                    })
+                }
+                Err(e) => actions.unplaceable.push((app.name.clone(), e)),
+            }
+            continue;
+        }
+        if round.place(state, app, &mut actions) != Ok(false) {
+            replaced.insert(app.name.clone());
+        }
     }
-    memo.calls += 1;
-    let call = memo.calls;
-    let mut replaced: BTreeSet<&str> = BTreeSet::new();
-    for app in state.apps.values().filter(|a| a.state.is_live()) {
-        if !app.placement.is_empty() {
-            let (ops, why, bad) = losses(state, app, seen);
-            if !ops.is_empty() && super::upgrade::active(state, app).is_some() {
-                replaced.insert(&app.name);
-                actions.aborts.insert(app.name.clone(), why.join("; "));
-                continue;
-            }
-            if !ops.is_empty() {
-                replaced.insert(&app.name);
-                if !recovery_due(app, now_ms) {
-                    continue;
-                }
-                let ck = &app.checkpoints;
-                let checkpoint_id = ck
-                    .complete
-                    .iter()
-                    .rev()
-                    .map(|c| c.id)
-                    .find(|id| bad.is_none_or(|b| *id < b))
-                    .unwrap_or(0);
-                untouched = false;
-                match replace(state, app, &mut free) {
-                    Ok(p) => {
-                        let (placement, gpus) =
-                            p.unwrap_or_else(|| (app.placement.clone(), Gpus::new()));
-                        actions.recoveries.push(RecoveryAction {
-                            app: app.name.clone(),
-                            operators: region_of(app, &ops),
-                            checkpoint_id,
-                            placement,
-                            reason: why.join("; "),
-                            drop_checkpoint: bad,
-                            gpus,
-                        })
-                    }
-                    Err(e) => actions.unplaceable.push((app.name.clone(), e)),
-                }
-                continue;
-            }
+    // Then the queue, in its order (see `scheduler::queue`).
+    let held = usage::held(state);
+    let shares = usage::shares(state, now_ms, usage::SHARE_WINDOW_MS);
+    let empty = capacities_when_empty(state);
+    let served = queue::serve(
+        state,
+        now_ms,
+        &held,
+        &shares,
+        |app| place(&empty, &requests_for(&app.current().spec), &BTreeMap::new()).is_ok(),
+        |app| {
+            replaced.insert(app.name.clone());
+            round.place(state, app, &mut actions).map(|_| ())
+        },
+    );
+    for (entry, wait) in served {
+        let Some(wait) = wait else { continue };
+        replaced.insert(entry.app.name.clone());
+        if !matches!(wait, Wait::Capacity(_)) {
+            actions
+                .unplaceable
+                .push((entry.app.name.clone(), wait.to_string()));
         }
-        if untouched {
-            if let Some((seen_app, why, last)) = memo.refused.get_mut(&app.name) {
-                if Arc::ptr_eq(seen_app, app) {
-                    *last = call;
-                    replaced.insert(&app.name);
-                    actions.unplaceable.push((app.name.clone(), why.clone()));
-                    continue;
-                }
-            }
-        }
-        match replace(state, app, &mut free) {
-            Ok(Some((p, gpus))) => {
-                replaced.insert(&app.name);
-                if !gpus.is_empty() {
-                    actions.gpus.insert(app.name.clone(), gpus);
-                }
-                actions.placements.push((app.name.clone(), p));
-                untouched = false;
-            }
-            Ok(None) => {}
-            Err(why) => {
-                replaced.insert(&app.name);
-                if untouched {
-                    memo.refused
-                        .insert(app.name.clone(), (app.clone(), why.clone(), call));
-                }
-                actions.unplaceable.push((app.name.clone(), why));
-            }
-        }
+        actions.queue.push(QueueEntry {
+            app: entry.app.name.clone(),
+            tenant: entry.app.tenant.clone(),
+            priority: entry.app.current().spec.priority,
+            rank: entry.rank,
+            share: entry.share,
+            queued_at_ms: entry.queued_at_ms(),
+            pes: entry.demand.pes,
+            wait,
+        });
     }
     // Forget apps not refused this time (placed, changed, gone).
-    memo.refused.retain(|_, (_, _, last)| *last == call);
+    let call = round.call;
+    round.memo.refused.retain(|_, (_, _, last)| *last == call);
     // Deploy what is placed (apps being re-placed wait for the new placement).
     for app in state.apps.values().filter(|a| a.state.is_live()) {
-        if replaced.contains(app.name.as_str()) {
+        if replaced.contains(&app.name) {
             continue;
         }
         if has_finished(state, app, seen) {
@@ -503,6 +529,82 @@ pub fn reconcile_with(
         }
     }
     actions
+}
+
+/// One decision's placements: the free capacity left so far, and the refusals it
+/// remembers.
+struct Round<'a> {
+    free: Vec<WorkerCapacity>,
+    memo: &'a mut PlacementMemo,
+    /// This call's number.
+    call: u64,
+    /// Nothing placed yet in this call: a refusal is remembered against the capacity
+    /// the call started from, so only while this holds; last call's refusals still
+    /// hold if it started from the same capacity.
+    untouched: bool,
+}
+
+impl<'a> Round<'a> {
+    fn new(free: Vec<WorkerCapacity>, memo: &'a mut PlacementMemo) -> Self {
+        if memo.free != free {
+            memo.refused.clear();
+            memo.free = free.clone();
+        }
+        memo.calls += 1;
+        Self {
+            free,
+            call: memo.calls,
+            memo,
+            untouched: true,
+        }
+    }
+
+    /// Places `app` (PEs without an alive worker) around what runs, pushing the new
+    /// placement or the refusal onto `actions`: `Ok(true)` placed, `Ok(false)` nothing
+    /// to place, `Err` why it cannot be placed now.
+    fn place(
+        &mut self,
+        state: &ClusterState,
+        app: &Arc<AppRecord>,
+        actions: &mut Actions,
+    ) -> Result<bool, String> {
+        if self.untouched {
+            if let Some((seen_app, why, last)) = self.memo.refused.get_mut(&app.name) {
+                if Arc::ptr_eq(seen_app, app) {
+                    *last = self.call;
+                    actions.unplaceable.push((app.name.clone(), why.clone()));
+                    return Err(why.clone());
+                }
+            }
+        }
+        match replace(state, app, &mut self.free) {
+            Ok(Some((p, gpus))) => {
+                if !gpus.is_empty() {
+                    actions.gpus.insert(app.name.clone(), gpus);
+                }
+                actions.placements.push((app.name.clone(), p));
+                self.untouched = false;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(why) => {
+                if self.untouched {
+                    self.memo
+                        .refused
+                        .insert(app.name.clone(), (app.clone(), why.clone(), self.call));
+                }
+                actions.unplaceable.push((app.name.clone(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Every worker's capacity as if nothing ran: what an app would need to fit at all.
+fn capacities_when_empty(state: &ClusterState) -> Vec<WorkerCapacity> {
+    let mut idle = state.clone();
+    idle.apps.clear();
+    capacities(&idle)
 }
 
 /// Whether `app` ran to its end: it runs (no upgrade in progress), and every PE of its

@@ -65,6 +65,7 @@ fn place(s: &mut ClusterState) {
         app,
         placement,
         gpus,
+        at_ms: 0,
     })
     .unwrap();
 }
@@ -388,6 +389,7 @@ fn gpu_allocations_are_kept_and_deducted_across_apps() {
         app: app.clone(),
         placement,
         gpus,
+        at_ms: 0,
     })
     .unwrap();
     assert_eq!(s.apps[&app].gpus[infer], vec!["GPU-a".to_string()]);
@@ -517,6 +519,7 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
             app,
             placement,
             gpus: BTreeMap::new(),
+            at_ms: 0,
         })
         .unwrap();
     }

@@ -16,8 +16,11 @@
 //! the device with the least free memory that fits (best fit keeps whole devices free
 //! for large requests). The executor turns the result into worker instructions.
 
+pub mod pools;
+pub mod queue;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

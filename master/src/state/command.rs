@@ -89,6 +89,9 @@ pub enum Command {
         /// PE id -> GPU UUIDs for PEs placed anew with GPUs (kept PEs keep theirs).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         gpus: BTreeMap<String, Vec<String>>,
+        /// Leader clock (0 in entries written before it existed).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// The leader triggers checkpoint `id` of an app.
     BeginCheckpoint {
@@ -248,6 +251,13 @@ pub enum Command {
         /// Its keys, signature rule and capabilities, validated.
         policy: TenantPolicy,
     },
+    /// Set a tenant's quota (`None` lifts it).
+    SetQuota {
+        /// The tenant.
+        tenant: String,
+        /// Its limits.
+        quota: Option<Quota>,
+    },
     /// Several commands proposed together (see `api::propose`): each is checked and
     /// applied on its own, in order, and answered on its own.
     Batch {
@@ -370,6 +380,9 @@ pub enum CommandError {
     /// A tenant policy that breaks a rule.
     #[error("{0}")]
     Tenant(String),
+    /// A submit or upgrade its tenant's quota does not allow.
+    #[error("{0}")]
+    Quota(String),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -425,6 +438,10 @@ pub(super) fn repeated(s: &ClusterState, cmd: &Command) -> Result<Option<Respons
     }
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 fn reused(request_id: &str, why: String) -> CommandError {
     CommandError::RequestIdReused {
         request_id: request_id.to_string(),
@@ -477,6 +494,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         Command::AddTemplate { template } => Ok(catalog::check_add_template(s, template)?),
         Command::RemoveTemplate { name } => Ok(catalog::check_remove_template(s, name)?),
         Command::PutTenant { name, policy } => tenants::check_put(name, policy),
+        Command::SetQuota { tenant, quota } => tenants::check_quota(tenant, quota.as_ref()),
     }
 }
 
@@ -531,7 +549,8 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             app,
             placement,
             gpus,
-        } => apps::apply_set_placement(s, app, placement, gpus),
+            at_ms,
+        } => apps::apply_set_placement(s, app, placement, gpus, *at_ms),
         Command::RegisterWorker { worker } => workers::apply_register(s, worker),
         Command::SetWorkerState { id, state, at_ms } => {
             workers::apply_set_state(s, id, *state, *at_ms)
@@ -652,6 +671,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
             Response::Done
         }
         Command::PutTenant { name, policy } => tenants::apply_put(s, name, policy),
+        Command::SetQuota { tenant, quota } => tenants::apply_quota(s, tenant, quota),
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },

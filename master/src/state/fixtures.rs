@@ -16,6 +16,19 @@ pub(crate) fn submit(at_ms: u64) -> Command {
     }
 }
 
+/// Submits the app `text` describes (YAML) at `at_ms`; panics if it is refused.
+pub(crate) fn submit_text(s: &mut ClusterState, text: &str, at_ms: u64) {
+    s.apply(&Command::SubmitApp {
+        spec: parse_app(text, SpecFormat::Yaml).unwrap(),
+        spec_text: text.into(),
+        at_ms,
+        request_id: String::new(),
+        generated: Default::default(),
+        signature: None,
+    })
+    .unwrap();
+}
+
 pub(crate) fn worker(id: &str) -> WorkerRecord {
     WorkerRecord {
         id: id.into(),
@@ -53,6 +66,7 @@ pub(crate) fn upgrading() -> (ClusterState, Command) {
         app: "clickstream".into(),
         placement: all_on(APP, "w1"),
         gpus: BTreeMap::new(),
+        at_ms: 0,
     })
     .unwrap();
     let begin = Command::BeginUpgrade {

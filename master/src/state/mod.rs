@@ -8,6 +8,7 @@
 
 mod catalog;
 mod command;
+pub mod quota;
 mod records;
 
 pub use catalog::{CatalogError, Entry};

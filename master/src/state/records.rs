@@ -53,6 +53,10 @@ pub struct AppRecord {
     pub created_at_ms: u64,
     /// When the app was cancelled, if it was.
     pub cancelled_at_ms: Option<u64>,
+    /// When the scheduler first placed it (it waited in the queue from
+    /// `created_at_ms` until then); `None` while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at_ms: Option<u64>,
     /// Where each PE runs (empty until the scheduler places the app).
     pub placement: BTreeMap<String, String>,
     /// Checkpoints and recoveries.
@@ -284,6 +288,31 @@ pub struct TenantRecord {
     /// one of its apps was submitted with security off, where nothing is required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<TenantPolicy>,
+    /// The most its live apps may hold at once, set by an admin; `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// Limits on what one tenant's placed apps hold together. Each absent limit is no
+/// limit. An app that alone passes a limit is refused at submit; one that would pass
+/// it beside the tenant's running apps waits in the queue until they free enough.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// GPU slices (each requested slice counts one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u64>,
+    /// GPU memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<u64>,
+    /// PEs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pes: Option<u64>,
 }
 
 /// What an admin registered for a tenant: the keys its specs are signed with, whether

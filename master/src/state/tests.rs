@@ -94,6 +94,7 @@ fn placement_must_name_real_pes_and_alive_workers() {
         app: "clickstream".into(),
         placement: [(pe.to_string(), w.to_string())].into(),
         gpus: Default::default(),
+        at_ms: 0,
     };
     let before = s.clone();
     assert!(matches!(
@@ -556,4 +557,81 @@ fn commands_written_before_still_read() {
         let text = serde_json::to_string(&cmd).unwrap();
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), cmd);
     }
+}
+
+fn set_quota(pes: Option<u64>) -> Command {
+    Command::SetQuota {
+        tenant: "web".into(),
+        quota: Some(Quota {
+            pes,
+            ..Quota::default()
+        }),
+    }
+}
+
+#[test]
+fn a_submit_or_upgrade_over_the_quota_is_refused_and_changes_nothing() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    // clickstream (tenant web) has 10 PEs; v2 has 12.
+    s.apply(&set_quota(Some(9))).unwrap();
+    let before = s.clone();
+    let e = s.apply(&submit(10)).unwrap_err();
+    assert!(matches!(e, CommandError::Quota(_)), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "quota.pes: tenant \"web\" may hold 9 PEs; it holds 0 PEs and this needs 10 PEs more: this app alone"
+        ),
+        "{e}"
+    );
+    assert_eq!(s, before);
+    s.apply(&set_quota(Some(11))).unwrap();
+    let (_, begin) = upgrading();
+    s.apply(&submit(10)).unwrap();
+    s.apply(&Command::SetPlacement {
+        app: "clickstream".into(),
+        placement: all_on(APP, "w1"),
+        gpus: BTreeMap::new(),
+        at_ms: 20,
+    })
+    .unwrap();
+    assert_eq!(s.apps["clickstream"].placed_at_ms, Some(20));
+    let before = s.clone();
+    let e = s.apply(&begin).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "quota.pes: tenant \"web\" may hold 11 PEs; it holds 0 PEs and this needs 12 PEs more"
+        ),
+        "{e}"
+    );
+    assert_eq!(s, before);
+    s.apply(&set_quota(None)).unwrap();
+    s.apply(&begin).unwrap();
+}
+
+#[test]
+fn a_quota_must_be_a_finite_figure_for_a_valid_tenant() {
+    let mut s = ClusterState::default();
+    let before = s.clone();
+    for (tenant, cpu, why) in [
+        ("web", f64::NAN, "quota.cpu"),
+        ("web", -1.0, "quota.cpu"),
+        ("web", f64::INFINITY, "quota.cpu"),
+        ("Web", 1.0, "tenant: \"Web\" must match"),
+    ] {
+        let e = s
+            .apply(&Command::SetQuota {
+                tenant: tenant.into(),
+                quota: Some(Quota {
+                    cpu: Some(cpu),
+                    ..Quota::default()
+                }),
+            })
+            .unwrap_err();
+        assert!(e.to_string().starts_with(why), "{e}");
+    }
+    assert_eq!(s, before);
 }

@@ -3,7 +3,9 @@
 //! is proposed.
 
 use super::*;
-use crate::state::{SpecSignature, TenantPolicy};
+use crate::executor::reconcile::QueueEntry;
+use crate::scheduler::usage::{self, Demand};
+use crate::state::{Quota, SpecSignature, TenantPolicy};
 use weir_common::spec::{check_capabilities, AppSpec, Capabilities};
 
 /// Checks `text` (the spec `spec` was parsed from) against its tenant's policy: a
@@ -108,7 +110,92 @@ fn policy_view(p: &TenantPolicy) -> pb::TenantPolicy {
     }
 }
 
+/// A quota from its message (the state's check validates it before proposing).
+fn quota_of(q: pb::Quota) -> Quota {
+    Quota {
+        cpu: q.cpu,
+        memory_mb: q.memory_mb,
+        gpus: q.gpus,
+        gpu_memory_mb: q.gpu_memory_mb,
+        pes: q.pes,
+    }
+}
+
+/// A quota as the API shows it.
+fn quota_view(q: &Quota) -> pb::Quota {
+    pb::Quota {
+        cpu: q.cpu,
+        memory_mb: q.memory_mb,
+        gpus: q.gpus,
+        gpu_memory_mb: q.gpu_memory_mb,
+        pes: q.pes,
+    }
+}
+
+/// Resource amounts as the API shows them.
+fn amounts(d: &Demand) -> pb::Amounts {
+    pb::Amounts {
+        cpu: d.cpu,
+        memory_mb: d.memory_mb,
+        gpus: d.gpus,
+        gpu_memory_mb: d.gpu_memory_mb,
+        pes: d.pes,
+    }
+}
+
+/// A queue entry as the API shows it.
+pub(super) fn queue_view(e: &QueueEntry, now_ms: u64) -> pb::QueueEntry {
+    pb::QueueEntry {
+        app: e.app.clone(),
+        tenant: e.tenant.clone(),
+        priority: format!("{:?}", e.priority).to_lowercase(),
+        rank: e.rank,
+        share: e.share,
+        queued_at_ms: e.queued_at_ms,
+        waited_ms: now_ms.saturating_sub(e.queued_at_ms),
+        pes: e.pes,
+        wait: e.wait.kind().to_string(),
+        reason: e.wait.to_string(),
+    }
+}
+
 impl WeirService {
+    pub(super) async fn tenants_set_quota(
+        &self,
+        req: Request<pb::SetTenantQuotaRequest>,
+    ) -> Result<Reply<pb::SetTenantQuotaResponse>, Status> {
+        at_leader!(self, req, set_tenant_quota);
+        authorize(&req, Action::Admin("SetTenantQuota"))?;
+        let r = req.into_inner();
+        let quota = r.quota.map(quota_of);
+        // The state's check refuses a bad figure before anything is proposed.
+        self.propose_once(Command::SetQuota {
+            tenant: r.tenant.clone(),
+            quota: quota.clone(),
+        })
+        .await?;
+        tracing::info!(tenant = %r.tenant, ?quota, "tenant quota set");
+        Ok(Reply::new(pb::SetTenantQuotaResponse {}))
+    }
+
+    pub(super) async fn queue_list(
+        &self,
+        req: Request<pb::ListQueueRequest>,
+    ) -> Result<Reply<pb::ListQueueResponse>, Status> {
+        at_leader!(self, req, list_queue);
+        authorize(&req, Action::ReadCluster)?;
+        let only = list_scope(&req, &req.get_ref().tenant)?;
+        let now = crate::api::now_ms();
+        let entries = self
+            .liveness
+            .queue()
+            .iter()
+            .filter(|e| only.is_empty() || e.tenant == only)
+            .map(|e| queue_view(e, now))
+            .collect();
+        Ok(Reply::new(pb::ListQueueResponse { entries }))
+    }
+
     pub(super) async fn tenants_put(
         &self,
         req: Request<pb::PutTenantRequest>,
@@ -141,8 +228,11 @@ impl WeirService {
         authorize(&req, Action::ReadCluster)?;
         self.shared.linearizable().await?;
         let only = list_scope(&req, "")?;
+        let now = crate::api::now_ms();
         let tenants = self
             .read(|s| {
+                let held = usage::held(s);
+                let shares = usage::shares(s, now, usage::SHARE_WINDOW_MS);
                 s.tenants
                     .values()
                     .filter(|t| only.is_empty() || t.name == only)
@@ -150,6 +240,9 @@ impl WeirService {
                         name: t.name.clone(),
                         apps: t.apps,
                         policy: t.policy.as_ref().map(policy_view),
+                        quota: t.quota.as_ref().map(quota_view),
+                        held: Some(amounts(&held.get(&t.name).copied().unwrap_or_default())),
+                        share: shares.get(&t.name).copied().unwrap_or(0.0),
                     })
                     .collect()
             })

@@ -199,7 +199,8 @@ impl AppWatch {
             | Command::RemoveBaseImage { .. }
             | Command::AddTemplate { .. }
             | Command::RemoveTemplate { .. }
-            | Command::PutTenant { .. } => {}
+            | Command::PutTenant { .. }
+            | Command::SetQuota { .. } => {}
         }
     }
 

@@ -122,6 +122,7 @@ fn events_carry_the_version_current_when_they_happened() {
             app: APP.into(),
             placement,
             gpus: BTreeMap::new(),
+            at_ms: 0,
         },
     );
     assert_eq!(later.iter().map(|n| n.version).collect::<Vec<_>>(), [2]);
@@ -194,6 +195,7 @@ fn a_batch_is_read_command_by_command_and_the_stream_ends_with_the_app() {
                 app: APP.into(),
                 placement,
                 gpus: BTreeMap::new(),
+                at_ms: 0,
             },
             Command::CancelApp {
                 name: "another".into(),

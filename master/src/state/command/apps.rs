@@ -12,6 +12,15 @@ pub(super) fn check_submit(
         return Err(CommandError::AppExists(spec.name.clone()));
     }
     catalog::check_generated(s, generated)?;
+    let quota = s.tenants.get(&spec.tenant).and_then(|t| t.quota.as_ref());
+    if let Some(q) = quota {
+        let alone = quota::Demand::of_spec(spec);
+        if let Some(why) = quota::over_quota(&spec.tenant, q, &Default::default(), &alone) {
+            return Err(CommandError::Quota(format!(
+                "{why}: this app alone passes the quota, so it could never start (an admin raises it with `weirctl tenant set-quota`)"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -45,6 +54,7 @@ pub(super) fn apply_submit(
             current_version: 1,
             created_at_ms: at_ms,
             cancelled_at_ms: None,
+            placed_at_ms: None,
             placement: BTreeMap::new(),
             checkpoints: AppCheckpoints::default(),
             gpus: BTreeMap::new(),
@@ -166,8 +176,12 @@ pub(super) fn apply_set_placement(
     app: &str,
     placement: &BTreeMap<String, String>,
     gpus: &BTreeMap<String, Vec<String>>,
+    at_ms: u64,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
+    if rec.placed_at_ms.is_none() && !placement.is_empty() {
+        rec.placed_at_ms = Some(at_ms);
+    }
     let before = std::mem::replace(&mut rec.placement, placement.clone());
     set_gpus(rec, &before, gpus);
     note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));

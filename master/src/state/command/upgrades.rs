@@ -40,6 +40,20 @@ pub(super) fn check_begin(
             "app {app:?} is not placed yet; upgrade it once it runs"
         )));
     }
+    if let Some(q) = s.tenants.get(&rec.tenant).and_then(|t| t.quota.as_ref()) {
+        // Old and new versions run side by side until the switch: the tenant holds
+        // the larger of both, per resource.
+        let others = quota::held(s)
+            .remove(&rec.tenant)
+            .unwrap_or_default()
+            .minus(quota::held_by(rec));
+        let both = quota::held_by(rec).max(quota::Demand::of_spec(spec));
+        if let Some(why) = quota::over_quota(&rec.tenant, q, &others, &both) {
+            return Err(CommandError::Quota(format!(
+                "{why} (during the upgrade the app holds the larger of its old and new versions)"
+            )));
+        }
+    }
     check_pes_and_workers(
         s,
         app,
