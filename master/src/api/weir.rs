@@ -775,7 +775,7 @@ fn pools(s: &ClusterState, now_ms: u64) -> Vec<pb::Pool> {
     let waiting = crate::scheduler::queue::waiting(s);
     let queued: Vec<(&weir_common::spec::AppSpec, u64)> = waiting
         .iter()
-        .map(|a| (&a.current().spec, now_ms.saturating_sub(a.created_at_ms)))
+        .map(|a| (&a.current().spec, now_ms.saturating_sub(a.queued_at())))
         .collect();
     crate::scheduler::pools::pools(s, &free, &queued)
         .into_iter()

@@ -215,6 +215,20 @@ impl Executor {
         }
 
         self.liveness.set_queue(actions.queue);
+        for (app, by) in actions.preemptions {
+            tracing::warn!(%app, %by, "preempting app");
+            if let Err(e) = self
+                .shared
+                .write(Command::Preempt {
+                    app: app.clone(),
+                    by,
+                    at_ms: crate::api::now_ms(),
+                })
+                .await
+            {
+                tracing::warn!(%app, error = %e.message(), "preemption not committed");
+            }
+        }
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
         // Logged when the reason changes, not on every tick.
         for (app, why) in self.liveness.set_unplaced(unplaced) {

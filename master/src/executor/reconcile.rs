@@ -17,6 +17,7 @@
 //!   its inputs ended: the sources ran out) has finished; it is marked so, which frees
 //!   its resources and stops its PEs.
 
+use crate::scheduler::preempt;
 use crate::scheduler::queue::{self, Wait};
 use crate::scheduler::{place, requests_for, usage, GpuSlot, PeRequest, WorkerCapacity};
 use crate::state::{AppRecord, ClusterState, WorkerState};
@@ -94,6 +95,8 @@ pub struct Actions {
     pub finished: Vec<String>,
     /// The queue after this decision: apps still waiting, in service order.
     pub queue: Vec<QueueEntry>,
+    /// Running apps to preempt: (victim, the queued app it makes room for).
+    pub preemptions: Vec<(String, String)>,
 }
 
 /// An app waiting in the queue, as `weirctl queue` shows it.
@@ -460,8 +463,21 @@ pub fn reconcile_with(
             round.place(state, app, &mut actions).map(|_| ())
         },
     );
+    // One preemption per decision: its effect (capacity freed) is seen by the next.
+    let mut preempting = false;
     for (entry, wait) in served {
-        let Some(wait) = wait else { continue };
+        let Some(mut wait) = wait else { continue };
+        if !preempting && matches!(wait, Wait::Capacity(_)) {
+            if let Some(victims) = preempt::victims(state, &entry.app, &round.free) {
+                preempting = true;
+                for v in &victims {
+                    actions
+                        .preemptions
+                        .push((v.clone(), entry.app.name.clone()));
+                }
+                wait = Wait::Preempting(victims);
+            }
+        }
         replaced.insert(entry.app.name.clone());
         if !matches!(wait, Wait::Capacity(_)) {
             actions

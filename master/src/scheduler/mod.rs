@@ -17,6 +17,7 @@
 //! for large requests). The executor turns the result into worker instructions.
 
 pub mod pools;
+pub mod preempt;
 pub mod queue;
 #[cfg(test)]
 mod tests;

@@ -53,6 +53,8 @@ pub enum Wait {
     Capacity(String),
     /// A starving entry ahead of it keeps the capacity freed (the app named).
     Behind(String),
+    /// Lower-class apps are being preempted to make room for it (those named).
+    Preempting(Vec<String>),
 }
 
 impl std::fmt::Display for Wait {
@@ -63,6 +65,11 @@ impl std::fmt::Display for Wait {
             }
             Wait::After(why) => write!(f, "start.after: {why}"),
             Wait::Quota(why) | Wait::Capacity(why) => f.write_str(why),
+            Wait::Preempting(apps) => write!(
+                f,
+                "preempting {} (of a lower class) to make room; they resume from their latest checkpoint later",
+                apps.join(", ")
+            ),
             Wait::Behind(app) => write!(
                 f,
                 "behind {app}, which has waited over {} min: capacity freed now goes to it first",
@@ -81,6 +88,7 @@ impl Wait {
             Wait::Quota(_) => "quota",
             Wait::Capacity(_) => "capacity",
             Wait::Behind(_) => "behind",
+            Wait::Preempting(_) => "preempting",
         }
     }
 }
@@ -101,7 +109,7 @@ pub struct Entry {
 impl Entry {
     /// When it arrived (committed).
     pub fn queued_at_ms(&self) -> u64 {
-        self.app.created_at_ms
+        self.app.queued_at()
     }
 }
 
@@ -177,7 +185,7 @@ pub fn serve(
     // head is best (rank, then share, then arrival).
     let mut by_tenant: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     for app in waiting(state) {
-        let waited = now_ms.saturating_sub(app.created_at_ms);
+        let waited = now_ms.saturating_sub(app.queued_at());
         let entry = Entry {
             demand: Demand::of_spec(&app.current().spec),
             rank: rank(app.current().spec.priority, waited),

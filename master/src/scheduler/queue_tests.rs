@@ -86,13 +86,13 @@ fn the_least_served_tenant_goes_first() {
         app: "old".into(),
         placement: [("g@0".to_string(), "w1".to_string())].into(),
         gpus: Default::default(),
-        at_ms: 0,
+        at_ms: 1,
     })
     .unwrap();
     submit(&mut s, "web-new", "web", "", 1);
     submit(&mut s, "mob-new", "mobile", "", 2);
     // web holds 2 % of the cluster's cores all window long; mobile nothing.
-    let order = run(&s, usage::SHARE_WINDOW_MS, 10);
+    let order = run(&s, usage::SHARE_WINDOW_MS + 100, 10);
     assert_eq!(names(&order), ["mob-new", "web-new"]);
 }
 

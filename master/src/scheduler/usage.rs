@@ -67,6 +67,8 @@ fn ended_at(app: &AppRecord) -> Option<u64> {
         AppState::Finished => app.finished.as_ref().map(|f| f.at_ms),
         // A failed app records no end: it stops counting at once.
         AppState::Failed => app.placed_at_ms,
+        // Preempted: back in the queue since then.
+        _ if app.placement.is_empty() => app.queued_at_ms,
         _ => None,
     }
 }

@@ -251,6 +251,18 @@ pub enum Command {
         /// Its keys, signature rule and capabilities, validated.
         policy: TenantPolicy,
     },
+    /// Stop a running app to free its resources for `by`, a queued app of a higher
+    /// class: the app goes back to the queue, and when placed again resumes from its
+    /// latest complete checkpoint under a new attempt (as a recovery does), so nothing
+    /// is lost or repeated.
+    Preempt {
+        /// App name.
+        app: String,
+        /// The app it makes room for.
+        by: String,
+        /// Leader clock.
+        at_ms: u64,
+    },
     /// Set a tenant's quota (`None` lifts it).
     SetQuota {
         /// The tenant.
@@ -495,6 +507,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         Command::RemoveTemplate { name } => Ok(catalog::check_remove_template(s, name)?),
         Command::PutTenant { name, policy } => tenants::check_put(name, policy),
         Command::SetQuota { tenant, quota } => tenants::check_quota(tenant, quota.as_ref()),
+        Command::Preempt { app, .. } => checkpoints::check_preempt(s, app),
     }
 }
 
@@ -672,6 +685,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         }
         Command::PutTenant { name, policy } => tenants::apply_put(s, name, policy),
         Command::SetQuota { tenant, quota } => tenants::apply_quota(s, tenant, quota),
+        Command::Preempt { app, by, at_ms } => checkpoints::apply_preempt(s, app, by, *at_ms),
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),
         },

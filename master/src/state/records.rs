@@ -53,10 +53,14 @@ pub struct AppRecord {
     pub created_at_ms: u64,
     /// When the app was cancelled, if it was.
     pub cancelled_at_ms: Option<u64>,
-    /// When the scheduler first placed it (it waited in the queue from
-    /// `created_at_ms` until then); `None` while it waits.
+    /// When the scheduler last placed it whole (from an empty placement); `None` until
+    /// it first is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_at_ms: Option<u64>,
+    /// When it last entered the queue, if not at submit (`created_at_ms`): a preempted
+    /// app queues again from its preemption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at_ms: Option<u64>,
     /// Where each PE runs (empty until the scheduler places the app).
     pub placement: BTreeMap<String, String>,
     /// Checkpoints and recoveries.
@@ -236,6 +240,11 @@ pub struct RecoveryRecord {
 }
 
 impl AppRecord {
+    /// When it entered the queue it waits in (or last waited in).
+    pub fn queued_at(&self) -> u64 {
+        self.queued_at_ms.unwrap_or(self.created_at_ms)
+    }
+
     /// The current version.
     pub fn current(&self) -> &AppVersion {
         &self.versions[self.current_version as usize - 1]

@@ -131,6 +131,17 @@ impl AppWatch {
                 })));
                 out.push(self.note(placement_event(placement)));
             }
+            Command::Preempt { app, by, .. } if *app == self.app => {
+                self.state = AppState::Submitted;
+                out.push(self.note(pb::app_event::Event::Recovery(pb::Recovery {
+                    pe: String::new(),
+                    failed_worker_id: String::new(),
+                    new_worker_id: String::new(),
+                    checkpoint_id: 0,
+                    reason: format!("preempted by {by}: back in the queue, to resume from its latest checkpoint"),
+                })));
+                out.push(self.note(placement_event(&Default::default())));
+            }
             Command::CompleteCheckpoint {
                 app, id, pieces, ..
             } if *app == self.app => {
@@ -177,6 +188,7 @@ impl AppWatch {
             | Command::FinishApp { .. }
             | Command::SetPlacement { .. }
             | Command::Recover { .. }
+            | Command::Preempt { .. }
             | Command::CompleteCheckpoint { .. }
             | Command::BeginUpgrade { .. }
             | Command::UpgradeSwitch { .. }

@@ -55,6 +55,7 @@ pub(super) fn apply_submit(
             created_at_ms: at_ms,
             cancelled_at_ms: None,
             placed_at_ms: None,
+            queued_at_ms: None,
             placement: BTreeMap::new(),
             checkpoints: AppCheckpoints::default(),
             gpus: BTreeMap::new(),
@@ -179,7 +180,8 @@ pub(super) fn apply_set_placement(
     at_ms: u64,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-    if rec.placed_at_ms.is_none() && !placement.is_empty() {
+    // Entries written before the clock was carried say 0: not a time.
+    if rec.placement.is_empty() && !placement.is_empty() && at_ms != 0 {
         rec.placed_at_ms = Some(at_ms);
     }
     let before = std::mem::replace(&mut rec.placement, placement.clone());

@@ -144,3 +144,49 @@ pub(super) fn apply_recover(s: &mut ClusterState, app: &str, r: Recovery<'_>) ->
     note_incarnations(&s.workers, rec, |pe| region.contains(PeId::operator_of(pe)));
     Response::Done
 }
+
+/// Only a running app, placed, with no upgrade in progress, can be preempted.
+pub(super) fn check_preempt(s: &ClusterState, app: &str) -> Result<(), CommandError> {
+    let rec = live(s, app, "only a running app can be preempted")?;
+    if rec.state != AppState::Running || rec.upgrade.is_some() || rec.placement.is_empty() {
+        return Err(wrong_state(
+            rec,
+            "only a running app, placed and not upgrading, can be preempted",
+        ));
+    }
+    Ok(())
+}
+
+/// Every operator restarts from the latest complete checkpoint under a new attempt,
+/// once placed again; until then the app waits in the queue and holds nothing.
+pub(super) fn apply_preempt(s: &mut ClusterState, app: &str, by: &str, at_ms: u64) -> Response {
+    let Some(rec) = s.apps.get(app) else {
+        return Response::Done;
+    };
+    let operators: Vec<String> = rec
+        .current()
+        .spec
+        .operators
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let checkpoint_id = rec.checkpoints.latest().map_or(0, |c| c.id);
+    let reason = format!("preempted by {by}");
+    apply_recover(
+        s,
+        app,
+        Recovery {
+            operators: &operators,
+            checkpoint_id,
+            placement: &BTreeMap::new(),
+            reason: &reason,
+            at_ms,
+            drop_checkpoint: None,
+            gpus: &BTreeMap::new(),
+        },
+    );
+    let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
+    rec.state = AppState::Submitted;
+    rec.queued_at_ms = Some(at_ms);
+    Response::Done
+}

@@ -1,0 +1,112 @@
+//! Preemption: which running apps to stop so that a queued app of the high class fits.
+//!
+//! The rule is deliberately narrow, so that nobody loses work by surprise: only a
+//! `high` app preempts, only `low` apps are preempted, and only apps that run
+//! undisturbed (no upgrade in progress). A preempted app is not failed: it goes back
+//! to the queue and, placed again, resumes from its latest complete checkpoint under a
+//! new attempt, exactly as a recovery does, so nothing is lost or repeated (what it
+//! processed after that checkpoint is processed again, and its sinks' exactly-once
+//! protocols drop the repeats). It keeps its class, so it can never preempt back:
+//! aging raises its rank in the queue, not its class.
+//!
+//! **Choice of victims.** The most recently placed first (they lose the least work),
+//! added one at a time until the high app fits the capacity they would free; then each
+//! one not needed after all is spared again. Pure: from the free capacity and the
+//! state.
+
+use super::{place, requests_for, WorkerCapacity};
+use crate::state::{AppRecord, AppState, ClusterState};
+use weir_common::physical::PeId;
+use weir_common::spec::Priority;
+
+/// Whether `victim` may be preempted for `by`.
+pub fn preemptible(victim: &AppRecord, by: &AppRecord) -> bool {
+    by.current().spec.priority == Priority::High
+        && victim.current().spec.priority == Priority::Low
+        && victim.state == AppState::Running
+        && victim.upgrade.is_none()
+        && !victim.placement.is_empty()
+        && victim.name != by.name
+}
+
+/// Adds back to `free` what `app`'s placed PEs hold.
+pub fn release(free: &mut [WorkerCapacity], app: &AppRecord) {
+    let spec = &app.current().spec;
+    for (pe, w) in &app.placement {
+        let Some(op) = spec.operator(PeId::operator_of(pe)) else {
+            continue;
+        };
+        let Some(cap) = free.iter_mut().find(|c| &c.id == w) else {
+            continue;
+        };
+        cap.cpu_free += op.resources.cpu;
+        cap.memory_free_mb = cap.memory_free_mb.saturating_add(op.resources.memory_mb);
+        let per_slice = op.resources.gpu.as_ref().map_or(0, |g| g.memory_mb);
+        for uuid in app.gpus.get(pe).into_iter().flatten() {
+            if let Some(slot) = cap.gpus.iter_mut().find(|g| &g.uuid == uuid) {
+                slot.memory_free_mb = slot.memory_free_mb.saturating_add(per_slice);
+            }
+        }
+    }
+}
+
+/// The running apps to preempt so that `app` fits, given the capacity `free` now;
+/// `None` when preempting is not allowed or would not make room.
+pub fn victims(
+    state: &ClusterState,
+    app: &AppRecord,
+    free: &[WorkerCapacity],
+) -> Option<Vec<String>> {
+    if app.current().spec.priority != Priority::High {
+        return None;
+    }
+    let mut candidates: Vec<&AppRecord> = state
+        .apps
+        .values()
+        .map(|a| &**a)
+        .filter(|v| preemptible(v, app))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    candidates.sort_by(|a, b| {
+        b.placed_at_ms
+            .cmp(&a.placed_at_ms)
+            .then(a.name.cmp(&b.name))
+    });
+    let requests = requests_for(&app.current().spec);
+    let fits = |chosen: &[&AppRecord]| {
+        let mut f = free.to_vec();
+        for v in chosen {
+            release(&mut f, v);
+        }
+        place(&f, &requests, &Default::default()).is_ok()
+    };
+    let mut chosen: Vec<&AppRecord> = Vec::new();
+    for c in candidates {
+        chosen.push(c);
+        if fits(&chosen) {
+            break;
+        }
+    }
+    if !fits(&chosen) {
+        return None;
+    }
+    // Spare whoever is not needed after all (the earliest chosen may be, once later
+    // ones freed more).
+    let mut i = 0;
+    while i < chosen.len() {
+        let mut without = chosen.clone();
+        without.remove(i);
+        if !without.is_empty() && fits(&without) {
+            chosen = without;
+        } else {
+            i += 1;
+        }
+    }
+    Some(chosen.iter().map(|a| a.name.clone()).collect())
+}
+
+#[cfg(test)]
+#[path = "preempt_tests.rs"]
+mod tests;
