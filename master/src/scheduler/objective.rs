@@ -1,0 +1,996 @@
+//! The GPU-memory placement objective: which devices the GPU slices of a set of tasks
+//! (PEs) go to, at the least total device weight.
+//!
+//! # The problem
+//!
+//! Task `i` asks for `slices` GPU slices of `slice_mb` MiB each, `cpu` cores and
+//! `memory_mb` MiB of host memory. Every slice goes to exactly one device `j` among
+//! the task's eligible ones, under these constraints:
+//!
+//! * device memory: the slices on `j` sum to at most `free_j` (device memory minus
+//!   memory already used);
+//! * the slices of one task are on distinct devices of the same host;
+//! * host capacity: the tasks placed on a host fit in its free cores and memory;
+//! * a task without slices still needs a host (any host with room for its cores and
+//!   memory): it takes part only through the host capacities it uses.
+//!
+//! The objective is `min Σ_j w_j · Σ_i x_ij`, where `x_ij` is 1 when a slice of task
+//! `i` is on device `j` and `w_j > 0` is the device's allocation weight (see
+//! [`Weights`]: binpack makes fuller devices cheaper, spread emptier ones). Eligibility
+//! (vendor, pool scenario, images) is the caller's business: each task lists the
+//! device indexes it may use. The module does no I/O and holds no state.
+//!
+//! # Solvers
+//!
+//! * [`exact`]: branch and bound. Tasks are taken largest first (slices × slice
+//!   memory); for each, the hosts are tried cheapest first and, on each host, the
+//!   combinations of `slices` distinct devices with room, enumerated in weight order.
+//!   At every node the lower bound is the cost so far plus, for every task still to
+//!   place, the cheapest set it could take in the current state (capacities only
+//!   shrink as tasks are placed, so this bound is admissible); a node whose bound
+//!   reaches the best cost found is cut, and so is a node where some remaining task
+//!   has no set left (forward checking, which proves infeasibility early). Ties go to
+//!   the lowest indexes, so the result is deterministic.
+//!
+//!   Why branch and bound rather than a MILP crate: no pure-Rust MILP crate is both
+//!   small and exact on this constraint shape (distinct devices on one host per task,
+//!   coupled host capacities), the instances a scheduling round sees below
+//!   [`EXACT_LIMIT`] are small, and branch and bound with this bound is exact and
+//!   fast enough there, without a new dependency.
+//! * [`heuristic`]: for any size. Tasks largest first, each on its cheapest feasible
+//!   set (best fit on equal cost); if that packs badly and some task fits nowhere,
+//!   best-fit decreasing by memory, ignoring weights; if that fails too and the
+//!   instance is small, a depth-first search for any feasible placement (bounded by
+//!   [`HEURISTIC_DFS_NODE_LIMIT`] nodes). Then improvement passes, while they lower
+//!   the cost (at most [`IMPROVE_PASSES`]): each moves every task in turn to its
+//!   cheapest feasible set, then re-places pairs of tasks together, both orders
+//!   tried (this hands a cheap device from one task to another that gains more from
+//!   it, which single moves cannot), skipping pairs already at their cheapest and
+//!   trying at most [`PAIR_BUDGET`] pairs. Placing one task costs `O(E log E)` for
+//!   its `E` eligible devices, so a pass is `O((T + PAIR_BUDGET) · E log E)` for `T`
+//!   tasks: no search, whatever the size.
+//! * [`solve`] with [`Method::Auto`] uses the exact solver when the instance is within
+//!   [`EXACT_LIMIT`] slices and [`EXACT_MAX_DEVICES`] devices, else the heuristic.
+//!
+//! # Measured quality
+//!
+//! Over 5,000 seeded random instances (1–4 hosts of 1–4 devices, 1–8 tasks of 1–2
+//! slices, weights uniform in [0.5, 2]; `objective_tests.rs`, `heuristic_gap`, which
+//! prints these figures), 2,229 had a solution. The heuristic found one for every one
+//! of them, all valid; its mean gap to the exact optimum is 0.56 %, the worst 34 %
+//! (one instance), and it is optimal on 1,995 (89.5 %). Without the pair moves the
+//! mean gap was 1.61 % (optimal on 79 %).
+//!
+//! # Numbers
+//!
+//! Cores are compared in whole micro-cores (requests and free capacity rounded to the
+//! nearest), so sums of fractional shares neither drift nor depend on the order tasks
+//! are added in. Weights are clamped into [[`MIN_WEIGHT`], [`MAX_WEIGHT`]], NaN
+//! counting as 1 (neutral): a bad weight neither excludes a device nor makes it
+//! free. A NaN or infinite core request fits nowhere. Device indexes out of range,
+//! devices on hosts out of range and duplicates in an eligibility list are ignored.
+
+#[cfg(test)]
+#[path = "objective_tests.rs"]
+mod tests;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BTreeMap;
+
+/// The smallest device weight the solvers use; smaller ones are raised to it.
+pub const MIN_WEIGHT: f64 = 1e-3;
+/// The largest device weight the solvers use; larger ones are lowered to it.
+pub const MAX_WEIGHT: f64 = 1e3;
+/// [`Method::Auto`] solves exactly when the tasks ask at most this many slices in all
+/// (and there are at most [`EXACT_MAX_DEVICES`] devices).
+pub const EXACT_LIMIT: usize = 16;
+/// [`Method::Auto`] solves exactly only with at most this many devices.
+pub const EXACT_MAX_DEVICES: usize = 64;
+/// The node budget [`solve`] gives [`exact`].
+pub const EXACT_NODE_LIMIT: u64 = 500_000;
+/// The node budget of the heuristic's last-resort feasibility search.
+pub const HEURISTIC_DFS_NODE_LIMIT: u64 = 200_000;
+/// The most improvement passes the heuristic makes.
+pub const IMPROVE_PASSES: usize = 16;
+/// The most pairs of tasks one improvement pass re-places together.
+pub const PAIR_BUDGET: usize = 20_000;
+
+/// Costs closer than this are equal: a change must gain more to count.
+const COST_EPS: f64 = 1e-9;
+/// Micro-cores per core.
+const CPU_UNITS: f64 = 1e6;
+
+/// One GPU device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Device {
+    /// Index of its host in [`Problem::hosts`].
+    pub host: usize,
+    /// Free memory, MiB: total less what is already used.
+    pub free_mb: u64,
+    /// Allocation weight `w_j` (see [`Weights`]); clamped into
+    /// [[`MIN_WEIGHT`], [`MAX_WEIGHT`]], NaN counting as 1.
+    pub weight: f64,
+}
+
+/// One host (worker): the capacity its tasks share.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    /// Free cores.
+    pub cpu_free: f64,
+    /// Free memory, MiB.
+    pub memory_free_mb: u64,
+}
+
+/// One task (PE) to place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// GPU slices; each on its own device, all on one host. Zero: the task needs only
+    /// a host.
+    pub slices: u32,
+    /// Memory per slice, MiB.
+    pub slice_mb: u64,
+    /// Cores.
+    pub cpu: f64,
+    /// Host memory, MiB.
+    pub memory_mb: u64,
+    /// Indexes into [`Problem::devices`] of the devices its slices may use.
+    pub eligible: Vec<usize>,
+}
+
+/// A placement problem.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Problem {
+    /// Hosts.
+    pub hosts: Vec<Host>,
+    /// Devices, each on one host.
+    pub devices: Vec<Device>,
+    /// Tasks to place, all of them.
+    pub tasks: Vec<Task>,
+}
+
+/// Where one task goes.
+///
+/// The host is explicit (rather than implied by the devices) because a task without
+/// slices still takes a host's cores and memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Index into [`Problem::hosts`].
+    pub host: usize,
+    /// Indexes into [`Problem::devices`], one per slice, distinct, ascending.
+    pub devices: Vec<usize>,
+}
+
+/// A placement of every task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Solution {
+    /// One per task, in [`Problem::tasks`] order.
+    pub placements: Vec<Placement>,
+    /// `Σ w_j` over every slice's device (see [`cost`]).
+    pub cost: f64,
+    /// Whether the cost is proven minimal.
+    pub exact: bool,
+}
+
+/// Which solver [`solve`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// [`exact`] with [`EXACT_NODE_LIMIT`] nodes; past the limit, the better of the
+    /// best placement found and the heuristic's.
+    Exact,
+    /// [`heuristic`].
+    Heuristic,
+    /// Exact within [`EXACT_LIMIT`] slices and [`EXACT_MAX_DEVICES`] devices, else the
+    /// heuristic.
+    #[default]
+    Auto,
+}
+
+/// The exact search ran out of nodes before proving its answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("branch and bound stopped after {nodes} nodes")]
+pub struct LimitReached {
+    /// Nodes visited.
+    pub nodes: u64,
+    /// The best placement found before stopping, if any (`exact: false`).
+    pub best: Option<Solution>,
+}
+
+/// How device weights favour fuller or emptier devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Fuller devices are cheaper: `w = base · (0.5 + free/total)`, from `0.5·base`
+    /// (full) to `1.5·base` (empty). Keeps whole devices free for large requests.
+    #[default]
+    Binpack,
+    /// Emptier devices are cheaper: `w = base · (0.5 + used/total)`, from `0.5·base`
+    /// (empty) to `1.5·base` (full). Spreads load, and so memory-bandwidth contention.
+    Spread,
+}
+
+/// Turns a device's model, pool and memory into its allocation weight `w_j`.
+///
+/// `base = model multiplier × pool multiplier` (each 1.0 when not listed), then the
+/// [`Policy`] formula. Every result is in [[`MIN_WEIGHT`], [`MAX_WEIGHT`]], so `> 0`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Weights {
+    /// Binpack or spread.
+    pub policy: Policy,
+    /// Multipliers by device model name (e.g. make an older model dearer to keep
+    /// newer ones for the requests only they can serve).
+    pub models: BTreeMap<String, f64>,
+    /// Multipliers by pool name.
+    pub pools: BTreeMap<String, f64>,
+}
+
+impl Weights {
+    /// The base weight of a device of `model` in `pool`: the product of their
+    /// multipliers, clamped.
+    pub fn base(&self, model: &str, pool: &str) -> f64 {
+        let m = self.models.get(model).copied().map_or(1.0, clamp_weight);
+        let p = self.pools.get(pool).copied().map_or(1.0, clamp_weight);
+        clamp_weight(m * p)
+    }
+
+    /// The weight of a device of `model` in `pool` with `total_mb` MiB of which
+    /// `used_mb` are in use.
+    pub fn device(&self, model: &str, pool: &str, total_mb: u64, used_mb: u64) -> f64 {
+        policy_weight(self.policy, self.base(model, pool), total_mb, used_mb)
+    }
+}
+
+/// The [`Policy`] formula: `base · (0.5 + free/total)` for binpack, `base · (0.5 +
+/// used/total)` for spread, with `used` capped at `total` and a device of no memory
+/// counting as full. Clamped into [[`MIN_WEIGHT`], [`MAX_WEIGHT`]].
+pub fn policy_weight(policy: Policy, base: f64, total_mb: u64, used_mb: u64) -> f64 {
+    let used = if total_mb == 0 {
+        1.0
+    } else {
+        used_mb.min(total_mb) as f64 / total_mb as f64
+    };
+    let factor = match policy {
+        Policy::Binpack => 0.5 + (1.0 - used),
+        Policy::Spread => 0.5 + used,
+    };
+    clamp_weight(clamp_weight(base) * factor)
+}
+
+/// `w` clamped into [[`MIN_WEIGHT`], [`MAX_WEIGHT`]]; NaN becomes 1 (neutral: an
+/// invalid weight should neither exclude a device nor make it free).
+pub fn clamp_weight(w: f64) -> f64 {
+    if w.is_nan() {
+        1.0
+    } else {
+        w.clamp(MIN_WEIGHT, MAX_WEIGHT)
+    }
+}
+
+/// The objective of `placements`: the clamped weight of every slice's device, summed
+/// in task order. Device indexes out of range count nothing.
+pub fn cost(p: &Problem, placements: &[Placement]) -> f64 {
+    placements
+        .iter()
+        .flat_map(|pl| pl.devices.iter())
+        .filter_map(|&d| p.devices.get(d))
+        .map(|d| clamp_weight(d.weight))
+        .sum()
+}
+
+/// Solves `p` with `method`. `None`: no placement exists, or (past the exact search's
+/// node limit, or for the heuristic on a large instance) none was found.
+pub fn solve(p: &Problem, method: Method) -> Option<Solution> {
+    match method {
+        Method::Heuristic => heuristic(p),
+        Method::Auto if !is_small(p) => heuristic(p),
+        Method::Exact | Method::Auto => match exact(p, EXACT_NODE_LIMIT) {
+            Ok(s) => s,
+            Err(limit) => cheaper(limit.best, heuristic(p)),
+        },
+    }
+}
+
+/// Whether [`Method::Auto`] solves `p` exactly: at most [`EXACT_LIMIT`] slices in all
+/// and [`EXACT_MAX_DEVICES`] devices.
+pub fn is_small(p: &Problem) -> bool {
+    let slices = p
+        .tasks
+        .iter()
+        .fold(0usize, |n, t| n.saturating_add(t.slices as usize));
+    slices <= EXACT_LIMIT && p.devices.len() <= EXACT_MAX_DEVICES
+}
+
+/// The cheaper of two solutions, the first on a tie.
+fn cheaper(a: Option<Solution>, b: Option<Solution>) -> Option<Solution> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.cost < a.cost - COST_EPS => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
+}
+
+/// The optimal placement of `p` (`Ok(None)`: none exists), by branch and bound
+/// visiting at most `node_limit` nodes.
+pub fn exact(p: &Problem, node_limit: u64) -> Result<Option<Solution>, LimitReached> {
+    let m = Model::new(p);
+    let mut search = Search::new(&m, node_limit, false);
+    let outcome = search.run(0, 0.0);
+    let best = search.best.take().map(|(_, pl)| m.solution(p, pl, false));
+    match outcome {
+        Err(Stop::Limit) => Err(LimitReached {
+            nodes: search.nodes,
+            best,
+        }),
+        Ok(()) | Err(Stop::Found) => Ok(best.map(|s| Solution { exact: true, ..s })),
+    }
+}
+
+/// A good placement of `p`, fast at any size (see the module doc); `None` when none
+/// was found, which on a small instance means none exists (unless the feasibility
+/// search ran past [`HEURISTIC_DFS_NODE_LIMIT`] nodes).
+pub fn heuristic(p: &Problem) -> Option<Solution> {
+    let m = Model::new(p);
+    let mut placements = m
+        .greedy(Pref::Cheapest)
+        .or_else(|| m.greedy(Pref::Tightest))
+        .or_else(|| is_small(p).then(|| m.first_feasible()).flatten())?;
+    m.improve(&mut placements);
+    Some(m.solution(p, placements, false))
+}
+
+/// Whether `s` places every task of `p` within every constraint, and its cost is
+/// right; the error says what is wrong.
+pub fn check(p: &Problem, s: &Solution) -> Result<(), String> {
+    if s.placements.len() != p.tasks.len() {
+        return Err(format!(
+            "{} placements for {} tasks",
+            s.placements.len(),
+            p.tasks.len()
+        ));
+    }
+    let mut device_used = vec![0u64; p.devices.len()];
+    let mut cpu_used = vec![0u64; p.hosts.len()];
+    let mut memory_used = vec![0u64; p.hosts.len()];
+    for (i, (t, pl)) in p.tasks.iter().zip(&s.placements).enumerate() {
+        check_placement(p, i, t, pl)?;
+        for &d in &pl.devices {
+            device_used[d] = device_used[d].saturating_add(t.slice_mb);
+        }
+        let Some(cpu) = cpu_request(t.cpu) else {
+            return Err(format!("task {i}: {} cores fit nowhere", t.cpu));
+        };
+        cpu_used[pl.host] = cpu_used[pl.host].saturating_add(cpu);
+        memory_used[pl.host] = memory_used[pl.host].saturating_add(t.memory_mb);
+    }
+    for (j, (d, used)) in p.devices.iter().zip(&device_used).enumerate() {
+        if *used > d.free_mb {
+            return Err(format!("device {j}: {used} MiB placed, {} free", d.free_mb));
+        }
+    }
+    for (h, host) in p.hosts.iter().enumerate() {
+        if cpu_used[h] > cpu_free(host.cpu_free) {
+            return Err(format!("host {h}: cores over {}", host.cpu_free));
+        }
+        if memory_used[h] > host.memory_free_mb {
+            return Err(format!(
+                "host {h}: {} MiB placed, {} free",
+                memory_used[h], host.memory_free_mb
+            ));
+        }
+    }
+    let want = cost(p, &s.placements);
+    if (s.cost - want).abs() > 1e-6 * want.abs().max(1.0) || s.cost.is_nan() {
+        return Err(format!("cost {} but the placements cost {want}", s.cost));
+    }
+    Ok(())
+}
+
+/// The constraints on task `i`'s placement alone.
+fn check_placement(p: &Problem, i: usize, t: &Task, pl: &Placement) -> Result<(), String> {
+    if pl.host >= p.hosts.len() {
+        return Err(format!("task {i}: no host {}", pl.host));
+    }
+    if pl.devices.len() != t.slices as usize {
+        return Err(format!(
+            "task {i}: {} devices for {} slices",
+            pl.devices.len(),
+            t.slices
+        ));
+    }
+    for (k, &d) in pl.devices.iter().enumerate() {
+        let Some(dev) = p.devices.get(d) else {
+            return Err(format!("task {i}: no device {d}"));
+        };
+        if dev.host != pl.host {
+            return Err(format!("task {i}: device {d} is not on host {}", pl.host));
+        }
+        if !t.eligible.contains(&d) {
+            return Err(format!("task {i}: device {d} is not eligible"));
+        }
+        if pl.devices[..k].contains(&d) {
+            return Err(format!("task {i}: device {d} twice"));
+        }
+    }
+    Ok(())
+}
+
+/// A core request in micro-cores; `None` for NaN and infinity, which fit nowhere.
+/// Negatives ask nothing.
+fn cpu_request(cpu: f64) -> Option<u64> {
+    // `as` saturates: huge finite requests become u64::MAX (only an infinite host
+    // has that).
+    (cpu.is_finite() || cpu == f64::NEG_INFINITY).then(|| (cpu.max(0.0) * CPU_UNITS).round() as u64)
+}
+
+/// Free cores in micro-cores; NaN and negatives are none.
+fn cpu_free(cpu: f64) -> u64 {
+    if cpu.is_nan() {
+        0
+    } else {
+        (cpu.max(0.0) * CPU_UNITS).round() as u64
+    }
+}
+
+/// A task as the solvers see it: units converted, eligibility resolved.
+struct TaskModel {
+    slices: usize,
+    slice_mb: u64,
+    cpu: u64,
+    memory_mb: u64,
+    /// `(host, devices)`: the hosts it may use, ascending, each with its eligible
+    /// devices that could ever hold a slice, by (weight, index). For a task without
+    /// slices every host, with no devices.
+    groups: Vec<(usize, Vec<usize>)>,
+}
+
+/// The problem with everything the solvers need precomputed.
+struct Model {
+    weight: Vec<f64>,
+    tasks: Vec<TaskModel>,
+    /// Task indexes, largest first (slices × slice memory, then slices, cores,
+    /// memory), ties by index.
+    order: Vec<usize>,
+    start: State,
+}
+
+/// Remaining capacity while placing.
+#[derive(Clone)]
+struct State {
+    device_free: Vec<u64>,
+    host_cpu: Vec<u64>,
+    host_memory: Vec<u64>,
+}
+
+/// How the greedy passes rank a task's feasible sets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pref {
+    /// Least weight, then least memory left over on the devices, then lowest host.
+    Cheapest,
+    /// Least memory left over (best fit), weights ignored, then lowest host.
+    Tightest,
+}
+
+/// One feasible set for a task: its rank and where it goes.
+struct Choice {
+    cost: f64,
+    leftover: u64,
+    host: usize,
+    devices: Vec<usize>,
+}
+
+impl Choice {
+    fn into_placement(self) -> Placement {
+        Placement {
+            host: self.host,
+            devices: self.devices,
+        }
+    }
+}
+
+impl Model {
+    fn new(p: &Problem) -> Model {
+        let weight: Vec<f64> = p.devices.iter().map(|d| clamp_weight(d.weight)).collect();
+        let tasks: Vec<TaskModel> = p.tasks.iter().map(|t| task_model(p, &weight, t)).collect();
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        order.sort_by_key(|&i| {
+            let t = &tasks[i];
+            let size = (t.slices as u128) * (t.slice_mb as u128);
+            (
+                Reverse(size),
+                Reverse(t.slices),
+                Reverse(t.cpu),
+                Reverse(t.memory_mb),
+                i,
+            )
+        });
+        let start = State {
+            device_free: p.devices.iter().map(|d| d.free_mb).collect(),
+            host_cpu: p.hosts.iter().map(|h| cpu_free(h.cpu_free)).collect(),
+            host_memory: p.hosts.iter().map(|h| h.memory_free_mb).collect(),
+        };
+        Model {
+            weight,
+            tasks,
+            order,
+            start,
+        }
+    }
+
+    /// The public form of `placements`, with its cost.
+    fn solution(&self, p: &Problem, mut placements: Vec<Placement>, exact: bool) -> Solution {
+        for pl in &mut placements {
+            pl.devices.sort_unstable();
+        }
+        Solution {
+            cost: cost(p, &placements),
+            placements,
+            exact,
+        }
+    }
+
+    /// Each task in turn on its best set by `pref`; `None` when one fits nowhere.
+    fn greedy(&self, pref: Pref) -> Option<Vec<Placement>> {
+        let mut state = self.start.clone();
+        let mut out = vec![empty_placement(); self.tasks.len()];
+        for &t in &self.order {
+            let c = self.best_choice(&state, t, pref)?;
+            state.take(&self.tasks[t], c.host, &c.devices);
+            out[t] = Placement {
+                host: c.host,
+                devices: c.devices,
+            };
+        }
+        Some(out)
+    }
+
+    /// Any feasible placement, by depth-first search within the heuristic's budget.
+    fn first_feasible(&self) -> Option<Vec<Placement>> {
+        let mut search = Search::new(self, HEURISTIC_DFS_NODE_LIMIT, true);
+        // Stopping at the first leaf (or the limit) is the point: the result is
+        // whatever was found.
+        let _ = search.run(0, 0.0);
+        search.best.map(|(_, pl)| pl)
+    }
+
+    /// Moves single tasks, then pairs, to cheaper feasible sets while that lowers the
+    /// cost.
+    fn improve(&self, placements: &mut [Placement]) {
+        let mut state = self.start.clone();
+        for &t in &self.order {
+            let pl = &placements[t];
+            state.take(&self.tasks[t], pl.host, &pl.devices);
+        }
+        // The least each task could ever cost: a task there has nothing to gain.
+        let floor: Vec<f64> = (0..self.tasks.len())
+            .map(|t| self.cheapest_cost(&self.start, t).unwrap_or(0.0))
+            .collect();
+        for _ in 0..IMPROVE_PASSES {
+            let mut improved = false;
+            for &t in &self.order {
+                improved |= self.improve_one(&mut state, t, &mut placements[t]);
+            }
+            improved |= self.improve_pairs(&mut state, placements, &floor);
+            if !improved {
+                break;
+            }
+        }
+    }
+
+    /// Re-places pairs of tasks together (each order tried) where that is cheaper:
+    /// this frees a cheap device one task holds for another that gains more from it,
+    /// which no single move can do. At most [`PAIR_BUDGET`] pairs per pass, so the
+    /// pass stays linear in the number of tasks.
+    fn improve_pairs(
+        &self,
+        state: &mut State,
+        placements: &mut [Placement],
+        floor: &[f64],
+    ) -> bool {
+        let mut budget = PAIR_BUDGET;
+        let mut improved = false;
+        let above = |t: usize, pl: &[Placement]| self.set_cost(&pl[t].devices) - floor[t];
+        for (k, &t) in self.order.iter().enumerate() {
+            for &u in &self.order[k + 1..] {
+                // Neither can get cheaper: skip without spending the budget.
+                if above(t, placements) + above(u, placements) <= COST_EPS {
+                    continue;
+                }
+                if budget == 0 {
+                    return improved;
+                }
+                budget -= 1;
+                improved |= self.improve_pair(state, placements, t, u);
+            }
+        }
+        improved
+    }
+
+    /// Re-places tasks `t` and `u` if some order of placing them costs less.
+    fn improve_pair(
+        &self,
+        state: &mut State,
+        placements: &mut [Placement],
+        t: usize,
+        u: usize,
+    ) -> bool {
+        let now = self.set_cost(&placements[t].devices) + self.set_cost(&placements[u].devices);
+        for x in [t, u] {
+            let pl = &placements[x];
+            state.give(&self.tasks[x], pl.host, &pl.devices);
+        }
+        let mut best: Option<(f64, Choice, Choice)> = None;
+        for (x, y) in [(t, u), (u, t)] {
+            let Some((cx, cy)) = self.place_two(state, x, y) else {
+                continue;
+            };
+            let total = cx.cost + cy.cost;
+            if total < best.as_ref().map_or(now, |b| b.0) - COST_EPS {
+                best = if x == t {
+                    Some((total, cx, cy))
+                } else {
+                    Some((total, cy, cx))
+                };
+            }
+        }
+        let moved = best.is_some();
+        if let Some((_, ct, cu)) = best {
+            placements[t] = ct.into_placement();
+            placements[u] = cu.into_placement();
+        }
+        for x in [t, u] {
+            let pl = &placements[x];
+            state.take(&self.tasks[x], pl.host, &pl.devices);
+        }
+        moved
+    }
+
+    /// The cheapest set for `x`, then for `y` given `x`'s; `state` is left as it was.
+    fn place_two(&self, state: &mut State, x: usize, y: usize) -> Option<(Choice, Choice)> {
+        let cx = self.best_choice(state, x, Pref::Cheapest)?;
+        state.take(&self.tasks[x], cx.host, &cx.devices);
+        let cy = self.best_choice(state, y, Pref::Cheapest);
+        state.give(&self.tasks[x], cx.host, &cx.devices);
+        Some((cx, cy?))
+    }
+
+    /// The weight of a set of devices.
+    fn set_cost(&self, devices: &[usize]) -> f64 {
+        devices.iter().map(|&d| self.weight[d]).sum()
+    }
+
+    /// Moves task `t` to its cheapest set if that is cheaper than `pl`.
+    fn improve_one(&self, state: &mut State, t: usize, pl: &mut Placement) -> bool {
+        let task = &self.tasks[t];
+        state.give(task, pl.host, &pl.devices);
+        let now = self.set_cost(&pl.devices);
+        let moved = match self.best_choice(state, t, Pref::Cheapest) {
+            Some(c) if c.cost < now - COST_EPS => {
+                *pl = c.into_placement();
+                true
+            }
+            _ => false,
+        };
+        state.take(task, pl.host, &pl.devices);
+        moved
+    }
+
+    /// Task `t`'s best feasible set in `state` by `pref`.
+    fn best_choice(&self, state: &State, t: usize, pref: Pref) -> Option<Choice> {
+        let task = &self.tasks[t];
+        let mut best: Option<Choice> = None;
+        for (host, devices) in &task.groups {
+            if !state.host_fits(task, *host) {
+                continue;
+            }
+            let Some(c) = self.choice_on(state, task, *host, devices, pref) else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_none_or(|b| rank(&c, b, pref) == Ordering::Less)
+            {
+                best = Some(c);
+            }
+        }
+        best
+    }
+
+    /// The best `slices` devices for `task` among `devices` on `host`, by `pref`.
+    fn choice_on(
+        &self,
+        state: &State,
+        task: &TaskModel,
+        host: usize,
+        devices: &[usize],
+        pref: Pref,
+    ) -> Option<Choice> {
+        let mut room: Vec<(f64, u64, usize)> = devices
+            .iter()
+            .filter(|&&d| state.device_free[d] >= task.slice_mb)
+            .map(|&d| (self.weight[d], state.device_free[d] - task.slice_mb, d))
+            .collect();
+        if room.len() < task.slices {
+            return None;
+        }
+        match pref {
+            Pref::Cheapest => {
+                room.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
+            }
+            Pref::Tightest => room.sort_by_key(|&(_, left, d)| (left, d)),
+        }
+        room.truncate(task.slices);
+        Some(Choice {
+            cost: room.iter().map(|r| r.0).sum(),
+            leftover: room.iter().fold(0u64, |s, r| s.saturating_add(r.1)),
+            host,
+            devices: room.into_iter().map(|r| r.2).collect(),
+        })
+    }
+
+    /// The least weight task `t` could take in `state`; `None`: it fits nowhere.
+    fn cheapest_cost(&self, state: &State, t: usize) -> Option<f64> {
+        let task = &self.tasks[t];
+        task.groups
+            .iter()
+            .filter(|(h, _)| state.host_fits(task, *h))
+            .filter_map(|(_, devices)| self.cheapest_on(state, task, devices))
+            .min_by(f64::total_cmp)
+    }
+
+    /// The least weight of `task.slices` devices with room among `devices` (sorted by
+    /// weight).
+    fn cheapest_on(&self, state: &State, task: &TaskModel, devices: &[usize]) -> Option<f64> {
+        let mut n = 0;
+        let mut sum = 0.0;
+        for &d in devices {
+            if n == task.slices {
+                break;
+            }
+            if state.device_free[d] >= task.slice_mb {
+                n += 1;
+                sum += self.weight[d];
+            }
+        }
+        (n == task.slices).then_some(sum)
+    }
+}
+
+/// A placeholder, overwritten before use.
+fn empty_placement() -> Placement {
+    Placement {
+        host: 0,
+        devices: Vec::new(),
+    }
+}
+
+/// The order of two feasible sets by `pref`; less is better.
+fn rank(a: &Choice, b: &Choice, pref: Pref) -> Ordering {
+    let by_fit = a.leftover.cmp(&b.leftover).then(a.host.cmp(&b.host));
+    match pref {
+        Pref::Cheapest => a.cost.total_cmp(&b.cost).then(by_fit),
+        Pref::Tightest => by_fit,
+    }
+}
+
+/// `t` resolved against `p`: its eligible devices grouped by host and sorted.
+fn task_model(p: &Problem, weight: &[f64], t: &Task) -> TaskModel {
+    let slices = t.slices as usize;
+    let cpu = cpu_request(t.cpu);
+    let groups = if cpu.is_none() {
+        Vec::new()
+    } else if slices == 0 {
+        (0..p.hosts.len()).map(|h| (h, Vec::new())).collect()
+    } else {
+        let mut by_host: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &d in &t.eligible {
+            let Some(dev) = p.devices.get(d) else {
+                continue;
+            };
+            if dev.host < p.hosts.len() && dev.free_mb >= t.slice_mb {
+                by_host.entry(dev.host).or_default().push(d);
+            }
+        }
+        by_host
+            .into_iter()
+            .filter_map(|(h, mut devices)| {
+                devices.sort_unstable();
+                devices.dedup();
+                devices.sort_by(|&a, &b| weight[a].total_cmp(&weight[b]).then(a.cmp(&b)));
+                (devices.len() >= slices).then_some((h, devices))
+            })
+            .collect()
+    };
+    TaskModel {
+        slices,
+        slice_mb: t.slice_mb,
+        cpu: cpu.unwrap_or(u64::MAX),
+        memory_mb: t.memory_mb,
+        groups,
+    }
+}
+
+impl State {
+    fn host_fits(&self, t: &TaskModel, host: usize) -> bool {
+        self.host_cpu[host] >= t.cpu && self.host_memory[host] >= t.memory_mb
+    }
+
+    /// Deducts `t` on `host` and `devices` (which must fit).
+    fn take(&mut self, t: &TaskModel, host: usize, devices: &[usize]) {
+        self.host_cpu[host] = self.host_cpu[host].saturating_sub(t.cpu);
+        self.host_memory[host] = self.host_memory[host].saturating_sub(t.memory_mb);
+        for &d in devices {
+            self.device_free[d] = self.device_free[d].saturating_sub(t.slice_mb);
+        }
+    }
+
+    /// Gives back what [`State::take`] deducted.
+    fn give(&mut self, t: &TaskModel, host: usize, devices: &[usize]) {
+        self.host_cpu[host] = self.host_cpu[host].saturating_add(t.cpu);
+        self.host_memory[host] = self.host_memory[host].saturating_add(t.memory_mb);
+        for &d in devices {
+            self.device_free[d] = self.device_free[d].saturating_add(t.slice_mb);
+        }
+    }
+}
+
+/// Why a search stopped early.
+enum Stop {
+    /// The node budget is spent.
+    Limit,
+    /// A feasible placement was found and that was all that was asked.
+    Found,
+}
+
+/// The branch and bound (or, with `first_only`, a plain feasibility search).
+struct Search<'a> {
+    m: &'a Model,
+    state: State,
+    current: Vec<Placement>,
+    best: Option<(f64, Vec<Placement>)>,
+    nodes: u64,
+    limit: u64,
+    first_only: bool,
+}
+
+impl<'a> Search<'a> {
+    fn new(m: &'a Model, limit: u64, first_only: bool) -> Search<'a> {
+        Search {
+            m,
+            state: m.start.clone(),
+            current: vec![empty_placement(); m.tasks.len()],
+            best: None,
+            nodes: 0,
+            limit,
+            first_only,
+        }
+    }
+
+    /// Counts a node against the budget.
+    fn visit(&mut self) -> Result<(), Stop> {
+        self.nodes += 1;
+        if self.nodes > self.limit {
+            Err(Stop::Limit)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a subtree whose cost is at least `bound` cannot beat the best.
+    fn cut(&self, bound: f64) -> bool {
+        self.best
+            .as_ref()
+            .is_some_and(|(b, _)| bound >= b - COST_EPS)
+    }
+
+    /// Places the tasks from position `depth` of the order on, `cost` spent so far.
+    fn run(&mut self, depth: usize, cost: f64) -> Result<(), Stop> {
+        self.visit()?;
+        let Some(&t) = self.m.order.get(depth) else {
+            return self.leaf(cost);
+        };
+        // The bound for the tasks after this one, and forward checking on all.
+        let mut rest = 0.0;
+        for &u in &self.m.order[depth + 1..] {
+            let Some(c) = self.m.cheapest_cost(&self.state, u) else {
+                return Ok(());
+            };
+            rest += c;
+        }
+        let m = self.m;
+        let task = &m.tasks[t];
+        let mut hosts: Vec<(f64, usize)> = task
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, (h, _))| self.state.host_fits(task, *h))
+            .filter_map(|(g, (_, devices))| {
+                let c = self.m.cheapest_on(&self.state, task, devices)?;
+                Some((c, g))
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (least, g) in hosts {
+            // Hosts come cheapest first: once one cannot win, none after can.
+            if self.cut(cost + least + rest) {
+                break;
+            }
+            let (host, devices) = &task.groups[g];
+            let room: Vec<usize> = devices
+                .iter()
+                .copied()
+                .filter(|&d| self.state.device_free[d] >= task.slice_mb)
+                .collect();
+            let mut chosen = Vec::with_capacity(task.slices);
+            self.combos(depth, *host, &room, 0, &mut chosen, cost, rest)?;
+        }
+        Ok(())
+    }
+
+    /// A complete placement costing `cost`.
+    fn leaf(&mut self, cost: f64) -> Result<(), Stop> {
+        if !self.cut(cost) {
+            self.best = Some((cost, self.current.clone()));
+        }
+        if self.first_only {
+            Err(Stop::Found)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Chooses the rest of the task's devices from `room[start..]` (sorted by weight),
+    /// `chosen` so far at total `cost`, then places the remaining tasks, whose least
+    /// cost is `rest`.
+    #[allow(clippy::too_many_arguments)]
+    fn combos(
+        &mut self,
+        depth: usize,
+        host: usize,
+        room: &[usize],
+        start: usize,
+        chosen: &mut Vec<usize>,
+        cost: f64,
+        rest: f64,
+    ) -> Result<(), Stop> {
+        let t = self.m.order[depth];
+        let need = self.m.tasks[t].slices - chosen.len();
+        if need == 0 {
+            return self.descend(depth, host, chosen, cost);
+        }
+        for i in start..room.len() {
+            if room.len() - i < need {
+                break;
+            }
+            self.visit()?;
+            // Sorted by weight: the cheapest completion from i only grows with i.
+            let least: f64 = room[i..i + need].iter().map(|&d| self.m.weight[d]).sum();
+            if self.cut(cost + least + rest) {
+                break;
+            }
+            chosen.push(room[i]);
+            let w = self.m.weight[room[i]];
+            self.combos(depth, host, room, i + 1, chosen, cost + w, rest)?;
+            chosen.pop();
+        }
+        Ok(())
+    }
+
+    /// Places task `order[depth]` on `host` and `devices`, searches on, undoes it.
+    fn descend(
+        &mut self,
+        depth: usize,
+        host: usize,
+        devices: &[usize],
+        cost: f64,
+    ) -> Result<(), Stop> {
+        let m = self.m;
+        let t = m.order[depth];
+        let task = &m.tasks[t];
+        self.state.take(task, host, devices);
+        self.current[t] = Placement {
+            host,
+            devices: devices.to_vec(),
+        };
+        let r = self.run(depth + 1, cost);
+        self.state.give(task, host, devices);
+        r
+    }
+}
