@@ -86,7 +86,7 @@ pub const MIN_WEIGHT: f64 = 1e-3;
 /// The largest device weight the solvers use; larger ones are lowered to it.
 pub const MAX_WEIGHT: f64 = 1e3;
 /// [`Method::Auto`] solves exactly when the tasks ask at most this many slices in all
-/// (and there are at most [`EXACT_MAX_DEVICES`] devices).
+/// (see [`is_small`]).
 pub const EXACT_LIMIT: usize = 16;
 /// [`Method::Auto`] solves exactly only with at most this many devices.
 pub const EXACT_MAX_DEVICES: usize = 64;
@@ -296,12 +296,13 @@ pub fn solve(p: &Problem, method: Method) -> Option<Solution> {
 }
 
 /// Whether [`Method::Auto`] solves `p` exactly: at most [`EXACT_LIMIT`] slices in all
-/// and [`EXACT_MAX_DEVICES`] devices.
+/// (a task without slices counting one: it is still a level of the search) and
+/// [`EXACT_MAX_DEVICES`] devices.
 pub fn is_small(p: &Problem) -> bool {
     let slices = p
         .tasks
         .iter()
-        .fold(0usize, |n, t| n.saturating_add(t.slices as usize));
+        .fold(0usize, |n, t| n.saturating_add((t.slices as usize).max(1)));
     slices <= EXACT_LIMIT && p.devices.len() <= EXACT_MAX_DEVICES
 }
 
@@ -923,6 +924,16 @@ enum Stop {
     Found,
 }
 
+/// The task at position `depth` of the order, being placed on `host`: the devices
+/// there with room for a slice, by (weight, index), and the least the tasks after it
+/// can cost.
+struct OnHost<'r> {
+    depth: usize,
+    host: usize,
+    room: &'r [usize],
+    rest: f64,
+}
+
 /// The branch and bound (or, with `first_only`, a plain feasibility search).
 struct Search<'a> {
     m: &'a Model,
@@ -1003,8 +1014,13 @@ impl<'a> Search<'a> {
                 .copied()
                 .filter(|&d| self.state.device_free[d] >= task.slice_mb)
                 .collect();
-            let mut chosen = Vec::with_capacity(task.slices);
-            self.combos(depth, *host, &room, 0, &mut chosen, cost, rest)?;
+            let on = OnHost {
+                depth,
+                host: *host,
+                room: &room,
+                rest,
+            };
+            self.combos(&on, 0, &mut Vec::with_capacity(task.slices), cost)?;
         }
         Ok(())
     }
@@ -1045,25 +1061,21 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Chooses the rest of the task's devices from `room[start..]` (sorted by weight),
-    /// `chosen` so far at total `cost`, then places the remaining tasks, whose least
-    /// cost is `rest`.
-    #[allow(clippy::too_many_arguments)]
+    /// Chooses the rest of the task's devices from `on.room[start..]`, `chosen` so far
+    /// at total `cost`, then places the remaining tasks.
     fn combos(
         &mut self,
-        depth: usize,
-        host: usize,
-        room: &[usize],
+        on: &OnHost<'_>,
         start: usize,
         chosen: &mut Vec<usize>,
         cost: f64,
-        rest: f64,
     ) -> Result<(), Stop> {
-        let t = self.m.order[depth];
+        let t = self.m.order[on.depth];
         let need = self.m.tasks[t].slices - chosen.len();
         if need == 0 {
-            return self.descend(depth, host, chosen, cost);
+            return self.descend(on.depth, on.host, chosen, cost);
         }
+        let room = on.room;
         for i in start..room.len() {
             if room.len() - i < need {
                 break;
@@ -1071,12 +1083,12 @@ impl<'a> Search<'a> {
             self.visit()?;
             // Sorted by weight: the cheapest completion from i only grows with i.
             let least: f64 = room[i..i + need].iter().map(|&d| self.m.weight[d]).sum();
-            if self.cut(cost + least + rest) {
+            if self.cut(cost + least + on.rest) {
                 break;
             }
             chosen.push(room[i]);
             let w = self.m.weight[room[i]];
-            self.combos(depth, host, room, i + 1, chosen, cost + w, rest)?;
+            self.combos(on, i + 1, chosen, cost + w)?;
             chosen.pop();
         }
         Ok(())

@@ -567,6 +567,12 @@ fn auto_is_exact_when_small_and_heuristic_when_large() {
     let s = solve(&large, Method::Auto).expect("feasible");
     assert!(!s.exact);
     check(&large, &s).unwrap();
+    // Tasks without slices count one each: they are levels of the search too.
+    let mut cpu_only = small.clone();
+    cpu_only.tasks = vec![task(0, 0, 0.1, &[]); EXACT_LIMIT + 1];
+    assert!(!is_small(&cpu_only));
+    cpu_only.tasks.pop();
+    assert!(is_small(&cpu_only));
     // Too many devices counts as large too.
     let mut wide = small.clone();
     wide.devices = vec![device(0, 8 * GIB, 1.0); EXACT_MAX_DEVICES + 1];
