@@ -66,6 +66,15 @@ const TINY: Shape = Shape {
     cpu_only: true,
 };
 
+/// Too large for the exact solver.
+const MEDIUM: Shape = Shape {
+    hosts: 12,
+    devices_per_host: 8,
+    tasks: 40,
+    max_slices: 4,
+    cpu_only: true,
+};
+
 fn random_problem(rng: &mut Rng, shape: &Shape) -> Problem {
     let hosts: Vec<Host> = (0..rng.range(1, shape.hosts))
         .map(|_| Host {
@@ -687,6 +696,26 @@ fn heuristic_handles_a_large_instance() {
         })
         .sum();
     assert!(s.cost >= bound - 1e-6);
+}
+
+#[test]
+fn heuristic_is_valid_on_medium_instances() {
+    let mut rng = Rng::new(5);
+    let mut placed = 0;
+    for _ in 0..200 {
+        let p = random_problem(&mut rng, &MEDIUM);
+        let s = heuristic(&p);
+        assert_eq!(s, heuristic(&p), "deterministic");
+        if let Some(s) = s {
+            check(&p, &s).unwrap();
+            placed += 1;
+        }
+        if let Some(s) = solve(&p, Method::Auto) {
+            check(&p, &s).unwrap();
+        }
+    }
+    // Enough of them feasible for the checks to mean something (76 of 200).
+    assert!(placed >= 40, "{placed}");
 }
 
 #[test]
