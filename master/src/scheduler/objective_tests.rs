@@ -658,17 +658,17 @@ fn results_are_deterministic() {
 
 #[test]
 fn heuristic_handles_a_large_instance() {
-    // 400 hosts of 4 devices, 1,500 tasks of 1–4 slices, each eligible on the devices
+    // 250 hosts of 4 devices, 1,000 tasks of 1–4 slices, each eligible on the devices
     // of half the hosts (as a pool filter would make them): a size the exact search
     // could not touch.
     let mut rng = Rng::new(3);
-    let hosts = 400;
+    let hosts = 250;
     let p = Problem {
         hosts: (0..hosts).map(|_| host(32.0, 256 * GIB)).collect(),
         devices: (0..hosts * 4)
             .map(|j| device(j / 4, 80 * GIB, 0.5 + 1.5 * rng.unit()))
             .collect(),
-        tasks: (0..1500)
+        tasks: (0..1000)
             .map(|_| Task {
                 slices: rng.range(1, 4) as u32,
                 slice_mb: rng.range(1, 40) * GIB,
