@@ -16,6 +16,7 @@
 //! the device with the least free memory that fits (best fit keeps whole devices free
 //! for large requests). The executor turns the result into worker instructions.
 
+pub mod objective;
 pub mod pools;
 pub mod preempt;
 pub mod queue;
