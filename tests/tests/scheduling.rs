@@ -226,3 +226,92 @@ async fn two_tenants_with_quotas_share_two_gpu_workers_in_queue_order() {
 fn builtin_cpu() -> f64 {
     weir_common::spec::Resources::for_kind("sink.null").cpu
 }
+
+/// An app with an exactly-once audit: `count` records at `rate`/s through a GPU PE
+/// (`gpu_mb` of one device), checkpointed every 300 ms.
+fn audited_gpu_app(name: &str, priority: &str, count: u64, rate: u64, gpu_mb: u64) -> String {
+    format!(
+        r#"
+name: {name}
+priority: {priority}
+checkpoint_interval_ms: 300
+operators:
+  - {{name: gen, kind: source.generator, params: {{count: {count}, rate: {rate}, keys: 8, payload_bytes: 8}}}}
+  - name: infer
+    kind: exec
+    params: {{command: [cat], protocol: lines}}
+    resources: {{cpu: 0.5, memory_mb: 256, gpu: {{count: 1, memory_mb: {gpu_mb}}}}}
+  - {{name: audit, kind: sink.verify, params: {{expect: {count}}}}}
+streams:
+  - {{from: gen, to: infer}}
+  - {{from: infer, to: audit}}
+"#
+    )
+}
+
+/// A high app preempts a low one holding the only device: the low app stops, waits in
+/// the queue while the high one runs to its end, then resumes from its checkpoint;
+/// both audits see every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly_once() {
+    let c = Cluster::start_tuned(1, fast).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let worker = weir_tests::start_worker_with("gpu1", &masters, |cfg| {
+        cfg.declared_gpus = vec!["nvidia:test-16g:16384:GPU-only".parse().unwrap()];
+    })
+    .await;
+    let mut client = c.client(1).await;
+    weir_tests::workers_alive(&client, 1, WAIT).await;
+
+    let (batch, urgent) = (30_000, 3_000);
+    submit(
+        &mut client,
+        audited_gpu_app("batch", "low", batch, 3_000, 12_000),
+    )
+    .await
+    .unwrap();
+    placed(&client, "batch").await;
+    // It runs and has checkpointed before it is preempted.
+    eventually_within("a checkpoint of batch", WAIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .list_checkpoints(pb::ListCheckpointsRequest {
+                    app: "batch".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!r.checkpoints.is_empty()).then_some(())
+        }
+    })
+    .await;
+    submit(
+        &mut client,
+        audited_gpu_app("urgent", "high", urgent, 3_000, 8_000),
+    )
+    .await
+    .unwrap();
+    weir_tests::assert_audit_exact(&client, "urgent", "audit", urgent, WAIT).await;
+    weir_tests::assert_audit_exact(&client, "batch", "audit", batch, Duration::from_secs(120))
+        .await;
+    let r = client
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            app: "batch".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let preempted: Vec<_> = r
+        .recoveries
+        .iter()
+        .filter(|r| r.reason == "preempted by urgent")
+        .collect();
+    assert_eq!(preempted.len(), 1, "{:?}", r.recoveries);
+    assert!(preempted[0].checkpoint_id > 0, "resumed from a checkpoint");
+    worker.stop().await;
+    c.stop().await;
+}
