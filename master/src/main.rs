@@ -47,6 +47,18 @@ struct Args {
     /// Copies of every checkpoint snapshot, the taking worker's included.
     #[arg(long, env = "WEIR_CHECKPOINT_REPLICAS", default_value_t = 2)]
     checkpoint_replicas: u32,
+    /// Which devices GPU slices go to: `objective` (default: the GPU-memory objective
+    /// with binpack weights), `objective-spread`, or a baseline rule (`first-fit`,
+    /// `best-fit`, `binpack`, `spread`). docs/scheduling.md.
+    #[arg(long, env = "WEIR_GPU_POLICY", default_value = "objective")]
+    gpu_policy: String,
+    /// A weight multiplier of the objective: `model:NAME=W` or `pool:NAME=W` (e.g.
+    /// `model:h100-80g=2` keeps H100s for requests only they can serve); repeat.
+    #[arg(long = "gpu-weight", env = "WEIR_GPU_WEIGHTS", value_delimiter = ',')]
+    gpu_weights: Vec<String>,
+    /// Serve the queue in arrival order only (no classes, no fair share): a baseline.
+    #[arg(long, env = "WEIR_FIFO_QUEUE")]
+    fifo_queue: bool,
     /// The cluster CA certificate (PEM): every peer's certificate must chain to it.
     #[arg(long, env = "WEIR_TLS_CA", requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
@@ -142,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
     cfg.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
+    cfg.scheduling =
+        weir_master::scheduler::policy::parse(&args.gpu_policy, &args.gpu_weights, args.fifo_queue)
+            .map_err(anyhow::Error::msg)?;
     cfg.app_limits = weir_common::spec::AppLimits {
         max_pes: args.max_app_pes,
         max_channels: args.max_app_channels,

@@ -54,6 +54,8 @@ pub struct MasterConfig {
     pub checkpoint_replicas: u32,
     /// Per-app bounds on PEs and channels, checked before a spec reaches Raft.
     pub app_limits: weir_common::spec::AppLimits,
+    /// How the scheduler chooses devices and orders its queue.
+    pub scheduling: crate::scheduler::Policy,
 }
 
 impl MasterConfig {
@@ -71,6 +73,7 @@ impl MasterConfig {
             checkpoint_timeout: Duration::from_secs(10),
             checkpoint_replicas: 2,
             app_limits: weir_common::spec::AppLimits::default(),
+            scheduling: crate::scheduler::Policy::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Master {
                 checkpoint_interval: cfg.checkpoint_interval,
                 checkpoint_timeout: cfg.checkpoint_timeout,
                 checkpoint_replicas: cfg.checkpoint_replicas,
+                policy: cfg.scheduling.clone(),
             },
             stop_rx.clone(),
         )));

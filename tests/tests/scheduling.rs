@@ -279,7 +279,6 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
             let r = client
                 .list_checkpoints(pb::ListCheckpointsRequest {
                     app: "batch".into(),
-                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -300,7 +299,6 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
     let r = client
         .list_checkpoints(pb::ListCheckpointsRequest {
             app: "batch".into(),
-            ..Default::default()
         })
         .await
         .unwrap()

@@ -30,7 +30,7 @@ use weir_proto::v1::worker_control_client::WorkerControlClient;
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
 /// Timing and checkpoint settings of the executor.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ExecutorConfig {
     /// How often it reconciles.
     pub interval: Duration,
@@ -40,6 +40,8 @@ pub struct ExecutorConfig {
     pub checkpoint_timeout: Duration,
     /// Copies every snapshot needs (capped by the number of alive workers).
     pub checkpoint_replicas: u32,
+    /// How the scheduler chooses devices and orders its queue.
+    pub policy: crate::scheduler::Policy,
 }
 
 struct Executor {
@@ -175,9 +177,10 @@ impl Executor {
         // The decision is pure but walks every app: off the async threads, so that a
         // large cluster's tick does not hold client requests back.
         let mut memo = std::mem::take(&mut self.memo);
+        let policy = self.cfg.policy.clone();
         let now = crate::api::now_ms();
         let decided = tokio::task::spawn_blocking(move || {
-            let actions = reconcile_with(&state, &seen, now, &mut memo);
+            let actions = reconcile_with(&state, &seen, now, &mut memo, &policy);
             (state, actions, memo)
         })
         .await;

@@ -17,9 +17,9 @@
 //!   its inputs ended: the sources ran out) has finished; it is marked so, which frees
 //!   its resources and stops its PEs.
 
-use crate::scheduler::preempt;
 use crate::scheduler::queue::{self, Wait};
 use crate::scheduler::{place, requests_for, usage, GpuSlot, PeRequest, WorkerCapacity};
+use crate::scheduler::{preempt, Policy};
 use crate::state::{AppRecord, ClusterState, WorkerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -197,6 +197,8 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                         memory_free_mb: g
                             .memory_total_mb
                             .saturating_sub(gpu_used.get(g.uuid.as_str()).copied().unwrap_or(0)),
+                        memory_total_mb: g.memory_total_mb,
+                        model: g.model.clone(),
                     })
                     .collect(),
                 images: w.images.clone(),
@@ -386,16 +388,23 @@ pub fn reconcile(
     seen: &BTreeMap<String, Vec<SeenPe>>,
     now_ms: u64,
 ) -> Actions {
-    reconcile_with(state, seen, now_ms, &mut PlacementMemo::default())
+    reconcile_with(
+        state,
+        seen,
+        now_ms,
+        &mut PlacementMemo::default(),
+        &Policy::default(),
+    )
 }
 
-/// [`reconcile`], remembering refused placements in `memo` from one call to the next
-/// (the answer is the same as without it).
+/// [`reconcile`] under `policy`, remembering refused placements in `memo` from one
+/// call to the next (the answer is the same as without it).
 pub fn reconcile_with(
     state: &ClusterState,
     seen: &BTreeMap<String, Vec<SeenPe>>,
     now_ms: u64,
     memo: &mut PlacementMemo,
+    policy: &Policy,
 ) -> Actions {
     let mut actions = Actions::default();
     let mut round = Round::new(capacities(state), memo);
@@ -455,6 +464,7 @@ pub fn reconcile_with(
     let served = queue::serve(
         state,
         now_ms,
+        policy.queue,
         &held,
         &shares,
         |app| place(&empty, &requests_for(&app.current().spec), &BTreeMap::new()).is_ok(),

@@ -2,6 +2,7 @@
 
 use super::reconcile::{reconcile, reconcile_with, PlacementMemo, SeenPe};
 use super::request::{deploy_pe, moved_channels, View};
+use crate::scheduler::Policy;
 use crate::state::{ClusterState, Command, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use weir_common::physical::{PeId, PhysicalModel};
@@ -550,11 +551,17 @@ fn two_apps_with_the_same_pe_ids_are_reconciled_apart() {
 fn a_refused_placement_is_remembered_until_the_app_or_the_capacity_changes() {
     let mut s = state(&[]);
     let mut memo = PlacementMemo::default();
-    let first = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    let first = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo, &Policy::default());
     assert_eq!(first.unplaceable.len(), 1, "{first:?}");
     assert_eq!(memo.len(), 1);
     // Same state (a clone shares the app's Arc): answered from the memo, the same.
-    let again = reconcile_with(&s.clone(), &BTreeMap::new(), NOW, &mut memo);
+    let again = reconcile_with(
+        &s.clone(),
+        &BTreeMap::new(),
+        NOW,
+        &mut memo,
+        &Policy::default(),
+    );
     assert_eq!(again, first);
     assert_eq!(memo.len(), 1);
     // Capacity appears: the memo no longer holds and the app is placed.
@@ -562,7 +569,7 @@ fn a_refused_placement_is_remembered_until_the_app_or_the_capacity_changes() {
         worker: worker("w1"),
     })
     .unwrap();
-    let placed = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    let placed = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo, &Policy::default());
     assert_eq!(placed, reconcile(&s, &BTreeMap::new(), NOW));
     assert_eq!(placed.placements.len(), 1);
     assert!(placed.unplaceable.is_empty());
@@ -581,7 +588,7 @@ fn a_changed_app_is_tried_again_even_when_capacity_is_the_same() {
     })
     .unwrap();
     let mut memo = PlacementMemo::default();
-    let refused = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    let refused = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo, &Policy::default());
     assert_eq!(refused.unplaceable.len(), 1, "{refused:?}");
     assert_eq!(memo.len(), 1);
     // The app changes as an apply would change it (`Arc::make_mut` while the memo
@@ -594,7 +601,7 @@ fn a_changed_app_is_tried_again_even_when_capacity_is_the_same() {
     {
         op.resources.cpu = 0.0;
     }
-    let after = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo);
+    let after = reconcile_with(&s, &BTreeMap::new(), NOW, &mut memo, &Policy::default());
     assert_eq!(after.placements.len(), 1, "{after:?}");
     assert!(after.unplaceable.is_empty());
     assert!(memo.is_empty());

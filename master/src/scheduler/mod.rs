@@ -16,13 +16,17 @@
 //! the device with the least free memory that fits (best fit keeps whole devices free
 //! for large requests). The executor turns the result into worker instructions.
 
+pub mod gpu;
 pub mod objective;
+pub mod policy;
 pub mod pools;
 pub mod preempt;
 pub mod queue;
 #[cfg(test)]
 mod tests;
 pub mod usage;
+
+pub use policy::{DevicePolicy, Policy, QueueOrder};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +43,10 @@ pub struct GpuSlot {
     pub vendor: Vendor,
     /// Free memory, MiB.
     pub memory_free_mb: u64,
+    /// Total memory, MiB.
+    pub memory_total_mb: u64,
+    /// Model name (weights may be set per model).
+    pub model: String,
 }
 
 /// A worker's free capacity.

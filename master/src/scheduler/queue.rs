@@ -26,6 +26,7 @@
 //! then on is kept for it, so a stream of small apps cannot starve a large one.
 
 use super::usage::{over_quota, Demand, Totals};
+use super::QueueOrder;
 use crate::state::{AppRecord, ClusterState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,7 +164,7 @@ pub fn gate(state: &ClusterState, app: &AppRecord, now_ms: u64) -> Option<Wait> 
     None
 }
 
-/// The queue in service order, for `serve` to try one entry at a time: it answers
+/// The queue in service order (`order`), for `serve` to try one entry at a time: it answers
 /// whether the entry was placed, and the order adapts (a tenant served gains share).
 ///
 /// `held` is what each tenant holds now, `shares` their windowed shares, `fits_empty`
@@ -173,6 +174,7 @@ pub fn gate(state: &ClusterState, app: &AppRecord, now_ms: u64) -> Option<Wait> 
 pub fn serve(
     state: &ClusterState,
     now_ms: u64,
+    order: QueueOrder,
     held: &BTreeMap<String, Demand>,
     shares: &BTreeMap<String, f64>,
     mut fits_empty: impl FnMut(&AppRecord) -> bool,
@@ -180,7 +182,13 @@ pub fn serve(
 ) -> Vec<(Entry, Option<Wait>)> {
     let totals = Totals::of(state);
     let mut held = held.clone();
-    let mut shares = shares.clone();
+    // FIFO: no classes and no shares, arrival alone decides.
+    let fifo = order == QueueOrder::Fifo;
+    let mut shares = if fifo {
+        BTreeMap::new()
+    } else {
+        shares.clone()
+    };
     // Per tenant, its entries best first; the tenant to serve next is the one whose
     // head is best (rank, then share, then arrival).
     let mut by_tenant: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
@@ -188,7 +196,11 @@ pub fn serve(
         let waited = now_ms.saturating_sub(app.queued_at());
         let entry = Entry {
             demand: Demand::of_spec(&app.current().spec),
-            rank: rank(app.current().spec.priority, waited),
+            rank: if fifo {
+                0
+            } else {
+                rank(app.current().spec.priority, waited)
+            },
             share: 0.0,
             app,
         };
@@ -235,7 +247,9 @@ pub fn serve(
             None => {
                 let h = held.entry(tenant.clone()).or_default();
                 *h = h.plus(e.demand);
-                *shares.entry(tenant).or_default() += totals.dominant_share(&e.demand);
+                if !fifo {
+                    *shares.entry(tenant).or_default() += totals.dominant_share(&e.demand);
+                }
             }
             Some(Wait::Capacity(_))
                 if blocked.is_none()

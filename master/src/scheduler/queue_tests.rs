@@ -27,6 +27,7 @@ fn run(s: &ClusterState, now: u64, room: usize) -> Vec<(String, &'static str)> {
     serve(
         s,
         now,
+        QueueOrder::Fair,
         &usage::held(s),
         &usage::shares(s, now, usage::SHARE_WINDOW_MS),
         |_| true,
@@ -182,6 +183,7 @@ fn small_apps_backfill_until_a_large_one_starves() {
         serve(
             s,
             now,
+            QueueOrder::Fair,
             &usage::held(s),
             &BTreeMap::new(),
             |_| true,

@@ -15,6 +15,8 @@ fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity 
                 uuid: u.to_string(),
                 vendor: Vendor::Nvidia,
                 memory_free_mb: *m,
+                memory_total_mb: *m,
+                model: "test".into(),
             })
             .collect(),
         images: Arc::default(),
@@ -496,6 +498,8 @@ mod props {
                             uuid: format!("w{i}-g{j}"),
                             vendor: Vendor::Nvidia,
                             memory_free_mb: m,
+                            memory_total_mb: m,
+                            model: "test".into(),
                         })
                         .collect(),
                     images: Arc::default(),
