@@ -15,23 +15,39 @@
 //! the least of any one operator); the most free CPU; the lowest id. GPU slices go to
 //! the device with the least free memory that fits (best fit keeps whole devices free
 //! for large requests). The executor turns the result into worker instructions.
+//!
+//! The search is indexed (`index.rs`) so that it does not look at every worker for
+//! every PE: a PE's forward peers' workers are checked first, then alive workers are
+//! walked from the most free CPU down, stopping at the first one that fits with the
+//! operator's lowest count; GPU requests walk only workers with devices. It chooses
+//! exactly what the first, exhaustive scheduler chose ([`place_reference`], kept for
+//! the bench and a property test). Which devices of the chosen worker a GPU request
+//! takes is one function (`devices.rs`), so another objective can replace it.
 
+mod devices;
 pub mod gpu;
+mod index;
 pub mod objective;
 pub mod policy;
 pub mod pools;
 pub mod preempt;
 pub mod queue;
+mod reference;
 #[cfg(test)]
 mod tests;
 pub mod usage;
 
 pub use policy::{DevicePolicy, Policy, QueueOrder};
 
-use std::collections::BTreeMap;
+#[doc(hidden)]
+pub use reference::place_reference;
+
+use index::Index;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use weir_common::fingerprint::operator_revision;
 use weir_common::image::{holds, ImageInfo};
-use weir_common::physical::{PeId, PhysicalModel};
+use weir_common::physical::PeId;
 use weir_common::spec::{AppSpec, GpuRequest, OperatorKind, Partitioning, Scenario, Vendor};
 
 /// One accelerator as the scheduler sees it.
@@ -109,34 +125,63 @@ pub struct PlacementError {
 
 /// The PE requests of an app: one per PE, with its operator's resources and its
 /// forward peers.
+///
+/// Built from the operators alone, not from the app's physical model: expanding every
+/// channel (parallelism squared per all-to-all stream) cost more than placing the PEs.
+/// The PEs and forward channels are the model's (`PhysicalModel::expand`): PE `i` of
+/// an operator is `PeId::new(name, revision, i)`, and a forward stream joins PE `i` of
+/// its producer to PE `i` of its consumer.
 pub fn requests_for(app: &AppSpec) -> Vec<PeRequest> {
-    let m = PhysicalModel::expand(app);
-    let mut peers: BTreeMap<&PeId, Vec<PeId>> = BTreeMap::new();
+    let ids: Vec<Vec<PeId>> = app
+        .operators
+        .iter()
+        .map(|op| {
+            let rev = operator_revision(op);
+            (0..op.parallelism)
+                .map(|i| PeId::new(&op.name, &rev, i))
+                .collect()
+        })
+        .collect();
+    let mut position: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (n, op) in app.operators.iter().enumerate() {
+        position.insert(op.name.as_str(), n);
+    }
+    // Per operator, per PE index: its forward peers.
+    let mut peers: Vec<Vec<Vec<PeId>>> = ids.iter().map(|l| vec![Vec::new(); l.len()]).collect();
     for s in app
         .streams
         .iter()
         .filter(|s| s.partitioning == Partitioning::Forward)
     {
-        for c in m.channels.iter().filter(|c| c.stream == s.key()) {
-            peers.entry(&c.from).or_default().push(c.to.clone());
-            peers.entry(&c.to).or_default().push(c.from.clone());
+        let (Some(&from), Some(&to)) = (position.get(s.from.as_str()), position.get(s.to.as_str()))
+        else {
+            continue;
+        };
+        for i in 0..ids[from].len().min(ids[to].len()) {
+            let (p, c) = (ids[from][i].clone(), ids[to][i].clone());
+            peers[from][i].push(c);
+            peers[to][i].push(p);
         }
     }
     app.operators
         .iter()
-        .flat_map(|op| {
-            m.pes_of(&op.name).into_iter().map(|p| PeRequest {
-                pe: p.id.clone(),
-                operator: op.name.clone(),
-                cpu: op.resources.cpu,
-                memory_mb: op.resources.memory_mb,
-                gpu: op.resources.gpu.clone(),
-                forward_peers: peers.get(&p.id).cloned().unwrap_or_default(),
-                image: match &op.kind {
-                    OperatorKind::Container(c) => Some(c.image.clone()),
-                    _ => None,
-                },
-            })
+        .zip(ids)
+        .zip(peers)
+        .flat_map(|((op, ids), peers)| {
+            ids.into_iter()
+                .zip(peers)
+                .map(|(pe, forward_peers)| PeRequest {
+                    pe,
+                    operator: op.name.clone(),
+                    cpu: op.resources.cpu,
+                    memory_mb: op.resources.memory_mb,
+                    gpu: op.resources.gpu.clone(),
+                    forward_peers,
+                    image: match &op.kind {
+                        OperatorKind::Container(c) => Some(c.image.clone()),
+                        _ => None,
+                    },
+                })
         })
         .collect()
 }
@@ -144,110 +189,63 @@ pub fn requests_for(app: &AppSpec) -> Vec<PeRequest> {
 /// Places every PE of `pending`, given the workers' free capacity and where other PEs
 /// already run (`placed`, used for locality only; their resources must already be
 /// deducted from `workers`). All or nothing: on error nothing is placed.
+///
+/// Chooses exactly what the first scheduler ([`place_reference`]) did, without looking
+/// at every worker for every PE (see the module doc).
 pub fn place(
     workers: &[WorkerCapacity],
     pending: &[PeRequest],
     placed: &BTreeMap<PeId, String>,
 ) -> Result<BTreeMap<PeId, Assignment>, PlacementError> {
-    let mut free: Vec<WorkerCapacity> = workers.to_vec();
-    free.sort_by(|a, b| a.id.cmp(&b.id));
+    place_pinned(workers, pending, placed, &BTreeMap::new())
+}
+
+/// [`place`], with the GPU PEs' workers and devices chosen by `devices` first, for all
+/// of them at once ([`gpu::pin`]); the other PEs are then placed around them as
+/// usual. When the policy finds no placement for every GPU PE, the search places what
+/// it can and reports the first PE that fits nowhere.
+pub fn place_with(
+    workers: &[WorkerCapacity],
+    pending: &[PeRequest],
+    placed: &BTreeMap<PeId, String>,
+    devices: &DevicePolicy,
+) -> Result<BTreeMap<PeId, Assignment>, PlacementError> {
+    let gpu: Vec<&PeRequest> = pending.iter().filter(|r| r.gpu.is_some()).collect();
+    let pins = if gpu.is_empty() {
+        BTreeMap::new()
+    } else {
+        gpu::pin(devices, workers, &gpu).unwrap_or_default()
+    };
+    place_pinned(workers, pending, placed, &pins)
+}
+
+fn place_pinned(
+    workers: &[WorkerCapacity],
+    pending: &[PeRequest],
+    placed: &BTreeMap<PeId, String>,
+    pins: &BTreeMap<PeId, gpu::Pin>,
+) -> Result<BTreeMap<PeId, Assignment>, PlacementError> {
+    let mut index = Index::new(workers, placed);
     let mut out: BTreeMap<PeId, Assignment> = BTreeMap::new();
-    let mut per_operator: BTreeMap<(&str, usize), usize> = BTreeMap::new();
-    for (pe, w) in placed {
-        if let Some(i) = free.iter().position(|f| &f.id == w) {
-            *per_operator.entry((pe.operator(), i)).or_default() += 1;
-        }
-    }
     let mut order: Vec<&PeRequest> = pending.iter().collect();
     // Stable: GPU PEs first, then app order.
     order.sort_by_key(|r| r.gpu.is_none());
     for req in order {
-        let mut best: Option<(usize, Vec<usize>, Preference)> = None;
-        for (i, w) in free.iter().enumerate() {
-            let Some(devices) = fits(w, req) else {
-                continue;
-            };
-            let local = req.forward_peers.iter().any(|p| {
-                out.get(p).map(|a| &a.worker) == Some(&w.id) || placed.get(p) == Some(&w.id)
-            });
-            let same_op = per_operator
-                .get(&(req.operator.as_str(), i))
-                .copied()
-                .unwrap_or(0);
-            // Lower is better: (not local, same-operator count, less free CPU).
-            let key = (!local, same_op, -(w.cpu_free * 1000.0) as i64);
-            if best.as_ref().is_none_or(|(_, _, k)| key < *k) {
-                best = Some((i, devices, key));
-            }
-        }
-        let Some((i, devices, _)) = best else {
+        let op = index.operator(&req.operator);
+        let pinned = pins.get(&req.pe).and_then(|p| {
+            let i = index.position(&workers.get(p.worker)?.id)?;
+            Some((i, p.devices.clone()))
+        });
+        let Some((i, devices)) = pinned.or_else(|| index.best(req, op)) else {
             return Err(PlacementError {
                 pe: req.pe.clone(),
-                why: shortfall(&free, req),
+                why: shortfall(&index.snapshot(), req),
             });
         };
-        let w = &mut free[i];
-        w.cpu_free -= req.cpu;
-        w.memory_free_mb -= req.memory_mb;
-        let mut uuids = Vec::new();
-        if let Some(g) = &req.gpu {
-            for d in devices {
-                w.gpus[d].memory_free_mb -= g.memory_mb;
-                uuids.push(w.gpus[d].uuid.clone());
-            }
-        }
-        *per_operator.entry((req.operator.as_str(), i)).or_default() += 1;
-        out.insert(
-            req.pe.clone(),
-            Assignment {
-                worker: w.id.clone(),
-                gpus: uuids,
-            },
-        );
+        let (worker, gpus) = index.take(req, op, i, &devices);
+        out.insert(req.pe.clone(), Assignment { worker, gpus });
     }
     Ok(out)
-}
-
-/// How much a worker is preferred for a PE; lower is better: (not next to a forward
-/// partner, PEs of the same operator already there, less free CPU in thousandths).
-type Preference = (bool, usize, i64);
-
-/// The devices (indexes into `w.gpus`) a PE would use on `w`, if it fits there at all.
-fn fits(w: &WorkerCapacity, req: &PeRequest) -> Option<Vec<usize>> {
-    // A small epsilon: CPU shares are fractions that sum with rounding error.
-    if !w.alive || w.cpu_free + 1e-9 < req.cpu || w.memory_free_mb < req.memory_mb {
-        return None;
-    }
-    if req.image.as_ref().is_some_and(|i| !holds(&w.images, i)) {
-        return None;
-    }
-    let Some(g) = &req.gpu else {
-        return Some(Vec::new());
-    };
-    if w.scenario != g.scenario && g.scenario != Scenario::General {
-        return None;
-    }
-    let mut candidates: Vec<(u64, usize)> = w
-        .gpus
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| {
-            (g.vendor == Vendor::Any || d.vendor == g.vendor) && d.memory_free_mb >= g.memory_mb
-        })
-        .map(|(i, d)| (d.memory_free_mb, i))
-        .collect();
-    if candidates.len() < g.count as usize {
-        return None;
-    }
-    // Best fit: the tightest devices first.
-    candidates.sort();
-    Some(
-        candidates
-            .into_iter()
-            .take(g.count as usize)
-            .map(|(_, i)| i)
-            .collect(),
-    )
 }
 
 /// What the PE needs that no worker has, for the error message.

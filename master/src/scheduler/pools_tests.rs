@@ -48,8 +48,8 @@ fn pools_report_what_placements_use_and_what_waits() {
         at_ms: 1_000,
     })
     .unwrap();
-    // A second one cannot fit: 30 GB slices, 80 - 30 = 50 and 40 - 30 = 10 GB left
-    // after the first... one more slice fits on GPU-a only, and it asks two.
+    // A second one cannot fit: 20 GB are left on GPU-a and 40 on GPU-b, room for one
+    // more 30 GB slice, and it asks two.
     let second = INFER.replace("name: infer", "name: infer2");
     fixtures::submit_text(&mut s, &second, 2_000);
     let queued_spec = s.apps["infer2"].current().spec.clone();
@@ -60,14 +60,16 @@ fn pools_report_what_placements_use_and_what_waits() {
     let inf = &ps[1];
     assert_eq!(inf.workers, ["gpu1"]);
     assert_eq!(inf.devices.len(), 2);
-    // Two 30,000 MiB slices, on two devices (one slice each).
+    // Two 30,000 MiB slices, both on the 80 GB device (binpack keeps the other whole).
     assert_eq!(inf.gpu_memory_total_mb(), 120_000);
     assert_eq!(inf.gpu_memory_used_mb(), 60_000);
-    assert_eq!(inf.gpus_used(), 2);
-    assert!(inf
+    assert_eq!(inf.gpus_used(), 1);
+    let used: Vec<(&str, u32, u64)> = inf
         .devices
         .iter()
-        .all(|d| d.slices == 1 && d.memory_used_mb == 30_000));
+        .map(|d| (d.uuid.as_str(), d.slices, d.memory_used_mb))
+        .collect();
+    assert_eq!(used, [("GPU-a", 2, 60_000), ("GPU-b", 0, 0)]);
     // Every PE the placement put on gpu1 counts, with its cores and memory.
     let on_gpu1: Vec<&String> = s.apps["infer"]
         .placement

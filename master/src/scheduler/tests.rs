@@ -574,3 +574,186 @@ mod props {
         }
     }
 }
+
+/// The indexed search chooses what the first scheduler chose, on inputs that exercise
+/// every preference: forward peers (pending and already placed), operator spread, GPU
+/// vendors, pools and best fit, images, dead workers, and refusals.
+mod same_as_reference {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VENDORS: [Vendor; 3] = [Vendor::Nvidia, Vendor::Amd, Vendor::Any];
+    const POOLS: [Scenario; 3] = [Scenario::Training, Scenario::Inference, Scenario::General];
+
+    type Gpu = (usize, u32, u64);
+
+    fn gpu_request((vendor, count, memory_mb): Gpu, pool: usize) -> GpuRequest {
+        GpuRequest {
+            count,
+            memory_mb,
+            vendor: VENDORS[vendor],
+            scenario: POOLS[pool],
+        }
+    }
+
+    fn workers() -> impl Strategy<Value = Vec<WorkerCapacity>> {
+        proptest::collection::vec(
+            (
+                0u32..=64,
+                0u64..=16384,
+                proptest::collection::vec((0usize..2, 1000u64..=40000), 0..=4),
+                0usize..3,
+                0u8..10,
+                any::<bool>(),
+            ),
+            1..=12,
+        )
+        .prop_map(|ws| {
+            ws.into_iter()
+                .enumerate()
+                .map(|(i, (cpu, mem, gpus, pool, alive, image))| {
+                    let w = WorkerCapacity {
+                        // Ids out of position order: the search sorts them.
+                        id: format!("w{}", (i * 7) % 13),
+                        alive: alive > 0,
+                        cpu_free: f64::from(cpu) / 4.0,
+                        memory_free_mb: mem,
+                        scenario: POOLS[pool],
+                        gpus: gpus
+                            .into_iter()
+                            .enumerate()
+                            .map(|(j, (vendor, m))| GpuSlot {
+                                uuid: format!("w{i}-g{j}"),
+                                vendor: VENDORS[vendor],
+                                memory_free_mb: m,
+                                memory_total_mb: m,
+                                model: "test".into(),
+                            })
+                            .collect(),
+                        images: Arc::default(),
+                    };
+                    if image {
+                        holding(w, &["acme/enrich:latest"])
+                    } else {
+                        w
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Requests, and PEs already placed (index of a worker each).
+    fn load() -> impl Strategy<Value = (Vec<PeRequest>, Vec<(usize, usize)>)> {
+        let request = (
+            1u32..=4,
+            0u64..=1024,
+            proptest::option::weighted(0.15, ((0usize..3, 1u32..=2, 1000u64..=30000), 0usize..3)),
+            proptest::collection::vec(0usize..60, 0..=2),
+            proptest::bool::weighted(0.1),
+        );
+        (
+            proptest::collection::vec(request, 1..=40),
+            proptest::collection::vec((0usize..60, 0usize..12), 0..=10),
+        )
+            .prop_map(|(rs, placed)| {
+                let n = rs.len();
+                let reqs = rs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (cpu, mem, gpu, peers, image))| PeRequest {
+                        pe: PeId(format!("op{}@00000000#{i}", i % 4).into()),
+                        operator: format!("op{}", i % 4),
+                        cpu: f64::from(cpu) / 8.0,
+                        memory_mb: mem,
+                        gpu: gpu.map(|(g, pool)| gpu_request(g, pool)),
+                        // Peers among the pending PEs (below n) or the placed ones.
+                        forward_peers: peers
+                            .into_iter()
+                            .map(|p| {
+                                if p < n {
+                                    PeId(format!("op{}@00000000#{p}", p % 4).into())
+                                } else {
+                                    PeId(format!("op{}@00000000#x{p}", p % 4).into())
+                                }
+                            })
+                            .collect(),
+                        image: image.then(|| "acme/enrich".to_string()),
+                    })
+                    .collect();
+                (reqs, placed)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn place_chooses_what_the_reference_chose(ws in workers(), (reqs, placed) in load()) {
+            let placed: BTreeMap<PeId, String> = placed
+                .into_iter()
+                .map(|(p, w)| {
+                    let pe = PeId(format!("op{}@00000000#x{p}", p % 4).into());
+                    (pe, ws[w % ws.len()].id.clone())
+                })
+                .collect();
+            prop_assert_eq!(place(&ws, &reqs, &placed), place_reference(&ws, &reqs, &placed));
+        }
+    }
+}
+
+/// `requests_for` as first written, from the full physical model.
+fn requests_from_the_model(app: &AppSpec) -> Vec<PeRequest> {
+    use weir_common::physical::PhysicalModel;
+    let m = PhysicalModel::expand(app);
+    let mut peers: BTreeMap<&PeId, Vec<PeId>> = BTreeMap::new();
+    for s in app
+        .streams
+        .iter()
+        .filter(|s| s.partitioning == Partitioning::Forward)
+    {
+        for c in m.channels.iter().filter(|c| c.stream == s.key()) {
+            peers.entry(&c.from).or_default().push(c.to.clone());
+            peers.entry(&c.to).or_default().push(c.from.clone());
+        }
+    }
+    app.operators
+        .iter()
+        .flat_map(|op| {
+            m.pes_of(&op.name).into_iter().map(|p| PeRequest {
+                pe: p.id.clone(),
+                operator: op.name.clone(),
+                cpu: op.resources.cpu,
+                memory_mb: op.resources.memory_mb,
+                gpu: op.resources.gpu.clone(),
+                forward_peers: peers.get(&p.id).cloned().unwrap_or_default(),
+                image: match &op.kind {
+                    OperatorKind::Container(c) => Some(c.image.clone()),
+                    _ => None,
+                },
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn requests_match_the_physical_model() {
+    // Parallelism above 10 too: PE ids sort as text (`#10` < `#2`) in the model.
+    let wide = PIPE
+        .replace(
+            "parallelism: 3, params: {count",
+            "parallelism: 12, params: {count",
+        )
+        .replace("kind: map, parallelism: 3", "kind: map, parallelism: 12");
+    let mut specs: Vec<AppSpec> = examples().into_values().collect();
+    specs.extend([app(PIPE), app(&wide), app(CONTAINER)]);
+    for spec in &specs {
+        assert_eq!(
+            requests_for(spec),
+            requests_from_the_model(spec),
+            "{}",
+            spec.name
+        );
+    }
+    assert!(requests_for(&app(&wide))
+        .iter()
+        .any(|r| r.pe.as_str().ends_with("#11") && r.forward_peers.len() == 1));
+}
