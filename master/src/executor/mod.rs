@@ -163,6 +163,8 @@ impl Executor {
                     .pes
                     .into_iter()
                     .map(|p| SeenPe {
+                        rate_in: p.stats.as_ref().map_or(0.0, |s| s.rate_in),
+                        rate_out: p.stats.as_ref().map_or(0.0, |s| s.rate_out),
                         state: pb::PeState::try_from(p.state).unwrap_or(pb::PeState::Unspecified),
                         pe: p.pe,
                         app: p.app,

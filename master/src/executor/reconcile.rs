@@ -19,7 +19,8 @@
 
 use crate::scheduler::queue::{self, Wait};
 use crate::scheduler::{
-    place, place_with, requests_for, usage, Assignment, GpuSlot, PeRequest, WorkerCapacity,
+    place, place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates,
+    WorkerCapacity,
 };
 use crate::scheduler::{preempt, DevicePolicy, Policy};
 use crate::state::{AppRecord, ClusterState, WorkerState};
@@ -30,7 +31,7 @@ use weir_common::spec::{Scenario, Vendor, SCENARIOS, VENDORS};
 use weir_proto::v1 as pb;
 
 /// One PE as a worker reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SeenPe {
     /// PE id.
     pub pe: String,
@@ -44,6 +45,10 @@ pub struct SeenPe {
     pub restore_failed: u64,
     /// Its last error.
     pub message: String,
+    /// Its measured input rate, records/s.
+    pub rate_in: f64,
+    /// Its measured output rate, records/s.
+    pub rate_out: f64,
 }
 
 /// PE id -> GPU UUIDs, one per requested slice.
@@ -224,8 +229,10 @@ fn replace(
     app: &AppRecord,
     free: &mut [WorkerCapacity],
     devices: &DevicePolicy,
+    rates: &MeasuredRates,
 ) -> Result<Option<(Placement, Gpus)>, String> {
-    let requests = requests_for(&app.current().spec);
+    let spec = &app.current().spec;
+    let requests = requests_for(spec);
     let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
     let mut pending: Vec<PeRequest> = Vec::new();
     for r in requests {
@@ -240,6 +247,9 @@ fn replace(
     if pending.is_empty() && !stale {
         return Ok(None);
     }
+    weigh(&mut pending, spec, |pe| {
+        rates.get(&(app.name.clone(), pe.to_string())).copied()
+    });
     let placed = place_with(free, &pending, &kept, devices).map_err(|e| e.to_string())?;
     deduct(free, &pending, &placed);
     let mut out: BTreeMap<String, String> = kept
@@ -434,7 +444,7 @@ pub fn reconcile_with(
     policy: &Policy,
 ) -> Actions {
     let mut actions = Actions::default();
-    let mut round = Round::new(capacities(state), memo, &policy.devices);
+    let mut round = Round::new(capacities(state), memo, &policy.devices, rates(state, seen));
     let mut replaced: BTreeSet<String> = BTreeSet::new();
     // Placed apps first: a running app's lost PEs come before anything queued.
     for app in state
@@ -462,7 +472,7 @@ pub fn reconcile_with(
                 .find(|id| bad.is_none_or(|b| *id < b))
                 .unwrap_or(0);
             round.untouched = false;
-            match replace(state, app, &mut round.free, &policy.devices) {
+            match replace(state, app, &mut round.free, &policy.devices, &round.rates) {
                 Ok(p) => {
                     let (placement, gpus) =
                         p.unwrap_or_else(|| (app.placement.clone(), Gpus::new()));
@@ -590,6 +600,8 @@ struct Round<'a> {
     free: Vec<WorkerCapacity>,
     memo: &'a mut PlacementMemo,
     devices: &'a DevicePolicy,
+    /// What the PEs reported, for locality by the heaviest streams.
+    rates: MeasuredRates,
     /// This call's number.
     call: u64,
     /// Nothing placed yet in this call: a refusal is remembered against the capacity
@@ -603,6 +615,7 @@ impl<'a> Round<'a> {
         free: Vec<WorkerCapacity>,
         memo: &'a mut PlacementMemo,
         devices: &'a DevicePolicy,
+        rates: MeasuredRates,
     ) -> Self {
         if memo.free != free {
             memo.refused.clear();
@@ -614,6 +627,7 @@ impl<'a> Round<'a> {
             call: memo.calls,
             memo,
             devices,
+            rates,
             untouched: true,
         }
     }
@@ -636,7 +650,7 @@ impl<'a> Round<'a> {
                 }
             }
         }
-        match replace(state, app, &mut self.free, self.devices) {
+        match replace(state, app, &mut self.free, self.devices, &self.rates) {
             Ok(Some((p, gpus))) => {
                 if !gpus.is_empty() {
                     actions.gpus.insert(app.name.clone(), gpus);
@@ -657,6 +671,27 @@ impl<'a> Round<'a> {
             }
         }
     }
+}
+
+/// (app, PE) -> its measured (in, out) rates, records/s.
+pub type MeasuredRates = HashMap<(String, String), Rates>;
+
+/// What the PEs placed where they run report, by (app, PE).
+fn rates(state: &ClusterState, seen: &BTreeMap<String, Vec<SeenPe>>) -> MeasuredRates {
+    let mut out = MeasuredRates::new();
+    for (w, pes) in seen {
+        for p in pes {
+            let here = state
+                .apps
+                .get(&p.app)
+                .and_then(|a| a.placement.get(&p.pe))
+                .is_some_and(|pw| pw == w);
+            if here && (p.rate_in > 0.0 || p.rate_out > 0.0) {
+                out.insert((p.app.clone(), p.pe.clone()), (p.rate_in, p.rate_out));
+            }
+        }
+    }
+    out
 }
 
 /// Every worker's capacity as if nothing ran: what an app would need to fit at all.

@@ -39,6 +39,7 @@ fn req(i: u32, count: u32, mb: u64) -> PeRequest {
             scenario: Scenario::General,
         }),
         forward_peers: vec![],
+        peer_rates: vec![],
         image: None,
     }
 }

@@ -139,8 +139,12 @@ impl<'a> Index<'a> {
         Some((i, devices))
     }
 
-    /// The best fitting worker that runs a forward peer of `req`.
+    /// The best fitting worker that runs a forward peer of `req`: with measured rates,
+    /// the one whose peers there carry the most records/s.
     fn best_local(&self, req: &PeRequest, op: usize) -> Option<usize> {
+        if !req.peer_rates.is_empty() {
+            return self.heaviest_local(req, op);
+        }
         req.forward_peers
             .iter()
             .flat_map(|p| [self.placed_now.get(p), self.placed_at.get(p)])
@@ -148,6 +152,28 @@ impl<'a> Index<'a> {
             .copied()
             .filter(|&i| self.fits(i, req))
             .min_by_key(|&i| (self.same_operator(op, i), cpu_key(self.cpu_free[i]), i))
+    }
+
+    fn heaviest_local(&self, req: &PeRequest, op: usize) -> Option<usize> {
+        let mut weight: HashMap<usize, f64> = HashMap::new();
+        for (p, rate) in req.forward_peers.iter().zip(&req.peer_rates) {
+            if let Some(&i) = self.placed_now.get(p).or_else(|| self.placed_at.get(p)) {
+                *weight.entry(i).or_default() += rate;
+            }
+        }
+        weight
+            .into_iter()
+            .filter(|&(i, _)| self.fits(i, req))
+            .min_by(|(a, wa), (b, wb)| {
+                wb.total_cmp(wa).then_with(|| {
+                    (self.same_operator(op, *a), cpu_key(self.cpu_free[*a]), *a).cmp(&(
+                        self.same_operator(op, *b),
+                        cpu_key(self.cpu_free[*b]),
+                        *b,
+                    ))
+                })
+            })
+            .map(|(i, _)| i)
     }
 
     /// The best fitting worker of all (see the module doc for why the walk may stop

@@ -100,6 +100,10 @@ pub struct PeRequest {
     pub gpu: Option<GpuRequest>,
     /// PEs joined to it by forward streams: placing them together saves a network hop.
     pub forward_peers: Vec<PeId>,
+    /// The measured rate (records/s) of the stream joining it to each forward peer,
+    /// parallel to `forward_peers` ([`weigh`]); empty when nothing was measured (a new
+    /// app), and then every peer counts the same.
+    pub peer_rates: Vec<f64>,
     /// For container PEs, the image reference: only workers holding it qualify.
     pub image: Option<String>,
 }
@@ -177,6 +181,7 @@ pub fn requests_for(app: &AppSpec) -> Vec<PeRequest> {
                     memory_mb: op.resources.memory_mb,
                     gpu: op.resources.gpu.clone(),
                     forward_peers,
+                    peer_rates: Vec::new(),
                     image: match &op.kind {
                         OperatorKind::Container(c) => Some(c.image.clone()),
                         _ => None,
@@ -184,6 +189,56 @@ pub fn requests_for(app: &AppSpec) -> Vec<PeRequest> {
                 })
         })
         .collect()
+}
+
+/// Measured rates of one PE, records/s: (in, out).
+pub type Rates = (f64, f64);
+
+/// Weighs each request's forward peers by the measured rate of the stream joining
+/// them, so that where a PE must choose, it joins the partner of its heaviest stream.
+/// `rate` answers a PE's measured (in, out) rates, if it reported any. The rate of
+/// the stream from producer `p` to consumer `c` is `c`'s input rate when the
+/// consumer's operator has no other input, else `p`'s output rate shared among its
+/// operator's outputs. Leaves the requests as they are when nothing was measured.
+pub fn weigh(reqs: &mut [PeRequest], app: &AppSpec, rate: impl Fn(&PeId) -> Option<Rates>) {
+    let inputs = |op: &str| app.streams.iter().filter(|s| s.to == op).count();
+    let outputs = |op: &str| app.streams.iter().filter(|s| s.from == op).count().max(1);
+    let stream = |producer: &PeId, consumer: &PeId| -> Option<f64> {
+        if inputs(consumer.operator()) == 1 {
+            if let Some((r_in, _)) = rate(consumer) {
+                return Some(r_in);
+            }
+        }
+        rate(producer).map(|(_, out)| out / outputs(producer.operator()) as f64)
+    };
+    let mut any = false;
+    for r in reqs.iter_mut() {
+        let rates: Vec<Option<f64>> = r
+            .forward_peers
+            .iter()
+            .map(|p| {
+                let produces = app
+                    .streams
+                    .iter()
+                    .any(|s| s.from == r.operator && s.to == p.operator());
+                if produces {
+                    stream(&r.pe, p)
+                } else {
+                    stream(p, &r.pe)
+                }
+            })
+            .collect();
+        if rates.iter().any(Option::is_some) {
+            any = true;
+            // Unmeasured partners count as the slowest measured stream would.
+            r.peer_rates = rates.iter().map(|x| x.unwrap_or(0.0).max(0.0)).collect();
+        }
+    }
+    if !any {
+        for r in reqs.iter_mut() {
+            r.peer_rates.clear();
+        }
+    }
 }
 
 /// Places every PE of `pending`, given the workers' free capacity and where other PEs

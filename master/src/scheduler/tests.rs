@@ -532,6 +532,7 @@ mod props {
                         scenario: Scenario::General,
                     }),
                     forward_peers: vec![],
+                    peer_rates: vec![],
                     image: None,
                 })
                 .collect()
@@ -677,6 +678,7 @@ mod same_as_reference {
                                 }
                             })
                             .collect(),
+                        peer_rates: Vec::new(),
                         image: image.then(|| "acme/enrich".to_string()),
                     })
                     .collect();
@@ -725,6 +727,7 @@ fn requests_from_the_model(app: &AppSpec) -> Vec<PeRequest> {
                 memory_mb: op.resources.memory_mb,
                 gpu: op.resources.gpu.clone(),
                 forward_peers: peers.get(&p.id).cloned().unwrap_or_default(),
+                peer_rates: Vec::new(),
                 image: match &op.kind {
                     OperatorKind::Container(c) => Some(c.image.clone()),
                     _ => None,
@@ -756,4 +759,40 @@ fn requests_match_the_physical_model() {
     assert!(requests_for(&app(&wide))
         .iter()
         .any(|r| r.pe.as_str().ends_with("#11") && r.forward_peers.len() == 1));
+}
+
+/// With measured rates, a PE joins the partner of its heaviest stream; without, the
+/// usual order (most free CPU) decides.
+#[test]
+fn measured_rates_put_a_pe_beside_its_heaviest_stream() {
+    let spec = app(r#"
+name: t
+operators:
+  - {name: a, kind: source.generator, params: {count: 1}}
+  - {name: b, kind: source.generator, params: {count: 1}}
+  - {name: c, kind: sink.null}
+streams:
+  - {from: a, to: c}
+  - {from: b, to: c}
+"#);
+    let reqs = requests_for(&spec);
+    let id = |op: &str| reqs.iter().find(|r| r.operator == op).unwrap().pe.clone();
+    let placed: BTreeMap<PeId, String> = [(id("a"), "w1".into()), (id("b"), "w2".into())].into();
+    let ws = [worker("w1", 8.0, 8192, &[]), worker("w2", 4.0, 8192, &[])];
+    let mut pending: Vec<PeRequest> = reqs.iter().filter(|r| r.operator == "c").cloned().collect();
+    assert_eq!(pending[0].forward_peers.len(), 2);
+    let unmeasured = place(&ws, &pending, &placed).unwrap();
+    assert_eq!(unmeasured[&id("c")].worker, "w1", "most free CPU");
+    weigh(&mut pending, &spec, |pe| match pe.operator() {
+        "a" => Some((0.0, 100.0)),
+        "b" => Some((0.0, 10_000.0)),
+        _ => None,
+    });
+    assert_eq!(pending[0].peer_rates.len(), 2);
+    let measured = place(&ws, &pending, &placed).unwrap();
+    assert_eq!(
+        measured[&id("c")].worker,
+        "w2",
+        "beside b, its heaviest input"
+    );
 }
