@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use weir_common::image::ImageInfo;
 use weir_common::spec::{parse_app, AppSpec, SpecFormat};
 use weir_master::executor::reconcile::reconcile;
-use weir_master::scheduler::{place, place_reference, requests_for, PeRequest, WorkerCapacity};
+use weir_master::scheduler::{
+    place, place_reference, place_with, requests_for, DevicePolicy, PeRequest, WorkerCapacity,
+};
 use weir_master::state::{ClusterState, Command, GpuRecord, WorkerRecord, WorkerState};
 
 const WORKERS: usize = 1_000;
@@ -255,6 +257,19 @@ fn place_both(free: &[WorkerCapacity], pending: &[PeRequest], runs: usize) {
         &time(runs, || place(free, pending, &none)),
     );
     println!("place vs baseline: {:.1}x faster", reference / current);
+    // The default policy: the GPU PEs' devices by the GPU-memory objective (the
+    // heuristic at this size), then the search for the rest.
+    let objective = DevicePolicy::default();
+    place_with(free, pending, &none, &objective).expect("the bench load fits");
+    let with = report(
+        "place_with (GPU-memory objective)",
+        pending.len(),
+        &time(runs, || place_with(free, pending, &none, &objective)),
+    );
+    println!(
+        "place_with objective vs baseline: {:.1}x faster",
+        reference / with
+    );
 }
 
 /// Times the reconciler placing the submitted apps one after another.

@@ -106,7 +106,8 @@ pub struct Actions {
     pub preemptions: Vec<(String, String)>,
 }
 
-/// An app waiting in the queue, as `weirctl queue` shows it.
+/// An app waiting in the queue, as `weirctl queue` shows it: a queued app, or a
+/// running one whose lost PEs wait for room (those come first).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueEntry {
     /// App name.
@@ -125,6 +126,24 @@ pub struct QueueEntry {
     pub pes: u64,
     /// Why it waits.
     pub wait: Wait,
+}
+
+impl QueueEntry {
+    /// A running app some of whose PEs wait for room (they are placed before anything
+    /// queued): its PEs without an alive worker count.
+    fn running(app: &AppRecord, wait: Wait) -> Self {
+        let spec = &app.current().spec;
+        Self {
+            app: app.name.clone(),
+            tenant: app.tenant.clone(),
+            priority: spec.priority,
+            rank: queue::rank(spec.priority, 0),
+            share: 0.0,
+            queued_at_ms: app.placed_at_ms.unwrap_or(app.created_at_ms),
+            pes: usage::Demand::of_spec(spec).pes,
+            wait,
+        }
+    }
 }
 
 fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
@@ -486,12 +505,26 @@ pub fn reconcile_with(
                         gpus,
                     })
                 }
-                Err(e) => actions.unplaceable.push((app.name.clone(), e)),
+                Err(e) => {
+                    actions.unplaceable.push((app.name.clone(), e.clone()));
+                    actions
+                        .queue
+                        .push(QueueEntry::running(app, Wait::Capacity(e)));
+                }
             }
             continue;
         }
-        if round.place(state, app, &mut actions) != Ok(false) {
-            replaced.insert(app.name.clone());
+        match round.place(state, app, &mut actions) {
+            Ok(false) => {}
+            Ok(true) => {
+                replaced.insert(app.name.clone());
+            }
+            Err(e) => {
+                replaced.insert(app.name.clone());
+                actions
+                    .queue
+                    .push(QueueEntry::running(app, Wait::Capacity(e)));
+            }
         }
     }
     // Then the queue, in its order (see `scheduler::queue`).

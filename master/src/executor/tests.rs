@@ -671,3 +671,27 @@ fn an_app_finishes_when_every_placed_pe_stopped_and_frees_its_resources() {
     assert!(s.apply(&fin).is_err());
     assert_eq!(s, snapshot);
 }
+
+/// A running app whose lost PEs find no room waits at the head of the queue, with the
+/// reason, and is not deployed meanwhile.
+#[test]
+fn a_running_app_whose_lost_pes_find_no_room_heads_the_queue() {
+    let mut s = state(&["w1"]);
+    place(&mut s);
+    s.apply(&Command::SetWorkerState {
+        id: "w1".into(),
+        state: WorkerState::Lost,
+        at_ms: NOW,
+    })
+    .unwrap();
+    let a = reconcile(&s, &BTreeMap::new(), NOW);
+    assert!(a.recoveries.is_empty() && a.deploys.is_empty(), "{a:?}");
+    assert_eq!(a.queue.len(), 1, "{a:?}");
+    assert_eq!(a.queue[0].app, "clickstream");
+    assert_eq!(a.queue[0].wait.kind(), "capacity");
+    assert!(
+        a.queue[0].wait.to_string().contains("no alive worker"),
+        "{}",
+        a.queue[0].wait
+    );
+}
