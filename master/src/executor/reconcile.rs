@@ -22,7 +22,7 @@ use crate::scheduler::{
     place, place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates,
     WorkerCapacity,
 };
-use crate::scheduler::{preempt, DevicePolicy, Policy};
+use crate::scheduler::{preempt, DevicePolicy, Policy, QueueOrder};
 use crate::state::{AppRecord, ClusterState, WorkerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -547,7 +547,8 @@ pub fn reconcile_with(
     let mut preempting = false;
     for (entry, wait) in served {
         let Some(mut wait) = wait else { continue };
-        if !preempting && matches!(wait, Wait::Capacity(_)) {
+        // A FIFO queue knows no classes: nobody preempts.
+        if !preempting && policy.queue == QueueOrder::Fair && matches!(wait, Wait::Capacity(_)) {
             if let Some(victims) = preempt::victims(state, &entry.app, &round.free) {
                 preempting = true;
                 for v in &victims {

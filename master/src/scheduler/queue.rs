@@ -22,15 +22,17 @@
 //! **Backfill, and what stops it.** An entry that does not fit the free capacity now
 //! is skipped and later entries that fit are placed (small apps do not wait behind a
 //! large one). Once a skipped entry has waited [`STARVING_MS`], and it would fit the
-//! cluster were it empty, nothing behind it is placed any more: capacity freed from
-//! then on is kept for it, so a stream of small apps cannot starve a large one.
+//! cluster were it empty, nothing behind it that competes for the same resources is
+//! placed any more (apps asking GPUs of the same vendor; everything, when the starving
+//! app asks no GPUs): capacity freed from then on is kept for it, so a stream of small
+//! apps cannot starve a large one, while apps that need other devices go on.
 
 use super::usage::{over_quota, Demand, Totals};
 use super::QueueOrder;
 use crate::state::{AppRecord, ClusterState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use weir_common::spec::Priority;
+use weir_common::spec::{AppSpec, Priority, Vendor};
 
 /// Waiting this long raises an entry's rank by one.
 pub const AGING_MS: u64 = 5 * 60 * 1000;
@@ -220,7 +222,9 @@ pub fn serve(
         q.reverse();
     }
     let mut out = Vec::new();
-    let mut blocked: Option<String> = None;
+    // Starving entries, each with the GPU vendors it asks for: capacity of those is
+    // kept for them.
+    let mut blocked: Vec<(String, BTreeSet<Vendor>)> = Vec::new();
     loop {
         let next = by_tenant
             .iter()
@@ -242,7 +246,12 @@ pub fn serve(
             break;
         };
         e.share = shares.get(&tenant).copied().unwrap_or(0.0);
-        let wait = examine(state, now_ms, &e, &held, blocked.as_deref(), &mut try_place);
+        let vendors = gpu_vendors(&e.app.current().spec);
+        let behind = blocked
+            .iter()
+            .find(|(_, claim)| competes(&vendors, claim))
+            .map(|(app, _)| app.as_str());
+        let wait = examine(state, now_ms, &e, &held, behind, &mut try_place);
         match &wait {
             None => {
                 let h = held.entry(tenant.clone()).or_default();
@@ -252,17 +261,38 @@ pub fn serve(
                 }
             }
             Some(Wait::Capacity(_))
-                if blocked.is_none()
-                    && now_ms.saturating_sub(e.queued_at_ms()) >= STARVING_MS
-                    && fits_empty(&e.app) =>
+                if now_ms.saturating_sub(e.queued_at_ms()) >= STARVING_MS && fits_empty(&e.app) =>
             {
-                blocked = Some(e.app.name.clone());
+                blocked.push((e.app.name.clone(), vendors));
             }
             Some(_) => {}
         }
         out.push((e, wait));
     }
     out
+}
+
+/// The GPU vendors `spec`'s PEs ask for (empty: none asks GPUs).
+fn gpu_vendors(spec: &AppSpec) -> BTreeSet<Vendor> {
+    spec.operators
+        .iter()
+        .filter_map(|o| o.resources.gpu.as_ref().map(|g| g.vendor))
+        .collect()
+}
+
+/// Whether an app asking GPUs of `vendors` competes for what a starving app asking
+/// `claim` waits for: everything competes for a starving app that asks no GPUs (it
+/// waits for cores or memory, which every worker has); an app that asks no GPUs does
+/// not compete for a starving GPU app's devices; GPU apps compete when their vendors
+/// meet (`any` meets every vendor).
+fn competes(vendors: &BTreeSet<Vendor>, claim: &BTreeSet<Vendor>) -> bool {
+    if claim.is_empty() {
+        return true;
+    }
+    !vendors.is_empty()
+        && (vendors.contains(&Vendor::Any)
+            || claim.contains(&Vendor::Any)
+            || vendors.intersection(claim).next().is_some())
 }
 
 /// Why `e` still waits after trying it, if it does.

@@ -208,3 +208,51 @@ fn small_apps_backfill_until_a_large_one_starves() {
         ("small".to_string(), Some(Wait::Behind("big".into())))
     );
 }
+
+fn gpu_text(name: &str, vendor: &str) -> String {
+    format!(
+        "name: {name}\noperators:\n  - {{name: g, kind: source.generator, params: {{count: 1}}}}\n  - {{name: m, kind: exec, params: {{command: [cat]}}, resources: {{gpu: {{count: 1, memory_mb: 1000, vendor: {vendor}}}}}}}\n  - {{name: s, kind: sink.null}}\nstreams:\n  - {{from: g, to: m}}\n  - {{from: m, to: s}}\n"
+    )
+}
+
+#[test]
+fn a_starving_gpu_app_holds_back_only_apps_that_want_its_devices() {
+    let mut s = cluster();
+    fixtures::submit_text(&mut s, &gpu_text("big", "nvidia"), 0);
+    fixtures::submit_text(&mut s, &gpu_text("amd-app", "amd"), 1);
+    fixtures::submit_text(&mut s, &gpu_text("nv-app", "nvidia"), 2);
+    fixtures::submit_text(&mut s, &gpu_text("any-app", "any"), 3);
+    fixtures::submit_text(&mut s, &text("cpu-app", "default", ""), 4);
+    let order: Vec<(String, Option<Wait>)> = serve(
+        &s,
+        STARVING_MS,
+        QueueOrder::Fair,
+        &usage::held(&s),
+        &BTreeMap::new(),
+        |_| true,
+        |a| {
+            if a.name == "big" {
+                Err("no room for big".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .into_iter()
+    .map(|(e, w)| (e.app.name.clone(), w))
+    .collect();
+    let behind = Some(Wait::Behind("big".into()));
+    assert_eq!(
+        order,
+        [
+            (
+                "big".to_string(),
+                Some(Wait::Capacity("no room for big".into()))
+            ),
+            ("amd-app".to_string(), None),
+            ("nv-app".to_string(), behind.clone()),
+            ("any-app".to_string(), behind),
+            ("cpu-app".to_string(), None),
+        ]
+    );
+}
