@@ -931,3 +931,75 @@ async fn certs_tenants_and_signed_submits_through_weirctl() {
     assert!(!out.status.success(), "{}", text(&out.stdout));
     master.stop().await;
 }
+
+/// Quotas, the queue and the pools through weirctl: an app waits with its reason, a
+/// quota its app alone passes is refused with the limit named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_queue_and_pools_through_weirctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = start_dev_master(dir.path()).await;
+    let a = master.addr.to_string();
+    let a = a.as_str();
+    let out = weirctl(a, &["tenant", "set-quota", "web", "--pes", "20", "--gpus", "2"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "tenant web: quota gpus 2, pes 20"
+    );
+    // No worker: clickstream (tenant web, 10 PEs) waits for capacity.
+    let out = weirctl(a, &["submit", "examples/clickstream.yaml"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = eventually("clickstream queued", || async {
+        let v = json_of(a, &["queue"]).await;
+        (v["queue"][0]["app"] == "clickstream").then_some(v)
+    })
+    .await;
+    assert_eq!(v["queue"][0]["wait"], "capacity");
+    assert_eq!(v["queue"][0]["tenant"], "web");
+    assert_eq!(v["queue"][0]["pes"], 10);
+    let out = weirctl(a, &["queue"]).await;
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("clickstream") && shown.contains("no alive worker"),
+        "{shown}"
+    );
+    let v = json_of(a, &["pools"]).await;
+    assert_eq!(v["pools"][0]["pool"], "general-cpu");
+    assert_eq!(v["pools"][0]["pes_pending"], 10);
+    // A quota below what the app alone asks: the next such submit is refused.
+    let out = weirctl(a, &["tenant", "set-quota", "web", "--pes", "5"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let spec = std::fs::read_to_string(root().join("examples/clickstream.yaml"))
+        .unwrap()
+        .replace("name: clickstream", "name: clicks-two");
+    let file = dir.path().join("two.yaml");
+    std::fs::write(&file, spec).unwrap();
+    let out = weirctl(a, &["submit", file.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(
+            "ResourceExhausted: quota.pes: tenant \"web\" may hold 5 PEs; it holds 0 PEs and this needs 10 PEs more"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let v = eventually("clickstream waits for its quota", || async {
+        let v = json_of(a, &["queue"]).await;
+        (v["queue"][0]["wait"] == "quota").then_some(v)
+    })
+    .await;
+    assert_eq!(v["queue"].as_array().unwrap().len(), 1);
+    let v = json_of(a, &["tenant", "list"]).await;
+    let web = v["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["quota"]["pes"], 5);
+    assert_eq!(web["held"]["pes"], 0, "a queued app holds nothing");
+    let out = weirctl(a, &["tenant", "set-quota", "web", "--clear"]).await;
+    assert_eq!(text(&out.stdout).trim(), "tenant web: quota none");
+    master.stop().await;
+}
