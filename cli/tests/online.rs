@@ -940,12 +940,13 @@ async fn quotas_queue_and_pools_through_weirctl() {
     let master = start_dev_master(dir.path()).await;
     let a = master.addr.to_string();
     let a = a.as_str();
-    let out = weirctl(a, &["tenant", "set-quota", "web", "--pes", "20", "--gpus", "2"]).await;
+    let out = weirctl(
+        a,
+        &["tenant", "set-quota", "web", "--pes", "20", "--gpus", "2"],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout).trim(),
-        "tenant web: quota gpus 2, pes 20"
-    );
+    assert_eq!(text(&out.stdout).trim(), "tenant web: quota gpus 2, pes 20");
     // No worker: clickstream (tenant web, 10 PEs) waits for capacity.
     let out = weirctl(a, &["submit", "examples/clickstream.yaml"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -243,7 +243,8 @@ pub fn command_status(e: &CommandError) -> Status {
         }
         CommandError::BadPlacement { .. }
         | CommandError::RequestIdReused { .. }
-        | CommandError::Tenant(_) => Code::InvalidArgument,
+        | CommandError::Tenant(_)
+        | CommandError::Spec(_) => Code::InvalidArgument,
         CommandError::Quota(_) => Code::ResourceExhausted,
         CommandError::Catalog(c) => match c {
             CatalogError::Exists { .. } => Code::AlreadyExists,

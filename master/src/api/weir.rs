@@ -781,11 +781,13 @@ fn pools(s: &ClusterState, now_ms: u64) -> Vec<pb::Pool> {
         .into_iter()
         .map(|p| pb::Pool {
             gpus_total: p.devices.len() as u32,
-            gpus_free: p.devices.len() as u32 - p.gpus_used(),
+            gpus_free: (p.devices.len() as u32).saturating_sub(p.gpus_used()),
             gpus_used: p.gpus_used(),
             gpu_memory_total_mb: p.gpu_memory_total_mb(),
             gpu_memory_used_mb: p.gpu_memory_used_mb(),
-            gpu_memory_free_mb: p.gpu_memory_total_mb() - p.gpu_memory_used_mb(),
+            gpu_memory_free_mb: p
+                .gpu_memory_total_mb()
+                .saturating_sub(p.gpu_memory_used_mb()),
             cpu_total: p.cpu_total,
             cpu_used: p.cpu_used,
             cpu_free: (p.cpu_total - p.cpu_used).max(0.0),

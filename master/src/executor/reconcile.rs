@@ -19,8 +19,7 @@
 
 use crate::scheduler::queue::{self, Wait};
 use crate::scheduler::{
-    place, place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates,
-    WorkerCapacity,
+    place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates, WorkerCapacity,
 };
 use crate::scheduler::{preempt, DevicePolicy, Policy, QueueOrder};
 use crate::state::{AppRecord, ClusterState, WorkerState};
@@ -530,35 +529,56 @@ pub fn reconcile_with(
     // Then the queue, in its order (see `scheduler::queue`).
     let held = usage::held(state);
     let shares = usage::shares(state, now_ms, usage::SHARE_WINDOW_MS);
-    let empty = capacities_when_empty(state);
+    let mut empty: Option<Vec<WorkerCapacity>> = None;
+    // At most this many victim searches per decision (each places the app a few
+    // times), and one preemption: its effect (capacity freed) is seen by the next.
+    let (mut searches, mut preempting) = (0, false);
+    let busy: BTreeSet<String> = replaced.clone();
     let served = queue::serve(
         state,
         now_ms,
         policy.queue,
         &held,
         &shares,
-        |app| place(&empty, &requests_for(&app.current().spec), &BTreeMap::new()).is_ok(),
+        |app| {
+            let empty = empty.get_or_insert_with(|| capacities_when_empty(state));
+            let reqs = requests_for(&app.current().spec);
+            place_with(empty, &reqs, &BTreeMap::new(), &policy.devices).is_ok()
+        },
         |app| {
             replaced.insert(app.name.clone());
-            round.place(state, app, &mut actions).map(|_| ())
+            let why = match round.place(state, app, &mut actions) {
+                Ok(_) => return Ok(()),
+                Err(why) => why,
+            };
+            // A FIFO queue knows no classes: nobody preempts. Victims are chosen
+            // against the capacity as it stands when this app is examined, before
+            // anything behind it is tried; what they free is kept for it.
+            if preempting || policy.queue != QueueOrder::Fair || searches >= MAX_VICTIM_SEARCHES {
+                return Err(Wait::Capacity(why));
+            }
+            if app.current().spec.priority != weir_common::spec::Priority::High {
+                return Err(Wait::Capacity(why));
+            }
+            searches += 1;
+            match preempt::victims(state, app, &round.free, &policy.devices, &busy) {
+                Some(victims) => {
+                    preempting = true;
+                    for v in &victims {
+                        actions.preemptions.push((v.clone(), app.name.clone()));
+                    }
+                    Err(Wait::Preempting(victims))
+                }
+                None => Err(Wait::Capacity(why)),
+            }
         },
     );
-    // One preemption per decision: its effect (capacity freed) is seen by the next.
-    let mut preempting = false;
+    // The victims are stopped, not deployed.
+    for (victim, _) in &actions.preemptions {
+        replaced.insert(victim.clone());
+    }
     for (entry, wait) in served {
-        let Some(mut wait) = wait else { continue };
-        // A FIFO queue knows no classes: nobody preempts.
-        if !preempting && policy.queue == QueueOrder::Fair && matches!(wait, Wait::Capacity(_)) {
-            if let Some(victims) = preempt::victims(state, &entry.app, &round.free) {
-                preempting = true;
-                for v in &victims {
-                    actions
-                        .preemptions
-                        .push((v.clone(), entry.app.name.clone()));
-                }
-                wait = Wait::Preempting(victims);
-            }
-        }
+        let Some(wait) = wait else { continue };
         replaced.insert(entry.app.name.clone());
         if !matches!(wait, Wait::Capacity(_)) {
             actions
@@ -706,6 +726,9 @@ impl<'a> Round<'a> {
         }
     }
 }
+
+/// Victim searches per decision at most (see `reconcile_with`).
+const MAX_VICTIM_SEARCHES: u32 = 2;
 
 /// (app, PE) -> its measured (in, out) rates, records/s.
 pub type MeasuredRates = HashMap<(String, String), Rates>;

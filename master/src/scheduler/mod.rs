@@ -257,8 +257,9 @@ pub fn place(
 
 /// [`place`], with the GPU PEs' workers and devices chosen by `devices` first, for all
 /// of them at once ([`gpu::pin`]); the other PEs are then placed around them as
-/// usual. When the policy finds no placement for every GPU PE, the search places what
-/// it can and reports the first PE that fits nowhere.
+/// usual. When the policy finds no placement for every GPU PE, or the other PEs fit
+/// nowhere around its pins, the search alone places them all, or reports the first PE
+/// that fits nowhere.
 pub fn place_with(
     workers: &[WorkerCapacity],
     pending: &[PeRequest],
@@ -271,7 +272,13 @@ pub fn place_with(
     } else {
         gpu::pin(devices, workers, &gpu).unwrap_or_default()
     };
+    if pins.is_empty() {
+        return place_pinned(workers, pending, placed, &pins);
+    }
+    // The pins look at the GPU PEs alone: when the others then fit nowhere, the
+    // search alone may still place everything.
     place_pinned(workers, pending, placed, &pins)
+        .or_else(|_| place_pinned(workers, pending, placed, &BTreeMap::new()))
 }
 
 fn place_pinned(

@@ -67,17 +67,24 @@ pub struct PoolView {
 impl PoolView {
     /// Device memory, MiB.
     pub fn gpu_memory_total_mb(&self) -> u64 {
-        self.devices.iter().map(|d| d.memory_total_mb).sum()
+        self.devices
+            .iter()
+            .fold(0u64, |t, d| t.saturating_add(d.memory_total_mb))
     }
 
     /// Device memory allocated, MiB.
     pub fn gpu_memory_used_mb(&self) -> u64 {
-        self.devices.iter().map(|d| d.memory_used_mb).sum()
+        self.devices
+            .iter()
+            .fold(0u64, |t, d| t.saturating_add(d.memory_used_mb))
     }
 
     /// Devices with any allocation.
     pub fn gpus_used(&self) -> u32 {
-        self.devices.iter().filter(|d| d.slices > 0).count() as u32
+        self.devices
+            .iter()
+            .filter(|d| d.slices > 0 || d.memory_used_mb > 0)
+            .count() as u32
     }
 }
 
@@ -132,6 +139,21 @@ pub fn pools(
         for w in app.placement.values() {
             *placed.entry(w.as_str()).or_default() += 1;
         }
+        // An upgrade's new PEs run beside the old ones until the switch (the free
+        // capacity deducts them too).
+        let Some(up) = app.upgrade.and_then(|id| state.upgrades.get(&id)) else {
+            continue;
+        };
+        for (pe, w) in up
+            .placement
+            .iter()
+            .filter(|(pe, _)| !app.placement.contains_key(*pe))
+        {
+            *placed.entry(w.as_str()).or_default() += 1;
+            for uuid in up.gpus.get(pe).into_iter().flatten() {
+                *slices.entry(uuid.as_str()).or_default() += 1;
+            }
+        }
     }
     let mut out: BTreeMap<String, PoolView> = BTreeMap::new();
     for w in state
@@ -145,13 +167,18 @@ pub fn pools(
         let cap = free.get(w.id.as_str());
         if let Some(p) = out.get_mut(&home) {
             p.workers.push(w.id.clone());
+            // Saturating: the figures come from what workers registered.
             p.cpu_total += w.cpu_cores;
-            p.memory_total_mb += w.memory_mb;
+            p.memory_total_mb = p.memory_total_mb.saturating_add(w.memory_mb);
             if let Some(c) = cap {
                 p.cpu_used += (w.cpu_cores - c.cpu_free).max(0.0);
-                p.memory_used_mb += w.memory_mb.saturating_sub(c.memory_free_mb);
+                p.memory_used_mb = p
+                    .memory_used_mb
+                    .saturating_add(w.memory_mb.saturating_sub(c.memory_free_mb));
             }
-            p.pes_placed += placed.get(w.id.as_str()).copied().unwrap_or(0);
+            p.pes_placed = p
+                .pes_placed
+                .saturating_add(placed.get(w.id.as_str()).copied().unwrap_or(0));
         }
         for g in &w.gpus {
             let pool = entry(&mut out, scenario, &g.vendor);
@@ -205,7 +232,7 @@ pub fn pools(
                 vendor,
                 ..PoolView::default()
             });
-            p.pes_pending += u64::from(op.parallelism);
+            p.pes_pending = p.pes_pending.saturating_add(u64::from(op.parallelism));
             p.longest_wait_ms = p.longest_wait_ms.max(*waited);
         }
     }

@@ -14,8 +14,9 @@
 //! one not needed after all is spared again. Pure: from the free capacity and the
 //! state.
 
-use super::{place, requests_for, WorkerCapacity};
+use super::{place_with, requests_for, DevicePolicy, WorkerCapacity};
 use crate::state::{AppRecord, AppState, ClusterState};
+use std::collections::BTreeSet;
 use weir_common::physical::PeId;
 use weir_common::spec::Priority;
 
@@ -50,12 +51,16 @@ pub fn release(free: &mut [WorkerCapacity], app: &AppRecord) {
     }
 }
 
-/// The running apps to preempt so that `app` fits, given the capacity `free` now;
-/// `None` when preempting is not allowed or would not make room.
+/// The running apps to preempt so that `app` fits, given the capacity `free` now,
+/// placing as the queue does (`devices`); `None` when preempting is not allowed or
+/// would not make room. Apps in `busy` (being re-placed or recovered in the same
+/// decision) are not candidates.
 pub fn victims(
     state: &ClusterState,
     app: &AppRecord,
     free: &[WorkerCapacity],
+    devices: &DevicePolicy,
+    busy: &BTreeSet<String>,
 ) -> Option<Vec<String>> {
     if app.current().spec.priority != Priority::High {
         return None;
@@ -64,7 +69,7 @@ pub fn victims(
         .apps
         .values()
         .map(|a| &**a)
-        .filter(|v| preemptible(v, app))
+        .filter(|v| preemptible(v, app) && !busy.contains(&v.name))
         .collect();
     if candidates.is_empty() {
         return None;
@@ -80,17 +85,18 @@ pub fn victims(
         for v in chosen {
             release(&mut f, v);
         }
-        place(&f, &requests, &Default::default()).is_ok()
+        place_with(&f, &requests, &Default::default(), devices).is_ok()
     };
+    // Even every candidate together would not make room: do not search.
+    if !fits(&candidates) {
+        return None;
+    }
     let mut chosen: Vec<&AppRecord> = Vec::new();
     for c in candidates {
         chosen.push(c);
         if fits(&chosen) {
             break;
         }
-    }
-    if !fits(&chosen) {
-        return None;
     }
     // Spare whoever is not needed after all (the earliest chosen may be, once later
     // ones freed more).

@@ -38,7 +38,7 @@ fn cluster(running: &[(&str, &str, u64)]) -> ClusterState {
     s
 }
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
 fn a_high_app_preempts_the_fewest_most_recent_low_apps() {
@@ -47,32 +47,69 @@ fn a_high_app_preempts_the_fewest_most_recent_low_apps() {
     let free = capacities(&s);
     // 4,000 MiB free; freeing the newest low app makes 10,000: enough.
     assert_eq!(
-        victims(&s, &s.apps["urgent"], &free),
+        victims(
+            &s,
+            &s.apps["urgent"],
+            &free,
+            &DevicePolicy::default(),
+            &BTreeSet::new()
+        ),
         Some(vec!["new".to_string()])
     );
     fixtures::submit_text(&mut s, &app("normal", "normal", 8_000), 6);
     assert_eq!(
-        victims(&s, &s.apps["normal"], &free),
+        victims(
+            &s,
+            &s.apps["normal"],
+            &free,
+            &DevicePolicy::default(),
+            &BTreeSet::new()
+        ),
         None,
         "only high preempts"
     );
     fixtures::submit_text(&mut s, &app("huge", "high", 15_000), 7);
     assert_eq!(
-        victims(&s, &s.apps["huge"], &free).map(|mut v| {
+        victims(
+            &s,
+            &s.apps["huge"],
+            &free,
+            &DevicePolicy::default(),
+            &BTreeSet::new()
+        )
+        .map(|mut v| {
             v.sort();
             v
         }),
         Some(vec!["new".to_string(), "old".to_string()])
     );
     fixtures::submit_text(&mut s, &app("impossible", "high", 17_000), 8);
-    assert_eq!(victims(&s, &s.apps["impossible"], &free), None);
+    assert_eq!(
+        victims(
+            &s,
+            &s.apps["impossible"],
+            &free,
+            &DevicePolicy::default(),
+            &BTreeSet::new()
+        ),
+        None
+    );
 }
 
 #[test]
 fn normal_apps_are_never_preempted() {
     let mut s = cluster(&[("steady", "normal", 12_000)]);
     fixtures::submit_text(&mut s, &app("urgent", "high", 8_000), 5);
-    assert_eq!(victims(&s, &s.apps["urgent"], &capacities(&s)), None);
+    assert_eq!(
+        victims(
+            &s,
+            &s.apps["urgent"],
+            &capacities(&s),
+            &DevicePolicy::default(),
+            &BTreeSet::new()
+        ),
+        None
+    );
 }
 
 #[test]

@@ -23,9 +23,10 @@
 //! is skipped and later entries that fit are placed (small apps do not wait behind a
 //! large one). Once a skipped entry has waited [`STARVING_MS`], and it would fit the
 //! cluster were it empty, nothing behind it that competes for the same resources is
-//! placed any more (apps asking GPUs of the same vendor; everything, when the starving
-//! app asks no GPUs): capacity freed from then on is kept for it, so a stream of small
-//! apps cannot starve a large one, while apps that need other devices go on.
+//! placed any more (only an app asking GPUs of another vendor than a starving GPU app
+//! goes on): capacity freed from then on is kept for it, so a stream of small apps
+//! cannot starve a large one. The same holds for an entry that preempts: what its
+//! victims free is kept for it.
 
 use super::usage::{over_quota, Demand, Totals};
 use super::QueueOrder;
@@ -149,7 +150,9 @@ pub fn gate(state: &ClusterState, app: &AppRecord, now_ms: u64) -> Option<Wait> 
         }
     }
     for other in &start.after {
-        let why = match state.apps.get(other) {
+        // Only the tenant's own apps count: another tenant's are not even named.
+        let found = state.apps.get(other).filter(|o| o.tenant == app.tenant);
+        let why = match found {
             None => format!("app {other:?} does not exist (yet)"),
             Some(o) if o.placed_at_ms.is_none() && o.placement.is_empty() => {
                 if o.state.is_live() {
@@ -171,8 +174,10 @@ pub fn gate(state: &ClusterState, app: &AppRecord, now_ms: u64) -> Option<Wait> 
 ///
 /// `held` is what each tenant holds now, `shares` their windowed shares, `fits_empty`
 /// whether an app would fit the cluster were it empty (asked only of starving
-/// entries). Returns every entry examined, in order, with why it still waits (`None`:
-/// placed).
+/// entries). `try_place` answers why an entry could not be placed (`Capacity`, or
+/// `Preempting` when room is being made for it, which keeps that room from the entries
+/// behind it). Returns every entry examined, in order, with why it still waits
+/// (`None`: placed).
 pub fn serve(
     state: &ClusterState,
     now_ms: u64,
@@ -180,7 +185,7 @@ pub fn serve(
     held: &BTreeMap<String, Demand>,
     shares: &BTreeMap<String, f64>,
     mut fits_empty: impl FnMut(&AppRecord) -> bool,
-    mut try_place: impl FnMut(&Arc<AppRecord>) -> Result<(), String>,
+    mut try_place: impl FnMut(&Arc<AppRecord>) -> Result<(), Wait>,
 ) -> Vec<(Entry, Option<Wait>)> {
     let totals = Totals::of(state);
     let mut held = held.clone();
@@ -281,18 +286,16 @@ fn gpu_vendors(spec: &AppSpec) -> BTreeSet<Vendor> {
 }
 
 /// Whether an app asking GPUs of `vendors` competes for what a starving app asking
-/// `claim` waits for: everything competes for a starving app that asks no GPUs (it
-/// waits for cores or memory, which every worker has); an app that asks no GPUs does
-/// not compete for a starving GPU app's devices; GPU apps compete when their vendors
-/// meet (`any` meets every vendor).
+/// `claim` waits for. Only two apps that both ask GPUs, of vendors that never meet
+/// (`any` meets every vendor), do not: each needs workers with its own vendor's
+/// devices. Any app may take cores or memory a starving app waits for (on the very
+/// workers that host its devices, too), so an app asking no GPUs competes with all.
 fn competes(vendors: &BTreeSet<Vendor>, claim: &BTreeSet<Vendor>) -> bool {
-    if claim.is_empty() {
-        return true;
-    }
-    !vendors.is_empty()
-        && (vendors.contains(&Vendor::Any)
-            || claim.contains(&Vendor::Any)
-            || vendors.intersection(claim).next().is_some())
+    claim.is_empty()
+        || vendors.is_empty()
+        || vendors.contains(&Vendor::Any)
+        || claim.contains(&Vendor::Any)
+        || vendors.intersection(claim).next().is_some()
 }
 
 /// Why `e` still waits after trying it, if it does.
@@ -302,7 +305,7 @@ fn examine(
     e: &Entry,
     held: &BTreeMap<String, Demand>,
     blocked: Option<&str>,
-    try_place: &mut impl FnMut(&Arc<AppRecord>) -> Result<(), String>,
+    try_place: &mut impl FnMut(&Arc<AppRecord>) -> Result<(), Wait>,
 ) -> Option<Wait> {
     if let Some(w) = gate(state, &e.app, now_ms) {
         return Some(w);
@@ -317,7 +320,7 @@ fn examine(
     if let Some(b) = blocked {
         return Some(Wait::Behind(b.to_string()));
     }
-    try_place(&e.app).err().map(Wait::Capacity)
+    try_place(&e.app).err()
 }
 
 #[cfg(test)]

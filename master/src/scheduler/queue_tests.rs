@@ -33,7 +33,7 @@ fn run(s: &ClusterState, now: u64, room: usize) -> Vec<(String, &'static str)> {
         |_| true,
         |_| {
             if left == 0 {
-                return Err("no room".into());
+                return Err(Wait::Capacity("no room".into()));
             }
             left -= 1;
             Ok(())
@@ -189,7 +189,7 @@ fn small_apps_backfill_until_a_large_one_starves() {
             |_| true,
             |a| {
                 if a.name == "big" {
-                    Err("no room for big".into())
+                    Err(Wait::Capacity("no room for big".into()))
                 } else {
                     Ok(())
                 }
@@ -216,7 +216,7 @@ fn gpu_text(name: &str, vendor: &str) -> String {
 }
 
 #[test]
-fn a_starving_gpu_app_holds_back_only_apps_that_want_its_devices() {
+fn a_starving_gpu_app_lets_only_apps_of_other_gpu_vendors_pass() {
     let mut s = cluster();
     fixtures::submit_text(&mut s, &gpu_text("big", "nvidia"), 0);
     fixtures::submit_text(&mut s, &gpu_text("amd-app", "amd"), 1);
@@ -232,7 +232,7 @@ fn a_starving_gpu_app_holds_back_only_apps_that_want_its_devices() {
         |_| true,
         |a| {
             if a.name == "big" {
-                Err("no room for big".into())
+                Err(Wait::Capacity("no room for big".into()))
             } else {
                 Ok(())
             }
@@ -251,8 +251,43 @@ fn a_starving_gpu_app_holds_back_only_apps_that_want_its_devices() {
             ),
             ("amd-app".to_string(), None),
             ("nv-app".to_string(), behind.clone()),
-            ("any-app".to_string(), behind),
-            ("cpu-app".to_string(), None),
+            ("any-app".to_string(), behind.clone()),
+            ("cpu-app".to_string(), behind),
         ]
+    );
+}
+
+#[test]
+fn after_names_only_the_tenants_own_apps_and_refuses_a_cycle() {
+    let mut s = cluster();
+    submit(&mut s, "store", "other", "", 0);
+    s.apply(&Command::SetPlacement {
+        app: "store".into(),
+        placement: [("g@0".to_string(), "w1".to_string())].into(),
+        gpus: Default::default(),
+        at_ms: 5,
+    })
+    .unwrap();
+    submit(&mut s, "model", "t", "start: {after: [store]}\n", 1);
+    // Another tenant's app is not there for it, running or not.
+    assert_eq!(
+        gate(&s, &s.apps["model"], 10).unwrap().to_string(),
+        "start.after: app \"store\" does not exist (yet)"
+    );
+    submit(&mut s, "a", "t", "start: {after: [b]}\n", 2);
+    let t = text("b", "t", "start: {after: [a]}\n");
+    let e = s
+        .apply(&Command::SubmitApp {
+            spec: weir_common::spec::parse_app(&t, weir_common::spec::SpecFormat::Yaml).unwrap(),
+            spec_text: t,
+            at_ms: 3,
+            request_id: String::new(),
+            generated: Default::default(),
+            signature: None,
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "start.after: b -> a -> b: these apps would wait for each other forever"
     );
 }

@@ -2,7 +2,7 @@
 //! and quotas, are the state's: [`crate::state::quota`]).
 //!
 //! - A tenant's *share* over a sliding window is its dominant resource share (DRF: the
-//!   largest of its fractions of the cluster's CPU, memory, GPUs and GPU memory),
+//!   largest of its fractions of the cluster's CPU, memory and GPU memory),
 //!   averaged over the window: an app that ran for half the window at 40 % counts 20 %.
 //!   The queue serves the least-served tenant first.
 
@@ -45,14 +45,15 @@ impl Totals {
         t
     }
 
-    /// The largest fraction of a resource `d` takes (resources the cluster lacks are
-    /// left out: they cannot be shared).
+    /// The largest fraction of cores, memory or GPU memory `d` takes (resources the
+    /// cluster lacks are left out: they cannot be shared).
     pub fn dominant_share(&self, d: &Demand) -> f64 {
         let frac = |used: f64, total: f64| if total > 0.0 { used / total } else { 0.0 };
+        // GPU slices are left out: several slices may share one device, so slices
+        // over devices is no share (GPU memory measures what they take).
         [
             frac(d.cpu, self.cpu),
             frac(d.memory_mb as f64, self.memory_mb as f64),
-            frac(d.gpus as f64, self.gpus as f64),
             frac(d.gpu_memory_mb as f64, self.gpu_memory_mb as f64),
         ]
         .into_iter()
@@ -91,7 +92,7 @@ pub fn shares(state: &ClusterState, now_ms: u64, window_ms: u64) -> BTreeMap<Str
         if overlap == 0 {
             continue;
         }
-        let share = totals.dominant_share(&held_by(app)) * overlap as f64 / window_ms as f64;
+        let share = totals.dominant_share(&held_by(state, app)) * overlap as f64 / window_ms as f64;
         *out.entry(app.tenant.clone()).or_default() += share;
     }
     out

@@ -114,17 +114,17 @@ fn shares_average_the_dominant_share_over_the_window() {
         .collect();
     s.apply(&Command::RegisterWorker { worker: w }).unwrap();
     fixtures::submit_text(&mut s, &spec("a", "web", ""), 0);
-    // GPUs dominate: 2 of 4 devices (8,000 of 64,000 MiB of memory is less).
+    // Cores dominate: 3 of 8 (8,000 of 64,000 MiB of GPU memory is less).
     let t = Totals::of(&s);
     let a = Demand::of_spec(&s.apps["a"].current().spec);
-    assert_eq!(t.dominant_share(&a), 0.5);
+    assert_eq!(t.dominant_share(&a), 0.375);
     let window = 1000;
     place(&mut s, "a", 10_000);
     // Placed for half the window: half its share.
     let sh = shares(&s, 10_500, window);
-    assert!((sh["web"] - 0.25).abs() < 1e-9, "{sh:?}");
+    assert!((sh["web"] - 0.1875).abs() < 1e-9, "{sh:?}");
     let sh = shares(&s, 12_000, window);
-    assert!((sh["web"] - 0.5).abs() < 1e-9, "{sh:?}");
+    assert!((sh["web"] - 0.375).abs() < 1e-9, "{sh:?}");
     s.apply(&Command::CancelApp {
         name: "a".into(),
         at_ms: 12_250,
@@ -133,6 +133,6 @@ fn shares_average_the_dominant_share_over_the_window() {
     .unwrap();
     // Ended a quarter of the window ago: three quarters of its share remain.
     let sh = shares(&s, 12_500, window);
-    assert!((sh["web"] - 0.375).abs() < 1e-9, "{sh:?}");
+    assert!((sh["web"] - 0.28125).abs() < 1e-9, "{sh:?}");
     assert!(shares(&s, 14_000, window).is_empty(), "out of the window");
 }

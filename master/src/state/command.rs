@@ -392,6 +392,9 @@ pub enum CommandError {
     /// A tenant policy that breaks a rule.
     #[error("{0}")]
     Tenant(String),
+    /// A spec that the state makes invalid (a start condition that could never hold).
+    #[error("{0}")]
+    Spec(String),
     /// A submit or upgrade its tenant's quota does not allow.
     #[error("{0}")]
     Quota(String),

@@ -6,12 +6,15 @@
 //! - An app's [`Demand`] is what its PEs ask for together (parallelism times each
 //!   operator's resources); GPU slices count one each.
 //! - A tenant *holds* the demand of its live apps that have been placed (an app waiting
-//!   in the queue holds nothing). During an upgrade the app counts the larger of its
-//!   old and new versions, per resource: both run side by side until the switch.
+//!   in the queue holds nothing). During an upgrade the app counts its current
+//!   version's PEs and the other version's PEs it does not share: both run side by
+//!   side until the switch (the scheduler deducts the same).
 
 use super::{AppRecord, ClusterState, Quota};
-use std::collections::BTreeMap;
-use weir_common::spec::AppSpec;
+use std::collections::{BTreeMap, BTreeSet};
+use weir_common::fingerprint::operator_revision;
+use weir_common::physical::PeId;
+use weir_common::spec::{AppSpec, OperatorSpec};
 
 /// What an app asks for, or what a tenant holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -31,21 +34,24 @@ pub struct Demand {
 impl Demand {
     /// What every PE of `spec` asks for together.
     pub fn of_spec(spec: &AppSpec) -> Self {
-        let mut d = Self::default();
-        for op in &spec.operators {
-            let n = u64::from(op.parallelism);
-            d.cpu += op.resources.cpu * n as f64;
-            d.memory_mb = d
-                .memory_mb
-                .saturating_add(op.resources.memory_mb.saturating_mul(n));
-            d.pes += n;
-            if let Some(g) = &op.resources.gpu {
-                let slices = u64::from(g.count).saturating_mul(n);
-                d.gpus = d.gpus.saturating_add(slices);
-                d.gpu_memory_mb = d
-                    .gpu_memory_mb
-                    .saturating_add(slices.saturating_mul(g.memory_mb));
-            }
+        spec.operators.iter().fold(Self::default(), |d, op| {
+            d.plus(Self::of_operator(op, op.parallelism))
+        })
+    }
+
+    /// What `n` PEs of `op` ask for.
+    pub fn of_operator(op: &OperatorSpec, n: u32) -> Self {
+        let n = u64::from(n);
+        let mut d = Self {
+            cpu: op.resources.cpu * n as f64,
+            memory_mb: op.resources.memory_mb.saturating_mul(n),
+            pes: n,
+            ..Self::default()
+        };
+        if let Some(g) = &op.resources.gpu {
+            let slices = u64::from(g.count).saturating_mul(n);
+            d.gpus = slices;
+            d.gpu_memory_mb = slices.saturating_mul(g.memory_mb);
         }
         d
     }
@@ -84,16 +90,51 @@ impl Demand {
     }
 }
 
-/// What `app` holds while placed: its current version's demand, or during an upgrade
-/// the larger of both versions'.
-pub fn held_by(app: &AppRecord) -> Demand {
-    let now = Demand::of_spec(&app.current().spec);
-    match app.versions.last() {
-        Some(v) if app.upgrade.is_some() && v.version != app.current_version => {
-            now.max(Demand::of_spec(&v.spec))
-        }
-        _ => now,
+/// What `app` holds while placed: its current version's demand and, during an
+/// upgrade, that of the other version's PEs the current one does not have (old and
+/// new run side by side until the switch, and the old ones until the cleanup after
+/// it): exactly what the scheduler deducts.
+pub fn held_by(s: &ClusterState, app: &AppRecord) -> Demand {
+    let cur = &app.current().spec;
+    let now = Demand::of_spec(cur);
+    let Some(up) = app.upgrade.and_then(|id| s.upgrades.get(&id)) else {
+        return now;
+    };
+    let other = if up.to_version == app.current_version {
+        up.from_version
+    } else {
+        up.to_version
+    };
+    match app.versions.get((other as usize).wrapping_sub(1)) {
+        Some(v) => now.plus(extra_pes(cur, &v.spec)),
+        None => now,
     }
+}
+
+/// What the PEs of `other` that `cur` does not have ask for (a PE is the same when
+/// its id is: same operator, same revision, same index).
+pub fn extra_pes(cur: &AppSpec, other: &AppSpec) -> Demand {
+    let ids = |spec: &AppSpec| -> BTreeSet<PeId> {
+        spec.operators
+            .iter()
+            .flat_map(|op| {
+                let rev = operator_revision(op);
+                (0..op.parallelism).map(move |i| PeId::new(&op.name, &rev, i))
+            })
+            .collect()
+    };
+    let have = ids(cur);
+    let mut d = Demand::default();
+    for op in &other.operators {
+        let rev = operator_revision(op);
+        let one = Demand::of_operator(op, 1);
+        for i in 0..op.parallelism {
+            if !have.contains(&PeId::new(&op.name, &rev, i)) {
+                d = d.plus(one);
+            }
+        }
+    }
+    d
 }
 
 /// Whether `app` holds resources: live and placed.
@@ -106,7 +147,7 @@ pub fn held(state: &ClusterState) -> BTreeMap<String, Demand> {
     let mut out: BTreeMap<String, Demand> = BTreeMap::new();
     for app in state.apps.values().filter(|a| holds(a)) {
         let e = out.entry(app.tenant.clone()).or_default();
-        *e = e.plus(held_by(app));
+        *e = e.plus(held_by(state, app));
     }
     out
 }

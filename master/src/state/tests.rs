@@ -576,7 +576,8 @@ fn a_submit_or_upgrade_over_the_quota_is_refused_and_changes_nothing() {
         worker: worker("w1"),
     })
     .unwrap();
-    // clickstream (tenant web) has 10 PEs; v2 has 12.
+    // clickstream (tenant web) has 10 PEs; v2 has 12, of which 6 are new (the
+    // rescaled and changed operators): 16 run side by side during the upgrade.
     s.apply(&set_quota(Some(9))).unwrap();
     let before = s.clone();
     let e = s.apply(&submit(10)).unwrap_err();
@@ -603,7 +604,7 @@ fn a_submit_or_upgrade_over_the_quota_is_refused_and_changes_nothing() {
     let e = s.apply(&begin).unwrap_err();
     assert!(
         e.to_string().starts_with(
-            "quota.pes: tenant \"web\" may hold 11 PEs; it holds 0 PEs and this needs 12 PEs more"
+            "quota.pes: tenant \"web\" may hold 11 PEs; it holds 0 PEs and this needs 16 PEs more"
         ),
         "{e}"
     );
@@ -633,5 +634,37 @@ fn a_quota_must_be_a_finite_figure_for_a_valid_tenant() {
             .unwrap_err();
         assert!(e.to_string().starts_with(why), "{e}");
     }
+    assert_eq!(s, before);
+}
+
+#[test]
+fn leaving_the_queue_past_the_quota_is_refused_at_commit() {
+    let mut s = ClusterState::default();
+    s.apply(&Command::RegisterWorker {
+        worker: worker("w1"),
+    })
+    .unwrap();
+    s.apply(&set_quota(Some(10))).unwrap();
+    s.apply(&submit(10)).unwrap();
+    let other = APP.replace("name: clickstream", "name: second");
+    submit_text(&mut s, &other, 11);
+    s.apply(&Command::SetPlacement {
+        app: "clickstream".into(),
+        placement: all_on(APP, "w1"),
+        gpus: BTreeMap::new(),
+        at_ms: 20,
+    })
+    .unwrap();
+    // Decided on a state where clickstream held nothing: refused now, nothing changes.
+    let before = s.clone();
+    let e = s
+        .apply(&Command::SetPlacement {
+            app: "second".into(),
+            placement: all_on(&other, "w1"),
+            gpus: BTreeMap::new(),
+            at_ms: 30,
+        })
+        .unwrap_err();
+    assert!(matches!(e, CommandError::Quota(_)), "{e}");
     assert_eq!(s, before);
 }

@@ -2,6 +2,7 @@
 //! effect, which runs only once the check passed.
 
 use super::*;
+use std::collections::BTreeSet;
 
 pub(super) fn check_submit(
     s: &ClusterState,
@@ -12,6 +13,7 @@ pub(super) fn check_submit(
         return Err(CommandError::AppExists(spec.name.clone()));
     }
     catalog::check_generated(s, generated)?;
+    check_after_cycle(s, spec)?;
     let quota = s.tenants.get(&spec.tenant).and_then(|t| t.quota.as_ref());
     if let Some(q) = quota {
         let alone = quota::Demand::of_spec(spec);
@@ -19,6 +21,39 @@ pub(super) fn check_submit(
             return Err(CommandError::Quota(format!(
                 "{why}: this app alone passes the quota, so it could never start (an admin raises it with `weirctl tenant set-quota`)"
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a spec whose `start.after` waits, directly or through other apps of its
+/// tenant, for an app that waits for it: neither would ever start.
+fn check_after_cycle(s: &ClusterState, spec: &AppSpec) -> Result<(), CommandError> {
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    // (app, the chain that led to it)
+    let mut todo: Vec<(&str, String)> = spec
+        .start
+        .after
+        .iter()
+        .map(|a| (a.as_str(), format!("{} -> {a}", spec.name)))
+        .collect();
+    while let Some((name, chain)) = todo.pop() {
+        if name == spec.name {
+            return Err(CommandError::Spec(format!(
+                "start.after: {chain}: these apps would wait for each other forever"
+            )));
+        }
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(app) = s.apps.get(name).filter(|a| a.tenant == spec.tenant) else {
+            continue;
+        };
+        if app.placed_at_ms.is_some() || !app.state.is_live() {
+            continue;
+        }
+        for next in &app.current().spec.start.after {
+            todo.push((next.as_str(), format!("{chain} -> {next}")));
         }
     }
     Ok(())
@@ -137,10 +172,22 @@ pub(super) fn check_placement(
     app: &str,
     placement: &BTreeMap<String, String>,
 ) -> Result<(), CommandError> {
-    let spec = &known_app(s, app)?.current().spec;
+    let rec = known_app(s, app)?;
+    let spec = &rec.current().spec;
     // A bare operator name is no PE id.
     let is_pe = |pe: &str| pe.contains('@') && spec.operator(PeId::operator_of(pe)).is_some();
-    check_pes_and_workers(s, app, placement, is_pe, "")
+    check_pes_and_workers(s, app, placement, is_pe, "")?;
+    // Leaving the queue: the quota must still allow it when this commits (the
+    // decision was taken on an earlier state; an upgrade may have grown the tenant
+    // since). Refused, the app stays queued.
+    let quota = s.tenants.get(&rec.tenant).and_then(|t| t.quota.as_ref());
+    if let (Some(q), true) = (quota, rec.placement.is_empty() && !placement.is_empty()) {
+        let held = quota::held(s).remove(&rec.tenant).unwrap_or_default();
+        if let Some(why) = quota::over_quota(&rec.tenant, q, &held, &quota::Demand::of_spec(spec)) {
+            return Err(CommandError::Quota(why));
+        }
+    }
+    Ok(())
 }
 
 /// Every PE `placement` names is one `is_pe` knows, on an alive worker; `of` completes
@@ -180,9 +227,10 @@ pub(super) fn apply_set_placement(
     at_ms: u64,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-    // Entries written before the clock was carried say 0: not a time.
-    if rec.placement.is_empty() && !placement.is_empty() && at_ms != 0 {
-        rec.placed_at_ms = Some(at_ms);
+    // Entries written before the clock was carried say 0: their app counts as placed
+    // when it was submitted (deterministic on every master, and close enough).
+    if rec.placement.is_empty() && !placement.is_empty() {
+        rec.placed_at_ms = Some(if at_ms == 0 { rec.created_at_ms } else { at_ms });
     }
     let before = std::mem::replace(&mut rec.placement, placement.clone());
     set_gpus(rec, &before, gpus);

@@ -42,15 +42,16 @@ pub(super) fn check_begin(
     }
     if let Some(q) = s.tenants.get(&rec.tenant).and_then(|t| t.quota.as_ref()) {
         // Old and new versions run side by side until the switch: the tenant holds
-        // the larger of both, per resource.
+        // the current version's PEs and the new version's it does not share.
         let others = quota::held(s)
             .remove(&rec.tenant)
             .unwrap_or_default()
-            .minus(quota::held_by(rec));
-        let both = quota::held_by(rec).max(quota::Demand::of_spec(spec));
+            .minus(quota::held_by(s, rec));
+        let cur = &rec.current().spec;
+        let both = quota::Demand::of_spec(cur).plus(quota::extra_pes(cur, spec));
         if let Some(why) = quota::over_quota(&rec.tenant, q, &others, &both) {
             return Err(CommandError::Quota(format!(
-                "{why} (during the upgrade the app holds the larger of its old and new versions)"
+                "{why} (during the upgrade the app holds its PEs and the new version's it does not share)"
             )));
         }
     }
