@@ -68,9 +68,11 @@ fn by_objective(
     reqs: &[&PeRequest],
 ) -> Option<BTreeMap<PeId, Pin>> {
     let mut p = Problem::default();
-    // Device index in the problem -> (worker, device).
+    // Device index in the problem -> (worker, device); each worker's first index.
     let mut back: Vec<(usize, usize)> = Vec::new();
+    let mut first: Vec<usize> = Vec::with_capacity(workers.len());
     for (wi, w) in workers.iter().enumerate() {
+        first.push(back.len());
         p.hosts.push(Host {
             cpu_free: if w.alive { w.cpu_free } else { 0.0 },
             memory_free_mb: if w.alive { w.memory_free_mb } else { 0 },
@@ -89,15 +91,18 @@ fn by_objective(
     }
     for r in reqs {
         let g = r.gpu.as_ref()?;
-        let eligible = back
-            .iter()
-            .enumerate()
-            .filter(|(_, (wi, di))| {
-                let w = &workers[*wi];
-                host_ok(w, r) && device_ok(w.gpus[*di].vendor, r)
-            })
-            .map(|(i, _)| i)
-            .collect();
+        // Workers first (the image check is the costly one), then their devices.
+        let mut eligible = Vec::new();
+        for (wi, w) in workers.iter().enumerate() {
+            if w.gpus.is_empty() || !host_ok(w, r) {
+                continue;
+            }
+            for (di, d) in w.gpus.iter().enumerate() {
+                if device_ok(d.vendor, r) && d.memory_free_mb >= g.memory_mb {
+                    eligible.push(first[wi] + di);
+                }
+            }
+        }
         p.tasks.push(Task {
             slices: g.count,
             slice_mb: g.memory_mb,

@@ -103,6 +103,8 @@ pub const EXACT_LIMIT: usize = 16;
 pub const EXACT_MAX_DEVICES: usize = 64;
 /// The node budget [`solve`] gives [`exact`].
 pub const EXACT_NODE_LIMIT: u64 = 100_000;
+/// Past this many slices in a round, [`Method::Auto`] uses [`quick`].
+pub const LARGE_LIMIT: usize = 256;
 /// The node budget of the heuristic's last-resort feasibility search.
 pub const HEURISTIC_DFS_NODE_LIMIT: u64 = 200_000;
 /// The most improvement passes the heuristic makes.
@@ -298,6 +300,7 @@ pub fn cost(p: &Problem, placements: &[Placement]) -> f64 {
 pub fn solve(p: &Problem, method: Method) -> Option<Solution> {
     match method {
         Method::Heuristic => heuristic(p),
+        Method::Auto if slices(p) > LARGE_LIMIT => quick(p),
         Method::Auto if !is_small(p) => heuristic(p),
         Method::Exact | Method::Auto => match exact(p, EXACT_NODE_LIMIT) {
             Ok(s) => s,
@@ -310,11 +313,28 @@ pub fn solve(p: &Problem, method: Method) -> Option<Solution> {
 /// (a task without slices counting one: it is still a level of the search) and
 /// [`EXACT_MAX_DEVICES`] devices.
 pub fn is_small(p: &Problem) -> bool {
-    let slices = p
-        .tasks
+    slices(p) <= EXACT_LIMIT && p.devices.len() <= EXACT_MAX_DEVICES
+}
+
+/// The slices of `p`, a task without slices counting one.
+fn slices(p: &Problem) -> usize {
+    p.tasks
         .iter()
-        .fold(0usize, |n, t| n.saturating_add((t.slices as usize).max(1)));
-    slices <= EXACT_LIMIT && p.devices.len() <= EXACT_MAX_DEVICES
+        .fold(0usize, |n, t| n.saturating_add((t.slices as usize).max(1)))
+}
+
+/// For very large rounds (past [`LARGE_LIMIT`] slices): the heuristic's first start
+/// alone (each task, largest first, on its cheapest feasible set), or its second when
+/// the first leaves a task nowhere to go, with no improvement passes. The passes are
+/// what make the heuristic near-optimal on small rounds; on a round of thousands of
+/// slices they cost more than the whole scheduling budget, and a greedy start by the
+/// same weights already follows the policy.
+pub fn quick(p: &Problem) -> Option<Solution> {
+    let m = Model::new(p);
+    let placements = m
+        .greedy(Pref::Cheapest)
+        .or_else(|| m.greedy(Pref::Tightest))?;
+    Some(m.solution(p, placements, false))
 }
 
 /// The cheaper of two solutions, the first on a tie.

@@ -851,3 +851,28 @@ fn past_the_limit_the_cheaper_answer_wins() {
     assert_eq!(cheaper(Some(sol(2.0)), None), Some(sol(2.0)));
     assert_eq!(cheaper(None, None), None);
 }
+
+#[test]
+fn a_very_large_round_takes_the_quick_greedy_and_stays_valid() {
+    // 300 one-slice tasks (past LARGE_LIMIT) on 4 hosts of 25 devices of 16 GB.
+    let p = Problem {
+        hosts: (0..4).map(|_| host(1000.0, 1 << 30)).collect(),
+        devices: (0..100)
+            .map(|d| device(d / 25, 16_000, 1.0 + (d % 7) as f64 / 10.0))
+            .collect(),
+        tasks: (0..300)
+            .map(|i| {
+                task(
+                    1,
+                    4_000 + (i % 3) as u64 * 1_000,
+                    1.0,
+                    &(0..100).collect::<Vec<_>>(),
+                )
+            })
+            .collect(),
+    };
+    let s = solve(&p, Method::Auto).expect("room for all");
+    assert!(!s.exact);
+    check(&p, &s).unwrap();
+    assert_eq!(s, quick(&p).unwrap(), "Auto above LARGE_LIMIT is quick");
+}

@@ -10,9 +10,12 @@
 //! aging raises its rank in the queue, not its class.
 //!
 //! **Choice of victims.** The most recently placed first (they lose the least work),
-//! added one at a time until the high app fits the capacity they would free; then each
-//! one not needed after all is spared again. Pure: from the free capacity and the
-//! state.
+//! added one at a time until the high app fits the capacity they would free (placed
+//! as the queue places it); then each one not needed after all is spared again. When
+//! even all candidates together would not make room, nobody is stopped. The queue
+//! asks when it examines the high app, before any entry behind it, and then keeps the
+//! room being freed from the entries behind it (`queue::Wait::Preempting`). Pure:
+//! from the free capacity and the state.
 
 use super::{place_with, requests_for, DevicePolicy, WorkerCapacity};
 use crate::state::{AppRecord, AppState, ClusterState};
