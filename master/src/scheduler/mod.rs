@@ -255,6 +255,10 @@ pub fn place(
     place_pinned(workers, pending, placed, &BTreeMap::new())
 }
 
+/// Past this many GPU slices in one call, [`place_with`] leaves the devices to the
+/// search (best fit on each PE's preferred worker) rather than the objective.
+pub const SEARCH_LIMIT: usize = 1024;
+
 /// [`place`], with the GPU PEs' workers and devices chosen by `devices` first, for all
 /// of them at once ([`gpu::pin`]); the other PEs are then placed around them as
 /// usual. When the policy finds no placement for every GPU PE, or the other PEs fit
@@ -267,7 +271,14 @@ pub fn place_with(
     devices: &DevicePolicy,
 ) -> Result<BTreeMap<PeId, Assignment>, PlacementError> {
     let gpu: Vec<&PeRequest> = pending.iter().filter(|r| r.gpu.is_some()).collect();
-    let pins = if gpu.is_empty() {
+    let slices: usize = gpu
+        .iter()
+        .filter_map(|r| r.gpu.as_ref())
+        .map(|g| g.count as usize)
+        .sum();
+    // Past SEARCH_LIMIT slices even the quick greedy costs more than the search, whose
+    // best fit per PE is the fast heuristic for such rounds.
+    let pins = if gpu.is_empty() || slices > SEARCH_LIMIT {
         BTreeMap::new()
     } else {
         gpu::pin(devices, workers, &gpu).unwrap_or_default()

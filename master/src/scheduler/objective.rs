@@ -105,6 +105,9 @@ pub const EXACT_MAX_DEVICES: usize = 64;
 pub const EXACT_NODE_LIMIT: u64 = 100_000;
 /// Past this many slices in a round, [`Method::Auto`] uses [`quick`].
 pub const LARGE_LIMIT: usize = 256;
+/// Past this many (slice, device) pairs in a round, [`Method::Auto`] uses [`quick`]
+/// too: the heuristic's passes cost about that times a few hundred operations.
+pub const HEURISTIC_BUDGET: usize = 32_768;
 /// The node budget of the heuristic's last-resort feasibility search.
 pub const HEURISTIC_DFS_NODE_LIMIT: u64 = 200_000;
 /// The most improvement passes the heuristic makes.
@@ -300,7 +303,7 @@ pub fn cost(p: &Problem, placements: &[Placement]) -> f64 {
 pub fn solve(p: &Problem, method: Method) -> Option<Solution> {
     match method {
         Method::Heuristic => heuristic(p),
-        Method::Auto if slices(p) > LARGE_LIMIT => quick(p),
+        Method::Auto if slices(p) > LARGE_LIMIT || work(p) > HEURISTIC_BUDGET => quick(p),
         Method::Auto if !is_small(p) => heuristic(p),
         Method::Exact | Method::Auto => match exact(p, EXACT_NODE_LIMIT) {
             Ok(s) => s,
@@ -316,6 +319,11 @@ pub fn is_small(p: &Problem) -> bool {
     slices(p) <= EXACT_LIMIT && p.devices.len() <= EXACT_MAX_DEVICES
 }
 
+/// The (slice, device) pairs of `p`: what one pass of the heuristic looks at.
+fn work(p: &Problem) -> usize {
+    slices(p).saturating_mul(p.devices.len())
+}
+
 /// The slices of `p`, a task without slices counting one.
 fn slices(p: &Problem) -> usize {
     p.tasks
@@ -323,7 +331,8 @@ fn slices(p: &Problem) -> usize {
         .fold(0usize, |n, t| n.saturating_add((t.slices as usize).max(1)))
 }
 
-/// For very large rounds (past [`LARGE_LIMIT`] slices): the heuristic's first start
+/// For very large rounds (past [`LARGE_LIMIT`] slices or [`HEURISTIC_BUDGET`]
+/// slice-device pairs): the heuristic's first start
 /// alone (each task, largest first, on its cheapest feasible set), or its second when
 /// the first leaves a task nowhere to go, with no improvement passes. The passes are
 /// what make the heuristic near-optimal on small rounds; on a round of thousands of
