@@ -265,6 +265,8 @@ pub fn serve(
                     *shares.entry(tenant).or_default() += totals.dominant_share(&e.demand);
                 }
             }
+            // What its victims free is kept for a preempting entry, as for a starving one.
+            Some(Wait::Preempting(_)) => blocked.push((e.app.name.clone(), vendors)),
             Some(Wait::Capacity(_))
                 if now_ms.saturating_sub(e.queued_at_ms()) >= STARVING_MS && fits_empty(&e.app) =>
             {

@@ -291,3 +291,32 @@ fn after_names_only_the_tenants_own_apps_and_refuses_a_cycle() {
         "start.after: b -> a -> b: these apps would wait for each other forever"
     );
 }
+
+#[test]
+fn what_a_preempting_app_frees_is_kept_from_the_entries_behind_it() {
+    let mut s = cluster();
+    submit(&mut s, "urgent", "t", "priority: high\n", 0);
+    submit(&mut s, "small", "u", "", 1);
+    let order: Vec<(String, Option<Wait>)> = serve(
+        &s,
+        10,
+        QueueOrder::Fair,
+        &usage::held(&s),
+        &BTreeMap::new(),
+        |_| true,
+        |a| {
+            if a.name == "urgent" {
+                Err(Wait::Preempting(vec!["batch".into()]))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .into_iter()
+    .map(|(e, w)| (e.app.name.clone(), w))
+    .collect();
+    assert_eq!(
+        order[1],
+        ("small".to_string(), Some(Wait::Behind("urgent".into())))
+    );
+}
