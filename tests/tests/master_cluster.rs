@@ -464,13 +464,17 @@ async fn workers_register_heartbeat_and_are_marked_lost_when_silent() {
         .into_inner()
         .pools;
     assert_eq!(pools.len(), 1);
+    // Keyed by scenario (from the worker's pool) and vendor (from its device).
     assert_eq!(
         (
             pools[0].name.as_str(),
+            pools[0].scenario.as_str(),
+            pools[0].vendor.as_str(),
             pools[0].gpus_total,
-            pools[0].gpu_memory_total_mb
+            pools[0].gpu_memory_total_mb,
+            pools[0].gpu_memory_free_mb
         ),
-        ("inference", 1, 16384)
+        ("inference-nvidia", "inference", "nvidia", 1, 16384, 16384)
     );
     // Silence: marked lost (replicated, so every master agrees).
     eventually("w1 to be marked lost", || {
