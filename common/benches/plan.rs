@@ -45,11 +45,11 @@ fn pipeline(app: &mut AppSpec, p: usize, v2: bool) {
         ),
         (
             n("keep"),
-            OperatorKind::Filter(FilterParams {
+            OperatorKind::Filter(FilterParams::Compare(Comparison {
                 field: "x".into(),
                 op: CmpOp::Gt,
                 value: 3.into(),
-            }),
+            })),
             2,
         ),
         (
@@ -74,11 +74,11 @@ fn pipeline(app: &mut AppSpec, p: usize, v2: bool) {
         ),
         (
             n("hot"),
-            OperatorKind::Filter(FilterParams {
+            OperatorKind::Filter(FilterParams::Compare(Comparison {
                 field: "count".into(),
                 op: CmpOp::Gt,
                 value: 10.into(),
-            }),
+            })),
             2,
         ),
         (n("tag"), map("concat(key, \"-hot\")".into()), 2),

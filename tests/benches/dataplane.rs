@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::{
-    CmpOp, FilterParams, GeneratorParams, MapParams, OperatorKind, OperatorSpec, Partitioning,
-    Resources,
+    CmpOp, Comparison, FilterParams, GeneratorParams, MapParams, OperatorKind, OperatorSpec,
+    Partitioning, Resources,
 };
 use weir_worker::dataplane::{inbound, Admission, Dialer, Inputs};
 use weir_worker::runtime::{OutputConfig, PeConfig, Runtime, Target};
@@ -122,11 +122,11 @@ fn kinds() -> [OperatorKind; 4] {
             project: vec!["id".into(), "value".into(), "payload".into()],
             ..Default::default()
         }),
-        OperatorKind::Filter(FilterParams {
+        OperatorKind::Filter(FilterParams::Compare(Comparison {
             field: "value".into(),
             op: CmpOp::Lt,
             value: 900.into(),
-        }),
+        })),
         OperatorKind::SinkNull,
     ]
 }

@@ -69,7 +69,9 @@ fn operator(spec: &OperatorSpec) {
             }
         }
         OperatorKind::Filter(p) => {
-            let _ = Filter::new(p).apply(&batch);
+            if let Ok(f) = Filter::new(p) {
+                let _ = f.apply(&batch);
+            }
         }
         OperatorKind::KeyBy(p) => {
             let _ = KeyBy::new(p).apply(&batch);

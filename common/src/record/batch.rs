@@ -424,6 +424,11 @@ impl<'a> FieldReader<'a> {
         self.cols.iter().find_map(|c| raw_field(c, row))
     }
 
+    /// The columns of this name, in order.
+    pub(super) fn cols(&self) -> &[&'a Column] {
+        &self.cols
+    }
+
     /// Whether the batch has no column of this name (then no record has the field).
     pub fn is_empty(&self) -> bool {
         self.cols.is_empty()

@@ -29,11 +29,13 @@ mod builder;
 mod columns;
 mod gather;
 mod rows;
+mod typed;
 mod value;
 
 pub use batch::{Batch, BatchError, FieldReader, RawField, RecordRef};
 pub use builder::BatchBuilder;
 pub use columns::{ColumnValues, Columns};
+pub use typed::{NewColumn, OutColumn};
 pub use value::Value;
 
 #[cfg(test)]

@@ -331,9 +331,31 @@ pub const CMP_OPS: &[(&str, CmpOp)] = &[
     ("contains", CmpOp::Contains),
 ];
 
-/// Parameters of `filter`.
+/// Parameters of `filter`: a field compared with a constant, or a predicate over the
+/// record. Written as either form's own fields (untagged), so specs of the first form
+/// keep their fingerprints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FilterParams {
+#[serde(untagged)]
+pub enum FilterParams {
+    /// `{field: value, op: gt, value: 100}`.
+    Compare(Comparison),
+    /// `{where: "mod(id, 10) != 3 and value > 100"}`.
+    Where(Predicate),
+}
+
+/// A filter's predicate: an expression of the `map` language that gives a boolean
+/// (a comparison, or comparisons joined by `and`, `or`, `not`); records for which it
+/// is true pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Predicate {
+    /// The expression, e.g. `mod(auction, 123) == 0`.
+    #[serde(rename = "where")]
+    pub predicate: String,
+}
+
+/// A filter's test of one field against a constant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
     /// Field compared.
     pub field: String,
     /// Comparison.

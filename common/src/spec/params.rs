@@ -199,6 +199,33 @@ fn map(sink: &mut Sink, o: &mut Obj<'_>) -> Option<MapParams> {
 }
 
 fn filter(sink: &mut Sink, o: &mut Obj<'_>) -> Option<FilterParams> {
+    if o.has("where") {
+        for other in ["field", "op", "value"] {
+            if !o.has(other) {
+                continue;
+            }
+            o.raw(other);
+            sink.push(
+                o.at(other),
+                "a filter has either `where` or `field`, `op` and `value`, not both",
+            );
+        }
+        let src = o.req_nonempty(sink, "where")?;
+        return match parse_expr(&src) {
+            Ok(e) if e.is_predicate() => Some(FilterParams::Where(Predicate { predicate: src })),
+            Ok(_) => {
+                sink.push(
+                    o.at("where"),
+                    "must give true or false: a comparison (==, !=, <, <=, >, >=), or comparisons joined by and, or, not",
+                );
+                None
+            }
+            Err(e) => {
+                sink.push(o.at("where"), e);
+                None
+            }
+        };
+    }
     let field = o.req_nonempty(sink, "field");
     let op = o.required(sink, "op").and_then(|v| match v {
         Value::String(s) => choice(sink, o.at("op"), s, CMP_OPS),
@@ -224,11 +251,11 @@ fn filter(sink: &mut Sink, o: &mut Obj<'_>) -> Option<FilterParams> {
         sink.push(o.at("value"), "op contains needs a string value");
         return None;
     }
-    Some(FilterParams {
+    Some(FilterParams::Compare(Comparison {
         field: field?,
         op: op?,
         value: value?,
-    })
+    }))
 }
 
 fn protocol(sink: &mut Sink, o: &mut Obj<'_>) -> PeProtocol {

@@ -70,6 +70,11 @@ impl<'a> Obj<'a> {
         (!v.is_null()).then_some(v)
     }
 
+    /// Whether `key` is given (not absent, not `null`); consumes nothing.
+    pub fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
     /// `key` must be present.
     pub fn required(&mut self, sink: &mut Sink, key: &'static str) -> Option<&'a Value> {
         let v = self.raw(key);

@@ -191,11 +191,11 @@ fn operator(i: usize, kind: u8, s: &Slot) -> OperatorSpec {
             set: [("x".to_string(), format!("add(id, {v})"))].into(),
             ..Default::default()
         }),
-        2 => OperatorKind::Filter(FilterParams {
+        2 => OperatorKind::Filter(FilterParams::Compare(Comparison {
             field: "id".into(),
             op: CmpOp::Gt,
             value: serde_json::json!(v),
-        }),
+        })),
         3 => OperatorKind::WindowCount(WindowCountParams {
             size_ms: 1000 * (u64::from(v) + 1),
         }),

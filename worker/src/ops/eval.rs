@@ -52,13 +52,53 @@ pub fn eval(e: &Expr, get: &dyn Fn(&str) -> Option<Value>) -> Value {
     match e {
         Expr::Field(name) => get(name).unwrap_or(Value::Null),
         Expr::Str(s) => Value::Str(s.clone()),
-        Expr::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::I64(*n as i64),
-        Expr::Num(n) => Value::F64(*n),
+        Expr::Num(n) => number(*n),
         Expr::Call(f, args) => {
             let a: Vec<Value> = args.iter().map(|x| eval(x, get)).collect();
             call(*f, &a)
         }
+        Expr::Cmp(op, a, b) => Value::Bool(compare_values(&eval(a, get), *op, &eval(b, get))),
+        Expr::And(a, b) => Value::Bool(truth(&eval(a, get)) && truth(&eval(b, get))),
+        Expr::Or(a, b) => Value::Bool(truth(&eval(a, get)) || truth(&eval(b, get))),
+        Expr::Not(a) => Value::Bool(!truth(&eval(a, get))),
     }
+}
+
+/// Whether a value counts as true for `and`, `or`, `not` and a filter's `where`: only
+/// `true` does (null, numbers and text do not).
+pub fn truth(v: &Value) -> bool {
+    matches!(v, Value::Bool(true))
+}
+
+/// The constant of an `Expr::Num`: an integer when it is one.
+pub fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Value::I64(n as i64)
+    } else {
+        Value::F64(n)
+    }
+}
+
+/// Whether `a op b` holds, for two computed values: as [`compare`] does for a field
+/// and a constant. A null side equals nothing (only `ne` holds); numbers compare as
+/// numbers, and so does a text holding a number against a number; anything else
+/// compares as text.
+pub fn compare_values(a: &Value, op: CmpOp, b: &Value) -> bool {
+    if *a == Value::Null || *b == Value::Null {
+        return op == CmpOp::Ne;
+    }
+    if op == CmpOp::Contains {
+        return a.to_string().contains(&b.to_string());
+    }
+    let is_number = |v: &Value| matches!(v, Value::I64(_) | Value::F64(_));
+    let ord = match (a, b) {
+        (Value::I64(x), Value::I64(y)) => Some(x.cmp(y)),
+        _ => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) if is_number(a) || is_number(b) => x.partial_cmp(&y),
+            _ => Some(a.to_string().cmp(&b.to_string())),
+        },
+    };
+    ord.is_some_and(|ord| holds(ord, op))
 }
 
 fn num2(a: &[Value], int: fn(i64, i64) -> Option<i64>, float: fn(f64, f64) -> f64) -> Value {
@@ -78,7 +118,8 @@ fn num2(a: &[Value], int: fn(i64, i64) -> Option<i64>, float: fn(f64, f64) -> f6
     }
 }
 
-fn call(f: Func, a: &[Value]) -> Value {
+/// `f` applied to values (the per-record definition every kernel must agree with).
+pub fn call(f: Func, a: &[Value]) -> Value {
     match f {
         Func::Upper => Value::Str(a[0].to_string().to_uppercase()),
         Func::Lower => Value::Str(a[0].to_string().to_lowercase()),

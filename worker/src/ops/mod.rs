@@ -14,6 +14,7 @@ pub mod generator;
 pub mod sink;
 pub mod source;
 pub mod transform;
+pub mod vector;
 pub mod verify;
 pub mod window;
 

@@ -2,11 +2,14 @@
 
 use super::eval::{compare, eval, holds, Implicit};
 use super::map_batch;
+use super::vector::{self, Vector};
 use bytes::BytesMut;
 use std::fmt::Write as _;
-use weir_common::record::{Batch, BatchBuilder, BatchError, FieldReader, RawField, Value};
+use weir_common::record::{
+    Batch, BatchBuilder, BatchError, FieldReader, OutColumn, RawField, Value,
+};
 use weir_common::spec::expr::{parse_expr, Expr};
-use weir_common::spec::{CmpOp, FilterParams, KeyByParams, MapParams};
+use weir_common::spec::{CmpOp, Comparison, FilterParams, KeyByParams, MapParams};
 
 /// `map`: rename, then compute `set` fields (in name order), then project.
 #[derive(Clone, Debug)]
@@ -59,6 +62,58 @@ impl Map {
                 (self.project.is_empty() || self.project.iter().any(|p| p == n)).then_some(to)
             });
         }
+        self.by_columns(batch)
+            .unwrap_or_else(|| self.by_records(batch))
+    }
+
+    /// The map computed column by column ([`vector`]): the batch's columns kept (under
+    /// their new names) and each `set` field computed once for the whole batch. `None`
+    /// for the shapes where a record's fields would not come out in the order the
+    /// per-record definition gives them (two fields of one name, or a field that some
+    /// records have and others do not): [`Map::by_records`] computes those. Sources
+    /// and every `map` make batches of neither shape.
+    fn by_columns(&self, batch: &Batch) -> Option<Batch> {
+        let names: Vec<&str> = batch.column_names().map(|n| self.renamed(n)).collect();
+        let unique = !names
+            .iter()
+            .enumerate()
+            .any(|(i, n)| names[..i].contains(n));
+        if !unique || !(0..names.len()).all(|i| batch.column_complete(i)) {
+            return None;
+        }
+        let mut env = MapFields {
+            batch,
+            fields: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (*n, Source::Column(i)))
+                .collect(),
+        };
+        for (name, e) in &self.set {
+            let v = vector::eval(e, batch, &env);
+            match env.fields.iter_mut().find(|(n, _)| n == name) {
+                Some((_, slot)) => *slot = Source::Computed(v),
+                None => env.fields.push((name, Source::Computed(v))),
+            }
+        }
+        let n = batch.len();
+        let out = env
+            .fields
+            .into_iter()
+            .filter(|(name, _)| self.project.is_empty() || self.project.iter().any(|p| p == name))
+            .map(|(name, src)| match src {
+                Source::Column(index) => OutColumn::Kept { index, name },
+                Source::Computed(v) => OutColumn::New {
+                    name,
+                    values: v.into_column(n),
+                },
+            })
+            .collect();
+        batch.with_columns(out).ok()
+    }
+
+    /// The map computed record by record: the definition [`Map::by_columns`] follows.
+    pub(crate) fn by_records(&self, batch: &Batch) -> Batch {
         map_batch(batch, |r, out| {
             let mut fields: Vec<(String, Value)> = r
                 .fields()
@@ -89,10 +144,72 @@ impl Map {
     }
 }
 
+/// Where a field of a `map`'s output comes from.
+enum Source {
+    /// Column `i` of the input.
+    Column(usize),
+    /// A `set` expression's values.
+    Computed(Vector),
+}
+
+/// The fields a `set` expression sees: the input's (renamed) and the `set` fields
+/// computed before it.
+struct MapFields<'a> {
+    batch: &'a Batch,
+    fields: Vec<(&'a str, Source)>,
+}
+
+impl vector::Fields for MapFields<'_> {
+    fn field(&self, name: &str) -> Option<Vector> {
+        let (_, src) = self.fields.iter().find(|(n, _)| *n == name)?;
+        Some(match src {
+            Source::Computed(v) => v.clone(),
+            Source::Column(i) => {
+                let own = self.batch.column_names().nth(*i).unwrap_or(name);
+                let r = self.batch.field_reader(own);
+                vector::read(self.batch, &r, name)
+            }
+        })
+    }
+}
+
 /// `filter`.
 #[derive(Clone, Debug)]
-pub struct Filter {
-    p: FilterParams,
+pub enum Filter {
+    /// A field against a constant.
+    Field(FieldFilter),
+    /// A predicate, evaluated column by column.
+    Where(Expr),
+}
+
+impl Filter {
+    /// A filter with these params (validated specs always compile).
+    pub fn new(p: &FilterParams) -> Result<Self, String> {
+        match p {
+            FilterParams::Compare(c) => Ok(Self::Field(FieldFilter::new(c))),
+            FilterParams::Where(w) => parse_expr(&w.predicate)
+                .map(Self::Where)
+                .map_err(|e| format!("where: {e}")),
+        }
+    }
+
+    /// Keeps the records that pass.
+    pub fn apply(&self, batch: &Batch) -> Batch {
+        let kept = match self {
+            Self::Field(f) => f.rows(batch),
+            Self::Where(e) => vector::select(e, batch),
+        };
+        if kept.len() == batch.len() {
+            return batch.clone();
+        }
+        batch.gather(&kept)
+    }
+}
+
+/// A `filter` of the form `{field, op, value}`.
+#[derive(Clone, Debug)]
+pub struct FieldFilter {
+    p: Comparison,
     /// The constant, when the test is an ordering against a number: a numeric field
     /// is then compared without going through [`compare`] (same answer, fewer steps).
     number: Option<f64>,
@@ -100,9 +217,9 @@ pub struct Filter {
     implicit: Option<Implicit>,
 }
 
-impl Filter {
+impl FieldFilter {
     /// A filter with these params.
-    pub fn new(p: &FilterParams) -> Self {
+    pub fn new(p: &Comparison) -> Self {
         let number = p
             .value
             .as_f64()
@@ -128,12 +245,12 @@ impl Filter {
         compare(f.map(|f| f.decode()).as_ref(), self.p.op, &self.p.value)
     }
 
-    /// Keeps the records that pass, copying them as they are encoded: only the
-    /// tested field is read (its column looked up once per batch) and decoded.
-    pub fn apply(&self, batch: &Batch) -> Batch {
+    /// The rows that pass: only the tested field is read (its column looked up once
+    /// per batch) and decoded.
+    fn rows(&self, batch: &Batch) -> Vec<u32> {
         let field = batch.field_reader(&self.p.field);
         let numbers = self.number.and_then(|n| Some((n, field.numbers()?)));
-        let kept = if let Some((n, numbers)) = numbers {
+        if let Some((n, numbers)) = numbers {
             numbers
                 .enumerate()
                 .filter(|&(_, x)| self.passes(x, n))
@@ -143,11 +260,7 @@ impl Filter {
             self.rows_with(batch, &field, part)
         } else {
             field.rows_where(batch.len(), |f| self.test(f))
-        };
-        if kept.len() == batch.len() {
-            return batch.clone();
         }
-        batch.gather(&kept)
     }
 
     /// The rows that pass when the field is `key` or `ts`: a record's own field of that
@@ -349,11 +462,12 @@ mod tests {
 
     #[test]
     fn filter_keeps_exactly_the_matching_records_with_their_origin() {
-        let f = Filter::new(&FilterParams {
+        let f = Filter::new(&FilterParams::Compare(Comparison {
             field: "value".into(),
             op: CmpOp::Lt,
             value: 500.into(),
-        });
+        }))
+        .unwrap();
         let input = input();
         let expected: Vec<u64> = input
             .iter()
@@ -411,17 +525,22 @@ mod tests {
         let constants: [serde_json::Value; 4] = [3.into(), 2.5.into(), "3".into(), "b".into()];
         for (batch, op) in batches.iter().flat_map(|b| ops.map(|op| (b, op))) {
             for c in &constants {
-                let p = FilterParams {
+                let p = FilterParams::Compare(Comparison {
                     field: "f".into(),
                     op,
                     value: c.clone(),
-                };
+                });
                 let want: Vec<u64> = batch
                     .iter()
                     .filter(|r| compare(r.field("f").as_ref(), op, c))
                     .map(|r| r.seq)
                     .collect();
-                let got: Vec<u64> = Filter::new(&p).apply(batch).iter().map(|r| r.seq).collect();
+                let got: Vec<u64> = Filter::new(&p)
+                    .unwrap()
+                    .apply(batch)
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect();
                 assert_eq!(got, want, "{op:?} {c}");
             }
         }
@@ -519,12 +638,13 @@ mod tests {
                     .filter(|(_, v)| compare(v.as_ref(), *op, value))
                     .map(|(r, _)| r.seq)
                     .collect();
-                let p = FilterParams {
+                let p = FilterParams::Compare(Comparison {
                     field: field.to_string(),
                     op: *op,
                     value: value.clone(),
-                };
+                });
                 let got: Vec<u64> = Filter::new(&p)
+                    .unwrap()
                     .apply(&batch)
                     .iter()
                     .map(|r| r.seq)
@@ -534,12 +654,13 @@ mod tests {
         }
         // On the generator's records: `key` is `k<id % 5>`, `ts` the base plus the id.
         let only = |field: &str, op, value: serde_json::Value| {
-            let p = FilterParams {
+            let p = FilterParams::Compare(Comparison {
                 field: field.into(),
                 op,
                 value,
-            };
+            });
             Filter::new(&p)
+                .unwrap()
                 .apply(&input())
                 .iter()
                 .map(|r| r.seq)

@@ -103,7 +103,7 @@ impl Kernel {
     ) -> Result<Self, KernelError> {
         Ok(match &spec.kind {
             OperatorKind::Map(p) => Kernel::Map(Map::new(p).map_err(KernelError::Spec)?),
-            OperatorKind::Filter(p) => Kernel::Filter(Filter::new(p)),
+            OperatorKind::Filter(p) => Kernel::Filter(Filter::new(p).map_err(KernelError::Spec)?),
             OperatorKind::KeyBy(p) => Kernel::KeyBy(KeyBy::new(p)),
             OperatorKind::WindowCount(p) => Kernel::Window(Window::new(
                 WindowKind::Count,

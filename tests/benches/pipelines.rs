@@ -1,0 +1,377 @@
+//! Throughput of pipelines that compute, measured the way users run Weir: the release
+//! `weir-master` (`--dev`) and one or two `weir-worker` processes on loopback, each
+//! app submitted over gRPC and timed from submit to `FINISHED` (every PE stopped).
+//! Per run: records/s over the whole run and in steady state (the sinks' input
+//! between 20% and 80% of the records, from the PE stats the worker reports), the
+//! workers' CPU time per record (`/proc/<pid>/stat`) and their peak RSS (`VmHWM`).
+//! Checkpoints every second, and off (`--checkpoint-interval-ms 0`).
+//!
+//! Next to them, measured in the same run: the same operators chained in this
+//! process on one thread (no data plane, no master: what the operators alone cost),
+//! and raw loopback TCP (bytes/s turned into records/s at the pipeline's record size).
+//!
+//! ```sh
+//! cargo build --release -p weir-master -p weir-worker
+//! cargo bench -p weir-tests --bench pipelines
+//! ```
+//! `WEIR_BENCH_RECORDS=N` sets the records per run (20,000,000 by default);
+//! `WEIR_BENCH_REPS=N` the runs per case (3; the median is shown, and the highest
+//! RSS); `WEIR_BENCH_ONLY=name,name` runs only those pipelines. Workers report PE
+//! stats every 500 ms, so the steady rate needs runs of a few seconds.
+
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_common::spec::{parse_app, AppSpec, OperatorKind, SpecFormat};
+use weir_proto::v1 as pb;
+use weir_worker::ops::Generator;
+use weir_worker::runtime::kernel::{Kernel, Programs};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const RECORDS: u64 = 20_000_000;
+
+/// A pipeline: its name, its spec (`RECORDS` and `PAR` replaced) and the operator
+/// whose input counts as done work.
+struct Pipeline {
+    name: &'static str,
+    spec: &'static str,
+    sink: &'static str,
+}
+
+const GEN: &str = "{name: gen, kind: source.generator, parallelism: PAR, params: {count: RECORDS, keys: 1000, payload_bytes: 84}}";
+
+fn pipelines() -> Vec<Pipeline> {
+    vec![
+        Pipeline {
+            name: "computed",
+            spec: "operators:\n  - GEN\n  - {name: m1, kind: map, parallelism: PAR, params: {set: {k: \"mod(id, 1000)\", r: \"mod(id, 10)\"}}}\n  - {name: f, kind: filter, parallelism: PAR, params: {field: r, op: ne, value: 3}}\n  - {name: m2, kind: map, parallelism: PAR, params: {set: {k: \"add(k, 1)\"}, project: [id, k, payload]}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: gen, to: m1}\n  - {from: m1, to: f}\n  - {from: f, to: m2}\n  - {from: m2, to: out}\n",
+            sink: "out",
+        },
+        Pipeline {
+            name: "one-map",
+            spec: "operators:\n  - GEN\n  - {name: m, kind: map, parallelism: PAR, params: {set: {r: \"mod(id, 10)\"}}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: gen, to: m}\n  - {from: m, to: out}\n",
+            sink: "out",
+        },
+        Pipeline {
+            name: "where",
+            spec: "operators:\n  - GEN\n  - {name: f, kind: filter, parallelism: PAR, params: {where: \"mod(id, 10) != 3 and value > 100\"}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: gen, to: f}\n  - {from: f, to: out}\n",
+            sink: "out",
+        },
+        Pipeline {
+            name: "project-filter",
+            spec: "operators:\n  - GEN\n  - {name: m, kind: map, parallelism: PAR, params: {project: [id, value, payload]}}\n  - {name: f, kind: filter, parallelism: PAR, params: {field: value, op: gt, value: 100}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: gen, to: m}\n  - {from: m, to: f}\n  - {from: f, to: out}\n",
+            sink: "out",
+        },
+    ]
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spec_text(p: &Pipeline, records: u64, par: u32) -> String {
+    format!("name: {}\ntenant: bench\n{}", p.name, p.spec)
+        .replace("GEN", GEN)
+        .replace("RECORDS", &records.to_string())
+        .replace("PAR", &par.to_string())
+}
+
+/// A process's CPU seconds so far (user + system; clock ticks of 1/100 s).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A process's peak RSS in MB.
+fn peak_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// What one run measured.
+struct Run {
+    total: f64,
+    steady: f64,
+    cpu_ns: f64,
+    rss_mb: f64,
+    placement: String,
+}
+
+/// One run: fresh processes, one app, timed.
+async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: bool) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let master_addr = format!("127.0.0.1:{}", weir_tests::free_port());
+    let interval = if checkpoints { "1000" } else { "0" };
+    let mut procs = vec![
+        tokio::process::Command::new(weir_tests::release_binary("weir-master"))
+            .args([
+                "--dev",
+                "--insecure",
+                "--listen",
+                &master_addr,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("m"))
+            .args(["--checkpoint-interval-ms", interval])
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
+    ];
+    let names: Vec<String> = (1..=workers).map(|i| format!("w{i}")).collect();
+    for w in &names {
+        procs.push(
+            tokio::process::Command::new(weir_tests::release_binary("weir-worker"))
+                .args([
+                    "--id",
+                    w,
+                    "--master",
+                    &master_addr,
+                    "--no-nvml",
+                    "--insecure",
+                ])
+                .args([
+                    "--control-address",
+                    &format!("127.0.0.1:{}", weir_tests::free_port()),
+                ])
+                .args([
+                    "--data-address",
+                    &format!("127.0.0.1:{}", weir_tests::free_port()),
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join(w))
+                .env("RUST_LOG", "error")
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let worker_pids: Vec<u32> = procs[1..].iter().filter_map(|c| c.id()).collect();
+    let client = weir_tests::eventually_within("the workers", Duration::from_secs(60), || {
+        let addr = master_addr.clone();
+        async move {
+            let mut c = pb::weir_client::WeirClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            let w = c.list_workers(pb::ListWorkersRequest {}).await.ok()?;
+            (w.into_inner().workers.len() == workers).then_some(c)
+        }
+    })
+    .await;
+    let cpu0: f64 = worker_pids.iter().map(|p| cpu_secs(*p)).sum();
+    let mut c = client.clone();
+    let started = Instant::now();
+    c.submit_app(weir_tests::submit_yaml(spec_text(p, records, par)))
+        .await
+        .unwrap();
+    // The sinks' input, sampled: the first samples past 20% and 80% time the steady
+    // state.
+    let (lo, hi) = (records / 5, records * 4 / 5);
+    let (mut at_lo, mut at_hi) = (None, None);
+    let detail = loop {
+        let d = weir_tests::app_detail(&mut c, p.name).await;
+        let now = started.elapsed().as_secs_f64();
+        if let Some(d) = d {
+            let seen: u64 = d
+                .pes
+                .iter()
+                .filter(|v| v.pe.as_ref().is_some_and(|r| r.operator == p.sink))
+                .filter_map(|v| v.stats.as_ref())
+                .map(|s| s.records_in)
+                .sum();
+            if at_lo.is_none() && seen >= lo {
+                at_lo = Some((now, seen));
+            }
+            if at_hi.is_none() && seen >= hi {
+                at_hi = Some((now, seen));
+            }
+            if d.summary.as_ref().map(|s| s.state) == Some(pb::AppState::Finished as i32) {
+                break d;
+            }
+        }
+        assert!(now < 900.0, "{} did not finish", p.name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let cpu: f64 = worker_pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
+    let rss_mb = worker_pids.iter().map(|p| peak_mb(*p)).sum();
+    let steady = match (at_lo, at_hi) {
+        (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (t1 - t0),
+        _ => f64::NAN,
+    };
+    let placement = names
+        .iter()
+        .map(|w| {
+            let n = detail.pes.iter().filter(|v| v.worker_id == *w).count();
+            format!("{w}:{n}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    for mut p in procs {
+        let _ = p.start_kill();
+        let _ = p.wait().await;
+    }
+    Run {
+        total: records as f64 / secs,
+        steady,
+        cpu_ns: cpu * 1e9 / records as f64,
+        rss_mb,
+        placement,
+    }
+}
+
+/// The pipeline's operators chained in this process, one thread: records/s and the
+/// bytes of one record as the source makes it.
+async fn in_process(spec: &AppSpec, records: u64) -> (f64, f64) {
+    let ops = &spec.operators;
+    let OperatorKind::Generator(g) = &ops[0].kind else {
+        panic!("in-process runs start at a generator");
+    };
+    let mut kernels = Vec::new();
+    for op in &ops[1..] {
+        let k = Kernel::build("bench", op, 0, 1, 1, &[], &Programs::default())
+            .await
+            .unwrap();
+        kernels.push(k);
+    }
+    let mut p = g.clone();
+    p.count = Some(records);
+    let mut gen = Generator::new(p, 0, 0, 1);
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    while let Some(mut b) = gen.next_batch(4096) {
+        n += b.len() as u64;
+        bytes += b.encoded_len() as u64;
+        for k in &mut kernels {
+            match k.process(0, &b).await.unwrap() {
+                Some(out) => b = out,
+                None => break,
+            }
+        }
+        std::hint::black_box(&b);
+    }
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        bytes as f64 / n.max(1) as f64,
+    )
+}
+
+/// Raw loopback TCP, bytes/s, one connection, 1 MiB writes.
+async fn raw_tcp(total: u64) -> f64 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while n < total {
+            let r = s.read(&mut buf).await.unwrap();
+            if r == 0 {
+                break;
+            }
+            n += r as u64;
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < total {
+        s.write_all(&chunk).await.unwrap();
+        sent += chunk.len() as u64;
+    }
+    reader.await.unwrap();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The run of median total rate, with the median steady rate and CPU, and the
+/// highest RSS of all.
+fn median(mut runs: Vec<Run>) -> Run {
+    let mid = runs.len() / 2;
+    let mut steady: Vec<f64> = runs.iter().map(|r| r.steady).collect();
+    let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ns).collect();
+    steady.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    let rss = runs.iter().map(|r| r.rss_mb).fold(0.0, f64::max);
+    runs.sort_by(|a, b| a.total.total_cmp(&b.total));
+    let mut r = runs.swap_remove(mid);
+    r.steady = steady[mid];
+    r.cpu_ns = cpu[mid];
+    r.rss_mb = rss;
+    r
+}
+
+fn m(x: f64) -> String {
+    format!("{:.2} M", x / 1e6)
+}
+
+async fn bench() {
+    let records = env("WEIR_BENCH_RECORDS", RECORDS);
+    let reps = env("WEIR_BENCH_REPS", 3).max(1);
+    let only: Option<Vec<String>> = std::env::var("WEIR_BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let tcp = raw_tcp(4 << 30).await;
+    println!(
+        "raw loopback TCP: {:.2} GB/s; {} records, checkpoints every 1 s unless 'off'",
+        tcp / 1e9,
+        records
+    );
+    println!(
+        "| pipeline | workers x PEs/op | checkpoints | end to end records/s (steady) | worker CPU ns/record | worker peak RSS MB | in-process 1 thread | raw TCP at this record size | placement |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for p in pipelines() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == p.name))
+        {
+            continue;
+        }
+        let spec = parse_app(&spec_text(&p, records, 1), SpecFormat::Yaml).unwrap();
+        let (inproc, record_bytes) = in_process(&spec, records).await;
+        let tcp_records = tcp / record_bytes;
+        let cases: &[(usize, u32, bool)] =
+            &[(1, 1, true), (1, 1, false), (1, 2, true), (2, 2, true)];
+        for &(workers, par, cp) in cases {
+            let mut runs = Vec::new();
+            for _ in 0..reps {
+                runs.push(run(&p, records, workers, par, cp).await);
+            }
+            let r = median(runs);
+            println!(
+                "| {} | {} x {} | {} | {} ({}) | {:.0} | {:.0} | {} | {} | {} |",
+                p.name,
+                workers,
+                par,
+                if cp { "1 s" } else { "off" },
+                m(r.total),
+                m(r.steady),
+                r.cpu_ns,
+                r.rss_mb,
+                m(inproc),
+                m(tcp_records),
+                r.placement
+            );
+        }
+    }
+}
+
+fn main() {
+    weir_tests::bench_main("pipelines", bench);
+}
