@@ -257,3 +257,28 @@ async fn agg_counts_bids_per_auction_and_window_as_the_reference_does() {
     );
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q5_counts_bids_per_auction_in_sliding_windows_as_the_reference_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = scaled(example("q5.yaml"), dir.path());
+    run(&app).await;
+    let mut got = BTreeMap::new();
+    for m in lines(&dir.path().join("out.jsonl")) {
+        let key: i64 = m["key"].as_str().unwrap().parse().unwrap();
+        let start = int(&m, "window_start");
+        assert_eq!(int(&m, "window_end"), start + 10_000);
+        assert_eq!(start.rem_euclid(2_000), 0);
+        let fresh = got.insert((key, start), int(&m, "count")).is_none();
+        assert!(fresh, "window ({key}, {start}) emitted twice");
+    }
+    // Each bid counts in the 5 windows starting at a multiple of 2 s in (t - 10 s, t].
+    let mut want = BTreeMap::new();
+    for (auction, _, _, t) in bids() {
+        let latest = t.div_euclid(2_000) * 2_000;
+        for k in 0..5 {
+            *want.entry((auction, latest - k * 2_000)).or_insert(0i64) += 1;
+        }
+    }
+    assert_eq!(got, want);
+}

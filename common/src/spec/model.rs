@@ -117,6 +117,9 @@ pub enum OperatorKind {
     /// Keyed tumbling window summing a numeric field per key.
     #[serde(rename = "window.sum")]
     WindowSum(WindowSumParams),
+    /// Keyed hopping (sliding) window counting records per key.
+    #[serde(rename = "window.hop")]
+    WindowHop(WindowHopParams),
 
     /// Appends JSON lines to a file, made visible at checkpoints.
     #[serde(rename = "sink.file")]
@@ -162,6 +165,7 @@ impl OperatorKind {
             Self::KeyBy(_) => "key_by",
             Self::WindowCount(_) => "window.count",
             Self::WindowSum(_) => "window.sum",
+            Self::WindowHop(_) => "window.hop",
             Self::SinkFile(_) => "sink.file",
             Self::SinkTcp(_) => "sink.tcp",
             Self::SinkNull => "sink.null",
@@ -186,7 +190,10 @@ impl OperatorKind {
 
     /// Whether PEs of this kind hold state keyed by record key (split by key group).
     pub fn keyed_state(&self) -> bool {
-        matches!(self, Self::WindowCount(_) | Self::WindowSum(_))
+        matches!(
+            self,
+            Self::WindowCount(_) | Self::WindowSum(_) | Self::WindowHop(_)
+        )
     }
 
     /// Whether PEs of this kind hold state that an upgrade must hand over.
@@ -213,6 +220,7 @@ pub const KIND_NAMES: &[&str] = &[
     "key_by",
     "window.count",
     "window.sum",
+    "window.hop",
     "sink.file",
     "sink.tcp",
     "sink.null",
@@ -421,6 +429,19 @@ pub struct WindowSumParams {
     /// Numeric field summed per key.
     pub field: String,
 }
+
+/// Parameters of `window.hop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowHopParams {
+    /// Window length in milliseconds of event time; a multiple of `slide_ms`.
+    pub size_ms: u64,
+    /// How far each window starts after the previous one, ms.
+    pub slide_ms: u64,
+}
+
+/// Most windows one record may fall in (`size_ms / slide_ms`) in a `window.hop`: each
+/// is a separate count to update, so the bound keeps a record's cost small.
+pub const MAX_HOP_WINDOWS: u64 = 1_000;
 
 /// Parameters of `sink.file`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,7 @@ pub(crate) fn parse_kind(
                 field: field?,
             }))
         }
+        "window.hop" => window_hop(sink, &mut o).map(OperatorKind::WindowHop),
         "sink.file" => {
             let path = o.req_nonempty(sink, "path");
             Some(OperatorKind::SinkFile(SinkFileParams { path: path? }))
@@ -220,6 +221,39 @@ fn window_size(sink: &mut Sink, o: &mut Obj<'_>) -> Option<u64> {
         return None;
     }
     Some(n)
+}
+
+fn window_hop(sink: &mut Sink, o: &mut Obj<'_>) -> Option<WindowHopParams> {
+    let size_ms = window_size(sink, o);
+    let slide_ms = match o.required(sink, "slide_ms") {
+        Some(v) => match super::reader::as_u64(sink, o.at("slide_ms"), v) {
+            Some(0) => {
+                sink.push(o.at("slide_ms"), "must be > 0");
+                None
+            }
+            other => other,
+        },
+        None => None,
+    };
+    let (size_ms, slide_ms) = (size_ms?, slide_ms?);
+    if size_ms % slide_ms != 0 {
+        sink.push(
+            o.at("size_ms"),
+            format!("{size_ms} is not a multiple of slide_ms ({slide_ms})"),
+        );
+        return None;
+    }
+    if size_ms / slide_ms > MAX_HOP_WINDOWS {
+        sink.push(
+            o.at("slide_ms"),
+            format!(
+                "{slide_ms} puts each record in {} windows (size_ms / slide_ms); at most {MAX_HOP_WINDOWS}",
+                size_ms / slide_ms
+            ),
+        );
+        return None;
+    }
+    Some(WindowHopParams { size_ms, slide_ms })
 }
 
 fn map(sink: &mut Sink, o: &mut Obj<'_>) -> Option<MapParams> {
@@ -558,6 +592,71 @@ mod tests {
             .unwrap_err()
             .0;
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    /// A source, a `window.hop` with `params` and a sink.
+    fn hop_app(params: &str) -> Result<crate::spec::AppSpec, crate::Problems> {
+        crate::spec::parse_app(
+            &format!(
+                "name: h\noperators:\n\
+                 - {{name: src, kind: source.nexmark}}\n\
+                 - {{name: hot, kind: window.hop, params: {params}}}\n\
+                 - {{name: out, kind: sink.null}}\n\
+                 streams:\n- {{from: src, to: hot, partitioning: hash}}\n- {{from: hot, to: out}}\n"
+            ),
+            crate::spec::SpecFormat::Yaml,
+        )
+    }
+
+    #[test]
+    fn window_hop_takes_a_size_that_is_a_multiple_of_the_slide() {
+        let spec = hop_app("{size_ms: 10000, slide_ms: 2000}").unwrap();
+        let op = spec.operator("hot").unwrap();
+        assert_eq!(
+            op.kind,
+            OperatorKind::WindowHop(WindowHopParams {
+                size_ms: 10_000,
+                slide_ms: 2_000
+            })
+        );
+        assert!(op.kind.keyed_state() && op.kind.stateful());
+        // A slide equal to the size is a tumbling window.
+        hop_app("{size_ms: 500, slide_ms: 500}").unwrap();
+    }
+
+    #[test]
+    fn window_hop_bounds_are_refused_at_their_paths() {
+        let one = |params: &str| {
+            let problems = hop_app(params).unwrap_err().0;
+            assert_eq!(problems.len(), 1, "{params}: {problems:?}");
+            (problems[0].path.clone(), problems[0].rule.clone())
+        };
+        let at = |f: &str| format!("operators[1].params.{f}");
+        assert_eq!(
+            one("{size_ms: 10000, slide_ms: 3000}"),
+            (
+                at("size_ms"),
+                "10000 is not a multiple of slide_ms (3000)".into()
+            )
+        );
+        assert_eq!(
+            one("{size_ms: 10000, slide_ms: 0}"),
+            (at("slide_ms"), "must be > 0".into())
+        );
+        assert_eq!(
+            one("{size_ms: 0, slide_ms: 10}"),
+            (at("size_ms"), "must be > 0".into())
+        );
+        assert_eq!(one("{size_ms: 10000}").0, at("slide_ms"));
+        assert_eq!(
+            one("{size_ms: 10010, slide_ms: 10}"),
+            (
+                at("slide_ms"),
+                "10 puts each record in 1001 windows (size_ms / slide_ms); at most 1000".into()
+            )
+        );
+        // A slide larger than the size is not a multiple either.
+        assert_eq!(one("{size_ms: 10, slide_ms: 20}").0, at("size_ms"));
     }
 
     #[test]
