@@ -49,6 +49,20 @@ fn every_example_is_valid() {
 }
 
 #[test]
+fn every_nexmark_example_is_valid() {
+    let files = specs("examples/nexmark");
+    assert!(
+        files.len() >= 4,
+        "expected q0, q1, q5 and agg, found {files:?}"
+    );
+    for f in files {
+        if let Err(p) = parse(&f) {
+            panic!("{} is invalid: {p}", f.display());
+        }
+    }
+}
+
+#[test]
 fn every_example_v2_is_an_online_upgrade_of_its_v1() {
     for v2 in specs("examples")
         .into_iter()

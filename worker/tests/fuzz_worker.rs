@@ -79,6 +79,10 @@ fn operator(spec: &OperatorSpec) {
         OperatorKind::WindowCount(p) => {
             let _ = Window::new(WindowKind::Count, p.size_ms, 1, 0).apply(0, &batch);
         }
+        OperatorKind::WindowHop(p) => {
+            let mut w = Window::hopping(WindowKind::Count, p.size_ms, p.slide_ms, 1, 0);
+            let _ = w.apply(0, &batch);
+        }
         OperatorKind::WindowSum(p) => {
             let kind = WindowKind::Sum {
                 field: p.field.clone(),

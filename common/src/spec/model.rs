@@ -93,6 +93,9 @@ pub enum OperatorKind {
     /// Deterministic record generator (ids are `index + k * parallelism`).
     #[serde(rename = "source.generator")]
     Generator(GeneratorParams),
+    /// The Nexmark benchmark's events (persons, auctions, bids), deterministic by seed.
+    #[serde(rename = "source.nexmark")]
+    Nexmark(NexmarkParams),
     /// Reads newline-delimited records from TCP clients.
     #[serde(rename = "source.tcp")]
     SourceTcp(SourceTcpParams),
@@ -114,6 +117,10 @@ pub enum OperatorKind {
     /// Keyed tumbling window summing a numeric field per key.
     #[serde(rename = "window.sum")]
     WindowSum(WindowSumParams),
+    /// Keyed hopping (sliding) window counting records per key.
+    #[serde(rename = "window.hop")]
+    WindowHop(WindowHopParams),
+
     /// Appends JSON lines to a file, made visible at checkpoints.
     #[serde(rename = "sink.file")]
     SinkFile(SinkFileParams),
@@ -150,6 +157,7 @@ impl OperatorKind {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Generator(_) => "source.generator",
+            Self::Nexmark(_) => "source.nexmark",
             Self::SourceTcp(_) => "source.tcp",
             Self::SourceFile(_) => "source.file",
             Self::Map(_) => "map",
@@ -157,6 +165,7 @@ impl OperatorKind {
             Self::KeyBy(_) => "key_by",
             Self::WindowCount(_) => "window.count",
             Self::WindowSum(_) => "window.sum",
+            Self::WindowHop(_) => "window.hop",
             Self::SinkFile(_) => "sink.file",
             Self::SinkTcp(_) => "sink.tcp",
             Self::SinkNull => "sink.null",
@@ -169,7 +178,9 @@ impl OperatorKind {
     /// Where the kind may sit in the DAG.
     pub fn role(&self) -> Role {
         match self {
-            Self::Generator(_) | Self::SourceTcp(_) | Self::SourceFile(_) => Role::Source,
+            Self::Generator(_) | Self::Nexmark(_) | Self::SourceTcp(_) | Self::SourceFile(_) => {
+                Role::Source
+            }
             Self::SinkFile(_) | Self::SinkTcp(_) | Self::SinkNull | Self::SinkVerify(_) => {
                 Role::Sink
             }
@@ -179,7 +190,10 @@ impl OperatorKind {
 
     /// Whether PEs of this kind hold state keyed by record key (split by key group).
     pub fn keyed_state(&self) -> bool {
-        matches!(self, Self::WindowCount(_) | Self::WindowSum(_))
+        matches!(
+            self,
+            Self::WindowCount(_) | Self::WindowSum(_) | Self::WindowHop(_)
+        )
     }
 
     /// Whether PEs of this kind hold state that an upgrade must hand over.
@@ -198,6 +212,7 @@ impl OperatorKind {
 /// Every kind name the parser accepts, for error messages.
 pub const KIND_NAMES: &[&str] = &[
     "source.generator",
+    "source.nexmark",
     "source.tcp",
     "source.file",
     "map",
@@ -205,6 +220,7 @@ pub const KIND_NAMES: &[&str] = &[
     "key_by",
     "window.count",
     "window.sum",
+    "window.hop",
     "sink.file",
     "sink.tcp",
     "sink.null",
@@ -233,6 +249,55 @@ pub struct GeneratorParams {
     /// (`event_time: wall`): for measuring end-to-end latency. Ids stay deterministic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub wall_clock: bool,
+}
+
+/// Which Nexmark table a `source.nexmark` PE emits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NexmarkTable {
+    /// New people (1 event in 50).
+    Person,
+    /// New auctions (3 events in 50).
+    Auction,
+    /// Bids (46 events in 50): the table most queries read.
+    #[default]
+    Bid,
+}
+
+/// Default `events_per_second` of `source.nexmark`: the reference generator's
+/// `firstEventRate` (10,000 events/s, an inter-event delay of 100 us).
+pub const DEFAULT_NEXMARK_EVENTS_PER_SECOND: u64 = 10_000;
+
+/// Highest `events_per_second`: one event per nanosecond of event time.
+pub const MAX_NEXMARK_EVENTS_PER_SECOND: u64 = 1_000_000_000;
+
+/// Highest `events`: event numbers (and so ids and times) stay far inside `i64`.
+pub const MAX_NEXMARK_EVENTS: u64 = 1 << 62;
+
+/// Parameters of `source.nexmark`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NexmarkParams {
+    /// The table emitted; numbering, ids and times follow the whole interleaved stream.
+    #[serde(default)]
+    pub table: NexmarkTable,
+    /// Events (of all three tables) over all PEs; `None` means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Events per second of wall-clock time over all PEs (a throttle); `None` means as
+    /// fast as the pipeline takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Seed of every random choice.
+    #[serde(default)]
+    pub seed: u64,
+    /// The simulated event rate that spaces event times: event `n` happens at the base
+    /// time plus `n * 1000 / events_per_second` ms.
+    #[serde(default = "default_events_per_second")]
+    pub events_per_second: u64,
+}
+
+fn default_events_per_second() -> u64 {
+    DEFAULT_NEXMARK_EVENTS_PER_SECOND
 }
 
 /// How line-oriented sources decode each line.
@@ -386,6 +451,19 @@ pub struct WindowSumParams {
     /// Numeric field summed per key.
     pub field: String,
 }
+
+/// Parameters of `window.hop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowHopParams {
+    /// Window length in milliseconds of event time; a multiple of `slide_ms`.
+    pub size_ms: u64,
+    /// How far each window starts after the previous one, ms.
+    pub slide_ms: u64,
+}
+
+/// Most windows one record may fall in (`size_ms / slide_ms`) in a `window.hop`: each
+/// is a separate count to update, so the bound keeps a record's cost small.
+pub const MAX_HOP_WINDOWS: u64 = 1_000;
 
 /// Parameters of `sink.file`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ pub(crate) fn parse_kind(
     let before = sink.problems.len();
     let kind = match kind {
         "source.generator" => generator(sink, &mut o).map(OperatorKind::Generator),
+        "source.nexmark" => nexmark(sink, &mut o).map(OperatorKind::Nexmark),
         "source.tcp" => {
             let listen = addr(sink, &mut o, "listen");
             let format = line_format(sink, &mut o);
@@ -72,6 +73,7 @@ pub(crate) fn parse_kind(
                 field: field?,
             }))
         }
+        "window.hop" => window_hop(sink, &mut o).map(OperatorKind::WindowHop),
         "sink.file" => {
             let path = o.req_nonempty(sink, "path");
             Some(OperatorKind::SinkFile(SinkFileParams { path: path? }))
@@ -132,6 +134,52 @@ fn generator(sink: &mut Sink, o: &mut Obj<'_>) -> Option<GeneratorParams> {
     })
 }
 
+/// `key`, when given, within `1..=max` (a problem naming the field otherwise).
+fn bounded(
+    sink: &mut Sink,
+    o: &mut Obj<'_>,
+    key: &'static str,
+    min: u64,
+    max: u64,
+) -> Option<Option<u64>> {
+    match o.opt_u64(sink, key) {
+        Some(n) if !(min..=max).contains(&n) => {
+            sink.push(o.at(key), format!("{n} is outside {min}..={max}"));
+            None
+        }
+        other => Some(other),
+    }
+}
+
+fn nexmark(sink: &mut Sink, o: &mut Obj<'_>) -> Option<NexmarkParams> {
+    let table = o.opt_choice(
+        sink,
+        "table",
+        &[
+            ("bid", NexmarkTable::Bid),
+            ("auction", NexmarkTable::Auction),
+            ("person", NexmarkTable::Person),
+        ],
+    );
+    let events = bounded(sink, o, "events", 0, MAX_NEXMARK_EVENTS);
+    let rate = positive(sink, o, "rate");
+    let seed = o.opt_u64(sink, "seed").unwrap_or(0);
+    let per_second = bounded(
+        sink,
+        o,
+        "events_per_second",
+        1,
+        MAX_NEXMARK_EVENTS_PER_SECOND,
+    );
+    Some(NexmarkParams {
+        table: table.unwrap_or_default(),
+        events: events?,
+        rate: rate?,
+        seed,
+        events_per_second: per_second?.unwrap_or(DEFAULT_NEXMARK_EVENTS_PER_SECOND),
+    })
+}
+
 fn line_format(sink: &mut Sink, o: &mut Obj<'_>) -> LineFormat {
     o.opt_choice(
         sink,
@@ -173,6 +221,39 @@ fn window_size(sink: &mut Sink, o: &mut Obj<'_>) -> Option<u64> {
         return None;
     }
     Some(n)
+}
+
+fn window_hop(sink: &mut Sink, o: &mut Obj<'_>) -> Option<WindowHopParams> {
+    let size_ms = window_size(sink, o);
+    let slide_ms = match o.required(sink, "slide_ms") {
+        Some(v) => match super::reader::as_u64(sink, o.at("slide_ms"), v) {
+            Some(0) => {
+                sink.push(o.at("slide_ms"), "must be > 0");
+                None
+            }
+            other => other,
+        },
+        None => None,
+    };
+    let (size_ms, slide_ms) = (size_ms?, slide_ms?);
+    if size_ms % slide_ms != 0 {
+        sink.push(
+            o.at("size_ms"),
+            format!("{size_ms} is not a multiple of slide_ms ({slide_ms})"),
+        );
+        return None;
+    }
+    if size_ms / slide_ms > MAX_HOP_WINDOWS {
+        sink.push(
+            o.at("slide_ms"),
+            format!(
+                "{slide_ms} puts each record in {} windows (size_ms / slide_ms); at most {MAX_HOP_WINDOWS}",
+                size_ms / slide_ms
+            ),
+        );
+        return None;
+    }
+    Some(WindowHopParams { size_ms, slide_ms })
 }
 
 fn map(sink: &mut Sink, o: &mut Obj<'_>) -> Option<MapParams> {
@@ -463,6 +544,146 @@ mod tests {
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert_eq!(problems[0].path, "operators[1].params.network");
         }
+    }
+
+    /// A two-operator app whose source is `source.nexmark` with `params`.
+    fn nexmark_app(params: &str) -> Result<crate::spec::AppSpec, crate::Problems> {
+        crate::spec::parse_app(
+            &format!(
+                "name: n\noperators:\n\
+                 - {{name: src, kind: source.nexmark, params: {params}}}\n\
+                 - {{name: out, kind: sink.null}}\n\
+                 streams:\n- {{from: src, to: out}}\n"
+            ),
+            crate::spec::SpecFormat::Yaml,
+        )
+    }
+
+    #[test]
+    fn nexmark_params_default_to_unbounded_bids_at_the_reference_rate() {
+        let spec = nexmark_app("{}").unwrap();
+        let OperatorKind::Nexmark(p) = &spec.operator("src").unwrap().kind else {
+            panic!("not nexmark");
+        };
+        assert_eq!(
+            p,
+            &NexmarkParams {
+                table: NexmarkTable::Bid,
+                events: None,
+                rate: None,
+                seed: 0,
+                events_per_second: DEFAULT_NEXMARK_EVENTS_PER_SECOND,
+            }
+        );
+        let spec =
+            nexmark_app("{table: person, events: 500, rate: 10, seed: 7, events_per_second: 1000}")
+                .unwrap();
+        let OperatorKind::Nexmark(p) = &spec.operator("src").unwrap().kind else {
+            panic!("not nexmark");
+        };
+        assert_eq!(
+            (p.table, p.events, p.rate, p.seed, p.events_per_second),
+            (NexmarkTable::Person, Some(500), Some(10), 7, 1000)
+        );
+    }
+
+    #[test]
+    fn nexmark_params_out_of_bounds_are_refused_at_their_paths() {
+        let problems = nexmark_app(
+            "{table: bids, rate: 0, events_per_second: 0, events: 4611686018427387905}",
+        )
+        .unwrap_err()
+        .0;
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.rule.as_str()))
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            found.contains(&(
+                "operators[0].params.table",
+                "unknown value \"bids\"; expected one of bid, auction, person"
+            )),
+            "{found:?}"
+        );
+        assert!(found.contains(&("operators[0].params.rate", "must be > 0")));
+        assert!(found.contains(&(
+            "operators[0].params.events_per_second",
+            "0 is outside 1..=1000000000"
+        )));
+        assert!(found.contains(&(
+            "operators[0].params.events",
+            "4611686018427387905 is outside 0..=4611686018427387904"
+        )));
+        let problems = nexmark_app("{events_per_second: 1000000001, what: 1}")
+            .unwrap_err()
+            .0;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    /// A source, a `window.hop` with `params` and a sink.
+    fn hop_app(params: &str) -> Result<crate::spec::AppSpec, crate::Problems> {
+        crate::spec::parse_app(
+            &format!(
+                "name: h\noperators:\n\
+                 - {{name: src, kind: source.nexmark}}\n\
+                 - {{name: hot, kind: window.hop, params: {params}}}\n\
+                 - {{name: out, kind: sink.null}}\n\
+                 streams:\n- {{from: src, to: hot, partitioning: hash}}\n- {{from: hot, to: out}}\n"
+            ),
+            crate::spec::SpecFormat::Yaml,
+        )
+    }
+
+    #[test]
+    fn window_hop_takes_a_size_that_is_a_multiple_of_the_slide() {
+        let spec = hop_app("{size_ms: 10000, slide_ms: 2000}").unwrap();
+        let op = spec.operator("hot").unwrap();
+        assert_eq!(
+            op.kind,
+            OperatorKind::WindowHop(WindowHopParams {
+                size_ms: 10_000,
+                slide_ms: 2_000
+            })
+        );
+        assert!(op.kind.keyed_state() && op.kind.stateful());
+        // A slide equal to the size is a tumbling window.
+        hop_app("{size_ms: 500, slide_ms: 500}").unwrap();
+    }
+
+    #[test]
+    fn window_hop_bounds_are_refused_at_their_paths() {
+        let one = |params: &str| {
+            let problems = hop_app(params).unwrap_err().0;
+            assert_eq!(problems.len(), 1, "{params}: {problems:?}");
+            (problems[0].path.clone(), problems[0].rule.clone())
+        };
+        let at = |f: &str| format!("operators[1].params.{f}");
+        assert_eq!(
+            one("{size_ms: 10000, slide_ms: 3000}"),
+            (
+                at("size_ms"),
+                "10000 is not a multiple of slide_ms (3000)".into()
+            )
+        );
+        assert_eq!(
+            one("{size_ms: 10000, slide_ms: 0}"),
+            (at("slide_ms"), "must be > 0".into())
+        );
+        assert_eq!(
+            one("{size_ms: 0, slide_ms: 10}"),
+            (at("size_ms"), "must be > 0".into())
+        );
+        assert_eq!(one("{size_ms: 10000}").0, at("slide_ms"));
+        assert_eq!(
+            one("{size_ms: 10010, slide_ms: 10}"),
+            (
+                at("slide_ms"),
+                "10 puts each record in 1001 windows (size_ms / slide_ms); at most 1000".into()
+            )
+        );
+        // A slide larger than the size is not a multiple either.
+        assert_eq!(one("{size_ms: 10, slide_ms: 20}").0, at("size_ms"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod codec;
 pub mod eval;
 pub mod generator;
+pub mod nexmark;
 pub mod sink;
 pub mod source;
 pub mod transform;
@@ -19,6 +20,7 @@ pub mod verify;
 pub mod window;
 
 pub use generator::Generator;
+pub use nexmark::Nexmark;
 pub use sink::{json_line, FileSink};
 pub use source::{push_line, FileSource, LineError};
 pub use transform::{Filter, KeyBy, Map};

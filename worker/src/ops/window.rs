@@ -1,17 +1,24 @@
-//! `window.count` and `window.sum`: keyed tumbling windows over event time.
+//! `window.count`, `window.sum` and `window.hop`: keyed windows over event time.
 //!
-//! A record with event time `t` falls in the window `[floor(t/size)*size, +size)` of its
-//! key. Each input's watermark is the largest event time seen on it; the PE watermark is
+//! Windows start every `slide` ms and last `size` ms (a multiple of `slide`); tumbling
+//! windows (`window.count`, `window.sum`) are those with `slide == size`. A record with
+//! event time `t` falls in the `size / slide` windows `[s, s + size)` of its key whose
+//! start `s` is a multiple of `slide` in `(t - size, t]`: for a tumbling window, the one
+//! starting at `floor(t/size)*size`. Each input's watermark is the largest event time seen on it; the PE watermark is
 //! the smallest over inputs (an ended input counts as +infinity, one that has shown
 //! nothing as -infinity), and after every batch each window ending at or before it is
 //! emitted and forgotten. Lateness is judged by the watermark: a record whose window
 //! ends at or before the watermark at which this PE last closed windows can only belong
 //! to a window already emitted (or one that would be emitted after its time), so it is
-//! dropped and counted, never emitted twice.
+//! dropped and counted, never emitted twice. A hopping window judges each of a record's
+//! windows on its own: the record still counts in those that are open, and is counted
+//! late once if any of its windows had closed.
 //!
 //! State snapshots are split by key group so rescaling can move groups; the encoding and
 //! the merge rule are in [`Window::snapshot`] and [`Window::restore`].
 
+#[cfg(test)]
+mod hop_tests;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -121,6 +128,23 @@ fn number(v: Option<Value>) -> Option<Acc> {
     })
 }
 
+/// The bounds of the latest window of `size` starting every `slide` that holds `t`.
+fn latest(t: i64, size: i64, slide: i64) -> (i64, i64) {
+    // floor(t / slide) * slide can fall below i64::MIN for t near it: clamp.
+    let start = t.div_euclid(slide).checked_mul(slide).unwrap_or(i64::MIN);
+    (start, start.saturating_add(size))
+}
+
+/// The bounds of every window of `size` starting every `slide` that holds `t`, latest
+/// first (`size / slide` of them, fewer near `i64::MIN`).
+fn every(t: i64, size: i64, slide: i64) -> impl Iterator<Item = (i64, i64)> {
+    let (last, _) = latest(t, size, slide);
+    (0..size / slide).map_while(move |k| {
+        let start = last.checked_sub(k.checked_mul(slide)?)?;
+        Some((start, start.saturating_add(size)))
+    })
+}
+
 /// Windows keyed by `(end, start)`, then by record key: iteration order is the emission
 /// order (window end, then key), and records look their key up without allocating.
 type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Acc>>;
@@ -130,6 +154,8 @@ type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Acc>>;
 pub struct Window {
     kind: WindowKind,
     size: i64,
+    /// How far apart window starts are; `size` is a multiple of it.
+    slide: i64,
     out_source: u32,
     inputs: Vec<Progress>,
     windows: Windows,
@@ -152,9 +178,11 @@ impl Window {
     /// A window of `size_ms` (at least 1) over `inputs` inputs (at least 1), emitting as
     /// source ordinal `out_source`.
     pub fn new(kind: WindowKind, size_ms: u64, inputs: usize, out_source: u32) -> Self {
+        let size = i64::try_from(size_ms.max(1)).unwrap_or(i64::MAX);
         Self {
             kind,
-            size: i64::try_from(size_ms.max(1)).unwrap_or(i64::MAX),
+            size,
+            slide: size,
             out_source,
             inputs: vec![Progress::Unseen; inputs.max(1)],
             windows: BTreeMap::new(),
@@ -165,6 +193,24 @@ impl Window {
             late: 0,
             skipped: 0,
         }
+    }
+
+    /// A hopping window: windows of `size_ms` starting every `slide_ms`. A slide of 0,
+    /// or one that does not divide the size, falls back to a tumbling window (specs are
+    /// validated to exclude both).
+    pub fn hopping(
+        kind: WindowKind,
+        size_ms: u64,
+        slide_ms: u64,
+        inputs: usize,
+        out_source: u32,
+    ) -> Self {
+        let mut w = Self::new(kind, size_ms, inputs, out_source);
+        let slide = i64::try_from(slide_ms).unwrap_or(0);
+        if slide > 0 && w.size % slide == 0 {
+            w.slide = slide;
+        }
+        w
     }
 
     /// Adds a batch that arrived on `input` and returns the windows it closed. Records
@@ -260,13 +306,9 @@ impl Window {
         self.windows.values().map(BTreeMap::len).sum()
     }
 
+    /// The bounds of the latest window holding time `t` (the only one, when tumbling).
     fn bounds(&self, t: i64) -> (i64, i64) {
-        // floor(t / size) * size can fall below i64::MIN for t near it: clamp.
-        let start = t
-            .div_euclid(self.size)
-            .checked_mul(self.size)
-            .unwrap_or(i64::MIN);
-        (start, start.saturating_add(self.size))
+        latest(t, self.size, self.slide)
     }
 
     fn is_late(&self, end: i64, key: &[u8]) -> bool {
@@ -277,8 +319,10 @@ impl Window {
     }
 
     fn add(&mut self, r: &RecordRef<'_>) {
-        let (start, end) = self.bounds(r.event_time_ms);
-        if self.is_late(end, r.key) {
+        let (size, slide) = (self.size, self.slide);
+        // The latest window closes last: if it is late, all of them are.
+        let (_, last_end) = latest(r.event_time_ms, size, slide);
+        if self.is_late(last_end, r.key) {
             self.late += 1;
             return;
         }
@@ -293,13 +337,21 @@ impl Window {
                 }
             },
         };
-        let keys = self.windows.entry((end, start)).or_default();
-        match keys.get_mut(r.key) {
-            Some(a) => a.merge(&acc),
-            None => {
-                keys.insert(r.key.to_vec(), acc);
+        let mut late = false;
+        for (start, end) in every(r.event_time_ms, size, slide) {
+            if self.is_late(end, r.key) {
+                late = true;
+                continue;
+            }
+            let keys = self.windows.entry((end, start)).or_default();
+            match keys.get_mut(r.key) {
+                Some(a) => a.merge(&acc),
+                None => {
+                    keys.insert(r.key.to_vec(), acc);
+                }
             }
         }
+        self.late += u64::from(late);
     }
 
     /// Emits and drops every window ending at or before the PE watermark.

@@ -111,6 +111,13 @@ impl Kernel {
                 inputs,
                 out_source,
             )),
+            OperatorKind::WindowHop(p) => Kernel::Window(Window::hopping(
+                WindowKind::Count,
+                p.size_ms,
+                p.slide_ms,
+                inputs,
+                out_source,
+            )),
             OperatorKind::WindowSum(p) => Kernel::Window(Window::new(
                 WindowKind::Sum {
                     field: p.field.clone(),

@@ -342,6 +342,15 @@ impl Runtime {
                     st,
                     ckpt,
                 )),
+                OperatorKind::Nexmark(p) => Box::pin(pe::run_nexmark(
+                    p,
+                    cfg.source_ordinal,
+                    cfg.index,
+                    cfg.spec.parallelism,
+                    router,
+                    st,
+                    ckpt,
+                )),
                 OperatorKind::SourceFile(p) => Box::pin(sources::run_file(
                     pe.clone(),
                     p,

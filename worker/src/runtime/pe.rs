@@ -15,14 +15,15 @@ use super::status::{PeRunState, PeStatus};
 use super::upgrade::Armed;
 use super::BATCH_RECORDS;
 use crate::dataplane::{Input, InputEndpoint, Msg};
-use crate::ops::Generator;
+use crate::ops::{Generator, Nexmark};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 use weir_common::keygroup::KeyGroupRange;
-use weir_common::spec::GeneratorParams;
+use weir_common::record::Batch;
+use weir_common::spec::{GeneratorParams, NexmarkParams};
 use weir_proto::v1 as pb;
 
 /// How often a `sink.verify` republishes its summary while records flow.
@@ -432,24 +433,86 @@ async fn snapshot(
     Ok(())
 }
 
-/// Runs a `source.generator` PE. Its state is its position: restored, it goes on
-/// from there; at a checkpoint barrier it saves the position and forwards the barrier.
+/// A source whose whole state is its position in its own sequence of records: what
+/// [`run_positioned`] drives.
+pub(crate) trait Positioned {
+    /// The next batch of at most `max` records, or `None` when done.
+    fn next_batch(&mut self, max: usize) -> Option<Batch>;
+    /// The position of the next record (what a checkpoint saves).
+    fn position(&self) -> u64;
+    /// Goes on from `position` (a restored checkpoint's).
+    fn seek(&mut self, position: u64);
+}
+
+impl Positioned for Generator {
+    fn next_batch(&mut self, max: usize) -> Option<Batch> {
+        Generator::next_batch(self, max)
+    }
+    fn position(&self) -> u64 {
+        self.next_seq
+    }
+    fn seek(&mut self, position: u64) {
+        self.next_seq = position;
+    }
+}
+
+impl Positioned for Nexmark {
+    fn next_batch(&mut self, max: usize) -> Option<Batch> {
+        Nexmark::next_batch(self, max)
+    }
+    fn position(&self) -> u64 {
+        self.next_seq
+    }
+    fn seek(&mut self, position: u64) {
+        self.next_seq = position;
+    }
+}
+
+/// Runs a `source.generator` PE (see [`run_positioned`]).
 pub async fn run_generator(
     params: GeneratorParams,
     source: u32,
     index: u32,
     parallelism: u32,
+    router: Router,
+    status: Arc<PeStatus>,
+    ckpt: Ckpt,
+) {
+    let rate = params.rate;
+    let g = Generator::new(params, source, index, parallelism);
+    run_positioned(g, rate, parallelism, router, status, ckpt).await;
+}
+
+/// Runs a `source.nexmark` PE (see [`run_positioned`]).
+pub async fn run_nexmark(
+    params: NexmarkParams,
+    source: u32,
+    index: u32,
+    parallelism: u32,
+    router: Router,
+    status: Arc<PeStatus>,
+    ckpt: Ckpt,
+) {
+    let rate = params.rate;
+    let g = Nexmark::new(params, source, index, parallelism);
+    run_positioned(g, rate, parallelism, router, status, ckpt).await;
+}
+
+/// Runs a source PE whose state is its position: restored, it goes on from there; at a
+/// checkpoint barrier it saves the position and forwards the barrier. `rate` is
+/// records/s over all `parallelism` PEs of the operator.
+pub(crate) async fn run_positioned(
+    mut g: impl Positioned,
+    rate: Option<u64>,
+    parallelism: u32,
     mut router: Router,
     status: Arc<PeStatus>,
     mut ckpt: Ckpt,
 ) {
-    let rate = params
-        .rate
-        .map(|r| (r as f64 / f64::from(parallelism.max(1))).max(1.0));
+    let rate = rate.map(|r| (r as f64 / f64::from(parallelism.max(1))).max(1.0));
     let pe = ckpt.pe.clone();
-    let mut g = Generator::new(params, source, index, parallelism);
     match ckpt.load_position(&status).await {
-        Ok(pos) => g.next_seq = pos,
+        Ok(pos) => g.seek(pos),
         Err(_) => return,
     }
     if ckpt.wait_for_start(&status).await.is_err() {
@@ -465,7 +528,7 @@ pub async fn run_generator(
     loop {
         while let Ok(id) = ckpt.triggers.try_recv() {
             match ckpt
-                .source_barrier(&mut router, &status, id, g.next_seq)
+                .source_barrier(&mut router, &status, id, g.position())
                 .await
             {
                 Ok(Flow::Continue) => {}
@@ -485,7 +548,7 @@ pub async fn run_generator(
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     Some(id) = ckpt.triggers.recv() => {
-                        match ckpt.source_barrier(&mut router, &status, id, g.next_seq).await {
+                        match ckpt.source_barrier(&mut router, &status, id, g.position()).await {
                             Ok(Flow::Continue) => {}
                             Ok(Flow::Drained) | Err(_) => return,
                         }

@@ -2,7 +2,8 @@
 //!
 //! Layout (little endian, after the version byte and kind byte `W`):
 //! ```text
-//! u8 kind (0 count | 1 sum, then u32 len + field name) | i64 size_ms
+//! u8 kind (0 count | 1 sum, then u32 len + field name | 2 hopping count, then
+//! i64 slide_ms) | i64 size_ms
 //! u32 groups.start | u32 groups.end | u64 emitted | opt closed_upto
 //! u64 n, per input: u8 progress (0 unseen | 1 at, then i64 | 2 ended)
 //! u64 n, per floor: u32 group | i64 bound
@@ -37,7 +38,13 @@ impl Window {
     pub fn snapshot(&self, groups: KeyGroupRange) -> Vec<u8> {
         let mut e = Enc::new(KIND);
         match &self.kind {
-            WindowKind::Count => e.u8(0),
+            // A tumbling count is written as before hopping windows existed, and a
+            // hopping window whose slide is its size is one.
+            WindowKind::Count if self.slide == self.size => e.u8(0),
+            WindowKind::Count => {
+                e.u8(2);
+                e.i64(self.slide);
+            }
             WindowKind::Sum { field } => {
                 e.u8(1);
                 e.bytes(field.as_bytes());
@@ -170,17 +177,19 @@ impl Window {
     fn read(&self, bytes: &[u8]) -> Result<Part, StateError> {
         let mut d = Dec::new(bytes, KIND, NAME)?;
         let at = d.at();
-        let kind = match d.u8()? {
-            0 => WindowKind::Count,
+        let (kind, slide) = match d.u8()? {
+            0 => (WindowKind::Count, None),
+            2 => (WindowKind::Count, Some(d.i64()?)),
             1 => {
                 let at = d.at();
                 let field = std::str::from_utf8(d.bytes()?).map_err(|_| StateError::Invalid {
                     what: "field name not UTF-8",
                     at,
                 })?;
-                WindowKind::Sum {
+                let kind = WindowKind::Sum {
                     field: field.to_string(),
-                }
+                };
+                (kind, None)
             }
             _ => {
                 return Err(StateError::Invalid {
@@ -200,6 +209,13 @@ impl Window {
             return Err(StateError::Mismatch(format!(
                 "snapshot window size {size} ms, this window {} ms",
                 self.size
+            )));
+        }
+        let slide = slide.unwrap_or(size);
+        if slide != self.slide {
+            return Err(StateError::Mismatch(format!(
+                "snapshot window slide {slide} ms, this window {} ms",
+                self.slide
             )));
         }
         let at = d.at();
@@ -253,7 +269,7 @@ impl Window {
             let key = d.bytes()?.to_vec();
             if self.bounds(start) != (start, end) {
                 return Err(StateError::Invalid {
-                    what: "window bounds not aligned to the size",
+                    what: "window bounds not aligned to the slide and size",
                     at,
                 });
             }
