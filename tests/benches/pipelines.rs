@@ -1,8 +1,8 @@
 //! Throughput of pipelines that compute, measured the way users run Weir: the release
 //! `weir-master` (`--dev`) and one or two `weir-worker` processes on loopback, each
 //! app submitted over gRPC and timed from submit to `FINISHED` (every PE stopped).
-//! Per run: records/s over the whole run and in steady state (the sinks' input
-//! between 20% and 80% of the records, from the PE stats the worker reports), the
+//! Per run: records/s over the whole run and in steady state (the input rate the
+//! worker reports for the counted operator's PEs, median over the run), the
 //! workers' CPU time per record (`/proc/<pid>/stat`) and their peak RSS (`VmHWM`).
 //! Checkpoints every second, and off (`--checkpoint-interval-ms 0`).
 //!
@@ -15,15 +15,17 @@
 //! cargo bench -p weir-tests --bench pipelines
 //! ```
 //! `WEIR_BENCH_RECORDS=N` sets the records per run (20,000,000 by default);
+//! `WEIR_BENCH_WORKER=PATH` runs another `weir-worker` build (a baseline);
 //! `WEIR_BENCH_REPS=N` the runs per case (3; the median is shown, and the highest
 //! RSS); `WEIR_BENCH_ONLY=name,name` runs only those pipelines. Workers report PE
 //! stats every 500 ms, so the steady rate needs runs of a few seconds.
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_common::record::Batch;
 use weir_common::spec::{parse_app, AppSpec, OperatorKind, SpecFormat};
 use weir_proto::v1 as pb;
-use weir_worker::ops::Generator;
+use weir_worker::ops::{Generator, Nexmark};
 use weir_worker::runtime::kernel::{Kernel, Programs};
 
 #[global_allocator]
@@ -31,13 +33,28 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RECORDS: u64 = 20_000_000;
 
-/// A pipeline: its name, its spec (`RECORDS` and `PAR` replaced) and the operator
-/// whose input counts as done work.
+/// A pipeline: its name, its spec (`RECORDS` and `PAR` replaced; `GEN` or `BIDS` for
+/// its source) and the operator whose input counts as done work.
 struct Pipeline {
     name: &'static str,
     spec: &'static str,
     sink: &'static str,
 }
+
+impl Pipeline {
+    /// Records reaching the counted operator: every generated record, or the bids of
+    /// that many Nexmark events (events 4..50 of every 50).
+    fn counted(&self, records: u64) -> u64 {
+        if self.spec.contains("BIDS") {
+            records / 50 * 46 + (records % 50).saturating_sub(4)
+        } else {
+            records
+        }
+    }
+}
+
+/// Nexmark bids of `RECORDS` events (the `table: bid` share of the event sequence).
+const BIDS: &str = "{name: bids, kind: source.nexmark, parallelism: PAR, params: {table: bid, events: RECORDS, seed: 1}}";
 
 const GEN: &str = "{name: gen, kind: source.generator, parallelism: PAR, params: {count: RECORDS, keys: 1000, payload_bytes: 84}}";
 
@@ -59,6 +76,31 @@ fn pipelines() -> Vec<Pipeline> {
             sink: "out",
         },
         Pipeline {
+            name: "nexmark-q0",
+            spec: "operators:\n  - BIDS\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: bids, to: out}\n",
+            sink: "out",
+        },
+        Pipeline {
+            name: "nexmark-q1",
+            spec: "operators:\n  - BIDS\n  - {name: euros, kind: map, parallelism: PAR, params: {set: {price: \"price * 0.908\"}, project: [auction, bidder, price, date_time]}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: bids, to: euros}\n  - {from: euros, to: out}\n",
+            sink: "out",
+        },
+        Pipeline {
+            name: "nexmark-q2",
+            spec: "operators:\n  - BIDS\n  - {name: selected, kind: filter, parallelism: PAR, params: {where: \"mod(auction, 123) == 0\"}}\n  - {name: fields, kind: map, parallelism: PAR, params: {project: [auction, price]}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: bids, to: selected}\n  - {from: selected, to: fields}\n  - {from: fields, to: out}\n",
+            sink: "fields",
+        },
+        Pipeline {
+            name: "nexmark-q5",
+            spec: "operators:\n  - BIDS\n  - {name: by-auction, kind: key_by, parallelism: PAR, params: {field: auction}}\n  - {name: hot, kind: window.hop, parallelism: PAR, params: {size_ms: 10000, slide_ms: 2000}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: bids, to: by-auction}\n  - {from: by-auction, to: hot, partitioning: hash}\n  - {from: hot, to: out}\n",
+            sink: "hot",
+        },
+        Pipeline {
+            name: "nexmark-agg",
+            spec: "operators:\n  - BIDS\n  - {name: by-auction, kind: key_by, parallelism: PAR, params: {field: auction}}\n  - {name: counts, kind: window.count, parallelism: PAR, params: {size_ms: 10000}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: bids, to: by-auction}\n  - {from: by-auction, to: counts, partitioning: hash}\n  - {from: counts, to: out}\n",
+            sink: "counts",
+        },
+        Pipeline {
             name: "project-filter",
             spec: "operators:\n  - GEN\n  - {name: m, kind: map, parallelism: PAR, params: {project: [id, value, payload]}}\n  - {name: f, kind: filter, parallelism: PAR, params: {field: value, op: gt, value: 100}}\n  - {name: out, kind: sink.null, parallelism: PAR}\nstreams:\n  - {from: gen, to: m}\n  - {from: m, to: f}\n  - {from: f, to: out}\n",
             sink: "out",
@@ -76,8 +118,17 @@ fn env(name: &str, default: u64) -> u64 {
 fn spec_text(p: &Pipeline, records: u64, par: u32) -> String {
     format!("name: {}\ntenant: bench\n{}", p.name, p.spec)
         .replace("GEN", GEN)
+        .replace("BIDS", BIDS)
         .replace("RECORDS", &records.to_string())
         .replace("PAR", &par.to_string())
+}
+
+/// The worker binary: this workspace's, or `WEIR_BENCH_WORKER` (another build, e.g.
+/// the commit before a change, to measure against in the same session).
+fn worker_binary() -> std::path::PathBuf {
+    std::env::var_os("WEIR_BENCH_WORKER")
+        .map(Into::into)
+        .unwrap_or_else(|| weir_tests::release_binary("weir-worker"))
 }
 
 /// A process's CPU seconds so far (user + system; clock ticks of 1/100 s).
@@ -136,7 +187,7 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
     let names: Vec<String> = (1..=workers).map(|i| format!("w{i}")).collect();
     for w in &names {
         procs.push(
-            tokio::process::Command::new(weir_tests::release_binary("weir-worker"))
+            tokio::process::Command::new(worker_binary())
                 .args([
                     "--id",
                     w,
@@ -179,21 +230,28 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
     c.submit_app(weir_tests::submit_yaml(spec_text(p, records, par)))
         .await
         .unwrap();
-    // The sinks' input, sampled: the first samples past 20% and 80% time the steady
-    // state.
-    let (lo, hi) = (records / 5, records * 4 / 5);
+    // The counted operator's input and input rate as the worker reports them (every
+    // 500 ms): the median of the rates reported mid-run is the steady rate; where a
+    // run is too short for one, the slope between the first reports past 20% and 80%.
+    let counted = p.counted(records);
+    let (lo, hi) = (counted / 5, counted * 4 / 5);
     let (mut at_lo, mut at_hi) = (None, None);
+    let (mut last_seen, mut rates) = (0u64, Vec::new());
     let detail = loop {
         let d = weir_tests::app_detail(&mut c, p.name).await;
         let now = started.elapsed().as_secs_f64();
         if let Some(d) = d {
-            let seen: u64 = d
+            let stats: Vec<&pb::PeStats> = d
                 .pes
                 .iter()
                 .filter(|v| v.pe.as_ref().is_some_and(|r| r.operator == p.sink))
                 .filter_map(|v| v.stats.as_ref())
-                .map(|s| s.records_in)
-                .sum();
+                .collect();
+            let seen: u64 = stats.iter().map(|s| s.records_in).sum();
+            if seen != last_seen && seen > 0 && seen < counted {
+                rates.push(stats.iter().map(|s| s.rate_in).sum::<f64>());
+            }
+            last_seen = seen;
             if at_lo.is_none() && seen >= lo {
                 at_lo = Some((now, seen));
             }
@@ -210,8 +268,11 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
     let secs = started.elapsed().as_secs_f64();
     let cpu: f64 = worker_pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
     let rss_mb = worker_pids.iter().map(|p| peak_mb(*p)).sum();
-    let steady = match (at_lo, at_hi) {
-        (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (t1 - t0),
+    rates.retain(|r| *r > 0.0);
+    rates.sort_by(f64::total_cmp);
+    let steady = match (rates.get(rates.len() / 2), at_lo, at_hi) {
+        (Some(r), ..) => *r,
+        (None, Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (t1 - t0),
         _ => f64::NAN,
     };
     let placement = names
@@ -227,9 +288,9 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
         let _ = p.wait().await;
     }
     Run {
-        total: records as f64 / secs,
+        total: counted as f64 / secs,
         steady,
-        cpu_ns: cpu * 1e9 / records as f64,
+        cpu_ns: cpu * 1e9 / counted as f64,
         rss_mb,
         placement,
     }
@@ -239,9 +300,6 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
 /// bytes of one record as the source makes it.
 async fn in_process(spec: &AppSpec, records: u64) -> (f64, f64) {
     let ops = &spec.operators;
-    let OperatorKind::Generator(g) = &ops[0].kind else {
-        panic!("in-process runs start at a generator");
-    };
     let mut kernels = Vec::new();
     for op in &ops[1..] {
         let k = Kernel::build("bench", op, 0, 1, 1, &[], &Programs::default())
@@ -249,12 +307,24 @@ async fn in_process(spec: &AppSpec, records: u64) -> (f64, f64) {
             .unwrap();
         kernels.push(k);
     }
-    let mut p = g.clone();
-    p.count = Some(records);
-    let mut gen = Generator::new(p, 0, 0, 1);
+    let mut source: Box<dyn FnMut() -> Option<Batch>> = match &ops[0].kind {
+        OperatorKind::Generator(g) => {
+            let mut p = g.clone();
+            p.count = Some(records);
+            let mut gen = Generator::new(p, 0, 0, 1);
+            Box::new(move || gen.next_batch(4096))
+        }
+        OperatorKind::Nexmark(x) => {
+            let mut p = x.clone();
+            p.events = Some(records);
+            let mut gen = Nexmark::new(p, 0, 0, 1);
+            Box::new(move || gen.next_batch(4096))
+        }
+        other => panic!("in-process runs start at a generator, not {}", other.name()),
+    };
     let (mut n, mut bytes) = (0u64, 0u64);
     let start = Instant::now();
-    while let Some(mut b) = gen.next_batch(4096) {
+    while let Some(mut b) = source() {
         n += b.len() as u64;
         bytes += b.encoded_len() as u64;
         for k in &mut kernels {

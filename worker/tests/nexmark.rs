@@ -1,4 +1,4 @@
-//! The Nexmark example apps (examples/nexmark: q0, q1, agg) run on the worker's
+//! The Nexmark example apps (examples/nexmark: q0, q1, q2, agg) run on the worker's
 //! runtime, every PE in this process joined by in-memory channels, and their output is
 //! checked against a plain recomputation over the same generated events: exact counts
 //! and values.
@@ -227,6 +227,29 @@ async fn q1_converts_every_price_as_the_reference_does() {
     got.sort();
     want.sort();
     assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q2_selects_exactly_the_bids_the_reference_selects() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = scaled(example("q2.yaml"), dir.path());
+    run(&app).await;
+    let mut got: Vec<(i64, i64)> = lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|m| {
+            assert_eq!(m.len(), 2, "only auction and price: {m:?}");
+            (int(m, "auction"), int(m, "price"))
+        })
+        .collect();
+    let mut want: Vec<(i64, i64)> = bids()
+        .into_iter()
+        .filter(|(auction, ..)| auction % 123 == 0)
+        .map(|(auction, _, price, _)| (auction, price))
+        .collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert!(!want.is_empty(), "the input has bids on such auctions");
     assert_eq!(got, want);
 }
 

@@ -15,8 +15,14 @@ pub enum Expr {
     Field(String),
     /// A string literal.
     Str(String),
-    /// A numeric literal.
+    /// An integer literal (exact: `9007199254740993` stays itself).
+    Int(i64),
+    /// A numeric literal with a fraction or an exponent, or too large for `i64`.
     Num(f64),
+    /// `true` or `false`.
+    Bool(bool),
+    /// `null`: no value (a missing field reads as it).
+    Null,
     /// A function applied to arguments (infix `+ - * / %` are [`Func::Add`] ...).
     Call(Func, Vec<Expr>),
     /// `a == b`, `a != b`, `a < b` ...: true or false, never null. Numbers compare as
@@ -52,7 +58,7 @@ impl Expr {
                         out.push(n);
                     }
                 }
-                Expr::Str(_) | Expr::Num(_) => {}
+                Expr::Str(_) | Expr::Int(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Null => {}
                 Expr::Call(_, args) => stack.extend(args.iter().rev()),
                 Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => {
                     stack.push(b);
@@ -109,6 +115,13 @@ const FUNCS: &[(&str, Func, Option<usize>)] = &[
 
 /// Words that are operators, not field names.
 const KEYWORDS: &[&str] = &["and", "or", "not"];
+
+/// Words that are values, not field names.
+const LITERALS: &[(&str, Expr)] = &[
+    ("true", Expr::Bool(true)),
+    ("false", Expr::Bool(false)),
+    ("null", Expr::Null),
+];
 
 /// Deepest nesting accepted (calls, parentheses and operators together); deeper input
 /// is refused rather than risking the stack of whoever walks the tree.
@@ -227,14 +240,7 @@ impl Parser<'_> {
     }
 
     fn not(&mut self, depth: usize) -> Result<Parsed, String> {
-        let negated = self.eat_word("not") || {
-            self.ws();
-            self.s.get(self.i) == Some(&b'!') && self.s.get(self.i + 1) != Some(&b'=') && {
-                self.i += 1;
-                true
-            }
-        };
-        if negated {
+        if self.eat_word("not") {
             if depth > MAX_DEPTH {
                 return Err(format!("nested deeper than {MAX_DEPTH} levels"));
             }
@@ -328,6 +334,9 @@ impl Parser<'_> {
                 self.i += 1;
             }
             let name = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
+            if let Some((_, lit)) = LITERALS.iter().find(|(w, _)| *w == name) {
+                return Ok((lit.clone(), 1));
+            }
             if KEYWORDS.contains(&name.as_str()) {
                 return Err(format!(
                     "{name:?} at column {} needs an operand before it",
@@ -430,6 +439,9 @@ impl Parser<'_> {
             self.i += 1;
         }
         let text = String::from_utf8_lossy(&self.s[start..self.i]);
+        if let Ok(i) = text.parse::<i64>() {
+            return Ok(Expr::Int(i));
+        }
         text.parse::<f64>()
             .ok()
             .filter(|f| f.is_finite())
@@ -451,7 +463,7 @@ mod tests {
                 Func::Concat,
                 vec![
                     Expr::Str("/page/".into()),
-                    Expr::Call(Func::Mod, vec![Expr::Field("id".into()), Expr::Num(50.0)])
+                    Expr::Call(Func::Mod, vec![Expr::Field("id".into()), Expr::Int(50)])
                 ]
             )
         );
@@ -482,16 +494,16 @@ mod tests {
             parse_expr("a + b * 2 - 1").unwrap(),
             call(
                 Func::Sub,
-                call(Func::Add, *f("a"), call(Func::Mul, *f("b"), Expr::Num(2.0))),
-                Expr::Num(1.0)
+                call(Func::Add, *f("a"), call(Func::Mul, *f("b"), Expr::Int(2))),
+                Expr::Int(1)
             )
         );
         assert_eq!(
             parse_expr("mod(id, 10) != 3").unwrap(),
             Expr::Cmp(
                 CmpOp::Ne,
-                Box::new(call(Func::Mod, *f("id"), Expr::Num(10.0))),
-                Box::new(Expr::Num(3.0))
+                Box::new(call(Func::Mod, *f("id"), Expr::Int(10))),
+                Box::new(Expr::Int(3))
             )
         );
         assert_eq!(
@@ -501,9 +513,9 @@ mod tests {
                     Box::new(Expr::Not(Box::new(Expr::Cmp(
                         CmpOp::Lt,
                         f("a"),
-                        Box::new(Expr::Num(1.0))
+                        Box::new(Expr::Int(1))
                     )))),
-                    Box::new(Expr::Cmp(CmpOp::Ge, f("b"), Box::new(Expr::Num(2.0))))
+                    Box::new(Expr::Cmp(CmpOp::Ge, f("b"), Box::new(Expr::Int(2))))
                 )),
                 Box::new(Expr::Cmp(
                     CmpOp::Eq,
@@ -515,19 +527,32 @@ mod tests {
         // A minus after an operand subtracts; before a digit elsewhere it is a sign.
         assert_eq!(
             parse_expr("a-1").unwrap(),
-            call(Func::Sub, *f("a"), Expr::Num(1.0))
+            call(Func::Sub, *f("a"), Expr::Int(1))
         );
-        assert_eq!(parse_expr("-1").unwrap(), Expr::Num(-1.0));
+        assert_eq!(parse_expr("-1").unwrap(), Expr::Int(-1));
         assert_eq!(parse_expr("1e-3").unwrap(), Expr::Num(0.001));
         assert_eq!(
             parse_expr("(a + 1) * 2").unwrap(),
             call(
                 Func::Mul,
-                call(Func::Add, *f("a"), Expr::Num(1.0)),
-                Expr::Num(2.0)
+                call(Func::Add, *f("a"), Expr::Int(1)),
+                Expr::Int(2)
             )
         );
         assert!(parse_expr("a > 1 and b").unwrap().is_predicate());
+        // Literals: exact integers, booleans, null; `true` is not a field name.
+        assert_eq!(
+            parse_expr("9007199254740993").unwrap(),
+            Expr::Int(9_007_199_254_740_993)
+        );
+        assert_eq!(
+            parse_expr("active == true").unwrap(),
+            Expr::Cmp(CmpOp::Eq, f("active"), Box::new(Expr::Bool(true)))
+        );
+        assert_eq!(parse_expr("null").unwrap(), Expr::Null);
+        assert_eq!(parse_expr("truely").unwrap(), Expr::Field("truely".into()));
+        // `!` is only part of `!=`: negation is the word `not`.
+        assert!(parse_expr("!a").is_err());
         assert!(!parse_expr("a + 1").unwrap().is_predicate());
         assert_eq!(
             parse_expr("a * b + a > c").unwrap().fields(),

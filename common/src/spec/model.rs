@@ -283,8 +283,9 @@ pub struct NexmarkParams {
     /// Events (of all three tables) over all PEs; `None` means unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<u64>,
-    /// Events per second of wall-clock time over all PEs (a throttle); `None` means as
-    /// fast as the pipeline takes them.
+    /// Records (events of `table`) per second of wall-clock time over all PEs (a
+    /// throttle, as the generator's `rate`); `None` means as fast as the pipeline
+    /// takes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
     /// Seed of every random choice.

@@ -220,6 +220,11 @@ fn window_size(sink: &mut Sink, o: &mut Obj<'_>) -> Option<u64> {
         sink.push(o.at("size_ms"), "must be > 0");
         return None;
     }
+    // Event times are i64 ms: a longer window could not be placed on them.
+    if n > i64::MAX as u64 {
+        sink.push(o.at("size_ms"), format!("must be at most {}", i64::MAX));
+        return None;
+    }
     Some(n)
 }
 

@@ -52,7 +52,10 @@ pub fn eval(e: &Expr, get: &dyn Fn(&str) -> Option<Value>) -> Value {
     match e {
         Expr::Field(name) => get(name).unwrap_or(Value::Null),
         Expr::Str(s) => Value::Str(s.clone()),
+        Expr::Int(i) => Value::I64(*i),
         Expr::Num(n) => number(*n),
+        Expr::Bool(b) => Value::Bool(*b),
+        Expr::Null => Value::Null,
         Expr::Call(f, args) => {
             let a: Vec<Value> = args.iter().map(|x| eval(x, get)).collect();
             call(*f, &a)

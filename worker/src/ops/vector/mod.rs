@@ -114,7 +114,10 @@ pub fn eval(e: &Expr, batch: &Batch, fields: &dyn Fields) -> Vector {
     match e {
         Expr::Field(name) => fields.field(name).unwrap_or_else(|| implicit(batch, name)),
         Expr::Str(s) => Vector::Const(Value::Str(s.clone())),
+        Expr::Int(i) => Vector::Const(Value::I64(*i)),
         Expr::Num(x) => Vector::Const(number(*x)),
+        Expr::Bool(b) => Vector::Const(Value::Bool(*b)),
+        Expr::Null => Vector::Const(Value::Null),
         Expr::Call(f, args) => {
             let a: Vec<Vector> = args.iter().map(|x| eval(x, batch, fields)).collect();
             call(*f, &a, n)

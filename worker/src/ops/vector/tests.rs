@@ -111,6 +111,8 @@ fn expr() -> impl Strategy<Value = String> {
             Just("0.5"),
             Just("9223372036854775807"),
             Just("\"3\""),
+            Just("true"),
+            Just("null"),
             Just("\"k1\"")
         ]
         .prop_map(str::to_string),
