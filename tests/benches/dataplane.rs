@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::spec::{
@@ -213,52 +213,8 @@ async fn pipeline(remote: bool, tls: bool) -> (f64, u64) {
 }
 
 /// Bytes/s of `conns` loopback TCP connections sending `total` bytes in all.
-async fn raw_tcp(total: u64, conns: u32) -> f64 {
-    let start = Instant::now();
-    let each: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(raw_tcp_one(total / u64::from(conns))))
-        .collect();
-    for t in each {
-        t.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
-async fn raw_tcp_one(total: u64) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let reader = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        while n < total {
-            let r = s.read(&mut buf).await.unwrap();
-            if r == 0 {
-                break;
-            }
-            n += r as u64;
-        }
-    });
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let chunk = vec![7u8; 1 << 20];
-    let mut sent = 0u64;
-    while sent < total {
-        s.write_all(&chunk).await.unwrap();
-        sent += chunk.len() as u64;
-    }
-    reader.await.unwrap();
-}
-
-/// A `/proc/self/status` figure in MB: `VmHWM` (peak) or `VmRSS` (now).
 fn status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    weir_tests::status_mb(None, field)
 }
 
 fn peak_rss_mb() -> f64 {
@@ -366,11 +322,11 @@ fn main() {
     rt.block_on(async {
         let p = parallel();
         let n = records();
-        let raw = raw_tcp(4 << 30, 1).await;
+        let raw = weir_tests::raw_tcp(4 << 30, 1).await;
         println!("raw loopback TCP: {:.0} MB/s", raw / 1e6);
         // With p chains, (b) has p links: compared with p raw connections as well.
         let raw_p = if p > 1 {
-            let r = raw_tcp(4 << 30, p).await;
+            let r = weir_tests::raw_tcp(4 << 30, p).await;
             println!("raw loopback TCP, {p} connections: {:.0} MB/s", r / 1e6);
             r
         } else {
@@ -394,7 +350,7 @@ fn main() {
             // Raw loopback TCP drifts by a third between runs on a small machine: it is
             // measured again right after (b), and (b) is compared with the faster of
             // the two measurements.
-            let again = raw_tcp(4 << 30, p).await;
+            let again = weir_tests::raw_tcp(4 << 30, p).await;
             println!("raw loopback TCP again ({p} connections): {:.0} MB/s", again / 1e6);
             let raw = if p > 1 { raw } else { raw.max(again) };
             let raw_p = raw_p.max(again);

@@ -21,7 +21,6 @@
 //! stats every 500 ms, so the steady rate needs runs of a few seconds.
 
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_common::record::Batch;
 use weir_common::spec::{parse_app, AppSpec, OperatorKind, SpecFormat};
 use weir_proto::v1 as pb;
@@ -142,18 +141,6 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// A process's peak RSS in MB.
-fn peak_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// What one run measured.
 struct Run {
     total: f64,
@@ -267,7 +254,10 @@ async fn run(p: &Pipeline, records: u64, workers: usize, par: u32, checkpoints: 
     };
     let secs = started.elapsed().as_secs_f64();
     let cpu: f64 = worker_pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0;
-    let rss_mb = worker_pids.iter().map(|p| peak_mb(*p)).sum();
+    let rss_mb = worker_pids
+        .iter()
+        .map(|p| weir_tests::status_mb(Some(*p), "VmHWM:"))
+        .sum();
     rates.retain(|r| *r > 0.0);
     rates.sort_by(f64::total_cmp);
     let steady = match (rates.get(rates.len() / 2), at_lo, at_hi) {
@@ -341,34 +331,6 @@ async fn in_process(spec: &AppSpec, records: u64) -> (f64, f64) {
     )
 }
 
-/// Raw loopback TCP, bytes/s, one connection, 1 MiB writes.
-async fn raw_tcp(total: u64) -> f64 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let start = Instant::now();
-    let reader = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        while n < total {
-            let r = s.read(&mut buf).await.unwrap();
-            if r == 0 {
-                break;
-            }
-            n += r as u64;
-        }
-    });
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let chunk = vec![7u8; 1 << 20];
-    let mut sent = 0u64;
-    while sent < total {
-        s.write_all(&chunk).await.unwrap();
-        sent += chunk.len() as u64;
-    }
-    reader.await.unwrap();
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 /// The run of median total rate, with the median steady rate and CPU, and the
 /// highest RSS of all.
 fn median(mut runs: Vec<Run>) -> Run {
@@ -396,7 +358,7 @@ async fn bench() {
     let only: Option<Vec<String>> = std::env::var("WEIR_BENCH_ONLY")
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
-    let tcp = raw_tcp(4 << 30).await;
+    let tcp = weir_tests::raw_tcp(4 << 30, 1).await;
     println!(
         "raw loopback TCP: {:.2} GB/s; {} records, checkpoints every 1 s unless 'off'",
         tcp / 1e9,

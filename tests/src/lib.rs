@@ -455,3 +455,63 @@ pub fn assert_windows(text: &str, expected: &BTreeMap<(String, i64), u64>) {
     }
     assert_eq!(&got, expected, "window counts equal the recomputation");
 }
+
+/// Raw loopback TCP, bytes/s: `total` bytes over `conns` connections at once, 1 MiB
+/// writes. The baseline the data-plane benches compare with, measured in their run.
+pub async fn raw_tcp(total: u64, conns: u32) -> f64 {
+    let start = std::time::Instant::now();
+    let each: Vec<_> = (0..conns.max(1))
+        .map(|_| tokio::spawn(raw_tcp_one(total / u64::from(conns.max(1)))))
+        .collect();
+    for t in each {
+        t.await.expect("a raw TCP connection");
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw_tcp_one(total: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback listener");
+    let addr = l.local_addr().expect("its address");
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("the connection");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while n < total {
+            let r = s.read(&mut buf).await.expect("a read");
+            if r == 0 {
+                break;
+            }
+            n += r as u64;
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("a connection");
+    let chunk = vec![7u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < total {
+        s.write_all(&chunk).await.expect("a write");
+        sent += chunk.len() as u64;
+    }
+    reader.await.expect("the reader");
+}
+
+/// A `/proc/<pid>/status` figure in MB, e.g. `VmHWM:` (peak RSS) or `VmRSS:`; `pid`
+/// `None` is this process. 0 when it cannot be read.
+pub fn status_mb(pid: Option<u32>, field: &str) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/status".into(),
+        |p| format!("/proc/{p}/status"),
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

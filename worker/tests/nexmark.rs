@@ -179,6 +179,21 @@ fn int(m: &serde_json::Map<String, serde_json::Value>, k: &str) -> i64 {
         .unwrap_or_else(|| panic!("{k} in {m:?}"))
 }
 
+/// The (auction, window start) -> count lines of a window sink; each window once,
+/// `size` long, starting at a multiple of `slide`.
+fn windows(path: &PathBuf, size: i64, slide: i64) -> BTreeMap<(i64, i64), i64> {
+    let mut got = BTreeMap::new();
+    for m in lines(path) {
+        let key: i64 = m["key"].as_str().unwrap().parse().unwrap();
+        let start = int(&m, "window_start");
+        assert_eq!(int(&m, "window_end"), start + size);
+        assert_eq!(start.rem_euclid(slide), 0);
+        let fresh = got.insert((key, start), int(&m, "count")).is_none();
+        assert!(fresh, "window ({key}, {start}) emitted twice");
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q0_passes_every_bid_through_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,14 +274,7 @@ async fn agg_counts_bids_per_auction_and_window_as_the_reference_does() {
     let app = scaled(example("agg.yaml"), dir.path());
     run(&app).await;
     // Two window PEs, each with its share of the auctions, into one file.
-    let mut got = BTreeMap::new();
-    for m in lines(&dir.path().join("out.jsonl")) {
-        let key: i64 = m["key"].as_str().unwrap().parse().unwrap();
-        let start = int(&m, "window_start");
-        assert_eq!(int(&m, "window_end"), start + 10_000);
-        let fresh = got.insert((key, start), int(&m, "count")).is_none();
-        assert!(fresh, "window ({key}, {start}) emitted twice");
-    }
+    let got = windows(&dir.path().join("out.jsonl"), 10_000, 10_000);
     let mut want = BTreeMap::new();
     for (auction, _, _, t) in bids() {
         *want
@@ -286,15 +294,7 @@ async fn q5_counts_bids_per_auction_in_sliding_windows_as_the_reference_does() {
     let dir = tempfile::tempdir().unwrap();
     let app = scaled(example("q5.yaml"), dir.path());
     run(&app).await;
-    let mut got = BTreeMap::new();
-    for m in lines(&dir.path().join("out.jsonl")) {
-        let key: i64 = m["key"].as_str().unwrap().parse().unwrap();
-        let start = int(&m, "window_start");
-        assert_eq!(int(&m, "window_end"), start + 10_000);
-        assert_eq!(start.rem_euclid(2_000), 0);
-        let fresh = got.insert((key, start), int(&m, "count")).is_none();
-        assert!(fresh, "window ({key}, {start}) emitted twice");
-    }
+    let got = windows(&dir.path().join("out.jsonl"), 10_000, 2_000);
     // Each bid counts in the 5 windows starting at a multiple of 2 s in (t - 10 s, t].
     let mut want = BTreeMap::new();
     for (auction, _, _, t) in bids() {
