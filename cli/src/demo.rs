@@ -81,6 +81,7 @@ async fn start_worker(
         discover_nvml: true,
         checkpoint_dir: None,
         security,
+        push_progress: true,
     };
     Ok(Worker::start_on(cfg, control, data).await?)
 }

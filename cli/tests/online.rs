@@ -145,6 +145,7 @@ async fn start_worker(id: &str, master: &str) -> weir_worker::node::Worker {
         discover_nvml: false,
         checkpoint_dir: None,
         security: weir_security::Security::Off,
+        push_progress: true,
     };
     weir_worker::node::Worker::start_on(cfg, control, data)
         .await

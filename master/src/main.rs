@@ -47,6 +47,10 @@ struct Args {
     /// Copies of every checkpoint snapshot, the taking worker's included.
     #[arg(long, env = "WEIR_CHECKPOINT_REPLICAS", default_value_t = 2)]
     checkpoint_replicas: u32,
+    /// Upgrades move window state entirely at the switch barrier instead of
+    /// pre-copying it and moving only the delta (a baseline for benchmarks).
+    #[arg(long, env = "WEIR_NO_PRECOPY")]
+    no_precopy: bool,
     /// Which devices GPU slices go to: `objective` (default: the GPU-memory objective
     /// with binpack weights), `objective-spread`, or a baseline rule (`first-fit`,
     /// `best-fit`, `binpack`, `spread`). docs/scheduling.md.
@@ -154,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
     cfg.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
+    cfg.precopy = !args.no_precopy;
     cfg.scheduling =
         weir_master::scheduler::policy::parse(&args.gpu_policy, &args.gpu_weights, args.fifo_queue)
             .map_err(anyhow::Error::msg)?;

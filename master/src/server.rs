@@ -52,6 +52,9 @@ pub struct MasterConfig {
     pub checkpoint_timeout: Duration,
     /// Copies of every snapshot, the taking worker's included.
     pub checkpoint_replicas: u32,
+    /// Whether upgrades pre-copy window state before the switch (only deltas cross
+    /// at the barrier); off: the whole state moves at the barrier (a baseline).
+    pub precopy: bool,
     /// Per-app bounds on PEs and channels, checked before a spec reaches Raft.
     pub app_limits: weir_common::spec::AppLimits,
     /// How the scheduler chooses devices and orders its queue.
@@ -72,6 +75,7 @@ impl MasterConfig {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_timeout: Duration::from_secs(10),
             checkpoint_replicas: 2,
+            precopy: true,
             app_limits: weir_common::spec::AppLimits::default(),
             scheduling: crate::scheduler::Policy::default(),
         }
@@ -180,6 +184,8 @@ impl Master {
                 checkpoint_interval: cfg.checkpoint_interval,
                 checkpoint_timeout: cfg.checkpoint_timeout,
                 checkpoint_replicas: cfg.checkpoint_replicas,
+                precopy: cfg.precopy,
+                worker_heartbeat: cfg.worker_heartbeat,
                 policy: cfg.scheduling.clone(),
             },
             stop_rx.clone(),

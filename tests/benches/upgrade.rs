@@ -18,11 +18,10 @@
 //! go to BENCHMARKS.md. Without `--bench` (as under `cargo test --all-targets`) it does
 //! nothing.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncBufReadExt;
+use std::time::{Duration, Instant};
 use weir_master::server::MasterConfig;
 use weir_proto::v1 as pb;
+use weir_tests::arrivals::{listen, unix_ms, window};
 use weir_tests::{app_detail, eventually_within, start_worker, Cluster};
 
 const RATE: u64 = 100_000;
@@ -31,16 +30,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 const STEADY: Duration = Duration::from_secs(3);
 
 fn tuned(cfg: &mut MasterConfig) {
-    cfg.worker_heartbeat = Duration::from_millis(100);
+    weir_tests::upgrade_bench_timing(cfg);
     cfg.worker_timeout = Duration::from_secs(3);
-    cfg.reconcile_interval = Duration::from_millis(50);
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// One version of the app: the parts the upgrade kinds vary.
@@ -80,72 +71,6 @@ operators:
         }
         s
     }
-}
-
-/// Arrivals at the TCP sink: (arrival ms, event time ms) per record.
-type Arrivals = Arc<Mutex<Vec<(i64, i64)>>>;
-
-async fn listen() -> (String, Arrivals) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    let arrivals: Arrivals = Arc::default();
-    let a = arrivals.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = l.accept().await else {
-                return;
-            };
-            let a = a.clone();
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(sock).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let ts = line
-                        .split("\"t\":")
-                        .nth(1)
-                        .and_then(|r| r.split([',', '}']).next())
-                        .and_then(|t| t.trim().parse::<i64>().ok());
-                    if let Some(ts) = ts {
-                        a.lock().unwrap().push((unix_ms(), ts));
-                    }
-                }
-            });
-        }
-    });
-    (addr, arrivals)
-}
-
-fn percentile(mut v: Vec<i64>, p: f64) -> i64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Latency p50/p99 and the longest gap between arrivals, over arrivals in [from, to).
-fn window(arrivals: &Arrivals, from: i64, to: i64) -> (i64, i64, i64, usize) {
-    let a = arrivals.lock().unwrap();
-    let sel: Vec<(i64, i64)> = a
-        .iter()
-        .copied()
-        .filter(|(t, _)| *t >= from && *t < to)
-        .collect();
-    let lat: Vec<i64> = sel.iter().map(|(t, ts)| t - ts).collect();
-    let mut times: Vec<i64> = sel.iter().map(|(t, _)| *t).collect();
-    times.sort_unstable();
-    let gap = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(to - from)
-        .max(times.first().map_or(to - from, |f| f - from))
-        .max(times.last().map_or(0, |l| to - l));
-    (
-        percentile(lat.clone(), 0.5),
-        percentile(lat, 0.99),
-        gap,
-        sel.len(),
-    )
 }
 
 async fn run() {

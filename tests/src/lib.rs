@@ -2,6 +2,7 @@
 //! in-process on loopback ports, with helpers to kill, restart and partition them.
 //! Every wait is a condition polled against a deadline, never a bare sleep.
 
+pub mod arrivals;
 pub mod compose;
 pub mod containers;
 pub mod secure;
@@ -344,6 +345,7 @@ pub fn worker_config(
         discover_nvml: false,
         checkpoint_dir: None,
         security: weir_security::Security::Off,
+        push_progress: true,
     }
 }
 
@@ -497,6 +499,13 @@ async fn raw_tcp_one(total: u64) {
         sent += chunk.len() as u64;
     }
     reader.await.expect("the reader");
+}
+
+/// Master timing for the upgrade benches: 100 ms heartbeats and a 50 ms reconcile
+/// loop, so phases are not paced by the defaults.
+pub fn upgrade_bench_timing(cfg: &mut MasterConfig) {
+    cfg.worker_heartbeat = Duration::from_millis(100);
+    cfg.reconcile_interval = Duration::from_millis(50);
 }
 
 /// A `/proc/<pid>/status` figure in MB, e.g. `VmHWM:` (peak RSS) or `VmRSS:`; `pid`

@@ -434,15 +434,11 @@ async fn only_the_region_of_the_lost_worker_restarts() {
     let r = checkpoints(&mut client, "ck5").await;
     assert_eq!(r.recoveries.len(), 1, "{:?}", r.recoveries);
     assert_eq!(r.recoveries[0].operators, vec!["audit1", "gen1"]);
-    let survivor = workers
-        .iter()
-        .find(|w| w.runtime.report().iter().any(|p| p.pe.starts_with("gen2@")))
-        .expect("branch 2 still where it was");
-    for p in survivor.runtime.report() {
-        if p.pe.starts_with("gen2@") || p.pe.starts_with("audit2@") {
-            assert_eq!(p.attempt, 0, "{} was never restarted", p.pe);
-        }
-    }
+    // The one recovery named branch 1 only, so branch 2 ran under attempt 0 throughout,
+    // where it was placed (its PEs may be stopped already: the app finished).
+    let d = weir_tests::app_detail_read(&client, "ck5").await;
+    assert_eq!(host(&d, "gen2"), h2, "branch 2 stayed where it was");
+    assert_eq!(host(&d, "audit2"), h2, "branch 2 stayed where it was");
     for w in workers {
         w.stop().await;
     }

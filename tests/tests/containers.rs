@@ -619,17 +619,21 @@ async fn container_operators_take_every_kind_of_upgrade_under_load() {
             (0, 0),
             "upgrade {i}: {op:?}"
         );
-        let images: Vec<(String, u64, i64)> = containers_of(&rig.id)
-            .iter()
-            .map(|c| {
-                let c = inspect(c);
-                (
-                    c["Config"]["Image"].as_str().unwrap_or("").to_string(),
-                    c["HostConfig"]["Memory"].as_u64().unwrap_or(0),
-                    c["HostConfig"]["NanoCpus"].as_i64().unwrap_or(0),
-                )
-            })
-            .collect();
+        let images = || {
+            let mut images: Vec<(String, u64, i64)> = containers_of(&rig.id)
+                .iter()
+                .map(|c| {
+                    let c = inspect(c);
+                    (
+                        c["Config"]["Image"].as_str().unwrap_or("").to_string(),
+                        c["HostConfig"]["Memory"].as_u64().unwrap_or(0),
+                        c["HostConfig"]["NanoCpus"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            images.sort();
+            images
+        };
         let expected: Vec<(String, u64, i64)> = match i {
             0 => vec![],
             1 => vec![(V1.into(), 80 << 20, 300_000_000); 3],
@@ -639,11 +643,15 @@ async fn container_operators_take_every_kind_of_upgrade_under_load() {
                 e
             }
         };
-        let mut images = images;
-        images.sort();
         let mut expected = expected;
         expected.sort();
-        assert_eq!(images, expected, "the containers after upgrade {i}");
+        // The upgrade completes once no worker reports the drained PEs; their
+        // containers are removed right after, through the Docker Engine.
+        let deadline = std::time::Instant::now() + LIMIT;
+        while images() != expected && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(images(), expected, "the containers after upgrade {i}");
     }
     rig.exact("kinds", "check", records).await;
     eprintln!("every record at the sink at {:?}", started.elapsed());

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
-use weir_tests::{app_detail, eventually_within, start_worker, Cluster};
+use weir_tests::{app_detail, eventually_within, Cluster};
 use weir_worker::node::Worker;
 
 const KEYS: u64 = 20;
@@ -92,20 +92,26 @@ struct Rig {
 
 impl Rig {
     async fn start(workers: usize) -> Self {
-        Self::start_with(1, fast, workers).await
+        Self::start_with(1, fast, workers, true).await
     }
 
+    /// `push_progress` off: workers report only on their heartbeat interval.
     async fn start_with(
         masters: u64,
         tune: fn(&mut weir_master::server::MasterConfig),
         workers: usize,
+        push_progress: bool,
     ) -> Self {
         let c = Cluster::start_tuned(masters, tune).await;
         c.leader().await;
         let masters: Vec<_> = c.addrs.values().copied().collect();
         let mut ws = Vec::new();
         for i in 0..workers {
-            ws.push(start_worker(&format!("w{}", i + 1), &masters).await);
+            let id = format!("w{}", i + 1);
+            ws.push(
+                weir_tests::start_worker_with(&id, &masters, |c| c.push_progress = push_progress)
+                    .await,
+            );
         }
         let client = c.client(1).await;
         weir_tests::workers_alive(&client, workers, LIMIT).await;
@@ -383,6 +389,15 @@ async fn replace_and_rescale_under_load_lose_and_repeat_nothing() {
     let after = rig.pes("up1").await;
     let wins: Vec<_> = after.keys().filter(|p| p.starts_with("win@")).collect();
     assert_eq!(wins.len(), 3, "{wins:?}");
+    // The successors pre-copied the old windows' last checkpoint, and took only the
+    // deltas since at the switch.
+    for w in &wins {
+        let s = after[*w].stats.clone().unwrap_or_default();
+        assert!(
+            s.state_precopied_bytes > 0 && s.state_barrier_bytes > 0,
+            "{w} pre-copied its state: {s:?}"
+        );
+    }
     eventually_within("the new window PEs take records", LIMIT, || {
         let mut client = rig.client.clone();
         async move {
@@ -570,7 +585,9 @@ async fn refused_and_failed_upgrades_leave_the_app_as_it_was() {
     assert_eq!(h.versions.len(), 1, "nothing stored");
     assert!(h.operations.is_empty());
 
-    // A replacement whose program cannot start: rolled back.
+    // A replacement whose program cannot start, with a rescale of the window whose
+    // successors pre-copy its state meanwhile: rolled back.
+    app.win_parallelism = 3;
     app.ops.push(
         "{name: ex, kind: exec, params: {command: [/nonexistent/program], protocol: lines}}".into(),
     );
@@ -646,6 +663,40 @@ async fn losing_the_worker_of_a_replacement_during_prepare_rolls_back() {
     rig.stop().await;
 }
 
+/// The worker of an old window PE dies while its successors pre-copy and follow its
+/// rounds: the upgrade rolls back (a v1 loss before the switch) or, when the switch
+/// was through already, v2 recovers; either way every record counts once and the
+/// window results are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_an_old_windows_worker_during_the_pre_copy_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let records = 600_000;
+    let mut rig = Rig::start(3).await;
+    let mut app = App::new("up6", records, &out);
+    rig.submit(&app).await;
+    let before = rig.pes("up6").await;
+    let victim = before
+        .iter()
+        .find(|(pe, _)| pe.starts_with("win@"))
+        .map(|(_, v)| v.worker_id.clone())
+        .unwrap();
+    app.win_parallelism = 3;
+    let r = upgrade_taken(&rig.client, upgrade_req("up6".into(), app.text())).await;
+    // Workers are started as w1, w2, ... in order.
+    let at: usize = victim.trim_start_matches('w').parse::<usize>().unwrap() - 1;
+    rig.workers.swap_remove(at).stop().await;
+    let op = rig.finished("up6", &r.operation_id).await;
+    eprintln!("upgrade with {victim} lost: {:?} {}", op.phase, op.reason);
+    assert!(
+        op.phase == pb::UpgradePhase::RolledBack as i32
+            || op.phase == pb::UpgradePhase::Done as i32,
+        "{op:?}"
+    );
+    assert_exact(&rig, "up6", records, "audit", &out).await;
+    rig.stop().await;
+}
+
 fn slow_heartbeats(cfg: &mut weir_master::server::MasterConfig) {
     // Pieces of the switch checkpoint reach the leader in heartbeats: slower ones keep
     // the upgrade in its switch phase long enough to kill the leader there.
@@ -661,7 +712,8 @@ async fn killing_the_leader_during_the_switch_the_new_leader_finishes_the_upgrad
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("views.jsonl");
     let records = 1_000_000;
-    let mut rig = Rig::start_with(3, slow_heartbeats, 2).await;
+    // Progress on heartbeats only, so the switch phase lasts long enough to catch.
+    let mut rig = Rig::start_with(3, slow_heartbeats, 2, false).await;
     let leader = rig.c.leader().await;
     rig.client = rig.c.client(leader).await;
     let mut app = App::new("up5", records, &out);

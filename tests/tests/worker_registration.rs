@@ -22,6 +22,7 @@ fn agent(c: &Cluster, id: &str, masters: Vec<String>) -> Agent {
         discover_nvml: false,
         checkpoint_dir: None,
         security: weir_security::Security::Off,
+        push_progress: true,
     })
 }
 

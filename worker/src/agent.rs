@@ -47,6 +47,10 @@ pub struct AgentConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Mutual TLS on every link this worker serves or dials (or off).
     pub security: weir_security::Security,
+    /// Whether a heartbeat goes as soon as a PE makes progress the masters act on (a
+    /// new state, a checkpoint piece), at most every 10 ms; off: only every heartbeat
+    /// interval (a baseline, and what tests that must catch a phase use).
+    pub push_progress: bool,
 }
 
 /// What the agent knows right now.
@@ -75,6 +79,8 @@ pub struct AgentHooks {
     pub on_heartbeat: Arc<dyn Fn(&pb::HeartbeatResponse) + Send + Sync>,
     /// The Docker images this worker holds (refreshed elsewhere; empty by default).
     pub images: HeldImages,
+    /// Woken when a heartbeat should go at once (PE progress), not at the interval.
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 impl Default for AgentHooks {
@@ -85,6 +91,7 @@ impl Default for AgentHooks {
             incarnation: Arc::default(),
             on_heartbeat: Arc::new(|_| {}),
             images: HeldImages::default(),
+            nudge: Arc::default(),
         }
     }
 }
@@ -213,10 +220,18 @@ async fn run(
         // unless the masters ask for a new registration). The image list goes in full
         // until a master has answered a heartbeat carrying its current generation.
         let mut images_sent = None;
+        let mut last = tokio::time::Instant::now();
         loop {
-            if wait(&mut stop, interval).await {
+            let never = tokio::sync::Notify::new();
+            let nudge = if cfg.push_progress {
+                &hooks.nudge
+            } else {
+                &never
+            };
+            if wait_or_nudge(&mut stop, last, interval, nudge).await {
                 return;
             }
+            last = tokio::time::Instant::now();
             let mut resources = snapshot(
                 cfg.cores,
                 cfg.memory_mb,
@@ -267,6 +282,30 @@ fn prefer(targets: &mut Vec<String>, leader: &str) {
     }
     targets.retain(|t| t != leader);
     targets.insert(0, leader.to_string());
+}
+
+/// The least time between heartbeats a nudge may bring forward: progress of many PEs
+/// at once (a checkpoint's pieces) goes in one heartbeat, not one each.
+const NUDGE_GAP: Duration = Duration::from_millis(10);
+
+/// Sleeps until `d` after `last`, or until a nudge (a PE made progress the masters act
+/// on) but not before [`NUDGE_GAP`] after `last`; true if the agent was told to stop
+/// meanwhile.
+async fn wait_or_nudge(
+    stop: &mut watch::Receiver<bool>,
+    last: tokio::time::Instant,
+    d: Duration,
+    nudge: &tokio::sync::Notify,
+) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep_until(last + d) => None,
+        _ = async {
+            nudge.notified().await;
+            tokio::time::sleep_until(last + NUDGE_GAP).await;
+        } => None,
+        r = stop.wait_for(|s| *s) => Some(r.is_ok()),
+    };
+    stopped.unwrap_or_else(|| *stop.borrow())
 }
 
 /// Sleeps `d`; true if the agent was told to stop meanwhile.

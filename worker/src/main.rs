@@ -58,6 +58,10 @@ struct Args {
     /// Do not ask NVML for NVIDIA GPUs.
     #[arg(long)]
     no_nvml: bool,
+    /// Report progress (PE states, checkpoint pieces) only with the periodic
+    /// heartbeat instead of at once (a baseline for benchmarks).
+    #[arg(long, env = "WEIR_HEARTBEAT_ONLY")]
+    heartbeat_only: bool,
     /// Pool to join (e.g. `inference`); repeat for several.
     #[arg(long = "pool", env = "WEIR_WORKER_POOLS", value_delimiter = ',')]
     pools: Vec<String>,
@@ -158,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: a.memory_mb,
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
+        push_progress: !a.heartbeat_only,
         checkpoint_dir: Some(checkpoint_dir),
         security,
     };

@@ -80,6 +80,7 @@ impl Worker {
                 Arc::new(move || rt.report())
             },
             on_heartbeat: Arc::new(move |r| env.on_heartbeat(r)),
+            nudge: runtime.nudge(),
             ..AgentHooks::default()
         };
         let (stop, stop_rx) = watch::channel(false);

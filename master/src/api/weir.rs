@@ -205,6 +205,7 @@ impl Weir for WeirService {
                     Response::Done | Response::UpgradeStarted { .. } | Response::Batch { .. } => 1,
                 };
                 tracing::info!(app = %spec.name, version, tenant = %spec.tenant, %request_id, repeat, templates, "app submitted");
+                self.liveness.wake();
                 let pes = PhysicalModel::expand(&spec)
                     .pes
                     .values()
@@ -355,6 +356,7 @@ impl Weir for WeirService {
                     _ => return Err(Status::internal("the upgrade did not start")),
                 };
                 tracing::info!(app = %r.app, upgrade = id, from = version, to, "upgrade started");
+                self.liveness.wake();
                 Ok(Reply::new(answer(id.to_string(), &p, to)?))
             })
             .await

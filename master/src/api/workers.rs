@@ -29,6 +29,32 @@ pub struct Liveness {
     /// `unplaced`: its content is the replicated state, its reasons are recomputed
     /// every tick).
     queue: Arc<Mutex<Arc<Vec<QueueEntry>>>>,
+    /// Wakes the executor: a worker reported progress it acts on (a PE's state, a new
+    /// checkpoint piece), or a client's change was committed.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Whether a worker's new report shows progress the executor acts on: a PE started,
+/// stopped, changed state, attempt or version, or reported a new checkpoint piece.
+fn progressed(old: &[pb::PeReport], new: &[pb::PeReport]) -> bool {
+    if old.len() != new.len() {
+        return true;
+    }
+    let key = |r: &pb::PeReport| {
+        (
+            r.app.clone(),
+            r.pe.clone(),
+            r.state,
+            r.attempt,
+            r.version,
+            r.checkpoints
+                .last()
+                .map(|c| (c.checkpoint_id, c.replicas.len())),
+            r.restore_failed_checkpoint_id,
+        )
+    };
+    let before: std::collections::BTreeSet<_> = old.iter().map(key).collect();
+    new.iter().any(|r| !before.contains(&key(r)))
 }
 
 /// The PEs one worker reported in its last heartbeat.
@@ -43,18 +69,35 @@ pub struct WorkerReports {
 }
 
 impl Liveness {
-    /// Records what a worker reports running.
+    /// Records what a worker reports running, and wakes the executor when that shows
+    /// progress since the worker's last report.
     pub fn record_reports(&self, id: &str, incarnation: u64, pes: Vec<pb::PeReport>) {
-        if let Ok(mut m) = self.reports.lock() {
-            m.insert(
-                id.to_string(),
-                WorkerReports {
-                    incarnation,
-                    at: Instant::now(),
-                    pes,
-                },
-            );
+        let Ok(mut m) = self.reports.lock() else {
+            return;
+        };
+        let moved = m.get(id).is_none_or(|old| progressed(&old.pes, &pes));
+        m.insert(
+            id.to_string(),
+            WorkerReports {
+                incarnation,
+                at: Instant::now(),
+                pes,
+            },
+        );
+        drop(m);
+        if moved {
+            self.wake();
         }
+    }
+
+    /// Wakes the executor now rather than at its next interval.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when something woke the executor.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     /// Records which apps the last reconcile tick could not place, and why (all of
@@ -413,5 +456,52 @@ pub async fn monitor_liveness(
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progressed;
+    use weir_proto::v1 as pb;
+
+    fn report(pe: &str, state: i32, pieces: &[(u64, usize)]) -> pb::PeReport {
+        pb::PeReport {
+            pe: pe.into(),
+            app: "a".into(),
+            state,
+            checkpoints: pieces
+                .iter()
+                .map(|(id, n)| pb::SnapshotPiece {
+                    checkpoint_id: *id,
+                    replicas: vec!["w".into(); *n],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_reports_the_executor_acts_on_wake_it() {
+        let old = vec![report("p", 2, &[(3, 2)]), report("q", 2, &[])];
+        // Counters moving is no progress.
+        let mut same = old.clone();
+        same[0].stats = Some(pb::PeStats {
+            records_in: 9,
+            ..Default::default()
+        });
+        assert!(!progressed(&old, &same));
+        // A new state, a new piece, a piece's replicas, a PE gone or added are.
+        let mut state = old.clone();
+        state[1].state = 3;
+        assert!(progressed(&old, &state));
+        let piece = vec![report("p", 2, &[(3, 2), (4, 1)]), report("q", 2, &[])];
+        assert!(progressed(&old, &piece));
+        let replicas = vec![report("p", 2, &[(3, 1)]), report("q", 2, &[])];
+        assert!(progressed(&old, &replicas));
+        assert!(progressed(&old, &old[..1]));
+        let mut attempt = old.clone();
+        attempt[0].attempt = 1;
+        assert!(progressed(&old, &attempt));
     }
 }

@@ -40,6 +40,11 @@ pub struct ExecutorConfig {
     pub checkpoint_timeout: Duration,
     /// Copies every snapshot needs (capped by the number of alive workers).
     pub checkpoint_replicas: u32,
+    /// Whether upgrades pre-copy window state (docs/upgrade-protocol.md).
+    pub precopy: bool,
+    /// How often workers heartbeat: a worker learns of a new peer (to replicate
+    /// snapshots to) from its next heartbeat answer.
+    pub worker_heartbeat: Duration,
     /// How the scheduler chooses devices and orders its queue.
     pub policy: crate::scheduler::Policy,
 }
@@ -66,6 +71,10 @@ struct Executor {
 }
 
 /// Runs the executor until `stop` fires. It acts only while this master leads.
+/// The pause before a tick that follows one which committed something (so a tick
+/// that commits every time cannot spin).
+const SELF_WAKE_GAP: Duration = Duration::from_millis(5);
+
 pub async fn run(
     shared: Shared,
     liveness: Liveness,
@@ -86,9 +95,13 @@ pub async fn run(
         counter: 0,
         memo: PlacementMemo::default(),
     };
+    let liveness = ex.liveness.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            // Progress is pushed: a report that moved something, or a client's change,
+            // is acted on at once.
+            _ = liveness.woken() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let leading = ex
@@ -100,7 +113,22 @@ pub async fn run(
             ex.recent.clear();
             continue;
         }
+        let applied = |s: &Shared| {
+            s.node
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index)
+        };
+        let before = applied(&ex.shared);
         ex.tick().await;
+        // What this tick committed (a phase of an upgrade, a checkpoint) may let the next
+        // step go at once: tick again soon instead of after the interval.
+        if applied(&ex.shared) != before {
+            tokio::time::sleep(SELF_WAKE_GAP).await;
+            liveness.wake();
+        }
     }
 }
 
@@ -349,12 +377,24 @@ impl Executor {
     /// complete and abandon all go through Raft, so a new leader knows what is in
     /// flight and a checkpoint is never half-recorded.
     async fn checkpoints(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
-        let alive = state
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Alive)
-            .count();
-        let need = (self.cfg.checkpoint_replicas as usize).min(alive).max(1);
+        // Copies each piece needs: capped by the workers alive, and known to their peers,
+        // when the checkpoint began. PEs replicate to the peers their worker knows when
+        // they snapshot, and a worker learns of a new one from its next heartbeat
+        // answer, so a worker that joined since cannot hold a copy yet and must not
+        // hold the checkpoint up.
+        let replicas = self.cfg.checkpoint_replicas as usize;
+        let known_after = 2 * self.cfg.worker_heartbeat.as_millis() as u64;
+        let need = |started_at_ms: u64| {
+            let alive = state
+                .workers
+                .values()
+                .filter(|w| {
+                    w.state == WorkerState::Alive
+                        && w.state_since_ms.saturating_add(known_after) <= started_at_ms
+                })
+                .count();
+            replicas.min(alive).max(1)
+        };
         let now = crate::api::now_ms();
         for app in state.apps.values().filter(|a| a.state.is_live()) {
             if app.placement.is_empty() {
@@ -385,7 +425,7 @@ impl Executor {
                         Some(p) if p.size_bytes == 0 => {
                             max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
                         }
-                        Some(p) if p.replicas.len() >= need => {
+                        Some(p) if p.replicas.len() >= need(f.started_at_ms) => {
                             max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
                             pieces.insert(
                                 pe.clone(),

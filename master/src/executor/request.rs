@@ -74,6 +74,7 @@ pub fn deploy_pe(
                             checkpoint_id: c.id,
                             locations,
                             wait_ms: 0,
+                            ..Default::default()
                         })
                     })
                     .collect(),
@@ -175,7 +176,23 @@ pub fn build(
 
 /// Where the snapshot of `pe` in checkpoint `c` is, alive workers first; empty when
 /// the PE had no state in it.
-fn locations(
+/// The checkpoint an upgrade's successor pre-copies its predecessors' state from: the
+/// app's latest complete one, when each of `preds` has a stored piece in it; `None`
+/// without one, or while a checkpoint is in flight (the old PEs may yet snapshot past
+/// it, and their deltas at the switch would then be against another).
+pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[String]) -> Option<&'a CheckpointRecord> {
+    if app.checkpoints.in_flight.is_some() || preds.is_empty() {
+        return None;
+    }
+    let c = app.checkpoints.complete.iter().max_by_key(|c| c.id)?;
+    preds
+        .iter()
+        .all(|p| c.pieces.get(p).is_some_and(|piece| piece.size_bytes > 0))
+        .then_some(c)
+}
+
+/// Where the stored copies of `pe`'s piece of checkpoint `c` are, alive workers first.
+pub fn locations(
     c: &CheckpointRecord,
     pe: &str,
     workers: &BTreeMap<String, WorkerRecord>,

@@ -272,6 +272,12 @@ impl Executor {
         };
         // Surviving consumers accept their new inputs first, so the new PEs' links to
         // them come up at once instead of backing off while refused.
+        // Successors pre-copy from the latest complete checkpoint: wait until none is in
+        // flight, so that the old PEs' deltas (rounds, and at the switch) are against
+        // that one.
+        if self.cfg.precopy && app.checkpoints.in_flight.is_some() {
+            return;
+        }
         if !self.arm(state, app, up, p, true).await {
             return;
         }
@@ -305,11 +311,21 @@ impl Executor {
                 continue;
             };
             let preds = up.handoff.get(pe.as_str()).cloned().unwrap_or_default();
+            let windows = new_spec
+                .operator(&spec.operator)
+                .is_some_and(|o| o.kind.keyed_state());
+            let precopy = (self.cfg.precopy && windows)
+                .then(|| request::precopy_base(app, &preds))
+                .flatten();
             req.restore_pieces = preds
                 .iter()
                 .filter_map(|old| {
                     let ow = app.placement.get(old)?;
                     let orec = state.workers.get(ow)?;
+                    let (precopy_checkpoint_id, precopy_locations) = match precopy {
+                        Some(c) => (c.id, request::locations(c, old, &state.workers)),
+                        None => (0, vec![]),
+                    };
                     Some(pb::RestorePiece {
                         pe: old.clone(),
                         checkpoint_id: up.barrier,
@@ -320,6 +336,8 @@ impl Executor {
                             crc32c: 0,
                         }],
                         wait_ms: HANDOFF_WAIT_MS,
+                        precopy_checkpoint_id,
+                        precopy_locations,
                     })
                 })
                 .collect();
@@ -421,13 +439,20 @@ impl Executor {
             let w = up.placement.get(pe).or_else(|| app.placement.get(pe))?;
             Some(state.workers.get(w)?.data_address.clone())
         };
+        // Old windows are armed to drain from the start when their successors pre-copy:
+        // armed, they ship their changes ahead of the switch (docs/upgrade-protocol.md).
+        let precopy = self.cfg.precopy;
+        let early = |pe: &str| {
+            precopy
+                && old_view
+                    .spec
+                    .operator(PeId::operator_of(pe))
+                    .is_some_and(|o| o.kind.keyed_state())
+        };
         for i in p.instructions().map(|(_, i)| i) {
             let on = match i {
-                Instruction::SwitchOutput { pe, .. } | Instruction::Drain { pe, .. }
-                    if !only_inputs =>
-                {
-                    pe.as_str()
-                }
+                Instruction::SwitchOutput { pe, .. } if !only_inputs => pe.as_str(),
+                Instruction::Drain { pe, .. } if !only_inputs || early(pe.as_str()) => pe.as_str(),
                 Instruction::OpenChannel { channel }
                     if app.placement.contains_key(channel.to.as_str()) =>
                 {

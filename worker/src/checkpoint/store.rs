@@ -249,6 +249,32 @@ impl SnapshotStore {
         id: u64,
         data: &[u8],
     ) -> Result<StoredPiece, StoreError> {
+        self.write(app, pe, id, data, true)
+    }
+
+    /// [`SnapshotStore::put`] without waiting for the disk: the file appears whole or
+    /// not at all while this machine runs, but a crash may lose it (CRC-checked on
+    /// every read, so a damaged one is refused). For an upgrade's hand-off rounds and
+    /// envelopes, which nobody reads after a crash of this worker (the upgrade rolls
+    /// back).
+    pub fn put_volatile(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        data: &[u8],
+    ) -> Result<StoredPiece, StoreError> {
+        self.write(app, pe, id, data, false)
+    }
+
+    fn write(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        data: &[u8],
+        durable: bool,
+    ) -> Result<StoredPiece, StoreError> {
         let dir = self.pe_dir(app, pe)?;
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -268,7 +294,10 @@ impl SnapshotStore {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&header(data))?;
             f.write_all(data)?;
-            f.sync_all()
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -279,7 +308,9 @@ impl SnapshotStore {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(&path)(e));
         }
-        fsync_dir(&dir)?;
+        if durable {
+            fsync_dir(&dir)?;
+        }
         Ok(StoredPiece {
             size: data.len() as u64,
             crc32c: crc32c::crc32c(data),

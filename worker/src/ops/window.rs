@@ -17,6 +17,9 @@
 //! State snapshots are split by key group so rescaling can move groups; the encoding and
 //! the merge rule are in [`Window::snapshot`] and [`Window::restore`].
 
+mod delta;
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod hop_tests;
 mod state;
@@ -145,9 +148,32 @@ fn every(t: i64, size: i64, slide: i64) -> impl Iterator<Item = (i64, i64)> {
     })
 }
 
+/// One key's aggregate in one window, and the epoch of its last change (what a delta
+/// against the last full snapshot carries: see [`Changes`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Slot {
+    acc: Acc,
+    epoch: u64,
+}
+
 /// Windows keyed by `(end, start)`, then by record key: iteration order is the emission
 /// order (window end, then key), and records look their key up without allocating.
-type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Acc>>;
+type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Slot>>;
+
+/// What changed since the last full snapshot, so an upgrade's hand-off can send only
+/// that (see `delta.rs`).
+#[derive(Clone, Debug, Default)]
+enum Changes {
+    /// No full snapshot yet, or too much changed to be worth tracking: no delta.
+    #[default]
+    Untracked,
+    /// The `(end, start, key)` of every slot changed since the full snapshot taken at
+    /// checkpoint `base` (each once: a slot is listed when its epoch first moves).
+    Since {
+        base: u64,
+        dirty: Vec<(i64, i64, Vec<u8>)>,
+    },
+}
 
 /// A keyed tumbling event-time window PE.
 #[derive(Clone, Debug)]
@@ -167,6 +193,10 @@ pub struct Window {
     floors: BTreeMap<u32, i64>,
     /// Records emitted so far: the `seq` of the next output.
     emitted: u64,
+    /// Advances at every full snapshot; a slot whose epoch is older has not changed
+    /// since.
+    epoch: u64,
+    changes: Changes,
     /// Nothing processed or restored yet: the first restore adopts the snapshot's
     /// progress instead of merging with this PE's (empty) own.
     fresh: bool,
@@ -189,6 +219,8 @@ impl Window {
             closed_upto: None,
             floors: BTreeMap::new(),
             emitted: 0,
+            epoch: 0,
+            changes: Changes::Untracked,
             fresh: true,
             late: 0,
             skipped: 0,
@@ -343,12 +375,20 @@ impl Window {
                 late = true;
                 continue;
             }
+            let epoch = self.epoch;
             let keys = self.windows.entry((end, start)).or_default();
-            match keys.get_mut(r.key) {
-                Some(a) => a.merge(&acc),
-                None => {
-                    keys.insert(r.key.to_vec(), acc);
+            let first = match keys.get_mut(r.key) {
+                Some(slot) => {
+                    slot.acc.merge(&acc);
+                    std::mem::replace(&mut slot.epoch, epoch) != epoch
                 }
+                None => {
+                    keys.insert(r.key.to_vec(), Slot { acc, epoch });
+                    true
+                }
+            };
+            if first {
+                self.changed(end, start, r.key);
             }
         }
         self.late += u64::from(late);
@@ -376,7 +416,7 @@ impl Window {
         };
         let mut b = BatchBuilder::with_capacity(closed.values().map(|k| k.len() * 96).sum());
         for ((end, start), keys) in closed {
-            for (key, acc) in keys {
+            for (key, Slot { acc, .. }) in keys {
                 let fields = [
                     (
                         "key",

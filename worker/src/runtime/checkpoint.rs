@@ -160,6 +160,24 @@ impl CheckpointEnv {
         Ok(())
     }
 
+    /// Stores `bytes` under `name` at `id` on this worker only, without waiting for the
+    /// disk and without reporting a piece (an upgrade's hand-off rounds and envelope:
+    /// if this worker crashes the upgrade rolls back and nobody reads them).
+    pub async fn put_local(
+        &self,
+        app: &str,
+        name: &str,
+        id: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
+        let (s, a, n) = (self.store.clone(), app.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || s.put_volatile(&a, &n, id, &bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| format!("barrier {id}: storing the hand-off failed: {e}"))
+    }
+
     /// Loads another PE's snapshot at `id` (an upgrade's hand-off, or a predecessor's
     /// piece of a checkpoint), from this worker or the given locations, waiting up to
     /// `wait` for it to be taken.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use weir_common::keygroup::KeyGroupRange;
 use weir_common::record::Batch;
 use weir_common::spec::{OperatorKind, OperatorSpec};
 use weir_proto::v1 as pb;
@@ -217,17 +218,101 @@ impl Kernel {
         })
     }
 
-    /// The state to checkpoint at barrier `id`; empty for kernels without state.
-    pub async fn snapshot(&mut self, id: u64) -> Result<Vec<u8>, KernelError> {
+    /// The state to checkpoint at barrier `id`; empty for kernels without state. A
+    /// window snapshots the keys of `groups` (its own: parts of several predecessors
+    /// then carry disjoint groups) and tracks changes from here for a delta.
+    pub async fn snapshot(
+        &mut self,
+        id: u64,
+        groups: KeyGroupRange,
+    ) -> Result<Vec<u8>, KernelError> {
         Ok(match self {
-            Kernel::Window(w) => w.snapshot(weir_common::keygroup::KeyGroupRange {
-                start: 0,
-                end: weir_common::spec::KEY_GROUPS,
-            }),
+            Kernel::Window(w) => {
+                off_thread(w, move |w| {
+                    let s = w.snapshot(groups);
+                    w.mark(id);
+                    s
+                })
+                .await
+            }
             Kernel::Verify(v) => v.snapshot(),
             Kernel::File(f) => f.snapshot(id).await.map_err(KernelError::FileSnapshot)?,
             _ => Vec::new(),
         })
+    }
+
+    /// For a window draining at an upgrade's switch: the checkpoint its delta is
+    /// against and the delta of `groups` since (inner `None`: no delta, its
+    /// successors load the whole snapshot); `None` for other kernels, whose successors
+    /// never pre-copy.
+    pub fn handoff_delta(&self, groups: KeyGroupRange) -> Option<Option<(u64, Vec<u8>)>> {
+        let Kernel::Window(w) = self else { return None };
+        Some(w.delta_base().zip(w.delta(groups)))
+    }
+
+    /// For a window waiting to drain: up to `max` changed slots of `groups` to ship
+    /// ahead of the switch, the checkpoint they are against, and whether more changed
+    /// slots were left for later rounds.
+    pub fn handoff_round(
+        &mut self,
+        groups: KeyGroupRange,
+        max: usize,
+    ) -> Option<(u64, Vec<u8>, bool)> {
+        let Kernel::Window(w) = self else { return None };
+        let base = w.delta_base()?;
+        let round = w.round(groups, max)?;
+        Some((base, round, w.pending() > 0))
+    }
+
+    /// Stops tracking changes until the next full snapshot: a round that could not be
+    /// stored leaves no delta to trust (the successors load the whole snapshot).
+    pub fn forget_changes(&mut self) {
+        if let Kernel::Window(w) = self {
+            w.forget_changes();
+        }
+    }
+
+    /// Applies a predecessor's round over a pre-copied state.
+    pub async fn apply_round(
+        &mut self,
+        delta: Vec<u8>,
+        groups: KeyGroupRange,
+    ) -> Result<(), KernelError> {
+        if let Kernel::Window(w) = self {
+            off_thread(w, move |w| w.apply_round(&delta, Some(groups))).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel takes an upgrade's state as a pre-copy and deltas.
+    pub fn takes_deltas(&self) -> bool {
+        matches!(self, Kernel::Window(_))
+    }
+
+    /// Forgets all state (a pre-copy that cannot be completed by deltas).
+    pub fn clear_state(&mut self) {
+        if let Kernel::Window(w) = self {
+            *w = w.cleared();
+        }
+    }
+
+    /// Brings a pre-copied state up to the switch barrier with the predecessors'
+    /// deltas, keeping the key groups of `groups`.
+    pub async fn apply_deltas(
+        &mut self,
+        deltas: Vec<Vec<u8>>,
+        groups: KeyGroupRange,
+    ) -> Result<(), KernelError> {
+        if let Kernel::Window(w) = self {
+            off_thread(w, move |w| {
+                let deltas: Vec<&[u8]> = deltas.iter().map(Vec::as_slice).collect();
+                w.apply_deltas(&deltas, Some(groups))?;
+                w.take_over(groups);
+                Ok::<_, StateError>(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Loads state before any input: no part starts empty; one part is a checkpoint of
@@ -237,16 +322,21 @@ impl Kernel {
     pub async fn restore(
         &mut self,
         parts: &[bytes::Bytes],
-        handoff: Option<weir_common::keygroup::KeyGroupRange>,
+        handoff: Option<KeyGroupRange>,
     ) -> Result<(), KernelError> {
         match self {
             Kernel::Window(w) => {
-                for b in parts {
-                    w.restore(b)?;
-                }
-                if let Some(groups) = handoff {
-                    w.take_over(groups);
-                }
+                let parts = parts.to_vec();
+                off_thread(w, move |w| {
+                    for b in &parts {
+                        w.restore_groups(b, handoff)?;
+                    }
+                    if let Some(groups) = handoff {
+                        w.take_over(groups);
+                    }
+                    Ok::<_, StateError>(())
+                })
+                .await?;
             }
             Kernel::Verify(v) => {
                 for b in parts {
@@ -293,6 +383,29 @@ impl Kernel {
             sources: r.sources.len() as u32,
             inputs_ended,
         })
+    }
+}
+
+/// Runs `f` on a window on a blocking thread: encoding or loading a large state takes
+/// long, and on an async thread it would hold up every other PE scheduled there. The
+/// PE itself waits (its state is away meanwhile); the others run on.
+async fn off_thread<R: Send + 'static>(
+    w: &mut Window,
+    f: impl FnOnce(&mut Window) -> R + Send + 'static,
+) -> R {
+    let mut taken = std::mem::replace(w, w.cleared());
+    match tokio::task::spawn_blocking(move || {
+        let r = f(&mut taken);
+        (taken, r)
+    })
+    .await
+    {
+        Ok((back, r)) => {
+            *w = back;
+            r
+        }
+        // The closure panicked: the PE's task fails as it would have inline.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

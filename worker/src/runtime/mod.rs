@@ -8,6 +8,7 @@
 mod align;
 pub mod checkpoint;
 pub mod file_sink;
+pub mod handoff;
 pub mod kernel;
 pub mod pe;
 pub mod router;
@@ -208,6 +209,9 @@ pub struct Runtime {
     ckpt: Arc<CheckpointEnv>,
     containers: Option<crate::container::ContainerEngine>,
     dialer: crate::dataplane::Dialer,
+    /// Woken by PE state changes and new checkpoint pieces: progress is pushed to the
+    /// masters rather than waiting for the next heartbeat.
+    nudge: Arc<tokio::sync::Notify>,
 }
 
 impl Default for Runtime {
@@ -239,7 +243,13 @@ impl Runtime {
             ckpt,
             containers: None,
             dialer: Default::default(),
+            nudge: Arc::default(),
         }
+    }
+
+    /// What PEs wake when the masters should hear of their progress at once.
+    pub fn nudge(&self) -> Arc<tokio::sync::Notify> {
+        self.nudge.clone()
     }
 
     /// The runtime, running container PEs on `engine`.
@@ -314,7 +324,7 @@ impl Runtime {
             routes.push(Route::new(o.stream.clone(), o.partitioning.clone(), chans));
         }
         let router = Router::new(routes);
-        let status = Arc::new(PeStatus::default());
+        let status = Arc::new(PeStatus::with_nudge(self.nudge.clone()));
         let st = status.clone();
         let (triggers, trigger_rx) = mpsc::channel(4);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -691,5 +701,7 @@ fn stats_of(e: &PeEntry, with_rates: bool) -> pb::PeStats {
         bytes_out: s.bytes_out.load(Ordering::Relaxed),
         max_input_gap_ms: gaps.iter().copied().max().unwrap_or(0),
         input_gaps_ms: gaps,
+        state_precopied_bytes: s.precopied_bytes.load(Ordering::Relaxed),
+        state_barrier_bytes: s.barrier_bytes.load(Ordering::Relaxed),
     }
 }

@@ -9,6 +9,7 @@
 
 use super::align::{Aligner, OnBarrier};
 use super::checkpoint::CheckpointEnv;
+use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
@@ -271,18 +272,10 @@ pub async fn run_consumer(
     ckpt: Ckpt,
 ) {
     let mut ckpt = ckpt;
-    let restored = match ckpt.load(&status).await {
-        Ok(b) => b,
-        Err(_) => return,
-    };
-    if let Err(e) = kernel.restore(&restored, ckpt.handoff()).await {
-        status.restore_failed.store(
-            ckpt.restore.as_ref().map_or(0, |r| r.0),
-            std::sync::atomic::Ordering::Release,
-        );
-        status.fail(format!("restoring state: {e}"));
+    if handoff::restore(&ckpt, &mut kernel, &status).await.is_err() {
         return;
     }
+    let mut rounds = Rounds::new();
     let mut completed = ckpt.env.completed(&ckpt.app);
     let mut watching = true;
     let mut eps: Vec<Arc<InputEndpoint>> = inputs.iter().map(|(ep, _)| ep.clone()).collect();
@@ -355,17 +348,31 @@ pub async fn run_consumer(
                 ckpt.armed.retire_input(&eps[i]);
             }
         }
+        // Armed to drain: ship the changes since the last checkpoint ahead of the
+        // switch, a round at a time, for the successors to follow.
+        if rounds.due() && kernel.takes_deltas() && ckpt.armed.draining() {
+            if let Err(e) = rounds.ship(&mut kernel, &ckpt).await {
+                // Its slots were taken off the list: no delta is whole any more.
+                kernel.forget_changes();
+                tracing::warn!(%pe, error = %e, "a hand-off round was not stored; the whole state will move");
+            }
+        }
         let live = ended.iter().filter(|e| !**e).count();
         if let Some(id) = align.aligned(live) {
             let waited = align.alignment(Instant::now());
-            if let Err(e) =
-                snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, id, waited).await
-            {
+            let drains = ckpt.armed.drains_at(id);
+            let at = Barrier {
+                id,
+                alignment: waited,
+                drains,
+                rounds: &rounds,
+            };
+            if let Err(e) = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, at).await {
                 tracing::error!(%pe, error = %e, "checkpoint failed");
                 status.fail(e);
                 return;
             }
-            if ckpt.armed.drains_at(id) {
+            if drains {
                 let held = align.complete();
                 tokio::join!(
                     take_ends(&pe, held, &eps, &ckpt.armed, id),
@@ -412,23 +419,61 @@ pub async fn run_consumer(
     tracing::info!(%pe, "PE finished: every input ended");
 }
 
-/// Takes the snapshot of an aligned checkpoint, then forwards its barrier.
+/// An aligned barrier: its id, how long alignment took, whether the PE drains at it
+/// (and then the rounds it shipped before).
+struct Barrier<'a> {
+    id: u64,
+    alignment: Duration,
+    drains: bool,
+    rounds: &'a Rounds,
+}
+
+/// Takes the snapshot of an aligned checkpoint, then forwards its barrier. A window
+/// draining for an upgrade stores its hand-off envelope first and its whole snapshot
+/// after forwarding (nothing changes its state after the barrier), so its successors
+/// and consumers do not wait for the whole state to be written.
 async fn snapshot(
     pe: &str,
     kernel: &mut Kernel,
     router: &mut Router,
     status: &Arc<PeStatus>,
     ckpt: &Ckpt,
-    id: u64,
-    alignment: Duration,
+    at: Barrier<'_>,
 ) -> Result<(), String> {
+    let Barrier {
+        id,
+        alignment,
+        drains,
+        rounds,
+    } = at;
     let alignment_ms = alignment.as_millis() as u64;
-    let bytes = kernel.snapshot(id).await.map_err(|e| e.to_string())?;
+    let envelope = drains
+        .then(|| kernel.handoff_delta(ckpt.key_groups))
+        .flatten()
+        .map(|delta| {
+            handoff::envelope(delta.as_ref().map(|(base, state)| handoff::Delta {
+                base: *base,
+                after: rounds.after(*base),
+                more: false,
+                state,
+            }))
+        });
+    let forwarded = envelope.is_some();
+    if let Some(e) = envelope {
+        handoff::store_envelope(&ckpt.env, &ckpt.app, pe, id, e).await?;
+        router.barrier(id).await;
+    }
+    let bytes = kernel
+        .snapshot(id, ckpt.key_groups)
+        .await
+        .map_err(|e| e.to_string())?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
         .save(&ckpt.app, pe, id, bytes, alignment_ms, status)
         .await?;
-    router.barrier(id).await;
+    if !forwarded {
+        router.barrier(id).await;
+    }
     tracing::debug!(%pe, checkpoint = id, alignment_ms, "snapshot taken");
     Ok(())
 }

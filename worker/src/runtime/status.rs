@@ -22,6 +22,12 @@ pub struct PeStatus {
     pieces: Mutex<std::collections::VecDeque<pb::SnapshotPiece>>,
     /// The checkpoint it could not restore from; 0 for none.
     pub restore_failed: AtomicU64,
+    /// State bytes an upgrade's successor pre-copied before the switch.
+    pub precopied_bytes: AtomicU64,
+    /// State bytes an upgrade's successor took at the switch barrier.
+    pub barrier_bytes: AtomicU64,
+    /// Woken when the masters should hear at once (a new state, a new piece).
+    nudge: Option<std::sync::Arc<tokio::sync::Notify>>,
     gaps: Mutex<Gaps>,
 }
 
@@ -119,7 +125,24 @@ impl PeStatus {
 
     /// Moves to `s`.
     pub fn set(&self, s: PeRunState) {
-        self.state.store(s as u8, Ordering::Release);
+        if self.state.swap(s as u8, Ordering::AcqRel) != s as u8 {
+            self.nudge();
+        }
+    }
+
+    /// A status whose changes of state and new pieces wake `nudge` (the worker's
+    /// heartbeat, so the masters hear of them at once).
+    pub fn with_nudge(nudge: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            nudge: Some(nudge),
+            ..Self::default()
+        }
+    }
+
+    fn nudge(&self) {
+        if let Some(n) = &self.nudge {
+            n.notify_one();
+        }
     }
 
     /// Fails with a reason.
@@ -168,6 +191,7 @@ impl PeStatus {
                 m.pop_front();
             }
         }
+        self.nudge();
     }
 
     /// The snapshots to report.

@@ -102,6 +102,12 @@ impl Armed {
         self.senders.retire_input(ep);
     }
 
+    /// Whether the PE is armed to drain (at a barrier still to come).
+    pub fn draining(&mut self) -> bool {
+        self.take();
+        self.drain.is_some()
+    }
+
     /// Whether the PE drains at barrier `id`.
     pub fn drains_at(&mut self, id: u64) -> bool {
         self.take();

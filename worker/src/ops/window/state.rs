@@ -12,7 +12,7 @@
 //! opt: u8 0 | u8 1 + i64
 //! ```
 
-use super::{Acc, Progress, Window, WindowKind};
+use super::{Acc, Progress, Slot, Window, WindowKind};
 use crate::ops::codec::{Dec, Enc};
 use crate::ops::StateError;
 use weir_common::keygroup::{key_group, KeyGroupRange};
@@ -22,13 +22,13 @@ const KIND: u8 = b'W';
 const NAME: &str = "a window";
 
 /// A snapshot read back, checked, not yet merged.
-struct Part {
-    groups: KeyGroupRange,
+pub(super) struct Part {
+    pub(super) groups: KeyGroupRange,
     emitted: u64,
-    closed_upto: Option<i64>,
+    pub(super) closed_upto: Option<i64>,
     inputs: Vec<Progress>,
     floors: Vec<(u32, i64)>,
-    entries: Vec<(i64, i64, Vec<u8>, Acc)>,
+    pub(super) entries: Vec<(i64, i64, Vec<u8>, Acc)>,
 }
 
 impl Window {
@@ -36,6 +36,20 @@ impl Window {
     /// progress, the lateness bounds and the emitted-records counter (which every part
     /// carries whole: see [`Window::restore`]).
     pub fn snapshot(&self, groups: KeyGroupRange) -> Vec<u8> {
+        let entries = self
+            .windows
+            .iter()
+            .flat_map(|(bounds, keys)| keys.iter().map(move |(k, s)| (bounds, k, &s.acc)))
+            .filter(|(_, k, _)| groups.contains(key_group(k)));
+        self.encode(groups, entries)
+    }
+
+    /// The snapshot layout with the given entries (all of them, or a delta's).
+    pub(super) fn encode<'a>(
+        &self,
+        groups: KeyGroupRange,
+        entries: impl Iterator<Item = (&'a (i64, i64), &'a Vec<u8>, &'a Acc)>,
+    ) -> Vec<u8> {
         let mut e = Enc::new(KIND);
         match &self.kind {
             // A tumbling count is written as before hopping windows existed, and a
@@ -76,14 +90,12 @@ impl Window {
             e.u32(*g);
             e.i64(*f);
         }
-        let entries: Vec<_> = self
-            .windows
-            .iter()
-            .flat_map(|(bounds, keys)| keys.iter().map(move |(k, a)| (bounds, k, a)))
-            .filter(|(_, k, _)| groups.contains(key_group(k)))
-            .collect();
-        e.u64(entries.len() as u64);
+        // The count goes first: reserve it, fill it in after.
+        let count_at = e.0.len();
+        e.u64(0);
+        let mut n = 0u64;
         for ((end, start), key, acc) in entries {
+            n += 1;
             e.i64(*end);
             e.i64(*start);
             e.bytes(key);
@@ -104,6 +116,7 @@ impl Window {
                 }
             }
         }
+        e.0[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
         e.0
     }
 
@@ -127,7 +140,34 @@ impl Window {
     /// only the part has are ignored. The late and skipped counters are per PE and not
     /// part of snapshots.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), StateError> {
-        let part = self.read(bytes)?;
+        self.restore_groups(bytes, None)
+    }
+
+    /// [`Window::restore`], keeping only the entries of `keep` (when given): a
+    /// successor that takes part of a predecessor's keys never holds the rest.
+    pub fn restore_groups(
+        &mut self,
+        bytes: &[u8],
+        keep: Option<KeyGroupRange>,
+    ) -> Result<(), StateError> {
+        let part = self.read(bytes, keep)?;
+        self.merge_progress(&part);
+        let epoch = self.epoch;
+        for (end, start, key, acc) in part.entries {
+            let keys = self.windows.entry((end, start)).or_default();
+            match keys.get_mut(&key) {
+                Some(s) => s.acc.merge(&acc),
+                None => {
+                    keys.insert(key, Slot { acc, epoch });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The header half of the merge rule of [`Window::restore`]: progress, lateness
+    /// bounds and the emitted-records counter.
+    pub(super) fn merge_progress(&mut self, part: &Part) {
         let fresh = std::mem::replace(&mut self.fresh, false);
         if fresh {
             for (i, p) in self.inputs.iter_mut().enumerate() {
@@ -155,26 +195,23 @@ impl Window {
             .map(|c| (part.groups.start..part.groups.end).map(move |g| (g, c)));
         for (g, f) in part
             .floors
-            .into_iter()
+            .iter()
+            .copied()
             .chain(part_floors.into_iter().flatten())
         {
             let slot = self.floors.entry(g).or_insert(f);
             *slot = (*slot).max(f);
         }
         self.emitted = self.emitted.max(part.emitted);
-        for (end, start, key, acc) in part.entries {
-            let keys = self.windows.entry((end, start)).or_default();
-            match keys.get_mut(&key) {
-                Some(a) => a.merge(&acc),
-                None => {
-                    keys.insert(key, acc);
-                }
-            }
-        }
-        Ok(())
     }
 
-    fn read(&self, bytes: &[u8]) -> Result<Part, StateError> {
+    /// Reads and checks a snapshot; entries outside `keep` (when given) are checked
+    /// and dropped.
+    pub(super) fn read(
+        &self,
+        bytes: &[u8],
+        keep: Option<KeyGroupRange>,
+    ) -> Result<Part, StateError> {
         let mut d = Dec::new(bytes, KIND, NAME)?;
         let at = d.at();
         let (kind, slide) = match d.u8()? {
@@ -262,7 +299,8 @@ impl Window {
         }
         let acc_kind = u8::from(matches!(self.kind, WindowKind::Sum { .. }));
         let n = d.count(8 + 8 + 4 + 9)?;
-        let mut entries = Vec::with_capacity(n);
+        // Kept entries are a share of the part's when filtered: grow as they come.
+        let mut entries = Vec::with_capacity(if keep.is_some() { n / 4 } else { n });
         for _ in 0..n {
             let at = d.at();
             let (end, start) = (d.i64()?, d.i64()?);
@@ -294,7 +332,9 @@ impl Window {
                     })
                 }
             };
-            entries.push((end, start, key, acc));
+            if keep.is_none_or(|g| g.contains(key_group(&key))) {
+                entries.push((end, start, key, acc));
+            }
         }
         d.finish()?;
         Ok(Part {

@@ -465,3 +465,46 @@ fn a_rescale_hand_off_splits_state_by_key_group_and_stays_exact() {
     }
     assert_eq!(out, recompute(&batches, 1000, None));
 }
+
+#[test]
+fn a_rescale_keeps_windows_a_slower_predecessor_had_open() {
+    // Two old PEs whose time went apart: one closed up to 2000, the other only up to
+    // 1000. Each snapshots its own key groups (as PEs do), so the successor judges
+    // lateness per predecessor: a record after the switch for the slow one's open
+    // window [1000, 2000) still counts.
+    let (fast_key, slow_key) = (
+        key_in(KeyGroupRange::for_pe(0, 2)),
+        key_in(KeyGroupRange::for_pe(1, 2)),
+    );
+    let mut fast = Window::new(WindowKind::Count, 1000, 1, 9);
+    let mut slow = Window::new(WindowKind::Count, 1000, 1, 9);
+    fast.apply(0, &batch_of(&[(&fast_key, 2100)]));
+    slow.apply(0, &batch_of(&[(&slow_key, 1100)]));
+    let parts = [
+        fast.snapshot(KeyGroupRange::for_pe(0, 2)),
+        slow.snapshot(KeyGroupRange::for_pe(1, 2)),
+    ];
+    let mut new = Window::new(WindowKind::Count, 1000, 1, 9);
+    for p in &parts {
+        new.restore(p).unwrap();
+    }
+    new.take_over(KeyGroupRange {
+        start: 0,
+        end: KEY_GROUPS,
+    });
+    new.apply(0, &batch_of(&[(&slow_key, 1500)]));
+    assert_eq!(
+        new.late(),
+        0,
+        "the slow predecessor's window was still open"
+    );
+    let mut out = Results::new();
+    collect(
+        &mut out,
+        &new.apply(0, &batch_of(&[(&fast_key, 3500), (&slow_key, 3500)])),
+    );
+    assert_eq!(out[&(slow_key.clone(), 1000, 2000)], Value::I64(2));
+    // A record for a window the fast one had closed stays late.
+    new.apply(0, &batch_of(&[(&fast_key, 1500)]));
+    assert_eq!(new.late(), 1);
+}

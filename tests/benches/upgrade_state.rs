@@ -1,0 +1,255 @@
+//! Online upgrades of a keyed window holding large state, per state size and kind,
+//! with pre-copy (the default: successors load the last checkpoint while the old PEs
+//! run, follow their changes in rounds, and take only the last delta at the switch)
+//! and without it (`MasterConfig::precopy` off: the whole state moves at the switch
+//! barrier), the baseline, measured in the same run.
+//!
+//! One master and two in-process workers on loopback (real gRPC, Raft and TCP). The
+//! app: `gen` (2 PEs, 300,000 records/s in all, keys cycling over enough keys for the
+//! state size, wall-clock event times) -> `win` (`window.count`, 10-minute windows,
+//! hash) -> `views`; and `gen` -> `sample` (`filter where: id % 300 == 0`) -> `tag`
+//! -> `lat` (`sink.tcp` read here). A window that blocks its producers stalls the
+//! sample path too, so the gaps at `lat` show the stall. Per case it prints: the
+//! longest gap at `lat` during the upgrade next to the steady one, latency p50/p99
+//! steady vs during, bytes of state the successors took before the switch (pre-copy
+//! and rounds) and at it, total time, and this process's RSS.
+//!
+//! With pre-copy it then stops one worker (worker timeout 1.5 s) and reports the time
+//! from the loss to the first record generated after it reaching `lat`, and to every PE
+//! running again after a committed recovery (which restores whole snapshots from the
+//! last checkpoint).
+//!
+//! `WEIR_BENCH_STATE_MB` (default `10,100`) picks the sizes (MB of window snapshot in
+//! all). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! BENCHMARKS.md. Without `--bench` it does nothing.
+
+use std::time::{Duration, Instant};
+use weir_master::server::MasterConfig;
+use weir_proto::v1 as pb;
+use weir_tests::arrivals::{listen, unix_ms, window};
+use weir_tests::{app_detail, eventually_within, start_worker, status_mb, Cluster};
+
+const RATE: u64 = 300_000;
+/// Bytes one key takes in a window snapshot (window bounds, key "k" + 7 digits,
+/// count).
+const SLOT_BYTES: u64 = 37;
+const LIMIT: Duration = Duration::from_secs(900);
+const STEADY: Duration = Duration::from_secs(3);
+
+fn tuned(cfg: &mut MasterConfig) {
+    weir_tests::upgrade_bench_timing(cfg);
+    cfg.worker_timeout = Duration::from_millis(1500);
+    cfg.checkpoint_timeout = Duration::from_secs(60);
+}
+
+fn whole(cfg: &mut MasterConfig) {
+    tuned(cfg);
+    cfg.precopy = false;
+}
+
+fn text(keys: u64, win: u32, cpu: f64, sink: &str) -> String {
+    format!(
+        r#"
+name: big
+checkpoint_interval_ms: 1000
+operators:
+  - {{name: gen, kind: source.generator, parallelism: 2, params: {{rate: {RATE}, keys: {keys}, payload_bytes: 0, event_time: wall}}}}
+  - {{name: sample, kind: filter, parallelism: 2, params: {{where: "id % 300 == 0"}}}}
+  - {{name: tag, kind: map, parallelism: 2, params: {{set: {{t: ts}}}}}}
+  - {{name: lat, kind: sink.tcp, params: {{address: "{sink}"}}}}
+  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 600000}}, resources: {{cpu: {cpu}}}}}
+  - {{name: views, kind: sink.null}}
+streams:
+  - {{from: gen, to: sample}}
+  - {{from: sample, to: tag}}
+  - {{from: tag, to: lat, partitioning: round_robin}}
+  - {{from: gen, to: win, partitioning: hash}}
+  - {{from: win, to: views, partitioning: round_robin}}
+"#
+    )
+}
+
+/// The window's bytes in the newest complete checkpoint.
+async fn window_bytes(
+    client: &mut weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel>,
+) -> Option<u64> {
+    let ck = client
+        .list_checkpoints(pb::ListCheckpointsRequest { app: "big".into() })
+        .await
+        .ok()?
+        .into_inner();
+    let last = ck.checkpoints.last()?;
+    Some(
+        last.pieces
+            .iter()
+            .filter(|p| p.pe.starts_with("win@"))
+            .map(|p| p.size_bytes)
+            .sum(),
+    )
+}
+
+async fn case(size_mb: u64, precopy: bool) {
+    let c = Cluster::start_tuned(1, if precopy { tuned } else { whole }).await;
+    c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let workers = vec![
+        start_worker("w1", &masters).await,
+        start_worker("w2", &masters).await,
+    ];
+    let mut client = c.client(1).await;
+    weir_tests::workers_alive(&client, 2, LIMIT).await;
+    let (sink, arrivals) = listen().await;
+    let keys = size_mb * 1_000_000 / SLOT_BYTES;
+    client
+        .submit_app(weir_tests::submit_yaml(text(keys, 2, 0.5, &sink)))
+        .await
+        .unwrap();
+    let target = size_mb * 1_000_000 * 95 / 100;
+    let filled = Instant::now();
+    let bytes = eventually_within("the window state is filled", LIMIT, || {
+        let mut client = client.clone();
+        async move { window_bytes(&mut client).await.filter(|b| *b >= target) }
+    })
+    .await;
+    eprintln!(
+        "{size_mb} MB: {bytes} bytes of window state after {:.0} s",
+        filled.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(STEADY).await;
+    let kinds = [
+        ("rescale the window 2 -> 3", text(keys, 3, 0.5, &sink)),
+        (
+            "replace the window (new resources)",
+            text(keys, 3, 0.25, &sink),
+        ),
+    ];
+    for (name, spec) in kinds {
+        let steady_from = unix_ms() - STEADY.as_millis() as i64;
+        let t0 = unix_ms();
+        let started = Instant::now();
+        let r = client
+            .upgrade_app(weir_tests::upgrade_yaml("big", spec))
+            .await
+            .unwrap()
+            .into_inner();
+        let op = weir_tests::operation_ended(&client, "big", &r.operation_id, LIMIT).await;
+        let total = started.elapsed().as_millis();
+        let t1 = unix_ms();
+        assert_eq!(op.phase, pb::UpgradePhase::Done as i32, "{name}: {op:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (sp50, sp99, sgap, _) = window(&arrivals, steady_from, t0);
+        let (up50, up99, ugap, n) = window(&arrivals, t0, t1);
+        assert!(n > 0, "{name}: records flowed during the upgrade");
+        let d = app_detail(&mut client, "big").await.unwrap();
+        let (before, at) = d
+            .pes
+            .iter()
+            .filter(|p| p.pe.as_ref().is_some_and(|p| p.operator == "win"))
+            .filter_map(|p| p.stats.as_ref())
+            .fold((0, 0), |(b, a), s| {
+                (b + s.state_precopied_bytes, a + s.state_barrier_bytes)
+            });
+        let res = op.result.unwrap_or_default();
+        println!(
+            "{:>6} {:<9} {:<36} {:>4} {:>4} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7}",
+            format!("{size_mb} MB"),
+            if precopy { "pre-copy" } else { "whole" },
+            name,
+            res.records_lost,
+            res.records_duplicated,
+            ugap,
+            sgap,
+            format!("{sp50}/{sp99}"),
+            format!("{up50}/{up99}"),
+            before / 1_000_000,
+            format!("{:.2}", at as f64 / 1e6),
+            total,
+            status_mb(None, "VmRSS:") as u64,
+        );
+        tokio::time::sleep(STEADY).await;
+    }
+    if precopy {
+        // Recovery after a worker loss (the same machinery restores whole snapshots):
+        // from the loss to the first record generated after it reaching the sink.
+        let mut workers = workers;
+        let lost = unix_ms();
+        workers.pop().expect("w2").stop().await;
+        let resumed = eventually_within("output resumes after the worker loss", LIMIT, || {
+            let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+            let first = a.iter().find(|(_, ts)| *ts > lost).map(|(t, _)| *t);
+            async move { first }
+        })
+        .await;
+        // Recovered: a recovery committed and every PE running again (its state
+        // restored: a PE reports running only after its restore).
+        let recovered = eventually_within("the app recovered", LIMIT, || {
+            let mut client = client.clone();
+            async move {
+                let ck = client
+                    .list_checkpoints(pb::ListCheckpointsRequest { app: "big".into() })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let d = app_detail(&mut client, "big").await?;
+                let running = d.pes.iter().all(|p| p.state == pb::PeState::Running as i32);
+                (!ck.recoveries.is_empty() && running).then(unix_ms)
+            }
+        })
+        .await;
+        println!(
+            "{:>6} worker loss (timeout 1.5 s): sink output resumed after {} ms, every PE restored and running after {} ms ({} MB of window state in the last checkpoint)",
+            format!("{size_mb} MB"),
+            resumed - lost,
+            recovered - lost,
+            bytes / 1_000_000
+        );
+        for w in workers {
+            w.stop().await;
+        }
+    } else {
+        for w in workers {
+            w.stop().await;
+        }
+    }
+    c.stop().await;
+}
+
+async fn run() {
+    let sizes: Vec<u64> = std::env::var("WEIR_BENCH_STATE_MB")
+        .unwrap_or_else(|_| "10,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!(
+        "online upgrades with large window state at {RATE} records/s, 2 workers, release build"
+    );
+    println!(
+        "{:>6} {:<9} {:<36} {:>4} {:>4} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7}",
+        "state",
+        "hand-off",
+        "kind",
+        "lost",
+        "dup",
+        "stall ms",
+        "base ms",
+        "p50/p99 st",
+        "p50/p99 up",
+        "before MB",
+        "at MB",
+        "total ms",
+        "RSS MB"
+    );
+    for size in sizes {
+        for precopy in [true, false] {
+            case(size, precopy).await;
+        }
+    }
+    println!(
+        "peak RSS of this process {:.0} MB",
+        status_mb(None, "VmHWM:")
+    );
+}
+
+fn main() {
+    weir_tests::bench_main("upgrade_state", run);
+}

@@ -1,0 +1,225 @@
+//! Deltas of window state: what changed since the last full snapshot, so an upgrade's
+//! successor that pre-copied that snapshot while the old PE kept running takes only
+//! the rest at the switch barrier (docs/upgrade-protocol.md, "Pre-copy").
+//!
+//! Tracking: every full snapshot starts an epoch ([`Window::mark`]); the first change
+//! of a slot in an epoch lists it once (its epoch is then the current one). A delta is
+//! the snapshot layout (header whole) with only the listed slots that still exist.
+//!
+//! Rounds ([`Window::round`]): while it waits for the switch, an old PE ships its
+//! listed slots a bounded number at a time, with their current values, and unlists them
+//! (their epoch becomes [`UNLISTED`], so their next change lists them again). A
+//! successor applies the rounds in order over its pre-copy ([`Window::apply_round`]),
+//! so at the barrier only the slots changed since the last round remain.
+//!
+//! Why applying a delta gives exactly the state at the barrier. Let `B` be the state
+//! at the full snapshot and `K` the state at the barrier, of the same PE:
+//! - a slot of `B` that no record touched since is unchanged in `K`, unless its window
+//!   closed: closing drops every window ending at or before the watermark and raises
+//!   `closed_upto` to it, and no slot ever exists for a window ending at or before
+//!   `closed_upto` (a record for one is late), so the slots of `B` gone from `K` are
+//!   exactly those ending at or before `K`'s `closed_upto`;
+//! - every slot created or changed since `B` is listed, and the delta carries its value
+//!   at `K` (a listed slot whose window closed since is gone from `K`, and from the
+//!   delta).
+//!
+//! So `K` = (`B` without windows ending at or before `K.closed_upto`) overwritten by the
+//! delta's slots, with the delta's header. Several predecessors merge as full
+//! snapshots do: their parts carry disjoint key groups (a keyed window snapshots its
+//! own groups), so each part's closing and overwriting touch only its own keys, and
+//! the headers merge by the rule of [`Window::restore`]. The property test in
+//! `tests.rs` checks pre-copy + delta against restoring the barrier's full snapshots.
+
+use super::{Changes, Window};
+use crate::ops::StateError;
+use weir_common::keygroup::{key_group, KeyGroupRange};
+
+/// At most this many changed slots are listed beyond the number of open slots: past
+/// that, a delta would be as large as the state, and tracking stops (no delta).
+const SLACK: usize = 1 << 16;
+
+/// The epoch of a slot shipped in a round and not changed since: never a current
+/// epoch (epochs start at 1 with the first full snapshot).
+pub(super) const UNLISTED: u64 = 0;
+
+impl Window {
+    /// A full snapshot was taken at checkpoint `id`: changes are tracked from here.
+    pub fn mark(&mut self, id: u64) {
+        self.epoch += 1;
+        self.changes = Changes::Since {
+            base: id,
+            dirty: Vec::new(),
+        };
+    }
+
+    /// The same window with no state (and no tracking).
+    pub fn cleared(&self) -> Window {
+        let mut w = Window::new(
+            self.kind.clone(),
+            self.size.unsigned_abs(),
+            self.inputs.len(),
+            self.out_source,
+        );
+        w.slide = self.slide;
+        w
+    }
+
+    /// Stops tracking until the next full snapshot: no delta until then.
+    pub fn forget_changes(&mut self) {
+        self.changes = Changes::Untracked;
+    }
+
+    /// Lists a slot whose epoch just moved.
+    pub(super) fn changed(&mut self, end: i64, start: i64, key: &[u8]) {
+        let Changes::Since { dirty, .. } = &mut self.changes else {
+            return;
+        };
+        dirty.push((end, start, key.to_vec()));
+        let listed = dirty.len();
+        // Checked now and then: counting open slots walks the windows, not the keys.
+        if listed % SLACK == 0 && listed > self.open_windows() + SLACK {
+            tracing::debug!(
+                changed = listed,
+                "window: too much changed since the last snapshot; no delta until the next"
+            );
+            self.changes = Changes::Untracked;
+        }
+    }
+
+    /// Changed slots listed and not shipped yet.
+    pub fn pending(&self) -> usize {
+        match &self.changes {
+            Changes::Since { dirty, .. } => dirty.len(),
+            Changes::Untracked => 0,
+        }
+    }
+
+    /// The checkpoint whose full snapshot a delta would be against, if any.
+    pub fn delta_base(&self) -> Option<u64> {
+        match &self.changes {
+            Changes::Since { base, .. } => Some(*base),
+            Changes::Untracked => None,
+        }
+    }
+
+    /// The delta of the keys of `groups` since the full snapshot at
+    /// [`Window::delta_base`], in the snapshot layout; `None` without one.
+    pub fn delta(&self, groups: KeyGroupRange) -> Option<Vec<u8>> {
+        let Changes::Since { dirty, .. } = &self.changes else {
+            return None;
+        };
+        let entries = dirty.iter().filter_map(|(end, start, key)| {
+            let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
+            let (key, slot) = keys.get_key_value(key)?;
+            Some((bounds, key, &slot.acc))
+        });
+        Some(self.encode(
+            groups,
+            entries.filter(|(_, k, _)| groups.contains(key_group(k))),
+        ))
+    }
+
+    /// Ships up to `max` listed slots of `groups` with their current values (the
+    /// snapshot layout, header whole) and unlists them; `None` without tracking or with
+    /// nothing listed.
+    pub fn round(&mut self, groups: KeyGroupRange, max: usize) -> Option<Vec<u8>> {
+        let Changes::Since { dirty, .. } = &mut self.changes else {
+            return None;
+        };
+        if dirty.is_empty() {
+            return None;
+        }
+        let take = dirty.len().min(max.max(1));
+        let shipped: Vec<(i64, i64, Vec<u8>)> = dirty.split_off(dirty.len() - take);
+        let mut entries = Vec::with_capacity(shipped.len());
+        for (end, start, key) in shipped {
+            let Some(slot) = self
+                .windows
+                .get_mut(&(end, start))
+                .and_then(|keys| keys.get_mut(&key))
+            else {
+                continue;
+            };
+            slot.epoch = UNLISTED;
+            entries.push(((end, start), key, slot.acc));
+        }
+        Some(
+            self.encode(
+                groups,
+                entries
+                    .iter()
+                    .filter(|(_, k, _)| groups.contains(key_group(k)))
+                    .map(|(b, k, a)| (b, k, a)),
+            ),
+        )
+    }
+
+    /// Applies one predecessor's round (or any delta) over this window's copy of its
+    /// keys: its closed windows go, its slots are overwritten. The header is left as
+    /// it is: [`Window::apply_deltas`] sets it from the barrier's deltas. Checked
+    /// first: on error nothing changes.
+    pub fn apply_round(
+        &mut self,
+        delta: &[u8],
+        keep: Option<KeyGroupRange>,
+    ) -> Result<(), StateError> {
+        let part = self.read(delta, keep)?;
+        self.overwrite(part);
+        Ok(())
+    }
+
+    /// Drops `part`'s closed windows of its own keys and overwrites its slots.
+    fn overwrite(&mut self, part: super::state::Part) {
+        if let Some(upto) = part.closed_upto {
+            let closed: Vec<(i64, i64)> = self
+                .windows
+                .range(..=(upto, i64::MAX))
+                .map(|(b, _)| *b)
+                .collect();
+            for b in closed {
+                let Some(keys) = self.windows.get_mut(&b) else {
+                    continue;
+                };
+                keys.retain(|k, _| !part.groups.contains(key_group(k)));
+                if keys.is_empty() {
+                    self.windows.remove(&b);
+                }
+            }
+        }
+        let epoch = self.epoch;
+        for (end, start, key, acc) in part.entries {
+            self.windows
+                .entry((end, start))
+                .or_default()
+                .insert(key, super::Slot { acc, epoch });
+        }
+    }
+
+    /// Brings a window restored from predecessors' full snapshots at one checkpoint up
+    /// to their state at a later barrier, given each one's delta since that checkpoint
+    /// (in any order). Keeps only the entries of `keep` (when given). Every delta is
+    /// checked first: on error nothing changes.
+    pub fn apply_deltas(
+        &mut self,
+        deltas: &[&[u8]],
+        keep: Option<KeyGroupRange>,
+    ) -> Result<(), StateError> {
+        let parts = deltas
+            .iter()
+            .map(|d| self.read(d, keep))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The header is the barrier's: merged again from the deltas' headers alone.
+        for p in &mut self.inputs {
+            *p = Default::default();
+        }
+        self.closed_upto = None;
+        self.floors.clear();
+        self.emitted = 0;
+        self.fresh = true;
+        for part in parts {
+            self.merge_progress(&part);
+            self.overwrite(part);
+        }
+        Ok(())
+    }
+}

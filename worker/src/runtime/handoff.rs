@@ -1,0 +1,483 @@
+//! An upgrade's state hand-off with pre-copy (docs/upgrade-protocol.md, "Pre-copy").
+//!
+//! The successor side, [`restore`]: a window successor whose restore pieces name a
+//! pre-copy checkpoint loads its predecessors' snapshots of that checkpoint at once,
+//! while they keep running; then it follows the *rounds* they ship (changed slots, a
+//! bounded number at a time) and reports running once it has caught up, so the switch
+//! waits for the copy, not the other way round. At the switch barrier it takes each
+//! predecessor's *envelope*: the rounds it has not applied yet, then the delta of what
+//! changed since the last round. When anything breaks the chain (no delta against the
+//! pre-copied checkpoint, a round missing), the copy is dropped and the whole
+//! snapshots at the barrier are loaded, as without pre-copy: slower, never wrong.
+//!
+//! The predecessor side is in `pe.rs` and [`Rounds`]: a window armed to drain ships
+//! rounds while it waits; at the barrier it stores its envelope (locally) before it
+//! forwards the barrier, and its whole snapshot, which checkpoint `K` needs for
+//! recovery, after.
+//!
+//! Envelope layout (rounds and the barrier's alike): `b"WH"`, `u8` version 1, `u8`
+//! tag: 0 (no delta: load the whole snapshot) | 1 (a delta) | 2 (a round that left
+//! changes for later rounds), then `u64` base checkpoint, `u64` rounds shipped before
+//! it (little endian), and the delta in the kernel's snapshot layout.
+
+use super::checkpoint::CheckpointEnv;
+use super::kernel::Kernel;
+use super::pe::{Ckpt, Stopped};
+use super::status::{PeRunState, PeStatus};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use weir_proto::v1 as pb;
+
+const MAGIC: &[u8; 2] = b"WH";
+const VERSION: u8 = 1;
+
+/// How often an old window armed to drain ships a round, at most.
+const ROUND_EVERY: Duration = Duration::from_millis(20);
+
+/// Slots per round, at most: a round costs its PE about a millisecond.
+const ROUND_SLOTS: usize = 1 << 15;
+
+/// How long a successor catches up on rounds before it reports running anyway (the
+/// switch then moves what is left).
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
+/// id can have (operator names are `[a-z][a-z0-9_-]*`, revisions hex).
+pub fn envelope_name(pe: &str) -> String {
+    format!("{pe}+handoff")
+}
+
+/// Where a PE's rounds against the full snapshot at checkpoint `base` are stored (as
+/// ids 1, 2, ...).
+pub fn round_name(pe: &str, base: u64) -> String {
+    format!("{pe}+round{base}")
+}
+
+/// A delta in an envelope.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delta<'a> {
+    /// The checkpoint whose full snapshot it is against.
+    pub base: u64,
+    /// Rounds against `base` shipped before it: a successor applies those first.
+    pub after: u64,
+    /// A round that left changed slots for later rounds (the successor is behind).
+    pub more: bool,
+    /// The delta, in the kernel's snapshot layout.
+    pub state: &'a [u8],
+}
+
+/// An envelope: a round, or a drained window's hand-off. `None`: no delta (the
+/// successor must load the whole snapshot).
+pub fn envelope(delta: Option<Delta<'_>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + delta.as_ref().map_or(0, |d| d.state.len()));
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    match delta {
+        None => out.push(0),
+        Some(d) => {
+            out.push(if d.more { 2 } else { 1 });
+            out.extend_from_slice(&d.base.to_le_bytes());
+            out.extend_from_slice(&d.after.to_le_bytes());
+            out.extend_from_slice(d.state);
+        }
+    }
+    out
+}
+
+/// Reads an envelope (`None`: no delta); malformed bytes are an error, never a panic.
+pub fn open(b: &[u8]) -> Result<Option<Delta<'_>>, String> {
+    let u64_at = |b: &[u8]| -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
+    match b {
+        [m0, m1, VERSION, 0] if [*m0, *m1] == *MAGIC => Ok(None),
+        [m0, m1, VERSION, tag @ (1 | 2), rest @ ..] if [*m0, *m1] == *MAGIC && rest.len() >= 16 => {
+            Ok(Some(Delta {
+                base: u64_at(&rest[..8]),
+                after: u64_at(&rest[8..16]),
+                more: *tag == 2,
+                state: &rest[16..],
+            }))
+        }
+        _ => Err(format!(
+            "not a hand-off envelope ({} bytes, starting {:02x?})",
+            b.len(),
+            &b[..b.len().min(4)]
+        )),
+    }
+}
+
+/// An old window's rounds while it is armed to drain: listed slots shipped a bounded
+/// number at a time, so that its successors, following them, are close behind when
+/// the switch comes.
+#[derive(Debug)]
+pub(crate) struct Rounds {
+    /// The checkpoint the rounds are against, and how many were shipped.
+    base: Option<(u64, u64)>,
+    last: Instant,
+}
+
+impl Rounds {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: None,
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether a round may be due (cheap: checked between batches).
+    pub(crate) fn due(&self) -> bool {
+        self.last.elapsed() >= ROUND_EVERY
+    }
+
+    /// Ships a round of a window armed to drain (nothing without listed changes).
+    pub(crate) async fn ship(&mut self, kernel: &mut Kernel, ckpt: &Ckpt) -> Result<(), String> {
+        self.last = Instant::now();
+        let Some((base, state, more)) = kernel.handoff_round(ckpt.key_groups, ROUND_SLOTS) else {
+            return Ok(());
+        };
+        let after = self.after(base);
+        let bytes = envelope(Some(Delta {
+            base,
+            after,
+            more,
+            state: &state,
+        }));
+        ckpt.env
+            .put_local(&ckpt.app, &round_name(&ckpt.pe, base), after + 1, bytes)
+            .await?;
+        self.base = Some((base, after + 1));
+        Ok(())
+    }
+
+    /// Rounds shipped against `base` (a later full snapshot starts again from 0).
+    pub(crate) fn after(&self, base: u64) -> u64 {
+        match self.base {
+            Some((b, n)) if b == base => n,
+            _ => 0,
+        }
+    }
+}
+
+/// How long a successor waits for its predecessors' envelopes (as for their
+/// snapshots without pre-copy).
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Loads a PE's starting state into `kernel`: with pre-copy where its pieces ask for
+/// it and its kernel can take deltas, else as [`Ckpt::load`] does. On failure the PE
+/// has reported why and must stop.
+pub(crate) async fn restore(
+    ckpt: &Ckpt,
+    kernel: &mut Kernel,
+    status: &PeStatus,
+) -> Result<(), Stopped> {
+    let precopy = !ckpt.pieces.is_empty()
+        && kernel.takes_deltas()
+        && ckpt.pieces.iter().all(|p| p.precopy_checkpoint_id > 0);
+    if precopy && with_precopy(ckpt, kernel, status).await? {
+        return Ok(());
+    }
+    let parts = ckpt.load(status).await?;
+    let bytes: u64 = parts.iter().map(|b| b.len() as u64).sum();
+    if let Err(e) = kernel.restore(&parts, ckpt.handoff()).await {
+        status
+            .restore_failed
+            .store(ckpt.restore.as_ref().map_or(0, |r| r.0), Ordering::Release);
+        status.fail(format!("restoring state: {e}"));
+        return Err(Stopped::Failed);
+    }
+    if ckpt.handoff().is_some() {
+        status.barrier_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// What a successor knows of one predecessor while it catches up.
+struct Follow<'a> {
+    piece: &'a pb::RestorePiece,
+    /// Rounds applied.
+    applied: u64,
+    /// The envelope it stored at the switch barrier, once there.
+    at_barrier: Option<bytes::Bytes>,
+    /// The last round applied left more for later rounds.
+    behind: bool,
+}
+
+/// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
+struct GiveUp(String);
+
+/// Pre-copy, rounds, then the deltas at the barrier. `Ok(false)`: no usable
+/// pre-copy or delta; the kernel holds no state and the caller loads the whole
+/// snapshots.
+async fn with_precopy(
+    ckpt: &Ckpt,
+    kernel: &mut Kernel,
+    status: &PeStatus,
+) -> Result<bool, Stopped> {
+    match precopy_then_deltas(ckpt, kernel, status).await {
+        Ok(r) => r,
+        Err(GiveUp(why)) => {
+            tracing::info!(pe = %ckpt.pe, %why, "pre-copy given up: the whole state moves at the switch");
+            kernel.clear_state();
+            status.precopied_bytes.store(0, Ordering::Relaxed);
+            Ok(false)
+        }
+    }
+}
+
+async fn precopy_then_deltas(
+    ckpt: &Ckpt,
+    kernel: &mut Kernel,
+    status: &PeStatus,
+) -> Result<Result<bool, Stopped>, GiveUp> {
+    let env: &CheckpointEnv = &ckpt.env;
+    let groups = ckpt.key_groups;
+    let base = ckpt.pieces[0].precopy_checkpoint_id;
+    let mut copies = Vec::with_capacity(ckpt.pieces.len());
+    for p in &ckpt.pieces {
+        let l = env
+            .load_piece(
+                &ckpt.app,
+                &p.pe,
+                p.precopy_checkpoint_id,
+                &p.precopy_locations,
+                Duration::ZERO,
+            )
+            .await
+            .map_err(|e| {
+                GiveUp(format!(
+                    "checkpoint {} of {}: {e}",
+                    p.precopy_checkpoint_id, p.pe
+                ))
+            })?;
+        copies.push(l.bytes);
+    }
+    let copied: u64 = copies.iter().map(|b| b.len() as u64).sum();
+    kernel
+        .restore(&copies, Some(groups))
+        .await
+        .map_err(|e| GiveUp(e.to_string()))?;
+    drop(copies);
+    status.precopied_bytes.store(copied, Ordering::Relaxed);
+    tracing::info!(pe = %ckpt.pe, bytes = copied, checkpoint = base, "state pre-copied; catching up");
+    let mut follows: Vec<Follow<'_>> = ckpt
+        .pieces
+        .iter()
+        .map(|piece| Follow {
+            piece,
+            applied: 0,
+            at_barrier: None,
+            behind: false,
+        })
+        .collect();
+    let started = Instant::now();
+    let deadline = started + WAIT;
+    let mut running = false;
+    let mut rounds_bytes = 0u64;
+    // Follow the rounds until every envelope of the switch barrier is there. Running
+    // (so the switch may begin) once caught up with every predecessor (no round
+    // waiting, or the last one took all it had), or after CATCH_UP.
+    while follows.iter().any(|f| f.at_barrier.is_none()) {
+        if Instant::now() > deadline {
+            let f = follows
+                .iter()
+                .find(|f| f.at_barrier.is_none())
+                .map_or("", |f| f.piece.pe.as_str());
+            tracing::error!(pe = %ckpt.pe, from = %f, "no hand-off from a predecessor");
+            status
+                .restore_failed
+                .store(ckpt.pieces[0].checkpoint_id, Ordering::Release);
+            status.fail(format!(
+                "hand-off of {f}: nothing after {} s",
+                WAIT.as_secs()
+            ));
+            return Ok(Err(Stopped::Failed));
+        }
+        let mut progressed = false;
+        for f in &mut follows {
+            if f.at_barrier.is_none() {
+                // A short wait here paces the loop while nothing moves.
+                let wait = if running {
+                    Duration::from_millis(10)
+                } else {
+                    Duration::ZERO
+                };
+                if let Ok(l) = env
+                    .load_piece(
+                        &ckpt.app,
+                        &envelope_name(&f.piece.pe),
+                        f.piece.checkpoint_id,
+                        &f.piece.locations,
+                        wait,
+                    )
+                    .await
+                {
+                    f.at_barrier = Some(l.bytes);
+                    progressed = true;
+                }
+            }
+            let next = env
+                .load_piece(
+                    &ckpt.app,
+                    &round_name(&f.piece.pe, base),
+                    f.applied + 1,
+                    &f.piece.locations,
+                    Duration::ZERO,
+                )
+                .await;
+            match next {
+                Ok(l) => {
+                    rounds_bytes += apply_round(kernel, &l.bytes, base, f, groups).await?;
+                    progressed = true;
+                }
+                Err(_) => f.behind = false,
+            }
+        }
+        let caught_up = !progressed || follows.iter().all(|f| !f.behind);
+        if !running && (caught_up || started.elapsed() > CATCH_UP) {
+            running = true;
+            // Ready: the switch may begin. Records that reach it meanwhile wait in its
+            // queues.
+            status.set(PeRunState::Running);
+            tracing::info!(pe = %ckpt.pe, rounds_bytes, "caught up; waiting for the switch");
+        }
+    }
+    // The switch: the rounds each predecessor shipped before it, then its delta.
+    let mut at_barrier = 0u64;
+    let mut deltas = Vec::with_capacity(follows.len());
+    for f in &follows {
+        let bytes = f.at_barrier.as_ref().map(|b| &b[..]).unwrap_or_default();
+        let d = open(bytes)
+            .map_err(GiveUp)?
+            .ok_or_else(|| GiveUp(format!("{} had no delta", f.piece.pe)))?;
+        if d.base != base {
+            return Err(GiveUp(format!(
+                "{}'s delta is against checkpoint {}, not {base}",
+                f.piece.pe, d.base
+            )));
+        }
+        deltas.push((f, d.after));
+    }
+    for (f, after) in &deltas {
+        let mut applied = f.applied;
+        while applied < *after {
+            let l = env
+                .load_piece(
+                    &ckpt.app,
+                    &round_name(&f.piece.pe, base),
+                    applied + 1,
+                    &f.piece.locations,
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| GiveUp(format!("round {} of {}: {e}", applied + 1, f.piece.pe)))?;
+            let mut at = Follow {
+                piece: f.piece,
+                applied,
+                at_barrier: None,
+                behind: false,
+            };
+            at_barrier += apply_round(kernel, &l.bytes, base, &mut at, groups).await?;
+            applied = at.applied;
+        }
+    }
+    let states: Vec<Vec<u8>> = follows
+        .iter()
+        .filter_map(|f| {
+            open(f.at_barrier.as_deref()?)
+                .ok()
+                .flatten()
+                .map(|d| d.state.to_vec())
+        })
+        .collect();
+    at_barrier += states.iter().map(|s| s.len() as u64).sum::<u64>();
+    kernel
+        .apply_deltas(states, groups)
+        .await
+        .map_err(|e| GiveUp(e.to_string()))?;
+    status.barrier_bytes.store(at_barrier, Ordering::Relaxed);
+    tracing::info!(pe = %ckpt.pe, precopied = copied, rounds_bytes, at_barrier, "state taken over");
+    status.note(format!(
+        "state taken over: {copied} bytes pre-copied from checkpoint {base}, {rounds_bytes} in rounds, {at_barrier} at barrier {}",
+        ckpt.pieces[0].checkpoint_id
+    ));
+    Ok(Ok(true))
+}
+
+/// Applies round `f.applied + 1` of `f`'s predecessor; returns its size.
+async fn apply_round(
+    kernel: &mut Kernel,
+    bytes: &[u8],
+    base: u64,
+    f: &mut Follow<'_>,
+    groups: weir_common::keygroup::KeyGroupRange,
+) -> Result<u64, GiveUp> {
+    match open(bytes).map_err(GiveUp)? {
+        Some(d) if d.base == base && d.after == f.applied => {
+            kernel
+                .apply_round(d.state.to_vec(), groups)
+                .await
+                .map_err(|e| GiveUp(e.to_string()))?;
+            f.applied += 1;
+            f.behind = d.more;
+            Ok(bytes.len() as u64)
+        }
+        other => Err(GiveUp(format!(
+            "round {} of {} is not the next against checkpoint {base}: {:?}",
+            f.applied + 1,
+            f.piece.pe,
+            other.map(|d| (d.base, d.after))
+        ))),
+    }
+}
+
+/// Stores a drained PE's envelope under [`envelope_name`], on this worker only: a
+/// successor fetches it from here, and if this worker is lost the upgrade rolls back
+/// anyway.
+pub(crate) async fn store_envelope(
+    env: &CheckpointEnv,
+    app: &str,
+    pe: &str,
+    id: u64,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    env.put_local(app, &envelope_name(pe), id, bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_read_back_and_garbage_is_an_error() {
+        assert_eq!(open(&envelope(None)), Ok(None));
+        for more in [false, true] {
+            let d = || Delta {
+                base: 7,
+                after: 2,
+                more,
+                state: &[1, 2, 3],
+            };
+            assert_eq!(open(&envelope(Some(d()))), Ok(Some(d())));
+        }
+        for bad in [
+            &b""[..],
+            b"WH",
+            b"WH\x01",
+            b"WH\x02\x00",
+            b"XX\x01\x00",
+            b"WH\x01\x01\x07\0\0\0\0\0\0\0",
+            b"WH\x01\x05",
+        ] {
+            assert!(open(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stored_names_cannot_be_pe_ids_or_each_other() {
+        assert_eq!(envelope_name("win@0badf00d#1"), "win@0badf00d#1+handoff");
+        assert_eq!(round_name("win@0badf00d#1", 12), "win@0badf00d#1+round12");
+    }
+}
