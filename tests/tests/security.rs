@@ -334,8 +334,14 @@ async fn only_masters_speak_raft_and_each_only_as_itself() {
         "a master posing as the leader",
     );
     assert!(s.message().contains("header.from_id"), "{s:?}");
+    // The forged votes carry term u64::MAX: had one reached Raft, the target would
+    // have taken that term. (A real election on a loaded machine may still move the
+    // term by one or two, which is no forgery.)
     let term_after = c.masters[&target].node.raft.metrics().borrow().current_term;
-    assert_eq!(term_before, term_after, "no forged vote reached Raft");
+    assert!(
+        term_after >= term_before && term_after < term_before + 16,
+        "no forged vote reached Raft: term {term_before} -> {term_after}"
+    );
     c.stop().await;
 }
 
