@@ -620,15 +620,16 @@ async fn container_operators_take_every_kind_of_upgrade_under_load() {
             "upgrade {i}: {op:?}"
         );
         let images = || {
+            // A container removed between the listing and its inspection is gone.
             let mut images: Vec<(String, u64, i64)> = containers_of(&rig.id)
                 .iter()
-                .map(|c| {
-                    let c = inspect(c);
-                    (
+                .filter_map(|c| {
+                    let c = try_inspect(c)?;
+                    Some((
                         c["Config"]["Image"].as_str().unwrap_or("").to_string(),
                         c["HostConfig"]["Memory"].as_u64().unwrap_or(0),
                         c["HostConfig"]["NanoCpus"].as_i64().unwrap_or(0),
-                    )
+                    ))
                 })
                 .collect();
             images.sort();
