@@ -9,8 +9,11 @@ longest module prefix that is a file. Declaring a child module (`mod x;`) is not
 dependency, and neither is a parent naming its children by a relative path
 (`use child::X`): that is the module tree, not a circle. Prints each strongly
 connected component of more than one file with its edges, and exits 1 if there is
-any. Test modules count like the rest. Directory-level circles (a/ <-> b/) are
-unions of these file edges; the script does not fold them.
+any. Test modules count like the rest. Then it folds the edges by top-level module
+(`api/`, `executor/`, `state.rs`...) and reports circles between those the same way:
+a folder that names an item of another which names one of its own is a circle too,
+even when no two files close it. Test files (`tests.rs`, `*_tests.rs`) are left out
+of that fold: a unit test of the scheduler may drive the reconciler above it.
 """
 import os
 import re
@@ -104,9 +107,31 @@ def main():
         for m in c:
             for d in sorted(graph[m] & set(c)):
                 print(f"  {mods[m]} -> {mods[d]}")
-    if not circles:
+    top = {m: m[:1] for m in mods}
+    folded = {}
+    def test(m):
+        return os.path.basename(mods[m]) == "tests.rs" or mods[m].endswith("_tests.rs")
+
+    for m, ds in graph.items():
+        if not top[m] or test(m):
+            continue
+        folded.setdefault(top[m], set())
+        for d in ds:
+            if top[d] and top[d] != top[m]:
+                folded[top[m]].add(top[d])
+    for m in list(folded.values()):
+        for d in m:
+            folded.setdefault(d, set())
+    groups = [sorted(c) for c in sccs(folded) if len(c) > 1]
+    for c in groups:
+        print("circle between top-level modules: " + " <-> ".join("::".join(m) for m in c))
+        for m, ds in sorted(graph.items()):
+            for d in sorted(ds):
+                if top[m] in c and top[d] in c and top[m] != top[d] and not test(m):
+                    print(f"  {mods[m]} -> {mods[d]}")
+    if not circles and not groups:
         print(f"no import circles in {src}")
-    return 1 if circles else 0
+    return 1 if circles or groups else 0
 
 
 if __name__ == "__main__":

@@ -605,7 +605,7 @@ fn watch_event(ev: &pb::AppEvent) -> (String, Value) {
             let phase = name::<pb::UpgradePhase>(u.phase);
             (
                 format!(
-                    "#{seq} upgrade {} phase {phase}{}{}",
+                    "#{seq} upgrade {} phase {phase}{}{}{}",
                     if u.operation_id.is_empty() {
                         "-"
                     } else {
@@ -615,6 +615,14 @@ fn watch_event(ev: &pb::AppEvent) -> (String, Value) {
                         String::new()
                     } else {
                         format!(" (v{} -> v{})", u.from_version, u.to_version)
+                    },
+                    if u.instructions_total == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {}/{} instructions",
+                            u.instructions_done, u.instructions_total
+                        )
                     },
                     suffix(&u.reason)
                 ),
@@ -646,16 +654,23 @@ fn watch_event(ev: &pb::AppEvent) -> (String, Value) {
         }
         Some(Event::Recovery(r)) => (
             format!(
-                "#{seq} recovery of {} from checkpoint {}: {}",
-                r.pe, r.checkpoint_id, r.reason
+                "#{seq} recovery of {} from checkpoint {}{}: {}",
+                r.pe,
+                r.checkpoint_id,
+                if r.failed_worker_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (moved {} -> {})", r.failed_worker_id, r.new_worker_id)
+                },
+                r.reason
             ),
             json!({"seq": seq, "event": "recovery", "pe": r.pe, "failed_worker": r.failed_worker_id,
                 "new_worker": r.new_worker_id, "checkpoint_id": r.checkpoint_id, "reason": r.reason}),
         ),
         Some(Event::CheckpointCompleted(k)) => (
             format!(
-                "#{seq} checkpoint {} complete ({} bytes)",
-                k.checkpoint_id, k.state_bytes
+                "#{seq} checkpoint {} complete ({} bytes, {} ms)",
+                k.checkpoint_id, k.state_bytes, k.duration_ms
             ),
             json!({"seq": seq, "event": "checkpoint_completed", "checkpoint_id": k.checkpoint_id,
                 "duration_ms": k.duration_ms, "state_bytes": k.state_bytes}),
@@ -930,6 +945,48 @@ mod tests {
         assert_eq!(texts[0], "#1 state running -> cancelled");
         assert_eq!(texts[2], "#3 upgrade 7 phase rolled_back: worker w1 lost");
         assert_eq!(texts[3], "#4 PE gen@1#0 on w1: running -> stopped");
+        let (text, _) = watch_event(&pb::AppEvent {
+            seq: 5,
+            event: Some(Event::UpgradePhaseChanged(pb::UpgradePhaseChanged {
+                operation_id: "7".into(),
+                phase: pb::UpgradePhase::Switch as i32,
+                from_version: 1,
+                to_version: 2,
+                instructions_done: 0,
+                instructions_total: 9,
+                reason: String::new(),
+            })),
+            ..Default::default()
+        });
+        assert_eq!(
+            text,
+            "#5 upgrade 7 phase switch (v1 -> v2), 0/9 instructions"
+        );
+        let (text, _) = watch_event(&pb::AppEvent {
+            seq: 6,
+            event: Some(Event::Recovery(pb::Recovery {
+                pe: "parse,views".into(),
+                failed_worker_id: "w1".into(),
+                new_worker_id: "w2,w3".into(),
+                checkpoint_id: 4,
+                reason: "worker w1 lost".into(),
+            })),
+            ..Default::default()
+        });
+        assert_eq!(
+            text,
+            "#6 recovery of parse,views from checkpoint 4 (moved w1 -> w2,w3): worker w1 lost"
+        );
+        let (text, _) = watch_event(&pb::AppEvent {
+            seq: 7,
+            event: Some(Event::CheckpointCompleted(pb::CheckpointCompleted {
+                checkpoint_id: 3,
+                duration_ms: 41,
+                state_bytes: 1200,
+            })),
+            ..Default::default()
+        });
+        assert_eq!(text, "#7 checkpoint 3 complete (1200 bytes, 41 ms)");
         let (_, json) = watch_event(&pb::AppEvent {
             seq: 4,
             event: Some(Event::PeStateChanged(pb::PeStateChanged {

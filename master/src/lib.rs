@@ -9,9 +9,11 @@
 //! - [`metrics`]: Prometheus text rendering.
 
 pub mod api;
+pub mod convert;
 pub mod executor;
 pub mod metrics;
 pub mod raft;
 pub mod scheduler;
 pub mod server;
+pub mod shared;
 pub mod state;

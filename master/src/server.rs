@@ -284,7 +284,7 @@ async fn checkpoint_metrics(shared: &Shared) -> String {
             d.state
                 .apps
                 .values()
-                .filter(|a| a.state.is_live())
+                .filter(|a| a.state().is_live())
                 .map(|a| (a.name.clone(), a.checkpoints.clone()))
                 .collect()
         })

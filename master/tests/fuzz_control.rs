@@ -17,7 +17,7 @@ use weir_common::catalog::{
 };
 use weir_common::image::{bound, ImageInfo};
 use weir_common::spec::SpecFormat;
-use weir_master::api::convert::final_pe;
+use weir_master::convert::final_pe;
 use weir_master::raft::{NodeId, TypeConfig};
 use weir_proto::status::{
     leader_hint, outcome_unknown_at, validation_problems, LEADER_METADATA_KEY,

@@ -304,7 +304,7 @@ fn run(policy: &Policy, jobs: &[Job], horizon: u64) -> Report {
         let waiting: Vec<&str> = s
             .apps
             .values()
-            .filter(|a| a.state.is_live() && a.placement.is_empty())
+            .filter(|a| a.state().is_live() && a.placement.is_empty())
             .map(|a| a.name.as_str())
             .collect();
         let min_slice = waiting
@@ -321,7 +321,7 @@ fn run(policy: &Policy, jobs: &[Job], horizon: u64) -> Report {
         }
         let mut demand = vec![0.0; tenants.len()];
         let mut held = vec![0.0; tenants.len()];
-        for a in s.apps.values().filter(|a| a.state.is_live()) {
+        for a in s.apps.values().filter(|a| a.state().is_live()) {
             let Some(i) = tenants.iter().position(|t| *t == a.tenant) else {
                 continue;
             };

@@ -433,16 +433,6 @@ impl WorkerControl for ControlService {
         }))
     }
 
-    async fn hand_off_state(
-        &self,
-        _req: Request<tonic::Streaming<pb::StateChunk>>,
-    ) -> Result<Response<pb::HandOffStateResponse>, Status> {
-        from_master(&_req)?;
-        Err(Status::unimplemented(
-            "HandOffState: successors pull hand-off state with FetchStateSnapshot",
-        ))
-    }
-
     type FetchStateSnapshotStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 

@@ -4,7 +4,7 @@
 //! - the control requests of its `WorkerControl` service, decoded from arbitrary and
 //!   mutated bytes, then the checks and conversions the service applies (the
 //!   partitioning, the operator spec's JSON and the operators built from it);
-//! - operator state snapshots (what `StoreSnapshot` and `HandOffState` carry from
+//! - operator state snapshots (what `StoreSnapshot` and `FetchStateSnapshot` carry from
 //!   other workers), restored into windows and verifiers;
 //! - the data-plane link: byte streams, arbitrary or made of valid frames then
 //!   mutated, fed to the `FrameReader` in arbitrary chunks.

@@ -3,7 +3,7 @@
 //! the chosen base image describe. Pure: the catalog is an argument.
 
 use super::model::*;
-use super::parse::{scalar, valid_param_name};
+use super::params::{scalar, valid_param_name};
 use super::MAX_PARAM_VALUE_BYTES;
 use crate::problem::{Problems, Sink};
 use crate::spec::reader::{join, suggest, type_name};

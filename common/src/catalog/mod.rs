@@ -10,6 +10,7 @@
 
 mod generate;
 mod model;
+mod params;
 mod parse;
 #[cfg(test)]
 mod tests;

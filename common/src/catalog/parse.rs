@@ -4,6 +4,7 @@
 
 use super::generate::placeholders;
 use super::model::*;
+use super::params::{scalar, valid_param_name};
 use super::*;
 use crate::problem::{Problems, Sink};
 use crate::spec::reader::{choice, join, type_name, Obj};
@@ -199,32 +200,6 @@ fn params(sink: &mut Sink, v: &Value) -> BTreeMap<String, Param> {
         out.insert(name.clone(), p);
     }
     out
-}
-
-/// A scalar value as text (parameters are text: they land in argv and env).
-pub(super) fn scalar(sink: &mut Sink, path: &str, v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        other => {
-            sink.push(
-                path,
-                format!(
-                    "expected a string, number or boolean, found {}",
-                    crate::spec::reader::type_name(other)
-                ),
-            );
-            None
-        }
-    }
-}
-
-pub(super) fn valid_param_name(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn check_refs(sink: &mut Sink, path: &str, text: &str, params: &BTreeMap<String, Param>) {

@@ -59,6 +59,11 @@ impl UpgradePlan {
                 .flat_map(move |g| g.instructions.iter().map(move |i| (p.phase, i)))
         })
     }
+
+    /// How many instructions `phase` has.
+    pub fn instructions_in(&self, phase: Phase) -> usize {
+        self.instructions().filter(|(p, _)| *p == phase).count()
+    }
 }
 
 /// Counts over a plan.
@@ -161,6 +166,15 @@ pub enum Phase {
 impl Phase {
     /// The three phases in order.
     pub const ALL: [Phase; 3] = [Phase::Prepare, Phase::Switch, Phase::Cleanup];
+
+    /// The phase before this one, if any.
+    pub fn before(self) -> Option<Phase> {
+        match self {
+            Phase::Prepare => None,
+            Phase::Switch => Some(Phase::Prepare),
+            Phase::Cleanup => Some(Phase::Switch),
+        }
+    }
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {

@@ -538,29 +538,6 @@ pub struct ContainerParams {
     pub network: ContainerNetwork,
 }
 
-impl fmt::Debug for ExecParams {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExecParams")
-            .field("command", &self.command)
-            .field("env", &super::redact::redacted_env(&self.env))
-            .field("protocol", &self.protocol)
-            .finish()
-    }
-}
-
-impl fmt::Debug for ContainerParams {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContainerParams")
-            .field("image", &self.image)
-            .field("command", &self.command)
-            .field("env", &super::redact::redacted_env(&self.env))
-            .field("protocol", &self.protocol)
-            .field("writable_rootfs", &self.writable_rootfs)
-            .field("network", &self.network)
-            .finish()
-    }
-}
-
 /// Which network a container PE joins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,7 +2,7 @@
 
 use super::model::*;
 use super::params::parse_kind;
-use super::reader::{as_str, choice, suggest, type_name, Obj};
+use super::reader::{as_str, check_name, choice, suggest, truncate, type_name, Obj};
 use super::validate::{check_graph, DraftOp, DraftStream};
 use crate::problem::{Problem, Problems, Sink};
 use serde_json::Value;
@@ -174,35 +174,6 @@ fn list<'a>(sink: &mut Sink, o: &mut Obj<'a>, key: &'static str) -> Option<&'a V
             );
             None
         }
-    }
-}
-
-/// Names of apps and tenants (`allow_underscore` false) and operators (true).
-pub(crate) fn check_name(sink: &mut Sink, path: &str, name: &str, allow_underscore: bool) -> bool {
-    let ok = (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || c == '-'
-                || (allow_underscore && c == '_')
-        });
-    if !ok {
-        let pattern = if allow_underscore {
-            "[a-z][a-z0-9_-]{0,62}"
-        } else {
-            "[a-z][a-z0-9-]{0,62}"
-        };
-        sink.push(path, format!("{:?} must match {pattern}", truncate(name)));
-    }
-    ok
-}
-
-fn truncate(s: &str) -> String {
-    if s.chars().count() > 40 {
-        s.chars().take(40).collect::<String>() + "..."
-    } else {
-        s.to_string()
     }
 }
 

@@ -304,6 +304,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Names of apps and tenants (`allow_underscore` false) and operators (true).
+pub(crate) fn check_name(sink: &mut Sink, path: &str, name: &str, allow_underscore: bool) -> bool {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || (allow_underscore && c == '_')
+        });
+    if !ok {
+        let pattern = if allow_underscore {
+            "[a-z][a-z0-9_-]{0,62}"
+        } else {
+            "[a-z][a-z0-9-]{0,62}"
+        };
+        sink.push(path, format!("{:?} must match {pattern}", truncate(name)));
+    }
+    ok
+}
+
+/// `s`, cut to 40 characters for an error message.
+pub(crate) fn truncate(s: &str) -> String {
+    if s.chars().count() > 40 {
+        s.chars().take(40).collect::<String>() + "..."
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

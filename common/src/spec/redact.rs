@@ -5,9 +5,10 @@
 //! view of a spec it hands back (`GetApp`, history, plan reasons) shows only whether
 //! each variable is set.
 
-use super::model::OperatorSpec;
+use super::model::{ContainerParams, ExecParams, OperatorSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// What a redacted environment value reads as.
 pub const REDACTED: &str = "(set)";
@@ -61,6 +62,29 @@ pub fn redact_spec_text(text: &str) -> String {
     serde_yaml_ng::to_string(&doc).unwrap_or_else(|_| {
         "# spec withheld: it could not be re-written with its env values redacted\n".to_string()
     })
+}
+
+impl fmt::Debug for ExecParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecParams")
+            .field("command", &self.command)
+            .field("env", &redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ContainerParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerParams")
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("env", &redacted_env(&self.env))
+            .field("protocol", &self.protocol)
+            .field("writable_rootfs", &self.writable_rootfs)
+            .field("network", &self.network)
+            .finish()
+    }
 }
 
 #[cfg(test)]

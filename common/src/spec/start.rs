@@ -82,7 +82,7 @@ pub(crate) fn start(sink: &mut Sink, path: &str, v: &Value, app: Option<&str>) -
         );
     }
     for (i, a) in after.iter().enumerate() {
-        super::parse::check_name(sink, &format!("{}[{i}]", o.at("after")), a, false);
+        super::reader::check_name(sink, &format!("{}[{i}]", o.at("after")), a, false);
         if Some(a.as_str()) == app {
             sink.push(
                 format!("{}[{i}]", o.at("after")),

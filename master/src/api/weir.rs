@@ -1,8 +1,8 @@
 //! `weir.v1.Weir`: the client API.
 
 use super::authz::{authorize, list_scope, Action};
-use super::convert::*;
 use super::*;
+use crate::convert::*;
 use crate::state::{ClusterState, Response};
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -242,10 +242,10 @@ impl Weir for WeirService {
                 let (old, placement, version) = self
                     .read(|s| {
                         let app = app_or_not_found(s, &r.app)?;
-                        if !app.state.is_live() {
+                        if !app.state().is_live() {
                             return Err(Status::failed_precondition(format!(
                                 "app {:?} is {:?}; only a live app can be upgraded",
-                                r.app, app.state
+                                r.app, app.state()
                             )));
                         }
                         let placement: Placement =
@@ -560,7 +560,7 @@ impl Weir for WeirService {
                 at_leader!(self, req, list_pools);
                 authorize(&req, Action::ReadCluster)?;
                 self.shared.linearizable().await?;
-                let now = crate::api::now_ms();
+                let now = crate::shared::now_ms();
                 let pools = self.read(|s| pools(s, now)).await;
                 Ok(Reply::new(pb::ListPoolsResponse { pools }))
             })
@@ -606,7 +606,7 @@ impl Weir for WeirService {
                                 app: &a.name,
                             },
                         )?;
-                        Ok::<_, Status>(crate::api::convert::checkpoints(&a.checkpoints))
+                        Ok::<_, Status>(crate::convert::checkpoints(&a.checkpoints))
                     })
                     .await?;
                 Ok(Reply::new(out))

@@ -5,6 +5,9 @@
 //! the replicated state and the workers' next heartbeats, and commands are idempotent,
 //! so repeating one after a failover is harmless.
 
+mod checkpoints;
+#[cfg(test)]
+mod checkpoints_tests;
 pub mod reconcile;
 pub mod request;
 pub mod upgrade;
@@ -12,7 +15,7 @@ pub mod upgrade;
 #[cfg(test)]
 mod tests;
 
-use crate::api::{Liveness, Shared};
+use crate::shared::{Liveness, Shared};
 use crate::state::{AppRecord, ClusterState, Command, WorkerState};
 use reconcile::{reconcile_with, PlacementMemo, SeenPe};
 use std::collections::{BTreeMap, HashMap};
@@ -62,10 +65,8 @@ struct Executor {
     counter: u64,
     /// When each app's last checkpoint was triggered by this leader.
     triggered: HashMap<String, Instant>,
-    /// Upgrade switch barriers this leader triggered: (app, barrier).
-    switch_triggered: std::collections::HashSet<(String, u64)>,
-    /// The fewest records missing at the audit sinks seen during each upgrade's cleanup.
-    least_missing: HashMap<u64, u64>,
+    /// What this leader remembers of running upgrades.
+    upgrade_memory: upgrade::Memory,
     /// Refused placements, so unchanged apps are not tried again on every tick.
     memo: PlacementMemo,
 }
@@ -85,8 +86,7 @@ pub async fn run(
     let mut ex = Executor {
         cfg,
         triggered: HashMap::new(),
-        switch_triggered: Default::default(),
-        least_missing: HashMap::new(),
+        upgrade_memory: upgrade::Memory::default(),
         shared,
         liveness,
         clients: HashMap::new(),
@@ -208,7 +208,7 @@ impl Executor {
         // large cluster's tick does not hold client requests back.
         let mut memo = std::mem::take(&mut self.memo);
         let policy = self.cfg.policy.clone();
-        let now = crate::api::now_ms();
+        let now = crate::shared::now_ms();
         let decided = tokio::task::spawn_blocking(move || {
             let actions = reconcile_with(&state, &seen, now, &mut memo, &policy);
             (state, actions, memo)
@@ -225,22 +225,17 @@ impl Executor {
         self.upgrades(&state, &actions.aborts, &mut calls).await;
         for r in actions.recoveries {
             tracing::warn!(app = %r.app, operators = ?r.operators, checkpoint = r.checkpoint_id, reason = %r.reason, "recovering region");
-            if let Err(e) = self
-                .shared
-                .write(Command::Recover {
-                    app: r.app.clone(),
-                    operators: r.operators,
-                    checkpoint_id: r.checkpoint_id,
-                    placement: r.placement,
-                    reason: r.reason,
-                    at_ms: crate::api::now_ms(),
-                    drop_checkpoint: r.drop_checkpoint,
-                    gpus: r.gpus,
-                })
-                .await
-            {
-                tracing::warn!(app = %r.app, error = %e.message(), "recovery not committed");
-            }
+            let cmd = Command::Recover {
+                app: r.app.clone(),
+                operators: r.operators,
+                checkpoint_id: r.checkpoint_id,
+                placement: r.placement,
+                reason: r.reason,
+                at_ms: crate::shared::now_ms(),
+                drop_checkpoint: r.drop_checkpoint,
+                gpus: r.gpus,
+            };
+            self.commit(&r.app, cmd, "recovery").await;
         }
         self.checkpoints(&state, &mut calls).await;
         for app in actions.finished {
@@ -250,17 +245,12 @@ impl Executor {
         self.liveness.set_queue(actions.queue);
         for (app, by) in actions.preemptions {
             tracing::warn!(%app, %by, "preempting app");
-            if let Err(e) = self
-                .shared
-                .write(Command::Preempt {
-                    app: app.clone(),
-                    by,
-                    at_ms: crate::api::now_ms(),
-                })
-                .await
-            {
-                tracing::warn!(%app, error = %e.message(), "preemption not committed");
-            }
+            let cmd = Command::Preempt {
+                app: app.clone(),
+                by,
+                at_ms: crate::shared::now_ms(),
+            };
+            self.commit(&app, cmd, "preemption").await;
         }
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
         // Logged when the reason changes, not on every tick.
@@ -269,18 +259,13 @@ impl Executor {
         }
         for (app, placement) in actions.placements {
             tracing::info!(%app, pes = placement.len(), "placing app");
-            if let Err(e) = self
-                .shared
-                .write(Command::SetPlacement {
-                    app: app.clone(),
-                    placement,
-                    gpus: actions.gpus.get(&app).cloned().unwrap_or_default(),
-                    at_ms: crate::api::now_ms(),
-                })
-                .await
-            {
-                tracing::warn!(%app, error = %e.message(), "placement not committed");
-            }
+            let cmd = Command::SetPlacement {
+                app: app.clone(),
+                placement,
+                gpus: actions.gpus.get(&app).cloned().unwrap_or_default(),
+                at_ms: crate::shared::now_ms(),
+            };
+            self.commit(&app, cmd, "placement").await;
         }
 
         let mut models: HashMap<String, PhysicalModel> = HashMap::new();
@@ -356,162 +341,81 @@ impl Executor {
             .iter()
             .filter_map(|(pe, w)| {
                 let r = reports.get(&(w.clone(), pe.clone()))?;
-                Some((pe.clone(), crate::api::convert::final_pe(w, r)))
+                Some((pe.clone(), crate::convert::final_pe(w, r)))
             })
             .collect();
         let cmd = Command::FinishApp {
             app: app.to_string(),
-            at_ms: crate::api::now_ms(),
+            at_ms: crate::shared::now_ms(),
             pes,
         };
-        match self.shared.write(cmd).await {
-            Ok(_) => {
-                tracing::info!(%app, "app finished: every source ran out and every PE stopped")
-            }
-            Err(e) => tracing::warn!(%app, error = %e.message(), "finish not committed"),
+        if self.commit(app, cmd, "finish").await {
+            tracing::info!(%app, "app finished: every source ran out and every PE stopped");
         }
     }
 
-    /// Checkpoint coordination: completes or abandons the in-flight checkpoint of every
-    /// app from the workers' reports, and begins the next one when it is due. Begin,
-    /// complete and abandon all go through Raft, so a new leader knows what is in
-    /// flight and a checkpoint is never half-recorded.
+    /// Checkpoint coordination: carries out [`checkpoints::decide_checkpoint`] for
+    /// every app (complete or abandon the checkpoint in flight, or begin the next).
     async fn checkpoints(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
-        // Copies each piece needs: capped by the workers alive, and known to their peers,
-        // when the checkpoint began. PEs replicate to the peers their worker knows when
-        // they snapshot, and a worker learns of a new one from its next heartbeat
-        // answer, so a worker that joined since cannot hold a copy yet and must not
-        // hold the checkpoint up.
-        let replicas = self.cfg.checkpoint_replicas as usize;
-        let known_after = 2 * self.cfg.worker_heartbeat.as_millis() as u64;
-        let need = |started_at_ms: u64| {
-            let alive = state
-                .workers
-                .values()
-                .filter(|w| {
-                    w.state == WorkerState::Alive
-                        && w.state_since_ms.saturating_add(known_after) <= started_at_ms
-                })
-                .count();
-            replicas.min(alive).max(1)
+        let rules = checkpoints::Rules {
+            replicas: self.cfg.checkpoint_replicas as usize,
+            known_after_ms: 2 * self.cfg.worker_heartbeat.as_millis() as u64,
+            timeout_ms: self.cfg.checkpoint_timeout.as_millis() as u64,
+            interval: self.cfg.checkpoint_interval,
         };
-        let now = crate::api::now_ms();
-        for app in state.apps.values().filter(|a| a.state.is_live()) {
-            if app.placement.is_empty() {
-                continue;
-            }
+        let now = crate::shared::now_ms();
+        for app in state.apps.values() {
             let reports = self.liveness.pe_reports(&app.name);
-            let spec = &app.current().spec;
-            let interval = spec
-                .checkpoint_interval_ms
-                .map_or(self.cfg.checkpoint_interval, Duration::from_millis);
-            let ck = &app.checkpoints;
-            let report = |pe: &String, w: &String| {
-                let op = PeId::operator_of(pe);
-                reports
-                    .get(&(w.clone(), pe.clone()))
-                    .filter(|r| r.attempt == ck.attempt(op))
-            };
-            let upgrade = app.upgrade.and_then(|id| state.upgrades.get(&id));
-            if let Some(f) = &ck.in_flight {
-                let switch = upgrade.is_some_and(|u| u.barrier == f.id);
-                let mut pieces = BTreeMap::new();
-                let mut max_alignment_ms = 0;
-                let mut done = true;
-                for (pe, w) in &app.placement {
-                    let piece = report(pe, w)
-                        .and_then(|r| r.checkpoints.iter().find(|c| c.checkpoint_id == f.id));
-                    match piece {
-                        Some(p) if p.size_bytes == 0 => {
-                            max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
-                        }
-                        Some(p) if p.replicas.len() >= need(f.started_at_ms) => {
-                            max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
-                            pieces.insert(
-                                pe.clone(),
-                                crate::state::PieceRecord {
-                                    size_bytes: p.size_bytes,
-                                    crc32c: p.crc32c,
-                                    replicas: p.replicas.clone(),
-                                },
-                            );
-                        }
-                        _ => {
-                            done = false;
-                            break;
-                        }
-                    }
-                }
-                let cmd = if done {
-                    Command::CompleteCheckpoint {
-                        app: app.name.clone(),
-                        id: f.id,
+            let since = self.triggered.get(&app.name).map(Instant::elapsed);
+            let step = checkpoints::decide_checkpoint(state, app, &reports, &rules, now, since);
+            let name = app.name.clone();
+            match step {
+                checkpoints::Step::Wait => {}
+                checkpoints::Step::Complete {
+                    id,
+                    max_alignment_ms,
+                    pieces,
+                } => {
+                    let cmd = Command::CompleteCheckpoint {
+                        app: name,
+                        id,
                         at_ms: now,
                         max_alignment_ms,
                         pieces,
+                    };
+                    if self.commit(&app.name, cmd, "checkpoint completion").await {
+                        tracing::info!(app = %app.name, checkpoint = id, "checkpoint complete");
                     }
-                } else if switch {
-                    // The upgrade decides when its switch has taken too long.
-                    continue;
-                } else if now.saturating_sub(f.started_at_ms)
-                    > self.cfg.checkpoint_timeout.as_millis() as u64
-                    || interval.is_zero()
-                {
-                    tracing::warn!(app = %app.name, checkpoint = f.id, "checkpoint abandoned: not complete in time");
-                    Command::AbandonCheckpoint {
-                        app: app.name.clone(),
-                        id: f.id,
-                    }
-                } else {
-                    continue;
-                };
-                if let Err(e) = self.shared.write(cmd).await {
-                    tracing::warn!(app = %app.name, error = %e.message(), "checkpoint state not committed");
-                } else if done {
-                    tracing::info!(app = %app.name, checkpoint = f.id, "checkpoint complete");
                 }
-                continue;
+                checkpoints::Step::Abandon { id } => {
+                    tracing::warn!(app = %app.name, checkpoint = id, "checkpoint abandoned: not complete in time");
+                    let cmd = Command::AbandonCheckpoint { app: name, id };
+                    self.commit(&app.name, cmd, "checkpoint abandon").await;
+                }
+                checkpoints::Step::Begin { id, sources } => {
+                    let cmd = Command::BeginCheckpoint {
+                        app: name,
+                        id,
+                        at_ms: now,
+                    };
+                    if !self.commit(&app.name, cmd, "checkpoint begin").await {
+                        continue;
+                    }
+                    self.triggered.insert(app.name.clone(), Instant::now());
+                    self.trigger(state, &app.name, &sources, id, calls);
+                }
             }
-            if interval.is_zero()
-                || upgrade.is_some()
-                || self
-                    .triggered
-                    .get(&app.name)
-                    .is_some_and(|t| t.elapsed() < interval)
-            {
-                continue;
+        }
+    }
+
+    /// Commits `cmd`; logs a refusal as `what` not committed. Returns whether it was.
+    async fn commit(&self, app: &str, cmd: Command, what: &str) -> bool {
+        match self.shared.write(cmd).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%app, error = %e.message(), "{what} not committed");
+                false
             }
-            let running = app.placement.iter().all(|(pe, w)| {
-                report(pe, w).is_some_and(|r| r.state == pb::PeState::Running as i32)
-            });
-            if !running {
-                continue;
-            }
-            let id = ck.last_id + 1;
-            if let Err(e) = self
-                .shared
-                .write(Command::BeginCheckpoint {
-                    app: app.name.clone(),
-                    id,
-                    at_ms: now,
-                })
-                .await
-            {
-                tracing::warn!(app = %app.name, error = %e.message(), "checkpoint not begun");
-                continue;
-            }
-            self.triggered.insert(app.name.clone(), Instant::now());
-            let sources: std::collections::BTreeSet<&String> = app
-                .placement
-                .iter()
-                .filter(|(pe, _)| {
-                    let op = PeId::operator_of(pe);
-                    spec.operator(op)
-                        .is_some_and(|o| o.kind.role() == weir_common::spec::Role::Source)
-                })
-                .map(|(_, w)| w)
-                .collect();
-            self.trigger(state, &app.name, sources, id, calls);
         }
     }
 
@@ -551,13 +455,13 @@ impl Executor {
         let now: BTreeMap<String, Arc<AppRecord>> = state
             .apps
             .iter()
-            .filter(|(_, a)| a.state.is_live())
+            .filter(|(_, a)| a.state().is_live())
             .map(|(name, a)| (name.clone(), a.clone()))
             .collect();
         let Some(before) = self.placements.replace(now) else {
             return;
         };
-        for (app, rec) in state.apps.iter().filter(|(_, a)| a.state.is_live()) {
+        for (app, rec) in state.apps.iter().filter(|(_, a)| a.state().is_live()) {
             let Some(prev) = before
                 .get(app)
                 .filter(|p| !Arc::ptr_eq(p, rec) && p.placement != rec.placement)

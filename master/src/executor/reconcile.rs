@@ -17,7 +17,7 @@
 //!   its inputs ended: the sources ran out) has finished; it is marked so, which frees
 //!   its resources and stops its PEs.
 
-use crate::scheduler::queue::{self, Wait};
+use crate::scheduler::queue::{self, QueueEntry, Wait};
 use crate::scheduler::{
     place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates, WorkerCapacity,
 };
@@ -105,28 +105,6 @@ pub struct Actions {
     pub preemptions: Vec<(String, String)>,
 }
 
-/// An app waiting in the queue, as `weirctl queue` shows it: a queued app, or a
-/// running one whose lost PEs wait for room (those come first).
-#[derive(Clone, Debug, PartialEq)]
-pub struct QueueEntry {
-    /// App name.
-    pub app: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// Its priority class.
-    pub priority: weir_common::spec::Priority,
-    /// Its rank (class plus aging).
-    pub rank: u32,
-    /// Its tenant's share when it was examined.
-    pub share: f64,
-    /// When it arrived (leader clock).
-    pub queued_at_ms: u64,
-    /// Its PEs.
-    pub pes: u64,
-    /// Why it waits.
-    pub wait: Wait,
-}
-
 impl QueueEntry {
     /// A running app some of whose PEs wait for room (they are placed before anything
     /// queued): its PEs without an alive worker count.
@@ -156,7 +134,7 @@ fn parse<T: Copy>(names: &[(&str, T)], s: &str) -> Option<T> {
 pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
     let mut used: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
     let mut gpu_used: BTreeMap<&str, u64> = BTreeMap::new();
-    for app in state.apps.values().filter(|a| a.state.is_live()) {
+    for app in state.apps.values().filter(|a| a.state().is_live()) {
         let spec = &app.current().spec;
         for (pe, uuids) in &app.gpus {
             let per_slice = spec
@@ -319,24 +297,6 @@ fn deduct(free: &mut [WorkerCapacity], pending: &[PeRequest], placed: &BTreeMap<
     }
 }
 
-/// Every operator connected to one of `ops` by streams (either direction), sorted.
-pub fn region_of(app: &AppRecord, ops: &BTreeSet<String>) -> Vec<String> {
-    let spec = &app.current().spec;
-    let mut region: BTreeSet<String> = ops.clone();
-    let mut grew = true;
-    while grew {
-        grew = false;
-        for s in &spec.streams {
-            let (a, b) = (region.contains(&s.from), region.contains(&s.to));
-            if a != b {
-                region.insert(if a { s.to.clone() } else { s.from.clone() });
-                grew = true;
-            }
-        }
-    }
-    region.into_iter().collect()
-}
-
 /// Why PEs of a placed `app` lost their state, with the operators affected and a
 /// checkpoint that must not be used; empty when none did.
 fn losses(
@@ -468,7 +428,7 @@ pub fn reconcile_with(
     for app in state
         .apps
         .values()
-        .filter(|a| a.state.is_live() && !a.placement.is_empty())
+        .filter(|a| a.state().is_live() && !a.placement.is_empty())
     {
         let (ops, why, bad) = losses(state, app, seen);
         if !ops.is_empty() && super::upgrade::active(state, app).is_some() {
@@ -496,7 +456,7 @@ pub fn reconcile_with(
                         p.unwrap_or_else(|| (app.placement.clone(), Gpus::new()));
                     actions.recoveries.push(RecoveryAction {
                         app: app.name.clone(),
-                        operators: region_of(app, &ops),
+                        operators: app.region(&ops),
                         checkpoint_id,
                         placement,
                         reason: why.join("; "),
@@ -600,7 +560,7 @@ pub fn reconcile_with(
     let call = round.call;
     round.memo.refused.retain(|_, (_, _, last)| *last == call);
     // Deploy what is placed (apps being re-placed wait for the new placement).
-    for app in state.apps.values().filter(|a| a.state.is_live()) {
+    for app in state.apps.values().filter(|a| a.state().is_live()) {
         if replaced.contains(&app.name) {
             continue;
         }
@@ -632,7 +592,7 @@ pub fn reconcile_with(
             continue;
         }
         for s in pes {
-            let live = state.apps.get(&s.app).filter(|a| a.state.is_live());
+            let live = state.apps.get(&s.app).filter(|a| a.state().is_live());
             let wanted = live
                 .and_then(|a| a.placement.get(&s.pe))
                 .is_some_and(|pw| pw == w)
@@ -768,7 +728,7 @@ fn has_finished(
     seen: &BTreeMap<String, Vec<SeenPe>>,
 ) -> bool {
     use crate::state::AppState;
-    if app.state != AppState::Running
+    if app.state() != AppState::Running
         || app.upgrade.is_some()
         || app.placement.is_empty()
         || super::upgrade::active(state, app).is_some()

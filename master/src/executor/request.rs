@@ -1,6 +1,6 @@
 //! Building the commands the executor sends, from the replicated state.
 
-use crate::api::convert::partitioning;
+use crate::convert::partitioning;
 use crate::state::{AppRecord, CheckpointRecord, WorkerRecord, WorkerState};
 use std::collections::{BTreeMap, HashMap};
 use weir_common::physical::{source_ordinal, PeId, PhysicalModel};

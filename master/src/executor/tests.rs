@@ -657,7 +657,7 @@ fn an_app_finishes_when_every_placed_pe_stopped_and_frees_its_resources() {
     };
     s.apply(&fin).unwrap();
     let rec = &s.apps["clickstream"];
-    assert_eq!(rec.state, crate::state::AppState::Finished);
+    assert_eq!(rec.state(), crate::state::AppState::Finished);
     assert_eq!(rec.finished.as_ref().map(|f| f.at_ms), Some(NOW));
     assert!(rec.placement.is_empty());
     let after = super::reconcile::capacities(&s);

@@ -132,7 +132,7 @@ pub fn pools(
     let free: BTreeMap<&str, &WorkerCapacity> = free.iter().map(|w| (w.id.as_str(), w)).collect();
     let mut slices: BTreeMap<&str, u32> = BTreeMap::new();
     let mut placed: BTreeMap<&str, u64> = BTreeMap::new();
-    for app in state.apps.values().filter(|a| a.state.is_live()) {
+    for app in state.apps.values().filter(|a| a.state().is_live()) {
         for uuid in app.gpus.values().flatten() {
             *slices.entry(uuid.as_str()).or_default() += 1;
         }

@@ -27,7 +27,7 @@ use weir_common::spec::Priority;
 pub fn preemptible(victim: &AppRecord, by: &AppRecord) -> bool {
     by.current().spec.priority == Priority::High
         && victim.current().spec.priority == Priority::Low
-        && victim.state == AppState::Running
+        && victim.state() == AppState::Running
         && victim.upgrade.is_none()
         && !victim.placement.is_empty()
         && victim.name != by.name

@@ -131,7 +131,7 @@ fn the_reconciler_preempts_and_the_victim_queues_to_resume_from_its_checkpoint()
     })
     .unwrap();
     let b = &s.apps["batch"];
-    assert_eq!(b.state, AppState::Submitted);
+    assert_eq!(b.state(), AppState::Submitted);
     assert!(b.placement.is_empty() && b.gpus.is_empty());
     assert_eq!(b.checkpoints.attempt("m"), attempt + 1);
     assert_eq!(b.queued_at(), 100);

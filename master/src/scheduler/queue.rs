@@ -44,6 +44,28 @@ pub const MAX_AGING: u32 = 2;
 /// An entry that waited this long and could fit the empty cluster stops backfill.
 pub const STARVING_MS: u64 = 15 * 60 * 1000;
 
+/// An app waiting in the queue, as `weirctl queue` shows it: a queued app, or a
+/// running one whose lost PEs wait for room (those come first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueEntry {
+    /// App name.
+    pub app: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its priority class.
+    pub priority: weir_common::spec::Priority,
+    /// Its rank (class plus aging).
+    pub rank: u32,
+    /// Its tenant's share when it was examined.
+    pub share: f64,
+    /// When it arrived (leader clock).
+    pub queued_at_ms: u64,
+    /// Its PEs.
+    pub pes: u64,
+    /// Why it waits.
+    pub wait: Wait,
+}
+
 /// Why an entry waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -136,7 +158,7 @@ pub fn waiting(state: &ClusterState) -> Vec<Arc<AppRecord>> {
     state
         .apps
         .values()
-        .filter(|a| a.state.is_live() && a.placement.is_empty())
+        .filter(|a| a.state().is_live() && a.placement.is_empty())
         .cloned()
         .collect()
 }
@@ -155,11 +177,14 @@ pub fn gate(state: &ClusterState, app: &AppRecord, now_ms: u64) -> Option<Wait> 
         let why = match found {
             None => format!("app {other:?} does not exist (yet)"),
             Some(o) if o.placed_at_ms.is_none() && o.placement.is_empty() => {
-                if o.state.is_live() {
+                if o.state().is_live() {
                     format!("app {other:?} has not started")
                 } else {
-                    format!("app {other:?} ended ({:?}) without ever starting", o.state)
-                        .to_lowercase()
+                    format!(
+                        "app {other:?} ended ({:?}) without ever starting",
+                        o.state()
+                    )
+                    .to_lowercase()
                 }
             }
             Some(_) => continue,

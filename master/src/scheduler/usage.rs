@@ -63,7 +63,7 @@ impl Totals {
 
 /// When an app stopped holding resources, if it did.
 fn ended_at(app: &AppRecord) -> Option<u64> {
-    match app.state {
+    match app.state() {
         AppState::Cancelled => app.cancelled_at_ms,
         AppState::Finished => app.finished.as_ref().map(|f| f.at_ms),
         // A failed app records no end: it stops counting at once.

@@ -7,7 +7,6 @@
 //! its template or base image went away between the leader's resolution and the
 //! commit.
 
-use super::command::CommandError;
 use super::*;
 use std::fmt;
 use weir_common::catalog::{
@@ -163,7 +162,7 @@ pub(super) fn check_remove_template(s: &ClusterState, name: &str) -> Result<(), 
 /// Whether a live app's current version, or the version it is upgrading to, was
 /// generated from template `name` (older versions only matter to history).
 fn uses_template(a: &AppRecord, name: &str) -> bool {
-    a.state.is_live()
+    a.state().is_live()
         && a.versions
             .iter()
             .filter(|v| v.version >= a.current_version)
@@ -190,10 +189,4 @@ pub(super) fn check_generated(
         }
     }
     Ok(())
-}
-
-impl From<CatalogError> for CommandError {
-    fn from(e: CatalogError) -> Self {
-        CommandError::Catalog(e)
-    }
 }

@@ -73,7 +73,7 @@ fn refused(s: &mut ClusterState, cmd: &Command) -> CatalogError {
 }
 
 fn code(e: CatalogError) -> tonic::Code {
-    crate::api::command_status(&CommandError::Catalog(e)).code()
+    crate::shared::command_status(&CommandError::Catalog(e)).code()
 }
 
 #[test]

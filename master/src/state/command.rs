@@ -349,6 +349,12 @@ pub enum Response {
     },
 }
 
+impl From<catalog::CatalogError> for CommandError {
+    fn from(e: catalog::CatalogError) -> Self {
+        CommandError::Catalog(e)
+    }
+}
+
 /// Why a command was refused. Each maps to one gRPC status code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
@@ -522,7 +528,7 @@ fn live_app<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, Command
 /// The app `app`, which must be live; `why` says what needed it to be.
 fn live<'a>(s: &'a ClusterState, app: &str, why: &str) -> Result<&'a AppRecord, CommandError> {
     let rec = known_app(s, app)?;
-    if !rec.state.is_live() {
+    if !rec.state().is_live() {
         return Err(wrong_state(rec, why));
     }
     Ok(rec)
@@ -540,7 +546,7 @@ fn known_app<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, Comman
 fn wrong_state(rec: &AppRecord, why: &str) -> CommandError {
     CommandError::AppState {
         app: rec.name.clone(),
-        state: format!("{:?}", rec.state).to_lowercase(),
+        state: format!("{:?}", rec.state()).to_lowercase(),
         why: why.to_string(),
     }
 }

@@ -139,7 +139,7 @@ pub fn extra_pes(cur: &AppSpec, other: &AppSpec) -> Demand {
 
 /// Whether `app` holds resources: live and placed.
 pub fn holds(app: &AppRecord) -> bool {
-    app.state.is_live() && !app.placement.is_empty()
+    app.state().is_live() && !app.placement.is_empty()
 }
 
 /// What each tenant's placed live apps hold now.

@@ -41,8 +41,11 @@ pub struct AppRecord {
     pub name: String,
     /// Owning tenant.
     pub tenant: String,
-    /// Lifecycle state.
-    pub state: AppState,
+    /// Its lifecycle apart from upgrades: never `Upgrading`, which is derived from
+    /// `upgrade` (read [`AppRecord::state`]). Stored as `state`, as before; records
+    /// written when `Upgrading` was stored still read right.
+    #[serde(rename = "state")]
+    pub(crate) lifecycle: AppState,
     /// Version numbers start at 1; `versions[i].version == i + 1`. Shared: a version
     /// never changes once stored, so copying the record (as every change to a record
     /// that a reader still holds does) copies no spec.
@@ -240,6 +243,16 @@ pub struct RecoveryRecord {
 }
 
 impl AppRecord {
+    /// Its lifecycle state: `Upgrading` while an upgrade operation runs.
+    pub fn state(&self) -> AppState {
+        match self.lifecycle {
+            s if s.is_live() && self.upgrade.is_some() => AppState::Upgrading,
+            // Stored by masters before the state was derived; the upgrade ended.
+            AppState::Upgrading => AppState::Running,
+            s => s,
+        }
+    }
+
     /// When it entered the queue it waits in (or last waited in).
     pub fn queued_at(&self) -> u64 {
         self.queued_at_ms.unwrap_or(self.created_at_ms)
@@ -248,6 +261,25 @@ impl AppRecord {
     /// The current version.
     pub fn current(&self) -> &AppVersion {
         &self.versions[self.current_version as usize - 1]
+    }
+
+    /// Every operator of the current version connected to one of `ops` by streams
+    /// (either direction), sorted: what restarts together from one checkpoint.
+    pub fn region(&self, ops: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let spec = &self.current().spec;
+        let mut region = ops.clone();
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for s in &spec.streams {
+                let (a, b) = (region.contains(&s.from), region.contains(&s.to));
+                if a != b {
+                    region.insert(if a { s.to.clone() } else { s.from.clone() });
+                    grew = true;
+                }
+            }
+        }
+        region.into_iter().collect()
     }
 }
 
@@ -400,7 +432,11 @@ fn no_images(images: &Arc<Vec<ImageInfo>>) -> bool {
 }
 
 /// An upgrade operation.
+///
+/// Stored in Raft snapshots through [`UpgradeRecordWire`], the flat form every master
+/// has written so far, so snapshots taken before the lifecycle was typed still load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "UpgradeRecordWire", into = "UpgradeRecordWire")]
 pub struct UpgradeRecord {
     /// Operation id.
     pub id: u64,
@@ -410,38 +446,214 @@ pub struct UpgradeRecord {
     pub from_version: u32,
     /// Version upgraded to.
     pub to_version: u32,
-    /// Last phase completed, `None` before prepare completes.
-    pub completed_phase: Option<Phase>,
-    /// How it ended, once it has.
-    pub outcome: Option<UpgradeOutcome>,
+    /// Where it is in its life.
+    pub stage: UpgradeStage,
     /// Plan counts.
     pub summary: PlanSummary,
     /// When it started.
     pub started_at_ms: u64,
-    /// When it ended.
-    pub finished_at_ms: Option<u64>,
-    /// The phase running now (`None` once it ended).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// When the current phase began.
-    #[serde(default)]
-    pub phase_started_at_ms: u64,
     /// The switch barrier: a checkpoint id reserved when the upgrade began.
-    #[serde(default)]
     pub barrier: u64,
     /// Where every PE of the new version runs (kept PEs where they are, new ones
     /// placed when the upgrade began).
-    #[serde(default)]
     pub placement: BTreeMap<String, String>,
     /// GPUs allocated to new PEs.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpus: BTreeMap<String, Vec<String>>,
     /// New PE -> the old PEs whose state it takes over (at the switch barrier).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handoff: BTreeMap<String, Vec<String>>,
-    /// What it cost, once it ended.
+}
+
+/// The lifecycle of an upgrade: one phase at a time, then an end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UpgradeStage {
+    /// Running `phase`, entered at `since_ms`.
+    Running {
+        /// The phase running now.
+        phase: Phase,
+        /// When it began.
+        since_ms: u64,
+    },
+    /// Ended at `at_ms`.
+    Ended {
+        /// Completed or rolled back.
+        outcome: UpgradeOutcome,
+        /// When.
+        at_ms: u64,
+        /// The last phase it finished (`Cleanup` once completed; a rollback can come
+        /// before any).
+        completed: Option<Phase>,
+        /// What it cost: measured when it completes.
+        result: Option<UpgradeResultRecord>,
+    },
+}
+
+impl UpgradeRecord {
+    /// The phase running now; `None` once it ended.
+    pub fn phase(&self) -> Option<Phase> {
+        match self.stage {
+            UpgradeStage::Running { phase, .. } => Some(phase),
+            UpgradeStage::Ended { .. } => None,
+        }
+    }
+
+    /// How it ended, once it has.
+    pub fn outcome(&self) -> Option<&UpgradeOutcome> {
+        match &self.stage {
+            UpgradeStage::Running { .. } => None,
+            UpgradeStage::Ended { outcome, .. } => Some(outcome),
+        }
+    }
+
+    /// When it ended, once it has.
+    pub fn finished_at_ms(&self) -> Option<u64> {
+        match self.stage {
+            UpgradeStage::Running { .. } => None,
+            UpgradeStage::Ended { at_ms, .. } => Some(at_ms),
+        }
+    }
+
+    /// What it cost, once it completed.
+    pub fn result(&self) -> Option<&UpgradeResultRecord> {
+        match &self.stage {
+            UpgradeStage::Running { .. } => None,
+            UpgradeStage::Ended { result, .. } => result.as_ref(),
+        }
+    }
+
+    /// Moves a running upgrade from its phase to the next, `next`, at `at_ms`.
+    pub fn enter(&mut self, next: Phase, at_ms: u64) {
+        self.stage = UpgradeStage::Running {
+            phase: next,
+            since_ms: at_ms,
+        };
+    }
+
+    /// Ends it at `at_ms`; the last phase it finished is the one before the phase it
+    /// was in (all of them once completed).
+    pub fn end(
+        &mut self,
+        outcome: UpgradeOutcome,
+        at_ms: u64,
+        result: Option<UpgradeResultRecord>,
+    ) {
+        let completed = match (&outcome, &self.stage) {
+            (UpgradeOutcome::Completed, _) => Some(Phase::Cleanup),
+            (_, UpgradeStage::Running { phase, .. }) => phase.before(),
+            (_, UpgradeStage::Ended { completed, .. }) => *completed,
+        };
+        self.stage = UpgradeStage::Ended {
+            outcome,
+            at_ms,
+            completed,
+            result,
+        };
+    }
+}
+
+/// [`UpgradeRecord`] as it is stored: a lifecycle spread over optional fields, the
+/// format of every snapshot written before [`UpgradeStage`]. Written from the typed
+/// record (so it holds only legal combinations); read leniently, since older masters
+/// wrote records without `phase`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpgradeRecordWire {
+    id: u64,
+    app: String,
+    from_version: u32,
+    to_version: u32,
+    completed_phase: Option<Phase>,
+    outcome: Option<UpgradeOutcome>,
+    summary: PlanSummary,
+    started_at_ms: u64,
+    finished_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<UpgradeResultRecord>,
+    phase: Option<Phase>,
+    #[serde(default)]
+    phase_started_at_ms: u64,
+    #[serde(default)]
+    barrier: u64,
+    #[serde(default)]
+    placement: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    gpus: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    handoff: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<UpgradeResultRecord>,
+}
+
+impl From<UpgradeRecordWire> for UpgradeRecord {
+    fn from(w: UpgradeRecordWire) -> Self {
+        let stage = match w.outcome {
+            Some(outcome) => UpgradeStage::Ended {
+                outcome,
+                at_ms: w.finished_at_ms.unwrap_or(w.started_at_ms),
+                completed: w.completed_phase,
+                result: w.result,
+            },
+            None => UpgradeStage::Running {
+                // Records from before `phase` was stored: the phase after the last
+                // one completed.
+                phase: w.phase.unwrap_or(match w.completed_phase {
+                    None => Phase::Prepare,
+                    Some(Phase::Prepare) => Phase::Switch,
+                    Some(_) => Phase::Cleanup,
+                }),
+                since_ms: if w.phase.is_some() {
+                    w.phase_started_at_ms
+                } else {
+                    w.started_at_ms
+                },
+            },
+        };
+        UpgradeRecord {
+            id: w.id,
+            app: w.app,
+            from_version: w.from_version,
+            to_version: w.to_version,
+            stage,
+            summary: w.summary,
+            started_at_ms: w.started_at_ms,
+            barrier: w.barrier,
+            placement: w.placement,
+            gpus: w.gpus,
+            handoff: w.handoff,
+        }
+    }
+}
+
+impl From<UpgradeRecord> for UpgradeRecordWire {
+    fn from(u: UpgradeRecord) -> Self {
+        let (completed_phase, outcome, finished_at_ms, phase, phase_started_at_ms, result) =
+            match u.stage {
+                UpgradeStage::Running { phase, since_ms } => {
+                    (phase.before(), None, None, Some(phase), since_ms, None)
+                }
+                UpgradeStage::Ended {
+                    outcome,
+                    at_ms,
+                    completed,
+                    result,
+                } => (completed, Some(outcome), Some(at_ms), None, at_ms, result),
+            };
+        UpgradeRecordWire {
+            id: u.id,
+            app: u.app,
+            from_version: u.from_version,
+            to_version: u.to_version,
+            completed_phase,
+            outcome,
+            summary: u.summary,
+            started_at_ms: u.started_at_ms,
+            finished_at_ms,
+            phase,
+            phase_started_at_ms,
+            barrier: u.barrier,
+            placement: u.placement,
+            gpus: u.gpus,
+            handoff: u.handoff,
+            result,
+        }
+    }
 }
 
 /// What an upgrade cost, as measured by the workers.

@@ -1,5 +1,6 @@
 use super::fixtures::*;
 use super::*;
+use weir_common::plan::Phase;
 
 #[test]
 fn submit_stores_v1_and_refuses_a_duplicate_without_change() {
@@ -39,7 +40,7 @@ fn cancel_needs_a_live_app() {
     );
     s.apply(&submit(10)).unwrap();
     s.apply(&cancel).unwrap();
-    assert_eq!(s.apps["clickstream"].state, AppState::Cancelled);
+    assert_eq!(s.apps["clickstream"].state(), AppState::Cancelled);
     assert_eq!(s.tenants["web"].apps, 0);
     let before = s.clone();
     assert!(matches!(
@@ -107,7 +108,7 @@ fn placement_must_name_real_pes_and_alive_workers() {
     ));
     assert_eq!(s, before);
     s.apply(&place("parse@00000000#0", "w1")).unwrap();
-    assert_eq!(s.apps["clickstream"].state, AppState::Running);
+    assert_eq!(s.apps["clickstream"].state(), AppState::Running);
 }
 
 #[test]
@@ -136,7 +137,7 @@ fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
         (1, 2),
         "v1 runs on"
     );
-    assert_eq!(app.state, AppState::Upgrading);
+    assert_eq!(app.state(), AppState::Upgrading);
     let barrier = s.upgrades[&1].barrier;
     assert_eq!(
         barrier, app.checkpoints.last_id,
@@ -199,8 +200,8 @@ fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
     })
     .unwrap();
     let app = &s.apps["clickstream"];
-    assert_eq!((app.state, app.upgrade), (AppState::Running, None));
-    assert_eq!(s.upgrades[&1].outcome, Some(UpgradeOutcome::Completed));
+    assert_eq!((app.state(), app.upgrade), (AppState::Running, None));
+    assert_eq!(s.upgrades[&1].outcome(), Some(&UpgradeOutcome::Completed));
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn an_aborted_switch_keeps_v1_and_restarts_the_touched_region_from_before_it() {
     })
     .unwrap();
     let app = &s.apps["clickstream"];
-    assert_eq!((app.current_version, app.state), (1, AppState::Running));
+    assert_eq!((app.current_version, app.state()), (1, AppState::Running));
     assert_eq!(app.upgrade, None);
     assert_eq!(
         app.checkpoints.in_flight, None,
@@ -237,8 +238,8 @@ fn an_aborted_switch_keeps_v1_and_restarts_the_touched_region_from_before_it() {
         rec.reason
     );
     assert_eq!(
-        s.upgrades[&1].outcome,
-        Some(UpgradeOutcome::RolledBack("worker w1 lost".into()))
+        s.upgrades[&1].outcome(),
+        Some(&UpgradeOutcome::RolledBack("worker w1 lost".into()))
     );
     // A new upgrade may start; it gets the next id and the next version.
     let (_, again) = upgrading();
@@ -667,4 +668,163 @@ fn leaving_the_queue_past_the_quota_is_refused_at_commit() {
         .unwrap_err();
     assert!(matches!(e, CommandError::Quota(_)), "{e}");
     assert_eq!(s, before);
+}
+
+/// Upgrade records in the flat form every master wrote before the lifecycle was typed
+/// (`UpgradeRecordWire`): snapshots holding them still load, into the same lifecycle.
+#[test]
+fn upgrade_records_written_before_the_typed_lifecycle_load_and_round_trip() {
+    let old = |extra: &str| {
+        format!(
+            r#"{{"id":4,"app":"a","from_version":1,"to_version":2,{extra},"summary":{{"pes_started":1,"pes_stopped":1,"pes_rewired":0,"pes_untouched":3,"channels_opened":2,"channels_closed":2}},"started_at_ms":100,"barrier":7,"placement":{{"x@0":"w1"}}}}"#
+        )
+    };
+    let cases = [
+        (
+            // In switch, as today's master writes it.
+            r#""completed_phase":"prepare","outcome":null,"finished_at_ms":null,"phase":"switch","phase_started_at_ms":150"#,
+            UpgradeStage::Running {
+                phase: Phase::Switch,
+                since_ms: 150,
+            },
+        ),
+        (
+            // Written before `phase` was stored: the phase after the last completed.
+            r#""completed_phase":"switch","outcome":null,"finished_at_ms":null"#,
+            UpgradeStage::Running {
+                phase: Phase::Cleanup,
+                since_ms: 100,
+            },
+        ),
+        (
+            r#""completed_phase":null,"outcome":null,"finished_at_ms":null"#,
+            UpgradeStage::Running {
+                phase: Phase::Prepare,
+                since_ms: 100,
+            },
+        ),
+        (
+            r#""completed_phase":"prepare","outcome":{"outcome":"rolled_back","reason":"worker w1 lost"},"finished_at_ms":180,"phase_started_at_ms":150"#,
+            UpgradeStage::Ended {
+                outcome: UpgradeOutcome::RolledBack("worker w1 lost".into()),
+                at_ms: 180,
+                completed: Some(Phase::Prepare),
+                result: None,
+            },
+        ),
+        (
+            r#""completed_phase":"cleanup","outcome":{"outcome":"completed"},"finished_at_ms":200,"phase_started_at_ms":170,"result":{"pes_touched":2,"records_lost":0,"records_duplicated":0,"longest_stall_ms":12}"#,
+            UpgradeStage::Ended {
+                outcome: UpgradeOutcome::Completed,
+                at_ms: 200,
+                completed: Some(Phase::Cleanup),
+                result: Some(UpgradeResultRecord {
+                    pes_touched: 2,
+                    longest_stall_ms: 12,
+                    ..Default::default()
+                }),
+            },
+        ),
+    ];
+    for (fields, stage) in cases {
+        let text = old(fields);
+        let up: UpgradeRecord =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(up.stage, stage, "{text}");
+        assert_eq!((up.id, up.barrier, up.started_at_ms), (4, 7, 100));
+        assert_eq!(up.placement["x@0"], "w1");
+        // Written back in the same flat form, and read back the same.
+        let again = serde_json::to_value(&up).unwrap();
+        let was: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in ["completed_phase", "outcome", "finished_at_ms", "summary"] {
+            assert_eq!(again[key], was[key], "{key} of {text}");
+        }
+        let back: UpgradeRecord = serde_json::from_value(again).unwrap();
+        assert_eq!(back, up);
+    }
+}
+
+#[test]
+fn an_upgrade_ends_once_with_the_phase_it_had_reached() {
+    let (mut s, begin) = upgrading();
+    s.apply(&begin).unwrap();
+    s.apply(&Command::UpgradeSwitch {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 110,
+    })
+    .unwrap();
+    assert_eq!(s.upgrades[&1].phase(), Some(Phase::Switch));
+    s.apply(&Command::AbortUpgrade {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 130,
+        reason: "late".into(),
+        recover: None,
+    })
+    .unwrap();
+    let up = &s.upgrades[&1];
+    assert_eq!(
+        up.stage,
+        UpgradeStage::Ended {
+            outcome: UpgradeOutcome::RolledBack("late".into()),
+            at_ms: 130,
+            completed: Some(Phase::Prepare),
+            result: None,
+        }
+    );
+    assert_eq!((up.phase(), up.finished_at_ms()), (None, Some(130)));
+    // Ended: a second end is refused and changes nothing.
+    let before = s.clone();
+    assert!(s
+        .apply(&Command::AbortUpgrade {
+            app: "clickstream".into(),
+            id: 1,
+            at_ms: 140,
+            reason: "again".into(),
+            recover: None,
+        })
+        .is_err());
+    assert_eq!(s, before);
+}
+
+/// `Upgrading` is derived from the running operation; records that stored it (every
+/// master before) read the same, and once the upgrade ended they read `Running`.
+#[test]
+fn upgrading_is_derived_from_the_running_operation_and_old_records_agree() {
+    let (mut s, begin) = upgrading();
+    s.apply(&begin).unwrap();
+    let rec = &s.apps["clickstream"];
+    assert_eq!(rec.state(), AppState::Upgrading);
+    assert_eq!(rec.lifecycle, AppState::Running, "not stored");
+    let mut json = serde_json::to_value(rec.as_ref()).unwrap();
+    assert_eq!(json["state"], "running");
+    // As an older master wrote it.
+    json["state"] = "upgrading".into();
+    let old: AppRecord = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old.state(), AppState::Upgrading);
+    // That upgrade ended (rolled back) under this master: it runs.
+    let mut s2 = s.clone();
+    std::sync::Arc::make_mut(s2.apps.get_mut("clickstream").unwrap()).lifecycle =
+        AppState::Upgrading;
+    s2.apply(&Command::AbortUpgrade {
+        app: "clickstream".into(),
+        id: 1,
+        at_ms: 130,
+        reason: "late".into(),
+        recover: None,
+    })
+    .unwrap();
+    assert_eq!(s2.apps["clickstream"].state(), AppState::Running);
+    json["upgrade"] = serde_json::Value::Null;
+    let ended: AppRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(ended.state(), AppState::Running);
+    // A cancelled app is cancelled, upgrade or not.
+    s.apply(&Command::CancelApp {
+        name: "clickstream".into(),
+        at_ms: 140,
+        request_id: String::new(),
+    })
+    .unwrap();
+    assert_eq!(s.apps["clickstream"].state(), AppState::Cancelled);
 }

@@ -9,13 +9,16 @@
 //! part of it.
 
 use super::status::PeStatus;
+use super::upgrade::Armed;
 use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
+use weir_common::keygroup::KeyGroupRange;
 use weir_proto::v1 as pb;
 
 /// Complete checkpoints whose snapshots a worker keeps per app (the master keeps as
@@ -255,4 +258,28 @@ impl CheckpointEnv {
             Err(e) => Err(format!("checkpoint {id}: {e}")),
         }
     }
+}
+
+/// A PE's part in checkpoints: where to save snapshots, what to restore, and (for
+/// sources) the barriers the master triggers.
+pub struct Ckpt {
+    /// App name.
+    pub app: String,
+    /// PE id.
+    pub pe: String,
+    /// Snapshot storage and completion notices.
+    pub env: Arc<CheckpointEnv>,
+    /// The checkpoint to restore and where its snapshot is.
+    pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+    /// Snapshots of other PEs merged into the starting state (an upgrade's hand-off);
+    /// takes precedence over `restore`.
+    pub pieces: Vec<pb::RestorePiece>,
+    /// The PE's key groups (a hand-off keeps only these).
+    pub key_groups: KeyGroupRange,
+    /// A source added by an upgrade waits for this barrier; 0: starts at once.
+    pub start_at: u64,
+    /// Checkpoint barriers to inject (sources only).
+    pub triggers: mpsc::Receiver<u64>,
+    /// Upgrade actions armed for a barrier.
+    pub armed: Armed,
 }

@@ -21,8 +21,9 @@
 //! it (little endian), and the delta in the kernel's snapshot layout.
 
 use super::checkpoint::CheckpointEnv;
+use super::checkpoint::Ckpt;
 use super::kernel::Kernel;
-use super::pe::{Ckpt, Stopped};
+use super::status::Stopped;
 use super::status::{PeRunState, PeStatus};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -329,7 +329,7 @@ impl Runtime {
         let (triggers, trigger_rx) = mpsc::channel(4);
         let (control, control_rx) = mpsc::unbounded_channel();
         let source = cfg.spec.kind.role() == weir_common::spec::Role::Source;
-        let ckpt = pe::Ckpt {
+        let ckpt = checkpoint::Ckpt {
             app: cfg.app.clone(),
             pe: pe.clone(),
             env: self.ckpt.clone(),

@@ -8,64 +8,25 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::checkpoint::CheckpointEnv;
+use super::checkpoint::Ckpt;
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;
-use super::status::{PeRunState, PeStatus};
+use super::status::{PeRunState, PeStatus, Stopped};
 use super::upgrade::Armed;
 use super::BATCH_RECORDS;
 use crate::dataplane::{Input, InputEndpoint, Msg};
 use crate::ops::{Generator, Nexmark};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::record::Batch;
 use weir_common::spec::{GeneratorParams, NexmarkParams};
-use weir_proto::v1 as pb;
 
 /// How often a `sink.verify` republishes its summary while records flow.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
-
-/// A PE's part in checkpoints: where to save snapshots, what to restore, and (for
-/// sources) the barriers the master triggers.
-pub struct Ckpt {
-    /// App name.
-    pub app: String,
-    /// PE id.
-    pub pe: String,
-    /// Snapshot storage and completion notices.
-    pub env: Arc<CheckpointEnv>,
-    /// The checkpoint to restore and where its snapshot is.
-    pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
-    /// Snapshots of other PEs merged into the starting state (an upgrade's hand-off);
-    /// takes precedence over `restore`.
-    pub pieces: Vec<pb::RestorePiece>,
-    /// The PE's key groups (a hand-off keeps only these).
-    pub key_groups: KeyGroupRange,
-    /// A source added by an upgrade waits for this barrier; 0: starts at once.
-    pub start_at: u64,
-    /// Checkpoint barriers to inject (sources only).
-    pub triggers: mpsc::Receiver<u64>,
-    /// Upgrade actions armed for a barrier.
-    pub armed: Armed,
-}
-
-/// Why a PE's task stops early. Its status already tells the master: a failure is
-/// reported where it happens, with its details, so the task only has to return.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Stopped {
-    /// The PE failed; its status holds why.
-    #[error("the PE failed")]
-    Failed,
-    /// A source added by an upgrade lost its checkpoint triggers before its start
-    /// barrier came (the PE was stopped).
-    #[error("the checkpoint triggers closed before the start barrier")]
-    TriggersClosed,
-}
 
 /// What a PE does after a barrier.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Line sources: `source.file` and `source.tcp`.
 
-use super::pe::{Ckpt, Flow};
+use super::checkpoint::Ckpt;
+use super::pe::Flow;
 use super::router::Router;
 use super::status::{PeRunState, PeStatus};
 use super::BATCH_RECORDS;

@@ -220,3 +220,16 @@ impl PeStatus {
         self.verify.lock().ok().and_then(|m| *m)
     }
 }
+
+/// Why a PE's task stops early. Its status already tells the master: a failure is
+/// reported where it happens, with its details, so the task only has to return.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stopped {
+    /// The PE failed; its status holds why.
+    #[error("the PE failed")]
+    Failed,
+    /// A source added by an upgrade lost its checkpoint triggers before its start
+    /// barrier came (the PE was stopped).
+    #[error("the checkpoint triggers closed before the start barrier")]
+    TriggersClosed,
+}

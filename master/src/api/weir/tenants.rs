@@ -3,7 +3,7 @@
 //! is proposed.
 
 use super::*;
-use crate::executor::reconcile::QueueEntry;
+use crate::scheduler::queue::QueueEntry;
 use crate::scheduler::usage::{self, Demand};
 use crate::state::{Quota, SpecSignature, TenantPolicy};
 use weir_common::spec::{check_capabilities, AppSpec, Capabilities};
@@ -185,7 +185,7 @@ impl WeirService {
         at_leader!(self, req, list_queue);
         authorize(&req, Action::ReadCluster)?;
         let only = list_scope(&req, &req.get_ref().tenant)?;
-        let now = crate::api::now_ms();
+        let now = crate::shared::now_ms();
         let entries = self
             .liveness
             .queue()
@@ -228,7 +228,7 @@ impl WeirService {
         authorize(&req, Action::ReadCluster)?;
         self.shared.linearizable().await?;
         let only = list_scope(&req, "")?;
-        let now = crate::api::now_ms();
+        let now = crate::shared::now_ms();
         let tenants = self
             .read(|s| {
                 let held = usage::held(s);

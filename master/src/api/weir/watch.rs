@@ -3,9 +3,12 @@
 //! app; it does no I/O, so every rule is tested without a cluster and the service only
 //! sends what it answers.
 
-use super::super::convert::app_state;
+use crate::convert::app_state;
 use crate::state::{AppRecord, AppState, ClusterState, Command, Response};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use weir_common::plan::{plan, Phase};
+use weir_common::spec::AppSpec;
 use weir_proto::v1 as pb;
 
 /// One event to send, with the app version current when it happened.
@@ -25,6 +28,12 @@ pub(super) struct AppWatch {
     state: AppState,
     /// The version running now; an upgrade's new version becomes current at its switch.
     version: u32,
+    /// Its spec.
+    spec: Arc<AppSpec>,
+    /// Where its PEs run (for the workers a recovery moves them between).
+    placement: BTreeMap<String, String>,
+    /// When the checkpoint in flight began (leader clock), for its duration.
+    checkpoint_since: Option<u64>,
     /// The upgrade in progress.
     upgrade: Option<Upgrading>,
     /// The newest upgrade operation of the app known: a repeated `BeginUpgrade` request
@@ -33,23 +42,52 @@ pub(super) struct AppWatch {
 }
 
 /// An upgrade in progress, as its phase events describe it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Upgrading {
     id: u64,
     from: u32,
     to: u32,
+    /// The new version's spec and placement, current from the switch on.
+    spec: Arc<AppSpec>,
+    placement: BTreeMap<String, String>,
+    /// Instructions in each phase of its plan (prepare, switch, cleanup).
+    instructions: [u32; 3],
+}
+
+impl Upgrading {
+    fn new(
+        id: u64,
+        (from, old): (u32, &AppSpec),
+        (to, new): (u32, &AppSpec),
+        placement: &BTreeMap<String, String>,
+    ) -> Self {
+        let p = plan(old, new, None);
+        let instructions = Phase::ALL.map(|ph| p.instructions_in(ph) as u32);
+        Upgrading {
+            id,
+            from,
+            to,
+            spec: Arc::new(new.clone()),
+            placement: placement.clone(),
+            instructions,
+        }
+    }
 }
 
 impl AppWatch {
     /// A watch of `rec` as `s` holds it, and the events a stream opens with.
     pub(super) fn open(s: &ClusterState, rec: &AppRecord) -> (Self, Vec<Note>) {
+        let spec_of = |v: u32| rec.versions.get(v as usize - 1).map(|v| &v.spec);
         let upgrade = rec
             .upgrade
             .and_then(|id| s.upgrades.get(&id))
-            .map(|u| Upgrading {
-                id: u.id,
-                from: u.from_version,
-                to: u.to_version,
+            .and_then(|u| {
+                Some(Upgrading::new(
+                    u.id,
+                    (u.from_version, spec_of(u.from_version)?),
+                    (u.to_version, spec_of(u.to_version)?),
+                    &u.placement,
+                ))
             });
         let newest_upgrade = s
             .upgrades
@@ -60,12 +98,15 @@ impl AppWatch {
             .unwrap_or(0);
         let watch = Self {
             app: rec.name.clone(),
-            state: rec.state,
+            state: rec.state(),
             version: rec.current_version,
+            spec: Arc::new(rec.current().spec.clone()),
+            placement: rec.placement.clone(),
+            checkpoint_since: rec.checkpoints.in_flight.as_ref().map(|f| f.started_at_ms),
             upgrade,
             newest_upgrade,
         };
-        let mut opening = vec![watch.note(app_state_event(None, rec.state))];
+        let mut opening = vec![watch.note(app_state_event(None, rec.state()))];
         if !rec.placement.is_empty() {
             opening.push(watch.note(placement_event(&rec.placement)));
         }
@@ -103,6 +144,7 @@ impl AppWatch {
             }
             Command::CancelApp { name, .. } if *name == self.app => {
                 self.upgrade = None;
+                self.placement.clear();
                 self.end(AppState::Cancelled, out);
             }
             Command::FinishApp { app, .. } if *app == self.app => {
@@ -112,6 +154,7 @@ impl AppWatch {
                 if self.state == AppState::Submitted && !placement.is_empty() {
                     self.state = AppState::Running;
                 }
+                self.placement = placement.clone();
                 out.push(self.note(placement_event(placement)));
             }
             Command::Recover {
@@ -122,17 +165,22 @@ impl AppWatch {
                 reason,
                 ..
             } if *app == self.app => {
+                let (left, joined) = moved(&self.placement, placement, operators);
                 out.push(self.note(pb::app_event::Event::Recovery(pb::Recovery {
                     pe: operators.join(","),
-                    failed_worker_id: String::new(),
-                    new_worker_id: String::new(),
+                    failed_worker_id: left,
+                    new_worker_id: joined,
                     checkpoint_id: *checkpoint_id,
                     reason: reason.clone(),
                 })));
+                self.placement = placement.clone();
+                self.checkpoint_since = None;
                 out.push(self.note(placement_event(placement)));
             }
             Command::Preempt { app, by, .. } if *app == self.app => {
                 self.state = AppState::Submitted;
+                self.placement.clear();
+                self.checkpoint_since = None;
                 out.push(self.note(pb::app_event::Event::Recovery(pb::Recovery {
                     pe: String::new(),
                     failed_worker_id: String::new(),
@@ -142,36 +190,54 @@ impl AppWatch {
                 })));
                 out.push(self.note(placement_event(&Default::default())));
             }
+            Command::BeginCheckpoint { app, at_ms, .. } if *app == self.app => {
+                self.checkpoint_since = Some(*at_ms);
+            }
+            Command::AbandonCheckpoint { app, .. } if *app == self.app => {
+                self.checkpoint_since = None;
+            }
             Command::CompleteCheckpoint {
-                app, id, pieces, ..
+                app,
+                id,
+                pieces,
+                at_ms,
+                ..
             } if *app == self.app => {
+                let since = self.checkpoint_since.take();
                 out.push(self.note(pb::app_event::Event::CheckpointCompleted(
                     pb::CheckpointCompleted {
                         checkpoint_id: *id,
-                        duration_ms: 0,
+                        duration_ms: since.map_or(0, |t| at_ms.saturating_sub(t)),
                         state_bytes: pieces.values().map(|p| p.size_bytes).sum(),
                     },
                 )));
             }
-            Command::BeginUpgrade { spec, .. } if spec.name == self.app => {
+            Command::BeginUpgrade {
+                spec, placement, ..
+            } if spec.name == self.app => {
                 if let Response::UpgradeStarted { id, version } = response {
                     if *id > self.newest_upgrade {
                         self.newest_upgrade = *id;
-                        self.upgrade = Some(Upgrading {
-                            id: *id,
-                            from: self.version,
-                            to: *version,
-                        });
+                        self.upgrade = Some(Upgrading::new(
+                            *id,
+                            (self.version, &self.spec),
+                            (*version, spec),
+                            placement,
+                        ));
                         out.push(self.phase(*id, pb::UpgradePhase::Prepare, ""));
                     }
                 }
             }
-            Command::UpgradeSwitch { app, id, .. } if *app == self.app => {
+            Command::UpgradeSwitch { app, id, at_ms } if *app == self.app => {
+                // The switch barrier is a checkpoint.
+                self.checkpoint_since = Some(*at_ms);
                 out.push(self.phase(*id, pb::UpgradePhase::Switch, ""));
             }
             Command::FinishUpgradeSwitch { app, id, .. } if *app == self.app => {
-                if let Some(up) = self.upgrade.filter(|up| up.id == *id) {
+                if let Some(up) = self.upgrade.as_ref().filter(|up| up.id == *id) {
                     self.version = up.to;
+                    self.spec = up.spec.clone();
+                    self.placement = up.placement.clone();
                 }
                 out.push(self.phase(*id, pb::UpgradePhase::Cleanup, ""));
             }
@@ -197,8 +263,6 @@ impl AppWatch {
             | Command::AbortUpgrade { .. }
             // A watched app exists already (names are never reused).
             | Command::SubmitApp { .. }
-            // No app event says a checkpoint began or was given up; one that completes
-            // does.
             | Command::BeginCheckpoint { .. }
             | Command::AbandonCheckpoint { .. }
             // Workers are not an app's: a lost worker shows as the recovery that moves
@@ -221,21 +285,30 @@ impl AppWatch {
         self.state = state;
     }
 
-    /// A phase event of operation `id`, with the versions it goes between when the
-    /// watch knows them (it does from the upgrade's start, or from the stream's open).
+    /// A phase event of operation `id`, with the versions it goes between and the
+    /// phase's instruction count when the watch knows them (it does from the upgrade's
+    /// start, or from the stream's open). A phase event marks the phase's start: none
+    /// of its instructions is done yet; the end (DONE) has all of cleanup's done.
     fn phase(&self, id: u64, phase: pb::UpgradePhase, reason: &str) -> Note {
-        let (from, to) = self
-            .upgrade
-            .filter(|up| up.id == id)
-            .map_or((0, 0), |up| (up.from, up.to));
+        let up = self.upgrade.as_ref().filter(|up| up.id == id);
+        let (from, to) = up.map_or((0, 0), |up| (up.from, up.to));
+        let count = |i: usize| up.map_or(0, |up| up.instructions[i]);
+        let (instructions_done, instructions_total) = match phase {
+            pb::UpgradePhase::Prepare => (0, count(0)),
+            pb::UpgradePhase::Switch => (0, count(1)),
+            pb::UpgradePhase::Cleanup => (0, count(2)),
+            pb::UpgradePhase::Done => (count(2), count(2)),
+            _ => (0, 0),
+        };
         self.note(pb::app_event::Event::UpgradePhaseChanged(
             pb::UpgradePhaseChanged {
                 operation_id: id.to_string(),
                 phase: phase as i32,
                 from_version: from.into(),
                 to_version: to.into(),
+                instructions_done,
+                instructions_total,
                 reason: reason.to_string(),
-                ..Default::default()
             },
         ))
     }
@@ -254,6 +327,30 @@ fn app_state_event(old: Option<AppState>, new: AppState) -> pb::app_event::Event
         new_state: app_state(new) as i32,
         message: String::new(),
     })
+}
+
+/// The workers the PEs of `operators` left (they moved off them) and the workers they
+/// moved to, each sorted and joined by commas; both empty when every PE restarts where
+/// it ran.
+fn moved(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    operators: &[String],
+) -> (String, String) {
+    let ops: BTreeSet<&str> = operators.iter().map(String::as_str).collect();
+    let mut left = BTreeSet::new();
+    let mut joined = BTreeSet::new();
+    for (pe, w) in after {
+        if !ops.contains(weir_common::physical::PeId::operator_of(pe)) {
+            continue;
+        }
+        if let Some(old) = before.get(pe).filter(|old| *old != w) {
+            left.insert(old.as_str());
+            joined.insert(w.as_str());
+        }
+    }
+    let join = |s: BTreeSet<&str>| s.into_iter().collect::<Vec<_>>().join(",");
+    (join(left), join(joined))
 }
 
 fn placement_event(p: &BTreeMap<String, String>) -> pb::app_event::Event {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::state::fixtures::{all_on, submitted, upgrading, APP as SPEC};
 use crate::state::UpgradeResultRecord;
+use weir_common::plan::Instruction;
 
 const APP: &str = "clickstream";
 
@@ -254,4 +255,190 @@ fn a_rolled_back_upgrade_says_why() {
     assert_eq!(p.phase, pb::UpgradePhase::RolledBack as i32);
     assert_eq!((p.from_version, p.to_version), (1, 2));
     assert_eq!(p.reason, "new PE score@2#0 failed: no such image");
+}
+
+/// The instruction counts of `notes`' phase events: (phase, done, total).
+fn phase_counts(notes: &[Note]) -> Vec<(pb::UpgradePhase, u32, u32)> {
+    notes
+        .iter()
+        .filter_map(|n| match &n.event {
+            pb::app_event::Event::UpgradePhaseChanged(p) => Some((
+                pb::UpgradePhase::try_from(p.phase).unwrap(),
+                p.instructions_done,
+                p.instructions_total,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn phase_events_count_their_phases_instructions() {
+    let (mut s, begin) = upgrading();
+    // The plan the upgrade runs, counted by phase.
+    let app = &s.apps[APP];
+    let Command::BeginUpgrade { spec, .. } = &begin else {
+        unreachable!()
+    };
+    use weir_common::plan::Phase;
+    let p = weir_common::plan::plan(&app.current().spec, spec, None);
+    // Counted here by instruction kind, not as the watch counts them.
+    let count = |ph: Phase| -> u32 {
+        p.instructions()
+            .filter(|(_, i)| match ph {
+                Phase::Prepare => matches!(
+                    i,
+                    Instruction::StartPe { .. } | Instruction::OpenChannel { .. }
+                ),
+                Phase::Switch => matches!(
+                    i,
+                    Instruction::SwitchOutput { .. } | Instruction::Drain { .. }
+                ),
+                Phase::Cleanup => matches!(
+                    i,
+                    Instruction::CloseChannel { .. } | Instruction::StopPe { .. }
+                ),
+            })
+            .count() as u32
+    };
+    let (prepare, switch, cleanup) = (
+        count(Phase::Prepare),
+        count(Phase::Switch),
+        count(Phase::Cleanup),
+    );
+    assert!(
+        prepare > 0 && switch > 0 && cleanup > 0,
+        "{prepare} {switch} {cleanup}"
+    );
+    assert_eq!(p.instructions().count() as u32, prepare + switch + cleanup);
+    let mut watch = open(&s);
+    let notes = upgrade_to_the_end(&mut s, &mut watch, begin.clone());
+    let want = [
+        (pb::UpgradePhase::Prepare, 0, prepare),
+        (pb::UpgradePhase::Switch, 0, switch),
+        (pb::UpgradePhase::Cleanup, 0, cleanup),
+        (pb::UpgradePhase::Done, cleanup, cleanup),
+    ];
+    assert_eq!(phase_counts(&notes), want);
+    // A watch opened mid-upgrade counts the same.
+    let (mut s, begin) = upgrading();
+    s.apply(&begin).unwrap();
+    let mut watch = open(&s);
+    let notes = feed(
+        &mut s,
+        &mut watch,
+        Command::UpgradeSwitch {
+            app: APP.into(),
+            id: 1,
+            at_ms: 110,
+        },
+    );
+    assert_eq!(phase_counts(&notes), want[1..2]);
+}
+
+#[test]
+fn a_checkpoint_says_how_long_it_took_and_a_switch_checkpoint_too() {
+    let (mut s, begin) = upgrading();
+    let mut watch = open(&s);
+    let id = s.apps[APP].checkpoints.last_id + 1;
+    let begin_ck = Command::BeginCheckpoint {
+        app: APP.into(),
+        id,
+        at_ms: 50,
+    };
+    assert!(feed(&mut s, &mut watch, begin_ck).is_empty());
+    let done = feed(
+        &mut s,
+        &mut watch,
+        Command::CompleteCheckpoint {
+            app: APP.into(),
+            id,
+            at_ms: 87,
+            max_alignment_ms: 0,
+            pieces: BTreeMap::new(),
+        },
+    );
+    let durations = |notes: &[Note]| -> Vec<(u64, u64)> {
+        notes
+            .iter()
+            .filter_map(|n| match &n.event {
+                pb::app_event::Event::CheckpointCompleted(c) => {
+                    Some((c.checkpoint_id, c.duration_ms))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(durations(&done), [(id, 37)]);
+    // The switch barrier: from UpgradeSwitch (110) to its completion (115).
+    let notes = upgrade_to_the_end(&mut s, &mut watch, begin);
+    let barrier = s.upgrades[&1].barrier;
+    assert_eq!(durations(&notes), [(barrier, 5)]);
+    // A watch opened while a checkpoint is in flight knows when it began.
+    let id = s.apps[APP].checkpoints.last_id + 1;
+    s.apply(&Command::BeginCheckpoint {
+        app: APP.into(),
+        id,
+        at_ms: 200,
+    })
+    .unwrap();
+    let mut late = open(&s);
+    let done = feed(
+        &mut s,
+        &mut late,
+        Command::CompleteCheckpoint {
+            app: APP.into(),
+            id,
+            at_ms: 260,
+            max_alignment_ms: 0,
+            pieces: BTreeMap::new(),
+        },
+    );
+    assert_eq!(durations(&done), [(id, 60)]);
+}
+
+#[test]
+fn a_recovery_names_the_workers_its_pes_left_and_moved_to() {
+    let (mut s, _) = upgrading();
+    s.apply(&Command::RegisterWorker {
+        worker: crate::state::fixtures::worker("w2"),
+    })
+    .unwrap();
+    let mut watch = open(&s);
+    let recover = |placement: BTreeMap<String, String>| Command::Recover {
+        app: APP.into(),
+        operators: vec!["parse".into(), "views".into()],
+        checkpoint_id: 0,
+        placement,
+        reason: "worker w1 lost".into(),
+        at_ms: 300,
+        drop_checkpoint: None,
+        gpus: BTreeMap::new(),
+    };
+    let recovery = |notes: &[Note]| -> (String, String) {
+        notes
+            .iter()
+            .find_map(|n| match &n.event {
+                pb::app_event::Event::Recovery(r) => {
+                    Some((r.failed_worker_id.clone(), r.new_worker_id.clone()))
+                }
+                _ => None,
+            })
+            .expect("a recovery")
+    };
+    // In place: no worker left.
+    let notes = feed(&mut s, &mut watch, recover(all_on(SPEC, "w1")));
+    assert_eq!(recovery(&notes), (String::new(), String::new()));
+    // parse's PEs move to w2; the rest stay.
+    let mut moved = all_on(SPEC, "w1");
+    for (pe, w) in moved.iter_mut() {
+        if pe.starts_with("parse@") {
+            *w = "w2".into();
+        }
+    }
+    let notes = feed(&mut s, &mut watch, recover(moved));
+    assert_eq!(recovery(&notes), ("w1".into(), "w2".into()));
+    // And back: the watch follows the placement it announced.
+    let notes = feed(&mut s, &mut watch, recover(all_on(SPEC, "w1")));
+    assert_eq!(recovery(&notes), ("w2".into(), "w1".into()));
 }

@@ -49,7 +49,7 @@ fn check_after_cycle(s: &ClusterState, spec: &AppSpec) -> Result<(), CommandErro
         let Some(app) = s.apps.get(name).filter(|a| a.tenant == spec.tenant) else {
             continue;
         };
-        if app.placed_at_ms.is_some() || !app.state.is_live() {
+        if app.placed_at_ms.is_some() || !app.state().is_live() {
             continue;
         }
         for next in &app.current().spec.start.after {
@@ -76,7 +76,7 @@ pub(super) fn apply_submit(
         Arc::new(AppRecord {
             name: spec.name.clone(),
             tenant: spec.tenant.clone(),
-            state: AppState::Submitted,
+            lifecycle: AppState::Submitted,
             versions: vec![Arc::new(AppVersion {
                 version: 1,
                 spec: spec.clone(),
@@ -107,7 +107,7 @@ pub(super) fn apply_submit(
 
 pub(super) fn check_finish(s: &ClusterState, name: &str) -> Result<(), CommandError> {
     let app = known_app(s, name)?;
-    if app.state != AppState::Running || app.upgrade.is_some() {
+    if app.state() != AppState::Running || app.upgrade.is_some() {
         return Err(wrong_state(
             app,
             "only a running app with no upgrade in progress can finish",
@@ -123,7 +123,7 @@ pub(super) fn apply_finish(
     pes: &BTreeMap<String, FinalPe>,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-    rec.state = AppState::Finished;
+    rec.lifecycle = AppState::Finished;
     rec.finished = Some(FinishedRecord {
         at_ms,
         pes: pes.clone(),
@@ -147,14 +147,16 @@ pub(super) fn apply_cancel(
     request_id: &str,
 ) -> Response {
     let app = Arc::make_mut(s.apps.get_mut(name).expect("checked"));
-    app.state = AppState::Cancelled;
+    app.lifecycle = AppState::Cancelled;
     app.cancelled_at_ms = Some(at_ms);
     app.cancel_request_id = (!request_id.is_empty()).then(|| request_id.to_string());
     if let Some(id) = app.upgrade.take() {
         if let Some(up) = s.upgrades.get_mut(&id) {
-            up.phase = None;
-            up.finished_at_ms = Some(at_ms);
-            up.outcome = Some(UpgradeOutcome::RolledBack("the app was cancelled".into()));
+            up.end(
+                UpgradeOutcome::RolledBack("the app was cancelled".into()),
+                at_ms,
+                None,
+            );
         }
     }
     app.placement.clear();
@@ -235,8 +237,8 @@ pub(super) fn apply_set_placement(
     let before = std::mem::replace(&mut rec.placement, placement.clone());
     set_gpus(rec, &before, gpus);
     note_incarnations(&s.workers, rec, |pe| before.get(pe) != placement.get(pe));
-    if rec.state == AppState::Submitted && !placement.is_empty() {
-        rec.state = AppState::Running;
+    if rec.state() == AppState::Submitted && !placement.is_empty() {
+        rec.lifecycle = AppState::Running;
     }
     Response::Done
 }

@@ -148,7 +148,7 @@ pub(super) fn apply_recover(s: &mut ClusterState, app: &str, r: Recovery<'_>) ->
 /// Only a running app, placed, with no upgrade in progress, can be preempted.
 pub(super) fn check_preempt(s: &ClusterState, app: &str) -> Result<(), CommandError> {
     let rec = live(s, app, "only a running app can be preempted")?;
-    if rec.state != AppState::Running || rec.upgrade.is_some() || rec.placement.is_empty() {
+    if rec.state() != AppState::Running || rec.upgrade.is_some() || rec.placement.is_empty() {
         return Err(wrong_state(
             rec,
             "only a running app, placed and not upgrading, can be preempted",
@@ -186,7 +186,7 @@ pub(super) fn apply_preempt(s: &mut ClusterState, app: &str, by: &str, at_ms: u6
         },
     );
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
-    rec.state = AppState::Submitted;
+    rec.lifecycle = AppState::Submitted;
     rec.queued_at_ms = Some(at_ms);
     Response::Done
 }

@@ -89,11 +89,11 @@ pub(super) fn check_phase<'a>(
     phase: Phase,
 ) -> Result<&'a UpgradeRecord, CommandError> {
     let up = check_active(s, rec, id)?;
-    if up.phase != Some(phase) {
+    if up.phase() != Some(phase) {
         return Err(CommandError::Upgrade(format!(
             "upgrade {id} of {:?} is in {}, not {}",
             rec.name,
-            up.phase.map_or("no phase", Phase::name),
+            up.phase().map_or("no phase", Phase::name),
             phase.name()
         )));
     }
@@ -121,7 +121,6 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
     let ck = &mut rec.checkpoints;
     ck.last_id += 1;
     let barrier = ck.last_id;
-    rec.state = AppState::Upgrading;
     rec.upgrade = Some(id);
     s.upgrades.insert(
         id,
@@ -130,18 +129,16 @@ pub(super) fn apply_begin(s: &mut ClusterState, b: Begin<'_>) -> Response {
             app: b.spec.name.clone(),
             from_version: rec.current_version,
             to_version: version,
-            completed_phase: None,
-            outcome: None,
+            stage: UpgradeStage::Running {
+                phase: Phase::Prepare,
+                since_ms: b.at_ms,
+            },
             summary: b.summary.clone(),
             started_at_ms: b.at_ms,
-            finished_at_ms: None,
-            phase: Some(Phase::Prepare),
-            phase_started_at_ms: b.at_ms,
             barrier,
             placement: b.placement.clone(),
             gpus: b.gpus.clone(),
             handoff: b.handoff.clone(),
-            result: None,
         },
     );
     Response::UpgradeStarted { id, version }
@@ -161,9 +158,7 @@ pub(super) fn check_switch(s: &ClusterState, app: &str, id: u64) -> Result<(), C
 
 pub(super) fn apply_switch(s: &mut ClusterState, app: &str, id: u64, at_ms: u64) -> Response {
     let up = s.upgrades.get_mut(&id).expect("checked");
-    up.completed_phase = Some(Phase::Prepare);
-    up.phase = Some(Phase::Switch);
-    up.phase_started_at_ms = at_ms;
+    up.enter(Phase::Switch, at_ms);
     let barrier = up.barrier;
     let ck = &mut std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
     ck.in_flight = Some(InFlightCheckpoint {
@@ -196,9 +191,7 @@ pub(super) fn apply_finish_switch(
     at_ms: u64,
 ) -> Response {
     let up = s.upgrades.get_mut(&id).expect("checked");
-    up.completed_phase = Some(Phase::Switch);
-    up.phase = Some(Phase::Cleanup);
-    up.phase_started_at_ms = at_ms;
+    up.enter(Phase::Cleanup, at_ms);
     let (placement, gpus, handoff, barrier, to) = (
         up.placement.clone(),
         up.gpus.clone(),
@@ -256,14 +249,10 @@ pub(super) fn apply_complete(
     result: &UpgradeResultRecord,
 ) -> Response {
     let up = s.upgrades.get_mut(&id).expect("checked");
-    up.completed_phase = Some(Phase::Cleanup);
-    up.phase = None;
-    up.finished_at_ms = Some(at_ms);
-    up.outcome = Some(UpgradeOutcome::Completed);
-    up.result = Some(result.clone());
+    up.end(UpgradeOutcome::Completed, at_ms, Some(result.clone()));
     let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.upgrade = None;
-    rec.state = AppState::Running;
+    rec.lifecycle = AppState::Running;
     Response::Done
 }
 
@@ -275,7 +264,7 @@ pub(super) fn check_abort(
 ) -> Result<(), CommandError> {
     let rec = live_app(s, app)?;
     let up = check_active(s, rec, id)?;
-    if up.phase == Some(Phase::Cleanup) {
+    if up.phase() == Some(Phase::Cleanup) {
         return Err(CommandError::Upgrade(format!(
             "upgrade {id} of {app} switched already; it can only complete"
         )));
@@ -302,12 +291,10 @@ pub(super) fn apply_abort(
 ) -> Response {
     let up = s.upgrades.get_mut(&id).expect("checked");
     let barrier = up.barrier;
-    up.phase = None;
-    up.finished_at_ms = Some(at_ms);
-    up.outcome = Some(UpgradeOutcome::RolledBack(reason.to_string()));
+    up.end(UpgradeOutcome::RolledBack(reason.to_string()), at_ms, None);
     let rec = std::sync::Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.upgrade = None;
-    rec.state = AppState::Running;
+    rec.lifecycle = AppState::Running;
     // The switch checkpoint will never complete.
     if rec
         .checkpoints

@@ -78,7 +78,7 @@ pub fn app_summary(a: &AppRecord) -> pb::AppSummary {
     pb::AppSummary {
         name: a.name.clone(),
         tenant: a.tenant.clone(),
-        state: app_state(a.state) as i32,
+        state: app_state(a.state()) as i32,
         version: u64::from(a.current_version),
         pe_count: a
             .current()
@@ -216,14 +216,17 @@ pub fn app_detail(
 
 /// An upgrade operation as the API shows it.
 pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperation {
-    use crate::state::UpgradeOutcome;
-    let (phase, reason) = match (&u.outcome, u.phase) {
-        (Some(UpgradeOutcome::Completed), _) => (pb::UpgradePhase::Done, String::new()),
-        (Some(UpgradeOutcome::RolledBack(why)), _) => (pb::UpgradePhase::RolledBack, why.clone()),
-        (None, Some(plan::Phase::Prepare)) => (pb::UpgradePhase::Prepare, String::new()),
-        (None, Some(plan::Phase::Switch)) => (pb::UpgradePhase::Switch, String::new()),
-        (None, Some(plan::Phase::Cleanup)) => (pb::UpgradePhase::Cleanup, String::new()),
-        (None, None) => (pb::UpgradePhase::Planned, String::new()),
+    use crate::state::{UpgradeOutcome, UpgradeStage};
+    let (phase, reason) = match &u.stage {
+        UpgradeStage::Ended { outcome, .. } => match outcome {
+            UpgradeOutcome::Completed => (pb::UpgradePhase::Done, String::new()),
+            UpgradeOutcome::RolledBack(why) => (pb::UpgradePhase::RolledBack, why.clone()),
+        },
+        UpgradeStage::Running { phase, .. } => match phase {
+            plan::Phase::Prepare => (pb::UpgradePhase::Prepare, String::new()),
+            plan::Phase::Switch => (pb::UpgradePhase::Switch, String::new()),
+            plan::Phase::Cleanup => (pb::UpgradePhase::Cleanup, String::new()),
+        },
     };
     pb::UpgradeOperation {
         operation_id: u.id.to_string(),
@@ -232,9 +235,9 @@ pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperatio
         phase: phase as i32,
         reason,
         started_at_ms: u.started_at_ms,
-        finished_at_ms: u.finished_at_ms.unwrap_or(0),
+        finished_at_ms: u.finished_at_ms().unwrap_or(0),
         plan_summary: Some(plan_summary(&u.summary)),
-        result: u.result.as_ref().map(|r| pb::UpgradeResult {
+        result: u.result().map(|r| pb::UpgradeResult {
             pes_touched: r.pes_touched,
             records_lost: r.records_lost,
             records_duplicated: r.records_duplicated,

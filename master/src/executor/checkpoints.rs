@@ -1,0 +1,167 @@
+//! Checkpoint coordination, decided: whether an app's in-flight checkpoint completed
+//! (every PE reported its piece with enough copies), ran out of time, or whether the
+//! next one is due. Pure: the executor passes the state, the reports and the time, and
+//! carries the step out (`Executor::checkpoints`); begin, complete and abandon all go
+//! through Raft, so a new leader knows what is in flight and a checkpoint is never
+//! half-recorded. Tests: `checkpoints_tests.rs`.
+
+use super::upgrade::Reports;
+use crate::state::{AppRecord, ClusterState, PieceRecord, WorkerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use weir_common::physical::PeId;
+use weir_common::spec::Role;
+use weir_proto::v1 as pb;
+
+/// The rules checkpoints follow (from the executor's configuration).
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// Copies every piece needs (capped by the workers alive when it began).
+    pub replicas: usize,
+    /// How long after it (re)joined a worker is known to its peers (two heartbeats): a
+    /// worker learns of a new peer, to replicate to, from its next heartbeat answer.
+    pub known_after_ms: u64,
+    /// How long a checkpoint may take before it is abandoned.
+    pub timeout_ms: u64,
+    /// The interval of apps whose spec sets none.
+    pub interval: Duration,
+}
+
+/// One app's checkpoint step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Every PE reported its piece: commit the completion.
+    Complete {
+        /// The checkpoint.
+        id: u64,
+        /// The longest barrier alignment any PE reported.
+        max_alignment_ms: u64,
+        /// Where each piece with state is (empty pieces are left out).
+        pieces: BTreeMap<String, PieceRecord>,
+    },
+    /// It ran out of time (or the app's checkpoints were turned off): give it up.
+    Abandon {
+        /// The checkpoint.
+        id: u64,
+    },
+    /// The next checkpoint is due: begin it and trigger it at these workers (those of
+    /// the app's sources).
+    Begin {
+        /// Its id.
+        id: u64,
+        /// Workers running the app's sources.
+        sources: BTreeSet<String>,
+    },
+    /// Nothing now.
+    Wait,
+}
+
+/// Copies a piece of a checkpoint begun at `started_at_ms` needs: capped by the
+/// workers alive, and known to their peers, when it began. PEs replicate to the peers
+/// their worker knows when they snapshot, so a worker that joined since cannot hold a
+/// copy yet and must not hold the checkpoint up.
+pub fn copies_needed(state: &ClusterState, rules: &Rules, started_at_ms: u64) -> usize {
+    let alive = state
+        .workers
+        .values()
+        .filter(|w| {
+            w.state == WorkerState::Alive
+                && w.state_since_ms.saturating_add(rules.known_after_ms) <= started_at_ms
+        })
+        .count();
+    rules.replicas.min(alive).max(1)
+}
+
+/// Decides `app`'s checkpoint step. `since_triggered` is how long ago this leader last
+/// began one of its checkpoints (`None`: never, as far as it knows).
+pub fn decide_checkpoint(
+    state: &ClusterState,
+    app: &AppRecord,
+    reports: &Reports,
+    rules: &Rules,
+    now_ms: u64,
+    since_triggered: Option<Duration>,
+) -> Step {
+    if !app.state().is_live() || app.placement.is_empty() {
+        return Step::Wait;
+    }
+    let spec = &app.current().spec;
+    let interval = spec
+        .checkpoint_interval_ms
+        .map_or(rules.interval, Duration::from_millis);
+    let ck = &app.checkpoints;
+    let report = |pe: &String, w: &String| {
+        reports
+            .get(&(w.clone(), pe.clone()))
+            .filter(|r| r.attempt == ck.attempt(PeId::operator_of(pe)))
+    };
+    let upgrade = app.upgrade.and_then(|id| state.upgrades.get(&id));
+    if let Some(f) = &ck.in_flight {
+        let need = copies_needed(state, rules, f.started_at_ms);
+        let mut pieces = BTreeMap::new();
+        let mut max_alignment_ms = 0;
+        let mut done = true;
+        for (pe, w) in &app.placement {
+            let piece =
+                report(pe, w).and_then(|r| r.checkpoints.iter().find(|c| c.checkpoint_id == f.id));
+            match piece {
+                Some(p) if p.size_bytes == 0 => {
+                    max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
+                }
+                Some(p) if p.replicas.len() >= need => {
+                    max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
+                    pieces.insert(
+                        pe.clone(),
+                        PieceRecord {
+                            size_bytes: p.size_bytes,
+                            crc32c: p.crc32c,
+                            replicas: p.replicas.clone(),
+                        },
+                    );
+                }
+                _ => {
+                    done = false;
+                    break;
+                }
+            }
+        }
+        if done {
+            return Step::Complete {
+                id: f.id,
+                max_alignment_ms,
+                pieces,
+            };
+        }
+        // An upgrade's switch barrier: the upgrade decides when it has taken too long.
+        if upgrade.is_some_and(|u| u.barrier == f.id) {
+            return Step::Wait;
+        }
+        if now_ms.saturating_sub(f.started_at_ms) > rules.timeout_ms || interval.is_zero() {
+            return Step::Abandon { id: f.id };
+        }
+        return Step::Wait;
+    }
+    if interval.is_zero() || upgrade.is_some() || since_triggered.is_some_and(|t| t < interval) {
+        return Step::Wait;
+    }
+    let running = app
+        .placement
+        .iter()
+        .all(|(pe, w)| report(pe, w).is_some_and(|r| r.state == pb::PeState::Running as i32));
+    if !running {
+        return Step::Wait;
+    }
+    let sources = app
+        .placement
+        .iter()
+        .filter(|(pe, _)| {
+            spec.operator(PeId::operator_of(pe))
+                .is_some_and(|o| o.kind.role() == Role::Source)
+        })
+        .map(|(_, w)| w.clone())
+        .collect();
+    Step::Begin {
+        id: ck.last_id + 1,
+        sources,
+    }
+}
