@@ -163,7 +163,7 @@ streams:
     .await;
     // Timed from the first record at the audit to every PE stopped, from the workers'
     // own reports (polled every 5 ms), so deployment is not part of it.
-    let (mut first, mut seen) = (None, std::collections::BTreeSet::new());
+    let (mut first, mut seen) = (None, std::collections::BTreeMap::new());
     let deadline = Instant::now() + LIMIT;
     let end = loop {
         let pes = local_pes(&ws, name);
@@ -171,19 +171,20 @@ streams:
         if first.is_none() && of(&pes, "audit").any(|p| p.verify.is_some_and(|v| v.records > 0)) {
             first = Some(now);
         }
-        seen.extend(pes.iter().map(|p| p.pe.clone()));
         let stopped = pes.iter().all(|p| p.state == pb::PeState::Stopped as i32);
+        seen.extend(pes.into_iter().map(|p| (p.pe.clone(), p)));
         if first.is_some() && seen.len() == 6 && stopped {
-            break now;
+            break (now, seen.into_values().collect::<Vec<_>>());
         }
         assert!(now < deadline, "{name} did not finish");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // Each PE's last report: once the app finishes, the workers forget them.
+    let (end, pes) = end;
     let secs = (end - first.unwrap()).as_secs_f64();
     assert_exact(&client, name, n).await;
     // Every record counted by a window once; 1,000 keys x one window per 100,000 ids
     // (event time advances 1 ms per id from a multiple of 100 s).
-    let pes = local_pes(&ws, name);
     let records_in = |op| -> u64 {
         of(&pes, op)
             .filter_map(|p| p.stats.clone())

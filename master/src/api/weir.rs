@@ -241,16 +241,11 @@ impl Weir for WeirService {
                 super::bounds::check_app(&self.limits, &new).map_err(problems_status)?;
                 let (old, placement, version) = self
                     .read(|s| {
-                        let app = app_or_not_found(s, &r.app)?;
-                        if !app.state().is_live() {
-                            return Err(Status::failed_precondition(format!(
-                                "app {:?} is {:?}; only a live app can be upgraded",
-                                r.app, app.state()
-                            )));
-                        }
+                        let app = crate::state::check_live_for_upgrade(s, &r.app)
+                            .map_err(|e| command_status(&e))?;
                         let placement: Placement =
                             app.placement.iter().map(|(pe, w)| (PeId(pe.as_str().into()), w.clone())).collect();
-                        Ok((app.current().spec.clone(), placement, app.current_version))
+                        Ok::<_, Status>((app.current().spec.clone(), placement, app.current_version))
                     })
                     .await?;
                 authorize(&req, Action::WriteApp { tenant: &old.tenant, app: &r.app })?;
@@ -290,7 +285,6 @@ impl Weir for WeirService {
                         r.expected_version
                     )));
                 }
-                let p = plan(&old, &new, (!placement.is_empty()).then_some(&placement));
                 let answer = |operation_id: String, p: &weir_common::plan::UpgradePlan, to: u32| {
                     Ok::<_, Status>(pb::UpgradeAppResponse {
                         operation_id,
@@ -302,13 +296,8 @@ impl Weir for WeirService {
                     })
                 };
                 if r.dry_run {
+                    let p = plan(&old, &new, (!placement.is_empty()).then_some(&placement));
                     return Ok(Reply::new(answer(String::new(), &p, version + 1)?));
-                }
-                if p.is_empty() {
-                    return Err(Status::failed_precondition(format!(
-                        "spec: equals version {version} of {:?}; there is nothing to upgrade",
-                        r.app
-                    )));
                 }
                 // Place the new PEs up front: an upgrade that cannot run is refused
                 // before anything is stored or started.
@@ -317,13 +306,8 @@ impl Weir for WeirService {
                     .read(|s| {
                         let signature =
                             tenants::admit_spec(s, secure, &new, &r.spec, r.signature.as_ref())?;
-                        let app = app_or_not_found(s, &r.app)?;
-                        if let Some(id) = app.upgrade {
-                            return Err(Status::failed_precondition(format!(
-                                "app {:?}: upgrade {id} is still running; wait for it to end (weirctl history {})",
-                                r.app, r.app
-                            )));
-                        }
+                        let app = crate::state::check_upgradable(s, &r.app)
+                            .map_err(|e| command_status(&e))?;
                         let (placement, gpus) =
                             crate::executor::reconcile::place_upgrade(s, app, &new)
                                 .map_err(|why| Status::resource_exhausted(format!(
@@ -333,7 +317,15 @@ impl Weir for WeirService {
                             .iter()
                             .map(|(pe, w)| (PeId(pe.as_str().into()), w.clone()))
                             .collect();
+                        // Planned once, with the new PEs placed: kept PEs keep their
+                        // places, so an identical spec plans nothing whatever the room.
                         let p = plan(&old, &new, Some(&pl));
+                        if p.is_empty() {
+                            return Err(Status::failed_precondition(format!(
+                                "spec: equals version {version} of {:?}; there is nothing to upgrade",
+                                r.app
+                            )));
+                        }
                         let handoff = crate::executor::upgrade::handoff(&p, &new);
                         let cmd = Command::BeginUpgrade {
                             spec: new.clone(),

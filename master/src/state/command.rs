@@ -9,6 +9,8 @@ mod apps;
 mod checkpoints;
 mod tenants;
 mod upgrades;
+
+pub use upgrades::{check_live_for_upgrade, check_upgradable};
 mod workers;
 
 use super::catalog;
@@ -379,11 +381,11 @@ pub enum CommandError {
     WorkerNotFound(String),
     /// A checkpoint or recovery command that does not fit the app's state.
     #[error("{0}")]
-    Checkpoint(String),
+    Checkpoint(CheckpointRefusal),
     /// An upgrade command that does not fit the app's state (another upgrade runs, or
     /// the operation is not in the phase the command needs).
     #[error("{0}")]
-    Upgrade(String),
+    Upgrade(UpgradeRefusal),
     /// A request id already used by a different request.
     #[error("request_id: {request_id:?} {why}; a new request needs a new request id")]
     RequestIdReused {

@@ -10,10 +10,12 @@ mod catalog;
 mod command;
 pub mod quota;
 mod records;
+mod refusal;
 
 pub use catalog::{CatalogError, Entry};
-pub use command::{Command, CommandError, Response};
+pub use command::{check_live_for_upgrade, check_upgradable, Command, CommandError, Response};
 pub use records::*;
+pub use refusal::{CheckpointRefusal, UpgradeRefusal};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -145,7 +145,10 @@ fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
     );
     // A second upgrade is refused and changes nothing.
     let before = s.clone();
-    assert!(matches!(s.apply(&begin), Err(CommandError::Upgrade(_))));
+    assert!(matches!(
+        s.apply(&begin),
+        Err(CommandError::Upgrade(UpgradeRefusal::Running { id: 1, .. }))
+    ));
     assert_eq!(s, before);
     // Phases only in order.
     let finish = Command::FinishUpgradeSwitch {
@@ -153,7 +156,15 @@ fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
         id: 1,
         at_ms: 120,
     };
-    assert!(s.apply(&finish).is_err());
+    assert_eq!(
+        s.apply(&finish),
+        Err(CommandError::Upgrade(UpgradeRefusal::WrongPhase {
+            app: "clickstream".into(),
+            id: 1,
+            is: Some(Phase::Prepare),
+            need: Phase::Switch
+        }))
+    );
     s.apply(&Command::UpgradeSwitch {
         app: "clickstream".into(),
         id: 1,
@@ -183,15 +194,19 @@ fn an_upgrade_moves_through_its_phases_and_makes_v2_current_at_the_switch() {
     assert_eq!(app.current_version, 2);
     assert_eq!(app.placement, s.upgrades[&1].placement);
     // Aborting after the switch is refused: it can only complete.
-    assert!(s
-        .apply(&Command::AbortUpgrade {
+    assert!(matches!(
+        s.apply(&Command::AbortUpgrade {
             app: "clickstream".into(),
             id: 1,
             at_ms: 130,
             reason: "late".into(),
             recover: None,
-        })
-        .is_err());
+        }),
+        Err(CommandError::Upgrade(UpgradeRefusal::Switched {
+            id: 1,
+            ..
+        }))
+    ));
     s.apply(&Command::CompleteUpgrade {
         app: "clickstream".into(),
         id: 1,
@@ -388,7 +403,7 @@ fn a_repeated_upgrade_answers_its_operation_and_starts_no_second_one() {
     // A new request while it runs is refused as before.
     assert!(matches!(
         s.apply(&with("u-2", 300)),
-        Err(CommandError::Upgrade(_))
+        Err(CommandError::Upgrade(UpgradeRefusal::Running { .. }))
     ));
     // The same request id with another spec is refused, naming the field.
     let mut edited = with("u-1", 400);

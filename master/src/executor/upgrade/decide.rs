@@ -29,11 +29,15 @@ pub struct Memory {
     pub switch_triggered: BTreeSet<(String, u64)>,
     /// The fewest records missing at the audit sinks seen during each upgrade's cleanup.
     pub least_missing: HashMap<u64, u64>,
+    /// Each running upgrade's plan, by operation: a pure function of the two versions
+    /// it joins, so computed once rather than on every tick.
+    pub plans: HashMap<u64, std::sync::Arc<UpgradePlan>>,
 }
 
 impl Memory {
-    /// Forgets barriers of upgrades that are no longer running.
+    /// Forgets what it holds of upgrades that are no longer running.
     pub fn retain_running(&mut self, state: &ClusterState) {
+        let running = |id: &u64| state.upgrades.get(id).is_some_and(|u| u.phase().is_some());
         self.switch_triggered.retain(|(app, barrier)| {
             state
                 .apps
@@ -42,6 +46,8 @@ impl Memory {
                 .and_then(|id| state.upgrades.get(&id))
                 .is_some_and(|u| u.barrier == *barrier)
         });
+        self.plans.retain(|id, _| running(id));
+        self.least_missing.retain(|id, _| running(id));
     }
 }
 

@@ -275,9 +275,18 @@ fn the_switch_is_triggered_once_finished_with_its_checkpoint_and_rolled_back_wit
     })
     .unwrap();
     assert_eq!(decide(&s, &running, None, 140, &mut m), Step::FinishSwitch);
-    // Once the upgrade is no longer running, its barrier is forgotten.
+    // Once the upgrade is no longer running, what the leader held of it is forgotten.
+    m.plans.insert(1, std::sync::Arc::new(p.clone()));
+    m.least_missing.insert(1, 3);
     m.retain_running(&s);
-    assert_eq!(m.switch_triggered.len(), 1);
+    assert_eq!(
+        (
+            m.switch_triggered.len(),
+            m.plans.len(),
+            m.least_missing.len()
+        ),
+        (1, 1, 1)
+    );
     s.apply(&Command::FinishUpgradeSwitch {
         app: APP.into(),
         id: 1,
@@ -292,7 +301,7 @@ fn the_switch_is_triggered_once_finished_with_its_checkpoint_and_rolled_back_wit
     })
     .unwrap();
     m.retain_running(&s);
-    assert!(m.switch_triggered.is_empty());
+    assert!(m.switch_triggered.is_empty() && m.plans.is_empty() && m.least_missing.is_empty());
 }
 
 /// The state in cleanup (switched at 150), and its plan.

@@ -96,8 +96,16 @@ impl Executor {
                 continue;
             };
             let reports = self.liveness.pe_reports(&app.name);
-            let Some(p) = upgrade_plan(app, up) else {
-                continue;
+            let p = match self.upgrade_memory.plans.get(&up.id) {
+                Some(p) => p.clone(),
+                None => {
+                    let Some(p) = upgrade_plan(app, up) else {
+                        continue;
+                    };
+                    let p = std::sync::Arc::new(p);
+                    self.upgrade_memory.plans.insert(up.id, p.clone());
+                    p
+                }
             };
             let new_spec = &app.versions[up.to_version as usize - 1].spec;
             let rollback = aborts.get(&app.name).map(String::as_str);

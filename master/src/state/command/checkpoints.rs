@@ -6,16 +6,17 @@ use super::*;
 pub(super) fn check_begin(s: &ClusterState, app: &str, id: u64) -> Result<(), CommandError> {
     let ck = &live_app(s, app)?.checkpoints;
     if id <= ck.last_id {
-        return Err(CommandError::Checkpoint(format!(
-            "checkpoint {id} of {app}: ids must increase (last begun {})",
-            ck.last_id
-        )));
+        return Err(CommandError::Checkpoint(CheckpointRefusal::IdNotAbove {
+            app: app.to_string(),
+            id,
+            last: ck.last_id,
+        }));
     }
     if let Some(f) = &ck.in_flight {
-        return Err(CommandError::Checkpoint(format!(
-            "checkpoint {} of {app} is still in flight",
-            f.id
-        )));
+        return Err(CommandError::Checkpoint(CheckpointRefusal::InFlight {
+            app: app.to_string(),
+            in_flight: f.id,
+        }));
     }
     Ok(())
 }
@@ -34,9 +35,10 @@ pub(super) fn apply_begin(s: &mut ClusterState, app: &str, id: u64, at_ms: u64) 
 pub(super) fn check_in_flight(s: &ClusterState, app: &str, id: u64) -> Result<(), CommandError> {
     let ck = &live_app(s, app)?.checkpoints;
     if ck.in_flight.as_ref().map(|f| f.id) != Some(id) {
-        return Err(CommandError::Checkpoint(format!(
-            "checkpoint {id} of {app} is not in flight"
-        )));
+        return Err(CommandError::Checkpoint(CheckpointRefusal::NotInFlight {
+            app: app.to_string(),
+            id,
+        }));
     }
     Ok(())
 }
@@ -94,9 +96,10 @@ pub(super) fn check_recover(
         .iter()
         .find(|o| rec.current().spec.operator(o).is_none())
     {
-        return Err(CommandError::Checkpoint(format!(
-            "recovery of {app}: no operator {op:?}"
-        )));
+        return Err(CommandError::Checkpoint(CheckpointRefusal::NoOperator {
+            app: app.to_string(),
+            operator: op.clone(),
+        }));
     }
     if checkpoint_id != 0
         && !rec
@@ -105,9 +108,10 @@ pub(super) fn check_recover(
             .iter()
             .any(|c| c.id == checkpoint_id)
     {
-        return Err(CommandError::Checkpoint(format!(
-            "recovery of {app}: checkpoint {checkpoint_id} is not a kept complete checkpoint"
-        )));
+        return Err(CommandError::Checkpoint(CheckpointRefusal::NotKept {
+            app: app.to_string(),
+            checkpoint: checkpoint_id,
+        }));
     }
     check_placement(s, app, placement)
 }

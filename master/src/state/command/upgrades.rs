@@ -23,22 +23,39 @@ pub(super) struct Begin<'a> {
     pub signature: &'a Option<SpecSignature>,
 }
 
+/// The app `app`, if it is live (an upgrade, or a repeat of one, may concern it).
+pub fn check_live_for_upgrade<'a>(
+    s: &'a ClusterState,
+    app: &str,
+) -> Result<&'a AppRecord, CommandError> {
+    live(s, app, "only a live app can be upgraded")
+}
+
+/// The app `app`, if an upgrade may begin now: it is live and runs no upgrade. The
+/// API asks this before it places the new version, so its refusals are the ones the
+/// command itself would answer.
+pub fn check_upgradable<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRecord, CommandError> {
+    let rec = check_live_for_upgrade(s, app)?;
+    if let Some(id) = rec.upgrade {
+        return Err(CommandError::Upgrade(UpgradeRefusal::Running {
+            app: app.to_string(),
+            id,
+        }));
+    }
+    Ok(rec)
+}
+
 pub(super) fn check_begin(
     s: &ClusterState,
     spec: &AppSpec,
     placement: &BTreeMap<String, String>,
 ) -> Result<(), CommandError> {
     let app = &spec.name;
-    let rec = live(s, app, "only a live app can be upgraded")?;
-    if let Some(id) = rec.upgrade {
-        return Err(CommandError::Upgrade(format!(
-            "app {app:?}: upgrade {id} is still running; wait for it to end"
-        )));
-    }
+    let rec = check_upgradable(s, app)?;
     if rec.placement.is_empty() {
-        return Err(CommandError::Upgrade(format!(
-            "app {app:?} is not placed yet; upgrade it once it runs"
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::NotPlaced {
+            app: app.to_string(),
+        }));
     }
     if let Some(q) = s.tenants.get(&rec.tenant).and_then(|t| t.quota.as_ref()) {
         // Old and new versions run side by side until the switch: the tenant holds
@@ -71,14 +88,14 @@ pub(super) fn check_active<'a>(
     id: u64,
 ) -> Result<&'a UpgradeRecord, CommandError> {
     if rec.upgrade != Some(id) {
-        return Err(CommandError::Upgrade(format!(
-            "upgrade {id} of {:?} is not running",
-            rec.name
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::NotRunning {
+            app: rec.name.clone(),
+            id,
+        }));
     }
     s.upgrades
         .get(&id)
-        .ok_or_else(|| CommandError::Upgrade(format!("upgrade {id} is not recorded")))
+        .ok_or(CommandError::Upgrade(UpgradeRefusal::NotRecorded { id }))
 }
 
 /// The running upgrade `id` of `rec`, which must be in `phase`.
@@ -90,12 +107,12 @@ pub(super) fn check_phase<'a>(
 ) -> Result<&'a UpgradeRecord, CommandError> {
     let up = check_active(s, rec, id)?;
     if up.phase() != Some(phase) {
-        return Err(CommandError::Upgrade(format!(
-            "upgrade {id} of {:?} is in {}, not {}",
-            rec.name,
-            up.phase().map_or("no phase", Phase::name),
-            phase.name()
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::WrongPhase {
+            app: rec.name.clone(),
+            id,
+            is: up.phase(),
+            need: phase,
+        }));
     }
     Ok(up)
 }
@@ -148,10 +165,11 @@ pub(super) fn check_switch(s: &ClusterState, app: &str, id: u64) -> Result<(), C
     let rec = live_app(s, app)?;
     check_phase(s, rec, id, Phase::Prepare)?;
     if let Some(f) = &rec.checkpoints.in_flight {
-        return Err(CommandError::Upgrade(format!(
-            "upgrade {id} of {app}: checkpoint {} is still in flight",
-            f.id
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::CheckpointInFlight {
+            app: app.to_string(),
+            id,
+            checkpoint: f.id,
+        }));
     }
     Ok(())
 }
@@ -176,10 +194,11 @@ pub(super) fn check_finish_switch(
     let rec = live_app(s, app)?;
     let up = check_phase(s, rec, id, Phase::Switch)?;
     if !rec.checkpoints.complete.iter().any(|c| c.id == up.barrier) {
-        return Err(CommandError::Upgrade(format!(
-            "upgrade {id} of {app}: switch checkpoint {} is not complete",
-            up.barrier
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::SwitchIncomplete {
+            app: app.to_string(),
+            id,
+            checkpoint: up.barrier,
+        }));
     }
     Ok(())
 }
@@ -265,18 +284,21 @@ pub(super) fn check_abort(
     let rec = live_app(s, app)?;
     let up = check_active(s, rec, id)?;
     if up.phase() == Some(Phase::Cleanup) {
-        return Err(CommandError::Upgrade(format!(
-            "upgrade {id} of {app} switched already; it can only complete"
-        )));
+        return Err(CommandError::Upgrade(UpgradeRefusal::Switched {
+            app: app.to_string(),
+            id,
+        }));
     }
     if let Some((ops, _)) = recover {
         if let Some(op) = ops
             .iter()
             .find(|o| rec.current().spec.operator(o).is_none())
         {
-            return Err(CommandError::Upgrade(format!(
-                "abort of upgrade {id} of {app}: no operator {op:?}"
-            )));
+            return Err(CommandError::Upgrade(UpgradeRefusal::NoOperator {
+                app: app.to_string(),
+                id,
+                operator: op.clone(),
+            }));
         }
     }
     Ok(())
