@@ -9,6 +9,7 @@ mod checkpoints;
 #[cfg(test)]
 mod checkpoints_tests;
 pub mod reconcile;
+mod repoint;
 pub mod request;
 pub mod upgrade;
 
@@ -450,60 +451,36 @@ impl Executor {
         }
     }
 
-    /// Producers that stayed put while their consumer moved get the new address.
+    /// Producers that stayed put while their consumer moved get the new address
+    /// ([`repoint::decide_repoints`]).
     fn repoint_moved(&mut self, state: &ClusterState, calls: &mut JoinSet<()>) {
-        let now: BTreeMap<String, Arc<AppRecord>> = state
-            .apps
-            .iter()
-            .filter(|(_, a)| a.state().is_live())
-            .map(|(name, a)| (name.clone(), a.clone()))
-            .collect();
-        let Some(before) = self.placements.replace(now) else {
+        let Some(before) = self.placements.replace(repoint::live_apps(state)) else {
             return;
         };
-        for (app, rec) in state.apps.iter().filter(|(_, a)| a.state().is_live()) {
-            let Some(prev) = before
-                .get(app)
-                .filter(|p| !Arc::ptr_eq(p, rec) && p.placement != rec.placement)
-                .map(|p| &p.placement)
-            else {
+        for r in repoint::decide_repoints(state, &before) {
+            let Some(w) = state.workers.get(&r.producer_worker) else {
                 continue;
             };
-            let after = &rec.placement;
-            let model = PhysicalModel::expand(&rec.current().spec);
-            for (channel, producer_worker, consumer_worker) in
-                request::moved_channels(&model, prev, after)
-            {
-                let (Some(pw), Some(cw)) = (
-                    state.workers.get(&producer_worker),
-                    state.workers.get(&consumer_worker),
-                ) else {
-                    continue;
-                };
-                if pw.state != WorkerState::Alive {
-                    continue;
+            let header = self.header();
+            let Some(mut c) = self.client(&w.control_address) else {
+                continue;
+            };
+            let req = pb::OpenChannelRequest {
+                header: Some(header),
+                app: r.app,
+                open_channel: Some(pb::OpenChannel {
+                    channel: Some(r.channel),
+                }),
+                end: pb::ChannelEnd::Producer as i32,
+                peer_data_address: r.consumer_address,
+                barrier_id: 0,
+                peer_attempt: 0,
+            };
+            calls.spawn(async move {
+                if let Err(e) = c.open_channel(req).await {
+                    tracing::debug!(error = %e.message(), "repoint skipped");
                 }
-                let header = self.header();
-                let Some(mut c) = self.client(&pw.control_address) else {
-                    continue;
-                };
-                let req = pb::OpenChannelRequest {
-                    header: Some(header),
-                    app: app.clone(),
-                    open_channel: Some(pb::OpenChannel {
-                        channel: Some(channel),
-                    }),
-                    end: pb::ChannelEnd::Producer as i32,
-                    peer_data_address: cw.data_address.clone(),
-                    barrier_id: 0,
-                    peer_attempt: 0,
-                };
-                calls.spawn(async move {
-                    if let Err(e) = c.open_channel(req).await {
-                        tracing::debug!(error = %e.message(), "repoint skipped");
-                    }
-                });
-            }
+            });
         }
     }
 }
