@@ -78,6 +78,62 @@ fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
+/// Maps keyed by PE are looked up by the id's text (reports and requests carry it as
+/// text) without building a `PeId`: ordering, equality and hashing are the text's.
+impl std::borrow::Borrow<str> for PeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An id reads as its text (reports, requests and logs carry it as text); building
+/// one from text is explicit (`PeId::from`), so a bare string never stands for an id.
+impl std::ops::Deref for PeId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for PeId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<PeId> for str {
+    fn eq(&self, other: &PeId) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<String> for PeId {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<PeId> for String {
+    fn eq(&self, other: &PeId) -> bool {
+        **self == *other.0
+    }
+}
+
+impl From<&str> for PeId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for PeId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+/// Where each PE runs: PE id -> worker id.
+pub type Placement = BTreeMap<PeId, String>;
+
 impl fmt::Display for PeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

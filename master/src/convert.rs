@@ -114,7 +114,7 @@ fn generated_operators(v: &crate::state::AppVersion) -> Vec<pb::GeneratedOperato
 
 pub fn app_detail(
     a: &AppRecord,
-    reports: &std::collections::HashMap<(String, String), pb::PeReport>,
+    reports: &crate::shared::PeReports,
     upgrades: &std::collections::BTreeMap<u64, crate::state::UpgradeRecord>,
 ) -> pb::AppDetail {
     let v = a.current();
@@ -154,7 +154,7 @@ pub fn app_detail(
             // the old worker's last word is stale.
             let attempt = a.checkpoints.attempt(&p.operator);
             let report = reports
-                .get(&(worker.clone(), p.id.to_string()))
+                .get(&(worker.clone(), p.id.clone()))
                 .filter(|r| r.attempt == attempt);
             pb::PeView {
                 pe: Some(pe_ref),
@@ -464,7 +464,7 @@ pub fn checkpoints(ck: &crate::state::AppCheckpoints) -> pb::ListCheckpointsResp
                     .pieces
                     .iter()
                     .map(|(pe, p)| pb::CheckpointPieceInfo {
-                        pe: pe.clone(),
+                        pe: pe.to_string(),
                         size_bytes: p.size_bytes,
                         crc32c: p.crc32c,
                         replicas: p.replicas.clone(),

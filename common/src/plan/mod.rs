@@ -23,8 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Where each PE runs: PE id -> worker id.
-pub type Placement = BTreeMap<PeId, String>;
+pub use crate::physical::Placement;
 
 /// Everything an upgrade from one version to another does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

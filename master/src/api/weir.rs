@@ -9,8 +9,8 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::Response as Reply;
 use weir_common::catalog::{parse_app_with, Catalog, Resolve, Resolved};
-use weir_common::physical::{PeId, PhysicalModel};
-use weir_common::plan::{plan, render_text, Placement};
+use weir_common::physical::PhysicalModel;
+use weir_common::plan::{plan, render_text};
 use weir_common::spec::SpecFormat;
 use weir_proto::status::validation_failure;
 use weir_proto::v1 as pb;
@@ -243,9 +243,11 @@ impl Weir for WeirService {
                     .read(|s| {
                         let app = crate::state::check_live_for_upgrade(s, &r.app)
                             .map_err(|e| command_status(&e))?;
-                        let placement: Placement =
-                            app.placement.iter().map(|(pe, w)| (PeId(pe.as_str().into()), w.clone())).collect();
-                        Ok::<_, Status>((app.current().spec.clone(), placement, app.current_version))
+                        Ok::<_, Status>((
+                            app.current().spec.clone(),
+                            app.placement.clone(),
+                            app.current_version,
+                        ))
                     })
                     .await?;
                 authorize(&req, Action::WriteApp { tenant: &old.tenant, app: &r.app })?;
@@ -313,13 +315,9 @@ impl Weir for WeirService {
                                 .map_err(|why| Status::resource_exhausted(format!(
                                     "resources: the new version cannot be placed: {why}"
                                 )))?;
-                        let pl: Placement = placement
-                            .iter()
-                            .map(|(pe, w)| (PeId(pe.as_str().into()), w.clone()))
-                            .collect();
                         // Planned once, with the new PEs placed: kept PEs keep their
                         // places, so an identical spec plans nothing whatever the room.
-                        let p = plan(&old, &new, Some(&pl));
+                        let p = plan(&old, &new, Some(&placement));
                         if p.is_empty() {
                             return Err(Status::failed_precondition(format!(
                                 "spec: equals version {version} of {:?}; there is nothing to upgrade",
@@ -754,12 +752,7 @@ fn repeated_upgrade(
         })
     })?;
     let spec = |v: u32| &rec.versions[v as usize - 1].spec;
-    let placement: Placement = up
-        .placement
-        .iter()
-        .map(|(pe, w)| (PeId(pe.as_str().into()), w.clone()))
-        .collect();
-    let p = plan(spec(up.from_version), spec(to), Some(&placement));
+    let p = plan(spec(up.from_version), spec(to), Some(&up.placement));
     Ok(Some((up.id, up.from_version, to, p)))
 }
 

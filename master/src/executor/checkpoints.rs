@@ -37,7 +37,7 @@ pub enum Step {
         /// The longest barrier alignment any PE reported.
         max_alignment_ms: u64,
         /// Where each piece with state is (empty pieces are left out).
-        pieces: BTreeMap<String, PieceRecord>,
+        pieces: BTreeMap<PeId, PieceRecord>,
     },
     /// It ran out of time (or the app's checkpoints were turned off): give it up.
     Abandon {
@@ -90,10 +90,10 @@ pub fn decide_checkpoint(
         .checkpoint_interval_ms
         .map_or(rules.interval, Duration::from_millis);
     let ck = &app.checkpoints;
-    let report = |pe: &String, w: &String| {
+    let report = |pe: &PeId, w: &String| {
         reports
             .get(&(w.clone(), pe.clone()))
-            .filter(|r| r.attempt == ck.attempt(PeId::operator_of(pe)))
+            .filter(|r| r.attempt == ck.attempt(pe.operator()))
     };
     let upgrade = app.upgrade.and_then(|id| state.upgrades.get(&id));
     if let Some(f) = &ck.in_flight {
@@ -155,7 +155,7 @@ pub fn decide_checkpoint(
         .placement
         .iter()
         .filter(|(pe, _)| {
-            spec.operator(PeId::operator_of(pe))
+            spec.operator(pe.operator())
                 .is_some_and(|o| o.kind.role() == Role::Source)
         })
         .map(|(_, w)| w.clone())

@@ -7,6 +7,7 @@ use crate::state::fixtures::{all_on, submitted, upgrading, worker, APP as SPEC};
 use crate::state::{ClusterState, Command, WorkerState};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weir_common::physical::PeId;
 use weir_proto::v1 as pb;
 
 const APP: &str = "clickstream";
@@ -38,7 +39,7 @@ fn placed(w2_at: u64) -> ClusterState {
     s
 }
 
-fn pes(s: &ClusterState) -> Vec<String> {
+fn pes(s: &ClusterState) -> Vec<PeId> {
     s.apps[APP].placement.keys().cloned().collect()
 }
 
@@ -60,7 +61,7 @@ fn running(s: &ClusterState, piece: Option<(u64, u64, usize)>) -> Reports {
             (
                 ("w1".to_string(), pe.clone()),
                 pb::PeReport {
-                    pe,
+                    pe: pe.to_string(),
                     app: APP.into(),
                     state: pb::PeState::Running as i32,
                     checkpoints,
@@ -118,7 +119,12 @@ fn the_next_checkpoint_begins_when_due_and_everything_runs_at_the_sources_worker
         .unwrap();
     let reports: Reports = running(&split, None)
         .into_values()
-        .map(|r| ((placement[&r.pe].clone(), r.pe.clone()), r))
+        .map(|r| {
+            (
+                (placement[r.pe.as_str()].clone(), PeId::from(r.pe.as_str())),
+                r,
+            )
+        })
         .collect();
     assert_eq!(
         decide(&split, &reports, 5_000, None),

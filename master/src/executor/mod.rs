@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
-use weir_common::physical::{PeId, PhysicalModel};
+use weir_common::physical::PhysicalModel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
 
@@ -274,7 +274,7 @@ impl Executor {
             let (Some(rec), Some(w)) = (state.apps.get(&app), state.workers.get(&worker)) else {
                 continue;
             };
-            let attempt = rec.checkpoints.attempt(PeId::operator_of(&pe));
+            let attempt = rec.checkpoints.attempt(pe.operator());
             if !self.due(&worker, &pe, attempt) {
                 continue;
             }

@@ -50,11 +50,7 @@ pub struct SeenPe {
     pub rate_out: f64,
 }
 
-/// PE id -> GPU UUIDs, one per requested slice.
-pub type Gpus = BTreeMap<String, Vec<String>>;
-
-/// PE id -> worker id.
-pub type Placement = BTreeMap<String, String>;
+pub use crate::state::{Gpus, Placement};
 
 /// A region to restart (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +62,7 @@ pub struct RecoveryAction {
     /// The checkpoint to restore; 0 for empty state.
     pub checkpoint_id: u64,
     /// The app's whole placement afterwards.
-    pub placement: BTreeMap<String, String>,
+    pub placement: Placement,
     /// Why.
     pub reason: String,
     /// A checkpoint found unreadable, to forget.
@@ -83,13 +79,13 @@ pub const RECOVERY_GAP_MS: u64 = 500;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Actions {
     /// New placements to commit, per app (the whole map of the app).
-    pub placements: Vec<(String, BTreeMap<String, String>)>,
+    pub placements: Vec<(String, Placement)>,
     /// The GPUs of PEs placed anew, per app (parallel to `placements`).
     pub gpus: BTreeMap<String, Gpus>,
     /// Apps that cannot be placed now, and why.
     pub unplaceable: Vec<(String, String)>,
     /// PEs to deploy: (app, PE, worker).
-    pub deploys: Vec<(String, String, String)>,
+    pub deploys: Vec<(String, PeId, String)>,
     /// PEs to stop: (worker, app, PE).
     pub stops: Vec<(String, String, String)>,
     /// Regions to restart.
@@ -138,7 +134,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
         let spec = &app.current().spec;
         for (pe, uuids) in &app.gpus {
             let per_slice = spec
-                .operator(PeId::operator_of(pe))
+                .operator(pe.operator())
                 .and_then(|o| o.resources.gpu.as_ref())
                 .map_or(0, |g| g.memory_mb);
             for u in uuids {
@@ -146,7 +142,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
             }
         }
         for (pe, w) in &app.placement {
-            let op = PeId::operator_of(pe);
+            let op = pe.operator();
             if let Some(o) = spec.operator(op) {
                 let u = used.entry(w.as_str()).or_default();
                 u.0 += o.resources.cpu;
@@ -162,7 +158,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                 .iter()
                 .filter(|(pe, _)| !app.placement.contains_key(*pe))
             {
-                if let Some(o) = new.operator(PeId::operator_of(pe)) {
+                if let Some(o) = new.operator(pe.operator()) {
                     let u = used.entry(w.as_str()).or_default();
                     u.0 += o.resources.cpu;
                     u.1 += o.resources.memory_mb;
@@ -248,16 +244,13 @@ fn replace(
     });
     let placed = place_with(free, &pending, &kept, devices).map_err(|e| e.to_string())?;
     deduct(free, &pending, &placed);
-    let mut out: BTreeMap<String, String> = kept
-        .into_iter()
-        .map(|(pe, w)| (pe.to_string(), w))
-        .collect();
+    let mut out: Placement = kept.into_iter().collect();
     let mut gpus = Gpus::new();
     for (pe, a) in placed {
         if !a.gpus.is_empty() {
-            gpus.insert(pe.to_string(), a.gpus);
+            gpus.insert(pe.clone(), a.gpus);
         }
-        out.insert(pe.to_string(), a.worker);
+        out.insert(pe, a.worker);
     }
     Ok(Some((out, gpus)))
 }
@@ -309,7 +302,7 @@ fn losses(
     let mut why = Vec::new();
     let mut bad = None;
     for (pe, w) in &app.placement {
-        let op = PeId::operator_of(pe);
+        let op = pe.operator();
         let attempt = ck.attempt(op);
         match state.workers.get(w) {
             Some(rec) if rec.state == WorkerState::Alive => {
@@ -570,7 +563,7 @@ pub fn reconcile_with(
         }
         for (pe, w) in &app.placement {
             let Some(pes) = seen.get(w) else { continue };
-            let attempt = app.checkpoints.attempt(PeId::operator_of(pe));
+            let attempt = app.checkpoints.attempt(pe.operator());
             // PE ids are unique within an app only: another app's PE of the same id
             // is not this one.
             let running = pes.iter().any(|s| {
@@ -594,11 +587,11 @@ pub fn reconcile_with(
         for s in pes {
             let live = state.apps.get(&s.app).filter(|a| a.state().is_live());
             let wanted = live
-                .and_then(|a| a.placement.get(&s.pe))
+                .and_then(|a| a.placement.get(s.pe.as_str()))
                 .is_some_and(|pw| pw == w)
                 || live
                     .and_then(|a| super::upgrade::active(state, a))
-                    .and_then(|u| u.placement.get(&s.pe))
+                    .and_then(|u| u.placement.get(s.pe.as_str()))
                     .is_some_and(|pw| pw == w);
             if !wanted {
                 actions.stops.push((w.clone(), s.app.clone(), s.pe.clone()));
@@ -701,7 +694,7 @@ fn rates(state: &ClusterState, seen: &BTreeMap<String, Vec<SeenPe>>) -> Measured
             let here = state
                 .apps
                 .get(&p.app)
-                .and_then(|a| a.placement.get(&p.pe))
+                .and_then(|a| a.placement.get(p.pe.as_str()))
                 .is_some_and(|pw| pw == w);
             if here && (p.rate_in > 0.0 || p.rate_out > 0.0) {
                 out.insert((p.app.clone(), p.pe.clone()), (p.rate_in, p.rate_out));
@@ -736,7 +729,7 @@ fn has_finished(
         return false;
     }
     app.placement.iter().all(|(pe, w)| {
-        let attempt = app.checkpoints.attempt(PeId::operator_of(pe));
+        let attempt = app.checkpoints.attempt(pe.operator());
         seen.get(w).is_some_and(|pes| {
             pes.iter().any(|s| {
                 &s.pe == pe
@@ -776,16 +769,13 @@ pub fn place_upgrade(
     }
     let placed =
         place_with(&free, &pending, &kept, &DevicePolicy::default()).map_err(|e| e.to_string())?;
-    let mut out: Placement = kept
-        .into_iter()
-        .map(|(pe, w)| (pe.to_string(), w))
-        .collect();
+    let mut out: Placement = kept.into_iter().collect();
     let mut gpus = Gpus::new();
     for (pe, a) in placed {
         if !a.gpus.is_empty() {
-            gpus.insert(pe.to_string(), a.gpus);
+            gpus.insert(pe.clone(), a.gpus);
         }
-        out.insert(pe.to_string(), a.worker);
+        out.insert(pe, a.worker);
     }
     Ok((out, gpus))
 }

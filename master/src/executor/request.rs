@@ -1,7 +1,7 @@
 //! Building the commands the executor sends, from the replicated state.
 
 use crate::convert::partitioning;
-use crate::state::{AppRecord, CheckpointRecord, WorkerRecord, WorkerState};
+use crate::state::{AppRecord, CheckpointRecord, Gpus, Placement, WorkerRecord, WorkerState};
 use std::collections::{BTreeMap, HashMap};
 use weir_common::physical::{source_ordinal, PeId, PhysicalModel};
 use weir_common::spec::AppSpec;
@@ -16,9 +16,9 @@ pub struct View<'a> {
     /// The version number.
     pub version: u32,
     /// PE -> worker.
-    pub placement: &'a BTreeMap<String, String>,
+    pub placement: &'a Placement,
     /// PE -> GPU UUIDs.
-    pub gpus: &'a BTreeMap<String, Vec<String>>,
+    pub gpus: &'a Gpus,
 }
 
 impl<'a> View<'a> {
@@ -34,8 +34,8 @@ impl<'a> View<'a> {
     }
 
     /// The recovery attempt of `pe`'s operator.
-    pub fn attempt(&self, pe: &str) -> u64 {
-        self.app.checkpoints.attempt(PeId::operator_of(pe))
+    pub fn attempt(&self, pe: &PeId) -> u64 {
+        self.app.checkpoints.attempt(pe.operator())
     }
 }
 
@@ -46,12 +46,11 @@ impl<'a> View<'a> {
 pub fn deploy_pe(
     v: &View<'_>,
     model: &PhysicalModel,
-    pe: &str,
+    pe: &PeId,
     workers: &BTreeMap<String, WorkerRecord>,
     header: pb::CommandHeader,
 ) -> Option<pb::DeployPeRequest> {
-    let id = PeId(pe.into());
-    let p = model.pes.get(&id)?;
+    let p = model.pes.get(pe)?;
     let restore = v
         .app
         .checkpoints
@@ -70,7 +69,7 @@ pub fn deploy_pe(
                     .filter_map(|old| {
                         let locations = locations(c, old, workers);
                         (!locations.is_empty()).then(|| pb::RestorePiece {
-                            pe: old.clone(),
+                            pe: old.to_string(),
                             checkpoint_id: c.id,
                             locations,
                             wait_ms: 0,
@@ -103,7 +102,7 @@ pub fn build(
     let pe = p.id.as_str();
     let spec = v.spec.operator(&p.operator)?;
     let outputs = model.outputs.get(&p.id).cloned().unwrap_or_default();
-    let own = v.attempt(pe);
+    let own = v.attempt(&p.id);
     let mut peer_attempts = HashMap::new();
     let mut pe_addresses = HashMap::new();
     for o in &outputs {
@@ -111,16 +110,16 @@ pub fn build(
             let w = v.placement.get(t.as_str())?;
             let addr = &workers.get(w)?.data_address;
             pe_addresses.insert(t.to_string(), addr.clone());
-            if v.attempt(t.as_str()) != own {
-                peer_attempts.insert(t.to_string(), v.attempt(t.as_str()));
+            if v.attempt(t) != own {
+                peer_attempts.insert(t.to_string(), v.attempt(t));
             }
         }
     }
     let inputs = model
         .inputs_of(&p.id)
         .map(|c| {
-            if v.attempt(c.from.as_str()) != own {
-                peer_attempts.insert(c.from.to_string(), v.attempt(c.from.as_str()));
+            if v.attempt(&c.from) != own {
+                peer_attempts.insert(c.from.to_string(), v.attempt(&c.from));
             }
             pb::ChannelRef {
                 from_pe: c.from.to_string(),
@@ -180,7 +179,7 @@ pub fn build(
 /// app's latest complete one, when each of `preds` has a stored piece in it; `None`
 /// without one, or while a checkpoint is in flight (the old PEs may yet snapshot past
 /// it, and their deltas at the switch would then be against another).
-pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[String]) -> Option<&'a CheckpointRecord> {
+pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[PeId]) -> Option<&'a CheckpointRecord> {
     if app.checkpoints.in_flight.is_some() || preds.is_empty() {
         return None;
     }
@@ -225,8 +224,8 @@ pub fn locations(
 /// repointed) and the consumer's new worker.
 pub fn moved_channels(
     model: &PhysicalModel,
-    before: &BTreeMap<String, String>,
-    after: &BTreeMap<String, String>,
+    before: &Placement,
+    after: &Placement,
 ) -> Vec<(pb::ChannelRef, String, String)> {
     let mut out = Vec::new();
     for c in &model.channels {

@@ -48,7 +48,7 @@ fn seen_all(s: &ClusterState, state: pb::PeState) -> BTreeMap<String, Vec<SeenPe
     }
     for (pe, w) in &s.apps["clickstream"].placement {
         seen.entry(w.clone()).or_default().push(SeenPe {
-            pe: pe.clone(),
+            pe: pe.to_string(),
             app: "clickstream".into(),
             state,
             ..Default::default()
@@ -268,9 +268,9 @@ fn a_lost_workers_pes_move_and_the_others_stay() {
     let moved = moved_channels(&model, &before, after);
     assert!(!moved.is_empty());
     for (c, producer_worker, consumer_worker) in moved {
-        assert_eq!(before[&c.from_pe], producer_worker);
-        assert_eq!(before[&c.to_pe], lost);
-        assert_eq!(after[&c.to_pe], consumer_worker);
+        assert_eq!(before[c.from_pe.as_str()], producer_worker);
+        assert_eq!(before[c.to_pe.as_str()], lost);
+        assert_eq!(after[c.to_pe.as_str()], consumer_worker);
     }
 }
 
@@ -330,8 +330,11 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
         .keys()
         .find(|p| p.starts_with("out@"))
         .unwrap();
-    assert_eq!(start.outputs[0].targets, vec![out.clone()]);
-    assert_eq!(req.pe_addresses[out], format!("{}:2", app.placement[out]));
+    assert_eq!(start.outputs[0].targets, vec![out.to_string()]);
+    assert_eq!(
+        req.pe_addresses[out.as_str()],
+        format!("{}:2", app.placement[out])
+    );
     // An unplaced consumer: no command (the producer would not know where to send).
     let mut partial = (**app).clone();
     partial.placement.remove(out);
@@ -434,7 +437,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
     let app = s.apps["clickstream"].clone();
     let (placement, gpus) =
         super::reconcile::place_upgrade(&s, &app, &v2).expect("v2 fits beside v1");
-    let new: Vec<String> = placement
+    let new: Vec<PeId> = placement
         .keys()
         .filter(|pe| !app.placement.contains_key(*pe))
         .cloned()
@@ -473,7 +476,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
     let mut seen = seen_all(&s, pb::PeState::Running);
     for pe in &new {
         seen.get_mut(&placement[pe]).unwrap().push(SeenPe {
-            pe: pe.clone(),
+            pe: pe.to_string(),
             app: "clickstream".into(),
             state: pb::PeState::Running,
             ..Default::default()

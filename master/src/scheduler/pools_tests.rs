@@ -71,7 +71,7 @@ fn pools_report_what_placements_use_and_what_waits() {
         .collect();
     assert_eq!(used, [("GPU-a", 2, 60_000), ("GPU-b", 0, 0)]);
     // Every PE the placement put on gpu1 counts, with its cores and memory.
-    let on_gpu1: Vec<&String> = s.apps["infer"]
+    let on_gpu1: Vec<&PeId> = s.apps["infer"]
         .placement
         .iter()
         .filter(|(_, w)| *w == "gpu1")

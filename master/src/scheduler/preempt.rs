@@ -20,7 +20,6 @@
 use super::{place_with, requests_for, DevicePolicy, WorkerCapacity};
 use crate::state::{AppRecord, AppState, ClusterState};
 use std::collections::BTreeSet;
-use weir_common::physical::PeId;
 use weir_common::spec::Priority;
 
 /// Whether `victim` may be preempted for `by`.
@@ -37,7 +36,7 @@ pub fn preemptible(victim: &AppRecord, by: &AppRecord) -> bool {
 pub fn release(free: &mut [WorkerCapacity], app: &AppRecord) {
     let spec = &app.current().spec;
     for (pe, w) in &app.placement {
-        let Some(op) = spec.operator(PeId::operator_of(pe)) else {
+        let Some(op) = spec.operator(pe.operator()) else {
             continue;
         };
         let Some(cap) = free.iter_mut().find(|c| &c.id == w) else {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::state::{fixtures, Command, Quota};
+use crate::state::{fixtures, Command, PeId, Quota};
 
 fn text(name: &str, tenant: &str, extra: &str) -> String {
     format!(
@@ -85,7 +85,7 @@ fn the_least_served_tenant_goes_first() {
     submit(&mut s, "old", "web", "", 0);
     s.apply(&Command::SetPlacement {
         app: "old".into(),
-        placement: [("g@0".to_string(), "w1".to_string())].into(),
+        placement: [(PeId::from("g@0"), "w1".to_string())].into(),
         gpus: Default::default(),
         at_ms: 1,
     })
@@ -132,7 +132,7 @@ fn start_conditions_hold_an_app_back() {
     );
     s.apply(&Command::SetPlacement {
         app: "store".into(),
-        placement: [("g@0".to_string(), "w1".to_string())].into(),
+        placement: [(PeId::from("g@0"), "w1".to_string())].into(),
         gpus: Default::default(),
         at_ms: 200,
     })
@@ -263,7 +263,7 @@ fn after_names_only_the_tenants_own_apps_and_refuses_a_cycle() {
     submit(&mut s, "store", "other", "", 0);
     s.apply(&Command::SetPlacement {
         app: "store".into(),
-        placement: [("g@0".to_string(), "w1".to_string())].into(),
+        placement: [(PeId::from("g@0"), "w1".to_string())].into(),
         gpus: Default::default(),
         at_ms: 5,
     })

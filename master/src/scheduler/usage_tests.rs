@@ -1,5 +1,5 @@
 use super::*;
-use crate::state::{fixtures, Command, Quota};
+use crate::state::{fixtures, Command, PeId, Quota};
 use weir_common::spec::{parse_app, SpecFormat};
 
 fn spec(name: &str, tenant: &str, extra: &str) -> String {
@@ -11,7 +11,7 @@ fn spec(name: &str, tenant: &str, extra: &str) -> String {
 fn place(s: &mut ClusterState, app: &str, at_ms: u64) {
     s.apply(&Command::SetPlacement {
         app: app.into(),
-        placement: [("g@0".to_string(), "w1".to_string())].into(),
+        placement: [(PeId::from("g@0"), "w1".to_string())].into(),
         gpus: Default::default(),
         at_ms,
     })

@@ -6,6 +6,7 @@ use crate::scheduler::queue::QueueEntry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weir_common::physical::PeId;
 use weir_proto::v1 as pb;
 
 /// When each worker was last heard from, and what it last reported running (on the
@@ -48,6 +49,10 @@ fn progressed(old: &[pb::PeReport], new: &[pb::PeReport]) -> bool {
     let before: std::collections::BTreeSet<_> = old.iter().map(key).collect();
     new.iter().any(|r| !before.contains(&key(r)))
 }
+
+/// The last report of each PE, by (worker, PE): a PE that moved may still have a
+/// stale report from its old worker.
+pub type PeReports = std::collections::HashMap<(String, PeId), pb::PeReport>;
 
 /// The PEs one worker reported in its last heartbeat.
 #[derive(Clone, Debug)]
@@ -132,14 +137,11 @@ impl Liveness {
     /// The last report of every PE of `app`, by (worker, PE): a PE that moved may still
     /// have a stale report from its old worker. (PE ids are unique within an app only:
     /// two apps with the same operators have the same PE ids.)
-    pub fn pe_reports(
-        &self,
-        app: &str,
-    ) -> std::collections::HashMap<(String, String), pb::PeReport> {
-        let mut out = std::collections::HashMap::new();
+    pub fn pe_reports(&self, app: &str) -> PeReports {
+        let mut out = PeReports::new();
         for (w, r) in self.reports() {
             for p in r.pes.into_iter().filter(|p| p.app == app) {
-                out.insert((w.clone(), p.pe.clone()), p);
+                out.insert((w.clone(), PeId::from(p.pe.as_str())), p);
             }
         }
         out

@@ -6,7 +6,7 @@
 mod liveness;
 pub mod propose;
 
-pub use liveness::{Liveness, WorkerReports};
+pub use liveness::{Liveness, PeReports, WorkerReports};
 
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;

@@ -54,7 +54,7 @@ pub enum Command {
         /// Leader clock.
         at_ms: u64,
         /// Each PE's final report.
-        pes: BTreeMap<String, FinalPe>,
+        pes: BTreeMap<PeId, FinalPe>,
     },
     /// Cancel a live app.
     CancelApp {
@@ -87,10 +87,10 @@ pub enum Command {
         /// App name.
         app: String,
         /// PE id -> worker id; replaces the previous placement.
-        placement: BTreeMap<String, String>,
+        placement: Placement,
         /// PE id -> GPU UUIDs for PEs placed anew with GPUs (kept PEs keep theirs).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        gpus: BTreeMap<String, Vec<String>>,
+        gpus: Gpus,
         /// Leader clock (0 in entries written before it existed).
         #[serde(default, skip_serializing_if = "is_zero")]
         at_ms: u64,
@@ -115,7 +115,7 @@ pub enum Command {
         /// The longest alignment, ms.
         max_alignment_ms: u64,
         /// The snapshot of every PE with state.
-        pieces: BTreeMap<String, PieceRecord>,
+        pieces: BTreeMap<PeId, PieceRecord>,
     },
     /// The in-flight checkpoint `id` will not complete (timeout, recovery, new leader).
     AbandonCheckpoint {
@@ -134,7 +134,7 @@ pub enum Command {
         /// The checkpoint to restore; 0 for empty state.
         checkpoint_id: u64,
         /// The app's whole placement afterwards (lost PEs moved).
-        placement: BTreeMap<String, String>,
+        placement: Placement,
         /// Why, for humans.
         reason: String,
         /// Leader clock.
@@ -145,7 +145,7 @@ pub enum Command {
         drop_checkpoint: Option<u64>,
         /// PE id -> GPU UUIDs for PEs placed anew with GPUs.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        gpus: BTreeMap<String, Vec<String>>,
+        gpus: Gpus,
     },
     /// Start an online upgrade: store the new version, reserve the switch barrier,
     /// record the new version's placement. The app runs its old version until the
@@ -158,13 +158,13 @@ pub enum Command {
         /// Leader clock.
         at_ms: u64,
         /// Where every PE of the new version runs.
-        placement: BTreeMap<String, String>,
+        placement: Placement,
         /// GPUs of new PEs.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        gpus: BTreeMap<String, Vec<String>>,
+        gpus: Gpus,
         /// New PE -> the old PEs whose state it takes over.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        handoff: BTreeMap<String, Vec<String>>,
+        handoff: Handoff,
         /// Plan counts.
         summary: weir_common::plan::PlanSummary,
         /// The client's idempotency key; empty for none. A repeat of an applied

@@ -85,11 +85,11 @@ pub(crate) fn upgrading() -> (ClusterState, Command) {
 }
 
 /// Every PE of the app `text` describes, placed on `worker`.
-pub(crate) fn all_on(text: &str, worker: &str) -> BTreeMap<String, String> {
+pub(crate) fn all_on(text: &str, worker: &str) -> super::Placement {
     let spec = parse_app(text, SpecFormat::Yaml).unwrap();
     weir_common::physical::PhysicalModel::expand(&spec)
         .pes
         .keys()
-        .map(|pe| (pe.to_string(), worker.to_string()))
+        .map(|pe| (pe.clone(), worker.to_string()))
         .collect()
 }

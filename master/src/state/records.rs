@@ -7,6 +7,14 @@ use weir_common::image::ImageInfo;
 use weir_common::plan::{Phase, PlanSummary};
 use weir_common::spec::AppSpec;
 
+pub use weir_common::physical::{PeId, Placement};
+
+/// PE -> the UUIDs of the GPUs allocated to it, one per requested slice.
+pub type Gpus = BTreeMap<PeId, Vec<String>>;
+
+/// New PE -> the old PEs whose state it takes over at an upgrade's switch barrier.
+pub type Handoff = BTreeMap<PeId, Vec<PeId>>;
+
 /// Lifecycle of an app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,14 +73,14 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_at_ms: Option<u64>,
     /// Where each PE runs (empty until the scheduler places the app).
-    pub placement: BTreeMap<String, String>,
+    pub placement: Placement,
     /// Checkpoints and recoveries.
     #[serde(default)]
     pub checkpoints: AppCheckpoints,
     /// The GPUs allocated to each PE placed with GPUs: device UUIDs, one per requested
     /// slice. Kept in Raft so every leader deducts them from the devices' free memory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub gpus: BTreeMap<String, Vec<String>>,
+    pub gpus: Gpus,
     /// The upgrade operation running now, if any (its id in `ClusterState::upgrades`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<u64>,
@@ -92,7 +100,7 @@ pub struct FinishedRecord {
     /// When the leader saw every PE stopped (leader clock, ms since the epoch).
     pub at_ms: u64,
     /// PE id -> its final report.
-    pub pes: BTreeMap<String, FinalPe>,
+    pub pes: BTreeMap<PeId, FinalPe>,
 }
 
 /// One PE's last report before its app finished.
@@ -158,7 +166,7 @@ pub struct AppCheckpoints {
     pub restore: BTreeMap<String, u64>,
     /// The incarnation of the worker each PE was placed on when it was placed: a
     /// different incarnation now means the worker restarted and the PE lost its state.
-    pub incarnations: BTreeMap<String, u64>,
+    pub incarnations: BTreeMap<PeId, u64>,
     /// The last checkpoint id begun (ids increase, never reused).
     pub last_id: u64,
     /// The checkpoint begun and neither completed nor abandoned.
@@ -202,11 +210,11 @@ pub struct CheckpointRecord {
     /// The longest barrier alignment of any PE, ms.
     pub max_alignment_ms: u64,
     /// The stored snapshot of every PE with state (PEs without state have none).
-    pub pieces: BTreeMap<String, PieceRecord>,
+    pub pieces: BTreeMap<PeId, PieceRecord>,
     /// For an upgrade's switch checkpoint: every new PE whose state is the merge of
     /// old PEs' pieces, with those PEs (a restore to this checkpoint loads them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub handoff: BTreeMap<String, Vec<String>>,
+    pub handoff: Handoff,
 }
 
 impl CheckpointRecord {
@@ -456,11 +464,11 @@ pub struct UpgradeRecord {
     pub barrier: u64,
     /// Where every PE of the new version runs (kept PEs where they are, new ones
     /// placed when the upgrade began).
-    pub placement: BTreeMap<String, String>,
+    pub placement: Placement,
     /// GPUs allocated to new PEs.
-    pub gpus: BTreeMap<String, Vec<String>>,
+    pub gpus: Gpus,
     /// New PE -> the old PEs whose state it takes over (at the switch barrier).
-    pub handoff: BTreeMap<String, Vec<String>>,
+    pub handoff: Handoff,
 }
 
 /// The lifecycle of an upgrade: one phase at a time, then an end.
@@ -572,11 +580,11 @@ pub struct UpgradeRecordWire {
     #[serde(default)]
     barrier: u64,
     #[serde(default)]
-    placement: BTreeMap<String, String>,
+    placement: Placement,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    gpus: BTreeMap<String, Vec<String>>,
+    gpus: Gpus,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    handoff: BTreeMap<String, Vec<String>>,
+    handoff: Handoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<UpgradeResultRecord>,
 }

@@ -93,7 +93,7 @@ fn placement_must_name_real_pes_and_alive_workers() {
     .unwrap();
     let place = |pe: &str, w: &str| Command::SetPlacement {
         app: "clickstream".into(),
-        placement: [(pe.to_string(), w.to_string())].into(),
+        placement: [(PeId::from(pe), w.to_string())].into(),
         gpus: Default::default(),
         at_ms: 0,
     };
@@ -842,4 +842,35 @@ fn upgrading_is_derived_from_the_running_operation_and_old_records_agree() {
     })
     .unwrap();
     assert_eq!(s.apps["clickstream"].state(), AppState::Cancelled);
+}
+
+/// PE-keyed maps (placements, GPUs, pieces, hand-offs) are keyed by `PeId`, which
+/// is written as its text: entries written when they were keyed by strings read the
+/// same, apply the same, and are written back unchanged.
+#[test]
+fn pe_keyed_entries_written_with_string_keys_replay_and_write_back_unchanged() {
+    let entries = [
+        r#"{"cmd":"set_placement","app":"clickstream","placement":{"parse@abc#0":"w1","sink@def#0":"w2"},"gpus":{"parse@abc#0":["GPU-1"]},"at_ms":5}"#,
+        r#"{"cmd":"complete_checkpoint","app":"clickstream","id":3,"at_ms":9,"max_alignment_ms":2,"pieces":{"parse@abc#0":{"size_bytes":10,"crc32c":7,"replicas":["w1","w2"]}}}"#,
+    ];
+    for text in entries {
+        let cmd: Command = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        match &cmd {
+            Command::SetPlacement {
+                placement, gpus, ..
+            } => {
+                assert_eq!(placement["parse@abc#0"], "w1");
+                let pe = placement.keys().next().unwrap();
+                assert_eq!(pe.operator(), "parse");
+                assert_eq!(gpus[pe], ["GPU-1"]);
+            }
+            Command::CompleteCheckpoint { pieces, .. } => {
+                assert_eq!(pieces["parse@abc#0"].size_bytes, 10);
+            }
+            other => panic!("read as {other:?}"),
+        }
+        let again = serde_json::to_value(&cmd).unwrap();
+        let was: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(again, was, "{text}");
+    }
 }

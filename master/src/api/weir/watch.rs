@@ -4,8 +4,8 @@
 //! sends what it answers.
 
 use crate::convert::app_state;
-use crate::state::{AppRecord, AppState, ClusterState, Command, Response};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::state::{AppRecord, AppState, ClusterState, Command, Placement, Response};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use weir_common::plan::{plan, Phase};
 use weir_common::spec::AppSpec;
@@ -31,7 +31,7 @@ pub(super) struct AppWatch {
     /// Its spec.
     spec: Arc<AppSpec>,
     /// Where its PEs run (for the workers a recovery moves them between).
-    placement: BTreeMap<String, String>,
+    placement: Placement,
     /// When the checkpoint in flight began (leader clock), for its duration.
     checkpoint_since: Option<u64>,
     /// The upgrade in progress.
@@ -49,7 +49,7 @@ struct Upgrading {
     to: u32,
     /// The new version's spec and placement, current from the switch on.
     spec: Arc<AppSpec>,
-    placement: BTreeMap<String, String>,
+    placement: Placement,
     /// Instructions in each phase of its plan (prepare, switch, cleanup).
     instructions: [u32; 3],
 }
@@ -59,7 +59,7 @@ impl Upgrading {
         id: u64,
         (from, old): (u32, &AppSpec),
         (to, new): (u32, &AppSpec),
-        placement: &BTreeMap<String, String>,
+        placement: &Placement,
     ) -> Self {
         let p = plan(old, new, None);
         let instructions = Phase::ALL.map(|ph| p.instructions_in(ph) as u32);
@@ -332,16 +332,12 @@ fn app_state_event(old: Option<AppState>, new: AppState) -> pb::app_event::Event
 /// The workers the PEs of `operators` left (they moved off them) and the workers they
 /// moved to, each sorted and joined by commas; both empty when every PE restarts where
 /// it ran.
-fn moved(
-    before: &BTreeMap<String, String>,
-    after: &BTreeMap<String, String>,
-    operators: &[String],
-) -> (String, String) {
+fn moved(before: &Placement, after: &Placement, operators: &[String]) -> (String, String) {
     let ops: BTreeSet<&str> = operators.iter().map(String::as_str).collect();
     let mut left = BTreeSet::new();
     let mut joined = BTreeSet::new();
     for (pe, w) in after {
-        if !ops.contains(weir_common::physical::PeId::operator_of(pe)) {
+        if !ops.contains(pe.operator()) {
             continue;
         }
         if let Some(old) = before.get(pe).filter(|old| *old != w) {
@@ -353,12 +349,12 @@ fn moved(
     (join(left), join(joined))
 }
 
-fn placement_event(p: &BTreeMap<String, String>) -> pb::app_event::Event {
+fn placement_event(p: &Placement) -> pb::app_event::Event {
     pb::app_event::Event::PlacementChanged(pb::PlacementChanged {
         placements: p
             .iter()
             .map(|(pe, w)| pb::PePlacement {
-                pe: pe.clone(),
+                pe: pe.to_string(),
                 worker_id: w.clone(),
                 gpu_uuids: vec![],
             })

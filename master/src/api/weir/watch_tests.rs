@@ -1,6 +1,7 @@
 use super::*;
 use crate::state::fixtures::{all_on, submitted, upgrading, APP as SPEC};
 use crate::state::UpgradeResultRecord;
+use std::collections::BTreeMap;
 use weir_common::plan::Instruction;
 
 const APP: &str = "clickstream";
@@ -62,7 +63,7 @@ fn upgrade_to_the_end(s: &mut ClusterState, watch: &mut AppWatch, begin: Command
             id: barrier,
             at_ms: 115,
             max_alignment_ms: 0,
-            pieces: BTreeMap::new(),
+            pieces: Default::default(),
         },
         Command::FinishUpgradeSwitch {
             app: app(),
@@ -146,7 +147,7 @@ fn a_watch_opened_during_an_upgrade_follows_its_switch() {
             id: barrier,
             at_ms: 115,
             max_alignment_ms: 0,
-            pieces: BTreeMap::new(),
+            pieces: Default::default(),
         },
     ] {
         feed(&mut s, &mut watch, cmd);
@@ -355,7 +356,7 @@ fn a_checkpoint_says_how_long_it_took_and_a_switch_checkpoint_too() {
             id,
             at_ms: 87,
             max_alignment_ms: 0,
-            pieces: BTreeMap::new(),
+            pieces: Default::default(),
         },
     );
     let durations = |notes: &[Note]| -> Vec<(u64, u64)> {
@@ -391,7 +392,7 @@ fn a_checkpoint_says_how_long_it_took_and_a_switch_checkpoint_too() {
             id,
             at_ms: 260,
             max_alignment_ms: 0,
-            pieces: BTreeMap::new(),
+            pieces: Default::default(),
         },
     );
     assert_eq!(durations(&done), [(id, 60)]);
@@ -405,7 +406,7 @@ fn a_recovery_names_the_workers_its_pes_left_and_moved_to() {
     })
     .unwrap();
     let mut watch = open(&s);
-    let recover = |placement: BTreeMap<String, String>| Command::Recover {
+    let recover = |placement: Placement| Command::Recover {
         app: APP.into(),
         operators: vec!["parse".into(), "views".into()],
         checkpoint_id: 0,

@@ -12,7 +12,7 @@ use weir_common::spec::Role;
 use weir_proto::v1 as pb;
 
 /// The PE reports the leader holds, by (worker, PE).
-pub type Reports = HashMap<(String, String), pb::PeReport>;
+pub type Reports = crate::shared::PeReports;
 
 /// Longest a prepare may take (new PEs starting) before the upgrade rolls back.
 pub const PREPARE_TIMEOUT_MS: u64 = 30_000;
@@ -185,7 +185,7 @@ fn failure(
         if !alive(state, w) {
             return Some(format!("worker {w} of new PE {pe} lost"));
         }
-        if let Some(r) = reports.get(&(w.clone(), pe.to_string())) {
+        if let Some(r) = reports.get(&(w.clone(), pe.clone())) {
             if r.state == pb::PeState::Failed as i32 {
                 return Some(format!("new PE {pe} failed: {}", r.message));
             }
@@ -246,8 +246,8 @@ pub fn decide_prepare(
     p: &UpgradePlan,
     reports: &Reports,
     precopy: bool,
-    attempt: impl Fn(&str) -> u64,
-    old_attempt: impl Fn(&str) -> u64,
+    attempt: impl Fn(&PeId) -> u64,
+    old_attempt: impl Fn(&PeId) -> u64,
 ) -> Prepare {
     if precopy && app.checkpoints.in_flight.is_some() {
         return Prepare::Hold;
@@ -262,11 +262,11 @@ pub fn decide_prepare(
             ready = false;
             continue;
         };
-        let a = attempt(pe.as_str());
+        let a = attempt(pe);
         // Running: its kernel (a program, say) started; a PE still starting may yet
         // fail, and the switch must not begin before that is known.
         let running = reports
-            .get(&(w.clone(), pe.to_string()))
+            .get(&(w.clone(), pe.clone()))
             .is_some_and(|r| r.attempt == a && r.state == pb::PeState::Running as i32);
         if !running {
             ready = false;
@@ -322,7 +322,7 @@ pub fn measure(
             continue;
         };
         let sink = spec
-            .operator(PeId::operator_of(pe))
+            .operator(pe.operator())
             .is_some_and(|o| o.kind.role() == Role::Sink);
         if !sink {
             continue;
@@ -330,7 +330,7 @@ pub fn measure(
         // A sink the upgrade added saw the stream from the switch on only.
         let added = p
             .instructions()
-            .any(|(_, i)| matches!(i, Instruction::StartPe { pe: n, .. } if n.as_str() == pe));
+            .any(|(_, i)| matches!(i, Instruction::StartPe { pe: n, .. } if n == pe));
         if let Some(v) = rep.verify.as_ref().filter(|_| !added) {
             r.records_duplicated += v.duplicates;
             r.records_lost += v.missing_settled;

@@ -8,6 +8,7 @@ use crate::state::{
     ClusterState, Command, UpgradeRecord, UpgradeResultRecord, UpgradeStage, WorkerState,
 };
 use std::collections::BTreeMap;
+use weir_common::physical::PeId;
 use weir_common::plan::{Instruction, Phase, UpgradePlan};
 use weir_proto::v1 as pb;
 
@@ -26,9 +27,9 @@ fn plan_of(s: &ClusterState) -> (UpgradeRecord, UpgradePlan) {
     (up, p)
 }
 
-fn report(pe: &str, state: pb::PeState) -> ((String, String), pb::PeReport) {
+fn report(pe: &str, state: pb::PeState) -> ((String, PeId), pb::PeReport) {
     (
-        ("w1".to_string(), pe.to_string()),
+        ("w1".to_string(), PeId::from(pe)),
         pb::PeReport {
             pe: pe.into(),
             app: APP.into(),
@@ -39,10 +40,10 @@ fn report(pe: &str, state: pb::PeState) -> ((String, String), pb::PeReport) {
 }
 
 /// The new PEs the plan starts.
-fn new_pes(p: &UpgradePlan) -> Vec<String> {
+fn new_pes(p: &UpgradePlan) -> Vec<PeId> {
     p.instructions()
         .filter_map(|(_, i)| match i {
-            Instruction::StartPe { pe, .. } => Some(pe.to_string()),
+            Instruction::StartPe { pe, .. } => Some(pe.clone()),
             _ => None,
         })
         .collect()
@@ -55,7 +56,7 @@ fn all_running(s: &ClusterState, p: &UpgradePlan) -> Reports {
         .keys()
         .cloned()
         .chain(new_pes(p))
-        .map(|pe| report(&pe, pb::PeState::Running))
+        .map(|pe| report(pe.as_str(), pb::PeState::Running))
         .collect()
 }
 
@@ -128,7 +129,7 @@ fn prepare_starts_the_new_pes_not_running_and_switches_once_everything_runs() {
         panic!("held")
     };
     assert_eq!(start.len(), 1);
-    assert_eq!(start[0].1.as_str(), started[0]);
+    assert_eq!(start[0].1, started[0]);
     assert_eq!(then, AfterPrepare::Wait);
     // An old PE not running yet: wait.
     let mut starting = running.clone();
@@ -157,7 +158,10 @@ fn prepare_starts_the_new_pes_not_running_and_switches_once_everything_runs() {
     else {
         panic!("not aborted")
     };
-    assert!(why.contains(&old) && why.contains("finished"), "{why}");
+    assert!(
+        why.contains(old.as_str()) && why.contains("finished"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -332,7 +336,7 @@ fn cleaning() -> (ClusterState, UpgradePlan) {
     (s, p)
 }
 
-fn audit(s: &ClusterState, missing: u64, duplicates: u64) -> ((String, String), pb::PeReport) {
+fn audit(s: &ClusterState, missing: u64, duplicates: u64) -> ((String, PeId), pb::PeReport) {
     let pe = s.apps[APP]
         .placement
         .keys()
@@ -371,7 +375,7 @@ fn cleanup_waits_for_drained_pes_and_settling_gaps_then_completes_with_the_least
             _ => None,
         })
         .expect("a PE stops");
-    assert!(!s.apps[APP].placement.contains_key(&replaced));
+    assert!(!s.apps[APP].placement.contains_key(replaced.as_str()));
     let (k, r) = report(&replaced, pb::PeState::Running);
     reports.insert(k.clone(), r);
     let (audit_key, r) = audit(&s, 0, 0);

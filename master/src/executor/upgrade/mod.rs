@@ -48,11 +48,8 @@ pub fn upgrade_plan(app: &AppRecord, up: &UpgradeRecord) -> Option<UpgradePlan> 
 /// (every overlapping predecessor); other state (source positions, `sink.verify`,
 /// `sink.file`) goes whole from the predecessor of the same index, so it is never
 /// taken twice.
-pub fn handoff(
-    p: &UpgradePlan,
-    new_spec: &weir_common::spec::AppSpec,
-) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
+pub fn handoff(p: &UpgradePlan, new_spec: &weir_common::spec::AppSpec) -> crate::state::Handoff {
+    let mut out = crate::state::Handoff::new();
     for i in p.instructions().map(|(_, i)| i) {
         let Instruction::StartPe {
             pe,
@@ -67,13 +64,13 @@ pub fn handoff(
         let keyed = new_spec
             .operator(operator)
             .is_some_and(|o| o.kind.keyed_state());
-        let from: Vec<String> = state_from
+        let from: Vec<PeId> = state_from
             .iter()
             .filter(|o| keyed || o.index() == Some(*index))
-            .map(|o| o.to_string())
+            .cloned()
             .collect();
         if !from.is_empty() {
-            out.insert(pe.to_string(), from);
+            out.insert(pe.clone(), from);
         }
     }
     out
@@ -166,7 +163,7 @@ impl Executor {
         up: &UpgradeRecord,
         p: &UpgradePlan,
         new_spec: &weir_common::spec::AppSpec,
-        reports: &std::collections::HashMap<(String, String), pb::PeReport>,
+        reports: &decide::Reports,
         calls: &mut JoinSet<()>,
     ) {
         let model = PhysicalModel::expand(new_spec);
@@ -207,7 +204,7 @@ impl Executor {
             let Some(mut req) = request::build(&view, &model, spec, &state.workers, header) else {
                 continue;
             };
-            let preds = up.handoff.get(pe.as_str()).cloned().unwrap_or_default();
+            let preds = up.handoff.get(pe).cloned().unwrap_or_default();
             let windows = new_spec
                 .operator(&spec.operator)
                 .is_some_and(|o| o.kind.keyed_state());
@@ -224,7 +221,7 @@ impl Executor {
                         None => (0, vec![]),
                     };
                     Some(pb::RestorePiece {
-                        pe: old.clone(),
+                        pe: old.to_string(),
                         checkpoint_id: up.barrier,
                         locations: vec![pb::SnapshotLocation {
                             worker_id: ow.clone(),
@@ -317,17 +314,17 @@ impl Executor {
         // Old windows are armed to drain from the start when their successors pre-copy:
         // armed, they ship their changes ahead of the switch (docs/upgrade-protocol.md).
         let precopy = self.cfg.precopy;
-        let early = |pe: &str| {
+        let early = |pe: &PeId| {
             precopy
                 && old_view
                     .spec
-                    .operator(PeId::operator_of(pe))
+                    .operator(pe.operator())
                     .is_some_and(|o| o.kind.keyed_state())
         };
         for i in p.instructions().map(|(_, i)| i) {
             let on = match i {
                 Instruction::SwitchOutput { pe, .. } if !only_inputs => pe.as_str(),
-                Instruction::Drain { pe, .. } if !only_inputs || early(pe.as_str()) => pe.as_str(),
+                Instruction::Drain { pe, .. } if !only_inputs || early(pe) => pe.as_str(),
                 Instruction::OpenChannel { channel }
                     if app.placement.contains_key(channel.to.as_str()) =>
                 {
@@ -351,14 +348,14 @@ impl Executor {
                     partitioning,
                     targets,
                 } => {
-                    let own = old_view.attempt(pe.as_str());
+                    let own = old_view.attempt(&pe);
                     let mut pe_addresses = std::collections::HashMap::new();
                     let mut peer_attempts = std::collections::HashMap::new();
                     for t in &targets {
                         if let Some(a) = addr(t.as_str()) {
                             pe_addresses.insert(t.to_string(), a);
                         }
-                        let at = old_view.attempt(t.as_str());
+                        let at = old_view.attempt(t);
                         if at != own {
                             peer_attempts.insert(t.to_string(), at);
                         }
@@ -414,7 +411,7 @@ impl Executor {
                         end: pb::ChannelEnd::Consumer as i32,
                         peer_data_address: String::new(),
                         barrier_id: barrier,
-                        peer_attempt: old_view.attempt(channel.from.as_str()),
+                        peer_attempt: old_view.attempt(&channel.from),
                     };
                     arms.spawn(async move {
                         c.open_channel(req).await.map(|_| ()).map_err(|e| {
@@ -448,8 +445,8 @@ impl Executor {
             .switch_triggered
             .insert((app.name.clone(), up.barrier));
         let old_spec = &app.current().spec;
-        let is_source = |spec: &weir_common::spec::AppSpec, pe: &str| {
-            spec.operator(PeId::operator_of(pe))
+        let is_source = |spec: &weir_common::spec::AppSpec, pe: &PeId| {
+            spec.operator(pe.operator())
                 .is_some_and(|o| o.kind.role() == Role::Source)
         };
         let workers: BTreeSet<&String> = app

@@ -120,7 +120,7 @@ pub(super) fn apply_finish(
     s: &mut ClusterState,
     app: &str,
     at_ms: u64,
-    pes: &BTreeMap<String, FinalPe>,
+    pes: &BTreeMap<PeId, FinalPe>,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
     rec.lifecycle = AppState::Finished;
@@ -172,12 +172,12 @@ pub(super) fn apply_cancel(
 pub(super) fn check_placement(
     s: &ClusterState,
     app: &str,
-    placement: &BTreeMap<String, String>,
+    placement: &Placement,
 ) -> Result<(), CommandError> {
     let rec = known_app(s, app)?;
     let spec = &rec.current().spec;
     // A bare operator name is no PE id.
-    let is_pe = |pe: &str| pe.contains('@') && spec.operator(PeId::operator_of(pe)).is_some();
+    let is_pe = |pe: &PeId| pe.as_str().contains('@') && spec.operator(pe.operator()).is_some();
     check_pes_and_workers(s, app, placement, is_pe, "")?;
     // Leaving the queue: the quota must still allow it when this commits (the
     // decision was taken on an earlier state; an upgrade may have grown the tenant
@@ -197,8 +197,8 @@ pub(super) fn check_placement(
 pub(super) fn check_pes_and_workers(
     s: &ClusterState,
     app: &str,
-    placement: &BTreeMap<String, String>,
-    is_pe: impl Fn(&str) -> bool,
+    placement: &Placement,
+    is_pe: impl Fn(&PeId) -> bool,
     of: &str,
 ) -> Result<(), CommandError> {
     for (pe, worker) in placement {
@@ -224,8 +224,8 @@ pub(super) fn check_pes_and_workers(
 pub(super) fn apply_set_placement(
     s: &mut ClusterState,
     app: &str,
-    placement: &BTreeMap<String, String>,
-    gpus: &BTreeMap<String, Vec<String>>,
+    placement: &Placement,
+    gpus: &Gpus,
     at_ms: u64,
 ) -> Response {
     let rec = Arc::make_mut(s.apps.get_mut(app).expect("checked"));
@@ -245,11 +245,7 @@ pub(super) fn apply_set_placement(
 
 /// GPUs of PEs that stayed put are kept; moved or gone PEs release theirs; `new` adds
 /// the allocations of PEs placed anew.
-pub(super) fn set_gpus(
-    rec: &mut AppRecord,
-    before: &BTreeMap<String, String>,
-    new: &BTreeMap<String, Vec<String>>,
-) {
+pub(super) fn set_gpus(rec: &mut AppRecord, before: &Placement, new: &Gpus) {
     let placement = &rec.placement;
     rec.gpus
         .retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
@@ -264,7 +260,7 @@ pub(super) fn set_gpus(
 pub(super) fn note_incarnations(
     workers: &BTreeMap<String, WorkerRecord>,
     rec: &mut AppRecord,
-    refresh: impl Fn(&str) -> bool,
+    refresh: impl Fn(&PeId) -> bool,
 ) {
     let ck = &mut rec.checkpoints;
     ck.incarnations

@@ -49,7 +49,7 @@ pub(super) fn apply_complete(
     id: u64,
     at_ms: u64,
     max_alignment_ms: u64,
-    pieces: &BTreeMap<String, PieceRecord>,
+    pieces: &BTreeMap<PeId, PieceRecord>,
 ) -> Response {
     let ck = &mut Arc::make_mut(s.apps.get_mut(app).expect("checked")).checkpoints;
     let started = ck.in_flight.take().map_or(at_ms, |f| f.started_at_ms);
@@ -59,7 +59,7 @@ pub(super) fn apply_complete(
         completed_at_ms: at_ms,
         max_alignment_ms,
         pieces: pieces.clone(),
-        handoff: BTreeMap::new(),
+        handoff: Handoff::new(),
     });
     let excess = ck.complete.len().saturating_sub(KEEP_CHECKPOINTS);
     ck.complete.drain(..excess);
@@ -77,11 +77,11 @@ pub(super) fn apply_abandon(s: &mut ClusterState, app: &str) -> Response {
 pub(super) struct Recovery<'a> {
     pub operators: &'a [String],
     pub checkpoint_id: u64,
-    pub placement: &'a BTreeMap<String, String>,
+    pub placement: &'a Placement,
     pub reason: &'a str,
     pub at_ms: u64,
     pub drop_checkpoint: Option<u64>,
-    pub gpus: &'a BTreeMap<String, Vec<String>>,
+    pub gpus: &'a Gpus,
 }
 
 pub(super) fn check_recover(
@@ -89,7 +89,7 @@ pub(super) fn check_recover(
     app: &str,
     operators: &[String],
     checkpoint_id: u64,
-    placement: &BTreeMap<String, String>,
+    placement: &Placement,
 ) -> Result<(), CommandError> {
     let rec = live_app(s, app)?;
     if let Some(op) = operators
@@ -145,7 +145,7 @@ pub(super) fn apply_recover(s: &mut ClusterState, app: &str, r: Recovery<'_>) ->
     let excess = ck.recoveries.len().saturating_sub(KEEP_RECOVERIES);
     ck.recoveries.drain(..excess);
     let region: std::collections::BTreeSet<&str> = r.operators.iter().map(String::as_str).collect();
-    note_incarnations(&s.workers, rec, |pe| region.contains(PeId::operator_of(pe)));
+    note_incarnations(&s.workers, rec, |pe| region.contains(pe.operator()));
     Response::Done
 }
 

@@ -14,9 +14,9 @@ pub(super) struct Begin<'a> {
     pub spec: &'a AppSpec,
     pub spec_text: &'a str,
     pub at_ms: u64,
-    pub placement: &'a BTreeMap<String, String>,
-    pub gpus: &'a BTreeMap<String, Vec<String>>,
-    pub handoff: &'a BTreeMap<String, Vec<String>>,
+    pub placement: &'a Placement,
+    pub gpus: &'a Gpus,
+    pub handoff: &'a Handoff,
     pub summary: &'a PlanSummary,
     pub request_id: &'a str,
     pub generated: &'a weir_common::catalog::Provenances,
@@ -48,7 +48,7 @@ pub fn check_upgradable<'a>(s: &'a ClusterState, app: &str) -> Result<&'a AppRec
 pub(super) fn check_begin(
     s: &ClusterState,
     spec: &AppSpec,
-    placement: &BTreeMap<String, String>,
+    placement: &Placement,
 ) -> Result<(), CommandError> {
     let app = &spec.name;
     let rec = check_upgradable(s, app)?;
@@ -76,7 +76,7 @@ pub(super) fn check_begin(
         s,
         app,
         placement,
-        |pe| spec.operator(PeId::operator_of(pe)).is_some(),
+        |pe| spec.operator(pe.operator()).is_some(),
         " in the new version",
     )
 }
@@ -242,8 +242,7 @@ pub(super) fn apply_finish_switch(
     ck.restore.retain(|op, _| ops.contains(op));
     for pe in rec.placement.keys() {
         if !old.contains_key(pe) {
-            let op = PeId::operator_of(pe);
-            ck.restore.insert(op.to_string(), barrier);
+            ck.restore.insert(pe.operator().to_string(), barrier);
         }
     }
     ck.incarnations
