@@ -546,8 +546,9 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
 
 /// `weirctl watch`: prints events until the app ends or the user stops it.
 ///
-/// A watch is a read: when its master fails mid-stream, it goes on through the next
-/// master, whose stream starts again (from `#1`) with the app's current state.
+/// A watch is a read served by the leader: when its master fails or stops leading
+/// mid-stream, it goes on through the next master, whose stream starts again (from
+/// `#1`) with the app's current state.
 pub async fn watch(c: &Conn, app: &str) -> anyhow::Result<()> {
     let req = pb::WatchAppRequest { app: app.into() };
     loop {
@@ -563,6 +564,14 @@ pub async fn watch(c: &Conn, app: &str) -> anyhow::Result<()> {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(()),
                 Err(s) => match failure(&addr, s) {
+                    Failure::Answered(s) if retryable(&s) => {
+                        eprintln!(
+                            "weirctl: master {addr} stopped serving the watch ({}); \
+                             watching through the leader",
+                            s.message()
+                        );
+                        break;
+                    }
                     Failure::Answered(s) => bail!("watch ended: {}", s.message()),
                     Failure::NotSent(detail) | Failure::Lost { detail, .. } => {
                         eprintln!(

@@ -550,6 +550,62 @@ async fn watch_streams_state_changes_from_any_master() {
     c.stop().await;
 }
 
+/// A follower relays the leader's watch; when the leader dies, the relay ends with a
+/// status naming it (the client watches again through the next master), and a new
+/// watch through the same follower is served by the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relayed_watch_ends_naming_a_dead_leader_and_resumes_at_the_next() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let mut client = c.client(leader).await;
+    client.submit_app(submit("relayed")).await.unwrap();
+    wait_everywhere(&c, "relayed").await;
+    let follower = c.other_than(leader);
+    let watcher = c.client(follower).await;
+    let mut stream = watcher
+        .clone()
+        .watch_app(pb::WatchAppRequest {
+            app: "relayed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.seq, 1);
+    c.kill(leader).await;
+    let end = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the relay ends once the leader is gone");
+    let status = end.expect_err("the relay ends with an error, not as if the app ended");
+    assert!(
+        weir_proto::status::outcome_unknown_at(&status).is_some()
+            || status.code() == tonic::Code::Unavailable,
+        "{status:?}"
+    );
+    // Through the same follower, once a new leader is elected: from #1 again.
+    let again = eventually("a watch through the new leader", || {
+        let w = watcher.clone();
+        async move {
+            let mut w = w;
+            let mut s = w
+                .watch_app(pb::WatchAppRequest {
+                    app: "relayed".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            s.message().await.ok()?
+        }
+    })
+    .await;
+    assert_eq!(again.seq, 1);
+    assert!(
+        matches!(again.event, Some(pb::app_event::Event::AppStateChanged(ref s)) if s.new_state == pb::AppState::Submitted as i32),
+        "{again:?}"
+    );
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_master_joins_catches_up_and_leaves() {
     use weir_proto::v1::weir_admin_client::WeirAdminClient;

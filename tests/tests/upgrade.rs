@@ -300,8 +300,9 @@ fn done(op: &pb::UpgradeOperation) {
     assert_eq!(r.records_lost, 0, "{op:?}");
 }
 
-/// A watch opened before an upgrade names the operation from its prepare event on, and
-/// the events from the switch on belong to the new version.
+/// A watch opened before an upgrade names the operation from its prepare event on, the
+/// events from the switch on belong to the new version, and the new PE's start is told
+/// as the workers report it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_follows_an_upgrade_with_its_operation_and_versions() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,25 +320,45 @@ async fn a_watch_follows_an_upgrade_with_its_operation_and_versions() {
     // Read while the upgrade runs: the stream ends for a client that falls behind.
     let phases = tokio::spawn(async move {
         let mut phases = Vec::new();
+        let mut running = BTreeSet::new();
         while phases.last().map(|(_, p, _)| *p) != Some(pb::UpgradePhase::Done) {
             let ev = tokio::time::timeout(LIMIT, stream.message())
                 .await
                 .expect("an event within the limit")
                 .unwrap()
                 .expect("the stream goes on");
-            if let Some(pb::app_event::Event::UpgradePhaseChanged(p)) = ev.event {
-                let phase = pb::UpgradePhase::try_from(p.phase).unwrap();
-                phases.push((p.operation_id, phase, ev.version));
+            match ev.event {
+                Some(pb::app_event::Event::UpgradePhaseChanged(p)) => {
+                    let phase = pb::UpgradePhase::try_from(p.phase).unwrap();
+                    phases.push((p.operation_id, phase, ev.version));
+                }
+                Some(pb::app_event::Event::PeStateChanged(p)) => {
+                    assert!(!p.worker_id.is_empty(), "{p:?}");
+                    assert_ne!(p.old_state, p.new_state, "{p:?}");
+                    if p.new_state == pb::PeState::Running as i32 {
+                        running.insert(p.pe);
+                    }
+                }
+                _ => {}
             }
         }
-        phases
+        (phases, running)
     });
+    let v1: BTreeSet<String> = rig.pes("up6").await.into_keys().collect();
     app.tag_suffix = "b".into();
     let op = rig.upgrade(&app).await;
     done(&op);
     let id = op.operation_id.clone();
+    let (phases, running) = phases.await.unwrap();
+    // The replacement `tag` PEs (parallelism 2) started before the switch: prepare
+    // waits for them.
+    let new_tag: Vec<&String> = running
+        .iter()
+        .filter(|pe| pe.starts_with("tag@") && !v1.contains(*pe))
+        .collect();
+    assert_eq!(new_tag.len(), 2, "PEs told running: {running:?}");
     assert_eq!(
-        phases.await.unwrap(),
+        phases,
         [
             (id.clone(), pb::UpgradePhase::Prepare, 1),
             (id.clone(), pb::UpgradePhase::Switch, 1),

@@ -453,10 +453,27 @@ impl Weir for WeirService {
         &self,
         req: Request<pb::WatchAppRequest>,
     ) -> Result<Reply<Self::WatchAppStream>, Status> {
-        // Served by any master from its own applied log: every master applies the same
-        // commands in the same order.
+        // Served by the leader: its applied log has every command, and the workers
+        // report PE states to it only. A follower relays the leader's stream; when the
+        // leader fails, the relay ends with a status that tells the client to watch
+        // again through the next one.
+        if let Route::Remote(addr) = self.shared.route(&req)? {
+            let stream = self
+                .leader_client(&addr)
+                .await?
+                .watch_app(forwarded(req))
+                .await
+                .map_err(|s| forward_failed(&addr, s))?
+                .into_inner();
+            let relay = tokio_stream::StreamExt::map(stream, move |ev| {
+                ev.map_err(|s| forward_failed(&addr, s))
+            });
+            return Ok(Reply::new(Box::pin(relay) as WatchStream));
+        }
         let name = req.get_ref().app.clone();
         let mut events = self.shared.node.state.subscribe();
+        let mut changes = self.liveness.pe_changes();
+        let shared = self.shared.clone();
         let (mut watch, opening) = self
             .read(|s| {
                 let a = app_or_not_found(s, &name)?;
@@ -491,13 +508,34 @@ impl Weir for WeirService {
                     return;
                 }
             }
+            use tokio::sync::broadcast::error::RecvError;
+            // PE states are the leader's to hear: a master that stops leading ends
+            // the stream, and the client watches again through the new leader.
+            let mut leading = tokio::time::interval(std::time::Duration::from_millis(500));
             while !watch.ended() {
-                let ev = match events.recv().await {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
+                let notes = tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => watch.on(&ev.command, &ev.response),
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return,
+                    },
+                    c = changes.recv() => match c {
+                        Ok(c) => watch.on_pe(&c).into_iter().collect(),
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = leading.tick() => {
+                        if shared.leads() {
+                            continue;
+                        }
+                        let leader = shared.leader().filter(|(id, _)| *id != shared.id());
+                        let _ = tx.try_send(Err(weir_proto::status::not_leader(
+                            leader.as_ref().map(|(_, a)| a.as_str()),
+                        )));
+                        return;
+                    }
                 };
-                for note in watch.on(&ev.command, &ev.response) {
+                for note in notes {
                     if !send(note) {
                         return;
                     }

@@ -25,6 +25,72 @@ pub struct Liveness {
     /// Wakes the executor: a worker reported progress it acts on (a PE's state, a new
     /// checkpoint piece), or a client's change was committed.
     wake: Arc<tokio::sync::Notify>,
+    /// PE state changes the workers reported, for `WatchApp` streams.
+    changes: Changes,
+}
+
+/// The PE state changes the workers reported, as they arrive: a watcher subscribes
+/// and filters by app. Lagging subscribers lose changes, not the master's memory.
+#[derive(Clone)]
+struct Changes(tokio::sync::broadcast::Sender<PeChange>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(1024).0)
+    }
+}
+
+/// A PE's state changed, as its worker reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeChange {
+    /// The PE's app.
+    pub app: String,
+    /// The PE.
+    pub pe: PeId,
+    /// The worker that reported it.
+    pub worker: String,
+    /// Its state in the worker's previous report (`Pending` when it was not in it).
+    pub old: pb::PeState,
+    /// Its state now.
+    pub new: pb::PeState,
+    /// The worker's message (the error of a failed PE).
+    pub message: String,
+}
+
+/// The PE state changes between two reports of `worker`. Without a previous report
+/// (the worker's first heartbeat to this leader) there is nothing to compare with, so
+/// nothing changed: a new leader does not announce every PE again. A PE absent before
+/// was pending; a PE absent now is not reported (the watch tells its end by the
+/// placement or the app's state).
+pub fn pe_changes(
+    worker: &str,
+    old: Option<&[pb::PeReport]>,
+    new: &[pb::PeReport],
+) -> Vec<PeChange> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    let before: std::collections::HashMap<(&str, &str), i32> = old
+        .iter()
+        .map(|r| ((r.app.as_str(), r.pe.as_str()), r.state))
+        .collect();
+    let state = |s: i32| pb::PeState::try_from(s).unwrap_or(pb::PeState::Unspecified);
+    new.iter()
+        .filter_map(|r| {
+            let was = before
+                .get(&(r.app.as_str(), r.pe.as_str()))
+                .map_or(pb::PeState::Pending, |s| state(*s));
+            let now = state(r.state);
+            (was != now).then(|| PeChange {
+                app: r.app.clone(),
+                pe: PeId::from(r.pe.as_str()),
+                worker: worker.to_string(),
+                old: was,
+                new: now,
+                message: r.message.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Whether a worker's new report shows progress the executor acts on: a PE started,
@@ -73,6 +139,7 @@ impl Liveness {
             return;
         };
         let moved = m.get(id).is_none_or(|old| progressed(&old.pes, &pes));
+        let changes = pe_changes(id, m.get(id).map(|old| old.pes.as_slice()), &pes);
         m.insert(
             id.to_string(),
             WorkerReports {
@@ -82,9 +149,18 @@ impl Liveness {
             },
         );
         drop(m);
+        for c in changes {
+            // No watcher is no error.
+            let _ = self.changes.0.send(c);
+        }
         if moved {
             self.wake();
         }
+    }
+
+    /// The PE state changes reported from now on.
+    pub fn pe_changes(&self) -> tokio::sync::broadcast::Receiver<PeChange> {
+        self.changes.0.subscribe()
     }
 
     /// Wakes the executor now rather than at its next interval.
@@ -170,7 +246,7 @@ impl Liveness {
 
 #[cfg(test)]
 mod tests {
-    use super::progressed;
+    use super::{pe_changes, progressed, PeChange};
     use weir_proto::v1 as pb;
 
     fn report(pe: &str, state: i32, pieces: &[(u64, usize)]) -> pb::PeReport {
@@ -212,5 +288,42 @@ mod tests {
         let mut attempt = old.clone();
         attempt[0].attempt = 1;
         assert!(progressed(&old, &attempt));
+    }
+
+    #[test]
+    fn a_pe_changes_state_when_its_worker_reports_another_state() {
+        let old = vec![report("p", 3, &[]), report("q", 2, &[])];
+        // A first report compares with nothing.
+        assert!(pe_changes("w1", None, &old).is_empty());
+        // Same states, counters moving: nothing.
+        assert!(pe_changes("w1", Some(&old), &old).is_empty());
+        let mut new = old.clone();
+        new[0].state = pb::PeState::Failed as i32;
+        new[0].message = "exit 3".into();
+        new[1].state = pb::PeState::Running as i32;
+        new.push(report("r", pb::PeState::Starting as i32, &[]));
+        // Another app's PE of the same id is another PE.
+        let mut other = report("p", 3, &[]);
+        other.app = "b".into();
+        new.push(other);
+        let changes = pe_changes("w1", Some(&old), &new);
+        let change = |pe: &str, app: &str, old, new, message: &str| PeChange {
+            app: app.into(),
+            pe: pe.into(),
+            worker: "w1".into(),
+            old,
+            new,
+            message: message.into(),
+        };
+        use pb::PeState::*;
+        assert_eq!(
+            changes,
+            vec![
+                change("p", "a", Running, Failed, "exit 3"),
+                change("q", "a", Starting, Running, ""),
+                change("r", "a", Pending, Starting, ""),
+                change("p", "b", Pending, Running, ""),
+            ]
+        );
     }
 }

@@ -6,7 +6,7 @@
 mod liveness;
 pub mod propose;
 
-pub use liveness::{Liveness, PeReports, WorkerReports};
+pub use liveness::{Liveness, PeChange, PeReports, WorkerReports};
 
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
@@ -76,6 +76,13 @@ impl Shared {
             .get_node(&id)
             .map(|n| n.addr.clone())?;
         Some((id, addr))
+    }
+
+    /// Whether this master leads now: its Raft runs (it was not shut down) and knows
+    /// itself as the leader.
+    pub fn leads(&self) -> bool {
+        let m = self.node.raft.metrics().borrow().clone();
+        m.running_state.is_ok() && m.current_leader == Some(self.id())
     }
 
     /// Where a call must go. A forwarded call is never forwarded again.

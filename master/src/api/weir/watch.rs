@@ -1,9 +1,11 @@
 //! What a `WatchApp` stream says about one app. [`AppWatch`] is fed the commands the
-//! state machine applied, in log order, and answers the events each one means for the
-//! app; it does no I/O, so every rule is tested without a cluster and the service only
-//! sends what it answers.
+//! state machine applied, in log order, and the PE state changes the workers reported
+//! to the leader, and answers the events each one means for the app; it does no I/O,
+//! so every rule is tested without a cluster and the service only sends what it
+//! answers.
 
 use crate::convert::app_state;
+use crate::shared::PeChange;
 use crate::state::{AppRecord, AppState, ClusterState, Command, Placement, Response};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ pub(super) struct AppWatch {
     spec: Arc<AppSpec>,
     /// Where its PEs run (for the workers a recovery moves them between).
     placement: Placement,
+    /// The old version's PEs an upgrade's switch left draining, until it ends: their
+    /// last state changes (stopping) are still the app's.
+    draining: Placement,
     /// When the checkpoint in flight began (leader clock), for its duration.
     checkpoint_since: Option<u64>,
     /// The upgrade in progress.
@@ -102,6 +107,7 @@ impl AppWatch {
             version: rec.current_version,
             spec: Arc::new(rec.current().spec.clone()),
             placement: rec.placement.clone(),
+            draining: Placement::new(),
             checkpoint_since: rec.checkpoints.in_flight.as_ref().map(|f| f.started_at_ms),
             upgrade,
             newest_upgrade,
@@ -116,6 +122,32 @@ impl AppWatch {
     /// Whether the app reached an end state: nothing more will happen to it.
     pub(super) fn ended(&self) -> bool {
         !self.state.is_live()
+    }
+
+    /// The event of a PE state change a worker reported, when it is a PE of the app on
+    /// the worker the watch knows it on: a report from a worker the PE left is stale.
+    pub(super) fn on_pe(&self, c: &PeChange) -> Option<Note> {
+        if c.app != self.app || self.ended() {
+            return None;
+        }
+        let here = |p: &Placement| p.get(&c.pe).is_some_and(|w| *w == c.worker);
+        let known = here(&self.placement)
+            || here(&self.draining)
+            || self.upgrade.as_ref().is_some_and(|u| here(&u.placement));
+        let failed = c.new == pb::PeState::Failed;
+        known.then(|| {
+            self.note(pb::app_event::Event::PeStateChanged(pb::PeStateChanged {
+                pe: c.pe.to_string(),
+                worker_id: c.worker.clone(),
+                old_state: c.old as i32,
+                new_state: c.new as i32,
+                message: if failed {
+                    c.message.clone()
+                } else {
+                    String::new()
+                },
+            }))
+        })
     }
 
     /// The events of `cmd`, applied with answer `response`, for the watched app.
@@ -145,6 +177,7 @@ impl AppWatch {
             Command::CancelApp { name, .. } if *name == self.app => {
                 self.upgrade = None;
                 self.placement.clear();
+                self.draining.clear();
                 self.end(AppState::Cancelled, out);
             }
             Command::FinishApp { app, .. } if *app == self.app => {
@@ -237,17 +270,23 @@ impl AppWatch {
                 if let Some(up) = self.upgrade.as_ref().filter(|up| up.id == *id) {
                     self.version = up.to;
                     self.spec = up.spec.clone();
-                    self.placement = up.placement.clone();
+                    let old = std::mem::replace(&mut self.placement, up.placement.clone());
+                    self.draining = old
+                        .into_iter()
+                        .filter(|(pe, _)| !self.placement.contains_key(pe))
+                        .collect();
                 }
                 out.push(self.phase(*id, pb::UpgradePhase::Cleanup, ""));
             }
             Command::CompleteUpgrade { app, id, .. } if *app == self.app => {
                 out.push(self.phase(*id, pb::UpgradePhase::Done, ""));
                 self.upgrade = None;
+                self.draining.clear();
             }
             Command::AbortUpgrade { app, id, reason, .. } if *app == self.app => {
                 out.push(self.phase(*id, pb::UpgradePhase::RolledBack, reason));
                 self.upgrade = None;
+                self.draining.clear();
             }
             // Another app's.
             Command::CancelApp { .. }

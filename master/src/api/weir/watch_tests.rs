@@ -1,6 +1,6 @@
 use super::*;
 use crate::state::fixtures::{all_on, submitted, upgrading, APP as SPEC};
-use crate::state::UpgradeResultRecord;
+use crate::state::{PeId, UpgradeResultRecord};
 use std::collections::BTreeMap;
 use weir_common::plan::Instruction;
 
@@ -50,9 +50,17 @@ fn phases(notes: &[Note]) -> Vec<(String, pb::UpgradePhase, u32)> {
 /// returns every event.
 fn upgrade_to_the_end(s: &mut ClusterState, watch: &mut AppWatch, begin: Command) -> Vec<Note> {
     let mut notes = feed(s, watch, begin);
-    let barrier = s.upgrades[&1].barrier;
+    for cmd in switch(s) {
+        notes.extend(feed(s, watch, cmd));
+    }
+    notes.extend(feed(s, watch, complete()));
+    notes
+}
+
+/// The commands of upgrade 1's switch, from its trigger to its finish.
+fn switch(s: &ClusterState) -> [Command; 3] {
     let app = || APP.to_string();
-    for cmd in [
+    [
         Command::UpgradeSwitch {
             app: app(),
             id: 1,
@@ -60,7 +68,7 @@ fn upgrade_to_the_end(s: &mut ClusterState, watch: &mut AppWatch, begin: Command
         },
         Command::CompleteCheckpoint {
             app: app(),
-            id: barrier,
+            id: s.upgrades[&1].barrier,
             at_ms: 115,
             max_alignment_ms: 0,
             pieces: Default::default(),
@@ -70,16 +78,16 @@ fn upgrade_to_the_end(s: &mut ClusterState, watch: &mut AppWatch, begin: Command
             id: 1,
             at_ms: 120,
         },
-        Command::CompleteUpgrade {
-            app: app(),
-            id: 1,
-            at_ms: 130,
-            result: UpgradeResultRecord::default(),
-        },
-    ] {
-        notes.extend(feed(s, watch, cmd));
+    ]
+}
+
+fn complete() -> Command {
+    Command::CompleteUpgrade {
+        app: APP.into(),
+        id: 1,
+        at_ms: 130,
+        result: UpgradeResultRecord::default(),
     }
-    notes
 }
 
 #[test]
@@ -442,4 +450,102 @@ fn a_recovery_names_the_workers_its_pes_left_and_moved_to() {
     // And back: the watch follows the placement it announced.
     let notes = feed(&mut s, &mut watch, recover(all_on(SPEC, "w1")));
     assert_eq!(recovery(&notes), ("w2".into(), "w1".into()));
+}
+
+fn change(app: &str, pe: &PeId, worker: &str, new: pb::PeState, message: &str) -> PeChange {
+    PeChange {
+        app: app.into(),
+        pe: pe.clone(),
+        worker: worker.into(),
+        old: pb::PeState::Starting,
+        new,
+        message: message.into(),
+    }
+}
+
+/// The PE state event of `note`: (PE, worker, old, new, message).
+fn pe_event(note: Option<Note>) -> Option<(String, String, i32, i32, String, u32)> {
+    let note = note?;
+    match note.event {
+        pb::app_event::Event::PeStateChanged(p) => Some((
+            p.pe,
+            p.worker_id,
+            p.old_state,
+            p.new_state,
+            p.message,
+            note.version,
+        )),
+        other => panic!("not a PE event: {other:?}"),
+    }
+}
+
+#[test]
+fn pe_states_are_told_for_the_apps_pes_where_they_run_including_an_upgrades() {
+    use pb::PeState::{Failed, Running, Starting, Stopped};
+    let (mut s, begin) = upgrading();
+    let mut watch = open(&s);
+    let Command::BeginUpgrade { placement: v2, .. } = &begin else {
+        unreachable!()
+    };
+    let v1 = s.apps[APP].placement.clone();
+    let kept = v1.keys().find(|pe| v2.contains_key(*pe)).unwrap().clone();
+    let replaced = v1.keys().find(|pe| !v2.contains_key(*pe)).unwrap().clone();
+    let added = v2.keys().find(|pe| !v1.contains_key(*pe)).unwrap().clone();
+    let app = || APP.to_string();
+
+    assert_eq!(
+        pe_event(watch.on_pe(&change(APP, &kept, "w1", Running, "ignored"))),
+        Some((
+            kept.to_string(),
+            "w1".into(),
+            Starting as i32,
+            Running as i32,
+            String::new(),
+            1
+        )),
+        "a running PE's message is not an error"
+    );
+    assert_eq!(
+        pe_event(watch.on_pe(&change(APP, &kept, "w1", Failed, "exit 3"))).map(|e| e.4),
+        Some("exit 3".into())
+    );
+    // A worker the PE is not on (it moved off it), or another app's PE of that id.
+    assert_eq!(watch.on_pe(&change(APP, &kept, "w2", Running, "")), None);
+    assert_eq!(
+        watch.on_pe(&change("other", &kept, "w1", Running, "")),
+        None
+    );
+    // A PE of the new version is the app's once its upgrade begins.
+    assert_eq!(watch.on_pe(&change(APP, &added, "w1", Running, "")), None);
+    feed(&mut s, &mut watch, begin.clone());
+    assert!(watch
+        .on_pe(&change(APP, &added, "w1", Running, ""))
+        .is_some());
+    for cmd in switch(&s) {
+        feed(&mut s, &mut watch, cmd);
+    }
+    // After the switch, the replaced PE drains and stops: still the app's, under v2.
+    assert_eq!(
+        pe_event(watch.on_pe(&change(APP, &replaced, "w1", Stopped, ""))).map(|e| e.5),
+        Some(2)
+    );
+    feed(&mut s, &mut watch, complete());
+    assert_eq!(
+        watch.on_pe(&change(APP, &replaced, "w1", Stopped, "")),
+        None
+    );
+    assert!(watch
+        .on_pe(&change(APP, &added, "w1", Running, ""))
+        .is_some());
+    // An ended app tells nothing more.
+    feed(
+        &mut s,
+        &mut watch,
+        Command::CancelApp {
+            name: app(),
+            at_ms: 140,
+            request_id: String::new(),
+        },
+    );
+    assert_eq!(watch.on_pe(&change(APP, &added, "w1", Stopped, "")), None);
 }
