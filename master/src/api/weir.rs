@@ -509,6 +509,14 @@ impl Weir for WeirService {
                 }
             }
             use tokio::sync::broadcast::error::RecvError;
+            // Events missed would leave the watcher wrong without knowing it: a watch
+            // that fell behind ends, and the client watches again from the app's
+            // current state.
+            let behind = || {
+                Status::unavailable(
+                    "the watch fell behind the master's events; watch again for the app's current state",
+                )
+            };
             // PE states are the leader's to hear: a master that stops leading ends
             // the stream, and the client watches again through the new leader.
             let mut leading = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -516,12 +524,18 @@ impl Weir for WeirService {
                 let notes = tokio::select! {
                     ev = events.recv() => match ev {
                         Ok(ev) => watch.on(&ev.command, &ev.response),
-                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Lagged(_)) => {
+                            let _ = tx.try_send(Err(behind()));
+                            return;
+                        }
                         Err(RecvError::Closed) => return,
                     },
                     c = changes.recv() => match c {
                         Ok(c) => watch.on_pe(&c).into_iter().collect(),
-                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Lagged(_)) => {
+                            let _ = tx.try_send(Err(behind()));
+                            return;
+                        }
                         Err(RecvError::Closed) => return,
                     },
                     _ = leading.tick() => {
