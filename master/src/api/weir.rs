@@ -3,6 +3,7 @@
 use super::authz::{authorize, list_scope, Action};
 use super::*;
 use crate::convert::*;
+use crate::executor::upgrade::admit;
 use crate::state::{ClusterState, Response};
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -29,6 +30,15 @@ macro_rules! at_leader {
                 .map_err(|s| forward_failed(&addr, s));
         }
     };
+}
+
+/// The status of an upgrade that cannot begin.
+fn admit_status(e: &admit::AdmitError) -> Status {
+    match e {
+        admit::AdmitError::Refused(e) => command_status(e),
+        admit::AdmitError::CannotPlace(_) => Status::resource_exhausted(e.to_string()),
+        admit::AdmitError::Nothing { .. } => Status::failed_precondition(e.to_string()),
+    }
 }
 
 /// The client API service.
@@ -301,44 +311,20 @@ impl Weir for WeirService {
                     let p = plan(&old, &new, (!placement.is_empty()).then_some(&placement));
                     return Ok(Reply::new(answer(String::new(), &p, version + 1)?));
                 }
-                // Place the new PEs up front: an upgrade that cannot run is refused
+                // Placed and planned up front: an upgrade that cannot run is refused
                 // before anything is stored or started.
                 let secure = self.shared.node.security.is_on();
                 let (cmd, p) = self
                     .read(|s| {
                         let signature =
                             tenants::admit_spec(s, secure, &new, &r.spec, r.signature.as_ref())?;
-                        let app = crate::state::check_upgradable(s, &r.app)
-                            .map_err(|e| command_status(&e))?;
-                        let (placement, gpus) =
-                            crate::executor::reconcile::place_upgrade(s, app, &new)
-                                .map_err(|why| Status::resource_exhausted(format!(
-                                    "resources: the new version cannot be placed: {why}"
-                                )))?;
-                        // Planned once, with the new PEs placed: kept PEs keep their
-                        // places, so an identical spec plans nothing whatever the room.
-                        let p = plan(&old, &new, Some(&placement));
-                        if p.is_empty() {
-                            return Err(Status::failed_precondition(format!(
-                                "spec: equals version {version} of {:?}; there is nothing to upgrade",
-                                r.app
-                            )));
-                        }
-                        let handoff = crate::executor::upgrade::handoff(&p, &new);
-                        let cmd = Command::BeginUpgrade {
-                            spec: new.clone(),
+                        let submitted = admit::Submitted {
                             spec_text: r.spec.clone(),
-                            at_ms: now_ms(),
-                            placement,
-                            gpus,
-                            handoff,
-                            summary: p.summary.clone(),
                             request_id: r.request_id.clone(),
                             generated: generated.clone(),
                             signature,
                         };
-                        s.check(&cmd).map_err(|e| command_status(&e))?;
-                        Ok((cmd, p))
+                        admit::begin(s, &r.app, &new, submitted, now_ms()).map_err(|e| admit_status(&e))
                     })
                     .await?;
                 let (id, to) = match self.shared.write(cmd).await? {

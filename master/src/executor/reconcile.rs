@@ -206,7 +206,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
         .collect()
 }
 
-fn alive(state: &ClusterState, worker: &str) -> bool {
+pub(crate) fn alive(state: &ClusterState, worker: &str) -> bool {
     state
         .workers
         .get(worker)
@@ -739,43 +739,4 @@ fn has_finished(
             })
         })
     })
-}
-
-/// Where every PE of `new`, an upgrade of the live `app`, runs: PEs the new version
-/// keeps stay where they are; new PEs are placed by the scheduler around everything
-/// that runs now (the old PEs they replace still run until the switch, so both count).
-/// `Err` says why it cannot be placed (the upgrade is refused, nothing changes).
-pub fn place_upgrade(
-    state: &ClusterState,
-    app: &AppRecord,
-    new: &weir_common::spec::AppSpec,
-) -> Result<(Placement, Gpus), String> {
-    let free = capacities(state);
-    let mut kept: BTreeMap<PeId, String> = BTreeMap::new();
-    let mut pending: Vec<PeRequest> = Vec::new();
-    for r in requests_for(new) {
-        match app.placement.get(r.pe.as_str()) {
-            Some(w) if alive(state, w) => {
-                kept.insert(r.pe.clone(), w.clone());
-            }
-            Some(w) => {
-                return Err(format!(
-                    "PE {} is on worker {w}, which is not alive; upgrade once the app recovered",
-                    r.pe
-                ))
-            }
-            None => pending.push(r),
-        }
-    }
-    let placed =
-        place_with(&free, &pending, &kept, &DevicePolicy::default()).map_err(|e| e.to_string())?;
-    let mut out: Placement = kept.into_iter().collect();
-    let mut gpus = Gpus::new();
-    for (pe, a) in placed {
-        if !a.gpus.is_empty() {
-            gpus.insert(pe.clone(), a.gpus);
-        }
-        out.insert(pe, a.worker);
-    }
-    Ok((out, gpus))
 }

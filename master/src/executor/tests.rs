@@ -436,7 +436,7 @@ fn an_upgrades_new_pes_are_wanted_counted_and_a_loss_aborts_it() {
     let v2 = parse_app(v2_text, SpecFormat::Yaml).unwrap();
     let app = s.apps["clickstream"].clone();
     let (placement, gpus) =
-        super::reconcile::place_upgrade(&s, &app, &v2).expect("v2 fits beside v1");
+        super::upgrade::admit::place_upgrade(&s, &app, &v2).expect("v2 fits beside v1");
     let new: Vec<PeId> = placement
         .keys()
         .filter(|pe| !app.placement.contains_key(*pe))

@@ -17,6 +17,7 @@
 //! Everything here is recomputed from the replicated state on every tick, so a new
 //! leader picks the operation up where the log says it is.
 
+pub mod admit;
 mod decide;
 #[cfg(test)]
 mod decide_tests;
@@ -42,38 +43,6 @@ pub fn upgrade_plan(app: &AppRecord, up: &UpgradeRecord) -> Option<UpgradePlan> 
     let old = &app.versions.get(up.from_version as usize - 1)?.spec;
     let new = &app.versions.get(up.to_version as usize - 1)?.spec;
     Some(plan(old, new, None))
-}
-
-/// New PE -> the old PEs whose state it takes over. Keyed state is split by key group
-/// (every overlapping predecessor); other state (source positions, `sink.verify`,
-/// `sink.file`) goes whole from the predecessor of the same index, so it is never
-/// taken twice.
-pub fn handoff(p: &UpgradePlan, new_spec: &weir_common::spec::AppSpec) -> crate::state::Handoff {
-    let mut out = crate::state::Handoff::new();
-    for i in p.instructions().map(|(_, i)| i) {
-        let Instruction::StartPe {
-            pe,
-            operator,
-            index,
-            state_from,
-            ..
-        } = i
-        else {
-            continue;
-        };
-        let keyed = new_spec
-            .operator(operator)
-            .is_some_and(|o| o.kind.keyed_state());
-        let from: Vec<PeId> = state_from
-            .iter()
-            .filter(|o| keyed || o.index() == Some(*index))
-            .cloned()
-            .collect();
-        if !from.is_empty() {
-            out.insert(pe.clone(), from);
-        }
-    }
-    out
 }
 
 impl Executor {
