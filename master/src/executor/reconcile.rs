@@ -244,7 +244,16 @@ fn replace(
     });
     let placed = place_with(free, &pending, &kept, devices).map_err(|e| e.to_string())?;
     deduct(free, &pending, &placed);
-    let mut out: Placement = kept.into_iter().collect();
+    Ok(Some(joined(kept, placed)))
+}
+
+/// The whole placement: PEs kept where they run and PEs just placed, with the GPUs
+/// allocated to the latter.
+pub(crate) fn joined(
+    kept: BTreeMap<PeId, String>,
+    placed: impl IntoIterator<Item = (PeId, Assignment)>,
+) -> (Placement, Gpus) {
+    let mut out: Placement = kept;
     let mut gpus = Gpus::new();
     for (pe, a) in placed {
         if !a.gpus.is_empty() {
@@ -252,7 +261,7 @@ fn replace(
         }
         out.insert(pe, a.worker);
     }
-    Ok(Some((out, gpus)))
+    (out, gpus)
 }
 
 /// Takes what `placed` uses off `free`, so the next app is placed around it. Looked up

@@ -3,7 +3,7 @@
 //! and which old PEs' state each new PE takes over. Pure: the API reads the state,
 //! calls [`begin`], and proposes what it answers, or maps its refusal to a status.
 
-use crate::executor::reconcile::{alive, capacities};
+use crate::executor::reconcile::{alive, capacities, joined};
 use crate::scheduler::{place_with, requests_for, DevicePolicy, PeRequest};
 use crate::state::{
     check_upgradable, AppRecord, ClusterState, Command, CommandError, Gpus, Handoff, PeId,
@@ -110,15 +110,7 @@ pub fn place_upgrade(
     }
     let placed =
         place_with(&free, &pending, &kept, &DevicePolicy::default()).map_err(|e| e.to_string())?;
-    let mut out: Placement = kept.into_iter().collect();
-    let mut gpus = Gpus::new();
-    for (pe, a) in placed {
-        if !a.gpus.is_empty() {
-            gpus.insert(pe.clone(), a.gpus);
-        }
-        out.insert(pe, a.worker);
-    }
-    Ok((out, gpus))
+    Ok(joined(kept, placed))
 }
 
 /// New PE -> the old PEs whose state it takes over. Keyed state is split by key group
