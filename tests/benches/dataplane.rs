@@ -94,6 +94,7 @@ fn pe_k(
         restore: None,
         gpus: vec![],
         peer_attempts: Default::default(),
+        producer_workers: Default::default(),
         restore_pieces: vec![],
         start_at_barrier: 0,
     }

@@ -455,8 +455,16 @@ async fn a_worker_registers_only_as_itself_and_obeys_only_masters() {
     c.stop().await;
 }
 
+/// Records cross workers over mutual TLS exactly once, and a worker of the cluster (a
+/// valid worker certificate) cannot open a channel whose producer the master placed on
+/// another worker: its batch is never taken, and the real link is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_app_runs_exactly_once_across_workers_over_mutual_tls() {
+async fn an_app_runs_exactly_once_across_workers_over_mutual_tls_and_no_other_worker_opens_its_channels(
+) {
+    use weir_common::frame::Frame;
+    use weir_worker::dataplane::reader::{FrameReader, FrameWriter};
+    use weir_worker::dataplane::ChannelKey;
+    use weir_worker::runtime::channel_end;
     let c = SecureCluster::start(1).await;
     c.leader().await;
     let workers = [
@@ -466,23 +474,110 @@ async fn an_app_runs_exactly_once_across_workers_over_mutual_tls() {
     ];
     let ops = c.client(1, &admin()).await;
     weir_tests::workers_alive(&ops, 3, Duration::from_secs(30)).await;
-    let spec = "name: spread\ntenant: acme\noperators:\n  - {name: gen, kind: source.generator, parallelism: 2, params: {count: 200000, keys: 100}}\n  - {name: by-key, kind: key_by, parallelism: 3, params: {field: key}}\n  - {name: out, kind: sink.verify}\nstreams:\n  - {from: gen, to: by-key, partitioning: round_robin}\n  - {from: by-key, to: out, partitioning: hash}\n";
+    // Paced (about 10 s), so the channels are open while the intruder tries.
+    let spec = "name: spread\ntenant: acme\noperators:\n  - {name: gen, kind: source.generator, parallelism: 2, params: {count: 200000, rate: 20000, keys: 100}}\n  - {name: by-key, kind: key_by, parallelism: 3, params: {field: key}}\n  - {name: out, kind: sink.verify}\nstreams:\n  - {from: gen, to: by-key, partitioning: round_robin}\n  - {from: by-key, to: out, partitioning: hash}\n";
     open_tenants(&c, 1, &["acme"]).await;
     let mut acme = c.client(1, &tenant("acme")).await;
     acme.submit_app(submit_yaml(spec.into())).await.unwrap();
-    weir_tests::assert_audit_exact(&acme, "spread", "out", 200_000, Duration::from_secs(300)).await;
-    // The PEs were spread over the workers, so records crossed TLS data links.
-    let d = acme
-        .get_app(pb::GetAppRequest {
-            app: "spread".into(),
+    let running = |acme: WeirClient<tonic::transport::Channel>| async move {
+        let d = acme
+            .clone()
+            .get_app(pb::GetAppRequest {
+                app: "spread".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .app?;
+        let all = d.pes.len() == 6
+            && d.pes
+                .iter()
+                .all(|p| p.state == pb::PeState::Running as i32 && !p.worker_id.is_empty());
+        all.then_some(d.pes)
+    };
+    let pes = eventually("every PE running", || running(acme.clone())).await;
+    // The PEs were spread over the workers, so records cross TLS data links; both
+    // streams join every producer to every consumer, so some channel crosses.
+    let on = |op: &str| -> Vec<(String, String)> {
+        pes.iter()
+            .filter_map(|p| {
+                let r = p.pe.as_ref()?;
+                (r.operator == op).then(|| (r.id.clone(), p.worker_id.clone()))
+            })
+            .collect()
+    };
+    let crossing = [("gen", "by-key"), ("by-key", "out")]
+        .iter()
+        .flat_map(|(a, b)| {
+            let (a, b) = (on(a), on(b));
+            a.into_iter()
+                .flat_map(move |x| b.clone().into_iter().map(move |y| (x.clone(), y)))
         })
+        .find(|((_, pw), (_, cw))| pw != cw);
+    let Some(((producer, producer_worker), (consumer, consumer_worker))) = crossing else {
+        panic!("every PE on one worker: {pes:?}");
+    };
+    let intruder = ["w1", "w2", "w3"]
+        .into_iter()
+        .find(|w| *w != producer_worker)
+        .unwrap();
+    let data_address = ops
+        .clone()
+        .list_workers(pb::ListWorkersRequest {})
         .await
         .unwrap()
         .into_inner()
-        .app
-        .unwrap();
-    let hosts: std::collections::BTreeSet<_> = d.pes.iter().map(|p| p.worker_id.clone()).collect();
-    assert!(hosts.len() >= 2, "PEs on {hosts:?}");
+        .workers
+        .into_iter()
+        .find(|w| w.worker_id == consumer_worker)
+        .unwrap()
+        .data_address;
+    // The intruder dials the live channel (first attempt of the app: attempt 0) with
+    // its own valid worker certificate, as a compromised worker would, and asks to
+    // take it over from the start.
+    let key = ChannelKey::new(
+        channel_end("spread", &producer, 0),
+        channel_end("spread", &consumer, 0),
+    );
+    let sec = security_of(&c.ca, &Principal::Worker(intruder.into()));
+    let (connector, name) = sec.data_connector().unwrap().expect("TLS is on");
+    let sock = tokio::net::TcpStream::connect(&data_address).await.unwrap();
+    let tls = connector
+        .connect(name, sock)
+        .await
+        .expect("a worker of the cluster passes the TLS handshake");
+    let (rd, wr) = tokio::io::split(tls);
+    let mut wr = FrameWriter::new(wr);
+    wr.push(&Frame::Open {
+        channel: 1,
+        from_pe: key.from.clone(),
+        to_pe: key.to.clone(),
+        resume_after: 0,
+    })
+    .await
+    .unwrap();
+    wr.flush().await.unwrap();
+    // Credited, it could send batches, barriers or an end on the channel; refused,
+    // the link is closed before any frame comes back.
+    let answer = tokio::time::timeout(Duration::from_secs(60), FrameReader::new(rd).next())
+        .await
+        .expect("the worker answers or closes the link");
+    assert!(
+        answer.is_err(),
+        "worker {intruder} was answered {answer:?} on {key}, whose producer is on {producer_worker}"
+    );
+    // The consumer was still running, so the channel was open all along: the refusal
+    // was the producer check, not an unknown channel.
+    let still = running(acme.clone()).await.map(|pes| {
+        pes.iter()
+            .any(|p| p.pe.as_ref().is_some_and(|r| r.id == consumer))
+    });
+    assert_eq!(
+        still,
+        Some(true),
+        "{consumer} stopped before the intruder was refused"
+    );
+    weir_tests::assert_audit_exact(&acme, "spread", "out", 200_000, Duration::from_secs(300)).await;
     for w in workers {
         w.stop().await;
     }

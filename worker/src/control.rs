@@ -180,6 +180,7 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
             .then(|| (r.restore_checkpoint_id, r.restore_from.clone())),
         gpus: r.gpu_uuids.clone(),
         peer_attempts: r.peer_attempts.clone(),
+        producer_workers: r.producer_workers.clone(),
         restore_pieces: r.restore_pieces.clone(),
         start_at_barrier: r.start_at_barrier,
     })
@@ -296,7 +297,14 @@ impl WorkerControl for ControlService {
                 let duplicate = self.admit(r.header.as_ref())?;
                 let opened = self
                     .runtime
-                    .open_input(&r.app, &key.to, &key.from, r.peer_attempt, r.barrier_id)
+                    .open_input(
+                        &r.app,
+                        &key.to,
+                        &key.from,
+                        r.peer_attempt,
+                        Some(r.peer_worker_id.clone()).filter(|w| !w.is_empty()),
+                        r.barrier_id,
+                    )
                     .map_err(arm_status)?;
                 Ok(Response::new(pb::OpenChannelResponse {
                     duplicate: duplicate || !opened,

@@ -112,6 +112,7 @@ async fn run(app: &AppSpec) -> Runtime {
             restore: None,
             gpus: vec![],
             peer_attempts: Default::default(),
+            producer_workers: Default::default(),
             restore_pieces: vec![],
             start_at_barrier: 0,
         };

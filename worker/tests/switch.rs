@@ -43,6 +43,7 @@ fn config(pe: &str, kind: OperatorKind, inputs: &[&str], outputs: Vec<OutputConf
         restore: None,
         gpus: vec![],
         peer_attempts: Default::default(),
+        producer_workers: Default::default(),
         restore_pieces: vec![],
         start_at_barrier: 0,
     }

@@ -475,6 +475,7 @@ impl Executor {
                 peer_data_address: r.consumer_address,
                 barrier_id: 0,
                 peer_attempt: 0,
+                peer_worker_id: String::new(),
             };
             calls.spawn(async move {
                 if let Err(e) = c.open_channel(req).await {

@@ -115,11 +115,15 @@ pub fn build(
             }
         }
     }
+    let mut producer_workers = HashMap::new();
     let inputs = model
         .inputs_of(&p.id)
         .map(|c| {
             if v.attempt(&c.from) != own {
                 peer_attempts.insert(c.from.to_string(), v.attempt(&c.from));
+            }
+            if let Some(w) = v.placement.get(c.from.as_str()) {
+                producer_workers.insert(c.from.to_string(), w.clone());
             }
             pb::ChannelRef {
                 from_pe: c.from.to_string(),
@@ -170,6 +174,7 @@ pub fn build(
         peer_attempts,
         restore_pieces: vec![],
         start_at_barrier: 0,
+        producer_workers,
     })
 }
 

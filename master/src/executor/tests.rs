@@ -304,7 +304,7 @@ fn what_no_app_places_is_stopped() {
 }
 
 #[test]
-fn deploy_commands_name_inputs_outputs_and_addresses() {
+fn deploy_commands_name_inputs_outputs_addresses_and_producers_workers() {
     let mut s = state(&["w1", "w2"]);
     place(&mut s);
     let app = &s.apps["clickstream"];
@@ -325,6 +325,17 @@ fn deploy_commands_name_inputs_outputs_and_addresses() {
     let start = req.start_pe.unwrap();
     assert_eq!(req.inputs.len(), 2, "both by-page PEs feed each window PE");
     assert!(req.inputs.iter().all(|c| &c.to_pe == views));
+    // Each input names the worker its producer is placed on: the only one whose link
+    // the consumer's data port takes for that channel over TLS.
+    for c in &req.inputs {
+        assert_eq!(
+            req.producer_workers[&c.from_pe],
+            app.placement[c.from_pe.as_str()],
+            "{}",
+            c.from_pe
+        );
+    }
+    assert_eq!(req.producer_workers.len(), req.inputs.len());
     let out = app
         .placement
         .keys()

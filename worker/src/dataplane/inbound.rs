@@ -8,6 +8,11 @@
 //! malformed, names another channel, breaks the sequence or exceeds the credit resets
 //! the link with a logged reason; the producer reconnects and resends what was not
 //! acknowledged, so a reset never loses a record.
+//!
+//! Over mutual TLS the link is also refused, before it can touch the channel (no new
+//! generation, so the real producer's link keeps delivering), unless the peer's
+//! certificate names the worker the master placed the channel's producer on: a worker
+//! of the cluster cannot open, and so hijack, another worker's channel.
 
 use super::reader::{FrameReader, FrameWriter};
 use super::{Admission, ChannelKey, InputEndpoint, Inputs, LinkError, Msg, WINDOW};
@@ -63,7 +68,7 @@ async fn admit(sock: TcpStream, admission: &Admission, inputs: &Inputs) -> Resul
     sock.set_nodelay(true)?;
     let Some(acceptor) = &admission.0 else {
         let (rd, wr) = sock.into_split();
-        return link(rd, wr, inputs).await;
+        return link(rd, wr, inputs, None).await;
     };
     let tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
         .await
@@ -76,10 +81,36 @@ async fn admit(sock: TcpStream, admission: &Admission, inputs: &Inputs) -> Resul
         )));
     }
     let (rd, wr) = tokio::io::split(tls);
-    link(rd, wr, inputs).await
+    link(rd, wr, inputs, Some(&peer)).await
 }
 
-async fn link<R, W>(rd: R, wr: W, inputs: &Inputs) -> Result<(), LinkError>
+/// Whether `peer` (`None`: plain TCP, no identity) may open the link of `ep`.
+fn check_producer(
+    ep: &InputEndpoint,
+    peer: Option<&weir_security::Principal>,
+) -> Result<(), LinkError> {
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    match &ep.producer {
+        Some(w) if matches!(peer, weir_security::Principal::Worker(id) if id == w) => Ok(()),
+        Some(w) => Err(LinkError::Protocol(format!(
+            "{peer} may not open channel {}: its producer is placed on worker {w}",
+            ep.key
+        ))),
+        None => Err(LinkError::Protocol(format!(
+            "channel {} has no producer worker named by the master; refused over TLS",
+            ep.key
+        ))),
+    }
+}
+
+async fn link<R, W>(
+    rd: R,
+    wr: W,
+    inputs: &Inputs,
+    peer: Option<&weir_security::Principal>,
+) -> Result<(), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -105,6 +136,7 @@ where
         // Not (yet) here: the producer retries, e.g. until the consumer is deployed.
         return Err(LinkError::Protocol(format!("unknown channel {key}")));
     };
+    check_producer(&ep, peer)?;
     let generation = ep.new_generation();
     let mut processed = ep.watch_processed();
     let mut acked = *processed.borrow_and_update();

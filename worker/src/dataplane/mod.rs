@@ -20,7 +20,8 @@
 //!
 //! With security on, every link is mutual TLS ([`Dialer`], [`Admission`]): the
 //! consumer's worker accepts only producers presenting a worker certificate of the
-//! cluster CA, and the producer checks it reached a worker.
+//! cluster CA, and for each channel only the worker the master placed its producer on
+//! ([`InputEndpoint::producer`]); the producer checks it reached a worker.
 
 pub mod inbound;
 pub mod outbound;
@@ -199,6 +200,10 @@ pub type Input = (Arc<InputEndpoint>, mpsc::Receiver<Msg>);
 pub struct InputEndpoint {
     /// The channel.
     pub key: ChannelKey,
+    /// The worker the master placed the channel's producer on: with mutual TLS, the
+    /// only worker certificate whose link the data port takes for this channel. `None`
+    /// when not named, which only plain TCP (no identities) accepts.
+    pub producer: Option<String>,
     tx: mpsc::Sender<Msg>,
     /// Highest sequence put into the queue; `None` until the first message, so a
     /// consumer that restarted accepts a producer's stream where it stands.
@@ -211,10 +216,11 @@ pub struct InputEndpoint {
 }
 
 impl InputEndpoint {
-    fn new(key: ChannelKey) -> (Arc<Self>, mpsc::Receiver<Msg>) {
+    fn new(key: ChannelKey, producer: Option<String>) -> (Arc<Self>, mpsc::Receiver<Msg>) {
         let (tx, rx) = mpsc::channel(WINDOW);
         let ep = Arc::new(Self {
             key,
+            producer,
             tx,
             accepted: Mutex::new(None),
             processed: watch::channel(0).0,
@@ -318,10 +324,14 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Creates the endpoint of `key` (replacing any older one) and returns the queue
-    /// its consumer reads.
-    pub fn register(&self, key: ChannelKey) -> (Arc<InputEndpoint>, mpsc::Receiver<Msg>) {
-        let (ep, rx) = InputEndpoint::new(key.clone());
+    /// Creates the endpoint of `key` (replacing any older one), whose producer the
+    /// master placed on worker `producer`, and returns the queue its consumer reads.
+    pub fn register(
+        &self,
+        key: ChannelKey,
+        producer: Option<String>,
+    ) -> (Arc<InputEndpoint>, mpsc::Receiver<Msg>) {
+        let (ep, rx) = InputEndpoint::new(key.clone(), producer);
         self.lock().insert(key, ep.clone());
         self.changed.notify_waiters();
         (ep, rx)

@@ -116,7 +116,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 async fn cut_links_reconnect_and_lose_or_repeat_nothing() {
     let inputs = Arc::new(Inputs::default());
     let key = ChannelKey::new("p#0", "c#0");
-    let (ep, rx) = inputs.register(key.clone());
+    let (ep, rx) = inputs.register(key.clone(), None);
     let (addr, _stop) = listener(inputs.clone()).await;
     let proxy = Proxy::start(addr).await;
     let consumer = consume(ep.clone(), rx, None);
@@ -149,7 +149,7 @@ async fn cut_links_reconnect_and_lose_or_repeat_nothing() {
 async fn a_slow_consumer_bounds_what_the_producer_holds() {
     let inputs = Arc::new(Inputs::default());
     let key = ChannelKey::new("p#0", "slow#0");
-    let (ep, rx) = inputs.register(key.clone());
+    let (ep, rx) = inputs.register(key.clone(), None);
     let (addr, _stop) = listener(inputs.clone()).await;
     let consumer = consume(ep.clone(), rx, Some(Duration::from_millis(2)));
     let tx = Arc::new(RemoteSender::new(key, addr, Default::default()));
@@ -214,7 +214,7 @@ fn encode(frames: &[Frame]) -> Vec<u8> {
 async fn hostile_bytes_reset_the_link_and_lose_nothing() {
     let inputs = Arc::new(Inputs::default());
     let key = ChannelKey::new("p#0", "c#0");
-    let (ep, rx) = inputs.register(key.clone());
+    let (ep, rx) = inputs.register(key.clone(), None);
     let (addr, _stop) = listener(inputs.clone()).await;
     let consumer = consume(ep.clone(), rx, None);
     let open = |from: &str, to: &str| Frame::Open {
@@ -302,10 +302,13 @@ fn secured(
     weir_security::Security::Mtls(Arc::new(tls))
 }
 
-/// With security on, a channel's link is mutual TLS: a producer holding a worker
-/// certificate of the cluster delivers every record once; the same channel dialled
-/// with a tenant's certificate, or with another CA's worker certificate, or over plain
-/// TCP, never gets a credit, so nothing it sends is taken.
+/// With security on, a channel's link is mutual TLS: the producer holding the
+/// certificate of the worker the master named for the channel delivers every record
+/// once; the same channel dialled with a tenant's certificate, another CA's worker
+/// certificate, another worker of the cluster, or over plain TCP, never gets a credit,
+/// so nothing it sends is taken, and the other worker dialling in the middle of the
+/// stream does not disturb the real link. A channel with no producer named is refused
+/// to every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_links_over_tls_take_only_workers_of_the_cluster() {
     use weir_security::ca::DevCa;
@@ -315,7 +318,9 @@ async fn data_links_over_tls_take_only_workers_of_the_cluster() {
     let consumer_side = secured(&ca, Principal::Worker("w2".into()));
     let inputs = Arc::new(Inputs::default());
     let key = ChannelKey::new("p#0", "tls#0");
-    let (ep, rx) = inputs.register(key.clone());
+    let (ep, rx) = inputs.register(key.clone(), Some("w1".into()));
+    let unnamed = ChannelKey::new("p#0", "unnamed#0");
+    let (unnamed_ep, _unnamed_rx) = inputs.register(unnamed.clone(), None);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let (_stop, stop_rx) = watch::channel(false);
@@ -336,9 +341,31 @@ async fn data_links_over_tls_take_only_workers_of_the_cluster() {
             "another CA's worker",
             secured(&other_ca, Principal::Worker("w1".into())),
         ),
+        (
+            "another worker of the cluster",
+            secured(&ca, Principal::Worker("w3".into())),
+        ),
         ("plain TCP", weir_security::Security::Off),
     ];
-    for (who, sec) in intruders {
+    let unnamed_intruders = [
+        (
+            "the producer's worker",
+            secured(&ca, Principal::Worker("w1".into())),
+        ),
+        (
+            "another worker",
+            secured(&ca, Principal::Worker("w3".into())),
+        ),
+    ];
+    let attempts = intruders
+        .into_iter()
+        .map(|(who, sec)| (who, sec, key.clone(), ep.clone()))
+        .chain(
+            unnamed_intruders
+                .into_iter()
+                .map(|(who, sec)| (who, sec, unnamed.clone(), unnamed_ep.clone())),
+        );
+    for (who, sec, key, ep) in attempts {
         let tx = RemoteSender::new(key.clone(), addr.clone(), Dialer::new(&sec).unwrap());
         tx.send(batch(1000, 5)).await;
         // Several attempts (the sender retries with backoff), none admitted.
@@ -359,8 +386,29 @@ async fn data_links_over_tls_take_only_workers_of_the_cluster() {
 
     let consumer = consume(ep.clone(), rx, None);
     let producer = secured(&ca, Principal::Worker("w1".into()));
-    let tx = RemoteSender::new(key, addr, Dialer::new(&producer).unwrap());
-    for i in 0..50u64 {
+    let tx = RemoteSender::new(key.clone(), addr.clone(), Dialer::new(&producer).unwrap());
+    for i in 0..25u64 {
+        tx.send(batch(i * 10, 10)).await;
+    }
+    // Linked and delivering, then the other worker tries to take the channel over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ep.stats.connects.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the producer never linked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let w3 = secured(&ca, Principal::Worker("w3".into()));
+    let hijack = RemoteSender::new(key, addr, Dialer::new(&w3).unwrap());
+    hijack.send(batch(1_000_000, 5)).await;
+    while hijack.stats().failures.load(Ordering::Relaxed) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no hijack attempts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(hijack.stats().connects.load(Ordering::Relaxed), 0);
+    drop(hijack);
+    for i in 25..50u64 {
         tx.send(batch(i * 10, 10)).await;
     }
     tx.end().await;

@@ -93,6 +93,10 @@ pub struct PeConfig {
     pub gpus: Vec<String>,
     /// Attempts of peers (input producers) that differ from `attempt`.
     pub peer_attempts: std::collections::HashMap<String, u64>,
+    /// The worker each input producer is placed on, by producer PE id: over mutual TLS
+    /// only that worker may open the channel
+    /// ([`crate::dataplane::InputEndpoint::producer`]).
+    pub producer_workers: std::collections::HashMap<String, String>,
     /// Snapshots of other PEs to merge into its starting state (an upgrade's hand-off);
     /// takes precedence over `restore`.
     pub restore_pieces: Vec<pb::RestorePiece>,
@@ -302,10 +306,10 @@ impl Runtime {
             .inputs
             .iter()
             .map(|from| {
-                self.inputs.register(ChannelKey::new(
-                    channel_end(&cfg.app, from, peer_attempt(from)),
-                    end.clone(),
-                ))
+                self.inputs.register(
+                    ChannelKey::new(channel_end(&cfg.app, from, peer_attempt(from)), end.clone()),
+                    cfg.producer_workers.get(from).cloned(),
+                )
             })
             .collect();
         let input_eps = inputs.iter().map(|(ep, _)| ep.clone()).collect();
@@ -545,6 +549,7 @@ impl Runtime {
         pe: &str,
         from: &str,
         from_attempt: u64,
+        from_worker: Option<String>,
         barrier: u64,
     ) -> Result<bool, ArmError> {
         let attempt = self
@@ -559,7 +564,7 @@ impl Runtime {
         if self.inputs.get(&key).is_some() {
             return Ok(false);
         }
-        let (ep, rx) = self.inputs.register(key);
+        let (ep, rx) = self.inputs.register(key, from_worker);
         if let Err(e) = self.arm(
             app,
             pe,

@@ -243,7 +243,7 @@ mod tests {
                     .map(|pe| {
                         let key =
                             ChannelKey::new(channel_end("a", "k", 0), channel_end("a", pe, 0));
-                        inputs.register(key).1
+                        inputs.register(key, None).1
                     })
                     .collect();
                 let chans = consumers
@@ -309,7 +309,7 @@ mod tests {
         let mut rx = std::collections::BTreeMap::new();
         for pe in ["x", "y", "z"] {
             let key = ChannelKey::new(channel_end("a", "p", 0), channel_end("a", pe, 0));
-            rx.insert(pe, inputs.register(key).1);
+            rx.insert(pe, inputs.register(key, None).1);
         }
         let chans = ["x", "y"]
             .iter()

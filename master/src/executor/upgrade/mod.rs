@@ -276,9 +276,14 @@ impl Executor {
     ) -> bool {
         let old_view = View::current(app);
         let mut arms: JoinSet<Result<(), String>> = JoinSet::new();
+        let worker_of = |pe: &str| -> Option<String> {
+            up.placement
+                .get(pe)
+                .or_else(|| app.placement.get(pe))
+                .cloned()
+        };
         let addr = |pe: &str| -> Option<String> {
-            let w = up.placement.get(pe).or_else(|| app.placement.get(pe))?;
-            Some(state.workers.get(w)?.data_address.clone())
+            Some(state.workers.get(&worker_of(pe)?)?.data_address.clone())
         };
         // Old windows are armed to drain from the start when their successors pre-copy:
         // armed, they ship their changes ahead of the switch (docs/upgrade-protocol.md).
@@ -381,6 +386,7 @@ impl Executor {
                         peer_data_address: String::new(),
                         barrier_id: barrier,
                         peer_attempt: old_view.attempt(&channel.from),
+                        peer_worker_id: worker_of(channel.from.as_str()).unwrap_or_default(),
                     };
                     arms.spawn(async move {
                         c.open_channel(req).await.map(|_| ()).map_err(|e| {
