@@ -28,6 +28,10 @@ pub struct Init {
     /// Cluster admins, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "admin")]
     pub admins: Vec<String>,
+    /// Monitoring systems, comma-separated: each gets a client certificate that reads
+    /// the masters' metrics endpoint and nothing else.
+    #[arg(long, value_delimiter = ',', default_value = "prometheus")]
+    pub monitors: Vec<String>,
     /// Name of the cluster (in the CA's name only).
     #[arg(long, default_value = "weir")]
     pub cluster: String,
@@ -65,6 +69,7 @@ pub fn init(a: &Init) -> anyhow::Result<bool> {
     who.extend(named("workers", &a.workers, Principal::Worker)?);
     who.extend(named("tenants", &a.tenants, Principal::Tenant)?);
     who.extend(named("admins", &a.admins, Principal::Admin)?);
+    who.extend(named("monitors", &a.monitors, Principal::Monitor)?);
     let ca = DevCa::generate(&a.cluster)?;
     ca.write(&a.dir, &who)
         .with_context(|| format!("writing into {}", a.dir.display()))?;

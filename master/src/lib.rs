@@ -14,6 +14,7 @@ pub mod executor;
 pub mod metrics;
 pub mod raft;
 pub mod scheduler;
+pub mod scrape;
 pub mod server;
 pub mod shared;
 pub mod state;

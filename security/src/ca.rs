@@ -99,7 +99,7 @@ impl DevCa {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
-            Role::Tenant | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Tenant | Role::Admin | Role::Monitor => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
         let year = this_year();

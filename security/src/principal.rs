@@ -26,6 +26,8 @@ pub enum Role {
     Tenant,
     /// A cluster admin: every app, membership, workers, templates.
     Admin,
+    /// A monitoring system (e.g. Prometheus): the masters' metrics endpoint only.
+    Monitor,
 }
 
 impl Role {
@@ -36,6 +38,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Tenant => "tenant",
             Role::Admin => "admin",
+            Role::Monitor => "monitor",
         }
     }
 }
@@ -51,6 +54,8 @@ pub enum Principal {
     Tenant(String),
     /// A cluster administrator (the name is for audit only).
     Admin(String),
+    /// A monitoring system scraping metrics (the name is for audit only).
+    Monitor(String),
 }
 
 /// Why a certificate or identity string names nobody.
@@ -58,7 +63,7 @@ pub enum Principal {
 pub enum PrincipalError {
     /// Not `spiffe://weir/<role>/<name>`.
     #[error(
-        "{0:?} is not an identity of the form spiffe://weir/<master|worker|tenant|admin>/<name>"
+        "{0:?} is not an identity of the form spiffe://weir/<master|worker|tenant|admin|monitor>/<name>"
     )]
     Malformed(String),
     /// The name has characters or a length an identity may not have.
@@ -88,6 +93,7 @@ impl Principal {
             Principal::Worker(_) => Role::Worker,
             Principal::Tenant(_) => Role::Tenant,
             Principal::Admin(_) => Role::Admin,
+            Principal::Monitor(_) => Role::Monitor,
         }
     }
 
@@ -95,7 +101,10 @@ impl Principal {
     pub fn name(&self) -> String {
         match self {
             Principal::Master(id) => id.to_string(),
-            Principal::Worker(n) | Principal::Tenant(n) | Principal::Admin(n) => n.clone(),
+            Principal::Worker(n)
+            | Principal::Tenant(n)
+            | Principal::Admin(n)
+            | Principal::Monitor(n) => n.clone(),
         }
     }
 
@@ -128,6 +137,7 @@ impl Principal {
             "worker" => Principal::Worker(name.to_string()),
             "tenant" => Principal::Tenant(name.to_string()),
             "admin" => Principal::Admin(name.to_string()),
+            "monitor" => Principal::Monitor(name.to_string()),
             _ => return Err(malformed()),
         })
     }
@@ -154,7 +164,7 @@ impl Principal {
         match self.role() {
             Role::Master => Some(crate::tls::ServerRole::Master.dns_name()),
             Role::Worker => Some(crate::tls::ServerRole::Worker.dns_name()),
-            Role::Tenant | Role::Admin => None,
+            Role::Tenant | Role::Admin | Role::Monitor => None,
         }
     }
 }
@@ -176,6 +186,7 @@ mod tests {
             Principal::Worker("w-1.rack_2".into()),
             Principal::Tenant("acme".into()),
             Principal::Admin("ops".into()),
+            Principal::Monitor("prometheus".into()),
         ] {
             assert_eq!(Principal::parse(&p.uri()).unwrap(), p);
         }

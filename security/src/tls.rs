@@ -308,7 +308,8 @@ impl Security {
         }
     }
 
-    /// The data plane's acceptor (`None`: plain TCP).
+    /// A raw TLS acceptor as this node, client certificates of the CA required
+    /// (`None`: plain TCP): the data plane's port, and the masters' metrics endpoint.
     pub fn data_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
         match self {
             Security::Off => Ok(None),
@@ -322,10 +323,20 @@ impl Security {
     pub fn data_connector(
         &self,
     ) -> Result<Option<(tokio_rustls::TlsConnector, ServerName<'static>)>, TlsError> {
+        self.connector(ServerRole::Worker)
+    }
+
+    /// A raw TLS connector to a server of `to` as this node, and the server name it
+    /// checks (`None`: plain TCP): the data plane's links to workers, or a scrape of a
+    /// master's metrics endpoint.
+    pub fn connector(
+        &self,
+        to: ServerRole,
+    ) -> Result<Option<(tokio_rustls::TlsConnector, ServerName<'static>)>, TlsError> {
         match self {
             Security::Off => Ok(None),
             Security::Mtls(t) => {
-                let name = ServerName::try_from(ServerRole::Worker.dns_name())
+                let name = ServerName::try_from(to.dns_name())
                     .map_err(|e| TlsError::Config(e.to_string()))?;
                 Ok(Some((
                     tokio_rustls::TlsConnector::from(Arc::new(t.data_client_config()?)),

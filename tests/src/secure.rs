@@ -59,6 +59,7 @@ impl SecureCluster {
             cfg.worker_heartbeat = std::time::Duration::from_millis(100);
             cfg.reconcile_interval = std::time::Duration::from_millis(100);
             cfg.node.security = security_of(&ca, &Principal::Master(id));
+            cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
             masters.insert(id, Master::start_on(cfg, l).await.unwrap());
         }
         Self {

@@ -584,6 +584,81 @@ async fn an_app_runs_exactly_once_across_workers_over_mutual_tls_and_no_other_wo
     c.stop().await;
 }
 
+/// `GET /metrics` from master 1's metrics endpoint over TLS as `who`: the HTTP
+/// response, or why the connection failed.
+async fn scrape_as(c: &SecureCluster, sec: &Security) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = c.masters[&1].metrics_addr.expect("metrics served");
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (connector, name) = sec
+        .connector(ServerRole::Master)
+        .unwrap()
+        .expect("TLS is on");
+    let mut tls = connector
+        .connect(name, sock)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = String::new();
+    tls.read_to_string(&mut got)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(got)
+}
+
+/// The metrics endpoint is a link like the others: HTTPS with client certificates of
+/// the CA, read by a monitor's or an admin's certificate only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_served_over_tls_to_monitors_and_admins_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = SecureCluster::start(1).await;
+    c.leader().await;
+    for who in [Principal::Monitor("prometheus".into()), admin()] {
+        let page = scrape_as(&c, &c.security(&who)).await.unwrap();
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{who}: {page}");
+        assert!(page.contains("weir_raft_is_leader 1"), "{who}: {page}");
+    }
+    for who in [
+        tenant("acme"),
+        Principal::Worker("w1".into()),
+        Principal::Master(2),
+    ] {
+        let page = scrape_as(&c, &c.security(&who)).await.unwrap();
+        assert!(page.starts_with("HTTP/1.1 403 Forbidden"), "{who}: {page}");
+        assert!(page.contains("may not read metrics"), "{who}: {page}");
+        assert!(!page.contains("weir_raft"), "{who} read metrics: {page}");
+    }
+    // A monitor's certificate reads metrics and nothing else.
+    let mut monitor = c.client(1, &Principal::Monitor("prometheus".into())).await;
+    let s = denied(
+        monitor.list_apps(pb::ListAppsRequest::default()).await,
+        "a monitor lists apps",
+    );
+    assert!(s.message().contains("monitor"), "{s:?}");
+    // Another CA's monitor: the handshake fails (or the connection dies in it).
+    let other = DevCa::generate("other").unwrap();
+    let forged = security_of(&other, &Principal::Monitor("prometheus".into()));
+    let r = scrape_as(&c, &forged).await;
+    assert!(
+        r.as_ref().map_or(true, |p| !p.contains("weir_raft")),
+        "another CA's monitor read metrics: {r:?}"
+    );
+    // Plain HTTP gets no page.
+    let mut sock = tokio::net::TcpStream::connect(c.masters[&1].metrics_addr.unwrap())
+        .await
+        .unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(!got.contains("weir_raft"), "plain HTTP read metrics: {got}");
+    c.stop().await;
+}
+
 fn put_tenant(
     name: &str,
     keys: &[&weir_security::sign::Signer],
