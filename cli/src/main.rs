@@ -235,6 +235,12 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// The scheduling policy (device choice, objective weights, queue order) every
+    /// leader uses.
+    Scheduler {
+        #[command(subcommand)]
+        command: SchedulerCommand,
+    },
     /// Certificates for a cluster: a CA and one per master, worker, tenant and admin.
     Certs {
         #[command(subcommand)]
@@ -266,6 +272,15 @@ pub enum NodeRole {
     Master,
     /// A worker's control address.
     Worker,
+}
+
+#[derive(Subcommand, Debug)]
+enum SchedulerCommand {
+    /// The scheduling policy in effect: the one kept in Raft, or the leader's flags.
+    Policy,
+    /// Keep a scheduling policy in Raft, so every leader places and orders the queue
+    /// by it (admin), or clear it with --clear.
+    SetPolicy(sched::SetPolicy),
 }
 
 #[derive(Subcommand, Debug)]
@@ -429,6 +444,10 @@ fn run_online(cmd: &Command, conn: online::Conn) -> anyhow::Result<bool> {
                 TemplateCommand::List => catalog::template_list(&conn).await,
                 TemplateCommand::Show { name } => catalog::template_show(&conn, name).await,
                 TemplateCommand::Remove { name } => catalog::template_remove(&conn, name).await,
+            },
+            Command::Scheduler { command } => match command {
+                SchedulerCommand::Policy => sched::policy(&conn).await,
+                SchedulerCommand::SetPolicy(p) => sched::set_policy(&conn, p).await,
             },
             Command::Tenant { command } => match command {
                 TenantCommand::Put(p) => tenants::put(&conn, p).await,

@@ -1,10 +1,98 @@
-//! `weirctl pools`, `weirctl queue` and `weirctl tenant set-quota`: what the scheduler
-//! has, what waits for it and why, and the limits on each tenant.
+//! `weirctl pools`, `weirctl queue`, `weirctl tenant set-quota` and `weirctl scheduler
+//! policy|set-policy`: what the scheduler has, what waits for it and why, the limits on
+//! each tenant, and the policy every leader places by.
 
 use crate::online::{Conn, Repeat};
 use serde_json::json;
 use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
+
+/// The scheduling policy to keep in Raft, in the words of the master's flags.
+#[derive(clap::Args, Debug)]
+pub struct SetPolicy {
+    /// Where GPU slices go: objective (default), objective-spread, first-fit,
+    /// best-fit, binpack, spread.
+    #[arg(long, default_value = "objective")]
+    pub gpu_policy: String,
+    /// A multiplier of the objective's device weights, `model:NAME=W` or
+    /// `pool:NAME=W`; repeatable.
+    #[arg(long = "gpu-weight")]
+    pub gpu_weights: Vec<String>,
+    /// Serve the queue by arrival only.
+    #[arg(long)]
+    pub fifo_queue: bool,
+    /// Clear it: each leader uses its own flags again.
+    #[arg(long, conflicts_with_all = ["gpu_policy", "gpu_weights", "fifo_queue"])]
+    pub clear: bool,
+}
+
+/// `weirctl scheduler set-policy`.
+pub async fn set_policy(c: &Conn, p: &SetPolicy) -> anyhow::Result<()> {
+    let policy = (!p.clear).then(|| pb::SchedulingPolicy {
+        gpu_policy: p.gpu_policy.clone(),
+        gpu_weights: p.gpu_weights.clone(),
+        fifo_queue: p.fifo_queue,
+    });
+    let req = pb::SetSchedulingPolicyRequest {
+        policy: policy.clone(),
+    };
+    c.call(Repeat::Safe, |ch| {
+        let req = req.clone();
+        async move { WeirClient::new(ch).set_scheduling_policy(req).await }
+    })
+    .await?;
+    match &policy {
+        Some(p) => c.print(
+            format!("scheduling policy set: {}", policy_line(p)),
+            json!({"policy": policy_json(p), "replicated": true}),
+        ),
+        None => c.print(
+            "scheduling policy cleared: each leader uses its own flags".to_string(),
+            json!({"policy": null, "replicated": false}),
+        ),
+    }
+    Ok(())
+}
+
+/// `weirctl scheduler policy`.
+pub async fn policy(c: &Conn) -> anyhow::Result<()> {
+    let r = c
+        .call(Repeat::Safe, |ch| async move {
+            WeirClient::new(ch)
+                .get_scheduling_policy(pb::GetSchedulingPolicyRequest {})
+                .await
+        })
+        .await?
+        .into_inner();
+    let p = r.policy.clone().unwrap_or_default();
+    let whence = if r.replicated {
+        "kept in Raft (every leader uses it)"
+    } else {
+        "none kept in Raft: the leader's flags"
+    };
+    c.print(
+        format!("{}\n  {whence}", policy_line(&p)),
+        json!({"policy": policy_json(&p), "replicated": r.replicated, "set_at_ms": r.set_at_ms}),
+    );
+    Ok(())
+}
+
+fn policy_line(p: &pb::SchedulingPolicy) -> String {
+    let mut l = format!("gpu-policy {}", p.gpu_policy);
+    for w in &p.gpu_weights {
+        l.push_str(&format!(", gpu-weight {w}"));
+    }
+    l.push_str(if p.fifo_queue {
+        ", queue fifo"
+    } else {
+        ", queue fair"
+    });
+    l
+}
+
+fn policy_json(p: &pb::SchedulingPolicy) -> serde_json::Value {
+    json!({"gpu_policy": p.gpu_policy, "gpu_weights": p.gpu_weights, "fifo_queue": p.fifo_queue})
+}
 
 /// A tenant's quota, as flags; a limit left out is no limit.
 #[derive(clap::Args, Debug)]

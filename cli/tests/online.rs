@@ -990,5 +990,51 @@ async fn quotas_queue_and_pools_through_weirctl() {
     assert_eq!(web["held"]["pes"], 0, "a queued app holds nothing");
     let out = weirctl(a, &["tenant", "set-quota", "web", "--clear"]).await;
     assert_eq!(text(&out.stdout).trim(), "tenant web: quota none");
+
+    // The scheduling policy: the flags until one is kept in Raft; a bad one refused.
+    let out = weirctl(a, &["scheduler", "policy"]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "gpu-policy objective, queue fair\n  none kept in Raft: the leader's flags\n"
+    );
+    let out = weirctl(
+        a,
+        &[
+            "scheduler",
+            "set-policy",
+            "--gpu-policy",
+            "objective-spread",
+            "--gpu-weight",
+            "model:h100=2",
+            "--fifo-queue",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "scheduling policy set: gpu-policy objective-spread, gpu-weight model:h100=2, queue fifo"
+    );
+    let v = json_of(a, &["scheduler", "policy"]).await;
+    assert_eq!(v["replicated"], true);
+    assert_eq!(v["policy"]["gpu_policy"], "objective-spread");
+    assert_eq!(v["policy"]["gpu_weights"][0], "model:h100=2");
+    let out = weirctl(a, &["scheduler", "set-policy", "--gpu-policy", "greedy"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("InvalidArgument: policy.gpu_policy \"greedy\": one of"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        json_of(a, &["scheduler", "policy"]).await["policy"]["gpu_policy"],
+        "objective-spread"
+    );
+    let out = weirctl(a, &["scheduler", "set-policy", "--clear"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        json_of(a, &["scheduler", "policy"]).await["replicated"],
+        false
+    );
     master.stop().await;
 }

@@ -132,7 +132,9 @@ impl Master {
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 WeirServer::new(
-                    WeirService::new(shared.clone(), liveness.clone()).with_limits(cfg.app_limits),
+                    WeirService::new(shared.clone(), liveness.clone())
+                        .with_limits(cfg.app_limits)
+                        .with_scheduling_flags(cfg.scheduling.clone()),
                 )
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
                 admit(secure, &[Role::Tenant, Role::Admin], "the client API"),

@@ -313,3 +313,121 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
     worker.stop().await;
     c.stop().await;
 }
+
+/// An app whose `infer` PE asks one slice of 4,000 MiB: up to four fit one 16 GiB
+/// device, so where two go shows the device policy (binpack: together; spread: apart).
+fn small_gpu_app(name: &str) -> String {
+    gpu_app(name, "web", "normal", 1).replace("memory_mb: 12000", "memory_mb: 4000")
+}
+
+async fn policy_of(client: &WeirClient<Channel>) -> pb::GetSchedulingPolicyResponse {
+    client
+        .clone()
+        .get_scheduling_policy(pb::GetSchedulingPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The scheduling policy kept in Raft is the one every leader places by: by the
+/// masters' flags (the objective with binpack weights) two small slices share a
+/// device; an admin keeps `spread` in Raft through a follower (a bad policy is refused
+/// first, naming its field, and changes nothing); the leader dies, and the next one,
+/// started with the same binpack flags, spreads the next two apps over both devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduling_policy_kept_in_raft_outlives_its_leader() {
+    let mut c = Cluster::start_tuned(3, fast).await;
+    let leader = c.leader().await;
+    let masters: Vec<_> = c.addrs.values().copied().collect();
+    let worker = weir_tests::start_worker_with("gpus", &masters, |cfg| {
+        cfg.declared_gpus = ["GPU-one", "GPU-two"]
+            .iter()
+            .map(|u| format!("nvidia:test-16g:16384:{u}").parse().unwrap())
+            .collect();
+    })
+    .await;
+    let follower = c.other_than(leader);
+    let mut client = c.client(follower).await;
+    weir_tests::workers_alive(&client, 1, WAIT).await;
+
+    let flags = policy_of(&client).await;
+    assert!(!flags.replicated, "{flags:?}");
+    assert_eq!(flags.policy.unwrap().gpu_policy, "objective");
+    for app in ["a", "b"] {
+        submit(&mut client, small_gpu_app(app)).await.unwrap();
+    }
+    let (a, b) = (placed(&client, "a").await, placed(&client, "b").await);
+    assert_eq!(a, b, "binpack by the flags: both slices on one device");
+
+    let bad = client
+        .set_scheduling_policy(pb::SetSchedulingPolicyRequest {
+            policy: Some(pb::SchedulingPolicy {
+                gpu_policy: "objective".into(),
+                gpu_weights: vec!["model:test-16g=-1".into()],
+                fifo_queue: false,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(
+        bad.message()
+            .starts_with("policy.gpu_weights \"model:test-16g=-1\""),
+        "{}",
+        bad.message()
+    );
+    assert!(!policy_of(&client).await.replicated);
+
+    client
+        .set_scheduling_policy(pb::SetSchedulingPolicyRequest {
+            policy: Some(pb::SchedulingPolicy {
+                gpu_policy: "spread".into(),
+                gpu_weights: vec![],
+                fifo_queue: false,
+            }),
+        })
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let p = policy_of(&c.client(id).await).await;
+        assert!(p.replicated && p.set_at_ms > 0, "master {id}: {p:?}");
+        assert_eq!(p.policy.unwrap().gpu_policy, "spread", "master {id}");
+    }
+    for app in ["a", "b"] {
+        client
+            .cancel_app(pb::CancelAppRequest {
+                app: app.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    c.kill(leader).await;
+    let next = c.leader().await;
+    let mut client = c.client(next).await;
+    weir_tests::workers_alive(&client, 1, WAIT).await;
+    // Both devices empty again, so where c and d go is the policy's choice alone.
+    eventually_within("a and b's slices freed", WAIT, || {
+        let mut client = client.clone();
+        async move {
+            let pools = client.list_pools(pb::ListPoolsRequest {}).await.ok()?;
+            let used: u64 = pools
+                .into_inner()
+                .pools
+                .iter()
+                .map(|p| p.gpu_memory_used_mb)
+                .sum();
+            (used == 0).then_some(())
+        }
+    })
+    .await;
+    for app in ["c", "d"] {
+        submit(&mut client, small_gpu_app(app)).await.unwrap();
+    }
+    let (pc, pd) = (placed(&client, "c").await, placed(&client, "d").await);
+    assert_eq!(pc.0, pd.0);
+    assert_ne!(pc.1, pd.1, "spread by the policy in Raft: one device each");
+    worker.stop().await;
+    c.stop().await;
+}

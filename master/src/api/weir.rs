@@ -46,6 +46,8 @@ pub struct WeirService {
     shared: Shared,
     liveness: Liveness,
     limits: weir_common::spec::AppLimits,
+    /// This master's scheduling flags (in effect while no policy is replicated).
+    flags_policy: crate::scheduler::Policy,
 }
 
 impl WeirService {
@@ -55,7 +57,14 @@ impl WeirService {
             shared,
             liveness,
             limits: Default::default(),
+            flags_policy: Default::default(),
         }
+    }
+
+    /// The same service reporting `policy` as this master's scheduling flags.
+    pub fn with_scheduling_flags(mut self, policy: crate::scheduler::Policy) -> Self {
+        self.flags_policy = policy;
+        self
     }
 
     /// The same service refusing apps over `limits` (before anything is proposed).
@@ -173,6 +182,7 @@ fn generated_text(
 }
 
 mod catalog;
+mod scheduling;
 mod tenants;
 mod watch;
 
@@ -765,6 +775,22 @@ impl Weir for WeirService {
     ) -> Result<Reply<pb::ListQueueResponse>, Status> {
         let f = self.queue_list(req);
         self.shared.timed("ListQueue", f).await
+    }
+
+    async fn set_scheduling_policy(
+        &self,
+        req: Request<pb::SetSchedulingPolicyRequest>,
+    ) -> Result<Reply<pb::SetSchedulingPolicyResponse>, Status> {
+        let f = self.scheduling_set(req);
+        self.shared.timed("SetSchedulingPolicy", f).await
+    }
+
+    async fn get_scheduling_policy(
+        &self,
+        req: Request<pb::GetSchedulingPolicyRequest>,
+    ) -> Result<Reply<pb::GetSchedulingPolicyResponse>, Status> {
+        let f = self.scheduling_get(req);
+        self.shared.timed("GetSchedulingPolicy", f).await
     }
 }
 

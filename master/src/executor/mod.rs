@@ -208,7 +208,9 @@ impl Executor {
         // The decision is pure but walks every app: off the async threads, so that a
         // large cluster's tick does not hold client requests back.
         let mut memo = std::mem::take(&mut self.memo);
-        let policy = self.cfg.policy.clone();
+        // The replicated policy, so every leader decides alike; the flags without one.
+        let policy =
+            crate::scheduler::policy::effective(state.scheduling.as_ref(), &self.cfg.policy);
         let now = crate::shared::now_ms();
         let decided = tokio::task::spawn_blocking(move || {
             let actions = reconcile_with(&state, &seen, now, &mut memo, &policy);

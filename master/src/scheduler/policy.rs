@@ -4,6 +4,7 @@
 //! with (`tests/benches/scheduler_sim.rs`), selectable on a master for experiments.
 
 use super::objective::{self, Weights};
+use crate::state::scheduling::SchedulingPolicyRecord;
 
 /// The scheduler's policy.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -53,16 +54,69 @@ pub enum QueueOrder {
 /// `best-fit`, `binpack` or `spread` for devices; `binpack`/`spread` weights for the
 /// objective (`objective-spread`); weights `model:NAME=W` or `pool:NAME=W`.
 pub fn parse(devices: &str, weights: &[String], fifo: bool) -> Result<Policy, String> {
+    parse_named(devices, weights, fifo, ("--gpu-policy", "--gpu-weight"))
+}
+
+/// The policy a replicated record says; refusals name the request's fields.
+pub fn of_record(r: &SchedulingPolicyRecord) -> Result<Policy, String> {
+    parse_named(
+        &r.gpu_policy,
+        &r.gpu_weights,
+        r.fifo_queue,
+        ("policy.gpu_policy", "policy.gpu_weights"),
+    )
+}
+
+/// The policy the leader uses: the replicated one, else its flags. A record that does
+/// not parse (never proposed: the API parses it first) falls back to the flags.
+pub fn effective(replicated: Option<&SchedulingPolicyRecord>, flags: &Policy) -> Policy {
+    replicated
+        .and_then(|r| of_record(r).ok())
+        .unwrap_or_else(|| flags.clone())
+}
+
+/// `p` in the words of the flags: `(gpu_policy, gpu_weights, fifo_queue)`, which
+/// [`parse`] reads back to `p` (weights of the baselines, which ignore them, are
+/// dropped).
+pub fn describe(p: &Policy) -> (String, Vec<String>, bool) {
+    let (name, weights) = match &p.devices {
+        DevicePolicy::Objective(w) => {
+            let name = match w.policy {
+                objective::Policy::Binpack => "objective",
+                objective::Policy::Spread => "objective-spread",
+            };
+            let weights = w
+                .models
+                .iter()
+                .map(|(k, v)| format!("model:{k}={v}"))
+                .chain(w.pools.iter().map(|(k, v)| format!("pool:{k}={v}")))
+                .collect();
+            (name, weights)
+        }
+        DevicePolicy::FirstFit => ("first-fit", vec![]),
+        DevicePolicy::BestFit => ("best-fit", vec![]),
+        DevicePolicy::Binpack => ("binpack", vec![]),
+        DevicePolicy::Spread => ("spread", vec![]),
+    };
+    (name.to_string(), weights, p.queue == QueueOrder::Fifo)
+}
+
+fn parse_named(
+    devices: &str,
+    weights: &[String],
+    fifo: bool,
+    (policy_name, weight_name): (&str, &str),
+) -> Result<Policy, String> {
     let mut w = Weights::default();
     for spec in weights {
         let (key, value) = spec.split_once('=').ok_or_else(|| {
-            format!("--gpu-weight {spec:?}: expected model:NAME=W or pool:NAME=W")
+            format!("{weight_name} {spec:?}: expected model:NAME=W or pool:NAME=W")
         })?;
         let value: f64 = value
             .parse()
             .ok()
             .filter(|v: &f64| v.is_finite() && *v > 0.0)
-            .ok_or_else(|| format!("--gpu-weight {spec:?}: the weight must be a number > 0"))?;
+            .ok_or_else(|| format!("{weight_name} {spec:?}: the weight must be a number > 0"))?;
         match key.split_once(':') {
             Some(("model", name)) if !name.is_empty() => {
                 w.models.insert(name.to_string(), value);
@@ -72,7 +126,7 @@ pub fn parse(devices: &str, weights: &[String], fifo: bool) -> Result<Policy, St
             }
             _ => {
                 return Err(format!(
-                    "--gpu-weight {spec:?}: expected model:NAME=W or pool:NAME=W"
+                    "{weight_name} {spec:?}: expected model:NAME=W or pool:NAME=W"
                 ))
             }
         }
@@ -89,7 +143,7 @@ pub fn parse(devices: &str, weights: &[String], fifo: bool) -> Result<Policy, St
         "spread" => DevicePolicy::Spread,
         other => {
             return Err(format!(
-                "--gpu-policy {other:?}: one of objective, objective-spread, first-fit, best-fit, binpack, spread"
+                "{policy_name} {other:?}: one of objective, objective-spread, first-fit, best-fit, binpack, spread"
             ))
         }
     };
@@ -134,5 +188,54 @@ mod tests {
             let e = parse(d, &w, false).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_description_and_a_record_names_the_fields() {
+        for (d, w, fifo) in [
+            ("objective", vec![], false),
+            (
+                "objective-spread",
+                vec![
+                    "model:h100=2".to_string(),
+                    "pool:training-nvidia=0.25".to_string(),
+                ],
+                true,
+            ),
+            ("first-fit", vec![], false),
+            ("best-fit", vec![], true),
+            ("binpack", vec![], false),
+            ("spread", vec![], false),
+        ] {
+            let p = parse(d, &w, fifo).unwrap();
+            let (d2, w2, fifo2) = describe(&p);
+            assert_eq!((d2.as_str(), &w2, fifo2), (d, &w, fifo));
+            assert_eq!(parse(&d2, &w2, fifo2).unwrap(), p);
+        }
+        let bad = SchedulingPolicyRecord {
+            gpu_policy: "objective".into(),
+            gpu_weights: vec!["model:h100=0".into()],
+            ..Default::default()
+        };
+        let e = of_record(&bad).unwrap_err();
+        assert!(e.starts_with("policy.gpu_weights \"model:h100=0\""), "{e}");
+        let e = of_record(&SchedulingPolicyRecord {
+            gpu_policy: "greedy".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.starts_with("policy.gpu_policy \"greedy\""), "{e}");
+        // The replicated policy wins over the flags; an unreadable one yields to them.
+        let flags = Policy::default();
+        let spread = SchedulingPolicyRecord {
+            gpu_policy: "spread".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            effective(Some(&spread), &flags).devices,
+            DevicePolicy::Spread
+        );
+        assert_eq!(effective(Some(&bad), &flags), flags);
+        assert_eq!(effective(None, &flags), flags);
     }
 }

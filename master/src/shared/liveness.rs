@@ -139,7 +139,12 @@ impl Liveness {
             return;
         };
         let moved = m.get(id).is_none_or(|old| progressed(&old.pes, &pes));
-        let changes = pe_changes(id, m.get(id).map(|old| old.pes.as_slice()), &pes);
+        // Nobody watches: nothing to tell (the report is still kept to compare with).
+        let changes = if self.changes.0.receiver_count() == 0 {
+            Vec::new()
+        } else {
+            pe_changes(id, m.get(id).map(|old| old.pes.as_slice()), &pes)
+        };
         m.insert(
             id.to_string(),
             WorkerReports {

@@ -179,6 +179,7 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::BadPlacement { .. }
         | CommandError::RequestIdReused { .. }
         | CommandError::Tenant(_)
+        | CommandError::Scheduling(_)
         | CommandError::Spec(_) => Code::InvalidArgument,
         CommandError::Quota(_) => Code::ResourceExhausted,
         CommandError::Catalog(c) => match c {

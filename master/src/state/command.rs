@@ -265,6 +265,12 @@ pub enum Command {
         /// Leader clock.
         at_ms: u64,
     },
+    /// Set the scheduling policy every leader uses (`None` clears it: each leader then
+    /// uses its own flags).
+    SetSchedulingPolicy {
+        /// The policy.
+        policy: Option<super::scheduling::SchedulingPolicyRecord>,
+    },
     /// Set a tenant's quota (`None` lifts it).
     SetQuota {
         /// The tenant.
@@ -406,6 +412,9 @@ pub enum CommandError {
     /// A submit or upgrade its tenant's quota does not allow.
     #[error("{0}")]
     Quota(String),
+    /// A scheduling policy out of bounds.
+    #[error("{0}")]
+    Scheduling(String),
     /// A placement names a PE the app does not have or a worker that is not alive.
     #[error("placement of {app:?}: {why}")]
     BadPlacement {
@@ -518,6 +527,7 @@ pub(super) fn check(s: &ClusterState, cmd: &Command) -> Result<(), CommandError>
         Command::RemoveTemplate { name } => Ok(catalog::check_remove_template(s, name)?),
         Command::PutTenant { name, policy } => tenants::check_put(name, policy),
         Command::SetQuota { tenant, quota } => tenants::check_quota(tenant, quota.as_ref()),
+        Command::SetSchedulingPolicy { policy } => super::scheduling::check(policy.as_ref()),
         Command::Preempt { app, .. } => checkpoints::check_preempt(s, app),
     }
 }
@@ -696,6 +706,7 @@ pub(super) fn apply_checked(s: &mut ClusterState, cmd: &Command) -> Response {
         }
         Command::PutTenant { name, policy } => tenants::apply_put(s, name, policy),
         Command::SetQuota { tenant, quota } => tenants::apply_quota(s, tenant, quota),
+        Command::SetSchedulingPolicy { policy } => super::scheduling::apply(s, policy),
         Command::Preempt { app, by, at_ms } => checkpoints::apply_preempt(s, app, by, *at_ms),
         Command::Batch { cmds } => Response::Batch {
             results: cmds.iter().map(|c| s.apply(c)).collect(),

@@ -11,6 +11,7 @@ mod command;
 pub mod quota;
 mod records;
 mod refusal;
+pub mod scheduling;
 
 pub use catalog::{CatalogError, Entry};
 pub use command::{check_live_for_upgrade, check_upgradable, Command, CommandError, Response};
@@ -39,6 +40,10 @@ pub struct ClusterState {
     /// Shared: every submit reads it to resolve templates outside the state's lock.
     #[serde(default)]
     pub catalog: std::sync::Arc<weir_common::catalog::Catalog>,
+    /// The scheduling policy every leader uses; `None`: each leader its flags (absent
+    /// in snapshots written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<scheduling::SchedulingPolicyRecord>,
 }
 
 impl ClusterState {

@@ -874,3 +874,63 @@ fn pe_keyed_entries_written_with_string_keys_replay_and_write_back_unchanged() {
         assert_eq!(again, was, "{text}");
     }
 }
+
+#[test]
+fn a_scheduling_policy_is_kept_checked_for_bounds_and_cleared() {
+    use super::scheduling::{SchedulingPolicyRecord, MAX_POLICY_WEIGHTS};
+    let mut s = ClusterState::default();
+    let spread = SchedulingPolicyRecord {
+        gpu_policy: "objective-spread".into(),
+        gpu_weights: vec!["model:h100=2".into()],
+        fifo_queue: true,
+        set_at_ms: 7,
+    };
+    s.apply(&Command::SetSchedulingPolicy {
+        policy: Some(spread.clone()),
+    })
+    .unwrap();
+    assert_eq!(s.scheduling.as_ref(), Some(&spread));
+    // Out of bounds: refused, naming the field, and nothing changes.
+    let before = s.clone();
+    for (bad, field) in [
+        (
+            SchedulingPolicyRecord {
+                gpu_policy: String::new(),
+                ..spread.clone()
+            },
+            "policy.gpu_policy",
+        ),
+        (
+            SchedulingPolicyRecord {
+                gpu_weights: vec!["model:a=1".into(); MAX_POLICY_WEIGHTS + 1],
+                ..spread.clone()
+            },
+            "policy.gpu_weights:",
+        ),
+        (
+            SchedulingPolicyRecord {
+                gpu_weights: vec!["model:a=1".into(), "x".repeat(301)],
+                ..spread.clone()
+            },
+            "policy.gpu_weights[1]",
+        ),
+    ] {
+        let e = s
+            .apply(&Command::SetSchedulingPolicy { policy: Some(bad) })
+            .unwrap_err();
+        assert!(matches!(e, CommandError::Scheduling(_)), "{e:?}");
+        assert!(e.to_string().starts_with(field), "{e}");
+        assert_eq!(s, before);
+    }
+    // Kept in snapshots; a snapshot from before the field reads as none.
+    let json = serde_json::to_value(&s).unwrap();
+    let back: ClusterState = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back.scheduling.as_ref(), Some(&spread));
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("scheduling");
+    let back: ClusterState = serde_json::from_value(old).unwrap();
+    assert_eq!(back.scheduling, None);
+    s.apply(&Command::SetSchedulingPolicy { policy: None })
+        .unwrap();
+    assert_eq!(s.scheduling, None);
+}

@@ -315,7 +315,8 @@ impl AppWatch {
             | Command::AddTemplate { .. }
             | Command::RemoveTemplate { .. }
             | Command::PutTenant { .. }
-            | Command::SetQuota { .. } => {}
+            | Command::SetQuota { .. }
+            | Command::SetSchedulingPolicy { .. } => {}
         }
     }
 

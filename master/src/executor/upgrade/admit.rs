@@ -4,7 +4,7 @@
 //! calls [`begin`], and proposes what it answers, or maps its refusal to a status.
 
 use crate::executor::reconcile::{alive, capacities, joined};
-use crate::scheduler::{place_with, requests_for, DevicePolicy, PeRequest};
+use crate::scheduler::{place_with, requests_for, PeRequest};
 use crate::state::{
     check_upgradable, AppRecord, ClusterState, Command, CommandError, Gpus, Handoff, PeId,
     Placement, SpecSignature,
@@ -108,8 +108,11 @@ pub fn place_upgrade(
             None => pending.push(r),
         }
     }
-    let placed =
-        place_with(&free, &pending, &kept, &DevicePolicy::default()).map_err(|e| e.to_string())?;
+    // The replicated device policy, as the reconciler places with it (the default
+    // without one: admission does not see a master's flags).
+    let devices =
+        crate::scheduler::policy::effective(state.scheduling.as_ref(), &Default::default()).devices;
+    let placed = place_with(&free, &pending, &kept, &devices).map_err(|e| e.to_string())?;
     Ok(joined(kept, placed))
 }
 
