@@ -393,6 +393,34 @@ streams:
     )
     .await;
     assert!(why.contains("square@") && why.contains("4096 MiB"), "{why}");
+    // Where `square` is placed, as the master tells it: read from the watch, since the
+    // app may finish (and free its device) before a poll of GetApp sees it running.
+    let mut events = client
+        .clone()
+        .watch_app(pb::WatchAppRequest {
+            app: "on-gpu".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let placed = tokio::spawn(async move {
+        loop {
+            let ev = events
+                .message()
+                .await
+                .expect("the watch goes on")
+                .expect("the app's events until square is placed");
+            if let Some(pb::app_event::Event::PlacementChanged(p)) = ev.event {
+                if let Some(sq) = p
+                    .placements
+                    .into_iter()
+                    .find(|p| p.pe.starts_with("square@") && !p.worker_id.is_empty())
+                {
+                    return sq;
+                }
+            }
+        }
+    });
     // Two devices arrive; the PE asks for one slice of 4 GiB, so one of them is its own.
     let masters: Vec<_> = c.addrs.values().copied().collect();
     let gpu = weir_tests::start_worker_with("gpu1", &masters, |cfg| {
@@ -418,10 +446,9 @@ streams:
     let v = verify_done(&detail, "audit").unwrap();
     assert_eq!((v[0].records, v[0].duplicates), (count, 0));
     assert_eq!(detail.unplaced_reason, "", "placed now");
-    let square = detail
-        .pes
-        .iter()
-        .find(|p| p.pe.as_ref().is_some_and(|r| r.operator == "square"))
+    let square = tokio::time::timeout(Duration::from_secs(60), placed)
+        .await
+        .expect("square's placement was told")
         .unwrap();
     assert_eq!(square.worker_id, "gpu1", "placed on the worker with GPUs");
     assert_eq!(square.gpu_uuids.len(), 1, "{:?}", square.gpu_uuids);

@@ -10,6 +10,7 @@ mod checkpoints;
 mod tenants;
 mod upgrades;
 
+pub use apps::update_gpus;
 pub use upgrades::{check_live_for_upgrade, check_upgradable};
 mod workers;
 

@@ -14,7 +14,9 @@ mod refusal;
 pub mod scheduling;
 
 pub use catalog::{CatalogError, Entry};
-pub use command::{check_live_for_upgrade, check_upgradable, Command, CommandError, Response};
+pub use command::{
+    check_live_for_upgrade, check_upgradable, update_gpus, Command, CommandError, Response,
+};
 pub use records::*;
 pub use refusal::{CheckpointRefusal, UpgradeRefusal};
 

@@ -6,7 +6,9 @@
 
 use crate::convert::app_state;
 use crate::shared::PeChange;
-use crate::state::{AppRecord, AppState, ClusterState, Command, Placement, Response};
+use crate::state::{
+    update_gpus, AppRecord, AppState, ClusterState, Command, Gpus, Placement, Response,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use weir_common::plan::{plan, Phase};
@@ -34,6 +36,8 @@ pub(super) struct AppWatch {
     spec: Arc<AppSpec>,
     /// Where its PEs run (for the workers a recovery moves them between).
     placement: Placement,
+    /// The GPUs allocated to its PEs (told with each placement).
+    gpus: Gpus,
     /// The old version's PEs an upgrade's switch left draining, until it ends: their
     /// last state changes (stopping) are still the app's.
     draining: Placement,
@@ -55,6 +59,8 @@ struct Upgrading {
     /// The new version's spec and placement, current from the switch on.
     spec: Arc<AppSpec>,
     placement: Placement,
+    /// GPUs allocated to its new PEs.
+    gpus: Gpus,
     /// Instructions in each phase of its plan (prepare, switch, cleanup).
     instructions: [u32; 3],
 }
@@ -64,7 +70,7 @@ impl Upgrading {
         id: u64,
         (from, old): (u32, &AppSpec),
         (to, new): (u32, &AppSpec),
-        placement: &Placement,
+        (placement, gpus): (&Placement, &Gpus),
     ) -> Self {
         let p = plan(old, new, None);
         let instructions = Phase::ALL.map(|ph| p.instructions_in(ph) as u32);
@@ -74,6 +80,7 @@ impl Upgrading {
             to,
             spec: Arc::new(new.clone()),
             placement: placement.clone(),
+            gpus: gpus.clone(),
             instructions,
         }
     }
@@ -91,7 +98,7 @@ impl AppWatch {
                     u.id,
                     (u.from_version, spec_of(u.from_version)?),
                     (u.to_version, spec_of(u.to_version)?),
-                    &u.placement,
+                    (&u.placement, &u.gpus),
                 ))
             });
         let newest_upgrade = s
@@ -107,6 +114,7 @@ impl AppWatch {
             version: rec.current_version,
             spec: Arc::new(rec.current().spec.clone()),
             placement: rec.placement.clone(),
+            gpus: rec.gpus.clone(),
             draining: Placement::new(),
             checkpoint_since: rec.checkpoints.in_flight.as_ref().map(|f| f.started_at_ms),
             upgrade,
@@ -114,7 +122,7 @@ impl AppWatch {
         };
         let mut opening = vec![watch.note(app_state_event(None, rec.state()))];
         if !rec.placement.is_empty() {
-            opening.push(watch.note(placement_event(&rec.placement)));
+            opening.push(watch.note(placement_event(&rec.placement, &rec.gpus)));
         }
         (watch, opening)
     }
@@ -183,12 +191,18 @@ impl AppWatch {
             Command::FinishApp { app, .. } if *app == self.app => {
                 self.end(AppState::Finished, out);
             }
-            Command::SetPlacement { app, placement, .. } if *app == self.app => {
+            Command::SetPlacement {
+                app,
+                placement,
+                gpus,
+                ..
+            } if *app == self.app => {
                 if self.state == AppState::Submitted && !placement.is_empty() {
                     self.state = AppState::Running;
                 }
+                update_gpus(&mut self.gpus, &self.placement, placement, gpus);
                 self.placement = placement.clone();
-                out.push(self.note(placement_event(placement)));
+                out.push(self.note(placement_event(placement, &self.gpus)));
             }
             Command::Recover {
                 app,
@@ -196,6 +210,7 @@ impl AppWatch {
                 checkpoint_id,
                 placement,
                 reason,
+                gpus,
                 ..
             } if *app == self.app => {
                 let (left, joined) = moved(&self.placement, placement, operators);
@@ -206,13 +221,15 @@ impl AppWatch {
                     checkpoint_id: *checkpoint_id,
                     reason: reason.clone(),
                 })));
+                update_gpus(&mut self.gpus, &self.placement, placement, gpus);
                 self.placement = placement.clone();
                 self.checkpoint_since = None;
-                out.push(self.note(placement_event(placement)));
+                out.push(self.note(placement_event(placement, &self.gpus)));
             }
             Command::Preempt { app, by, .. } if *app == self.app => {
                 self.state = AppState::Submitted;
                 self.placement.clear();
+                self.gpus.clear();
                 self.checkpoint_since = None;
                 out.push(self.note(pb::app_event::Event::Recovery(pb::Recovery {
                     pe: String::new(),
@@ -221,7 +238,7 @@ impl AppWatch {
                     checkpoint_id: 0,
                     reason: format!("preempted by {by}: back in the queue, to resume from its latest checkpoint"),
                 })));
-                out.push(self.note(placement_event(&Default::default())));
+                out.push(self.note(placement_event(&Default::default(), &self.gpus)));
             }
             Command::BeginCheckpoint { app, at_ms, .. } if *app == self.app => {
                 self.checkpoint_since = Some(*at_ms);
@@ -246,7 +263,10 @@ impl AppWatch {
                 )));
             }
             Command::BeginUpgrade {
-                spec, placement, ..
+                spec,
+                placement,
+                gpus,
+                ..
             } if spec.name == self.app => {
                 if let Response::UpgradeStarted { id, version } = response {
                     if *id > self.newest_upgrade {
@@ -255,7 +275,7 @@ impl AppWatch {
                             *id,
                             (self.version, &self.spec),
                             (*version, spec),
-                            placement,
+                            (placement, gpus),
                         ));
                         out.push(self.phase(*id, pb::UpgradePhase::Prepare, ""));
                     }
@@ -271,6 +291,7 @@ impl AppWatch {
                     self.version = up.to;
                     self.spec = up.spec.clone();
                     let old = std::mem::replace(&mut self.placement, up.placement.clone());
+                    update_gpus(&mut self.gpus, &old, &self.placement, &up.gpus);
                     self.draining = old
                         .into_iter()
                         .filter(|(pe, _)| !self.placement.contains_key(pe))
@@ -389,14 +410,14 @@ fn moved(before: &Placement, after: &Placement, operators: &[String]) -> (String
     (join(left), join(joined))
 }
 
-fn placement_event(p: &Placement) -> pb::app_event::Event {
+fn placement_event(p: &Placement, gpus: &Gpus) -> pb::app_event::Event {
     pb::app_event::Event::PlacementChanged(pb::PlacementChanged {
         placements: p
             .iter()
             .map(|(pe, w)| pb::PePlacement {
                 pe: pe.to_string(),
                 worker_id: w.clone(),
-                gpu_uuids: vec![],
+                gpu_uuids: gpus.get(pe).cloned().unwrap_or_default(),
             })
             .collect(),
     })

@@ -549,3 +549,77 @@ fn pe_states_are_told_for_the_apps_pes_where_they_run_including_an_upgrades() {
     );
     assert_eq!(watch.on_pe(&change(APP, &added, "w1", Stopped, "")), None);
 }
+
+#[test]
+fn placement_events_tell_each_pes_gpus_as_the_state_keeps_them() {
+    let mut s = crate::state::fixtures::submitted();
+    s.apply(&Command::RegisterWorker {
+        worker: crate::state::fixtures::worker("w2"),
+    })
+    .unwrap();
+    let mut watch = open(&s);
+    let placement = all_on(SPEC, "w1");
+    let views: Vec<PeId> = placement
+        .keys()
+        .filter(|p| p.starts_with("views@"))
+        .cloned()
+        .collect();
+    let gpus_told = |notes: &[Note]| -> BTreeMap<String, Vec<String>> {
+        notes
+            .iter()
+            .find_map(|n| match &n.event {
+                pb::app_event::Event::PlacementChanged(p) => Some(
+                    p.placements
+                        .iter()
+                        .filter(|p| !p.gpu_uuids.is_empty())
+                        .map(|p| (p.pe.clone(), p.gpu_uuids.clone()))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .expect("a placement event")
+    };
+    let notes = feed(
+        &mut s,
+        &mut watch,
+        Command::SetPlacement {
+            app: APP.into(),
+            placement: placement.clone(),
+            gpus: views
+                .iter()
+                .map(|p| (p.clone(), vec![format!("GPU-{p}")]))
+                .collect(),
+            at_ms: 1,
+        },
+    );
+    let told = gpus_told(&notes);
+    assert_eq!(told.len(), views.len(), "{told:?}");
+    assert_eq!(told[views[0].as_str()], vec![format!("GPU-{}", views[0])]);
+    // A recovery moves the first views PE: it releases its device; the others keep
+    // theirs, as the state does.
+    let mut moved = placement.clone();
+    moved.insert(views[0].clone(), "w2".into());
+    let notes = feed(
+        &mut s,
+        &mut watch,
+        Command::Recover {
+            app: APP.into(),
+            operators: vec!["views".into()],
+            checkpoint_id: 0,
+            placement: moved,
+            reason: "test".into(),
+            at_ms: 2,
+            drop_checkpoint: None,
+            gpus: BTreeMap::new(),
+        },
+    );
+    let told = gpus_told(&notes);
+    assert!(!told.contains_key(views[0].as_str()), "{told:?}");
+    assert_eq!(told.len(), views.len() - 1);
+    let kept: BTreeMap<String, Vec<String>> = s.apps[APP]
+        .gpus
+        .iter()
+        .map(|(p, g)| (p.to_string(), g.clone()))
+        .collect();
+    assert_eq!(told, kept, "the watch tells what the state keeps");
+}

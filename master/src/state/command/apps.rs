@@ -246,12 +246,17 @@ pub(super) fn apply_set_placement(
 /// GPUs of PEs that stayed put are kept; moved or gone PEs release theirs; `new` adds
 /// the allocations of PEs placed anew.
 pub(super) fn set_gpus(rec: &mut AppRecord, before: &Placement, new: &Gpus) {
-    let placement = &rec.placement;
-    rec.gpus
-        .retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
+    update_gpus(&mut rec.gpus, before, &rec.placement, new);
+}
+
+/// The rule of [`set_gpus`] on its own (the watch follows an app's GPUs by it): when
+/// the placement goes from `before` to `placement`, `gpus` keeps the allocations of PEs
+/// that stayed put and takes `new`'s for PEs placed anew.
+pub fn update_gpus(gpus: &mut Gpus, before: &Placement, placement: &Placement, new: &Gpus) {
+    gpus.retain(|pe, _| placement.get(pe).is_some() && placement.get(pe) == before.get(pe));
     for (pe, uuids) in new {
         if placement.contains_key(pe) && !uuids.is_empty() {
-            rec.gpus.insert(pe.clone(), uuids.clone());
+            gpus.insert(pe.clone(), uuids.clone());
         }
     }
 }
