@@ -63,6 +63,14 @@ struct Args {
     /// Serve the queue in arrival order only (no classes, no fair share): a baseline.
     #[arg(long, env = "WEIR_FIFO_QUEUE")]
     fifo_queue: bool,
+    /// Calls per second each authenticated caller (tenant, admin) may make on the
+    /// client API, counted where the call arrives; 0: unlimited. Refused calls get
+    /// RESOURCE_EXHAUSTED with the time to wait.
+    #[arg(long, env = "WEIR_CLIENT_RATE_LIMIT", default_value_t = 200.0)]
+    client_rate_limit: f64,
+    /// Calls each caller may make at once above the rate (the bucket's size).
+    #[arg(long, env = "WEIR_CLIENT_BURST", default_value_t = 400.0)]
+    client_burst: f64,
     /// The cluster CA certificate (PEM): every peer's certificate must chain to it.
     #[arg(long, env = "WEIR_TLS_CA", requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
@@ -162,6 +170,11 @@ async fn main() -> anyhow::Result<()> {
     cfg.scheduling =
         weir_master::scheduler::policy::parse(&args.gpu_policy, &args.gpu_weights, args.fifo_queue)
             .map_err(anyhow::Error::msg)?;
+    cfg.client_rate_limit =
+        (args.client_rate_limit > 0.0).then_some(weir_master::api::ratelimit::RateLimit {
+            per_second: args.client_rate_limit,
+            burst: args.client_burst.max(1.0),
+        });
     cfg.app_limits = weir_common::spec::AppLimits {
         max_pes: args.max_app_pes,
         max_channels: args.max_app_channels,

@@ -2,7 +2,7 @@
 //! Prometheus endpoint and the liveness monitor.
 
 use crate::api::{
-    monitor_liveness, AdminService, Liveness, Shared, WeirService, WorkersService,
+    monitor_liveness, ratelimit, AdminService, Liveness, Shared, WeirService, WorkersService,
     MAX_REQUEST_BYTES,
 };
 use crate::metrics::Metrics;
@@ -56,6 +56,9 @@ pub struct MasterConfig {
     pub precopy: bool,
     /// Per-app bounds on PEs and channels, checked before a spec reaches Raft.
     pub app_limits: weir_common::spec::AppLimits,
+    /// Calls per second each authenticated caller may make on the client API (`None`:
+    /// unlimited); see `api::ratelimit`.
+    pub client_rate_limit: Option<crate::api::ratelimit::RateLimit>,
     /// How the scheduler chooses devices and orders its queue.
     pub scheduling: crate::scheduler::Policy,
 }
@@ -76,6 +79,7 @@ impl MasterConfig {
             checkpoint_replicas: 2,
             precopy: true,
             app_limits: weir_common::spec::AppLimits::default(),
+            client_rate_limit: Some(Default::default()),
             scheduling: crate::scheduler::Policy::default(),
         }
     }
@@ -137,7 +141,15 @@ impl Master {
                         .with_scheduling_flags(cfg.scheduling.clone()),
                 )
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-                admit(secure, &[Role::Tenant, Role::Admin], "the client API"),
+                {
+                    let mut admit = admit(secure, &[Role::Tenant, Role::Admin], "the client API");
+                    let limiter = Arc::new(ratelimit::Limiter::new(cfg.client_rate_limit));
+                    move |req| {
+                        let req = admit(req)?;
+                        ratelimit::check(&limiter, &req)?;
+                        Ok(req)
+                    }
+                },
             ))
             .add_service(InterceptedService::new(
                 WeirAdminServer::new(AdminService::new(shared.clone())),

@@ -41,6 +41,11 @@ pub struct SecureCluster {
 impl SecureCluster {
     /// Starts `n` founding masters, each with its own certificate.
     pub async fn start(n: u64) -> Self {
+        Self::start_tuned(n, |_| {}).await
+    }
+
+    /// The same, with each master's config changed by `tune` first.
+    pub async fn start_tuned(n: u64, tune: fn(&mut MasterConfig)) -> Self {
         init_log();
         let ca = DevCa::generate("test").expect("a CA");
         let mut listeners = BTreeMap::new();
@@ -60,6 +65,7 @@ impl SecureCluster {
             cfg.reconcile_interval = std::time::Duration::from_millis(100);
             cfg.node.security = security_of(&ca, &Principal::Master(id));
             cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            tune(&mut cfg);
             masters.insert(id, Master::start_on(cfg, l).await.unwrap());
         }
         Self {

@@ -659,6 +659,63 @@ async fn metrics_are_served_over_tls_to_monitors_and_admins_only() {
     c.stop().await;
 }
 
+/// Each caller has its own rate on the client API, counted on the master the call
+/// reaches: a tenant over its burst is refused (RESOURCE_EXHAUSTED, saying when to
+/// retry) while another tenant is not held back, and calls a follower forwarded were
+/// not counted again at the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_over_its_rate_is_refused_and_holds_nobody_else_back() {
+    let c = SecureCluster::start_tuned(2, |cfg| {
+        // One call per 1,000 s beyond a burst of 3: no refill within the test.
+        cfg.client_rate_limit = Some(weir_master::api::ratelimit::RateLimit {
+            per_second: 0.001,
+            burst: 3.0,
+        })
+    })
+    .await;
+    let leader = c.leader().await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let list = |mut client: WeirClient<tonic::transport::Channel>| async move {
+        client.list_apps(pb::ListAppsRequest::default()).await
+    };
+    let acme_f = c.client(follower, &tenant("acme")).await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(list(acme_f.clone()).await);
+    }
+    let ok = answers.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "{answers:?}");
+    for r in &answers[3..] {
+        let s = r.as_ref().unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(
+            s.message().starts_with(
+                "rate limit: tenant acme may make 0.001 calls/s in bursts of 3; retry in "
+            ),
+            "{}",
+            s.message()
+        );
+    }
+    // Another tenant on the same master: its own bucket.
+    let globex = c.client(follower, &tenant("globex")).await;
+    for _ in 0..3 {
+        list(globex.clone())
+            .await
+            .expect("globex is not held back by acme");
+    }
+    // The leader answered acme's three forwarded calls without counting them: acme's
+    // own calls to it get the whole burst.
+    let acme_l = c.client(leader, &tenant("acme")).await;
+    for _ in 0..3 {
+        list(acme_l.clone())
+            .await
+            .expect("forwarded calls were counted once");
+    }
+    let s = list(acme_l).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    c.stop().await;
+}
+
 fn put_tenant(
     name: &str,
     keys: &[&weir_security::sign::Signer],

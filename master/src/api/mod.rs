@@ -9,6 +9,7 @@
 mod admin;
 mod authz;
 mod bounds;
+pub mod ratelimit;
 mod weir;
 mod workers;
 
