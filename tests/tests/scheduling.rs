@@ -228,13 +228,20 @@ fn builtin_cpu() -> f64 {
 }
 
 /// An app with an exactly-once audit: `count` records at `rate`/s through a GPU PE
-/// (`gpu_mb` of one device), checkpointed every 300 ms.
-fn audited_gpu_app(name: &str, priority: &str, count: u64, rate: u64, gpu_mb: u64) -> String {
+/// (`gpu_mb` of one device), checkpointed every `interval_ms` (and once at start).
+fn audited_gpu_app(
+    name: &str,
+    priority: &str,
+    count: u64,
+    rate: u64,
+    gpu_mb: u64,
+    interval_ms: u64,
+) -> String {
     format!(
         r#"
 name: {name}
 priority: {priority}
-checkpoint_interval_ms: 300
+checkpoint_interval_ms: {interval_ms}
 operators:
   - {{name: gen, kind: source.generator, params: {{count: {count}, rate: {rate}, keys: 8, payload_bytes: 8}}}}
   - name: infer
@@ -249,9 +256,10 @@ streams:
     )
 }
 
-/// A high app preempts a low one holding the only device: the low app stops, waits in
-/// the queue while the high one runs to its end, then resumes from its checkpoint;
-/// both audits see every record exactly once.
+/// A high app preempts a low one holding the only device: the low app first takes a
+/// checkpoint (its interval is ten minutes, so only the one at its start would exist
+/// otherwise), stops, waits in the queue while the high one runs to its end, then
+/// resumes from that fresh checkpoint; both audits see every record exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly_once() {
     let c = Cluster::start_tuned(1, fast).await;
@@ -267,7 +275,7 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
     let (batch, urgent) = (30_000, 3_000);
     submit(
         &mut client,
-        audited_gpu_app("batch", "low", batch, 3_000, 12_000),
+        audited_gpu_app("batch", "low", batch, 3_000, 12_000, 600_000),
     )
     .await
     .unwrap();
@@ -287,9 +295,13 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
         }
     })
     .await;
+    let asked_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     submit(
         &mut client,
-        audited_gpu_app("urgent", "high", urgent, 3_000, 8_000),
+        audited_gpu_app("urgent", "high", urgent, 3_000, 8_000, 300),
     )
     .await
     .unwrap();
@@ -309,7 +321,18 @@ async fn a_high_app_preempts_a_low_one_which_resumes_from_its_checkpoint_exactly
         .filter(|r| r.reason == "preempted by urgent")
         .collect();
     assert_eq!(preempted.len(), 1, "{:?}", r.recoveries);
-    assert!(preempted[0].checkpoint_id > 0, "resumed from a checkpoint");
+    // It resumed from the checkpoint taken for the preemption, not the one at start.
+    let from = r
+        .checkpoints
+        .iter()
+        .find(|c| c.checkpoint_id == preempted[0].checkpoint_id)
+        .unwrap_or_else(|| panic!("{:?}", r.checkpoints));
+    assert!(
+        from.started_at_ms >= asked_ms,
+        "resumed from checkpoint {} begun at {}, before the high app was submitted at {asked_ms}",
+        from.checkpoint_id,
+        from.started_at_ms
+    );
     worker.stop().await;
     c.stop().await;
 }

@@ -70,6 +70,8 @@ struct Executor {
     upgrade_memory: upgrade::Memory,
     /// Refused placements, so unchanged apps are not tried again on every tick.
     memo: PlacementMemo,
+    /// Victims chosen and not stopped yet: each checkpoints first.
+    preempting: BTreeMap<String, crate::scheduler::preempt::Pending>,
 }
 
 /// Runs the executor until `stop` fires. It acts only while this master leads.
@@ -95,6 +97,7 @@ pub async fn run(
         placements: None,
         counter: 0,
         memo: PlacementMemo::default(),
+        preempting: BTreeMap::new(),
     };
     let liveness = ex.liveness.clone();
     loop {
@@ -111,6 +114,7 @@ pub async fn run(
             .is_some_and(|(id, _)| id == ex.shared.id());
         if !leading {
             ex.placements = None;
+            ex.preempting.clear();
             ex.recent.clear();
             continue;
         }
@@ -240,21 +244,14 @@ impl Executor {
             };
             self.commit(&r.app, cmd, "recovery").await;
         }
+        self.choose_victims(&state, &actions.preemptions);
         self.checkpoints(&state, &mut calls).await;
         for app in actions.finished {
             self.finish(&state, &app).await;
         }
 
         self.liveness.set_queue(actions.queue);
-        for (app, by) in actions.preemptions {
-            tracing::warn!(%app, %by, "preempting app");
-            let cmd = Command::Preempt {
-                app: app.clone(),
-                by,
-                at_ms: crate::shared::now_ms(),
-            };
-            self.commit(&app, cmd, "preemption").await;
-        }
+        self.preempt(&state).await;
         let unplaced: BTreeMap<String, String> = actions.unplaceable.into_iter().collect();
         // Logged when the reason changes, not on every tick.
         for (app, why) in self.liveness.set_unplaced(unplaced) {
@@ -369,7 +366,16 @@ impl Executor {
         let now = crate::shared::now_ms();
         for app in state.apps.values() {
             let reports = self.liveness.pe_reports(&app.name);
-            let since = self.triggered.get(&app.name).map(Instant::elapsed);
+            // A chosen victim checkpoints at once (`preempt::stop_when`).
+            let urgent = self
+                .preempting
+                .get(&app.name)
+                .is_some_and(|p| app.checkpoints.last_id <= p.after_id);
+            let since = self
+                .triggered
+                .get(&app.name)
+                .map(Instant::elapsed)
+                .filter(|_| !urgent);
             let step = checkpoints::decide_checkpoint(state, app, &reports, &rules, now, since);
             let name = app.name.clone();
             match step {
@@ -450,6 +456,59 @@ impl Executor {
                     tracing::warn!(%app, worker = %w, checkpoint = id, error = %e.message(), "trigger failed");
                 }
             });
+        }
+    }
+
+    /// Remembers the victims the reconciler chose this tick (victim -> the app it makes
+    /// room for); forgets those it no longer chooses (room was found otherwise).
+    fn choose_victims(&mut self, state: &ClusterState, chosen: &[(String, String)]) {
+        let now = crate::shared::now_ms();
+        self.preempting
+            .retain(|v, _| chosen.iter().any(|(c, _)| c == v));
+        for (victim, by) in chosen {
+            let Some(app) = state.apps.get(victim) else {
+                continue;
+            };
+            self.preempting.entry(victim.clone()).or_insert_with(|| {
+                crate::scheduler::preempt::Pending {
+                    by: by.clone(),
+                    after_id: app.checkpoints.last_id,
+                    since_ms: now,
+                }
+            });
+        }
+    }
+
+    /// Stops each chosen victim whose fresh checkpoint is complete (or that takes
+    /// none, or waited too long): it queues again and resumes from that checkpoint.
+    async fn preempt(&mut self, state: &ClusterState) {
+        use crate::scheduler::preempt::{stop_when, Stop};
+        let now = crate::shared::now_ms();
+        let limit = self.cfg.checkpoint_timeout.as_millis() as u64;
+        let mut stop = Vec::new();
+        for (victim, p) in &self.preempting {
+            let Some(app) = state.apps.get(victim) else {
+                continue;
+            };
+            let on = !app
+                .current()
+                .spec
+                .checkpoint_interval_ms
+                .map_or(self.cfg.checkpoint_interval, Duration::from_millis)
+                .is_zero();
+            if stop_when(app, p, on, now, limit) == Stop::Now {
+                stop.push((victim.clone(), p.by.clone()));
+            }
+        }
+        for (app, by) in stop {
+            self.preempting.remove(&app);
+            tracing::warn!(%app, %by, "preempting app");
+            let cmd = Command::Preempt {
+                app: app.clone(),
+                by,
+                at_ms: now,
+            };
+            self.commit(&app, cmd, "preemption").await;
         }
     }
 

@@ -16,11 +16,61 @@
 //! asks when it examines the high app, before any entry behind it, and then keeps the
 //! room being freed from the entries behind it (`queue::Wait::Preempting`). Pure:
 //! from the free capacity and the state.
+//!
+//! **Checkpoint first.** A victim is not stopped the moment it is chosen: the leader
+//! first asks it for a checkpoint (begun at once, whatever its interval) and stops it
+//! when that checkpoint is complete, so it resumes from where it was stopped and
+//! processes nothing again ([`stop_when`]). A victim whose checkpoints are off, or
+//! whose checkpoint does not complete within the checkpoint timeout, is stopped
+//! anyway and resumes from its latest complete checkpoint (exactly once still: its
+//! sinks drop the repeats).
 
 use super::{place_with, requests_for, DevicePolicy, WorkerCapacity};
 use crate::state::{AppRecord, AppState, ClusterState};
 use std::collections::BTreeSet;
 use weir_common::spec::Priority;
+
+/// A preemption the leader decided and holds until the victim's fresh checkpoint is
+/// complete (leader memory: a new leader decides again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The app it makes room for.
+    pub by: String,
+    /// The victim's last checkpoint id begun when it was chosen: a checkpoint after it
+    /// is the fresh one.
+    pub after_id: u64,
+    /// When it was chosen (leader clock).
+    pub since_ms: u64,
+}
+
+/// When to stop a chosen victim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Now: its fresh checkpoint is complete, it takes none, or it took too long.
+    Now,
+    /// Not yet: its fresh checkpoint is to begin or in flight.
+    AfterCheckpoint,
+}
+
+/// When to stop `victim`, chosen as `pending` says; `checkpoints_on`: whether it takes
+/// checkpoints at all; `limit_ms`: how long to wait for its fresh one.
+pub fn stop_when(
+    victim: &AppRecord,
+    pending: &Pending,
+    checkpoints_on: bool,
+    now_ms: u64,
+    limit_ms: u64,
+) -> Stop {
+    let fresh = victim
+        .checkpoints
+        .latest()
+        .is_some_and(|c| c.id > pending.after_id);
+    if !checkpoints_on || fresh || now_ms.saturating_sub(pending.since_ms) >= limit_ms {
+        Stop::Now
+    } else {
+        Stop::AfterCheckpoint
+    }
+}
 
 /// Whether `victim` may be preempted for `by`.
 pub fn preemptible(victim: &AppRecord, by: &AppRecord) -> bool {

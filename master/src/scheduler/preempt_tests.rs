@@ -151,3 +151,50 @@ fn the_reconciler_preempts_and_the_victim_queues_to_resume_from_its_checkpoint()
         })
         .is_err());
 }
+
+#[test]
+fn a_victim_is_stopped_once_its_fresh_checkpoint_is_complete() {
+    let mut s = cluster(&[("batch", "low", 12_000)]);
+    let chosen = |s: &ClusterState| Pending {
+        by: "urgent".into(),
+        after_id: s.apps["batch"].checkpoints.last_id,
+        since_ms: 1_000,
+    };
+    let p = chosen(&s);
+    let stop =
+        |s: &ClusterState, on: bool, now: u64| stop_when(&s.apps["batch"], &p, on, now, 5_000);
+    // Checkpoints on: wait for one begun after the choice.
+    assert_eq!(stop(&s, true, 1_100), Stop::AfterCheckpoint);
+    // Off: nothing to wait for. Too long: stop anyway.
+    assert_eq!(stop(&s, false, 1_100), Stop::Now);
+    assert_eq!(stop(&s, true, 6_000), Stop::Now);
+    let id = p.after_id + 1;
+    s.apply(&Command::BeginCheckpoint {
+        app: "batch".into(),
+        id,
+        at_ms: 1_200,
+    })
+    .unwrap();
+    assert_eq!(stop(&s, true, 1_300), Stop::AfterCheckpoint, "in flight");
+    // No PE keeps state: nothing stored, an empty set of pieces.
+    let pieces = BTreeMap::new();
+    s.apply(&Command::CompleteCheckpoint {
+        app: "batch".into(),
+        id,
+        at_ms: 1_400,
+        max_alignment_ms: 0,
+        pieces,
+    })
+    .unwrap();
+    assert_eq!(
+        stop(&s, true, 1_500),
+        Stop::Now,
+        "the fresh one is complete"
+    );
+    // A checkpoint complete before the choice is not fresh.
+    let later = chosen(&s);
+    assert_eq!(
+        stop_when(&s.apps["batch"], &later, true, 1_500, 5_000),
+        Stop::AfterCheckpoint
+    );
+}
