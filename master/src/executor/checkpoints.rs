@@ -72,6 +72,15 @@ pub fn copies_needed(state: &ClusterState, rules: &Rules, started_at_ms: u64) ->
     rules.replicas.min(alive).max(1)
 }
 
+/// How often `app` checkpoints: its own interval, else the master's `default`; zero:
+/// never.
+pub fn interval_of(app: &AppRecord, default: Duration) -> Duration {
+    app.current()
+        .spec
+        .checkpoint_interval_ms
+        .map_or(default, Duration::from_millis)
+}
+
 /// Decides `app`'s checkpoint step. `since_triggered` is how long ago this leader last
 /// began one of its checkpoints (`None`: never, as far as it knows).
 pub fn decide_checkpoint(
@@ -86,9 +95,7 @@ pub fn decide_checkpoint(
         return Step::Wait;
     }
     let spec = &app.current().spec;
-    let interval = spec
-        .checkpoint_interval_ms
-        .map_or(rules.interval, Duration::from_millis);
+    let interval = interval_of(app, rules.interval);
     let ck = &app.checkpoints;
     let report = |pe: &PeId, w: &String| {
         reports

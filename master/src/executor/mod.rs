@@ -490,12 +490,7 @@ impl Executor {
             let Some(app) = state.apps.get(victim) else {
                 continue;
             };
-            let on = !app
-                .current()
-                .spec
-                .checkpoint_interval_ms
-                .map_or(self.cfg.checkpoint_interval, Duration::from_millis)
-                .is_zero();
+            let on = !checkpoints::interval_of(app, self.cfg.checkpoint_interval).is_zero();
             if stop_when(app, p, on, now, limit) == Stop::Now {
                 stop.push((victim.clone(), p.by.clone()));
             }
