@@ -82,6 +82,8 @@ async fn start_worker(
         checkpoint_dir: None,
         security,
         push_progress: true,
+
+        pull_from: Vec::new(),
     };
     Ok(Worker::start_on(cfg, control, data).await?)
 }

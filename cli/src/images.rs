@@ -46,6 +46,19 @@ fn text(workers: &[&pb::WorkerView]) -> String {
             }
         }
     }
+    for w in workers {
+        let pulls = w
+            .resources
+            .as_ref()
+            .map_or(&[][..], |r| &r.pull_registries[..]);
+        if !pulls.is_empty() {
+            out.push_str(&format!(
+                "\n{} pulls absent images from: {}",
+                w.worker_id,
+                pulls.join(", ")
+            ));
+        }
+    }
     out
 }
 
@@ -127,5 +140,18 @@ mod tests {
         assert_eq!(j[1]["worker"], "w2");
         assert_eq!(size(1_500), "1.5kB");
         assert_eq!(size(2_000_000_000), "2.0GB");
+    }
+
+    #[test]
+    fn workers_that_pull_say_from_where() {
+        let mut w = view("w1", Vec::new());
+        if let Some(r) = w.resources.as_mut() {
+            r.pull_registries = vec!["127.0.0.1:5000".into(), "registry.local".into()];
+        }
+        let t = text(&[&w, &view("w2", Vec::new())]);
+        assert_eq!(
+            t.lines().skip(1).collect::<Vec<_>>(),
+            ["w1 pulls absent images from: 127.0.0.1:5000, registry.local"]
+        );
     }
 }

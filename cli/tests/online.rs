@@ -146,6 +146,8 @@ async fn start_worker(id: &str, master: &str) -> weir_worker::node::Worker {
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+
+        pull_from: Vec::new(),
     };
     weir_worker::node::Worker::start_on(cfg, control, data)
         .await

@@ -115,6 +115,92 @@ pub fn holds(images: &[ImageInfo], reference: &str) -> bool {
     images.iter().any(|i| r.matches(i))
 }
 
+/// Most registries one worker may pull from.
+pub const MAX_REGISTRIES: usize = 16;
+/// Longest registry name (`host[:port]`), bytes: a DNS name's limit.
+pub const MAX_REGISTRY_LEN: usize = 255;
+/// Docker Hub, the registry of a reference that names no host.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// The registry an image reference would be pulled from (`host[:port]`, lower case),
+/// by Docker's rule: a first path component with a `.` or a `:`, or `localhost`, is a
+/// host; otherwise the image is on Docker Hub. `None` for an image id, which no
+/// registry serves.
+pub fn registry_of(reference: &str) -> Option<String> {
+    let r = reference.trim();
+    if r.starts_with("sha256:") {
+        return None;
+    }
+    let name = r.split('@').next().unwrap_or(r);
+    match name.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+            Some(match first.to_ascii_lowercase().as_str() {
+                "index.docker.io" => DOCKER_HUB.to_string(),
+                h => h.to_string(),
+            })
+        }
+        _ => Some(DOCKER_HUB.to_string()),
+    }
+}
+
+/// Whether a worker that pulls from `registries` can fetch `reference`.
+pub fn pullable(registries: &[String], reference: &str) -> bool {
+    !registries.is_empty()
+        && registry_of(reference)
+            .is_some_and(|r| registries.iter().any(|x| x.eq_ignore_ascii_case(&r)))
+}
+
+/// How a worker could come to run an image; ordered from worst to best, so placement
+/// takes the workers that hold it before those that would pull it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Neither held nor pullable.
+    None,
+    /// Not held, but on a registry the worker pulls from.
+    Pull,
+    /// Held by the worker's Docker Engine.
+    Held,
+}
+
+/// How a worker holding `images` and pulling from `registries` could run `reference`.
+pub fn access(images: &[ImageInfo], registries: &[String], reference: &str) -> Access {
+    if holds(images, reference) {
+        Access::Held
+    } else if pullable(registries, reference) {
+        Access::Pull
+    } else {
+        Access::None
+    }
+}
+
+/// Checks a worker's `--pull-from` list: at most [`MAX_REGISTRIES`], each a
+/// `host[:port]` of at most [`MAX_REGISTRY_LEN`] bytes (letters, digits, `.`, `-`,
+/// `:`, `[`, `]`). The error names the entry and the rule.
+pub fn check_registries(registries: &[String]) -> Result<(), String> {
+    if registries.len() > MAX_REGISTRIES {
+        return Err(format!(
+            "{} registries; a worker may pull from at most {MAX_REGISTRIES}",
+            registries.len()
+        ));
+    }
+    for r in registries {
+        if r.is_empty() || r.len() > MAX_REGISTRY_LEN {
+            return Err(format!(
+                "registry {r:?}: must be 1 to {MAX_REGISTRY_LEN} bytes"
+            ));
+        }
+        if let Some(c) = r
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')))
+        {
+            return Err(format!(
+                "registry {r:?}: {c:?} is not allowed (a registry is host[:port], e.g. registry.local:5000)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A repository name in Docker's familiar form: Docker Hub's host and its `library/`
 /// namespace left out.
 fn familiar(name: &str) -> String {

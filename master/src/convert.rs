@@ -269,6 +269,7 @@ pub fn worker_view(w: &WorkerRecord, last_heartbeat_ms: u64, pe_count: u32) -> p
                 .collect(),
             images: w.images.iter().map(pb::DockerImage::from).collect(),
             images_unchanged: false,
+            pull_registries: w.registries.clone(),
         }),
         cpu_free: w.cpu_cores,
         memory_free_mb: w.memory_mb,

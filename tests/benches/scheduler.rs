@@ -103,6 +103,7 @@ fn worker(i: usize, rng: &mut Rng) -> WorkerRecord {
         registered_at_ms: 1,
         state_since_ms: 1,
         images,
+        registries: Default::default(),
     }
 }
 

@@ -151,6 +151,7 @@ fn cluster() -> ClusterState {
                 registered_at_ms: 0,
                 state_since_ms: 0,
                 images: Default::default(),
+                registries: Default::default(),
             };
             s.apply(&Command::RegisterWorker { worker })
                 .expect("register");

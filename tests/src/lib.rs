@@ -5,6 +5,7 @@
 pub mod arrivals;
 pub mod compose;
 pub mod containers;
+pub mod registry;
 pub mod secure;
 
 use std::collections::BTreeMap;
@@ -346,6 +347,8 @@ pub fn worker_config(
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+
+        pull_from: Vec::new(),
     }
 }
 

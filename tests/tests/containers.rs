@@ -19,6 +19,7 @@ use weir_tests::containers::{
     containers_of, docker, docker_or_skip, inspect, pe_images, remove_all, try_inspect, worker_id,
     BROKEN, V1, V2,
 };
+use weir_tests::registry::{Image, Registry};
 use weir_tests::{eventually_within, start_worker_with, Cluster};
 use weir_worker::container::ContainerEngine;
 use weir_worker::exec::{ExecConfig, ExecPe};
@@ -278,11 +279,16 @@ struct Rig {
 
 impl Rig {
     async fn start(test: &str) -> Self {
+        Self::start_pulling(test, &[]).await
+    }
+
+    /// A rig whose worker pulls absent images from `registries`.
+    async fn start_pulling(test: &str, registries: &[String]) -> Self {
         let c = Cluster::start_tuned(1, fast).await;
         c.leader().await;
         let id = worker_id(test);
         let masters: Vec<_> = c.addrs.values().copied().collect();
-        let worker = start_worker_with(&id, &masters, |_| {}).await;
+        let worker = start_worker_with(&id, &masters, |w| w.pull_from = registries.to_vec()).await;
         let client = c.client(1).await;
         weir_tests::workers_alive(&client, 1, LIMIT).await;
         Self {
@@ -369,6 +375,100 @@ async fn a_container_pe_in_a_running_app_delivers_every_record_once() {
         containers_of(&rig.id).is_empty().then_some(())
     })
     .await;
+    rig.stop().await;
+}
+
+/// Removes an image when the test ends, passed or not.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_on_a_registry_is_pulled_before_its_pe_counts_as_started() {
+    if !ready("pull") {
+        return;
+    }
+    // v1 plus a layer of 3 MB of its own: an image the engine does not hold, served
+    // by a registry on loopback that holds that layer back until released.
+    let repo = format!("weir-pulled-{}", std::process::id());
+    let registry = Registry::serve(&repo, "v1", Image::from_local(V1, 3_000_000)).await;
+    let reference = format!("{}/{repo}:v1", registry.host());
+    let _image = RemoveImage(reference.clone());
+    assert!(
+        try_inspect(&reference).is_none(),
+        "not held before the test"
+    );
+    let mut rig = Rig::start_pulling("pull", &[registry.host()]).await;
+    let _cleanup = Cleanup(rig.id.clone());
+    let workers = rig
+        .client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(
+        workers[0]
+            .resources
+            .clone()
+            .unwrap_or_default()
+            .pull_registries,
+        [registry.host()],
+        "the worker says where it pulls from"
+    );
+
+    let records = 20_000;
+    rig.submit(app_spec("cpull", records, 40_000, &reference))
+        .await;
+    // Placed although no worker holds the image (this one pulls from its registry),
+    // and STARTING, showing the pull, while the layer is held back.
+    let pulling = format!("pulling image {reference}");
+    eventually_within("both score PEs show the pull", LIMIT, || async {
+        let d = rig.detail("cpull").await;
+        let score: Vec<&pb::PeView> = d
+            .pes
+            .iter()
+            .filter(|p| p.pe.as_ref().is_some_and(|pe| pe.operator == "score"))
+            .collect();
+        (score.len() == 2
+            && score.iter().all(|p| {
+                p.state == pb::PeState::Starting as i32 && p.message.starts_with(&pulling)
+            }))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        rig.seen("cpull").await,
+        0,
+        "nothing passes a PE still pulling"
+    );
+    assert!(
+        containers_of(&rig.id).is_empty(),
+        "no container before the image"
+    );
+
+    registry.release();
+    rig.exact("cpull", "check", records).await;
+    assert!(
+        registry.added_layer_served() >= 1,
+        "the layer came from the registry"
+    );
+    assert!(
+        try_inspect(&reference).is_some(),
+        "the engine holds the pulled image"
+    );
+    let d = rig.detail("cpull").await;
+    assert!(
+        d.pes.iter().all(|p| !p.message.starts_with("pulling")),
+        "the progress is cleared once pulled: {:?}",
+        d.pes
+    );
     rig.stop().await;
 }
 

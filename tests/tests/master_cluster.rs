@@ -408,26 +408,47 @@ async fn workers_register_heartbeat_and_are_marked_lost_when_silent() {
         declared: true,
         ..Default::default()
     };
-    let reg = w
-        .register_worker(pb::RegisterWorkerRequest {
-            worker_id: "w1".into(),
-            control_address: "127.0.0.1:1".into(),
-            data_address: "127.0.0.1:2".into(),
-            resources: Some(pb::WorkerResources {
-                cpu_cores: 8.0,
-                memory_mb: 4096,
-                gpus: vec![gpu],
-                ..Default::default()
-            }),
-            pools: vec!["inference".into()],
+    let request = |registry: &str| pb::RegisterWorkerRequest {
+        worker_id: "w1".into(),
+        control_address: "127.0.0.1:1".into(),
+        data_address: "127.0.0.1:2".into(),
+        resources: Some(pb::WorkerResources {
+            cpu_cores: 8.0,
+            memory_mb: 4096,
+            gpus: vec![gpu.clone()],
+            pull_registries: vec![registry.into()],
             ..Default::default()
-        })
+        }),
+        pools: vec!["inference".into()],
+        ..Default::default()
+    };
+    // A registry that is not host[:port]: refused before Raft, naming the field.
+    let bad = w
+        .register_worker(request("registry.local/team"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(
+        bad.message().starts_with(
+            r#"resources.pull_registries: registry "registry.local/team": '/' is not allowed"#
+        ),
+        "{bad:?}"
+    );
+    let mut client = c.client(leader).await;
+    let listed = client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert!(listed.is_empty(), "nothing kept: {listed:?}");
+    let reg = w
+        .register_worker(request("Registry.Local:5000"))
         .await
         .unwrap()
         .into_inner();
     assert!(reg.accepted);
     assert_eq!(reg.incarnation, 1);
-    let mut client = c.client(leader).await;
     let state_of = |ws: Vec<pb::WorkerView>| {
         ws.into_iter()
             .find(|w| w.worker_id == "w1")
@@ -456,6 +477,11 @@ async fn workers_register_heartbeat_and_are_marked_lost_when_silent() {
         .unwrap()
         .into_inner()
         .workers;
+    let pulls: Vec<Vec<String>> = ws
+        .iter()
+        .map(|w| w.resources.clone().unwrap_or_default().pull_registries)
+        .collect();
+    assert_eq!(pulls, [["registry.local:5000"]], "kept, in lower case");
     assert_eq!(state_of(ws), Some(pb::WorkerState::Alive as i32));
     let pools = client
         .list_pools(pb::ListPoolsRequest {})

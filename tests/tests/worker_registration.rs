@@ -23,6 +23,8 @@ fn agent(c: &Cluster, id: &str, masters: Vec<String>) -> Agent {
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+
+        pull_from: Vec::new(),
     })
 }
 

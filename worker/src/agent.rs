@@ -51,6 +51,10 @@ pub struct AgentConfig {
     /// new state, a checkpoint piece), at most every 10 ms; off: only every heartbeat
     /// interval (a baseline, and what tests that must catch a phase use).
     pub push_progress: bool,
+    /// Registries (`host[:port]`) this worker pulls a container PE's image from when
+    /// its Docker Engine does not hold it (`--pull-from`); reported at registration
+    /// only where an engine answers.
+    pub pull_from: Vec<String>,
 }
 
 /// What the agent knows right now.
@@ -174,6 +178,7 @@ async fn run(
             cfg.discover_nvml,
         );
         attach(&mut resources, &hooks.images.get(), None);
+        resources.pull_registries = cfg.pull_from.clone();
         if incarnation == 0 {
             let req = pb::RegisterWorkerRequest {
                 worker_id: cfg.worker_id.clone(),

@@ -62,6 +62,16 @@ struct Args {
     /// heartbeat instead of at once (a baseline for benchmarks).
     #[arg(long, env = "WEIR_HEARTBEAT_ONLY")]
     heartbeat_only: bool,
+    /// A registry (`host[:port]`, as an image reference begins) to pull a container
+    /// PE's image from when the local Docker Engine does not hold it; repeat for
+    /// several. Placement then counts this worker as able to run that registry's
+    /// images (after the workers that hold them).
+    #[arg(
+        long = "pull-from",
+        env = "WEIR_WORKER_PULL_FROM",
+        value_delimiter = ','
+    )]
+    pull_from: Vec<String>,
     /// Pool to join (e.g. `inference`); repeat for several.
     #[arg(long = "pool", env = "WEIR_WORKER_POOLS", value_delimiter = ',')]
     pools: Vec<String>,
@@ -163,6 +173,8 @@ async fn main() -> anyhow::Result<()> {
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
         push_progress: !a.heartbeat_only,
+
+        pull_from: a.pull_from,
         checkpoint_dir: Some(checkpoint_dir),
         security,
     };

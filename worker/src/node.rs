@@ -70,8 +70,25 @@ impl Worker {
             crate::dataplane::Admission::new(&cfg.security).map_err(std::io::Error::other)?;
         let mut runtime =
             Runtime::with_checkpoints(inputs.clone(), env.clone()).with_dialer(dialer);
-        if let Some(engine) = container_engine(&cfg).await {
-            runtime = runtime.with_containers(engine);
+        let mut cfg = cfg;
+        weir_common::image::check_registries(&cfg.pull_from).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("--pull-from: {e}"),
+            )
+        })?;
+        for r in &mut cfg.pull_from {
+            r.make_ascii_lowercase();
+        }
+        match container_engine(&cfg).await {
+            Some(engine) => {
+                runtime = runtime.with_containers(engine.with_registries(cfg.pull_from.clone()));
+            }
+            None if !cfg.pull_from.is_empty() => {
+                tracing::warn!(worker = %cfg.worker_id, registries = ?cfg.pull_from, "no Docker Engine: this worker pulls no images");
+                cfg.pull_from.clear();
+            }
+            None => {}
         }
         let runtime = Arc::new(runtime);
         let hooks = AgentHooks {

@@ -128,3 +128,50 @@ fn bound_sorts_drops_dangling_names_and_caps_everything() {
     assert!(bytes <= MAX_TOTAL_BYTES, "{bytes}");
     assert!(b.images_dropped > 0);
 }
+
+#[test]
+fn references_name_their_registry_as_docker_reads_them() {
+    for (r, want) in [
+        ("alpine", Some("docker.io")),
+        ("acme/app:1", Some("docker.io")),
+        ("docker.io/library/alpine", Some("docker.io")),
+        ("index.docker.io/acme/app", Some("docker.io")),
+        ("127.0.0.1:5000/weir/pe:v1", Some("127.0.0.1:5000")),
+        ("Registry.Local/app@sha256:ab", Some("registry.local")),
+        ("localhost/app", Some("localhost")),
+        ("localhost:5000/app", Some("localhost:5000")),
+        ("sha256:0123456789abcdef", None),
+    ] {
+        assert_eq!(registry_of(r).as_deref(), want, "{r}");
+    }
+}
+
+#[test]
+fn a_worker_runs_what_it_holds_before_what_it_would_pull() {
+    let images = vec![ImageInfo {
+        id: "sha256:aa".into(),
+        tags: vec!["127.0.0.1:5000/app:1".into()],
+        ..Default::default()
+    }];
+    let regs = vec!["127.0.0.1:5000".to_string()];
+    assert_eq!(access(&images, &regs, "127.0.0.1:5000/app:1"), Access::Held);
+    assert_eq!(access(&images, &regs, "127.0.0.1:5000/app:2"), Access::Pull);
+    assert_eq!(access(&images, &regs, "127.0.0.1:5001/app:2"), Access::None);
+    assert_eq!(access(&images, &[], "127.0.0.1:5000/app:2"), Access::None);
+    assert_eq!(access(&[], &regs, "sha256:aaaaaaaaaaaaaaaa"), Access::None);
+    assert!(Access::Held > Access::Pull && Access::Pull > Access::None);
+}
+
+#[test]
+fn pull_lists_are_bounded_and_name_the_entry_that_breaks_a_rule() {
+    assert!(check_registries(&["registry.local:5000".into(), "[::1]:5000".into()]).is_ok());
+    let e = check_registries(&["reg/x".into()]).unwrap_err();
+    assert!(e.contains("\"reg/x\"") && e.contains("'/'"), "{e}");
+    let e = check_registries(&[String::new()]).unwrap_err();
+    assert!(e.contains("1 to 255 bytes"), "{e}");
+    let e = check_registries(&["a".repeat(256)]).unwrap_err();
+    assert!(e.contains("1 to 255 bytes"), "{e}");
+    let many: Vec<String> = (0..17).map(|i| format!("r{i}.local")).collect();
+    let e = check_registries(&many).unwrap_err();
+    assert!(e.contains("at most 16"), "{e}");
+}

@@ -10,7 +10,7 @@ use super::*;
 use crate::state::{GpuRecord, WorkerRecord, WorkerState};
 use std::collections::BTreeMap;
 use tonic::Response as Reply;
-use weir_common::image::{bound, ImageInfo};
+use weir_common::image::{bound, check_registries, ImageInfo};
 use weir_proto::v1 as pb;
 use weir_proto::v1::master_workers_client::MasterWorkersClient;
 use weir_proto::v1::master_workers_server::MasterWorkers;
@@ -110,6 +110,16 @@ impl MasterWorkers for WorkersService {
             )));
         }
         let res = r.resources.as_ref();
+        let registries: Vec<String> = res
+            .map(|r| {
+                r.pull_registries
+                    .iter()
+                    .map(|x| x.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        check_registries(&registries)
+            .map_err(|e| Status::invalid_argument(format!("resources.pull_registries: {e}")))?;
         let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         if let Some(pool) = r.pools.first() {
             labels.entry("pool".into()).or_insert_with(|| pool.clone());
@@ -127,6 +137,7 @@ impl MasterWorkers for WorkersService {
             registered_at_ms: now_ms(),
             state_since_ms: 0,
             images: Arc::new(images(&r.worker_id, res).unwrap_or_default()),
+            registries,
         };
         self.shared
             .write(Command::RegisterWorker { worker })

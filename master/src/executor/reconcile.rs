@@ -201,6 +201,7 @@ pub fn capacities(state: &ClusterState) -> Vec<WorkerCapacity> {
                     })
                     .collect(),
                 images: w.images.clone(),
+                registries: w.registries.clone(),
             }
         })
         .collect()

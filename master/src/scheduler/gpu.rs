@@ -12,7 +12,7 @@ use super::objective::{self, Device, Host, Method, Problem, Task};
 use super::policy::DevicePolicy;
 use super::{PeRequest, Scenario, Vendor, WorkerCapacity};
 use std::collections::BTreeMap;
-use weir_common::image::holds;
+use weir_common::image::Access;
 use weir_common::physical::PeId;
 use weir_common::spec::{SCENARIOS, VENDORS};
 
@@ -35,7 +35,10 @@ fn host_ok(w: &WorkerCapacity, req: &PeRequest) -> bool {
     let Some(g) = &req.gpu else { return false };
     w.alive
         && (w.scenario == g.scenario || g.scenario == Scenario::General)
-        && req.image.as_ref().is_none_or(|i| holds(&w.images, i))
+        && req
+            .image
+            .as_ref()
+            .is_none_or(|i| w.access(i) > Access::None)
 }
 
 /// Whether device `d` of a worker may take a slice of `req` (memory aside).

@@ -23,6 +23,7 @@ fn worker(id: &str, devices: &[(u64, u64)]) -> WorkerCapacity {
             })
             .collect(),
         images: Arc::default(),
+        registries: Default::default(),
     }
 }
 

@@ -14,7 +14,7 @@
 use super::devices::{self, Device};
 use super::{PeRequest, WorkerCapacity};
 use std::collections::{BTreeSet, HashMap};
-use weir_common::image::holds;
+use weir_common::image::Access;
 use weir_common::physical::PeId;
 use weir_common::spec::Scenario;
 
@@ -49,8 +49,12 @@ pub(super) struct Index<'a> {
     /// them.
     placed_at: HashMap<&'a PeId, usize>,
     placed_now: HashMap<&'a PeId, usize>,
-    /// Per image reference asked for, which workers hold it (checked once each).
-    holders: HashMap<&'a str, Vec<bool>>,
+    /// Per image reference asked for, how each worker could run it (checked once
+    /// each).
+    holders: HashMap<&'a str, Vec<Access>>,
+    /// The least access to the image of the PE being placed that a worker must have
+    /// (see [`Index::best`]: holders first, then workers that would pull it).
+    accept: Access,
 }
 
 impl<'a> Index<'a> {
@@ -97,6 +101,7 @@ impl<'a> Index<'a> {
             placed_at: HashMap::new(),
             placed_now: HashMap::new(),
             holders: HashMap::new(),
+            accept: Access::Held,
         };
         for (pe, w) in placed {
             if let Some(&i) = index.position.get(w.as_str()) {
@@ -126,12 +131,20 @@ impl<'a> Index<'a> {
     /// The preferred worker for `req` (operator number `op`) and the devices it would
     /// take there; `None` when it fits nowhere.
     pub(super) fn best(&mut self, req: &'a PeRequest, op: usize) -> Option<(usize, Vec<usize>)> {
-        if let Some(image) = &req.image {
-            self.learn_holders(image);
-        }
-        let i = self
-            .best_local(req, op)
-            .or_else(|| self.best_anywhere(req, op))?;
+        // A container PE goes to a worker holding its image where one fits, else to
+        // one that would pull it.
+        let levels: &[Access] = match &req.image {
+            Some(image) => {
+                self.learn_holders(image);
+                &[Access::Held, Access::Pull]
+            }
+            None => &[Access::Held],
+        };
+        let i = levels.iter().find_map(|&level| {
+            self.accept = level;
+            self.best_local(req, op)
+                .or_else(|| self.best_anywhere(req, op))
+        })?;
         let devices = match &req.gpu {
             Some(g) => devices::choose(self.devices_of(i), g)?,
             None => Vec::new(),
@@ -226,7 +239,11 @@ impl<'a> Index<'a> {
             return false;
         }
         if let Some(image) = &req.image {
-            if !self.holders.get(image.as_str()).is_some_and(|h| h[i]) {
+            if self
+                .holders
+                .get(image.as_str())
+                .is_none_or(|h| h[i] < self.accept)
+            {
                 return false;
             }
         }
@@ -237,15 +254,11 @@ impl<'a> Index<'a> {
             && devices::enough(self.devices_of(i), g)
     }
 
-    /// Finds, once per call, which workers hold `image` (parsing the reference and
+    /// Finds, once per call, which workers hold or pull `image` (parsing the reference and
     /// comparing it with every image is too slow to repeat per candidate).
     fn learn_holders(&mut self, image: &'a str) {
         if !self.holders.contains_key(image) {
-            let held = self
-                .workers
-                .iter()
-                .map(|w| holds(&w.images, image))
-                .collect();
+            let held = self.workers.iter().map(|w| w.access(image)).collect();
             self.holders.insert(image, held);
         }
     }

@@ -46,7 +46,7 @@ use index::Index;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use weir_common::fingerprint::operator_revision;
-use weir_common::image::{holds, ImageInfo};
+use weir_common::image::{access, Access, ImageInfo};
 use weir_common::physical::PeId;
 use weir_common::spec::{AppSpec, GpuRequest, OperatorKind, Partitioning, Scenario, Vendor};
 
@@ -83,6 +83,15 @@ pub struct WorkerCapacity {
     /// The container images it holds (shared with its worker record: not copied per
     /// scheduling round).
     pub images: Arc<Vec<ImageInfo>>,
+    /// The registries it pulls absent images from (`weir-worker --pull-from`).
+    pub registries: Vec<String>,
+}
+
+impl WorkerCapacity {
+    /// How this worker could come to run image `reference`.
+    pub fn access(&self, reference: &str) -> Access {
+        access(&self.images, &self.registries, reference)
+    }
 }
 
 /// A PE waiting for a worker.
@@ -327,16 +336,16 @@ fn shortfall(free: &[WorkerCapacity], req: &PeRequest) -> String {
     if alive.is_empty() {
         return "no alive worker".into();
     }
-    // A container PE: only the workers holding its image count.
+    // A container PE: only the workers holding its image, or pulling it, count.
     let mut holding = String::new();
     if let Some(image) = &req.image {
-        alive.retain(|w| holds(&w.images, image));
+        alive.retain(|w| w.access(image) > Access::None);
         if alive.is_empty() {
             return format!(
-                "image {image:?} is on no alive worker (workers run only images their Docker Engine holds; `weirctl images` lists them)"
+                "image {image:?} is on no alive worker, and none pulls from its registry (workers run only images their Docker Engine holds or pulls with `--pull-from`; `weirctl images` lists them)"
             );
         }
-        holding = format!(" holding image {image:?}");
+        holding = format!(" holding or pulling image {image:?}");
     }
     let best_cpu = alive.iter().map(|w| w.cpu_free).fold(0.0, f64::max);
     let best_mem = alive.iter().map(|w| w.memory_free_mb).max().unwrap_or(0);

@@ -4,7 +4,7 @@
 
 use super::{shortfall, Assignment, PeRequest, PlacementError, WorkerCapacity};
 use std::collections::BTreeMap;
-use weir_common::image::holds;
+use weir_common::image::Access;
 use weir_common::physical::PeId;
 use weir_common::spec::{Scenario, Vendor};
 
@@ -40,8 +40,13 @@ pub fn place_reference(
                 .get(&(req.operator.as_str(), i))
                 .copied()
                 .unwrap_or(0);
-            // Lower is better: (not local, same-operator count, less free CPU).
-            let key = (!local, same_op, -(w.cpu_free * 1000.0) as i64);
+            // Lower is better: (image not held, not local, same-operator count, less
+            // free CPU).
+            let pulls = req
+                .image
+                .as_ref()
+                .is_some_and(|i| w.access(i) < Access::Held);
+            let key = (pulls, !local, same_op, -(w.cpu_free * 1000.0) as i64);
             if best.as_ref().is_none_or(|(_, _, k)| key < *k) {
                 best = Some((i, devices, key));
             }
@@ -74,16 +79,20 @@ pub fn place_reference(
     Ok(out)
 }
 
-/// (not next to a forward partner, PEs of the same operator already there, less free
+/// (image to be pulled, not next to a forward partner, PEs of the same operator already there, less free
 /// CPU in thousandths); lower is better.
-type Preference = (bool, usize, i64);
+type Preference = (bool, bool, usize, i64);
 
 /// The devices (indexes into `w.gpus`) a PE would use on `w`, if it fits there at all.
 fn fits(w: &WorkerCapacity, req: &PeRequest) -> Option<Vec<usize>> {
     if !w.alive || w.cpu_free + 1e-9 < req.cpu || w.memory_free_mb < req.memory_mb {
         return None;
     }
-    if req.image.as_ref().is_some_and(|i| !holds(&w.images, i)) {
+    if req
+        .image
+        .as_ref()
+        .is_some_and(|i| w.access(i) == Access::None)
+    {
         return None;
     }
     let Some(g) = &req.gpu else {

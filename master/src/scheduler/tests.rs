@@ -20,6 +20,7 @@ fn worker(id: &str, cpu: f64, mem: u64, gpus: &[(&str, u64)]) -> WorkerCapacity 
             })
             .collect(),
         images: Arc::default(),
+        registries: Default::default(),
     }
 }
 
@@ -412,6 +413,48 @@ fn among_workers_holding_the_image_the_usual_order_decides() {
 }
 
 #[test]
+fn a_worker_that_would_pull_the_image_takes_the_pe_only_where_no_holder_fits() {
+    let reqs = requests_for(&app(
+        &CONTAINER.replace("acme/enrich", "reg.local:5000/enrich:1")
+    ));
+    let pulls = |w: WorkerCapacity| WorkerCapacity {
+        registries: vec!["reg.local:5000".into()],
+        ..w
+    };
+    // w1 pulls and has the most room; w2 holds the image: w2 takes both.
+    let ws = [
+        pulls(worker("w1", 64.0, 65536, &[])),
+        holding(worker("w2", 4.0, 8192, &[]), &["reg.local:5000/enrich:1"]),
+        worker("w3", 64.0, 65536, &[]),
+    ];
+    let p = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    assert_eq!(container_pes(&p), ["w2", "w2"]);
+    assert_eq!(
+        Ok(p),
+        reference::place_reference(&ws, &reqs, &BTreeMap::new())
+    );
+    // The holder has room for one: the other goes to the worker that pulls, never
+    // to w3, which neither holds nor pulls.
+    let reqs: Vec<PeRequest> = reqs.into_iter().filter(|r| r.image.is_some()).collect();
+    let ws = [
+        pulls(worker("w1", 64.0, 65536, &[])),
+        holding(
+            worker("w2", reqs[0].cpu * 1.5, 8192, &[]),
+            &["reg.local:5000/enrich:1"],
+        ),
+        worker("w3", 64.0, 65536, &[]),
+    ];
+    let p = place(&ws, &reqs, &BTreeMap::new()).unwrap();
+    let mut on = container_pes(&p);
+    on.sort();
+    assert_eq!(on, ["w1", "w2"]);
+    // Another registry's image: nobody pulls it.
+    let other = requests_for(&app(&CONTAINER.replace("acme/enrich", "reg.other/enrich:1")));
+    let err = place(&ws, &other, &BTreeMap::new()).unwrap_err();
+    assert!(err.why.contains("none pulls from its registry"), "{err}");
+}
+
+#[test]
 fn an_image_named_by_id_or_digest_matches_the_held_image() {
     let id = "sha256:00000000000000000000000000000000000000000000000000000000000000ab";
     for reference in [
@@ -462,7 +505,7 @@ fn an_image_no_worker_holds_leaves_the_pe_pending_with_the_reason() {
     let err = place(&ws, &reqs, &BTreeMap::new()).unwrap_err();
     assert!(
         err.why.contains(
-            r#"the most any alive worker holding image "acme/enrich" has free is 0.01 cores"#
+            r#"the most any alive worker holding or pulling image "acme/enrich" has free is 0.01 cores"#
         ),
         "{err}"
     );
@@ -503,6 +546,7 @@ mod props {
                         })
                         .collect(),
                     images: Arc::default(),
+                    registries: Default::default(),
                 })
                 .collect()
         })
@@ -605,7 +649,7 @@ mod same_as_reference {
                 proptest::collection::vec((0usize..2, 1000u64..=40000), 0..=4),
                 0usize..3,
                 0u8..10,
-                any::<bool>(),
+                0u8..3,
             ),
             1..=12,
         )
@@ -632,11 +676,16 @@ mod same_as_reference {
                             })
                             .collect(),
                         images: Arc::default(),
+                        registries: Default::default(),
                     };
-                    if image {
-                        holding(w, &["acme/enrich:latest"])
-                    } else {
-                        w
+                    // Holds the image, pulls it from Docker Hub, or neither.
+                    match image {
+                        0 => holding(w, &["acme/enrich:latest"]),
+                        1 => WorkerCapacity {
+                            registries: vec!["docker.io".into()],
+                            ..w
+                        },
+                        _ => w,
                     }
                 })
                 .collect()

@@ -43,6 +43,7 @@ pub(crate) fn worker(id: &str) -> WorkerRecord {
         registered_at_ms: 5,
         state_since_ms: 0,
         images: Default::default(),
+        registries: Default::default(),
     }
 }
 

@@ -433,6 +433,10 @@ pub struct WorkerRecord {
     /// at the same list.
     #[serde(default, skip_serializing_if = "no_images")]
     pub images: Arc<Vec<ImageInfo>>,
+    /// Registries it pulls absent images from (`weir-worker --pull-from`, checked by
+    /// [`weir_common::image::check_registries`]); absent in records written before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<String>,
 }
 
 fn no_images(images: &Arc<Vec<ImageInfo>>) -> bool {

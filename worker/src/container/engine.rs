@@ -12,6 +12,10 @@
 //!    it to exit for the grace period, then remove it by force. The exit status is
 //!    read before removal (so containers are not created with auto-remove).
 //!
+//! Before the first container of a PE, an image the engine does not hold is pulled
+//! from one of the worker's registries (`--pull-from`) with its progress shown as the
+//! PE's message ([`ContainerEngine::ensure_image`]).
+//!
 //! Anything dropped without a stop (the PE's task aborted) removes its container in
 //! the background; a worker killed outright leaves containers labelled with its id,
 //! removed by [`ContainerEngine::remove_orphans`] when it starts again.
@@ -21,21 +25,28 @@ use super::config::container_config;
 use super::devices::{AcceleratorNodes, AllocatedGpu};
 use super::identity::{orphan_list_options, PeIdentity};
 use super::network::{tenant_network, tenant_network_name};
+use super::pull::{pull_request, PullProgress};
+use super::Progress;
 use crate::exec::{BoxFuture, ExecError, Instance, Launch, Started};
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, InspectNetworkOptions, RemoveContainerOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, InspectNetworkOptions,
+    RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
+use weir_common::image::pullable;
 use weir_common::spec::{ContainerNetwork, ContainerParams, PeProtocol, Resources};
 
 /// Longest wait for one engine call that should be quick (create, start, remove).
 const ENGINE_CALL: Duration = Duration::from_secs(60);
+
+/// Longest a pull may take: GPU images run to gigabytes, and the PE shows its
+/// progress meanwhile.
+const PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The local Docker Engine as this worker uses it.
 #[derive(Clone, Debug)]
@@ -46,6 +57,8 @@ pub struct ContainerEngine {
     nodes: Arc<AcceleratorNodes>,
     /// The vendor of each of this worker's devices, by UUID.
     vendors: Arc<BTreeMap<String, String>>,
+    /// Registries it pulls absent images from (lower case).
+    registries: Arc<Vec<String>>,
 }
 
 /// Why the engine could not do what the worker asked.
@@ -108,7 +121,75 @@ impl ContainerEngine {
             worker: worker.to_string(),
             nodes: Arc::new(nodes),
             vendors: Arc::new(vendors),
+            registries: Arc::default(),
         })
+    }
+
+    /// The same engine, pulling absent images from `registries` (`host[:port]`).
+    pub fn with_registries(mut self, registries: Vec<String>) -> Self {
+        self.registries = Arc::new(registries);
+        self
+    }
+
+    /// Makes sure the engine holds `image`: pulls it when it is absent and on one of
+    /// this worker's registries, showing the progress through `progress` and clearing
+    /// it when done. An image on no such registry is left to the create call, which
+    /// names it when it is absent.
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        progress: Option<&Progress>,
+    ) -> Result<(), String> {
+        if !pullable(&self.registries, image) {
+            return Ok(());
+        }
+        match tokio::time::timeout(ENGINE_CALL, self.docker.inspect_image(image)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if status_of(&e) == Some(404) => {}
+            Ok(Err(e)) => return Err(format!("image {image}: {}", engine_message(&e))),
+            Err(_) => return Err(format!("image {image}: the engine did not answer")),
+        }
+        let (from, tag) = pull_request(image)
+            .ok_or_else(|| format!("image {image}: not a pullable reference"))?;
+        let mut shown = PullProgress::new(image);
+        let show = |text: &str| {
+            if let Some(p) = progress {
+                p.show(text);
+            }
+        };
+        show(shown.message());
+        let started = std::time::Instant::now();
+        let options = CreateImageOptions {
+            from_image: Some(from),
+            tag: Some(tag),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| engine_message(&e))?;
+                if let Some(err) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
+                    return Err(err);
+                }
+                if let Some(text) = shown.update(&info) {
+                    show(text);
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(r) => r.map_err(|e| format!("pull {image}: {e}")),
+            Err(_) => Err(format!(
+                "pull {image}: not done within {} s ({})",
+                PULL_TIMEOUT.as_secs(),
+                shown.message()
+            )),
+        };
+        show("");
+        if result.is_ok() {
+            tracing::info!(worker = %self.worker, %image, ms = started.elapsed().as_millis() as u64, "image pulled");
+        }
+        result
     }
 
     /// Whether an engine answers, and its version.
@@ -171,6 +252,7 @@ impl ContainerEngine {
             params: params.clone(),
             resources: resources.clone(),
             gpus: gpus.to_vec(),
+            progress: None,
         }
     }
 
@@ -226,10 +308,21 @@ pub struct ContainerLaunch {
     params: ContainerParams,
     resources: Resources,
     gpus: Vec<String>,
+    progress: Option<Progress>,
 }
 
 impl ContainerLaunch {
+    /// The same launch, showing what its start waits for (an image pull) through
+    /// `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     async fn start(&self, pe_id: &str, start: u64) -> Result<Started, String> {
+        self.engine
+            .ensure_image(&self.params.image, self.progress.as_ref())
+            .await?;
         let gpus = self
             .gpus
             .iter()

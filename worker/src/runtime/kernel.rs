@@ -1,7 +1,8 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
 use super::file_sink::{BlockingFileSink, FileCallError};
-use crate::container::ContainerEngine;
+use super::status::PeStatus;
+use crate::container::{ContainerEngine, Progress};
 use crate::exec::{ExecConfig, ExecError, ExecLimits, ExecPe, LocalLaunch};
 use crate::ops::{Filter, KeyBy, Map, StateError, Verify, Window, WindowKind};
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct Programs {
     pub attempt: u64,
     /// The local Docker Engine; `None` where the worker has none.
     pub containers: Option<ContainerEngine>,
+    /// The PE's status, where its start-up shows what it waits for (an image pull).
+    pub status: Arc<PeStatus>,
 }
 
 impl Kernel {
@@ -152,15 +155,20 @@ impl Kernel {
                         image: p.image.clone(),
                     });
                 };
-                let launch = engine.launcher(
-                    &programs.tenant,
-                    &programs.app,
-                    pe,
-                    programs.attempt,
-                    p,
-                    &spec.resources,
-                    gpus,
-                );
+                let launch = engine
+                    .launcher(
+                        &programs.tenant,
+                        &programs.app,
+                        pe,
+                        programs.attempt,
+                        p,
+                        &spec.resources,
+                        gpus,
+                    )
+                    .with_progress({
+                        let status = programs.status.clone();
+                        Progress::new(move |text| status.note(text))
+                    });
                 Kernel::Exec(Box::new(
                     ExecPe::launch(pe, Arc::new(launch), ExecConfig::default()).await?,
                 ))

@@ -400,6 +400,7 @@ impl Runtime {
                         app: cfg.app.clone(),
                         attempt: cfg.attempt,
                         containers: self.containers.clone(),
+                        status: st.clone(),
                     };
                     Box::pin(async move {
                         match Kernel::build(&id, &spec, index, n, ordinal, &gpus, &programs).await {

@@ -153,7 +153,7 @@ impl PeStatus {
         self.set(PeRunState::Failed);
     }
 
-    /// The last error.
+    /// The last error, or what the PE's start-up waits for.
     pub fn message(&self) -> String {
         self.message.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -202,11 +202,14 @@ impl PeStatus {
             .unwrap_or_default()
     }
 
-    /// Publishes a message without failing (e.g. how a restore went).
+    /// Publishes a message without failing (e.g. how a restore went, or what a
+    /// start-up waits for, such as an image pull's progress); an empty text clears
+    /// it. The masters hear of it at once.
     pub fn note(&self, what: String) {
         if let Ok(mut m) = self.message.lock() {
             *m = what;
         }
+        self.nudge();
     }
 
     /// The longest wait between input batches in each of the last seconds, oldest
