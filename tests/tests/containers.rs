@@ -472,6 +472,49 @@ async fn an_image_on_a_registry_is_pulled_before_its_pe_counts_as_started() {
     rig.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_the_registry_cannot_serve_fails_with_the_engines_reason() {
+    if !ready("pull_fail") {
+        return;
+    }
+    let repo = format!("weir-pull-fail-{}", std::process::id());
+    let registry = Registry::serve(&repo, "v1", Image::from_local(V1, 1_000)).await;
+    let shown = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let progress = {
+        let shown = shown.clone();
+        weir_worker::container::Progress::new(move |t| shown.lock().unwrap().push(t))
+    };
+    let engine = engine(&worker_id("pull_fail")).with_registries(vec![registry.host()]);
+    // A tag the registry does not have.
+    let absent = format!("{}/{repo}:v2", registry.host());
+    let e = engine
+        .ensure_image(&absent, Some(&progress))
+        .await
+        .unwrap_err();
+    assert!(e.starts_with(&format!("pull {absent}: ")), "{e}");
+    assert!(e.contains("not found") || e.contains("unknown"), "{e}");
+    let seen = shown.lock().unwrap().clone();
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some(&*format!("pulling image {absent}"))
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some(""),
+        "cleared: {seen:?}"
+    );
+    assert!(try_inspect(&absent).is_none());
+    // An image on no registry of the worker's is not pulled (the create call names
+    // it when absent), and the registry is not asked.
+    let elsewhere = format!("127.0.0.1:1/{repo}:v1");
+    engine
+        .ensure_image(&elsewhere, Some(&progress))
+        .await
+        .unwrap();
+    assert_eq!(shown.lock().unwrap().len(), seen.len());
+    assert_eq!(registry.added_layer_served(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_container_killed_mid_stream_is_recovered_exactly_once() {
     if !ready("kill_app") {
