@@ -27,7 +27,7 @@ mod state;
 mod tests;
 
 use super::eval::lookup;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use weir_common::keygroup::key_group;
 use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
 
@@ -156,9 +156,17 @@ struct Slot {
     epoch: u64,
 }
 
-/// Windows keyed by `(end, start)`, then by record key: iteration order is the emission
-/// order (window end, then key), and records look their key up without allocating.
-type Windows = BTreeMap<(i64, i64), BTreeMap<Vec<u8>, Slot>>;
+/// Windows keyed by `(end, start)` (in emission order), then by record key in a hash
+/// map: records look their key up without allocating, with one hash and one compare
+/// instead of a tree's compare per level (the windows were bound by `memcmp` with a
+/// tree: BENCHMARKS.md, issue 21). Keys are sorted when a window is emitted, so the
+/// output, and the `seq` each result gets, do not depend on the map's order (replay
+/// after a recovery must give every result the same `seq`). foldhash is seeded per
+/// process: a tenant who chose colliding keys would slow only its own window.
+type Windows = BTreeMap<(i64, i64), Keys>;
+
+/// One window's slots by record key.
+type Keys = HashMap<Vec<u8>, Slot, foldhash::fast::RandomState>;
 
 /// What changed since the last full snapshot, so an upgrade's hand-off can send only
 /// that (see `delta.rs`).
@@ -335,7 +343,7 @@ impl Window {
 
     /// Open (key, window) pairs.
     pub fn open_windows(&self) -> usize {
-        self.windows.values().map(BTreeMap::len).sum()
+        self.windows.values().map(HashMap::len).sum()
     }
 
     /// The bounds of the latest window holding time `t` (the only one, when tumbling).
@@ -416,6 +424,8 @@ impl Window {
         };
         let mut b = BatchBuilder::with_capacity(closed.values().map(|k| k.len() * 96).sum());
         for ((end, start), keys) in closed {
+            let mut keys: Vec<(Vec<u8>, Slot)> = keys.into_iter().collect();
+            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (key, Slot { acc, .. }) in keys {
                 let fields = [
                     (

@@ -115,7 +115,7 @@ proptest! {
                 moved.restore_groups(&whole[i], Some(groups)).unwrap();
             }
             moved.take_over(groups);
-            prop_assert_eq!(copied.snapshot(ALL), moved.snapshot(ALL));
+            prop_assert!(copied.same_state(&copied.snapshot(ALL), &moved.snapshot(ALL)));
             // And they go on alike.
             let later = batch(&shift(&after, 0, 120), j, new_n);
             prop_assert_eq!(outputs(&copied.apply(0, &later)), outputs(&moved.apply(0, &later)));
@@ -156,5 +156,5 @@ fn a_delta_that_does_not_read_changes_nothing() {
         Err(StateError::Mismatch(_))
     ));
     assert!(w.apply_deltas(&[&before[..5]], None).is_err());
-    assert_eq!(w.snapshot(ALL), before);
+    assert!(w.same_state(&w.snapshot(ALL), &before));
 }

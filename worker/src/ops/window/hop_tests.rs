@@ -107,7 +107,7 @@ fn a_slide_equal_to_the_size_is_the_tumbling_window() {
         assert_eq!(hop.apply(0, b), tumbling.apply(0, b));
     }
     let all = KeyGroupRange { start: 0, end: 256 };
-    assert_eq!(hop.snapshot(all), tumbling.snapshot(all));
+    assert!(hop.same_state(&hop.snapshot(all), &tumbling.snapshot(all)));
     // A slide that does not divide the size (refused by validation) falls back too.
     let odd = Window::hopping(WindowKind::Count, 100, 30, 1, 3);
     assert_eq!(odd.slide, odd.size);

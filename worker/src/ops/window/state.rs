@@ -22,6 +22,7 @@ const KIND: u8 = b'W';
 const NAME: &str = "a window";
 
 /// A snapshot read back, checked, not yet merged.
+#[derive(Debug, PartialEq)]
 pub(super) struct Part {
     pub(super) groups: KeyGroupRange,
     emitted: u64,
@@ -31,7 +32,27 @@ pub(super) struct Part {
     pub(super) entries: Vec<(i64, i64, Vec<u8>, Acc)>,
 }
 
+impl Part {
+    /// The same part with its entries in key order: two snapshots of the same state
+    /// hold their entries in the order of their maps, which may differ.
+    #[cfg(test)]
+    pub(super) fn sorted(mut self) -> Self {
+        self.entries
+            .sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        self
+    }
+}
+
 impl Window {
+    /// Whether snapshots `a` and `b` hold the same state (entries in any order).
+    #[cfg(test)]
+    pub(super) fn same_state(&self, a: &[u8], b: &[u8]) -> bool {
+        match (self.read(a, None), self.read(b, None)) {
+            (Ok(a), Ok(b)) => a.sorted() == b.sorted(),
+            _ => false,
+        }
+    }
+
     /// The state of the keys whose key group is in `groups`, with the per-input
     /// progress, the lateness bounds and the emitted-records counter (which every part
     /// carries whole: see [`Window::restore`]).
