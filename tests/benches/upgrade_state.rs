@@ -137,6 +137,20 @@ async fn case(size_mb: u64, precopy: bool) {
         let t1 = unix_ms();
         assert_eq!(op.phase, pb::UpgradePhase::Done as i32, "{name}: {op:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if std::env::var_os("WEIR_BENCH_LOG").is_some() {
+            let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = steady_from;
+            for &(t, _) in a.iter().filter(|(t, _)| *t >= steady_from) {
+                if t - last > 200 {
+                    eprintln!(
+                        "{name}: no arrival from t0+{} to t0+{} ms",
+                        last - t0,
+                        t - t0
+                    );
+                }
+                last = t;
+            }
+        }
         let (sp50, sp99, sgap, _) = window(&arrivals, steady_from, t0);
         let (up50, up99, ugap, n) = window(&arrivals, t0, t1);
         assert!(n > 0, "{name}: records flowed during the upgrade");

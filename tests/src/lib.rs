@@ -199,6 +199,14 @@ pub fn bench_main<F: Future<Output = ()>>(name: &str, bench: impl FnOnce() -> F)
         println!("{name}: a benchmark; run it with cargo bench");
         return;
     }
+    // `WEIR_BENCH_LOG=FILTER` (e.g. `info`): the in-process masters' and workers' logs
+    // on stderr, to see where a figure's time went.
+    if let Ok(filter) = std::env::var("WEIR_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -111,6 +111,18 @@ pub fn encode_name(name: &str) -> Result<String, StoreError> {
 }
 
 /// The inverse of [`encode_name`]; `None` for anything it cannot have produced.
+/// What marks a PE name as a series of rounds against one checkpoint (an upgrade's
+/// hand-off, `runtime::handoff::round_name`): `<pe>+round<base>`.
+pub const ROUND_MARK: &str = "+round";
+
+/// The base checkpoint of a series of rounds stored under `name`; `None` for a PE's
+/// own snapshots (numbered by checkpoint).
+pub fn series_base(name: &str) -> Option<u64> {
+    let (_, base) = name.rsplit_once(ROUND_MARK)?;
+    base.parse().ok()
+}
+
+/// The name `encode_name` encoded, if it is one.
 pub fn decode_name(encoded: &str) -> Option<String> {
     let b = encoded.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -385,6 +397,9 @@ impl SnapshotStore {
     }
 
     /// [`Self::gc`] for every PE of an app; returns how many snapshots were removed.
+    /// A series of rounds ([`series_base`]) is numbered 1, 2, ... rather than by
+    /// checkpoint: it is kept whole while its base checkpoint is, and removed whole
+    /// once the base is superseded.
     pub fn gc_app(&self, app: &str, keep_from_id: u64) -> Result<usize, StoreError> {
         let dir = self.app_dir(app)?;
         let entries = match fs::read_dir(&dir) {
@@ -395,7 +410,17 @@ impl SnapshotStore {
         let mut removed = 0;
         for e in entries.filter_map(|e| e.ok()) {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                removed += gc_dir(&e.path(), keep_from_id)?.len();
+                let series = e
+                    .file_name()
+                    .to_str()
+                    .and_then(decode_name)
+                    .and_then(|name| series_base(&name));
+                let keep_from = match series {
+                    Some(base) if base >= keep_from_id => continue,
+                    Some(_) => u64::MAX,
+                    None => keep_from_id,
+                };
+                removed += gc_dir(&e.path(), keep_from)?.len();
             }
         }
         Ok(removed)
@@ -506,6 +531,29 @@ mod tests {
         s.put("app", "views@3fa1b2c4#0", 5, b"").unwrap();
         assert_eq!(s.get("app", "views@3fa1b2c4#0", 5).unwrap(), b"");
         assert_eq!(s.pes("app").unwrap(), vec!["views@3fa1b2c4#0".to_string()]);
+    }
+
+    #[test]
+    fn rounds_are_kept_with_their_base_checkpoint_and_removed_with_it() {
+        let (_d, s) = store();
+        for id in [8, 9, 10] {
+            s.put("a", "win@00000000#0", id, b"full").unwrap();
+        }
+        // Rounds 1..=3 against the full snapshot of checkpoint 9.
+        let rounds = format!("win@00000000#0{ROUND_MARK}9");
+        assert_eq!(series_base(&rounds), Some(9));
+        assert_eq!(series_base("win@00000000#0"), None);
+        for n in 1..=3 {
+            s.put("a", &rounds, n, b"round").unwrap();
+        }
+        // Checkpoints before 9 go; the rounds, numbered 1..3, stay with their base.
+        assert_eq!(s.gc_app("a", 9).unwrap(), 1);
+        assert!((1..=3).all(|n| s.has("a", &rounds, n)));
+        assert!(s.has("a", "win@00000000#0", 9));
+        // Once the base is superseded, the whole series goes.
+        assert_eq!(s.gc_app("a", 10).unwrap(), 4);
+        assert!((1..=3).all(|n| !s.has("a", &rounds, n)));
+        assert!(s.has("a", "win@00000000#0", 10));
     }
 
     #[test]

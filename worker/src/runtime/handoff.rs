@@ -51,7 +51,7 @@ pub fn envelope_name(pe: &str) -> String {
 /// Where a PE's rounds against the full snapshot at checkpoint `base` are stored (as
 /// ids 1, 2, ...).
 pub fn round_name(pe: &str, base: u64) -> String {
-    format!("{pe}+round{base}")
+    format!("{pe}{}{base}", crate::checkpoint::store::ROUND_MARK)
 }
 
 /// A delta in an envelope.
@@ -480,5 +480,10 @@ mod tests {
     fn stored_names_cannot_be_pe_ids_or_each_other() {
         assert_eq!(envelope_name("win@0badf00d#1"), "win@0badf00d#1+handoff");
         assert_eq!(round_name("win@0badf00d#1", 12), "win@0badf00d#1+round12");
+        // The store's garbage collection keeps a series with its base checkpoint.
+        assert_eq!(
+            crate::checkpoint::store::series_base(&round_name("win@0badf00d#1", 12)),
+            Some(12)
+        );
     }
 }
