@@ -19,6 +19,9 @@ use tonic::transport::{Channel, Endpoint};
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
 
+/// What a copy that is not there is called in problems and logs.
+const MISSING: &str = "missing";
+
 /// Copies of each snapshot to keep unless the master says otherwise (the local one
 /// included): one replica on another worker.
 pub const DEFAULT_REPLICAS: u32 = 2;
@@ -225,7 +228,7 @@ pub enum FetchError {
 
 fn describe_store_error(e: &StoreError) -> String {
     match e {
-        StoreError::Missing => "missing".into(),
+        StoreError::Missing => MISSING.into(),
         StoreError::Corrupt { why } => format!("corrupt ({why})"),
         other => format!("unreadable ({other})"),
     }
@@ -326,6 +329,12 @@ pub async fn fetch_waiting(
                     problems,
                 });
             }
+            // Waiting for a hand-off's snapshot that is not written yet is expected
+            // (successors ask again until it is): not worth a warning each time.
+            Err(why) if wait_ms > 0 && why == MISSING => {
+                tracing::debug!(%app, %pe, checkpoint = id, from = %l.worker_id, "not there yet");
+                problems.push(format!("{what}: {why}"));
+            }
             Err(why) => {
                 tracing::warn!(%app, %pe, checkpoint = id, from = %l.worker_id, address = %l.control_address, problem = %why, "skipping a snapshot copy");
                 problems.push(format!("{what}: {why}"));
@@ -402,7 +411,7 @@ async fn fetch_from(
 
 fn describe_status(s: tonic::Status) -> String {
     match s.code() {
-        tonic::Code::NotFound => "missing".into(),
+        tonic::Code::NotFound => MISSING.into(),
         tonic::Code::DataLoss => format!("corrupt ({})", s.message()),
         code => format!("failed ({code:?}: {})", s.message()),
     }
