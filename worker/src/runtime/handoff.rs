@@ -38,6 +38,16 @@ const ROUND_EVERY: Duration = Duration::from_millis(20);
 /// Slots per round, at most: a round costs its PE about a millisecond.
 const ROUND_SLOTS: usize = 1 << 15;
 
+/// Rounds a successor applies from one predecessor before it looks at the others
+/// (and for their envelopes) again: it drains what is there instead of taking one
+/// round per pass, so fewer are left for after the switch.
+const ROUNDS_PER_PASS: usize = 16;
+
+/// Rounds fetched ahead of the one being applied after the switch (each at most
+/// [`ROUND_SLOTS`] slots, about a megabyte): their fetches overlap instead of
+/// queueing one behind the other while the stream waits.
+const PREFETCH: usize = 8;
+
 /// How long a successor catches up on rounds before it reports running anyway (the
 /// switch then moves what is left).
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -319,21 +329,26 @@ async fn precopy_then_deltas(
                     progressed = true;
                 }
             }
-            let next = env
-                .load_piece(
-                    &ckpt.app,
-                    &round_name(&f.piece.pe, base),
-                    f.applied + 1,
-                    &f.piece.locations,
-                    Duration::ZERO,
-                )
-                .await;
-            match next {
-                Ok(l) => {
-                    rounds_bytes += apply_round(kernel, &l.bytes, base, f, groups).await?;
-                    progressed = true;
+            for _ in 0..ROUNDS_PER_PASS {
+                let next = env
+                    .load_piece(
+                        &ckpt.app,
+                        &round_name(&f.piece.pe, base),
+                        f.applied + 1,
+                        &f.piece.locations,
+                        Duration::ZERO,
+                    )
+                    .await;
+                match next {
+                    Ok(l) => {
+                        rounds_bytes += apply_round(kernel, &l.bytes, base, f, groups).await?;
+                        progressed = true;
+                    }
+                    Err(_) => {
+                        f.behind = false;
+                        break;
+                    }
                 }
-                Err(_) => f.behind = false,
             }
         }
         let caught_up = !progressed || follows.iter().all(|f| !f.behind);
@@ -363,16 +378,25 @@ async fn precopy_then_deltas(
     }
     for (f, after) in &deltas {
         let mut applied = f.applied;
+        // Fetched up to PREFETCH ahead, applied in order.
+        let mut ahead = Ahead::default();
+        let mut next = applied + 1;
         while applied < *after {
-            let l = env
-                .load_piece(
-                    &ckpt.app,
-                    &round_name(&f.piece.pe, base),
-                    applied + 1,
-                    &f.piece.locations,
-                    Duration::from_secs(10),
-                )
-                .await
+            while next <= *after && ahead.0.len() < PREFETCH {
+                let (env, app) = (ckpt.env.clone(), ckpt.app.clone());
+                let (name, from) = (round_name(&f.piece.pe, base), f.piece.locations.clone());
+                let id = next;
+                ahead.0.push_back(tokio::spawn(async move {
+                    env.load_piece(&app, &name, id, &from, Duration::from_secs(10))
+                        .await
+                }));
+                next += 1;
+            }
+            let fetched = match ahead.0.pop_front() {
+                Some(task) => task.await.map_err(|e| e.to_string()).and_then(|r| r),
+                None => Err("nothing fetched".to_string()),
+            };
+            let l = fetched
                 .map_err(|e| GiveUp(format!("round {} of {}: {e}", applied + 1, f.piece.pe)))?;
             let mut at = Follow {
                 piece: f.piece,
@@ -405,6 +429,20 @@ async fn precopy_then_deltas(
         ckpt.pieces[0].checkpoint_id
     ));
     Ok(Ok(true))
+}
+
+/// Round fetches under way, in order; dropped (on an error), they are aborted.
+#[derive(Default)]
+struct Ahead(
+    std::collections::VecDeque<tokio::task::JoinHandle<Result<super::checkpoint::Loaded, String>>>,
+);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Applies round `f.applied + 1` of `f`'s predecessor; returns its size.
