@@ -52,9 +52,6 @@ pub(super) struct Index<'a> {
     /// Per image reference asked for, how each worker could run it (checked once
     /// each).
     holders: HashMap<&'a str, Vec<Access>>,
-    /// The least access to the image of the PE being placed that a worker must have
-    /// (see [`Index::best`]: holders first, then workers that would pull it).
-    accept: Access,
 }
 
 impl<'a> Index<'a> {
@@ -101,7 +98,6 @@ impl<'a> Index<'a> {
             placed_at: HashMap::new(),
             placed_now: HashMap::new(),
             holders: HashMap::new(),
-            accept: Access::Held,
         };
         for (pe, w) in placed {
             if let Some(&i) = index.position.get(w.as_str()) {
@@ -141,9 +137,8 @@ impl<'a> Index<'a> {
             None => &[Access::Held],
         };
         let i = levels.iter().find_map(|&level| {
-            self.accept = level;
-            self.best_local(req, op)
-                .or_else(|| self.best_anywhere(req, op))
+            self.best_local(req, op, level)
+                .or_else(|| self.best_anywhere(req, op, level))
         })?;
         let devices = match &req.gpu {
             Some(g) => devices::choose(self.devices_of(i), g)?,
@@ -154,20 +149,20 @@ impl<'a> Index<'a> {
 
     /// The best fitting worker that runs a forward peer of `req`: with measured rates,
     /// the one whose peers there carry the most records/s.
-    fn best_local(&self, req: &PeRequest, op: usize) -> Option<usize> {
+    fn best_local(&self, req: &PeRequest, op: usize, accept: Access) -> Option<usize> {
         if !req.peer_rates.is_empty() {
-            return self.heaviest_local(req, op);
+            return self.heaviest_local(req, op, accept);
         }
         req.forward_peers
             .iter()
             .flat_map(|p| [self.placed_now.get(p), self.placed_at.get(p)])
             .flatten()
             .copied()
-            .filter(|&i| self.fits(i, req))
+            .filter(|&i| self.fits(i, req, accept))
             .min_by_key(|&i| (self.same_operator(op, i), cpu_key(self.cpu_free[i]), i))
     }
 
-    fn heaviest_local(&self, req: &PeRequest, op: usize) -> Option<usize> {
+    fn heaviest_local(&self, req: &PeRequest, op: usize, accept: Access) -> Option<usize> {
         let mut weight: HashMap<usize, f64> = HashMap::new();
         for (p, rate) in req.forward_peers.iter().zip(&req.peer_rates) {
             if let Some(&i) = self.placed_now.get(p).or_else(|| self.placed_at.get(p)) {
@@ -176,7 +171,7 @@ impl<'a> Index<'a> {
         }
         weight
             .into_iter()
-            .filter(|&(i, _)| self.fits(i, req))
+            .filter(|&(i, _)| self.fits(i, req, accept))
             .min_by(|(a, wa), (b, wb)| {
                 wb.total_cmp(wa).then_with(|| {
                     (self.same_operator(op, *a), cpu_key(self.cpu_free[*a]), *a).cmp(&(
@@ -191,7 +186,7 @@ impl<'a> Index<'a> {
 
     /// The best fitting worker of all (see the module doc for why the walk may stop
     /// early).
-    fn best_anywhere(&self, req: &PeRequest, op: usize) -> Option<usize> {
+    fn best_anywhere(&self, req: &PeRequest, op: usize, accept: Access) -> Option<usize> {
         let walk = match &req.gpu {
             Some(g) if g.count > 0 => &self.with_gpus,
             _ => &self.alive,
@@ -199,7 +194,7 @@ impl<'a> Index<'a> {
         let floor = self.lowest_same_operator(op);
         let mut best: Option<(usize, usize)> = None;
         for &(_, i) in walk {
-            if !self.fits(i, req) {
+            if !self.fits(i, req, accept) {
                 continue;
             }
             let same = self.same_operator(op, i);
@@ -231,8 +226,10 @@ impl<'a> Index<'a> {
         &self.devices[self.device_start[i]..self.device_start[i + 1]]
     }
 
-    /// Whether `req` fits on worker `i` now.
-    fn fits(&self, i: usize, req: &PeRequest) -> bool {
+    /// Whether `req` fits on worker `i` now, where the worker has at least `accept`
+    /// access to its image (holders first, then workers that would pull it: see
+    /// [`Index::best`]).
+    fn fits(&self, i: usize, req: &PeRequest, accept: Access) -> bool {
         let w = self.workers[i];
         // A small epsilon: CPU shares are fractions that sum with rounding error.
         if !w.alive || self.cpu_free[i] + 1e-9 < req.cpu || self.memory_free_mb[i] < req.memory_mb {
@@ -242,7 +239,7 @@ impl<'a> Index<'a> {
             if self
                 .holders
                 .get(image.as_str())
-                .is_none_or(|h| h[i] < self.accept)
+                .is_none_or(|h| h[i] < accept)
             {
                 return false;
             }
@@ -254,8 +251,9 @@ impl<'a> Index<'a> {
             && devices::enough(self.devices_of(i), g)
     }
 
-    /// Finds, once per call, which workers hold or pull `image` (parsing the reference and
-    /// comparing it with every image is too slow to repeat per candidate).
+    /// Finds, once per call, which workers hold or pull `image` (parsing the
+    /// reference and comparing it with every image is too slow to repeat per
+    /// candidate).
     fn learn_holders(&mut self, image: &'a str) {
         if !self.holders.contains_key(image) {
             let held = self.workers.iter().map(|w| w.access(image)).collect();

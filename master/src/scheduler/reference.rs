@@ -79,8 +79,8 @@ pub fn place_reference(
     Ok(out)
 }
 
-/// (image to be pulled, not next to a forward partner, PEs of the same operator already there, less free
-/// CPU in thousandths); lower is better.
+/// (image to be pulled, not next to a forward partner, PEs of the same operator
+/// already there, less free CPU in thousandths); lower is better.
 type Preference = (bool, bool, usize, i64);
 
 /// The devices (indexes into `w.gpus`) a PE would use on `w`, if it fits there at all.

@@ -110,7 +110,6 @@ pub fn encode_name(name: &str) -> Result<String, StoreError> {
     Ok(out)
 }
 
-/// The inverse of [`encode_name`]; `None` for anything it cannot have produced.
 /// What marks a PE name as a series of rounds against one checkpoint (an upgrade's
 /// hand-off, `runtime::handoff::round_name`): `<pe>+round<base>`.
 pub const ROUND_MARK: &str = "+round";
@@ -122,7 +121,7 @@ pub fn series_base(name: &str) -> Option<u64> {
     base.parse().ok()
 }
 
-/// The name `encode_name` encoded, if it is one.
+/// The inverse of [`encode_name`]; `None` for anything it cannot have produced.
 pub fn decode_name(encoded: &str) -> Option<String> {
     let b = encoded.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -10,25 +10,20 @@
 
 use bollard::models::CreateImageInfo;
 use std::collections::BTreeMap;
+use weir_common::image::ImageRef;
 
 /// What Docker's image-create call takes to pull exactly `reference`: the repository
-/// and its tag (or digest). Docker pulls every tag of a repository when the tag is
-/// empty, so one is always given (`latest` where the reference has none). `None` for
-/// an image id, which no registry serves.
+/// and its tag (or digest), read by the same rules as placement matches images
+/// ([`ImageRef`]). Docker pulls every tag of a repository when the tag is empty, so
+/// one is always given (`latest` where the reference has none). `None` for an image
+/// id, which no registry serves, or an empty reference.
 pub fn pull_request(reference: &str) -> Option<(String, String)> {
-    let r = reference.trim();
-    if r.starts_with("sha256:") || r.is_empty() {
-        return None;
+    match ImageRef::parse(reference) {
+        ImageRef::Tag { name, .. } | ImageRef::Digest { name, .. } if name.is_empty() => None,
+        ImageRef::Tag { name, tag } => Some((name, tag)),
+        ImageRef::Digest { name, digest } => Some((name, digest)),
+        ImageRef::Id(_) => None,
     }
-    if let Some((name, digest)) = r.split_once('@') {
-        return Some((name.to_string(), digest.to_string()));
-    }
-    // A ':' after the last '/' starts the tag; one before it is a registry port.
-    let slash = r.rfind('/').map_or(0, |i| i + 1);
-    Some(match r[slash..].rfind(':') {
-        Some(i) => (r[..slash + i].to_string(), r[slash + i + 1..].to_string()),
-        None => (r.to_string(), "latest".to_string()),
-    })
 }
 
 #[derive(Clone, Copy, Debug, Default)]
