@@ -20,7 +20,7 @@
 //! last checkpoint).
 //!
 //! `WEIR_BENCH_STATE_MB` (default `10,100`) picks the sizes (MB of window snapshot in
-//! all). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! all); `WEIR_BENCH_HANDOFF` (`precopy` or `whole`) runs one hand-off only. Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};
@@ -30,9 +30,31 @@ use weir_tests::arrivals::{listen, unix_ms, window};
 use weir_tests::{app_detail, eventually_within, start_worker, status_mb, Cluster};
 
 const RATE: u64 = 300_000;
-/// Bytes one key takes in a window snapshot (window bounds, key "k" + 7 digits,
-/// count).
-const SLOT_BYTES: u64 = 37;
+/// Bytes one key takes in a window snapshot besides the key itself (window bounds,
+/// key length, count).
+const SLOT_BYTES: u64 = 29;
+
+/// How many keys (`k0`, `k1`, ...: the generator's, unpadded) make `bytes` of window
+/// snapshot.
+fn keys_for(bytes: u64) -> u64 {
+    let (mut keys, mut total) = (0u64, 0u64);
+    let mut digits = 1;
+    let mut next_width_at = 10;
+    loop {
+        if keys == next_width_at {
+            digits += 1;
+            next_width_at *= 10;
+        }
+        let slot = SLOT_BYTES + 1 + digits;
+        // Whole decades at once: the 1 GB case has 27 M keys.
+        let n = (next_width_at - keys).min((bytes.saturating_sub(total)) / slot);
+        if n == 0 {
+            return keys;
+        }
+        keys += n;
+        total += n * slot;
+    }
+}
 const LIMIT: Duration = Duration::from_secs(900);
 const STEADY: Duration = Duration::from_secs(3);
 
@@ -99,7 +121,7 @@ async fn case(size_mb: u64, precopy: bool) {
     let mut client = c.client(1).await;
     weir_tests::workers_alive(&client, 2, LIMIT).await;
     let (sink, arrivals) = listen().await;
-    let keys = size_mb * 1_000_000 / SLOT_BYTES;
+    let keys = keys_for(size_mb * 1_000_000);
     client
         .submit_app(weir_tests::submit_yaml(text(keys, 2, 0.5, &sink)))
         .await
@@ -253,9 +275,13 @@ async fn run() {
         "total ms",
         "RSS MB"
     );
+    // `WEIR_BENCH_HANDOFF=precopy` or `whole`: one hand-off only (default both).
+    let handoff = std::env::var("WEIR_BENCH_HANDOFF").unwrap_or_default();
     for size in sizes {
         for precopy in [true, false] {
-            case(size, precopy).await;
+            if handoff.is_empty() || (handoff == "precopy") == precopy {
+                case(size, precopy).await;
+            }
         }
     }
     println!(

@@ -303,9 +303,22 @@ pub async fn fetch_waiting(
             describe_store_error(&e)
         )),
     }
+    // An upgrade's rounds and envelopes are read once by one successor and probed for
+    // until they are there: not kept here (each would be written and fsynced, hundreds
+    // per upgrade, for nothing), and neither a missing one nor a fetch worth more than
+    // a debug line.
+    let handoff = super::store::is_handoff(pe);
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
         match fetch_from(security, l, app, pe, id, wait_ms).await {
+            Ok((data, _)) if handoff => {
+                tracing::debug!(%app, %pe, id, from = %l.worker_id, bytes = data.len(), "fetched a hand-off");
+                return Ok(Fetched {
+                    bytes: data,
+                    from: l.worker_id.clone(),
+                    problems,
+                });
+            }
             Ok((data, crc)) => {
                 tracing::info!(%app, %pe, checkpoint = id, from = %l.worker_id, bytes = data.len(), skipped = ?problems, "fetched a checkpoint snapshot");
                 let (s, a, p, d) = (store.clone(), app.to_string(), pe.to_string(), data.clone());
@@ -331,7 +344,7 @@ pub async fn fetch_waiting(
             }
             // Waiting for a hand-off's snapshot that is not written yet is expected
             // (successors ask again until it is): not worth a warning each time.
-            Err(why) if wait_ms > 0 && why == MISSING => {
+            Err(why) if (wait_ms > 0 || handoff) && why == MISSING => {
                 tracing::debug!(%app, %pe, checkpoint = id, from = %l.worker_id, "not there yet");
                 problems.push(format!("{what}: {why}"));
             }

@@ -114,6 +114,16 @@ pub fn encode_name(name: &str) -> Result<String, StoreError> {
 /// hand-off, `runtime::handoff::round_name`): `<pe>+round<base>`.
 pub const ROUND_MARK: &str = "+round";
 
+/// What marks a PE name as a drained PE's hand-off envelope
+/// (`runtime::handoff::envelope_name`): `<pe>+handoff`.
+pub const HANDOFF_MARK: &str = "+handoff";
+
+/// Whether `name` is an upgrade's hand-off (a round or an envelope), not a PE's
+/// snapshot: read once by a successor, probed for until it is there.
+pub fn is_handoff(name: &str) -> bool {
+    name.ends_with(HANDOFF_MARK) || series_base(name).is_some()
+}
+
 /// The base checkpoint of a series of rounds stored under `name`; `None` for a PE's
 /// own snapshots (numbered by checkpoint).
 pub fn series_base(name: &str) -> Option<u64> {

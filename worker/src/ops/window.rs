@@ -314,6 +314,14 @@ impl Window {
             keys.retain(|k, _| groups.contains(key_group(k)));
         }
         self.windows.retain(|_, keys| !keys.is_empty());
+        self.take_over_progress(groups);
+    }
+
+    /// [`Window::take_over`] for a window whose every slot came in through a read that
+    /// kept only `groups` (a pre-copy brought up to the barrier by deltas): the
+    /// lateness bounds and progress only. Checking a million keys' groups again costs
+    /// 100-200 ms while the stream waits for this PE.
+    pub fn take_over_progress(&mut self, groups: weir_common::keygroup::KeyGroupRange) {
         self.floors.retain(|g, _| groups.contains(*g));
         let least = self.inputs.iter().min().copied().unwrap_or_default();
         for p in &mut self.inputs {

@@ -55,7 +55,7 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 /// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
 /// id can have (operator names are `[a-z][a-z0-9_-]*`, revisions hex).
 pub fn envelope_name(pe: &str) -> String {
-    format!("{pe}+handoff")
+    format!("{pe}{}", crate::checkpoint::store::HANDOFF_MARK)
 }
 
 /// Where a PE's rounds against the full snapshot at checkpoint `base` are stored (as
@@ -212,7 +212,10 @@ struct Follow<'a> {
     applied: u64,
     /// The envelope it stored at the switch barrier, once there.
     at_barrier: Option<bytes::Bytes>,
-    /// The last round applied left more for later rounds.
+    /// The last round applied said its predecessor had left changes for later rounds.
+    more: bool,
+    /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
+    /// the last one applied left more.
     behind: bool,
 }
 
@@ -280,6 +283,7 @@ async fn precopy_then_deltas(
             piece,
             applied: 0,
             at_barrier: None,
+            more: false,
             behind: false,
         })
         .collect();
@@ -329,6 +333,11 @@ async fn precopy_then_deltas(
                     progressed = true;
                 }
             }
+            // A pass that stops at its limit leaves rounds stored and not applied: the
+            // successor is not caught up until a pass finds none waiting. (Each round
+            // applied used to clear `behind`, so one pass of 16 rounds read as caught
+            // up with dozens still waiting, and those moved after the switch.)
+            let mut drained = false;
             for _ in 0..ROUNDS_PER_PASS {
                 let next = env
                     .load_piece(
@@ -345,11 +354,12 @@ async fn precopy_then_deltas(
                         progressed = true;
                     }
                     Err(_) => {
-                        f.behind = false;
+                        drained = true;
                         break;
                     }
                 }
             }
+            f.behind = !drained || f.more;
         }
         let caught_up = !progressed || follows.iter().all(|f| !f.behind);
         if !running && (caught_up || started.elapsed() > CATCH_UP) {
@@ -361,6 +371,7 @@ async fn precopy_then_deltas(
         }
     }
     // The switch: the rounds each predecessor shipped before it, then its delta.
+    let switched = Instant::now();
     let mut at_barrier = 0u64;
     let mut deltas = Vec::with_capacity(follows.len());
     for f in &follows {
@@ -402,12 +413,14 @@ async fn precopy_then_deltas(
                 piece: f.piece,
                 applied,
                 at_barrier: None,
+                more: false,
                 behind: false,
             };
             at_barrier += apply_round(kernel, &l.bytes, base, &mut at, groups).await?;
             applied = at.applied;
         }
     }
+    let rounds_ms = switched.elapsed().as_millis() as u64;
     let states: Vec<Vec<u8>> = follows
         .iter()
         .filter_map(|f| {
@@ -423,7 +436,9 @@ async fn precopy_then_deltas(
         .await
         .map_err(|e| GiveUp(e.to_string()))?;
     status.barrier_bytes.store(at_barrier, Ordering::Relaxed);
-    tracing::info!(pe = %ckpt.pe, precopied = copied, rounds_bytes, at_barrier, "state taken over");
+    // Times from the last envelope in: the rounds left, then the deltas applied.
+    let (rounds_ms, taken_ms) = (rounds_ms, switched.elapsed().as_millis() as u64);
+    tracing::info!(pe = %ckpt.pe, precopied = copied, rounds_bytes, at_barrier, rounds_ms, taken_ms, "state taken over");
     status.note(format!(
         "state taken over: {copied} bytes pre-copied from checkpoint {base}, {rounds_bytes} in rounds, {at_barrier} at barrier {}",
         ckpt.pieces[0].checkpoint_id
@@ -460,7 +475,7 @@ async fn apply_round(
                 .await
                 .map_err(|e| GiveUp(e.to_string()))?;
             f.applied += 1;
-            f.behind = d.more;
+            f.more = d.more;
             Ok(bytes.len() as u64)
         }
         other => Err(GiveUp(format!(
@@ -523,5 +538,10 @@ mod tests {
             crate::checkpoint::store::series_base(&round_name("win@0badf00d#1", 12)),
             Some(12)
         );
+        // Fetched hand-offs are neither kept nor warned about while missing.
+        use crate::checkpoint::store::is_handoff;
+        assert!(is_handoff(&round_name("win@0badf00d#1", 12)));
+        assert!(is_handoff(&envelope_name("win@0badf00d#1")));
+        assert!(!is_handoff("win@0badf00d#1"));
     }
 }

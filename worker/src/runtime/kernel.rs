@@ -249,6 +249,31 @@ impl Kernel {
         })
     }
 
+    /// [`Kernel::snapshot`] for a window drained at an upgrade's switch, once it has
+    /// forwarded the barrier: nothing waits on this snapshot but the checkpoint's
+    /// completion, so a window encodes it at the background priority
+    /// ([`super::background`]) instead of taking cores from its successors.
+    pub async fn snapshot_drained(
+        &mut self,
+        id: u64,
+        groups: KeyGroupRange,
+    ) -> Result<Vec<u8>, KernelError> {
+        match self {
+            Kernel::Window(w) => {
+                let mut taken = std::mem::replace(w, w.cleared());
+                let (back, s) = super::background::run(move || {
+                    let s = taken.snapshot(groups);
+                    taken.mark(id);
+                    (taken, s)
+                })
+                .await;
+                *w = back;
+                Ok(s)
+            }
+            _ => self.snapshot(id, groups).await,
+        }
+    }
+
     /// For a window draining at an upgrade's switch: the checkpoint its delta is
     /// against and the delta of `groups` since (inner `None`: no delta, its
     /// successors load the whole snapshot); `None` for other kernels, whose successors
@@ -315,7 +340,8 @@ impl Kernel {
             off_thread(w, move |w| {
                 let deltas: Vec<&[u8]> = deltas.iter().map(Vec::as_slice).collect();
                 w.apply_deltas(&deltas, Some(groups))?;
-                w.take_over(groups);
+                // The copy, the rounds and the deltas were all read keeping `groups`.
+                w.take_over_progress(groups);
                 Ok::<_, StateError>(())
             })
             .await?;

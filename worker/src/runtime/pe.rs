@@ -423,11 +423,14 @@ async fn snapshot(
     if let Some(e) = envelope {
         handoff::store_envelope(&ckpt.env, &ckpt.app, pe, id, e).await?;
         router.barrier(id).await;
+        tracing::debug!(%pe, checkpoint = id, "hand-off envelope stored, barrier forwarded");
     }
-    let bytes = kernel
-        .snapshot(id, ckpt.key_groups)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes = if forwarded {
+        kernel.snapshot_drained(id, ckpt.key_groups).await
+    } else {
+        kernel.snapshot(id, ckpt.key_groups).await
+    }
+    .map_err(|e| e.to_string())?;
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
         .save(&ckpt.app, pe, id, bytes, alignment_ms, status)

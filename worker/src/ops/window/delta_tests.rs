@@ -109,7 +109,8 @@ proptest! {
             }
             let ds: Vec<&[u8]> = preds.iter().map(|&i| &deltas[i][..]).collect();
             copied.apply_deltas(&ds, Some(groups)).unwrap();
-            copied.take_over(groups);
+            // As the kernel does: every slot came in through reads keeping `groups`.
+            copied.take_over_progress(groups);
             let mut moved = make();
             for &i in &preds {
                 moved.restore_groups(&whole[i], Some(groups)).unwrap();

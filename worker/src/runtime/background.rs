@@ -1,0 +1,107 @@
+//! Work the stream does not wait for, run on one thread of its own at a lower CPU
+//! priority, so that it takes the cores only when the PEs do not need them.
+//!
+//! The case it exists for: a window drained at an upgrade's switch has forwarded the
+//! barrier and stored its hand-off envelope, and nothing waits on its whole snapshot at
+//! that barrier except checkpoint `K`'s completion (recovery and rollback need it).
+//! Encoded at the normal priority, two 50 MB snapshots took both cores of the dev box
+//! for ~350 ms exactly while the successors were taking over and working through the
+//! records queued at the switch (BENCHMARKS.md, issue 22).
+//!
+//! The priority is a nice value of [`NICE`], not the lowest: on a machine the stream
+//! keeps busy, background work must still finish well within the upgrade's checkpoint
+//! timeout (30 s). A CFS thread at nice 10 weighs 110 against 1024 for one at nice 0,
+//! about a tenth of a core beside one busy PE thread. Jobs run one at a time, in order.
+//! Where the thread cannot be made (or on systems without per-thread nice values), the
+//! job runs on the blocking pool as before: slower for the stream, never lost.
+
+use std::sync::mpsc;
+use std::sync::OnceLock;
+
+/// The nice value of the background thread.
+pub const NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn queue() -> Option<&'static mpsc::Sender<Job>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("weir-background".into())
+                .spawn(move || {
+                    lower_priority();
+                    for job in rx {
+                        job();
+                    }
+                })
+                .map_err(|e| tracing::warn!(error = %e, "no background thread: background work runs at the normal priority"))
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // On Linux the nice value is a thread's own: `who = 0` is the calling thread.
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "background thread kept the normal priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// Runs `f` on the background thread and waits for its result (a panic in `f` is
+/// resumed here, as it would be inline).
+pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    let job = match queue() {
+        Some(q) => q.send(job).err().map(|e| e.0),
+        None => Some(job),
+    };
+    if let Some(job) = job {
+        // The thread is gone (it cannot be, short of a panic outside a job): run the
+        // job on the blocking pool.
+        drop(tokio::task::spawn_blocking(job));
+    }
+    match rx.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The job was dropped unrun: only if the runtime is shutting down.
+        Err(_) => panic!("background job dropped unrun"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_at_the_lower_priority_and_panics_come_back() {
+        let a = run(|| 1 + 1).await;
+        assert_eq!(a, 2);
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: getpriority takes plain integers.
+            let mine = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let before = mine();
+            // Lowered to NICE (a test run already niced further stays there).
+            assert_eq!(run(mine).await, NICE.max(before));
+            // The caller's own thread kept its priority.
+            assert_eq!(mine(), before);
+        }
+        let joined = tokio::spawn(run(|| panic!("boom"))).await;
+        assert!(joined.unwrap_err().is_panic());
+        // The thread survives a panicking job.
+        assert_eq!(run(|| "still here").await, "still here");
+    }
+}
