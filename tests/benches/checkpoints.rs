@@ -21,6 +21,12 @@ use weir_proto::v1::weir_client::WeirClient;
 use weir_tests::{app_detail, eventually_within, start_worker, verify_done, Cluster};
 use weir_worker::node::Worker;
 
+// The allocator the worker binary runs with (worker/src/main.rs): the workers in this
+// process are measured as users run them. (Until 2026-12-04 these benches ran on
+// glibc's malloc, whose arena locks made frees of a large state stall other PEs.)
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// Records of each throughput run.

@@ -24,6 +24,12 @@ use weir_proto::v1 as pb;
 use weir_tests::arrivals::{listen, unix_ms, window};
 use weir_tests::{app_detail, eventually_within, start_worker, Cluster};
 
+// The allocator the worker binary runs with (worker/src/main.rs): the workers in this
+// process are measured as users run them. (Until 2026-12-04 these benches ran on
+// glibc's malloc, whose arena locks made frees of a large state stall other PEs.)
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RATE: u64 = 100_000;
 const LIMIT: Duration = Duration::from_secs(120);
 /// Steady seconds before each upgrade (the baseline) and after it.

@@ -22,11 +22,13 @@ mod delta;
 mod delta_tests;
 #[cfg(test)]
 mod hop_tests;
+mod key;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use super::eval::lookup;
+use key::Key;
 use std::collections::{BTreeMap, HashMap};
 use weir_common::keygroup::key_group;
 use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
@@ -166,7 +168,7 @@ struct Slot {
 type Windows = BTreeMap<(i64, i64), Keys>;
 
 /// One window's slots by record key.
-type Keys = HashMap<Vec<u8>, Slot, foldhash::fast::RandomState>;
+type Keys = HashMap<Key, Slot, foldhash::fast::RandomState>;
 
 /// What changed since the last full snapshot, so an upgrade's hand-off can send only
 /// that (see `delta.rs`).
@@ -179,7 +181,7 @@ enum Changes {
     /// checkpoint `base` (each once: a slot is listed when its epoch first moves).
     Since {
         base: u64,
-        dirty: Vec<(i64, i64, Vec<u8>)>,
+        dirty: Vec<(i64, i64, Key)>,
     },
 }
 
@@ -399,7 +401,7 @@ impl Window {
                     std::mem::replace(&mut slot.epoch, epoch) != epoch
                 }
                 None => {
-                    keys.insert(r.key.to_vec(), Slot { acc, epoch });
+                    keys.insert(Key::from(r.key), Slot { acc, epoch });
                     true
                 }
             };
@@ -432,7 +434,7 @@ impl Window {
         };
         let mut b = BatchBuilder::with_capacity(closed.values().map(|k| k.len() * 96).sum());
         for ((end, start), keys) in closed {
-            let mut keys: Vec<(Vec<u8>, Slot)> = keys.into_iter().collect();
+            let mut keys: Vec<(Key, Slot)> = keys.into_iter().collect();
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (key, Slot { acc, .. }) in keys {
                 let fields = [

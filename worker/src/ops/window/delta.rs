@@ -74,7 +74,7 @@ impl Window {
         let Changes::Since { dirty, .. } = &mut self.changes else {
             return;
         };
-        dirty.push((end, start, key.to_vec()));
+        dirty.push((end, start, super::Key::from(key)));
         let listed = dirty.len();
         // Checked now and then: counting open slots walks the windows, not the keys.
         if listed % SLACK == 0 && listed > self.open_windows() + SLACK {
@@ -130,13 +130,13 @@ impl Window {
             return None;
         }
         let take = dirty.len().min(max.max(1));
-        let shipped: Vec<(i64, i64, Vec<u8>)> = dirty.split_off(dirty.len() - take);
+        let shipped: Vec<(i64, i64, super::Key)> = dirty.split_off(dirty.len() - take);
         let mut entries = Vec::with_capacity(shipped.len());
         for (end, start, key) in shipped {
             let Some(slot) = self
                 .windows
                 .get_mut(&(end, start))
-                .and_then(|keys| keys.get_mut(&key))
+                .and_then(|keys| keys.get_mut(key.as_slice()))
             else {
                 continue;
             };

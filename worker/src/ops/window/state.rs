@@ -29,7 +29,7 @@ pub(super) struct Part {
     pub(super) closed_upto: Option<i64>,
     inputs: Vec<Progress>,
     floors: Vec<(u32, i64)>,
-    pub(super) entries: Vec<(i64, i64, Vec<u8>, Acc)>,
+    pub(super) entries: Vec<(i64, i64, super::Key, Acc)>,
 }
 
 impl Part {
@@ -69,7 +69,7 @@ impl Window {
     pub(super) fn encode<'a>(
         &self,
         groups: KeyGroupRange,
-        entries: impl Iterator<Item = (&'a (i64, i64), &'a Vec<u8>, &'a Acc)>,
+        entries: impl Iterator<Item = (&'a (i64, i64), &'a super::Key, &'a Acc)>,
     ) -> Vec<u8> {
         let mut e = Enc::new(KIND);
         match &self.kind {
@@ -325,7 +325,7 @@ impl Window {
         for _ in 0..n {
             let at = d.at();
             let (end, start) = (d.i64()?, d.i64()?);
-            let key = d.bytes()?.to_vec();
+            let key = super::Key::from(d.bytes()?);
             if self.bounds(start) != (start, end) {
                 return Err(StateError::Invalid {
                     what: "window bounds not aligned to the slide and size",
