@@ -20,7 +20,8 @@
 //! last checkpoint).
 //!
 //! `WEIR_BENCH_STATE_MB` (default `10,100`) picks the sizes (MB of window snapshot in
-//! all); `WEIR_BENCH_HANDOFF` (`precopy` or `whole`) runs one hand-off only. Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! all); `WEIR_BENCH_HANDOFF` (`precopy` or `whole`) runs one hand-off only;
+//! `WEIR_BENCH_MEMORY_MB` the window PEs' memory request (default twice the state). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};
@@ -75,7 +76,9 @@ fn whole(cfg: &mut MasterConfig) {
     cfg.precopy = false;
 }
 
-fn text(keys: u64, win: u32, cpu: f64, sink: &str) -> String {
+/// The app; `memory_mb` per window PE (a successor beside one of its predecessors
+/// pre-copies only what fits its request: `request::precopy_fits`).
+fn text(keys: u64, win: u32, cpu: f64, memory_mb: u64, sink: &str) -> String {
     format!(
         r#"
 name: big
@@ -85,7 +88,7 @@ operators:
   - {{name: sample, kind: filter, parallelism: 2, params: {{where: "id % 300 == 0"}}}}
   - {{name: tag, kind: map, parallelism: 2, params: {{set: {{t: ts}}}}}}
   - {{name: lat, kind: sink.tcp, params: {{address: "{sink}"}}}}
-  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 600000}}, resources: {{cpu: {cpu}}}}}
+  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 600000}}, resources: {{cpu: {cpu}, memory_mb: {memory_mb}}}}}
   - {{name: views, kind: sink.null}}
 streams:
   - {{from: gen, to: sample}}
@@ -128,8 +131,18 @@ async fn case(size_mb: u64, precopy: bool) {
     weir_tests::workers_alive(&client, 2, LIMIT).await;
     let (sink, arrivals) = listen().await;
     let keys = keys_for(size_mb * 1_000_000);
+    // What a window PE holds at most: its share of the state in memory, and while it
+    // pre-copies, its predecessors' pieces (half the snapshot each, two at most).
+    // `WEIR_BENCH_MEMORY_MB` sets it instead (below the state, successors beside a
+    // predecessor take the state at the switch).
+    let memory_mb = std::env::var("WEIR_BENCH_MEMORY_MB")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or((2 * size_mb).max(64));
     client
-        .submit_app(weir_tests::submit_yaml(text(keys, 2, 0.5, &sink)))
+        .submit_app(weir_tests::submit_yaml(text(
+            keys, 2, 0.5, memory_mb, &sink,
+        )))
         .await
         .unwrap();
     let target = size_mb * 1_000_000 * 95 / 100;
@@ -145,10 +158,13 @@ async fn case(size_mb: u64, precopy: bool) {
     );
     tokio::time::sleep(STEADY).await;
     let kinds = [
-        ("rescale the window 2 -> 3", text(keys, 3, 0.5, &sink)),
+        (
+            "rescale the window 2 -> 3",
+            text(keys, 3, 0.5, memory_mb, &sink),
+        ),
         (
             "replace the window (new resources)",
-            text(keys, 3, 0.25, &sink),
+            text(keys, 3, 0.25, memory_mb, &sink),
         ),
     ];
     for (name, spec) in kinds {

@@ -178,8 +178,6 @@ pub fn build(
     })
 }
 
-/// Where the snapshot of `pe` in checkpoint `c` is, alive workers first; empty when
-/// the PE had no state in it.
 /// The checkpoint an upgrade's successor pre-copies its predecessors' state from: the
 /// app's latest complete one, when each of `preds` has a stored piece in it; `None`
 /// without one, or while a checkpoint is in flight (the old PEs may yet snapshot past
@@ -193,6 +191,36 @@ pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[PeId]) -> Option<&'a Checkp
         .iter()
         .all(|p| c.pieces.get(p).is_some_and(|piece| piece.size_bytes > 0))
         .then_some(c)
+}
+
+/// Whether a successor deployed on `worker` may pre-copy its predecessors' pieces of
+/// checkpoint `c` without holding a second copy of their state on one worker beyond
+/// what it asked for (issue 22: memory stays bounded during a hand-off). Its copy lives
+/// beside the predecessors' own state until the switch; where none of them runs on its
+/// worker, each worker holds one copy of each key and it may. Where one does, the bytes
+/// it would fetch (the predecessors' pieces, whole: it loads them before keeping its
+/// own key groups) must fit its memory request, `memory_mb`, which the scheduler
+/// reserved for it there beside the old PEs. Otherwise it takes the state at the
+/// switch, as without pre-copy, when the old PEs let theirs go.
+pub fn precopy_fits(
+    c: &CheckpointRecord,
+    preds: &[PeId],
+    placement: &Placement,
+    worker: &str,
+    memory_mb: u64,
+) -> bool {
+    if !preds
+        .iter()
+        .any(|p| placement.get(p).is_some_and(|w| w == worker))
+    {
+        return true;
+    }
+    let bytes: u64 = preds
+        .iter()
+        .filter_map(|p| c.pieces.get(p))
+        .map(|piece| piece.size_bytes)
+        .sum();
+    bytes <= memory_mb.saturating_mul(1 << 20)
 }
 
 /// Where the stored copies of `pe`'s piece of checkpoint `c` are, alive workers first.
@@ -256,4 +284,52 @@ pub fn moved_channels(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PieceRecord;
+
+    fn checkpoint(pieces: &[(&PeId, u64)]) -> CheckpointRecord {
+        CheckpointRecord {
+            id: 7,
+            started_at_ms: 0,
+            completed_at_ms: 0,
+            max_alignment_ms: 0,
+            pieces: pieces
+                .iter()
+                .map(|(pe, size)| {
+                    let piece = PieceRecord {
+                        size_bytes: *size,
+                        crc32c: 1,
+                        replicas: vec!["w1".into()],
+                    };
+                    ((*pe).clone(), piece)
+                })
+                .collect(),
+            handoff: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_precopy_beside_a_predecessor_must_fit_the_successors_memory_request() {
+        let (a, b) = (PeId::new("win", "aa", 0), PeId::new("win", "aa", 1));
+        const MIB: u64 = 1 << 20;
+        let c = checkpoint(&[(&a, 40 * MIB), (&b, 30 * MIB)]);
+        let placement: Placement = [(a.clone(), "w1".to_string()), (b.clone(), "w2".into())]
+            .into_iter()
+            .collect();
+        let both = [a.clone(), b.clone()];
+        // On a worker none of its predecessors runs on: one copy per worker, any size.
+        assert!(precopy_fits(&c, &both, &placement, "w3", 1));
+        // Beside one of them: the bytes it fetches (both pieces, 70 MiB) must fit.
+        assert!(!precopy_fits(&c, &both, &placement, "w1", 64));
+        assert!(precopy_fits(&c, &both, &placement, "w1", 70));
+        assert!(precopy_fits(&c, std::slice::from_ref(&b), &placement, "w2", 30));
+        assert!(!precopy_fits(&c, &[b], &placement, "w2", 29));
+        // A predecessor without a piece fetches nothing.
+        let empty = checkpoint(&[]);
+        assert!(precopy_fits(&empty, &[a], &placement, "w1", 0));
+    }
 }

@@ -174,12 +174,20 @@ impl Executor {
                 continue;
             };
             let preds = up.handoff.get(pe).cloned().unwrap_or_default();
-            let windows = new_spec
-                .operator(&spec.operator)
-                .is_some_and(|o| o.kind.keyed_state());
+            let op = new_spec.operator(&spec.operator);
+            let windows = op.is_some_and(|o| o.kind.keyed_state());
+            let memory_mb = op.map_or(0, |o| o.resources.memory_mb);
             let precopy = (self.cfg.precopy && windows)
                 .then(|| request::precopy_base(app, &preds))
-                .flatten();
+                .flatten()
+                .filter(|c| {
+                    let fits =
+                        request::precopy_fits(c, &preds, &app.placement, w, memory_mb);
+                    if !fits {
+                        tracing::info!(app = %app.name, %pe, worker = %w, memory_mb, "no pre-copy: beside a predecessor, its copy would not fit its memory request; its state moves at the switch");
+                    }
+                    fits
+                });
             req.restore_pieces = preds
                 .iter()
                 .filter_map(|old| {
