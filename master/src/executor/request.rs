@@ -326,7 +326,13 @@ mod tests {
         // Beside one of them: the bytes it fetches (both pieces, 70 MiB) must fit.
         assert!(!precopy_fits(&c, &both, &placement, "w1", 64));
         assert!(precopy_fits(&c, &both, &placement, "w1", 70));
-        assert!(precopy_fits(&c, std::slice::from_ref(&b), &placement, "w2", 30));
+        assert!(precopy_fits(
+            &c,
+            std::slice::from_ref(&b),
+            &placement,
+            "w2",
+            30
+        ));
         assert!(!precopy_fits(&c, &[b], &placement, "w2", 29));
         // A predecessor without a piece fetches nothing.
         let empty = checkpoint(&[]);

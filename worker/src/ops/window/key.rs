@@ -3,9 +3,10 @@
 //!
 //! Why: a window holds one slot per key and window, and with `Vec<u8>` keys every slot
 //! was its own heap allocation. At 100 MB of state that is 1.35 M allocations per PE:
-//! restoring a snapshot made them one by one, and dropping a drained window freed them
-//! one by one, 200-400 ms of `free` and `malloc_consolidate` during which the other
-//! PEs' allocations waited on the same allocator arenas (BENCHMARKS.md, issue 22).
+//! restoring a snapshot made them one by one, snapshots chased a pointer per key, and
+//! dropping a drained window freed them one by one (on glibc's malloc, which the
+//! in-process benches then used, 200-400 ms of `free` and `malloc_consolidate` while
+//! the other PEs' allocations waited on the same arenas: BENCHMARKS.md, issue 22).
 //! Most keys (ids, short names) fit inline, and the type is no larger than a `Vec`.
 
 use std::borrow::Borrow;
