@@ -198,9 +198,10 @@ pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[PeId]) -> Option<&'a Checkp
 /// what it asked for (issue 22: memory stays bounded during a hand-off). Its copy lives
 /// beside the predecessors' own state until the switch; where none of them runs on its
 /// worker, each worker holds one copy of each key and it may. Where one does, the bytes
-/// it would fetch (the predecessors' pieces, whole: it loads them before keeping its
-/// own key groups) must fit its memory request, `memory_mb`, which the scheduler
-/// reserved for it there beside the old PEs. Otherwise it takes the state at the
+/// it would fetch must fit its memory request, `memory_mb`, which the scheduler
+/// reserved for it there beside the old PEs: it loads each predecessor's piece whole,
+/// one at a time, before keeping its own key groups, so their sum bounds what it
+/// holds (as encoded). Otherwise it takes the state at the
 /// switch, as without pre-copy, when the old PEs let theirs go.
 pub fn precopy_fits(
     c: &CheckpointRecord,

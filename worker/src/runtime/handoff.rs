@@ -249,7 +249,10 @@ async fn precopy_then_deltas(
     let env: &CheckpointEnv = &ckpt.env;
     let groups = ckpt.key_groups;
     let base = ckpt.pieces[0].precopy_checkpoint_id;
-    let mut copies = Vec::with_capacity(ckpt.pieces.len());
+    // One predecessor's piece at a time: fetched, loaded (keeping this PE's key groups)
+    // and dropped, so a successor of several predecessors never holds all their pieces
+    // at once beside the state it builds.
+    let mut copied = 0u64;
     for p in &ckpt.pieces {
         let l = env
             .load_piece(
@@ -266,14 +269,12 @@ async fn precopy_then_deltas(
                     p.precopy_checkpoint_id, p.pe
                 ))
             })?;
-        copies.push(l.bytes);
+        copied += l.bytes.len() as u64;
+        kernel
+            .restore(std::slice::from_ref(&l.bytes), Some(groups))
+            .await
+            .map_err(|e| GiveUp(e.to_string()))?;
     }
-    let copied: u64 = copies.iter().map(|b| b.len() as u64).sum();
-    kernel
-        .restore(&copies, Some(groups))
-        .await
-        .map_err(|e| GiveUp(e.to_string()))?;
-    drop(copies);
     status.precopied_bytes.store(copied, Ordering::Relaxed);
     tracing::info!(pe = %ckpt.pe, bytes = copied, checkpoint = base, "state pre-copied; catching up");
     let mut follows: Vec<Follow<'_>> = ckpt

@@ -97,11 +97,12 @@ proptest! {
                 .filter(|i| KeyGroupRange::for_pe(*i, old_n).overlaps(&groups))
                 .map(|i| i as usize)
                 .collect();
+            // As the kernel does for a pre-copy: one piece at a time, each taken over.
             let mut copied = make();
             for &i in &preds {
                 copied.restore_groups(&base_snaps[i], Some(groups)).unwrap();
+                copied.take_over(groups);
             }
-            copied.take_over(groups);
             for &i in &preds {
                 for r in &shipped[i] {
                     copied.apply_round(r, Some(groups)).unwrap();
