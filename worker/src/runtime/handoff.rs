@@ -49,8 +49,19 @@ const ROUNDS_PER_PASS: usize = 16;
 const PREFETCH: usize = 8;
 
 /// How long a successor catches up on rounds before it reports running anyway (the
-/// switch then moves what is left).
-const CATCH_UP: Duration = Duration::from_secs(10);
+/// switch then moves what is left): the switch, and so the upgrade, waits at most
+/// this long for it.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Whether a successor that applied `applied` rounds of one predecessor in a pass of
+/// `took`, and stopped at its limit, is gaining on it: that predecessor shipped at most
+/// one round per [`ROUND_EVERY`] meanwhile (and one more). One that is not (a slow or
+/// busy machine, a debug build) stops waiting at once and leaves the rest for the
+/// switch, rather than hold the upgrade until [`CATCH_UP`].
+fn gaining(applied: u64, took: Duration) -> bool {
+    let shipped_at_most = (took.as_micros() / ROUND_EVERY.as_micros()) as u64 + 1;
+    applied > shipped_at_most
+}
 
 /// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
 /// id can have (operator names are `[a-z][a-z0-9_-]*`, revisions hex).
@@ -217,6 +228,8 @@ struct Follow<'a> {
     /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
     /// the last one applied left more.
     behind: bool,
+    /// Rounds of it applied in the last pass.
+    this_pass: u64,
 }
 
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
@@ -286,6 +299,7 @@ async fn precopy_then_deltas(
             at_barrier: None,
             more: false,
             behind: false,
+            this_pass: 0,
         })
         .collect();
     let started = Instant::now();
@@ -294,7 +308,7 @@ async fn precopy_then_deltas(
     let mut rounds_bytes = 0u64;
     // Follow the rounds until every envelope of the switch barrier is there. Running
     // (so the switch may begin) once caught up with every predecessor (no round
-    // waiting, or the last one took all it had), or after CATCH_UP.
+    // waiting) or not gaining on it, or after CATCH_UP.
     while follows.iter().any(|f| f.at_barrier.is_none()) {
         if Instant::now() > deadline {
             let f = follows
@@ -312,7 +326,9 @@ async fn precopy_then_deltas(
             return Ok(Err(Stopped::Failed));
         }
         let mut progressed = false;
+        let pass = Instant::now();
         for f in &mut follows {
+            let before = f.applied;
             if f.at_barrier.is_none() {
                 // A short wait here paces the loop while nothing moves.
                 let wait = if running {
@@ -361,8 +377,14 @@ async fn precopy_then_deltas(
                 }
             }
             f.behind = !drained || f.more;
+            f.this_pass = f.applied - before;
         }
-        let caught_up = !progressed || follows.iter().all(|f| !f.behind);
+        let took = pass.elapsed();
+        // Caught up with each predecessor, or not gaining on it.
+        let caught_up = !progressed
+            || follows
+                .iter()
+                .all(|f| !f.behind || !gaining(f.this_pass, took));
         if !running && (caught_up || started.elapsed() > CATCH_UP) {
             running = true;
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
@@ -416,6 +438,7 @@ async fn precopy_then_deltas(
                 at_barrier: None,
                 more: false,
                 behind: false,
+                this_pass: 0,
             };
             at_barrier += apply_round(kernel, &l.bytes, base, &mut at, groups).await?;
             applied = at.applied;
@@ -528,6 +551,15 @@ mod tests {
         ] {
             assert!(open(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_successor_gains_only_by_applying_more_rounds_than_could_be_shipped() {
+        // 16 rounds in 100 ms: at most 6 shipped meanwhile.
+        assert!(gaining(16, Duration::from_millis(100)));
+        // 16 in 400 ms: up to 21 shipped, it may be losing ground.
+        assert!(!gaining(16, Duration::from_millis(400)));
+        assert!(!gaining(0, Duration::ZERO));
     }
 
     #[test]
