@@ -498,7 +498,13 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
         let pieces: Vec<String> = ck
             .pieces
             .iter()
-            .map(|p| format!("{}={}B@{}", p.pe, p.size_bytes, p.replicas.join("+")))
+            .map(|p| {
+                let on = match (p.builds_on.first(), p.builds_on.last()) {
+                    (Some(first), Some(last)) => format!(" (builds on {first}..={last})"),
+                    _ => String::new(),
+                };
+                format!("{}={}B@{}{on}", p.pe, p.size_bytes, p.replicas.join("+"))
+            })
             .collect();
         text.push_str(&format!(
             "{:>6}  {:<24}  {:>10}  {:>6}ms  {:>7}ms  {}\n",
@@ -532,6 +538,7 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
             "max_alignment_ms": ck.max_alignment_ms,
             "pieces": ck.pieces.iter().map(|p| json!({
                 "pe": p.pe, "size_bytes": p.size_bytes, "crc32c": p.crc32c, "replicas": p.replicas,
+                "builds_on": p.builds_on, "restore_bytes": p.restore_bytes,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "in_flight_id": r.in_flight_id,

@@ -469,6 +469,8 @@ pub fn checkpoints(ck: &crate::state::AppCheckpoints) -> pb::ListCheckpointsResp
                         size_bytes: p.size_bytes,
                         crc32c: p.crc32c,
                         replicas: p.replicas.clone(),
+                        builds_on: p.chain.iter().map(|l| l.checkpoint_id).collect(),
+                        restore_bytes: p.restore_bytes(),
                     })
                     .collect(),
             })

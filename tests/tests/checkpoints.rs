@@ -8,7 +8,6 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_tests::{app_detail, eventually_within, start_worker, verify_done, Cluster};
 use weir_worker::node::Worker;
-use weir_worker::ops::generator::BASE_EVENT_TIME_MS;
 
 const RECORDS: u64 = 300_000;
 const KEYS: u64 = 20;
@@ -21,18 +20,48 @@ fn fast(cfg: &mut weir_master::server::MasterConfig) {
     cfg.reconcile_interval = Duration::from_millis(100);
 }
 
+/// What an app's generator and window do: the expected results follow from it.
+#[derive(Clone, Copy)]
+struct Shape {
+    records: u64,
+    rate: u64,
+    keys: u64,
+    window_ms: i64,
+    interval_ms: u64,
+}
+
+/// The stream most tests use: windows close every second of event time.
+const SHAPE: Shape = Shape {
+    records: RECORDS,
+    rate: 50_000,
+    keys: KEYS,
+    window_ms: WINDOW_MS,
+    interval_ms: 300,
+};
+
 /// A paced generator into a keyed window whose results go to a file, and an audit of
 /// every generated record.
 fn spec(name: &str, out: &str) -> String {
+    spec_shaped(name, out, SHAPE)
+}
+
+fn spec_shaped(name: &str, out: &str, s: Shape) -> String {
+    let Shape {
+        records,
+        rate,
+        keys,
+        window_ms,
+        interval_ms,
+    } = s;
     format!(
         r#"
 name: {name}
-checkpoint_interval_ms: 300
+checkpoint_interval_ms: {interval_ms}
 operators:
-  - {{name: gen, kind: source.generator, parallelism: 2, params: {{count: {RECORDS}, rate: 50000, keys: {KEYS}, payload_bytes: 8}}}}
-  - {{name: win, kind: window.count, parallelism: 2, params: {{size_ms: {WINDOW_MS}}}}}
+  - {{name: gen, kind: source.generator, parallelism: 2, params: {{count: {records}, rate: {rate}, keys: {keys}, payload_bytes: 8}}}}
+  - {{name: win, kind: window.count, parallelism: 2, params: {{size_ms: {window_ms}}}}}
   - {{name: out, kind: sink.file, params: {{path: "{out}"}}}}
-  - {{name: audit, kind: sink.verify, params: {{expect: {RECORDS}}}}}
+  - {{name: audit, kind: sink.verify, params: {{expect: {records}}}}}
 streams:
   - {{from: gen, to: win, partitioning: hash}}
   - {{from: win, to: out, partitioning: round_robin}}
@@ -97,6 +126,15 @@ async fn checkpoint_replicated_on(
 /// The audit and the window results once every input ended, checked against what the
 /// generator's ids say they must be.
 async fn assert_exact(client: &WeirClient<Channel>, app: &str, out: &std::path::Path) {
+    assert_exact_shaped(client, app, out, SHAPE).await;
+}
+
+async fn assert_exact_shaped(
+    client: &WeirClient<Channel>,
+    app: &str,
+    out: &std::path::Path,
+    shape: Shape,
+) {
     let summaries = eventually_within("the audit sees every input end", LIMIT, || {
         let mut client = client.clone();
         let app = app.to_string();
@@ -112,29 +150,21 @@ async fn assert_exact(client: &WeirClient<Channel>, app: &str, out: &std::path::
     let missing: u64 = summaries.iter().map(|s| s.missing_below_max).sum();
     assert_eq!(duplicates, 0, "no record twice");
     assert_eq!(missing, 0, "no gap");
-    assert_eq!(records, RECORDS, "every record exactly once");
-    assert_eq!(distinct, RECORDS);
+    assert_eq!(records, shape.records, "every record exactly once");
+    assert_eq!(distinct, shape.records);
 
     // Window counts from the committed file equal a recomputation from the ids.
-    let expected = weir_tests::expected_windows(RECORDS, KEYS, WINDOW_MS);
+    let expected = weir_tests::expected_windows(shape.records, shape.keys, shape.window_ms);
     let text = eventually_within("the window results are visible", LIMIT, || {
         let out = out.to_path_buf();
+        let want = expected.len();
         async move {
             let t = std::fs::read_to_string(&out).ok()?;
-            (t.lines().count() == expected_len()).then_some(t)
+            (t.lines().count() == want).then_some(t)
         }
     })
     .await;
     weir_tests::assert_windows(&text, &expected);
-}
-
-fn expected_len() -> usize {
-    let mut set = std::collections::BTreeSet::new();
-    for id in 0..RECORDS {
-        let t = BASE_EVENT_TIME_MS + id as i64;
-        set.insert((id % KEYS, t.div_euclid(WINDOW_MS)));
-    }
-    set.len()
 }
 
 /// Starts w1 alone so it hosts every PE (source, window and sinks), then `extra` more.
@@ -143,13 +173,22 @@ async fn app_on_first_worker(
     out: &std::path::Path,
     extra: usize,
 ) -> (Cluster, WeirClient<Channel>, Vec<Worker>) {
+    app_shaped_on_first_worker(name, out, extra, SHAPE).await
+}
+
+async fn app_shaped_on_first_worker(
+    name: &str,
+    out: &std::path::Path,
+    extra: usize,
+    shape: Shape,
+) -> (Cluster, WeirClient<Channel>, Vec<Worker>) {
     let c = Cluster::start_tuned(1, fast).await;
     c.leader().await;
     let masters: Vec<_> = c.addrs.values().copied().collect();
     let mut workers = vec![start_worker("w1", &masters).await];
     let mut client = c.client(1).await;
     workers_alive(&client, 1).await;
-    submit(&mut client, spec(name, out.to_str().unwrap())).await;
+    submit(&mut client, spec_shaped(name, out.to_str().unwrap(), shape)).await;
     eventually_within("every PE on w1", LIMIT, || {
         let mut client = client.clone();
         let name = name.to_string();
@@ -192,6 +231,61 @@ async fn killing_the_worker_of_source_window_and_sinks_loses_and_repeats_nothing
     assert_eq!(rec.operators.len(), 4, "the whole region restarts: {rec:?}");
     let d = weir_tests::app_detail_read(&client, "ck1").await;
     assert!(d.pes.iter().all(|p| p.worker_id != "w1"));
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_from_an_incremental_checkpoint_is_exact() {
+    // One window open all along over many keys, a third of them changing between
+    // checkpoints: the window's pieces are increments on its earlier snapshots.
+    let shape = Shape {
+        records: 120_000,
+        rate: 10_000,
+        keys: 60_000,
+        window_ms: 1_000_000_000,
+        interval_ms: 2_000,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let (c, mut client, mut workers) = app_shaped_on_first_worker("ck6", &out, 1, shape).await;
+    // The newest checkpoint, just completed, with increments (on two snapshots or
+    // more where it comes) replicated to w2; w1 dies before the next one (2 s on).
+    let ck = eventually_within("an incremental checkpoint just completed", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck6").await;
+            let ck = r.checkpoints.last()?.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            let windows: Vec<_> = ck
+                .pieces
+                .iter()
+                .filter(|p| p.pe.starts_with("win@"))
+                .collect();
+            (now.saturating_sub(ck.completed_at_ms) < 500
+                && r.in_flight_id == 0
+                && windows.len() == 2
+                && windows.iter().all(|p| !p.builds_on.is_empty())
+                && ck
+                    .pieces
+                    .iter()
+                    .all(|p| p.replicas.iter().any(|w| w == "w2")))
+            .then_some(ck)
+        }
+    })
+    .await;
+    workers.remove(0).stop().await;
+    assert_exact_shaped(&client, "ck6", &out, shape).await;
+    let r = checkpoints(&mut client, "ck6").await;
+    let rec = r.recoveries.first().expect("a recovery is recorded");
+    assert_eq!(rec.checkpoint_id, ck.checkpoint_id, "{rec:?}");
+    let win = ck.pieces.iter().find(|p| p.pe.starts_with("win@")).unwrap();
+    assert!(win.restore_bytes > win.size_bytes, "{win:?}");
     for w in workers {
         w.stop().await;
     }

@@ -176,8 +176,11 @@ fn pe_config(svc: &ControlService, r: &pb::DeployPeRequest) -> Result<PeConfig, 
         inputs,
         outputs,
         attempt: r.attempt,
-        restore: (r.restore_checkpoint_id != 0)
-            .then(|| (r.restore_checkpoint_id, r.restore_from.clone())),
+        restore: (r.restore_checkpoint_id != 0).then(|| crate::runtime::checkpoint::OwnRestore {
+            id: r.restore_checkpoint_id,
+            from: r.restore_from.clone(),
+            chain: r.restore_chain.clone(),
+        }),
         gpus: r.gpu_uuids.clone(),
         peer_attempts: r.peer_attempts.clone(),
         producer_workers: r.producer_workers.clone(),

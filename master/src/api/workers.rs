@@ -182,7 +182,7 @@ impl MasterWorkers for WorkersService {
         check_worker_identity(&req, &req.get_ref().worker_id)?;
         let r = req.into_inner();
         let me = r.worker_id.clone();
-        let (known, peers, completed_checkpoints) = self
+        let (known, peers, (completed_checkpoints, keep_snapshots_from, kept_checkpoints)) = self
             .shared
             .node
             .state
@@ -197,13 +197,21 @@ impl MasterWorkers for WorkersService {
                         control_address: w.control_address.clone(),
                     })
                     .collect::<Vec<_>>();
-                let completed = s
-                    .apps
-                    .values()
-                    .filter(|a| a.state().is_live())
+                let live = || s.apps.values().filter(|a| a.state().is_live());
+                let completed = live()
                     .filter_map(|a| Some((a.name.clone(), a.checkpoints.latest()?.id)))
                     .collect::<std::collections::HashMap<_, _>>();
-                (s.workers.get(&me).cloned(), peers, completed)
+                let keep = live()
+                    .filter_map(|a| Some((a.name.clone(), a.checkpoints.keep_snapshots_from()?)))
+                    .collect::<std::collections::HashMap<_, _>>();
+                let kept = live()
+                    .filter(|a| !a.checkpoints.complete.is_empty())
+                    .map(|a| {
+                        let ids = a.checkpoints.complete.iter().map(|c| c.id).collect();
+                        (a.name.clone(), pb::CheckpointIds { ids })
+                    })
+                    .collect::<std::collections::HashMap<_, _>>();
+                (s.workers.get(&me).cloned(), peers, (completed, keep, kept))
             })
             .await;
         let (term, addr) = cluster_status_brief(&self.shared);
@@ -216,6 +224,8 @@ impl MasterWorkers for WorkersService {
             peers: peers.clone(),
             completed_checkpoints: completed_checkpoints.clone(),
             checkpoint_replicas: self.checkpoint_replicas,
+            keep_snapshots_from: keep_snapshots_from.clone(),
+            kept_checkpoints: kept_checkpoints.clone(),
         };
         // An unknown worker, or an old incarnation of a restarted one, must register.
         let Some(w) = known.filter(|w| w.incarnation == r.incarnation) else {

@@ -6,7 +6,7 @@
 //! half-recorded. Tests: `checkpoints_tests.rs`.
 
 use super::upgrade::Reports;
-use crate::state::{AppRecord, ClusterState, PieceRecord, WorkerState};
+use crate::state::{AppRecord, ClusterState, LinkRecord, PieceRecord, WorkerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use weir_common::physical::PeId;
@@ -21,6 +21,14 @@ pub struct Rules {
     /// How long after it (re)joined a worker is known to its peers (two heartbeats): a
     /// worker learns of a new peer, to replicate to, from its next heartbeat answer.
     pub known_after_ms: u64,
+    /// How long after a checkpoint completes every worker has heard of it (its next
+    /// heartbeat answer, one heartbeat, and a margin): the next one begins no sooner
+    /// (unless urgent), so PEs know the snapshot their increments may build on
+    /// (`worker/src/ops/window/incremental.rs`). Without it, a checkpoint that took
+    /// longer than the interval was followed at once by one whose PEs had not heard,
+    /// so all wrote whole snapshots, which again took long: at 1 GB of window state
+    /// every checkpoint stayed whole.
+    pub heard_after_ms: u64,
     /// How long a checkpoint may take before it is abandoned.
     pub timeout_ms: u64,
     /// The interval of apps whose spec sets none.
@@ -72,6 +80,20 @@ pub fn copies_needed(state: &ClusterState, rules: &Rules, started_at_ms: u64) ->
     rules.replicas.min(alive).max(1)
 }
 
+/// The chain of an incremental piece of `pe` built on its snapshot at checkpoint
+/// `base` (0: a whole piece, no chain): that snapshot's own chain, then it. `None`
+/// when `base` is not a kept complete checkpoint holding a piece of `pe`.
+pub fn chain_of(app: &AppRecord, pe: &PeId, base: u64) -> Option<Vec<LinkRecord>> {
+    if base == 0 {
+        return Some(Vec::new());
+    }
+    let c = app.checkpoints.complete.iter().find(|c| c.id == base)?;
+    let piece = c.pieces.get(pe)?;
+    let mut chain = piece.chain.clone();
+    chain.push(piece.as_link(base));
+    Some(chain)
+}
+
 /// How often `app` checkpoints: its own interval, else the master's `default`; zero:
 /// never.
 pub fn interval_of(app: &AppRecord, default: Duration) -> Duration {
@@ -117,12 +139,21 @@ pub fn decide_checkpoint(
                 }
                 Some(p) if p.replicas.len() >= need => {
                     max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
+                    let Some(chain) = chain_of(app, pe, p.base_checkpoint_id) else {
+                        // Built on a snapshot no kept checkpoint has (the PE took it
+                        // against a checkpoint that was abandoned): this checkpoint can
+                        // never be restored. The PE's next snapshot is whole, because
+                        // it builds only on its app's latest complete checkpoint.
+                        tracing::warn!(app = %app.name, %pe, checkpoint = f.id, base = p.base_checkpoint_id, "incremental snapshot without its base; checkpoint abandoned");
+                        return Step::Abandon { id: f.id };
+                    };
                     pieces.insert(
                         pe.clone(),
                         PieceRecord {
                             size_bytes: p.size_bytes,
                             crc32c: p.crc32c,
                             replicas: p.replicas.clone(),
+                            chain,
                         },
                     );
                 }
@@ -149,6 +180,12 @@ pub fn decide_checkpoint(
         return Step::Wait;
     }
     if interval.is_zero() || upgrade.is_some() || since_triggered.is_some_and(|t| t < interval) {
+        return Step::Wait;
+    }
+    let unheard = ck
+        .latest()
+        .is_some_and(|c| now_ms.saturating_sub(c.completed_at_ms) < rules.heard_after_ms);
+    if since_triggered.is_some() && unheard {
         return Step::Wait;
     }
     let running = app

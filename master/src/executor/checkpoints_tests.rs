@@ -16,6 +16,7 @@ fn rules() -> Rules {
     Rules {
         replicas: 2,
         known_after_ms: 1_000,
+        heard_after_ms: 600,
         timeout_ms: 10_000,
         interval: Duration::from_secs(1),
     }
@@ -263,4 +264,97 @@ fn an_app_not_running_has_no_checkpoint_step() {
     })
     .unwrap();
     assert_eq!(decide(&s, &running(&s, None), 5_000, None), Step::Wait);
+}
+
+/// Every PE's piece of `id` built on `base` (0: whole).
+fn incremental(s: &ClusterState, id: u64, base: u64) -> Reports {
+    let mut r = running(s, Some((id, 10, 2)));
+    for report in r.values_mut() {
+        report.checkpoints[0].base_checkpoint_id = base;
+    }
+    r
+}
+
+/// Decides and commits the completion of checkpoint `id`, its pieces built on `base`.
+fn complete(s: &mut ClusterState, id: u64, base: u64) -> u64 {
+    let Step::Complete {
+        id,
+        max_alignment_ms,
+        pieces,
+    } = decide(s, &incremental(s, id, base), 5_100, None)
+    else {
+        panic!("not complete")
+    };
+    s.apply(&Command::CompleteCheckpoint {
+        app: APP.into(),
+        id,
+        at_ms: 5_100,
+        max_alignment_ms,
+        pieces,
+    })
+    .unwrap();
+    id
+}
+
+#[test]
+fn incremental_pieces_record_their_chain_and_keep_its_snapshots() {
+    let mut s = placed(0);
+    let first = begin(&mut s, 5_000);
+    complete(&mut s, first, 0);
+    // Five increments, each on the one before: the app keeps three checkpoints, and
+    // the workers keep every snapshot back to the whole one they build on.
+    let mut last = first;
+    for _ in 0..5 {
+        let id = begin(&mut s, 5_000);
+        last = complete(&mut s, id, last);
+    }
+    let ck = &s.apps[APP].checkpoints;
+    assert_eq!(ck.complete.len(), 3);
+    let pe = &pes(&s)[0];
+    let piece = &ck.latest().unwrap().pieces[pe];
+    let links: Vec<u64> = piece.chain.iter().map(|l| l.checkpoint_id).collect();
+    assert_eq!(links, (first..last).collect::<Vec<_>>());
+    assert_eq!(piece.restore_bytes(), 10 * 6);
+    assert_eq!(ck.keep_snapshots_from(), Some(first));
+    // A whole piece starts a new chain: then only the kept checkpoints' count.
+    for _ in 0..3 {
+        let id = begin(&mut s, 5_000);
+        complete(&mut s, id, 0);
+    }
+    let ck = &s.apps[APP].checkpoints;
+    assert_eq!(ck.keep_snapshots_from(), Some(ck.complete[0].id));
+}
+
+#[test]
+fn a_piece_built_on_a_checkpoint_that_never_completed_abandons_its_checkpoint() {
+    let mut s = placed(0);
+    let first = begin(&mut s, 5_000);
+    complete(&mut s, first, 0);
+    // Checkpoint 2 begun and never completed; 3's pieces build on it.
+    let lost = begin(&mut s, 5_000);
+    s.apply(&Command::AbandonCheckpoint {
+        app: APP.into(),
+        id: lost,
+    })
+    .unwrap();
+    let id = begin(&mut s, 5_000);
+    assert_eq!(
+        decide(&s, &incremental(&s, id, lost), 5_100, None),
+        Step::Abandon { id }
+    );
+    // Built on the latest complete one: complete.
+    assert_eq!(complete(&mut s, id, first), id);
+}
+
+#[test]
+fn the_next_checkpoint_waits_until_every_worker_heard_of_the_last_completion() {
+    let mut s = placed(0);
+    let id = begin(&mut s, 5_000);
+    complete(&mut s, id, 0);
+    let all = running(&s, None);
+    let due = Some(Duration::from_secs(2));
+    // Completed at 5,100: not before 5,700, unless urgent (no trigger time).
+    assert_eq!(decide(&s, &all, 5_600, due), Step::Wait);
+    assert!(matches!(decide(&s, &all, 5_600, None), Step::Begin { .. }));
+    assert!(matches!(decide(&s, &all, 5_700, due), Step::Begin { .. }));
 }

@@ -360,6 +360,7 @@ impl Executor {
         let rules = checkpoints::Rules {
             replicas: self.cfg.checkpoint_replicas as usize,
             known_after_ms: 2 * self.cfg.worker_heartbeat.as_millis() as u64,
+            heard_after_ms: self.cfg.worker_heartbeat.as_millis() as u64 + 50,
             timeout_ms: self.cfg.checkpoint_timeout.as_millis() as u64,
             interval: self.cfg.checkpoint_interval,
         };

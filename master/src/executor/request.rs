@@ -1,7 +1,9 @@
 //! Building the commands the executor sends, from the replicated state.
 
 use crate::convert::partitioning;
-use crate::state::{AppRecord, CheckpointRecord, Gpus, Placement, WorkerRecord, WorkerState};
+use crate::state::{
+    AppRecord, CheckpointRecord, Gpus, PieceRecord, Placement, WorkerRecord, WorkerState,
+};
 use std::collections::{BTreeMap, HashMap};
 use weir_common::physical::{source_ordinal, PeId, PhysicalModel};
 use weir_common::spec::AppSpec;
@@ -73,6 +75,7 @@ pub fn deploy_pe(
                             checkpoint_id: c.id,
                             locations,
                             wait_ms: 0,
+                            chain: chain(c, old, workers),
                             ..Default::default()
                         })
                     })
@@ -88,6 +91,9 @@ pub fn deploy_pe(
     req.restore_checkpoint_id = restore_checkpoint_id;
     req.restore_from = restore_from;
     req.restore_pieces = restore_pieces;
+    if req.restore_checkpoint_id > 0 {
+        req.restore_chain = record.map_or_else(Vec::new, |c| chain(c, pe, workers));
+    }
     Some(req)
 }
 
@@ -175,6 +181,7 @@ pub fn build(
         restore_pieces: vec![],
         start_at_barrier: 0,
         producer_workers,
+        restore_chain: vec![],
     })
 }
 
@@ -201,7 +208,8 @@ pub fn precopy_base<'a>(app: &'a AppRecord, preds: &[PeId]) -> Option<&'a Checkp
 /// it would fetch must fit its memory request, `memory_mb`, which the scheduler
 /// reserved for it there beside the old PEs: it loads each predecessor's piece whole,
 /// one at a time, before keeping its own key groups, so their sum bounds what it
-/// holds (as encoded). Otherwise it takes the state at the
+/// holds (as encoded; an incremental piece counts with the snapshots it builds on).
+/// Otherwise it takes the state at the
 /// switch, as without pre-copy, when the old PEs let theirs go.
 pub fn precopy_fits(
     c: &CheckpointRecord,
@@ -219,7 +227,7 @@ pub fn precopy_fits(
     let bytes: u64 = preds
         .iter()
         .filter_map(|p| c.pieces.get(p))
-        .map(|piece| piece.size_bytes)
+        .map(PieceRecord::restore_bytes)
         .sum();
     bytes <= memory_mb.saturating_mul(1 << 20)
 }
@@ -233,8 +241,37 @@ pub fn locations(
     let Some(piece) = c.pieces.get(pe) else {
         return vec![];
     };
-    let mut out: Vec<(bool, pb::SnapshotLocation)> = piece
-        .replicas
+    ordered(&piece.replicas, piece.size_bytes, piece.crc32c, workers)
+}
+
+/// The snapshots `pe`'s piece of `c` builds on when it is incremental, the whole one
+/// first, each with its copies as [`locations`] orders them; empty for a whole piece.
+pub fn chain(
+    c: &CheckpointRecord,
+    pe: &str,
+    workers: &BTreeMap<String, WorkerRecord>,
+) -> Vec<pb::SnapshotLink> {
+    let Some(piece) = c.pieces.get(pe) else {
+        return vec![];
+    };
+    piece
+        .chain
+        .iter()
+        .map(|l| pb::SnapshotLink {
+            checkpoint_id: l.checkpoint_id,
+            locations: ordered(&l.replicas, l.size_bytes, l.crc32c, workers),
+        })
+        .collect()
+}
+
+/// Copies on `replicas`, those on live workers first.
+fn ordered(
+    replicas: &[String],
+    size_bytes: u64,
+    crc32c: u32,
+    workers: &BTreeMap<String, WorkerRecord>,
+) -> Vec<pb::SnapshotLocation> {
+    let mut out: Vec<(bool, pb::SnapshotLocation)> = replicas
         .iter()
         .filter_map(|w| {
             let rec = workers.get(w)?;
@@ -243,8 +280,8 @@ pub fn locations(
                 pb::SnapshotLocation {
                     worker_id: w.clone(),
                     control_address: rec.control_address.clone(),
-                    size_bytes: piece.size_bytes,
-                    crc32c: piece.crc32c,
+                    size_bytes,
+                    crc32c,
                 },
             ))
         })
@@ -290,7 +327,6 @@ pub fn moved_channels(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::PieceRecord;
 
     fn checkpoint(pieces: &[(&PeId, u64)]) -> CheckpointRecord {
         CheckpointRecord {
@@ -305,6 +341,7 @@ mod tests {
                         size_bytes: *size,
                         crc32c: 1,
                         replicas: vec!["w1".into()],
+                        chain: vec![],
                     };
                     ((*pe).clone(), piece)
                 })

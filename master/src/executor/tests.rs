@@ -153,6 +153,7 @@ fn checkpoint(s: &mut ClusterState, id: u64) {
                     size_bytes: 8,
                     crc32c: 1,
                     replicas: vec![w.clone()],
+                    chain: vec![],
                 },
             )
         })

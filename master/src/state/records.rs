@@ -187,6 +187,20 @@ impl AppCheckpoints {
     pub fn latest(&self) -> Option<&CheckpointRecord> {
         self.complete.last()
     }
+
+    /// The oldest checkpoint whose snapshots a restore may still load: the oldest kept
+    /// complete checkpoint, or an older one an incremental piece of a kept one builds
+    /// on. `None` without a complete checkpoint.
+    pub fn keep_snapshots_from(&self) -> Option<u64> {
+        let oldest = self.complete.first()?.id;
+        let links = self
+            .complete
+            .iter()
+            .flat_map(|c| c.pieces.values())
+            .flat_map(|p| p.chain.first())
+            .map(|l| l.checkpoint_id);
+        Some(links.fold(oldest, u64::min))
+    }
 }
 
 /// A checkpoint that has begun.
@@ -227,6 +241,41 @@ impl CheckpointRecord {
 /// Where one PE's snapshot of a checkpoint is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceRecord {
+    /// Size, bytes.
+    pub size_bytes: u64,
+    /// CRC-32C of the snapshot.
+    pub crc32c: u32,
+    /// Workers holding a copy.
+    pub replicas: Vec<String>,
+    /// For an incremental snapshot (what changed since the PE's previous one): the
+    /// snapshots a restore applies it over, the whole one first. Empty: whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<LinkRecord>,
+}
+
+impl PieceRecord {
+    /// The piece as a link of a later incremental piece's chain.
+    pub fn as_link(&self, checkpoint_id: u64) -> LinkRecord {
+        LinkRecord {
+            checkpoint_id,
+            size_bytes: self.size_bytes,
+            crc32c: self.crc32c,
+            replicas: self.replicas.clone(),
+        }
+    }
+
+    /// Bytes a restore of this piece loads: the piece and its chain.
+    pub fn restore_bytes(&self) -> u64 {
+        self.size_bytes + self.chain.iter().map(|l| l.size_bytes).sum::<u64>()
+    }
+}
+
+/// One snapshot an incremental piece builds on: a piece of an earlier checkpoint,
+/// which may no longer be among the app's kept complete checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The checkpoint it was taken at.
+    pub checkpoint_id: u64,
     /// Size, bytes.
     pub size_bytes: u64,
     /// CRC-32C of the snapshot.

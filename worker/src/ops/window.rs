@@ -22,8 +22,13 @@ mod delta;
 mod delta_tests;
 #[cfg(test)]
 mod hop_tests;
+mod incremental;
+#[cfg(test)]
+mod incremental_tests;
 mod key;
 mod state;
+#[cfg(test)]
+mod test_records;
 #[cfg(test)]
 mod tests;
 
@@ -151,7 +156,7 @@ fn every(t: i64, size: i64, slide: i64) -> impl Iterator<Item = (i64, i64)> {
 }
 
 /// One key's aggregate in one window, and the epoch of its last change (what a delta
-/// against the last full snapshot carries: see [`Changes`]).
+/// against the last snapshot carries: see [`Changes`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Slot {
     acc: Acc,
@@ -170,18 +175,24 @@ type Windows = BTreeMap<(i64, i64), Keys>;
 /// One window's slots by record key.
 type Keys = HashMap<Key, Slot, foldhash::fast::RandomState>;
 
-/// What changed since the last full snapshot, so an upgrade's hand-off can send only
-/// that (see `delta.rs`).
+/// What changed since the last snapshot, so a checkpoint can store only that
+/// (`incremental.rs`) and an upgrade's hand-off can send only that (`delta.rs`).
 #[derive(Clone, Debug, Default)]
 enum Changes {
     /// No full snapshot yet, or too much changed to be worth tracking: no delta.
     #[default]
     Untracked,
-    /// The `(end, start, key)` of every slot changed since the full snapshot taken at
-    /// checkpoint `base` (each once: a slot is listed when its epoch first moves).
+    /// The `(end, start, key)` of every slot changed since the snapshot (whole or
+    /// incremental) taken at the first of `marks`, in order of change: each slot once
+    /// per snapshot after which it changed (it is listed when its epoch first moves).
+    /// `marks` are the snapshots since, oldest first, each with where in `dirty` the
+    /// changes after it begin. `shipped`: an upgrade's round shipped and unlisted some,
+    /// so the list no longer holds every change (the next checkpoint's snapshot is
+    /// whole).
     Since {
-        base: u64,
+        marks: Vec<(u64, usize)>,
         dirty: Vec<(i64, i64, Key)>,
+        shipped: bool,
     },
 }
 
@@ -203,10 +214,11 @@ pub struct Window {
     floors: BTreeMap<u32, i64>,
     /// Records emitted so far: the `seq` of the next output.
     emitted: u64,
-    /// Advances at every full snapshot; a slot whose epoch is older has not changed
-    /// since.
+    /// Advances at every snapshot; a slot whose epoch is older has not changed since.
     epoch: u64,
     changes: Changes,
+    /// What the snapshots since the last whole one wrote (see `incremental.rs`).
+    chain: incremental::Chain,
     /// Nothing processed or restored yet: the first restore adopts the snapshot's
     /// progress instead of merging with this PE's (empty) own.
     fresh: bool,
@@ -231,6 +243,7 @@ impl Window {
             emitted: 0,
             epoch: 0,
             changes: Changes::Untracked,
+            chain: incremental::Chain::default(),
             fresh: true,
             late: 0,
             skipped: 0,

@@ -13,7 +13,7 @@ use super::upgrade::Armed;
 use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -27,6 +27,14 @@ const KEEP: usize = 3;
 
 /// Per app: the latest complete checkpoint (watched by its PEs) and the last few.
 type Completed = HashMap<String, (watch::Sender<u64>, VecDeque<u64>)>;
+
+/// Complete checkpoints remembered per app, to decide what increments build on.
+const KNOWN: usize = 16;
+
+/// One state to restore, as stored: `(checkpoint, snapshot)` links, a whole snapshot
+/// first, then (a window's incremental piece) each increment up to the checkpoint
+/// restored.
+pub type StateChain = Vec<(u64, Bytes)>;
 
 /// A snapshot loaded for a restore.
 #[derive(Debug)]
@@ -43,6 +51,8 @@ pub struct CheckpointEnv {
     store: Arc<SnapshotStore>,
     replicator: Arc<Replicator>,
     completed: Mutex<Completed>,
+    /// Per app, the complete checkpoints heard of (the last [`KNOWN`]).
+    known: Mutex<HashMap<String, BTreeSet<u64>>>,
 }
 
 impl CheckpointEnv {
@@ -53,11 +63,33 @@ impl CheckpointEnv {
             store,
             replicator,
             completed: Mutex::default(),
+            known: Mutex::default(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Completed> {
         self.completed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The complete checkpoints of `app` heard of here (the last few).
+    pub fn known_complete(&self, app: &str) -> BTreeSet<u64> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(app).cloned().unwrap_or_default()
+    }
+
+    fn learn(&self, r: &pb::HeartbeatResponse) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|app, _| r.completed_checkpoints.contains_key(app));
+        for (app, id) in &r.completed_checkpoints {
+            let set = known.entry(app.clone()).or_default();
+            set.insert(*id);
+            if let Some(kept) = r.kept_checkpoints.get(app) {
+                set.extend(&kept.ids);
+            }
+            while set.len() > KNOWN {
+                set.pop_first();
+            }
+        }
     }
 
     /// The latest complete checkpoint of `app`, as it changes.
@@ -72,6 +104,7 @@ impl CheckpointEnv {
     /// Takes in what a heartbeat answer says: peers, replication factor, and the latest
     /// complete checkpoint per app (PEs commit output up to it; older snapshots go).
     pub fn on_heartbeat(&self, r: &pb::HeartbeatResponse) {
+        self.learn(r);
         self.replicator.set_peers(r.peers.clone());
         if r.checkpoint_replicas > 0 {
             self.replicator.set_replicas(r.checkpoint_replicas);
@@ -91,7 +124,8 @@ impl CheckpointEnv {
                     history.pop_front();
                 }
                 tx.send_replace(*id);
-                if let Some(oldest) = history.front() {
+                // The master's bound keeps what incremental pieces build on.
+                if let Some(oldest) = r.keep_snapshots_from.get(app).or(history.front()) {
                     gc.push((app.clone(), *oldest));
                 }
             }
@@ -108,15 +142,16 @@ impl CheckpointEnv {
         }
     }
 
-    /// Saves the snapshot of `pe` at checkpoint `id`: durable locally before this
-    /// returns, replicated in the background; the piece shows in `status` once it has
-    /// its replicas. An empty snapshot (a PE without state) stores nothing.
+    /// Saves the snapshot of `pe` at checkpoint `id` (incremental over its snapshot
+    /// at `base`; 0: whole): durable locally before this returns, replicated in the
+    /// background; the piece shows in `status` once it has its replicas. An empty
+    /// snapshot (a PE without state) stores nothing.
     pub async fn save(
         &self,
         app: &str,
         pe: &str,
         id: u64,
-        bytes: Vec<u8>,
+        (bytes, base): (Vec<u8>, u64),
         alignment_ms: u64,
         status: &Arc<PeStatus>,
     ) -> Result<(), String> {
@@ -158,6 +193,7 @@ impl CheckpointEnv {
                 replicas,
                 alignment_ms,
                 store_ms: t0.elapsed().as_millis() as u64,
+                base_checkpoint_id: base,
             });
         });
         Ok(())
@@ -220,6 +256,47 @@ impl CheckpointEnv {
         }
     }
 
+    /// Loads the snapshot of `pe` at checkpoint `id` from `from` with the snapshots
+    /// it builds on (`chain`, the whole one first; empty for a whole snapshot).
+    /// `Ok(None)`: the PE had no state in that checkpoint.
+    pub async fn load_chain(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        from: &[pb::SnapshotLocation],
+        chain: &[pb::SnapshotLink],
+    ) -> Result<Option<(StateChain, String)>, String> {
+        let Some(last) = self.load(app, pe, id, from).await? else {
+            return Ok(None);
+        };
+        let mut links = self.load_links(app, pe, id, chain).await?;
+        links.push((id, last.bytes));
+        Ok(Some((links, chain_note(last.note, chain))))
+    }
+
+    /// Loads the snapshots the piece of `pe` at `id` builds on (`chain`, the whole
+    /// one first).
+    pub async fn load_links(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        chain: &[pb::SnapshotLink],
+    ) -> Result<StateChain, String> {
+        let mut links = Vec::with_capacity(chain.len() + 1);
+        for l in chain {
+            let Some(loaded) = self.load(app, pe, l.checkpoint_id, &l.locations).await? else {
+                return Err(format!(
+                    "checkpoint {id} builds on checkpoint {}, of which no copy is known",
+                    l.checkpoint_id
+                ));
+            };
+            links.push((l.checkpoint_id, loaded.bytes));
+        }
+        Ok(links)
+    }
+
     /// Loads the snapshot of `pe` at checkpoint `id` from this worker or the given
     /// locations. `Ok(None)`: the PE had no state in that checkpoint.
     pub async fn load(
@@ -269,8 +346,8 @@ pub struct Ckpt {
     pub pe: String,
     /// Snapshot storage and completion notices.
     pub env: Arc<CheckpointEnv>,
-    /// The checkpoint to restore and where its snapshot is.
-    pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+    /// The checkpoint to restore, where its snapshot is, and what that builds on.
+    pub restore: Option<OwnRestore>,
     /// Snapshots of other PEs merged into the starting state (an upgrade's hand-off);
     /// takes precedence over `restore`.
     pub pieces: Vec<pb::RestorePiece>,
@@ -282,4 +359,27 @@ pub struct Ckpt {
     pub triggers: mpsc::Receiver<u64>,
     /// Upgrade actions armed for a barrier.
     pub armed: Armed,
+}
+
+/// `note` on a loaded piece, with the chain it was loaded with.
+pub fn chain_note(note: String, chain: &[pb::SnapshotLink]) -> String {
+    match chain.first() {
+        Some(w) => format!(
+            "{note}, and {} snapshot(s) it builds on from checkpoint {}",
+            chain.len(),
+            w.checkpoint_id
+        ),
+        None => note,
+    }
+}
+
+/// A PE's own piece of a checkpoint to restore.
+#[derive(Clone, Debug)]
+pub struct OwnRestore {
+    /// The checkpoint.
+    pub id: u64,
+    /// Where the piece is, preferred first.
+    pub from: Vec<pb::SnapshotLocation>,
+    /// What it builds on when incremental, the whole snapshot first.
+    pub chain: Vec<pb::SnapshotLink>,
 }

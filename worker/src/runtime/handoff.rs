@@ -49,9 +49,16 @@ const ROUNDS_PER_PASS: usize = 16;
 const PREFETCH: usize = 8;
 
 /// How long a successor catches up on rounds before it reports running anyway (the
-/// switch then moves what is left): the switch, and so the upgrade, waits at most
-/// this long for it.
+/// switch then moves what is left), or as long as its pre-copy took if that was
+/// longer: the rounds waiting were shipped while it loaded, so a large state has more
+/// to catch up on (at 1 GB on the dev box, 20 s of loading left ~180 rounds; cut at
+/// 2 s, 144 MB were still waiting at the switch and the stream stalled 1.2 s). A
+/// successor that is not gaining stops at once whatever the limit ([`gaining`]). Never
+/// more than [`MAX_CATCH_UP`]: the master gives prepare 30 s in all.
 const CATCH_UP: Duration = Duration::from_secs(2);
+
+/// The longest a successor catches up, however long its pre-copy took.
+const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Whether a successor that applied `applied` rounds of one predecessor in a pass of
 /// `took`, and stopped at its limit, is gaining on it: that predecessor shipped at most
@@ -202,11 +209,11 @@ pub(crate) async fn restore(
         return Ok(());
     }
     let parts = ckpt.load(status).await?;
-    let bytes: u64 = parts.iter().map(|b| b.len() as u64).sum();
+    let bytes: u64 = parts.iter().flatten().map(|(_, b)| b.len() as u64).sum();
     if let Err(e) = kernel.restore(&parts, ckpt.handoff()).await {
         status
             .restore_failed
-            .store(ckpt.restore.as_ref().map_or(0, |r| r.0), Ordering::Release);
+            .store(ckpt.restore.as_ref().map_or(0, |r| r.id), Ordering::Release);
         status.fail(format!("restoring state: {e}"));
         return Err(Stopped::Failed);
     }
@@ -266,25 +273,28 @@ async fn precopy_then_deltas(
     // and dropped, so a successor of several predecessors never holds all their pieces
     // at once beside the state it builds.
     let mut copied = 0u64;
+    let loading = Instant::now();
     for p in &ckpt.pieces {
-        let l = env
-            .load_piece(
+        let lost = |e: String| {
+            GiveUp(format!(
+                "checkpoint {} of {}: {e}",
+                p.precopy_checkpoint_id, p.pe
+            ))
+        };
+        let (links, _) = env
+            .load_chain(
                 &ckpt.app,
                 &p.pe,
                 p.precopy_checkpoint_id,
                 &p.precopy_locations,
-                Duration::ZERO,
+                &p.precopy_chain,
             )
             .await
-            .map_err(|e| {
-                GiveUp(format!(
-                    "checkpoint {} of {}: {e}",
-                    p.precopy_checkpoint_id, p.pe
-                ))
-            })?;
-        copied += l.bytes.len() as u64;
+            .map_err(lost)?
+            .ok_or_else(|| lost("no copy known".into()))?;
+        copied += links.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         kernel
-            .restore(std::slice::from_ref(&l.bytes), Some(groups))
+            .restore(std::slice::from_ref(&links), Some(groups))
             .await
             .map_err(|e| GiveUp(e.to_string()))?;
     }
@@ -303,12 +313,13 @@ async fn precopy_then_deltas(
         })
         .collect();
     let started = Instant::now();
+    let catch_up = CATCH_UP.max(loading.elapsed()).min(MAX_CATCH_UP);
     let deadline = started + WAIT;
     let mut running = false;
     let mut rounds_bytes = 0u64;
     // Follow the rounds until every envelope of the switch barrier is there. Running
     // (so the switch may begin) once caught up with every predecessor (no round
-    // waiting) or not gaining on it, or after CATCH_UP.
+    // waiting) or not gaining on it, or after `catch_up`.
     while follows.iter().any(|f| f.at_barrier.is_none()) {
         if Instant::now() > deadline {
             let f = follows
@@ -385,7 +396,7 @@ async fn precopy_then_deltas(
             || follows
                 .iter()
                 .all(|f| !f.behind || !gaining(f.this_pass, took));
-        if !running && (caught_up || started.elapsed() > CATCH_UP) {
+        if !running && (caught_up || started.elapsed() > catch_up) {
             running = true;
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
             // queues.

@@ -1,10 +1,12 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
+use super::checkpoint::StateChain;
 use super::file_sink::{BlockingFileSink, FileCallError};
 use super::status::PeStatus;
 use crate::container::{ContainerEngine, Progress};
 use crate::exec::{ExecConfig, ExecError, ExecLimits, ExecPe, LocalLaunch};
 use crate::ops::{Filter, KeyBy, Map, StateError, Verify, Window, WindowKind};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -226,26 +228,28 @@ impl Kernel {
         })
     }
 
-    /// The state to checkpoint at barrier `id`; empty for kernels without state. A
-    /// window snapshots the keys of `groups` (its own: parts of several predecessors
-    /// then carry disjoint groups) and tracks changes from here for a delta.
+    /// The state to checkpoint at barrier `id`, and the checkpoint it builds on (0:
+    /// whole); empty for kernels without state. A window snapshots the keys of `groups`
+    /// (its own: parts of several predecessors then carry disjoint groups), only what
+    /// changed since its newest snapshot taken at one of the checkpoints in `complete`
+    /// (those of the app this worker knows complete; `ops/window/incremental.rs`), and
+    /// tracks changes from here.
     pub async fn snapshot(
         &mut self,
         id: u64,
         groups: KeyGroupRange,
-    ) -> Result<Vec<u8>, KernelError> {
+        complete: BTreeSet<u64>,
+    ) -> Result<(Vec<u8>, u64), KernelError> {
         Ok(match self {
             Kernel::Window(w) => {
                 off_thread(w, move |w| {
-                    let s = w.snapshot(groups);
-                    w.mark(id);
-                    s
+                    w.checkpoint(id, groups, |m| complete.contains(&m))
                 })
                 .await
             }
-            Kernel::Verify(v) => v.snapshot(),
-            Kernel::File(f) => f.snapshot(id).await.map_err(KernelError::FileSnapshot)?,
-            _ => Vec::new(),
+            Kernel::Verify(v) => (v.snapshot(), 0),
+            Kernel::File(f) => (f.snapshot(id).await.map_err(KernelError::FileSnapshot)?, 0),
+            _ => (Vec::new(), 0),
         })
     }
 
@@ -253,6 +257,8 @@ impl Kernel {
     /// forwarded the barrier: nothing waits on this snapshot but the checkpoint's
     /// completion, so a window encodes it at the background priority
     /// ([`super::background`]) instead of taking cores from its successors.
+    /// Always whole: its successors restore from it without a chain (and from it,
+    /// with its rounds and envelope, at the switch).
     pub async fn snapshot_drained(
         &mut self,
         id: u64,
@@ -270,7 +276,8 @@ impl Kernel {
                 *w = back;
                 Ok(s)
             }
-            _ => self.snapshot(id, groups).await,
+            // No increment: nothing is ever complete after a drained PE's last snapshot.
+            _ => Ok(self.snapshot(id, groups, BTreeSet::new()).await?.0),
         }
     }
 
@@ -353,17 +360,21 @@ impl Kernel {
     /// this PE; with `handoff` (an upgrade's successor, or a restore to a checkpoint
     /// taken before one) the parts are predecessors' snapshots, merged, and only the
     /// key groups in `handoff` are kept.
+    /// Each part is a [`StateChain`]: a whole snapshot, then (a window's incremental
+    /// piece) the increments up to the checkpoint restored.
     pub async fn restore(
         &mut self,
-        parts: &[bytes::Bytes],
+        parts: &[StateChain],
         handoff: Option<KeyGroupRange>,
     ) -> Result<(), KernelError> {
         match self {
             Kernel::Window(w) => {
                 let parts = parts.to_vec();
                 off_thread(w, move |w| {
-                    for b in &parts {
-                        w.restore_groups(b, handoff)?;
+                    for chain in &parts {
+                        let links: Vec<(u64, &[u8])> =
+                            chain.iter().map(|(id, b)| (*id, &b[..])).collect();
+                        w.restore_chain(&links, handoff)?;
                     }
                     if let Some(groups) = handoff {
                         w.take_over(groups);
@@ -373,11 +384,11 @@ impl Kernel {
                 .await?;
             }
             Kernel::Verify(v) => {
-                for b in parts {
+                for b in parts.iter().map(whole).collect::<Result<Vec<_>, _>>()? {
                     v.restore(b)?;
                 }
             }
-            Kernel::File(f) => match parts.first() {
+            Kernel::File(f) => match parts.first().map(whole).transpose()? {
                 Some(b) => f.restore(b.clone()).await.map_err(KernelError::File)?,
                 None => f.start_fresh().await.map_err(KernelError::File)?,
             },
@@ -417,6 +428,17 @@ impl Kernel {
             sources: r.sources.len() as u32,
             inputs_ended,
         })
+    }
+}
+
+/// The one snapshot of a chain of a kernel that only takes whole snapshots.
+fn whole(chain: &StateChain) -> Result<&bytes::Bytes, StateError> {
+    match &chain[..] {
+        [(_, b)] => Ok(b),
+        _ => Err(StateError::Mismatch(format!(
+            "a chain of {} snapshots for a kernel without increments",
+            chain.len()
+        ))),
     }
 }
 

@@ -87,9 +87,9 @@ pub struct PeConfig {
     /// The recovery attempt of its region: part of every channel's name, so PEs of
     /// different attempts never exchange records.
     pub attempt: u64,
-    /// The checkpoint to restore from and where its snapshot is; `None` for empty
-    /// state.
-    pub restore: Option<(u64, Vec<pb::SnapshotLocation>)>,
+    /// The checkpoint to restore from, where its snapshot is and what that builds on;
+    /// `None` for empty state.
+    pub restore: Option<checkpoint::OwnRestore>,
     /// UUIDs of the GPUs allocated to it (one per requested slice); empty without.
     pub gpus: Vec<String>,
     /// Attempts of peers (input producers) that differ from `attempt`.

@@ -8,7 +8,7 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::checkpoint::Ckpt;
+use super::checkpoint::{chain_note, Ckpt, OwnRestore, StateChain};
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;
@@ -44,7 +44,7 @@ impl Ckpt {
     /// Loads the state to restore: no part (empty state), one (a checkpoint of this
     /// PE) or several (snapshots of predecessors, to merge). On failure the PE reports
     /// it and fails.
-    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<bytes::Bytes>, Stopped> {
+    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<StateChain>, Stopped> {
         if !self.pieces.is_empty() {
             // A successor is ready (its kernel runs, its inputs are open) while it
             // waits for its predecessors' state, which only comes at the switch.
@@ -53,14 +53,23 @@ impl Ckpt {
             let mut notes = Vec::new();
             for p in &self.pieces {
                 let wait = Duration::from_millis(p.wait_ms).min(HANDOFF_WAIT);
-                match self
+                let loaded = match self
                     .env
                     .load_piece(&self.app, &p.pe, p.checkpoint_id, &p.locations, wait)
                     .await
                 {
-                    Ok(l) => {
-                        notes.push(format!("{}: {}", p.pe, l.note));
-                        parts.push(l.bytes);
+                    Ok(l) => self
+                        .env
+                        .load_links(&self.app, &p.pe, p.checkpoint_id, &p.chain)
+                        .await
+                        .map(|links| (l, links)),
+                    Err(e) => Err(e),
+                };
+                match loaded {
+                    Ok((l, mut links)) => {
+                        notes.push(format!("{}: {}", p.pe, chain_note(l.note, &p.chain)));
+                        links.push((p.checkpoint_id, l.bytes));
+                        parts.push(links);
                     }
                     Err(e) => {
                         tracing::error!(pe = %self.pe, from = %p.pe, barrier = p.checkpoint_id, error = %e, "cannot load a predecessor's state");
@@ -84,15 +93,19 @@ impl Ckpt {
         (!self.pieces.is_empty()).then_some(self.key_groups)
     }
 
-    async fn load_own(&self, status: &PeStatus) -> Result<Option<bytes::Bytes>, Stopped> {
-        let Some((id, from)) = &self.restore else {
+    async fn load_own(&self, status: &PeStatus) -> Result<Option<StateChain>, Stopped> {
+        let Some(OwnRestore { id, from, chain }) = &self.restore else {
             return Ok(None);
         };
-        match self.env.load(&self.app, &self.pe, *id, from).await {
-            Ok(Some(l)) => {
-                tracing::info!(pe = %self.pe, checkpoint = id, note = %l.note, "state restored");
-                status.note(l.note);
-                Ok(Some(l.bytes))
+        match self
+            .env
+            .load_chain(&self.app, &self.pe, *id, from, chain)
+            .await
+        {
+            Ok(Some((links, note))) => {
+                tracing::info!(pe = %self.pe, checkpoint = id, %note, "state restored");
+                status.note(note);
+                Ok(Some(links))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -111,8 +124,13 @@ impl Ckpt {
     pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, Stopped> {
         let mut position = 0;
         // Several parts (a predecessor per part) continue from the furthest.
-        for b in self.load(status).await? {
-            match <[u8; 8]>::try_from(&b[..]) {
+        for chain in self.load(status).await? {
+            // A source's snapshot is always whole: a chain of one.
+            let b = match &chain[..] {
+                [(_, b)] => &b[..],
+                _ => &[][..],
+            };
+            match <[u8; 8]>::try_from(b) {
                 Ok(pos) => position = position.max(u64::from_le_bytes(pos)),
                 Err(_) => {
                     status.fail(format!(
@@ -161,7 +179,7 @@ impl Ckpt {
         };
         if let Err(e) = self
             .env
-            .save(&self.app, &self.pe, id, state, 0, status)
+            .save(&self.app, &self.pe, id, (state, 0), 0, status)
             .await
         {
             status.fail(e);
@@ -425,20 +443,26 @@ async fn snapshot(
         router.barrier(id).await;
         tracing::debug!(%pe, checkpoint = id, "hand-off envelope stored, barrier forwarded");
     }
-    let bytes = if forwarded {
-        kernel.snapshot_drained(id, ckpt.key_groups).await
+    let t0 = Instant::now();
+    let taken = if forwarded {
+        kernel
+            .snapshot_drained(id, ckpt.key_groups)
+            .await
+            .map(|whole| (whole, 0))
     } else {
-        kernel.snapshot(id, ckpt.key_groups).await
+        let complete = ckpt.env.known_complete(&ckpt.app);
+        kernel.snapshot(id, ckpt.key_groups, complete).await
     }
     .map_err(|e| e.to_string())?;
+    let (bytes, base, took_ms) = (taken.0.len(), taken.1, t0.elapsed().as_millis() as u64);
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
-        .save(&ckpt.app, pe, id, bytes, alignment_ms, status)
+        .save(&ckpt.app, pe, id, taken, alignment_ms, status)
         .await?;
     if !forwarded {
         router.barrier(id).await;
     }
-    tracing::debug!(%pe, checkpoint = id, alignment_ms, "snapshot taken");
+    tracing::debug!(%pe, checkpoint = id, base, bytes, took_ms, alignment_ms, "snapshot taken");
     Ok(())
 }
 

@@ -193,9 +193,13 @@ impl Executor {
                 .filter_map(|old| {
                     let ow = app.placement.get(old)?;
                     let orec = state.workers.get(ow)?;
-                    let (precopy_checkpoint_id, precopy_locations) = match precopy {
-                        Some(c) => (c.id, request::locations(c, old, &state.workers)),
-                        None => (0, vec![]),
+                    let (precopy_checkpoint_id, precopy_locations, precopy_chain) = match precopy {
+                        Some(c) => (
+                            c.id,
+                            request::locations(c, old, &state.workers),
+                            request::chain(c, old, &state.workers),
+                        ),
+                        None => (0, vec![], vec![]),
                     };
                     Some(pb::RestorePiece {
                         pe: old.to_string(),
@@ -209,6 +213,8 @@ impl Executor {
                         wait_ms: HANDOFF_WAIT_MS,
                         precopy_checkpoint_id,
                         precopy_locations,
+                        chain: vec![],
+                        precopy_chain,
                     })
                 })
                 .collect();

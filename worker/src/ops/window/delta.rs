@@ -1,10 +1,13 @@
-//! Deltas of window state: what changed since the last full snapshot, so an upgrade's
+//! Deltas of window state: what changed since the last snapshot, so an upgrade's
 //! successor that pre-copied that snapshot while the old PE kept running takes only
 //! the rest at the switch barrier (docs/upgrade-protocol.md, "Pre-copy").
 //!
-//! Tracking: every full snapshot starts an epoch ([`Window::mark`]); the first change
-//! of a slot in an epoch lists it once (its epoch is then the current one). A delta is
-//! the snapshot layout (header whole) with only the listed slots that still exist.
+//! Tracking: every snapshot (whole or incremental) starts an epoch ([`Window::mark`]);
+//! the first change of a slot in an epoch lists it (its epoch is then the current
+//! one), so the list from a snapshot's mark on holds every slot changed since that
+//! snapshot. A delta is the snapshot layout (header whole) with only the slots listed
+//! since the last snapshot that still exist. Periodic checkpoints store such deltas
+//! too, over an earlier snapshot (`incremental.rs`).
 //!
 //! Rounds ([`Window::round`]): while it waits for the switch, an old PE ships its
 //! listed slots a bounded number at a time, with their current values, and unlists them
@@ -13,7 +16,7 @@
 //! so at the barrier only the slots changed since the last round remain.
 //!
 //! Why applying a delta gives exactly the state at the barrier. Let `B` be the state
-//! at the full snapshot and `K` the state at the barrier, of the same PE:
+//! at the last snapshot and `K` the state at the barrier, of the same PE:
 //! - a slot of `B` that no record touched since is unchanged in `K`, unless its window
 //!   closed: closing drops every window ending at or before the watermark and raises
 //!   `closed_upto` to it, and no slot ever exists for a window ending at or before
@@ -39,17 +42,42 @@ use weir_common::keygroup::{key_group, KeyGroupRange};
 const SLACK: usize = 1 << 16;
 
 /// The epoch of a slot shipped in a round and not changed since: never a current
-/// epoch (epochs start at 1 with the first full snapshot).
+/// epoch (epochs start at 1 with the first snapshot).
 pub(super) const UNLISTED: u64 = 0;
 
 impl Window {
-    /// A full snapshot was taken at checkpoint `id`: changes are tracked from here.
+    /// A whole snapshot was taken at checkpoint `id`: changes are tracked from here.
     pub fn mark(&mut self, id: u64) {
         self.epoch += 1;
         self.changes = Changes::Since {
-            base: id,
+            marks: vec![(id, 0)],
             dirty: Vec::new(),
+            shipped: false,
         };
+    }
+
+    /// An increment was taken at checkpoint `id` over the snapshot at `base` (one of
+    /// the marks): changes are tracked from here too, and those before `base` are no
+    /// longer needed (later increments build on `base` or a later snapshot).
+    pub(super) fn mark_increment(&mut self, id: u64, base: u64) {
+        self.epoch += 1;
+        let Changes::Since { marks, dirty, .. } = &mut self.changes else {
+            return;
+        };
+        if let Some(i) = marks.iter().position(|(m, _)| *m == base) {
+            let from = marks[i].1;
+            marks.drain(..i);
+            dirty.drain(..from);
+            for (_, start) in marks.iter_mut() {
+                *start -= from;
+            }
+        }
+        marks.push((id, dirty.len()));
+    }
+
+    /// Where in the list the changes since the last snapshot begin.
+    fn last_start(marks: &[(u64, usize)]) -> usize {
+        marks.last().map_or(0, |(_, start)| *start)
     }
 
     /// The same window with no state (and no tracking).
@@ -64,7 +92,7 @@ impl Window {
         w
     }
 
-    /// Stops tracking until the next full snapshot: no delta until then.
+    /// Stops tracking until the next whole snapshot: no delta until then.
     pub fn forget_changes(&mut self) {
         self.changes = Changes::Untracked;
     }
@@ -86,29 +114,30 @@ impl Window {
         }
     }
 
-    /// Changed slots listed and not shipped yet.
+    /// Slots changed since the last snapshot, listed and not shipped yet.
     pub fn pending(&self) -> usize {
         match &self.changes {
-            Changes::Since { dirty, .. } => dirty.len(),
+            Changes::Since { marks, dirty, .. } => dirty.len() - Self::last_start(marks),
             Changes::Untracked => 0,
         }
     }
 
-    /// The checkpoint whose full snapshot a delta would be against, if any.
+    /// The checkpoint of the last snapshot, which a delta would be against, if any.
     pub fn delta_base(&self) -> Option<u64> {
         match &self.changes {
-            Changes::Since { base, .. } => Some(*base),
+            Changes::Since { marks, .. } => marks.last().map(|(id, _)| *id),
             Changes::Untracked => None,
         }
     }
 
-    /// The delta of the keys of `groups` since the full snapshot at
+    /// The delta of the keys of `groups` since the snapshot at
     /// [`Window::delta_base`], in the snapshot layout; `None` without one.
     pub fn delta(&self, groups: KeyGroupRange) -> Option<Vec<u8>> {
-        let Changes::Since { dirty, .. } = &self.changes else {
+        let Changes::Since { marks, dirty, .. } = &self.changes else {
             return None;
         };
-        let entries = dirty.iter().filter_map(|(end, start, key)| {
+        let since = &dirty[Self::last_start(marks)..];
+        let entries = since.iter().filter_map(|(end, start, key)| {
             let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
             let (key, slot) = keys.get_key_value(key)?;
             Some((bounds, key, &slot.acc))
@@ -123,13 +152,20 @@ impl Window {
     /// snapshot layout, header whole) and unlists them; `None` without tracking or with
     /// nothing listed.
     pub fn round(&mut self, groups: KeyGroupRange, max: usize) -> Option<Vec<u8>> {
-        let Changes::Since { dirty, .. } = &mut self.changes else {
+        let Changes::Since {
+            marks,
+            dirty,
+            shipped,
+        } = &mut self.changes
+        else {
             return None;
         };
-        if dirty.is_empty() {
+        let pending = dirty.len() - Self::last_start(marks);
+        if pending == 0 {
             return None;
         }
-        let take = dirty.len().min(max.max(1));
+        *shipped = true;
+        let take = pending.min(max.max(1));
         let shipped: Vec<(i64, i64, super::Key)> = dirty.split_off(dirty.len() - take);
         let mut entries = Vec::with_capacity(shipped.len());
         for (end, start, key) in shipped {
@@ -168,8 +204,20 @@ impl Window {
         Ok(())
     }
 
+    /// Forgets progress, lateness bounds and the emitted counter, as if fresh: the
+    /// next parts merged set them.
+    pub(super) fn reset_header(&mut self) {
+        for p in &mut self.inputs {
+            *p = Default::default();
+        }
+        self.closed_upto = None;
+        self.floors.clear();
+        self.emitted = 0;
+        self.fresh = true;
+    }
+
     /// Drops `part`'s closed windows of its own keys and overwrites its slots.
-    fn overwrite(&mut self, part: super::state::Part) {
+    pub(super) fn overwrite(&mut self, part: super::state::Part) {
         if let Some(upto) = part.closed_upto {
             let closed: Vec<(i64, i64)> = self
                 .windows
@@ -209,13 +257,7 @@ impl Window {
             .map(|d| self.read(d, keep))
             .collect::<Result<Vec<_>, _>>()?;
         // The header is the barrier's: merged again from the deltas' headers alone.
-        for p in &mut self.inputs {
-            *p = Default::default();
-        }
-        self.closed_upto = None;
-        self.floors.clear();
-        self.emitted = 0;
-        self.fresh = true;
+        self.reset_header();
         for part in parts {
             self.merge_progress(&part);
             self.overwrite(part);

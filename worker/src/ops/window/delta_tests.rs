@@ -2,42 +2,11 @@
 //! (state and every later output), for any split of records around the two points,
 //! any rescale, and predecessors whose event time has advanced differently.
 
+use super::test_records::{batch, outputs, ALL};
 use super::*;
 use crate::ops::StateError;
 use proptest::prelude::*;
-use weir_common::keygroup::{owner, KeyGroupRange};
-use weir_common::spec::KEY_GROUPS;
-
-const ALL: KeyGroupRange = KeyGroupRange {
-    start: 0,
-    end: KEY_GROUPS,
-};
-
-/// (key number, event time) per record; each predecessor gets its own keys by key
-/// group, as a hash stream routes them.
-fn batch(records: &[(u8, i64)], pe: u32, parallelism: u32) -> Batch {
-    let mut b = BatchBuilder::default();
-    for (k, t) in records {
-        let key = format!("k{k}");
-        if owner(key.as_bytes(), parallelism) == pe {
-            b.push(9, 0, *t, key.as_bytes(), std::iter::empty())
-                .unwrap();
-        }
-    }
-    b.finish()
-}
-
-fn outputs(b: &Batch) -> Vec<(Vec<u8>, i64, String)> {
-    b.iter()
-        .map(|r| {
-            (
-                r.key.to_vec(),
-                r.event_time_ms,
-                format!("{:?}", r.fields().last()),
-            )
-        })
-        .collect()
-}
+use weir_common::keygroup::KeyGroupRange;
 
 fn records() -> impl Strategy<Value = Vec<(u8, i64)>> {
     prop::collection::vec((0u8..40, 0i64..60), 0..120)

@@ -71,7 +71,16 @@ impl Window {
         groups: KeyGroupRange,
         entries: impl Iterator<Item = (&'a (i64, i64), &'a super::Key, &'a Acc)>,
     ) -> Vec<u8> {
-        let mut e = Enc::new(KIND);
+        self.encode_after(Enc::new(KIND), groups, entries)
+    }
+
+    /// [`Window::encode`] after a header of the caller's (an increment's).
+    pub(super) fn encode_after<'a>(
+        &self,
+        mut e: Enc,
+        groups: KeyGroupRange,
+        entries: impl Iterator<Item = (&'a (i64, i64), &'a super::Key, &'a Acc)>,
+    ) -> Vec<u8> {
         match &self.kind {
             // A tumbling count is written as before hopping windows existed, and a
             // hopping window whose slide is its size is one.
@@ -172,6 +181,12 @@ impl Window {
         keep: Option<KeyGroupRange>,
     ) -> Result<(), StateError> {
         let part = self.read(bytes, keep)?;
+        self.merge_part(part);
+        Ok(())
+    }
+
+    /// The merge of [`Window::restore`], of a part read and checked.
+    pub(super) fn merge_part(&mut self, part: Part) {
         self.merge_progress(&part);
         let epoch = self.epoch;
         for (end, start, key, acc) in part.entries {
@@ -183,7 +198,6 @@ impl Window {
                 }
             }
         }
-        Ok(())
     }
 
     /// The header half of the merge rule of [`Window::restore`]: progress, lateness
@@ -233,7 +247,15 @@ impl Window {
         bytes: &[u8],
         keep: Option<KeyGroupRange>,
     ) -> Result<Part, StateError> {
-        let mut d = Dec::new(bytes, KIND, NAME)?;
+        self.read_after(Dec::new(bytes, KIND, NAME)?, keep)
+    }
+
+    /// [`Window::read`] after a header of the caller's (an increment's).
+    pub(super) fn read_after(
+        &self,
+        mut d: Dec<'_>,
+        keep: Option<KeyGroupRange>,
+    ) -> Result<Part, StateError> {
         let at = d.at();
         let (kind, slide) = match d.u8()? {
             0 => (WindowKind::Count, None),

@@ -1,0 +1,239 @@
+//! A chain (whole snapshot, then increments) restores exactly what the whole snapshot
+//! at its last checkpoint restores: state and every later output, for any records
+//! between checkpoints, checkpoints whose completion is not known yet, upgrade rounds
+//! shipped in between, and several predecessors merged.
+
+use super::test_records::{batch, outputs, ALL};
+use super::*;
+use crate::ops::StateError;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use weir_common::keygroup::KeyGroupRange;
+
+/// What a PE stored: per checkpoint, the snapshot and what it builds on.
+type Stored = BTreeMap<u64, (Vec<u8>, u64)>;
+
+/// The chain of checkpoint `id`, the whole snapshot first.
+fn chain(stored: &Stored, id: u64) -> Vec<(u64, &[u8])> {
+    let mut links = vec![];
+    let mut at = id;
+    loop {
+        let (bytes, base) = &stored[&at];
+        links.push((at, &bytes[..]));
+        if *base == 0 {
+            break;
+        }
+        at = *base;
+    }
+    links.reverse();
+    links
+}
+
+/// One step between checkpoints: records, after how many later checkpoints this one's
+/// completion reaches the PE (`None`: never, it was abandoned), and whether an upgrade
+/// round ships (then rolls back).
+#[allow(clippy::type_complexity)]
+fn steps() -> impl Strategy<Value = Vec<(Vec<(u8, i64)>, Option<u64>, Option<usize>)>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec((0u8..40, 0i64..30), 0..40),
+            prop::option::weighted(0.9, prop::sample::select(vec![1u64, 1, 1, 2, 3])),
+            prop::option::weighted(0.15, 1usize..10),
+        ),
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_chain_restores_exactly_the_whole_snapshot(
+        steps in steps(),
+        after in prop::collection::vec((0u8..40, 0i64..30), 0..60),
+        n in 1u32..3,
+        hop in any::<bool>(),
+    ) {
+        let make = || if hop {
+            Window::hopping(WindowKind::Count, 20, 5, 1, 3)
+        } else {
+            Window::new(WindowKind::Count, 10, 1, 3)
+        };
+        let mut pes: Vec<Window> = (0..n).map(|_| make()).collect();
+        let mut stored: Vec<Stored> = vec![Stored::new(); n as usize];
+        // Checkpoint -> the checkpoint from which on the PE knows it complete.
+        let mut known_from = BTreeMap::new();
+        for (s, (records, lag, round)) in steps.iter().enumerate() {
+            let id = s as u64 + 1;
+            if let Some(lag) = lag {
+                known_from.insert(id, id + lag);
+            }
+            let complete = |m: u64| known_from.get(&m).is_some_and(|from| *from <= id);
+            // Time moves on, so windows close between checkpoints.
+            let records: Vec<(u8, i64)> =
+                records.iter().map(|(k, t)| (*k, t + 8 * s as i64)).collect();
+            let mut wholes = vec![];
+            for (i, w) in pes.iter_mut().enumerate() {
+                let groups = KeyGroupRange::for_pe(i as u32, n);
+                w.apply(0, &batch(&records, i as u32, n));
+                if let Some(max) = round {
+                    let _ = w.round(groups, *max);
+                }
+                wholes.push(w.snapshot(groups));
+                let (bytes, base) = w.checkpoint(id, groups, complete);
+                prop_assert!(base == 0 || complete(base), "builds only on a known complete one");
+                stored[i].insert(id, (bytes, base));
+            }
+            // Each PE alone: its chain at `id` is its whole snapshot at `id`.
+            for (i, whole) in wholes.iter().enumerate() {
+                let mut from_chain = make();
+                from_chain.restore_chain(&chain(&stored[i], id), None).unwrap();
+                let mut from_whole = make();
+                from_whole.restore(whole).unwrap();
+                prop_assert!(from_chain.same_state(&from_chain.snapshot(ALL), &from_whole.snapshot(ALL)));
+                let later = batch(&after, i as u32, n);
+                let later_t: Vec<(u8, i64)> = after.iter().map(|(k, t)| (*k, t + 8 * id as i64)).collect();
+                let later_t = batch(&later_t, i as u32, n);
+                prop_assert_eq!(outputs(&from_chain.clone().apply(0, &later)), outputs(&from_whole.clone().apply(0, &later)));
+                prop_assert_eq!(outputs(&from_chain.apply(0, &later_t)), outputs(&from_whole.apply(0, &later_t)));
+                prop_assert_eq!(outputs(&from_chain.flush()), outputs(&from_whole.flush()));
+            }
+            // All PEs merged into one (a rescale to 1 after a recovery): chains merge
+            // as their whole snapshots do.
+            let mut merged_chains = make();
+            let mut merged_wholes = make();
+            for (i, whole) in wholes.iter().enumerate() {
+                merged_chains.restore_chain(&chain(&stored[i], id), Some(ALL)).unwrap();
+                merged_wholes.restore_groups(whole, Some(ALL)).unwrap();
+            }
+            prop_assert!(merged_chains.same_state(&merged_chains.snapshot(ALL), &merged_wholes.snapshot(ALL)));
+        }
+    }
+}
+
+/// One record for each of `n` keys (`key0`, ...) at time 1.
+fn many(n: u32) -> Batch {
+    let mut b = BatchBuilder::default();
+    for k in 0..n {
+        b.push(9, 0, 1, format!("key{k}").as_bytes(), std::iter::empty())
+            .unwrap();
+    }
+    b.finish()
+}
+
+/// Knows checkpoints up to `n` complete.
+fn upto(n: u64) -> impl Fn(u64) -> bool {
+    move |m| m <= n
+}
+
+#[test]
+fn increments_build_on_the_newest_snapshot_known_complete_and_unshipped_changes() {
+    let mut w = Window::new(WindowKind::Count, 1_000, 1, 3);
+    // Enough state that small increments stay within the chain's bytes.
+    w.apply(0, &many(2_000));
+    w.apply(0, &batch(&[(1, 1), (2, 2)], 0, 1));
+    // No snapshot yet: whole.
+    assert_eq!(w.checkpoint(1, ALL, upto(0)).1, 0);
+    w.apply(0, &batch(&[(1, 3)], 0, 1));
+    // Checkpoint 1 not known complete: whole again.
+    let (whole2, base) = w.checkpoint(2, ALL, upto(0));
+    assert_eq!(base, 0);
+    let mut stored = Stored::new();
+    stored.insert(2, (whole2, 0));
+    w.apply(0, &batch(&[(3, 4)], 0, 1));
+    let (inc, base) = w.checkpoint(3, ALL, upto(2));
+    assert_eq!(base, 2);
+    stored.insert(3, (inc.clone(), base));
+    // An increment is never taken for a whole snapshot.
+    let mut other = Window::new(WindowKind::Count, 1_000, 1, 3);
+    assert!(matches!(
+        other.restore(&inc),
+        Err(StateError::WrongKind { .. })
+    ));
+    // 3's completion has not reached the PE at 4: 4 builds on 2, with every change
+    // since 2 (those before 3 too); then 5 on 4.
+    w.apply(0, &batch(&[(4, 5), (1, 5)], 0, 1));
+    let whole4 = w.snapshot(ALL);
+    let (inc4, base) = w.checkpoint(4, ALL, upto(2));
+    assert_eq!(base, 2);
+    stored.insert(4, (inc4, base));
+    w.apply(0, &batch(&[(5, 6)], 0, 1));
+    let whole5 = w.snapshot(ALL);
+    let (inc5, base) = w.checkpoint(5, ALL, upto(4));
+    assert_eq!(base, 4);
+    stored.insert(5, (inc5, base));
+    for (id, whole) in [(4, whole4), (5, whole5)] {
+        let links = chain(&stored, id);
+        assert_eq!(links[0].0, 2, "skips 3");
+        let mut restored = Window::new(WindowKind::Count, 1_000, 1, 3);
+        restored.restore_chain(&links, None).unwrap();
+        let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
+        expect.restore(&whole).unwrap();
+        assert!(restored.same_state(&restored.snapshot(ALL), &expect.snapshot(ALL)));
+    }
+    // A round unlisted changes since 5: the next snapshot is whole.
+    w.apply(0, &batch(&[(4, 7), (5, 7)], 0, 1));
+    assert!(w.round(ALL, 1).is_some());
+    assert_eq!(w.checkpoint(6, ALL, upto(5)).1, 0);
+}
+
+#[test]
+fn a_chain_that_does_not_link_up_changes_nothing() {
+    let mut w = Window::new(WindowKind::Count, 1_000, 1, 3);
+    w.apply(0, &batch(&[(1, 1), (2, 2)], 0, 1));
+    let (whole, _) = w.checkpoint(1, ALL, upto(0));
+    w.apply(0, &batch(&[(1, 3)], 0, 1));
+    let (inc2, _) = w.checkpoint(2, ALL, upto(1));
+    w.apply(0, &batch(&[(3, 3)], 0, 1));
+    let whole3 = w.snapshot(ALL);
+    let (inc3, base) = w.checkpoint(3, ALL, upto(2));
+    assert_eq!(base, 2);
+    let mut target = Window::new(WindowKind::Count, 1_000, 1, 3);
+    target.apply(0, &batch(&[(9, 1)], 0, 1));
+    let before = target.snapshot(ALL);
+    // Increment 2 left out: 3 does not build on 1.
+    let skipped = target.restore_chain(&[(1, &whole[..]), (3, &inc3[..])], None);
+    assert!(
+        matches!(skipped, Err(StateError::Mismatch(m)) if m.contains("builds on checkpoint 2, not on 1"))
+    );
+    // A damaged increment.
+    assert!(target
+        .restore_chain(&[(1, &whole[..]), (2, &inc2[..inc2.len() - 1])], None)
+        .is_err());
+    assert!(target.same_state(&target.snapshot(ALL), &before));
+    // Linked up, merged into the window's own state.
+    target
+        .restore_chain(&[(1, &whole[..]), (2, &inc2[..]), (3, &inc3[..])], None)
+        .unwrap();
+    let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
+    expect.apply(0, &batch(&[(9, 1)], 0, 1));
+    expect.restore(&whole3).unwrap();
+    assert!(target.same_state(&target.snapshot(ALL), &expect.snapshot(ALL)));
+}
+
+#[test]
+fn chains_stay_short_and_smaller_than_the_state() {
+    let mut w = Window::new(WindowKind::Count, 1_000_000, 1, 3);
+    w.apply(0, &many(2_000));
+    assert_eq!(w.checkpoint(1, ALL, upto(0)).1, 0);
+    // One key changes per checkpoint: increments are small, so the links bound them.
+    let mut whole_at = vec![];
+    for id in 2..(incremental::MAX_LINKS as u64 + 4) {
+        w.apply(0, &batch(&[(1, 2)], 0, 1));
+        if w.checkpoint(id, ALL, upto(id - 1)).1 == 0 {
+            whole_at.push(id);
+        }
+    }
+    assert_eq!(whole_at, vec![incremental::MAX_LINKS as u64 + 2]);
+    // Every key changes each time: increments as large as the state soon add up to it.
+    let mut w = Window::new(WindowKind::Count, 1_000_000, 1, 3);
+    let keys: Vec<(u8, i64)> = (0..200).map(|k| (k as u8, 1)).collect();
+    w.apply(0, &batch(&keys, 0, 1));
+    w.checkpoint(1, ALL, upto(0));
+    let mut bases = vec![];
+    for id in 2..6 {
+        w.apply(0, &batch(&keys, 0, 1));
+        bases.push(w.checkpoint(id, ALL, upto(id - 1)).1);
+    }
+    assert_eq!(bases, vec![1, 0, 3, 0]);
+}
