@@ -499,10 +499,13 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
             .pieces
             .iter()
             .map(|p| {
-                let on = match (p.builds_on.first(), p.builds_on.last()) {
+                let mut on = match (p.builds_on.first(), p.builds_on.last()) {
                     (Some(first), Some(last)) => format!(" (builds on {first}..={last})"),
                     _ => String::new(),
                 };
+                if !p.seeded_from.is_empty() {
+                    on.push_str(&format!(" (seeded from {})", p.seeded_from.join("+")));
+                }
                 format!("{}={}B@{}{on}", p.pe, p.size_bytes, p.replicas.join("+"))
             })
             .collect();
@@ -539,6 +542,7 @@ pub async fn checkpoints(c: &Conn, app: &str) -> anyhow::Result<()> {
             "pieces": ck.pieces.iter().map(|p| json!({
                 "pe": p.pe, "size_bytes": p.size_bytes, "crc32c": p.crc32c, "replicas": p.replicas,
                 "builds_on": p.builds_on, "restore_bytes": p.restore_bytes,
+                "seeded_from": p.seeded_from,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "in_flight_id": r.in_flight_id,

@@ -38,6 +38,16 @@ impl KeyGroupRange {
     pub fn contains(&self, group: u32) -> bool {
         (self.start..self.end).contains(&group)
     }
+
+    /// The groups in both ranges (empty, and starting where the later one does, when
+    /// they do not overlap).
+    pub fn intersect(&self, other: &Self) -> Self {
+        let start = self.start.max(other.start);
+        Self {
+            start,
+            end: self.end.min(other.end).max(start),
+        }
+    }
 }
 
 /// The key group of a record key.

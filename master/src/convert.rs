@@ -469,7 +469,14 @@ pub fn checkpoints(ck: &crate::state::AppCheckpoints) -> pb::ListCheckpointsResp
                         size_bytes: p.size_bytes,
                         crc32c: p.crc32c,
                         replicas: p.replicas.clone(),
-                        builds_on: p.chain.iter().map(|l| l.checkpoint_id).collect(),
+                        builds_on: p
+                            .seed
+                            .first()
+                            .map(|s| s.link.checkpoint_id)
+                            .into_iter()
+                            .chain(p.chain.iter().map(|l| l.checkpoint_id))
+                            .collect(),
+                        seeded_from: p.seed.iter().map(|s| s.pe.to_string()).collect(),
                         restore_bytes: p.restore_bytes(),
                     })
                     .collect(),

@@ -39,6 +39,16 @@ const SHAPE: Shape = Shape {
     interval_ms: 300,
 };
 
+/// One window open all along over many keys, changing between checkpoints: its
+/// pieces are increments.
+const OPEN_WINDOW: Shape = Shape {
+    records: 120_000,
+    rate: 10_000,
+    keys: 60_000,
+    window_ms: 1_000_000_000,
+    interval_ms: 2_000,
+};
+
 /// A paced generator into a keyed window whose results go to a file, and an audit of
 /// every generated record.
 fn spec(name: &str, out: &str) -> String {
@@ -118,6 +128,42 @@ async fn checkpoint_replicated_on(
                     && !c.pieces.is_empty()
                     && c.pieces.iter().all(|p| p.replicas.contains(&replica))
             })
+        }
+    })
+    .await
+}
+
+/// Waits for the newest checkpoint of `app` to have just completed (under 500 ms ago,
+/// none in flight: the next is an interval away) with every piece copied to w2 and
+/// window pieces that `windows` accepts; returns it and the app's kept checkpoints.
+async fn just_completed(
+    client: &WeirClient<Channel>,
+    app: &str,
+    windows: fn(&[&pb::CheckpointPieceInfo]) -> bool,
+) -> (pb::CheckpointInfo, Vec<pb::CheckpointInfo>) {
+    eventually_within("a checkpoint just completed", LIMIT, || {
+        let mut client = client.clone();
+        let app = app.to_string();
+        async move {
+            let r = checkpoints(&mut client, &app).await;
+            let ck = r.checkpoints.last()?.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            let wins: Vec<_> = ck
+                .pieces
+                .iter()
+                .filter(|p| p.pe.starts_with("win@"))
+                .collect();
+            (now.saturating_sub(ck.completed_at_ms) < 500
+                && r.in_flight_id == 0
+                && windows(&wins)
+                && ck
+                    .pieces
+                    .iter()
+                    .all(|p| p.replicas.iter().any(|w| w == "w2")))
+            .then_some((ck, r.checkpoints))
         }
     })
     .await
@@ -241,42 +287,14 @@ async fn killing_the_worker_of_source_window_and_sinks_loses_and_repeats_nothing
 async fn a_recovery_from_an_incremental_checkpoint_is_exact() {
     // One window open all along over many keys, a third of them changing between
     // checkpoints: the window's pieces are increments on its earlier snapshots.
-    let shape = Shape {
-        records: 120_000,
-        rate: 10_000,
-        keys: 60_000,
-        window_ms: 1_000_000_000,
-        interval_ms: 2_000,
-    };
+    let shape = OPEN_WINDOW;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("views.jsonl");
     let (c, mut client, mut workers) = app_shaped_on_first_worker("ck6", &out, 1, shape).await;
     // The newest checkpoint, just completed, with increments (on two snapshots or
     // more where it comes) replicated to w2; w1 dies before the next one (2 s on).
-    let ck = eventually_within("an incremental checkpoint just completed", LIMIT, || {
-        let mut client = client.clone();
-        async move {
-            let r = checkpoints(&mut client, "ck6").await;
-            let ck = r.checkpoints.last()?.clone();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_millis() as u64;
-            let windows: Vec<_> = ck
-                .pieces
-                .iter()
-                .filter(|p| p.pe.starts_with("win@"))
-                .collect();
-            (now.saturating_sub(ck.completed_at_ms) < 500
-                && r.in_flight_id == 0
-                && windows.len() == 2
-                && windows.iter().all(|p| !p.builds_on.is_empty())
-                && ck
-                    .pieces
-                    .iter()
-                    .all(|p| p.replicas.iter().any(|w| w == "w2")))
-            .then_some(ck)
-        }
+    let (ck, _) = just_completed(&client, "ck6", |windows| {
+        windows.len() == 2 && windows.iter().all(|p| !p.builds_on.is_empty())
     })
     .await;
     workers.remove(0).stop().await;
@@ -286,6 +304,91 @@ async fn a_recovery_from_an_incremental_checkpoint_is_exact() {
     assert_eq!(rec.checkpoint_id, ck.checkpoint_id, "{rec:?}");
     let win = ck.pieces.iter().find(|p| p.pe.starts_with("win@")).unwrap();
     assert!(win.restore_bytes > win.size_bytes, "{win:?}");
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_from_a_successors_seeded_increments_is_exact() {
+    // As above, then the window rescaled 2 -> 3: each successor's first pieces are
+    // increments on its predecessors' whole pieces of the switch checkpoint (its
+    // seed), not its whole state. The worker of the old PEs dies right after one: the
+    // recovery loads the seed, then the increments.
+    let shape = Shape {
+        records: 240_000,
+        ..OPEN_WINDOW
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    let (c, mut client, mut workers) = app_shaped_on_first_worker("ck7", &out, 1, shape).await;
+    // Rescaled once the window holds some state (~20,000 keys).
+    eventually_within("a checkpoint of the window's state", LIMIT, || {
+        let mut client = client.clone();
+        async move {
+            let r = checkpoints(&mut client, "ck7").await;
+            let ck = r.checkpoints.last()?;
+            let windows = ck.pieces.iter().filter(|p| p.pe.starts_with("win@"));
+            (windows.map(|p| p.size_bytes).sum::<u64>() > 400_000).then_some(())
+        }
+    })
+    .await;
+    let spec = spec_shaped("ck7", out.to_str().unwrap(), shape).replace(
+        "kind: window.count, parallelism: 2",
+        "kind: window.count, parallelism: 3",
+    );
+    eventually_within("the rescale is taken", LIMIT, || {
+        let mut client = client.clone();
+        let spec = spec.clone();
+        async move {
+            let req = pb::UpgradeAppRequest {
+                app: "ck7".into(),
+                spec,
+                format: pb::SpecFormat::Yaml as i32,
+                request_id: "ck7-rescale".into(),
+                ..Default::default()
+            };
+            match client.upgrade_app(req).await {
+                Ok(r) => Some(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                Err(s) => panic!("upgrade refused: {s:?}"),
+            }
+        }
+    })
+    .await;
+    let (ck, kept) = just_completed(&client, "ck7", |windows| {
+        windows.len() == 3 && windows.iter().all(|p| !p.seeded_from.is_empty())
+    })
+    .await;
+    let on = ck
+        .pieces
+        .iter()
+        .find(|p| p.pe.starts_with("win@"))
+        .unwrap()
+        .builds_on[0];
+    let switch = kept
+        .iter()
+        .find(|c| c.checkpoint_id == on)
+        .expect("the switch is kept");
+    workers.remove(0).stop().await;
+    assert_exact_shaped(&client, "ck7", &out, shape).await;
+    let r = checkpoints(&mut client, "ck7").await;
+    let rec = r.recoveries.first().expect("a recovery is recorded");
+    assert_eq!(rec.checkpoint_id, ck.checkpoint_id, "{rec:?}");
+    // Each successor's seed is its predecessors' whole pieces of the switch.
+    for win in ck.pieces.iter().filter(|p| p.pe.starts_with("win@")) {
+        assert_eq!(win.builds_on, vec![switch.checkpoint_id], "{win:?}");
+        let seed: u64 = switch
+            .pieces
+            .iter()
+            .filter(|p| win.seeded_from.contains(&p.pe))
+            .inspect(|p| assert!(p.builds_on.is_empty(), "a whole piece: {p:?}"))
+            .map(|p| p.size_bytes)
+            .sum();
+        assert!(seed > 100_000, "{seed} bytes of seed: {win:?}");
+        assert_eq!(win.restore_bytes, win.size_bytes + seed, "{win:?}");
+    }
     for w in workers {
         w.stop().await;
     }

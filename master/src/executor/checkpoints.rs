@@ -6,7 +6,7 @@
 //! half-recorded. Tests: `checkpoints_tests.rs`.
 
 use super::upgrade::Reports;
-use crate::state::{AppRecord, ClusterState, LinkRecord, PieceRecord, WorkerState};
+use crate::state::{AppRecord, ClusterState, LinkRecord, PieceRecord, SeedRecord, WorkerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use weir_common::physical::PeId;
@@ -80,18 +80,41 @@ pub fn copies_needed(state: &ClusterState, rules: &Rules, started_at_ms: u64) ->
     rules.replicas.min(alive).max(1)
 }
 
-/// The chain of an incremental piece of `pe` built on its snapshot at checkpoint
-/// `base` (0: a whole piece, no chain): that snapshot's own chain, then it. `None`
-/// when `base` is not a kept complete checkpoint holding a piece of `pe`.
-pub fn chain_of(app: &AppRecord, pe: &PeId, base: u64) -> Option<Vec<LinkRecord>> {
+/// What an incremental piece of `pe` built on its snapshot at checkpoint `base`
+/// builds on (0: a whole piece, nothing): that snapshot's seed and chain, then it. When
+/// `pe` took over its state at `base` (an upgrade's switch, recorded in that
+/// checkpoint's hand-off), its first increment builds on its predecessors' whole pieces
+/// there: they are its seed, its chain is empty. `None` when `base` is neither a kept
+/// complete checkpoint holding a piece of `pe` nor one where `pe` took over state.
+pub fn chain_of(
+    app: &AppRecord,
+    pe: &PeId,
+    base: u64,
+) -> Option<(Vec<SeedRecord>, Vec<LinkRecord>)> {
     if base == 0 {
-        return Some(Vec::new());
+        return Some(Default::default());
     }
     let c = app.checkpoints.complete.iter().find(|c| c.id == base)?;
-    let piece = c.pieces.get(pe)?;
-    let mut chain = piece.chain.clone();
-    chain.push(piece.as_link(base));
-    Some(chain)
+    if let Some(piece) = c.pieces.get(pe) {
+        let mut chain = piece.chain.clone();
+        chain.push(piece.as_link(base));
+        return Some((piece.seed.clone(), chain));
+    }
+    let preds = c.handoff.get(pe)?;
+    let seed = preds
+        .iter()
+        // A predecessor without a piece had no state to hand over.
+        .filter_map(|p| Some((p, c.pieces.get(p)?)))
+        .map(|(p, piece)| {
+            // A drained predecessor's piece of the switch is whole: a seed never
+            // builds on anything itself.
+            (piece.chain.is_empty() && piece.seed.is_empty()).then(|| SeedRecord {
+                pe: p.clone(),
+                link: piece.as_link(base),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((seed, Vec::new()))
 }
 
 /// How often `app` checkpoints: its own interval, else the master's `default`; zero:
@@ -139,7 +162,7 @@ pub fn decide_checkpoint(
                 }
                 Some(p) if p.replicas.len() >= need => {
                     max_alignment_ms = max_alignment_ms.max(p.alignment_ms);
-                    let Some(chain) = chain_of(app, pe, p.base_checkpoint_id) else {
+                    let Some((seed, chain)) = chain_of(app, pe, p.base_checkpoint_id) else {
                         // Built on a snapshot no kept checkpoint has (the PE took it
                         // against a checkpoint that was abandoned): this checkpoint can
                         // never be restored. The PE's next snapshot is whole, because
@@ -154,6 +177,7 @@ pub fn decide_checkpoint(
                             crc32c: p.crc32c,
                             replicas: p.replicas.clone(),
                             chain,
+                            seed,
                         },
                     );
                 }

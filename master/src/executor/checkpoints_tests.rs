@@ -358,3 +358,55 @@ fn the_next_checkpoint_waits_until_every_worker_heard_of_the_last_completion() {
     assert!(matches!(decide(&s, &all, 5_600, None), Step::Begin { .. }));
     assert!(matches!(decide(&s, &all, 5_700, due), Step::Begin { .. }));
 }
+
+#[test]
+fn a_successors_first_increments_are_seeded_with_its_predecessors_pieces_of_the_switch() {
+    let mut s = placed(0);
+    let switch = begin(&mut s, 5_000);
+    complete(&mut s, switch, 0);
+    // As after an upgrade's switch: the first PE took over the state of the other two
+    // there (it has no piece of its own in that checkpoint).
+    let all = pes(&s);
+    let (new, preds) = (all[0].clone(), all[1..3].to_vec());
+    {
+        let k = &mut std::sync::Arc::make_mut(s.apps.get_mut(APP).unwrap())
+            .checkpoints
+            .complete[0];
+        k.pieces.remove(&new);
+        k.handoff.insert(new.clone(), preds.clone());
+    }
+    let app = &s.apps[APP];
+    let (seed, chain) = chain_of(app, &new, switch).unwrap();
+    assert!(chain.is_empty());
+    let seeded: Vec<(&PeId, u64)> = seed.iter().map(|s| (&s.pe, s.link.checkpoint_id)).collect();
+    assert_eq!(
+        seeded,
+        preds.iter().map(|p| (p, switch)).collect::<Vec<_>>()
+    );
+    // Not a PE that took over state there, nor a checkpoint kept: no base.
+    assert_eq!(chain_of(app, &all[3], switch + 7), None);
+    // Its increments carry the seed on, after the chain of its own snapshots.
+    let mut last = switch;
+    for _ in 0..4 {
+        let id = begin(&mut s, 5_000);
+        last = complete(&mut s, id, last);
+    }
+    let ck = &s.apps[APP].checkpoints;
+    let piece = &ck.latest().unwrap().pieces[&new];
+    assert_eq!(piece.seed.len(), 2);
+    let links: Vec<u64> = piece.chain.iter().map(|l| l.checkpoint_id).collect();
+    assert_eq!(links, (switch + 1..last).collect::<Vec<_>>());
+    assert_eq!(piece.restore_bytes(), 10 * 4 + 10 * 2);
+    // The switch is no longer kept, but its predecessors' pieces are still needed.
+    assert!(ck.complete[0].id > switch);
+    assert_eq!(ck.keep_snapshots_from(), Some(switch));
+    // A predecessor's piece that is itself an increment is no seed (a drained
+    // predecessor's is always whole): no base, the checkpoint would be abandoned.
+    let mut s2 = s.clone();
+    let app2 = std::sync::Arc::make_mut(s2.apps.get_mut(APP).unwrap());
+    let k = app2.checkpoints.complete.last_mut().unwrap();
+    let at = k.id;
+    k.pieces.remove(&new);
+    k.handoff.insert(new.clone(), preds);
+    assert_eq!(chain_of(&s2.apps[APP], &new, at), None);
+}

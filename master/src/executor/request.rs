@@ -76,6 +76,7 @@ pub fn deploy_pe(
                             locations,
                             wait_ms: 0,
                             chain: chain(c, old, workers),
+                            seed: seed(c, old, workers),
                             ..Default::default()
                         })
                     })
@@ -91,8 +92,9 @@ pub fn deploy_pe(
     req.restore_checkpoint_id = restore_checkpoint_id;
     req.restore_from = restore_from;
     req.restore_pieces = restore_pieces;
-    if req.restore_checkpoint_id > 0 {
-        req.restore_chain = record.map_or_else(Vec::new, |c| chain(c, pe, workers));
+    if let Some(c) = record.filter(|_| req.restore_checkpoint_id > 0) {
+        req.restore_chain = chain(c, pe, workers);
+        req.restore_seed = seed(c, pe, workers);
     }
     Some(req)
 }
@@ -182,6 +184,7 @@ pub fn build(
         start_at_barrier: 0,
         producer_workers,
         restore_chain: vec![],
+        restore_seed: vec![],
     })
 }
 
@@ -264,6 +267,28 @@ pub fn chain(
         .collect()
 }
 
+/// The seed of `pe`'s piece of `c` (its predecessors' whole snapshots of an upgrade's
+/// switch, which its first increments build on), each with its copies as
+/// [`locations`] orders them; empty for a piece without one.
+pub fn seed(
+    c: &CheckpointRecord,
+    pe: &str,
+    workers: &BTreeMap<String, WorkerRecord>,
+) -> Vec<pb::SnapshotSeed> {
+    let Some(piece) = c.pieces.get(pe) else {
+        return vec![];
+    };
+    piece
+        .seed
+        .iter()
+        .map(|s| pb::SnapshotSeed {
+            pe: s.pe.to_string(),
+            checkpoint_id: s.link.checkpoint_id,
+            locations: ordered(&s.link.replicas, s.link.size_bytes, s.link.crc32c, workers),
+        })
+        .collect()
+}
+
 /// Copies on `replicas`, those on live workers first.
 fn ordered(
     replicas: &[String],
@@ -342,6 +367,7 @@ mod tests {
                         crc32c: 1,
                         replicas: vec!["w1".into()],
                         chain: vec![],
+                        seed: vec![],
                     };
                     ((*pe).clone(), piece)
                 })

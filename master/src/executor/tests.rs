@@ -154,6 +154,7 @@ fn checkpoint(s: &mut ClusterState, id: u64) {
                     crc32c: 1,
                     replicas: vec![w.clone()],
                     chain: vec![],
+                    seed: vec![],
                 },
             )
         })

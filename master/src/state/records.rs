@@ -190,15 +190,14 @@ impl AppCheckpoints {
 
     /// The oldest checkpoint whose snapshots a restore may still load: the oldest kept
     /// complete checkpoint, or an older one an incremental piece of a kept one builds
-    /// on. `None` without a complete checkpoint.
+    /// on (its chain, or its seed: predecessors' snapshots of an upgrade's switch). `None` without a complete checkpoint.
     pub fn keep_snapshots_from(&self) -> Option<u64> {
         let oldest = self.complete.first()?.id;
         let links = self
             .complete
             .iter()
             .flat_map(|c| c.pieces.values())
-            .flat_map(|p| p.chain.first())
-            .map(|l| l.checkpoint_id);
+            .filter_map(PieceRecord::oldest_link);
         Some(links.fold(oldest, u64::min))
     }
 }
@@ -251,6 +250,12 @@ pub struct PieceRecord {
     /// snapshots a restore applies it over, the whole one first. Empty: whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<LinkRecord>,
+    /// For the increments of a PE that took over state at an upgrade's switch and has
+    /// taken no whole snapshot since: its predecessors' whole snapshots of that switch
+    /// checkpoint, which a restore merges (keeping the PE's key groups) before `chain`
+    /// (the first increment builds on them). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed: Vec<SeedRecord>,
 }
 
 impl PieceRecord {
@@ -264,10 +269,29 @@ impl PieceRecord {
         }
     }
 
-    /// Bytes a restore of this piece loads: the piece and its chain.
+    /// Bytes a restore of this piece loads: the piece, its chain and its seed.
     pub fn restore_bytes(&self) -> u64 {
-        self.size_bytes + self.chain.iter().map(|l| l.size_bytes).sum::<u64>()
+        self.size_bytes
+            + self.chain.iter().map(|l| l.size_bytes).sum::<u64>()
+            + self.seed.iter().map(|s| s.link.size_bytes).sum::<u64>()
     }
+
+    /// The oldest checkpoint whose snapshots a restore of this piece loads, when it
+    /// builds on any.
+    pub fn oldest_link(&self) -> Option<u64> {
+        let seed = self.seed.iter().map(|s| s.link.checkpoint_id);
+        seed.chain(self.chain.iter().map(|l| l.checkpoint_id)).min()
+    }
+}
+
+/// A whole snapshot of an upgrade's predecessor that a successor's increments build
+/// on (see [`PieceRecord::seed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedRecord {
+    /// The predecessor.
+    pub pe: PeId,
+    /// Its piece of the switch checkpoint.
+    pub link: LinkRecord,
 }
 
 /// One snapshot an incremental piece builds on: a piece of an earlier checkpoint,

@@ -36,6 +36,29 @@ const KNOWN: usize = 16;
 /// restored.
 pub type StateChain = Vec<(u64, Bytes)>;
 
+/// One piece's state to restore: its chain and, when its first link is an increment
+/// over the state its PE took over at an upgrade's switch, the *seed* that link builds
+/// on (the predecessors' whole snapshots there, `(checkpoint, snapshot)` each; empty
+/// otherwise; `Window::seed`).
+#[derive(Clone, Debug, Default)]
+pub struct PieceState {
+    /// The seed.
+    pub seed: StateChain,
+    /// The chain.
+    pub chain: StateChain,
+}
+
+impl PieceState {
+    /// Bytes loaded.
+    pub fn bytes(&self) -> u64 {
+        self.seed
+            .iter()
+            .chain(&self.chain)
+            .map(|(_, b)| b.len() as u64)
+            .sum()
+    }
+}
+
 /// A snapshot loaded for a restore.
 #[derive(Debug)]
 pub struct Loaded {
@@ -257,22 +280,62 @@ impl CheckpointEnv {
     }
 
     /// Loads the snapshot of `pe` at checkpoint `id` from `from` with the snapshots
-    /// it builds on (`chain`, the whole one first; empty for a whole snapshot).
-    /// `Ok(None)`: the PE had no state in that checkpoint.
+    /// it builds on (`chain`, the whole one first; empty for a whole snapshot; and the
+    /// `seed` of a successor's first increments). `Ok(None)`: the PE had no state in
+    /// that checkpoint.
     pub async fn load_chain(
         &self,
         app: &str,
         pe: &str,
         id: u64,
         from: &[pb::SnapshotLocation],
-        chain: &[pb::SnapshotLink],
-    ) -> Result<Option<(StateChain, String)>, String> {
+        (chain, seed): (&[pb::SnapshotLink], &[pb::SnapshotSeed]),
+    ) -> Result<Option<(PieceState, String)>, String> {
         let Some(last) = self.load(app, pe, id, from).await? else {
             return Ok(None);
         };
+        self.with_base(app, pe, id, last, (chain, seed))
+            .await
+            .map(Some)
+    }
+
+    /// The piece of `pe` at `id`, `last` as loaded, with what it builds on (`chain` and
+    /// `seed`, loaded here), and a note on where it all came from.
+    pub async fn with_base(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        last: Loaded,
+        (chain, seed): (&[pb::SnapshotLink], &[pb::SnapshotSeed]),
+    ) -> Result<(PieceState, String), String> {
         let mut links = self.load_links(app, pe, id, chain).await?;
         links.push((id, last.bytes));
-        Ok(Some((links, chain_note(last.note, chain))))
+        let piece = PieceState {
+            seed: self.load_seed(app, id, seed).await?,
+            chain: links,
+        };
+        Ok((piece, chain_note(last.note, chain, seed)))
+    }
+
+    /// Loads the seed of the piece at `id` (see [`PieceState`]).
+    pub async fn load_seed(
+        &self,
+        app: &str,
+        id: u64,
+        seed: &[pb::SnapshotSeed],
+    ) -> Result<StateChain, String> {
+        let mut out = Vec::with_capacity(seed.len());
+        for s in seed {
+            let Some(loaded) = self.load(app, &s.pe, s.checkpoint_id, &s.locations).await? else {
+                return Err(format!(
+                    "checkpoint {id} builds on {}'s snapshot at checkpoint {}, of which no copy is known",
+                    s.pe, s.checkpoint_id
+                ));
+            };
+            out.push((s.checkpoint_id, loaded.bytes));
+        }
+        Ok(out)
     }
 
     /// Loads the snapshots the piece of `pe` at `id` builds on (`chain`, the whole
@@ -361,13 +424,21 @@ pub struct Ckpt {
     pub armed: Armed,
 }
 
-/// `note` on a loaded piece, with the chain it was loaded with.
-pub fn chain_note(note: String, chain: &[pb::SnapshotLink]) -> String {
-    match chain.first() {
+/// `note` on a loaded piece, with the chain and seed it was loaded with.
+fn chain_note(note: String, chain: &[pb::SnapshotLink], seed: &[pb::SnapshotSeed]) -> String {
+    let note = match chain.first() {
         Some(w) => format!(
             "{note}, and {} snapshot(s) it builds on from checkpoint {}",
             chain.len(),
             w.checkpoint_id
+        ),
+        None => note,
+    };
+    match seed.first() {
+        Some(s) => format!(
+            "{note}, over {} predecessor snapshot(s) of checkpoint {}",
+            seed.len(),
+            s.checkpoint_id
         ),
         None => note,
     }
@@ -382,4 +453,6 @@ pub struct OwnRestore {
     pub from: Vec<pb::SnapshotLocation>,
     /// What it builds on when incremental, the whole snapshot first.
     pub chain: Vec<pb::SnapshotLink>,
+    /// The seed its chain starts from, if any (see [`PieceState`]).
+    pub seed: Vec<pb::SnapshotSeed>,
 }

@@ -20,8 +20,8 @@
 //! changes for later rounds), then `u64` base checkpoint, `u64` rounds shipped before
 //! it (little endian), and the delta in the kernel's snapshot layout.
 
-use super::checkpoint::CheckpointEnv;
 use super::checkpoint::Ckpt;
+use super::checkpoint::{CheckpointEnv, PieceState};
 use super::kernel::Kernel;
 use super::status::Stopped;
 use super::status::{PeRunState, PeStatus};
@@ -206,10 +206,11 @@ pub(crate) async fn restore(
         && kernel.takes_deltas()
         && ckpt.pieces.iter().all(|p| p.precopy_checkpoint_id > 0);
     if precopy && with_precopy(ckpt, kernel, status).await? {
+        seed(ckpt, kernel, status.precopied_bytes.load(Ordering::Relaxed));
         return Ok(());
     }
     let parts = ckpt.load(status).await?;
-    let bytes: u64 = parts.iter().flatten().map(|(_, b)| b.len() as u64).sum();
+    let bytes: u64 = parts.iter().map(PieceState::bytes).sum();
     if let Err(e) = kernel.restore(&parts, ckpt.handoff()).await {
         status
             .restore_failed
@@ -219,8 +220,25 @@ pub(crate) async fn restore(
     }
     if ckpt.handoff().is_some() {
         status.barrier_bytes.fetch_add(bytes, Ordering::Relaxed);
+        seed(ckpt, kernel, bytes);
     }
     Ok(())
+}
+
+/// A successor whose state is now its predecessors' at the one checkpoint all its
+/// pieces were taken at (an upgrade's switch, or a recovery to it): its first
+/// increments build on their snapshots there. The leader records those as the
+/// increments' seed (it finds the PE in that checkpoint's hand-off); until the PE's
+/// worker knows the checkpoint complete its snapshots stay whole. `bytes`: about what a
+/// restore of the seed loads, which bounds the increments on it as a whole snapshot
+/// would.
+fn seed(ckpt: &Ckpt, kernel: &mut Kernel, bytes: u64) {
+    let Some(at) = ckpt.pieces.first().map(|p| p.checkpoint_id) else {
+        return;
+    };
+    if ckpt.pieces.iter().all(|p| p.checkpoint_id == at) {
+        kernel.seed(at, bytes);
+    }
 }
 
 /// What a successor knows of one predecessor while it catches up.
@@ -281,20 +299,20 @@ async fn precopy_then_deltas(
                 p.precopy_checkpoint_id, p.pe
             ))
         };
-        let (links, _) = env
+        let (part, _) = env
             .load_chain(
                 &ckpt.app,
                 &p.pe,
                 p.precopy_checkpoint_id,
                 &p.precopy_locations,
-                &p.precopy_chain,
+                (&p.precopy_chain, &p.precopy_seed),
             )
             .await
             .map_err(lost)?
             .ok_or_else(|| lost("no copy known".into()))?;
-        copied += links.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        copied += part.bytes();
         kernel
-            .restore(std::slice::from_ref(&links), Some(groups))
+            .restore(std::slice::from_ref(&part), Some(groups))
             .await
             .map_err(|e| GiveUp(e.to_string()))?;
     }

@@ -1,6 +1,6 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
-use super::checkpoint::StateChain;
+use super::checkpoint::PieceState;
 use super::file_sink::{BlockingFileSink, FileCallError};
 use super::status::PeStatus;
 use crate::container::{ContainerEngine, Progress};
@@ -329,6 +329,15 @@ impl Kernel {
         matches!(self, Kernel::Window(_))
     }
 
+    /// The state is its predecessors' at the upgrade switch `at` (merged from their
+    /// whole snapshots there, `bytes` in all, or brought there by pre-copy and deltas):
+    /// a window's first increments build on those snapshots (`Window::seed`).
+    pub fn seed(&mut self, at: u64, bytes: u64) {
+        if let Kernel::Window(w) = self {
+            w.seed(at, bytes);
+        }
+    }
+
     /// Forgets all state (a pre-copy that cannot be completed by deltas).
     pub fn clear_state(&mut self) {
         if let Kernel::Window(w) = self {
@@ -360,21 +369,23 @@ impl Kernel {
     /// this PE; with `handoff` (an upgrade's successor, or a restore to a checkpoint
     /// taken before one) the parts are predecessors' snapshots, merged, and only the
     /// key groups in `handoff` are kept.
-    /// Each part is a [`StateChain`]: a whole snapshot, then (a window's incremental
-    /// piece) the increments up to the checkpoint restored.
+    /// Each part is a [`PieceState`]: a whole snapshot, then (a window's incremental
+    /// piece) the increments up to the checkpoint restored, or a seed and increments.
     pub async fn restore(
         &mut self,
-        parts: &[StateChain],
+        parts: &[PieceState],
         handoff: Option<KeyGroupRange>,
     ) -> Result<(), KernelError> {
         match self {
             Kernel::Window(w) => {
                 let parts = parts.to_vec();
                 off_thread(w, move |w| {
-                    for chain in &parts {
+                    for part in &parts {
+                        let seed: Vec<(u64, &[u8])> =
+                            part.seed.iter().map(|(id, b)| (*id, &b[..])).collect();
                         let links: Vec<(u64, &[u8])> =
-                            chain.iter().map(|(id, b)| (*id, &b[..])).collect();
-                        w.restore_chain(&links, handoff)?;
+                            part.chain.iter().map(|(id, b)| (*id, &b[..])).collect();
+                        w.restore_chain(&seed, &links, handoff)?;
                     }
                     if let Some(groups) = handoff {
                         w.take_over(groups);
@@ -431,13 +442,14 @@ impl Kernel {
     }
 }
 
-/// The one snapshot of a chain of a kernel that only takes whole snapshots.
-fn whole(chain: &StateChain) -> Result<&bytes::Bytes, StateError> {
-    match &chain[..] {
-        [(_, b)] => Ok(b),
+/// The one snapshot of a piece of a kernel that only takes whole snapshots.
+fn whole(part: &PieceState) -> Result<&bytes::Bytes, StateError> {
+    match (&part.seed[..], &part.chain[..]) {
+        ([], [(_, b)]) => Ok(b),
         _ => Err(StateError::Mismatch(format!(
-            "a chain of {} snapshots for a kernel without increments",
-            chain.len()
+            "a chain of {} snapshots (and a seed of {}) for a kernel without increments",
+            part.chain.len(),
+            part.seed.len()
         ))),
     }
 }

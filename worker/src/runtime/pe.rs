@@ -8,7 +8,7 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::checkpoint::{chain_note, Ckpt, OwnRestore, StateChain};
+use super::checkpoint::{Ckpt, OwnRestore, PieceState};
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;
@@ -24,6 +24,7 @@ use tokio_stream::{StreamExt, StreamMap};
 use weir_common::keygroup::KeyGroupRange;
 use weir_common::record::Batch;
 use weir_common::spec::{GeneratorParams, NexmarkParams};
+use weir_proto::v1 as pb;
 
 /// How often a `sink.verify` republishes its summary while records flow.
 const VERIFY_EVERY: Duration = Duration::from_millis(100);
@@ -44,7 +45,7 @@ impl Ckpt {
     /// Loads the state to restore: no part (empty state), one (a checkpoint of this
     /// PE) or several (snapshots of predecessors, to merge). On failure the PE reports
     /// it and fails.
-    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<StateChain>, Stopped> {
+    pub(crate) async fn load(&self, status: &PeStatus) -> Result<Vec<PieceState>, Stopped> {
         if !self.pieces.is_empty() {
             // A successor is ready (its kernel runs, its inputs are open) while it
             // waits for its predecessors' state, which only comes at the switch.
@@ -53,23 +54,10 @@ impl Ckpt {
             let mut notes = Vec::new();
             for p in &self.pieces {
                 let wait = Duration::from_millis(p.wait_ms).min(HANDOFF_WAIT);
-                let loaded = match self
-                    .env
-                    .load_piece(&self.app, &p.pe, p.checkpoint_id, &p.locations, wait)
-                    .await
-                {
-                    Ok(l) => self
-                        .env
-                        .load_links(&self.app, &p.pe, p.checkpoint_id, &p.chain)
-                        .await
-                        .map(|links| (l, links)),
-                    Err(e) => Err(e),
-                };
-                match loaded {
-                    Ok((l, mut links)) => {
-                        notes.push(format!("{}: {}", p.pe, chain_note(l.note, &p.chain)));
-                        links.push((p.checkpoint_id, l.bytes));
-                        parts.push(links);
+                match self.load_part(p, wait).await {
+                    Ok((part, note)) => {
+                        notes.push(format!("{}: {note}", p.pe));
+                        parts.push(part);
                     }
                     Err(e) => {
                         tracing::error!(pe = %self.pe, from = %p.pe, barrier = p.checkpoint_id, error = %e, "cannot load a predecessor's state");
@@ -88,18 +76,39 @@ impl Ckpt {
         Ok(self.load_own(status).await?.into_iter().collect())
     }
 
+    /// Loads a predecessor's piece with what it builds on.
+    async fn load_part(
+        &self,
+        p: &pb::RestorePiece,
+        wait: Duration,
+    ) -> Result<(PieceState, String), String> {
+        let l = self
+            .env
+            .load_piece(&self.app, &p.pe, p.checkpoint_id, &p.locations, wait)
+            .await?;
+        self.env
+            .with_base(&self.app, &p.pe, p.checkpoint_id, l, (&p.chain, &p.seed))
+            .await
+    }
+
     /// Whether the state comes from other PEs (to merge and cut to the key groups).
     pub(crate) fn handoff(&self) -> Option<KeyGroupRange> {
         (!self.pieces.is_empty()).then_some(self.key_groups)
     }
 
-    async fn load_own(&self, status: &PeStatus) -> Result<Option<StateChain>, Stopped> {
-        let Some(OwnRestore { id, from, chain }) = &self.restore else {
+    async fn load_own(&self, status: &PeStatus) -> Result<Option<PieceState>, Stopped> {
+        let Some(OwnRestore {
+            id,
+            from,
+            chain,
+            seed,
+        }) = &self.restore
+        else {
             return Ok(None);
         };
         match self
             .env
-            .load_chain(&self.app, &self.pe, *id, from, chain)
+            .load_chain(&self.app, &self.pe, *id, from, (chain, seed))
             .await
         {
             Ok(Some((links, note))) => {
@@ -124,9 +133,9 @@ impl Ckpt {
     pub(crate) async fn load_position(&self, status: &PeStatus) -> Result<u64, Stopped> {
         let mut position = 0;
         // Several parts (a predecessor per part) continue from the furthest.
-        for chain in self.load(status).await? {
+        for part in self.load(status).await? {
             // A source's snapshot is always whole: a chain of one.
-            let b = match &chain[..] {
+            let b = match &part.chain[..] {
                 [(_, b)] => &b[..],
                 _ => &[][..],
             };

@@ -193,14 +193,16 @@ impl Executor {
                 .filter_map(|old| {
                     let ow = app.placement.get(old)?;
                     let orec = state.workers.get(ow)?;
-                    let (precopy_checkpoint_id, precopy_locations, precopy_chain) = match precopy {
-                        Some(c) => (
-                            c.id,
-                            request::locations(c, old, &state.workers),
-                            request::chain(c, old, &state.workers),
-                        ),
-                        None => (0, vec![], vec![]),
-                    };
+                    let (precopy_checkpoint_id, precopy_locations, precopy_chain, precopy_seed) =
+                        match precopy {
+                            Some(c) => (
+                                c.id,
+                                request::locations(c, old, &state.workers),
+                                request::chain(c, old, &state.workers),
+                                request::seed(c, old, &state.workers),
+                            ),
+                            None => (0, vec![], vec![], vec![]),
+                        };
                     Some(pb::RestorePiece {
                         pe: old.to_string(),
                         checkpoint_id: up.barrier,
@@ -215,6 +217,8 @@ impl Executor {
                         precopy_locations,
                         chain: vec![],
                         precopy_chain,
+                        seed: vec![],
+                        precopy_seed,
                     })
                 })
                 .collect();

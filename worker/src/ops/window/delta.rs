@@ -137,15 +137,24 @@ impl Window {
             return None;
         };
         let since = &dirty[Self::last_start(marks)..];
-        let entries = since.iter().filter_map(|(end, start, key)| {
-            let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
-            let (key, slot) = keys.get_key_value(key)?;
-            Some((bounds, key, &slot.acc))
-        });
-        Some(self.encode(
-            groups,
-            entries.filter(|(_, k, _)| groups.contains(key_group(k))),
-        ))
+        Some(self.encode(groups, self.listed(since, groups)))
+    }
+
+    /// The slots of `listed` that still exist, of keys in `groups`, as a snapshot
+    /// encodes them.
+    pub(super) fn listed<'a>(
+        &'a self,
+        listed: &'a [(i64, i64, super::Key)],
+        groups: KeyGroupRange,
+    ) -> impl Iterator<Item = (&'a (i64, i64), &'a super::Key, &'a super::Acc)> {
+        listed
+            .iter()
+            .filter_map(|(end, start, key)| {
+                let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
+                let (key, slot) = keys.get_key_value(key)?;
+                Some((bounds, key, &slot.acc))
+            })
+            .filter(move |(_, k, _)| groups.contains(key_group(k)))
     }
 
     /// Ships up to `max` listed slots of `groups` with their current values (the

@@ -24,12 +24,23 @@
 //! while the chain stays short: at most [`MAX_LINKS`] increments, adding up to less than
 //! the whole snapshot they build on, so a restore loads at most about twice the state.
 //! Otherwise the snapshot is whole and starts a new chain.
+//!
+//! Seeds ([`Window::seed`]): an upgrade's successor starts with exactly its
+//! predecessors' state at the switch checkpoint `K`, whose pieces of `K` are whole
+//! snapshots (a drained window's always is). It marks `K` as its base, so its first
+//! increments build on those pieces, its *seed*, instead of it writing its whole state
+//! at its first checkpoint. A seeded chain restores as the successor took over: the
+//! seed merged and cut to the key groups of the increments (their header says which),
+//! then the increments, the first checked to build on `K`. The increments' headers set
+//! progress and lateness bounds, so those of the seed (which `take_over` adjusted at
+//! the switch) do not matter; its slots are the successor's at `K` (the pre-copy
+//! argument of `delta.rs`), which is all an increment builds on.
 
 use super::state::Part;
 use super::{Changes, Window};
 use crate::ops::codec::{Dec, Enc};
 use crate::ops::StateError;
-use weir_common::keygroup::{key_group, KeyGroupRange};
+use weir_common::keygroup::KeyGroupRange;
 
 /// The kind byte of an increment (a whole window snapshot's is `W`).
 const INCREMENT: u8 = b'w';
@@ -102,18 +113,9 @@ impl Window {
         let Changes::Since { dirty, .. } = &self.changes else {
             return self.snapshot(groups);
         };
-        let entries = dirty[from..].iter().filter_map(|(end, start, key)| {
-            let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
-            let (key, slot) = keys.get_key_value(key)?;
-            Some((bounds, key, &slot.acc))
-        });
         let mut e = Enc::new(INCREMENT);
         e.u64(base);
-        self.encode_after(
-            e,
-            groups,
-            entries.filter(|(_, k, _)| groups.contains(key_group(k))),
-        )
+        self.encode_after(e, groups, self.listed(&dirty[from..], groups))
     }
 
     /// Reads an increment: the checkpoint it builds on, and its part.
@@ -129,23 +131,39 @@ impl Window {
 
     /// Merges one state given as a chain (see the module): `links` are `(checkpoint,
     /// snapshot)`, the whole one first; one link is a whole snapshot, as
-    /// [`Window::restore_groups`] takes it. Keeps only the entries of `keep` (when
-    /// given). Every link is checked first: on error nothing changes.
+    /// [`Window::restore_groups`] takes it. With a `seed` (an upgrade successor's
+    /// increments before its first whole snapshot: see [`Window::seed`]) every link is
+    /// an increment and the first builds on the seed: its predecessors' whole snapshots
+    /// at the switch, `(checkpoint, snapshot)` each, merged and cut to the increments'
+    /// key groups. Keeps only the entries of `keep` (when given). Every link is checked
+    /// first: on error nothing changes.
     pub fn restore_chain(
         &mut self,
+        seed: &[(u64, &[u8])],
         links: &[(u64, &[u8])],
         keep: Option<KeyGroupRange>,
     ) -> Result<(), StateError> {
-        let Some(((mut at, whole), increments)) = links.split_first() else {
-            return Ok(());
+        let (mut state, mut at, groups, increments) = if seed.is_empty() {
+            let Some(((at, whole), increments)) = links.split_first() else {
+                return Ok(());
+            };
+            if increments.is_empty() {
+                return self.restore_groups(whole, keep);
+            }
+            let first = self.read(whole, keep)?;
+            let groups = first.groups;
+            let mut state = self.cleared();
+            state.merge_part(first);
+            (state, *at, groups, increments)
+        } else {
+            let (at, groups) = self.seed_of(seed, links)?;
+            let cut = keep.map_or(groups, |k| k.intersect(&groups));
+            let mut state = self.cleared();
+            for (_, whole) in seed {
+                state.restore_groups(whole, Some(cut))?;
+            }
+            (state, at, groups, links)
         };
-        if increments.is_empty() {
-            return self.restore_groups(whole, keep);
-        }
-        let first = self.read(whole, keep)?;
-        let groups = first.groups;
-        let mut state = self.cleared();
-        state.merge_part(first);
         for (id, bytes) in increments {
             let (base, part) = state.read_increment(bytes, keep)?;
             if base != at {
@@ -176,5 +194,46 @@ impl Window {
         // Merging into a state that has others' already: as a whole snapshot would.
         let whole = state.snapshot(groups);
         self.restore_groups(&whole, None)
+    }
+
+    /// The checkpoint of a seed (its snapshots' one) and the key groups of the chain
+    /// built on it (its first increment's).
+    fn seed_of(
+        &self,
+        seed: &[(u64, &[u8])],
+        links: &[(u64, &[u8])],
+    ) -> Result<(u64, KeyGroupRange), StateError> {
+        let at = seed[0].0;
+        if let Some((other, _)) = seed.iter().find(|(id, _)| *id != at) {
+            return Err(StateError::Mismatch(format!(
+                "a seed of snapshots at checkpoints {at} and {other}"
+            )));
+        }
+        let Some((id, first)) = links.first() else {
+            return Err(StateError::Mismatch(format!(
+                "a seed at checkpoint {at} without an increment on it"
+            )));
+        };
+        // Read keeping no entry: the groups are in its header.
+        let none = KeyGroupRange { start: 0, end: 0 };
+        let (_, part) = self
+            .read_increment(first, Some(none))
+            .map_err(|e| match e {
+                StateError::Mismatch(m) => StateError::Mismatch(format!("checkpoint {id}: {m}")),
+                e => e,
+            })?;
+        Ok((at, part.groups))
+    }
+
+    /// Marks the state as its predecessors' at the upgrade switch `at`, whose whole
+    /// snapshots are `bytes` in all: a successor that took over its state there builds
+    /// its first increments on them (the *seed*) instead of writing its whole state at
+    /// its first checkpoint (a second or more at 1 GB). Changes are tracked from here.
+    pub fn seed(&mut self, at: u64, bytes: u64) {
+        self.mark(at);
+        self.chain = Chain {
+            whole: bytes.max(1),
+            ..Chain::default()
+        };
     }
 }

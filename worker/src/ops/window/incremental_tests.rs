@@ -87,7 +87,7 @@ proptest! {
             // Each PE alone: its chain at `id` is its whole snapshot at `id`.
             for (i, whole) in wholes.iter().enumerate() {
                 let mut from_chain = make();
-                from_chain.restore_chain(&chain(&stored[i], id), None).unwrap();
+                from_chain.restore_chain(&[], &chain(&stored[i], id), None).unwrap();
                 let mut from_whole = make();
                 from_whole.restore(whole).unwrap();
                 prop_assert!(from_chain.same_state(&from_chain.snapshot(ALL), &from_whole.snapshot(ALL)));
@@ -103,7 +103,7 @@ proptest! {
             let mut merged_chains = make();
             let mut merged_wholes = make();
             for (i, whole) in wholes.iter().enumerate() {
-                merged_chains.restore_chain(&chain(&stored[i], id), Some(ALL)).unwrap();
+                merged_chains.restore_chain(&[], &chain(&stored[i], id), Some(ALL)).unwrap();
                 merged_wholes.restore_groups(whole, Some(ALL)).unwrap();
             }
             prop_assert!(merged_chains.same_state(&merged_chains.snapshot(ALL), &merged_wholes.snapshot(ALL)));
@@ -166,7 +166,7 @@ fn increments_build_on_the_newest_snapshot_known_complete_and_unshipped_changes(
         let links = chain(&stored, id);
         assert_eq!(links[0].0, 2, "skips 3");
         let mut restored = Window::new(WindowKind::Count, 1_000, 1, 3);
-        restored.restore_chain(&links, None).unwrap();
+        restored.restore_chain(&[], &links, None).unwrap();
         let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
         expect.restore(&whole).unwrap();
         assert!(restored.same_state(&restored.snapshot(ALL), &expect.snapshot(ALL)));
@@ -192,18 +192,22 @@ fn a_chain_that_does_not_link_up_changes_nothing() {
     target.apply(0, &batch(&[(9, 1)], 0, 1));
     let before = target.snapshot(ALL);
     // Increment 2 left out: 3 does not build on 1.
-    let skipped = target.restore_chain(&[(1, &whole[..]), (3, &inc3[..])], None);
+    let skipped = target.restore_chain(&[], &[(1, &whole[..]), (3, &inc3[..])], None);
     assert!(
         matches!(skipped, Err(StateError::Mismatch(m)) if m.contains("builds on checkpoint 2, not on 1"))
     );
     // A damaged increment.
     assert!(target
-        .restore_chain(&[(1, &whole[..]), (2, &inc2[..inc2.len() - 1])], None)
+        .restore_chain(&[], &[(1, &whole[..]), (2, &inc2[..inc2.len() - 1])], None)
         .is_err());
     assert!(target.same_state(&target.snapshot(ALL), &before));
     // Linked up, merged into the window's own state.
     target
-        .restore_chain(&[(1, &whole[..]), (2, &inc2[..]), (3, &inc3[..])], None)
+        .restore_chain(
+            &[],
+            &[(1, &whole[..]), (2, &inc2[..]), (3, &inc3[..])],
+            None,
+        )
         .unwrap();
     let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
     expect.apply(0, &batch(&[(9, 1)], 0, 1));
@@ -236,4 +240,137 @@ fn chains_stay_short_and_smaller_than_the_state() {
         bases.push(w.checkpoint(id, ALL, upto(id - 1)).1);
     }
     assert_eq!(bases, vec![1, 0, 3, 0]);
+}
+
+/// The switch checkpoint of the seeded tests.
+const K: u64 = 100;
+
+/// The chain of checkpoint `id` of a successor seeded at [`K`], and whether it starts
+/// from the seed (its first link an increment on `K`) or from a whole snapshot.
+fn seeded_chain(stored: &Stored, id: u64) -> (Vec<(u64, &[u8])>, bool) {
+    let mut links = vec![];
+    let mut at = id;
+    let seeded = loop {
+        let (bytes, base) = &stored[&at];
+        links.push((at, &bytes[..]));
+        match *base {
+            0 => break false,
+            K => break true,
+            b => at = b,
+        }
+    };
+    links.reverse();
+    (links, seeded)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// An upgrade's successor, seeded at the switch with its predecessors' whole
+    /// snapshots: every chain of its (seed, then increments; or whole, then
+    /// increments) restores exactly its whole snapshot, state and later outputs.
+    #[test]
+    fn a_seeded_chain_restores_exactly_the_successors_whole_snapshot(
+        before in prop::collection::vec((0u8..40, 0i64..30), 0..40),
+        steps in steps(),
+        after in prop::collection::vec((0u8..40, 0i64..30), 0..40),
+        n in 1u32..3,
+        m in 1u32..4,
+        hop in any::<bool>(),
+        room in any::<bool>(),
+        switch_lag in 1u64..3,
+    ) {
+        let make = || if hop {
+            Window::hopping(WindowKind::Count, 20, 5, 1, 3)
+        } else {
+            Window::new(WindowKind::Count, 10, 1, 3)
+        };
+        let seed: Vec<(u64, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let mut w = make();
+                w.apply(0, &batch(&before, i, n));
+                (K, w.snapshot(KeyGroupRange::for_pe(i, n)))
+            })
+            .collect();
+        let seed: Vec<(u64, &[u8])> = seed.iter().map(|(id, b)| (*id, &b[..])).collect();
+        let seed_bytes: u64 = seed.iter().map(|(_, b)| b.len() as u64).sum();
+        for j in 0..m {
+            let groups = KeyGroupRange::for_pe(j, m);
+            let mut w = make();
+            for (_, s) in &seed {
+                w.restore_groups(s, Some(groups)).unwrap();
+            }
+            w.take_over(groups);
+            // Enough room that increments on the seed go on, or the seed's own size.
+            w.seed(K, if room { 1 << 40 } else { seed_bytes });
+            let mut stored = Stored::new();
+            let mut known_from = BTreeMap::from([(K, K + switch_lag)]);
+            for (s, (records, lag, round)) in steps.iter().enumerate() {
+                let id = K + 1 + s as u64;
+                if let Some(lag) = lag {
+                    known_from.insert(id, id + lag);
+                }
+                let complete = |c: u64| known_from.get(&c).is_some_and(|from| *from <= id);
+                let records: Vec<(u8, i64)> =
+                    records.iter().map(|(k, t)| (*k, t + 8 * s as i64)).collect();
+                w.apply(0, &batch(&records, j, m));
+                if let Some(max) = round {
+                    let _ = w.round(groups, *max);
+                }
+                let whole = w.snapshot(groups);
+                let (bytes, base) = w.checkpoint(id, groups, complete);
+                prop_assert!(base == 0 || complete(base), "builds only on a known complete one");
+                stored.insert(id, (bytes, base));
+                let (links, seeded) = seeded_chain(&stored, id);
+                let mut from_chain = make();
+                from_chain
+                    .restore_chain(if seeded { &seed } else { &[] }, &links, None)
+                    .unwrap();
+                let mut from_whole = make();
+                from_whole.restore(&whole).unwrap();
+                prop_assert!(from_chain.same_state(&from_chain.snapshot(ALL), &from_whole.snapshot(ALL)));
+                let later: Vec<(u8, i64)> = after.iter().map(|(k, t)| (*k, t + 8 * id as i64)).collect();
+                let later = batch(&later, j, m);
+                prop_assert_eq!(outputs(&from_chain.apply(0, &later)), outputs(&from_whole.apply(0, &later)));
+                prop_assert_eq!(outputs(&from_chain.flush()), outputs(&from_whole.flush()));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_successor_builds_its_first_increment_on_its_seed() {
+    let mut pred = Window::new(WindowKind::Count, 1_000, 1, 3);
+    pred.apply(0, &many(2_000));
+    let seed = pred.snapshot(ALL);
+    let half = KeyGroupRange::for_pe(0, 2);
+    let mut w = Window::new(WindowKind::Count, 1_000, 1, 3);
+    w.restore_groups(&seed, Some(half)).unwrap();
+    w.take_over(half);
+    w.seed(K, seed.len() as u64);
+    w.apply(0, &batch(&[(1, 2), (2, 3), (3, 4)], 0, 2));
+    // The switch is not known complete yet: whole.
+    let (whole, base) = w.clone().checkpoint(K + 1, half, upto(K - 1));
+    assert_eq!(base, 0);
+    let (inc, base) = w.checkpoint(K + 1, half, upto(K));
+    assert_eq!(base, K);
+    assert!(inc.len() * 10 < whole.len(), "an increment, not the state");
+    let mut restored = Window::new(WindowKind::Count, 1_000, 1, 3);
+    restored
+        .restore_chain(&[(K, &seed[..])], &[(K + 1, &inc[..])], None)
+        .unwrap();
+    let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
+    expect.restore(&whole).unwrap();
+    assert!(restored.same_state(&restored.snapshot(ALL), &expect.snapshot(ALL)));
+    // A seed of another checkpoint, or no increment on it, changes nothing.
+    let mut target = Window::new(WindowKind::Count, 1_000, 1, 3);
+    let other = target.restore_chain(&[(K - 1, &seed[..])], &[(K + 1, &inc[..])], None);
+    assert!(
+        matches!(other, Err(StateError::Mismatch(m)) if m.contains("builds on checkpoint 100, not on 99"))
+    );
+    assert!(target.restore_chain(&[(K, &seed[..])], &[], None).is_err());
+    assert!(target.same_state(
+        &target.snapshot(ALL),
+        &Window::new(WindowKind::Count, 1_000, 1, 3).snapshot(ALL)
+    ));
 }
