@@ -76,8 +76,9 @@ pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
     match rx.await {
         Ok(Ok(r)) => r,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        // The job was dropped unrun: only if the runtime is shutting down.
-        Err(_) => panic!("background job dropped unrun"),
+        // The job was dropped unrun: only if the runtime is shutting down, which drops
+        // this task too.
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -473,7 +473,10 @@ async fn off_thread<R: Send + 'static>(
             r
         }
         // The closure panicked: the PE's task fails as it would have inline.
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled before it ran: only when the runtime shuts down, which drops this
+        // task too (a panic here only added a spurious one to a worker's shutdown).
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -14,8 +14,13 @@ use weir_proto::v1 as pb;
 /// The PE reports the leader holds, by (worker, PE).
 pub type Reports = crate::shared::PeReports;
 
-/// Longest a prepare may take (new PEs starting) before the upgrade rolls back.
+/// Longest a prepare may take (new PEs starting) before the upgrade rolls back, with
+/// nothing to pre-copy ([`prepare_limit_ms`]).
 pub const PREPARE_TIMEOUT_MS: u64 = 30_000;
+/// Bytes of predecessors' pieces a prepare is given one more second for: new windows
+/// pre-copy them (loading, and keeping their own key groups) while the stream runs,
+/// about 50-100 MB/s per core on the 2-core dev box.
+pub const PRECOPY_BYTES_PER_S: u64 = 50 << 20;
 /// Longest the switch checkpoint may take before the upgrade rolls back.
 pub const SWITCH_TIMEOUT_MS: u64 = 30_000;
 /// How long cleanup waits for passing gaps at the audit sinks to close.
@@ -192,12 +197,35 @@ fn failure(
         }
     }
     let limit = if phase == Phase::Prepare {
-        PREPARE_TIMEOUT_MS
+        state
+            .apps
+            .get(&up.app)
+            .map_or(PREPARE_TIMEOUT_MS, |app| prepare_limit_ms(app, up))
     } else {
         SWITCH_TIMEOUT_MS
     };
     (now.saturating_sub(since_ms) > limit)
         .then(|| format!("{} did not finish within {} s", phase.name(), limit / 1000))
+}
+
+/// Longest the prepare of `up` may take: [`PREPARE_TIMEOUT_MS`], and a second more per
+/// [`PRECOPY_BYTES_PER_S`] its new PEs may pre-copy (each successor loads each of its
+/// predecessors' pieces of the latest complete checkpoint, with what the piece builds
+/// on). Without it an upgrade of 1 GB of window state on a 2-core machine, right after
+/// another (its predecessors' pieces then build on seeds), ran past 30 s and rolled
+/// back.
+pub fn prepare_limit_ms(app: &AppRecord, up: &UpgradeRecord) -> u64 {
+    let Some(c) = app.checkpoints.latest() else {
+        return PREPARE_TIMEOUT_MS;
+    };
+    let bytes: u64 = up
+        .handoff
+        .values()
+        .flatten()
+        .filter_map(|p| c.pieces.get(p))
+        .map(|p| p.restore_bytes())
+        .sum();
+    PREPARE_TIMEOUT_MS + bytes / PRECOPY_BYTES_PER_S * 1_000
 }
 
 /// The operators an upgrade's switch touches in the old version (their PEs drain,

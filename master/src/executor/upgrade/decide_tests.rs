@@ -459,3 +459,48 @@ fn the_stall_is_the_gap_beyond_the_steady_one_since_the_upgrade_began() {
     assert_eq!(stall(&[40, 90], 10_500, &up_started(0)), 90);
     assert_eq!(stall(&[], 10_500, &up_started(9_000)), 0);
 }
+
+#[test]
+fn a_prepare_has_a_second_more_per_50_mb_its_new_pes_pre_copy() {
+    let s = begun();
+    let (mut up, _) = plan_of(&s);
+    let mut app = (*s.apps[APP]).clone();
+    // Two new PEs taking over the state of two old ones (a rescale's successors).
+    let old: Vec<PeId> = app.placement.keys().take(2).cloned().collect();
+    up.handoff.insert(PeId::from("views@new#0"), old.clone());
+    up.handoff
+        .insert(PeId::from("views@new#1"), old[1..].to_vec());
+    assert_eq!(
+        prepare_limit_ms(&app, &up),
+        PREPARE_TIMEOUT_MS,
+        "no checkpoint"
+    );
+    // The latest complete checkpoint holds each predecessor's piece: 60 MB whole,
+    // plus 40 MB it builds on.
+    let piece = crate::state::PieceRecord {
+        size_bytes: 60 << 20,
+        crc32c: 0,
+        replicas: vec!["w1".into()],
+        chain: vec![crate::state::LinkRecord {
+            checkpoint_id: 1,
+            size_bytes: 40 << 20,
+            crc32c: 0,
+            replicas: vec!["w1".into()],
+        }],
+        seed: vec![],
+    };
+    let loads: Vec<&PeId> = up.handoff.values().flatten().collect();
+    app.checkpoints
+        .complete
+        .push(crate::state::CheckpointRecord {
+            id: 2,
+            started_at_ms: 0,
+            completed_at_ms: 0,
+            max_alignment_ms: 0,
+            pieces: old.iter().map(|p| (p.clone(), piece.clone())).collect(),
+            handoff: BTreeMap::new(),
+        });
+    // Three pieces of 100 MB loaded: 6 s more.
+    assert_eq!(loads.len(), 3);
+    assert_eq!(prepare_limit_ms(&app, &up), PREPARE_TIMEOUT_MS + 6_000);
+}
