@@ -190,7 +190,8 @@ impl AppCheckpoints {
 
     /// The oldest checkpoint whose snapshots a restore may still load: the oldest kept
     /// complete checkpoint, or an older one an incremental piece of a kept one builds
-    /// on (its chain, or its seed: predecessors' snapshots of an upgrade's switch). `None` without a complete checkpoint.
+    /// on (its chain, or its seed: predecessors' snapshots of an upgrade's switch).
+    /// `None` without a complete checkpoint.
     pub fn keep_snapshots_from(&self) -> Option<u64> {
         let oldest = self.complete.first()?.id;
         let links = self
