@@ -241,8 +241,9 @@ async fn case(size_mb: u64, precopy: bool) {
             async move { first }
         })
         .await;
-        // Recovered: a recovery committed and every PE running again (its state
-        // restored: a PE reports running only after its restore).
+        // Recovered: a recovery committed since the loss (one may have happened while
+        // the state filled) and every PE running again (its state restored: a PE
+        // reports running only after its restore).
         let recovered = eventually_within("the app recovered", LIMIT, || {
             let mut client = client.clone();
             async move {
@@ -253,7 +254,8 @@ async fn case(size_mb: u64, precopy: bool) {
                     .into_inner();
                 let d = app_detail(&mut client, "big").await?;
                 let running = d.pes.iter().all(|p| p.state == pb::PeState::Running as i32);
-                (!ck.recoveries.is_empty() && running).then(unix_ms)
+                let since = ck.recoveries.last().is_some_and(|r| r.at_ms >= lost);
+                (since && running).then(unix_ms)
             }
         })
         .await;
