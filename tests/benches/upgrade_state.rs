@@ -254,7 +254,7 @@ async fn case(size_mb: u64, precopy: bool) {
                     .into_inner();
                 let d = app_detail(&mut client, "big").await?;
                 let running = d.pes.iter().all(|p| p.state == pb::PeState::Running as i32);
-                let since = ck.recoveries.last().is_some_and(|r| r.at_ms >= lost);
+                let since = ck.recoveries.last().is_some_and(|r| r.at_ms as i64 >= lost);
                 (since && running).then(unix_ms)
             }
         })
