@@ -82,6 +82,7 @@ async fn start_worker(
         checkpoint_dir: None,
         security,
         push_progress: true,
+        defer_snapshot_from: weir_worker::ops::window::DEFER_FROM,
 
         pull_from: Vec::new(),
     };

@@ -146,6 +146,7 @@ async fn start_worker(id: &str, master: &str) -> weir_worker::node::Worker {
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+        defer_snapshot_from: weir_worker::ops::window::DEFER_FROM,
 
         pull_from: Vec::new(),
     };

@@ -185,6 +185,12 @@ async fn case(size_mb: u64, precopy: bool) {
         assert_eq!(op.phase, pb::UpgradePhase::Done as i32, "{name}: {op:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         if std::env::var_os("WEIR_BENCH_LOG").is_some() {
+            // To line the gaps up with the log's times.
+            eprintln!(
+                "{name}: t0 = {}.{:03} s since the epoch",
+                t0 / 1000,
+                t0 % 1000
+            );
             let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
             let mut last = steady_from;
             for &(t, _) in a.iter().filter(|(t, _)| *t >= steady_from) {

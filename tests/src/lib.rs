@@ -355,6 +355,7 @@ pub fn worker_config(
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+        defer_snapshot_from: weir_worker::ops::window::DEFER_FROM,
 
         pull_from: Vec::new(),
     }

@@ -23,6 +23,7 @@ fn agent(c: &Cluster, id: &str, masters: Vec<String>) -> Agent {
         checkpoint_dir: None,
         security: weir_security::Security::Off,
         push_progress: true,
+        defer_snapshot_from: weir_worker::ops::window::DEFER_FROM,
 
         pull_from: Vec::new(),
     })

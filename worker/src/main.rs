@@ -62,6 +62,11 @@ struct Args {
     /// heartbeat instead of at once (a baseline for benchmarks).
     #[arg(long, env = "WEIR_HEARTBEAT_ONLY")]
     heartbeat_only: bool,
+    /// A window's checkpoint increment listing at least this many changed slots is
+    /// encoded after its barrier, a slice at a time between batches, instead of while
+    /// the stream waits (docs/ARCHITECTURE.md, "Snapshots encoded after the barrier").
+    #[arg(long, env = "WEIR_DEFER_SNAPSHOT_FROM", default_value_t = weir_worker::ops::window::DEFER_FROM)]
+    defer_snapshot_from: usize,
     /// A registry (`host[:port]`, as an image reference begins) to pull a container
     /// PE's image from when the local Docker Engine does not hold it; repeat for
     /// several. Placement then counts this worker as able to run that registry's
@@ -173,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
         declared_gpus: a.gpus,
         discover_nvml: !a.no_nvml,
         push_progress: !a.heartbeat_only,
-
+        defer_snapshot_from: a.defer_snapshot_from,
         pull_from: a.pull_from,
         checkpoint_dir: Some(checkpoint_dir),
         security,

@@ -60,11 +60,16 @@ impl Worker {
             }
             .map_err(std::io::Error::other)?,
         );
-        let env = Arc::new(CheckpointEnv::new(
-            cfg.worker_id.clone(),
-            store.clone(),
-            Arc::new(Replicator::new(cfg.worker_id.clone()).with_security(cfg.security.clone())),
-        ));
+        let env = Arc::new(
+            CheckpointEnv::new(
+                cfg.worker_id.clone(),
+                store.clone(),
+                Arc::new(
+                    Replicator::new(cfg.worker_id.clone()).with_security(cfg.security.clone()),
+                ),
+            )
+            .with_defer_from(cfg.defer_snapshot_from),
+        );
         let dialer = crate::dataplane::Dialer::new(&cfg.security).map_err(std::io::Error::other)?;
         let admission =
             crate::dataplane::Admission::new(&cfg.security).map_err(std::io::Error::other)?;

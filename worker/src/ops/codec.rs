@@ -11,7 +11,7 @@ use super::StateError;
 pub const VERSION: u8 = 1;
 
 /// Writes a snapshot.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Enc(pub Vec<u8>);
 
 impl Enc {

@@ -20,6 +20,9 @@
 mod delta;
 #[cfg(test)]
 mod delta_tests;
+mod encoding;
+#[cfg(test)]
+mod encoding_tests;
 #[cfg(test)]
 mod hop_tests;
 mod incremental;
@@ -33,6 +36,7 @@ mod test_records;
 mod tests;
 
 use super::eval::lookup;
+pub use encoding::{Finished, DEFER_FROM, STEP as ENCODE_STEP};
 use key::Key;
 use std::collections::{BTreeMap, HashMap};
 use weir_common::keygroup::key_group;
@@ -219,6 +223,12 @@ pub struct Window {
     changes: Changes,
     /// What the snapshots since the last whole one wrote (see `incremental.rs`).
     chain: incremental::Chain,
+    /// An increment being encoded after its barrier (`encoding.rs`).
+    encoding: Option<Box<encoding::Encoding>>,
+    /// Increments encoded after their barrier, not taken yet.
+    finished: Vec<Finished>,
+    /// Increments listing this many slots or more are encoded after their barrier.
+    defer_from: usize,
     /// Nothing processed or restored yet: the first restore adopts the snapshot's
     /// progress instead of merging with this PE's (empty) own.
     fresh: bool,
@@ -244,6 +254,9 @@ impl Window {
             epoch: 0,
             changes: Changes::Untracked,
             chain: incremental::Chain::default(),
+            encoding: None,
+            finished: Vec::new(),
+            defer_from: DEFER_FROM,
             fresh: true,
             late: 0,
             skipped: 0,
@@ -307,6 +320,7 @@ impl Window {
     /// Emits every open window (end of stream). Later records for windows ending at or
     /// before the last one emitted are late.
     pub fn flush(&mut self) -> Batch {
+        self.settle();
         self.fresh = false;
         let all = std::mem::take(&mut self.windows);
         if let Some(&(end, _)) = all.keys().next_back() {
@@ -325,6 +339,7 @@ impl Window {
     /// had made, because this PE's inputs are not its predecessors' (a watermark that
     /// is too low only delays closing; one too high would close windows early).
     pub fn take_over(&mut self, groups: weir_common::keygroup::KeyGroupRange) {
+        self.settle();
         for keys in self.windows.values_mut() {
             keys.retain(|k, _| groups.contains(key_group(k)));
         }
@@ -409,9 +424,17 @@ impl Window {
             let epoch = self.epoch;
             let keys = self.windows.entry((end, start)).or_default();
             let first = match keys.get_mut(r.key) {
-                Some(slot) => {
+                Some(slot) if slot.epoch == epoch => {
                     slot.acc.merge(&acc);
-                    std::mem::replace(&mut slot.epoch, epoch) != epoch
+                    false
+                }
+                Some(slot) => {
+                    if let Some(job) = self.encoding.as_mut() {
+                        job.keep((end, start), r.key, slot.acc, slot.epoch);
+                    }
+                    slot.acc.merge(&acc);
+                    slot.epoch = epoch;
+                    true
                 }
                 None => {
                     keys.insert(Key::from(r.key), Slot { acc, epoch });
@@ -437,6 +460,13 @@ impl Window {
             let open = self.windows.split_off(&(wm + 1, i64::MIN));
             std::mem::replace(&mut self.windows, open)
         };
+        if let Some(job) = self.encoding.as_mut() {
+            for (bounds, keys) in &closed {
+                for (key, slot) in keys {
+                    job.keep(*bounds, key, slot.acc, slot.epoch);
+                }
+            }
+        }
         self.emit(closed)
     }
 

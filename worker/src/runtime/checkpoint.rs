@@ -76,6 +76,8 @@ pub struct CheckpointEnv {
     completed: Mutex<Completed>,
     /// Per app, the complete checkpoints heard of (the last [`KNOWN`]).
     known: Mutex<HashMap<String, BTreeSet<u64>>>,
+    /// A window increment listing this many slots or more is encoded after its barrier.
+    defer_from: usize,
 }
 
 impl CheckpointEnv {
@@ -87,7 +89,20 @@ impl CheckpointEnv {
             replicator,
             completed: Mutex::default(),
             known: Mutex::default(),
+            defer_from: crate::ops::window::DEFER_FROM,
         }
+    }
+
+    /// Window increments listing at least `n` changed slots are encoded after their
+    /// barrier (`ops/window/encoding.rs`).
+    pub fn with_defer_from(mut self, n: usize) -> Self {
+        self.defer_from = n;
+        self
+    }
+
+    /// See [`CheckpointEnv::with_defer_from`].
+    pub fn defer_from(&self) -> usize {
+        self.defer_from
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Completed> {

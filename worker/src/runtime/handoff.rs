@@ -53,21 +53,34 @@ const PREFETCH: usize = 8;
 /// longer: the rounds waiting were shipped while it loaded, so a large state has more
 /// to catch up on (at 1 GB on the dev box, 20 s of loading left ~180 rounds; cut at
 /// 2 s, 144 MB were still waiting at the switch and the stream stalled 1.2 s). A
-/// successor that is not gaining stops at once whatever the limit ([`gaining`]). Never
+/// successor that is losing ground stops whatever the limit ([`losing`]). Never
 /// more than [`MAX_CATCH_UP`]: the master gives prepare 30 s in all.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The longest a successor catches up, however long its pre-copy took.
 const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 
-/// Whether a successor that applied `applied` rounds of one predecessor in a pass of
-/// `took`, and stopped at its limit, is gaining on it: that predecessor shipped at most
-/// one round per [`ROUND_EVERY`] meanwhile (and one more). One that is not (a slow or
-/// busy machine, a debug build) stops waiting at once and leaves the rest for the
-/// switch, rather than hold the upgrade until [`CATCH_UP`].
+/// Whether a successor that applied `applied` rounds of one predecessor in `took` is
+/// gaining on it: that predecessor shipped at most one round per [`ROUND_EVERY`]
+/// meanwhile (and one more).
 fn gaining(applied: u64, took: Duration) -> bool {
     let shipped_at_most = (took.as_micros() / ROUND_EVERY.as_micros()) as u64 + 1;
     applied > shipped_at_most
+}
+
+/// How long a successor catches up before it judges whether it gains at all.
+const JUDGE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a successor still behind a predecessor, `applied` rounds of it since it
+/// began catching up `since` ago, is losing: not gaining over that whole time, once it
+/// has run [`JUDGE_AFTER`]. One that is (a slow or busy machine, a debug build) stops
+/// waiting and leaves the rest for the switch, rather than hold the upgrade until
+/// [`CATCH_UP`]. Judged on the whole catch-up, not on one pass: at 1 GB on the dev
+/// box one slow pass of 16 rounds (a busy moment on two cores) read as losing, the
+/// switch came with 20-37 MB of rounds still waiting and the stream stalled 1.5 s
+/// while the successors applied them (BENCHMARKS.md, 2026-12-06).
+fn losing(applied: u64, since: Duration) -> bool {
+    since >= JUDGE_AFTER && !gaining(applied, since)
 }
 
 /// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
@@ -253,8 +266,6 @@ struct Follow<'a> {
     /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
     /// the last one applied left more.
     behind: bool,
-    /// Rounds of it applied in the last pass.
-    this_pass: u64,
 }
 
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
@@ -327,7 +338,6 @@ async fn precopy_then_deltas(
             at_barrier: None,
             more: false,
             behind: false,
-            this_pass: 0,
         })
         .collect();
     let started = Instant::now();
@@ -337,7 +347,7 @@ async fn precopy_then_deltas(
     let mut rounds_bytes = 0u64;
     // Follow the rounds until every envelope of the switch barrier is there. Running
     // (so the switch may begin) once caught up with every predecessor (no round
-    // waiting) or not gaining on it, or after `catch_up`.
+    // waiting) or losing ground on it, or after `catch_up`.
     while follows.iter().any(|f| f.at_barrier.is_none()) {
         if Instant::now() > deadline {
             let f = follows
@@ -355,9 +365,7 @@ async fn precopy_then_deltas(
             return Ok(Err(Stopped::Failed));
         }
         let mut progressed = false;
-        let pass = Instant::now();
         for f in &mut follows {
-            let before = f.applied;
             if f.at_barrier.is_none() {
                 // A short wait here paces the loop while nothing moves.
                 let wait = if running {
@@ -406,14 +414,12 @@ async fn precopy_then_deltas(
                 }
             }
             f.behind = !drained || f.more;
-            f.this_pass = f.applied - before;
         }
-        let took = pass.elapsed();
-        // Caught up with each predecessor, or not gaining on it.
+        // Caught up with each predecessor, or losing ground on it.
         let caught_up = !progressed
             || follows
                 .iter()
-                .all(|f| !f.behind || !gaining(f.this_pass, took));
+                .all(|f| !f.behind || losing(f.applied, started.elapsed()));
         if !running && (caught_up || started.elapsed() > catch_up) {
             running = true;
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
@@ -467,7 +473,6 @@ async fn precopy_then_deltas(
                 at_barrier: None,
                 more: false,
                 behind: false,
-                this_pass: 0,
             };
             at_barrier += apply_round(kernel, &l.bytes, base, &mut at, groups).await?;
             applied = at.applied;
@@ -589,6 +594,17 @@ mod tests {
         // 16 in 400 ms: up to 21 shipped, it may be losing ground.
         assert!(!gaining(16, Duration::from_millis(400)));
         assert!(!gaining(0, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_successor_is_losing_only_when_its_whole_catch_up_did_not_gain() {
+        // A slow start is not judged.
+        assert!(!losing(16, Duration::from_millis(400)));
+        assert!(!losing(0, Duration::from_millis(900)));
+        // 250 rounds in 2 s (at most 101 shipped): gaining, whatever one pass took.
+        assert!(!losing(250, Duration::from_secs(2)));
+        // 90 in 2 s: not gaining.
+        assert!(losing(90, Duration::from_secs(2)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::file_sink::{BlockingFileSink, FileCallError};
 use super::status::PeStatus;
 use crate::container::{ContainerEngine, Progress};
 use crate::exec::{ExecConfig, ExecError, ExecLimits, ExecPe, LocalLaunch};
+use crate::ops::window::{Finished, ENCODE_STEP};
 use crate::ops::{Filter, KeyBy, Map, StateError, Verify, Window, WindowKind};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -233,24 +234,49 @@ impl Kernel {
     /// (its own: parts of several predecessors then carry disjoint groups), only what
     /// changed since its newest snapshot taken at one of the checkpoints in `complete`
     /// (those of the app this worker knows complete; `ops/window/incremental.rs`), and
-    /// tracks changes from here.
+    /// tracks changes from here. `None`: an increment listing `defer_from` slots or
+    /// more is encoded after the barrier ([`Kernel::encode_step`], `ops/window/encoding.rs`) and comes from
+    /// [`Kernel::take_finished`].
     pub async fn snapshot(
         &mut self,
         id: u64,
         groups: KeyGroupRange,
         complete: BTreeSet<u64>,
-    ) -> Result<(Vec<u8>, u64), KernelError> {
+        defer_from: usize,
+    ) -> Result<Option<(Vec<u8>, u64)>, KernelError> {
         Ok(match self {
             Kernel::Window(w) => {
+                w.defer_from(defer_from);
                 off_thread(w, move |w| {
-                    w.checkpoint(id, groups, |m| complete.contains(&m))
+                    w.begin_checkpoint(id, groups, |m| complete.contains(&m))
                 })
                 .await
             }
-            Kernel::Verify(v) => (v.snapshot(), 0),
-            Kernel::File(f) => (f.snapshot(id).await.map_err(KernelError::FileSnapshot)?, 0),
-            _ => (Vec::new(), 0),
+            Kernel::Verify(v) => Some((v.snapshot(), 0)),
+            Kernel::File(f) => Some((f.snapshot(id).await.map_err(KernelError::FileSnapshot)?, 0)),
+            _ => Some((Vec::new(), 0)),
         })
+    }
+
+    /// Whether a snapshot is being encoded after its barrier.
+    pub fn encoding(&self) -> bool {
+        matches!(self, Kernel::Window(w) if w.encoding())
+    }
+
+    /// Encodes a slice of the snapshot being encoded after its barrier: a few
+    /// milliseconds, between batches.
+    pub fn encode_step(&mut self) {
+        if let Kernel::Window(w) = self {
+            w.encode_step(ENCODE_STEP);
+        }
+    }
+
+    /// The snapshots finished after their barriers since the last call.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        match self {
+            Kernel::Window(w) => w.take_finished(),
+            _ => Vec::new(),
+        }
     }
 
     /// [`Kernel::snapshot`] for a window drained at an upgrade's switch, once it has
@@ -277,7 +303,11 @@ impl Kernel {
                 Ok(s)
             }
             // No increment: nothing is ever complete after a drained PE's last snapshot.
-            _ => Ok(self.snapshot(id, groups, BTreeSet::new()).await?.0),
+            _ => Ok(self
+                .snapshot(id, groups, BTreeSet::new(), usize::MAX)
+                .await?
+                .map(|(bytes, _)| bytes)
+                .unwrap_or_default()),
         }
     }
 

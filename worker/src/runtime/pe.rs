@@ -278,6 +278,7 @@ pub async fn run_consumer(
     status.set(PeRunState::Running);
     status.set_verify(kernel.verify_summary(false));
     let mut published = Instant::now();
+    let mut deferred = Deferred::new();
     loop {
         let next = tokio::select! {
             biased;
@@ -295,6 +296,14 @@ pub async fn run_consumer(
                 continue;
             }
             n = streams.next() => n,
+            // Nothing to process: encode a slice of a snapshot taken at a barrier.
+            () = std::future::ready(()), if kernel.encoding() => {
+                kernel.encode_step();
+                save_finished(&pe, &mut kernel, &ckpt, &status, &mut deferred);
+                // The step ran on this async thread: let other PEs' tasks run too.
+                tokio::task::yield_now().await;
+                continue;
+            }
         };
         let Some((i, msg)) = next else { break };
         match msg {
@@ -345,6 +354,10 @@ pub async fn run_consumer(
                 tracing::warn!(%pe, error = %e, "a hand-off round was not stored; the whole state will move");
             }
         }
+        if kernel.encoding() {
+            kernel.encode_step();
+        }
+        save_finished(&pe, &mut kernel, &ckpt, &status, &mut deferred);
         let live = ended.iter().filter(|e| !**e).count();
         if let Some(id) = align.aligned(live) {
             let waited = align.alignment(Instant::now());
@@ -355,10 +368,17 @@ pub async fn run_consumer(
                 drains,
                 rounds: &rounds,
             };
-            if let Err(e) = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, at).await {
-                tracing::error!(%pe, error = %e, "checkpoint failed");
-                status.fail(e);
-                return;
+            let taken = snapshot(&pe, &mut kernel, &mut router, &status, &ckpt, at).await;
+            // A snapshot still being encoded was finished first.
+            save_finished(&pe, &mut kernel, &ckpt, &status, &mut deferred);
+            match taken {
+                Ok(Taken::Now) => {}
+                Ok(Taken::Later) => deferred.push((id, waited, Instant::now())),
+                Err(e) => {
+                    tracing::error!(%pe, error = %e, "checkpoint failed");
+                    status.fail(e);
+                    return;
+                }
             }
             if drains {
                 let held = align.complete();
@@ -390,7 +410,10 @@ pub async fn run_consumer(
             published = Instant::now();
         }
     }
-    match kernel.finish().await {
+    let finished = kernel.finish().await;
+    // Flushing finished any snapshot still being encoded.
+    save_finished(&pe, &mut kernel, &ckpt, &status, &mut deferred);
+    match finished {
         Ok(Some(out)) => {
             status.gave(&out);
             router.send(out).await;
@@ -416,10 +439,67 @@ struct Barrier<'a> {
     rounds: &'a Rounds,
 }
 
+/// Whether a checkpoint's snapshot was stored at its barrier or is encoded after it.
+enum Taken {
+    /// Stored (or being stored: a drained window's).
+    Now,
+    /// Encoded after the barrier; stored by [`save_finished`].
+    Later,
+}
+
+/// Snapshots encoded after their barrier, not stored yet: the checkpoint, how long its
+/// alignment took and when its barrier passed.
+type Deferred = Vec<(u64, Duration, Instant)>;
+
+/// Stores the snapshots the kernel finished encoding after their barriers, on tasks of
+/// their own (the stream goes on meanwhile; the checkpoint completes once they are
+/// stored and reported). One that cannot be stored fails the PE, as at a barrier.
+fn save_finished(
+    pe: &str,
+    kernel: &mut Kernel,
+    ckpt: &Ckpt,
+    status: &Arc<PeStatus>,
+    deferred: &mut Deferred,
+) {
+    for (id, bytes, base) in kernel.take_finished() {
+        let (alignment, barrier) = match deferred.iter().position(|(d, ..)| *d == id) {
+            Some(i) => {
+                let (_, a, at) = deferred.swap_remove(i);
+                (a, at)
+            }
+            None => (Duration::ZERO, Instant::now()),
+        };
+        let (env, app, pe, status) = (
+            ckpt.env.clone(),
+            ckpt.app.clone(),
+            pe.to_string(),
+            status.clone(),
+        );
+        tokio::spawn(async move {
+            let (size, alignment_ms) = (bytes.len(), alignment.as_millis() as u64);
+            let encoded_ms = barrier.elapsed().as_millis() as u64;
+            match env
+                .save(&app, &pe, id, (bytes, base), alignment_ms, &status)
+                .await
+            {
+                Ok(()) => tracing::debug!(
+                    %pe, checkpoint = id, base, bytes = size, encoded_ms,
+                    "snapshot encoded after its barrier, stored"
+                ),
+                Err(e) => {
+                    tracing::error!(%pe, checkpoint = id, error = %e, "checkpoint failed");
+                    status.fail(e);
+                }
+            }
+        });
+    }
+}
+
 /// Takes the snapshot of an aligned checkpoint, then forwards its barrier. A window
 /// draining for an upgrade stores its hand-off envelope first and its whole snapshot
 /// after forwarding (nothing changes its state after the barrier), so its successors
-/// and consumers do not wait for the whole state to be written.
+/// and consumers do not wait for the whole state to be written. A window's large
+/// increment is encoded after the barrier is forwarded ([`Taken::Later`]).
 async fn snapshot(
     pe: &str,
     kernel: &mut Kernel,
@@ -427,7 +507,7 @@ async fn snapshot(
     status: &Arc<PeStatus>,
     ckpt: &Ckpt,
     at: Barrier<'_>,
-) -> Result<(), String> {
+) -> Result<Taken, String> {
     let Barrier {
         id,
         alignment,
@@ -457,12 +537,21 @@ async fn snapshot(
         kernel
             .snapshot_drained(id, ckpt.key_groups)
             .await
-            .map(|whole| (whole, 0))
+            .map(|whole| Some((whole, 0)))
     } else {
         let complete = ckpt.env.known_complete(&ckpt.app);
-        kernel.snapshot(id, ckpt.key_groups, complete).await
+        let defer_from = ckpt.env.defer_from();
+        kernel
+            .snapshot(id, ckpt.key_groups, complete, defer_from)
+            .await
     }
     .map_err(|e| e.to_string())?;
+    let Some(taken) = taken else {
+        router.barrier(id).await;
+        let took_ms = t0.elapsed().as_millis() as u64;
+        tracing::debug!(%pe, checkpoint = id, took_ms, alignment_ms, "snapshot to encode after the barrier");
+        return Ok(Taken::Later);
+    };
     let (bytes, base, took_ms) = (taken.0.len(), taken.1, t0.elapsed().as_millis() as u64);
     status.set_verify(kernel.verify_summary(false));
     ckpt.env
@@ -472,7 +561,7 @@ async fn snapshot(
         router.barrier(id).await;
     }
     tracing::debug!(%pe, checkpoint = id, base, bytes, took_ms, alignment_ms, "snapshot taken");
-    Ok(())
+    Ok(Taken::Now)
 }
 
 /// A source whose whole state is its position in its own sequence of records: what

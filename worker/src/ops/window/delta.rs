@@ -48,6 +48,7 @@ pub(super) const UNLISTED: u64 = 0;
 impl Window {
     /// A whole snapshot was taken at checkpoint `id`: changes are tracked from here.
     pub fn mark(&mut self, id: u64) {
+        self.settle();
         self.epoch += 1;
         self.changes = Changes::Since {
             marks: vec![(id, 0)],
@@ -89,6 +90,7 @@ impl Window {
             self.out_source,
         );
         w.slide = self.slide;
+        w.defer_from = self.defer_from;
         w
     }
 
@@ -161,6 +163,7 @@ impl Window {
     /// snapshot layout, header whole) and unlists them; `None` without tracking or with
     /// nothing listed.
     pub fn round(&mut self, groups: KeyGroupRange, max: usize) -> Option<Vec<u8>> {
+        self.settle();
         let Changes::Since {
             marks,
             dirty,
@@ -209,6 +212,7 @@ impl Window {
         keep: Option<KeyGroupRange>,
     ) -> Result<(), StateError> {
         let part = self.read(delta, keep)?;
+        self.settle();
         self.overwrite(part);
         Ok(())
     }
@@ -265,6 +269,7 @@ impl Window {
             .iter()
             .map(|d| self.read(d, keep))
             .collect::<Result<Vec<_>, _>>()?;
+        self.settle();
         // The header is the barrier's: merged again from the deltas' headers alone.
         self.reset_header();
         for part in parts {

@@ -65,6 +65,11 @@ impl Chain {
     fn has_room(&self) -> bool {
         self.whole > 0 && self.links < MAX_LINKS && self.increments < self.whole
     }
+
+    /// An increment of `bytes` finished after its barrier (`encoding.rs`).
+    pub(super) fn add_increment(&mut self, bytes: u64) {
+        self.increments += bytes;
+    }
 }
 
 impl Window {
@@ -78,21 +83,66 @@ impl Window {
         groups: KeyGroupRange,
         complete: impl Fn(u64) -> bool,
     ) -> (Vec<u8>, u64) {
+        self.settle();
+        match self.begin_checkpoint(id, groups, complete) {
+            Some(taken) => taken,
+            None => {
+                self.settle();
+                let (_, bytes, base) = self.finished.pop().unwrap_or_default();
+                (bytes, base)
+            }
+        }
+    }
+
+    /// [`Window::checkpoint`], except that an increment listing many slots (see
+    /// `encoding.rs`) is encoded after the barrier, by [`Window::encode_step`]: `None`
+    /// then, and the bytes come from [`Window::take_finished`]. An increment still
+    /// being encoded is finished first.
+    pub fn begin_checkpoint(
+        &mut self,
+        id: u64,
+        groups: KeyGroupRange,
+        complete: impl Fn(u64) -> bool,
+    ) -> Option<(Vec<u8>, u64)> {
+        self.settle();
         let base = match &self.changes {
             Changes::Since {
                 marks,
                 shipped: false,
                 ..
-            } if self.chain.has_room() => marks.iter().rev().find(|(m, _)| complete(*m)).copied(),
+            } if self.chain.has_room() => marks
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, (m, _))| complete(*m))
+                .map(|(i, (m, from))| {
+                    // Every mark came with one new epoch, and marks are only dropped
+                    // from the front: the epoch the `i`th one started.
+                    let started = self.epoch - (marks.len() - 1 - i) as u64;
+                    (*m, *from, started)
+                }),
             _ => None,
         };
         match base {
-            Some((base, from)) => {
-                let bytes = self.increment(base, from, groups);
+            Some((base, from, started)) => {
                 self.chain.links += 1;
-                self.chain.increments += bytes.len() as u64;
+                let listed = match &self.changes {
+                    Changes::Since { dirty, .. } => dirty.len() - from,
+                    Changes::Untracked => 0,
+                };
+                if listed >= self.defer_from {
+                    let list = match &self.changes {
+                        Changes::Since { dirty, .. } => dirty[from..].to_vec(),
+                        Changes::Untracked => Vec::new(),
+                    };
+                    self.begin_encoding(id, base, started - 1, groups, list, Enc::new(INCREMENT));
+                    self.mark_increment(id, base);
+                    return None;
+                }
+                let bytes = self.increment(base, from, groups);
+                self.chain.add_increment(bytes.len() as u64);
                 self.mark_increment(id, base);
-                (bytes, base)
+                Some((bytes, base))
             }
             None => {
                 let bytes = self.snapshot(groups);
@@ -101,7 +151,7 @@ impl Window {
                     ..Chain::default()
                 };
                 self.mark(id);
-                (bytes, 0)
+                Some((bytes, 0))
             }
         }
     }
@@ -182,13 +232,17 @@ impl Window {
             state.overwrite(part);
             at = *id;
         }
+        self.settle();
         if self.fresh && self.windows.is_empty() {
             // The usual case (a PE restoring its own piece, or a first predecessor):
             // the state is this window's as it stands.
-            let (late, skipped) = (self.late, self.skipped);
+            let (late, skipped, defer_from) = (self.late, self.skipped, self.defer_from);
+            let finished = std::mem::take(&mut self.finished);
             *self = state;
             self.late = late;
             self.skipped = skipped;
+            self.defer_from = defer_from;
+            self.finished = finished;
             return Ok(());
         }
         // Merging into a state that has others' already: as a whole snapshot would.

@@ -43,6 +43,49 @@ impl Part {
     }
 }
 
+/// A snapshot being written: its header is, its entries follow one by one.
+#[derive(Clone, Debug)]
+pub(super) struct Entries {
+    e: Enc,
+    /// Where the entry count goes.
+    count_at: usize,
+    n: u64,
+}
+
+impl Entries {
+    /// One entry.
+    pub(super) fn push(&mut self, (end, start): &(i64, i64), key: &[u8], acc: &Acc) {
+        let e = &mut self.e;
+        self.n += 1;
+        e.i64(*end);
+        e.i64(*start);
+        e.bytes(key);
+        match acc {
+            Acc::Count(n) => {
+                e.u8(0);
+                e.u64(*n);
+            }
+            Acc::Sum {
+                int,
+                float,
+                all_int,
+            } => {
+                e.u8(1);
+                e.opt_i64(*int);
+                e.u8(u8::from(*all_int));
+                e.f64(*float);
+            }
+        }
+    }
+
+    /// The snapshot, its entry count filled in.
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        let at = self.count_at;
+        self.e.0[at..at + 8].copy_from_slice(&self.n.to_le_bytes());
+        self.e.0
+    }
+}
+
 impl Window {
     /// Whether snapshots `a` and `b` hold the same state (entries in any order).
     #[cfg(test)]
@@ -77,10 +120,20 @@ impl Window {
     /// [`Window::encode`] after a header of the caller's (an increment's).
     pub(super) fn encode_after<'a>(
         &self,
-        mut e: Enc,
+        e: Enc,
         groups: KeyGroupRange,
         entries: impl Iterator<Item = (&'a (i64, i64), &'a super::Key, &'a Acc)>,
     ) -> Vec<u8> {
+        let mut open = self.open_entries(e, groups);
+        for (bounds, key, acc) in entries {
+            open.push(bounds, key, acc);
+        }
+        open.finish()
+    }
+
+    /// The snapshot layout up to its entries, after a header of the caller's: the
+    /// entries follow ([`Entries::push`]).
+    pub(super) fn open_entries(&self, mut e: Enc, groups: KeyGroupRange) -> Entries {
         match &self.kind {
             // A tumbling count is written as before hopping windows existed, and a
             // hopping window whose slide is its size is one.
@@ -120,34 +173,10 @@ impl Window {
             e.u32(*g);
             e.i64(*f);
         }
-        // The count goes first: reserve it, fill it in after.
+        // The count goes first: reserve it, fill it in at the end.
         let count_at = e.0.len();
         e.u64(0);
-        let mut n = 0u64;
-        for ((end, start), key, acc) in entries {
-            n += 1;
-            e.i64(*end);
-            e.i64(*start);
-            e.bytes(key);
-            match acc {
-                Acc::Count(n) => {
-                    e.u8(0);
-                    e.u64(*n);
-                }
-                Acc::Sum {
-                    int,
-                    float,
-                    all_int,
-                } => {
-                    e.u8(1);
-                    e.opt_i64(*int);
-                    e.u8(u8::from(*all_int));
-                    e.f64(*float);
-                }
-            }
-        }
-        e.0[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
-        e.0
+        Entries { e, count_at, n: 0 }
     }
 
     /// Merges a snapshot (possibly one of several parts from several predecessors) into
@@ -181,6 +210,7 @@ impl Window {
         keep: Option<KeyGroupRange>,
     ) -> Result<(), StateError> {
         let part = self.read(bytes, keep)?;
+        self.settle();
         self.merge_part(part);
         Ok(())
     }

@@ -1,0 +1,162 @@
+//! An increment encoded after its barrier, a slice at a time while records arrive and
+//! windows close, is byte for byte the increment encoded at the barrier.
+
+use super::test_records::{batch, outputs, ALL};
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use weir_common::keygroup::KeyGroupRange;
+
+/// One checkpoint interval: records in slices, each followed by an encoding step of
+/// that many slots (0: none), and whether an upgrade round ships before the barrier.
+#[allow(clippy::type_complexity)]
+fn steps() -> impl Strategy<Value = Vec<(Vec<(Vec<(u8, i64)>, usize)>, Option<usize>)>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(
+                (
+                    prop::collection::vec((0u8..40, 0i64..30), 0..12),
+                    prop::sample::select(vec![0usize, 1, 2, 5]),
+                ),
+                0..6,
+            ),
+            prop::option::weighted(0.1, 1usize..10),
+        ),
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn an_increment_encoded_after_its_barrier_is_the_one_at_the_barrier(
+        steps in steps(),
+        n in 1u32..3,
+        hop in any::<bool>(),
+    ) {
+        let make = || {
+            let mut w = if hop {
+                Window::hopping(WindowKind::Count, 20, 5, 1, 3)
+            } else {
+                Window::new(WindowKind::Count, 10, 1, 3)
+            };
+            // Every increment is encoded after its barrier.
+            w.defer_from(0);
+            w
+        };
+        for pe in 0..n {
+            let groups = KeyGroupRange::for_pe(pe, n);
+            let mut w = make();
+            // The same PE taking every snapshot at its barrier.
+            let mut at_barrier = make();
+            at_barrier.defer_from(usize::MAX);
+            // Checkpoint -> its increment (or whole snapshot) encoded at the barrier.
+            let mut expected = BTreeMap::new();
+            let mut got = BTreeMap::new();
+            let mut deferred = 0;
+            for (s, (slices, round)) in steps.iter().enumerate() {
+                let id = s as u64 + 1;
+                for (records, step) in slices {
+                    // Time moves on, so windows close while an increment is encoded.
+                    let records: Vec<(u8, i64)> =
+                        records.iter().map(|(k, t)| (*k, t + 8 * s as i64)).collect();
+                    let b = batch(&records, pe, n);
+                    prop_assert_eq!(outputs(&w.apply(0, &b)), outputs(&at_barrier.apply(0, &b)));
+                    if *step > 0 {
+                        w.encode_step(*step);
+                    }
+                    got.extend(w.take_finished().into_iter().map(|(id, b, base)| (id, (b, base))));
+                }
+                if let Some(max) = round {
+                    let _ = w.round(groups, *max);
+                    let _ = at_barrier.round(groups, *max);
+                }
+                // Every checkpoint before this one is known complete.
+                let complete = |m: u64| m < id;
+                expected.insert(id, at_barrier.checkpoint(id, groups, complete));
+                match w.begin_checkpoint(id, groups, complete) {
+                    Some(taken) => {
+                        got.insert(id, taken);
+                    }
+                    None => deferred += 1,
+                }
+                got.extend(w.take_finished().into_iter().map(|(id, b, base)| (id, (b, base))));
+            }
+            while w.encoding() {
+                w.encode_step(3);
+            }
+            got.extend(w.take_finished().into_iter().map(|(id, b, base)| (id, (b, base))));
+            prop_assert_eq!(got.len(), expected.len(), "{} deferred", deferred);
+            for (id, (bytes, base)) in &expected {
+                let (got_bytes, got_base) = &got[id];
+                prop_assert_eq!(got_base, base, "checkpoint {}", id);
+                if *base == 0 {
+                    // Whole snapshots hold their entries in map order.
+                    prop_assert!(w.same_state(got_bytes, bytes), "checkpoint {}", id);
+                } else {
+                    // Increments in the order of their list.
+                    prop_assert_eq!(got_bytes, bytes, "checkpoint {}", id);
+                }
+            }
+            // And the state went on the same.
+            prop_assert!(w.same_state(&w.snapshot(ALL), &at_barrier.snapshot(ALL)));
+            prop_assert_eq!(outputs(&w.flush()), outputs(&at_barrier.flush()));
+        }
+    }
+}
+
+#[test]
+fn a_slot_changed_or_closed_after_the_barrier_is_written_as_it_was_there() {
+    let groups = ALL;
+    let mut w = Window::new(WindowKind::Count, 10, 1, 3);
+    w.defer_from(0);
+    let rec = |keys: &[(u8, i64)]| batch(keys, 0, 1);
+    w.apply(0, &rec(&[(1, 1), (2, 1), (3, 5)]));
+    let (_, base) = w.checkpoint(1, groups, |_| false);
+    assert_eq!(base, 0, "the first snapshot is whole");
+    // Changed since 1: k1, k2 and k3, all in [0, 10).
+    w.apply(0, &rec(&[(1, 2), (2, 3), (3, 6)]));
+    let mut at_barrier = w.clone();
+    at_barrier.defer_from(usize::MAX);
+    let expected = at_barrier.checkpoint(2, groups, |m| m == 1);
+    assert!(w.begin_checkpoint(2, groups, |m| m == 1).is_none());
+    assert!(w.encoding());
+    // After the barrier: k3 counts again, then the window [0, 10) closes (watermark
+    // 20) with k3 at 3.
+    w.apply(0, &rec(&[(3, 7)]));
+    let closed = outputs(&w.apply(0, &rec(&[(4, 20)])));
+    assert_eq!(closed.len(), 3);
+    assert!(
+        closed
+            .iter()
+            .any(|(k, _, c)| k == b"k3" && c.contains("I64(3)")),
+        "{closed:?}"
+    );
+    w.encode_step(1);
+    let early = w.take_finished();
+    assert!(early.is_empty(), "one slot of three encoded: {early:?}");
+    w.encode_step(10);
+    let finished = w.take_finished();
+    assert_eq!(finished.len(), 1);
+    let (id, bytes, base) = &finished[0];
+    assert_eq!((*id, *base), (2, 1));
+    assert_eq!((bytes.clone(), *base), expected);
+    // The increment holds k1 = 2, k2 = 2 and k3 = 2, all closed since.
+    let mut restored = Window::new(WindowKind::Count, 10, 1, 3);
+    let whole = {
+        let mut again = Window::new(WindowKind::Count, 10, 1, 3);
+        again.apply(0, &rec(&[(1, 1), (2, 1), (3, 5)]));
+        again.snapshot(groups)
+    };
+    restored
+        .restore_chain(&[], &[(1, &whole), (2, bytes)], None)
+        .unwrap();
+    let out = outputs(&restored.flush());
+    let counts: Vec<(Vec<u8>, String)> = out.into_iter().map(|(k, _, c)| (k, c)).collect();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.iter().all(|(_, c)| c.contains("I64(2)")),
+        "{counts:?}"
+    );
+}
