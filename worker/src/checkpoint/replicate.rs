@@ -33,6 +33,38 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A replica is pushed at most this fast (bytes per second). Why: pushing copies every
+/// byte several times on both workers (gRPC framing, the socket, reassembly, the
+/// store), on the async threads the PEs run on. After an upgrade's switch the drained
+/// windows' whole pieces (333 MB each at 1 GB of state) were pushed at once, and the
+/// sink of the 1 GB bench stalled 170-425 ms as each was written and pushed
+/// (BENCHMARKS.md, 2026-12-06; which of the two costs more was not separated). Paced,
+/// a push takes its CPU a little at a time; pieces of a megabyte (one chunk) go at
+/// once, and a 6 MB increment takes 20 ms longer to replicate.
+pub const PUSH_BYTES_PER_S: f64 = 256e6;
+
+/// `cs` as a stream that yields its chunks at most `rate` bytes per second (the first
+/// at once).
+fn paced(
+    cs: Vec<pb::StateChunk>,
+    rate: f64,
+) -> tokio_stream::wrappers::ReceiverStream<pb::StateChunk> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut sent = 0usize;
+        for c in cs {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 / rate)).await;
+            sent += c.data.len();
+            if tx.send(c).await.is_err() {
+                // The call ended (failed or timed out): nobody reads on.
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Pushes this worker's snapshots to its peers. Cheap to share (`Arc`); peers and the
 /// replica count change with every heartbeat answer.
 #[derive(Debug)]
@@ -172,7 +204,7 @@ impl Replicator {
                 set.spawn(async move {
                     let call = async move {
                         WorkerControlClient::new(channel)
-                            .store_snapshot(tokio_stream::iter(cs))
+                            .store_snapshot(paced(cs, PUSH_BYTES_PER_S))
                             .await
                     };
                     (i, tokio::time::timeout(timeout, call).await)

@@ -80,6 +80,19 @@ pub struct CheckpointEnv {
     defer_from: usize,
 }
 
+/// How a snapshot is written to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// On a blocking thread at the normal priority: something waits on it.
+    Stream,
+    /// On the background thread ([`super::background`]): only the checkpoint's
+    /// completion waits on it (a drained window's whole piece: writing 333 MB copies
+    /// and checksums every byte, and the sink of the 1 GB bench stalled 110-425 ms as
+    /// each was written and pushed after an upgrade's switch; BENCHMARKS.md,
+    /// 2026-12-06).
+    Background,
+}
+
 impl CheckpointEnv {
     /// The services of worker `worker_id`.
     pub fn new(worker_id: String, store: Arc<SnapshotStore>, replicator: Arc<Replicator>) -> Self {
@@ -189,9 +202,25 @@ impl CheckpointEnv {
         app: &str,
         pe: &str,
         id: u64,
+        taken: (Vec<u8>, u64),
+        alignment_ms: u64,
+        status: &Arc<PeStatus>,
+    ) -> Result<(), String> {
+        self.save_at(app, pe, id, taken, alignment_ms, status, Priority::Stream)
+            .await
+    }
+
+    /// [`CheckpointEnv::save`], writing to disk at `priority`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn save_at(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
         (bytes, base): (Vec<u8>, u64),
         alignment_ms: u64,
         status: &Arc<PeStatus>,
+        priority: Priority,
     ) -> Result<(), String> {
         if bytes.is_empty() {
             status.add_piece(pb::SnapshotPiece {
@@ -210,10 +239,14 @@ impl CheckpointEnv {
                 pe.to_string(),
                 bytes.clone(),
             );
-            tokio::task::spawn_blocking(move || s.put(&a, &p, id, &b))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
+            let put = move || s.put(&a, &p, id, &b);
+            match priority {
+                Priority::Stream => tokio::task::spawn_blocking(put)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Priority::Background => super::background::run(put).await,
+            }
+            .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
         };
         let (rep, me, st) = (
             self.replicator.clone(),

@@ -282,7 +282,8 @@ impl Kernel {
     /// [`Kernel::snapshot`] for a window drained at an upgrade's switch, once it has
     /// forwarded the barrier: nothing waits on this snapshot but the checkpoint's
     /// completion, so a window encodes it at the background priority
-    /// ([`super::background`]) instead of taking cores from its successors.
+    /// ([`super::background`]) instead of taking cores from its successors, and
+    /// drops its state there (it holds none after).
     /// Always whole: its successors restore from it without a chain (and from it,
     /// with its rounds and envelope, at the switch).
     pub async fn snapshot_drained(
@@ -293,13 +294,16 @@ impl Kernel {
         match self {
             Kernel::Window(w) => {
                 let mut taken = std::mem::replace(w, w.cleared());
-                let (back, s) = super::background::run(move || {
+                let (finished, s) = super::background::run(move || {
                     let s = taken.snapshot(groups);
+                    // Finishes an increment still being encoded.
                     taken.mark(id);
-                    (taken, s)
+                    // The state is dropped here too: freeing a 333 MB window took
+                    // the PE's async thread for tens of milliseconds.
+                    (taken.take_finished(), s)
                 })
                 .await;
-                *w = back;
+                w.hand_back(finished);
                 Ok(s)
             }
             // No increment: nothing is ever complete after a drained PE's last snapshot.

@@ -8,7 +8,7 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::checkpoint::{Ckpt, OwnRestore, PieceState};
+use super::checkpoint::{Ckpt, OwnRestore, PieceState, Priority};
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;
@@ -554,8 +554,14 @@ async fn snapshot(
     };
     let (bytes, base, took_ms) = (taken.0.len(), taken.1, t0.elapsed().as_millis() as u64);
     status.set_verify(kernel.verify_summary(false));
+    // A drained window's whole piece: nothing but the checkpoint's completion waits.
+    let priority = if forwarded {
+        Priority::Background
+    } else {
+        Priority::Stream
+    };
     ckpt.env
-        .save(&ckpt.app, pe, id, taken, alignment_ms, status)
+        .save_at(&ckpt.app, pe, id, taken, alignment_ms, status, priority)
         .await?;
     if !forwarded {
         router.barrier(id).await;

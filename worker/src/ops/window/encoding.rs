@@ -161,6 +161,12 @@ impl Window {
         std::mem::take(&mut self.finished)
     }
 
+    /// Holds `finished` for [`Window::take_finished`] (increments another copy of
+    /// this window finished: a drained window's, encoded and dropped elsewhere).
+    pub fn hand_back(&mut self, finished: Vec<Finished>) {
+        self.finished.extend(finished);
+    }
+
     /// Increments listing at least `n` slots are encoded after their barrier (tests
     /// lower it from [`DEFER_FROM`]).
     pub fn defer_from(&mut self, n: usize) {
