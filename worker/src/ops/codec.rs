@@ -40,11 +40,6 @@ impl Enc {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
 
-    /// An `f64`, by its bits (NaN and infinities survive).
-    pub fn f64(&mut self, v: f64) {
-        self.u64(v.to_bits());
-    }
-
     /// `None` as a 0 byte, `Some(v)` as a 1 byte and `v`.
     pub fn opt_i64(&mut self, v: Option<i64>) {
         match v {
@@ -162,6 +157,12 @@ impl<'a> Dec<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], StateError> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+
+    /// Skips `n` bytes (checked against the bytes left).
+    pub fn skip(&mut self, n: u64) -> Result<(), StateError> {
+        let n = usize::try_from(n).map_err(|_| StateError::Truncated(self.at))?;
+        self.take(n).map(|_| ())
     }
 
     /// A count of items each at least `min_item` bytes long: checked against the bytes

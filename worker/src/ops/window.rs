@@ -28,7 +28,10 @@ mod hop_tests;
 mod incremental;
 #[cfg(test)]
 mod incremental_tests;
+#[cfg(test)]
+mod index_tests;
 mod key;
+mod keys;
 mod state;
 #[cfg(test)]
 mod test_records;
@@ -38,7 +41,8 @@ mod tests;
 use super::eval::lookup;
 pub use encoding::{Finished, DEFER_FROM, STEP as ENCODE_STEP};
 use key::Key;
-use std::collections::{BTreeMap, HashMap};
+use keys::Keys;
+use std::collections::BTreeMap;
 use weir_common::keygroup::key_group;
 use weir_common::record::{Batch, BatchBuilder, RecordRef, Value};
 
@@ -167,17 +171,14 @@ struct Slot {
     epoch: u64,
 }
 
-/// Windows keyed by `(end, start)` (in emission order), then by record key in a hash
-/// map: records look their key up without allocating, with one hash and one compare
+/// Windows keyed by `(end, start)` (in emission order), then by record key in hash
+/// maps, one per key group (`keys.rs`): records look their key up without allocating, with one hash and one compare
 /// instead of a tree's compare per level (the windows were bound by `memcmp` with a
 /// tree: BENCHMARKS.md, issue 21). Keys are sorted when a window is emitted, so the
 /// output, and the `seq` each result gets, do not depend on the map's order (replay
 /// after a recovery must give every result the same `seq`). foldhash is seeded per
 /// process: a tenant who chose colliding keys would slow only its own window.
 type Windows = BTreeMap<(i64, i64), Keys>;
-
-/// One window's slots by record key.
-type Keys = HashMap<Key, Slot, foldhash::fast::RandomState>;
 
 /// What changed since the last snapshot, so a checkpoint can store only that
 /// (`incremental.rs`) and an upgrade's hand-off can send only that (`delta.rs`).
@@ -341,7 +342,7 @@ impl Window {
     pub fn take_over(&mut self, groups: weir_common::keygroup::KeyGroupRange) {
         self.settle();
         for keys in self.windows.values_mut() {
-            keys.retain(|k, _| groups.contains(key_group(k)));
+            keys.keep_groups(groups);
         }
         self.windows.retain(|_, keys| !keys.is_empty());
         self.take_over_progress(groups);
@@ -381,7 +382,7 @@ impl Window {
 
     /// Open (key, window) pairs.
     pub fn open_windows(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.windows.values().map(Keys::len).sum()
     }
 
     /// The bounds of the latest window holding time `t` (the only one, when tumbling).
@@ -462,7 +463,7 @@ impl Window {
         };
         if let Some(job) = self.encoding.as_mut() {
             for (bounds, keys) in &closed {
-                for (key, slot) in keys {
+                for (key, slot) in keys.iter() {
                     job.keep(*bounds, key, slot.acc, slot.epoch);
                 }
             }

@@ -21,6 +21,24 @@ use std::sync::OnceLock;
 /// The nice value of the background thread.
 pub const NICE: i32 = 10;
 
+/// Who waits on a piece of blocking work, and so where it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// The stream (a PE's barrier, a restore records wait on): a blocking thread at
+    /// the normal priority.
+    Stream,
+    /// Nothing the stream waits on, only an upgrade's or a checkpoint's progress: the
+    /// background thread. Two cases:
+    /// - a drained window's whole piece: writing 333 MB copies and checksums every
+    ///   byte, and the sink of the 1 GB bench stalled 110-425 ms as each was written
+    ///   and pushed after an upgrade's switch (BENCHMARKS.md, 2026-12-06);
+    /// - a successor's pre-copy, made while its predecessors still carry the stream:
+    ///   three successors each loading 0.5-1 GB at the normal priority left the
+    ///   stream's threads 40% of a core each on the 2-core box (gaps of 210-275 ms
+    ///   at the sink in the middle of the pre-copy).
+    Background,
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 fn queue() -> Option<&'static mpsc::Sender<Job>> {
@@ -79,6 +97,24 @@ pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
         // The job was dropped unrun: only if the runtime is shutting down, which drops
         // this task too.
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// Runs blocking `f` where `priority` says: on the blocking pool, or on the
+/// background thread ([`run`]). A panic in `f` is resumed here.
+pub async fn run_at<R: Send + 'static>(
+    priority: Priority,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    match priority {
+        Priority::Stream => match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled before it ran: only when the runtime shuts down, which drops
+            // this task too.
+            Err(_) => std::future::pending().await,
+        },
+        Priority::Background => run(f).await,
     }
 }
 

@@ -8,6 +8,7 @@
 //! replicas, so a checkpoint is never complete while a single worker loss could lose
 //! part of it.
 
+use super::background::Priority;
 use super::status::PeStatus;
 use super::upgrade::Armed;
 use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
@@ -78,19 +79,6 @@ pub struct CheckpointEnv {
     known: Mutex<HashMap<String, BTreeSet<u64>>>,
     /// A window increment listing this many slots or more is encoded after its barrier.
     defer_from: usize,
-}
-
-/// How a snapshot is written to disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Priority {
-    /// On a blocking thread at the normal priority: something waits on it.
-    Stream,
-    /// On the background thread ([`super::background`]): only the checkpoint's
-    /// completion waits on it (a drained window's whole piece: writing 333 MB copies
-    /// and checksums every byte, and the sink of the 1 GB bench stalled 110-425 ms as
-    /// each was written and pushed after an upgrade's switch; BENCHMARKS.md,
-    /// 2026-12-06).
-    Background,
 }
 
 impl CheckpointEnv {
@@ -240,13 +228,9 @@ impl CheckpointEnv {
                 bytes.clone(),
             );
             let put = move || s.put(&a, &p, id, &b);
-            match priority {
-                Priority::Stream => tokio::task::spawn_blocking(put)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Priority::Background => super::background::run(put).await,
-            }
-            .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
+            super::background::run_at(priority, put)
+                .await
+                .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
         };
         let (rep, me, st) = (
             self.replicator.clone(),

@@ -20,6 +20,7 @@
 //! changes for later rounds), then `u64` base checkpoint, `u64` rounds shipped before
 //! it (little endian), and the delta in the kernel's snapshot layout.
 
+use super::background::Priority;
 use super::checkpoint::Ckpt;
 use super::checkpoint::{CheckpointEnv, PieceState};
 use super::kernel::Kernel;
@@ -224,7 +225,10 @@ pub(crate) async fn restore(
     }
     let parts = ckpt.load(status).await?;
     let bytes: u64 = parts.iter().map(PieceState::bytes).sum();
-    if let Err(e) = kernel.restore(&parts, ckpt.handoff()).await {
+    if let Err(e) = kernel
+        .restore(&parts, ckpt.handoff(), Priority::Stream)
+        .await
+    {
         status
             .restore_failed
             .store(ckpt.restore.as_ref().map_or(0, |r| r.id), Ordering::Release);
@@ -300,7 +304,10 @@ async fn precopy_then_deltas(
     let base = ckpt.pieces[0].precopy_checkpoint_id;
     // One predecessor's piece at a time: fetched, loaded (keeping this PE's key groups)
     // and dropped, so a successor of several predecessors never holds all their pieces
-    // at once beside the state it builds.
+    // at once beside the state it builds. Loaded at the background priority: the
+    // predecessors carry the stream meanwhile, and on a busy machine the pre-copy
+    // takes longer rather than taking their cores (the catch-up then has more rounds
+    // to apply, each small).
     let mut copied = 0u64;
     let loading = Instant::now();
     for p in &ckpt.pieces {
@@ -323,7 +330,11 @@ async fn precopy_then_deltas(
             .ok_or_else(|| lost("no copy known".into()))?;
         copied += part.bytes();
         kernel
-            .restore(std::slice::from_ref(&part), Some(groups))
+            .restore(
+                std::slice::from_ref(&part),
+                Some(groups),
+                Priority::Background,
+            )
             .await
             .map_err(|e| GiveUp(e.to_string()))?;
     }

@@ -1,5 +1,6 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
+use super::background::Priority;
 use super::checkpoint::PieceState;
 use super::file_sink::{BlockingFileSink, FileCallError};
 use super::status::PeStatus;
@@ -247,7 +248,7 @@ impl Kernel {
         Ok(match self {
             Kernel::Window(w) => {
                 w.defer_from(defer_from);
-                off_thread(w, move |w| {
+                off_thread(w, Priority::Stream, move |w| {
                     w.begin_checkpoint(id, groups, |m| complete.contains(&m))
                 })
                 .await
@@ -353,7 +354,10 @@ impl Kernel {
         groups: KeyGroupRange,
     ) -> Result<(), KernelError> {
         if let Kernel::Window(w) = self {
-            off_thread(w, move |w| w.apply_round(&delta, Some(groups))).await?;
+            off_thread(w, Priority::Stream, move |w| {
+                w.apply_round(&delta, Some(groups))
+            })
+            .await?;
         }
         Ok(())
     }
@@ -387,7 +391,7 @@ impl Kernel {
         groups: KeyGroupRange,
     ) -> Result<(), KernelError> {
         if let Kernel::Window(w) = self {
-            off_thread(w, move |w| {
+            off_thread(w, Priority::Stream, move |w| {
                 let deltas: Vec<&[u8]> = deltas.iter().map(Vec::as_slice).collect();
                 w.apply_deltas(&deltas, Some(groups))?;
                 // The copy, the rounds and the deltas were all read keeping `groups`.
@@ -405,15 +409,18 @@ impl Kernel {
     /// key groups in `handoff` are kept.
     /// Each part is a [`PieceState`]: a whole snapshot, then (a window's incremental
     /// piece) the increments up to the checkpoint restored, or a seed and increments.
+    /// `priority`: a successor's pre-copy, which no record waits on, loads at the
+    /// background priority.
     pub async fn restore(
         &mut self,
         parts: &[PieceState],
         handoff: Option<KeyGroupRange>,
+        priority: Priority,
     ) -> Result<(), KernelError> {
         match self {
             Kernel::Window(w) => {
                 let parts = parts.to_vec();
-                off_thread(w, move |w| {
+                off_thread(w, priority, move |w| {
                     for part in &parts {
                         let seed: Vec<(u64, &[u8])> =
                             part.seed.iter().map(|(id, b)| (*id, &b[..])).collect();
@@ -488,30 +495,23 @@ fn whole(part: &PieceState) -> Result<&bytes::Bytes, StateError> {
     }
 }
 
-/// Runs `f` on a window on a blocking thread: encoding or loading a large state takes
-/// long, and on an async thread it would hold up every other PE scheduled there. The
-/// PE itself waits (its state is away meanwhile); the others run on.
+/// Runs `f` on a window on a blocking thread (at `priority`): encoding or loading a
+/// large state takes long, and on an async thread it would hold up every other PE
+/// scheduled there. The PE itself waits (its state is away meanwhile); the others
+/// run on.
 async fn off_thread<R: Send + 'static>(
     w: &mut Window,
+    priority: Priority,
     f: impl FnOnce(&mut Window) -> R + Send + 'static,
 ) -> R {
     let mut taken = std::mem::replace(w, w.cleared());
-    match tokio::task::spawn_blocking(move || {
+    let (back, r) = super::background::run_at(priority, move || {
         let r = f(&mut taken);
         (taken, r)
     })
-    .await
-    {
-        Ok((back, r)) => {
-            *w = back;
-            r
-        }
-        // The closure panicked: the PE's task fails as it would have inline.
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Cancelled before it ran: only when the runtime shuts down, which drops this
-        // task too (a panic here only added a spurious one to a worker's shutdown).
-        Err(_) => std::future::pending().await,
-    }
+    .await;
+    *w = back;
+    r
 }
 
 /// `sink.tcp`: JSON lines to a TCP endpoint, reconnecting when it fails.

@@ -8,7 +8,8 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::checkpoint::{Ckpt, OwnRestore, PieceState, Priority};
+use super::background::Priority;
+use super::checkpoint::{Ckpt, OwnRestore, PieceState};
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
 use super::router::Router;

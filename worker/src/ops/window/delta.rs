@@ -153,7 +153,7 @@ impl Window {
             .iter()
             .filter_map(|(end, start, key)| {
                 let (bounds, keys) = self.windows.get_key_value(&(*end, *start))?;
-                let (key, slot) = keys.get_key_value(key)?;
+                let (key, slot) = keys.get_key_value(key.as_slice())?;
                 Some((bounds, key, &slot.acc))
             })
             .filter(move |(_, k, _)| groups.contains(key_group(k)))
@@ -241,7 +241,7 @@ impl Window {
                 let Some(keys) = self.windows.get_mut(&b) else {
                     continue;
                 };
-                keys.retain(|k, _| !part.groups.contains(key_group(k)));
+                keys.remove_groups(part.groups);
                 if keys.is_empty() {
                     self.windows.remove(&b);
                 }

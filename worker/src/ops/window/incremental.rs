@@ -83,7 +83,6 @@ impl Window {
         groups: KeyGroupRange,
         complete: impl Fn(u64) -> bool,
     ) -> (Vec<u8>, u64) {
-        self.settle();
         match self.begin_checkpoint(id, groups, complete) {
             Some(taken) => taken,
             None => {
@@ -126,15 +125,12 @@ impl Window {
         match base {
             Some((base, from, started)) => {
                 self.chain.links += 1;
-                let listed = match &self.changes {
-                    Changes::Since { dirty, .. } => dirty.len() - from,
-                    Changes::Untracked => 0,
+                let dirty = match &self.changes {
+                    Changes::Since { dirty, .. } => &dirty[from..],
+                    Changes::Untracked => &[],
                 };
-                if listed >= self.defer_from {
-                    let list = match &self.changes {
-                        Changes::Since { dirty, .. } => dirty[from..].to_vec(),
-                        Changes::Untracked => Vec::new(),
-                    };
+                if dirty.len() >= self.defer_from {
+                    let list = dirty.to_vec();
                     self.begin_encoding(id, base, started - 1, groups, list, Enc::new(INCREMENT));
                     self.mark_increment(id, base);
                     return None;

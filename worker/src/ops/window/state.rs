@@ -7,10 +7,24 @@
 //! u32 groups.start | u32 groups.end | u64 emitted | opt closed_upto
 //! u64 n, per input: u8 progress (0 unseen | 1 at, then i64 | 2 ended)
 //! u64 n, per floor: u32 group | i64 bound
-//! u64 n, per (key, window): i64 end | i64 start | u32 len + key | acc
+//! u64 n, [index], per (key, window): i64 end | i64 start | u32 len + key | acc
 //! acc: u8 0 + u64 count | u8 1 + opt i64 int + u8 all_int + f64 float
 //! opt: u8 0 | u8 1 + i64
+//! index (when the kind byte has INDEXED set): per group of the range, in order:
+//!   u64 entries | u64 bytes; the entries then come group by group, in that order
 //! ```
+//!
+//! Whole snapshots of [`INDEX_FROM`] bytes of entries or more are indexed by key
+//! group (smaller ones are written group by group too, without the index);
+//! increments, deltas and rounds (which list changed slots in the order they
+//! changed) are not. Why the index: a successor of a
+//! rescale keeps a share of each predecessor's keys. Without it, every successor
+//! decoded every entry of every predecessor's piece (hashing each key to find its
+//! group) to keep a third of them: in the 1 GB bench, three successors decoded 3 GB
+//! on the 2-core box while the stream ran beside them. With it, a reader skips the
+//! sections of the groups it does not keep without reading them. Writing it costs
+//! nothing more: a window holds its slots by key group already (`keys.rs`), and the
+//! index is filled in as the sections are written.
 
 use super::{Acc, Progress, Slot, Window, WindowKind};
 use crate::ops::codec::{Dec, Enc};
@@ -19,6 +33,16 @@ use weir_common::keygroup::{key_group, KeyGroupRange};
 use weir_common::spec::KEY_GROUPS;
 
 const KIND: u8 = b'W';
+/// Set in the window kind byte: the entries are indexed by key group.
+const INDEXED: u8 = 0x10;
+/// Where the window kind byte is (after the format version and the kind `W`).
+const KIND_BYTE_AT: usize = 2;
+/// The fewest bytes of entries a snapshot is indexed from: the index takes 16 bytes
+/// a key group (4 KiB for all 256), which would bloat a small state's snapshots (and
+/// tip its checkpoints to whole ones sooner: see `incremental`) for nothing.
+pub(super) const INDEX_FROM: usize = 256 << 10;
+/// The fewest bytes an entry takes: bounds, key length, a count.
+const ENTRY_MIN: usize = 8 + 8 + 4 + 9;
 const NAME: &str = "a window";
 
 /// A snapshot read back, checked, not yet merged.
@@ -54,28 +78,11 @@ pub(super) struct Entries {
 
 impl Entries {
     /// One entry.
-    pub(super) fn push(&mut self, (end, start): &(i64, i64), key: &[u8], acc: &Acc) {
-        let e = &mut self.e;
+    pub(super) fn push(&mut self, bounds: &(i64, i64), key: &[u8], acc: &Acc) {
         self.n += 1;
-        e.i64(*end);
-        e.i64(*start);
-        e.bytes(key);
-        match acc {
-            Acc::Count(n) => {
-                e.u8(0);
-                e.u64(*n);
-            }
-            Acc::Sum {
-                int,
-                float,
-                all_int,
-            } => {
-                e.u8(1);
-                e.opt_i64(*int);
-                e.u8(u8::from(*all_int));
-                e.f64(*float);
-            }
-        }
+        let at = self.e.0.len();
+        self.e.0.resize(at + entry_len(key, acc), 0);
+        put_entry(&mut self.e.0[at..], bounds, key, acc);
     }
 
     /// The snapshot, its entry count filled in.
@@ -84,6 +91,55 @@ impl Entries {
         self.e.0[at..at + 8].copy_from_slice(&self.n.to_le_bytes());
         self.e.0
     }
+}
+
+/// The bytes of one entry.
+fn entry_len(key: &[u8], acc: &Acc) -> usize {
+    8 + 8
+        + 4
+        + key.len()
+        + match acc {
+            Acc::Count(_) => 1 + 8,
+            Acc::Sum { int, .. } => 1 + 1 + if int.is_some() { 8 } else { 0 } + 1 + 8,
+        }
+}
+
+/// Writes one entry at the start of `out` (at least [`entry_len`] bytes); returns
+/// the bytes written.
+fn put_entry(out: &mut [u8], &(end, start): &(i64, i64), key: &[u8], acc: &Acc) -> usize {
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
+    put(&end.to_le_bytes());
+    put(&start.to_le_bytes());
+    // Keys come from batches (u16 lengths), so u32 always holds them.
+    put(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+    put(key);
+    match acc {
+        Acc::Count(n) => {
+            put(&[0]);
+            put(&n.to_le_bytes());
+        }
+        Acc::Sum {
+            int,
+            float,
+            all_int,
+        } => {
+            put(&[1]);
+            match int {
+                None => put(&[0]),
+                Some(v) => {
+                    put(&[1]);
+                    put(&v.to_le_bytes());
+                }
+            }
+            put(&[u8::from(*all_int)]);
+            put(&float.to_bits().to_le_bytes());
+        }
+    }
+    at
 }
 
 impl Window {
@@ -98,14 +154,42 @@ impl Window {
 
     /// The state of the keys whose key group is in `groups`, with the per-input
     /// progress, the lateness bounds and the emitted-records counter (which every part
-    /// carries whole: see [`Window::restore`]).
+    /// carries whole: see [`Window::restore`]). Written key group by key group, and
+    /// indexed by key group when large (see the module).
     pub fn snapshot(&self, groups: KeyGroupRange) -> Vec<u8> {
-        let entries = self
-            .windows
-            .iter()
-            .flat_map(|(bounds, keys)| keys.iter().map(move |(k, s)| (bounds, k, &s.acc)))
-            .filter(|(_, k, _)| groups.contains(key_group(k)));
-        self.encode(groups, entries)
+        let mut e = Enc::new(KIND);
+        self.head(&mut e, groups, INDEXED);
+        let count_at = e.0.len();
+        e.u64(0);
+        // The index is filled in as the sections are written, and taken out again
+        // when the entries are too few to be worth it.
+        let index_at = e.0.len();
+        let width = (groups.end - groups.start) as usize;
+        e.0.resize(index_at + 16 * width, 0);
+        let (mut n, mut all) = (0u64, 0usize);
+        for (i, g) in (groups.start..groups.end).enumerate() {
+            let (mut count, from) = (0u64, e.0.len());
+            for (bounds, keys) in &self.windows {
+                for (key, slot) in keys.group(g) {
+                    let at = e.0.len();
+                    e.0.resize(at + entry_len(key, &slot.acc), 0);
+                    put_entry(&mut e.0[at..], bounds, key, &slot.acc);
+                    count += 1;
+                }
+            }
+            let bytes = e.0.len() - from;
+            let at = index_at + 16 * i;
+            e.0[at..at + 8].copy_from_slice(&count.to_le_bytes());
+            e.0[at + 8..at + 16].copy_from_slice(&(bytes as u64).to_le_bytes());
+            n += count;
+            all += bytes;
+        }
+        e.0[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
+        if all < INDEX_FROM {
+            e.0.drain(index_at..index_at + 16 * width);
+            e.0[KIND_BYTE_AT] &= !INDEXED;
+        }
+        e.0
     }
 
     /// The snapshot layout with the given entries (all of them, or a delta's).
@@ -134,16 +218,25 @@ impl Window {
     /// The snapshot layout up to its entries, after a header of the caller's: the
     /// entries follow ([`Entries::push`]).
     pub(super) fn open_entries(&self, mut e: Enc, groups: KeyGroupRange) -> Entries {
+        self.head(&mut e, groups, 0);
+        // The count goes first: reserve it, fill it in at the end.
+        let count_at = e.0.len();
+        e.u64(0);
+        Entries { e, count_at, n: 0 }
+    }
+
+    /// The layout up to the entry count; `flags` go in the kind byte ([`INDEXED`]).
+    fn head(&self, e: &mut Enc, groups: KeyGroupRange, flags: u8) {
         match &self.kind {
             // A tumbling count is written as before hopping windows existed, and a
             // hopping window whose slide is its size is one.
-            WindowKind::Count if self.slide == self.size => e.u8(0),
+            WindowKind::Count if self.slide == self.size => e.u8(flags),
             WindowKind::Count => {
-                e.u8(2);
+                e.u8(2 | flags);
                 e.i64(self.slide);
             }
             WindowKind::Sum { field } => {
-                e.u8(1);
+                e.u8(1 | flags);
                 e.bytes(field.as_bytes());
             }
         }
@@ -173,10 +266,6 @@ impl Window {
             e.u32(*g);
             e.i64(*f);
         }
-        // The count goes first: reserve it, fill it in at the end.
-        let count_at = e.0.len();
-        e.u64(0);
-        Entries { e, count_at, n: 0 }
     }
 
     /// Merges a snapshot (possibly one of several parts from several predecessors) into
@@ -287,7 +376,9 @@ impl Window {
         keep: Option<KeyGroupRange>,
     ) -> Result<Part, StateError> {
         let at = d.at();
-        let (kind, slide) = match d.u8()? {
+        let byte = d.u8()?;
+        let indexed = byte & INDEXED != 0;
+        let (kind, slide) = match byte & !INDEXED {
             0 => (WindowKind::Count, None),
             2 => (WindowKind::Count, Some(d.i64()?)),
             1 => {
@@ -370,43 +461,70 @@ impl Window {
             }
             floors.push((g, f));
         }
-        let acc_kind = u8::from(matches!(self.kind, WindowKind::Sum { .. }));
-        let n = d.count(8 + 8 + 4 + 9)?;
-        // Kept entries are a share of the part's when filtered: grow as they come.
-        let mut entries = Vec::with_capacity(if keep.is_some() { n / 4 } else { n });
-        for _ in 0..n {
+        let n = d.count(ENTRY_MIN)?;
+        let mut entries = Vec::new();
+        if indexed {
+            // The counts must add up to the total (itself checked against the bytes
+            // left), a section read must be as long as indexed, and one skipped must
+            // lie within the bytes left (`skip`).
             let at = d.at();
-            let (end, start) = (d.i64()?, d.i64()?);
-            let key = super::Key::from(d.bytes()?);
-            if self.bounds(start) != (start, end) {
-                return Err(StateError::Invalid {
-                    what: "window bounds not aligned to the slide and size",
-                    at,
-                });
-            }
-            if !groups.contains(key_group(&key)) || key.len() > usize::from(u16::MAX) {
-                return Err(StateError::Invalid {
-                    what: "key outside the key groups",
-                    at,
-                });
-            }
-            let at = d.at();
-            let acc = match d.u8()? {
-                0 if acc_kind == 0 => Acc::Count(d.u64()?),
-                1 if acc_kind == 1 => Acc::Sum {
-                    int: d.opt_i64()?,
-                    all_int: d.bool()?,
-                    float: d.f64()?,
-                },
-                _ => {
-                    return Err(StateError::Invalid {
-                        what: "aggregate of another kind",
-                        at,
-                    })
+            let mut index = Vec::with_capacity((groups.end - groups.start) as usize);
+            let (mut total, mut kept) = (0u64, 0u64);
+            for g in groups.start..groups.end {
+                let (count, bytes) = (d.u64()?, d.u64()?);
+                total = total.saturating_add(count);
+                if keep.is_none_or(|k| k.contains(g)) {
+                    kept = kept.saturating_add(count);
                 }
-            };
-            if keep.is_none_or(|g| g.contains(key_group(&key))) {
-                entries.push((end, start, key, acc));
+                index.push((g, count, bytes));
+            }
+            if total != n as u64 {
+                return Err(StateError::Invalid {
+                    what: "key group index not adding up to the entry count",
+                    at,
+                });
+            }
+            entries.reserve_exact(kept as usize);
+            for (g, count, bytes) in index {
+                let at = d.at();
+                if !keep.is_none_or(|k| k.contains(g)) {
+                    d.skip(bytes)?;
+                    continue;
+                }
+                for _ in 0..count {
+                    let at = d.at();
+                    let (end, start, key, acc) = self.read_entry(&mut d)?;
+                    if key_group(key) != g {
+                        return Err(StateError::Invalid {
+                            what: "key outside its key group's section",
+                            at,
+                        });
+                    }
+                    entries.push((end, start, super::Key::from(key), acc));
+                }
+                if (d.at() - at) as u64 != bytes {
+                    return Err(StateError::Invalid {
+                        what: "key group section of another length than indexed",
+                        at,
+                    });
+                }
+            }
+        } else {
+            // Kept entries are a share of the part's when filtered: grow as they come.
+            entries.reserve(if keep.is_some() { n / 4 } else { n });
+            for _ in 0..n {
+                let at = d.at();
+                let (end, start, key, acc) = self.read_entry(&mut d)?;
+                let g = key_group(key);
+                if !groups.contains(g) {
+                    return Err(StateError::Invalid {
+                        what: "key outside the key groups",
+                        at,
+                    });
+                }
+                if keep.is_none_or(|k| k.contains(g)) {
+                    entries.push((end, start, super::Key::from(key), acc));
+                }
             }
         }
         d.finish()?;
@@ -418,5 +536,42 @@ impl Window {
             floors,
             entries,
         })
+    }
+
+    /// One entry, checked on its own: window bounds aligned, key length, aggregate of
+    /// this window's kind. The key is borrowed (a filtered read allocates only the
+    /// keys it keeps).
+    fn read_entry<'a>(&self, d: &mut Dec<'a>) -> Result<(i64, i64, &'a [u8], Acc), StateError> {
+        let at = d.at();
+        let (end, start) = (d.i64()?, d.i64()?);
+        let key = d.bytes()?;
+        if self.bounds(start) != (start, end) {
+            return Err(StateError::Invalid {
+                what: "window bounds not aligned to the slide and size",
+                at,
+            });
+        }
+        if key.len() > usize::from(u16::MAX) {
+            return Err(StateError::Invalid {
+                what: "key longer than a record key may be",
+                at,
+            });
+        }
+        let at = d.at();
+        let acc = match (d.u8()?, &self.kind) {
+            (0, WindowKind::Count) => Acc::Count(d.u64()?),
+            (1, WindowKind::Sum { .. }) => Acc::Sum {
+                int: d.opt_i64()?,
+                all_int: d.bool()?,
+                float: d.f64()?,
+            },
+            _ => {
+                return Err(StateError::Invalid {
+                    what: "aggregate of another kind",
+                    at,
+                })
+            }
+        };
+        Ok((end, start, key, acc))
     }
 }

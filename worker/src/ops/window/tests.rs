@@ -439,7 +439,7 @@ fn a_rescale_hand_off_splits_state_by_key_group_and_stays_exact() {
         assert!(w
             .windows
             .values()
-            .flat_map(|keys| keys.keys())
+            .flat_map(|keys| keys.iter().map(|(k, _)| k))
             .all(|k| groups.contains(key_group(k))));
         let least = old.iter().filter_map(Window::watermark).min();
         assert!(w.watermark() <= least, "{:?} > {least:?}", w.watermark());
