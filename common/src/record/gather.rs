@@ -74,6 +74,37 @@ fn even_width(offsets: &[u8]) -> Option<usize> {
 }
 
 impl Batch {
+    /// This batch as consecutive pieces of at most `max` encoded bytes each (a piece
+    /// of one record may be larger), in order; the batch itself when it fits. For a
+    /// link whose frames are bounded: a window closing over millions of keys emits
+    /// them in one batch.
+    pub fn pieces(&self, max: usize) -> Vec<Batch> {
+        let (n, total) = (self.len(), self.encoded_len());
+        if total <= max || n <= 1 {
+            return vec![self.clone()];
+        }
+        // Rows per piece in proportion, aiming below `max` (a piece carries its own
+        // header and column names); a piece still over it is split again.
+        let target = (max / 4 * 3).max(1);
+        let per = usize::try_from(n as u128 * target as u128 / total as u128)
+            .unwrap_or(n)
+            .clamp(1, n);
+        let mut out = Vec::with_capacity(n.div_ceil(per));
+        let mut start = 0;
+        while start < n {
+            let end = (start + per).min(n);
+            let rows: Vec<u32> = (start as u32..end as u32).collect();
+            let piece = self.gather(&rows);
+            if piece.encoded_len() > max && piece.len() > 1 {
+                out.extend(piece.pieces(max));
+            } else {
+                out.push(piece);
+            }
+            start = end;
+        }
+        out
+    }
+
     /// A batch of records `rows` of this one, in that order, copied as they are
     /// encoded (nothing decoded). Rows that follow one another are copied as one run,
     /// so a filter that keeps most records makes few copies.

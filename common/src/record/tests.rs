@@ -610,3 +610,36 @@ fn text_that_is_not_utf8_is_refused_in_names_and_in_values() {
     }
     assert!(Batch::from_bytes(good.into()).is_ok());
 }
+
+#[test]
+fn pieces_hold_every_record_in_order_each_within_the_bound() {
+    // Records of uneven sizes: a few large among many small.
+    let mut b = BatchBuilder::default();
+    for i in 0..5_000u64 {
+        let size = if i % 997 == 0 {
+            3_000
+        } else {
+            (i % 40) as usize
+        };
+        let v = Value::Str("v".repeat(size));
+        b.push(1, i, i as i64, format!("k{i}").as_bytes(), [("v", &v)])
+            .unwrap();
+    }
+    let batch = b.finish();
+    for max in [1usize, 200, 4_096, 20_000, batch.encoded_len() - 1] {
+        let pieces = batch.pieces(max);
+        assert!(pieces.len() > 1, "max {max}");
+        for p in &pieces {
+            assert!(
+                p.encoded_len() <= max || p.len() == 1,
+                "max {max}: {}",
+                p.encoded_len()
+            );
+        }
+        let got: Vec<_> = pieces.iter().flat_map(|p| p.iter()).collect();
+        assert_eq!(got, batch.iter().collect::<Vec<_>>(), "max {max}");
+    }
+    // A batch that fits is itself.
+    assert_eq!(batch.pieces(batch.encoded_len()).len(), 1);
+    assert_eq!(BatchBuilder::default().finish().pieces(1).len(), 1);
+}

@@ -22,6 +22,13 @@ use tokio::task::JoinHandle;
 use weir_common::frame::Frame;
 use weir_common::record::Batch;
 
+/// The most batch bytes one data frame carries. A receiver refuses frames over
+/// [`weir_common::frame::MAX_FRAME`] (16 MiB) and resets the link, so a larger batch
+/// (a window closing over millions of keys emits them all in one: 1 GB at the 1 GB
+/// bench's ten-minute boundary) would never get through; it goes as several frames,
+/// each a batch of its consecutive records.
+pub const MAX_FRAME_BATCH: usize = 4 << 20;
+
 /// Channel id used on a link: one connection carries one channel.
 pub const LINK_CHANNEL: u32 = 1;
 
@@ -142,8 +149,18 @@ impl RemoteSender {
         }
     }
 
-    /// Sends a batch, waiting for credit.
+    /// Sends a batch, waiting for credit: as several frames when it is larger than
+    /// [`MAX_FRAME_BATCH`].
     pub async fn send(&self, batch: Batch) {
+        if batch.encoded_len() <= MAX_FRAME_BATCH {
+            return self.send_one(batch).await;
+        }
+        for piece in batch.pieces(MAX_FRAME_BATCH) {
+            self.send_one(piece).await;
+        }
+    }
+
+    async fn send_one(&self, batch: Batch) {
         let n = batch.len() as u64;
         let bytes = batch.encoded_len() as u64;
         let seq = self
