@@ -225,7 +225,9 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
         // Upgraded after a tenth of the stream: the source is bounded, and an upgrade
         // whose prepare outlasts it rolls back (nothing left to switch). A debug build
         // beside a busy core took 6-8 s to prepare (2026-12-05), longer than the 70%
-        // left after the 30% it used to wait for.
+        // left after the 30% it used to wait for, and 8-10 s on 2026-12-06, longer
+        // than the 9 s a 200,000 records/s source had left: the example's source runs
+        // at 100,000 records/s since (20 s in all).
         watch_progress(&conn, "clickstream", Duration::from_secs(600), Some(0.1)).await?;
         step("weirctl upgrade clickstream examples/clickstream-v2.yaml (online, records keep flowing)");
         crate::upgrade::upgrade(&conn, "clickstream", &v2.to_string_lossy(), false).await?;

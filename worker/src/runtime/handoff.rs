@@ -58,6 +58,15 @@ const PREFETCH: usize = 8;
 /// more than [`MAX_CATCH_UP`]: the master gives prepare 30 s in all.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
+/// The piece bytes from which a pre-copy loads at the background priority
+/// ([`super::background`]). The predecessors carry the stream meanwhile, and three
+/// successors each loading 0.5-1 GB at the normal priority took the cores from them
+/// on the 2-core box (gaps of 210-275 ms at the sink); niced, the pre-copy takes
+/// longer rather than taking their cores (the catch-up then has more rounds to apply,
+/// each small). Not for small pieces: they take the cores for moments, and a niced
+/// thread beside busy cores can wait to be scheduled at all.
+pub const BACKGROUND_FROM: u64 = 64 << 20;
+
 /// The longest a successor catches up, however long its pre-copy took.
 const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 
@@ -304,10 +313,8 @@ async fn precopy_then_deltas(
     let base = ckpt.pieces[0].precopy_checkpoint_id;
     // One predecessor's piece at a time: fetched, loaded (keeping this PE's key groups)
     // and dropped, so a successor of several predecessors never holds all their pieces
-    // at once beside the state it builds. Loaded at the background priority: the
-    // predecessors carry the stream meanwhile, and on a busy machine the pre-copy
-    // takes longer rather than taking their cores (the catch-up then has more rounds
-    // to apply, each small).
+    // at once beside the state it builds. A large piece loads at the background
+    // priority ([`BACKGROUND_FROM`]).
     let mut copied = 0u64;
     let loading = Instant::now();
     for p in &ckpt.pieces {
@@ -329,12 +336,13 @@ async fn precopy_then_deltas(
             .map_err(lost)?
             .ok_or_else(|| lost("no copy known".into()))?;
         copied += part.bytes();
+        let priority = if part.bytes() >= BACKGROUND_FROM {
+            Priority::Background
+        } else {
+            Priority::Stream
+        };
         kernel
-            .restore(
-                std::slice::from_ref(&part),
-                Some(groups),
-                Priority::Background,
-            )
+            .restore(std::slice::from_ref(&part), Some(groups), priority)
             .await
             .map_err(|e| GiveUp(e.to_string()))?;
     }
