@@ -172,9 +172,10 @@ struct Slot {
 }
 
 /// Windows keyed by `(end, start)` (in emission order), then by record key in hash
-/// maps, one per key group (`keys.rs`): records look their key up without allocating, with one hash and one compare
-/// instead of a tree's compare per level (the windows were bound by `memcmp` with a
-/// tree: BENCHMARKS.md, issue 21). Keys are sorted when a window is emitted, so the
+/// maps, one per key group (`keys.rs`): records look their key up without
+/// allocating, with two hashes (the key group's, the map's) and one compare instead
+/// of a tree's compare per level (the windows were bound by `memcmp` with a tree:
+/// BENCHMARKS.md, issue 21). Keys are sorted when a window is emitted, so the
 /// output, and the `seq` each result gets, do not depend on the map's order (replay
 /// after a recovery must give every result the same `seq`). foldhash is seeded per
 /// process: a tenant who chose colliding keys would slow only its own window.
