@@ -507,6 +507,50 @@ async fn an_unreadable_checkpoint_falls_back_to_the_previous_one_and_says_so() {
     c.stop().await;
 }
 
+/// A PE forwards its barrier while its snapshot is written (`CheckpointEnv::spawn_save`):
+/// one that then cannot be stored (here: a directory in the way of the source's file)
+/// still fails the PE, its checkpoint never completes, and the region recovers from
+/// one before, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_that_cannot_be_stored_fails_its_pe_and_never_completes_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("views.jsonl");
+    // 15 s of stream: the blocked checkpoint comes well before its end.
+    let shape = Shape {
+        rate: 20_000,
+        ..SHAPE
+    };
+    let (c, mut client, workers) = app_shaped_on_first_worker("ck9", &out, 1, shape).await;
+    let first = checkpoint_replicated_on(&client, "ck9", 0, "w2").await;
+    let gen = first
+        .pieces
+        .iter()
+        .find(|p| p.pe.starts_with("gen@"))
+        .expect("a source piece")
+        .pe
+        .clone();
+    let blocked = first.checkpoint_id + 5;
+    let path = workers[0].store.path("ck9", &gen, blocked).unwrap();
+    std::fs::create_dir_all(path.join("in-the-way")).unwrap();
+    assert_exact_shaped(&client, "ck9", &out, shape).await;
+    let r = checkpoints(&mut client, "ck9").await;
+    let rec = r
+        .recoveries
+        .iter()
+        .find(|x| x.reason.contains("storing the snapshot failed"))
+        .unwrap_or_else(|| panic!("no recovery for the failed store: {:?}", r.recoveries));
+    assert!(rec.reason.contains(&gen), "{rec:?}");
+    assert!(rec.checkpoint_id < blocked, "{rec:?}");
+    assert!(
+        r.checkpoints.iter().all(|ck| ck.checkpoint_id != blocked),
+        "checkpoint {blocked} completed without its source's piece"
+    );
+    for w in workers {
+        w.stop().await;
+    }
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_killed_during_a_checkpoint_never_half_records_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,13 +31,14 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// Largest snapshot accepted from the network: bounds the memory one transfer holds.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
-/// Capacity reserved up front for a transfer, whatever size its first chunk announces
-/// (a lying header must not make the receiver allocate a gigabyte).
-const MAX_RESERVE: u64 = 64 << 20;
-
 /// Splits a snapshot into chunks from byte `offset` on (empty past the end): every
 /// chunk slices `bytes` without copying, carries its CRC-32C, the total size and, on
 /// the last, the whole snapshot's CRC-32C. A zero-byte snapshot is one empty last chunk.
+///
+/// One pass over the bytes (the whole CRC-32C is combined from the chunks'), and a
+/// blocking one for a large snapshot: callers run it off the async threads, which
+/// carry the stream (two passes over a 333 MB piece on them held a PE's records
+/// ~100 ms at a time during an upgrade's pre-copy; BENCHMARKS.md, 2026-12-06).
 pub fn chunks(
     app: &str,
     from_pe: &str,
@@ -47,8 +48,8 @@ pub fn chunks(
     offset: u64,
 ) -> Vec<pb::StateChunk> {
     let total = bytes.len();
-    let whole = crc32c::crc32c(bytes);
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
+    let mut whole = crc32c::crc32c(&bytes[..start]);
     let mut out = Vec::with_capacity((total - start).div_ceil(CHUNK_BYTES).max(1));
     let mut at = start;
     loop {
@@ -56,6 +57,7 @@ pub fn chunks(
         let data = bytes.slice(at..end);
         let last = end == total;
         let crc = crc32c::crc32c(&data);
+        whole = crc32c::crc32c_combine(whole, crc, data.len());
         out.push(pb::StateChunk {
             app: app.to_string(),
             from_pe: from_pe.to_string(),
@@ -119,11 +121,20 @@ pub struct Assembled {
 /// Checks a chunk stream as it arrives (contiguous offsets from 0, one app, PE and
 /// checkpoint throughout, per-chunk and whole CRC-32C, bounded size) and collects it.
 /// Pure, so both the server (StoreSnapshot) and the client (fetch) use the same rules.
+///
+/// Each chunk costs one CRC pass over its megabyte, on the async thread that received
+/// it; the chunks are kept as they came (no copy, and nothing allocated for a size
+/// a lying first chunk announces) and joined once by [`Assembler::finish`], which a
+/// caller runs on a blocking thread. Why: appending to one growing buffer copied a
+/// 500 MB snapshot three more times as it doubled, and with a second CRC pass that was
+/// seconds of the stream's threads during an upgrade's pre-copy (BENCHMARKS.md,
+/// 2026-12-06, "Snapshot transfers off the stream's threads").
 #[derive(Debug)]
 pub struct Assembler {
     limit: u64,
     first: Option<(String, String, u64, u64)>,
-    data: Vec<u8>,
+    data: Vec<Bytes>,
+    received: u64,
     crc: u32,
     done: bool,
 }
@@ -136,6 +147,7 @@ impl Assembler {
             limit: limit.min(MAX_SNAPSHOT_BYTES),
             first: None,
             data: Vec::new(),
+            received: 0,
             crc: 0,
             done: false,
         }
@@ -143,7 +155,7 @@ impl Assembler {
 
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
-        self.data.len() as u64
+        self.received
     }
 
     /// Takes the next chunk; an error means the whole stream is refused.
@@ -152,7 +164,7 @@ impl Assembler {
         if self.done {
             return invalid("chunk after the last one".into());
         }
-        let at = self.data.len() as u64;
+        let at = self.received;
         match &self.first {
             None => {
                 if c.app.is_empty() {
@@ -170,7 +182,6 @@ impl Assembler {
                         c.total_bytes, self.limit
                     )));
                 }
-                self.data.reserve(c.total_bytes.min(MAX_RESERVE) as usize);
                 self.first = Some((
                     c.app.clone(),
                     c.from_pe.clone(),
@@ -225,8 +236,9 @@ impl Assembler {
                 c.crc32c
             )));
         }
-        self.data.extend_from_slice(&c.data);
-        self.crc = crc32c::crc32c_append(self.crc, &c.data);
+        self.crc = crc32c::crc32c_combine(self.crc, crc, c.data.len());
+        self.received = end;
+        self.data.push(c.data);
         if c.last {
             self.done = true;
             if c.total_bytes != 0 && end != c.total_bytes {
@@ -245,20 +257,27 @@ impl Assembler {
         Ok(())
     }
 
-    /// The verified snapshot; refused when the last chunk has not arrived.
+    /// The verified snapshot; refused when the last chunk has not arrived. Joins the
+    /// chunks: one copy of the snapshot, to run on a blocking thread when it is large.
     pub fn finish(self) -> Result<Assembled, ChunkError> {
         match self.first {
-            Some((app, pe, checkpoint_id, _)) if self.done => Ok(Assembled {
-                app,
-                pe,
-                checkpoint_id,
-                data: self.data,
-                crc32c: self.crc,
-            }),
+            Some((app, pe, checkpoint_id, _)) if self.done => {
+                let mut data = Vec::with_capacity(self.received as usize);
+                for c in &self.data {
+                    data.extend_from_slice(c);
+                }
+                Ok(Assembled {
+                    app,
+                    pe,
+                    checkpoint_id,
+                    data,
+                    crc32c: self.crc,
+                })
+            }
             None => Err(ChunkError::Invalid("no chunks".into())),
             Some(_) => Err(ChunkError::Invalid(format!(
                 "stream ended after {} bytes, before the last chunk",
-                self.data.len()
+                self.received
             ))),
         }
     }

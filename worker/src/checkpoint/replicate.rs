@@ -181,9 +181,17 @@ impl Replicator {
         }
         let mut stored = Vec::new();
         let mut next = 0;
-        // Built once: the chunks slice `bytes`, so every push shares them.
+        // Built once, on a blocking thread (a pass over the whole snapshot): the chunks
+        // slice `bytes`, so every push shares them.
         let cs = if need > 0 && !ring.is_empty() {
-            chunks(app, pe, "", id, &bytes, 0)
+            let (a, p) = (app.to_string(), pe.to_string());
+            match tokio::task::spawn_blocking(move || chunks(&a, &p, "", id, &bytes, 0)).await {
+                Ok(cs) => cs,
+                Err(e) => {
+                    tracing::warn!(%app, %pe, checkpoint = id, error = %e, "cannot cut the snapshot into chunks");
+                    return Vec::new();
+                }
+            }
         } else {
             Vec::new()
         };
@@ -275,8 +283,8 @@ fn matches_location(size: u64, crc: u32, l: &pb::SnapshotLocation) -> bool {
 /// when it is intact and matches the size and CRC-32C the locations record, else the
 /// first location (other than this worker) whose copy arrives complete, with every
 /// chunk's and the whole CRC-32C right and the recorded size and CRC-32C. A copy
-/// fetched from elsewhere is also stored locally (best effort), so a PE restarted here
-/// again needs no transfer.
+/// fetched from elsewhere is also stored locally (best effort, on a task of its own),
+/// so a PE restarted here again needs no transfer.
 pub async fn fetch(
     store: &Arc<SnapshotStore>,
     self_id: &str,
@@ -303,9 +311,11 @@ pub async fn fetch_waiting(
     wait_ms: u64,
 ) -> Result<Fetched, FetchError> {
     let mut problems = Vec::new();
+    // Read and checked on a blocking thread: a pass over up to a gigabyte, which the
+    // stream's threads must not carry.
     let local = {
         let (s, a, p) = (store.clone(), app.to_string(), pe.to_string());
-        tokio::task::spawn_blocking(move || s.get(&a, &p, id))
+        tokio::task::spawn_blocking(move || s.get_shared(&a, &p, id))
             .await
             .unwrap_or_else(|e| {
                 Err(StoreError::Io {
@@ -316,11 +326,11 @@ pub async fn fetch_waiting(
     };
     let listed_here = locations.iter().any(|l| l.worker_id == self_id);
     match local {
-        Ok(data) => {
-            let (size, crc) = (data.len() as u64, crc32c::crc32c(&data));
+        Ok((data, crc)) => {
+            let size = data.len() as u64;
             if locations.is_empty() || locations.iter().any(|l| matches_location(size, crc, l)) {
                 return Ok(Fetched {
-                    bytes: data.into(),
+                    bytes: data,
                     from: self_id.to_string(),
                     problems,
                 });
@@ -357,17 +367,14 @@ pub async fn fetch_waiting(
                 // The CRC-32C the serving worker sent, not the location's: a hand-off
                 // location is known before its snapshot is taken and records none (0).
                 // The copy is checked against it before it is written, and on every
-                // read after.
-                match tokio::task::spawn_blocking(move || s.put_replica(&a, &p, id, &d, crc)).await
-                {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(%app, %pe, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally")
+                // read after. Not waited for: the restore or pre-copy that fetched it
+                // goes on meanwhile (writing and syncing a 333 MB piece took a second
+                // and more while the disk was busy).
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = s.put_replica(&a, &p, id, &d, crc) {
+                        tracing::warn!(app = %a, pe = %p, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally");
                     }
-                    Err(e) => {
-                        tracing::warn!(%app, %pe, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally")
-                    }
-                }
+                });
                 return Ok(Fetched {
                     bytes: data,
                     from: l.worker_id.clone(),
@@ -473,7 +480,11 @@ where
         a.push(c.map_err(describe_status)?)
             .map_err(describe_chunk_error)?;
     }
-    a.finish().map_err(describe_chunk_error)
+    // Joined on a blocking thread: a whole piece is hundreds of megabytes.
+    tokio::task::spawn_blocking(move || a.finish())
+        .await
+        .map_err(|e| format!("failed (receiving: {e})"))?
+        .map_err(describe_chunk_error)
 }
 
 fn describe_chunk_error(e: ChunkError) -> String {

@@ -7,7 +7,6 @@
 
 use super::store::{encode_name, SnapshotStore, StoreError};
 use super::{chunks, Assembler, MAX_SNAPSHOT_BYTES};
-use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
@@ -91,9 +90,13 @@ where
             return Err(e.into());
         }
     }
-    let s = a.finish().inspect_err(|e| {
-        tracing::warn!(error = %e, "refusing a snapshot replica");
-    })?;
+    // Joined and written on a blocking thread: a whole piece is hundreds of megabytes.
+    let s = tokio::task::spawn_blocking(move || a.finish())
+        .await
+        .map_err(|e| Status::internal(format!("receiving the snapshot: {e}")))?
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "refusing a snapshot replica");
+        })?;
     let (app, pe, id, crc) = (s.app.clone(), s.pe.clone(), s.checkpoint_id, s.crc32c);
     let piece = tokio::task::spawn_blocking(move || {
         store.put_replica(&s.app, &s.pe, s.checkpoint_id, &s.data, s.crc32c)
@@ -186,25 +189,32 @@ pub(crate) async fn fetch_within(
             FETCH_BUDGET_MIB
         ))
     })?;
-    let read = tokio::task::spawn_blocking(move || store.get(&app, &pe, id).map(|data| (id, data)))
+    // Read, checked and cut into chunks on a blocking thread: each is a pass over a
+    // piece of up to a gigabyte, which the stream's threads must not carry.
+    let read = {
+        let (app, from, to, offset) = (r.app.clone(), r.pe.clone(), r.for_pe.clone(), r.offset);
+        tokio::task::spawn_blocking(move || {
+            let (data, _) = store.get_shared(&app, &from, id)?;
+            let size = data.len();
+            let cs = (offset <= size as u64).then(|| chunks(&app, &from, &to, id, &data, offset));
+            Ok::<_, StoreError>((size, cs))
+        })
         .await
-        .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?;
-    let (id, data) = read.map_err(|e| {
+        .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?
+    };
+    let (size, cs) = read.map_err(|e| {
         if matches!(e, StoreError::Corrupt { .. } | StoreError::Io { .. }) {
             tracing::error!(app = %r.app, pe = %r.pe, checkpoint = asked, error = %e, "stored snapshot unusable");
         }
         store_status(&e, &r.app, &r.pe, asked)
     })?;
-    if r.offset > data.len() as u64 {
+    let Some(cs) = cs else {
         return Err(Status::out_of_range(format!(
-            "offset: {} is past the end of the {}-byte snapshot",
-            r.offset,
-            data.len()
+            "offset: {} is past the end of the {size}-byte snapshot",
+            r.offset
         )));
-    }
-    let data = Bytes::from(data);
-    tracing::debug!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = data.len(), offset = r.offset, "serving a snapshot");
-    let cs = chunks(&r.app, &r.pe, &r.for_pe, id, &data, r.offset);
+    };
+    tracing::debug!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = size, offset = r.offset, "serving a snapshot");
     // The chunks share `data`: its budget is released when the stream is dropped
     // (sent in full, or the caller went away), not before.
     Ok(Box::pin(tokio_stream::iter(cs).map(move |c| {

@@ -14,6 +14,7 @@
 //!
 //! Every call is blocking file system work: call it from `spawn_blocking`.
 
+use bytes::Bytes;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,13 @@ fn header(data: &[u8]) -> [u8; HEADER_LEN] {
 
 /// Checks a whole file's bytes and returns the snapshot in it.
 fn verify(mut file: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    check(&file)?;
+    file.drain(..HEADER_LEN);
+    Ok(file)
+}
+
+/// Checks a snapshot file's header and CRC-32C; returns the CRC-32C.
+fn check(file: &[u8]) -> Result<u32, StoreError> {
     let corrupt = |why: String| Err(StoreError::Corrupt { why });
     if file.len() < HEADER_LEN {
         return corrupt(format!(
@@ -205,8 +213,7 @@ fn verify(mut file: Vec<u8>) -> Result<Vec<u8>, StoreError> {
             "crc mismatch: header says {crc:#010x}, data has {actual:#010x}"
         ));
     }
-    file.drain(..HEADER_LEN);
-    Ok(file)
+    Ok(crc)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -299,11 +306,17 @@ impl SnapshotStore {
         let dir = self.pe_dir(app, pe)?;
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            // Make the new directories themselves durable.
-            if let Some(app_dir) = dir.parent() {
-                fsync_dir(app_dir)?;
+            // Make the new directories themselves durable, unless what goes in them
+            // need not be: volatile files have names of their own (a hand-off's
+            // `+round`, `+handoff`), never written durably, and a PE stores its
+            // envelope at the switch barrier, where two fsyncs behind a busy disk
+            // would hold the stream.
+            if durable {
+                if let Some(app_dir) = dir.parent() {
+                    fsync_dir(app_dir)?;
+                }
+                fsync_dir(&self.root)?;
             }
-            fsync_dir(&self.root)?;
         }
         let name = file_name(id);
         let tmp = dir.join(format!(
@@ -366,6 +379,20 @@ impl SnapshotStore {
         let path = self.path(app, pe, id)?;
         match fs::read(&path) {
             Ok(file) => verify(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// [`Self::get`] without moving the snapshot to the front of its buffer (a copy of
+    /// the whole of it): the snapshot as a slice of the file read, and its CRC-32C.
+    pub fn get_shared(&self, app: &str, pe: &str, id: u64) -> Result<(Bytes, u32), StoreError> {
+        let path = self.path(app, pe, id)?;
+        match fs::read(&path) {
+            Ok(file) => {
+                let crc = check(&file)?;
+                Ok((Bytes::from(file).slice(HEADER_LEN..), crc))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -532,8 +559,14 @@ mod tests {
         assert!(s.has("app", "views@3fa1b2c4#0", 5));
         assert!(!s.has("app", "views@3fa1b2c4#0", 6));
         assert_eq!(s.get("app", "views@3fa1b2c4#0", 5).unwrap(), data);
+        let (shared, crc) = s.get_shared("app", "views@3fa1b2c4#0", 5).unwrap();
+        assert_eq!((&shared[..], crc), (&data[..], piece.crc32c));
         assert!(matches!(
             s.get("app", "views@3fa1b2c4#0", 6),
+            Err(StoreError::Missing)
+        ));
+        assert!(matches!(
+            s.get_shared("app", "views@3fa1b2c4#0", 6),
             Err(StoreError::Missing)
         ));
         // Empty snapshots round trip too; a put replaces.
@@ -573,11 +606,15 @@ mod tests {
         let mut f = fs::read(&path).unwrap();
         f[HEADER_LEN + 3] ^= 0x10;
         fs::write(&path, &f).unwrap();
-        let err = s.get("a", "p", 1).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Corrupt { why } if why.contains("crc mismatch")),
-            "{err}"
-        );
+        for err in [
+            s.get("a", "p", 1).unwrap_err(),
+            s.get_shared("a", "p", 1).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StoreError::Corrupt { why } if why.contains("crc mismatch")),
+                "{err}"
+            );
+        }
         // A damaged header is caught too.
         f[HEADER_LEN + 3] ^= 0x10;
         f[0] = b'X';

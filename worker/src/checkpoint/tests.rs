@@ -149,6 +149,20 @@ fn checkpoint_ring_order() {
     assert_eq!(r.replicas(), 1);
 }
 
+/// Waits until `store` holds `data` as checkpoint `id` of `PE` (a fetched copy is
+/// kept locally on a task of its own, which the fetch does not wait for); panics
+/// after a minute.
+async fn kept(store: &SnapshotStore, id: u64, data: &[u8]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.get(APP, PE, id).ok().as_deref() != Some(data) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fetched copy of {id} was never kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn checkpoint_replicate_then_fetch_back() {
     let (w1, w2, w3) = (
@@ -177,7 +191,7 @@ async fn checkpoint_replicate_then_fetch_back() {
     assert_eq!(got.bytes, data);
     assert_eq!(got.from, "w3");
     assert!(got.problems.is_empty(), "{:?}", got.problems);
-    assert_eq!(store.get(APP, PE, 7).unwrap(), data.to_vec());
+    kept(&store, 7, &data).await;
     // Next time the local copy serves.
     let again = fetch(&store, "w9", &Default::default(), APP, PE, 7, &locations)
         .await
@@ -269,7 +283,7 @@ async fn checkpoint_fetch_falls_back_past_corrupt_copies() {
         got.problems
     );
     // The good copy replaced the damaged local one.
-    assert_eq!(store.get(APP, PE, 5).unwrap(), data.to_vec());
+    kept(&store, 5, &data).await;
 
     // A copy that is intact on its worker but not the checkpoint's (another size and
     // CRC recorded) is refused too; with w2 also damaged nothing is left.
@@ -552,7 +566,7 @@ async fn checkpoint_a_handed_off_snapshot_is_kept_locally_with_its_crc() {
     assert_eq!((got.bytes.clone(), got.from.as_str()), (data.clone(), "w1"));
     // Kept (a read checks the stored CRC-32C against the data), and the next fetch
     // needs no transfer.
-    assert_eq!(store.get(APP, PE, 12).unwrap(), data.to_vec());
+    kept(&store, 12, &data).await;
     let again = fetch(&store, "w2", &Default::default(), APP, PE, 12, &handoff)
         .await
         .unwrap();

@@ -198,6 +198,51 @@ impl CheckpointEnv {
             .await
     }
 
+    /// [`CheckpointEnv::save`] on a task of its own: the PE forwards its barrier and
+    /// goes on while the snapshot is written, and the checkpoint completes once it is
+    /// stored and reported, as before. A snapshot that cannot be stored fails the PE,
+    /// as at a barrier.
+    ///
+    /// Why: a store ends with an fsync, and on ext4 a small file's fsync waits for the
+    /// journal, behind whatever other data the same commit must write first. After an
+    /// upgrade's switch, the drained windows' whole pieces and their replicas (about
+    /// 2 GB at 1 GB of state) are written within a few seconds; an 8-byte fsync on the
+    /// dev box then took up to 350 ms (p99 146 ms against 5.5 ms alone), and a source
+    /// that waited for its position to be durable before emitting on stalled the
+    /// whole stream that long (BENCHMARKS.md, 2026-12-06, "A PE never waits for the
+    /// disk"). Nothing needs the snapshot durable at the barrier: only the
+    /// checkpoint's completion does, and a worker that dies first never reports the
+    /// piece, so the checkpoint never completes and recovery uses the one before.
+    pub fn spawn_save(
+        self: &Arc<Self>,
+        app: &str,
+        pe: &str,
+        id: u64,
+        taken: (Vec<u8>, u64),
+        alignment_ms: u64,
+        status: &Arc<PeStatus>,
+    ) {
+        let (env, app, pe, status) = (
+            self.clone(),
+            app.to_string(),
+            pe.to_string(),
+            status.clone(),
+        );
+        tokio::spawn(async move {
+            let (t0, bytes, base) = (Instant::now(), taken.0.len(), taken.1);
+            match env.save(&app, &pe, id, taken, alignment_ms, &status).await {
+                Ok(()) => {
+                    let stored_ms = t0.elapsed().as_millis() as u64;
+                    tracing::debug!(%pe, checkpoint = id, base, bytes, stored_ms, "snapshot stored");
+                }
+                Err(e) => {
+                    tracing::error!(%pe, checkpoint = id, error = %e, "checkpoint failed");
+                    status.fail(e);
+                }
+            }
+        });
+    }
+
     /// [`CheckpointEnv::save`], writing to disk at `priority`.
     #[allow(clippy::too_many_arguments)]
     pub async fn save_at(

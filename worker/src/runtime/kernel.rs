@@ -409,8 +409,8 @@ impl Kernel {
     /// key groups in `handoff` are kept.
     /// Each part is a [`PieceState`]: a whole snapshot, then (a window's incremental
     /// piece) the increments up to the checkpoint restored, or a seed and increments.
-    /// `priority`: a successor's pre-copy, which no record waits on, loads at the
-    /// background priority.
+    /// `priority`: where the loading runs ([`Priority`]; a successor's pre-copy of
+    /// large pieces, which no record waits on, loads at the background priority).
     pub async fn restore(
         &mut self,
         parts: &[PieceState],

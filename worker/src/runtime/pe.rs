@@ -173,7 +173,10 @@ impl Ckpt {
     /// A source's part in checkpoint `id`: saves its position (nothing when it is 0, so
     /// a restore starts empty, unless it drains: its successor waits for a snapshot) and
     /// forwards the barrier after everything emitted before it; then the upgrade
-    /// actions armed for `id`. On a failure the PE fails and `Err` says to stop.
+    /// actions armed for `id`. The position is written on a task of its own
+    /// ([`super::checkpoint::CheckpointEnv::spawn_save`]), unless the source drains:
+    /// then it is durable before its successor takes over. On a failure the PE fails
+    /// and `Err` says to stop.
     pub(crate) async fn source_barrier(
         &mut self,
         router: &mut Router,
@@ -187,13 +190,19 @@ impl Ckpt {
         } else {
             position.to_le_bytes().to_vec()
         };
-        if let Err(e) = self
-            .env
-            .save(&self.app, &self.pe, id, (state, 0), 0, status)
-            .await
-        {
-            status.fail(e);
-            return Err(Stopped::Failed);
+        if drains {
+            // Its successor loads this position at the switch.
+            if let Err(e) = self
+                .env
+                .save(&self.app, &self.pe, id, (state, 0), 0, status)
+                .await
+            {
+                status.fail(e);
+                return Err(Stopped::Failed);
+            }
+        } else {
+            self.env
+                .spawn_save(&self.app, &self.pe, id, (state, 0), 0, status);
         }
         router.barrier(id).await;
         if drains {
@@ -440,9 +449,11 @@ struct Barrier<'a> {
     rounds: &'a Rounds,
 }
 
-/// Whether a checkpoint's snapshot was stored at its barrier or is encoded after it.
+/// Whether a checkpoint's snapshot was taken at its barrier or is encoded after it.
 enum Taken {
-    /// Stored (or being stored: a drained window's).
+    /// Taken, and being stored on a task of its own
+    /// ([`super::checkpoint::CheckpointEnv::spawn_save`]); a drained window's is
+    /// stored already, at the background priority.
     Now,
     /// Encoded after the barrier; stored by [`save_finished`].
     Later,
@@ -453,8 +464,7 @@ enum Taken {
 type Deferred = Vec<(u64, Duration, Instant)>;
 
 /// Stores the snapshots the kernel finished encoding after their barriers, on tasks of
-/// their own (the stream goes on meanwhile; the checkpoint completes once they are
-/// stored and reported). One that cannot be stored fails the PE, as at a barrier.
+/// their own ([`super::checkpoint::CheckpointEnv::spawn_save`]).
 fn save_finished(
     pe: &str,
     kernel: &mut Kernel,
@@ -470,29 +480,11 @@ fn save_finished(
             }
             None => (Duration::ZERO, Instant::now()),
         };
-        let (env, app, pe, status) = (
-            ckpt.env.clone(),
-            ckpt.app.clone(),
-            pe.to_string(),
-            status.clone(),
-        );
-        tokio::spawn(async move {
-            let (size, alignment_ms) = (bytes.len(), alignment.as_millis() as u64);
-            let encoded_ms = barrier.elapsed().as_millis() as u64;
-            match env
-                .save(&app, &pe, id, (bytes, base), alignment_ms, &status)
-                .await
-            {
-                Ok(()) => tracing::debug!(
-                    %pe, checkpoint = id, base, bytes = size, encoded_ms,
-                    "snapshot encoded after its barrier, stored"
-                ),
-                Err(e) => {
-                    tracing::error!(%pe, checkpoint = id, error = %e, "checkpoint failed");
-                    status.fail(e);
-                }
-            }
-        });
+        let encoded_ms = barrier.elapsed().as_millis() as u64;
+        tracing::debug!(%pe, checkpoint = id, base, bytes = bytes.len(), encoded_ms, "snapshot encoded after its barrier");
+        let alignment_ms = alignment.as_millis() as u64;
+        ckpt.env
+            .spawn_save(&ckpt.app, pe, id, (bytes, base), alignment_ms, status);
     }
 }
 
@@ -555,16 +547,23 @@ async fn snapshot(
     };
     let (bytes, base, took_ms) = (taken.0.len(), taken.1, t0.elapsed().as_millis() as u64);
     status.set_verify(kernel.verify_summary(false));
-    // A drained window's whole piece: nothing but the checkpoint's completion waits.
-    let priority = if forwarded {
-        Priority::Background
+    if forwarded {
+        // A drained window's whole piece: nothing but the checkpoint's completion
+        // waits, and the PE takes no more records.
+        ckpt.env
+            .save_at(
+                &ckpt.app,
+                pe,
+                id,
+                taken,
+                alignment_ms,
+                status,
+                Priority::Background,
+            )
+            .await?;
     } else {
-        Priority::Stream
-    };
-    ckpt.env
-        .save_at(&ckpt.app, pe, id, taken, alignment_ms, status, priority)
-        .await?;
-    if !forwarded {
+        ckpt.env
+            .spawn_save(&ckpt.app, pe, id, taken, alignment_ms, status);
         router.barrier(id).await;
     }
     tracing::debug!(%pe, checkpoint = id, base, bytes, took_ms, alignment_ms, "snapshot taken");

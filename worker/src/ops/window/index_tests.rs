@@ -2,16 +2,11 @@
 //! what a full read would have kept, and a broken index is an error that changes
 //! nothing.
 
-use super::state::INDEX_FROM;
+use super::state::{INDEXED, INDEX_FROM, KIND_BYTE_AT as KIND_AT};
 use super::test_records::ALL;
 use super::*;
 use crate::ops::StateError;
 use weir_common::keygroup::{key_group, KeyGroupRange};
-
-/// Offset of the window kind byte (after the version and the snapshot kind).
-const KIND_AT: usize = 2;
-/// The indexed flag of the kind byte.
-const INDEXED: u8 = 0x10;
 
 /// A window holding `keys` keys in one open window, every other one counted twice.
 fn window_of(keys: u32, kind: WindowKind) -> Window {

@@ -34,9 +34,9 @@ use weir_common::spec::KEY_GROUPS;
 
 const KIND: u8 = b'W';
 /// Set in the window kind byte: the entries are indexed by key group.
-const INDEXED: u8 = 0x10;
+pub(super) const INDEXED: u8 = 0x10;
 /// Where the window kind byte is (after the format version and the kind `W`).
-const KIND_BYTE_AT: usize = 2;
+pub(super) const KIND_BYTE_AT: usize = 2;
 /// The fewest bytes of entries a snapshot is indexed from: the index takes 16 bytes
 /// a key group (4 KiB for all 256), which would bloat a small state's snapshots (and
 /// tip its checkpoints to whole ones sooner: see `incremental`) for nothing.
