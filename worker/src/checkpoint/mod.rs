@@ -37,8 +37,8 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 ///
 /// One pass over the bytes (the whole CRC-32C is combined from the chunks'), and a
 /// blocking one for a large snapshot: callers run it off the async threads, which
-/// carry the stream (two passes over a 333 MB piece on them held a PE's records
-/// ~100 ms at a time during an upgrade's pre-copy; BENCHMARKS.md, 2026-12-06).
+/// carry the stream (BENCHMARKS.md, 2026-12-06, "Snapshot transfers off the stream's
+/// threads").
 pub fn chunks(
     app: &str,
     from_pe: &str,
@@ -126,9 +126,9 @@ pub struct Assembled {
 /// it; the chunks are kept as they came (no copy, and nothing allocated for a size
 /// a lying first chunk announces) and joined once by [`Assembler::finish`], which a
 /// caller runs on a blocking thread. Why: appending to one growing buffer copied a
-/// 500 MB snapshot three more times as it doubled, and with a second CRC pass that was
-/// seconds of the stream's threads during an upgrade's pre-copy (BENCHMARKS.md,
-/// 2026-12-06, "Snapshot transfers off the stream's threads").
+/// 500 MB snapshot three more times as it doubled, on the stream's threads, with a
+/// second CRC pass (BENCHMARKS.md, 2026-12-06, "Snapshot transfers off the stream's
+/// threads").
 #[derive(Debug)]
 pub struct Assembler {
     limit: u64,

@@ -204,15 +204,15 @@ impl CheckpointEnv {
     /// as at a barrier.
     ///
     /// Why: a store ends with an fsync, and on ext4 a small file's fsync waits for the
-    /// journal, behind whatever other data the same commit must write first. After an
-    /// upgrade's switch, the drained windows' whole pieces and their replicas (about
-    /// 2 GB at 1 GB of state) are written within a few seconds; an 8-byte fsync on the
-    /// dev box then took up to 350 ms (p99 146 ms against 5.5 ms alone), and a source
-    /// that waited for its position to be durable before emitting on stalled the
-    /// whole stream that long (BENCHMARKS.md, 2026-12-06, "A PE never waits for the
-    /// disk"). Nothing needs the snapshot durable at the barrier: only the
-    /// checkpoint's completion does, and a worker that dies first never reports the
-    /// piece, so the checkpoint never completes and recovery uses the one before.
+    /// journal, behind whatever other data the same commit must write first. On the
+    /// dev box an 8-byte file's fsync took up to 350 ms while 1.5 GB were written
+    /// beside it (p99 146 ms, 5.5 ms alone), and in the 1 GB upgrade bench a source's
+    /// position took up to 64 ms to store while a window's whole snapshot was written:
+    /// a source emits nothing meanwhile, so the whole stream waited (BENCHMARKS.md,
+    /// 2026-12-06, "Snapshot transfers off the stream's threads"). Nothing needs the
+    /// snapshot durable at the barrier: only the checkpoint's completion does, and a
+    /// worker that dies first never reports the piece, so the checkpoint never
+    /// completes and recovery uses the one before.
     pub fn spawn_save(
         self: &Arc<Self>,
         app: &str,
