@@ -21,7 +21,9 @@
 //!
 //! `WEIR_BENCH_STATE_MB` (default `10,100`) picks the sizes (MB of window snapshot in
 //! all); `WEIR_BENCH_HANDOFF` (`precopy` or `whole`) runs one hand-off only;
-//! `WEIR_BENCH_MEMORY_MB` the window PEs' memory request (default twice the state). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! `WEIR_BENCH_MEMORY_MB` the window PEs' memory request (default twice the state);
+//! with `WEIR_BENCH_LOG` (a log filter) it also lists the gaps at `lat` longer than
+//! `WEIR_BENCH_GAP_MS` (default 100), from `t0`, to line up with the log. Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};
@@ -100,6 +102,22 @@ streams:
     )
 }
 
+/// The workers of the window's PEs, by index (the newest revision's, during an
+/// upgrade).
+fn window_workers(d: &pb::AppDetail) -> Vec<String> {
+    let mut pes: Vec<(&str, u32, &str)> = d
+        .pes
+        .iter()
+        .filter_map(|p| {
+            let r = p.pe.as_ref().filter(|r| r.operator == "win")?;
+            Some((r.revision.as_str(), r.index, p.worker_id.as_str()))
+        })
+        .collect();
+    pes.sort_unstable();
+    // One revision after the upgrade: its PEs in index order.
+    pes.into_iter().map(|(_, _, w)| w.to_string()).collect()
+}
+
 /// The window's bytes in the newest complete checkpoint: what restoring its pieces
 /// loads (whole snapshots and the increments over them). While every record brings a
 /// new key, as while the state fills, the increments hold only new slots and this is
@@ -171,6 +189,10 @@ async fn case(size_mb: u64, precopy: bool) {
         ),
     ];
     for (name, spec) in kinds {
+        let placed_before = app_detail(&mut client, "big")
+            .await
+            .map(|d| window_workers(&d))
+            .unwrap_or_default();
         let steady_from = unix_ms() - STEADY.as_millis() as i64;
         let t0 = unix_ms();
         let started = Instant::now();
@@ -191,10 +213,15 @@ async fn case(size_mb: u64, precopy: bool) {
                 t0 / 1000,
                 t0 % 1000
             );
+            // Gaps longer than this (`WEIR_BENCH_GAP_MS`, default 100) are listed.
+            let gap_ms: i64 = std::env::var("WEIR_BENCH_GAP_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
             let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
             let mut last = steady_from;
             for &(t, _) in a.iter().filter(|(t, _)| *t >= steady_from) {
-                if t - last > 100 {
+                if t - last > gap_ms {
                     eprintln!(
                         "{name}: no arrival from t0+{} to t0+{} ms",
                         last - t0,
@@ -232,6 +259,23 @@ async fn case(size_mb: u64, precopy: bool) {
             format!("{:.2}", at as f64 / 1e6),
             total,
             status_mb(None, "VmRSS:") as u64,
+        );
+        // A replacement keeps each PE's key groups: a successor placed on another
+        // worker than its predecessor is a move of a stateful PE.
+        let placed = window_workers(&d);
+        let moved = if placed.len() == placed_before.len() {
+            let n = placed
+                .iter()
+                .zip(&placed_before)
+                .filter(|(a, b)| a != b)
+                .count();
+            format!(", {n} of {} moved to another worker", placed.len())
+        } else {
+            String::new()
+        };
+        println!(
+            "{:>6} {name}: window PEs on {placed_before:?} -> {placed:?}{moved}",
+            ""
         );
         tokio::time::sleep(STEADY).await;
     }

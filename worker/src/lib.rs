@@ -13,6 +13,7 @@
 //! - [`node`]: all of it started and stopped together.
 
 pub mod agent;
+pub mod background;
 pub mod checkpoint;
 pub mod container;
 pub mod control;

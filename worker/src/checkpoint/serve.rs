@@ -7,6 +7,7 @@
 
 use super::store::{encode_name, SnapshotStore, StoreError};
 use super::{chunks, Assembler, MAX_SNAPSHOT_BYTES};
+use crate::background::{run_at, Priority};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
@@ -90,19 +91,18 @@ where
             return Err(e.into());
         }
     }
-    // Joined and written on a blocking thread: a whole piece is hundreds of megabytes.
-    let s = tokio::task::spawn_blocking(move || a.finish())
+    // Joined and written off the async threads, at the background priority: a whole
+    // piece is hundreds of megabytes, and only the checkpoint's completion waits on it.
+    let s = run_at(Priority::Replica, move || a.finish())
         .await
-        .map_err(|e| Status::internal(format!("receiving the snapshot: {e}")))?
         .inspect_err(|e| {
             tracing::warn!(error = %e, "refusing a snapshot replica");
         })?;
     let (app, pe, id, crc) = (s.app.clone(), s.pe.clone(), s.checkpoint_id, s.crc32c);
-    let piece = tokio::task::spawn_blocking(move || {
+    let piece = run_at(Priority::Replica, move || {
         store.put_replica(&s.app, &s.pe, s.checkpoint_id, &s.data, s.crc32c)
     })
     .await
-    .map_err(|e| Status::internal(format!("storing the snapshot: {e}")))?
     .map_err(|e| {
         tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
         store_status(&e, &app, &pe, id)

@@ -229,8 +229,8 @@ pub struct Window {
     encoding: Option<Box<encoding::Encoding>>,
     /// Increments encoded after their barrier, not taken yet.
     finished: Vec<Finished>,
-    /// Increments listing this many slots or more are encoded after their barrier.
-    defer_from: usize,
+    /// Which increments are encoded after their barrier, and how (`encoding.rs`).
+    defer: encoding::Defer,
     /// Nothing processed or restored yet: the first restore adopts the snapshot's
     /// progress instead of merging with this PE's (empty) own.
     fresh: bool,
@@ -258,7 +258,7 @@ impl Window {
             chain: incremental::Chain::default(),
             encoding: None,
             finished: Vec::new(),
-            defer_from: DEFER_FROM,
+            defer: encoding::Defer::default(),
             fresh: true,
             late: 0,
             skipped: 0,
@@ -464,9 +464,7 @@ impl Window {
         };
         if let Some(job) = self.encoding.as_mut() {
             for (bounds, keys) in &closed {
-                for (key, slot) in keys.iter() {
-                    job.keep(*bounds, key, slot.acc, slot.epoch);
-                }
+                job.keep_closed(*bounds, keys);
             }
         }
         self.emit(closed)

@@ -8,9 +8,9 @@
 //! replicas, so a checkpoint is never complete while a single worker loss could lose
 //! part of it.
 
-use super::background::Priority;
 use super::status::PeStatus;
 use super::upgrade::Armed;
+use crate::background::Priority;
 use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
@@ -273,7 +273,7 @@ impl CheckpointEnv {
                 bytes.clone(),
             );
             let put = move || s.put(&a, &p, id, &b);
-            super::background::run_at(priority, put)
+            crate::background::run_at(priority, put)
                 .await
                 .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
         };

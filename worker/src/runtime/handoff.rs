@@ -20,12 +20,12 @@
 //! changes for later rounds), then `u64` base checkpoint, `u64` rounds shipped before
 //! it (little endian), and the delta in the kernel's snapshot layout.
 
-use super::background::Priority;
 use super::checkpoint::Ckpt;
 use super::checkpoint::{CheckpointEnv, PieceState};
 use super::kernel::Kernel;
 use super::status::Stopped;
 use super::status::{PeRunState, PeStatus};
+use crate::background::Priority;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use weir_proto::v1 as pb;
@@ -59,7 +59,7 @@ const PREFETCH: usize = 8;
 const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The piece bytes from which a pre-copy loads at the background priority
-/// ([`super::background`]). The predecessors carry the stream meanwhile, and three
+/// ([`crate::background`]). The predecessors carry the stream meanwhile, and three
 /// successors each loading 0.5-1 GB at the normal priority took the cores from them
 /// on the 2-core box (gaps of 210-275 ms at the sink); niced, the pre-copy takes
 /// longer rather than taking their cores (the catch-up then has more rounds to apply,

@@ -1,9 +1,9 @@
 //! What a non-source PE does with each batch: one of the operator kernels.
 
-use super::background::Priority;
 use super::checkpoint::PieceState;
 use super::file_sink::{BlockingFileSink, FileCallError};
 use super::status::PeStatus;
+use crate::background::Priority;
 use crate::container::{ContainerEngine, Progress};
 use crate::exec::{ExecConfig, ExecError, ExecLimits, ExecPe, LocalLaunch};
 use crate::ops::window::{Finished, ENCODE_STEP};
@@ -283,7 +283,7 @@ impl Kernel {
     /// [`Kernel::snapshot`] for a window drained at an upgrade's switch, once it has
     /// forwarded the barrier: nothing waits on this snapshot but the checkpoint's
     /// completion, so a window encodes it at the background priority
-    /// ([`super::background`]) instead of taking cores from its successors, and
+    /// ([`crate::background`]) instead of taking cores from its successors, and
     /// drops its state there (it holds none after).
     /// Always whole: its successors restore from it without a chain (and from it,
     /// with its rounds and envelope, at the switch).
@@ -295,7 +295,7 @@ impl Kernel {
         match self {
             Kernel::Window(w) => {
                 let mut taken = std::mem::replace(w, w.cleared());
-                let (finished, s) = super::background::run(move || {
+                let (finished, s) = crate::background::run(move || {
                     let s = taken.snapshot(groups);
                     // Finishes an increment still being encoded.
                     taken.mark(id);
@@ -505,7 +505,7 @@ async fn off_thread<R: Send + 'static>(
     f: impl FnOnce(&mut Window) -> R + Send + 'static,
 ) -> R {
     let mut taken = std::mem::replace(w, w.cleared());
-    let (back, r) = super::background::run_at(priority, move || {
+    let (back, r) = crate::background::run_at(priority, move || {
         let r = f(&mut taken);
         (taken, r)
     })

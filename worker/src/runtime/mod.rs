@@ -6,7 +6,6 @@
 //! already runs with the same id is left alone; one that failed is replaced.
 
 mod align;
-pub mod background;
 pub mod checkpoint;
 pub mod file_sink;
 pub mod handoff;

@@ -8,7 +8,6 @@
 //! PE waits until its consumers processed everything before it reports finished.
 
 use super::align::{Aligner, OnBarrier};
-use super::background::Priority;
 use super::checkpoint::{Ckpt, OwnRestore, PieceState};
 use super::handoff::{self, Rounds};
 use super::kernel::Kernel;
@@ -16,6 +15,7 @@ use super::router::Router;
 use super::status::{PeRunState, PeStatus, Stopped};
 use super::upgrade::Armed;
 use super::BATCH_RECORDS;
+use crate::background::Priority;
 use crate::dataplane::{Input, InputEndpoint, Msg};
 use crate::ops::{Generator, Nexmark};
 use std::sync::Arc;

@@ -90,7 +90,7 @@ impl Window {
             self.out_source,
         );
         w.slide = self.slide;
-        w.defer_from = self.defer_from;
+        w.defer = self.defer;
         w
     }
 

@@ -27,9 +27,29 @@
 //! `K` (slots are created only by records for open windows and removed only by
 //! closing, which saves them). So the bytes are exactly the increment `K`'s barrier
 //! would have encoded, only later; the checkpoint completes once they are stored.
+//!
+//! **Scanning instead of looking up** ([`Cursor::Scan`]). Looking each listed slot up
+//! is a random access into the window's maps, about a microsecond each in a state of
+//! hundreds of megabytes on a busy core: an upgrade's successor whose first increment
+//! lists ~800 K slots (every change since the switch) took 750-865 ms of its async
+//! thread for it, 75% of it in those lookups (BENCHMARKS.md, issue 22). When the list
+//! holds a large share of the slots ([`SCAN_SHARE`]), the increment is written by
+//! walking the window's maps in order instead, one (window, key group) *unit* at a
+//! time, writing every slot whose epoch is in `(after, upto]`; no list is copied at
+//! the barrier. The same argument holds with one change: a slot's value at `K` is kept
+//! only while its unit is not scanned yet (a scanned unit has written it), and the
+//! kept values are written once the walk ends. So a slot of `K` in range is written
+//! exactly once: by the walk, with its current value, which is its value at `K` since
+//! its epoch has not moved; or, when it changed or closed before the walk reached its
+//! unit, from the kept values (the walk then finds its epoch above `upto`, or finds it
+//! gone). A unit is scanned within one step, between records. The set of slots
+//! written contains the list's (every listed slot has an epoch in range), each
+//! written once where the list writes a slot once per snapshot it changed after, so
+//! the increment is the list's as a state: the same slots with the same values.
 
+use super::keys::Keys;
 use super::state::Entries;
-use super::{Acc, Key, Window};
+use super::{Acc, Changes, Key, Window};
 use crate::ops::codec::Enc;
 use std::collections::HashMap;
 use weir_common::keygroup::{key_group, KeyGroupRange};
@@ -40,6 +60,45 @@ pub const DEFER_FROM: usize = 32 * 1024;
 
 /// Slots encoded per step.
 pub const STEP: usize = 8 * 1024;
+
+/// An increment whose list holds at least a `SCAN_SHARE`th of the window's slots is
+/// written by scanning the maps (see the module): a slot visited in order costs a
+/// few nanoseconds, a lookup of a listed one about a microsecond at 1 GB.
+pub const SCAN_SHARE: usize = 32;
+
+/// Slots a scanning step visits for each slot a looking-up step would encode.
+const SCAN_PER_STEP: usize = 16;
+
+/// When increments are encoded after their barrier, and how.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Defer {
+    /// Increments listing this many slots or more are encoded after their barrier.
+    pub(super) from: usize,
+    /// See [`SCAN_SHARE`]: 0 never scans, `usize::MAX` always does.
+    pub(super) scan_share: usize,
+}
+
+impl Default for Defer {
+    fn default() -> Self {
+        Self {
+            from: DEFER_FROM,
+            scan_share: SCAN_SHARE,
+        }
+    }
+}
+
+/// How an increment being encoded finds its slots.
+#[derive(Clone, Debug)]
+enum Cursor {
+    /// Looks up the slots listed at the barrier; `next` are written.
+    List {
+        list: Vec<(i64, i64, Key)>,
+        next: usize,
+    },
+    /// Walks the window's maps: every (window bounds, key group) before `next` is
+    /// scanned.
+    Scan { next: ((i64, i64), u32) },
+}
 
 /// A piece of a checkpoint finished after its barrier: the checkpoint, the bytes and
 /// the checkpoint they build on.
@@ -52,9 +111,7 @@ pub(super) struct Encoding {
     base: u64,
     groups: KeyGroupRange,
     out: Entries,
-    /// The slots listed at the barrier, and how many are written.
-    list: Vec<(i64, i64, Key)>,
-    next: usize,
+    cursor: Cursor,
     /// The epochs of listed slots: above `after`, at most `upto`.
     after: u64,
     upto: u64,
@@ -66,10 +123,31 @@ impl Encoding {
     /// A slot of epoch `epoch` changes or closes for the first time since the barrier:
     /// keeps its value then if it may be listed.
     pub(super) fn keep(&mut self, bounds: (i64, i64), key: &[u8], acc: Acc, epoch: u64) {
-        if self.covers(epoch) {
+        if self.covers(epoch) && !self.written(bounds, key) {
             self.kept
                 .entry((bounds.0, bounds.1, Key::from(key)))
                 .or_insert(acc);
+        }
+    }
+
+    /// A window closes: keeps the values of its slots that [`Encoding::keep`] keeps.
+    pub(super) fn keep_closed(&mut self, bounds: (i64, i64), keys: &Keys) {
+        if let Cursor::Scan { next } = self.cursor {
+            if bounds < next.0 {
+                // Scanned whole: nothing of it is needed.
+                return;
+            }
+        }
+        for (key, slot) in keys.iter() {
+            self.keep(bounds, key, slot.acc, slot.epoch);
+        }
+    }
+
+    /// Whether the slot of `key` in `bounds` is written already (scanned).
+    fn written(&self, bounds: (i64, i64), key: &[u8]) -> bool {
+        match self.cursor {
+            Cursor::List { .. } => false,
+            Cursor::Scan { next: (at, g) } => bounds < at || (bounds == at && key_group(key) < g),
         }
     }
 
@@ -80,26 +158,42 @@ impl Encoding {
 }
 
 impl Window {
-    /// Starts encoding the increment of checkpoint `id` over the snapshot at `base`,
-    /// of the slots listed in `list` (see the module). The caller marks the increment.
+    /// Starts encoding the increment of checkpoint `id` over the snapshot at `base`
+    /// (whose epoch was `base_epoch`), of the slots listed from `from` on (see the
+    /// module), by looking them up or by scanning. The caller marks the increment.
     pub(super) fn begin_encoding(
         &mut self,
         id: u64,
-        base: u64,
-        base_epoch: u64,
+        (base, base_epoch): (u64, u64),
         groups: KeyGroupRange,
-        list: Vec<(i64, i64, Key)>,
+        from: usize,
         mut head: Enc,
     ) {
         head.u64(base);
-        let out = self.open_entries(head, groups);
+        let mut out = self.open_entries(head, groups);
+        let list = match &self.changes {
+            Changes::Since { dirty, .. } => dirty.get(from..).unwrap_or_default(),
+            Changes::Untracked => &[],
+        };
+        // At most one entry per listed slot.
+        out.reserve(list.len());
+        let scan = list.len().saturating_mul(self.defer.scan_share) >= self.open_windows();
+        let cursor = if scan {
+            Cursor::Scan {
+                next: ((i64::MIN, i64::MIN), groups.start),
+            }
+        } else {
+            Cursor::List {
+                list: list.to_vec(),
+                next: 0,
+            }
+        };
         self.encoding = Some(Box::new(Encoding {
             id,
             base,
             groups,
             out,
-            list,
-            next: 0,
+            cursor,
             after: base_epoch,
             upto: self.epoch,
             kept: HashMap::default(),
@@ -111,35 +205,90 @@ impl Window {
         self.encoding.is_some()
     }
 
-    /// Encodes up to `max` more slots of the increment being encoded; once all are, it
-    /// is finished ([`Window::take_finished`]).
+    /// Whether the increment being encoded is scanned for (not looked up).
+    #[cfg(test)]
+    pub(super) fn scanning(&self) -> bool {
+        matches!(
+            self.encoding.as_deref(),
+            Some(Encoding {
+                cursor: Cursor::Scan { .. },
+                ..
+            })
+        )
+    }
+
+    /// Encodes up to `max` more slots of the increment being encoded (or visits
+    /// [`SCAN_PER_STEP`] times as many, scanning); once all are, it is finished
+    /// ([`Window::take_finished`]).
     pub fn encode_step(&mut self, max: usize) {
         let Some(job) = self.encoding.as_mut() else {
             return;
         };
-        let end = job.list.len().min(job.next.saturating_add(max.max(1)));
-        for (e, s, key) in &job.list[job.next..end] {
-            if !job.groups.contains(key_group(key)) {
-                continue;
+        let max = max.max(1);
+        let done = match &mut job.cursor {
+            Cursor::List { list, next } => {
+                let end = list.len().min(next.saturating_add(max));
+                for (e, s, key) in &list[*next..end] {
+                    if !job.groups.contains(key_group(key)) {
+                        continue;
+                    }
+                    let bounds = (*e, *s);
+                    let kept = (!job.kept.is_empty())
+                        .then(|| job.kept.get(&(*e, *s, key.clone())))
+                        .flatten();
+                    let acc = match kept {
+                        Some(acc) => Some(*acc),
+                        None => self
+                            .windows
+                            .get(&bounds)
+                            .and_then(|keys| keys.get(key.as_slice()))
+                            .map(|slot| slot.acc),
+                    };
+                    if let Some(acc) = acc {
+                        job.out.push(&bounds, key, &acc);
+                    }
+                }
+                *next = end;
+                *next == list.len()
             }
-            let bounds = (*e, *s);
-            let kept = (!job.kept.is_empty())
-                .then(|| job.kept.get(&(*e, *s, key.clone())))
-                .flatten();
-            let acc = match kept {
-                Some(acc) => Some(*acc),
-                None => self
-                    .windows
-                    .get(&bounds)
-                    .and_then(|keys| keys.get(key.as_slice()))
-                    .map(|slot| slot.acc),
-            };
-            if let Some(acc) = acc {
-                job.out.push(&bounds, key, &acc);
+            Cursor::Scan { next } => {
+                let (after, upto, groups) = (job.after, job.upto, job.groups);
+                let budget = max.saturating_mul(SCAN_PER_STEP);
+                let mut visited = 0usize;
+                let mut done = true;
+                'walk: for (bounds, keys) in self.windows.range(next.0..) {
+                    let from = if *bounds == next.0 {
+                        next.1
+                    } else {
+                        groups.start
+                    };
+                    for g in from..groups.end {
+                        for (key, slot) in keys.group(g) {
+                            visited += 1;
+                            if slot.epoch > after && slot.epoch <= upto {
+                                job.out.push(bounds, key, &slot.acc);
+                            }
+                        }
+                        *next = (*bounds, g + 1);
+                        if visited >= budget {
+                            done = false;
+                            break 'walk;
+                        }
+                    }
+                    *next = (*bounds, groups.end);
+                }
+                if done {
+                    // The slots that changed or closed before the walk reached them.
+                    for ((e, s, key), acc) in std::mem::take(&mut job.kept) {
+                        if groups.contains(key_group(&key)) {
+                            job.out.push(&(e, s), &key, &acc);
+                        }
+                    }
+                }
+                done
             }
-        }
-        job.next = end;
-        if job.next == job.list.len() {
+        };
+        if done {
             if let Some(job) = self.encoding.take() {
                 let bytes = job.out.finish();
                 self.chain.add_increment(bytes.len() as u64);
@@ -170,6 +319,14 @@ impl Window {
     /// Increments listing at least `n` slots are encoded after their barrier (tests
     /// lower it from [`DEFER_FROM`]).
     pub fn defer_from(&mut self, n: usize) {
-        self.defer_from = n;
+        self.defer.from = n;
+    }
+
+    /// Increments encoded after their barrier whose list holds at least a `share`th of
+    /// the slots are scanned for (tests set it from [`SCAN_SHARE`]: 0 never scans,
+    /// `usize::MAX` always does).
+    #[cfg(test)]
+    pub(super) fn scan_share(&mut self, share: usize) {
+        self.defer.scan_share = share;
     }
 }

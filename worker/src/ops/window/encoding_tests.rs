@@ -1,6 +1,9 @@
 //! An increment encoded after its barrier, a slice at a time while records arrive and
-//! windows close, is byte for byte the increment encoded at the barrier.
+//! windows close, is byte for byte the increment encoded at the barrier when its
+//! listed slots are looked up, and the same slots with the same values when the maps
+//! are scanned for them.
 
+use super::encoding::SCAN_SHARE;
 use super::test_records::{batch, outputs, ALL};
 use super::*;
 use proptest::prelude::*;
@@ -34,6 +37,8 @@ proptest! {
         steps in steps(),
         n in 1u32..3,
         hop in any::<bool>(),
+        // Listed slots looked up (0), the maps scanned (MAX), or chosen by cost.
+        scan in prop::sample::select(vec![0usize, usize::MAX, SCAN_SHARE]),
     ) {
         let make = || {
             let mut w = if hop {
@@ -43,6 +48,7 @@ proptest! {
             };
             // Every increment is encoded after its barrier.
             w.defer_from(0);
+            w.scan_share(scan);
             w
         };
         for pe in 0..n {
@@ -94,9 +100,11 @@ proptest! {
                 if *base == 0 {
                     // Whole snapshots hold their entries in map order.
                     prop_assert!(w.same_state(got_bytes, bytes), "checkpoint {}", id);
-                } else {
+                } else if scan == 0 {
                     // Increments in the order of their list.
                     prop_assert_eq!(got_bytes, bytes, "checkpoint {}", id);
+                } else {
+                    prop_assert!(w.same_increment(got_bytes, bytes), "checkpoint {}", id);
                 }
             }
             // And the state went on the same.
@@ -111,6 +119,8 @@ fn a_slot_changed_or_closed_after_the_barrier_is_written_as_it_was_there() {
     let groups = ALL;
     let mut w = Window::new(WindowKind::Count, 10, 1, 3);
     w.defer_from(0);
+    // Looked up: scanning is `a_scanned_increment_...`.
+    w.scan_share(0);
     let rec = |keys: &[(u8, i64)]| batch(keys, 0, 1);
     w.apply(0, &rec(&[(1, 1), (2, 1), (3, 5)]));
     let (_, base) = w.checkpoint(1, groups, |_| false);
@@ -159,4 +169,79 @@ fn a_slot_changed_or_closed_after_the_barrier_is_written_as_it_was_there() {
         counts.iter().all(|(_, c)| c.contains("I64(2)")),
         "{counts:?}"
     );
+}
+
+/// Keys `from..to` at event time `t`.
+fn keys(from: u8, to: u8, t: i64) -> Batch {
+    let records: Vec<(u8, i64)> = (from..to).map(|k| (k, t)).collect();
+    batch(&records, 0, 1)
+}
+
+#[test]
+fn an_increment_listing_a_large_share_of_the_slots_is_scanned_for() {
+    let mut w = Window::new(WindowKind::Count, 10, 1, 3);
+    w.defer_from(0);
+    w.apply(0, &keys(0, 200, 1));
+    w.checkpoint(1, ALL, |_| false);
+    // 5 of 200 slots listed: under a 32nd, looked up.
+    w.apply(0, &keys(0, 5, 2));
+    assert!(w.begin_checkpoint(2, ALL, |m| m == 1).is_none());
+    assert!(w.encoding() && !w.scanning());
+    // 7 of 200: at least a 32nd, scanned.
+    w.apply(0, &keys(0, 7, 2));
+    assert!(w.begin_checkpoint(3, ALL, |m| m == 2).is_none());
+    assert!(w.encoding() && w.scanning());
+    w.settle();
+    assert_eq!(w.take_finished().len(), 2);
+}
+
+#[test]
+fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
+    let mut w = Window::new(WindowKind::Count, 10, 1, 3);
+    w.defer_from(0);
+    w.scan_share(usize::MAX);
+    w.apply(0, &keys(0, 200, 1));
+    let (whole, base) = w.checkpoint(1, ALL, |_| false);
+    assert_eq!(base, 0);
+    // Changed since 1: k0..k149, to 2 each.
+    w.apply(0, &keys(0, 150, 2));
+    let mut at_barrier = w.clone();
+    at_barrier.defer_from(usize::MAX);
+    let (expected, _) = at_barrier.checkpoint(2, ALL, |m| m == 1);
+    assert!(w.begin_checkpoint(2, ALL, |m| m == 1).is_none());
+    assert!(w.scanning());
+    // A first step scans the key groups of a few slots, not all 200.
+    w.encode_step(1);
+    assert!(w.encoding(), "one step scanned every slot");
+    // After the barrier: every slot counts again (in scanned and unscanned key groups
+    // alike), then the window [0, 10) closes (watermark 25) with k0..k149 at 3.
+    w.apply(0, &keys(0, 200, 3));
+    let closed = outputs(&w.apply(0, &keys(0, 1, 25)));
+    assert_eq!(closed.len(), 200);
+    assert!(closed.iter().all(|(k, _, c)| {
+        let n: u8 = String::from_utf8_lossy(&k[1..]).parse().unwrap();
+        c.contains(if n < 150 { "I64(3)" } else { "I64(2)" })
+    }));
+    while w.encoding() {
+        w.encode_step(1);
+    }
+    let finished = w.take_finished();
+    assert_eq!(finished.len(), 1);
+    let (id, bytes, base) = &finished[0];
+    assert_eq!((*id, *base), (2, 1));
+    assert!(w.same_increment(bytes, &expected));
+    // Restored, the chain gives the state at the barrier: k0..k149 at 2, the rest at 1,
+    // each written once.
+    let mut restored = Window::new(WindowKind::Count, 10, 1, 3);
+    restored
+        .restore_chain(&[], &[(1, &whole), (2, bytes)], None)
+        .unwrap();
+    let out = outputs(&restored.flush());
+    assert_eq!(out.len(), 200);
+    assert!(out.iter().all(|(k, _, c)| {
+        let n: u8 = String::from_utf8_lossy(&k[1..]).parse().unwrap();
+        c.contains(if n < 150 { "I64(2)" } else { "I64(1)" })
+    }));
+    let (_, part) = w.read_increment(bytes, None).unwrap();
+    assert_eq!(part.entries.len(), 150, "each changed slot written once");
 }

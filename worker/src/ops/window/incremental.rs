@@ -125,13 +125,12 @@ impl Window {
         match base {
             Some((base, from, started)) => {
                 self.chain.links += 1;
-                let dirty = match &self.changes {
-                    Changes::Since { dirty, .. } => &dirty[from..],
-                    Changes::Untracked => &[],
+                let listed = match &self.changes {
+                    Changes::Since { dirty, .. } => dirty.len() - from,
+                    Changes::Untracked => 0,
                 };
-                if dirty.len() >= self.defer_from {
-                    let list = dirty.to_vec();
-                    self.begin_encoding(id, base, started - 1, groups, list, Enc::new(INCREMENT));
+                if listed >= self.defer.from {
+                    self.begin_encoding(id, (base, started - 1), groups, from, Enc::new(INCREMENT));
                     self.mark_increment(id, base);
                     return None;
                 }
@@ -164,8 +163,23 @@ impl Window {
         self.encode_after(e, groups, self.listed(&dirty[from..], groups))
     }
 
+    /// Whether increments `a` and `b` build on the same checkpoint and hold the same
+    /// header and the same slots with the same values (in any order, a slot written
+    /// once or more).
+    #[cfg(test)]
+    pub(super) fn same_increment(&self, a: &[u8], b: &[u8]) -> bool {
+        let read = |bytes| {
+            self.read_increment(bytes, None).map(|(base, part)| {
+                let mut part = part.sorted();
+                part.entries.dedup();
+                (base, part)
+            })
+        };
+        matches!((read(a), read(b)), (Ok(a), Ok(b)) if a == b)
+    }
+
     /// Reads an increment: the checkpoint it builds on, and its part.
-    fn read_increment(
+    pub(super) fn read_increment(
         &self,
         bytes: &[u8],
         keep: Option<KeyGroupRange>,
@@ -232,12 +246,12 @@ impl Window {
         if self.fresh && self.windows.is_empty() {
             // The usual case (a PE restoring its own piece, or a first predecessor):
             // the state is this window's as it stands.
-            let (late, skipped, defer_from) = (self.late, self.skipped, self.defer_from);
+            let (late, skipped, defer) = (self.late, self.skipped, self.defer);
             let finished = std::mem::take(&mut self.finished);
             *self = state;
             self.late = late;
             self.skipped = skipped;
-            self.defer_from = defer_from;
+            self.defer = defer;
             self.finished = finished;
             return Ok(());
         }

@@ -77,6 +77,13 @@ pub(super) struct Entries {
 }
 
 impl Entries {
+    /// Room for `n` more entries of about a short key's size, so the buffer does not
+    /// double (copying all it holds) between two steps of an increment encoded after
+    /// its barrier.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.e.0.reserve(n.saturating_mul(ENTRY_MIN + 16));
+    }
+
     /// One entry.
     pub(super) fn push(&mut self, bounds: &(i64, i64), key: &[u8], acc: &Acc) {
         self.n += 1;

@@ -56,7 +56,7 @@ fn a_blocked_file_call_leaves_the_runtime_thread_free() {
                 began.send(()).unwrap();
                 // A FIFO cannot be fsynced: whether this fails does not matter here.
                 let _ = kernel
-                    .restore(&[], None, crate::runtime::background::Priority::Stream)
+                    .restore(&[], None, crate::background::Priority::Stream)
                     .await;
             });
             // Runs only if the call's task gave the thread back while the call blocks.

@@ -11,9 +11,13 @@
 //! The priority is a nice value of [`NICE`], not the lowest: on a machine the stream
 //! keeps busy, background work must still finish well within the upgrade's checkpoint
 //! timeout (30 s). A CFS thread at nice 10 weighs 110 against 1024 for one at nice 0,
-//! about a tenth of a core beside one busy PE thread. Jobs run one at a time, in order.
-//! Where the thread cannot be made (or on systems without per-thread nice values), the
-//! job runs on the blocking pool as before: slower for the stream, never lost.
+//! about a tenth of a core beside one busy PE thread. Jobs run one at a time, in order,
+//! on one thread per [`Lane`]: replicas received from other workers have a thread of
+//! their own, so they do not queue behind a drained window's encode (writing them on
+//! the one thread delayed the switch checkpoint's completion by seconds:
+//! BENCHMARKS.md, issue 22). Where a thread cannot be made (or on systems without
+//! per-thread nice values), the job runs on the blocking pool as before: slower for the
+//! stream, never lost.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -37,17 +41,36 @@ pub enum Priority {
     ///   stream's threads 40% of a core each on the 2-core box (gaps of 210-275 ms
     ///   at the sink in the middle of the pre-copy).
     Background,
+    /// A replica of another worker's piece, received to be joined and written: only
+    /// the checkpoint's completion waits on it. At the background priority, on a
+    /// thread of its own ([`Lane::Replicas`]). Written at the normal priority, a
+    /// drained window's 335 MB replica held the 1 GB bench's sink 173 ms, 2.4 s after
+    /// an upgrade's switch (BENCHMARKS.md, 2026-12-06).
+    Replica,
+}
+
+/// A background thread, one per kind of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Encodes, writes and loads of this worker's own pieces.
+    Work,
+    /// Replicas received from other workers.
+    Replicas,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn queue() -> Option<&'static mpsc::Sender<Job>> {
-    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
-    QUEUE
-        .get_or_init(|| {
+fn queue(lane: Lane) -> Option<&'static mpsc::Sender<Job>> {
+    static WORK: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    static REPLICAS: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    let (cell, name) = match lane {
+        Lane::Work => (&WORK, "weir-background"),
+        Lane::Replicas => (&REPLICAS, "weir-replicas"),
+    };
+    cell.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();
             std::thread::Builder::new()
-                .name("weir-background".into())
+                .name(name.into())
                 .spawn(move || {
                     lower_priority();
                     for job in rx {
@@ -74,15 +97,21 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Runs `f` on the background thread and waits for its result (a panic in `f` is
-/// resumed here, as it would be inline).
+/// Runs `f` on the background thread of [`Lane::Work`] and waits for its result (a
+/// panic in `f` is resumed here, as it would be inline).
 pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    run_on(Lane::Work, f).await
+}
+
+/// Runs `f` on the background thread of `lane` and waits for its result (a panic in
+/// `f` is resumed here).
+pub async fn run_on<R: Send + 'static>(lane: Lane, f: impl FnOnce() -> R + Send + 'static) -> R {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = tx.send(r);
     });
-    let job = match queue() {
+    let job = match queue(lane) {
         Some(q) => q.send(job).err().map(|e| e.0),
         None => Some(job),
     };
@@ -100,8 +129,8 @@ pub async fn run<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R
     }
 }
 
-/// Runs blocking `f` where `priority` says: on the blocking pool, or on the
-/// background thread ([`run`]). A panic in `f` is resumed here.
+/// Runs blocking `f` where `priority` says: on the blocking pool, or on a background
+/// thread ([`run_on`]). A panic in `f` is resumed here.
 pub async fn run_at<R: Send + 'static>(
     priority: Priority,
     f: impl FnOnce() -> R + Send + 'static,
@@ -115,6 +144,7 @@ pub async fn run_at<R: Send + 'static>(
             Err(_) => std::future::pending().await,
         },
         Priority::Background => run(f).await,
+        Priority::Replica => run_on(Lane::Replicas, f).await,
     }
 }
 
@@ -140,5 +170,20 @@ mod tests {
         assert!(joined.unwrap_err().is_panic());
         // The thread survives a panicking job.
         assert_eq!(run(|| "still here").await, "still here");
+        // Replicas have a thread of their own, as low: a job there runs while the
+        // work thread is busy.
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn(run(move || held.recv()));
+        let name = || std::thread::current().name().map(String::from);
+        let on = run_at(Priority::Replica, name).await;
+        assert_eq!(on.as_deref(), Some("weir-replicas"));
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: getpriority takes plain integers.
+            let mine = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            assert_eq!(run_at(Priority::Replica, mine).await, NICE.max(mine()));
+        }
+        hold.send(()).unwrap();
+        busy.await.unwrap().unwrap();
     }
 }
