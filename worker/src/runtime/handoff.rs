@@ -63,9 +63,11 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 /// successors each loading 0.5-1 GB at the normal priority took the cores from them
 /// on the 2-core box (gaps of 210-275 ms at the sink); niced, the pre-copy takes
 /// longer rather than taking their cores (the catch-up then has more rounds to apply,
-/// each small). Not for small pieces: they take the cores for moments, and a niced
-/// thread beside busy cores can wait to be scheduled at all.
-pub const BACKGROUND_FROM: u64 = 64 << 20;
+/// each small). From 1 MiB: at 10 MB of state, pieces of 3-19 MB loaded at the
+/// normal priority still held the sink 47-53 ms as the pre-copy began (24-26 ms
+/// niced; BENCHMARKS.md, 2026-12-06). Not for tiny pieces, which take the cores for
+/// moments: a niced thread beside busy cores can wait to be scheduled at all.
+pub const BACKGROUND_FROM: u64 = 1 << 20;
 
 /// The longest a successor catches up, however long its pre-copy took.
 const MAX_CATCH_UP: Duration = Duration::from_secs(10);
