@@ -1,4 +1,4 @@
-//! Work the stream does not wait for, run on one thread of its own at a lower CPU
+//! Work the stream does not wait for, run on threads of their own at a lower CPU
 //! priority, so that it takes the cores only when the PEs do not need them.
 //!
 //! The case it exists for: a window drained at an upgrade's switch has forwarded the
@@ -22,7 +22,7 @@
 use std::sync::mpsc;
 use std::sync::OnceLock;
 
-/// The nice value of the background thread.
+/// The nice value of the background threads.
 pub const NICE: i32 = 10;
 
 /// Who waits on a piece of blocking work, and so where it runs.
