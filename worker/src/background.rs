@@ -68,20 +68,24 @@ fn queue(lane: Lane) -> Option<&'static mpsc::Sender<Job>> {
         Lane::Replicas => (&REPLICAS, "weir-replicas"),
     };
     cell.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || {
-                    lower_priority();
-                    for job in rx {
-                        job();
-                    }
-                })
-                .map_err(|e| tracing::warn!(error = %e, "no background thread: background work runs at the normal priority"))
-                .ok()
-                .map(|_| tx)
-        })
-        .as_ref()
+        let (tx, rx) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                lower_priority();
+                for job in rx {
+                    job();
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, thread = name, "no background thread: its work runs at the normal priority");
+                None
+            }
+        }
+    })
+    .as_ref()
 }
 
 #[cfg(target_os = "linux")]

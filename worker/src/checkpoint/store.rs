@@ -174,13 +174,6 @@ fn header(data: &[u8]) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Checks a whole file's bytes and returns the snapshot in it.
-fn verify(mut file: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-    check(&file)?;
-    file.drain(..HEADER_LEN);
-    Ok(file)
-}
-
 /// Checks a snapshot file's header and CRC-32C; returns the CRC-32C.
 fn check(file: &[u8]) -> Result<u32, StoreError> {
     let corrupt = |why: String| Err(StoreError::Corrupt { why });
@@ -373,19 +366,14 @@ impl SnapshotStore {
         self.put(app, pe, id, data)
     }
 
-    /// Reads and verifies a snapshot: [`StoreError::Missing`] when there is none,
-    /// [`StoreError::Corrupt`] when the file fails its header, length or CRC check.
+    /// [`Self::get_shared`], copied into a buffer of its own.
     pub fn get(&self, app: &str, pe: &str, id: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(app, pe, id)?;
-        match fs::read(&path) {
-            Ok(file) => verify(file),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        self.get_shared(app, pe, id).map(|(data, _)| data.to_vec())
     }
 
-    /// [`Self::get`] without moving the snapshot to the front of its buffer (a copy of
-    /// the whole of it): the snapshot as a slice of the file read, and its CRC-32C.
+    /// Reads and verifies a snapshot: [`StoreError::Missing`] when there is none,
+    /// [`StoreError::Corrupt`] when the file fails its header, length or CRC check.
+    /// The snapshot is a slice of the file read (no copy), with its CRC-32C.
     pub fn get_shared(&self, app: &str, pe: &str, id: u64) -> Result<(Bytes, u32), StoreError> {
         let path = self.path(app, pe, id)?;
         match fs::read(&path) {
