@@ -304,9 +304,9 @@ async fn a_recovery_from_an_incremental_checkpoint_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recovery_from_increments_encoded_after_their_barriers_is_exact() {
-    // Every window increment encoded after its barrier, a slice at a time while
-    // records flow, and stored after (`ops/window/encoding.rs`): what they hold is the
-    // state at their barrier, so the recovery is exact.
+    // Every window snapshot, increment or whole, encoded after its barrier, a slice at
+    // a time while records flow, and stored after (`ops/window/encoding.rs`): what they
+    // hold is the state at their barrier, so the recovery is exact.
     recovery_from_increments_is_exact("ck8", |cfg| cfg.defer_snapshot_from = 1).await;
 }
 

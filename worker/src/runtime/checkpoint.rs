@@ -94,8 +94,8 @@ impl CheckpointEnv {
         }
     }
 
-    /// Window increments listing at least `n` changed slots are encoded after their
-    /// barrier (`ops/window/encoding.rs`).
+    /// Window increments listing at least `n` changed slots, and whole window snapshots
+    /// of at least `n` slots, are encoded after their barrier (`ops/window/encoding.rs`).
     pub fn with_defer_from(mut self, n: usize) -> Self {
         self.defer_from = n;
         self

@@ -235,8 +235,9 @@ impl Kernel {
     /// (its own: parts of several predecessors then carry disjoint groups), only what
     /// changed since its newest snapshot taken at one of the checkpoints in `complete`
     /// (those of the app this worker knows complete; `ops/window/incremental.rs`), and
-    /// tracks changes from here. `None`: an increment listing `defer_from` slots or
-    /// more is encoded after the barrier ([`Kernel::encode_step`], `ops/window/encoding.rs`) and comes from
+    /// tracks changes from here. `None`: a snapshot of `defer_from` slots or more (an
+    /// increment listing them, or a whole one holding them) is encoded after the
+    /// barrier ([`Kernel::encode_step`], `ops/window/encoding.rs`) and comes from
     /// [`Kernel::take_finished`].
     pub async fn snapshot(
         &mut self,

@@ -492,7 +492,8 @@ fn save_finished(
 /// draining for an upgrade stores its hand-off envelope first and its whole snapshot
 /// after forwarding (nothing changes its state after the barrier), so its successors
 /// and consumers do not wait for the whole state to be written. A window's large
-/// increment is encoded after the barrier is forwarded ([`Taken::Later`]).
+/// snapshot (increment or whole) is encoded after the barrier is forwarded
+/// ([`Taken::Later`]).
 async fn snapshot(
     pe: &str,
     kernel: &mut Kernel,

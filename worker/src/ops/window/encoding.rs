@@ -1,6 +1,7 @@
-//! Increments encoded while records flow: a large increment is not encoded while the
-//! stream waits at its barrier, but a slice at a time between batches, from a copy of
-//! the changed slots' values as they were at the barrier (copy on write).
+//! Snapshots encoded while records flow: a large increment, or a large whole snapshot,
+//! is not encoded while the stream waits at its barrier, but a slice at a time between
+//! batches, from a copy of the changed slots' values as they were at the barrier (copy
+//! on write).
 //!
 //! Why: encoding an increment looks up every slot changed since its base, about half a
 //! microsecond each in a large state. An upgrade's successor whose first increment
@@ -46,16 +47,30 @@
 //! written contains the list's (every listed slot has an epoch in range), each
 //! written once where the list writes a slot once per snapshot it changed after, so
 //! the increment is the list's as a state: the same slots with the same values.
+//!
+//! **Whole snapshots** ([`Cursor::Whole`]) are written the same way, as a scan whose
+//! epochs are all those up to `upto` (every slot that existed at `K`; slots created
+//! after `K` have a later epoch). Why: a periodic whole snapshot (every
+//! [`super::incremental::MAX_LINKS`] checkpoints, or when the increments outgrow it) of
+//! 50 MB held its stream 311-388 ms, and one coinciding with an upgrade made a 100 MB
+//! rescale stall 267 ms (BENCHMARKS.md, issue 22). A whole snapshot is indexed by key
+//! group, each group's entries in a section of their own (`state.rs`), so the walk goes
+//! key group first, window by window within it, and a group's kept values are written
+//! when its walk ends, before its section is closed: by then every unit of the group
+//! is written, so no value of that group is kept after. The argument above then holds
+//! section by section.
 
 use super::keys::Keys;
 use super::state::Entries;
 use super::{Acc, Changes, Key, Window};
 use crate::ops::codec::Enc;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use weir_common::keygroup::{key_group, KeyGroupRange};
 
-/// Increments listing fewer slots than this are encoded at the barrier, as before:
-/// about 15 ms of work, less than the bookkeeping would save.
+/// Increments listing fewer slots than this, and whole snapshots of fewer, are encoded
+/// at the barrier, as before: about 15 ms of work, less than the bookkeeping would
+/// save.
 pub const DEFER_FROM: usize = 32 * 1024;
 
 /// Slots encoded per step.
@@ -72,7 +87,8 @@ const SCAN_PER_STEP: usize = 16;
 /// When increments are encoded after their barrier, and how.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Defer {
-    /// Increments listing this many slots or more are encoded after their barrier.
+    /// Increments listing this many slots or more, and whole snapshots of this many or
+    /// more, are encoded after their barrier.
     pub(super) from: usize,
     /// See [`SCAN_SHARE`]: 0 never scans, `usize::MAX` always does.
     pub(super) scan_share: usize,
@@ -87,7 +103,7 @@ impl Default for Defer {
     }
 }
 
-/// How an increment being encoded finds its slots.
+/// How a snapshot being encoded finds its slots.
 #[derive(Clone, Debug)]
 enum Cursor {
     /// Looks up the slots listed at the barrier; `next` are written.
@@ -98,33 +114,48 @@ enum Cursor {
     /// Walks the window's maps: every (window bounds, key group) before `next` is
     /// scanned.
     Scan { next: ((i64, i64), u32) },
+    /// Walks the window's maps key group first, as a whole snapshot's sections go
+    /// ([`Window::begin_whole`]): every key group before `next.0` is scanned, and the
+    /// windows of `next.0` up to `next.1` (none when `None`).
+    Whole { next: (u32, Option<(i64, i64)>) },
 }
 
 /// A piece of a checkpoint finished after its barrier: the checkpoint, the bytes and
-/// the checkpoint they build on.
+/// the checkpoint they build on (0: a whole snapshot).
 pub type Finished = (u64, Vec<u8>, u64);
 
-/// An increment being encoded after its barrier.
+/// Values at the barrier of slots changed or closed since, by key group (a whole
+/// snapshot writes a group's when its section ends).
+type Kept = BTreeMap<u32, HashMap<(i64, i64, Key), Acc, foldhash::fast::RandomState>>;
+
+/// A snapshot being encoded after its barrier: an increment, or a whole snapshot.
 #[derive(Clone, Debug)]
 pub(super) struct Encoding {
     id: u64,
+    /// The checkpoint it builds on (0: whole).
     base: u64,
     groups: KeyGroupRange,
     out: Entries,
     cursor: Cursor,
-    /// The epochs of listed slots: above `after`, at most `upto`.
-    after: u64,
+    /// The epochs of the slots it writes: from `from` to `upto` (an increment's are
+    /// those changed since its base's barrier; a whole snapshot's, all).
+    from: u64,
     upto: u64,
-    /// Values at the barrier of listed slots changed or closed since.
-    kept: HashMap<(i64, i64, Key), Acc, foldhash::fast::RandomState>,
+    kept: Kept,
 }
 
 impl Encoding {
     /// A slot of epoch `epoch` changes or closes for the first time since the barrier:
-    /// keeps its value then if it may be listed.
+    /// keeps its value then if it may be written and is not yet.
     pub(super) fn keep(&mut self, bounds: (i64, i64), key: &[u8], acc: Acc, epoch: u64) {
-        if self.covers(epoch) && !self.written(bounds, key) {
+        if !self.covers(epoch) {
+            return;
+        }
+        let g = key_group(key);
+        if !self.written(bounds, g) {
             self.kept
+                .entry(g)
+                .or_default()
                 .entry((bounds.0, bounds.1, Key::from(key)))
                 .or_insert(acc);
         }
@@ -132,28 +163,32 @@ impl Encoding {
 
     /// A window closes: keeps the values of its slots that [`Encoding::keep`] keeps.
     pub(super) fn keep_closed(&mut self, bounds: (i64, i64), keys: &Keys) {
-        if let Cursor::Scan { next } = self.cursor {
-            if bounds < next.0 {
-                // Scanned whole: nothing of it is needed.
-                return;
-            }
+        match self.cursor {
+            // Scanned whole: nothing of it is needed.
+            Cursor::Scan { next } if bounds < next.0 => return,
+            Cursor::Whole { next } if next.0 >= self.groups.end => return,
+            _ => {}
         }
         for (key, slot) in keys.iter() {
             self.keep(bounds, key, slot.acc, slot.epoch);
         }
     }
 
-    /// Whether the slot of `key` in `bounds` is written already (scanned).
-    fn written(&self, bounds: (i64, i64), key: &[u8]) -> bool {
+    /// Whether the slot in `bounds` of a key in key group `g` is written already
+    /// (scanned).
+    fn written(&self, bounds: (i64, i64), g: u32) -> bool {
         match self.cursor {
             Cursor::List { .. } => false,
-            Cursor::Scan { next: (at, g) } => bounds < at || (bounds == at && key_group(key) < g),
+            Cursor::Scan { next: (at, next) } => bounds < at || (bounds == at && g < next),
+            Cursor::Whole { next: (next, upto) } => {
+                g < next || (g == next && upto.is_some_and(|u| bounds <= u))
+            }
         }
     }
 
     /// Whether a slot of `epoch` is one [`Encoding::keep`] keeps.
     pub(super) fn covers(&self, epoch: u64) -> bool {
-        epoch > self.after && epoch <= self.upto
+        epoch >= self.from && epoch <= self.upto
     }
 }
 
@@ -194,13 +229,33 @@ impl Window {
             groups,
             out,
             cursor,
-            after: base_epoch,
+            from: base_epoch.saturating_add(1),
             upto: self.epoch,
-            kept: HashMap::default(),
+            kept: Kept::new(),
         }));
     }
 
-    /// Whether an increment is being encoded.
+    /// Starts encoding the whole snapshot of `groups` at checkpoint `id`, whose
+    /// barrier's epoch was `upto` (see the module): every slot of an epoch up to it,
+    /// key group by key group. The caller marked the snapshot (a new epoch).
+    pub(super) fn begin_whole(&mut self, id: u64, groups: KeyGroupRange, upto: u64) {
+        let mut out = self.open_whole(groups);
+        out.reserve(self.open_windows());
+        self.encoding = Some(Box::new(Encoding {
+            id,
+            base: 0,
+            groups,
+            out,
+            cursor: Cursor::Whole {
+                next: (groups.start, None),
+            },
+            from: 0,
+            upto,
+            kept: Kept::new(),
+        }));
+    }
+
+    /// Whether a snapshot is being encoded.
     pub fn encoding(&self) -> bool {
         self.encoding.is_some()
     }
@@ -217,25 +272,28 @@ impl Window {
         )
     }
 
-    /// Encodes up to `max` more slots of the increment being encoded (or visits
-    /// [`SCAN_PER_STEP`] times as many, scanning); once all are, it is finished
-    /// ([`Window::take_finished`]).
+    /// Encodes up to `max` more slots of the snapshot being encoded (or visits
+    /// [`SCAN_PER_STEP`] times as many, scanning for an increment); once all are, it
+    /// is finished ([`Window::take_finished`]).
     pub fn encode_step(&mut self, max: usize) {
         let Some(job) = self.encoding.as_mut() else {
             return;
         };
         let max = max.max(1);
+        let (from, upto, groups) = (job.from, job.upto, job.groups);
         let done = match &mut job.cursor {
             Cursor::List { list, next } => {
                 let end = list.len().min(next.saturating_add(max));
                 for (e, s, key) in &list[*next..end] {
-                    if !job.groups.contains(key_group(key)) {
+                    let g = key_group(key);
+                    if !groups.contains(g) {
                         continue;
                     }
                     let bounds = (*e, *s);
-                    let kept = (!job.kept.is_empty())
-                        .then(|| job.kept.get(&(*e, *s, key.clone())))
-                        .flatten();
+                    let kept = job
+                        .kept
+                        .get(&g)
+                        .and_then(|kept| kept.get(&(*e, *s, key.clone())));
                     let acc = match kept {
                         Some(acc) => Some(*acc),
                         None => self
@@ -252,20 +310,19 @@ impl Window {
                 *next == list.len()
             }
             Cursor::Scan { next } => {
-                let (after, upto, groups) = (job.after, job.upto, job.groups);
                 let budget = max.saturating_mul(SCAN_PER_STEP);
                 let mut visited = 0usize;
                 let mut done = true;
                 'walk: for (bounds, keys) in self.windows.range(next.0..) {
-                    let from = if *bounds == next.0 {
+                    let start = if *bounds == next.0 {
                         next.1
                     } else {
                         groups.start
                     };
-                    for g in from..groups.end {
+                    for g in start..groups.end {
                         for (key, slot) in keys.group(g) {
                             visited += 1;
-                            if slot.epoch > after && slot.epoch <= upto {
+                            if slot.epoch >= from && slot.epoch <= upto {
                                 job.out.push(bounds, key, &slot.acc);
                             }
                         }
@@ -279,25 +336,60 @@ impl Window {
                 }
                 if done {
                     // The slots that changed or closed before the walk reached them.
-                    for ((e, s, key), acc) in std::mem::take(&mut job.kept) {
-                        if groups.contains(key_group(&key)) {
-                            job.out.push(&(e, s), &key, &acc);
+                    for kept in std::mem::take(&mut job.kept).into_values() {
+                        for ((e, s, key), acc) in kept {
+                            if groups.contains(key_group(&key)) {
+                                job.out.push(&(e, s), &key, &acc);
+                            }
                         }
                     }
                 }
                 done
             }
+            Cursor::Whole { next } => {
+                // Every slot visited is written: a step visits what a looking-up
+                // step writes.
+                let mut visited = 0usize;
+                'groups: while next.0 < groups.end {
+                    let g = next.0;
+                    let after = next.1.map_or(Bound::Unbounded, Bound::Excluded);
+                    for (bounds, keys) in self.windows.range((after, Bound::Unbounded)) {
+                        if visited >= max {
+                            break 'groups;
+                        }
+                        for (key, slot) in keys.group(g) {
+                            visited += 1;
+                            if slot.epoch <= upto {
+                                job.out.push(bounds, key, &slot.acc);
+                            }
+                        }
+                        next.1 = Some(*bounds);
+                    }
+                    // The group's slots that changed or closed before the walk reached
+                    // them, in its section.
+                    for ((e, s, key), acc) in job.kept.remove(&g).unwrap_or_default() {
+                        job.out.push(&(e, s), &key, &acc);
+                    }
+                    job.out.end_group(g);
+                    *next = (g + 1, None);
+                }
+                next.0 >= groups.end
+            }
         };
         if done {
             if let Some(job) = self.encoding.take() {
                 let bytes = job.out.finish();
-                self.chain.add_increment(bytes.len() as u64);
+                if job.base == 0 {
+                    self.chain = super::incremental::Chain::whole(bytes.len() as u64);
+                } else {
+                    self.chain.add_increment(bytes.len() as u64);
+                }
                 self.finished.push((job.id, bytes, job.base));
             }
         }
     }
 
-    /// Finishes the increment being encoded, if any: before anything but a record or
+    /// Finishes the snapshot being encoded, if any: before anything but a record or
     /// a close changes the state (see the module).
     pub(super) fn settle(&mut self) {
         while self.encoding.is_some() {
@@ -305,19 +397,19 @@ impl Window {
         }
     }
 
-    /// The increments finished since the last call, oldest first.
+    /// The snapshots finished since the last call, oldest first.
     pub fn take_finished(&mut self) -> Vec<Finished> {
         std::mem::take(&mut self.finished)
     }
 
-    /// Holds `finished` for [`Window::take_finished`] (increments another copy of
+    /// Holds `finished` for [`Window::take_finished`] (snapshots another copy of
     /// this window finished: a drained window's, encoded and dropped elsewhere).
     pub fn hand_back(&mut self, finished: Vec<Finished>) {
         self.finished.extend(finished);
     }
 
-    /// Increments listing at least `n` slots are encoded after their barrier (tests
-    /// lower it from [`DEFER_FROM`]).
+    /// Increments listing at least `n` slots, and whole snapshots of at least `n`, are
+    /// encoded after their barrier (tests lower it from [`DEFER_FROM`]).
     pub fn defer_from(&mut self, n: usize) {
         self.defer.from = n;
     }

@@ -8,7 +8,7 @@ use super::test_records::{batch, outputs, ALL};
 use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use weir_common::keygroup::KeyGroupRange;
+use weir_common::keygroup::{key_group, KeyGroupRange};
 
 /// One checkpoint interval: records in slices, each followed by an encoding step of
 /// that many slots (0: none), and whether an upgrade round ships before the barrier.
@@ -244,4 +244,78 @@ fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
     }));
     let (_, part) = w.read_increment(bytes, None).unwrap();
     assert_eq!(part.entries.len(), 150, "each changed slot written once");
+}
+
+/// Keys `key-{from}`..`key-{to}` at event time `t`.
+fn many(from: u32, to: u32, t: i64) -> Batch {
+    let mut b = BatchBuilder::default();
+    for k in from..to {
+        b.push(
+            9,
+            0,
+            t,
+            format!("key-{k:08}").as_bytes(),
+            std::iter::empty(),
+        )
+        .unwrap();
+    }
+    b.finish()
+}
+
+#[test]
+fn a_whole_snapshot_encoded_after_its_barrier_holds_each_slot_as_it_was_there_indexed() {
+    use super::state::{INDEXED, INDEX_FROM, KIND_BYTE_AT};
+    // Two windows open at once: [0, 1000) and [500, 1500).
+    let mut w = Window::hopping(WindowKind::Count, 1_000, 500, 1, 3);
+    w.defer_from(0);
+    w.apply(0, &many(0, 12_000, 600));
+    let mut at_barrier = w.clone();
+    at_barrier.defer_from(usize::MAX);
+    let (expected, base) = at_barrier.checkpoint(1, ALL, |_| false);
+    assert_eq!(base, 0);
+    assert!(w.begin_checkpoint(1, ALL, |_| false).is_none());
+    assert!(w.encoding() && !w.scanning());
+    // A first step writes the first key groups, not all 24,000 slots.
+    w.encode_step(100);
+    assert!(w.encoding(), "one step wrote the whole state");
+    // After the barrier: every slot counts again (in written and unwritten key groups
+    // alike), new keys come, then [0, 1000) closes (watermark 1100).
+    w.apply(0, &many(0, 12_000, 700));
+    w.apply(0, &many(20_000, 20_100, 700));
+    let closed = outputs(&w.apply(0, &many(30_000, 30_001, 1_100)));
+    assert_eq!(closed.len(), 12_100);
+    while w.encoding() {
+        w.encode_step(1_000);
+    }
+    let finished = w.take_finished();
+    assert_eq!(finished.len(), 1);
+    let (id, bytes, base) = &finished[0];
+    assert_eq!((*id, *base), (1, 0));
+    assert!(bytes.len() > INDEX_FROM, "{} bytes", bytes.len());
+    assert_eq!(bytes[KIND_BYTE_AT] & INDEXED, INDEXED, "indexed");
+    // Each slot of the barrier once, at its value there; none created since.
+    assert_eq!(w.read(bytes, None).unwrap().entries.len(), 24_000);
+    assert!(w.same_state(bytes, &expected));
+    // Every section holds its own key group's slots (a read checks it) and a filtered
+    // read keeps what the full one would.
+    for pe in 0..3 {
+        let keep = KeyGroupRange::for_pe(pe, 3);
+        let mut all = w.read(bytes, None).unwrap();
+        all.entries
+            .retain(|(_, _, k, _)| keep.contains(key_group(k.as_slice())));
+        assert_eq!(w.read(bytes, Some(keep)).unwrap().sorted(), all.sorted());
+    }
+    // Restored: the state at the barrier, every slot counted once.
+    let mut restored = w.cleared();
+    restored.restore(bytes).unwrap();
+    let out = outputs(&restored.flush());
+    assert_eq!(out.len(), 24_000);
+    assert!(
+        out.iter().all(|(_, _, c)| c.contains("I64(1)")),
+        "{:?}",
+        &out[..3]
+    );
+    // And the next checkpoint builds on it.
+    let (_, base) = w.checkpoint(2, ALL, |m| m == 1);
+    assert_eq!(base, 1);
 }

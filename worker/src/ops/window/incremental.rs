@@ -66,6 +66,14 @@ impl Chain {
         self.whole > 0 && self.links < MAX_LINKS && self.increments < self.whole
     }
 
+    /// A chain starting at a whole snapshot of `bytes`.
+    pub(super) fn whole(bytes: u64) -> Self {
+        Self {
+            whole: bytes,
+            ..Self::default()
+        }
+    }
+
     /// An increment of `bytes` finished after its barrier (`encoding.rs`).
     pub(super) fn add_increment(&mut self, bytes: u64) {
         self.increments += bytes;
@@ -93,10 +101,10 @@ impl Window {
         }
     }
 
-    /// [`Window::checkpoint`], except that an increment listing many slots (see
-    /// `encoding.rs`) is encoded after the barrier, by [`Window::encode_step`]: `None`
-    /// then, and the bytes come from [`Window::take_finished`]. An increment still
-    /// being encoded is finished first.
+    /// [`Window::checkpoint`], except that a snapshot of many slots (an increment
+    /// listing them or a whole one holding them: see `encoding.rs`) is encoded after
+    /// the barrier, by [`Window::encode_step`]: `None` then, and the bytes come from
+    /// [`Window::take_finished`]. A snapshot still being encoded is finished first.
     pub fn begin_checkpoint(
         &mut self,
         id: u64,
@@ -139,12 +147,18 @@ impl Window {
                 self.mark_increment(id, base);
                 Some((bytes, base))
             }
+            None if self.open_windows() >= self.defer.from => {
+                // Encoded after the barrier too, key group by key group (`encoding.rs`):
+                // a whole snapshot of 50 MB held its stream 300-400 ms.
+                let upto = self.epoch;
+                self.chain = Chain::default();
+                self.mark(id);
+                self.begin_whole(id, groups, upto);
+                None
+            }
             None => {
                 let bytes = self.snapshot(groups);
-                self.chain = Chain {
-                    whole: bytes.len() as u64,
-                    ..Chain::default()
-                };
+                self.chain = Chain::whole(bytes.len() as u64);
                 self.mark(id);
                 Some((bytes, 0))
             }
@@ -295,9 +309,6 @@ impl Window {
     /// its first checkpoint (a second or more at 1 GB). Changes are tracked from here.
     pub fn seed(&mut self, at: u64, bytes: u64) {
         self.mark(at);
-        self.chain = Chain {
-            whole: bytes.max(1),
-            ..Chain::default()
-        };
+        self.chain = Chain::whole(bytes.max(1));
     }
 }

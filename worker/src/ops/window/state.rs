@@ -74,6 +74,20 @@ pub(super) struct Entries {
     /// Where the entry count goes.
     count_at: usize,
     n: u64,
+    /// A whole snapshot's key group index, filled in section by section.
+    index: Option<Index>,
+}
+
+/// The index of a whole snapshot being written (see the module): its entries come
+/// key group by key group, each group's closed by [`Entries::end_group`].
+#[derive(Clone, Debug)]
+struct Index {
+    /// Where the index is, and the first key group it indexes.
+    at: usize,
+    first: u32,
+    width: usize,
+    /// Where the open section began: its first byte and the entries before it.
+    since: (usize, u64),
 }
 
 impl Entries {
@@ -92,10 +106,38 @@ impl Entries {
         put_entry(&mut self.e.0[at..], bounds, key, acc);
     }
 
-    /// The snapshot, its entry count filled in.
+    /// Closes key group `g`'s section: its entries are those pushed since the last
+    /// section closed (none for a snapshot without an index).
+    pub(super) fn end_group(&mut self, g: u32) {
+        let Some(index) = self.index.as_mut() else {
+            return;
+        };
+        let (len, n) = (self.e.0.len(), self.n);
+        let Some(i) = g.checked_sub(index.first).map(|i| i as usize) else {
+            return;
+        };
+        if i >= index.width {
+            return;
+        }
+        let (from, before) = index.since;
+        let at = index.at + 16 * i;
+        self.e.0[at..at + 8].copy_from_slice(&(n - before).to_le_bytes());
+        self.e.0[at + 8..at + 16].copy_from_slice(&((len - from) as u64).to_le_bytes());
+        index.since = (len, n);
+    }
+
+    /// The snapshot, its entry count filled in; a whole snapshot's index is taken out
+    /// when its entries are too few to be worth it ([`INDEX_FROM`]).
     pub(super) fn finish(mut self) -> Vec<u8> {
         let at = self.count_at;
         self.e.0[at..at + 8].copy_from_slice(&self.n.to_le_bytes());
+        if let Some(index) = self.index {
+            let end = index.at + 16 * index.width;
+            if self.e.0.len() - end < INDEX_FROM {
+                self.e.0.drain(index.at..end);
+                self.e.0[KIND_BYTE_AT] &= !INDEXED;
+            }
+        }
         self.e.0
     }
 }
@@ -164,39 +206,41 @@ impl Window {
     /// carries whole: see [`Window::restore`]). Written key group by key group, and
     /// indexed by key group when large (see the module).
     pub fn snapshot(&self, groups: KeyGroupRange) -> Vec<u8> {
+        let mut out = self.open_whole(groups);
+        for g in groups.start..groups.end {
+            for (bounds, keys) in &self.windows {
+                for (key, slot) in keys.group(g) {
+                    out.push(bounds, key, &slot.acc);
+                }
+            }
+            out.end_group(g);
+        }
+        out.finish()
+    }
+
+    /// A whole snapshot of `groups` up to its entries, which follow key group by key
+    /// group, each group closed by [`Entries::end_group`]: the index is filled in as
+    /// the sections are written (see the module).
+    pub(super) fn open_whole(&self, groups: KeyGroupRange) -> Entries {
         let mut e = Enc::new(KIND);
         self.head(&mut e, groups, INDEXED);
         let count_at = e.0.len();
         e.u64(0);
-        // The index is filled in as the sections are written, and taken out again
-        // when the entries are too few to be worth it.
-        let index_at = e.0.len();
-        let width = (groups.end - groups.start) as usize;
-        e.0.resize(index_at + 16 * width, 0);
-        let (mut n, mut all) = (0u64, 0usize);
-        for (i, g) in (groups.start..groups.end).enumerate() {
-            let (mut count, from) = (0u64, e.0.len());
-            for (bounds, keys) in &self.windows {
-                for (key, slot) in keys.group(g) {
-                    let at = e.0.len();
-                    e.0.resize(at + entry_len(key, &slot.acc), 0);
-                    put_entry(&mut e.0[at..], bounds, key, &slot.acc);
-                    count += 1;
-                }
-            }
-            let bytes = e.0.len() - from;
-            let at = index_at + 16 * i;
-            e.0[at..at + 8].copy_from_slice(&count.to_le_bytes());
-            e.0[at + 8..at + 16].copy_from_slice(&(bytes as u64).to_le_bytes());
-            n += count;
-            all += bytes;
+        let at = e.0.len();
+        let width = groups.end.saturating_sub(groups.start) as usize;
+        e.0.resize(at + 16 * width, 0);
+        let since = (e.0.len(), 0);
+        Entries {
+            e,
+            count_at,
+            n: 0,
+            index: Some(Index {
+                at,
+                first: groups.start,
+                width,
+                since,
+            }),
         }
-        e.0[count_at..count_at + 8].copy_from_slice(&n.to_le_bytes());
-        if all < INDEX_FROM {
-            e.0.drain(index_at..index_at + 16 * width);
-            e.0[KIND_BYTE_AT] &= !INDEXED;
-        }
-        e.0
     }
 
     /// The snapshot layout with the given entries (all of them, or a delta's).
@@ -229,7 +273,12 @@ impl Window {
         // The count goes first: reserve it, fill it in at the end.
         let count_at = e.0.len();
         e.u64(0);
-        Entries { e, count_at, n: 0 }
+        Entries {
+            e,
+            count_at,
+            n: 0,
+            index: None,
+        }
     }
 
     /// The layout up to the entry count; `flags` go in the kind byte ([`INDEXED`]).
