@@ -9,6 +9,7 @@
 
 use super::store::{SnapshotStore, StoreError};
 use super::{chunks, Assembler, ChunkError, MAX_SNAPSHOT_BYTES};
+use crate::background::Priority;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -294,11 +295,25 @@ pub async fn fetch(
     id: u64,
     locations: &[pb::SnapshotLocation],
 ) -> Result<Fetched, FetchError> {
-    fetch_waiting(store, self_id, security, app, pe, id, locations, 0).await
+    fetch_waiting(
+        store,
+        self_id,
+        security,
+        app,
+        pe,
+        id,
+        locations,
+        (0, Priority::Stream),
+    )
+    .await
 }
 
 /// [`fetch`], where every other location may wait up to `wait_ms` for the snapshot to
-/// be stored (a successor fetching the hand-off of a predecessor still draining).
+/// be stored (a successor fetching the hand-off of a predecessor still draining), and
+/// the copies are read at `priority`: [`Priority::Stream`] when the stream waits for
+/// them (a restore), else at the background priority here and at the serving worker
+/// (a pre-copy: reading 50 MB pieces at the normal priority held the 100 MB bench's
+/// sink ~90 ms as a rescale's pre-copy began; BENCHMARKS.md, issue 22).
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_waiting(
     store: &Arc<SnapshotStore>,
@@ -308,21 +323,13 @@ pub async fn fetch_waiting(
     pe: &str,
     id: u64,
     locations: &[pb::SnapshotLocation],
-    wait_ms: u64,
+    (wait_ms, priority): (u64, Priority),
 ) -> Result<Fetched, FetchError> {
     let mut problems = Vec::new();
-    // Read and checked on a blocking thread: a pass over up to a gigabyte, which the
-    // stream's threads must not carry.
+    // Read and checked off the stream's threads: a pass over up to a gigabyte.
     let local = {
         let (s, a, p) = (store.clone(), app.to_string(), pe.to_string());
-        tokio::task::spawn_blocking(move || s.get_shared(&a, &p, id))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Io {
-                    path: store.dir().to_path_buf(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
+        crate::background::run_at(priority, move || s.get_shared(&a, &p, id)).await
     };
     let listed_here = locations.iter().any(|l| l.worker_id == self_id);
     match local {
@@ -352,7 +359,7 @@ pub async fn fetch_waiting(
     let handoff = super::store::is_handoff(pe);
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
-        match fetch_from(security, l, app, pe, id, wait_ms).await {
+        match fetch_from(security, l, (app, pe, id), (wait_ms, priority)).await {
             Ok((data, _)) if handoff => {
                 tracing::debug!(%app, %pe, id, from = %l.worker_id, bytes = data.len(), "fetched a hand-off");
                 return Ok(Fetched {
@@ -370,11 +377,17 @@ pub async fn fetch_waiting(
                 // read after. Not waited for: the restore or pre-copy that fetched it
                 // goes on meanwhile (writing and syncing a 333 MB piece took a second
                 // and more while the disk was busy).
-                tokio::task::spawn_blocking(move || {
+                let keep = move || {
                     if let Err(e) = s.put_replica(&a, &p, id, &d, crc) {
                         tracing::warn!(app = %a, pe = %p, checkpoint = id, error = %e, "cannot keep the fetched snapshot locally");
                     }
-                });
+                };
+                if priority == Priority::Stream {
+                    tokio::task::spawn_blocking(keep);
+                } else {
+                    // As a replica is written: nothing waits for it.
+                    tokio::spawn(crate::background::run_at(Priority::Replica, keep));
+                }
                 return Ok(Fetched {
                     bytes: data,
                     from: l.worker_id.clone(),
@@ -407,10 +420,8 @@ pub async fn fetch_waiting(
 async fn fetch_from(
     security: &weir_security::Security,
     l: &pb::SnapshotLocation,
-    app: &str,
-    pe: &str,
-    id: u64,
-    wait_ms: u64,
+    (app, pe, id): (&str, &str, u64),
+    (wait_ms, priority): (u64, Priority),
 ) -> Result<(Bytes, u32), String> {
     if l.control_address.is_empty() {
         return Err("no control address".into());
@@ -428,6 +439,7 @@ async fn fetch_from(
         offset: 0,
         for_pe: pe.to_string(),
         wait_ms,
+        background: priority != Priority::Stream,
     };
     let ep = endpoint(security, &l.control_address)?;
     let transfer = async move {

@@ -189,18 +189,23 @@ pub(crate) async fn fetch_within(
             FETCH_BUDGET_MIB
         ))
     })?;
-    // Read, checked and cut into chunks on a blocking thread: each is a pass over a
-    // piece of up to a gigabyte, which the stream's threads must not carry.
+    // Read, checked and cut into chunks off the stream's threads: each is a pass over
+    // a piece of up to a gigabyte. At the background priority for a pre-copy, which
+    // the stream does not wait for.
     let read = {
         let (app, from, to, offset) = (r.app.clone(), r.pe.clone(), r.for_pe.clone(), r.offset);
-        tokio::task::spawn_blocking(move || {
+        let priority = if r.background {
+            Priority::Background
+        } else {
+            Priority::Stream
+        };
+        run_at(priority, move || {
             let (data, _) = store.get_shared(&app, &from, id)?;
             let size = data.len();
             let cs = (offset <= size as u64).then(|| chunks(&app, &from, &to, id, &data, offset));
             Ok::<_, StoreError>((size, cs))
         })
         .await
-        .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?
     };
     let (size, cs) = read.map_err(|e| {
         if matches!(e, StoreError::Corrupt { .. } | StoreError::Io { .. }) {

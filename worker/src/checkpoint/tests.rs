@@ -149,6 +149,27 @@ fn checkpoint_ring_order() {
     assert_eq!(r.replicas(), 1);
 }
 
+#[tokio::test]
+async fn a_pre_copy_fetch_reads_at_the_background_priority_and_keeps_its_copy() {
+    use crate::background::Priority;
+    // A pre-copy's fetch: the serving worker reads at its background priority (the
+    // request says so), the copy is kept on the replica thread, and the next read of
+    // it, here, is at the background priority too; the bytes are those stored.
+    let w1 = Peer::start("w1").await;
+    let data = sample(2 * CHUNK_BYTES + 7);
+    w1.store.put(APP, PE, 4, &data).unwrap();
+    let (_d, store) = local_store();
+    let locations = [w1.location(&data)];
+    let at = (0, Priority::Background);
+    let security = weir_security::Security::default();
+    let fetch = || replicate::fetch_waiting(&store, "w9", &security, APP, PE, 4, &locations, at);
+    let got = fetch().await.unwrap();
+    assert_eq!((got.bytes, got.from.as_str()), (data.clone(), "w1"));
+    kept(&store, 4, &data).await;
+    let again = fetch().await.unwrap();
+    assert_eq!((again.bytes, again.from.as_str()), (data, "w9"));
+}
+
 /// Waits until `store` holds `data` as checkpoint `id` of `PE` (a fetched copy is
 /// kept locally on a task of its own, which the fetch does not wait for); panics
 /// after a minute.
@@ -339,6 +360,7 @@ async fn checkpoint_fetch_state_snapshot_statuses() {
         offset,
         for_pe: "next".into(),
         wait_ms: 0,
+        background: false,
     };
     // Without waiting, a snapshot not stored yet is NOT_FOUND; a hand-off fetch waits
     // for one stored after it asked.
@@ -559,7 +581,7 @@ async fn checkpoint_a_handed_off_snapshot_is_kept_locally_with_its_crc() {
         PE,
         12,
         &handoff,
-        1000,
+        (1000, crate::background::Priority::Stream),
     )
     .await
     .unwrap();

@@ -11,7 +11,7 @@
 use super::status::PeStatus;
 use super::upgrade::Armed;
 use crate::background::Priority;
-use crate::checkpoint::replicate::{fetch, fetch_waiting, Replicator};
+use crate::checkpoint::replicate::{fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -340,7 +340,7 @@ impl CheckpointEnv {
                 pe,
                 id,
                 from,
-                per_call,
+                (per_call, Priority::Stream),
             )
             .await
             {
@@ -367,11 +367,12 @@ impl CheckpointEnv {
         id: u64,
         from: &[pb::SnapshotLocation],
         (chain, seed): (&[pb::SnapshotLink], &[pb::SnapshotSeed]),
+        priority: Priority,
     ) -> Result<Option<(PieceState, String)>, String> {
-        let Some(last) = self.load(app, pe, id, from).await? else {
+        let Some(last) = self.load(app, pe, id, from, priority).await? else {
             return Ok(None);
         };
-        self.with_base(app, pe, id, last, (chain, seed))
+        self.with_base(app, pe, id, last, (chain, seed), priority)
             .await
             .map(Some)
     }
@@ -385,11 +386,12 @@ impl CheckpointEnv {
         id: u64,
         last: Loaded,
         (chain, seed): (&[pb::SnapshotLink], &[pb::SnapshotSeed]),
+        priority: Priority,
     ) -> Result<(PieceState, String), String> {
-        let mut links = self.load_links(app, pe, id, chain).await?;
+        let mut links = self.load_links(app, pe, id, chain, priority).await?;
         links.push((id, last.bytes));
         let piece = PieceState {
-            seed: self.load_seed(app, id, seed).await?,
+            seed: self.load_seed(app, id, seed, priority).await?,
             chain: links,
         };
         Ok((piece, chain_note(last.note, chain, seed)))
@@ -401,10 +403,14 @@ impl CheckpointEnv {
         app: &str,
         id: u64,
         seed: &[pb::SnapshotSeed],
+        priority: Priority,
     ) -> Result<StateChain, String> {
         let mut out = Vec::with_capacity(seed.len());
         for s in seed {
-            let Some(loaded) = self.load(app, &s.pe, s.checkpoint_id, &s.locations).await? else {
+            let loaded = self
+                .load(app, &s.pe, s.checkpoint_id, &s.locations, priority)
+                .await?;
+            let Some(loaded) = loaded else {
                 return Err(format!(
                     "checkpoint {id} builds on {}'s snapshot at checkpoint {}, of which no copy is known",
                     s.pe, s.checkpoint_id
@@ -423,10 +429,14 @@ impl CheckpointEnv {
         pe: &str,
         id: u64,
         chain: &[pb::SnapshotLink],
+        priority: Priority,
     ) -> Result<StateChain, String> {
         let mut links = Vec::with_capacity(chain.len() + 1);
         for l in chain {
-            let Some(loaded) = self.load(app, pe, l.checkpoint_id, &l.locations).await? else {
+            let loaded = self
+                .load(app, pe, l.checkpoint_id, &l.locations, priority)
+                .await?;
+            let Some(loaded) = loaded else {
                 return Err(format!(
                     "checkpoint {id} builds on checkpoint {}, of which no copy is known",
                     l.checkpoint_id
@@ -438,18 +448,20 @@ impl CheckpointEnv {
     }
 
     /// Loads the snapshot of `pe` at checkpoint `id` from this worker or the given
-    /// locations. `Ok(None)`: the PE had no state in that checkpoint.
+    /// locations, read at `priority` (the background one for a pre-copy: see
+    /// [`fetch_waiting`]). `Ok(None)`: the PE had no state in that checkpoint.
     pub async fn load(
         &self,
         app: &str,
         pe: &str,
         id: u64,
         from: &[pb::SnapshotLocation],
+        priority: Priority,
     ) -> Result<Option<Loaded>, String> {
         if id == 0 || from.is_empty() {
             return Ok(None);
         }
-        match fetch(
+        match fetch_waiting(
             &self.store,
             &self.worker_id,
             self.replicator.security(),
@@ -457,6 +469,7 @@ impl CheckpointEnv {
             pe,
             id,
             from,
+            (0, priority),
         )
         .await
         {

@@ -36,8 +36,14 @@ const VERSION: u8 = 1;
 /// How often an old window armed to drain ships a round, at most.
 const ROUND_EVERY: Duration = Duration::from_millis(20);
 
-/// Slots per round, at most: a round costs its PE about a millisecond.
-const ROUND_SLOTS: usize = 1 << 15;
+/// Slots per round, at most: a round costs its PE a few milliseconds between batches
+/// (each listed slot looked up), and its successors as much to apply. 32 Ki until
+/// 2026-12-06: at 10 MB of state, where the changes since the last checkpoint are
+/// about the whole state, the first rounds of two old windows and their three
+/// successors took both cores of the dev box for ~100 ms as a replacement began (a
+/// stall of 75-81 ms); with 8 Ki, 16-33 ms (BENCHMARKS.md, issue 22). Two old windows
+/// still ship ~800 K slots/s between them, over twice what 300,000 records/s change.
+const ROUND_SLOTS: usize = 1 << 13;
 
 /// Rounds a successor applies from one predecessor before it looks at the others
 /// (and for their envelopes) again: it drains what is there instead of taking one
@@ -269,6 +275,24 @@ fn seed(ckpt: &Ckpt, kernel: &mut Kernel, bytes: u64) {
     }
 }
 
+/// Where a pre-copy of `bytes` is read and loaded ([`BACKGROUND_FROM`]).
+fn at_priority(bytes: u64) -> Priority {
+    if bytes >= BACKGROUND_FROM {
+        Priority::Background
+    } else {
+        Priority::Stream
+    }
+}
+
+/// The bytes a predecessor's pre-copy piece loads, as its locations record them (the
+/// largest copy of each snapshot: a hand-off location may record none).
+fn precopy_bytes(p: &pb::RestorePiece) -> u64 {
+    let largest = |ls: &[pb::SnapshotLocation]| ls.iter().map(|l| l.size_bytes).max().unwrap_or(0);
+    let links = p.precopy_chain.iter().map(|l| largest(&l.locations));
+    let seed = p.precopy_seed.iter().map(|s| largest(&s.locations));
+    largest(&p.precopy_locations).saturating_add(links.chain(seed).fold(0, u64::saturating_add))
+}
+
 /// What a successor knows of one predecessor while it catches up.
 struct Follow<'a> {
     piece: &'a pb::RestorePiece,
@@ -315,11 +339,12 @@ async fn precopy_then_deltas(
     let base = ckpt.pieces[0].precopy_checkpoint_id;
     // One predecessor's piece at a time: fetched, loaded (keeping this PE's key groups)
     // and dropped, so a successor of several predecessors never holds all their pieces
-    // at once beside the state it builds. A large piece loads at the background
-    // priority ([`BACKGROUND_FROM`]).
+    // at once beside the state it builds. A large piece is read (here and where its
+    // copies are) and loaded at the background priority ([`BACKGROUND_FROM`]).
     let mut copied = 0u64;
     let loading = Instant::now();
     for p in &ckpt.pieces {
+        let started = Instant::now();
         let lost = |e: String| {
             GiveUp(format!(
                 "checkpoint {} of {}: {e}",
@@ -333,20 +358,23 @@ async fn precopy_then_deltas(
                 p.precopy_checkpoint_id,
                 &p.precopy_locations,
                 (&p.precopy_chain, &p.precopy_seed),
+                at_priority(precopy_bytes(p)),
             )
             .await
             .map_err(lost)?
             .ok_or_else(|| lost("no copy known".into()))?;
         copied += part.bytes();
-        let priority = if part.bytes() >= BACKGROUND_FROM {
-            Priority::Background
-        } else {
-            Priority::Stream
-        };
+        let fetched_ms = started.elapsed().as_millis() as u64;
         kernel
-            .restore(std::slice::from_ref(&part), Some(groups), priority)
+            .restore(
+                std::slice::from_ref(&part),
+                Some(groups),
+                at_priority(part.bytes()),
+            )
             .await
             .map_err(|e| GiveUp(e.to_string()))?;
+        let loaded_ms = started.elapsed().as_millis() as u64 - fetched_ms;
+        tracing::debug!(pe = %ckpt.pe, from = %p.pe, bytes = part.bytes(), fetched_ms, loaded_ms, "piece pre-copied");
     }
     status.precopied_bytes.store(copied, Ordering::Relaxed);
     tracing::info!(pe = %ckpt.pe, bytes = copied, checkpoint = base, "state pre-copied; catching up");

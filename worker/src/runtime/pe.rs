@@ -88,7 +88,14 @@ impl Ckpt {
             .load_piece(&self.app, &p.pe, p.checkpoint_id, &p.locations, wait)
             .await?;
         self.env
-            .with_base(&self.app, &p.pe, p.checkpoint_id, l, (&p.chain, &p.seed))
+            .with_base(
+                &self.app,
+                &p.pe,
+                p.checkpoint_id,
+                l,
+                (&p.chain, &p.seed),
+                Priority::Stream,
+            )
             .await
     }
 
@@ -109,7 +116,14 @@ impl Ckpt {
         };
         match self
             .env
-            .load_chain(&self.app, &self.pe, *id, from, (chain, seed))
+            .load_chain(
+                &self.app,
+                &self.pe,
+                *id,
+                from,
+                (chain, seed),
+                Priority::Stream,
+            )
             .await
         {
             Ok(Some((links, note))) => {
