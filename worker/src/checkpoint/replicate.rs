@@ -452,7 +452,7 @@ async fn fetch_from(
             .await
             .map_err(describe_status)?
             .into_inner();
-        receive(Box::pin(stream), limit).await
+        receive(Box::pin(stream), limit, priority).await
     };
     let got = tokio::time::timeout(DEFAULT_TIMEOUT, transfer)
         .await
@@ -482,7 +482,11 @@ fn describe_status(s: tonic::Status) -> String {
 }
 
 /// Reads a chunk stream through an [`Assembler`].
-async fn receive<S>(mut stream: S, limit: u64) -> Result<super::Assembled, String>
+async fn receive<S>(
+    mut stream: S,
+    limit: u64,
+    priority: Priority,
+) -> Result<super::Assembled, String>
 where
     S: tokio_stream::Stream<Item = Result<pb::StateChunk, tonic::Status>> + Unpin,
 {
@@ -492,10 +496,10 @@ where
         a.push(c.map_err(describe_status)?)
             .map_err(describe_chunk_error)?;
     }
-    // Joined on a blocking thread: a whole piece is hundreds of megabytes.
-    tokio::task::spawn_blocking(move || a.finish())
+    // Joined and checked off the stream's threads (a whole piece is hundreds of
+    // megabytes), at the fetch's priority.
+    crate::background::run_at(priority, move || a.finish())
         .await
-        .map_err(|e| format!("failed (receiving: {e})"))?
         .map_err(describe_chunk_error)
 }
 
