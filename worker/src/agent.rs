@@ -51,8 +51,9 @@ pub struct AgentConfig {
     /// new state, a checkpoint piece), at most every 10 ms; off: only every heartbeat
     /// interval (a baseline, and what tests that must catch a phase use).
     pub push_progress: bool,
-    /// A window's increment listing at least this many changed slots is encoded after
-    /// its barrier (`ops/window/encoding.rs`; default
+    /// A window's increment listing at least this many changed slots, or whole snapshot
+    /// of at least this many slots, is encoded after its barrier
+    /// (`ops/window/encoding.rs`; default
     /// [`crate::ops::window::DEFER_FROM`]).
     pub defer_snapshot_from: usize,
     /// Registries (`host[:port]`) this worker pulls a container PE's image from when

@@ -62,9 +62,10 @@ struct Args {
     /// heartbeat instead of at once (a baseline for benchmarks).
     #[arg(long, env = "WEIR_HEARTBEAT_ONLY")]
     heartbeat_only: bool,
-    /// A window's checkpoint increment listing at least this many changed slots is
-    /// encoded after its barrier, a slice at a time between batches, instead of while
-    /// the stream waits (docs/ARCHITECTURE.md, "Snapshots encoded after the barrier").
+    /// A window's checkpoint increment listing at least this many changed slots, or
+    /// whole snapshot of at least this many slots, is encoded after its barrier, a
+    /// slice at a time between batches, instead of while the stream waits
+    /// (docs/ARCHITECTURE.md, "Snapshots encoded after the barrier").
     #[arg(long, env = "WEIR_DEFER_SNAPSHOT_FROM", default_value_t = weir_worker::ops::window::DEFER_FROM)]
     defer_snapshot_from: usize,
     /// A registry (`host[:port]`, as an image reference begins) to pull a container
