@@ -171,6 +171,17 @@ fn a_slot_changed_or_closed_after_the_barrier_is_written_as_it_was_there() {
     );
 }
 
+/// Encodes the snapshot being encoded to its end, `step` slots at a time, and returns
+/// it: the one snapshot finished.
+fn finish(w: &mut Window, step: usize) -> Finished {
+    while w.encoding() {
+        w.encode_step(step);
+    }
+    let mut finished = w.take_finished();
+    assert_eq!(finished.len(), 1);
+    finished.remove(0)
+}
+
 /// Keys `from..to` at event time `t`.
 fn keys(from: u8, to: u8, t: i64) -> Batch {
     let records: Vec<(u8, i64)> = (from..to).map(|k| (k, t)).collect();
@@ -222,12 +233,7 @@ fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
         let n: u8 = String::from_utf8_lossy(&k[1..]).parse().unwrap();
         c.contains(if n < 150 { "I64(3)" } else { "I64(2)" })
     }));
-    while w.encoding() {
-        w.encode_step(1);
-    }
-    let finished = w.take_finished();
-    assert_eq!(finished.len(), 1);
-    let (id, bytes, base) = &finished[0];
+    let (id, bytes, base) = &finish(&mut w, 1);
     assert_eq!((*id, *base), (2, 1));
     assert!(w.same_increment(bytes, &expected));
     // Restored, the chain gives the state at the barrier: k0..k149 at 2, the rest at 1,
@@ -284,12 +290,7 @@ fn a_whole_snapshot_encoded_after_its_barrier_holds_each_slot_as_it_was_there_in
     w.apply(0, &many(20_000, 20_100, 700));
     let closed = outputs(&w.apply(0, &many(30_000, 30_001, 1_100)));
     assert_eq!(closed.len(), 12_100);
-    while w.encoding() {
-        w.encode_step(1_000);
-    }
-    let finished = w.take_finished();
-    assert_eq!(finished.len(), 1);
-    let (id, bytes, base) = &finished[0];
+    let (id, bytes, base) = &finish(&mut w, 1_000);
     assert_eq!((*id, *base), (1, 0));
     assert!(bytes.len() > INDEX_FROM, "{} bytes", bytes.len());
     assert_eq!(bytes[KIND_BYTE_AT] & INDEXED, INDEXED, "indexed");
