@@ -374,3 +374,64 @@ fn a_successor_builds_its_first_increment_on_its_seed() {
         &Window::new(WindowKind::Count, 1_000, 1, 3).snapshot(ALL)
     ));
 }
+
+#[test]
+fn a_small_state_changed_whole_every_interval_keeps_its_delta_and_its_increments_restore() {
+    // 100,000 keys, each changed in every interval: two epochs list 200,000 slots,
+    // past the open slots and the slack, while each epoch alone lists 100,000.
+    const N: u32 = 100_000;
+    let mut w = Window::new(WindowKind::Count, 1_000, 1, 3);
+    w.apply(0, &many(N));
+    let mut stored = Stored::new();
+    let (whole1, base) = w.checkpoint(1, ALL, upto(0));
+    assert_eq!(base, 0);
+    stored.insert(1, (whole1, 0));
+    w.apply(0, &many(N));
+    let (inc2, base) = w.checkpoint(2, ALL, upto(1));
+    assert_eq!(base, 1);
+    stored.insert(2, (inc2, base));
+    // 2's completion has not reached the PE: the list holds both epochs, and outgrows.
+    w.apply(0, &many(N));
+    assert_eq!(
+        w.delta_base(),
+        Some(2),
+        "the delta since 2 is still tracked"
+    );
+    assert_eq!(w.pending(), N as usize, "every slot listed once since 2");
+    let delta = w.delta(ALL).expect("a delta since 2");
+    let whole3 = w.snapshot(ALL);
+    // What an upgrade's successor does with it: the snapshot at 2 (its chain), then the
+    // delta, gives the state now.
+    let mut successor = Window::new(WindowKind::Count, 1_000, 1, 3);
+    successor
+        .restore_chain(&[], &chain(&stored, 2), None)
+        .unwrap();
+    successor.apply_deltas(&[&delta[..]], Some(ALL)).unwrap();
+    successor.take_over_progress(ALL);
+    let mut moved = Window::new(WindowKind::Count, 1_000, 1, 3);
+    moved.restore_groups(&whole3, Some(ALL)).unwrap();
+    moved.take_over(ALL);
+    assert!(successor.same_state(&successor.snapshot(ALL), &moved.snapshot(ALL)));
+    // The changes before 2 are gone: 3 builds on 2 once it is complete, and
+    // restores exactly; had 2 not been complete, 3 would be whole.
+    let mut not_known = w.clone();
+    assert_eq!(not_known.checkpoint(3, ALL, upto(1)).1, 0);
+    let (inc3, base) = w.checkpoint(3, ALL, upto(2));
+    assert_eq!(base, 2);
+    stored.insert(3, (inc3, base));
+    let mut restored = Window::new(WindowKind::Count, 1_000, 1, 3);
+    restored
+        .restore_chain(&[], &chain(&stored, 3), None)
+        .unwrap();
+    let mut expect = Window::new(WindowKind::Count, 1_000, 1, 3);
+    expect.restore(&whole3).unwrap();
+    assert!(restored.same_state(&restored.snapshot(ALL), &expect.snapshot(ALL)));
+    // Every key at 3 records.
+    let mut counted = Window::new(WindowKind::Count, 1_000, 1, 3);
+    for _ in 0..3 {
+        counted.apply(0, &many(N));
+    }
+    let mut recounted = Window::new(WindowKind::Count, 1_000, 1, 3);
+    recounted.restore(&counted.snapshot(ALL)).unwrap();
+    assert!(restored.same_state(&restored.snapshot(ALL), &recounted.snapshot(ALL)));
+}
