@@ -156,6 +156,8 @@ fn step(title: &str) {
 
 /// Runs the demo; `examples` is where the example specs are.
 pub fn run(examples: &Path) -> anyhow::Result<bool> {
+    // The workers below run in this process: as `weir-worker` does.
+    weir_worker::memory::no_transparent_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -207,6 +207,10 @@ pub fn bench_main<F: Future<Output = ()>>(name: &str, bench: impl FnOnce() -> F)
             .with_writer(std::io::stderr)
             .try_init();
     }
+    // As `weir-worker` runs (`WEIR_HUGE_PAGES=1` keeps them, as `--huge-pages` does).
+    if std::env::var_os("WEIR_HUGE_PAGES").is_none() {
+        weir_worker::memory::no_transparent_huge_pages();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,9 +15,10 @@
 //! on one thread per [`Lane`]: replicas received from other workers have a thread of
 //! their own, so they do not queue behind a drained window's encode (writing them on
 //! the one thread delayed the switch checkpoint's completion by seconds:
-//! BENCHMARKS.md, issue 22). Where a thread cannot be made (or on systems without
-//! per-thread nice values), the job runs on the blocking pool as before: slower for the
-//! stream, never lost.
+//! BENCHMARKS.md, issue 22). After each job the thread hands what it freed back to
+//! the system ([`crate::memory::release_freed`]), so that a stream thread does not.
+//! Where a thread cannot be made (or on systems without per-thread nice values), the
+//! job runs on the blocking pool as before: slower for the stream, never lost.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -75,6 +76,9 @@ fn queue(lane: Lane) -> Option<&'static mpsc::Sender<Job>> {
                 lower_priority();
                 for job in rx {
                     job();
+                    // What the job freed (a drained window's state, a replica's
+                    // bytes) goes back to the system here, not in a stream thread.
+                    crate::memory::release_freed();
                 }
             });
         match spawned {

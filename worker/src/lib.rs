@@ -9,6 +9,8 @@
 //! - [`images`]: the Docker images this worker holds, listed for its reports.
 //! - [`runtime`]: the PEs this worker runs, their tasks and output routing.
 //! - [`checkpoint`]: checkpoint snapshots on disk, replicated to peer workers.
+//! - [`memory`]: how the process asks the kernel for memory (no transparent huge
+//!   pages).
 //! - [`control`]: the `WorkerControl` service the master leader drives.
 //! - [`node`]: all of it started and stopped together.
 
@@ -20,6 +22,7 @@ pub mod control;
 pub mod dataplane;
 pub mod exec;
 pub mod images;
+pub mod memory;
 pub mod node;
 pub mod ops;
 pub mod resources;

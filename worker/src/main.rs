@@ -62,6 +62,11 @@ struct Args {
     /// heartbeat instead of at once (a baseline for benchmarks).
     #[arg(long, env = "WEIR_HEARTBEAT_ONLY")]
     heartbeat_only: bool,
+    /// Keep transparent huge pages for this process's memory. Off by default: a
+    /// thread's first touch of a fresh huge page zeroes 2 MiB while the stream waits
+    /// (`worker/src/memory.rs`).
+    #[arg(long, env = "WEIR_HUGE_PAGES")]
+    huge_pages: bool,
     /// A window's checkpoint increment listing at least this many changed slots, or
     /// whole snapshot of at least this many slots, is encoded after its barrier, a
     /// slice at a time between batches, instead of while the stream waits
@@ -137,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let a = Args::parse();
+    if !a.huge_pages && !weir_worker::memory::no_transparent_huge_pages() {
+        tracing::info!("transparent huge pages: as the system sets them");
+    }
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let (k, v) = l

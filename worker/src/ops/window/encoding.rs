@@ -78,8 +78,13 @@ pub const STEP: usize = 8 * 1024;
 
 /// An increment whose list holds at least a `SCAN_SHARE`th of the window's slots is
 /// written by scanning the maps (see the module): a slot visited in order costs a
-/// few nanoseconds, a lookup of a listed one about a microsecond at 1 GB.
-pub const SCAN_SHARE: usize = 32;
+/// few nanoseconds, a lookup of a listed one about a microsecond at 1 GB, so a scan
+/// is the cheaper from about a 200th. 32 until 2026-12-06: at 1 GB the periodic
+/// increments (~100 K slots of 13 M per PE) were looked up, ~150 ms of each window
+/// PE's thread per second in steps of 8 Ki lookups, and the bench's steady state
+/// had gaps of 49-121 ms at the sink and a p99 of 28-78 ms; scanned, 18-26 ms and
+/// 6-13 ms (BENCHMARKS.md, issue 22).
+pub const SCAN_SHARE: usize = 256;
 
 /// Slots a scanning step visits for each slot a looking-up step would encode.
 const SCAN_PER_STEP: usize = 16;

@@ -192,6 +192,8 @@ fn keys(from: u8, to: u8, t: i64) -> Batch {
 fn an_increment_listing_a_large_share_of_the_slots_is_scanned_for() {
     let mut w = Window::new(WindowKind::Count, 10, 1, 3);
     w.defer_from(0);
+    // A share of 32 (the default, SCAN_SHARE, is larger: keys here are single bytes).
+    w.scan_share(32);
     w.apply(0, &keys(0, 200, 1));
     w.checkpoint(1, ALL, |_| false);
     // 5 of 200 slots listed: under a 32nd, looked up.
