@@ -218,6 +218,7 @@ async fn case(size_mb: u64, precopy: bool) {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100);
+            let (_, sp99, _, _) = window(&arrivals, steady_from, t0);
             let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
             let mut last = steady_from;
             for &(t, _) in a.iter().filter(|(t, _)| *t >= steady_from) {
@@ -230,6 +231,18 @@ async fn case(size_mb: u64, precopy: bool) {
                 }
                 last = t;
             }
+            // And the records slower than twice the steady p99, by when they arrived.
+            let slow: Vec<String> = a
+                .iter()
+                .filter(|(t, ts)| *t >= t0 && *t < t1 && t - ts > 2 * sp99)
+                .map(|(t, ts)| format!("+{}:{}", t - t0, t - ts))
+                .collect();
+            eprintln!(
+                "{name}: {} records slower than {} ms (at t0+ms:latency ms): {}",
+                slow.len(),
+                2 * sp99,
+                slow.join(" ")
+            );
         }
         let (sp50, sp99, sgap, _) = window(&arrivals, steady_from, t0);
         let (up50, up99, ugap, n) = window(&arrivals, t0, t1);

@@ -144,11 +144,9 @@ pub(crate) async fn fetch_within(
     let (app, pe, asked) = (r.app.clone(), r.pe.clone(), r.checkpoint_id);
     if r.wait_ms > 0 && asked != 0 {
         // A successor asks for a hand-off its predecessor may not have taken yet.
-        let deadline = std::time::Instant::now()
+        let until = tokio::time::Instant::now()
             + std::time::Duration::from_millis(r.wait_ms.min(MAX_WAIT_MS));
-        while !store.has(&app, &pe, asked) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        store.wait_for(&app, &pe, asked, until).await;
     }
     // First which snapshot and how large its file is, so the memory is reserved
     // before anything is read.

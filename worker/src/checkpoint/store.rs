@@ -84,6 +84,10 @@ pub struct SnapshotStore {
     root: PathBuf,
     /// Removed with everything in it on drop (a temporary store).
     owned: bool,
+    /// Signalled after each file stored, so that what waits for one (a successor's
+    /// fetch of its predecessor's hand-off) wakes when it is there rather than at its
+    /// next poll ([`Self::wait_for`]).
+    stored: tokio::sync::Notify,
 }
 
 /// Encodes an app or PE name as one safe file name: ASCII letters, digits, `-` and `_`
@@ -221,7 +225,11 @@ impl SnapshotStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = dir.into();
         fs::create_dir_all(&root).map_err(io_err(&root))?;
-        let store = Self { root, owned: false };
+        let store = Self {
+            root,
+            owned: false,
+            stored: tokio::sync::Notify::new(),
+        };
         store.remove_leftovers();
         Ok(store)
     }
@@ -239,7 +247,11 @@ impl SnapshotStore {
             std::process::id()
         ));
         fs::create_dir(&root).map_err(io_err(&root))?;
-        Ok(Self { root, owned: true })
+        Ok(Self {
+            root,
+            owned: true,
+            stored: tokio::sync::Notify::new(),
+        })
     }
 
     /// The root directory.
@@ -338,6 +350,7 @@ impl SnapshotStore {
         if durable {
             fsync_dir(&dir)?;
         }
+        self.stored.notify_waiters();
         Ok(StoredPiece {
             size: data.len() as u64,
             crc32c: crc32c::crc32c(data),
@@ -389,6 +402,37 @@ impl SnapshotStore {
     /// Whether a snapshot file exists (not whether it is intact: [`Self::get`] checks).
     pub fn has(&self, app: &str, pe: &str, id: u64) -> bool {
         self.path(app, pe, id).is_ok_and(|p| p.is_file())
+    }
+
+    /// Waits until the snapshot of `pe` at `id` is stored here, or `until`; whether it
+    /// is. Woken by each file stored, not polling: a successor waiting for its
+    /// predecessor's envelope at the switch took it 2-4 ms after it was stored with a
+    /// poll every 2 ms on a busy 2-core box, while the stream waited (BENCHMARKS.md,
+    /// 2026-12-06).
+    pub async fn wait_for(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        until: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            // Registered before looking, so a file stored in between still wakes it.
+            let stored = self.stored.notified();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            if self.has(app, pe, id) {
+                return true;
+            }
+            if tokio::time::timeout_at(until, stored).await.is_err() {
+                return self.has(app, pe, id);
+            }
+        }
+    }
+
+    /// Waits until any file is stored here, or `until`.
+    pub async fn stored_until(&self, until: tokio::time::Instant) {
+        let _ = tokio::time::timeout_at(until, self.stored.notified()).await;
     }
 
     /// The checkpoint ids stored for a PE, ascending.

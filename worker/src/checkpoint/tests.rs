@@ -668,3 +668,25 @@ async fn checkpoint_fetches_hold_their_bytes_against_a_budget() {
     };
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
 }
+
+/// A fetch waiting for a hand-off wakes when the file is stored, not at its deadline:
+/// in paused time, a wake by the deadline would show as the whole minute passed.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_fetch_wakes_when_its_file_is_stored_not_at_its_deadline() {
+    let (_d, s) = local_store();
+    let start = tokio::time::Instant::now();
+    let until = start + std::time::Duration::from_secs(60);
+    let wait = |id| {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_for("app", "pe+handoff", id, until).await })
+    };
+    let (stored, other) = (wait(7), wait(8));
+    // Both are waiting (a current-thread runtime runs them at this yield).
+    tokio::task::yield_now().await;
+    s.put_volatile("app", "pe+handoff", 7, b"envelope").unwrap();
+    assert!(stored.await.unwrap());
+    assert_eq!(tokio::time::Instant::now(), start, "woken by the store");
+    // Another file stored does not end a wait for this one.
+    assert!(!other.await.unwrap());
+    assert_eq!(tokio::time::Instant::now(), until);
+}

@@ -351,7 +351,13 @@ impl CheckpointEnv {
                     })
                 }
                 Err(e) if left.is_zero() => return Err(format!("snapshot {id}: {e}")),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                // Stored here meanwhile wakes it at once (a predecessor on this
+                // worker); a copy elsewhere is asked again within 2 ms.
+                Err(_) => {
+                    let until =
+                        tokio::time::Instant::now() + left.min(std::time::Duration::from_millis(2));
+                    self.store.stored_until(until).await
+                }
             }
         }
     }

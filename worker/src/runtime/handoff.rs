@@ -21,7 +21,7 @@
 //! it (little endian), and the delta in the kernel's snapshot layout.
 
 use super::checkpoint::Ckpt;
-use super::checkpoint::{CheckpointEnv, PieceState};
+use super::checkpoint::{CheckpointEnv, Loaded, PieceState};
 use super::kernel::Kernel;
 use super::status::Stopped;
 use super::status::{PeRunState, PeStatus};
@@ -33,25 +33,30 @@ use weir_proto::v1 as pb;
 const MAGIC: &[u8; 2] = b"WH";
 const VERSION: u8 = 1;
 
-/// How often an old window armed to drain ships a round, at most.
-const ROUND_EVERY: Duration = Duration::from_millis(20);
+/// How often an old window armed to drain ships a round, at most: small rounds often
+/// rather than large ones seldom, for the same slots per second ([`ROUND_SLOTS`]).
+const ROUND_EVERY: Duration = Duration::from_millis(5);
 
 /// Slots per round, at most: a round costs its PE a few milliseconds between batches
 /// (each listed slot looked up), and its successors as much to apply. 32 Ki until
 /// 2026-12-06: at 10 MB of state, where the changes since the last checkpoint are
 /// about the whole state, the first rounds of two old windows and their three
 /// successors took both cores of the dev box for ~100 ms as a replacement began (a
-/// stall of 75-81 ms); with 8 Ki, 16-33 ms (BENCHMARKS.md, issue 22). Two old windows
-/// still ship ~800 K slots/s between them, over twice what 300,000 records/s change.
-const ROUND_SLOTS: usize = 1 << 13;
+/// stall of 75-81 ms); with 8 Ki, 16-33 ms (BENCHMARKS.md, issue 22). 8 Ki every
+/// 20 ms until 2026-12-06 (evening): building one took its PE 4-8 ms, and the records
+/// behind it in that time were the slowest of a 10 MB upgrade (p99 during it 7-12 ms
+/// against 3-4 steady); 2 Ki every 5 ms take 0.2-0.8 ms (p90), and p99 stayed within
+/// twice steady in 7 of 8 upgrades. Two old windows still ship ~800 K slots/s between
+/// them, over twice what 300,000 records/s change.
+const ROUND_SLOTS: usize = 1 << 11;
 
 /// Rounds a successor applies from one predecessor before it looks at the others
 /// (and for their envelopes) again: it drains what is there instead of taking one
 /// round per pass, so fewer are left for after the switch.
-const ROUNDS_PER_PASS: usize = 16;
+const ROUNDS_PER_PASS: u64 = 64;
 
 /// Rounds fetched ahead of the one being applied after the switch (each at most
-/// [`ROUND_SLOTS`] slots, about a megabyte): their fetches overlap instead of
+/// [`ROUND_SLOTS`] slots, under 100 KB at 10 MB of state): their fetches overlap instead of
 /// queueing one behind the other while the stream waits.
 const PREFETCH: usize = 8;
 
@@ -198,6 +203,7 @@ impl Rounds {
         let Some((base, state, more)) = kernel.handoff_round(ckpt.key_groups, ROUND_SLOTS) else {
             return Ok(());
         };
+        let built_us = self.last.elapsed().as_micros() as u64;
         let after = self.after(base);
         let bytes = envelope(Some(Delta {
             base,
@@ -208,6 +214,7 @@ impl Rounds {
         ckpt.env
             .put_local(&ckpt.app, &round_name(&ckpt.pe, base), after + 1, bytes)
             .await?;
+        tracing::trace!(pe = %ckpt.pe, round = after + 1, bytes = state.len(), more, built_us, "round shipped");
         self.base = Some((base, after + 1));
         Ok(())
     }
@@ -296,15 +303,48 @@ fn precopy_bytes(p: &pb::RestorePiece) -> u64 {
 /// What a successor knows of one predecessor while it catches up.
 struct Follow<'a> {
     piece: &'a pb::RestorePiece,
-    /// Rounds applied.
-    applied: u64,
+    /// How far its rounds are followed.
+    pace: Pace,
     /// The envelope it stored at the switch barrier, once there.
     at_barrier: Option<bytes::Bytes>,
+}
+
+/// How far a successor has followed one predecessor's rounds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pace {
+    /// Rounds applied.
+    applied: u64,
     /// The last round applied said its predecessor had left changes for later rounds.
     more: bool,
     /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
     /// the last one applied left more.
     behind: bool,
+}
+
+impl Pace {
+    /// After a pass over the rounds stored; `drained`: it stopped because none was
+    /// left, not at its limit.
+    ///
+    /// A pass that stops at its limit leaves rounds stored and not applied. (Each
+    /// round applied used to clear `behind`, so one pass of 16 rounds read as caught up
+    /// with dozens still waiting, and those moved after the switch.) A predecessor
+    /// whose last round left changes for later rounds is behind even when none is
+    /// waiting yet: it ships the next within `ROUND_EVERY`. (Until 2026-12-06 a pass
+    /// that found nothing new counted as caught up: at 10 MB of state a rescale's
+    /// switch came 60-170 ms after the pre-copy, with the second of changes listed
+    /// since the checkpoint mostly unshipped, and 1.8-3.9 MB per successor moved at
+    /// the barrier.)
+    fn passed(&mut self, drained: bool) {
+        self.behind = !drained || self.more;
+    }
+}
+
+/// Whether a successor that began catching up `since` ago may let the switch begin:
+/// with each predecessor it is caught up, or losing ground ([`losing`]).
+fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> bool {
+    paces
+        .into_iter()
+        .all(|p| !p.behind || losing(p.applied, since))
 }
 
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
@@ -383,75 +423,46 @@ async fn precopy_then_deltas(
         .iter()
         .map(|piece| Follow {
             piece,
-            applied: 0,
+            pace: Pace::default(),
             at_barrier: None,
-            more: false,
-            behind: false,
         })
         .collect();
     let started = Instant::now();
     let catch_up = CATCH_UP.max(loading.elapsed()).min(MAX_CATCH_UP);
-    let deadline = started + WAIT;
     let mut running = false;
     let mut rounds_bytes = 0u64;
-    // Follow the rounds until every envelope of the switch barrier is there. Running
-    // (so the switch may begin) once caught up with every predecessor (no round
-    // waiting) or losing ground on it, or after `catch_up`.
-    while follows.iter().any(|f| f.at_barrier.is_none()) {
-        if Instant::now() > deadline {
-            let f = follows
-                .iter()
-                .find(|f| f.at_barrier.is_none())
-                .map_or("", |f| f.piece.pe.as_str());
-            tracing::error!(pe = %ckpt.pe, from = %f, "no hand-off from a predecessor");
-            status
-                .restore_failed
-                .store(ckpt.pieces[0].checkpoint_id, Ordering::Release);
-            status.fail(format!(
-                "hand-off of {f}: nothing after {} s",
-                WAIT.as_secs()
-            ));
-            return Ok(Err(Stopped::Failed));
-        }
+    // Catching up: running (so the switch may begin) once caught up with every
+    // predecessor (no round waiting) or losing ground on it, or after `catch_up`. No
+    // envelope is stored before: the switch begins once every successor runs.
+    while !running {
         let mut progressed = false;
         for f in &mut follows {
-            if f.at_barrier.is_none() {
-                // A short wait here paces the loop while nothing moves.
-                let wait = if running {
-                    Duration::from_millis(10)
-                } else {
-                    Duration::ZERO
-                };
-                if let Ok(l) = env
-                    .load_piece(
-                        &ckpt.app,
-                        &envelope_name(&f.piece.pe),
-                        f.piece.checkpoint_id,
-                        &f.piece.locations,
-                        wait,
-                    )
-                    .await
-                {
-                    f.at_barrier = Some(l.bytes);
-                    progressed = true;
-                }
-            }
-            // A pass that stops at its limit leaves rounds stored and not applied: the
-            // successor is not caught up until a pass finds none waiting. (Each round
-            // applied used to clear `behind`, so one pass of 16 rounds read as caught
-            // up with dozens still waiting, and those moved after the switch.)
+            // Still behind after [`JUDGE_AFTER`], the next rounds are asked for side by
+            // side: one at a time, each an exchange with the predecessor's worker, a
+            // successor fell behind rounds of 2 Ki slots at 1 GB (10 s of catch-up left
+            // 62 MB for the switch, a stall of 707 ms). Before, one at a time: in one
+            // run each, short catch-ups (10 and 100 MB) asking for 8 at once from the
+            // start held the stream longer (p99 during the upgrade 7-27 ms, not 5-8).
+            let depth = if f.pace.behind && started.elapsed() >= JUDGE_AFTER {
+                PREFETCH as u64
+            } else {
+                1
+            };
+            let mut ahead = Ahead::default();
+            let (mut next, last) = (f.pace.applied + 1, f.pace.applied + ROUNDS_PER_PASS);
             let mut drained = false;
-            for _ in 0..ROUNDS_PER_PASS {
-                let next = env
-                    .load_piece(
-                        &ckpt.app,
-                        &round_name(&f.piece.pe, base),
-                        f.applied + 1,
-                        &f.piece.locations,
-                        Duration::ZERO,
-                    )
-                    .await;
-                match next {
+            while f.pace.applied < last {
+                while next <= last && next < f.pace.applied + 1 + depth {
+                    ahead
+                        .0
+                        .push_back(fetch_round(ckpt, f.piece, base, next, Duration::ZERO));
+                    next += 1;
+                }
+                let fetched = match ahead.0.pop_front() {
+                    Some(task) => task.await.map_err(|e| e.to_string()).and_then(|r| r),
+                    None => Err("nothing fetched".to_string()),
+                };
+                match fetched {
                     Ok(l) => {
                         rounds_bytes += apply_round(kernel, &l.bytes, base, f, groups).await?;
                         progressed = true;
@@ -462,28 +473,35 @@ async fn precopy_then_deltas(
                     }
                 }
             }
-            f.behind = !drained || f.more;
+            f.pace.passed(drained);
         }
-        // Caught up with each predecessor, or losing ground on it.
-        // A predecessor whose last round left changes for later rounds is not caught
-        // up with, even when none is waiting yet: it ships the next within
-        // `ROUND_EVERY`. (Until 2026-12-06 a pass that found nothing new counted as
-        // caught up: at 10 MB of state a rescale's switch came 60-170 ms after the
-        // pre-copy, with the second of changes listed since the checkpoint mostly
-        // unshipped, and 1.8-3.9 MB per successor moved at the barrier.)
-        let caught_up = follows
-            .iter()
-            .all(|f| !f.behind || losing(f.applied, started.elapsed()));
-        if !running && !progressed && !caught_up {
+        let caught_up = caught_up(follows.iter().map(|f| &f.pace), started.elapsed());
+        if !progressed && !caught_up {
             // Nothing new: wait for the next round rather than ask again at once.
             tokio::time::sleep(ROUND_EVERY / 4).await;
         }
-        if !running && (caught_up || started.elapsed() > catch_up) {
+        if caught_up || started.elapsed() > catch_up {
             running = true;
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
             // queues.
             status.set(PeRunState::Running);
             tracing::info!(pe = %ckpt.pe, rounds_bytes, "caught up; waiting for the switch");
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(started + WAIT);
+    match until_switch(ckpt, kernel, &mut follows, (base, groups), deadline).await? {
+        Ok(bytes) => rounds_bytes += bytes,
+        Err(i) => {
+            let f = follows[i].piece.pe.as_str();
+            tracing::error!(pe = %ckpt.pe, from = %f, "no hand-off from a predecessor");
+            status
+                .restore_failed
+                .store(ckpt.pieces[0].checkpoint_id, Ordering::Release);
+            status.fail(format!(
+                "hand-off of {f}: nothing after {} s",
+                WAIT.as_secs()
+            ));
+            return Ok(Err(Stopped::Failed));
         }
     }
     // The switch: the rounds each predecessor shipped before it, then its delta.
@@ -504,19 +522,19 @@ async fn precopy_then_deltas(
         deltas.push((f, d.after));
     }
     for (f, after) in &deltas {
-        let mut applied = f.applied;
+        let mut applied = f.pace.applied;
         // Fetched up to PREFETCH ahead, applied in order.
         let mut ahead = Ahead::default();
         let mut next = applied + 1;
         while applied < *after {
             while next <= *after && ahead.0.len() < PREFETCH {
-                let (env, app) = (ckpt.env.clone(), ckpt.app.clone());
-                let (name, from) = (round_name(&f.piece.pe, base), f.piece.locations.clone());
-                let id = next;
-                ahead.0.push_back(tokio::spawn(async move {
-                    env.load_piece(&app, &name, id, &from, Duration::from_secs(10))
-                        .await
-                }));
+                ahead.0.push_back(fetch_round(
+                    ckpt,
+                    f.piece,
+                    base,
+                    next,
+                    Duration::from_secs(10),
+                ));
                 next += 1;
             }
             let fetched = match ahead.0.pop_front() {
@@ -527,13 +545,14 @@ async fn precopy_then_deltas(
                 .map_err(|e| GiveUp(format!("round {} of {}: {e}", applied + 1, f.piece.pe)))?;
             let mut at = Follow {
                 piece: f.piece,
-                applied,
+                pace: Pace {
+                    applied,
+                    ..Pace::default()
+                },
                 at_barrier: None,
-                more: false,
-                behind: false,
             };
             at_barrier += apply_round(kernel, &l.bytes, base, &mut at, groups).await?;
-            applied = at.applied;
+            applied = at.pace.applied;
         }
     }
     let rounds_ms = switched.elapsed().as_millis() as u64;
@@ -562,11 +581,132 @@ async fn precopy_then_deltas(
     Ok(Ok(true))
 }
 
+/// What a successor waiting for the switch got from predecessor `.0` (its index).
+enum Got {
+    /// Its envelope (an error: none before the deadline).
+    Envelope(usize, Result<Loaded, String>),
+    /// Its round `.1`.
+    Round(usize, u64, Result<Loaded, String>),
+}
+
+/// Waits for every predecessor's envelope, following their rounds meanwhile; the
+/// bytes of rounds applied, or `Err(i)`: predecessor `i` stored no envelope by
+/// `deadline`.
+///
+/// Each predecessor's envelope and its next round are asked for at once, each woken
+/// as soon as it is stored ([`crate::checkpoint::store::SnapshotStore::wait_for`]).
+/// The round a predecessor ships just before the switch is then usually applied by
+/// the time its envelope is in. (Until 2026-12-06 a successor waited up to 10 ms for
+/// each envelope in turn and then asked for the rounds: at 10 MB of state, the round
+/// shipped in the last milliseconds before the barrier was fetched after the
+/// envelope, one more exchange with the predecessor's worker, 4-6 ms, while the
+/// stream waited.) Several rounds are asked for at once while a predecessor has more
+/// to ship, so a successor still behind keeps gaining.
+async fn until_switch(
+    ckpt: &Ckpt,
+    kernel: &mut Kernel,
+    follows: &mut [Follow<'_>],
+    (base, groups): (u64, weir_common::keygroup::KeyGroupRange),
+    deadline: tokio::time::Instant,
+) -> Result<Result<u64, usize>, GiveUp> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Dropped on return: what is still being fetched is aborted.
+    let mut fetches = tokio::task::JoinSet::new();
+    let fetch = |fetches: &mut tokio::task::JoinSet<()>,
+                 (i, piece): (usize, &pb::RestorePiece),
+                 round: Option<u64>| {
+        let (env, app, from, tx) = (
+            ckpt.env.clone(),
+            ckpt.app.clone(),
+            piece.locations.clone(),
+            tx.clone(),
+        );
+        let (name, id) = match round {
+            Some(id) => (round_name(&piece.pe, base), id),
+            None => (envelope_name(&piece.pe), piece.checkpoint_id),
+        };
+        fetches.spawn(async move {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got = env.load_piece(&app, &name, id, &from, wait).await;
+            let _ = tx.send(match round {
+                Some(id) => Got::Round(i, id, got),
+                None => Got::Envelope(i, got),
+            });
+        });
+    };
+    // Rounds left before a predecessor's envelope, once it is in.
+    let left = |f: &Follow<'_>| {
+        f.at_barrier.as_deref().map(|b| match open(b) {
+            Ok(Some(d)) => d.after.saturating_sub(f.pace.applied),
+            // Given up on at the switch.
+            _ => 0,
+        })
+    };
+    // Rounds asked for ahead of the last applied: several while a predecessor has
+    // more to ship, else two (each waiting fetch is woken by every file stored).
+    let depth = |f: &Follow<'_>| {
+        if f.pace.more || left(f).is_some_and(|n| n > 0) {
+            PREFETCH as u64
+        } else {
+            2
+        }
+    };
+    // The last round asked for, and those fetched out of order, per predecessor.
+    let mut asked: Vec<u64> = follows.iter().map(|f| f.pace.applied).collect();
+    let mut early: Vec<std::collections::BTreeMap<u64, bytes::Bytes>> =
+        vec![Default::default(); follows.len()];
+    for (i, f) in follows.iter().enumerate() {
+        fetch(&mut fetches, (i, f.piece), None);
+    }
+    let mut bytes = 0;
+    loop {
+        for (i, f) in follows.iter().enumerate() {
+            while asked[i] < f.pace.applied + depth(f) {
+                asked[i] += 1;
+                fetch(&mut fetches, (i, f.piece), Some(asked[i]));
+            }
+        }
+        // The rounds left are being fetched, or there are more than are fetched at
+        // once after the switch.
+        if follows
+            .iter()
+            .all(|f| left(f).is_some_and(|n| n == 0 || n > PREFETCH as u64))
+        {
+            return Ok(Ok(bytes));
+        }
+        match rx.recv().await {
+            Some(Got::Envelope(i, Ok(l))) => follows[i].at_barrier = Some(l.bytes),
+            Some(Got::Envelope(i, Err(_))) => return Ok(Err(i)),
+            Some(Got::Round(i, id, Ok(l))) => {
+                early[i].insert(id, l.bytes);
+                while let Some(b) = early[i].remove(&(follows[i].pace.applied + 1)) {
+                    bytes += apply_round(kernel, &b, base, &mut follows[i], groups).await?;
+                }
+            }
+            // Not there by the deadline: the envelope's wait ends then too.
+            Some(Got::Round(..)) => {}
+            None => return Err(GiveUp("hand-off fetches ended".into())),
+        }
+    }
+}
+
+/// Fetches round `id` of `piece`'s predecessor against `base`, waiting up to `wait`
+/// for it to be stored.
+fn fetch_round(
+    ckpt: &Ckpt,
+    piece: &pb::RestorePiece,
+    base: u64,
+    id: u64,
+    wait: Duration,
+) -> tokio::task::JoinHandle<Result<Loaded, String>> {
+    let (env, app) = (ckpt.env.clone(), ckpt.app.clone());
+    let (name, from) = (round_name(&piece.pe, base), piece.locations.clone());
+    tokio::spawn(async move { env.load_piece(&app, &name, id, &from, wait).await })
+}
+
 /// Round fetches under way, in order; dropped (on an error), they are aborted.
 #[derive(Default)]
-struct Ahead(
-    std::collections::VecDeque<tokio::task::JoinHandle<Result<super::checkpoint::Loaded, String>>>,
-);
+struct Ahead(std::collections::VecDeque<tokio::task::JoinHandle<Result<Loaded, String>>>);
 
 impl Drop for Ahead {
     fn drop(&mut self) {
@@ -576,7 +716,7 @@ impl Drop for Ahead {
     }
 }
 
-/// Applies round `f.applied + 1` of `f`'s predecessor; returns its size.
+/// Applies round `f.pace.applied + 1` of `f`'s predecessor; returns its size.
 async fn apply_round(
     kernel: &mut Kernel,
     bytes: &[u8],
@@ -585,18 +725,18 @@ async fn apply_round(
     groups: weir_common::keygroup::KeyGroupRange,
 ) -> Result<u64, GiveUp> {
     match open(bytes).map_err(GiveUp)? {
-        Some(d) if d.base == base && d.after == f.applied => {
+        Some(d) if d.base == base && d.after == f.pace.applied => {
             kernel
                 .apply_round(d.state.to_vec(), groups)
                 .await
                 .map_err(|e| GiveUp(e.to_string()))?;
-            f.applied += 1;
-            f.more = d.more;
+            f.pace.applied += 1;
+            f.pace.more = d.more;
             Ok(bytes.len() as u64)
         }
         other => Err(GiveUp(format!(
             "round {} of {} is not the next against checkpoint {base}: {:?}",
-            f.applied + 1,
+            f.pace.applied + 1,
             f.piece.pe,
             other.map(|d| (d.base, d.after))
         ))),
@@ -647,10 +787,10 @@ mod tests {
 
     #[test]
     fn a_successor_gains_only_by_applying_more_rounds_than_could_be_shipped() {
-        // 16 rounds in 100 ms: at most 6 shipped meanwhile.
-        assert!(gaining(16, Duration::from_millis(100)));
-        // 16 in 400 ms: up to 21 shipped, it may be losing ground.
-        assert!(!gaining(16, Duration::from_millis(400)));
+        // 16 rounds in 4 round intervals: at most 5 shipped meanwhile.
+        assert!(gaining(16, ROUND_EVERY * 4));
+        // 16 in 20: up to 21 shipped, it may be losing ground.
+        assert!(!gaining(16, ROUND_EVERY * 20));
         assert!(!gaining(0, Duration::ZERO));
     }
 
@@ -659,10 +799,41 @@ mod tests {
         // A slow start is not judged.
         assert!(!losing(16, Duration::from_millis(400)));
         assert!(!losing(0, Duration::from_millis(900)));
-        // 250 rounds in 2 s (at most 101 shipped): gaining, whatever one pass took.
-        assert!(!losing(250, Duration::from_secs(2)));
-        // 90 in 2 s: not gaining.
-        assert!(losing(90, Duration::from_secs(2)));
+        // In 2 s at most 401 rounds are shipped (one per 5 ms, and one more): 500
+        // applied is gaining, whatever one pass took; 300 is not.
+        assert_eq!(ROUND_EVERY, Duration::from_millis(5));
+        assert!(!losing(500, Duration::from_secs(2)));
+        assert!(losing(300, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_successor_is_caught_up_only_when_no_predecessor_has_rounds_to_come() {
+        let early = Duration::from_millis(100);
+        let after_pass = |more, drained| {
+            let mut p = Pace {
+                applied: 3,
+                more,
+                behind: false,
+            };
+            p.passed(drained);
+            p
+        };
+        let done = after_pass(false, true);
+        assert!(caught_up([&done, &done], early));
+        // None waiting, but its last round said more were to come.
+        let more = after_pass(true, true);
+        assert!(!caught_up([&done, &more], early));
+        // The pass stopped at its limit, rounds may be waiting.
+        let limit = after_pass(false, false);
+        assert!(!caught_up([&limit, &done], early));
+        // Losing ground on it after a whole second: the switch may begin anyway.
+        assert!(caught_up([&more, &limit], Duration::from_secs(2)));
+        // Gaining on it: keep catching up.
+        let gaining = Pace {
+            applied: 500,
+            ..more
+        };
+        assert!(!caught_up([&gaining], Duration::from_secs(2)));
     }
 
     #[test]
