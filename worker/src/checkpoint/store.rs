@@ -405,10 +405,12 @@ impl SnapshotStore {
     }
 
     /// Waits until the snapshot of `pe` at `id` is stored here, or `until`; whether it
-    /// is. Woken by each file stored, not polling: a successor waiting for its
-    /// predecessor's envelope at the switch took it 2-4 ms after it was stored with a
-    /// poll every 2 ms on a busy 2-core box, while the stream waited (BENCHMARKS.md,
-    /// 2026-12-06).
+    /// is. Woken by each file stored, not polling: at the switch a successor waits for
+    /// its predecessors' envelopes while the stream waits for it, and with polls every
+    /// 2 ms on both the serving and the asking side (and the last rounds asked for
+    /// after), successors took over 13-21 ms after the switch began on the busy
+    /// 2-core box; woken, 2-6 ms after the envelopes are stored (BENCHMARKS.md,
+    /// "Rounds small and often").
     pub async fn wait_for(
         &self,
         app: &str,

@@ -45,19 +45,21 @@ const ROUND_EVERY: Duration = Duration::from_millis(5);
 /// stall of 75-81 ms); with 8 Ki, 16-33 ms (BENCHMARKS.md, issue 22). 8 Ki every
 /// 20 ms until 2026-12-06 (evening): building one took its PE 4-8 ms, and the records
 /// behind it in that time were the slowest of a 10 MB upgrade (p99 during it 7-12 ms
-/// against 3-4 steady); 2 Ki every 5 ms take 0.2-0.8 ms (p90), and p99 stayed within
-/// twice steady in 7 of 8 upgrades. Two old windows still ship ~800 K slots/s between
-/// them, over twice what 300,000 records/s change.
+/// against 3-4 steady); 2 Ki every 5 ms take 0.2 ms (median) to 0.8 ms (p90), and
+/// p99 stayed within twice steady in 12 of 14 upgrades (BENCHMARKS.md, "Rounds small
+/// and often"). Two old windows still ship ~800 K slots/s between them, over twice
+/// what 300,000 records/s change.
 const ROUND_SLOTS: usize = 1 << 11;
 
 /// Rounds a successor applies from one predecessor before it looks at the others
-/// (and for their envelopes) again: it drains what is there instead of taking one
-/// round per pass, so fewer are left for after the switch.
+/// again: it drains what is there instead of taking one round per pass, so fewer are
+/// left for after the switch.
 const ROUNDS_PER_PASS: u64 = 64;
 
-/// Rounds fetched ahead of the one being applied after the switch (each at most
-/// [`ROUND_SLOTS`] slots, under 100 KB at 10 MB of state): their fetches overlap instead of
-/// queueing one behind the other while the stream waits.
+/// Rounds fetched ahead of the one being applied (each at most [`ROUND_SLOTS`] slots,
+/// under 100 KB at 10 MB of state): their fetches overlap instead of queueing one
+/// behind the other, after the switch while the stream waits, and before it while a
+/// successor is behind.
 const PREFETCH: usize = 8;
 
 /// How long a successor catches up on rounds before it reports running anyway (the

@@ -107,8 +107,11 @@ impl Window {
         dirty.push((end, start, super::Key::from(key)));
         let listed = dirty.len();
         // Checked now and then: counting open slots walks the windows, not the keys.
-        if listed % SLACK == 0 && listed > self.open_windows() + SLACK {
-            self.outgrown(self.open_windows() + SLACK);
+        if listed % SLACK == 0 {
+            let bound = self.open_windows() + SLACK;
+            if listed > bound {
+                self.outgrown(bound);
+            }
         }
     }
 
