@@ -23,7 +23,8 @@
 //! all); `WEIR_BENCH_HANDOFF` (`precopy` or `whole`) runs one hand-off only;
 //! `WEIR_BENCH_MEMORY_MB` the window PEs' memory request (default twice the state);
 //! with `WEIR_BENCH_LOG` (a log filter) it also lists the gaps at `lat` longer than
-//! `WEIR_BENCH_GAP_MS` (default 100), from `t0`, to line up with the log. Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! `WEIR_BENCH_GAP_MS` (default 100), from `t0`, to line up with the log, and the
+//! moments all async threads stopped (`weir_tests::stalls`). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};
@@ -341,6 +342,9 @@ async fn case(size_mb: u64, precopy: bool) {
 }
 
 async fn run() {
+    if std::env::var_os("WEIR_BENCH_LOG").is_some() {
+        weir_tests::stalls::watch(&tokio::runtime::Handle::current());
+    }
     let sizes: Vec<u64> = std::env::var("WEIR_BENCH_STATE_MB")
         .unwrap_or_else(|_| "10,100".into())
         .split(',')

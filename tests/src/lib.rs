@@ -7,6 +7,7 @@ pub mod compose;
 pub mod containers;
 pub mod registry;
 pub mod secure;
+pub mod stalls;
 
 use std::collections::BTreeMap;
 use std::future::Future;

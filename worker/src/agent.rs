@@ -256,7 +256,15 @@ async fn run(
                 resources: Some(resources),
                 pes: (hooks.reports)(),
             };
-            match c.heartbeat(req).await {
+            let sent = tokio::time::Instant::now();
+            let answered = c.heartbeat(req).await;
+            if sent.elapsed() >= SLOW_HEARTBEAT {
+                // The masters count the time since they last heard from this worker: a
+                // slow answer is how a busy master or a held disk makes a live worker
+                // look lost.
+                tracing::warn!(worker = %cfg.worker_id, master = %target, took_ms = sent.elapsed().as_millis() as u64, ok = answered.is_ok(), "heartbeat answered slowly");
+            }
+            match answered {
                 Ok(r) => {
                     let r = r.into_inner();
                     hooks.term.fetch_max(r.term, Ordering::AcqRel);
@@ -293,6 +301,9 @@ fn prefer(targets: &mut Vec<String>, leader: &str) {
     targets.retain(|t| t != leader);
     targets.insert(0, leader.to_string());
 }
+
+/// A heartbeat answered after at least this long is logged as a warning.
+const SLOW_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The least time between heartbeats a nudge may bring forward: progress of many PEs
 /// at once (a checkpoint's pieces) goes in one heartbeat, not one each.

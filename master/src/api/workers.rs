@@ -15,6 +15,14 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::master_workers_client::MasterWorkersClient;
 use weir_proto::v1::master_workers_server::MasterWorkers;
 
+/// A heartbeat that waited at least this long to read the state is logged.
+const SLOW_READ: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A heartbeat heard after at least this long without one from its worker (or five
+/// heartbeat intervals, if longer) is logged; the worker is lost after
+/// `--worker-timeout-ms`.
+const SLOW_GAP: std::time::Duration = std::time::Duration::from_millis(750);
+
 /// The worker-facing service.
 pub struct WorkersService {
     shared: Shared,
@@ -182,6 +190,13 @@ impl MasterWorkers for WorkersService {
         check_worker_identity(&req, &req.get_ref().worker_id)?;
         let r = req.into_inner();
         let me = r.worker_id.clone();
+        let slow_gap = SLOW_GAP.max(self.heartbeat_interval * 5);
+        if let Some(silent) = self.liveness.silent_for(&me).filter(|s| *s >= slow_gap) {
+            // Against the worker's own "answered slowly": whether its heartbeats reached
+            // this handler late, or their answers went back late.
+            tracing::warn!(worker = %me, silent_ms = silent.as_millis() as u64, "heartbeat heard after a silence");
+        }
+        let reading = std::time::Instant::now();
         let (known, peers, (completed_checkpoints, keep_snapshots_from, kept_checkpoints)) = self
             .shared
             .node
@@ -214,6 +229,11 @@ impl MasterWorkers for WorkersService {
                 (s.workers.get(&me).cloned(), peers, (completed, keep, kept))
             })
             .await;
+        if reading.elapsed() >= SLOW_READ {
+            // A worker is marked lost by the time since it was last heard: reading the
+            // state must not be what holds its heartbeat up.
+            tracing::warn!(worker = %r.worker_id, took_ms = reading.elapsed().as_millis() as u64, "heartbeat waited for the state");
+        }
         let (term, addr) = cluster_status_brief(&self.shared);
         let reply = |reregister| pb::HeartbeatResponse {
             leader_id: Some(self.shared.id()),

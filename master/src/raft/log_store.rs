@@ -22,6 +22,9 @@ const K_PURGED: &str = "last_purged";
 /// read it back from disk and decode it again.
 const CACHE_ENTRIES: usize = 8192;
 
+/// An append (and its fsync) at least this long is logged as a warning.
+const SLOW_APPEND: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The most bytes of stored entries one AppendEntries carries (at least one entry,
 /// whatever its size). openraft bounds a payload by count alone (`max_payload_entries`)
 /// and gives the whole RPC one heartbeat interval; six 700 KiB specs in one request
@@ -287,6 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             fresh.push(e);
         }
         let lens: Vec<(u64, u64)> = rows.iter().map(|(i, b)| (*i, b.len() as u64)).collect();
+        let started = std::time::Instant::now();
         let res = self
             .blocking(move |db| {
                 let tx = db.begin_write().map_err(io)?;
@@ -299,6 +303,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tx.commit().map_err(io)
             })
             .await;
+        let took = started.elapsed();
+        if took >= SLOW_APPEND {
+            // Every command the masters accept waits on this: a disk that holds an
+            // fsync (other writers' data, discards of deleted files) shows up here.
+            tracing::warn!(
+                entries = lens.len(),
+                took_ms = took.as_millis() as u64,
+                "raft log append slow: the disk held its fsync"
+            );
+        }
         if res.is_ok() {
             if let Ok(mut sizes) = self.sizes.lock() {
                 sizes.extend(lens);

@@ -277,9 +277,16 @@ impl Window {
         )
     }
 
-    /// Encodes up to `max` more slots of the snapshot being encoded (or visits
-    /// [`SCAN_PER_STEP`] times as many, scanning for an increment); once all are, it
-    /// is finished ([`Window::take_finished`]).
+    /// Encodes up to `max` more slots of the snapshot being encoded (scanning for an
+    /// increment: until it has written `max`, or visited [`SCAN_PER_STEP`] times as
+    /// many, to the end of a unit); once all are, it is finished
+    /// ([`Window::take_finished`]).
+    ///
+    /// (Until 2026-12-06, night, a scanning step stopped only on slots visited: at 10 MB of
+    /// state, where a periodic increment holds about every slot, one step wrote
+    /// 16 x 8 Ki slots, the whole PE's state, in 8-10 ms on its async thread, and the
+    /// records behind it were the slowest of the upgrade it fell in (BENCHMARKS.md,
+    /// "Encoding steps bounded by what they write").)
     pub fn encode_step(&mut self, max: usize) {
         let Some(job) = self.encoding.as_mut() else {
             return;
@@ -315,8 +322,11 @@ impl Window {
                 *next == list.len()
             }
             Cursor::Scan { next } => {
+                // A step ends after the unit that reaches either budget: slots
+                // visited, or slots written (each written one costs what a looked-up
+                // one does, so a step writes about what a looking-up step writes).
                 let budget = max.saturating_mul(SCAN_PER_STEP);
-                let mut visited = 0usize;
+                let (mut visited, mut written) = (0usize, 0usize);
                 let mut done = true;
                 'walk: for (bounds, keys) in self.windows.range(next.0..) {
                     let start = if *bounds == next.0 {
@@ -329,10 +339,11 @@ impl Window {
                             visited += 1;
                             if slot.epoch >= from && slot.epoch <= upto {
                                 job.out.push(bounds, key, &slot.acc);
+                                written += 1;
                             }
                         }
                         *next = (*bounds, g + 1);
-                        if visited >= budget {
+                        if visited >= budget || written >= max {
                             done = false;
                             break 'walk;
                         }

@@ -208,21 +208,35 @@ fn an_increment_listing_a_large_share_of_the_slots_is_scanned_for() {
     assert_eq!(w.take_finished().len(), 2);
 }
 
-#[test]
-fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
-    let mut w = Window::new(WindowKind::Count, 10, 1, 3);
+/// A counting window of `size_ms` whose every increment is encoded after its barrier,
+/// by scanning.
+fn always_scanning(size_ms: u64) -> Window {
+    let mut w = Window::new(WindowKind::Count, size_ms, 1, 3);
     w.defer_from(0);
     w.scan_share(usize::MAX);
-    w.apply(0, &keys(0, 200, 1));
-    let (whole, base) = w.checkpoint(1, ALL, |_| false);
-    assert_eq!(base, 0);
-    // Changed since 1: k0..k149, to 2 each.
-    w.apply(0, &keys(0, 150, 2));
+    w
+}
+
+/// Begins checkpoint 2 of `w`, an increment over 1 scanned after its barrier, and
+/// returns the one the barrier would have encoded.
+fn begin_scanned_increment(w: &mut Window) -> Vec<u8> {
     let mut at_barrier = w.clone();
     at_barrier.defer_from(usize::MAX);
     let (expected, _) = at_barrier.checkpoint(2, ALL, |m| m == 1);
     assert!(w.begin_checkpoint(2, ALL, |m| m == 1).is_none());
     assert!(w.scanning());
+    expected
+}
+
+#[test]
+fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
+    let mut w = always_scanning(10);
+    w.apply(0, &keys(0, 200, 1));
+    let (whole, base) = w.checkpoint(1, ALL, |_| false);
+    assert_eq!(base, 0);
+    // Changed since 1: k0..k149, to 2 each.
+    w.apply(0, &keys(0, 150, 2));
+    let expected = begin_scanned_increment(&mut w);
     // A first step scans the key groups of a few slots, not all 200.
     w.encode_step(1);
     assert!(w.encoding(), "one step scanned every slot");
@@ -252,6 +266,28 @@ fn a_scanned_increment_writes_each_slot_as_it_was_at_the_barrier_once() {
     }));
     let (_, part) = w.read_increment(bytes, None).unwrap();
     assert_eq!(part.entries.len(), 150, "each changed slot written once");
+}
+
+#[test]
+fn a_scanning_step_writes_about_what_a_looking_up_step_writes() {
+    let mut w = always_scanning(1_000);
+    w.apply(0, &many(0, 12_000, 1));
+    w.checkpoint(1, ALL, |_| false);
+    // Every slot changed since 1: the increment writes each one it visits.
+    w.apply(0, &many(0, 12_000, 2));
+    let expected = begin_scanned_increment(&mut w);
+    // Steps of 100: each ends after the key group that reaches 100 slots written (12,000
+    // keys in 256 groups, ~47 each), so at least 12,000 / 200 steps; stopping only on
+    // slots visited (16 x 100 a step), 8 would do.
+    let mut steps = 0;
+    while w.encoding() {
+        w.encode_step(100);
+        steps += 1;
+    }
+    assert!(steps >= 60, "{steps} steps");
+    let (id, bytes, base) = w.take_finished().remove(0);
+    assert_eq!((id, base), (2, 1));
+    assert!(w.same_increment(&bytes, &expected));
 }
 
 /// Keys `key-{from}`..`key-{to}` at event time `t`.
