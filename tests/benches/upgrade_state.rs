@@ -14,6 +14,9 @@
 //! steady vs during, bytes of state the successors took before the switch (pre-copy
 //! and rounds) and at it, total time, and this process's RSS.
 //!
+//! An upgrade that does not complete (rolled back) is reported with its reason, and the
+//! run goes on with the next kind.
+//!
 //! With pre-copy it then stops one worker (worker timeout 1.5 s) and reports the time
 //! from the loss to the first record generated after it reaching `lat`, and to every PE
 //! running again after a committed recovery (which restores the last checkpoint: its
@@ -205,7 +208,21 @@ async fn case(size_mb: u64, precopy: bool) {
         let op = weir_tests::operation_ended(&client, "big", &r.operation_id, LIMIT).await;
         let total = started.elapsed().as_millis();
         let t1 = unix_ms();
-        assert_eq!(op.phase, pb::UpgradePhase::Done as i32, "{name}: {op:?}");
+        if op.phase != pb::UpgradePhase::Done as i32 {
+            // Reported and skipped rather than ending the run: the other kinds and the
+            // worker loss still measure (a live worker marked lost rolls an upgrade
+            // back: BENCHMARKS.md, issue 22).
+            println!(
+                "{:>6} {:<9} {:<36} did not complete ({:?}): {}",
+                format!("{size_mb} MB"),
+                if precopy { "pre-copy" } else { "whole" },
+                name,
+                pb::UpgradePhase::try_from(op.phase).unwrap_or(pb::UpgradePhase::Unspecified),
+                op.reason
+            );
+            tokio::time::sleep(STEADY).await;
+            continue;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         if std::env::var_os("WEIR_BENCH_LOG").is_some() {
             // To line the gaps up with the log's times.
