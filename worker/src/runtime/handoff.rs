@@ -93,33 +93,19 @@ fn gaining(applied: u64, took: Duration) -> bool {
     applied > shipped_at_most
 }
 
-/// How long a successor catches up before it judges whether it gains at all, at least
-/// (see [`judge_after`]).
+/// How long a successor catches up before it judges whether it gains at all.
 const JUDGE_AFTER: Duration = Duration::from_secs(1);
 
-/// How long a successor that may catch up for `catch_up` does so before it judges
-/// whether it gains: a third of that, and at least [`JUDGE_AFTER`]. A long pre-copy
-/// leaves many rounds, and the first second of catching up them is the slowest (the
-/// other successors still loading or catching up on the same cores). At 1 GB on the
-/// dev box, one successor that had loaded for 30 s applied 20 MB of rounds in its first
-/// 1.2 s, was judged losing, and the switch applied the 321 MB left while the stream
-/// waited 6.8 s; in another run the same successor caught up 324 MB in 6.9 s
-/// (BENCHMARKS.md, "Encoding steps bounded by what they write").
-fn judge_after(catch_up: Duration) -> Duration {
-    JUDGE_AFTER.max(catch_up / 3)
-}
-
 /// Whether a successor still behind a predecessor, `applied` rounds of it since it
-/// began catching up `since` ago, and allowed to catch up for `catch_up`, is losing:
-/// not gaining over that whole time, once it has run [`judge_after`]. One that is (a
-/// slow or busy machine, a debug build) stops waiting and leaves the rest for the
-/// switch, rather than hold the upgrade until `catch_up`. Judged on the whole
-/// catch-up, not on one pass: at 1 GB on the dev box one slow pass of 16 rounds (a
-/// busy moment on two cores) read as losing, the switch came with 20-37 MB of rounds
-/// still waiting and the stream stalled 1.5 s while the successors applied them
-/// (BENCHMARKS.md, 2026-12-06).
-fn losing(applied: u64, since: Duration, catch_up: Duration) -> bool {
-    since >= judge_after(catch_up) && !gaining(applied, since)
+/// began catching up `since` ago, is losing: not gaining over that whole time, once it
+/// has run [`JUDGE_AFTER`]. One that is (a slow or busy machine, a debug build) stops
+/// waiting and leaves the rest for the switch, rather than hold the upgrade until
+/// [`CATCH_UP`]. Judged on the whole catch-up, not on one pass: at 1 GB on the dev
+/// box one slow pass of 16 rounds (a busy moment on two cores) read as losing, the
+/// switch came with 20-37 MB of rounds still waiting and the stream stalled 1.5 s
+/// while the successors applied them (BENCHMARKS.md, 2026-12-06).
+fn losing(applied: u64, since: Duration) -> bool {
+    since >= JUDGE_AFTER && !gaining(applied, since)
 }
 
 /// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
@@ -355,17 +341,12 @@ impl Pace {
     }
 }
 
-/// Whether a successor that began catching up `since` ago, for `catch_up` at most, may
-/// let the switch begin: with each predecessor it is caught up, or losing ground
-/// ([`losing`]).
-fn caught_up<'a>(
-    paces: impl IntoIterator<Item = &'a Pace>,
-    since: Duration,
-    catch_up: Duration,
-) -> bool {
+/// Whether a successor that began catching up `since` ago may let the switch begin:
+/// with each predecessor it is caught up, or losing ground ([`losing`]).
+fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> bool {
     paces
         .into_iter()
-        .all(|p| !p.behind || losing(p.applied, since, catch_up))
+        .all(|p| !p.behind || losing(p.applied, since))
 }
 
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
@@ -496,7 +477,7 @@ async fn precopy_then_deltas(
             }
             f.pace.passed(drained);
         }
-        let caught_up = caught_up(follows.iter().map(|f| &f.pace), started.elapsed(), catch_up);
+        let caught_up = caught_up(follows.iter().map(|f| &f.pace), started.elapsed());
         if !progressed && !caught_up {
             // Nothing new: wait for the next round rather than ask again at once.
             tokio::time::sleep(ROUND_EVERY / 4).await;
@@ -817,22 +798,14 @@ mod tests {
 
     #[test]
     fn a_successor_is_losing_only_when_its_whole_catch_up_did_not_gain() {
-        let ms = Duration::from_millis;
         // A slow start is not judged.
-        assert!(!losing(16, ms(400), CATCH_UP));
-        assert!(!losing(0, ms(900), CATCH_UP));
+        assert!(!losing(16, Duration::from_millis(400)));
+        assert!(!losing(0, Duration::from_millis(900)));
         // In 2 s at most 401 rounds are shipped (one per 5 ms, and one more): 500
         // applied is gaining, whatever one pass took; 300 is not.
-        assert_eq!(ROUND_EVERY, ms(5));
-        assert!(!losing(500, ms(2_000), CATCH_UP));
-        assert!(losing(300, ms(2_000), CATCH_UP));
-        // After a long pre-copy (10 s to catch up) the first third is not judged: 140
-        // rounds a second is behind one per 5 ms, but only losing after 3.3 s.
-        assert_eq!(judge_after(CATCH_UP), JUDGE_AFTER);
-        assert_eq!(judge_after(MAX_CATCH_UP), MAX_CATCH_UP / 3);
-        assert!(!losing(168, ms(1_200), MAX_CATCH_UP));
-        assert!(!losing(460, ms(3_300), MAX_CATCH_UP));
-        assert!(losing(476, ms(3_400), MAX_CATCH_UP));
+        assert_eq!(ROUND_EVERY, Duration::from_millis(5));
+        assert!(!losing(500, Duration::from_secs(2)));
+        assert!(losing(300, Duration::from_secs(2)));
     }
 
     #[test]
@@ -848,25 +821,21 @@ mod tests {
             p
         };
         let done = after_pass(false, true);
-        assert!(caught_up([&done, &done], early, CATCH_UP));
+        assert!(caught_up([&done, &done], early));
         // None waiting, but its last round said more were to come.
         let more = after_pass(true, true);
-        assert!(!caught_up([&done, &more], early, CATCH_UP));
+        assert!(!caught_up([&done, &more], early));
         // The pass stopped at its limit, rounds may be waiting.
         let limit = after_pass(false, false);
-        assert!(!caught_up([&limit, &done], early, CATCH_UP));
-        // Losing ground on it after a whole second: the switch may begin anyway...
-        let two = Duration::from_secs(2);
-        assert!(caught_up([&more, &limit], two, CATCH_UP));
-        // ...unless it may catch up longer (a long pre-copy) and has not had a third
-        // of that yet.
-        assert!(!caught_up([&more, &limit], two, MAX_CATCH_UP));
+        assert!(!caught_up([&limit, &done], early));
+        // Losing ground on it after a whole second: the switch may begin anyway.
+        assert!(caught_up([&more, &limit], Duration::from_secs(2)));
         // Gaining on it: keep catching up.
         let gaining = Pace {
             applied: 500,
             ..more
         };
-        assert!(!caught_up([&gaining], two, CATCH_UP));
+        assert!(!caught_up([&gaining], Duration::from_secs(2)));
     }
 
     #[test]
