@@ -27,7 +27,9 @@
 //! `WEIR_BENCH_MEMORY_MB` the window PEs' memory request (default twice the state);
 //! with `WEIR_BENCH_LOG` (a log filter) it also lists the gaps at `lat` longer than
 //! `WEIR_BENCH_GAP_MS` (default 100), from `t0`, to line up with the log, and the
-//! moments all async threads stopped (`weir_tests::stalls`). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
+//! moments all async threads stopped or one stopped parking (`weir_tests::stalls`;
+//! `WEIR_BENCH_GDB=1` adds every thread's stack, which stops the process for seconds:
+//! figures after it are not comparable). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};

@@ -2,7 +2,10 @@
 //! (a timer task's ticks come late), with what each thread of the process was doing
 //! then, as the kernel sees it: its state (`R` running, `S` sleeping, `D` waiting on
 //! the disk), its wait channel and its system call. Linux only; elsewhere it reports
-//! the lateness alone.
+//! the lateness alone. It also reports an async thread that has not parked for a
+//! while (it ran tasks back to back: one long poll, or a PE that always has input):
+//! what waits behind it on that thread is late, while the ticks, run by the other
+//! threads, may stay on time.
 //!
 //! Why: in the 1 GB upgrade bench the master sometimes marked both in-process workers
 //! lost at once (no heartbeat for 1.5 s), just as two window PEs stored whole snapshots
@@ -18,7 +21,14 @@ use crate::arrivals::unix_ms;
 /// How late the ticks may come before a stall is reported.
 const LATE_MS: i64 = 250;
 
+/// How long an async thread may run without parking before it is reported: the
+/// tasks queued behind on that thread wait (tokio steals them only when the other
+/// threads run out of work); in the 1 GB bench, heartbeats did.
+const BUSY_MS: i64 = 700;
+
 /// Starts the watchdog on `runtime` (its ticks) and a thread of its own (the watch).
+/// With `WEIR_BENCH_GDB=1` it also has gdb print every thread's stack (at most three
+/// times a run) when an async thread has not parked for [`BUSY_MS`]: what it runs.
 pub fn watch(runtime: &tokio::runtime::Handle) {
     let beat = Arc::new(AtomicI64::new(unix_ms()));
     let b = beat.clone();
@@ -28,14 +38,24 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
             b.store(unix_ms(), Ordering::Relaxed);
         }
     });
+    let metrics = runtime.metrics();
+    let gdb = std::env::var("WEIR_BENCH_GDB").is_ok_and(|v| v == "1");
     let spawned = std::thread::Builder::new()
         .name("stall-watch".into())
         .spawn(move || {
             let mut reported = 0;
+            let workers = metrics.num_workers();
+            // Per async thread: its park count, since when it has not changed, and
+            // whether that stretch was reported.
+            let mut parks: Vec<(u64, i64, bool)> = (0..workers)
+                .map(|i| (metrics.worker_park_count(i), unix_ms(), false))
+                .collect();
+            let mut dumps = 0;
             loop {
                 std::thread::sleep(Duration::from_millis(50));
+                let now = unix_ms();
                 let last = beat.load(Ordering::Relaxed);
-                let late = unix_ms() - last;
+                let late = now - last;
                 if late > LATE_MS && last != reported {
                     reported = last;
                     eprintln!(
@@ -45,6 +65,27 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
                         threads()
                     );
                 }
+                for (i, (count, since, told)) in parks.iter_mut().enumerate() {
+                    let c = metrics.worker_park_count(i);
+                    if c != *count {
+                        *count = c;
+                        *since = now;
+                        *told = false;
+                    } else if now - *since > BUSY_MS && !*told {
+                        *told = true;
+                        eprintln!(
+                            "stall-watch: async thread {i} has not parked for {} ms (since {}.{:03}); threads: {}",
+                            now - *since,
+                            *since / 1000,
+                            *since % 1000,
+                            threads()
+                        );
+                        if gdb && dumps < 3 {
+                            dumps += 1;
+                            eprintln!("stall-watch: stacks:\n{}", stacks());
+                        }
+                    }
+                }
             }
         });
     if let Err(e) = spawned {
@@ -52,8 +93,21 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
     }
 }
 
-/// Each thread of this process other than sleeping idle ones: `name state wchan
-/// syscall`.
+/// Every thread's stack, as gdb prints it (attached for a moment: the process stops
+/// meanwhile).
+fn stacks() -> String {
+    let out = std::process::Command::new("gdb")
+        .args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+        .args(["-ex", "set pagination off", "-ex", "thread apply all bt 30"])
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("(no gdb: {e})"),
+    }
+}
+
+/// Each thread of this process, `name state wchan syscall`, except sleeping idle ones
+/// (async threads are always listed, idle or not).
 fn threads() -> String {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return "(no /proc)".into();

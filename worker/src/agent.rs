@@ -109,8 +109,19 @@ impl Default for AgentHooks {
 pub struct Agent {
     status: Arc<Mutex<AgentStatus>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    done: Option<Done>,
 }
+
+/// How a stopped agent's end is awaited.
+enum Done {
+    /// It runs on a thread of its own, which says when it ends.
+    Thread(tokio::sync::oneshot::Receiver<()>),
+    /// No thread could be made: it runs as a task of the worker's runtime.
+    Task(JoinHandle<()>),
+}
+
+/// The agent's loop, boxed to be run where [`Agent::spawn_with`] can.
+type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Agent {
     /// Starts registering and heartbeating in the background.
@@ -118,12 +129,55 @@ impl Agent {
         Self::spawn_with(cfg, AgentHooks::default())
     }
 
-    /// Starts the agent with hooks into the worker's runtime.
+    /// Starts the agent with hooks into the worker's runtime (the caller's).
+    ///
+    /// The agent runs on a thread of its own, with a runtime of its own (its link to
+    /// the masters included), not among the PEs: a worker whose async threads are
+    /// busy must still be heard. On the PEs' runtime, a busy window PE delayed
+    /// heartbeats by 0.5-2.5 s (the task waited behind it to be polled), and the
+    /// masters marked live workers lost (the 1 GB upgrade bench, BENCHMARKS.md,
+    /// issue 22). The hooks' own tasks still go to the caller's runtime.
     pub fn spawn_with(cfg: AgentConfig, hooks: AgentHooks) -> Self {
         let status = Arc::new(Mutex::new(AgentStatus::default()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(cfg, hooks, status.clone(), stop_rx));
-        Self { status, stop, task }
+        let main = tokio::runtime::Handle::current();
+        let job: Loop = Box::pin(run(cfg, hooks, status.clone(), stop_rx, main));
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let (ended, done) = tokio::sync::oneshot::channel();
+        let taken = slot.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("weir-agent")
+            .build();
+        let spawned = runtime.map_err(|e| e.to_string()).and_then(|rt| {
+            std::thread::Builder::new()
+                .name("weir-agent".into())
+                .spawn(move || {
+                    let job = taken.lock().ok().and_then(|mut j| j.take());
+                    if let Some(job) = job {
+                        rt.block_on(job);
+                    }
+                    let _ = ended.send(());
+                })
+                .map_err(|e| e.to_string())
+        });
+        let done = match spawned {
+            Ok(_) => Done::Thread(done),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the agent: it heartbeats among the PEs");
+                let job = slot.lock().ok().and_then(|mut j| j.take());
+                Done::Task(tokio::spawn(async move {
+                    if let Some(job) = job {
+                        job.await;
+                    }
+                }))
+            }
+        };
+        Self {
+            status,
+            stop,
+            done: Some(done),
+        }
     }
 
     /// The agent's current view.
@@ -132,9 +186,25 @@ impl Agent {
     }
 
     /// Stops heartbeating (the masters will mark the worker lost after their timeout).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        match self.done.take() {
+            Some(Done::Thread(ended)) => {
+                let _ = ended.await;
+            }
+            Some(Done::Task(task)) => {
+                let _ = task.await;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Agent {
+    /// A worker dropped without [`Agent::stop`] stops heartbeating too (its thread
+    /// would otherwise outlive it).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -155,6 +225,7 @@ async fn run(
     hooks: AgentHooks,
     status: Arc<Mutex<AgentStatus>>,
     mut stop: watch::Receiver<bool>,
+    main: tokio::runtime::Handle,
 ) {
     let mut targets = cfg.masters.clone();
     let mut interval = Duration::from_millis(500);
@@ -238,10 +309,17 @@ async fn run(
             } else {
                 &never
             };
+            // Due at the interval, or at once after a heartbeat that took longer.
+            let due = (last + interval).max(tokio::time::Instant::now());
             if wait_or_nudge(&mut stop, last, interval, nudge).await {
                 return;
             }
             last = tokio::time::Instant::now();
+            if last.saturating_duration_since(due) >= SLOW_HEARTBEAT {
+                // Its timer fired late: this thread waited to be run (a machine short
+                // of cores), not on the masters.
+                tracing::warn!(worker = %cfg.worker_id, late_ms = last.saturating_duration_since(due).as_millis() as u64, "heartbeat loop woke late");
+            }
             let mut resources = snapshot(
                 cfg.cores,
                 cfg.memory_mb,
@@ -257,12 +335,18 @@ async fn run(
                 pes: (hooks.reports)(),
             };
             let sent = tokio::time::Instant::now();
+            let built = sent - last;
+            if built >= SLOW_HEARTBEAT / 2 {
+                // The reports read every PE's status: one held long holds this.
+                tracing::warn!(worker = %cfg.worker_id, took_ms = built.as_millis() as u64, "heartbeat took long to build");
+            }
             let answered = c.heartbeat(req).await;
-            if sent.elapsed() >= SLOW_HEARTBEAT {
+            let took = sent.elapsed();
+            if took >= SLOW_HEARTBEAT {
                 // The masters count the time since they last heard from this worker: a
                 // slow answer is how a busy master or a held disk makes a live worker
                 // look lost.
-                tracing::warn!(worker = %cfg.worker_id, master = %target, took_ms = sent.elapsed().as_millis() as u64, ok = answered.is_ok(), "heartbeat answered slowly");
+                tracing::warn!(worker = %cfg.worker_id, master = %target, took_ms = took.as_millis() as u64, ok = answered.is_ok(), "heartbeat answered slowly");
             }
             match answered {
                 Ok(r) => {
@@ -279,7 +363,11 @@ async fn run(
                         set(&|s| s.leader = r.leader_address.clone());
                     }
                     images_sent = Some(held.generation);
-                    (hooks.on_heartbeat)(&r);
+                    {
+                        // What the hook starts runs among the PEs, not on this thread.
+                        let _on = main.enter();
+                        (hooks.on_heartbeat)(&r);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(worker = %cfg.worker_id, master = %target, error = %e.message(), "heartbeat failed; trying another master");

@@ -15,7 +15,8 @@
 //! on one thread per [`Lane`]: replicas received from other workers have a thread of
 //! their own, so they do not queue behind a drained window's encode (writing them on
 //! the one thread delayed the switch checkpoint's completion by seconds:
-//! BENCHMARKS.md, issue 22). After each job the thread hands what it freed back to
+//! BENCHMARKS.md, issue 22), and so have pieces read for other workers' pre-copies
+//! ([`Lane::Serve`]). After each job the thread hands what it freed back to
 //! the system ([`crate::memory::release_freed`]), so that a stream thread does not.
 //! Where a thread cannot be made (or on systems without per-thread nice values), the
 //! job runs on the blocking pool as before: slower for the stream, never lost.
@@ -57,6 +58,13 @@ pub enum Lane {
     Work,
     /// Replicas received from other workers.
     Replicas,
+    /// Pieces read for another worker's successor to pre-copy
+    /// ([`crate::checkpoint::serve`]). On [`Lane::Work`] such a read queued behind
+    /// this worker's own successors loading their pieces: in a 1 GB rescale the
+    /// successor taking half of each predecessor's piece waited 15-17 s for its second
+    /// piece while a neighbour loaded (BENCHMARKS.md, issue 22). Both are background
+    /// work; neither should wait for the other.
+    Serve,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -64,9 +72,11 @@ type Job = Box<dyn FnOnce() + Send>;
 fn queue(lane: Lane) -> Option<&'static mpsc::Sender<Job>> {
     static WORK: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     static REPLICAS: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    static SERVE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     let (cell, name) = match lane {
         Lane::Work => (&WORK, "weir-background"),
         Lane::Replicas => (&REPLICAS, "weir-replicas"),
+        Lane::Serve => (&SERVE, "weir-serve"),
     };
     cell.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -185,6 +195,9 @@ mod tests {
         let name = || std::thread::current().name().map(String::from);
         let on = run_at(Priority::Replica, name).await;
         assert_eq!(on.as_deref(), Some("weir-replicas"));
+        // So have reads served to other workers' pre-copies.
+        let on = run_on(Lane::Serve, name).await;
+        assert_eq!(on.as_deref(), Some("weir-serve"));
         #[cfg(target_os = "linux")]
         {
             // SAFETY: getpriority takes plain integers.

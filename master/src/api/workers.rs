@@ -285,6 +285,17 @@ fn cluster_status_brief(shared: &Shared) -> (u64, String) {
     (m.current_term, addr)
 }
 
+/// Whether a worker silent for `silent` (`None`: never heard by this leader) is lost,
+/// judged by a check that itself ran `own_delay` late (its timer, its read of the
+/// state). A leader whose own tasks were held (a busy machine, a long poll on its
+/// async threads) did not hear its workers' heartbeats meanwhile either: that much of
+/// the silence may be its own, and counting it marked live workers lost (the 1 GB
+/// upgrade bench, where master and workers share two cores: BENCHMARKS.md, issue 22).
+/// A dead worker's silence keeps growing, so it is still marked lost, a little later.
+fn silent_too_long(silent: Option<Duration>, timeout: Duration, own_delay: Duration) -> bool {
+    silent.is_none_or(|d| d > timeout + own_delay)
+}
+
 /// Marks workers lost when the leader has not heard from them within `timeout`.
 /// Runs on every master; acts only while this master leads.
 pub async fn monitor_liveness(
@@ -299,7 +310,15 @@ pub async fn monitor_liveness(
         if *stop.borrow() {
             return;
         }
+        let slept = std::time::Instant::now();
         tokio::time::sleep(tick).await;
+        let late = slept.elapsed().saturating_sub(tick);
+        if late >= SLOW_READ {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "liveness check woke late"
+            );
+        }
         let leading = shared.leader().is_some_and(|(id, _)| id == shared.id());
         if leading && !led {
             // New leadership: every known worker gets a full timeout from now.
@@ -316,6 +335,7 @@ pub async fn monitor_liveness(
         if !leading {
             continue;
         }
+        let reading = std::time::Instant::now();
         let alive: Vec<String> = shared
             .node
             .state
@@ -328,8 +348,15 @@ pub async fn monitor_liveness(
                     .collect()
             })
             .await;
+        let read = reading.elapsed();
+        if read >= SLOW_READ {
+            tracing::warn!(
+                took_ms = read.as_millis() as u64,
+                "liveness check waited for the state"
+            );
+        }
         for id in alive {
-            if liveness.silent_for(&id).is_none_or(|d| d > timeout) {
+            if silent_too_long(liveness.silent_for(&id), timeout, late + read) {
                 tracing::warn!(worker = %id, timeout_ms = timeout.as_millis() as u64, "worker missed heartbeats; marking it lost");
                 let _ = shared
                     .write(Command::SetWorkerState {
@@ -340,5 +367,26 @@ pub async fn monitor_liveness(
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::silent_too_long;
+    use std::time::Duration;
+
+    #[test]
+    fn a_leader_held_up_itself_does_not_count_its_own_delay_as_a_workers_silence() {
+        let ms = Duration::from_millis;
+        let timeout = ms(1_500);
+        // On time: silent past the timeout is lost, at it is not.
+        assert!(silent_too_long(Some(ms(1_501)), timeout, ms(0)));
+        assert!(!silent_too_long(Some(ms(1_500)), timeout, ms(0)));
+        // The check woke 2.3 s late: a 2.4 s silence may be mostly its own.
+        assert!(!silent_too_long(Some(ms(2_400)), timeout, ms(2_300)));
+        // A dead worker's silence outgrows any delay.
+        assert!(silent_too_long(Some(ms(3_900)), timeout, ms(2_300)));
+        // Never heard by this leader: lost.
+        assert!(silent_too_long(None, timeout, ms(5_000)));
     }
 }

@@ -7,7 +7,7 @@
 
 use super::store::{encode_name, SnapshotStore, StoreError};
 use super::{chunks, Assembler, MAX_SNAPSHOT_BYTES};
-use crate::background::{run_at, Priority};
+use crate::background::{run_at, run_on, Lane, Priority};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
@@ -189,21 +189,21 @@ pub(crate) async fn fetch_within(
     })?;
     // Read, checked and cut into chunks off the stream's threads: each is a pass over
     // a piece of up to a gigabyte. At the background priority for a pre-copy, which
-    // the stream does not wait for.
+    // the stream does not wait for, on a thread of its own (`Lane::Serve`): not
+    // behind this worker's own successors' loads.
     let read = {
         let (app, from, to, offset) = (r.app.clone(), r.pe.clone(), r.for_pe.clone(), r.offset);
-        let priority = if r.background {
-            Priority::Background
-        } else {
-            Priority::Stream
-        };
-        run_at(priority, move || {
+        let read = move || {
             let (data, _) = store.get_shared(&app, &from, id)?;
             let size = data.len();
             let cs = (offset <= size as u64).then(|| chunks(&app, &from, &to, id, &data, offset));
             Ok::<_, StoreError>((size, cs))
-        })
-        .await
+        };
+        if r.background {
+            run_on(Lane::Serve, read).await
+        } else {
+            run_at(Priority::Stream, read).await
+        }
     };
     let (size, cs) = read.map_err(|e| {
         if matches!(e, StoreError::Corrupt { .. } | StoreError::Io { .. }) {

@@ -93,6 +93,17 @@ fn gaining(applied: u64, took: Duration) -> bool {
     applied > shipped_at_most
 }
 
+/// The bytes pre-copied from which a successor asks for [`PREFETCH`] rounds at once
+/// from the start of its catch-up, not only after [`JUDGE_AFTER`]. A large pre-copy
+/// loads for long (5-25 s at 1 GB on the dev box), so hundreds of rounds wait when it
+/// ends; asked for one at a time, each an exchange with a busy predecessor's worker
+/// (~12 ms), a replacement's successors applied ~85 rounds in their first second,
+/// fewer than their predecessors shipped, were judged losing, and the switch moved
+/// 8-54 MB while the stream waited up to 1.9 s (BENCHMARKS.md, issue 22). Small
+/// pre-copies keep the gentler start (see the catch-up loop). Either way only while
+/// rounds are known to wait ([`Pace::deep`]).
+const DEEP_FROM: u64 = 256 << 20;
+
 /// How long a successor catches up before it judges whether it gains at all.
 const JUDGE_AFTER: Duration = Duration::from_secs(1);
 
@@ -321,6 +332,10 @@ struct Pace {
     /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
     /// the last one applied left more.
     behind: bool,
+    /// Rounds of it were left stored: the last pass stopped at its limit, not for
+    /// want of the next round (before the first pass: presumed, a pre-copy's rounds
+    /// pile up while it loads).
+    waiting: bool,
 }
 
 impl Pace {
@@ -338,6 +353,19 @@ impl Pace {
     /// the barrier.)
     fn passed(&mut self, drained: bool) {
         self.behind = !drained || self.more;
+        self.waiting = !drained;
+    }
+
+    /// Whether the next pass asks for [`PREFETCH`] rounds at once (once `deep` says
+    /// the catch-up may): only while rounds are known to wait (or before the first
+    /// pass). At the head of a predecessor still shipping its backlog (its rounds
+    /// say more are to come), one round is there every [`ROUND_EVERY`] at most, and
+    /// asking for 8 on every pass (a pass every 1-2 ms) sent thousands of fetches a
+    /// second that found nothing: at 1 GB a successor that pre-copied 0.5 GB and
+    /// asked deep from its start held the in-process master and workers' async threads
+    /// for 6 s and the stream for 15 s (BENCHMARKS.md, issue 22).
+    fn deep(&self, deep: bool) -> bool {
+        deep && self.waiting
     }
 }
 
@@ -425,7 +453,10 @@ async fn precopy_then_deltas(
         .iter()
         .map(|piece| Follow {
             piece,
-            pace: Pace::default(),
+            pace: Pace {
+                waiting: true,
+                ..Pace::default()
+            },
             at_barrier: None,
         })
         .collect();
@@ -445,7 +476,10 @@ async fn precopy_then_deltas(
             // 62 MB for the switch, a stall of 707 ms). Before, one at a time: in one
             // run each, short catch-ups (10 and 100 MB) asking for 8 at once from the
             // start held the stream longer (p99 during the upgrade 7-27 ms, not 5-8).
-            let depth = if f.pace.behind && started.elapsed() >= JUDGE_AFTER {
+            // After a large pre-copy ([`DEEP_FROM`]) from the start. Only while rounds
+            // are known to wait ([`Pace::deep`]).
+            let deep = started.elapsed() >= JUDGE_AFTER || copied >= DEEP_FROM;
+            let depth = if f.pace.deep(deep) {
                 PREFETCH as u64
             } else {
                 1
@@ -815,7 +849,7 @@ mod tests {
             let mut p = Pace {
                 applied: 3,
                 more,
-                behind: false,
+                ..Pace::default()
             };
             p.passed(drained);
             p
@@ -836,6 +870,27 @@ mod tests {
             ..more
         };
         assert!(!caught_up([&gaining], Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn rounds_are_asked_for_eight_at_once_only_while_some_are_known_to_wait() {
+        // Before the first pass they are presumed to (a pre-copy's pile up).
+        let start = Pace {
+            waiting: true,
+            ..Pace::default()
+        };
+        assert!(start.deep(true));
+        // Never before the catch-up may.
+        assert!(!start.deep(false));
+        // A pass that stopped at its limit left some.
+        let mut p = start;
+        p.passed(false);
+        assert!(p.deep(true));
+        // At the head of a predecessor that says more are to come: behind, but one at
+        // a time (the next is at most one round interval away).
+        p.more = true;
+        p.passed(true);
+        assert!(p.behind && !p.deep(true));
     }
 
     #[test]
