@@ -44,6 +44,11 @@ struct Args {
     /// overrides it; 0 turns default checkpoints off).
     #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS", default_value_t = 1000)]
     checkpoint_interval_ms: u64,
+    /// A checkpoint not complete this long (ms) after it began is abandoned (the next
+    /// one is taken from scratch); large state written and replicated on slow disks
+    /// may need longer.
+    #[arg(long, env = "WEIR_CHECKPOINT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_timeout_ms: u64,
     /// Copies of every checkpoint snapshot, the taking worker's included.
     #[arg(long, env = "WEIR_CHECKPOINT_REPLICAS", default_value_t = 2)]
     checkpoint_replicas: u32,
@@ -165,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.metrics_listen = args.metrics_listen;
     cfg.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
     cfg.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    cfg.checkpoint_timeout = Duration::from_millis(args.checkpoint_timeout_ms);
     cfg.checkpoint_replicas = args.checkpoint_replicas.max(1);
     cfg.precopy = !args.no_precopy;
     cfg.scheduling =

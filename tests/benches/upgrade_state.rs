@@ -6,8 +6,11 @@
 //!
 //! One master and two in-process workers on loopback (real gRPC, Raft and TCP). The
 //! app: `gen` (2 PEs, 300,000 records/s in all, keys cycling over enough keys for the
-//! state size, wall-clock event times) -> `win` (`window.count`, 10-minute windows,
-//! hash) -> `views`; and `gen` -> `sample` (`filter where: id % 300 == 0`) -> `tag`
+//! state size, wall-clock event times) -hash-> `win` (`window.count`, windows of a
+//! day, so that none closes during a run: a closing window emits every key at once,
+//! which holds the stream for seconds at 1 GB whatever the upgrade does; until
+//! 2026-12-07 they were 10 minutes long, and runs that crossed a boundary measured
+//! that close) -> `views`; and `gen` -> `sample` (`filter where: id % 300 == 0`) -> `tag`
 //! -> `lat` (`sink.tcp` read here). A window that blocks its producers stalls the
 //! sample path too, so the gaps at `lat` show the stall. Per case it prints: the
 //! longest gap at `lat` during the upgrade next to the steady one, latency p50/p99
@@ -16,6 +19,14 @@
 //!
 //! An upgrade that does not complete (rolled back) is reported with its reason, and the
 //! run goes on with the next kind.
+//!
+//! `WEIR_BENCH_PROCESSES=1` runs the same through the real processes instead:
+//! `weir-master --dev` and two `weir-worker` processes (release builds: `cargo build
+//! --release -p weir-master -p weir-worker` first), with the binaries' defaults but
+//! for the settings the in-process cluster also changes (worker timeout 1.5 s,
+//! checkpoint timeout 60 s, each worker declaring 8 cores and 16 GiB), so that the
+//! two are comparable. RSS is then each worker process's, and the worker loss is a
+//! `SIGKILL`.
 //!
 //! With pre-copy it then stops one worker (worker timeout 1.5 s) and reports the time
 //! from the loss to the first record generated after it reaching `lat`, and to every PE
@@ -28,6 +39,8 @@
 //! with `WEIR_BENCH_LOG` (a log filter) it also lists the gaps at `lat` longer than
 //! `WEIR_BENCH_GAP_MS` (default 100), from `t0`, to line up with the log, and the
 //! moments all async threads stopped or one stopped parking (`weir_tests::stalls`;
+//! through the processes: the moments the sink got nothing for 1.5 s, with what each
+//! worker's threads were doing;
 //! `WEIR_BENCH_GDB=1` adds every thread's stack, which stops the process for seconds:
 //! figures after it are not comparable). Run with `cargo bench -p weir-tests --bench upgrade_state`; figures go to
 //! BENCHMARKS.md. Without `--bench` it does nothing.
@@ -36,7 +49,7 @@ use std::time::{Duration, Instant};
 use weir_master::server::MasterConfig;
 use weir_proto::v1 as pb;
 use weir_tests::arrivals::{listen, unix_ms, window};
-use weir_tests::{app_detail, eventually_within, start_worker, status_mb, Cluster};
+use weir_tests::{app_detail, eventually_within, start_worker, status_mb};
 
 // The allocator the worker binary runs with (worker/src/main.rs): the workers in this
 // process are measured as users run them. (Until 2026-12-04 these benches ran on
@@ -96,7 +109,7 @@ operators:
   - {{name: sample, kind: filter, parallelism: 2, params: {{where: "id % 300 == 0"}}}}
   - {{name: tag, kind: map, parallelism: 2, params: {{set: {{t: ts}}}}}}
   - {{name: lat, kind: sink.tcp, params: {{address: "{sink}"}}}}
-  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 600000}}, resources: {{cpu: {cpu}, memory_mb: {memory_mb}}}}}
+  - {{name: win, kind: window.count, parallelism: {win}, params: {{size_ms: 86400000}}, resources: {{cpu: {cpu}, memory_mb: {memory_mb}}}}}
   - {{name: views, kind: sink.null}}
 streams:
   - {{from: gen, to: sample}}
@@ -146,17 +159,167 @@ async fn window_bytes(
     )
 }
 
+/// Where the master and the two workers run (`WEIR_BENCH_PROCESSES`).
+enum Deployment {
+    /// In this process: one master and two workers on its runtime.
+    InProcess {
+        cluster: weir_tests::Cluster,
+        workers: Vec<weir_worker::node::Worker>,
+    },
+    /// `weir-master --dev` and two `weir-worker` processes.
+    Processes {
+        addr: String,
+        master: tokio::process::Child,
+        /// `w1`, `w2`.
+        workers: Vec<tokio::process::Child>,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Deployment {
+    async fn start(precopy: bool) -> Self {
+        if std::env::var_os("WEIR_BENCH_PROCESSES").is_none() {
+            let cluster =
+                weir_tests::Cluster::start_tuned(1, if precopy { tuned } else { whole }).await;
+            cluster.leader().await;
+            let masters: Vec<_> = cluster.addrs.values().copied().collect();
+            let workers = vec![
+                start_worker("w1", &masters).await,
+                start_worker("w2", &masters).await,
+            ];
+            return Deployment::InProcess { cluster, workers };
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let addr = format!("127.0.0.1:{}", weir_tests::free_port());
+        // The processes log as `WEIR_BENCH_LOG` says, to this process's stderr.
+        let log = std::env::var("WEIR_BENCH_LOG").unwrap_or_else(|_| "error".into());
+        let mut master = tokio::process::Command::new(weir_tests::release_binary("weir-master"));
+        master
+            .args(["--dev", "--insecure", "--listen", &addr, "--data-dir"])
+            .arg(dir.path().join("m"))
+            .args([
+                "--worker-timeout-ms",
+                "1500",
+                "--checkpoint-timeout-ms",
+                "60000",
+            ])
+            .env("RUST_LOG", &log)
+            .kill_on_drop(true);
+        if !precopy {
+            master.arg("--no-precopy");
+        }
+        let master = master.spawn().expect("weir-master starts");
+        let workers = ["w1", "w2"]
+            .iter()
+            .map(|w| {
+                let port = || format!("127.0.0.1:{}", weir_tests::free_port());
+                tokio::process::Command::new(weir_tests::release_binary("weir-worker"))
+                    .args(["--id", w, "--master", &addr, "--no-nvml", "--insecure"])
+                    .args(["--control-address", &port(), "--data-address", &port()])
+                    .args(["--cores", "8", "--memory-mb", "16384", "--data-dir"])
+                    .arg(dir.path().join(w))
+                    .env("RUST_LOG", &log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("weir-worker starts")
+            })
+            .collect();
+        Deployment::Processes {
+            addr,
+            master,
+            workers,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel> {
+        match self {
+            Deployment::InProcess { cluster, .. } => cluster.client(1).await,
+            Deployment::Processes { addr, .. } => {
+                let addr = format!("http://{addr}");
+                eventually_within("the master answers", LIMIT, || {
+                    let addr = addr.clone();
+                    async move { pb::weir_client::WeirClient::connect(addr).await.ok() }
+                })
+                .await
+            }
+        }
+    }
+
+    /// The RSS to report, MB: this process's, or each worker process's.
+    fn rss(&self) -> String {
+        match self {
+            Deployment::InProcess { .. } => format!("{}", status_mb(None, "VmRSS:") as u64),
+            Deployment::Processes { workers, .. } => workers
+                .iter()
+                .map(|w| format!("{}", status_mb(w.id(), "VmRSS:") as u64))
+                .collect::<Vec<_>>()
+                .join("+"),
+        }
+    }
+
+    /// Peak RSS so far, MB, as [`Deployment::rss`].
+    fn peak(&self) -> String {
+        match self {
+            Deployment::InProcess { .. } => format!("{:.0}", status_mb(None, "VmHWM:")),
+            Deployment::Processes { workers, .. } => workers
+                .iter()
+                .map(|w| format!("{:.0}", status_mb(w.id(), "VmHWM:")))
+                .collect::<Vec<_>>()
+                .join(" and "),
+        }
+    }
+
+    /// Loses worker `w2`: stopped in process, killed (`SIGKILL`) as a process.
+    async fn lose_worker(&mut self) {
+        match self {
+            Deployment::InProcess { workers, .. } => workers.pop().expect("w2").stop().await,
+            Deployment::Processes { workers, .. } => {
+                let mut w = workers.pop().expect("w2");
+                let _ = w.kill().await;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Deployment::InProcess { cluster, workers } => {
+                for w in workers {
+                    w.stop().await;
+                }
+                cluster.stop().await;
+            }
+            Deployment::Processes {
+                mut master,
+                workers,
+                ..
+            } => {
+                for mut w in workers {
+                    let _ = w.kill().await;
+                }
+                let _ = master.kill().await;
+            }
+        }
+    }
+}
+
 async fn case(size_mb: u64, precopy: bool) {
-    let c = Cluster::start_tuned(1, if precopy { tuned } else { whole }).await;
-    c.leader().await;
-    let masters: Vec<_> = c.addrs.values().copied().collect();
-    let workers = vec![
-        start_worker("w1", &masters).await,
-        start_worker("w2", &masters).await,
-    ];
-    let mut client = c.client(1).await;
+    let mut deployed = Deployment::start(precopy).await;
+    let mut client = deployed.client().await;
     weir_tests::workers_alive(&client, 2, LIMIT).await;
     let (sink, arrivals) = listen().await;
+    // Through the processes, with the log: what the workers do when the sink is quiet.
+    let _quiet = match (std::env::var_os("WEIR_BENCH_LOG"), &deployed) {
+        (Some(_), Deployment::Processes { workers, .. }) => {
+            let pids = ["w1", "w2"]
+                .iter()
+                .zip(workers)
+                .filter_map(|(n, w)| Some((n.to_string(), w.id()?)))
+                .collect();
+            Some(weir_tests::stalls::watch_arrivals(arrivals.clone(), pids))
+        }
+        _ => None,
+    };
     let keys = keys_for(size_mb * 1_000_000);
     // What a window PE holds at most: its share of the state in memory, and while it
     // pre-copies, its predecessors' pieces (half the snapshot each, two at most).
@@ -291,7 +454,7 @@ async fn case(size_mb: u64, precopy: bool) {
             before / 1_000_000,
             format!("{:.2}", at as f64 / 1e6),
             total,
-            status_mb(None, "VmRSS:") as u64,
+            deployed.rss(),
         );
         // A replacement keeps each PE's key groups: a successor placed on another
         // worker than its predecessor is a move of a stateful PE.
@@ -315,9 +478,8 @@ async fn case(size_mb: u64, precopy: bool) {
     if precopy {
         // Recovery after a worker loss (the same machinery restores whole snapshots):
         // from the loss to the first record generated after it reaching the sink.
-        let mut workers = workers;
         let lost = unix_ms();
-        workers.pop().expect("w2").stop().await;
+        deployed.lose_worker().await;
         let resumed = eventually_within("output resumes after the worker loss", LIMIT, || {
             let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
             let first = a.iter().find(|(_, ts)| *ts > lost).map(|(t, _)| *t);
@@ -349,19 +511,16 @@ async fn case(size_mb: u64, precopy: bool) {
             recovered - lost,
             bytes / 1_000_000
         );
-        for w in workers {
-            w.stop().await;
-        }
-    } else {
-        for w in workers {
-            w.stop().await;
-        }
     }
-    c.stop().await;
+    println!("{:>6} peak RSS {} MB", "", deployed.peak());
+    deployed.stop().await;
 }
 
 async fn run() {
-    if std::env::var_os("WEIR_BENCH_LOG").is_some() {
+    // The watchdog sees this process's threads: the workers' only when in it.
+    if std::env::var_os("WEIR_BENCH_LOG").is_some()
+        && std::env::var_os("WEIR_BENCH_PROCESSES").is_none()
+    {
         weir_tests::stalls::watch(&tokio::runtime::Handle::current());
     }
     let sizes: Vec<u64> = std::env::var("WEIR_BENCH_STATE_MB")
@@ -370,7 +529,12 @@ async fn run() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     println!(
-        "online upgrades with large window state at {RATE} records/s, 2 workers, release build"
+        "online upgrades with large window state at {RATE} records/s, 2 workers, release build, {}",
+        if std::env::var_os("WEIR_BENCH_PROCESSES").is_some() {
+            "weir-master and weir-worker processes (RSS: each worker's)"
+        } else {
+            "master and workers in this process (RSS: this process's)"
+        }
     );
     println!(
         "{:>6} {:<9} {:<36} {:>4} {:>4} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7}",
@@ -397,10 +561,6 @@ async fn run() {
             }
         }
     }
-    println!(
-        "peak RSS of this process {:.0} MB",
-        status_mb(None, "VmHWM:")
-    );
 }
 
 fn main() {

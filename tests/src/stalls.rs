@@ -62,7 +62,7 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
                         "stall-watch: async threads {late} ms late at {}.{:03}; threads: {}",
                         last / 1000,
                         last % 1000,
-                        threads()
+                        threads(None)
                     );
                 }
                 for (i, (count, since, told)) in parks.iter_mut().enumerate() {
@@ -78,11 +78,11 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
                             now - *since,
                             *since / 1000,
                             *since % 1000,
-                            threads()
+                            threads(None)
                         );
                         if gdb && dumps < 3 {
                             dumps += 1;
-                            eprintln!("stall-watch: stacks:\n{}", stacks());
+                            eprintln!("stall-watch: stacks:\n{}", stacks(None));
                         }
                     }
                 }
@@ -93,11 +93,71 @@ pub fn watch(runtime: &tokio::runtime::Handle) {
     }
 }
 
-/// Every thread's stack, as gdb prints it (attached for a moment: the process stops
-/// meanwhile).
-fn stacks() -> String {
+/// Watches a sink's arrivals while the workers run as processes (`pids`), where
+/// [`watch`] cannot see their threads: when none has arrived for [`QUIET_MS`], it
+/// reports what each worker's threads are doing ([`threads`]) and, with
+/// `WEIR_BENCH_GDB=1`, their stacks (at most twice a run; gdb stops the process for
+/// seconds meanwhile). Why: through the real processes, the 1 GB upgrade bench saw
+/// the sink get nothing for 13 s while one worker answered no control call.
+/// It stops when the returned guard is dropped.
+pub fn watch_arrivals(arrivals: crate::arrivals::Arrivals, pids: Vec<(String, u32)>) -> Watching {
+    let gdb = std::env::var("WEIR_BENCH_GDB").is_ok_and(|v| v == "1");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("quiet-watch".into())
+        .spawn(move || {
+            let (mut dumps, mut reported_at) = (0, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let last = {
+                    let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                    a.last().map(|(t, _)| *t)
+                };
+                let Some(last) = last else { continue };
+                let quiet = unix_ms() - last;
+                if quiet < QUIET_MS || reported_at == last {
+                    continue;
+                }
+                reported_at = last;
+                for (name, pid) in &pids {
+                    eprintln!(
+                        "quiet-watch: nothing at the sink for {quiet} ms; {name}'s threads: {}",
+                        threads(Some(*pid))
+                    );
+                }
+                if gdb && dumps < 2 {
+                    dumps += 1;
+                    for (name, pid) in &pids {
+                        eprintln!("quiet-watch: {name}'s stacks:\n{}", stacks(Some(*pid)));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("quiet-watch: not started: {e}");
+    }
+    Watching(stop)
+}
+
+/// Stops [`watch_arrivals`] when dropped.
+pub struct Watching(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How long a sink may get nothing before [`watch_arrivals`] reports.
+const QUIET_MS: i64 = 1500;
+
+/// Every thread's stack, as gdb prints it, of process `pid` (`None`: this one),
+/// attached for a moment: the process stops meanwhile.
+fn stacks(pid: Option<u32>) -> String {
+    let pid = pid.unwrap_or_else(std::process::id);
     let out = std::process::Command::new("gdb")
-        .args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+        .args(["-p", &pid.to_string(), "-batch", "-nx"])
         .args(["-ex", "set pagination off", "-ex", "thread apply all bt 30"])
         .output();
     match out {
@@ -106,10 +166,14 @@ fn stacks() -> String {
     }
 }
 
-/// Each thread of this process, `name state wchan syscall`, except sleeping idle ones
-/// (async threads are always listed, idle or not).
-fn threads() -> String {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+/// Each thread of process `pid` (`None`: this one), `name state wchan syscall`,
+/// except sleeping idle ones (async threads are always listed, idle or not).
+fn threads(pid: Option<u32>) -> String {
+    let task = pid.map_or_else(
+        || "/proc/self/task".to_string(),
+        |p| format!("/proc/{p}/task"),
+    );
+    let Ok(dir) = std::fs::read_dir(task) else {
         return "(no /proc)".into();
     };
     let mut out = Vec::new();

@@ -142,9 +142,10 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
         let main = tokio::runtime::Handle::current();
         let job: Loop = Box::pin(run(cfg, hooks, status.clone(), stop_rx, main));
-        let slot = Arc::new(Mutex::new(Some(job)));
+        // The loop is handed to the thread once it exists; if it cannot be made, the
+        // loop is still here to run as a task.
+        let (hand, take) = std::sync::mpsc::sync_channel::<Loop>(1);
         let (ended, done) = tokio::sync::oneshot::channel();
-        let taken = slot.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("weir-agent")
@@ -153,8 +154,7 @@ impl Agent {
             std::thread::Builder::new()
                 .name("weir-agent".into())
                 .spawn(move || {
-                    let job = taken.lock().ok().and_then(|mut j| j.take());
-                    if let Some(job) = job {
+                    if let Ok(job) = take.recv() {
                         rt.block_on(job);
                     }
                     let _ = ended.send(());
@@ -162,15 +162,14 @@ impl Agent {
                 .map_err(|e| e.to_string())
         });
         let done = match spawned {
-            Ok(_) => Done::Thread(done),
+            Ok(_) => {
+                // The thread waits for it: the send cannot find the channel full.
+                let _ = hand.send(job);
+                Done::Thread(done)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for the agent: it heartbeats among the PEs");
-                let job = slot.lock().ok().and_then(|mut j| j.take());
-                Done::Task(tokio::spawn(async move {
-                    if let Some(job) = job {
-                        job.await;
-                    }
-                }))
+                Done::Task(tokio::spawn(job))
             }
         };
         Self {

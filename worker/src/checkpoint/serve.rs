@@ -34,6 +34,40 @@ pub const FETCH_BUDGET_MIB: usize = 1024;
 
 static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FETCH_BUDGET_MIB);
 
+/// Pre-copy reads (`background` fetches) are served at most this fast, over all such
+/// fetches this process serves (bytes per second; with none being served, the first
+/// chunk goes at once). Why:
+/// a transfer copies every byte several times on both workers (the read chunks into
+/// gRPC frames, the socket, the receiver's reassembly and checksum), on the async
+/// threads the PEs run on. Unpaced, the three successors of a rescale fetching their
+/// predecessors' pieces at once held the sink 25-53 ms at 100 MB of state through
+/// the real processes (and 247 ms at 1 GB in process), right as the pre-copy began,
+/// and those gaps put the p99 latency during the upgrade at 3-4 times steady
+/// (BENCHMARKS.md, issue 22). Nothing waits on a pre-copy but the switch, which
+/// waits for the successors' loads anyway (longer than their fetches). Fetches the
+/// stream waits for (restores at a barrier, recovery) are not paced. A pre-copy fetch
+/// is still bounded by the fetch timeout (60 s, `replicate::DEFAULT_TIMEOUT`): one that
+/// waits behind more than ~15 GB of others fails, and its successor moves the whole
+/// state at the switch instead, slower but exact.
+pub const PRECOPY_BYTES_PER_S: f64 = 256e6;
+
+/// When the next pre-copy chunk may go, over all fetches in the process.
+static PRECOPY_NEXT: std::sync::Mutex<Option<tokio::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Waits for `bytes` of pre-copy to be due at [`PRECOPY_BYTES_PER_S`], taking their
+/// turn: each chunk is given a slot when the transport asks for it (so a slow reader
+/// reserves nothing ahead), after the slots already given.
+async fn precopy_turn(bytes: usize) {
+    let at = {
+        let now = tokio::time::Instant::now();
+        let mut next = PRECOPY_NEXT.lock().unwrap_or_else(|p| p.into_inner());
+        let at = next.map_or(now, |n| n.max(now));
+        *next = Some(at + std::time::Duration::from_secs_f64(bytes as f64 / PRECOPY_BYTES_PER_S));
+        at
+    };
+    tokio::time::sleep_until(at).await;
+}
+
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
 
@@ -220,8 +254,20 @@ pub(crate) async fn fetch_within(
     tracing::debug!(app = %r.app, pe = %r.pe, checkpoint = id, bytes = size, offset = r.offset, "serving a snapshot");
     // The chunks share `data`: its budget is released when the stream is dropped
     // (sent in full, or the caller went away), not before.
-    Ok(Box::pin(tokio_stream::iter(cs).map(move |c| {
+    let chunks = tokio_stream::iter(cs).map(move |c| {
         let _held = &permit;
         Ok(c)
-    })))
+    });
+    if r.background {
+        Ok(Box::pin(chunks.then(
+            |c: Result<pb::StateChunk, Status>| async move {
+                if let Ok(c) = &c {
+                    precopy_turn(c.data.len()).await;
+                }
+                c
+            },
+        )))
+    } else {
+        Ok(Box::pin(chunks))
+    }
 }

@@ -286,6 +286,13 @@ impl Window {
     /// Adds a batch that arrived on `input` and returns the windows it closed. Records
     /// on an input index out of range are aggregated but cannot move the watermark.
     pub fn apply(&mut self, input: usize, batch: &Batch) -> Batch {
+        self.take(input, batch);
+        self.close()
+    }
+
+    /// [`Window::apply`] without the closing: adds the batch and moves `input`'s
+    /// progress; [`Window::close`] then emits what that closed.
+    pub fn take(&mut self, input: usize, batch: &Batch) {
         self.fresh = false;
         let mut max_t = None;
         for r in batch.iter() {
@@ -301,12 +308,17 @@ impl Window {
             ),
             (Some(_), None) => {}
         }
-        self.close()
     }
 
     /// Marks `input` as ended (its watermark becomes +infinity) and returns the windows
     /// that closes.
     pub fn end_input(&mut self, input: usize) -> Batch {
+        self.end(input);
+        self.close()
+    }
+
+    /// [`Window::end_input`] without the closing.
+    pub fn end(&mut self, input: usize) {
         self.fresh = false;
         match self.inputs.get_mut(input) {
             Some(p) => *p = Progress::Ended,
@@ -316,7 +328,6 @@ impl Window {
                 "window: end of an unknown input"
             ),
         }
-        self.close()
     }
 
     /// Emits every open window (end of stream). Later records for windows ending at or
@@ -450,8 +461,22 @@ impl Window {
         self.late += u64::from(late);
     }
 
+    /// Slots [`Window::close`] would emit now: those of the windows ending at or
+    /// before the PE watermark.
+    pub fn closing(&self) -> usize {
+        match self.watermark() {
+            None => 0,
+            Some(i64::MAX) => self.open_windows(),
+            Some(wm) => self
+                .windows
+                .range(..(wm + 1, i64::MIN))
+                .map(|(_, k)| k.len())
+                .sum(),
+        }
+    }
+
     /// Emits and drops every window ending at or before the PE watermark.
-    fn close(&mut self) -> Batch {
+    pub fn close(&mut self) -> Batch {
         let Some(wm) = self.watermark() else {
             return BatchBuilder::with_capacity(4).finish();
         };
@@ -477,7 +502,11 @@ impl Window {
         };
         let mut b = BatchBuilder::with_capacity(closed.values().map(|k| k.len() * 96).sum());
         for ((end, start), keys) in closed {
-            let mut keys: Vec<(Key, Slot)> = keys.into_iter().collect();
+            // Sized first: collected from the key groups' maps, the vector grew by
+            // copying itself (427 MB at once for a window of 9 M keys).
+            let mut sorted: Vec<(Key, Slot)> = Vec::with_capacity(keys.len());
+            sorted.extend(keys);
+            let mut keys = sorted;
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (key, Slot { acc, .. }) in keys {
                 let fields = [

@@ -329,9 +329,6 @@ struct Pace {
     applied: u64,
     /// The last round applied said its predecessor had left changes for later rounds.
     more: bool,
-    /// Rounds of it may be waiting: the last pass over them stopped at its limit, or
-    /// the last one applied left more.
-    behind: bool,
     /// Rounds of it were left stored: the last pass stopped at its limit, not for
     /// want of the next round (before the first pass: presumed, a pre-copy's rounds
     /// pile up while it loads).
@@ -352,8 +349,13 @@ impl Pace {
     /// since the checkpoint mostly unshipped, and 1.8-3.9 MB per successor moved at
     /// the barrier.)
     fn passed(&mut self, drained: bool) {
-        self.behind = !drained || self.more;
         self.waiting = !drained;
+    }
+
+    /// Whether rounds of it may still be waiting or to come: the last pass stopped at
+    /// its limit ([`Pace::passed`]), or the last round applied left more.
+    fn behind(&self) -> bool {
+        self.waiting || self.more
     }
 
     /// Whether the next pass asks for [`PREFETCH`] rounds at once (once `deep` says
@@ -374,7 +376,7 @@ impl Pace {
 fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> bool {
     paces
         .into_iter()
-        .all(|p| !p.behind || losing(p.applied, since))
+        .all(|p| !p.behind() || losing(p.applied, since))
 }
 
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
@@ -890,7 +892,7 @@ mod tests {
         // a time (the next is at most one round interval away).
         p.more = true;
         p.passed(true);
-        assert!(p.behind && !p.deep(true));
+        assert!(p.behind() && !p.deep(true));
     }
 
     #[test]

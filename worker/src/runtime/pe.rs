@@ -361,7 +361,7 @@ pub async fn run_consumer(
             }
             Msg::End { seq } => {
                 ended[i] = true;
-                if let Some(out) = kernel.end_input(i) {
+                if let Some(out) = kernel.end_input(i).await {
                     status.gave(&out);
                     router.send(out).await;
                 }

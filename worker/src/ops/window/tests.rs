@@ -141,6 +141,23 @@ fn output_is_ordered_by_window_end_then_key() {
 }
 
 #[test]
+fn closing_counts_the_slots_the_next_close_emits() {
+    let mut w = Window::new(WindowKind::Count, 10, 1, 0);
+    assert_eq!(w.closing(), 0, "no watermark yet");
+    w.take(
+        0,
+        &batch_of(&[("a", 3), ("b", 5), ("a", 12), ("c", 14), ("z", 40)]),
+    );
+    // Watermark 40: [0, 10) holds a and b, [10, 20) a and c; [40, 50) stays open.
+    assert_eq!((w.closing(), w.open_windows()), (4, 5));
+    assert_eq!(w.close().len(), 4);
+    assert_eq!((w.closing(), w.open_windows()), (0, 1));
+    w.end(0);
+    assert_eq!(w.closing(), 1, "an ended input closes everything");
+    assert_eq!(w.close().len(), 1);
+}
+
+#[test]
 fn two_inputs_hold_windows_until_both_pass() {
     let mut w = Window::new(WindowKind::Count, 100, 2, 0);
     assert!(w.apply(0, &batch_of(&[("k", 10), ("k", 1000)])).is_empty());
