@@ -24,9 +24,10 @@
 //! `weir-master --dev` and two `weir-worker` processes (release builds: `cargo build
 //! --release -p weir-master -p weir-worker` first), with the binaries' defaults but
 //! for the settings the in-process cluster also changes (worker timeout 1.5 s,
-//! checkpoint timeout 60 s, each worker declaring 8 cores and 16 GiB), so that the
-//! two are comparable. RSS is then each worker process's, and the worker loss is a
-//! `SIGKILL`.
+//! checkpoint timeout 60 s, each worker declaring 8 cores and 16 GiB). The in-process
+//! master also heartbeats every 100 ms and reconciles every 50 ms, which the binary
+//! does not expose (its defaults: 500 and 250 ms; progress is pushed, so they matter
+//! less). RSS is then each worker process's, and the worker loss is a `SIGKILL`.
 //!
 //! With pre-copy it then stops one worker (worker timeout 1.5 s) and reports the time
 //! from the loss to the first record generated after it reaching `lat`, and to every PE
