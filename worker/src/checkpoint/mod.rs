@@ -7,11 +7,13 @@
 //! - [`replicate`]: [`Replicator`], pushing a snapshot to the next workers in the
 //!   ring so a checkpoint survives the loss of the worker that took it, and [`fetch`],
 //!   finding an intact copy to restore from (the local one, else the replicas).
+//! - [`pace`]: [`pace::Pacer`], spacing the bytes of pushes and pre-copy reads.
 //!
 //! Snapshots travel as [`pb::StateChunk`] streams of at most [`CHUNK_BYTES`] per chunk,
 //! each with its CRC-32C, the last one with the whole snapshot's; [`Assembler`] checks
 //! a received stream, on both sides, before anything is stored or loaded.
 
+pub mod pace;
 pub mod replicate;
 pub mod serve;
 pub mod store;

@@ -52,11 +52,9 @@ fn paced(
 ) -> tokio_stream::wrappers::ReceiverStream<pb::StateChunk> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
-        let start = tokio::time::Instant::now();
-        let mut sent = 0usize;
+        let pacer = super::pace::Pacer::new(rate);
         for c in cs {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 / rate)).await;
-            sent += c.data.len();
+            pacer.turn(c.data.len()).await;
             if tx.send(c).await.is_err() {
                 // The call ended (failed or timed out): nobody reads on.
                 break;

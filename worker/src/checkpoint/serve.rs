@@ -51,22 +51,8 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// state at the switch instead, slower but exact.
 pub const PRECOPY_BYTES_PER_S: f64 = 256e6;
 
-/// When the next pre-copy chunk may go, over all fetches in the process.
-static PRECOPY_NEXT: std::sync::Mutex<Option<tokio::time::Instant>> = std::sync::Mutex::new(None);
-
-/// Waits for `bytes` of pre-copy to be due at [`PRECOPY_BYTES_PER_S`], taking their
-/// turn: each chunk is given a slot when the transport asks for it (so a slow reader
-/// reserves nothing ahead), after the slots already given.
-async fn precopy_turn(bytes: usize) {
-    let at = {
-        let now = tokio::time::Instant::now();
-        let mut next = PRECOPY_NEXT.lock().unwrap_or_else(|p| p.into_inner());
-        let at = next.map_or(now, |n| n.max(now));
-        *next = Some(at + std::time::Duration::from_secs_f64(bytes as f64 / PRECOPY_BYTES_PER_S));
-        at
-    };
-    tokio::time::sleep_until(at).await;
-}
+/// Paces pre-copy reads over all fetches in the process ([`PRECOPY_BYTES_PER_S`]).
+static PRECOPY: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S);
 
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
@@ -262,7 +248,7 @@ pub(crate) async fn fetch_within(
         Ok(Box::pin(chunks.then(
             |c: Result<pb::StateChunk, Status>| async move {
                 if let Ok(c) = &c {
-                    precopy_turn(c.data.len()).await;
+                    PRECOPY.turn(c.data.len()).await;
                 }
                 c
             },
