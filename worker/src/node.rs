@@ -143,6 +143,7 @@ impl Worker {
             .timeout(CONTROL_TIMEOUT)
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .max_concurrent_streams(Some(MAX_CALLS_PER_CONNECTION as u32))
+            .max_frame_size(crate::checkpoint::FRAME_BYTES)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(health_service)

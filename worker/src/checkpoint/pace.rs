@@ -1,7 +1,8 @@
 //! Spacing snapshot bytes sent to a rate, so a transfer takes the CPU (copies,
 //! checksums, the socket) a little at a time rather than all at once on the threads
-//! the PEs run on: replica pushes ([`super::replicate`]) per stream, pre-copy reads
-//! served ([`super::serve`]) over the whole process.
+//! the PEs run on: replica pushes ([`super::replicate`]) per stream; pre-copy pieces
+//! served ([`super::serve`]) over the whole process; and the reads of stored pieces for
+//! a pre-copy, here or for another worker ([`super::SnapshotStore::get_paced`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,6 +36,20 @@ impl Pacer {
             at
         };
         tokio::time::sleep_until(at).await;
+    }
+
+    /// [`Pacer::turn`] for a blocking thread (a read of a stored piece).
+    pub fn turn_blocking(&self, bytes: usize) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let (at, after) = slot(*next, Instant::now(), bytes, self.bytes_per_s);
+            *next = Some(after);
+            at
+        };
+        let wait = at.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
     }
 }
 

@@ -96,7 +96,10 @@ pub fn ring(self_id: &str, peers: &[pb::PeerWorker]) -> Vec<pb::PeerWorker> {
 fn endpoint(security: &weir_security::Security, address: &str) -> Result<Endpoint, String> {
     security
         .endpoint(address, weir_security::ServerRole::Worker)
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT))
+        .map(|e| {
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .max_frame_size(super::FRAME_BYTES)
+        })
         .map_err(|e| format!("bad address {address:?}: {e}"))
 }
 
@@ -327,7 +330,14 @@ pub async fn fetch_waiting(
     // Read and checked off the stream's threads: a pass over up to a gigabyte.
     let local = {
         let (s, a, p) = (store.clone(), app.to_string(), pe.to_string());
-        crate::background::run_at(priority, move || s.get_shared(&a, &p, id)).await
+        crate::background::run_at(priority, move || {
+            if priority == Priority::Stream {
+                s.get_shared(&a, &p, id)
+            } else {
+                s.get_paced(&a, &p, id, &super::serve::PRECOPY_READS)
+            }
+        })
+        .await
     };
     let listed_here = locations.iter().any(|l| l.worker_id == self_id);
     match local {

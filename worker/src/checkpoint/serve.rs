@@ -51,8 +51,14 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// state at the switch instead, slower but exact.
 pub const PRECOPY_BYTES_PER_S: f64 = 256e6;
 
-/// Paces pre-copy reads over all fetches in the process ([`PRECOPY_BYTES_PER_S`]).
+/// Paces pre-copy pieces sent, over all fetches in the process
+/// ([`PRECOPY_BYTES_PER_S`]).
 static PRECOPY: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S);
+
+/// Paces the reads of stored pieces for a pre-copy, this worker's successors' and
+/// those served to others, over the whole process, at the same rate
+/// ([`super::SnapshotStore::get_paced`] says why).
+pub(crate) static PRECOPY_READS: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S);
 
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
@@ -213,8 +219,13 @@ pub(crate) async fn fetch_within(
     // behind this worker's own successors' loads.
     let read = {
         let (app, from, to, offset) = (r.app.clone(), r.pe.clone(), r.for_pe.clone(), r.offset);
+        let background = r.background;
         let read = move || {
-            let (data, _) = store.get_shared(&app, &from, id)?;
+            let (data, _) = if background {
+                store.get_paced(&app, &from, id, &PRECOPY_READS)?
+            } else {
+                store.get_shared(&app, &from, id)?
+            };
             let size = data.len();
             let cs = (offset <= size as u64).then(|| chunks(&app, &from, &to, id, &data, offset));
             Ok::<_, StoreError>((size, cs))
