@@ -653,19 +653,11 @@ async fn until_switch(
     let fetch = |fetches: &mut tokio::task::JoinSet<()>,
                  (i, piece): (usize, &pb::RestorePiece),
                  round: Option<u64>| {
-        let (env, app, from, tx) = (
-            ckpt.env.clone(),
-            ckpt.app.clone(),
-            piece.locations.clone(),
-            tx.clone(),
-        );
-        let (name, id) = match round {
-            Some(id) => (round_name(&piece.pe, base), id),
-            None => (envelope_name(&piece.pe), piece.checkpoint_id),
-        };
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let part = round.map_or(Part::Envelope, Part::Round);
+        let (load, tx) = (load_part(ckpt, piece, base, part, wait), tx.clone());
         fetches.spawn(async move {
-            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let got = env.load_piece(&app, &name, id, &from, wait).await;
+            let got = load.await;
             let _ = tx.send(match round {
                 Some(id) => Got::Round(i, id, got),
                 None => Got::Envelope(i, got),
@@ -728,6 +720,32 @@ async fn until_switch(
     }
 }
 
+/// What a successor fetches of one predecessor's hand-off.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    /// Round `.0` against the pre-copy's checkpoint.
+    Round(u64),
+    /// The envelope it stored at the switch barrier.
+    Envelope,
+}
+
+/// Loads `part` of `piece`'s predecessor (rounds against `base`), waiting up to `wait`
+/// for it to be stored: a future that owns what it needs, to be spawned.
+fn load_part(
+    ckpt: &Ckpt,
+    piece: &pb::RestorePiece,
+    base: u64,
+    part: Part,
+    wait: Duration,
+) -> impl std::future::Future<Output = Result<Loaded, String>> + Send + 'static {
+    let (env, app, from) = (ckpt.env.clone(), ckpt.app.clone(), piece.locations.clone());
+    let (name, id) = match part {
+        Part::Round(id) => (round_name(&piece.pe, base), id),
+        Part::Envelope => (envelope_name(&piece.pe), piece.checkpoint_id),
+    };
+    async move { env.load_piece(&app, &name, id, &from, wait).await }
+}
+
 /// Fetches round `id` of `piece`'s predecessor against `base`, waiting up to `wait`
 /// for it to be stored.
 fn fetch_round(
@@ -737,9 +755,7 @@ fn fetch_round(
     id: u64,
     wait: Duration,
 ) -> tokio::task::JoinHandle<Result<Loaded, String>> {
-    let (env, app) = (ckpt.env.clone(), ckpt.app.clone());
-    let (name, from) = (round_name(&piece.pe, base), piece.locations.clone());
-    tokio::spawn(async move { env.load_piece(&app, &name, id, &from, wait).await })
+    tokio::spawn(load_part(ckpt, piece, base, Part::Round(id), wait))
 }
 
 /// Round fetches under way, in order; dropped (on an error), they are aborted.
