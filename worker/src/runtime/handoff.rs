@@ -379,6 +379,43 @@ fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> 
         .all(|p| !p.behind() || losing(p.applied, since))
 }
 
+/// Why a successor catching up lets the switch begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ready {
+    /// No round waits, and none is announced, from any predecessor.
+    CaughtUp,
+    /// Still behind a predecessor but losing ground on it ([`losing`]): waiting longer
+    /// would leave more, not less, for the barrier.
+    Losing,
+    /// Still behind after its catch-up time.
+    OutOfTime,
+}
+
+impl Ready {
+    /// What the PE's status and log say when it is not caught up.
+    fn behind(self) -> Option<&'static str> {
+        match self {
+            Ready::CaughtUp => None,
+            Ready::Losing => Some("losing ground on its predecessors' rounds"),
+            Ready::OutOfTime => Some("out of catch-up time"),
+        }
+    }
+}
+
+/// Whether a successor that began catching up `since` ago, with `limit` to catch up,
+/// lets the switch begin, and why; `None`: it keeps catching up.
+fn readiness(paces: &[&Pace], since: Duration, limit: Duration) -> Option<Ready> {
+    if paces.iter().all(|p| !p.behind()) {
+        Some(Ready::CaughtUp)
+    } else if caught_up(paces.iter().copied(), since) {
+        Some(Ready::Losing)
+    } else if since > limit {
+        Some(Ready::OutOfTime)
+    } else {
+        None
+    }
+}
+
 /// Why pre-copy gave up: fall back to the whole snapshots at the barrier.
 struct GiveUp(String);
 
@@ -465,6 +502,8 @@ async fn precopy_then_deltas(
     let started = Instant::now();
     let catch_up = CATCH_UP.max(loading.elapsed()).min(MAX_CATCH_UP);
     let mut running = false;
+    // Set when the switch may begin while it is still behind: said in its status.
+    let mut behind = None;
     let mut rounds_bytes = 0u64;
     // Catching up: running (so the switch may begin) once caught up with every
     // predecessor (no round waiting) or losing ground on it, or after `catch_up`. No
@@ -513,17 +552,29 @@ async fn precopy_then_deltas(
             }
             f.pace.passed(drained);
         }
-        let caught_up = caught_up(follows.iter().map(|f| &f.pace), started.elapsed());
-        if !progressed && !caught_up {
+        let paces: Vec<&Pace> = follows.iter().map(|f| &f.pace).collect();
+        let ready = readiness(&paces, started.elapsed(), catch_up);
+        if !progressed && ready.is_none() {
             // Nothing new: wait for the next round rather than ask again at once.
             tokio::time::sleep(ROUND_EVERY / 4).await;
         }
-        if caught_up || started.elapsed() > catch_up {
+        if let Some(ready) = ready {
             running = true;
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
             // queues.
             status.set(PeRunState::Running);
-            tracing::info!(pe = %ckpt.pe, rounds_bytes, "caught up; waiting for the switch");
+            behind = ready.behind();
+            match behind {
+                None => {
+                    tracing::info!(pe = %ckpt.pe, rounds_bytes, "caught up; waiting for the switch")
+                }
+                Some(why) => {
+                    tracing::warn!(pe = %ckpt.pe, rounds_bytes, %why, "still behind its predecessors; what it has not applied moves at the switch");
+                    status.note(format!(
+                        "pre-copied, still behind its predecessors ({why}): what it has not applied moves at the switch"
+                    ));
+                }
+            }
         }
     }
     let deadline = tokio::time::Instant::from_std(started + WAIT);
@@ -613,8 +664,9 @@ async fn precopy_then_deltas(
     let (rounds_ms, taken_ms) = (rounds_ms, switched.elapsed().as_millis() as u64);
     tracing::info!(pe = %ckpt.pe, precopied = copied, rounds_bytes, at_barrier, rounds_ms, taken_ms, "state taken over");
     status.note(format!(
-        "state taken over: {copied} bytes pre-copied from checkpoint {base}, {rounds_bytes} in rounds, {at_barrier} at barrier {}",
-        ckpt.pieces[0].checkpoint_id
+        "state taken over: {copied} bytes pre-copied from checkpoint {base}, {rounds_bytes} in rounds, {at_barrier} at barrier {}{}",
+        ckpt.pieces[0].checkpoint_id,
+        behind.map_or(String::new(), |why| format!(" (ready while still behind: {why})"))
     ));
     Ok(Ok(true))
 }
@@ -888,6 +940,43 @@ mod tests {
             ..more
         };
         assert!(!caught_up([&gaining], Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_successor_says_why_it_lets_the_switch_begin() {
+        let after_pass = |applied, more, drained| {
+            let mut p = Pace {
+                applied,
+                more,
+                ..Pace::default()
+            };
+            p.passed(drained);
+            p
+        };
+        let (done, more) = (after_pass(3, false, true), after_pass(3, true, true));
+        let (early, limit) = (Duration::from_millis(100), Duration::from_secs(2));
+        assert_eq!(
+            readiness(&[&done, &done], early, limit),
+            Some(Ready::CaughtUp)
+        );
+        // Behind one of them and gaining: keep catching up until the limit.
+        let gaining = after_pass(500, true, true);
+        assert_eq!(readiness(&[&done, &more], early, limit), None);
+        assert_eq!(
+            readiness(&[&done, &gaining], Duration::from_millis(1_500), limit),
+            None
+        );
+        assert_eq!(
+            readiness(&[&done, &gaining], Duration::from_millis(2_001), limit),
+            Some(Ready::OutOfTime)
+        );
+        // Behind and losing ground after a second: now, whatever the limit.
+        assert_eq!(
+            readiness(&[&done, &more], Duration::from_millis(1_500), limit),
+            Some(Ready::Losing)
+        );
+        assert_eq!(Ready::CaughtUp.behind(), None);
+        assert!(Ready::Losing.behind().is_some_and(|w| w.contains("losing")));
     }
 
     #[test]
