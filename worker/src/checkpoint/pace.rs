@@ -29,27 +29,23 @@ impl Pacer {
     /// Waits for the slot of `bytes`. A slot is given when asked for, so a reader that
     /// is slower than the rate reserves nothing ahead (and gets no burst after).
     pub async fn turn(&self, bytes: usize) {
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let (at, after) = slot(*next, Instant::now(), bytes, self.bytes_per_s);
-            *next = Some(after);
-            at
-        };
-        tokio::time::sleep_until(at).await;
+        tokio::time::sleep_until(self.give(bytes)).await;
     }
 
     /// [`Pacer::turn`] for a blocking thread (a read of a stored piece).
     pub fn turn_blocking(&self, bytes: usize) {
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let (at, after) = slot(*next, Instant::now(), bytes, self.bytes_per_s);
-            *next = Some(after);
-            at
-        };
-        let wait = at.saturating_duration_since(Instant::now());
+        let wait = self.give(bytes).saturating_duration_since(Instant::now());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+    }
+
+    /// Gives `bytes` the next slot; when it starts.
+    fn give(&self, bytes: usize) -> Instant {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, after) = slot(*next, Instant::now(), bytes, self.bytes_per_s);
+        *next = Some(after);
+        at
     }
 }
 

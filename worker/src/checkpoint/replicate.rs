@@ -330,12 +330,9 @@ pub async fn fetch_waiting(
     // Read and checked off the stream's threads: a pass over up to a gigabyte.
     let local = {
         let (s, a, p) = (store.clone(), app.to_string(), pe.to_string());
+        let precopy = priority != Priority::Stream;
         crate::background::run_at(priority, move || {
-            if priority == Priority::Stream {
-                s.get_shared(&a, &p, id)
-            } else {
-                s.get_paced(&a, &p, id, &super::serve::PRECOPY_READS)
-            }
+            super::serve::read_piece(&s, &a, &p, id, precopy)
         })
         .await
     };

@@ -46,9 +46,10 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// (BENCHMARKS.md, issue 22). Nothing waits on a pre-copy but the switch, which
 /// waits for the successors' loads anyway (longer than their fetches). Fetches the
 /// stream waits for (restores at a barrier, recovery) are not paced. A pre-copy fetch
-/// is still bounded by the fetch timeout (60 s, `replicate::DEFAULT_TIMEOUT`): one that
-/// waits behind more than ~15 GB of others fails, and its successor moves the whole
-/// state at the switch instead, slower but exact.
+/// is still bounded by the fetch timeout (60 s, `replicate::DEFAULT_TIMEOUT`): its
+/// piece is read ([`PRECOPY_READS`]) and then sent at this rate, so one that waits
+/// behind more than ~7 GB of others' fails, and its successor moves the whole state
+/// at the switch instead, slower but exact.
 pub const PRECOPY_BYTES_PER_S: f64 = 256e6;
 
 /// Paces pre-copy pieces sent, over all fetches in the process
@@ -58,7 +59,23 @@ static PRECOPY: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S
 /// Paces the reads of stored pieces for a pre-copy, this worker's successors' and
 /// those served to others, over the whole process, at the same rate
 /// ([`super::SnapshotStore::get_paced`] says why).
-pub(crate) static PRECOPY_READS: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S);
+static PRECOPY_READS: super::pace::Pacer = super::pace::Pacer::new(PRECOPY_BYTES_PER_S);
+
+/// Reads and checks the stored snapshot of `pe` at `id`: paced ([`PRECOPY_READS`])
+/// for a pre-copy, whole for what the stream waits on.
+pub(crate) fn read_piece(
+    store: &SnapshotStore,
+    app: &str,
+    pe: &str,
+    id: u64,
+    precopy: bool,
+) -> Result<(bytes::Bytes, u32), StoreError> {
+    if precopy {
+        store.get_paced(app, pe, id, &PRECOPY_READS)
+    } else {
+        store.get_shared(app, pe, id)
+    }
+}
 
 /// The response stream of `FetchStateSnapshot`.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
@@ -221,11 +238,7 @@ pub(crate) async fn fetch_within(
         let (app, from, to, offset) = (r.app.clone(), r.pe.clone(), r.for_pe.clone(), r.offset);
         let background = r.background;
         let read = move || {
-            let (data, _) = if background {
-                store.get_paced(&app, &from, id, &PRECOPY_READS)?
-            } else {
-                store.get_shared(&app, &from, id)?
-            };
+            let (data, _) = read_piece(&store, &app, &from, id, background)?;
             let size = data.len();
             let cs = (offset <= size as u64).then(|| chunks(&app, &from, &to, id, &data, offset));
             Ok::<_, StoreError>((size, cs))

@@ -183,6 +183,20 @@ fn header(data: &[u8]) -> [u8; HEADER_LEN] {
 }
 
 /// Checks a snapshot file's header and CRC-32C; returns the CRC-32C.
+/// The file at `path`, read [`READ_STEP`] bytes a slot of `pacer` at a time.
+fn read_paced(path: &Path, pacer: &super::pace::Pacer) -> io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+    let mut file = Vec::with_capacity(len);
+    loop {
+        let step = len.saturating_sub(file.len()).clamp(1, READ_STEP);
+        pacer.turn_blocking(step);
+        if (&mut f).take(step as u64).read_to_end(&mut file)? == 0 {
+            return Ok(file);
+        }
+    }
+}
+
 fn check(file: &[u8]) -> Result<u32, StoreError> {
     let corrupt = |why: String| Err(StoreError::Corrupt { why });
     if file.len() < HEADER_LEN {
@@ -392,15 +406,7 @@ impl SnapshotStore {
     /// [`StoreError::Corrupt`] when the file fails its header, length or CRC check.
     /// The snapshot is a slice of the file read (no copy), with its CRC-32C.
     pub fn get_shared(&self, app: &str, pe: &str, id: u64) -> Result<(Bytes, u32), StoreError> {
-        let path = self.path(app, pe, id)?;
-        match fs::read(&path) {
-            Ok(file) => {
-                let crc = check(&file)?;
-                Ok((Bytes::from(file).slice(HEADER_LEN..), crc))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        self.get_with(app, pe, id, |path| fs::read(path))
     }
 
     /// [`Self::get_shared`], reading the file a slot of `pacer` at a time
@@ -417,24 +423,19 @@ impl SnapshotStore {
         id: u64,
         pacer: &super::pace::Pacer,
     ) -> Result<(Bytes, u32), StoreError> {
+        self.get_with(app, pe, id, |path| read_paced(path, pacer))
+    }
+
+    /// The snapshot of `pe` at `id`, its file read by `read` and checked.
+    fn get_with(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        read: impl FnOnce(&Path) -> io::Result<Vec<u8>>,
+    ) -> Result<(Bytes, u32), StoreError> {
         let path = self.path(app, pe, id)?;
-        let read = || -> io::Result<Vec<u8>> {
-            let mut f = fs::File::open(&path)?;
-            let len = f.metadata()?.len();
-            let len = usize::try_from(len).map_err(io::Error::other)?;
-            let mut file = Vec::with_capacity(len);
-            loop {
-                let at = file.len();
-                let step = (len.saturating_sub(at)).clamp(1, READ_STEP);
-                pacer.turn_blocking(step);
-                let n = (&mut f).take(step as u64).read_to_end(&mut file)?;
-                if n == 0 {
-                    break;
-                }
-            }
-            Ok(file)
-        };
-        match read() {
+        match read(&path) {
             Ok(file) => {
                 let crc = check(&file)?;
                 Ok((Bytes::from(file).slice(HEADER_LEN..), crc))
