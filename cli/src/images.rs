@@ -79,7 +79,7 @@ fn short_id(id: &str) -> &str {
 }
 
 /// Bytes in decimal units, as Docker prints sizes.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
     if bytes < 1000 {
         return format!("{bytes}B");

@@ -80,7 +80,7 @@ async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> a
     c.note(r.plan_text.trim_end().to_string());
     let op = follow(c, app, &r.operation_id).await?;
     let summary = r.plan.and_then(|p| p.summary).unwrap_or_default();
-    let result = op.result.unwrap_or_default();
+    let result = op.result.clone().unwrap_or_default();
     let took = op.finished_at_ms.saturating_sub(op.started_at_ms);
     let done = op.phase == pb::UpgradePhase::Done as i32;
     let text = if done {
@@ -96,7 +96,7 @@ async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> a
             result.records_lost,
             result.records_duplicated,
             result.longest_stall_ms
-        )
+        ) + &state_moved(&result)
     } else {
         format!(
             "upgrade {} of {app}: v{} -> v{} ROLLED BACK after {took} ms: {}\n  v{} runs as before",
@@ -119,6 +119,9 @@ async fn run(c: &Conn, app: &str, spec: String, format: i32, dry_run: bool) -> a
             "records_lost": result.records_lost,
             "records_duplicated": result.records_duplicated,
             "longest_stall_ms": result.longest_stall_ms,
+            "state_precopied_bytes": result.state_precopied_bytes,
+            "state_barrier_bytes": result.state_barrier_bytes,
+            "successors_behind": result.successors_behind,
             "plan": plan,
         }),
     );
@@ -176,9 +179,14 @@ async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOper
             // Within a phase: a bar that fills with time (the phase's own progress is
             // not reported; phases take milliseconds to seconds).
             let fill = ((since.elapsed().as_millis() / 50) as usize).min(29);
+            let state = if shown == 0 {
+                prepare_progress(op.progress.as_ref())
+            } else {
+                String::new()
+            };
             let _ = write!(
                 err,
-                "\r  {:<8} [{}{}] {:>6} ms",
+                "\r  {:<8} [{}{}] {:>6} ms{state}\x1b[K",
                 PHASES[shown].1,
                 "#".repeat(fill),
                 ".".repeat(30 - fill),
@@ -190,6 +198,41 @@ async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOper
             bail!("upgrade {id} still runs after {FOLLOW_FOR:?}; follow it with `weirctl history {app}`");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What an upgrade's result says of the state its successors took over: lines to
+/// append, empty when no state moved.
+fn state_moved(r: &pb::UpgradeResult) -> String {
+    let mut text = String::new();
+    if r.state_precopied_bytes + r.state_barrier_bytes > 0 {
+        text += &format!(
+            "\n  state pre-copied {}, moved at the switch {}",
+            crate::images::size(r.state_precopied_bytes),
+            crate::images::size(r.state_barrier_bytes)
+        );
+    }
+    if !r.successors_behind.is_empty() {
+        text += &format!(
+            "\n  ready while still behind (what they had not applied moved at the switch): {}",
+            r.successors_behind.join("; ")
+        );
+    }
+    text
+}
+
+/// How far a prepare's successors are, for the phase bar: empty when nothing
+/// stateful moves.
+fn prepare_progress(p: Option<&pb::UpgradeProgress>) -> String {
+    match p {
+        Some(p) if p.successors > 0 => format!(
+            "  state pre-copied {} of ~{}, {}/{} successors ready",
+            crate::images::size(p.state_precopied_bytes),
+            crate::images::size(p.state_to_precopy_bytes),
+            p.successors_ready,
+            p.successors
+        ),
+        _ => String::new(),
     }
 }
 
@@ -253,7 +296,7 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
         ));
     }
     for o in &h.operations {
-        let r = o.result.unwrap_or_default();
+        let r = o.result.clone().unwrap_or_default();
         let took = if o.finished_at_ms == 0 {
             "-".to_string()
         } else {
@@ -280,13 +323,16 @@ pub async fn history(c: &Conn, app: &str) -> anyhow::Result<()> {
             "signed_by_key": v.signed_by_key,
         })).collect::<Vec<_>>(),
         "operations": h.operations.iter().map(|o| {
-            let r = o.result.unwrap_or_default();
+            let r = o.result.clone().unwrap_or_default();
             json!({
                 "operation_id": o.operation_id, "from_version": o.from_version,
                 "to_version": o.to_version, "outcome": phase_name(o.phase), "reason": o.reason,
                 "started_at_ms": o.started_at_ms, "finished_at_ms": o.finished_at_ms,
                 "records_lost": r.records_lost, "records_duplicated": r.records_duplicated,
                 "longest_stall_ms": r.longest_stall_ms,
+                "state_precopied_bytes": r.state_precopied_bytes,
+                "state_barrier_bytes": r.state_barrier_bytes,
+                "successors_behind": r.successors_behind,
             })
         }).collect::<Vec<_>>(),
     });
@@ -311,6 +357,33 @@ fn has_redacted_env(spec: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_an_upgrade_moved_is_shown_only_when_some_did() {
+        assert_eq!(state_moved(&pb::UpgradeResult::default()), "");
+        let r = pb::UpgradeResult {
+            state_precopied_bytes: 1_043_000_000,
+            state_barrier_bytes: 2_400_000,
+            successors_behind: vec!["win@3: out of catch-up time".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            state_moved(&r),
+            "\n  state pre-copied 1.0GB, moved at the switch 2.4MB\n  ready while still behind (what they had not applied moved at the switch): win@3: out of catch-up time"
+        );
+        assert_eq!(prepare_progress(None), "");
+        let p = pb::UpgradeProgress {
+            successors: 3,
+            successors_ready: 1,
+            state_precopied_bytes: 412_000_000,
+            state_to_precopy_bytes: 1_043_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            prepare_progress(Some(&p)),
+            "  state pre-copied 412.0MB of ~1.0GB, 1/3 successors ready"
+        );
+    }
 
     #[test]
     fn a_returned_spec_with_withheld_env_is_not_resubmitted() {

@@ -197,6 +197,7 @@ async fn upgrade_history_and_rollback_through_weirctl() {
     assert!(s.contains("Phase 2/3 switch"), "the plan first: {s}");
     assert!(s.contains("upgrade 1 of feed: v1 -> v2 done"), "{s}");
     assert!(s.contains("records lost 0, records duplicated 0"), "{s}");
+    assert!(!s.contains("state pre-copied"), "no state moved: {s}");
     // The same spec again: nothing to do, refused.
     let out = weirctl(a, &["upgrade", "feed", v2]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -215,6 +215,8 @@ pub fn app_detail(
 }
 
 /// An upgrade operation as the API shows it.
+/// An upgrade operation as the API shows it, without its progress (leader memory, not
+/// replicated state: the API fills it in).
 pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperation {
     use crate::state::{UpgradeOutcome, UpgradeStage};
     let (phase, reason) = match &u.stage {
@@ -242,7 +244,11 @@ pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperatio
             records_lost: r.records_lost,
             records_duplicated: r.records_duplicated,
             longest_stall_ms: r.longest_stall_ms,
+            state_precopied_bytes: r.state_precopied_bytes,
+            state_barrier_bytes: r.state_barrier_bytes,
+            successors_behind: r.successors_behind.clone(),
         }),
+        progress: None,
     }
 }
 

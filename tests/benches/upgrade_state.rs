@@ -440,7 +440,7 @@ async fn case(size_mb: u64, precopy: bool) {
             .fold((0, 0), |(b, a), s| {
                 (b + s.state_precopied_bytes, a + s.state_barrier_bytes)
             });
-        let res = op.result.unwrap_or_default();
+        let res = op.result.clone().unwrap_or_default();
         println!(
             "{:>6} {:<9} {:<36} {:>4} {:>4} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7}",
             format!("{size_mb} MB"),
@@ -474,6 +474,13 @@ async fn case(size_mb: u64, precopy: bool) {
             "{:>6} {name}: window PEs on {placed_before:?} -> {placed:?}{moved}",
             ""
         );
+        if !res.successors_behind.is_empty() {
+            println!(
+                "{:>6} {name}: ready while still behind: {}",
+                "",
+                res.successors_behind.join("; ")
+            );
+        }
         tokio::time::sleep(STEADY).await;
     }
     if precopy {

@@ -304,10 +304,13 @@ pub async fn operation_ended(
                 .await
                 .ok()?
                 .into_inner();
-            h.operations
-                .into_iter()
-                .find(|o| o.operation_id == op)
-                .filter(|o| o.finished_at_ms != 0)
+            let o = h.operations.into_iter().find(|o| o.operation_id == op)?;
+            assert_eq!(
+                o.progress.is_some(),
+                o.finished_at_ms == 0,
+                "an operation shows its progress while it runs, only: {o:?}"
+            );
+            (o.finished_at_ms != 0).then_some(o)
         }
     })
     .await

@@ -398,8 +398,42 @@ async fn replace_and_rescale_under_load_lose_and_repeat_nothing() {
     // Rescale the keyed window 2 -> 3: its state is re-split by key group.
     app.win_parallelism = 3;
     let before = rig.pes("up1").await;
-    let op = rig.upgrade(&app).await;
+    let r = upgrade_taken(&rig.client, upgrade_req(app.name.clone(), app.text())).await;
+    // While it runs, its progress counts the three new windows as the successors.
+    let mut seen: Vec<pb::UpgradeProgress> = Vec::new();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let op = loop {
+        let h = rig
+            .client
+            .get_app_history(pb::GetAppHistoryRequest { app: "up1".into() })
+            .await
+            .expect("its history")
+            .into_inner();
+        let o = h
+            .operations
+            .into_iter()
+            .find(|o| o.operation_id == r.operation_id)
+            .expect("the rescale is in the history");
+        if o.finished_at_ms != 0 {
+            assert!(o.progress.is_none(), "{o:?}");
+            break o;
+        }
+        seen.push(o.progress.clone().expect("progress while it runs"));
+        assert!(std::time::Instant::now() < deadline, "the rescale ends");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     done(&op);
+    for p in &seen {
+        assert!(
+            p.successors == 3 && p.successors_ready <= 3,
+            "{p:?} of {seen:?}"
+        );
+    }
+    // The pre-copy only advances, towards about what the old windows' pieces hold.
+    let precopied: Vec<u64> = seen.iter().map(|p| p.state_precopied_bytes).collect();
+    assert!(precopied.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    let to_copy: BTreeSet<u64> = seen.iter().map(|p| p.state_to_precopy_bytes).collect();
+    assert!(to_copy.len() <= 1, "one figure to pre-copy: {seen:?}");
     let untouched: BTreeSet<String> = before
         .keys()
         .filter(|pe| pe.starts_with("tag@") || pe.starts_with("audit@"))
@@ -443,6 +477,19 @@ async fn replace_and_rescale_under_load_lose_and_repeat_nothing() {
             "{w} pre-copied its state: {s:?}"
         );
     }
+    // The operation says so too: the successors report their pre-copy before the
+    // switch can begin, so its result counts all of it.
+    let result = op.result.clone().unwrap_or_default();
+    let precopied: u64 = taken.iter().map(|(_, s)| s.state_precopied_bytes).sum();
+    assert_eq!(result.state_precopied_bytes, precopied, "{result:?}");
+    assert!(
+        result.state_barrier_bytes
+            <= taken
+                .iter()
+                .map(|(_, s)| s.state_barrier_bytes)
+                .sum::<u64>(),
+        "{result:?}"
+    );
 
     // Roll back to version 1's spec (what `weirctl rollback --to 1` sends): the window
     // goes back to 2 PEs and `tag` to its first params, with v1's very PE ids.

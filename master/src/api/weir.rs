@@ -3,7 +3,7 @@
 use super::authz::{authorize, list_scope, Action};
 use super::*;
 use crate::convert::*;
-use crate::executor::upgrade::admit;
+use crate::executor::upgrade::{self, admit};
 use crate::state::{ClusterState, Response};
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -359,8 +359,14 @@ impl Weir for WeirService {
                 let reports = self.liveness.pe_reports(&req.get_ref().app);
                 let mut detail = self
                     .read(|s| {
-                        app_or_not_found(s, &req.get_ref().app)
-                            .map(|a| app_detail(a, &reports, &s.upgrades))
+                        app_or_not_found(s, &req.get_ref().app).map(|a| {
+                            let mut d = app_detail(a, &reports, &s.upgrades);
+                            let up = a.upgrade.and_then(|id| s.upgrades.get(&id));
+                            if let (Some(op), Some(u)) = (d.current_upgrade.as_mut(), up) {
+                                op.progress = progress_of(a, u, &reports);
+                            }
+                            d
+                        })
                     })
                     .await?;
                 detail.unplaced_reason = self
@@ -660,6 +666,7 @@ impl Weir for WeirService {
             .timed("GetAppHistory", async {
                 at_leader!(self, req, get_app_history);
                 self.shared.linearizable().await?;
+                let reports = self.liveness.pe_reports(&req.get_ref().app);
                 let (detail, operations) = self
                     .read(|s| {
                         let a = app_or_not_found(s, &req.get_ref().app)?;
@@ -675,7 +682,10 @@ impl Weir for WeirService {
                                 .upgrades
                                 .values()
                                 .filter(|u| u.app == a.name)
-                                .map(upgrade_operation)
+                                .map(|u| pb::UpgradeOperation {
+                                    progress: progress_of(a, u, &reports),
+                                    ..upgrade_operation(u)
+                                })
                                 .collect();
                             (app_detail(a, &Default::default(), &s.upgrades), ops)
                         })
@@ -943,4 +953,15 @@ pub(crate) fn cluster_status(shared: &Shared) -> pb::ClusterStatusResponse {
         last_log_index: m.last_log_index.unwrap_or(0),
         answered_by: m.id,
     }
+}
+
+/// How far `u`'s successors are, from the leader's reports, while it runs
+/// ([`upgrade::progress`]); `None` once it ended.
+fn progress_of(
+    a: &crate::state::AppRecord,
+    u: &crate::state::UpgradeRecord,
+    reports: &crate::shared::PeReports,
+) -> Option<pb::UpgradeProgress> {
+    matches!(u.stage, crate::state::UpgradeStage::Running { .. })
+        .then(|| upgrade::progress(a, u, reports))
 }

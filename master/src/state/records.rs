@@ -753,6 +753,16 @@ pub struct UpgradeResultRecord {
     pub records_duplicated: u64,
     /// Longest gap between batches at any sink around the switch, ms.
     pub longest_stall_ms: u64,
+    /// Bytes of state the successors pre-copied before the switch.
+    #[serde(default)]
+    pub state_precopied_bytes: u64,
+    /// Bytes of state they took at the switch barrier, as reported by the end.
+    #[serde(default)]
+    pub state_barrier_bytes: u64,
+    /// Successors that let the switch begin still behind their predecessors' rounds,
+    /// as "PE: why".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub successors_behind: Vec<String>,
 }
 
 /// How an upgrade ended.

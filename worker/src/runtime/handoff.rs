@@ -473,6 +473,8 @@ async fn precopy_then_deltas(
             .map_err(lost)?
             .ok_or_else(|| lost("no copy known".into()))?;
         copied += part.bytes();
+        // Reported as it goes: an upgrade's progress shows the pre-copy advancing.
+        status.precopied_bytes.store(copied, Ordering::Relaxed);
         let fetched_ms = started.elapsed().as_millis() as u64;
         kernel
             .restore(
@@ -485,7 +487,6 @@ async fn precopy_then_deltas(
         let loaded_ms = started.elapsed().as_millis() as u64 - fetched_ms;
         tracing::debug!(pe = %ckpt.pe, from = %p.pe, bytes = part.bytes(), fetched_ms, loaded_ms, "piece pre-copied");
     }
-    status.precopied_bytes.store(copied, Ordering::Relaxed);
     tracing::info!(pe = %ckpt.pe, bytes = copied, checkpoint = base, "state pre-copied; catching up");
     let mut follows: Vec<Follow<'_>> = ckpt
         .pieces
@@ -560,10 +561,15 @@ async fn precopy_then_deltas(
         }
         if let Some(ready) = ready {
             running = true;
+            behind = ready.behind();
+            if let Some(why) = behind {
+                // Before it reports running: the master's operation names it with the
+                // report that lets the switch begin.
+                let _ = status.behind.set(why);
+            }
             // Ready: the switch may begin. Records that reach it meanwhile wait in its
             // queues.
             status.set(PeRunState::Running);
-            behind = ready.behind();
             match behind {
                 None => {
                     tracing::info!(pe = %ckpt.pe, rounds_bytes, "caught up; waiting for the switch")

@@ -709,5 +709,6 @@ fn stats_of(e: &PeEntry, with_rates: bool) -> pb::PeStats {
         input_gaps_ms: gaps,
         state_precopied_bytes: s.precopied_bytes.load(Ordering::Relaxed),
         state_barrier_bytes: s.barrier_bytes.load(Ordering::Relaxed),
+        handoff_behind: s.behind.get().map(|w| w.to_string()).unwrap_or_default(),
     }
 }

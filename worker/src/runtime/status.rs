@@ -26,6 +26,9 @@ pub struct PeStatus {
     pub precopied_bytes: AtomicU64,
     /// State bytes an upgrade's successor took at the switch barrier.
     pub barrier_bytes: AtomicU64,
+    /// Why an upgrade's successor let the switch begin still behind its predecessors'
+    /// rounds; `None` when it caught up (or is no successor).
+    pub behind: std::sync::OnceLock<&'static str>,
     /// Woken when the masters should hear at once (a new state, a new piece).
     nudge: Option<std::sync::Arc<tokio::sync::Notify>>,
     gaps: Mutex<Gaps>,

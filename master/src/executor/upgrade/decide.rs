@@ -215,17 +215,23 @@ fn failure(
 /// another (its predecessors' pieces then build on seeds), ran past 30 s and rolled
 /// back.
 pub fn prepare_limit_ms(app: &AppRecord, up: &UpgradeRecord) -> u64 {
-    let Some(c) = app.checkpoints.latest() else {
-        return PREPARE_TIMEOUT_MS;
+    PREPARE_TIMEOUT_MS + precopy_bytes(app, up) / PRECOPY_BYTES_PER_S * 1_000
+}
+
+/// About the bytes `up`'s successors pre-copy: each loads each of its predecessors'
+/// pieces of the latest complete checkpoint before the switch barrier (the barrier's
+/// own, once complete, is not pre-copied), with what the piece builds on.
+fn precopy_bytes(app: &AppRecord, up: &UpgradeRecord) -> u64 {
+    let mut complete = app.checkpoints.complete.iter().rev();
+    let Some(c) = complete.find(|c| c.id < up.barrier) else {
+        return 0;
     };
-    let bytes: u64 = up
-        .handoff
+    up.handoff
         .values()
         .flatten()
         .filter_map(|p| c.pieces.get(p))
         .map(|p| p.restore_bytes())
-        .sum();
-    PREPARE_TIMEOUT_MS + bytes / PRECOPY_BYTES_PER_S * 1_000
+        .sum()
 }
 
 /// The operators an upgrade's switch touches in the old version (their PEs drain,
@@ -367,7 +373,56 @@ pub fn measure(
             r.longest_stall_ms = r.longest_stall_ms.max(stall(&s.input_gaps_ms, now_ms, up));
         }
     }
+    for (pe, rep) in successors(up, reports) {
+        let Some(s) = rep.and_then(|r| r.stats.as_ref()) else {
+            continue;
+        };
+        r.state_precopied_bytes += s.state_precopied_bytes;
+        r.state_barrier_bytes += s.state_barrier_bytes;
+        if !s.handoff_behind.is_empty() {
+            r.successors_behind
+                .push(format!("{pe}: {}", s.handoff_behind));
+        }
+    }
     r
+}
+
+/// `up`'s successors (its new PEs that take over old PEs' state), each with its last
+/// report from where it is placed (`None`: none yet).
+fn successors<'a>(
+    up: &'a UpgradeRecord,
+    reports: &'a Reports,
+) -> impl Iterator<Item = (&'a PeId, Option<&'a pb::PeReport>)> + 'a {
+    up.handoff.keys().map(move |pe| {
+        let report = up
+            .placement
+            .get(pe)
+            .and_then(|w| reports.get(&(w.clone(), pe.clone())));
+        (pe, report)
+    })
+}
+
+/// How far a running upgrade's successors are, from their last reports: for users
+/// watching a prepare that pre-copies gigabytes.
+pub fn progress(app: &AppRecord, up: &UpgradeRecord, reports: &Reports) -> pb::UpgradeProgress {
+    let mut p = pb::UpgradeProgress {
+        successors: up.handoff.len() as u32,
+        state_to_precopy_bytes: precopy_bytes(app, up),
+        ..Default::default()
+    };
+    for (pe, rep) in successors(up, reports) {
+        let running = rep.is_some_and(|r| r.state == pb::PeState::Running as i32);
+        p.successors_ready += u32::from(running);
+        let Some(s) = rep.and_then(|r| r.stats.as_ref()) else {
+            continue;
+        };
+        p.state_precopied_bytes += s.state_precopied_bytes;
+        if !s.handoff_behind.is_empty() {
+            p.successors_behind
+                .push(format!("{pe}: {}", s.handoff_behind));
+        }
+    }
+    p
 }
 
 /// The stall an upgrade added at one sink: the longest gap between its input batches in

@@ -502,5 +502,87 @@ fn a_prepare_has_a_second_more_per_50_mb_its_new_pes_pre_copy() {
         });
     // Three pieces of 100 MB loaded: 6 s more.
     assert_eq!(loads.len(), 3);
+    up.barrier = 3;
     assert_eq!(prepare_limit_ms(&app, &up), PREPARE_TIMEOUT_MS + 6_000);
+    // Not the barrier's own checkpoint: the pre-copy is of the one before.
+    up.barrier = 2;
+    assert_eq!(prepare_limit_ms(&app, &up), PREPARE_TIMEOUT_MS);
+}
+
+#[test]
+fn progress_and_result_sum_the_successors_reports_and_name_those_behind() {
+    let s = begun();
+    let (mut up, p) = plan_of(&s);
+    let app = &s.apps[APP];
+    // The rescale's new views take over the old views' state.
+    let views = |pes: Vec<PeId>| -> Vec<PeId> {
+        pes.into_iter()
+            .filter(|pe| pe.operator() == "views")
+            .collect()
+    };
+    let old_views = views(app.placement.keys().cloned().collect());
+    let successors = views(new_pes(&p));
+    assert!(successors.len() >= 2 && !old_views.is_empty());
+    for pe in &successors {
+        up.handoff.insert(pe.clone(), old_views.clone());
+    }
+    // Nothing heard from the successors yet.
+    let mut reports: Reports = app
+        .placement
+        .keys()
+        .map(|pe| report(pe.as_str(), pb::PeState::Running))
+        .collect();
+    let none = progress(app, &up, &reports);
+    assert_eq!(
+        (
+            none.successors,
+            none.successors_ready,
+            none.state_precopied_bytes
+        ),
+        (successors.len() as u32, 0, 0)
+    );
+    assert!(none.successors_behind.is_empty());
+    // The first still pre-copying, the others running, one of them behind.
+    for (i, pe) in successors.iter().enumerate() {
+        let state = if i == 0 {
+            pb::PeState::Starting
+        } else {
+            pb::PeState::Running
+        };
+        let (key, mut r) = report(pe.as_str(), state);
+        r.stats = Some(pb::PeStats {
+            state_precopied_bytes: 10 << 20,
+            state_barrier_bytes: if i == 0 { 0 } else { 1 << 20 },
+            handoff_behind: if i == 1 {
+                "out of catch-up time".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        });
+        reports.insert(key, r);
+    }
+    let n = successors.len() as u64;
+    let now = progress(app, &up, &reports);
+    assert_eq!(now.successors_ready, successors.len() as u32 - 1);
+    assert_eq!(now.state_precopied_bytes, n * (10 << 20));
+    assert_eq!(
+        now.successors_behind,
+        vec![format!("{}: out of catch-up time", successors[1])]
+    );
+    let r = measure(app, &up, &p, &reports, 10_000);
+    assert_eq!(
+        (r.state_precopied_bytes, r.state_barrier_bytes),
+        (n * (10 << 20), (n - 1) << 20)
+    );
+    assert_eq!(r.successors_behind, now.successors_behind);
+    // Only successors count: an old PE's figures (it pre-copied nothing) do not.
+    let old = app.placement.keys().next().unwrap();
+    let key = ("w1".to_string(), old.clone());
+    reports.get_mut(&key).unwrap().stats = Some(pb::PeStats {
+        state_precopied_bytes: 1 << 30,
+        handoff_behind: "losing ground".into(),
+        ..Default::default()
+    });
+    assert_eq!(progress(app, &up, &reports), now);
 }

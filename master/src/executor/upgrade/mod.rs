@@ -23,7 +23,7 @@ mod decide;
 mod decide_tests;
 
 use decide::{decide_prepare, decide_upgrade, AfterPrepare, Prepare, Step};
-pub use decide::{Memory, Reports};
+pub use decide::{progress, Memory, Reports};
 
 use super::request::{self, View};
 use super::Executor;
