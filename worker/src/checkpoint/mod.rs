@@ -169,6 +169,15 @@ impl Assembler {
 
     /// Takes the next chunk; an error means the whole stream is refused.
     pub fn push(&mut self, c: pb::StateChunk) -> Result<(), ChunkError> {
+        let data = self.pass(c)?;
+        self.data.push(data);
+        Ok(())
+    }
+
+    /// Checks the next chunk as [`Assembler::push`] does, but hands its bytes back
+    /// rather than keeping them: for a receiver that writes each chunk as it comes
+    /// (then [`Assembler::passed`], not [`Assembler::finish`]).
+    pub fn pass(&mut self, c: pb::StateChunk) -> Result<Bytes, ChunkError> {
         let invalid = |m: String| Err(ChunkError::Invalid(m));
         if self.done {
             return invalid("chunk after the last one".into());
@@ -247,7 +256,6 @@ impl Assembler {
         }
         self.crc = crc32c::crc32c_combine(self.crc, crc, c.data.len());
         self.received = end;
-        self.data.push(c.data);
         if c.last {
             self.done = true;
             if c.total_bytes != 0 && end != c.total_bytes {
@@ -263,25 +271,32 @@ impl Assembler {
                 )));
             }
         }
-        Ok(())
+        Ok(c.data)
     }
 
     /// The verified snapshot; refused when the last chunk has not arrived. Joins the
     /// chunks: one copy of the snapshot, to run on a blocking thread when it is large.
     pub fn finish(self) -> Result<Assembled, ChunkError> {
-        match self.first {
+        let (app, pe, checkpoint_id, crc32c) = self.passed()?;
+        let mut data = Vec::with_capacity(self.received as usize);
+        for c in &self.data {
+            data.extend_from_slice(c);
+        }
+        Ok(Assembled {
+            app,
+            pe,
+            checkpoint_id,
+            data,
+            crc32c,
+        })
+    }
+
+    /// What the stream was, once its last chunk came: its app, PE, checkpoint and
+    /// verified CRC-32C; refused when the last chunk has not arrived.
+    pub fn passed(&self) -> Result<(String, String, u64, u32), ChunkError> {
+        match &self.first {
             Some((app, pe, checkpoint_id, _)) if self.done => {
-                let mut data = Vec::with_capacity(self.received as usize);
-                for c in &self.data {
-                    data.extend_from_slice(c);
-                }
-                Ok(Assembled {
-                    app,
-                    pe,
-                    checkpoint_id,
-                    data,
-                    crc32c: self.crc,
-                })
+                Ok((app.clone(), pe.clone(), *checkpoint_id, self.crc))
             }
             None => Err(ChunkError::Invalid("no chunks".into())),
             Some(_) => Err(ChunkError::Invalid(format!(

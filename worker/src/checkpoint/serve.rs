@@ -5,7 +5,7 @@
 //! system, a received stream is stored only once complete and verified (nothing is
 //! kept otherwise), and its size is bounded by [`MAX_SNAPSHOT_BYTES`].
 
-use super::store::{encode_name, SnapshotStore, StoreError};
+use super::store::{encode_name, SnapshotStore, StoreError, Writing};
 use super::{chunks, Assembler, MAX_SNAPSHOT_BYTES};
 use crate::background::{run_at, run_on, Lane, Priority};
 use std::pin::Pin;
@@ -15,9 +15,9 @@ use tonic::Status;
 use weir_proto::v1 as pb;
 
 /// Chunks of replicas being received, over all `StoreSnapshot` calls in the process:
-/// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until its call ends,
-/// so replicas buffered in memory never exceed 2 GiB however many peers push at
-/// once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
+/// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until it is written
+/// to disk, so replicas buffered in memory never exceed 2 GiB however many peers push
+/// at once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
 /// so a stalled sender cannot block the others; its replicator tries another peer.
 pub const INFLIGHT_CHUNKS: usize = 2048;
 
@@ -99,10 +99,17 @@ fn check_names(app: &str, pe: &str, pe_field: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Receives a replica (`StoreSnapshot`): checks every chunk as it arrives and stores
-/// the snapshot only when the last chunk came and the whole CRC-32C matches.
-/// INVALID_ARGUMENT for malformed streams (missing fields, gaps, no last chunk),
-/// DATA_LOSS for any CRC mismatch, RESOURCE_EXHAUSTED over [`MAX_SNAPSHOT_BYTES`].
+/// Receives a replica (`StoreSnapshot`): checks every chunk as it arrives and writes
+/// it to a temporary file on a blocking thread (at the replica priority), before the
+/// next is taken; the snapshot is stored (renamed into place) only when the last
+/// chunk came and the whole CRC-32C matches. INVALID_ARGUMENT for malformed streams
+/// (missing fields, gaps, no last chunk), DATA_LOSS for any CRC mismatch,
+/// RESOURCE_EXHAUSTED over [`MAX_SNAPSHOT_BYTES`].
+///
+/// Written as it comes, not joined and written at the end: a sender paces its push
+/// (`replicate::PUSH_BYTES_PER_S`), and the writes follow that pace. Joined, a 500 MB
+/// piece was copied once more, checksummed three more times and written at once
+/// after its last chunk (`store::writer` says what that cost).
 pub async fn store_snapshot<S>(
     store: Arc<SnapshotStore>,
     mut stream: S,
@@ -111,46 +118,57 @@ where
     S: Stream<Item = Result<pb::StateChunk, Status>> + Unpin,
 {
     let mut a = Assembler::new(MAX_SNAPSHOT_BYTES);
-    let mut first = true;
-    let mut held: Option<tokio::sync::SemaphorePermit<'static>> = None;
+    let mut writing: Option<Writing> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        // Held while the chunk is in memory: until it is written.
         let permit = INFLIGHT.try_acquire().map_err(|_| {
             tracing::warn!("refusing a snapshot replica: too many replicas being received");
             Status::resource_exhausted(
                 "this worker is receiving too many snapshot replicas at once; try another",
             )
         })?;
-        match &mut held {
-            Some(h) => h.merge(permit),
-            None => held = Some(permit),
-        }
-        if first {
+        if writing.is_none() {
             check_names(&chunk.app, &chunk.from_pe, "from_pe")?;
-            first = false;
         }
-        if let Err(e) = a.push(chunk) {
+        let who = (chunk.app.clone(), chunk.from_pe.clone(), chunk.barrier_id);
+        let (app, pe, id) = who.clone();
+        let data = a.pass(chunk).inspect_err(|e| {
             tracing::warn!(error = %e, received = a.received(), "refusing a snapshot replica");
-            return Err(e.into());
+        })?;
+        let (s, w) = (store.clone(), writing.take());
+        let written = run_at(Priority::Replica, move || {
+            let mut w = match w {
+                Some(w) => w,
+                None => s.begin(&app, &pe, id, true, None)?,
+            };
+            w.append(&data)?;
+            Ok::<_, StoreError>(w)
+        })
+        .await;
+        drop(permit);
+        match written {
+            Ok(w) => writing = Some(w),
+            Err(e) => {
+                let (app, pe, id) = who;
+                tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
+                return Err(store_status(&e, &app, &pe, id));
+            }
         }
     }
-    // Joined and written off the async threads, at the background priority: a whole
-    // piece is hundreds of megabytes, and only the checkpoint's completion waits on it.
-    let s = run_at(Priority::Replica, move || a.finish())
-        .await
-        .inspect_err(|e| {
-            tracing::warn!(error = %e, "refusing a snapshot replica");
-        })?;
-    let (app, pe, id, crc) = (s.app.clone(), s.pe.clone(), s.checkpoint_id, s.crc32c);
-    let piece = run_at(Priority::Replica, move || {
-        store.put_replica(&s.app, &s.pe, s.checkpoint_id, &s.data, s.crc32c)
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
-        store_status(&e, &app, &pe, id)
+    let (app, pe, id, crc) = a.passed().inspect_err(|e| {
+        tracing::warn!(error = %e, "refusing a snapshot replica");
     })?;
-    drop(held);
+    let Some(w) = writing else {
+        return Err(Status::invalid_argument("no chunks"));
+    };
+    let s = store.clone();
+    let piece = run_at(Priority::Replica, move || s.commit(w, Some(crc)))
+        .await
+        .map_err(|e| {
+            tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
+            store_status(&e, &app, &pe, id)
+        })?;
     tracing::debug!(%app, %pe, checkpoint = id, bytes = piece.size, crc = crc, "stored a snapshot replica");
     Ok(pb::StoreSnapshotResponse {
         bytes_stored: piece.size,

@@ -16,9 +16,12 @@
 
 use bytes::Bytes;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+mod writer;
+pub use writer::{Writing, WRITE_STEP};
 
 /// First bytes of every snapshot file.
 const MAGIC: &[u8; 8] = b"WEIRSNAP";
@@ -172,16 +175,6 @@ fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The header for `data`.
-fn header(data: &[u8]) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    h[16..24].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    h
-}
-
 /// Checks a snapshot file's header and CRC-32C; returns the CRC-32C.
 /// The file at `path`, read [`READ_STEP`] bytes a slot of `pacer` at a time.
 fn read_paced(path: &Path, pacer: &super::pace::Pacer) -> io::Result<Vec<u8>> {
@@ -326,6 +319,39 @@ impl SnapshotStore {
         data: &[u8],
         durable: bool,
     ) -> Result<StoredPiece, StoreError> {
+        let mut w = self.begin(app, pe, id, durable, None)?;
+        w.append(data)?;
+        self.commit(w, None)
+    }
+
+    /// [`SnapshotStore::put`], writing [`writer::WRITE_STEP`] bytes a slot of `pacer`
+    /// at a time: for a drained window's whole piece, which only the switch
+    /// checkpoint's completion waits for ([`writer`] says why).
+    pub fn put_paced(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        data: &[u8],
+        pacer: &'static super::pace::Pacer,
+    ) -> Result<StoredPiece, StoreError> {
+        let mut w = self.begin(app, pe, id, true, Some(pacer))?;
+        w.append(data)?;
+        self.commit(w, None)
+    }
+
+    /// Begins writing the snapshot of `pe` at checkpoint `id` a part at a time, each
+    /// part paced by `pacer` when one is given; [`SnapshotStore::commit`] stores it.
+    /// `durable`: synced to disk before it shows ([`SnapshotStore::put`]), or not
+    /// ([`SnapshotStore::put_volatile`]).
+    pub fn begin(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        durable: bool,
+        pacer: Option<&'static super::pace::Pacer>,
+    ) -> Result<Writing, StoreError> {
         let dir = self.pe_dir(app, pe)?;
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -341,42 +367,25 @@ impl SnapshotStore {
                 fsync_dir(&self.root)?;
             }
         }
-        let name = file_name(id);
-        let tmp = dir.join(format!(
-            "{name}{TMP_MARKER}{}.{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&header(data))?;
-            f.write_all(data)?;
-            if durable {
-                f.sync_all()?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp)(e));
-        }
-        let path = dir.join(name);
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&path)(e));
-        }
-        if durable {
-            fsync_dir(&dir)?;
-        }
+        Writing::create(dir, file_name(id), durable, pacer)
+    }
+
+    /// Stores what `w` wrote, replacing any earlier copy atomically; refused as
+    /// [`StoreError::Corrupt`] (nothing stored) when `expected_crc32c` is given and
+    /// the bytes do not match it.
+    pub fn commit(
+        &self,
+        w: Writing,
+        expected_crc32c: Option<u32>,
+    ) -> Result<StoredPiece, StoreError> {
+        let path = w.dir.join(&w.name);
+        let piece = w.finish(expected_crc32c, &path)?;
         self.stored.notify_waiters();
-        Ok(StoredPiece {
-            size: data.len() as u64,
-            crc32c: crc32c::crc32c(data),
-        })
+        Ok(piece)
     }
 
     /// Stores a replica of another worker's snapshot, received with its CRC-32C:
-    /// refused as [`StoreError::Corrupt`] (nothing written) when the bytes do not match
+    /// refused as [`StoreError::Corrupt`] (nothing stored) when the bytes do not match
     /// it, so a copy damaged on the way is never kept as intact.
     pub fn put_replica(
         &self,
@@ -386,15 +395,9 @@ impl SnapshotStore {
         data: &[u8],
         expected_crc32c: u32,
     ) -> Result<StoredPiece, StoreError> {
-        let actual = crc32c::crc32c(data);
-        if actual != expected_crc32c {
-            return Err(StoreError::Corrupt {
-                why: format!(
-                    "crc mismatch: expected {expected_crc32c:#010x}, received data has {actual:#010x}"
-                ),
-            });
-        }
-        self.put(app, pe, id, data)
+        let mut w = self.begin(app, pe, id, true, None)?;
+        w.append(data)?;
+        self.commit(w, Some(expected_crc32c))
     }
 
     /// [`Self::get_shared`], copied into a buffer of its own.
@@ -832,6 +835,47 @@ mod tests {
         let reopened = SnapshotStore::open(s.dir()).unwrap();
         assert!(!tmp.exists());
         assert_eq!(reopened.get("a", "p", 1).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_snapshot_written_in_parts_is_the_one_written_whole_and_nothing_else_is_left() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..3 * WRITE_STEP as u32 / 2).map(|i| i as u8).collect();
+        let whole = s.put("a", "whole", 1, &data).unwrap();
+        // In uneven parts, one longer than a write step.
+        let mut w = s.begin("a", "parts", 1, true, None).unwrap();
+        for part in [
+            &data[..10],
+            &data[10..WRITE_STEP + 11],
+            &data[WRITE_STEP + 11..],
+        ] {
+            w.append(part).unwrap();
+        }
+        assert_eq!(w.len(), data.len() as u64);
+        assert_eq!(s.commit(w, Some(crc32c::crc32c(&data))).unwrap(), whole);
+        assert_eq!(s.get("a", "parts", 1).unwrap(), data);
+        assert_eq!(
+            fs::read(s.path("a", "parts", 1).unwrap()).unwrap(),
+            fs::read(s.path("a", "whole", 1).unwrap()).unwrap()
+        );
+        // Paced: the same bytes.
+        static PACER: super::super::pace::Pacer = super::super::pace::Pacer::new(1e12);
+        assert_eq!(s.put_paced("a", "paced", 1, &data, &PACER).unwrap(), whole);
+        assert_eq!(s.get("a", "paced", 1).unwrap(), data);
+        // Refused at the commit, or dropped before it: nothing stored, nothing left.
+        let mut w = s.begin("a", "parts", 2, true, None).unwrap();
+        w.append(b"data").unwrap();
+        let err = s.commit(w, Some(1234)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let mut w = s.begin("a", "parts", 3, false, None).unwrap();
+        w.append(b"data").unwrap();
+        drop(w);
+        let left: Vec<_> = fs::read_dir(s.path("a", "parts", 1).unwrap().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(s.list("a", "parts").unwrap(), vec![1]);
     }
 
     #[test]

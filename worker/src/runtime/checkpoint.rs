@@ -26,6 +26,29 @@ use weir_proto::v1 as pb;
 /// many; a restore only ever uses one of them).
 const KEEP: usize = 3;
 
+/// Drained windows' whole pieces are written to disk at most this fast, over all of
+/// them in the process (bytes per second; [`CheckpointEnv::save_at`]): written at once,
+/// a 500 MB piece took a core and the memory bus from the stream in the seconds after
+/// an upgrade's switch (`store::writer` says more). The rate replicas are pushed at.
+static DRAINED_WRITES: crate::checkpoint::pace::Pacer =
+    crate::checkpoint::pace::Pacer::new(crate::checkpoint::replicate::PUSH_BYTES_PER_S);
+
+/// A replica push under way; dropped before it is joined, it is aborted.
+struct Pushing(tokio::task::JoinHandle<Vec<String>>);
+
+impl Pushing {
+    /// The workers that took a replica (none when the push failed).
+    async fn join(mut self) -> Vec<String> {
+        (&mut self.0).await.unwrap_or_default()
+    }
+}
+
+impl Drop for Pushing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Per app: the latest complete checkpoint (watched by its PEs) and the last few.
 type Completed = HashMap<String, (watch::Sender<u64>, VecDeque<u64>)>;
 
@@ -243,7 +266,11 @@ impl CheckpointEnv {
         });
     }
 
-    /// [`CheckpointEnv::save`], writing to disk at `priority`.
+    /// [`CheckpointEnv::save`], writing to disk at `priority`; at
+    /// [`Priority::Background`] (a drained window's whole piece, which only the switch
+    /// checkpoint's completion waits for) paced too ([`DRAINED_WRITES`]). The replicas
+    /// are pushed while it is written, not after: a paced write of a 500 MB piece
+    /// takes 2 s, and the checkpoint completes once both are done.
     #[allow(clippy::too_many_arguments)]
     pub async fn save_at(
         &self,
@@ -265,27 +292,33 @@ impl CheckpointEnv {
         }
         let t0 = Instant::now();
         let bytes = Bytes::from(bytes);
-        let stored = {
-            let (s, a, p, b) = (
-                self.store.clone(),
+        let push = {
+            let (rep, a, p, b) = (
+                self.replicator.clone(),
                 app.to_string(),
                 pe.to_string(),
                 bytes.clone(),
             );
-            let put = move || s.put(&a, &p, id, &b);
+            Pushing(tokio::spawn(
+                async move { rep.replicate(&a, &p, id, b).await },
+            ))
+        };
+        let stored = {
+            let (s, a, p, b) = (self.store.clone(), app.to_string(), pe.to_string(), bytes);
+            let put = move || match priority {
+                Priority::Background => s.put_paced(&a, &p, id, &b, &DRAINED_WRITES),
+                _ => s.put(&a, &p, id, &b),
+            };
+            // Failed, the push is aborted (dropped): a replica of a piece never
+            // reported is never used, and goes with the checkpoints kept.
             crate::background::run_at(priority, put)
                 .await
                 .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
         };
-        let (rep, me, st) = (
-            self.replicator.clone(),
-            self.worker_id.clone(),
-            status.clone(),
-        );
-        let (app, pe) = (app.to_string(), pe.to_string());
+        let (me, st) = (self.worker_id.clone(), status.clone());
         tokio::spawn(async move {
             let mut replicas = vec![me];
-            replicas.extend(rep.replicate(&app, &pe, id, bytes).await);
+            replicas.extend(push.join().await);
             st.add_piece(pb::SnapshotPiece {
                 checkpoint_id: id,
                 size_bytes: stored.size,

@@ -384,8 +384,15 @@ fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> 
 enum Ready {
     /// No round waits, and none is announced, from any predecessor.
     CaughtUp,
-    /// Still behind a predecessor but losing ground on it ([`losing`]): waiting longer
-    /// would leave more, not less, for the barrier.
+    /// At the head of every predecessor's rounds (it applied each one stored), but a
+    /// predecessor still announces more and ships them no faster than it applies
+    /// them ([`losing`] over the whole catch-up): the predecessor's backlog, not this
+    /// successor, is behind, and waiting would not shrink it. Seen in every 100 MB
+    /// rescale on the dev box before 2026-12-07, when it read as losing ground
+    /// (BENCHMARKS.md, issue 22).
+    AtHead,
+    /// Still behind a predecessor, with its rounds waiting, and losing ground on it
+    /// ([`losing`]): waiting longer would leave more, not less, for the barrier.
     Losing,
     /// Still behind after its catch-up time.
     OutOfTime,
@@ -396,6 +403,7 @@ impl Ready {
     fn behind(self) -> Option<&'static str> {
         match self {
             Ready::CaughtUp => None,
+            Ready::AtHead => Some("at the head of its predecessors' rounds, which announce more"),
             Ready::Losing => Some("losing ground on its predecessors' rounds"),
             Ready::OutOfTime => Some("out of catch-up time"),
         }
@@ -408,7 +416,11 @@ fn readiness(paces: &[&Pace], since: Duration, limit: Duration) -> Option<Ready>
     if paces.iter().all(|p| !p.behind()) {
         Some(Ready::CaughtUp)
     } else if caught_up(paces.iter().copied(), since) {
-        Some(Ready::Losing)
+        if paces.iter().all(|p| !p.waiting) {
+            Some(Ready::AtHead)
+        } else {
+            Some(Ready::Losing)
+        }
     } else if since > limit {
         Some(Ready::OutOfTime)
     } else {
@@ -976,12 +988,24 @@ mod tests {
             readiness(&[&done, &gaining], Duration::from_millis(2_001), limit),
             Some(Ready::OutOfTime)
         );
-        // Behind and losing ground after a second: now, whatever the limit.
+        // At a predecessor's head that announces more after a second: now, whatever
+        // the limit; its backlog, not the successor, is behind.
         assert_eq!(
             readiness(&[&done, &more], Duration::from_millis(1_500), limit),
+            Some(Ready::AtHead)
+        );
+        // With its rounds waiting and losing ground on them: now too.
+        let waiting = after_pass(3, true, false);
+        assert_eq!(
+            readiness(&[&done, &waiting], Duration::from_millis(1_500), limit),
+            Some(Ready::Losing)
+        );
+        assert_eq!(
+            readiness(&[&more, &waiting], Duration::from_millis(1_500), limit),
             Some(Ready::Losing)
         );
         assert_eq!(Ready::CaughtUp.behind(), None);
+        assert!(Ready::AtHead.behind().is_some_and(|w| w.contains("head")));
         assert!(Ready::Losing.behind().is_some_and(|w| w.contains("losing")));
     }
 
