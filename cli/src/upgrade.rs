@@ -162,9 +162,11 @@ async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOper
             .with_context(|| format!("upgrade {id} of {app} is not in its history"))?;
         let now_rank = rank(op.phase);
         while shown < now_rank.min(3) {
+            // On a terminal, the rest of the line drawn within the phase is cleared.
+            let clear = if err.is_terminal() { "\x1b[K" } else { "" };
             let _ = writeln!(
                 err,
-                "\r  {:<8} [{}] {:>6} ms",
+                "\r  {:<8} [{}] {:>6} ms{clear}",
                 PHASES[shown].1,
                 "#".repeat(30),
                 since.elapsed().as_millis()
@@ -176,8 +178,8 @@ async fn follow(c: &Conn, app: &str, id: &str) -> anyhow::Result<pb::UpgradeOper
             return Ok(op);
         }
         if shown < 3 && err.is_terminal() {
-            // Within a phase: a bar that fills with time (the phase's own progress is
-            // not reported; phases take milliseconds to seconds).
+            // Within a phase: a bar that fills with time (phases take milliseconds to
+            // seconds), and in prepare how far the successors' pre-copy is.
             let fill = ((since.elapsed().as_millis() / 50) as usize).min(29);
             let state = if shown == 0 {
                 prepare_progress(op.progress.as_ref())

@@ -16,7 +16,7 @@
 //! their own, so they do not queue behind a drained window's encode (writing them on
 //! the one thread delayed the switch checkpoint's completion by seconds:
 //! BENCHMARKS.md, issue 22), and so have pieces read for other workers' pre-copies
-//! ([`Lane::Serve`]). After each job the thread hands what it freed back to
+//! ([`Lane::Serve`]) and drained pieces written at a pace ([`Lane::Writes`]). After each job the thread hands what it freed back to
 //! the system ([`crate::memory::release_freed`]), so that a stream thread does not.
 //! Where a thread cannot be made (or on systems without per-thread nice values), the
 //! job runs on the blocking pool as before: slower for the stream, never lost.
@@ -65,6 +65,11 @@ pub enum Lane {
     /// piece while a neighbour loaded (BENCHMARKS.md, issue 22). Both are background
     /// work; neither should wait for the other.
     Serve,
+    /// Drained windows' whole pieces written at a pace
+    /// ([`crate::runtime::checkpoint::CheckpointEnv::save_at`]): on [`Lane::Work`]
+    /// the pacing's waits (2 s per 500 MB) held up the encodes and loads queued
+    /// behind them.
+    Writes,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -73,10 +78,12 @@ fn queue(lane: Lane) -> Option<&'static mpsc::Sender<Job>> {
     static WORK: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     static REPLICAS: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     static SERVE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    static WRITES: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     let (cell, name) = match lane {
         Lane::Work => (&WORK, "weir-background"),
         Lane::Replicas => (&REPLICAS, "weir-replicas"),
         Lane::Serve => (&SERVE, "weir-serve"),
+        Lane::Writes => (&WRITES, "weir-writes"),
     };
     cell.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();

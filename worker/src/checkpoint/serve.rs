@@ -15,9 +15,9 @@ use tonic::Status;
 use weir_proto::v1 as pb;
 
 /// Chunks of replicas being received, over all `StoreSnapshot` calls in the process:
-/// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until it is written
-/// to disk, so replicas buffered in memory never exceed 2 GiB however many peers push
-/// at once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
+/// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until its call ends,
+/// so replicas being received (in memory, or written and not yet stored) never exceed
+/// 2 GiB however many peers push at once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
 /// so a stalled sender cannot block the others; its replicator tries another peer.
 pub const INFLIGHT_CHUNKS: usize = 2048;
 
@@ -118,17 +118,21 @@ where
     S: Stream<Item = Result<pb::StateChunk, Status>> + Unpin,
 {
     let mut a = Assembler::new(MAX_SNAPSHOT_BYTES);
-    let mut writing: Option<Writing> = None;
+    let mut writing = Unstored(None);
+    let mut held: Option<tokio::sync::SemaphorePermit<'static>> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        // Held while the chunk is in memory: until it is written.
         let permit = INFLIGHT.try_acquire().map_err(|_| {
             tracing::warn!("refusing a snapshot replica: too many replicas being received");
             Status::resource_exhausted(
                 "this worker is receiving too many snapshot replicas at once; try another",
             )
         })?;
-        if writing.is_none() {
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        if writing.0.is_none() {
             check_names(&chunk.app, &chunk.from_pe, "from_pe")?;
         }
         let who = (chunk.app.clone(), chunk.from_pe.clone(), chunk.barrier_id);
@@ -136,7 +140,7 @@ where
         let data = a.pass(chunk).inspect_err(|e| {
             tracing::warn!(error = %e, received = a.received(), "refusing a snapshot replica");
         })?;
-        let (s, w) = (store.clone(), writing.take());
+        let (s, w) = (store.clone(), writing.0.take());
         let written = run_at(Priority::Replica, move || {
             let mut w = match w {
                 Some(w) => w,
@@ -146,9 +150,8 @@ where
             Ok::<_, StoreError>(w)
         })
         .await;
-        drop(permit);
         match written {
-            Ok(w) => writing = Some(w),
+            Ok(w) => writing.0 = Some(w),
             Err(e) => {
                 let (app, pe, id) = who;
                 tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
@@ -159,7 +162,7 @@ where
     let (app, pe, id, crc) = a.passed().inspect_err(|e| {
         tracing::warn!(error = %e, "refusing a snapshot replica");
     })?;
-    let Some(w) = writing else {
+    let Some(w) = writing.0.take() else {
         return Err(Status::invalid_argument("no chunks"));
     };
     let s = store.clone();
@@ -169,10 +172,27 @@ where
             tracing::error!(%app, %pe, checkpoint = id, error = %e, "cannot store a snapshot replica");
             store_status(&e, &app, &pe, id)
         })?;
+    drop(held);
     tracing::debug!(%app, %pe, checkpoint = id, bytes = piece.size, crc = crc, "stored a snapshot replica");
     Ok(pb::StoreSnapshotResponse {
         bytes_stored: piece.size,
     })
+}
+
+/// A replica being written and not stored: dropped (the stream refused, failed or
+/// cancelled), its temporary file is removed on a blocking thread, not on the async
+/// thread the call ran on (unlinking hundreds of megabytes takes a while).
+struct Unstored(Option<Writing>);
+
+impl Drop for Unstored {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(w))),
+                Err(_) => drop(w),
+            }
+        }
+    }
 }
 
 /// The longest a fetch waits for a snapshot to appear.

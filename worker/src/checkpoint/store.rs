@@ -395,9 +395,16 @@ impl SnapshotStore {
         data: &[u8],
         expected_crc32c: u32,
     ) -> Result<StoredPiece, StoreError> {
-        let mut w = self.begin(app, pe, id, true, None)?;
-        w.append(data)?;
-        self.commit(w, Some(expected_crc32c))
+        // Checked before anything is written: a damaged copy leaves nothing behind.
+        let actual = crc32c::crc32c(data);
+        if actual != expected_crc32c {
+            return Err(StoreError::Corrupt {
+                why: format!(
+                    "crc mismatch: expected {expected_crc32c:#010x}, received data has {actual:#010x}"
+                ),
+            });
+        }
+        self.put(app, pe, id, data)
     }
 
     /// [`Self::get_shared`], copied into a buffer of its own.

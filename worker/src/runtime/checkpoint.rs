@@ -10,7 +10,7 @@
 
 use super::status::PeStatus;
 use super::upgrade::Armed;
-use crate::background::Priority;
+use crate::background::{Lane, Priority};
 use crate::checkpoint::replicate::{fetch_waiting, Replicator};
 use crate::checkpoint::store::SnapshotStore;
 use bytes::Bytes;
@@ -39,7 +39,10 @@ struct Pushing(tokio::task::JoinHandle<Vec<String>>);
 impl Pushing {
     /// The workers that took a replica (none when the push failed).
     async fn join(mut self) -> Vec<String> {
-        (&mut self.0).await.unwrap_or_default()
+        (&mut self.0).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a replica push ended without an answer");
+            Vec::new()
+        })
     }
 }
 
@@ -266,11 +269,12 @@ impl CheckpointEnv {
         });
     }
 
-    /// [`CheckpointEnv::save`], writing to disk at `priority`; at
+    /// [`CheckpointEnv::save`], writing to disk at `priority`. At
     /// [`Priority::Background`] (a drained window's whole piece, which only the switch
-    /// checkpoint's completion waits for) paced too ([`DRAINED_WRITES`]). The replicas
-    /// are pushed while it is written, not after: a paced write of a 500 MB piece
-    /// takes 2 s, and the checkpoint completes once both are done.
+    /// checkpoint's completion waits for) the write is paced ([`DRAINED_WRITES`]), on
+    /// a thread of its own ([`Lane::Writes`]), and the replicas are pushed while it is
+    /// written, not after: a paced write of a 500 MB piece takes 2 s, and the
+    /// checkpoint completes once both are done.
     #[allow(clippy::too_many_arguments)]
     pub async fn save_at(
         &self,
@@ -292,29 +296,39 @@ impl CheckpointEnv {
         }
         let t0 = Instant::now();
         let bytes = Bytes::from(bytes);
-        let push = {
-            let (rep, a, p, b) = (
-                self.replicator.clone(),
+        // A drained window's piece is pushed while it is written (paced, the write
+        // takes as long as the push); any other after its write, as before, so a
+        // checkpoint's piece is not cut into chunks beside its own write.
+        let paced = priority == Priority::Background;
+        let push = |bytes: Bytes| {
+            let (rep, a, p) = (self.replicator.clone(), app.to_string(), pe.to_string());
+            Pushing(tokio::spawn(async move {
+                rep.replicate(&a, &p, id, bytes).await
+            }))
+        };
+        let early = paced.then(|| push(bytes.clone()));
+        let stored = {
+            let (s, a, p, b) = (
+                self.store.clone(),
                 app.to_string(),
                 pe.to_string(),
                 bytes.clone(),
             );
-            Pushing(tokio::spawn(
-                async move { rep.replicate(&a, &p, id, b).await },
-            ))
-        };
-        let stored = {
-            let (s, a, p, b) = (self.store.clone(), app.to_string(), pe.to_string(), bytes);
-            let put = move || match priority {
-                Priority::Background => s.put_paced(&a, &p, id, &b, &DRAINED_WRITES),
-                _ => s.put(&a, &p, id, &b),
-            };
-            // Failed, the push is aborted (dropped): a replica of a piece never
+            // Failed, an early push is aborted (dropped): a replica of a piece never
             // reported is never used, and goes with the checkpoints kept.
-            crate::background::run_at(priority, put)
+            let written = if paced {
+                // On a thread of its own: its pacing waits would hold up the encodes
+                // and loads queued on the work lane.
+                crate::background::run_on(Lane::Writes, move || {
+                    s.put_paced(&a, &p, id, &b, &DRAINED_WRITES)
+                })
                 .await
-                .map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
+            } else {
+                crate::background::run_at(priority, move || s.put(&a, &p, id, &b)).await
+            };
+            written.map_err(|e| format!("checkpoint {id}: storing the snapshot failed: {e}"))?
         };
+        let push = early.unwrap_or_else(|| push(bytes));
         let (me, st) = (self.worker_id.clone(), status.clone());
         tokio::spawn(async move {
             let mut replicas = vec![me];

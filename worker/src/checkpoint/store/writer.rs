@@ -78,7 +78,11 @@ impl Writing {
             if let Some(p) = self.pacer {
                 p.turn_blocking(step.len());
             }
-            f.write_all(step).map_err(io_err(&self.tmp))?;
+            if let Err(e) = f.write_all(step) {
+                // What was written of it is unknown: no more parts, no commit.
+                self.file = None;
+                return Err(io_err(&self.tmp)(e));
+            }
         }
         self.crc = crc32c::crc32c_append(self.crc, part);
         self.len += part.len() as u64;
