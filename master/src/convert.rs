@@ -214,7 +214,6 @@ pub fn app_detail(
     }
 }
 
-/// An upgrade operation as the API shows it.
 /// An upgrade operation as the API shows it, without its progress (leader memory, not
 /// replicated state: the API fills it in).
 pub fn upgrade_operation(u: &crate::state::UpgradeRecord) -> pb::UpgradeOperation {

@@ -423,6 +423,9 @@ async fn replace_and_rescale_under_load_lose_and_repeat_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     done(&op);
+    // Read at once after UpgradeApp answered: the rescale cannot have ended by then
+    // (its successors must deploy, pre-copy and report over heartbeats first).
+    assert!(!seen.is_empty(), "progress seen while the rescale ran");
     for p in &seen {
         assert!(
             p.successors == 3 && p.successors_ready <= 3,

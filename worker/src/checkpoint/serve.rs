@@ -17,8 +17,9 @@ use weir_proto::v1 as pb;
 /// Chunks of replicas being received, over all `StoreSnapshot` calls in the process:
 /// each chunk (at most [`super::CHUNK_BYTES`]) holds one permit until its call ends,
 /// so replicas being received (in memory, or written and not yet stored) never exceed
-/// 2 GiB however many peers push at once. A push over the budget is refused (RESOURCE_EXHAUSTED) rather than queued,
-/// so a stalled sender cannot block the others; its replicator tries another peer.
+/// 2 GiB however many peers push at once. A push over the budget is refused
+/// (RESOURCE_EXHAUSTED) rather than queued, so a stalled sender cannot block the
+/// others; its replicator tries another peer.
 pub const INFLIGHT_CHUNKS: usize = 2048;
 
 static INFLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(INFLIGHT_CHUNKS);

@@ -293,7 +293,7 @@ impl SnapshotStore {
         id: u64,
         data: &[u8],
     ) -> Result<StoredPiece, StoreError> {
-        self.write(app, pe, id, data, true)
+        self.write(app, pe, id, data, true, None)
     }
 
     /// [`SnapshotStore::put`] without waiting for the disk: the file appears whole or
@@ -308,7 +308,7 @@ impl SnapshotStore {
         id: u64,
         data: &[u8],
     ) -> Result<StoredPiece, StoreError> {
-        self.write(app, pe, id, data, false)
+        self.write(app, pe, id, data, false, None)
     }
 
     fn write(
@@ -318,8 +318,9 @@ impl SnapshotStore {
         id: u64,
         data: &[u8],
         durable: bool,
+        pacer: Option<&'static super::pace::Pacer>,
     ) -> Result<StoredPiece, StoreError> {
-        let mut w = self.begin(app, pe, id, durable, None)?;
+        let mut w = self.begin(app, pe, id, durable, pacer)?;
         w.append(data)?;
         self.commit(w, None)
     }
@@ -335,9 +336,7 @@ impl SnapshotStore {
         data: &[u8],
         pacer: &'static super::pace::Pacer,
     ) -> Result<StoredPiece, StoreError> {
-        let mut w = self.begin(app, pe, id, true, Some(pacer))?;
-        w.append(data)?;
-        self.commit(w, None)
+        self.write(app, pe, id, data, true, Some(pacer))
     }
 
     /// Begins writing the snapshot of `pe` at checkpoint `id` a part at a time, each

@@ -387,9 +387,9 @@ enum Ready {
     /// At the head of every predecessor's rounds (it applied each one stored), but a
     /// predecessor still announces more and ships them no faster than it applies
     /// them ([`losing`] over the whole catch-up): the predecessor's backlog, not this
-    /// successor, is behind, and waiting would not shrink it. Seen in every 100 MB
-    /// rescale on the dev box before 2026-12-07, when it read as losing ground
-    /// (BENCHMARKS.md, issue 22).
+    /// successor, is behind, and waiting would not shrink it. Each of five 100 MB
+    /// rescales on the dev box on 2026-12-07 ended its catch-up so, which until then
+    /// read as losing ground (BENCHMARKS.md, issue 22).
     AtHead,
     /// Still behind a predecessor, with its rounds waiting, and losing ground on it
     /// ([`losing`]): waiting longer would leave more, not less, for the barrier.

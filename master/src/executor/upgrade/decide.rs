@@ -373,56 +373,57 @@ pub fn measure(
             r.longest_stall_ms = r.longest_stall_ms.max(stall(&s.input_gaps_ms, now_ms, up));
         }
     }
-    for (pe, rep) in successors(up, reports) {
-        let Some(s) = rep.and_then(|r| r.stats.as_ref()) else {
-            continue;
-        };
-        r.state_precopied_bytes += s.state_precopied_bytes;
-        r.state_barrier_bytes += s.state_barrier_bytes;
-        if !s.handoff_behind.is_empty() {
-            r.successors_behind
-                .push(format!("{pe}: {}", s.handoff_behind));
-        }
-    }
+    let t = taken_over(up, reports);
+    r.state_precopied_bytes = t.precopied;
+    r.state_barrier_bytes = t.at_barrier;
+    r.successors_behind = t.behind;
     r
 }
 
-/// `up`'s successors (its new PEs that take over old PEs' state), each with its last
-/// report from where it is placed (`None`: none yet).
-fn successors<'a>(
-    up: &'a UpgradeRecord,
-    reports: &'a Reports,
-) -> impl Iterator<Item = (&'a PeId, Option<&'a pb::PeReport>)> + 'a {
-    up.handoff.keys().map(move |pe| {
-        let report = up
+/// What `up`'s successors (its new PEs that take over old PEs' state) last reported,
+/// from where each is placed, summed.
+#[derive(Debug, Default)]
+struct TakenOver {
+    /// Successors reporting RUNNING (pre-copied, caught up or not).
+    ready: u32,
+    precopied: u64,
+    at_barrier: u64,
+    /// "PE: why" for each that let the switch begin still behind.
+    behind: Vec<String>,
+}
+
+fn taken_over(up: &UpgradeRecord, reports: &Reports) -> TakenOver {
+    let mut t = TakenOver::default();
+    for pe in up.handoff.keys() {
+        let Some(r) = up
             .placement
             .get(pe)
-            .and_then(|w| reports.get(&(w.clone(), pe.clone())));
-        (pe, report)
-    })
+            .and_then(|w| reports.get(&(w.clone(), pe.clone())))
+        else {
+            continue;
+        };
+        t.ready += u32::from(r.state == pb::PeState::Running as i32);
+        let Some(s) = &r.stats else { continue };
+        t.precopied += s.state_precopied_bytes;
+        t.at_barrier += s.state_barrier_bytes;
+        if !s.handoff_behind.is_empty() {
+            t.behind.push(format!("{pe}: {}", s.handoff_behind));
+        }
+    }
+    t
 }
 
 /// How far a running upgrade's successors are, from their last reports: for users
 /// watching a prepare that pre-copies gigabytes.
 pub fn progress(app: &AppRecord, up: &UpgradeRecord, reports: &Reports) -> pb::UpgradeProgress {
-    let mut p = pb::UpgradeProgress {
+    let t = taken_over(up, reports);
+    pb::UpgradeProgress {
         successors: up.handoff.len() as u32,
+        successors_ready: t.ready,
+        state_precopied_bytes: t.precopied,
         state_to_precopy_bytes: precopy_bytes(app, up),
-        ..Default::default()
-    };
-    for (pe, rep) in successors(up, reports) {
-        let running = rep.is_some_and(|r| r.state == pb::PeState::Running as i32);
-        p.successors_ready += u32::from(running);
-        let Some(s) = rep.and_then(|r| r.stats.as_ref()) else {
-            continue;
-        };
-        p.state_precopied_bytes += s.state_precopied_bytes;
-        if !s.handoff_behind.is_empty() {
-            p.successors_behind
-                .push(format!("{pe}: {}", s.handoff_behind));
-        }
+        successors_behind: t.behind,
     }
-    p
 }
 
 /// The stall an upgrade added at one sink: the longest gap between its input batches in
