@@ -17,8 +17,11 @@
 //!
 //! Envelope layout (rounds and the barrier's alike): `b"WH"`, `u8` version 1, `u8`
 //! tag: 0 (no delta: load the whole snapshot) | 1 (a delta) | 2 (a round that left
-//! changes for later rounds), then `u64` base checkpoint, `u64` rounds shipped before
-//! it (little endian), and the delta in the kernel's snapshot layout.
+//! changes for later rounds) | 3 and 4 (as 1 and 2, with when it was shipped), then
+//! `u64` base checkpoint, `u64` rounds shipped before it, for tags 3 and 4 `u64`
+//! milliseconds since the Unix epoch on its PE's clock when it was shipped (all little
+//! endian), and the delta in the kernel's snapshot layout. Tags 1 and 2 are what
+//! workers before 2026-12-07 wrote, and are still read.
 
 use super::checkpoint::Ckpt;
 use super::checkpoint::{CheckpointEnv, Loaded, PieceState};
@@ -67,8 +70,9 @@ const PREFETCH: usize = 8;
 /// longer: the rounds waiting were shipped while it loaded, so a large state has more
 /// to catch up on (at 1 GB on the dev box, 20 s of loading left ~180 rounds; cut at
 /// 2 s, 144 MB were still waiting at the switch and the stream stalled 1.2 s). A
-/// successor that is losing ground stops whatever the limit ([`losing`]). Never
-/// more than [`MAX_CATCH_UP`]: the master gives prepare 30 s in all.
+/// successor that is losing ground stops whatever the limit ([`Pace::judge`]). Never
+/// more than [`MAX_CATCH_UP`], or [`MAX_GAINING`] while it gains: the master gives
+/// prepare 30 s in all, and a second more per 50 MiB pre-copied.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The piece bytes from which a pre-copy loads at the background priority
@@ -82,8 +86,18 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 /// moments: a niced thread beside busy cores can wait to be scheduled at all.
 pub const BACKGROUND_FROM: u64 = 1 << 20;
 
-/// The longest a successor catches up, however long its pre-copy took.
+/// The longest a successor catches up, however long its pre-copy took, unless it is
+/// gaining ([`MAX_GAINING`]).
 const MAX_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// The longest a successor that is gaining on its predecessors catches up
+/// ([`readiness`], `Pace::due`). Within the master's limit for a prepare with
+/// nothing to pre-copy (30 s, `PREPARE_TIMEOUT_MS`), which grows by a second per
+/// 50 MiB pre-copied, about what the pre-copy itself takes. At 1 GB on the dev box the
+/// rescale's successor that takes half of each predecessor's piece loaded for 20-25
+/// s; with 10 s to catch up on the rounds shipped meanwhile it once still had 76 MB
+/// left for the switch, a stall of 1,077 ms (BENCHMARKS.md, issue 22).
+const MAX_GAINING: Duration = Duration::from_secs(20);
 
 /// Whether a successor that applied `applied` rounds of one predecessor in `took` is
 /// gaining on it: that predecessor shipped at most one round per [`ROUND_EVERY`]
@@ -104,19 +118,35 @@ fn gaining(applied: u64, took: Duration) -> bool {
 /// rounds are known to wait ([`Pace::deep`]).
 const DEEP_FROM: u64 = 256 << 20;
 
-/// How long a successor catches up before it judges whether it gains at all.
+/// How long a successor catches up before it judges whether it gains at all, and
+/// then how often it judges again ([`Pace::judge`]).
 const JUDGE_AFTER: Duration = Duration::from_secs(1);
 
+/// How much younger the state a successor has applied must get over [`JUDGE_AFTER`]
+/// for it to count as gaining on its predecessor ([`Pace::judge`]): a tenth of its
+/// time spent gaining, or it stops waiting (one that gains less would take over ten
+/// times its lag to catch up). Also what a lag of a few round trips counts as: at
+/// the head of a predecessor's rounds the age stays there and is not "gaining".
+const GAIN: Duration = Duration::from_millis(100);
+
 /// Whether a successor still behind a predecessor, `applied` rounds of it since it
-/// began catching up `since` ago, is losing: not gaining over that whole time, once it
-/// has run [`JUDGE_AFTER`]. One that is (a slow or busy machine, a debug build) stops
-/// waiting and leaves the rest for the switch, rather than hold the upgrade until
-/// [`CATCH_UP`]. Judged on the whole catch-up, not on one pass: at 1 GB on the dev
-/// box one slow pass of 16 rounds (a busy moment on two cores) read as losing, the
-/// switch came with 20-37 MB of rounds still waiting and the stream stalled 1.5 s
-/// while the successors applied them (BENCHMARKS.md, 2026-12-06).
+/// began catching up `since` ago, is losing by the bound on what the predecessor can
+/// ship ([`gaining`]), once it has run [`JUDGE_AFTER`]: the judgement for rounds that
+/// do not say when they were shipped (from workers before 2026-12-07; see
+/// [`Pace::judge`] for the rest). Judged on the whole catch-up, not on one pass: at
+/// 1 GB on the dev box one slow pass of 16 rounds (a busy moment on two cores) read
+/// as losing, the switch came with 20-37 MB of rounds still waiting and the stream
+/// stalled 1.5 s while the successors applied them (BENCHMARKS.md, 2026-12-06).
 fn losing(applied: u64, since: Duration) -> bool {
     since >= JUDGE_AFTER && !gaining(applied, since)
+}
+
+/// Now, in milliseconds since the Unix epoch: when a round is shipped, and how old the
+/// last one applied is ([`Pace::judge`]).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Where a PE's hand-off envelope is stored: beside its snapshots, under a name no PE
@@ -140,6 +170,9 @@ pub struct Delta<'a> {
     pub after: u64,
     /// A round that left changed slots for later rounds (the successor is behind).
     pub more: bool,
+    /// When it was shipped, in milliseconds since the Unix epoch on its PE's clock
+    /// (`None` from workers before 2026-12-07).
+    pub shipped_ms: Option<u64>,
     /// The delta, in the kernel's snapshot layout.
     pub state: &'a [u8],
 }
@@ -153,9 +186,13 @@ pub fn envelope(delta: Option<Delta<'_>>) -> Vec<u8> {
     match delta {
         None => out.push(0),
         Some(d) => {
-            out.push(if d.more { 2 } else { 1 });
+            let timed = if d.shipped_ms.is_some() { 2 } else { 0 };
+            out.push(timed + if d.more { 2 } else { 1 });
             out.extend_from_slice(&d.base.to_le_bytes());
             out.extend_from_slice(&d.after.to_le_bytes());
+            if let Some(ms) = d.shipped_ms {
+                out.extend_from_slice(&ms.to_le_bytes());
+            }
             out.extend_from_slice(d.state);
         }
     }
@@ -176,7 +213,17 @@ pub fn open(b: &[u8]) -> Result<Option<Delta<'_>>, String> {
                 base: u64_at(&rest[..8]),
                 after: u64_at(&rest[8..16]),
                 more: *tag == 2,
+                shipped_ms: None,
                 state: &rest[16..],
+            }))
+        }
+        [m0, m1, VERSION, tag @ (3 | 4), rest @ ..] if [*m0, *m1] == *MAGIC && rest.len() >= 24 => {
+            Ok(Some(Delta {
+                base: u64_at(&rest[..8]),
+                after: u64_at(&rest[8..16]),
+                more: *tag == 4,
+                shipped_ms: Some(u64_at(&rest[16..24])),
+                state: &rest[24..],
             }))
         }
         _ => Err(format!(
@@ -222,6 +269,7 @@ impl Rounds {
             base,
             after,
             more,
+            shipped_ms: Some(unix_ms()),
             state: &state,
         }));
         ckpt.env
@@ -333,6 +381,20 @@ struct Pace {
     /// want of the next round (before the first pass: presumed, a pre-copy's rounds
     /// pile up while it loads).
     waiting: bool,
+    /// When the predecessor shipped the last round applied, in milliseconds since the
+    /// Unix epoch on its clock (`None` before the first, or from a worker whose rounds
+    /// do not say).
+    shipped_ms: Option<u64>,
+    /// The judgement under way ([`Pace::judge`]): how far into the catch-up it began,
+    /// and how old (ms) the state applied was then (negative where the predecessor's
+    /// clock is ahead: only differences count).
+    window: Option<(Duration, i64)>,
+    /// Judged losing ground on it ([`Pace::judge`]); final.
+    losing: bool,
+    /// When, into the catch-up, it would be caught up at the pace of its last
+    /// judgement that it gained ([`Pace::judge`]); `None` if it did not, or not within
+    /// [`MAX_GAINING`].
+    due: Option<Duration>,
 }
 
 impl Pace {
@@ -358,6 +420,60 @@ impl Pace {
         self.waiting || self.more
     }
 
+    /// Judges, `since` into the catch-up and at `now_ms` (the successor's clock, ms
+    /// since the Unix epoch), whether the successor is losing ground on this
+    /// predecessor. From when its rounds were shipped: the state applied is
+    /// `now_ms - shipped_ms` old, and the successor gains while that age falls by
+    /// [`GAIN`] or more in each [`JUDGE_AFTER`] (a new judgement starts each time it
+    /// does; only differences of ages count, so a constant offset between the two
+    /// clocks cancels). Rounds that do not say when they were shipped are judged by
+    /// the bound on how many could be ([`losing`]).
+    ///
+    /// A successor that gains also reckons when it will be caught up at that pace
+    /// (`due`): the catch-up may run until then, past its usual limit, up to
+    /// [`MAX_GAINING`] ([`readiness`]). The reckoning takes the age as it reads it;
+    /// with the predecessor's clock ahead it reads younger (`due` sooner: no longer
+    /// than without it), behind, older (later, capped).
+    ///
+    /// Until 2026-12-07 every round was judged by that bound: at most one round per
+    /// [`ROUND_EVERY`], 200 a second, which a busy predecessor never ships. On the dev
+    /// box a 100 MB replacement's successor that applied 7 MB of rounds in its first
+    /// 1.3 s, whose copy had loaded last (2.1 s, behind a neighbour's), was judged
+    /// losing; the switch came at once, 12 MB of rounds still waited, and the stream
+    /// stalled 595 ms while it applied them (BENCHMARKS.md, issue 22).
+    fn judge(&mut self, since: Duration, now_ms: u64) {
+        if !self.behind() {
+            (self.window, self.due) = (None, None);
+            return;
+        }
+        if self.losing {
+            return;
+        }
+        let Some(shipped) = self.shipped_ms else {
+            self.losing = losing(self.applied, since);
+            return;
+        };
+        let age = now_ms as i64 - shipped as i64;
+        match self.window {
+            None => self.window = Some((since, age)),
+            Some((from, then)) if since >= from + JUDGE_AFTER => {
+                if age.saturating_add(GAIN.as_millis() as i64) <= then {
+                    self.window = Some((since, age));
+                    // Gained `then - age` in `since - from`: the rest at that pace.
+                    let took = (since - from).as_millis() as u64;
+                    let gained = then.saturating_sub(age).max(1) as u64;
+                    let left = (age.max(0) as u64).saturating_mul(took) / gained;
+                    let due = since.saturating_add(Duration::from_millis(left));
+                    self.due = (due <= MAX_GAINING).then_some(due);
+                } else {
+                    self.losing = true;
+                    self.due = None;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
     /// Whether the next pass asks for [`PREFETCH`] rounds at once (once `deep` says
     /// the catch-up may): only while rounds are known to wait (or before the first
     /// pass). At the head of a predecessor still shipping its backlog (its rounds
@@ -371,12 +487,10 @@ impl Pace {
     }
 }
 
-/// Whether a successor that began catching up `since` ago may let the switch begin:
-/// with each predecessor it is caught up, or losing ground ([`losing`]).
-fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>, since: Duration) -> bool {
-    paces
-        .into_iter()
-        .all(|p| !p.behind() || losing(p.applied, since))
+/// Whether a successor may let the switch begin: with each predecessor it is caught
+/// up, or judged losing ground ([`Pace::judge`]).
+fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>) -> bool {
+    paces.into_iter().all(|p| !p.behind() || p.losing)
 }
 
 /// Why a successor catching up lets the switch begin.
@@ -386,13 +500,13 @@ enum Ready {
     CaughtUp,
     /// At the head of every predecessor's rounds (it applied each one stored), but a
     /// predecessor still announces more and ships them no faster than it applies
-    /// them ([`losing`] over the whole catch-up): the predecessor's backlog, not this
+    /// them ([`Pace::judge`]): the predecessor's backlog, not this
     /// successor, is behind, and waiting would not shrink it. Each of five 100 MB
     /// rescales on the dev box on 2026-12-07 ended its catch-up so, which until then
     /// read as losing ground (BENCHMARKS.md, issue 22).
     AtHead,
     /// Still behind a predecessor, with its rounds waiting, and losing ground on it
-    /// ([`losing`]): waiting longer would leave more, not less, for the barrier.
+    /// ([`Pace::judge`]): waiting longer would leave more, not less, for the barrier.
     Losing,
     /// Still behind after its catch-up time.
     OutOfTime,
@@ -411,11 +525,23 @@ impl Ready {
 }
 
 /// Whether a successor that began catching up `since` ago, with `limit` to catch up,
-/// lets the switch begin, and why; `None`: it keeps catching up.
+/// lets the switch begin, and why (its paces judged: [`Pace::judge`]); `None`: it
+/// keeps catching up. While it gains on every predecessor it is behind, the limit
+/// stretches to when it would be caught up with the last of them (`Pace::due`), up to
+/// [`MAX_GAINING`]: on the dev box on 2026-12-07, 100 MB replacements' successors
+/// still gaining when their 2 s ran out left 2-5 MB each for the switch, and the
+/// stream stalled up to 281 ms while they applied it (BENCHMARKS.md, issue 22).
 fn readiness(paces: &[&Pace], since: Duration, limit: Duration) -> Option<Ready> {
+    let due = paces
+        .iter()
+        .filter(|p| p.behind())
+        .map(|p| p.due)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|d| d.into_iter().max());
+    let limit = due.map_or(limit, |d| d.min(MAX_GAINING).max(limit));
     if paces.iter().all(|p| !p.behind()) {
         Some(Ready::CaughtUp)
-    } else if caught_up(paces.iter().copied(), since) {
+    } else if caught_up(paces.iter().copied()) {
         if paces.iter().all(|p| !p.waiting) {
             Some(Ready::AtHead)
         } else {
@@ -565,8 +691,12 @@ async fn precopy_then_deltas(
             }
             f.pace.passed(drained);
         }
+        let (since, now_ms) = (started.elapsed(), unix_ms());
+        for f in &mut follows {
+            f.pace.judge(since, now_ms);
+        }
         let paces: Vec<&Pace> = follows.iter().map(|f| &f.pace).collect();
-        let ready = readiness(&paces, started.elapsed(), catch_up);
+        let ready = readiness(&paces, since, catch_up);
         if !progressed && ready.is_none() {
             // Nothing new: wait for the next round rather than ask again at once.
             tokio::time::sleep(ROUND_EVERY / 4).await;
@@ -856,6 +986,7 @@ async fn apply_round(
                 .map_err(|e| GiveUp(e.to_string()))?;
             f.pace.applied += 1;
             f.pace.more = d.more;
+            f.pace.shipped_ms = d.shipped_ms;
             Ok(bytes.len() as u64)
         }
         other => Err(GiveUp(format!(
@@ -887,15 +1018,26 @@ mod tests {
     #[test]
     fn envelopes_read_back_and_garbage_is_an_error() {
         assert_eq!(open(&envelope(None)), Ok(None));
-        for more in [false, true] {
+        for (more, shipped_ms) in [false, true]
+            .into_iter()
+            .flat_map(|m| [None, Some(1_796_645_000_123)].map(|s| (m, s)))
+        {
             let d = || Delta {
                 base: 7,
                 after: 2,
                 more,
+                shipped_ms,
                 state: &[1, 2, 3],
             };
             assert_eq!(open(&envelope(Some(d()))), Ok(Some(d())));
         }
+        // What a worker before 2026-12-07 wrote: no shipped time.
+        let old = b"WH\x01\x02\x07\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x09";
+        let d = open(old).unwrap().unwrap();
+        assert_eq!(
+            (d.base, d.after, d.more, d.shipped_ms, d.state),
+            (7, 2, true, None, &[9][..])
+        );
         for bad in [
             &b""[..],
             b"WH",
@@ -903,6 +1045,8 @@ mod tests {
             b"WH\x02\x00",
             b"XX\x01\x00",
             b"WH\x01\x01\x07\0\0\0\0\0\0\0",
+            // A shipped time cut short.
+            b"WH\x01\x03\x07\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x01\0",
             b"WH\x01\x05",
         ] {
             assert!(open(bad).is_err(), "{bad:?}");
@@ -942,22 +1086,112 @@ mod tests {
             p.passed(drained);
             p
         };
+        let judged = |mut p: Pace, since| {
+            p.judge(since, 0);
+            p
+        };
         let done = after_pass(false, true);
-        assert!(caught_up([&done, &done], early));
+        assert!(caught_up([&done, &done].map(|p| judged(*p, early)).iter()));
         // None waiting, but its last round said more were to come.
         let more = after_pass(true, true);
-        assert!(!caught_up([&done, &more], early));
+        assert!(!caught_up([&done, &judged(more, early)]));
         // The pass stopped at its limit, rounds may be waiting.
         let limit = after_pass(false, false);
-        assert!(!caught_up([&limit, &done], early));
+        assert!(!caught_up([&judged(limit, early), &done]));
         // Losing ground on it after a whole second: the switch may begin anyway.
-        assert!(caught_up([&more, &limit], Duration::from_secs(2)));
+        let late = Duration::from_secs(2);
+        assert!(caught_up([&judged(more, late), &judged(limit, late)]));
         // Gaining on it: keep catching up.
         let gaining = Pace {
             applied: 500,
             ..more
         };
-        assert!(!caught_up([&gaining], Duration::from_secs(2)));
+        assert!(!caught_up([&judged(gaining, late)]));
+    }
+
+    #[test]
+    fn a_successor_gains_while_the_state_it_applied_gets_younger() {
+        let t = |ms| Duration::from_millis(ms);
+        // Rounds that say when they were shipped: 3 s behind when the catch-up began.
+        let mut p = Pace {
+            applied: 1,
+            more: true,
+            waiting: true,
+            shipped_ms: Some(10_000),
+            ..Pace::default()
+        };
+        p.judge(t(20), 13_000);
+        // Few rounds applied (by the bound on what could be shipped it would be losing
+        // at 1 s), but the state applied is 1.2 s younger: gaining, judged afresh.
+        p.applied = 60;
+        p.shipped_ms = Some(12_500);
+        p.judge(t(1_020), 14_300);
+        assert!(!p.losing);
+        assert!(losing(p.applied, t(1_020)), "the old bound says losing");
+        // 1.2 s gained in 1 s, 1.8 s left: caught up 1.5 s on, at 2.52 s. Its
+        // catch-up may run past a 2 s limit until then, not after.
+        assert_eq!(p.due, Some(t(2_520)));
+        assert_eq!(readiness(&[&p], t(2_200), t(2_000)), None);
+        assert_eq!(readiness(&[&p], t(2_600), t(2_000)), Some(Ready::OutOfTime));
+        // Nor past MAX_GAINING: gaining 100 ms a second, 20 s behind.
+        let mut slow = Pace {
+            window: Some((t(0), 20_100)),
+            ..p
+        };
+        slow.judge(t(1_000), 12_500 + 20_000);
+        assert!(!slow.losing);
+        assert_eq!(slow.due, None);
+        assert_eq!(
+            readiness(&[&slow], t(2_100), t(2_000)),
+            Some(Ready::OutOfTime)
+        );
+        // Half a second on: not judged before a whole second.
+        p.shipped_ms = Some(12_600);
+        p.judge(t(1_520), 14_800);
+        assert!(!p.losing);
+        // A second on, 1.8 s behind as before: no longer gaining.
+        p.shipped_ms = Some(13_500);
+        p.judge(t(2_030), 15_300);
+        assert!(p.losing);
+        assert_eq!(p.due, None);
+        assert!(caught_up([&p]));
+        // Once judged losing, it stays so.
+        p.shipped_ms = Some(15_299);
+        p.judge(t(3_100), 15_300);
+        assert!(p.losing);
+
+        // A constant offset between the two clocks cancels: the predecessor's clock an
+        // hour ahead of the successor's.
+        let hour = 3_600_000;
+        let mut q = Pace {
+            applied: 1,
+            waiting: true,
+            shipped_ms: Some(hour + 5_000),
+            ..Pace::default()
+        };
+        q.judge(t(0), 8_000);
+        q.shipped_ms = Some(hour + 6_000);
+        q.judge(t(1_000), 8_900);
+        assert!(!q.losing, "3.0 s behind, then 2.9 s: gaining by 100 ms");
+        // The age reads negative: due at once, no longer than without the reckoning.
+        assert_eq!(q.due, Some(t(1_000)));
+        q.shipped_ms = Some(hour + 6_500);
+        q.judge(t(2_000), 9_450);
+        assert!(q.losing, "2.95 s behind: gained 50 ms, under GAIN");
+
+        // Caught up (nothing waiting or announced): no judgement runs, and the next
+        // one starts afresh when it falls behind again.
+        let mut r = Pace {
+            applied: 5,
+            shipped_ms: Some(1_000),
+            ..Pace::default()
+        };
+        r.judge(t(0), 1_010);
+        assert_eq!(r.window, None);
+        r.more = true;
+        r.judge(t(1_500), 2_000);
+        assert_eq!(r.window, Some((t(1_500), 1_000)));
+        assert!(!r.losing);
     }
 
     #[test]
@@ -973,37 +1207,32 @@ mod tests {
         };
         let (done, more) = (after_pass(3, false, true), after_pass(3, true, true));
         let (early, limit) = (Duration::from_millis(100), Duration::from_secs(2));
-        assert_eq!(
-            readiness(&[&done, &done], early, limit),
-            Some(Ready::CaughtUp)
-        );
+        // Each pace judged at `since` (rounds without a shipped time: by the bound).
+        let ready = |paces: &[Pace], since| {
+            let judged: Vec<Pace> = paces
+                .iter()
+                .map(|p| {
+                    let mut p = *p;
+                    p.judge(since, 0);
+                    p
+                })
+                .collect();
+            readiness(&judged.iter().collect::<Vec<_>>(), since, limit)
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(ready(&[done, done], early), Some(Ready::CaughtUp));
         // Behind one of them and gaining: keep catching up until the limit.
         let gaining = after_pass(500, true, true);
-        assert_eq!(readiness(&[&done, &more], early, limit), None);
-        assert_eq!(
-            readiness(&[&done, &gaining], Duration::from_millis(1_500), limit),
-            None
-        );
-        assert_eq!(
-            readiness(&[&done, &gaining], Duration::from_millis(2_001), limit),
-            Some(Ready::OutOfTime)
-        );
+        assert_eq!(ready(&[done, more], early), None);
+        assert_eq!(ready(&[done, gaining], ms(1_500)), None);
+        assert_eq!(ready(&[done, gaining], ms(2_001)), Some(Ready::OutOfTime));
         // At a predecessor's head that announces more after a second: now, whatever
         // the limit; its backlog, not the successor, is behind.
-        assert_eq!(
-            readiness(&[&done, &more], Duration::from_millis(1_500), limit),
-            Some(Ready::AtHead)
-        );
+        assert_eq!(ready(&[done, more], ms(1_500)), Some(Ready::AtHead));
         // With its rounds waiting and losing ground on them: now too.
         let waiting = after_pass(3, true, false);
-        assert_eq!(
-            readiness(&[&done, &waiting], Duration::from_millis(1_500), limit),
-            Some(Ready::Losing)
-        );
-        assert_eq!(
-            readiness(&[&more, &waiting], Duration::from_millis(1_500), limit),
-            Some(Ready::Losing)
-        );
+        assert_eq!(ready(&[done, waiting], ms(1_500)), Some(Ready::Losing));
+        assert_eq!(ready(&[more, waiting], ms(1_500)), Some(Ready::Losing));
         assert_eq!(Ready::CaughtUp.behind(), None);
         assert!(Ready::AtHead.behind().is_some_and(|w| w.contains("head")));
         assert!(Ready::Losing.behind().is_some_and(|w| w.contains("losing")));

@@ -531,6 +531,7 @@ async fn snapshot(
                 base: *base,
                 after: rounds.after(*base),
                 more: false,
+                shipped_ms: Some(handoff::unix_ms()),
                 state,
             }))
         });

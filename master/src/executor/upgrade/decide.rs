@@ -297,14 +297,21 @@ pub fn decide_prepare(
             continue;
         };
         let a = attempt(pe);
+        let report = reports
+            .get(&(w.clone(), pe.clone()))
+            .filter(|r| r.attempt == a);
         // Running: its kernel (a program, say) started; a PE still starting may yet
         // fail, and the switch must not begin before that is known.
-        let running = reports
-            .get(&(w.clone(), pe.clone()))
-            .is_some_and(|r| r.attempt == a && r.state == pb::PeState::Running as i32);
+        let running = report.is_some_and(|r| r.state == pb::PeState::Running as i32);
+        // Deployed and still starting (a successor pre-copying, for seconds at large
+        // state): deploying it again changes nothing. (Until 2026-12-07 it was, every
+        // few seconds of a 1 GB pre-copy: "new PE deployed" over and over in the log.)
+        let starting = report.is_some_and(|r| r.state == pb::PeState::Starting as i32);
         if !running {
             ready = false;
-            start.push((w.clone(), pe.clone(), a));
+            if !starting {
+                start.push((w.clone(), pe.clone(), a));
+            }
         }
     }
     // The switch barrier must reach every old PE: all must run (a finished one, whose

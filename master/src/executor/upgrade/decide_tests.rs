@@ -131,6 +131,23 @@ fn prepare_starts_the_new_pes_not_running_and_switches_once_everything_runs() {
     assert_eq!(start.len(), 1);
     assert_eq!(start[0].1, started[0]);
     assert_eq!(then, AfterPrepare::Wait);
+    // A new PE reported starting (pre-copying, say): wait, without deploying it again;
+    // starting an older attempt, it is deployed again.
+    let mut precopying = running.clone();
+    let key = ("w1".to_string(), started[0].clone());
+    precopying.get_mut(&key).unwrap().state = pb::PeState::Starting as i32;
+    assert_eq!(
+        prepare(&s, &precopying, true),
+        Prepare::Go {
+            start: vec![],
+            then: AfterPrepare::Wait
+        }
+    );
+    precopying.get_mut(&key).unwrap().attempt = 7;
+    let Prepare::Go { start, .. } = prepare(&s, &precopying, true) else {
+        panic!("held")
+    };
+    assert_eq!(start, vec![("w1".to_string(), started[0].clone(), 0)]);
     // An old PE not running yet: wait.
     let mut starting = running.clone();
     let old = s.apps[APP].placement.keys().next().unwrap().clone();
