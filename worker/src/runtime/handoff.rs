@@ -72,7 +72,7 @@ const PREFETCH: usize = 8;
 /// 2 s, 144 MB were still waiting at the switch and the stream stalled 1.2 s). A
 /// successor that is losing ground stops whatever the limit ([`Pace::judge`]). Never
 /// more than [`MAX_CATCH_UP`], or [`MAX_GAINING`] while it gains: the master gives
-/// prepare 30 s in all, and a second more per 50 MiB pre-copied.
+/// prepare 30 s, a second more per 50 MiB pre-copied and `MAX_GAINING` more.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The piece bytes from which a pre-copy loads at the background priority
@@ -91,9 +91,9 @@ pub const BACKGROUND_FROM: u64 = 1 << 20;
 const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// The longest a successor that is gaining on its predecessors catches up
-/// ([`readiness`], `Pace::due`). Within the master's limit for a prepare with
-/// nothing to pre-copy (30 s, `PREPARE_TIMEOUT_MS`), which grows by a second per
-/// 50 MiB pre-copied, about what the pre-copy itself takes. At 1 GB on the dev box the
+/// ([`readiness`], `Pace::due`). The master's limit for a prepare grows by as much
+/// when there is something to pre-copy (its `CATCH_UP_MS`), on top of 30 s and a
+/// second per 50 MiB pre-copied. At 1 GB on the dev box the
 /// rescale's successor that takes half of each predecessor's piece loaded for 20-25
 /// s; with 10 s to catch up on the rounds shipped meanwhile it once still had 76 MB
 /// left for the switch, a stall of 1,077 ms (BENCHMARKS.md, issue 22).
@@ -143,7 +143,7 @@ fn losing(applied: u64, since: Duration) -> bool {
 
 /// Now, in milliseconds since the Unix epoch: when a round is shipped, and how old the
 /// last one applied is ([`Pace::judge`]).
-pub(crate) fn unix_ms() -> u64 {
+fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -385,16 +385,39 @@ struct Pace {
     /// Unix epoch on its clock (`None` before the first, or from a worker whose rounds
     /// do not say).
     shipped_ms: Option<u64>,
-    /// The judgement under way ([`Pace::judge`]): how far into the catch-up it began,
-    /// and how old (ms) the state applied was then (negative where the predecessor's
-    /// clock is ahead: only differences count).
-    window: Option<(Duration, i64)>,
+    /// The reading the judgement under way began at, and the one the judgement before
+    /// it began at ([`Pace::judge`]; since the successor last fell behind).
+    window: Option<Reading>,
+    prior: Option<Reading>,
     /// Judged losing ground on it ([`Pace::judge`]); final.
     losing: bool,
     /// When, into the catch-up, it would be caught up at the pace of its last
     /// judgement that it gained ([`Pace::judge`]); `None` if it did not, or not within
     /// [`MAX_GAINING`].
     due: Option<Duration>,
+}
+
+/// Where a successor stood with one predecessor at a moment of its catch-up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// How far into the catch-up (the successor's monotonic clock).
+    at: Duration,
+    /// When the last round applied was shipped (the predecessor's clock, ms).
+    shipped_ms: u64,
+}
+
+impl Reading {
+    /// How much younger (ms; negative: older) the state applied got from this reading
+    /// to `now`: the time its rounds applied meanwhile span, on the predecessor's
+    /// clock, less the time that passed, on the successor's. Neither clock is compared
+    /// with the other, so an offset between them does not count, nor does a step of
+    /// the successor's wall clock.
+    fn gained(&self, now: Reading) -> i64 {
+        let passed = now.at.saturating_sub(self.at).as_millis() as i64;
+        let spanned = i128::from(now.shipped_ms) - i128::from(self.shipped_ms);
+        let spanned = spanned.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        spanned.saturating_sub(passed)
+    }
 }
 
 impl Pace {
@@ -420,20 +443,25 @@ impl Pace {
         self.waiting || self.more
     }
 
-    /// Judges, `since` into the catch-up and at `now_ms` (the successor's clock, ms
-    /// since the Unix epoch), whether the successor is losing ground on this
-    /// predecessor. From when its rounds were shipped: the state applied is
-    /// `now_ms - shipped_ms` old, and the successor gains while that age falls by
-    /// [`GAIN`] or more in each [`JUDGE_AFTER`] (a new judgement starts each time it
-    /// does; only differences of ages count, so a constant offset between the two
-    /// clocks cancels). Rounds that do not say when they were shipped are judged by
-    /// the bound on how many could be ([`losing`]).
+    /// Judges, `since` into the catch-up and at `now_ms` (the successor's wall clock,
+    /// ms since the Unix epoch), whether the successor is losing ground on this
+    /// predecessor. From when its rounds were shipped: the state applied is as old as
+    /// the last round applied, and the successor gains while that age falls by
+    /// [`GAIN`] or more in each [`JUDGE_AFTER`] ([`Reading::gained`]; a new judgement
+    /// starts each time it does). A second that gains less is not enough to call it
+    /// losing if it and the second before gained [`GAIN`] a second together: a busy
+    /// moment on a small machine is not a trend (judged on one pass until 2026-12-06,
+    /// one slow pass at 1 GB let a switch come with 20-37 MB of rounds waiting). The
+    /// first judgement has no second before it: at a predecessor's head, judged
+    /// after one second as before. Rounds that do not
+    /// say when they were shipped are judged by the bound on how many could be
+    /// ([`losing`]).
     ///
     /// A successor that gains also reckons when it will be caught up at that pace
-    /// (`due`): the catch-up may run until then, past its usual limit, up to
-    /// [`MAX_GAINING`] ([`readiness`]). The reckoning takes the age as it reads it;
-    /// with the predecessor's clock ahead it reads younger (`due` sooner: no longer
-    /// than without it), behind, older (later, capped).
+    /// (`due`), from the age of its state (`now_ms` less the shipped time: here the two
+    /// clocks are compared, and an offset between them moves `due`): the catch-up may
+    /// run until then, past its usual limit, if that is within [`MAX_GAINING`]
+    /// ([`readiness`]).
     ///
     /// Until 2026-12-07 every round was judged by that bound: at most one round per
     /// [`ROUND_EVERY`], 200 a second, which a busy predecessor never ships. On the dev
@@ -443,34 +471,48 @@ impl Pace {
     /// stalled 595 ms while it applied them (BENCHMARKS.md, issue 22).
     fn judge(&mut self, since: Duration, now_ms: u64) {
         if !self.behind() {
-            (self.window, self.due) = (None, None);
+            (self.window, self.prior, self.due) = (None, None, None);
             return;
         }
         if self.losing {
             return;
         }
-        let Some(shipped) = self.shipped_ms else {
+        let Some(shipped_ms) = self.shipped_ms else {
             self.losing = losing(self.applied, since);
             return;
         };
-        let age = now_ms as i64 - shipped as i64;
-        match self.window {
-            None => self.window = Some((since, age)),
-            Some((from, then)) if since >= from + JUDGE_AFTER => {
-                if age.saturating_add(GAIN.as_millis() as i64) <= then {
-                    self.window = Some((since, age));
-                    // Gained `then - age` in `since - from`: the rest at that pace.
-                    let took = (since - from).as_millis() as u64;
-                    let gained = then.saturating_sub(age).max(1) as u64;
-                    let left = (age.max(0) as u64).saturating_mul(took) / gained;
-                    let due = since.saturating_add(Duration::from_millis(left));
-                    self.due = (due <= MAX_GAINING).then_some(due);
-                } else {
-                    self.losing = true;
-                    self.due = None;
-                }
-            }
-            Some(_) => {}
+        let now = Reading {
+            at: since,
+            shipped_ms,
+        };
+        let Some(window) = self.window else {
+            self.window = Some(now);
+            return;
+        };
+        if since < window.at + JUDGE_AFTER {
+            return;
+        }
+        let gain = GAIN.as_millis() as i64;
+        let gained = window.gained(now);
+        let per_second = |from: Reading| {
+            let took = since.saturating_sub(from.at).as_millis() as i64;
+            gain.saturating_mul(took) / JUDGE_AFTER.as_millis() as i64
+        };
+        if gained >= gain {
+            (self.window, self.prior) = (Some(now), Some(window));
+            // Gained `gained` in `took`: the age left takes `age * took / gained`.
+            let took = since.saturating_sub(window.at).as_millis() as u64;
+            let age = now_ms.saturating_sub(shipped_ms);
+            let left = age.saturating_mul(took) / gained as u64;
+            let due = since.saturating_add(Duration::from_millis(left));
+            self.due = (due <= MAX_GAINING).then_some(due);
+        } else if self.prior.is_some_and(|p| p.gained(now) >= per_second(p)) {
+            // A slow second after one that gained enough for both: judged afresh,
+            // nothing reckoned.
+            (self.window, self.prior, self.due) = (Some(now), Some(window), None);
+        } else {
+            self.losing = true;
+            self.due = None;
         }
     }
 
@@ -526,15 +568,15 @@ impl Ready {
 
 /// Whether a successor that began catching up `since` ago, with `limit` to catch up,
 /// lets the switch begin, and why (its paces judged: [`Pace::judge`]); `None`: it
-/// keeps catching up. While it gains on every predecessor it is behind, the limit
-/// stretches to when it would be caught up with the last of them (`Pace::due`), up to
-/// [`MAX_GAINING`]: on the dev box on 2026-12-07, 100 MB replacements' successors
+/// keeps catching up. While it gains on every predecessor it is behind and not losing
+/// ground on, the limit stretches to when it would be caught up with the last of them
+/// (`Pace::due`, within [`MAX_GAINING`]): on the dev box on 2026-12-07, 100 MB replacements' successors
 /// still gaining when their 2 s ran out left 2-5 MB each for the switch, and the
 /// stream stalled up to 281 ms while they applied it (BENCHMARKS.md, issue 22).
 fn readiness(paces: &[&Pace], since: Duration, limit: Duration) -> Option<Ready> {
     let due = paces
         .iter()
-        .filter(|p| p.behind())
+        .filter(|p| p.behind() && !p.losing)
         .map(|p| p.due)
         .collect::<Option<Vec<_>>>()
         .and_then(|d| d.into_iter().max());
@@ -1112,6 +1154,7 @@ mod tests {
     #[test]
     fn a_successor_gains_while_the_state_it_applied_gets_younger() {
         let t = |ms| Duration::from_millis(ms);
+        let at = |at, shipped_ms| Reading { at, shipped_ms };
         // Rounds that say when they were shipped: 3 s behind when the catch-up began.
         let mut p = Pace {
             applied: 1,
@@ -1121,47 +1164,79 @@ mod tests {
             ..Pace::default()
         };
         p.judge(t(20), 13_000);
-        // Few rounds applied (by the bound on what could be shipped it would be losing
-        // at 1 s), but the state applied is 1.2 s younger: gaining, judged afresh.
+        assert_eq!(p.window, Some(at(t(20), 10_000)));
+        // A second on, few rounds applied (by the bound on what could be shipped it
+        // would be losing), but they span 2.2 s: the state is 1.2 s younger (1.8 s
+        // old), gaining, judged afresh.
         p.applied = 60;
-        p.shipped_ms = Some(12_500);
-        p.judge(t(1_020), 14_300);
+        p.shipped_ms = Some(12_200);
+        p.judge(t(1_020), 14_000);
         assert!(!p.losing);
         assert!(losing(p.applied, t(1_020)), "the old bound says losing");
-        // 1.2 s gained in 1 s, 1.8 s left: caught up 1.5 s on, at 2.52 s. Its
-        // catch-up may run past a 2 s limit until then, not after.
+        assert_eq!(p.window, Some(at(t(1_020), 12_200)));
+        // 1.8 s left at 1.2 s a second: caught up 1.5 s on, at 2.52 s. Its catch-up
+        // may run past a 2 s limit until then, not after; also beside a predecessor
+        // judged losing (whose rounds move at the switch anyway).
         assert_eq!(p.due, Some(t(2_520)));
         assert_eq!(readiness(&[&p], t(2_200), t(2_000)), None);
         assert_eq!(readiness(&[&p], t(2_600), t(2_000)), Some(Ready::OutOfTime));
-        // Nor past MAX_GAINING: gaining 100 ms a second, 20 s behind.
+        let lost = Pace {
+            waiting: true,
+            losing: true,
+            ..Pace::default()
+        };
+        assert_eq!(readiness(&[&lost, &p], t(2_200), t(2_000)), None);
+        // Nor when the reckoning goes past MAX_GAINING: gaining 100 ms a second, 20 s
+        // behind.
         let mut slow = Pace {
-            window: Some((t(0), 20_100)),
+            window: Some(at(t(0), 11_100)),
+            prior: None,
             ..p
         };
-        slow.judge(t(1_000), 12_500 + 20_000);
+        slow.judge(t(1_000), 12_200 + 20_000);
         assert!(!slow.losing);
         assert_eq!(slow.due, None);
         assert_eq!(
             readiness(&[&slow], t(2_100), t(2_000)),
             Some(Ready::OutOfTime)
         );
+        // The verdict reads only differences: the successor's wall clock stepped an
+        // hour on changes nothing but the reckoning (the state now reads an hour old).
+        let mut stepped = Pace {
+            shipped_ms: Some(10_000),
+            window: None,
+            prior: None,
+            due: None,
+            ..p
+        };
+        stepped.judge(t(20), 13_000);
+        stepped.shipped_ms = Some(12_200);
+        stepped.judge(t(1_020), 14_000 + 3_600_000);
+        assert!(!stepped.losing);
+        assert_eq!(stepped.due, None);
         // Half a second on: not judged before a whole second.
         p.shipped_ms = Some(12_600);
-        p.judge(t(1_520), 14_800);
+        p.judge(t(1_520), 14_500);
+        assert_eq!(p.window, Some(at(t(1_020), 12_200)));
+        // A slow second (0.8 s of rounds in 1.01 s) after one that gained enough for
+        // both: not losing, judged afresh, nothing reckoned (the limit no longer
+        // stretches).
+        p.shipped_ms = Some(13_000);
+        p.judge(t(2_030), 15_010);
         assert!(!p.losing);
-        // A second on, 1.8 s behind as before: no longer gaining.
-        p.shipped_ms = Some(13_500);
-        p.judge(t(2_030), 15_300);
-        assert!(p.losing);
         assert_eq!(p.due, None);
+        assert_eq!(readiness(&[&p], t(2_100), t(2_000)), Some(Ready::OutOfTime));
+        // A second slow second: losing, and it stays so.
+        p.shipped_ms = Some(13_500);
+        p.judge(t(3_040), 16_020);
+        assert!(p.losing);
         assert!(caught_up([&p]));
-        // Once judged losing, it stays so.
-        p.shipped_ms = Some(15_299);
-        p.judge(t(3_100), 15_300);
+        p.shipped_ms = Some(16_000);
+        p.judge(t(4_100), 17_080);
         assert!(p.losing);
 
-        // A constant offset between the two clocks cancels: the predecessor's clock an
-        // hour ahead of the successor's.
+        // An offset between the two clocks cancels in the verdict: the predecessor's
+        // an hour ahead of the successor's.
         let hour = 3_600_000;
         let mut q = Pace {
             applied: 1,
@@ -1170,14 +1245,18 @@ mod tests {
             ..Pace::default()
         };
         q.judge(t(0), 8_000);
-        q.shipped_ms = Some(hour + 6_000);
-        q.judge(t(1_000), 8_900);
-        assert!(!q.losing, "3.0 s behind, then 2.9 s: gaining by 100 ms");
-        // The age reads negative: due at once, no longer than without the reckoning.
+        q.shipped_ms = Some(hour + 6_100);
+        q.judge(t(1_000), 9_000);
+        assert!(!q.losing, "1.1 s of rounds in 1 s: gaining by 100 ms");
+        // Its state reads younger than new: due at once, no later than without the
+        // reckoning.
         assert_eq!(q.due, Some(t(1_000)));
-        q.shipped_ms = Some(hour + 6_500);
-        q.judge(t(2_000), 9_450);
-        assert!(q.losing, "2.95 s behind: gained 50 ms, under GAIN");
+        q.shipped_ms = Some(hour + 7_150);
+        q.judge(t(2_000), 10_000);
+        assert!(
+            q.losing,
+            "then 50 ms gained, 150 ms in two seconds: under GAIN"
+        );
 
         // Caught up (nothing waiting or announced): no judgement runs, and the next
         // one starts afresh when it falls behind again.
@@ -1190,7 +1269,7 @@ mod tests {
         assert_eq!(r.window, None);
         r.more = true;
         r.judge(t(1_500), 2_000);
-        assert_eq!(r.window, Some((t(1_500), 1_000)));
+        assert_eq!(r.window, Some(at(t(1_500), 1_000)));
         assert!(!r.losing);
     }
 

@@ -531,7 +531,9 @@ async fn snapshot(
                 base: *base,
                 after: rounds.after(*base),
                 more: false,
-                shipped_ms: Some(handoff::unix_ms()),
+                // Read by nobody (successors judge rounds, not this), and older
+                // successors read only the layout without it.
+                shipped_ms: None,
                 state,
             }))
         });

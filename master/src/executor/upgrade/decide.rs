@@ -21,6 +21,11 @@ pub const PREPARE_TIMEOUT_MS: u64 = 30_000;
 /// pre-copy them (loading, and keeping their own key groups) while the stream runs,
 /// about 50-100 MB/s per core on the 2-core dev box.
 pub const PRECOPY_BYTES_PER_S: u64 = 50 << 20;
+/// How much longer a prepare with something to pre-copy may take for its successors
+/// to catch up on the changes made meanwhile: the longest a successor that is gaining
+/// on its predecessors catches up after its copy (the worker's
+/// `handoff::MAX_GAINING`).
+pub const CATCH_UP_MS: u64 = 20_000;
 /// Longest the switch checkpoint may take before the upgrade rolls back.
 pub const SWITCH_TIMEOUT_MS: u64 = 30_000;
 /// How long cleanup waits for passing gaps at the audit sinks to close.
@@ -211,11 +216,13 @@ fn failure(
 /// Longest the prepare of `up` may take: [`PREPARE_TIMEOUT_MS`], and a second more per
 /// [`PRECOPY_BYTES_PER_S`] its new PEs may pre-copy (each successor loads each of its
 /// predecessors' pieces of the latest complete checkpoint, with what the piece builds
-/// on). Without it an upgrade of 1 GB of window state on a 2-core machine, right after
-/// another (its predecessors' pieces then build on seeds), ran past 30 s and rolled
-/// back.
+/// on), and [`CATCH_UP_MS`] for the catch-up after a pre-copy. Without the seconds per
+/// byte an upgrade of 1 GB of window state on a 2-core machine, right after another
+/// (its predecessors' pieces then build on seeds), ran past 30 s and rolled back.
 pub fn prepare_limit_ms(app: &AppRecord, up: &UpgradeRecord) -> u64 {
-    PREPARE_TIMEOUT_MS + precopy_bytes(app, up) / PRECOPY_BYTES_PER_S * 1_000
+    let bytes = precopy_bytes(app, up);
+    let catch_up = if bytes > 0 { CATCH_UP_MS } else { 0 };
+    PREPARE_TIMEOUT_MS + bytes / PRECOPY_BYTES_PER_S * 1_000 + catch_up
 }
 
 /// About the bytes `up`'s successors pre-copy: each loads each of its predecessors'
