@@ -177,10 +177,14 @@ pub struct Delta<'a> {
     pub state: &'a [u8],
 }
 
+/// The most bytes an envelope puts before its delta: magic, version, tag, `base`,
+/// `after` and the shipped time.
+const HEADER: usize = 4 + 3 * 8;
+
 /// An envelope: a round, or a drained window's hand-off. `None`: no delta (the
 /// successor must load the whole snapshot).
 pub fn envelope(delta: Option<Delta<'_>>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + delta.as_ref().map_or(0, |d| d.state.len()));
+    let mut out = Vec::with_capacity(HEADER + delta.as_ref().map_or(0, |d| d.state.len()));
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     match delta {
@@ -208,22 +212,21 @@ pub fn open(b: &[u8]) -> Result<Option<Delta<'_>>, String> {
     };
     match b {
         [m0, m1, VERSION, 0] if [*m0, *m1] == *MAGIC => Ok(None),
-        [m0, m1, VERSION, tag @ (1 | 2), rest @ ..] if [*m0, *m1] == *MAGIC && rest.len() >= 16 => {
+        // Tags 1 and 2 (workers before 2026-12-07) carry no shipped time; 3 and 4 do.
+        [m0, m1, VERSION, tag @ 1..=4, rest @ ..]
+            if [*m0, *m1] == *MAGIC && rest.len() >= if *tag > 2 { 24 } else { 16 } =>
+        {
+            let (shipped_ms, state) = if *tag > 2 {
+                (Some(u64_at(&rest[16..24])), &rest[24..])
+            } else {
+                (None, &rest[16..])
+            };
             Ok(Some(Delta {
                 base: u64_at(&rest[..8]),
                 after: u64_at(&rest[8..16]),
-                more: *tag == 2,
-                shipped_ms: None,
-                state: &rest[16..],
-            }))
-        }
-        [m0, m1, VERSION, tag @ (3 | 4), rest @ ..] if [*m0, *m1] == *MAGIC && rest.len() >= 24 => {
-            Ok(Some(Delta {
-                base: u64_at(&rest[..8]),
-                after: u64_at(&rest[8..16]),
-                more: *tag == 4,
-                shipped_ms: Some(u64_at(&rest[16..24])),
-                state: &rest[24..],
+                more: *tag % 2 == 0,
+                shipped_ms,
+                state,
             }))
         }
         _ => Err(format!(
@@ -385,16 +388,30 @@ struct Pace {
     /// Unix epoch on its clock (`None` before the first, or from a worker whose rounds
     /// do not say).
     shipped_ms: Option<u64>,
-    /// The reading the judgement under way began at, and the one the judgement before
-    /// it began at ([`Pace::judge`]; since the successor last fell behind).
-    window: Option<Reading>,
-    prior: Option<Reading>,
-    /// Judged losing ground on it ([`Pace::judge`]); final.
-    losing: bool,
-    /// When, into the catch-up, it would be caught up at the pace of its last
-    /// judgement that it gained ([`Pace::judge`]); `None` if it did not, or not within
-    /// [`MAX_GAINING`].
-    due: Option<Duration>,
+    /// Whether it is losing ground ([`Pace::judge`]).
+    judgement: Judgement,
+}
+
+/// Where the judgement of a successor against one predecessor stands
+/// ([`Pace::judge`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Judgement {
+    /// None under way: caught up with it, or no round applied yet that says when it
+    /// was shipped.
+    #[default]
+    Unread,
+    /// Under way since the successor last fell behind.
+    Judging {
+        /// Where the judgement under way began.
+        window: Reading,
+        /// Where the one before it began (since the successor last fell behind).
+        prior: Option<Reading>,
+        /// When, into the catch-up, it would be caught up at the pace of the last
+        /// judgement, if that gained, and within [`MAX_GAINING`].
+        due: Option<Duration>,
+    },
+    /// Losing ground on it; final.
+    Losing,
 }
 
 /// Where a successor stood with one predecessor at a moment of its catch-up.
@@ -470,23 +487,29 @@ impl Pace {
     /// losing; the switch came at once, 12 MB of rounds still waited, and the stream
     /// stalled 595 ms while it applied them (BENCHMARKS.md, issue 22).
     fn judge(&mut self, since: Duration, now_ms: u64) {
-        if !self.behind() {
-            (self.window, self.prior, self.due) = (None, None, None);
+        if self.judgement == Judgement::Losing {
             return;
         }
-        if self.losing {
+        if !self.behind() {
+            self.judgement = Judgement::Unread;
             return;
         }
         let Some(shipped_ms) = self.shipped_ms else {
-            self.losing = losing(self.applied, since);
+            if losing(self.applied, since) {
+                self.judgement = Judgement::Losing;
+            }
             return;
         };
         let now = Reading {
             at: since,
             shipped_ms,
         };
-        let Some(window) = self.window else {
-            self.window = Some(now);
+        let Judgement::Judging { window, prior, .. } = self.judgement else {
+            self.judgement = Judgement::Judging {
+                window: now,
+                prior: None,
+                due: None,
+            };
             return;
         };
         if since < window.at + JUDGE_AFTER {
@@ -498,21 +521,41 @@ impl Pace {
             let took = since.saturating_sub(from.at).as_millis() as i64;
             gain.saturating_mul(took) / JUDGE_AFTER.as_millis() as i64
         };
-        if gained >= gain {
-            (self.window, self.prior) = (Some(now), Some(window));
+        self.judgement = if gained >= gain {
             // Gained `gained` in `took`: the age left takes `age * took / gained`.
             let took = since.saturating_sub(window.at).as_millis() as u64;
             let age = now_ms.saturating_sub(shipped_ms);
             let left = age.saturating_mul(took) / gained as u64;
             let due = since.saturating_add(Duration::from_millis(left));
-            self.due = (due <= MAX_GAINING).then_some(due);
-        } else if self.prior.is_some_and(|p| p.gained(now) >= per_second(p)) {
+            Judgement::Judging {
+                window: now,
+                prior: Some(window),
+                due: (due <= MAX_GAINING).then_some(due),
+            }
+        } else if prior.is_some_and(|p| p.gained(now) >= per_second(p)) {
             // A slow second after one that gained enough for both: judged afresh,
             // nothing reckoned.
-            (self.window, self.prior, self.due) = (Some(now), Some(window), None);
+            Judgement::Judging {
+                window: now,
+                prior: Some(window),
+                due: None,
+            }
         } else {
-            self.losing = true;
-            self.due = None;
+            Judgement::Losing
+        };
+    }
+
+    /// Judged losing ground on it ([`Pace::judge`]); final.
+    fn is_losing(&self) -> bool {
+        self.judgement == Judgement::Losing
+    }
+
+    /// When, into the catch-up, it would be caught up at the pace of its last
+    /// judgement that gained ([`Pace::judge`]).
+    fn due(&self) -> Option<Duration> {
+        match self.judgement {
+            Judgement::Judging { due, .. } => due,
+            Judgement::Unread | Judgement::Losing => None,
         }
     }
 
@@ -532,7 +575,7 @@ impl Pace {
 /// Whether a successor may let the switch begin: with each predecessor it is caught
 /// up, or judged losing ground ([`Pace::judge`]).
 fn caught_up<'a>(paces: impl IntoIterator<Item = &'a Pace>) -> bool {
-    paces.into_iter().all(|p| !p.behind() || p.losing)
+    paces.into_iter().all(|p| !p.behind() || p.is_losing())
 }
 
 /// Why a successor catching up lets the switch begin.
@@ -576,8 +619,8 @@ impl Ready {
 fn readiness(paces: &[&Pace], since: Duration, limit: Duration) -> Option<Ready> {
     let due = paces
         .iter()
-        .filter(|p| p.behind() && !p.losing)
-        .map(|p| p.due)
+        .filter(|p| p.behind() && !p.is_losing())
+        .map(|p| p.due())
         .collect::<Option<Vec<_>>>()
         .and_then(|d| d.into_iter().max());
     let limit = due.map_or(limit, |d| d.min(MAX_GAINING).max(limit));
@@ -1071,7 +1114,10 @@ mod tests {
                 shipped_ms,
                 state: &[1, 2, 3],
             };
-            assert_eq!(open(&envelope(Some(d()))), Ok(Some(d())));
+            let e = envelope(Some(d()));
+            assert_eq!(open(&e), Ok(Some(d())));
+            // The buffer reserved holds the header: a round is not copied to grow it.
+            assert!(e.len() <= HEADER + 3, "{} header bytes", e.len() - 3);
         }
         // What a worker before 2026-12-07 wrote: no shipped time.
         let old = b"WH\x01\x02\x07\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x09";
@@ -1155,6 +1201,10 @@ mod tests {
     fn a_successor_gains_while_the_state_it_applied_gets_younger() {
         let t = |ms| Duration::from_millis(ms);
         let at = |at, shipped_ms| Reading { at, shipped_ms };
+        let window = |p: &Pace| match p.judgement {
+            Judgement::Judging { window, .. } => Some(window),
+            Judgement::Unread | Judgement::Losing => None,
+        };
         // Rounds that say when they were shipped: 3 s behind when the catch-up began.
         let mut p = Pace {
             applied: 1,
@@ -1164,38 +1214,41 @@ mod tests {
             ..Pace::default()
         };
         p.judge(t(20), 13_000);
-        assert_eq!(p.window, Some(at(t(20), 10_000)));
+        assert_eq!(window(&p), Some(at(t(20), 10_000)));
         // A second on, few rounds applied (by the bound on what could be shipped it
         // would be losing), but they span 2.2 s: the state is 1.2 s younger (1.8 s
         // old), gaining, judged afresh.
         p.applied = 60;
         p.shipped_ms = Some(12_200);
         p.judge(t(1_020), 14_000);
-        assert!(!p.losing);
+        assert!(!p.is_losing());
         assert!(losing(p.applied, t(1_020)), "the old bound says losing");
-        assert_eq!(p.window, Some(at(t(1_020), 12_200)));
+        assert_eq!(window(&p), Some(at(t(1_020), 12_200)));
         // 1.8 s left at 1.2 s a second: caught up 1.5 s on, at 2.52 s. Its catch-up
         // may run past a 2 s limit until then, not after; also beside a predecessor
         // judged losing (whose rounds move at the switch anyway).
-        assert_eq!(p.due, Some(t(2_520)));
+        assert_eq!(p.due(), Some(t(2_520)));
         assert_eq!(readiness(&[&p], t(2_200), t(2_000)), None);
         assert_eq!(readiness(&[&p], t(2_600), t(2_000)), Some(Ready::OutOfTime));
         let lost = Pace {
             waiting: true,
-            losing: true,
+            judgement: Judgement::Losing,
             ..Pace::default()
         };
         assert_eq!(readiness(&[&lost, &p], t(2_200), t(2_000)), None);
         // Nor when the reckoning goes past MAX_GAINING: gaining 100 ms a second, 20 s
         // behind.
         let mut slow = Pace {
-            window: Some(at(t(0), 11_100)),
-            prior: None,
+            judgement: Judgement::Judging {
+                window: at(t(0), 11_100),
+                prior: None,
+                due: None,
+            },
             ..p
         };
         slow.judge(t(1_000), 12_200 + 20_000);
-        assert!(!slow.losing);
-        assert_eq!(slow.due, None);
+        assert!(!slow.is_losing());
+        assert_eq!(slow.due(), None);
         assert_eq!(
             readiness(&[&slow], t(2_100), t(2_000)),
             Some(Ready::OutOfTime)
@@ -1204,36 +1257,34 @@ mod tests {
         // hour on changes nothing but the reckoning (the state now reads an hour old).
         let mut stepped = Pace {
             shipped_ms: Some(10_000),
-            window: None,
-            prior: None,
-            due: None,
+            judgement: Judgement::Unread,
             ..p
         };
         stepped.judge(t(20), 13_000);
         stepped.shipped_ms = Some(12_200);
         stepped.judge(t(1_020), 14_000 + 3_600_000);
-        assert!(!stepped.losing);
-        assert_eq!(stepped.due, None);
+        assert!(!stepped.is_losing());
+        assert_eq!(stepped.due(), None);
         // Half a second on: not judged before a whole second.
         p.shipped_ms = Some(12_600);
         p.judge(t(1_520), 14_500);
-        assert_eq!(p.window, Some(at(t(1_020), 12_200)));
+        assert_eq!(window(&p), Some(at(t(1_020), 12_200)));
         // A slow second (0.8 s of rounds in 1.01 s) after one that gained enough for
         // both: not losing, judged afresh, nothing reckoned (the limit no longer
         // stretches).
         p.shipped_ms = Some(13_000);
         p.judge(t(2_030), 15_010);
-        assert!(!p.losing);
-        assert_eq!(p.due, None);
+        assert!(!p.is_losing());
+        assert_eq!(p.due(), None);
         assert_eq!(readiness(&[&p], t(2_100), t(2_000)), Some(Ready::OutOfTime));
         // A second slow second: losing, and it stays so.
         p.shipped_ms = Some(13_500);
         p.judge(t(3_040), 16_020);
-        assert!(p.losing);
+        assert!(p.is_losing());
         assert!(caught_up([&p]));
         p.shipped_ms = Some(16_000);
         p.judge(t(4_100), 17_080);
-        assert!(p.losing);
+        assert!(p.is_losing());
 
         // An offset between the two clocks cancels in the verdict: the predecessor's
         // an hour ahead of the successor's.
@@ -1247,14 +1298,14 @@ mod tests {
         q.judge(t(0), 8_000);
         q.shipped_ms = Some(hour + 6_100);
         q.judge(t(1_000), 9_000);
-        assert!(!q.losing, "1.1 s of rounds in 1 s: gaining by 100 ms");
+        assert!(!q.is_losing(), "1.1 s of rounds in 1 s: gaining by 100 ms");
         // Its state reads younger than new: due at once, no later than without the
         // reckoning.
-        assert_eq!(q.due, Some(t(1_000)));
+        assert_eq!(q.due(), Some(t(1_000)));
         q.shipped_ms = Some(hour + 7_150);
         q.judge(t(2_000), 10_000);
         assert!(
-            q.losing,
+            q.is_losing(),
             "then 50 ms gained, 150 ms in two seconds: under GAIN"
         );
 
@@ -1266,11 +1317,11 @@ mod tests {
             ..Pace::default()
         };
         r.judge(t(0), 1_010);
-        assert_eq!(r.window, None);
+        assert_eq!(window(&r), None);
         r.more = true;
         r.judge(t(1_500), 2_000);
-        assert_eq!(r.window, Some(at(t(1_500), 1_000)));
-        assert!(!r.losing);
+        assert_eq!(window(&r), Some(at(t(1_500), 1_000)));
+        assert!(!r.is_losing());
     }
 
     #[test]
