@@ -16,7 +16,9 @@
 //! their own, so they do not queue behind a drained window's encode (writing them on
 //! the one thread delayed the switch checkpoint's completion by seconds:
 //! BENCHMARKS.md, issue 22), and so have pieces read for other workers' pre-copies
-//! ([`Lane::Serve`]) and drained pieces written at a pace ([`Lane::Writes`]). After each job the thread hands what it freed back to
+//! ([`Lane::Serve`]) and drained pieces written at a pace ([`Lane::Writes`]). Network
+//! transfers nothing on the stream waits for (a successor's pre-copy fetch) run on a
+//! tokio runtime of their own at the same nice value ([`transfer`]). After each job the thread hands what it freed back to
 //! the system ([`crate::memory::release_freed`]), so that a stream thread does not.
 //! Where a thread cannot be made (or on systems without per-thread nice values), the
 //! job runs on the blocking pool as before: slower for the stream, never lost.
@@ -154,6 +156,62 @@ pub async fn run_on<R: Send + 'static>(lane: Lane, f: impl FnOnce() -> R + Send 
     }
 }
 
+/// The runtime of [`transfer`]: one worker thread at [`NICE`] (and its blocking
+/// threads, also niced), or `None` where it cannot be built.
+fn transfers() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("weir-transfers")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build();
+            match built {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no runtime for background transfers: they run beside the PEs");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Runs `fut`, a network transfer nothing on the stream waits for (a successor's
+/// pre-copy fetch), on a runtime of its own whose thread is at the background
+/// priority, and waits for its output; dropped, the transfer is aborted. A gRPC
+/// transfer decodes HTTP/2 frames and messages and copies every chunk into the piece
+/// it assembles on the thread that polls it: on the async threads the PEs run on,
+/// the fetches of a 1 GB rescale's pre-copy (0.5 GB each) held the stream's records
+/// for their first seconds (BENCHMARKS.md, issue 22). Without that runtime it runs
+/// here, as before.
+pub async fn transfer<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let Some(rt) = transfers() else {
+        return fut.await;
+    };
+    /// Aborts the transfer when the caller stops waiting for it.
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(rt.spawn(fut));
+    match (&mut task.0).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down, which it does not before the
+        // process ends.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Runs blocking `f` where `priority` says: on the blocking pool, or on a background
 /// thread ([`run_on`]). A panic in `f` is resumed here.
 pub async fn run_at<R: Send + 'static>(
@@ -213,5 +271,48 @@ mod tests {
         }
         hold.send(()).unwrap();
         busy.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn transfers_run_on_their_own_niced_runtime_and_stop_when_dropped() {
+        let name = || std::thread::current().name().map(String::from);
+        let on = transfer(async move { name() }).await;
+        assert_eq!(on.as_deref(), Some("weir-transfers"));
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: getpriority takes plain integers.
+            let mine = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let before = mine();
+            assert_eq!(transfer(async move { mine() }).await, NICE.max(before));
+            assert_eq!(mine(), before);
+        }
+        // Timers and sockets work there.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connected = transfer(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        });
+        let (connected, accepted) = tokio::join!(connected, listener.accept());
+        assert!(connected && accepted.is_ok());
+        // Dropped by its caller, the transfer is aborted: what it holds is dropped.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let waiting = transfer(async move {
+            let _held = tx;
+            std::future::pending::<()>().await
+        });
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            rx.recv().await,
+            None,
+            "the sender was dropped with the task"
+        );
+        // A panic comes back to the caller.
+        let panicked = tokio::spawn(transfer(async { panic!("boom") })).await;
+        assert!(panicked.unwrap_err().is_panic());
     }
 }

@@ -459,9 +459,15 @@ async fn fetch_from(
             .into_inner();
         receive(Box::pin(stream), limit, priority).await
     };
-    let got = tokio::time::timeout(DEFAULT_TIMEOUT, transfer)
-        .await
-        .map_err(|_| format!("timed out after {}s", DEFAULT_TIMEOUT.as_secs()))??;
+    let transfer = tokio::time::timeout(DEFAULT_TIMEOUT, transfer);
+    // A pre-copy's fetch off the PEs' async threads; a restore's, which the stream
+    // waits for, beside them.
+    let got = if priority == Priority::Stream {
+        transfer.await
+    } else {
+        crate::background::transfer(transfer).await
+    };
+    let got = got.map_err(|_| format!("timed out after {}s", DEFAULT_TIMEOUT.as_secs()))??;
     if got.app != app || got.pe != pe || got.checkpoint_id != id {
         return Err(format!(
             "sent another snapshot (app {:?}, PE {:?}, checkpoint {})",
