@@ -17,11 +17,13 @@
 //! the one thread delayed the switch checkpoint's completion by seconds:
 //! BENCHMARKS.md, issue 22), and so have pieces read for other workers' pre-copies
 //! ([`Lane::Serve`]) and drained pieces written at a pace ([`Lane::Writes`]). Network
-//! transfers nothing on the stream waits for (a successor's pre-copy fetch) run on a
-//! tokio runtime of their own at the same nice value ([`transfer`]). After each job the thread hands what it freed back to
-//! the system ([`crate::memory::release_freed`]), so that a stream thread does not.
-//! Where a thread cannot be made (or on systems without per-thread nice values), the
-//! job runs on the blocking pool as before: slower for the stream, never lost.
+//! transfers nothing on the stream waits for (a successor's pre-copy fetch of a piece
+//! of 1 MiB or more) run on a tokio runtime of their own at the same nice value
+//! ([`transfer`]). After each job the thread hands what it freed back to the system
+//! ([`crate::memory::release_freed`]), so that a stream thread does not. Where a
+//! thread cannot be made, the job runs on the blocking pool as before (and a transfer
+//! on its caller's runtime): slower for the stream, never lost. On systems without
+//! per-thread nice values the threads keep the normal priority.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -186,7 +188,9 @@ fn transfers() -> Option<&'static tokio::runtime::Runtime> {
 /// it assembles on the thread that polls it: on the async threads the PEs run on,
 /// the fetches of a 1 GB rescale's pre-copy (0.5 GB each) held the stream's records
 /// for their first seconds (BENCHMARKS.md, issue 22). Without that runtime it runs
-/// here, as before.
+/// here, as before. Timers `fut` makes are that runtime's when made inside it (in an
+/// `async` block): one made by the caller stays on the caller's clock. It runs in the
+/// caller's span.
 pub async fn transfer<F>(fut: F) -> F::Output
 where
     F: std::future::Future + Send + 'static,
@@ -202,7 +206,8 @@ where
             self.0.abort();
         }
     }
-    let mut task = AbortOnDrop(rt.spawn(fut));
+    use tracing::Instrument;
+    let mut task = AbortOnDrop(rt.spawn(fut.in_current_span()));
     match (&mut task.0).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -295,22 +300,23 @@ mod tests {
         });
         let (connected, accepted) = tokio::join!(connected, listener.accept());
         assert!(connected && accepted.is_ok());
-        // Dropped by its caller, the transfer is aborted: what it holds is dropped.
+        // Dropped by its caller once started, the transfer is aborted: what it holds
+        // is dropped (were it not, `recv` would wait until its deadline).
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let waiting = transfer(async move {
+        // Boxed: dropping the box drops the future (a `pin!` would only drop a reference).
+        let mut waiting = Box::pin(transfer(async move {
             let _held = tx;
             std::future::pending::<()>().await
-        });
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(20), waiting)
-                .await
-                .is_err()
-        );
-        assert_eq!(
-            rx.recv().await,
-            None,
-            "the sender was dropped with the task"
-        );
+        }));
+        // Polled once (it spawns the task), then dropped.
+        tokio::select! {
+            biased;
+            _ = &mut waiting => unreachable!("a pending future completed"),
+            _ = std::future::ready(()) => {}
+        }
+        drop(waiting);
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await;
+        assert_eq!(closed, Ok(None), "the sender was dropped with the task");
         // A panic comes back to the caller.
         let panicked = tokio::spawn(transfer(async { panic!("boom") })).await;
         assert!(panicked.unwrap_err().is_panic());

@@ -459,7 +459,8 @@ async fn fetch_from(
             .into_inner();
         receive(Box::pin(stream), limit, priority).await
     };
-    let transfer = tokio::time::timeout(DEFAULT_TIMEOUT, transfer);
+    // The timeout made where the transfer runs: on its runtime's clock.
+    let transfer = async move { tokio::time::timeout(DEFAULT_TIMEOUT, transfer).await };
     // A pre-copy's fetch off the PEs' async threads; a restore's, which the stream
     // waits for, beside them.
     let got = if priority == Priority::Stream {

@@ -39,8 +39,9 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// fetches this process serves (bytes per second; with none being served, the first
 /// chunk goes at once). Why:
 /// a transfer copies every byte several times on both workers (the read chunks into
-/// gRPC frames, the socket, the receiver's reassembly and checksum), on the async
-/// threads the PEs run on. Unpaced, the three successors of a rescale fetching their
+/// gRPC frames, the socket, the receiver's reassembly and checksum), here on the
+/// async threads the PEs run on (the receiver's side runs on a niced runtime of its
+/// own since 2026-12-07, `background::transfer`). Unpaced, the three successors of a rescale fetching their
 /// predecessors' pieces at once held the sink 25-53 ms at 100 MB of state through
 /// the real processes (and 247 ms at 1 GB in process), right as the pre-copy began,
 /// and those gaps put the p99 latency during the upgrade at 3-4 times steady
@@ -49,8 +50,9 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// stream waits for (restores at a barrier, recovery) are not paced. A pre-copy fetch
 /// is still bounded by the fetch timeout (60 s, `replicate::DEFAULT_TIMEOUT`): its
 /// piece is read ([`PRECOPY_READS`]) and then sent at this rate, so one that waits
-/// behind more than ~7 GB of others' fails, and its successor moves the whole state
-/// at the switch instead, slower but exact.
+/// behind more than ~7 GB of others' fails (less where the receiver's niced thread
+/// waits for a core), and its successor moves the whole state at the switch instead,
+/// slower but exact.
 pub const PRECOPY_BYTES_PER_S: f64 = 256e6;
 
 /// Paces pre-copy pieces sent, over all fetches in the process

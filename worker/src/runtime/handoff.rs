@@ -388,7 +388,8 @@ struct Pace {
     /// Unix epoch on its clock (`None` before the first, or from a worker whose rounds
     /// do not say).
     shipped_ms: Option<u64>,
-    /// Whether it is losing ground ([`Pace::judge`]).
+    /// The judgement of whether it is losing ground, and what it reckoned
+    /// ([`Pace::judge`]).
     judgement: Judgement,
 }
 
@@ -551,7 +552,8 @@ impl Pace {
     }
 
     /// When, into the catch-up, it would be caught up at the pace of its last
-    /// judgement that gained ([`Pace::judge`]).
+    /// judgement that gained ([`Pace::judge`]); `None` if that did not gain, the
+    /// reckoning passed [`MAX_GAINING`], or no judgement is under way.
     fn due(&self) -> Option<Duration> {
         match self.judgement {
             Judgement::Judging { due, .. } => due,
@@ -1116,8 +1118,10 @@ mod tests {
             };
             let e = envelope(Some(d()));
             assert_eq!(open(&e), Ok(Some(d())));
-            // The buffer reserved holds the header: a round is not copied to grow it.
+            // The buffer reserved holds the header: a round is not copied to grow it
+            // (reserving 20 bytes, a timed one grew to 46).
             assert!(e.len() <= HEADER + 3, "{} header bytes", e.len() - 3);
+            assert_eq!(e.capacity(), HEADER + 3);
         }
         // What a worker before 2026-12-07 wrote: no shipped time.
         let old = b"WH\x01\x02\x07\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x09";
