@@ -99,6 +99,15 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 /// left for the switch, a stall of 1,077 ms (BENCHMARKS.md, issue 22).
 const MAX_GAINING: Duration = Duration::from_secs(20);
 
+/// The longest one pass over a predecessor's rounds runs before the successor judges
+/// where it stands again ([`readiness`]). Bounded only by its count
+/// ([`ROUNDS_PER_PASS`]), a pass could outlast the whole catch-up: in the demo (a debug
+/// build beside a CPU hog, each round fetched from the other worker over a new
+/// mutual-TLS connection, 5-12 a second, while the predecessor shipped one every 5 ms)
+/// a successor's first pass had not ended after 17 s, it never found itself out of
+/// time, the finite source ended first, and the upgrade rolled back.
+const PASS_FOR: Duration = Duration::from_millis(250);
+
 /// Whether a successor that applied `applied` rounds of one predecessor in `took` is
 /// gaining on it: that predecessor shipped at most one round per [`ROUND_EVERY`]
 /// meanwhile (and one more).
@@ -754,7 +763,9 @@ async fn precopy_then_deltas(
             let mut ahead = Ahead::default();
             let (mut next, last) = (f.pace.applied + 1, f.pace.applied + ROUNDS_PER_PASS);
             let mut drained = false;
-            while f.pace.applied < last {
+            let pass = Instant::now();
+            // Past `PASS_FOR`, the pass ends as at its limit: rounds may be waiting.
+            while f.pace.applied < last && pass.elapsed() < PASS_FOR {
                 while next <= last && next < f.pace.applied + 1 + depth {
                     ahead
                         .0
