@@ -41,8 +41,9 @@ static FETCH_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// a transfer copies every byte several times on both workers (the read chunks into
 /// gRPC frames, the socket, the receiver's reassembly and checksum), here on the
 /// async threads the PEs run on (the receiver's side runs on a niced runtime of its
-/// own since 2026-12-07, `background::transfer`). Unpaced, the three successors of a rescale fetching their
-/// predecessors' pieces at once held the sink 25-53 ms at 100 MB of state through
+/// own since 2026-12-07, `background::transfer`). Unpaced, the three successors of a
+/// rescale fetching their predecessors' pieces at once held the sink 25-53 ms at 100
+/// MB of state through
 /// the real processes (and 247 ms at 1 GB in process), right as the pre-copy began,
 /// and those gaps put the p99 latency during the upgrade at 3-4 times steady
 /// (BENCHMARKS.md, issue 22). Nothing waits on a pre-copy but the switch, which

@@ -99,14 +99,18 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 /// left for the switch, a stall of 1,077 ms (BENCHMARKS.md, issue 22).
 const MAX_GAINING: Duration = Duration::from_secs(20);
 
-/// The longest one pass over a predecessor's rounds runs before the successor judges
-/// where it stands again ([`readiness`]). Bounded only by its count
-/// ([`ROUNDS_PER_PASS`]), a pass could outlast the whole catch-up: in the demo (a debug
-/// build beside a CPU hog, each round fetched from the other worker over a new
-/// mutual-TLS connection, 5-12 a second, while the predecessor shipped one every 5 ms)
-/// a successor's first pass had not ended after 17 s, it never found itself out of
-/// time, the finite source ended first, and the upgrade rolled back.
-const PASS_FOR: Duration = Duration::from_millis(250);
+/// The longest one pass over a predecessor's rounds asks for more before the successor
+/// judges where it stands again ([`readiness`]): one judgement's span, so it is judged
+/// each second. Bounded only by its count ([`ROUNDS_PER_PASS`]), a pass could outlast
+/// the whole catch-up: in the demo (a debug build beside a CPU hog, each round fetched
+/// from the other worker over a new mutual-TLS connection, 5-12 a second, while the
+/// predecessor shipped one every 5 ms) a successor's first pass had not ended after
+/// 17 s, it never found itself out of time, the finite source ended first, and the
+/// upgrade rolled back. Bounded at 250 ms, which cuts the passes of a 1 GB catch-up
+/// (64 rounds take longer), a 1 GB rescale's successor of two predecessors ran out of
+/// its 20 s in the one run tried, 134 MB left for the switch (a 2.8 s stall; the box
+/// was noisy then; BENCHMARKS.md, issue 22): a second keeps those passes whole.
+const PASS_FOR: Duration = JUDGE_AFTER;
 
 /// Whether a successor that applied `applied` rounds of one predecessor in `took` is
 /// gaining on it: that predecessor shipped at most one round per [`ROUND_EVERY`]
@@ -764,9 +768,11 @@ async fn precopy_then_deltas(
             let (mut next, last) = (f.pace.applied + 1, f.pace.applied + ROUNDS_PER_PASS);
             let mut drained = false;
             let pass = Instant::now();
-            // Past `PASS_FOR`, the pass ends as at its limit: rounds may be waiting.
-            while f.pace.applied < last && pass.elapsed() < PASS_FOR {
-                while next <= last && next < f.pace.applied + 1 + depth {
+            while f.pace.applied < last {
+                // Past `PASS_FOR` no round is asked for; those asked for are applied
+                // (not fetched again next pass), then the pass ends as at its limit.
+                let asking = pass.elapsed() < PASS_FOR;
+                while asking && next <= last && next < f.pace.applied + 1 + depth {
                     ahead
                         .0
                         .push_back(fetch_round(ckpt, f.piece, base, next, Duration::ZERO));
@@ -774,6 +780,8 @@ async fn precopy_then_deltas(
                 }
                 let fetched = match ahead.0.pop_front() {
                     Some(task) => task.await.map_err(|e| e.to_string()).and_then(|r| r),
+                    // Rounds may be waiting: not drained.
+                    None if !asking => break,
                     None => Err("nothing fetched".to_string()),
                 };
                 match fetched {
