@@ -217,6 +217,27 @@ where
     }
 }
 
+/// Spawns a gRPC channel's tasks (its connection, TLS and HTTP/2 framing included) on
+/// [`transfer`]'s runtime, for a channel whose traffic nothing on the stream waits for
+/// (a successor's pre-copy fetches, `checkpoint::dial`). By default a channel spawns
+/// them with `tokio::spawn`, on the runtime that made it: the PEs' async threads when
+/// made there, though its calls run on [`transfer`]'s. Without that runtime, they are
+/// spawned on the caller's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransferExecutor;
+
+impl<F> hyper::rt::Executor<F> for TransferExecutor
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match transfers() {
+            Some(rt) => drop(rt.spawn(fut)),
+            None => drop(tokio::spawn(fut)),
+        }
+    }
+}
+
 /// Runs blocking `f` where `priority` says: on the blocking pool, or on a background
 /// thread ([`run_on`]). A panic in `f` is resumed here.
 pub async fn run_at<R: Send + 'static>(
@@ -276,6 +297,16 @@ mod tests {
         }
         hold.send(()).unwrap();
         busy.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_transfer_channel_spawns_its_tasks_on_the_transfer_runtime() {
+        use hyper::rt::Executor;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        TransferExecutor.execute(async move {
+            let _ = tx.send(std::thread::current().name().map(String::from));
+        });
+        assert_eq!(rx.await.unwrap().as_deref(), Some("weir-transfers"));
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 //! each with its CRC-32C, the last one with the whole snapshot's; [`Assembler`] checks
 //! a received stream, on both sides, before anything is stored or loaded.
 
+pub mod dial;
 pub mod pace;
 pub mod replicate;
 pub mod serve;

@@ -7,16 +7,15 @@
 //! master named, in order, checking every byte against the CRC-32C recorded with the
 //! checkpoint.
 
+use super::dial::{Dialer, Use};
 use super::store::{SnapshotStore, StoreError};
 use super::{chunks, Assembler, ChunkError, MAX_SNAPSHOT_BYTES};
 use crate::background::Priority;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 use weir_proto::v1 as pb;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
 
@@ -30,9 +29,6 @@ pub const DEFAULT_REPLICAS: u32 = 2;
 /// How long one push or one fetch of a snapshot may take (a gigabyte over a slow link
 /// fits; a hung peer does not hold a checkpoint forever).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long connecting to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A replica is pushed at most this fast (bytes per second). Why: pushing copies every
 /// byte several times on both workers (gRPC framing, the socket, reassembly, the
@@ -72,9 +68,8 @@ pub struct Replicator {
     peers: Mutex<Vec<pb::PeerWorker>>,
     replicas: AtomicU32,
     timeout: Duration,
-    /// One lazily connected channel per peer address, reused across snapshots.
-    channels: Mutex<HashMap<String, Channel>>,
-    security: weir_security::Security,
+    /// The channels to the peers, pushes' and fetches' alike.
+    dialer: Dialer,
 }
 
 /// The other workers in ring order after `self_id`: sorted by id, starting with the
@@ -93,16 +88,6 @@ pub fn ring(self_id: &str, peers: &[pb::PeerWorker]) -> Vec<pb::PeerWorker> {
     sorted
 }
 
-fn endpoint(security: &weir_security::Security, address: &str) -> Result<Endpoint, String> {
-    security
-        .endpoint(address, weir_security::ServerRole::Worker)
-        .map(|e| {
-            e.connect_timeout(CONNECT_TIMEOUT)
-                .max_frame_size(super::FRAME_BYTES)
-        })
-        .map_err(|e| format!("bad address {address:?}: {e}"))
-}
-
 impl Replicator {
     /// A replicator for worker `self_id`, with no peers yet and [`DEFAULT_REPLICAS`].
     pub fn new(self_id: impl Into<String>) -> Self {
@@ -111,20 +96,20 @@ impl Replicator {
             peers: Mutex::default(),
             replicas: AtomicU32::new(DEFAULT_REPLICAS),
             timeout: DEFAULT_TIMEOUT,
-            channels: Mutex::default(),
-            security: weir_security::Security::Off,
+            dialer: Dialer::default(),
         }
     }
 
     /// The same, dialling peers with `security` (TLS when on).
     pub fn with_security(mut self, security: weir_security::Security) -> Self {
-        self.security = security;
+        self.dialer = Dialer::new(security);
         self
     }
 
-    /// How this worker dials its peers.
-    pub fn security(&self) -> &weir_security::Security {
-        &self.security
+    /// How this worker dials its peers, and its channels to them (fetches take them
+    /// too: [`fetch_waiting`]).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The same with another limit on each push.
@@ -136,8 +121,7 @@ impl Replicator {
     /// The workers to replicate to (from heartbeat answers). Channels to workers no
     /// longer listed are dropped.
     pub fn set_peers(&self, peers: Vec<pb::PeerWorker>) {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.retain(|addr, _| peers.iter().any(|p| p.control_address == *addr));
+        self.dialer.retain(&peers);
         *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
@@ -158,16 +142,6 @@ impl Replicator {
             &self.self_id,
             &self.peers.lock().unwrap_or_else(|p| p.into_inner()),
         )
-    }
-
-    fn channel(&self, address: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(address) {
-            return Ok(c.clone());
-        }
-        let c = endpoint(&self.security, address)?.connect_lazy();
-        channels.insert(address.to_string(), c.clone());
-        Ok(c)
     }
 
     /// Pushes a snapshot to `replicas - 1` peers, the next ones in the ring; a peer
@@ -202,7 +176,7 @@ impl Replicator {
             next += wave.len();
             let mut set = JoinSet::new();
             for (i, peer) in wave.iter().enumerate() {
-                let channel = match self.channel(&peer.control_address) {
+                let channel = match self.dialer.channel(&peer.control_address, Use::Push) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(%app, %pe, checkpoint = id, peer = %peer.worker_id, error = %e, "cannot replicate the snapshot");
@@ -290,7 +264,7 @@ fn matches_location(size: u64, crc: u32, l: &pb::SnapshotLocation) -> bool {
 pub async fn fetch(
     store: &Arc<SnapshotStore>,
     self_id: &str,
-    security: &weir_security::Security,
+    dialer: &Dialer,
     app: &str,
     pe: &str,
     id: u64,
@@ -299,7 +273,7 @@ pub async fn fetch(
     fetch_waiting(
         store,
         self_id,
-        security,
+        dialer,
         app,
         pe,
         id,
@@ -319,7 +293,7 @@ pub async fn fetch(
 pub async fn fetch_waiting(
     store: &Arc<SnapshotStore>,
     self_id: &str,
-    security: &weir_security::Security,
+    dialer: &Dialer,
     app: &str,
     pe: &str,
     id: u64,
@@ -364,7 +338,7 @@ pub async fn fetch_waiting(
     let handoff = super::store::is_handoff(pe);
     for l in locations.iter().filter(|l| l.worker_id != self_id) {
         let what = format!("replica on {}", l.worker_id);
-        match fetch_from(security, l, (app, pe, id), (wait_ms, priority)).await {
+        match fetch_from(dialer, l, (app, pe, id), (wait_ms, priority)).await {
             Ok((data, _)) if handoff => {
                 tracing::debug!(%app, %pe, id, from = %l.worker_id, bytes = data.len(), "fetched a hand-off");
                 return Ok(Fetched {
@@ -423,7 +397,7 @@ pub async fn fetch_waiting(
 /// serving worker sent it (equal to the location's when that records one); `Err` says
 /// why it is not usable.
 async fn fetch_from(
-    security: &weir_security::Security,
+    dialer: &Dialer,
     l: &pb::SnapshotLocation,
     (app, pe, id): (&str, &str, u64),
     (wait_ms, priority): (u64, Priority),
@@ -446,12 +420,10 @@ async fn fetch_from(
         wait_ms,
         background: priority != Priority::Stream,
     };
-    let ep = endpoint(security, &l.control_address)?;
+    // Reused: a connection (and a TLS handshake) per fetch held a successor's
+    // rounds from another worker to 5-12 a second in the demo beside a CPU hog.
+    let channel = dialer.channel(&l.control_address, Use::Fetch(priority))?;
     let transfer = async move {
-        let channel = ep
-            .connect()
-            .await
-            .map_err(|e| format!("unreachable ({e})"))?;
         let stream = WorkerControlClient::new(channel)
             .fetch_state_snapshot(req)
             .await
@@ -488,6 +460,8 @@ async fn fetch_from(
 fn describe_status(s: tonic::Status) -> String {
     match s.code() {
         tonic::Code::NotFound => MISSING.into(),
+        // A channel that cannot connect says so on the call.
+        tonic::Code::Unavailable => format!("unreachable ({})", s.message()),
         tonic::Code::DataLoss => format!("corrupt ({})", s.message()),
         code => format!("failed ({code:?}: {})", s.message()),
     }

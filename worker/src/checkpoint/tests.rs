@@ -6,10 +6,11 @@ use super::*;
 use crate::control::ControlService;
 use crate::runtime::Runtime;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
 use tonic::Code;
 use weir_proto::v1::worker_control_client::WorkerControlClient;
 use weir_proto::v1::worker_control_server::WorkerControlServer;
@@ -22,6 +23,8 @@ struct Peer {
     id: String,
     addr: SocketAddr,
     store: Arc<SnapshotStore>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -46,19 +49,26 @@ impl Peer {
             Arc::default(),
             store.clone(),
         );
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |c| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            c
+        });
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     WorkerControlServer::new(svc),
                     weir_security::caller::admit(false, &[], "test"),
                 ))
-                .serve_with_incoming(TcpIncoming::from(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         Self {
             id: id.into(),
             addr,
             store,
+            accepted,
             task,
             _dir: dir,
         }
@@ -161,13 +171,53 @@ async fn a_pre_copy_fetch_reads_at_the_background_priority_and_keeps_its_copy() 
     let (_d, store) = local_store();
     let locations = [w1.location(&data)];
     let at = (0, Priority::Background);
-    let security = weir_security::Security::default();
-    let fetch = || replicate::fetch_waiting(&store, "w9", &security, APP, PE, 4, &locations, at);
+    let dialer = dial::Dialer::default();
+    let fetch = || replicate::fetch_waiting(&store, "w9", &dialer, APP, PE, 4, &locations, at);
     let got = fetch().await.unwrap();
     assert_eq!((got.bytes, got.from.as_str()), (data.clone(), "w1"));
     kept(&store, 4, &data).await;
     let again = fetch().await.unwrap();
     assert_eq!((again.bytes, again.from.as_str()), (data, "w9"));
+}
+
+/// A worker's fetches from one peer reuse one connection for each use: the stream's
+/// (a restore, an upgrade's rounds) and a pre-copy's (run on the transfer runtime),
+/// so a round costs no connection or TLS handshake; a peer no longer listed loses its
+/// channels.
+#[tokio::test]
+async fn fetches_from_one_peer_reuse_a_connection_for_each_use() {
+    use crate::background::Priority;
+    let w1 = Peer::start("w1").await;
+    let data = sample(CHUNK_BYTES + 5);
+    for id in 1..=3 {
+        w1.store.put(APP, PE, id, &data).unwrap();
+    }
+    let dialer = dial::Dialer::default();
+    let mut dirs = Vec::new();
+    let mut fetch_all = async |priority| {
+        for id in 1..=3 {
+            // A store of its own each time: nothing is found locally.
+            let (d, store) = local_store();
+            dirs.push(d);
+            let at = (0, priority);
+            let locations = [w1.location(&data)];
+            let got = replicate::fetch_waiting(&store, "w9", &dialer, APP, PE, id, &locations, at)
+                .await
+                .unwrap();
+            assert_eq!((got.bytes, got.from.as_str()), (data.clone(), "w1"));
+        }
+    };
+    fetch_all(Priority::Stream).await;
+    assert_eq!(w1.accepted.load(Ordering::SeqCst), 1);
+    fetch_all(Priority::Background).await;
+    assert_eq!(w1.accepted.load(Ordering::SeqCst), 2);
+    fetch_all(Priority::Stream).await;
+    assert_eq!(w1.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(dialer.channels(), 2);
+    dialer.retain(&[w1.peer()]);
+    assert_eq!(dialer.channels(), 2);
+    dialer.retain(&[]);
+    assert_eq!(dialer.channels(), 0);
 }
 
 /// Waits until `store` holds `data` as checkpoint `id` of `PE` (a fetched copy is

@@ -382,7 +382,7 @@ impl CheckpointEnv {
             match fetch_waiting(
                 &self.store,
                 &self.worker_id,
-                self.replicator.security(),
+                self.replicator.dialer(),
                 app,
                 pe,
                 id,
@@ -517,7 +517,7 @@ impl CheckpointEnv {
         match fetch_waiting(
             &self.store,
             &self.worker_id,
-            self.replicator.security(),
+            self.replicator.dialer(),
             app,
             pe,
             id,
