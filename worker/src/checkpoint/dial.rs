@@ -11,8 +11,9 @@
 //!
 //! Why one channel per use: a push of a 333 MB piece, a successor's pre-copy of one
 //! and the small rounds it fetches after would share one connection's flow control
-//! otherwise; and a pre-copy's channel runs its connection on
-//! [`crate::background::transfer`]'s niced runtime, off the PEs' async threads.
+//! otherwise; and the channels of pushes and pre-copies run their connections on
+//! [`crate::background::transfer`]'s niced runtime, off the PEs' async threads, as
+//! their calls are.
 
 use crate::background::{Priority, TransferExecutor};
 use std::collections::HashMap;
@@ -113,11 +114,10 @@ impl Dialer {
         channels.get(address, || {
             let ep = endpoint(&self.security, address)?;
             let ep = match what {
-                Use::Push => ep,
                 Use::Fetch(Priority::Stream) => ep
                     .http2_keep_alive_interval(PING_EVERY)
                     .keep_alive_timeout(PING_TIMEOUT),
-                Use::Fetch(_) => ep.executor(TransferExecutor),
+                Use::Push | Use::Fetch(_) => ep.executor(TransferExecutor),
             };
             Ok(ep.connect_lazy())
         })

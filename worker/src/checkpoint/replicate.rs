@@ -32,7 +32,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A replica is pushed at most this fast (bytes per second). Why: pushing copies every
 /// byte several times on both workers (gRPC framing, the socket, reassembly, the
-/// store), on the async threads the PEs run on. After an upgrade's switch the drained
+/// store), then on the async threads the PEs run on (now on the transfer runtime, whose
+/// one thread is niced: [`crate::background::transfer`]). After an upgrade's switch the drained
 /// windows' whole pieces (333 MB each at 1 GB of state) were pushed at once, and the
 /// sink of the 1 GB bench stalled 170-425 ms as each was written and pushed
 /// (BENCHMARKS.md, 2026-12-06; which of the two costs more was not separated). Paced,
@@ -185,14 +186,16 @@ impl Replicator {
                 };
                 let cs = cs.clone();
                 let timeout = self.timeout;
-                set.spawn(async move {
-                    let call = async move {
-                        WorkerControlClient::new(channel)
-                            .store_snapshot(paced(cs, PUSH_BYTES_PER_S))
-                            .await
-                    };
-                    (i, tokio::time::timeout(timeout, call).await)
-                });
+                // On the transfer runtime, as its channel's connection is: nothing on
+                // the stream waits for a replica, and the drained windows' whole
+                // pieces pushed after an upgrade's switch (0.5 GB each at 1 GB of
+                // state) were encoded and sent on the PEs' async threads.
+                let call = async move {
+                    let mut client = WorkerControlClient::new(channel);
+                    let call = client.store_snapshot(paced(cs, PUSH_BYTES_PER_S));
+                    tokio::time::timeout(timeout, call).await
+                };
+                set.spawn(async move { (i, crate::background::transfer(call).await) });
             }
             let mut ok = Vec::new();
             while let Some(joined) = set.join_next().await {
