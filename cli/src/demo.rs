@@ -159,11 +159,17 @@ pub fn run(examples: &Path) -> anyhow::Result<bool> {
     // The master's and workers' logs, which run here, on stderr when asked for
     // (`RUST_LOG=info`, as `weir-master` and `weir-worker` read it); else none, so the
     // demo's own lines stay readable.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+    match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        Err(e) if std::env::var_os("RUST_LOG").is_some() => {
+            eprintln!("RUST_LOG ignored: {e}");
+        }
+        Err(_) => {}
     }
     // The workers below run in this process: as `weir-worker` does.
     weir_worker::memory::no_transparent_huge_pages();

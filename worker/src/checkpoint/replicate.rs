@@ -32,8 +32,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A replica is pushed at most this fast (bytes per second). Why: pushing copies every
 /// byte several times on both workers (gRPC framing, the socket, reassembly, the
-/// store), then on the async threads the PEs run on (now on the transfer runtime, whose
-/// one thread is niced: [`crate::background::transfer`]). After an upgrade's switch the drained
+/// store), then on the async threads the PEs run on (a drained window's piece now on
+/// the transfer runtime, whose one thread is niced: [`Replicator::replicate`]). After
+/// an upgrade's switch the drained
 /// windows' whole pieces (333 MB each at 1 GB of state) were pushed at once, and the
 /// sink of the 1 GB bench stalled 170-425 ms as each was written and pushed
 /// (BENCHMARKS.md, 2026-12-06; which of the two costs more was not separated). Paced,
@@ -149,8 +150,20 @@ impl Replicator {
     /// that fails (logged) is replaced by the one after it while peers remain.
     /// Returns the ids of the workers that stored it, in ring order; fewer than asked
     /// (even none) is not an error: the checkpoint is then less protected, and the
-    /// master sees it in the replica list.
-    pub async fn replicate(&self, app: &str, pe: &str, id: u64, bytes: Bytes) -> Vec<String> {
+    /// master sees it in the replica list. At [`Priority::Stream`] (a checkpoint's
+    /// piece: the checkpoint's completion, and so what exactly-once sinks commit,
+    /// waits for it) the pushes run here; at any other (a drained window's whole
+    /// piece, pushed after an upgrade's switch, 0.5 GB each at 1 GB of state, which
+    /// only the switch checkpoint's completion waits for) on the transfer runtime, as
+    /// their channel's connection does.
+    pub async fn replicate(
+        &self,
+        app: &str,
+        pe: &str,
+        id: u64,
+        bytes: Bytes,
+        priority: Priority,
+    ) -> Vec<String> {
         let ring = self.ring();
         let mut need = self.replicas().saturating_sub(1) as usize;
         if need > 0 && ring.is_empty() {
@@ -177,7 +190,10 @@ impl Replicator {
             next += wave.len();
             let mut set = JoinSet::new();
             for (i, peer) in wave.iter().enumerate() {
-                let channel = match self.dialer.channel(&peer.control_address, Use::Push) {
+                let channel = match self
+                    .dialer
+                    .channel(&peer.control_address, Use::Push(priority))
+                {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(%app, %pe, checkpoint = id, peer = %peer.worker_id, error = %e, "cannot replicate the snapshot");
@@ -186,16 +202,16 @@ impl Replicator {
                 };
                 let cs = cs.clone();
                 let timeout = self.timeout;
-                // On the transfer runtime, as its channel's connection is: nothing on
-                // the stream waits for a replica, and the drained windows' whole
-                // pieces pushed after an upgrade's switch (0.5 GB each at 1 GB of
-                // state) were encoded and sent on the PEs' async threads.
                 let call = async move {
                     let mut client = WorkerControlClient::new(channel);
                     let call = client.store_snapshot(paced(cs, PUSH_BYTES_PER_S));
                     tokio::time::timeout(timeout, call).await
                 };
-                set.spawn(async move { (i, crate::background::transfer(call).await) });
+                if priority == Priority::Stream {
+                    set.spawn(async move { (i, call.await) });
+                } else {
+                    set.spawn(async move { (i, crate::background::transfer(call).await) });
+                }
             }
             let mut ok = Vec::new();
             while let Some(joined) = set.join_next().await {

@@ -3,6 +3,7 @@
 
 use super::replicate::ring;
 use super::*;
+use crate::background::Priority;
 use crate::control::ControlService;
 use crate::runtime::Runtime;
 use std::net::SocketAddr;
@@ -161,7 +162,6 @@ fn checkpoint_ring_order() {
 
 #[tokio::test]
 async fn a_pre_copy_fetch_reads_at_the_background_priority_and_keeps_its_copy() {
-    use crate::background::Priority;
     // A pre-copy's fetch: the serving worker reads at its background priority (the
     // request says so), the copy is kept on the replica thread, and the next read of
     // it, here, is at the background priority too; the bytes are those stored.
@@ -180,42 +180,41 @@ async fn a_pre_copy_fetch_reads_at_the_background_priority_and_keeps_its_copy() 
     assert_eq!((again.bytes, again.from.as_str()), (data, "w9"));
 }
 
-/// A worker's fetches from one peer reuse one connection for each use: the stream's
-/// (a restore, an upgrade's rounds) and a pre-copy's (run on the transfer runtime),
-/// so a round costs no connection or TLS handshake; a peer no longer listed loses its
-/// channels.
+/// A worker's fetches from one peer reuse its connections: the stream's (a restore, an
+/// upgrade's rounds) take `FETCH_CONNECTIONS` in turn, a pre-copy's one more (run on
+/// the transfer runtime), so a round costs no connection or TLS handshake; a peer no
+/// longer listed loses its channels.
 #[tokio::test]
-async fn fetches_from_one_peer_reuse_a_connection_for_each_use() {
-    use crate::background::Priority;
+async fn fetches_from_one_peer_reuse_its_connections() {
+    use dial::FETCH_CONNECTIONS as N;
     let w1 = Peer::start("w1").await;
     let data = sample(CHUNK_BYTES + 5);
-    for id in 1..=3 {
-        w1.store.put(APP, PE, id, &data).unwrap();
-    }
+    w1.store.put(APP, PE, 1, &data).unwrap();
     let dialer = dial::Dialer::default();
     let mut dirs = Vec::new();
-    let mut fetch_all = async |priority| {
-        for id in 1..=3 {
+    let mut fetch = async |times, priority| {
+        for _ in 0..times {
             // A store of its own each time: nothing is found locally.
             let (d, store) = local_store();
             dirs.push(d);
             let at = (0, priority);
             let locations = [w1.location(&data)];
-            let got = replicate::fetch_waiting(&store, "w9", &dialer, APP, PE, id, &locations, at)
+            let got = replicate::fetch_waiting(&store, "w9", &dialer, APP, PE, 1, &locations, at)
                 .await
                 .unwrap();
             assert_eq!((got.bytes, got.from.as_str()), (data.clone(), "w1"));
         }
     };
-    fetch_all(Priority::Stream).await;
-    assert_eq!(w1.accepted.load(Ordering::SeqCst), 1);
-    fetch_all(Priority::Background).await;
-    assert_eq!(w1.accepted.load(Ordering::SeqCst), 2);
-    fetch_all(Priority::Stream).await;
-    assert_eq!(w1.accepted.load(Ordering::SeqCst), 2);
-    assert_eq!(dialer.channels(), 2);
+    let accepted = || w1.accepted.load(Ordering::SeqCst);
+    fetch(2 * N, Priority::Stream).await;
+    assert_eq!(accepted(), N);
+    fetch(3, Priority::Background).await;
+    assert_eq!(accepted(), N + 1);
+    fetch(2 * N, Priority::Stream).await;
+    assert_eq!(accepted(), N + 1);
+    assert_eq!(dialer.channels(), N + 1);
     dialer.retain(&[w1.peer()]);
-    assert_eq!(dialer.channels(), 2);
+    assert_eq!(dialer.channels(), N + 1);
     dialer.retain(&[]);
     assert_eq!(dialer.channels(), 0);
 }
@@ -246,12 +245,20 @@ async fn checkpoint_replicate_then_fetch_back() {
     r.set_peers(vec![w1.peer(), w3.peer(), w2.peer()]);
     r.set_replicas(3);
     // The ring after w2 is w3, w1.
-    assert_eq!(r.replicate(APP, PE, 7, data.clone()).await, ["w3", "w1"]);
+    assert_eq!(
+        r.replicate(APP, PE, 7, data.clone(), Priority::Stream)
+            .await,
+        ["w3", "w1"]
+    );
     assert_eq!(w3.store.get(APP, PE, 7).unwrap(), data.to_vec());
     assert_eq!(w1.store.get(APP, PE, 7).unwrap(), data.to_vec());
     assert!(!w2.store.has(APP, PE, 7));
     r.set_replicas(2);
-    assert_eq!(r.replicate(APP, PE, 8, data.clone()).await, ["w3"]);
+    assert_eq!(
+        r.replicate(APP, PE, 8, data.clone(), Priority::Stream)
+            .await,
+        ["w3"]
+    );
 
     // A worker without a copy fetches it back and keeps it.
     let (_d, store) = local_store();
@@ -271,7 +278,11 @@ async fn checkpoint_replicate_then_fetch_back() {
     assert_eq!(again.bytes, data);
 
     // An empty snapshot replicates and fetches too.
-    assert_eq!(r.replicate(APP, PE, 9, Bytes::new()).await, ["w3"]);
+    assert_eq!(
+        r.replicate(APP, PE, 9, Bytes::new(), Priority::Stream)
+            .await,
+        ["w3"]
+    );
     let (_d2, other) = local_store();
     let got = fetch(
         &other,
@@ -299,11 +310,18 @@ async fn checkpoint_replicate_skips_a_dead_peer() {
         w2.peer(),
     ]);
     // w1 is next in the ring but down: w2 takes the replica instead.
-    assert_eq!(r.replicate(APP, PE, 3, sample(1000)).await, ["w2"]);
+    assert_eq!(
+        r.replicate(APP, PE, 3, sample(1000), Priority::Stream)
+            .await,
+        ["w2"]
+    );
     assert!(w2.store.has(APP, PE, 3));
     // No peers at all: nothing stored, no error.
     r.set_peers(vec![]);
-    assert!(r.replicate(APP, PE, 4, sample(10)).await.is_empty());
+    assert!(r
+        .replicate(APP, PE, 4, sample(10), Priority::Stream)
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -313,7 +331,12 @@ async fn checkpoint_fetch_falls_back_past_corrupt_copies() {
     let r = Replicator::new("w0");
     r.set_peers(vec![w1.peer(), w2.peer()]);
     r.set_replicas(3);
-    assert_eq!(r.replicate(APP, PE, 5, data.clone()).await, ["w1", "w2"]);
+    // A drained window's piece: pushed from the transfer runtime.
+    assert_eq!(
+        r.replicate(APP, PE, 5, data.clone(), Priority::Background)
+            .await,
+        ["w1", "w2"]
+    );
 
     // This worker's own copy is damaged, and so is w1's: w2's serves, and the caller
     // learns about both.

@@ -303,7 +303,7 @@ impl CheckpointEnv {
         let push = |bytes: Bytes| {
             let (rep, a, p) = (self.replicator.clone(), app.to_string(), pe.to_string());
             Pushing(tokio::spawn(async move {
-                rep.replicate(&a, &p, id, bytes).await
+                rep.replicate(&a, &p, id, bytes, priority).await
             }))
         };
         let early = paced.then(|| push(bytes.clone()));

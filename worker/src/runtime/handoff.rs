@@ -100,8 +100,9 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 const MAX_GAINING: Duration = Duration::from_secs(20);
 
 /// The longest one pass over a predecessor's rounds asks for more before the successor
-/// judges where it stands again ([`readiness`]): one judgement's span, so it is judged
-/// each second. Bounded only by its count ([`ROUNDS_PER_PASS`]), a pass could outlast
+/// judges where it stands again ([`readiness`]): one judgement's span, so a successor
+/// of one predecessor is judged about each second (of several, once a pass over each
+/// has ended: their passes run one after another). Bounded only by its count ([`ROUNDS_PER_PASS`]), a pass could outlast
 /// the whole catch-up: in the demo (a debug build beside a CPU hog, each round fetched
 /// from the other worker over a new mutual-TLS connection, 5-12 a second, while the
 /// predecessor shipped one every 5 ms) a successor's first pass had not ended after
