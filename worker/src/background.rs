@@ -181,6 +181,20 @@ fn transfers() -> Option<&'static tokio::runtime::Runtime> {
         .as_ref()
 }
 
+/// Runs `fut`, a network transfer made at `priority`: here when the stream waits for
+/// it ([`Priority::Stream`]), else on the transfer runtime ([`transfer`]).
+pub async fn transfer_at<F>(priority: Priority, fut: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if priority == Priority::Stream {
+        fut.await
+    } else {
+        transfer(fut).await
+    }
+}
+
 /// Runs `fut`, a network transfer nothing on the stream waits for (a successor's
 /// pre-copy fetch), on a runtime of its own whose thread is at the background
 /// priority, and waits for its output; dropped, the transfer is aborted. A gRPC
@@ -314,6 +328,14 @@ mod tests {
         let name = || std::thread::current().name().map(String::from);
         let on = transfer(async move { name() }).await;
         assert_eq!(on.as_deref(), Some("weir-transfers"));
+        // At the stream's priority a transfer stays on its caller's thread.
+        let here = name();
+        assert_ne!(here.as_deref(), Some("weir-transfers"));
+        assert_eq!(transfer_at(Priority::Stream, async move { name() }).await, here);
+        for p in [Priority::Background, Priority::Replica] {
+            let on = transfer_at(p, async move { name() }).await;
+            assert_eq!(on.as_deref(), Some("weir-transfers"), "{p:?}");
+        }
         #[cfg(target_os = "linux")]
         {
             // SAFETY: getpriority takes plain integers.

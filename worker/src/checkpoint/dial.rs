@@ -1,5 +1,6 @@
-//! How this worker dials its peers for snapshots: one lazily connected channel per
-//! peer address and use, reused across calls.
+//! How this worker dials its peers for snapshots: lazily connected channels per peer
+//! address and use (one, or [`FETCH_CONNECTIONS`] for the fetches the stream waits
+//! for), reused across calls.
 //!
 //! Why reused: a fetch used to open a connection of its own (a TCP and, with security
 //! on, a mutual-TLS handshake) and close it after one call. A successor catching up
@@ -127,11 +128,6 @@ impl Dialer {
             security,
             ..Self::default()
         }
-    }
-
-    /// How this worker dials its peers.
-    pub fn security(&self) -> &weir_security::Security {
-        &self.security
     }
 
     /// A channel to the worker at `address` for `what`, connected on its first call.

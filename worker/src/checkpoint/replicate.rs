@@ -34,12 +34,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// byte several times on both workers (gRPC framing, the socket, reassembly, the
 /// store), then on the async threads the PEs run on (a drained window's piece now on
 /// the transfer runtime, whose one thread is niced: [`Replicator::replicate`]). After
-/// an upgrade's switch the drained
-/// windows' whole pieces (333 MB each at 1 GB of state) were pushed at once, and the
-/// sink of the 1 GB bench stalled 170-425 ms as each was written and pushed
-/// (BENCHMARKS.md, 2026-12-06; which of the two costs more was not separated). Paced,
-/// a push takes its CPU a little at a time; pieces of a megabyte (one chunk) go at
-/// once, and a 6 MB increment takes 20 ms longer to replicate.
+/// an upgrade's switch the drained windows' whole pieces (333 MB each at 1 GB of
+/// state) were pushed at once, and the sink of the 1 GB bench stalled 170-425 ms as
+/// each was written and pushed (BENCHMARKS.md, 2026-12-06; which of the two costs
+/// more was not separated). Paced, a push takes its CPU a little at a time; pieces of
+/// a megabyte (one chunk) go at once, and a 6 MB increment takes 20 ms longer to
+/// replicate.
 pub const PUSH_BYTES_PER_S: f64 = 256e6;
 
 /// `cs` as a stream that yields its chunks at most `rate` bytes per second (the first
@@ -207,11 +207,7 @@ impl Replicator {
                     let call = client.store_snapshot(paced(cs, PUSH_BYTES_PER_S));
                     tokio::time::timeout(timeout, call).await
                 };
-                if priority == Priority::Stream {
-                    set.spawn(async move { (i, call.await) });
-                } else {
-                    set.spawn(async move { (i, crate::background::transfer(call).await) });
-                }
+                set.spawn(async move { (i, crate::background::transfer_at(priority, call).await) });
             }
             let mut ok = Vec::new();
             while let Some(joined) = set.join_next().await {
@@ -454,11 +450,7 @@ async fn fetch_from(
     let transfer = async move { tokio::time::timeout(DEFAULT_TIMEOUT, transfer).await };
     // A pre-copy's fetch off the PEs' async threads; a restore's, which the stream
     // waits for, beside them.
-    let got = if priority == Priority::Stream {
-        transfer.await
-    } else {
-        crate::background::transfer(transfer).await
-    };
+    let got = crate::background::transfer_at(priority, transfer).await;
     let got = got.map_err(|_| format!("timed out after {}s", DEFAULT_TIMEOUT.as_secs()))??;
     if got.app != app || got.pe != pe || got.checkpoint_id != id {
         return Err(format!(
