@@ -331,7 +331,10 @@ mod tests {
         // At the stream's priority a transfer stays on its caller's thread.
         let here = name();
         assert_ne!(here.as_deref(), Some("weir-transfers"));
-        assert_eq!(transfer_at(Priority::Stream, async move { name() }).await, here);
+        assert_eq!(
+            transfer_at(Priority::Stream, async move { name() }).await,
+            here
+        );
         for p in [Priority::Background, Priority::Replica] {
             let on = transfer_at(p, async move { name() }).await;
             assert_eq!(on.as_deref(), Some("weir-transfers"), "{p:?}");
