@@ -22,7 +22,7 @@ use crate::scheduler::{
     place_with, requests_for, usage, weigh, Assignment, GpuSlot, PeRequest, Rates, WorkerCapacity,
 };
 use crate::scheduler::{preempt, DevicePolicy, Policy, QueueOrder};
-use crate::state::{AppRecord, ClusterState, WorkerState};
+use crate::state::{AppRecord, CheckpointRecord, ClusterState, WorkerState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use weir_common::physical::PeId;
@@ -355,6 +355,34 @@ fn losses(
     (ops, why, bad)
 }
 
+/// The checkpoint a recovery of `app` restores: the newest complete one before `bad`
+/// (one a PE could not read) whose every snapshot has a copy on a live worker
+/// ([`CheckpointRecord::readable`]), with the newer ones it skipped; 0 (empty state)
+/// without any. When none is readable it is the newest before `bad` all the same:
+/// a lost worker that comes back with its disk makes it readable, and a PE that
+/// cannot read it reports so (`bad`), so the next recovery falls back one further
+/// (until 2026-12-07 that was the only way: with one copy of each snapshot, a worker
+/// loss tried every kept checkpoint in turn, 1, 2 and 4 s apart).
+fn recovery_checkpoint(state: &ClusterState, app: &AppRecord, bad: Option<u64>) -> (u64, Vec<u64>) {
+    let up = |w: &str| {
+        state
+            .workers
+            .get(w)
+            .is_some_and(|r| r.state == WorkerState::Alive)
+    };
+    let usable: Vec<&CheckpointRecord> = app
+        .checkpoints
+        .complete
+        .iter()
+        .rev()
+        .filter(|c| bad.is_none_or(|b| c.id < b))
+        .collect();
+    match usable.iter().position(|c| c.readable(up)) {
+        Some(i) => (usable[i].id, usable[..i].iter().map(|c| c.id).collect()),
+        None => (usable.first().map_or(0, |c| c.id), Vec::new()),
+    }
+}
+
 fn recovery_due(app: &AppRecord, now_ms: u64) -> bool {
     let recent = &app.checkpoints.recoveries;
     let Some(last) = recent.last() else {
@@ -444,14 +472,16 @@ pub fn reconcile_with(
             if !recovery_due(app, now_ms) {
                 continue;
             }
-            let ck = &app.checkpoints;
-            let checkpoint_id = ck
-                .complete
-                .iter()
-                .rev()
-                .map(|c| c.id)
-                .find(|id| bad.is_none_or(|b| *id < b))
-                .unwrap_or(0);
+            let (checkpoint_id, skipped) = recovery_checkpoint(state, app, bad);
+            let mut why = why;
+            if !skipped.is_empty() {
+                let ids: Vec<String> = skipped.iter().map(u64::to_string).collect();
+                why.push(format!(
+                    "checkpoint{} {} skipped: a snapshot has no copy on a live worker",
+                    if ids.len() > 1 { "s" } else { "" },
+                    ids.join(", ")
+                ));
+            }
             round.untouched = false;
             match replace(state, app, &mut round.free, &policy.devices, &round.rates) {
                 Ok(p) => {

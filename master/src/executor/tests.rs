@@ -137,6 +137,11 @@ fn recover(s: &mut ClusterState, r: &crate::executor::reconcile::RecoveryAction)
 }
 
 fn checkpoint(s: &mut ClusterState, id: u64) {
+    checkpoint_on(s, id, |w| vec![w.to_string()]);
+}
+
+/// A complete checkpoint `id` whose pieces have copies on `replicas(their worker)`.
+fn checkpoint_on(s: &mut ClusterState, id: u64, replicas: impl Fn(&str) -> Vec<String>) {
     s.apply(&Command::BeginCheckpoint {
         app: "clickstream".into(),
         id,
@@ -152,7 +157,7 @@ fn checkpoint(s: &mut ClusterState, id: u64) {
                 crate::state::PieceRecord {
                     size_bytes: 8,
                     crc32c: 1,
-                    replicas: vec![w.clone()],
+                    replicas: replicas(w),
                     chain: vec![],
                     seed: vec![],
                 },
@@ -203,6 +208,62 @@ fn a_restarted_worker_restarts_the_region_from_the_newest_checkpoint() {
         }
     }
     assert_eq!(reconcile(&s, &seen, NOW + 60_000), Default::default());
+}
+
+#[test]
+fn a_worker_loss_restores_the_newest_checkpoint_with_a_copy_on_a_live_worker() {
+    let both = |_: &str| vec!["w1".to_string(), "w2".to_string()];
+    let lose = |s: &mut ClusterState, w: &str| {
+        s.apply(&Command::SetWorkerState {
+            id: w.into(),
+            state: WorkerState::Lost,
+            at_ms: NOW,
+        })
+        .unwrap();
+    };
+    // Checkpoint 2's pieces were kept only where they were taken (their replicas
+    // failed); checkpoint 1's on both workers.
+    let mut s = state(&["w1", "w2", "w3"]);
+    place(&mut s);
+    checkpoint_on(&mut s, 1, both);
+    checkpoint(&mut s, 2);
+    let on_w1 = s.apps["clickstream"].placement.values().any(|w| w == "w1");
+    assert!(on_w1, "the test needs PEs on w1");
+    lose(&mut s, "w1");
+    let before = s.clone();
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW);
+    let r = &a.recoveries[0];
+    assert_eq!(r.checkpoint_id, 1, "{r:?}");
+    assert!(
+        r.reason
+            .contains("checkpoint 2 skipped: a snapshot has no copy on a live worker"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(
+        r.drop_checkpoint, None,
+        "checkpoint 2 may come back with w1"
+    );
+    assert_eq!(s, before, "a decision changes nothing");
+    // With no checkpoint readable, the newest all the same (w1 may come back with its
+    // disk; a PE that cannot read it says so, and the next recovery falls back).
+    let mut s = state(&["w1", "w2", "w3"]);
+    place(&mut s);
+    checkpoint(&mut s, 1);
+    checkpoint(&mut s, 2);
+    lose(&mut s, "w1");
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW);
+    let r = &a.recoveries[0];
+    assert_eq!(r.checkpoint_id, 2, "{r:?}");
+    assert!(!r.reason.contains("skipped"), "{}", r.reason);
+    // Copies on a live worker: the newest, nothing skipped.
+    let mut s = state(&["w1", "w2", "w3"]);
+    place(&mut s);
+    checkpoint_on(&mut s, 1, both);
+    checkpoint_on(&mut s, 2, both);
+    lose(&mut s, "w1");
+    let a = reconcile(&s, &seen_all(&s, pb::PeState::Running), NOW);
+    assert_eq!(a.recoveries[0].checkpoint_id, 2);
 }
 
 #[test]

@@ -236,6 +236,19 @@ impl CheckpointRecord {
     pub fn size_bytes(&self) -> u64 {
         self.pieces.values().map(|p| p.size_bytes).sum()
     }
+
+    /// Whether a restore to this checkpoint may find a copy of every snapshot it
+    /// loads (each piece, its chain and its seed) on a worker `up` accepts. A
+    /// snapshot whose copies were not recorded counts as readable: only copies known
+    /// to be all on workers `up` refuses rule it out.
+    pub fn readable(&self, up: impl Fn(&str) -> bool) -> bool {
+        let has = |replicas: &[String]| replicas.is_empty() || replicas.iter().any(|w| up(w));
+        self.pieces.values().all(|p| {
+            has(&p.replicas)
+                && p.chain.iter().all(|l| has(&l.replicas))
+                && p.seed.iter().all(|s| has(&s.link.replicas))
+        })
+    }
 }
 
 /// Where one PE's snapshot of a checkpoint is.

@@ -934,3 +934,49 @@ fn a_scheduling_policy_is_kept_checked_for_bounds_and_cleared() {
         .unwrap();
     assert_eq!(s.scheduling, None);
 }
+
+#[test]
+fn a_checkpoint_is_readable_only_while_every_snapshot_it_loads_has_a_live_copy() {
+    let link = |id: u64, on: &[&str]| LinkRecord {
+        checkpoint_id: id,
+        size_bytes: 1,
+        crc32c: 0,
+        replicas: on.iter().map(|w| w.to_string()).collect(),
+    };
+    let piece = |on: &[&str]| PieceRecord {
+        size_bytes: 1,
+        crc32c: 0,
+        replicas: on.iter().map(|w| w.to_string()).collect(),
+        chain: vec![],
+        seed: vec![],
+    };
+    let ck = |pieces: Vec<PieceRecord>| CheckpointRecord {
+        id: 9,
+        started_at_ms: 0,
+        completed_at_ms: 0,
+        max_alignment_ms: 0,
+        pieces: pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (PeId::new("op", "00000000", i as u32), p))
+            .collect(),
+        handoff: Default::default(),
+    };
+    let up = |w: &str| w != "lost";
+    assert!(ck(vec![piece(&["lost", "w2"]), piece(&["w1"])]).readable(up));
+    assert!(!ck(vec![piece(&["lost"]), piece(&["w1"])]).readable(up));
+    // Copies not recorded: not ruled out.
+    assert!(ck(vec![piece(&[])]).readable(up));
+    // An increment whose base is only on the lost worker, or a successor's whose
+    // predecessor's snapshot is.
+    let mut incr = piece(&["w1"]);
+    incr.chain = vec![link(7, &["lost"]), link(8, &["w1"])];
+    assert!(!ck(vec![incr.clone()]).readable(up));
+    incr.chain[0].replicas.push("w3".into());
+    assert!(ck(vec![incr.clone()]).readable(up));
+    incr.seed = vec![SeedRecord {
+        pe: PeId::new("old", "00000000", 0),
+        link: link(6, &["lost"]),
+    }];
+    assert!(!ck(vec![incr]).readable(up));
+}
