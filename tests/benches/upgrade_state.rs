@@ -53,6 +53,9 @@ use weir_proto::v1 as pb;
 use weir_tests::arrivals::{listen, unix_ms, window};
 use weir_tests::{app_detail, eventually_within, start_worker, status_mb};
 
+/// A client of the master's API.
+type Client = pb::weir_client::WeirClient<tonic::transport::Channel>;
+
 // The allocator the worker binary runs with (worker/src/main.rs): the workers in this
 // process are measured as users run them. (Until 2026-12-04 these benches ran on
 // glibc's malloc, whose arena locks made frees of a large state stall other PEs.)
@@ -145,8 +148,8 @@ fn window_workers(d: &pb::AppDetail) -> Vec<String> {
 /// cost and not the steady state's. (Until 2026-12-07 it only waited [`STEADY`]: the
 /// replacement after a 1 GB rescale measured a steady p99 of 14-28 ms against 3-4 ms
 /// before the rescale, a ratio flattering to it.)
-async fn settle(client: &mut weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel>) {
-    let now = |mut client: weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel>| async move {
+async fn settle(client: &Client) {
+    let now = |mut client: Client| async move {
         let ck = client
             .list_checkpoints(pb::ListCheckpointsRequest { app: "big".into() })
             .await
@@ -169,9 +172,7 @@ async fn settle(client: &mut weir_proto::v1::weir_client::WeirClient<tonic::tran
 /// loads (whole snapshots and the increments over them). While every record brings a
 /// new key, as while the state fills, the increments hold only new slots and this is
 /// the state's size.
-async fn window_bytes(
-    client: &mut weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel>,
-) -> Option<u64> {
+async fn window_bytes(client: &mut Client) -> Option<u64> {
     let ck = client
         .list_checkpoints(pb::ListCheckpointsRequest { app: "big".into() })
         .await
@@ -260,7 +261,7 @@ impl Deployment {
         }
     }
 
-    async fn client(&self) -> weir_proto::v1::weir_client::WeirClient<tonic::transport::Channel> {
+    async fn client(&self) -> Client {
         match self {
             Deployment::InProcess { cluster, .. } => cluster.client(1).await,
             Deployment::Processes { addr, .. } => {
@@ -508,7 +509,7 @@ async fn case(size_mb: u64, precopy: bool) {
                 res.successors_behind.join("; ")
             );
         }
-        settle(&mut client).await;
+        settle(&client).await;
     }
     if precopy {
         // Recovery after a worker loss (the same machinery restores whole snapshots):
