@@ -461,7 +461,7 @@ pub fn reconcile_with(
         .values()
         .filter(|a| a.state().is_live() && !a.placement.is_empty())
     {
-        let (ops, why, bad) = losses(state, app, seen);
+        let (ops, mut why, bad) = losses(state, app, seen);
         if !ops.is_empty() && super::upgrade::active(state, app).is_some() {
             replaced.insert(app.name.clone());
             actions.aborts.insert(app.name.clone(), why.join("; "));
@@ -473,7 +473,6 @@ pub fn reconcile_with(
                 continue;
             }
             let (checkpoint_id, skipped) = recovery_checkpoint(state, app, bad);
-            let mut why = why;
             if !skipped.is_empty() {
                 let ids: Vec<String> = skipped.iter().map(u64::to_string).collect();
                 why.push(format!(
